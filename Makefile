@@ -1,0 +1,45 @@
+# ftvm — build, test, benchmark and demo targets.
+#
+#   make demo    the main job (see README.md for what it shows)
+#   make test    everything CI runs: tool check, vet, guests, race tests
+#
+# Every target works on a fresh machine: missing tools are named by
+# scripts/check-tools with the command that installs them.
+
+GO        ?= go
+GOFLAGS   ?=
+PKGS      ?= ./...
+TEST_TIMEOUT ?= 30m
+BENCH     ?= .
+BENCHTIME ?= 1s
+BENCHCOUNT ?= 1
+
+.PHONY: all build test vet unit guests bench demo check-tools fuzz clean
+
+all: build
+
+build:
+	$(GO) build $(GOFLAGS) ./...
+
+check-tools:
+	@bash scripts/check-tools
+
+vet:
+	$(GO) vet ./...
+
+# unit: the race-detector test run over the whole module.
+unit:
+	$(GO) test -race -timeout $(TEST_TIMEOUT) $(PKGS)
+
+test: check-tools vet guests unit
+
+# guests: the freestanding C guest programs (vmm/guests); filled by the vmm work.
+guests:
+	@if [ -f vmm/guests/Makefile ]; then $(MAKE) -C vmm/guests; else echo "guests: none yet"; fi
+
+bench:
+	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -count $(BENCHCOUNT) -benchmem ./...
+
+clean:
+	$(GO) clean ./...
+	@if [ -f vmm/guests/Makefile ]; then $(MAKE) -C vmm/guests clean; fi

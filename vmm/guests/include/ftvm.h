@@ -1,0 +1,129 @@
+/*
+ * ftvm.h — the contract between an ftvm guest program and the ftvm VMM.
+ *
+ * This header is the single source of truth for the paravirtual device ABI;
+ * vmm/devices.go mirrors these numbers and its tests check that they agree.
+ *
+ * How a guest talks to a device
+ * -----------------------------
+ * The guest runs in x86-64 long mode at CPL3 with IOPL=3, identity-mapped
+ * (guest virtual address == guest physical address). To use a device it
+ * fills a struct ftvm_req in its own memory and writes the struct's address
+ * with ONE 32-bit OUT to the device's port:
+ *
+ *     outl(FTVM_PORT_NIC, (uint32_t)(uintptr_t)&req);
+ *
+ * The VMM performs the whole request during that single VM exit and, before
+ * the guest resumes, writes req.status and req.result and (for inputs) the
+ * bytes into the guest buffer. One request is one exit, which is what makes
+ * the guest exit-synchronous: the n-th exit is the same point of execution
+ * on the primary and on the secondary.
+ *
+ * Every request is either an INPUT (the VMM writes something the guest did
+ * not determine: a clock value, random bytes, a received frame, a block read)
+ * or an OUTPUT (the guest shows something to the outside world: console text,
+ * a transmitted frame, a block write, its exit code). The table below says
+ * which. Under ftvm the primary records inputs and holds outputs; the
+ * secondary replays inputs from the log and compares outputs.
+ *
+ * A request with an unknown op, a buffer outside guest memory, a length over
+ * the device's limit or a misaligned block request stops the VM with an error
+ * naming the exit index, the port and the registers. It is a guest bug, not a
+ * status code.
+ *
+ * Device table
+ * ------------
+ *  port   device   op                    dir     fields used            result / effect
+ *  0x500  console  1 WRITE               output  addr,len (len<=4096)   text written to the console
+ *  0x501  clock    1 NOW                 input   -                      result = monotonic ns since VM start
+ *  0x502  entropy  1 READ                input   addr,len (len<=4096)   len random bytes at addr
+ *  0x503  nic      1 TX                  output  addr,len (len<=1514)   frame sent
+ *  0x503  nic      2 RX                  input   addr,len (buffer cap)  result = frame length copied, 0 if none pending
+ *  0x503  nic      3 WAIT                input   arg = timeout ns       result = 1 if a frame is pending, 0 on timeout
+ *  0x503  nic      4 MAC                 input   addr (6 bytes)         the NIC's MAC address at addr
+ *  0x504  block    1 READ                input   addr,len,arg=sector    len bytes (multiple of 512, <=64 KiB) read
+ *  0x504  block    2 WRITE               output  addr,len,arg=sector    len bytes written (durable when the request returns)
+ *  0x504  block    3 SIZE                input   -                      result = device size in 512-byte sectors
+ *  0x505  halt     1 EXIT                output  arg = exit code        the VM stops; the VMM reports the code
+ *
+ * status: 0 on success; FTVM_E_RANGE for a block request past the end of the
+ * device; FTVM_E_IO when the backend failed (the guest may retry).
+ *
+ * Entry
+ * -----
+ * The VMM loads the statically linked ELF (linked at FTVM_LOAD_BASE, see
+ * guest.ld), sets RIP to its entry point, RSP to the top of guest memory
+ * (16-byte aligned) and RDI to the guest-physical address of a struct
+ * ftvm_boot. RFLAGS has IOPL=3 and IF=0: there are no interrupts; a guest
+ * waits for the network with the NIC WAIT request. SSE is enabled.
+ */
+#ifndef FTVM_H
+#define FTVM_H
+
+#include <stdint.h>
+
+#define FTVM_PORT_CONSOLE 0x500
+#define FTVM_PORT_CLOCK   0x501
+#define FTVM_PORT_ENTROPY 0x502
+#define FTVM_PORT_NIC     0x503
+#define FTVM_PORT_BLOCK   0x504
+#define FTVM_PORT_HALT    0x505
+
+#define FTVM_CONSOLE_WRITE 1
+#define FTVM_CLOCK_NOW     1
+#define FTVM_ENTROPY_READ  1
+#define FTVM_NIC_TX        1
+#define FTVM_NIC_RX        2
+#define FTVM_NIC_WAIT      3
+#define FTVM_NIC_MAC       4
+#define FTVM_BLOCK_READ    1
+#define FTVM_BLOCK_WRITE   2
+#define FTVM_BLOCK_SIZE    3
+#define FTVM_HALT_EXIT     1
+
+#define FTVM_CONSOLE_MAX   4096
+#define FTVM_ENTROPY_MAX   4096
+#define FTVM_NIC_MTU_FRAME 1514
+#define FTVM_BLOCK_SECTOR  512
+#define FTVM_BLOCK_MAX     65536
+
+#define FTVM_OK       0
+#define FTVM_E_RANGE  (-2)
+#define FTVM_E_IO     (-5)
+
+#define FTVM_LOAD_BASE 0x400000ULL
+#define FTVM_BOOT_MAGIC 0x544f4f424d565446ULL /* "FTVMBOOT" little-endian */
+
+/* 40 bytes, naturally aligned; the guest must place it 8-byte aligned. */
+struct ftvm_req {
+	uint32_t op;
+	int32_t  status;
+	uint64_t addr;
+	uint32_t len;
+	uint32_t flags;   /* must be 0 */
+	uint64_t arg;
+	uint64_t result;
+};
+
+/* Written by the VMM before entry; RDI points at it. */
+struct ftvm_boot {
+	uint64_t magic;      /* FTVM_BOOT_MAGIC */
+	uint64_t mem_size;   /* bytes of guest memory, identity-mapped from 0 */
+	uint64_t heap_start; /* first free byte after the loaded image, page aligned */
+	uint64_t heap_end;   /* end of the free area (the stack lies above it) */
+	char cmdline[256];   /* NUL-terminated "key=value key=value" */
+};
+
+static inline void ftvm_outl(uint16_t port, uint32_t val)
+{
+	__asm__ volatile("outl %0, %1" : : "a"(val), "Nd"(port) : "memory");
+}
+
+/* ftvm_call issues one request and returns its status. */
+static inline int32_t ftvm_call(uint16_t port, struct ftvm_req *r)
+{
+	ftvm_outl(port, (uint32_t)(uintptr_t)r);
+	return r->status;
+}
+
+#endif
