@@ -126,13 +126,19 @@ func flatSeg(sel uint16, typ, dpl uint8, long bool) kvmSegment {
 	return s
 }
 
-func (v *vm) enterLongModeCPL3(rip, rcx uint64) error {
+// enterLongMode puts the vCPU straight into 64-bit mode at privilege level
+// cpl (0 or 3) with IOPL=3, as the VMM starts its guests.
+func (v *vm) enterLongMode(rip, rcx uint64, cpl uint8) error {
 	s, err := getSregs(v.vcpu)
 	if err != nil {
 		return fmt.Errorf("KVM_GET_SREGS: %w", err)
 	}
 	s.CS = flatSeg(selUserCode, 0xb, 3, true)
 	data := flatSeg(selUserData, 0x3, 3, false)
+	if cpl == 0 {
+		s.CS = flatSeg(selKernelCode, 0xb, 0, true)
+		data = flatSeg(selKernelData, 0x3, 0, false)
+	}
 	s.DS, s.ES, s.FS, s.GS, s.SS = data, data, data, data, data
 	s.TR = kvmSegment{Base: lmTSS, Limit: 0x67, Selector: selTSS, Type: 0xb, Present: 1}
 	s.LDT = kvmSegment{Selector: 0, Type: 0x2, Present: 1, Unusable: 1}
@@ -152,12 +158,15 @@ func (v *vm) enterLongModeCPL3(rip, rcx uint64) error {
 	return nil
 }
 
-func longModeCPL3(kvm int, v *vm) error {
+// longModeCPL3 runs lmCode at CPL3 and checks every exit it makes. The
+// cpl parameter exists so a test can plant the bug of starting at CPL0 and
+// see the check fail.
+func longModeCPL3(kvm int, v *vm, cpl uint8) error {
 	if _, err := copySupportedCPUID(kvm, v.vcpu); err != nil {
 		return err
 	}
 	v.buildLongMode()
-	if err := v.enterLongModeCPL3(lmUserCode, 0); err != nil {
+	if err := v.enterLongMode(lmUserCode, 0, cpl); err != nil {
 		return err
 	}
 	if err := v.expectOut(serialPort, 'L'); err != nil {
@@ -190,14 +199,14 @@ func longModeCPL3(kvm int, v *vm) error {
 }
 
 func timeLongModeExits(v *vm, n int) (time.Duration, error) {
-	if err := v.enterLongModeCPL3(lmUserLoop, 0); err != nil {
+	if err := v.enterLongMode(lmUserLoop, 0, 3); err != nil {
 		return 0, err
 	}
 	return v.timeExits(n, serialPort)
 }
 
 func timeLongModeLoop(v *vm, iters int) (time.Duration, error) {
-	if err := v.enterLongModeCPL3(lmUserCalc, uint64(iters)); err != nil {
+	if err := v.enterLongMode(lmUserCalc, uint64(iters), 3); err != nil {
 		return 0, err
 	}
 	start := time.Now()

@@ -140,7 +140,7 @@ func probe(nExits, loopIters int) error {
 		fmt.Printf("kvmprobe: cap %-34s %s (system %d, vm %d)\n", c.name, state, sys, onVM)
 	}
 
-	if err := realModeOut(vm); err != nil {
+	if err := realModeOut(vm, realCode); err != nil {
 		return fmt.Errorf("real-mode guest: %w", err)
 	}
 	fmt.Println("kvmprobe: ok real-mode guest: KVM_EXIT_IO port 0x3f8 data 'K', then KVM_EXIT_HLT")
@@ -155,7 +155,7 @@ func probe(nExits, loopIters int) error {
 		return err
 	}
 	defer lm.close()
-	if err := longModeCPL3(kvm, lm); err != nil {
+	if err := longModeCPL3(kvm, lm, 3); err != nil {
 		return fmt.Errorf("long-mode CPL3 guest: %w", err)
 	}
 	fmt.Println("kvmprobe: ok long-mode CPL3 guest: IOPL=3 out works, CS.RPL=3, user write to 2 MiB page 1 landed, hlt at CPL3 faulted (KVM_EXIT_SHUTDOWN)")
@@ -335,8 +335,10 @@ func (v *vm) enterRealMode(rip uint64) error {
 	return nil
 }
 
-func realModeOut(v *vm) error {
-	copy(v.mem[realCodeAddr:], realCode)
+// realModeOut runs code (realCode, or a planted variant in tests) and checks
+// that it writes 'K' to the serial port and halts.
+func realModeOut(v *vm, code []byte) error {
+	copy(v.mem[realCodeAddr:], code)
 	copy(v.mem[realLoopAddr:], realLoop)
 	if err := v.enterRealMode(realCodeAddr); err != nil {
 		return err
