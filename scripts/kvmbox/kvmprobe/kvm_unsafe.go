@@ -112,9 +112,10 @@ func setSregs(fd int, s *kvmSregs) error {
 	return err
 }
 
-func setMemoryRegion(vmfd int, slot uint32, gpa uint64, mem []byte) error {
+func setMemoryRegion(vmfd int, slot, flags uint32, gpa uint64, mem []byte) error {
 	r := kvmUserspaceMemoryRegion{
 		Slot:          slot,
+		Flags:         flags,
 		GuestPhysAddr: gpa,
 		MemorySize:    uint64(len(mem)),
 		UserspaceAddr: uint64(uintptr(unsafe.Pointer(&mem[0]))),
@@ -136,4 +137,18 @@ func copySupportedCPUID(kvmfd, vcpufd int) (int, error) {
 		return 0, fmt.Errorf("KVM_SET_CPUID2: %w", err)
 	}
 	return int(c.Nent), nil
+}
+
+type kvmDirtyLog struct {
+	Slot   uint32
+	_      uint32
+	Bitmap uint64 // user address of one bit per 4 KiB page
+}
+
+// getDirtyLog fetches (and, without manual protect, clears) the slot's
+// dirty bitmap into bitmap.
+func getDirtyLog(vmfd int, slot uint32, bitmap []uint64) error {
+	l := kvmDirtyLog{Slot: slot, Bitmap: uint64(uintptr(unsafe.Pointer(&bitmap[0])))}
+	_, err := ioctlPtr(vmfd, kvmGetDirtyLog, unsafe.Pointer(&l))
+	return err
 }

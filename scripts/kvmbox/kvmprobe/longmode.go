@@ -3,8 +3,30 @@ package main
 import (
 	"encoding/binary"
 	"fmt"
+	"math/bits"
+	"slices"
 	"time"
 )
+
+const (
+	pageBytes        = 4096
+	memLogDirtyPages = 1 << 0 // KVM_MEM_LOG_DIRTY_PAGES
+)
+
+// dirtyPages turns a KVM dirty bitmap (bit i = page i of the slot, in
+// little-endian 64-bit words) into the guest-physical addresses of the dirty
+// pages of a slot that starts at address 0.
+func dirtyPages(bitmap []uint64) []uint64 {
+	var pages []uint64
+	for w, word := range bitmap {
+		for word != 0 {
+			b := bits.TrailingZeros64(word)
+			pages = append(pages, (uint64(w)*64+uint64(b))*pageBytes)
+			word &^= 1 << b
+		}
+	}
+	return pages
+}
 
 // Guest-physical layout of the long-mode probe. Everything is
 // identity-mapped with 2 MiB pages that have U/S set, as the VMM does.
@@ -18,6 +40,7 @@ const (
 	lmGDT       = 0x13000
 	lmTSS       = 0x14000
 	lmDataPage  = 0x200000 // first byte of the second 2 MiB page
+	lmUntouched = 0x300000 // a page nothing writes
 	lmUserStack = 0x3ff000
 )
 
@@ -166,6 +189,11 @@ func longModeCPL3(kvm int, v *vm, cpl uint8) error {
 		return err
 	}
 	v.buildLongMode()
+	// Dirty logging is how the VMM finds the pages an incremental snapshot
+	// must carry, so prove it sees a guest write.
+	if err := setMemoryRegion(v.fd, 0, memLogDirtyPages, 0, v.mem); err != nil {
+		return fmt.Errorf("KVM_SET_USER_MEMORY_REGION with KVM_MEM_LOG_DIRTY_PAGES: %w", err)
+	}
 	if err := v.enterLongMode(lmUserCode, 0, cpl); err != nil {
 		return err
 	}
@@ -187,6 +215,17 @@ func longModeCPL3(kvm int, v *vm, cpl uint8) error {
 	}
 	if got := binary.LittleEndian.Uint32(v.mem[lmDataPage:]); got != 0x12345678 {
 		return fmt.Errorf("guest wrote %#x at %#x, host sees %#x", 0x12345678, lmDataPage, got)
+	}
+	bitmap := make([]uint64, guestMemBytes/pageBytes/64)
+	if err := getDirtyLog(v.fd, 0, bitmap); err != nil {
+		return fmt.Errorf("KVM_GET_DIRTY_LOG: %w", err)
+	}
+	dirty := dirtyPages(bitmap)
+	if !slices.Contains(dirty, lmDataPage) {
+		return fmt.Errorf("KVM_GET_DIRTY_LOG: the guest wrote page %#x but the dirty pages are %#x", lmDataPage, dirty)
+	}
+	if slices.Contains(dirty, lmUntouched) {
+		return fmt.Errorf("KVM_GET_DIRTY_LOG: page %#x is marked dirty though nothing wrote it (dirty pages %#x)", lmUntouched, dirty)
 	}
 	r, err := v.runOnce()
 	if err != nil {

@@ -28,6 +28,7 @@ var (
 	kvmCreateVCPU          = ioc(iocNone, 0x41, 0)
 	kvmSetUserMemoryRegion = ioc(iocWrite, 0x46, 32)
 	kvmSetTSSAddr          = ioc(iocNone, 0x47, 0)
+	kvmGetDirtyLog         = ioc(iocWrite, 0x42, 16)
 	kvmRun                 = ioc(iocNone, 0x80, 0)
 	kvmGetRegs             = ioc(iocRead, 0x81, 144)
 	kvmSetRegs             = ioc(iocWrite, 0x82, 144)
@@ -159,6 +160,7 @@ func probe(nExits, loopIters int) error {
 		return fmt.Errorf("long-mode CPL3 guest: %w", err)
 	}
 	fmt.Println("kvmprobe: ok long-mode CPL3 guest: IOPL=3 out works, CS.RPL=3, user write to 2 MiB page 1 landed, hlt at CPL3 faulted (KVM_EXIT_SHUTDOWN)")
+	fmt.Printf("kvmprobe: ok KVM_GET_DIRTY_LOG: the guest's write marked page %#x dirty\n", lmDataPage)
 	perExit, err = timeLongModeExits(lm, nExits)
 	if err != nil {
 		return fmt.Errorf("long-mode CPL3 exit loop: %w", err)
@@ -209,7 +211,7 @@ func newVM(kvm int) (*vm, error) {
 		v.close()
 		return nil, fmt.Errorf("mmap guest memory: %w", err)
 	}
-	if err := setMemoryRegion(v.fd, 0, 0, v.mem); err != nil {
+	if err := setMemoryRegion(v.fd, 0, 0, 0, v.mem); err != nil {
 		v.close()
 		return nil, fmt.Errorf("KVM_SET_USER_MEMORY_REGION: %w", err)
 	}

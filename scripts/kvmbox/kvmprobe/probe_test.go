@@ -2,6 +2,7 @@ package main
 
 import (
 	"os"
+	"slices"
 	"testing"
 
 	"github.com/ftvm/ftvm/internal/testutil"
@@ -24,6 +25,17 @@ func TestSegDescMatchesKnownEncodings(t *testing.T) {
 		if got := segDesc(c.base, c.limit, c.access, c.flags); got != c.want {
 			t.Errorf("%s: segDesc = %#016x, want %#016x", c.name, got, c.want)
 		}
+	}
+}
+
+func TestDirtyPagesDecodesBitmap(t *testing.T) {
+	bitmap := []uint64{1<<0 | 1<<63, 0, 1 << 5}
+	want := []uint64{0, 63 * pageBytes, (128 + 5) * pageBytes}
+	if got := dirtyPages(bitmap); !slices.Equal(got, want) {
+		t.Fatalf("dirtyPages = %#x, want %#x", got, want)
+	}
+	if got := dirtyPages(make([]uint64, 4)); len(got) != 0 {
+		t.Fatalf("dirtyPages of an empty bitmap = %#x, want none", got)
 	}
 }
 
