@@ -14,7 +14,7 @@ BENCH     ?= .
 BENCHTIME ?= 1s
 BENCHCOUNT ?= 1
 
-.PHONY: all build test vet unit guests bench demo check-tools fuzz clean
+.PHONY: all build test vet unit guests bench demo check-tools fuzz clean kvm-test
 
 all: build
 
@@ -36,6 +36,11 @@ test: check-tools vet guests unit
 # guests: the freestanding C guest programs (vmm/guests); filled by the vmm work.
 guests:
 	@if [ -f vmm/guests/Makefile ]; then $(MAKE) -C vmm/guests; else echo "guests: none yet"; fi
+
+# kvm-test: the vmm tests against real KVM. Without /dev/kvm here, they run
+# in scripts/kvmbox/kvmbox (nested KVM in a QEMU TCG guest; root needed).
+kvm-test:
+	@bash scripts/kvmbox/kvm-test
 
 bench:
 	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -count $(BENCHCOUNT) -benchmem ./...

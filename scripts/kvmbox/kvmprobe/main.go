@@ -1,0 +1,385 @@
+package main
+
+import (
+	"encoding/binary"
+	"errors"
+	"flag"
+	"fmt"
+	"os"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+const kvmio = 0xAE
+
+func ioc(dir, nr, size uintptr) uintptr { return dir<<30 | size<<16 | kvmio<<8 | nr }
+
+const (
+	iocNone, iocWrite, iocRead = 0, 1, 2
+)
+
+var (
+	kvmGetAPIVersion       = ioc(iocNone, 0x00, 0)
+	kvmCreateVM            = ioc(iocNone, 0x01, 0)
+	kvmCheckExtension      = ioc(iocNone, 0x03, 0)
+	kvmGetVCPUMmapSize     = ioc(iocNone, 0x04, 0)
+	kvmGetSupportedCPUID   = ioc(iocRead|iocWrite, 0x05, 8)
+	kvmCreateVCPU          = ioc(iocNone, 0x41, 0)
+	kvmSetUserMemoryRegion = ioc(iocWrite, 0x46, 32)
+	kvmSetTSSAddr          = ioc(iocNone, 0x47, 0)
+	kvmGetDirtyLog         = ioc(iocWrite, 0x42, 16)
+	kvmRun                 = ioc(iocNone, 0x80, 0)
+	kvmGetRegs             = ioc(iocRead, 0x81, 144)
+	kvmSetRegs             = ioc(iocWrite, 0x82, 144)
+	kvmGetSregs            = ioc(iocRead, 0x83, 312)
+	kvmSetSregs            = ioc(iocWrite, 0x84, 312)
+	kvmSetCPUID2           = ioc(iocWrite, 0x90, 8)
+)
+
+// The KVM API version every kernel since 2.6.22 reports.
+const kvmAPIVersion = 12
+
+// Exit reasons (linux/kvm.h).
+const (
+	exitIO            = 2
+	exitHLT           = 5
+	exitMMIO          = 6
+	exitShutdown      = 8
+	exitFailEntry     = 9
+	exitInternalError = 17
+)
+
+var exitNames = map[uint32]string{
+	exitIO: "IO", exitHLT: "HLT", exitMMIO: "MMIO", exitShutdown: "SHUTDOWN",
+	exitFailEntry: "FAIL_ENTRY", exitInternalError: "INTERNAL_ERROR",
+}
+
+func exitName(r uint32) string {
+	if n, ok := exitNames[r]; ok {
+		return n
+	}
+	return fmt.Sprintf("reason %d", r)
+}
+
+// Offsets into struct kvm_run (linux/kvm.h, x86).
+const (
+	runExitReasonOffset = 8
+	runIODirection      = 32
+	runIOSize           = 33
+	runIOPort           = 34
+	runIOCount          = 36
+	runIODataOffset     = 40
+)
+
+const ioDirOut = 1
+
+var caps = []struct {
+	name string
+	nr   uintptr
+}{
+	{"KVM_CAP_XSAVE", 55},
+	{"KVM_CAP_XCRS", 56},
+	{"KVM_CAP_IMMEDIATE_EXIT", 136},
+	{"KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2", 168},
+	{"KVM_CAP_DIRTY_LOG_RING", 192},
+}
+
+// guestMemBytes is the size of each probe VM's single memory slot: two
+// 2 MiB pages, so the long-mode guest can touch a second identity-mapped
+// page.
+const guestMemBytes = 4 << 20
+
+// serialPort is the COM1 data port the real-mode guest writes to.
+const serialPort = 0x3f8
+
+func main() {
+	exits := flag.Int("exits", 1000, "number of port-I/O exits to time in each timing loop")
+	loopIters := flag.Int("loop", 10_000_000, "iterations of the CPL3 compute loop to time (0 skips it)")
+	flag.Parse()
+	if *exits < 1 {
+		fmt.Fprintln(os.Stderr, "kvmprobe: -exits must be at least 1")
+		os.Exit(2)
+	}
+	if err := probe(*exits, *loopIters); err != nil {
+		fmt.Printf("kvmprobe: FAIL: %v\n", err)
+		os.Exit(1)
+	}
+	fmt.Println("kvmprobe: PASS")
+}
+
+func probe(nExits, loopIters int) error {
+	kvm, err := unix.Open("/dev/kvm", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	if err != nil {
+		return fmt.Errorf("open /dev/kvm: %w", err)
+	}
+	defer unix.Close(kvm)
+	api, err := ioctlPtr(kvm, kvmGetAPIVersion, nil)
+	if err != nil {
+		return fmt.Errorf("KVM_GET_API_VERSION: %w", err)
+	}
+	if api != kvmAPIVersion {
+		return fmt.Errorf("KVM_GET_API_VERSION = %d, want %d", api, kvmAPIVersion)
+	}
+	fmt.Printf("kvmprobe: ok KVM_GET_API_VERSION = %d\n", api)
+
+	vm, err := newVM(kvm)
+	if err != nil {
+		return err
+	}
+	defer vm.close()
+	for _, c := range caps {
+		sys, errSys := checkExt(kvm, c.nr)
+		onVM, errVM := checkExt(vm.fd, c.nr)
+		if errSys != nil || errVM != nil {
+			return fmt.Errorf("KVM_CHECK_EXTENSION(%s): system %v, vm %v", c.name, errSys, errVM)
+		}
+		state := "present"
+		if sys == 0 && onVM == 0 {
+			state = "ABSENT"
+		}
+		fmt.Printf("kvmprobe: cap %-34s %s (system %d, vm %d)\n", c.name, state, sys, onVM)
+	}
+
+	if err := realModeOut(vm, realCode); err != nil {
+		return fmt.Errorf("real-mode guest: %w", err)
+	}
+	fmt.Println("kvmprobe: ok real-mode guest: KVM_EXIT_IO port 0x3f8 data 'K', then KVM_EXIT_HLT")
+	perExit, err := timeRealModeExits(vm, nExits)
+	if err != nil {
+		return fmt.Errorf("real-mode exit loop: %w", err)
+	}
+	fmt.Printf("kvmprobe: ok real-mode port-I/O exits: %d exits, mean %.1f µs/exit\n", nExits, us(perExit))
+
+	lm, err := newVM(kvm)
+	if err != nil {
+		return err
+	}
+	defer lm.close()
+	if err := longModeCPL3(kvm, lm, 3); err != nil {
+		return fmt.Errorf("long-mode CPL3 guest: %w", err)
+	}
+	fmt.Println("kvmprobe: ok long-mode CPL3 guest: IOPL=3 out works, CS.RPL=3, user write to 2 MiB page 1 landed, hlt at CPL3 faulted (KVM_EXIT_SHUTDOWN)")
+	fmt.Printf("kvmprobe: ok KVM_GET_DIRTY_LOG: the guest's write marked page %#x dirty\n", lmDataPage)
+	perExit, err = timeLongModeExits(lm, nExits)
+	if err != nil {
+		return fmt.Errorf("long-mode CPL3 exit loop: %w", err)
+	}
+	fmt.Printf("kvmprobe: ok long-mode CPL3 port-I/O exits: %d exits, mean %.1f µs/exit\n", nExits, us(perExit))
+	if loopIters > 0 {
+		d, err := timeLongModeLoop(lm, loopIters)
+		if err != nil {
+			return fmt.Errorf("long-mode CPL3 compute loop: %w", err)
+		}
+		fmt.Printf("kvmprobe: ok long-mode CPL3 compute loop: %d iterations in %.1f ms (%.2f ns/iteration)\n",
+			loopIters, float64(d)/1e6, float64(d)/float64(loopIters))
+	}
+	return nil
+}
+
+func us(d time.Duration) float64 { return float64(d) / 1e3 }
+
+func checkExt(fd int, nr uintptr) (uintptr, error) {
+	r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), kvmCheckExtension, nr)
+	if errno != 0 {
+		return 0, errno
+	}
+	return r, nil
+}
+
+type vm struct {
+	fd     int
+	mem    []byte
+	vcpu   int
+	run    []byte
+	closed bool
+}
+
+func newVM(kvm int) (*vm, error) {
+	fd, err := ioctlPtr(kvm, kvmCreateVM, nil)
+	if err != nil {
+		return nil, fmt.Errorf("KVM_CREATE_VM: %w", err)
+	}
+	v := &vm{fd: int(fd), vcpu: -1}
+	// Intel needs a TSS area below 4 GiB for real mode; AMD ignores it.
+	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, fd, kvmSetTSSAddr, 0xfffbd000); errno != 0 {
+		v.close()
+		return nil, fmt.Errorf("KVM_SET_TSS_ADDR: %w", errno)
+	}
+	v.mem, err = unix.Mmap(-1, 0, guestMemBytes, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	if err != nil {
+		v.close()
+		return nil, fmt.Errorf("mmap guest memory: %w", err)
+	}
+	if err := setMemoryRegion(v.fd, 0, 0, 0, v.mem); err != nil {
+		v.close()
+		return nil, fmt.Errorf("KVM_SET_USER_MEMORY_REGION: %w", err)
+	}
+	vcpu, err := ioctlPtr(v.fd, kvmCreateVCPU, nil)
+	if err != nil {
+		v.close()
+		return nil, fmt.Errorf("KVM_CREATE_VCPU: %w", err)
+	}
+	v.vcpu = int(vcpu)
+	size, err := ioctlPtr(kvm, kvmGetVCPUMmapSize, nil)
+	if err != nil {
+		v.close()
+		return nil, fmt.Errorf("KVM_GET_VCPU_MMAP_SIZE: %w", err)
+	}
+	v.run, err = unix.Mmap(v.vcpu, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		v.close()
+		return nil, fmt.Errorf("mmap kvm_run: %w", err)
+	}
+	return v, nil
+}
+
+func (v *vm) close() {
+	if v.closed {
+		return
+	}
+	v.closed = true
+	if v.run != nil {
+		unix.Munmap(v.run)
+	}
+	if v.vcpu >= 0 {
+		unix.Close(v.vcpu)
+	}
+	if v.mem != nil {
+		unix.Munmap(v.mem)
+	}
+	unix.Close(v.fd)
+}
+
+// runOnce enters the guest and returns the exit reason.
+func (v *vm) runOnce() (uint32, error) {
+	for {
+		_, err := ioctlPtr(v.vcpu, kvmRun, nil)
+		if errors.Is(err, unix.EINTR) {
+			continue
+		}
+		if err != nil {
+			return 0, fmt.Errorf("KVM_RUN: %w", err)
+		}
+		return binary.LittleEndian.Uint32(v.run[runExitReasonOffset:]), nil
+	}
+}
+
+type ioExit struct {
+	out  bool
+	port uint16
+	data []byte
+}
+
+func (v *vm) ioExit() ioExit {
+	size := int(v.run[runIOSize])
+	count := int(binary.LittleEndian.Uint32(v.run[runIOCount:]))
+	off := int(binary.LittleEndian.Uint64(v.run[runIODataOffset:]))
+	return ioExit{
+		out:  v.run[runIODirection] == ioDirOut,
+		port: binary.LittleEndian.Uint16(v.run[runIOPort:]),
+		data: v.run[off : off+size*count],
+	}
+}
+
+// expectOut runs the guest and checks that it exits with an OUT of want to
+// port.
+func (v *vm) expectOut(port uint16, want byte) error {
+	r, err := v.runOnce()
+	if err != nil {
+		return err
+	}
+	if r != exitIO {
+		return v.unexpected(r, fmt.Sprintf("KVM_EXIT_IO (out to port %#x)", port))
+	}
+	io := v.ioExit()
+	if !io.out || io.port != port || len(io.data) != 1 || io.data[0] != want {
+		return fmt.Errorf("IO exit: out=%v port=%#x data=%x, want out to port %#x of %#x", io.out, io.port, io.data, port, want)
+	}
+	return nil
+}
+
+func (v *vm) unexpected(r uint32, want string) error {
+	regs, _ := getRegs(v.vcpu)
+	return fmt.Errorf("exit %s at rip %#x, want %s", exitName(r), regs.RIP, want)
+}
+
+// Real-mode code at realCodeAddr:
+//
+//	mov $0x3f8,%dx; mov $'K',%al; out %al,(%dx); hlt
+//
+// and at realLoopAddr, a loop of OUTs for timing exits:
+//
+//	mov $0x3f8,%dx; 1: out %al,(%dx); jmp 1b
+const (
+	realCodeAddr = 0x1000
+	realLoopAddr = 0x1100
+)
+
+var (
+	realCode = []byte{0xba, 0xf8, 0x03, 0xb0, 'K', 0xee, 0xf4}
+	realLoop = []byte{0xba, 0xf8, 0x03, 0xee, 0xeb, 0xfd}
+)
+
+func (v *vm) enterRealMode(rip uint64) error {
+	s, err := getSregs(v.vcpu)
+	if err != nil {
+		return fmt.Errorf("KVM_GET_SREGS: %w", err)
+	}
+	s.CS.Base, s.CS.Selector = 0, 0
+	if err := setSregs(v.vcpu, &s); err != nil {
+		return fmt.Errorf("KVM_SET_SREGS: %w", err)
+	}
+	regs := kvmRegs{RIP: rip, RFLAGS: 0x2}
+	if err := setRegs(v.vcpu, &regs); err != nil {
+		return fmt.Errorf("KVM_SET_REGS: %w", err)
+	}
+	return nil
+}
+
+// realModeOut runs code (realCode, or a planted variant in tests) and checks
+// that it writes 'K' to the serial port and halts.
+func realModeOut(v *vm, code []byte) error {
+	copy(v.mem[realCodeAddr:], code)
+	copy(v.mem[realLoopAddr:], realLoop)
+	if err := v.enterRealMode(realCodeAddr); err != nil {
+		return err
+	}
+	if err := v.expectOut(serialPort, 'K'); err != nil {
+		return err
+	}
+	r, err := v.runOnce()
+	if err != nil {
+		return err
+	}
+	if r != exitHLT {
+		return v.unexpected(r, "KVM_EXIT_HLT")
+	}
+	return nil
+}
+
+func timeRealModeExits(v *vm, n int) (time.Duration, error) {
+	if err := v.enterRealMode(realLoopAddr); err != nil {
+		return 0, err
+	}
+	return v.timeExits(n, serialPort)
+}
+
+// timeExits runs the guest through one warm-up exit and then n timed exits,
+// each of which must be an OUT to port.
+func (v *vm) timeExits(n int, port uint16) (time.Duration, error) {
+	var start time.Time
+	for i := -1; i < n; i++ {
+		if i == 0 {
+			start = time.Now()
+		}
+		r, err := v.runOnce()
+		if err != nil {
+			return 0, err
+		}
+		if r != exitIO || v.ioExit().port != port {
+			return 0, v.unexpected(r, fmt.Sprintf("KVM_EXIT_IO to port %#x", port))
+		}
+	}
+	return time.Since(start) / time.Duration(n), nil
+}
