@@ -2,6 +2,7 @@ package ringbench
 
 import (
 	"encoding/binary"
+	"fmt"
 	"slices"
 	"sync"
 	"testing"
@@ -65,7 +66,7 @@ func reportPerItem(b *testing.B) {
 
 func mustNot(b *testing.B, err error) {
 	if err != nil {
-		b.Fatal(err)
+		fatalf(b, "%v", err)
 	}
 }
 
@@ -113,7 +114,7 @@ func SPSC(b *testing.B, batch int) {
 			v, err := r.Pop()
 			mustNot(b, err)
 			if v != want {
-				b.Fatalf("SPSC: got item %d, want %d", v, want)
+				fatalf(b, "SPSC: got item %d, want %d", v, want)
 			}
 			sum += v
 			want++
@@ -123,7 +124,7 @@ func SPSC(b *testing.B, batch int) {
 		mustNot(b, err)
 		for _, v := range s {
 			if v != want {
-				b.Fatalf("SPSC: got item %d, want %d", v, want)
+				fatalf(b, "SPSC: got item %d, want %d", v, want)
 			}
 			sum += v
 			want++
@@ -133,7 +134,7 @@ func SPSC(b *testing.B, batch int) {
 	b.StopTimer()
 	mustNot(b, <-done)
 	if sum != n*(n-1)/2 {
-		b.Fatalf("SPSC: checksum %d, want %d", sum, n*(n-1)/2)
+		fatalf(b, "SPSC: checksum %d, want %d", sum, n*(n-1)/2)
 	}
 	reportPerItem(b)
 }
@@ -153,13 +154,13 @@ func Chan(b *testing.B) {
 	for want := uint64(0); want < n; want++ {
 		v := <-c
 		if v != want {
-			b.Fatalf("chan: got item %d, want %d", v, want)
+			fatalf(b, "chan: got item %d, want %d", v, want)
 		}
 		sum += v
 	}
 	b.StopTimer()
 	if sum != n*(n-1)/2 {
-		b.Fatalf("chan: checksum %d, want %d", sum, n*(n-1)/2)
+		fatalf(b, "chan: checksum %d, want %d", sum, n*(n-1)/2)
 	}
 	reportPerItem(b)
 }
@@ -182,13 +183,13 @@ func Chan64B(b *testing.B) {
 		it := <-c
 		ok, s := read64(it[:], want)
 		if !ok {
-			b.Fatalf("chan 64B: item %d arrived out of order", want)
+			fatalf(b, "chan 64B: item %d arrived out of order", want)
 		}
 		sum += s
 	}
 	b.StopTimer()
 	if sum != want64Sum(n) {
-		b.Fatalf("chan 64B: checksum %d, want %d", sum, want64Sum(n))
+		fatalf(b, "chan 64B: checksum %d, want %d", sum, want64Sum(n))
 	}
 	reportPerItem(b)
 }
@@ -247,13 +248,13 @@ func MutexQueue(b *testing.B) {
 	for want := uint64(0); want < n; want++ {
 		v := q.pop()
 		if v != want {
-			b.Fatalf("mutex queue: got item %d, want %d", v, want)
+			fatalf(b, "mutex queue: got item %d, want %d", v, want)
 		}
 		sum += v
 	}
 	b.StopTimer()
 	if sum != n*(n-1)/2 {
-		b.Fatalf("mutex queue: checksum %d, want %d", sum, n*(n-1)/2)
+		fatalf(b, "mutex queue: checksum %d, want %d", sum, n*(n-1)/2)
 	}
 	reportPerItem(b)
 }
@@ -261,7 +262,9 @@ func MutexQueue(b *testing.B) {
 // errRecordsOrder stops the consumer's walk at a record out of order.
 type errRecordsOrder struct{ want uint64 }
 
-func (e *errRecordsOrder) Error() string { return "record out of order" }
+func (e *errRecordsOrder) Error() string {
+	return fmt.Sprintf("records: record %d is out of order, damaged or of the wrong length", e.want)
+}
 
 // Records moves b.N records of 64-byte payload through a ring.Records of
 // RecordsRingBytes. The producer reserves and fills each record in place and
@@ -315,7 +318,7 @@ func Records(b *testing.B, batch int) {
 	b.StopTimer()
 	mustNot(b, <-done)
 	if sum != want64Sum(n) {
-		b.Fatalf("records: checksum %d, want %d", sum, want64Sum(n))
+		fatalf(b, "records: checksum %d, want %d", sum, want64Sum(n))
 	}
 	reportPerItem(b)
 }
@@ -365,7 +368,7 @@ func PingPongRing(b *testing.B) {
 		samples.add(i, time.Since(start))
 		mustNot(b, err)
 		if v != uint64(i)+1 {
-			b.Fatalf("ping-pong ring: got %d back for %d", v, i)
+			fatalf(b, "ping-pong ring: got %d back for %d", v, i)
 		}
 	}
 	b.StopTimer()
@@ -390,7 +393,7 @@ func PingPongChan(b *testing.B) {
 		v := <-pong
 		samples.add(i, time.Since(start))
 		if v != uint64(i)+1 {
-			b.Fatalf("ping-pong chan: got %d back for %d", v, i)
+			fatalf(b, "ping-pong chan: got %d back for %d", v, i)
 		}
 	}
 	b.StopTimer()
