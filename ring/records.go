@@ -204,8 +204,10 @@ func (r *Records) Reserve(n int) ([]byte, error) {
 		}
 		r.Commit()
 		seen := r.headSeen
-		r.strategy.await(&r.notFull, func() bool {
-			return r.head.Load() != seen || r.closed.Load()
+		chunk := uint64(len(r.buf) / earlyRoomDivisor)
+		r.strategy.await(&r.notFull, func(early bool) bool {
+			freed := r.head.Load() - seen
+			return freed > 0 && (!early || freed >= chunk) || r.closed.Load()
 		})
 	}
 }
@@ -307,7 +309,7 @@ func (r *Records) Peek() ([]byte, error) {
 			return s, err
 		}
 		empty := r.consHead
-		r.strategy.await(&r.notEmpty, func() bool {
+		r.strategy.await(&r.notEmpty, func(bool) bool {
 			return r.tail.Load() != empty || r.closed.Load()
 		})
 	}

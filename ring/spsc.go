@@ -137,8 +137,10 @@ func (r *SPSC[T]) Push(v T) error {
 
 func (r *SPSC[T]) waitForRoom() {
 	full := r.prodTail - uint64(len(r.buf))
-	r.strategy.await(&r.notFull, func() bool {
-		return r.head.Load() != full || r.closed.Load()
+	chunk := uint64(len(r.buf) / earlyRoomDivisor)
+	r.strategy.await(&r.notFull, func(early bool) bool {
+		freed := r.head.Load() - full
+		return freed > 0 && (!early || freed >= chunk) || r.closed.Load()
 	})
 }
 
@@ -248,7 +250,7 @@ func (r *SPSC[T]) Pop() (T, error) {
 
 func (r *SPSC[T]) waitForItems() {
 	empty := r.consHead
-	r.strategy.await(&r.notEmpty, func() bool {
+	r.strategy.await(&r.notEmpty, func(bool) bool {
 		return r.tail.Load() != empty || r.closed.Load()
 	})
 }

@@ -351,3 +351,52 @@ func blockedConsumerCPU(t *testing.T, s WaitStrategy, idle time.Duration) time.D
 	finishes(t, "blocked Pop after Close", func() { d = <-used })
 	return d
 }
+
+// TestSPSCProducerTakesASingleFreedSlot: while spinning, a blocked producer
+// holds out for a chunk of free slots; it must still go on when the consumer
+// frees only one and stops.
+func TestSPSCProducerTakesASingleFreedSlot(t *testing.T) {
+	for _, s := range strategies {
+		t.Run(s.String(), func(t *testing.T) {
+			r, _ := NewSPSC[int](64, s)
+			for i := range 64 {
+				r.TryPush(i)
+			}
+			pushed := make(chan error, 1)
+			go func() { pushed <- r.Push(64) }()
+			if v, err := r.Pop(); v != 0 || err != nil {
+				t.Fatalf("Pop = %d, %v", v, err)
+			}
+			finishes(t, "Push into one freed slot", func() {
+				if err := <-pushed; err != nil {
+					t.Error(err)
+				}
+			})
+		})
+	}
+}
+
+func TestRecordsProducerTakesASingleFreedRecord(t *testing.T) {
+	for _, s := range strategies {
+		t.Run(s.String(), func(t *testing.T) {
+			r, _ := NewRecords(1024, s)
+			for {
+				if _, err := r.TryReserve(4); err != nil {
+					break
+				}
+			}
+			r.Commit()
+			reserved := make(chan error, 1)
+			go func() { _, err := r.Reserve(4); reserved <- err }()
+			span, _ := r.Peek()
+			if err := r.Release(RecordBytes(4)); err != nil || len(span) != 1024 {
+				t.Fatalf("Release of the first record of a %d-byte span: %v", len(span), err)
+			}
+			finishes(t, "Reserve into one freed record", func() {
+				if err := <-reserved; err != nil {
+					t.Error(err)
+				}
+			})
+		})
+	}
+}

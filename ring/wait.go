@@ -35,6 +35,12 @@ const (
 	// yieldsBeforePark lets a peer goroutine that shares our P run before
 	// we pay for a futex sleep and wake-up (several µs).
 	yieldsBeforePark = 16
+	// earlyRoomDivisor: while it spins, a producer waiting for room holds
+	// out for 1/earlyRoomDivisor of the ring to be free, not one slot, so
+	// that a full ring refills in chunks instead of the two sides trading
+	// the cursor's cache line for every item. After the spin phase one
+	// slot is enough, so a consumer that stops early cannot stall it.
+	earlyRoomDivisor = 8
 )
 
 func (s WaitStrategy) String() string {
@@ -89,21 +95,29 @@ func (w *waiter) wakeForClose() {
 
 // await returns once done reports true. done must also report true once the
 // ring is closed, so that Close ends every wait; the caller then works out
-// which of the two happened.
-func (s WaitStrategy) await(w *waiter, done func() bool) {
+// which of the two happened. During the first spinChecksBeforeYield checks
+// done is called with early set: a producer waiting for room may then hold
+// out for a chunk of free slots rather than one, so that the two sides do
+// not trade a cache line per item while the ring is full.
+func (s WaitStrategy) await(w *waiter, done func(early bool) bool) {
+	for i := 0; i < spinChecksBeforeYield; i++ {
+		if done(true) {
+			return
+		}
+	}
 	slept := false
-	for i := 0; !done(); i++ {
+	for i := 0; !done(false); i++ {
 		switch {
-		case s == Spin || i < spinChecksBeforeYield:
+		case s == Spin:
 			continue
-		case s == SpinThenYield || i < spinChecksBeforeYield+yieldsBeforePark:
+		case s == SpinThenYield || i < yieldsBeforePark:
 			runtime.Gosched()
 			continue
 		}
 		w.sleeping.Store(1)
 		slept = true
 		seen := w.seq.Load()
-		if done() {
+		if done(false) {
 			break
 		}
 		futexWait(&w.seq, seen)
