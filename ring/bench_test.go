@@ -28,4 +28,5 @@ func BenchmarkMutexQueue(b *testing.B) { ringbench.MutexQueue(b) }
 func BenchmarkPingPong(b *testing.B) {
 	b.Run("ring", ringbench.PingPongRing)
 	b.Run("chan", ringbench.PingPongChan)
+	b.Run("cacheline", ringbench.PingPongCacheLine)
 }

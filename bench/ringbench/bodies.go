@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"slices"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -395,6 +396,43 @@ func PingPongChan(b *testing.B) {
 		if v != uint64(i)+1 {
 			fatalf(b, "ping-pong chan: got %d back for %d", v, i)
 		}
+	}
+	b.StopTimer()
+	samples.report(b)
+}
+
+// paddedCounter is an atomic counter alone on its 128-byte pair of lines.
+type paddedCounter struct {
+	_ [128]byte
+	v atomic.Uint64
+	_ [128]byte
+}
+
+// PingPongCacheLine is the floor under PingPongRing: two goroutines spin on
+// two atomic counters, each answering the other's increment, with no ring
+// and no waiting strategy. Its p50 is one core-to-core round trip of a cache
+// line when both threads run at once; far above a microsecond it shows that
+// the machine rarely runs the two threads at the same time (other load, or
+// vCPUs the host does not co-schedule), and then every cross-core figure of
+// the report is dominated by scheduling, not by the code under test.
+func PingPongCacheLine(b *testing.B) {
+	var ping, pong paddedCounter
+	n := uint64(b.N)
+	go func() {
+		for i := uint64(1); i <= n; i++ {
+			for ping.v.Load() != i {
+			}
+			pong.v.Store(i)
+		}
+	}()
+	samples := newRoundTrips(b.N)
+	b.ResetTimer()
+	for i := uint64(1); i <= n; i++ {
+		start := time.Now()
+		ping.v.Store(i)
+		for pong.v.Load() != i {
+		}
+		samples.add(int(i), time.Since(start))
 	}
 	b.StopTimer()
 	samples.report(b)

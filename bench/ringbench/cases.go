@@ -37,6 +37,7 @@ func Cases() []Case {
 		{Name: "Records/64B/batch=1", Run: func(b *testing.B) { Records(b, 1) }, Metric: "ns/item", Baseline: "ChanSPSC64B"},
 		{Name: "Records/64B/batch=16", Run: func(b *testing.B) { Records(b, 16) }, Metric: "ns/item", Baseline: "ChanSPSC64B", MinSpeedup: 20},
 		{Name: "PingPong/ring", Run: PingPongRing, Metric: "p50-ns", Baseline: "PingPong/chan"},
+		{Name: "PingPong/cacheline", Run: PingPongCacheLine, Metric: "p50-ns", Baseline: "PingPong/chan"},
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"io"
 	"os"
 	"regexp"
 	"runtime"
@@ -108,6 +109,7 @@ flags:
 	}
 	report.Rows = ringbench.Evaluate(cases, measured)
 	printRingsTable(table, report.Rows)
+	warnIfNotCoScheduled(table, report.Rows)
 
 	code := exitOK
 	for _, r := range report.Rows {
@@ -148,7 +150,7 @@ func selectCases(all []ringbench.Case, filter *regexp.Regexp) []ringbench.Case {
 	return out
 }
 
-func printRingsTable(w interface{ Write([]byte) (int, error) }, rows []ringbench.Row) {
+func printRingsTable(w io.Writer, rows []ringbench.Row) {
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
 	fmt.Fprintln(tw, "NAME\tVALUE\tBASELINE\tSPEEDUP\tTARGET\tRESULT")
 	for _, r := range rows {
@@ -190,6 +192,25 @@ func writeJSON(e *env, path string, report ringsReport) error {
 		return fmt.Errorf("writing the JSON report: %v (check that the directory exists and is writable)", err)
 	}
 	return nil
+}
+
+// coScheduledRoundTripMaxNs bounds the core-to-core cache-line round trip
+// (PingPong/cacheline) of two threads that run at the same time: real
+// hardware takes 50-300 ns; above this, the threads mostly took turns.
+const coScheduledRoundTripMaxNs = 1000
+
+// warnIfNotCoScheduled says when the machine did not run the benchmark's two
+// threads at once, which makes every cross-core figure a measure of the
+// scheduler rather than of the rings.
+func warnIfNotCoScheduled(w io.Writer, rows []ringbench.Row) {
+	for _, r := range rows {
+		if r.Name == "PingPong/cacheline" && r.Runs > 0 && r.Value > coScheduledRoundTripMaxNs {
+			fmt.Fprintf(w, "\nnote: a bare cache-line round trip between the two threads took %.1f µs (p50), not the\n"+
+				"50-300 ns of two cores running at once: this machine mostly ran them in turns (other load,\n"+
+				"or vCPUs not co-scheduled), so the cross-core figures above measure its scheduler. Run\n"+
+				"again on a quiet machine for the rings' own figures.\n", r.Value/1000)
+		}
+	}
 }
 
 // loadAverage returns the 1, 5 and 15 minute load averages, or "unknown".

@@ -105,3 +105,15 @@ func TestBenchRingsReport(t *testing.T) {
 		}
 	}
 }
+
+func TestCoSchedulingNote(t *testing.T) {
+	var b bytes.Buffer
+	warnIfNotCoScheduled(&b, []ringbench.Row{{Name: "PingPong/cacheline", Runs: 3, Value: 200}})
+	if b.Len() != 0 {
+		t.Fatalf("a 200 ns round trip drew a note: %s", b.String())
+	}
+	warnIfNotCoScheduled(&b, []ringbench.Row{{Name: "PingPong/cacheline", Runs: 3, Value: 4500}})
+	if !strings.Contains(b.String(), "4.5 µs") || !strings.Contains(b.String(), "quiet machine") {
+		t.Fatalf("a 4.5 µs round trip drew no note, or the wrong one: %q", b.String())
+	}
+}
