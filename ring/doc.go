@@ -46,8 +46,17 @@
 //
 // Try calls never wait. Blocking calls wait with the ring's WaitStrategy:
 // Spin, SpinThenYield, or Park (spin, yield, then sleep on a futex, so an
-// idle ring burns no CPU). Close wakes a blocked side, which returns
-// ErrClosed; the consumer first drains what was committed.
+// idle ring burns no CPU). While it spins, a producer blocked on a full
+// ring waits for an eighth of the ring to be free rather than one slot, so
+// that a full ring refills in chunks; after the spin phase one slot is
+// enough. A side that slept is woken by the other side's next publish, with
+// one futex call; a side that never sleeps costs the other one atomic load
+// per publish. Close wakes a blocked side, which returns ErrClosed; the
+// consumer first drains what was committed.
+//
+// The futex sleep blocks the calling OS thread, not only the goroutine: that
+// suits the agent's vCPU thread, which is locked to its OS thread anyway,
+// and costs one extra thread per sleeping side elsewhere.
 //
 // # Records layout
 //
