@@ -42,6 +42,12 @@
 // (SPSC.Peek) or a span of many records (Records.Peek), read them in place
 // and free them with one atomic store (Release).
 //
+// Batching is what makes the rings fast in Go: sync/atomic offers only
+// sequentially consistent stores, which on amd64 are a locked XCHG (about
+// 10 to 20 ns on these machines, where a plain store takes under 1 ns), so a
+// publish per item costs that per item, and a publish per batch costs it
+// once per batch.
+//
 // # Waiting
 //
 // Try calls never wait. Blocking calls wait with the ring's WaitStrategy:
@@ -81,6 +87,12 @@
 // it up to the end are unspecified. Because offsets are multiples of 8 and C
 // is too, at least 8 bytes are left whenever any are, so a marker always
 // fits. The marker's bytes count as used until the consumer steps over it.
+//
+// The local consumer never walks records to find a marker: the producer
+// notes the marker's position in a side slot before it commits it, and Peek
+// reads that slot when the committed bytes run past the end of the buffer.
+// A reader that sees only the bytes (a remote ring) finds the marker by
+// walking the headers from the head.
 //
 // A record may take at most C/2 bytes (payload at most C/2-4 bytes,
 // MaxPayload); then it fits wherever the cursors stand once the ring has

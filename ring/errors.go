@@ -31,8 +31,14 @@ type TooLargeError struct {
 }
 
 func (e *TooLargeError) Error() string {
-	return fmt.Sprintf("ring: record payload of %d bytes is too large: a ring of %d bytes takes at most %d payload bytes per record (half the ring less the 4-byte header); split the record or create the ring with at least %d bytes",
-		e.PayloadBytes, e.RingBytes, e.MaxPayloadBytes, minRingBytesFor(e.PayloadBytes))
+	fix := "split the record"
+	if largest := MaxRecordsBytes/2 - RecordHeaderBytes; e.PayloadBytes <= largest {
+		fix += fmt.Sprintf(" or create the ring with at least %d bytes", minRingBytesFor(e.PayloadBytes))
+	} else {
+		fix += fmt.Sprintf(" (even the largest ring takes at most %d payload bytes)", largest)
+	}
+	return fmt.Sprintf("ring: record payload of %d bytes is too large: a ring of %d bytes takes at most %d payload bytes per record (half the ring less the 4-byte header); %s",
+		e.PayloadBytes, e.RingBytes, e.MaxPayloadBytes, fix)
 }
 
 func (e *TooLargeError) Is(target error) bool { return target == ErrTooLarge }

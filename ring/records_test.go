@@ -282,8 +282,8 @@ func TestRecordsTooLargeIsAClearError(t *testing.T) {
 			t.Errorf("message %q does not mention %s", err, s)
 		}
 	}
-	if _, err := r.Reserve(1 << 40); !errors.Is(err, ErrTooLarge) {
-		t.Fatalf("Reserve(1 TiB) = %v, want ErrTooLarge", err)
+	if _, err := r.Reserve(1 << 40); !errors.Is(err, ErrTooLarge) || !strings.Contains(err.Error(), "even the largest ring") {
+		t.Fatalf("Reserve(1 TiB) = %v, want ErrTooLarge saying no ring takes it", err)
 	}
 	if _, err := r.Reserve(-1); err == nil || errors.Is(err, ErrTooLarge) {
 		t.Fatalf("Reserve(-1) = %v, want a negative-length error", err)
