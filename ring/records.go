@@ -51,8 +51,7 @@ func minRingBytesFor(payloadBytes int) int {
 type Records struct {
 	_ pad
 
-	// Read-mostly: set by NewRecords, or written only when a side sleeps,
-	// wakes or closes.
+	// Read-only after NewRecords, but for closed (written once, by Close).
 	buf       []byte
 	mask      uint64
 	lapShift  uint // log2 of the capacity: cursor >> lapShift is the lap

@@ -35,8 +35,7 @@ const (
 type SPSC[T any] struct {
 	_ pad
 
-	// Read-mostly: set by NewSPSC, or written only when a side sleeps,
-	// wakes or closes.
+	// Read-only after NewSPSC, but for closed (written once, by Close).
 	buf      []T
 	mask     uint64
 	strategy WaitStrategy
@@ -53,7 +52,10 @@ type SPSC[T any] struct {
 	prodTail uint64        // the producer's own copy of tail
 	headSeen uint64        // the consumer's head as last loaded
 	reserved uint64        // slots handed out by the last Reserve
-	_        pad
+
+	_ pad
+
+	// Consumer side: written only by the consumer.
 	consHead uint64        // the consumer's own copy of head
 	tailSeen uint64        // the producer's tail as last loaded
 	peeked   uint64        // items handed out by the last Peek
