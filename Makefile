@@ -45,6 +45,11 @@ kvm-test:
 bench:
 	$(GO) test -run '^$$' -bench '$(BENCH)' -benchtime $(BENCHTIME) -count $(BENCHCOUNT) -benchmem ./...
 
+# demo: until the end-to-end work lands, the ring benchmark report (ring
+# benchmarks and their baselines, measured in one run, with PASS/MISS).
+demo:
+	$(GO) run ./cmd/ftvm bench rings
+
 clean:
 	$(GO) clean ./...
 	@if [ -f vmm/guests/Makefile ]; then $(MAKE) -C vmm/guests clean; fi
