@@ -384,6 +384,17 @@ func TestKVStoreDrops(t *testing.T) {
 		{"TCP", with(func(p *udpPacket) { p.Proto = 6 }), "drop_ip_proto"},
 		{"IP length beyond frame", func() []byte { b := packet("1 PUT a dropped").frame(); return b[:len(b)-4] }, "drop_ip_hdr"},
 		{"runt frame", func() []byte { return packet("").frame()[:10] }, "drop_eth"},
+		{"UDP length reaching into Ethernet padding", func() []byte {
+			// The UDP header claims 4 bytes more than the IP datagram holds;
+			// the frame has them as padding, with a checksum that covers
+			// them, so only the IP length can tell that they are not data.
+			b := append(packet("1 PUT a dropped").frame(), " xyz"...)
+			udp := b[ethHdrLen+ipHdrLen:]
+			binary.BigEndian.PutUint16(udp[4:], uint16(len(udp)))
+			binary.BigEndian.PutUint16(udp[6:], 0)
+			binary.BigEndian.PutUint16(udp[6:], udpChecksum(clientIP, guestIP, udp))
+			return b
+		}, "drop_udp_hdr"},
 	}
 	// One extra request before the drops, one after each drop, and three
 	// accepted oddities at the end.
@@ -596,4 +607,30 @@ func TestKVStoreBadConfig(t *testing.T) {
 			t.Errorf("kvstore %v: exit %d, console %q; want exit %d and a line saying %q", c.args, code, out, c.code, c.says)
 		}
 	}
+}
+
+// TestKVStoreLostHeader: when the header sector is damaged, kvstore starts
+// a new log; the records of the old one that still lie on the disk must not
+// be taken up, neither now nor after the new log has grown past them.
+func TestKVStoreLostHeader(t *testing.T) {
+	disk := copyDisk(t, writeLog(t))
+	b, _ := os.ReadFile(disk)
+	b[3] ^= 0xff
+	if err := os.WriteFile(disk, b, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	g := startKV(t, disk, "maxreq=2")
+	if bl := g.boot(); bl["wal_replayed"] != "0" {
+		t.Fatalf("damaged header: wal_replayed=%s, want 0", bl["wal_replayed"])
+	}
+	g.expect("1 GET a", "1 NONE\n")
+	g.expect("2 PUT x 1", "2 OK 1\n")
+	g.halt()
+	g = startKV(t, disk, "maxreq=2")
+	if bl := g.boot(); bl["wal_replayed"] != "1" {
+		t.Fatalf("new log of one record over an old one of five: wal_replayed=%s, want 1", bl["wal_replayed"])
+	}
+	g.expect("1 GET b", "1 NONE\n")
+	g.expect("2 GET x", "2 VAL 1 1\n")
+	g.halt()
 }
