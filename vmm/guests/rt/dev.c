@@ -1,24 +1,31 @@
 /*
  * dev.c — one wrapper per device request of ftvm.h.
  *
- * Each wrapper fills one struct ftvm_req on the stack (8-byte aligned by its
- * type) and issues it; nothing here batches or caches, so the exits a guest
- * makes are exactly the calls it makes.
+ * Each wrapper fills the one request struct and issues it; nothing here
+ * batches or caches, so the exits a guest makes are exactly the calls it
+ * makes.
+ *
+ * The request lives in .bss, not on the stack: OUT carries only 32 bits of
+ * its address, and the stack sits at the top of guest memory, which may lie
+ * above 4 GiB; the image is linked at 4 MiB. One static struct is enough
+ * because nothing runs concurrently with the guest: no interrupts, one vCPU.
  */
 #include "rt.h"
 
+static struct ftvm_req req;
+
 static int32_t call(uint16_t port, uint32_t op, const void *addr, size_t len, uint64_t arg, uint64_t *result)
 {
-	struct ftvm_req r = {
+	req = (struct ftvm_req){
 		.op = op,
 		.addr = (uint64_t)(uintptr_t)addr,
 		.len = (uint32_t)len,
 		.arg = arg,
 	};
-	int32_t st = ftvm_call(port, &r);
+	int32_t st = ftvm_call(port, &req);
 
 	if (result)
-		*result = r.result;
+		*result = req.result;
 	return st;
 }
 
