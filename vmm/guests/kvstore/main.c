@@ -56,8 +56,8 @@ int guest_main(const struct ftvm_boot *boot)
 {
 	static const char *const known[] = { "ip", "port", "maxreq", "keys", 0 };
 	uint64_t port, maxreq, keys;
-	const char *ip = KV_IP_DEFAULT;
-	int iplen = (int)strlen(KV_IP_DEFAULT);
+	const char *ip;
+	int iplen;
 
 	(void)boot;
 	if (rt_cmdline_check(PROG, known) != 0 ||
@@ -65,8 +65,10 @@ int guest_main(const struct ftvm_boot *boot)
 	    rt_cmdline_u64(PROG, "maxreq", 0, 0, UINT64_MAX, &maxreq) != 0 ||
 	    rt_cmdline_u64(PROG, "keys", KV_KEYS_MAX, 1, KV_KEYS_MAX, &keys) != 0)
 		return RT_EXIT_USAGE;
-	if (rt_cmdline_get("ip", &ip) >= 0)
-		iplen = rt_cmdline_get("ip", &ip);
+	if ((iplen = rt_cmdline_get("ip", &ip)) < 0) {
+		ip = KV_IP_DEFAULT;
+		iplen = (int)strlen(KV_IP_DEFAULT);
+	}
 	if (parse_ip(ip, (size_t)iplen, net_cfg.ip) != 0) {
 		rt_printf(PROG ": ip=%.*s is not an IPv4 address; give ip=a.b.c.d\n", iplen, ip);
 		return RT_EXIT_USAGE;
