@@ -13,6 +13,7 @@
 // linked with hosted/shim.c, which performs the device requests as a Linux
 // process would (console to stdout, block device to a file, NIC to a
 // SOCK_SEQPACKET socket). That lets the guests' protocol code, write-ahead
-// log and determinism be tested on machines without KVM; the tests also
-// check the real ELF files the way the VMM's loader will read them.
+// log and determinism be tested on machines without KVM. The tests also
+// check the real ELF files the way the VMM's loader will read them, and run
+// them under ptrace, performing each OUT the way the VMM will.
 package guests
