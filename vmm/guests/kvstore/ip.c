@@ -76,19 +76,14 @@ static void udp_input(const uint8_t src_mac[6], const uint8_t *ip, const uint8_t
 		net_stats.drop_udp_csum++;
 		return;
 	}
-	/* Copy what is needed to answer: the reply is built in the TX frame,
-	 * and kv_request may use the console meanwhile. */
-	uint8_t peer_mac[6], peer_ip[4];
-	uint16_t peer_port = get16(udp);
-	memcpy(peer_mac, src_mac, 6);
-	memcpy(peer_ip, ip + 12, 4);
-
+	/* The answer is written straight into the TX frame, behind the room
+	 * left for its headers; the request stays in the RX buffer. */
 	uint8_t *reply = eth_payload() + IP_HDR_MIN_BYTES + UDP_HDR_BYTES;
 	size_t n = kv_request((const char *)udp + UDP_HDR_BYTES, len - UDP_HDR_BYTES, (char *)reply,
 	                      KV_REPLY_BYTES_MAX);
 	if (n >= KV_REPLY_BYTES_MAX)
 		n = KV_REPLY_BYTES_MAX - 1; /* cut, as snprintf did */
-	udp_output(peer_mac, peer_ip, peer_port, n);
+	udp_output(src_mac, ip + 12, get16(udp), n);
 	net_stats.requests++;
 }
 
