@@ -119,11 +119,27 @@ static inline void ftvm_outl(uint16_t port, uint32_t val)
 	__asm__ volatile("outl %0, %1" : : "a"(val), "Nd"(port) : "memory");
 }
 
+#ifdef FTVM_HOSTED
+/*
+ * Hosted test builds (vmm/guests/hosted) run the same guest code as an
+ * ordinary Linux process: instead of trapping to the VMM, a request is handed
+ * to the shim, which performs it with the same rules and the same effects on
+ * req.status, req.result and the guest buffer before returning.
+ */
+int32_t ftvm_hosted_call(uint16_t port, struct ftvm_req *r);
+
+static inline int32_t ftvm_call(uint16_t port, struct ftvm_req *r)
+{
+	ftvm_hosted_call(port, r);
+	return r->status;
+}
+#else
 /* ftvm_call issues one request and returns its status. */
 static inline int32_t ftvm_call(uint16_t port, struct ftvm_req *r)
 {
 	ftvm_outl(port, (uint32_t)(uintptr_t)r);
 	return r->status;
 }
+#endif
 
 #endif
