@@ -80,11 +80,13 @@ func setupSystemArea(mem *Memory) error {
 	if err := checkMemSize(size); err != nil {
 		return err
 	}
+	// Descriptors carry the accessed bit, as the hidden parts in
+	// initialSregs do, so that a selector reload changes nothing.
 	gdt := make([]byte, gdtEntries*8)
-	le.PutUint64(gdt[1*8:], 0x00af9a000000ffff) // kernel code: 64-bit, DPL0
-	le.PutUint64(gdt[2*8:], 0x00cf92000000ffff) // kernel data, DPL0
-	le.PutUint64(gdt[3*8:], 0x00cff2000000ffff) // user data, DPL3
-	le.PutUint64(gdt[4*8:], 0x00affa000000ffff) // user code: 64-bit, DPL3
+	le.PutUint64(gdt[1*8:], 0x00af9b000000ffff) // kernel code: 64-bit, DPL0
+	le.PutUint64(gdt[2*8:], 0x00cf93000000ffff) // kernel data, DPL0
+	le.PutUint64(gdt[3*8:], 0x00cff3000000ffff) // user data, DPL3
+	le.PutUint64(gdt[4*8:], 0x00affb000000ffff) // user code: 64-bit, DPL3
 	// 64-bit TSS descriptor (busy type 0xB, present) over two slots.
 	tss := uint64(tssAddr)
 	lo := uint64(tssLimit) | (tss&0xffffff)<<16 | uint64(0x8b)<<40 | (tss>>24&0xff)<<56
