@@ -323,3 +323,5 @@ func firstDiff(a, b []byte) int {
 }
 
 var _ = fmt.Sprint
+
+func requireKVM(t testing.TB) { t.Helper(); testutil.Require(t, testutil.KVM) }

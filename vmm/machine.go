@@ -8,6 +8,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -112,6 +113,10 @@ type Machine struct {
 }
 
 type cmdKind int
+
+// kickRetryInterval is how often a waiting command kicks a running vCPU
+// again.
+const kickRetryInterval = 5 * time.Millisecond
 
 // cmdQueueMax bounds the commands waiting for the vCPU thread.
 const cmdQueueMax = 16
@@ -407,18 +412,26 @@ func (m *Machine) send(c command) error {
 	case <-m.loopDone:
 		return ErrClosed
 	}
-	if m.Status().State == Running {
-		m.kick()
-	}
-	select {
-	case err := <-c.reply:
-		return err
-	case <-m.loopDone:
+	// The vCPU thread looks at the queue after every exit and every return
+	// from KVM_RUN; a guest that spins without exits needs a kick, repeated
+	// in case a Resume raced with this command.
+	ticker := time.NewTicker(kickRetryInterval)
+	defer ticker.Stop()
+	for {
+		if m.Status().State == Running {
+			m.kick()
+		}
 		select {
 		case err := <-c.reply:
 			return err
-		default:
-			return ErrClosed
+		case <-m.loopDone:
+			select {
+			case err := <-c.reply:
+				return err
+			default:
+				return ErrClosed
+			}
+		case <-ticker.C:
 		}
 	}
 }

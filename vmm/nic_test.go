@@ -23,7 +23,7 @@ func testFrame(payload string) []byte {
 }
 
 // udpPeer is the other end of a UDP NIC: the test plays the network.
-func udpPeer(t *testing.T) (*UDPNIC, *net.UDPConn) {
+func udpPeer(t testing.TB) (*UDPNIC, *net.UDPConn) {
 	t.Helper()
 	peer, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
