@@ -3,7 +3,7 @@ package vmm
 import "fmt"
 
 // The guest device ABI. These numbers mirror vmm/guests/include/ftvm.h,
-// which is the source of truth; abi_test.go parses the header and fails if
+// which is the source of truth; devices_test.go parses the header and fails if
 // any of them disagree.
 const (
 	PortConsole uint16 = 0x500

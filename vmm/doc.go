@@ -58,7 +58,7 @@
 //
 // # Devices and exits
 //
-// The device ABI is vmm/guests/include/ftvm.h (abi.go mirrors it and a test
+// The device ABI is vmm/guests/include/ftvm.h (devices.go mirrors it and a test
 // compares them): the guest writes the address of a struct ftvm_req with
 // one 32-bit OUT to the device's port, and the VMM performs the whole
 // request in that exit. Each device exit gets the next exit index, the
