@@ -34,12 +34,21 @@ var (
 	_ [24 - unsafe.Sizeof(Segment{})]byte
 )
 
+// ioctl retries a call a signal interrupted: the Go runtime signals its
+// threads (preemption), and some KVM ioctls (KVM_CREATE_VM among them)
+// give up with EINTR when a signal is pending. KVM_RUN goes through
+// kvmRun instead, where EINTR is the answer to a kick.
 func ioctl(fd int, req, arg uintptr) (uintptr, error) {
-	r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, arg)
-	if errno != 0 {
+	for {
+		r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, arg)
+		switch errno {
+		case 0:
+			return r, nil
+		case unix.EINTR:
+			continue
+		}
 		return r, errno
 	}
-	return r, nil
 }
 
 func ioctlPtr(fd int, req uintptr, p unsafe.Pointer) error {
@@ -175,8 +184,11 @@ type kvmVcpu struct {
 // kvmRun enters the guest. It returns unix.EINTR when a signal or
 // immediate_exit stopped it before or during guest execution.
 func (v *kvmVcpu) kvmRun() error {
-	_, err := ioctl(v.fd, ioctlRun, 0)
-	return err
+	_, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(v.fd), ioctlRun, 0)
+	if errno != 0 {
+		return errno
+	}
+	return nil
 }
 
 // setImmediateExit sets or clears kvm_run.immediate_exit. It may be called
