@@ -194,8 +194,14 @@ type Replayer struct {
 	offset int64
 	hdr    bool
 	// Deliver, when set, delivers matching outputs live instead of
-	// dropping them (a replica that has taken over).
+	// dropping them.
 	Deliver bool
+	// LiveAfterEnd, when set, makes the VM go live where the log ends (a
+	// replica taking over after the primary died): later inputs come from
+	// the devices and outputs are delivered. Unset, running past the end
+	// of the log is a divergence.
+	LiveAfterEnd bool
+	live         bool
 }
 
 var _ ExitHook = (*Replayer)(nil)
@@ -260,8 +266,15 @@ func (p *Replayer) next() (*logRecord, error) {
 
 // OnExit implements ExitHook.
 func (p *Replayer) OnExit(e *Exit) (Result, error) {
+	if p.live {
+		return LiveHook{}.OnExit(e)
+	}
 	got := fmt.Sprintf("%s %s %s (arg %d, len %d) at exit %d", e.Device, OpName(e.Device, e.Op), e.Dir, e.Arg, e.Len, e.Index)
 	rec, err := p.next()
+	if err == io.EOF && p.LiveAfterEnd {
+		p.live = true
+		return LiveHook{}.OnExit(e)
+	}
 	if err == io.EOF {
 		return Result{}, &DivergenceError{Index: e.Index, Got: got, Want: "no more records (the recorded guest had stopped)"}
 	}
@@ -289,9 +302,16 @@ func (p *Replayer) OnExit(e *Exit) (Result, error) {
 	return res, nil
 }
 
+// Live reports whether the replay has run past the end of the log and
+// gone live (LiveAfterEnd).
+func (p *Replayer) Live() bool { return p.live }
+
 // Done reports whether the whole log was consumed: nil if so, an error
 // naming the next unreplayed record otherwise.
 func (p *Replayer) Done() error {
+	if p.live {
+		return nil
+	}
 	rec, err := p.next()
 	if err == io.EOF {
 		return nil

@@ -6,6 +6,7 @@ import (
 	"io"
 	"strings"
 	"testing"
+	"time"
 )
 
 // script is a fixed sequence of requests, as a guest would make them.
@@ -209,4 +210,25 @@ func FuzzReplayLog(f *testing.F) {
 			}
 		}
 	})
+}
+
+func TestReplayGoesLiveAtTheEndOfTheLog(t *testing.T) {
+	var log bytes.Buffer
+	rec := NewRecorder(&log)
+	primary := newExitBench(t, benchOpts{hook: rec})
+	_, recorded := primary.mustCall(PortClock, OpClockNow, 0, 0, 0)
+	rec.Close()
+
+	rep := NewReplayer(bytes.NewReader(log.Bytes()))
+	rep.LiveAfterEnd = true
+	replica := newExitBench(t, benchOpts{hook: rep})
+	time.Sleep(2 * time.Millisecond) // the replica's own clock moves on
+	if _, v := replica.mustCall(PortClock, OpClockNow, 0, 0, 0); v != recorded || rep.Live() {
+		t.Fatalf("first exit: clock %d live=%v; want the recorded %d from the log", v, rep.Live(), recorded)
+	}
+	replica.mem.Write(0x2000, []byte("after"))
+	replica.mustCall(PortConsole, OpConsoleWrite, 0x2000, 5, 0)
+	if !rep.Live() || replica.con.String() != "after" {
+		t.Fatalf("past the log: live=%v console %q; want live and the output delivered", rep.Live(), replica.con.String())
+	}
 }

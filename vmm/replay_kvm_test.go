@@ -245,3 +245,67 @@ func TestKVMMemstressCheckpointRestore(t *testing.T) {
 	sameOutputs(t, after, capB.outputs())
 	sameFinalState(t, a, b)
 }
+
+// TestKVMKVStoreSnapshotServes pauses a serving kvstore (it sits in a NIC
+// WAIT, which the pause must interrupt), snapshots it, restores it into a
+// VM with its own NIC and a copy of the disk, and asks both for data
+// written before the snapshot.
+func TestKVMKVStoreSnapshotServes(t *testing.T) {
+	image := guestELF(t, "kvstore")
+	dir := t.TempDir()
+	backendA, peerA := udpPeer(t)
+	diskA, err := os.Create(filepath.Join(dir, "diskA"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer diskA.Close()
+	diskA.Truncate(1 << 20)
+	a := newTestVM(t, Config{MemSizeBytes: 32 << 20, NIC: backendA, Disk: diskA})
+	mustLoad(t, a, image)
+	if err := a.Resume(0); err != nil {
+		t.Fatal(err)
+	}
+	ca := newKVClient(t, peerA, backendA.LocalAddr())
+	for i := 1; i <= 10; i++ {
+		if r := ca.do(t, itoa(uint64(i))+" PUT k"+itoa(uint64(i))+" v"+itoa(uint64(i))); !strings.Contains(r, "OK") {
+			t.Fatalf("PUT %d answered %q", i, r)
+		}
+	}
+	if err := a.Pause(); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := a.Snapshot(Full)
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := os.ReadFile(diskA.Name())
+	if err != nil {
+		t.Fatal(err)
+	}
+	diskPathB := filepath.Join(dir, "diskB")
+	if err := os.WriteFile(diskPathB, img, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	diskB, err := os.OpenFile(diskPathB, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer diskB.Close()
+	backendB, peerB := udpPeer(t)
+	b := newTestVM(t, Config{MemSizeBytes: 32 << 20, NIC: backendB, Disk: diskB})
+	if err := b.Restore(snap); err != nil {
+		t.Fatal(err)
+	}
+	for _, m := range []*Machine{a, b} {
+		if err := m.Resume(0); err != nil {
+			t.Fatal(err)
+		}
+	}
+	cb := newKVClient(t, peerB, backendB.LocalAddr())
+	if r := cb.do(t, "20 GET k7"); !strings.Contains(r, "v7") {
+		t.Fatalf("restored kvstore answered %q to GET k7", r)
+	}
+	if r := ca.do(t, "21 GET k9"); !strings.Contains(r, "v9") {
+		t.Fatalf("original kvstore answered %q to GET k9 after the snapshot", r)
+	}
+}
