@@ -67,7 +67,7 @@ func (m *Machine) takeSnapshot(kind SnapshotKind) (*Snapshot, error) {
 	// next snapshot must be full.
 	bm := m.dirtyWords
 	clear(bm)
-	if err := m.vm.getDirtyLog(0, bm); err != nil {
+	if err := m.dirty.getDirtyLog(0, bm); err != nil {
 		m.haveBase = false
 		return nil, err
 	}
@@ -167,7 +167,7 @@ func (m *Machine) restoreSnapshot(s *Snapshot) error {
 	m.disp.next, m.disp.halted, m.disp.exitCode = s.NextExit, s.Halted, s.ExitCode
 	// The restored memory is the base of the next increment: forget what
 	// was dirty before and what the copy itself dirtied.
-	if err := m.vm.getDirtyLog(0, m.dirtyWords); err != nil {
+	if err := m.dirty.getDirtyLog(0, m.dirtyWords); err != nil {
 		return failed(err)
 	}
 	clear(m.mem.vmmDirty)

@@ -181,6 +181,8 @@ type kvmVcpu struct {
 	run []byte
 }
 
+func (v *kvmVcpu) runArea() []byte { return v.run }
+
 // kvmRun enters the guest. It returns unix.EINTR when a signal or
 // immediate_exit stopped it before or during guest execution.
 func (v *kvmVcpu) kvmRun() error {

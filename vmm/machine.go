@@ -80,13 +80,15 @@ var ErrClosed = errors.New("VM is closed")
 // may be called from any goroutine; the vCPU itself lives on one locked OS
 // thread that the methods drive by messages.
 type Machine struct {
-	cfg  Config
-	kvm  *kvmSystem
-	vm   *kvmVM
-	vcpu *kvmVcpu
-	mem  *Memory
-	disp *dispatcher
-	nic  *nicDevice
+	cfg   Config
+	kvm   *kvmSystem
+	vm    *kvmVM
+	kvcpu *kvmVcpu // the KVM vCPU behind vcpu, for release
+	vcpu  vcpuOps  // set on the vCPU thread before New returns
+	dirty dirtyLogger
+	mem   *Memory
+	disp  *dispatcher
+	nic   *nicDevice
 
 	msrIndices []uint32 // snapshotMSRs that this host's KVM knows
 	hasXsave   bool
@@ -139,6 +141,44 @@ type command struct {
 // slot with dirty logging) and its vCPU on a dedicated thread. The VM is
 // Paused and empty: Load a program or Restore a snapshot, then Resume.
 func New(cfg Config) (*Machine, error) {
+	m, err := newMachine(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.open(); err != nil {
+		m.release()
+		return nil, err
+	}
+	if err := m.start(m.createVcpu); err != nil {
+		m.release()
+		return nil, err
+	}
+	return m, nil
+}
+
+// vcpuOps is what the run loop and checkpoints need of a vCPU: KVM's
+// (kvmVcpu), or in unit tests of the run-state machine on machines without
+// /dev/kvm, a scripted one.
+type vcpuOps interface {
+	kvmRun() error
+	runArea() []byte // struct kvm_run
+	setImmediateExit(on bool)
+	getRegs() (Regs, error)
+	setRegs(Regs) error
+	getSregs() (Sregs, error)
+	setSregs(Sregs) error
+	getBlob(name string, req uintptr, size int) ([]byte, error)
+	setBlob(name string, req uintptr, b []byte, size int) error
+	getMSRs(indices []uint32) ([]kvmMsrEntry, error)
+	setMSRs(msrs []kvmMsrEntry) error
+}
+
+// dirtyLogger fetches and clears the guest's dirty-page bitmap.
+type dirtyLogger interface {
+	getDirtyLog(slot uint32, bitmap []uint64) error
+}
+
+func newMachine(cfg Config) (*Machine, error) {
 	if cfg.MemSizeBytes == 0 {
 		cfg.MemSizeBytes = DefaultMemSizeBytes
 	}
@@ -154,26 +194,43 @@ func New(cfg Config) (*Machine, error) {
 	if cfg.Entropy == nil {
 		cfg.Entropy = rand.Reader
 	}
-	m := &Machine{
+	return &Machine{
 		cfg:       cfg,
 		cmds:      make(chan command, cmdQueueMax),
 		interrupt: make(chan struct{}, 1),
 		loopDone:  make(chan struct{}),
 		changed:   make(chan struct{}),
 		freshMem:  true,
-	}
-	if err := m.open(); err != nil {
-		m.release()
-		return nil, err
-	}
+	}, nil
+}
+
+// start runs the vCPU thread; setup runs first on it (creating the vCPU).
+func (m *Machine) start(setup func() error) error {
 	ready := make(chan error, 1)
-	go m.loop(ready)
+	go m.loop(ready, setup)
 	if err := <-ready; err != nil {
 		<-m.loopDone
-		m.release()
-		return nil, err
+		return err
 	}
-	return m, nil
+	return nil
+}
+
+// initDevices creates the devices over guest memory.
+func (m *Machine) initDevices() error {
+	m.dirtyWords = make([]uint64, len(m.mem.vmmDirty))
+	block, err := newBlock(m.cfg.Disk)
+	if err != nil {
+		return err
+	}
+	m.nic = newNIC(m.cfg.NIC, m.cfg.MAC, m.interrupt)
+	m.disp = &dispatcher{mem: m.mem, hook: m.cfg.Hook}
+	m.disp.devs[DeviceConsole] = newConsole(m.cfg.Console)
+	m.disp.devs[DeviceClock] = newClock()
+	m.disp.devs[DeviceEntropy] = newEntropy(m.cfg.Entropy)
+	m.disp.devs[DeviceNIC] = m.nic
+	m.disp.devs[DeviceBlock] = block
+	m.disp.devs[DeviceHalt] = haltDevice{}
+	return nil
 }
 
 func (m *Machine) open() error {
@@ -218,23 +275,11 @@ func (m *Machine) open() error {
 		return fmt.Errorf("mmap %d bytes of guest memory: %w", m.cfg.MemSizeBytes, err)
 	}
 	m.mem = newMemory(buf)
-	m.dirtyWords = make([]uint64, len(m.mem.vmmDirty))
 	if err := m.vm.setUserMemoryRegion(0, memLogDirtyPages, 0, buf); err != nil {
 		return err
 	}
-	block, err := newBlock(m.cfg.Disk)
-	if err != nil {
-		return err
-	}
-	m.nic = newNIC(m.cfg.NIC, m.cfg.MAC, m.interrupt)
-	m.disp = &dispatcher{mem: m.mem, hook: m.cfg.Hook}
-	m.disp.devs[DeviceConsole] = newConsole(m.cfg.Console)
-	m.disp.devs[DeviceClock] = newClock()
-	m.disp.devs[DeviceEntropy] = newEntropy(m.cfg.Entropy)
-	m.disp.devs[DeviceNIC] = m.nic
-	m.disp.devs[DeviceBlock] = block
-	m.disp.devs[DeviceHalt] = haltDevice{}
-	return nil
+	m.dirty = m.vm
+	return m.initDevices()
 }
 
 // createVcpu runs on the vCPU thread.
@@ -243,19 +288,23 @@ func (m *Machine) createVcpu() error {
 	if err != nil {
 		return err
 	}
-	m.vcpu = &kvmVcpu{fd: fd}
+	m.kvcpu = &kvmVcpu{fd: fd}
 	size, err := m.kvm.vcpuMmapSize()
 	if err != nil {
 		return err
 	}
-	if m.vcpu.run, err = unix.Mmap(fd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err != nil {
+	if m.kvcpu.run, err = unix.Mmap(fd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err != nil {
 		return fmt.Errorf("mmap kvm_run: %w", err)
 	}
 	cpuid, err := m.kvm.supportedCPUID()
 	if err != nil {
 		return err
 	}
-	return m.vcpu.setCPUID(cpuid)
+	if err := m.kvcpu.setCPUID(cpuid); err != nil {
+		return err
+	}
+	m.vcpu = m.kvcpu
+	return nil
 }
 
 // release frees what open and createVcpu acquired.
@@ -263,16 +312,16 @@ func (m *Machine) release() {
 	if m.nic != nil {
 		m.nic.close()
 	}
-	if m.vcpu != nil {
-		if m.vcpu.run != nil {
-			unix.Munmap(m.vcpu.run)
+	if m.kvcpu != nil {
+		if m.kvcpu.run != nil {
+			unix.Munmap(m.kvcpu.run)
 		}
-		unix.Close(m.vcpu.fd)
+		unix.Close(m.kvcpu.fd)
 	}
 	if m.vm != nil {
 		unix.Close(m.vm.fd)
 	}
-	if m.mem != nil {
+	if m.mem != nil && m.kvm != nil {
 		unix.Munmap(m.mem.buf)
 	}
 	if m.kvm != nil {

@@ -35,7 +35,7 @@ func (e *VMError) Unwrap() error { return e.Err }
 
 // loop is the vCPU thread: it creates the vCPU, then runs it and serves
 // commands until Close.
-func (m *Machine) loop(ready chan<- error) {
+func (m *Machine) loop(ready chan<- error, setup func() error) {
 	defer close(m.loopDone)
 	// A pause reaches a vCPU inside KVM_RUN only as a signal to the thread
 	// running it (kick uses tgkill on this thread's id), and KVM binds a
@@ -44,7 +44,7 @@ func (m *Machine) loop(ready chan<- error) {
 	// life; it never unlocks, and the thread exits with the goroutine.
 	runtime.LockOSThread()
 	m.tid.Store(int32(unix.Gettid()))
-	if err := m.createVcpu(); err != nil {
+	if err := setup(); err != nil {
 		ready <- err
 		return
 	}
@@ -128,7 +128,7 @@ func (m *Machine) completeIO() error {
 	m.vcpu.setImmediateExit(false)
 	m.ioPending = false
 	if err == nil {
-		return fmt.Errorf("KVM_RUN with immediate_exit entered the guest (exit reason %s)", exitReasonName(le.Uint32(m.vcpu.run[runExitReasonOff:])))
+		return fmt.Errorf("KVM_RUN with immediate_exit entered the guest (exit reason %s)", exitReasonName(le.Uint32(m.vcpu.runArea()[runExitReasonOff:])))
 	}
 	if !errors.Is(err, unix.EINTR) {
 		return fmt.Errorf("completing the last I/O exit: KVM_RUN: %w", err)
@@ -150,7 +150,7 @@ func (m *Machine) step() {
 		m.fail(0, fmt.Errorf("KVM_RUN: %w", err))
 		return
 	}
-	run := m.vcpu.run
+	run := m.vcpu.runArea()
 	switch reason := le.Uint32(run[runExitReasonOff:]); reason {
 	case exitIO:
 		m.handleIOExit()
@@ -171,7 +171,7 @@ func (m *Machine) step() {
 }
 
 func (m *Machine) handleIOExit() {
-	run := m.vcpu.run
+	run := m.vcpu.runArea()
 	port := le.Uint16(run[runIOPortOff:])
 	size := run[runIOSizeOff]
 	if run[runIODirOff] != ioDirOut {
