@@ -68,7 +68,7 @@ func (s State) String() string {
 // Status is a snapshot of a VM's run state.
 type Status struct {
 	State    State
-	Exits    uint64 // device exits handled so far (the next exit's index)
+	Exits    uint64 // device exits handled (the next exit's index), as of the last state change
 	ExitCode uint64 // the guest's exit code, when Halted
 	Err      error  // why it stopped, when Failed
 }
