@@ -24,6 +24,9 @@ var (
 
 func guestELF(t testing.TB, name string) []byte {
 	t.Helper()
+	// Only KVM tests run guests: where there is no KVM, skip before
+	// building anything.
+	requireKVM(t)
 	dir := os.Getenv(guestDirEnv)
 	if dir == "" {
 		if _, err := os.Stat("guests/Makefile"); err != nil {
