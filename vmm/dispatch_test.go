@@ -1,0 +1,217 @@
+package vmm
+
+import (
+	"bytes"
+	"errors"
+	"math"
+	"strings"
+	"testing"
+)
+
+func TestDispatchConsoleClockEntropyHalt(t *testing.T) {
+	b := newExitBench(t, benchOpts{})
+	b.mem.Write(0x2000, []byte("hi there"))
+	if st, _ := b.mustCall(PortConsole, OpConsoleWrite, 0x2000, 8, 0); st != StatusOK {
+		t.Fatalf("console status %d", st)
+	}
+	if b.con.String() != "hi there" {
+		t.Fatalf("console got %q", b.con.String())
+	}
+	_, t1 := b.mustCall(PortClock, OpClockNow, 0, 0, 0)
+	_, t2 := b.mustCall(PortClock, OpClockNow, 0, 0, 0)
+	if t2 < t1 {
+		t.Fatalf("clock went backwards: %d then %d", t1, t2)
+	}
+	b.mustCall(PortEntropy, OpEntropyRead, 0x3000, 16, 0)
+	got, _ := b.mem.Slice(0x3000, 17)
+	if !bytes.Equal(got[:16], bytes.Repeat([]byte{0xab}, 16)) || got[16] != 0 {
+		t.Fatalf("entropy wrote %x; want 16 bytes of the source and nothing more", got)
+	}
+	b.mustCall(PortHalt, OpHaltExit, 0, 0, 42)
+	if !b.disp.halted || b.disp.exitCode != 42 || b.disp.next != 5 {
+		t.Fatalf("halted=%v code=%d next=%d; want halted, 42, 5 exits", b.disp.halted, b.disp.exitCode, b.disp.next)
+	}
+}
+
+func TestDispatchRejectsGuestBugs(t *testing.T) {
+	b := newExitBench(t, benchOpts{sectors: 8})
+	cases := []struct {
+		name    string
+		port    uint16
+		op      uint32
+		addr    uint64
+		n       uint32
+		reqAddr uint32
+		size    uint8
+		flags   uint32
+		want    string
+	}{
+		{name: "unknown port", port: 0x4ff, op: 1, want: "no device"},
+		{name: "byte-wide OUT", port: PortConsole, op: 1, size: 1, want: "32-bit OUT"},
+		{name: "misaligned request", port: PortClock, op: 1, reqAddr: benchReqAddr + 4, want: "not 8-byte aligned"},
+		{name: "request past memory", port: PortClock, op: 1, reqAddr: benchMemBytes - 8, want: "outside guest memory"},
+		{name: "unknown op", port: PortClock, op: 2, want: "unknown op 2"},
+		{name: "flags set", port: PortClock, op: 1, flags: 1, want: "flags"},
+		{name: "console too long", port: PortConsole, op: 1, addr: 0x2000, n: ConsoleMaxBytes + 1, want: "exceeds"},
+		{name: "console buffer wraps", port: PortConsole, op: 1, addr: math.MaxUint64 - 2, n: 8, want: "outside guest memory"},
+		{name: "console buffer past end", port: PortConsole, op: 1, addr: benchMemBytes - 4, n: 8, want: "outside guest memory"},
+		{name: "entropy too long", port: PortEntropy, op: 1, addr: 0x2000, n: EntropyMaxBytes + 1, want: "exceeds"},
+		{name: "tx runt", port: PortNIC, op: OpNICTX, addr: 0x2000, n: 10, want: "shorter than an Ethernet header"},
+		{name: "tx jumbo", port: PortNIC, op: OpNICTX, addr: 0x2000, n: NICFrameMaxBytes + 1, want: "exceeds"},
+		{name: "mac past end", port: PortNIC, op: OpNICMAC, addr: benchMemBytes - 3, want: "outside guest memory"},
+		{name: "block unaligned", port: PortBlock, op: OpBlockRead, addr: 0x2000, n: 100, want: "multiple of the 512-byte sector"},
+		{name: "block zero", port: PortBlock, op: OpBlockWrite, addr: 0x2000, n: 0, want: "multiple"},
+		{name: "block too long", port: PortBlock, op: OpBlockRead, addr: 0x2000, n: BlockMaxBytes + 512, want: "exceeds"},
+	}
+	for _, c := range cases {
+		t.Run(c.name, func(t *testing.T) {
+			r := make([]byte, requestStructBytes)
+			le.PutUint32(r[reqOpOff:], c.op)
+			le.PutUint64(r[reqAddrOff:], c.addr)
+			le.PutUint32(r[reqLenOff:], c.n)
+			le.PutUint32(r[reqFlagsOff:], c.flags)
+			b.mem.Write(benchReqAddr, r)
+			reqAddr, size := c.reqAddr, c.size
+			if reqAddr == 0 {
+				reqAddr = benchReqAddr
+			}
+			if size == 0 {
+				size = 4
+			}
+			before := b.disp.next
+			err := b.disp.handleOut(c.port, size, reqAddr)
+			var ge *GuestError
+			if !errors.As(err, &ge) {
+				t.Fatalf("err %v; want a *GuestError", err)
+			}
+			if !strings.Contains(err.Error(), c.want) {
+				t.Fatalf("err %q lacks %q", err, c.want)
+			}
+			if b.disp.next != before {
+				t.Fatalf("a refused request advanced the exit index")
+			}
+		})
+	}
+}
+
+// badHook returns more data than the request's buffer holds, as a corrupt
+// log might.
+type badHook struct{}
+
+func (badHook) OnExit(e *Exit) (Result, error) {
+	return Result{Data: make([]byte, int(e.Len)+1)}, nil
+}
+
+func TestDispatchRefusesOversizedHookData(t *testing.T) {
+	b := newExitBench(t, benchOpts{hook: badHook{}})
+	_, _, err := b.call(PortEntropy, OpEntropyRead, 0x2000, 16, 0)
+	if err == nil || !strings.Contains(err.Error(), "17 bytes of data for a 16-byte buffer") {
+		t.Fatalf("err %v; want the oversized data refused", err)
+	}
+}
+
+func TestBlockDevice(t *testing.T) {
+	b := newExitBench(t, benchOpts{sectors: 16})
+	if _, n := b.mustCall(PortBlock, OpBlockSize, 0, 0, 0); n != 16 {
+		t.Fatalf("SIZE = %d, want 16", n)
+	}
+	data := bytes.Repeat([]byte("0123456789abcdef"), 64) // 1024 bytes
+	b.mem.Write(0x4000, data)
+	if st, _ := b.mustCall(PortBlock, OpBlockWrite, 0x4000, 1024, 3); st != StatusOK {
+		t.Fatalf("write status %d", st)
+	}
+	onDisk := make([]byte, 1024)
+	b.disk.ReadAt(onDisk, 3*512)
+	if !bytes.Equal(onDisk, data) {
+		t.Fatal("write did not reach the file")
+	}
+	if st, _ := b.mustCall(PortBlock, OpBlockRead, 0x8000, 1024, 3); st != StatusOK {
+		t.Fatalf("read status %d", st)
+	}
+	if got, _ := b.mem.Slice(0x8000, 1024); !bytes.Equal(got, data) {
+		t.Fatal("read returned other bytes than written")
+	}
+	for _, c := range []struct {
+		op     uint32
+		sector uint64
+		n      uint32
+	}{{OpBlockRead, 15, 1024}, {OpBlockWrite, 16, 512}, {OpBlockRead, math.MaxUint64, 512}} {
+		if st, _ := b.mustCall(PortBlock, c.op, 0x4000, c.n, c.sector); st != StatusRange {
+			t.Errorf("op %d at sector %d len %d: status %d, want E_RANGE", c.op, c.sector, c.n, st)
+		}
+	}
+}
+
+// holdHook holds every output; the test releases or drops them.
+type holdHook struct{ held []*Output }
+
+func (h *holdHook) OnExit(e *Exit) (Result, error) {
+	if e.Dir == DirInput {
+		return e.Live()
+	}
+	o, err := e.Hold()
+	if err != nil {
+		return Result{Status: StatusOf(err)}, nil
+	}
+	h.held = append(h.held, o)
+	return Result{}, nil
+}
+
+func TestHeldOutputs(t *testing.T) {
+	h := &holdHook{}
+	b := newExitBench(t, benchOpts{hook: h, sectors: 8})
+	b.mem.Write(0x2000, []byte("held"))
+	b.mustCall(PortConsole, OpConsoleWrite, 0x2000, 4, 0)
+	b.mem.Write(0x2000, []byte("XXXX")) // the guest reuses its buffer
+	if b.con.String() != "" {
+		t.Fatal("a held output reached the console")
+	}
+	// A held block write is visible to reads but not on disk.
+	sector := bytes.Repeat([]byte{0x5a}, 512)
+	b.mem.Write(0x4000, sector)
+	b.mustCall(PortBlock, OpBlockWrite, 0x4000, 512, 2)
+	b.mustCall(PortBlock, OpBlockRead, 0x6000, 1024, 1)
+	got, _ := b.mem.Slice(0x6000, 1024)
+	if !bytes.Equal(got[512:], sector) || !bytes.Equal(got[:512], make([]byte, 512)) {
+		t.Fatal("a read after a held write does not see it")
+	}
+	onDisk := make([]byte, 512)
+	b.disk.ReadAt(onDisk, 2*512)
+	if bytes.Equal(onDisk, sector) {
+		t.Fatal("a held block write reached the disk")
+	}
+	if _, err := b.disp.devs[DeviceBlock].saveState(); err == nil || !strings.Contains(err.Error(), "held writes") {
+		t.Fatalf("snapshot with held writes: %v, want a refusal", err)
+	}
+	// A write past the end is refused when held.
+	if st, _ := b.mustCall(PortBlock, OpBlockWrite, 0x4000, 512, 8); st != StatusRange {
+		t.Fatalf("held write past the end: status %d, want E_RANGE", st)
+	}
+	if len(h.held) != 2 {
+		t.Fatalf("%d held outputs, want 2", len(h.held))
+	}
+	for _, o := range h.held {
+		if err := o.Release(); err != nil {
+			t.Fatal(err)
+		}
+		o.Release() // a second release does nothing
+	}
+	if b.con.String() != "held" {
+		t.Fatalf("console after release %q, want the bytes at the exit, %q", b.con.String(), "held")
+	}
+	b.disk.ReadAt(onDisk, 2*512)
+	if !bytes.Equal(onDisk, sector) {
+		t.Fatal("released block write is not on disk")
+	}
+	// Dropped outputs never appear and leave no overlay behind.
+	b.mem.Write(0x4000, bytes.Repeat([]byte{0x11}, 512))
+	b.mustCall(PortBlock, OpBlockWrite, 0x4000, 512, 5)
+	h.held[len(h.held)-1].Drop()
+	b.mustCall(PortBlock, OpBlockRead, 0x6000, 512, 5)
+	if got, _ := b.mem.Slice(0x6000, 512); !bytes.Equal(got, make([]byte, 512)) {
+		t.Fatal("a dropped write is still visible")
+	}
+	if _, err := b.disp.devs[DeviceBlock].saveState(); err != nil {
+		t.Fatalf("snapshot after release/drop: %v", err)
+	}
+}

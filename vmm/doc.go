@@ -1,0 +1,109 @@
+// Package vmm is a small KVM monitor: one VM, one vCPU, paravirtual
+// devices reached by port I/O, an exit hook through which record/replay
+// (and lockstep) sees every nondeterministic input and every output, and
+// full and incremental snapshots.
+//
+// # Running a guest
+//
+//	m, err := vmm.New(vmm.Config{MemSizeBytes: 64 << 20, Console: os.Stdout})
+//	if err != nil { ... }            // no /dev/kvm, bad size: the error says
+//	defer m.Close()
+//	if err := m.LoadFile("vmm/guests/build/kvstore"); err != nil { ... }
+//	st, err := m.Run(0)              // until the guest exits or fails
+//
+// Resume(n) runs until n device exits have been handled and pauses there,
+// at a clean point; Pause stops a running guest at the next one (a guest
+// spinning without exits is kicked out of KVM_RUN by immediate_exit and a
+// signal to the vCPU thread; a blocking NIC WAIT is woken). While paused,
+// Snapshot, Restore, VCPUState and ReadMemory may be called. All methods
+// are safe from any goroutine: the vCPU lives on one locked OS thread that
+// serves them as messages (Machine.loop).
+//
+// # The machine
+//
+// The guest is a statically linked x86-64 ELF linked at FTVM_LOAD_BASE.
+// The VMM enters it directly in 64-bit long mode at CPL3 with IOPL=3 (so
+// its OUT instructions exit straight to the VMM), IF=0 (no interrupts),
+// SSE on, RDI pointing at struct ftvm_boot and RSP at the top of memory.
+// There is no CPL0 guest code at all: on nested KVM it is emulated and
+// thousands of times slower, and the guest needs none. There is no IDT, so
+// any exception becomes a triple fault, which stops the VM with an error
+// naming the exit index and the registers.
+//
+// Guest-physical memory, identity-mapped (virtual == physical) with 2 MiB
+// pages, one KVM memory slot with dirty logging:
+//
+//	0x0000_0000 ┌──────────────────────────────┐ ─┐
+//	            │ unused (null pointers fault) │  │
+//	0x0000_1000 │ GDT: null, kernel code/data, │  │ first 2 MiB page:
+//	            │ user data 0x1b, user code    │  │ supervisor-only, so the
+//	            │ 0x23, 64-bit TSS 0x28        │  │ CPL3 guest can neither
+//	0x0000_2000 │ TSS (I/O map past its limit) │  │ read nor corrupt it
+//	0x0000_3000 │ PML4                         │  │
+//	0x0000_4000 │ PDPT                         │  │
+//	0x0000_5000 │ page directories, 1 per GiB  │  │
+//	0x0020_0000 ├──────────────────────────────┤ ─┘ user pages from here
+//	            │ struct ftvm_boot (RDI)       │
+//	0x0040_0000 ├──────────────────────────────┤ FTVM_LOAD_BASE
+//	            │ ELF PT_LOAD segments         │
+//	heap_start  ├──────────────────────────────┤ first page after the image
+//	            │ free: the guest's heap       │
+//	heap_end    ├──────────────────────────────┤ mem_size - 1 MiB
+//	            │ stack (grows down)           │
+//	mem_size    └──────────────────────────────┘ RSP; nothing is mapped above
+//
+// Memory is 8 MiB to 2 GiB in 2 MiB steps: every guest address stays below
+// 4 GiB (a request is addressed by one 32-bit OUT) and below the 3 pages
+// Intel KVM is given for its real-mode TSS at 0xfffbd000.
+//
+// # Devices and exits
+//
+// The device ABI is vmm/guests/include/ftvm.h (devices.go mirrors it and a test
+// compares them): the guest writes the address of a struct ftvm_req with
+// one 32-bit OUT to the device's port, and the VMM performs the whole
+// request in that exit. Each device exit gets the next exit index, the
+// same on every replica. Every guest address and length is checked against
+// guest memory (without overflow) and the device's limits; a bad request,
+// an unknown port, a triple fault or an unexpected exit reason stops the VM
+// with a VMError naming the exit index, the port and the registers. The
+// host process never crashes on guest behaviour.
+//
+// One file per device: console.go, clock.go, entropy.go, nic.go (backends
+// in nic_backends.go: a TAP device, or UDP datagrams carrying one frame
+// each), block.go (a file; writes are fdatasync'ed), halt.go. Each saves
+// and restores its own versioned state.
+//
+// # Record and replay
+//
+// ExitHook (exit.go) is called for every device exit on the vCPU thread.
+// Live, the device produces an input and the hook records it; in replay
+// the hook supplies it and the device is never touched. An output goes to
+// the hook, which delivers it now, holds it (Exit.Hold returns an Output
+// to Release or Drop later; held block writes stay visible to reads) or
+// drops it. Recorder writes every exit to a versioned, CRC'd log
+// (record.go documents the format); Replayer feeds it to another VM and
+// stops it with a DivergenceError at the first exit that differs (index,
+// device, op, argument, or an output's SHA-256).
+//
+// # Snapshots
+//
+// Snapshot (checkpoint.go; format in snapshot.go, byte by byte) saves
+// registers (regs, sregs, XSAVE or FPU, XCRs, vCPU events, the MSRs listed
+// in snapshotMSRs), device state and memory: every non-zero page for a Full
+// snapshot, the pages dirtied since the previous snapshot for an
+// Incremental one (KVM_GET_DIRTY_LOG for the guest's writes, OR'd with a
+// bitmap of the VMM's own writes, which KVM does not see). The plain
+// get-and-clear dirty log is used; KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 would
+// let the write-protection be re-armed in chunks, which pays off only for
+// VMs far larger than these. Increments form a chain (chain id, seq) and
+// apply only in order on a VM at their base.
+//
+// KVM completes an OUT (advances RIP) only on the next KVM_RUN, and that
+// pending state is not visible to userspace, so a pause always re-enters
+// KVM_RUN with immediate_exit set first: the I/O completes and KVM returns
+// without running guest code. That is the clean point snapshots are taken
+// at.
+//
+// ioctl and unsafe code is confined to kvm_unsafe.go; the KVM structs and
+// numbers are in kvm_amd64.go and the long-mode set-up in layout_amd64.go.
+package vmm

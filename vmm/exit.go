@@ -1,0 +1,192 @@
+package vmm
+
+import (
+	"errors"
+	"fmt"
+	"sync"
+)
+
+// ExitHook sees every device exit. It is called on the vCPU thread, in exit
+// order, once per exit, and returns what the guest is given. It is the one
+// place where record/replay (or lockstep) meets the VMM:
+//
+//   - For an input (Exit.Dir == DirInput), a live hook calls e.Live to perform
+//     the request on the device and records the result; a replaying hook
+//     returns a recorded Result and never touches the device.
+//   - For an output, the hook decides when the world sees it: e.Deliver
+//     performs it now, e.Hold returns a handle to Release (or Drop) later,
+//     and doing neither drops it. The Result's Status is what the guest
+//     sees, so a replaying hook must return the status the primary saw.
+//
+// An error stops the VM; the error Machine.Wait returns wraps it together
+// with the exit index and the registers.
+type ExitHook interface {
+	OnExit(e *Exit) (Result, error)
+}
+
+// Result is what the guest sees when an exit completes: the status and
+// result fields of its ftvm_req and, for an input, the bytes written at
+// req.addr (at most req.len; 6 for the NIC MAC).
+type Result struct {
+	Status int32
+	Value  uint64
+	Data   []byte
+}
+
+// Exit is one device request as the hook sees it. The fields are the
+// decoded ftvm_req; an Exit is valid only during the OnExit call.
+type Exit struct {
+	Index  uint64    // the exit index: the n-th device exit of this VM, from 0
+	Device Device    // which device the guest addressed
+	Op     uint32    // the request's op
+	Dir    Direction // DirInput or DirOutput
+	Addr   uint64    // req.addr
+	Len    uint32    // req.len
+	Arg    uint64    // req.arg
+	// Data holds an output's bytes (console text, a frame, a block). It
+	// aliases guest memory and is valid only during OnExit; Hold copies it.
+	// Nil for inputs.
+	Data []byte
+
+	d   *dispatcher
+	dev device
+}
+
+func (e *Exit) String() string {
+	return fmt.Sprintf("exit %d %s %s %s", e.Index, e.Device, OpName(e.Device, e.Op), e.Dir)
+}
+
+// Live performs an input request on the real device and returns its result.
+// For the NIC WAIT it blocks until a frame arrives, the timeout passes or the
+// VM is asked to pause or stop (then it answers 0, like a timeout).
+func (e *Exit) Live() (Result, error) {
+	if e.Dir != DirInput {
+		return Result{}, fmt.Errorf("%v: Live is for inputs; deliver or hold an output", e)
+	}
+	return e.dev.input(e)
+}
+
+// Deliver performs an output now, on the vCPU thread, and returns the
+// result to give the guest: StatusOK, or the status for the backend's error.
+func (e *Exit) Deliver() Result {
+	if e.Dir != DirOutput {
+		return Result{Status: StatusIO}
+	}
+	if st := e.dev.check(e); st != StatusOK {
+		return Result{Status: st}
+	}
+	if err := e.dev.deliver(e.Op, e.Arg, e.Data); err != nil {
+		return Result{Status: statusFor(err)}
+	}
+	return Result{Status: StatusOK}
+}
+
+// Hold takes an output out of the guest's hands without performing it: the
+// returned handle owns a copy of the data and performs it on Release. A
+// device that can refuse an output up front (a block write past the end)
+// makes Hold fail with an error that wraps ErrRefused; give the guest
+// StatusOf(err). Held block writes stay visible to later block reads.
+func (e *Exit) Hold() (*Output, error) {
+	if e.Dir != DirOutput {
+		return nil, fmt.Errorf("%v: only outputs can be held", e)
+	}
+	if st := e.dev.check(e); st != StatusOK {
+		return nil, &refusedError{status: st, what: e.String()}
+	}
+	o := &Output{
+		Index: e.Index, Device: e.Device, Op: e.Op, Arg: e.Arg,
+		Data: append([]byte(nil), e.Data...),
+		dev:  e.dev,
+	}
+	if h, ok := e.dev.(holder); ok {
+		h.hold(o)
+	}
+	return o, nil
+}
+
+// ErrRefused is wrapped by the error of Hold when the device refuses the
+// output before it is held.
+var ErrRefused = errors.New("output refused by the device")
+
+type refusedError struct {
+	status int32
+	what   string
+}
+
+func (r *refusedError) Error() string {
+	return fmt.Sprintf("%s: %v (status %d)", r.what, ErrRefused, r.status)
+}
+func (r *refusedError) Unwrap() error { return ErrRefused }
+
+// StatusOf is the guest status for an error from Hold or Release.
+func StatusOf(err error) int32 { return statusFor(err) }
+
+func statusFor(err error) int32 {
+	var r *refusedError
+	switch {
+	case err == nil:
+		return StatusOK
+	case errors.As(err, &r):
+		return r.status
+	case errors.Is(err, errBlockRange):
+		return StatusRange
+	}
+	return StatusIO
+}
+
+// Output is a held output: console text, a frame, a block write, kept out
+// of the world until its owner releases it. Release and Drop may be called
+// from any goroutine, once; later calls do nothing.
+type Output struct {
+	Index  uint64
+	Device Device
+	Op     uint32
+	Arg    uint64
+	Data   []byte // owned by the Output
+
+	mu   sync.Mutex
+	done bool
+	dev  device
+}
+
+// Release performs the output on its backend.
+func (o *Output) Release() error {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.done {
+		return nil
+	}
+	o.done = true
+	err := o.dev.deliver(o.Op, o.Arg, o.Data)
+	if h, ok := o.dev.(holder); ok {
+		h.unhold(o)
+	}
+	return err
+}
+
+// Drop discards the output: the world never sees it.
+func (o *Output) Drop() {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	if o.done {
+		return
+	}
+	o.done = true
+	if h, ok := o.dev.(holder); ok {
+		h.unhold(o)
+	}
+}
+
+// LiveHook runs the VM without record or replay: inputs come from the
+// devices and outputs are delivered at once.
+type LiveHook struct{}
+
+// OnExit implements ExitHook.
+func (LiveHook) OnExit(e *Exit) (Result, error) {
+	if e.Dir == DirInput {
+		return e.Live()
+	}
+	return e.Deliver(), nil
+}
+
+var _ ExitHook = LiveHook{}

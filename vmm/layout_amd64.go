@@ -1,0 +1,174 @@
+package vmm
+
+import "fmt"
+
+// The guest-physical memory map (drawn in doc.go). The first 2 MiB hold the
+// structures the CPU needs for 64-bit mode and are mapped supervisor-only,
+// so a CPL3 guest can neither corrupt them nor dereference a null pointer.
+const (
+	gdtAddr       = 0x1000
+	tssAddr       = 0x2000
+	pml4Addr      = 0x3000
+	pdptAddr      = 0x4000
+	pdAddr        = 0x5000 // one page directory per GiB, up to memSizeMaxBytes
+	bootInfoAddr  = 0x200000
+	hugePageBytes = 2 << 20
+	// stackReserveBytes is the top of memory kept for the guest's stack;
+	// heap_end in the boot info stops below it.
+	stackReserveBytes = 1 << 20
+	// memSizeMinBytes leaves room for the system area, the boot page, an
+	// image at LoadBase and the stack.
+	memSizeMinBytes = 8 << 20
+	// memSizeMaxBytes keeps every guest address below 4 GiB (a request is
+	// addressed by one 32-bit OUT) and clear of the real-mode TSS KVM is
+	// given at kvmTSSAddr.
+	memSizeMaxBytes = 2 << 30
+	// kvmTSSAddr is the 3-page area Intel KVM needs for its real-mode
+	// emulation, placed above guest memory like QEMU does.
+	kvmTSSAddr = 0xfffbd000
+)
+
+// Segment selectors in the GDT built by setupSystemArea.
+const (
+	selKernelCode = 0x08
+	selKernelData = 0x10
+	selUserData   = 0x18 | 3
+	selUserCode   = 0x20 | 3
+	selTSS        = 0x28
+	gdtEntries    = 7 // null, kcode, kdata, udata, ucode, TSS (two slots)
+	tssLimit      = 0x67
+)
+
+// Control register and flag bits.
+const (
+	cr0PE      = 1 << 0
+	cr0MP      = 1 << 1
+	cr0ET      = 1 << 4
+	cr0NE      = 1 << 5
+	cr0WP      = 1 << 16
+	cr0PG      = 1 << 31
+	cr4PAE     = 1 << 5
+	cr4OSFXSR  = 1 << 9
+	cr4OSXMMEX = 1 << 10
+	eferSCE    = 1 << 0
+	eferLME    = 1 << 8
+	eferLMA    = 1 << 10
+	rflagsRsvd = 1 << 1
+	rflagsIOPL = 3 << 12
+)
+
+// Page-table entry bits.
+const (
+	ptePresent = 1 << 0
+	pteWrite   = 1 << 1
+	pteUser    = 1 << 2
+	ptePS      = 1 << 7
+)
+
+func checkMemSize(size uint64) error {
+	if size < memSizeMinBytes || size > memSizeMaxBytes || size%hugePageBytes != 0 {
+		return fmt.Errorf("guest memory size %d bytes is invalid: use a multiple of 2 MiB between %d MiB and %d MiB", size, memSizeMinBytes>>20, memSizeMaxBytes>>20)
+	}
+	return nil
+}
+
+// setupSystemArea writes the GDT, the 64-bit TSS and identity-mapping page
+// tables (2 MiB pages, the first supervisor-only, the rest user-accessible)
+// covering all of guest memory.
+func setupSystemArea(mem *Memory) error {
+	size := mem.Size()
+	if err := checkMemSize(size); err != nil {
+		return err
+	}
+	// Descriptors carry the accessed bit, as the hidden parts in
+	// initialSregs do, so that a selector reload changes nothing.
+	gdt := make([]byte, gdtEntries*8)
+	le.PutUint64(gdt[1*8:], 0x00af9b000000ffff) // kernel code: 64-bit, DPL0
+	le.PutUint64(gdt[2*8:], 0x00cf93000000ffff) // kernel data, DPL0
+	le.PutUint64(gdt[3*8:], 0x00cff3000000ffff) // user data, DPL3
+	le.PutUint64(gdt[4*8:], 0x00affb000000ffff) // user code: 64-bit, DPL3
+	// 64-bit TSS descriptor (busy type 0xB, present) over two slots.
+	tss := uint64(tssAddr)
+	lo := uint64(tssLimit) | (tss&0xffffff)<<16 | uint64(0x8b)<<40 | (tss>>24&0xff)<<56
+	le.PutUint64(gdt[5*8:], lo)
+	le.PutUint64(gdt[6*8:], tss>>32)
+	if err := mem.Write(gdtAddr, gdt); err != nil {
+		return err
+	}
+	// TSS: RSP0 points at the top of the system area (never used: the IDT
+	// is empty, so any exception shuts the VM down); the I/O map base lies
+	// past the limit, and IOPL=3 lets CPL3 use every port anyway.
+	t := make([]byte, tssLimit+1)
+	le.PutUint64(t[4:], bootInfoAddr)
+	le.PutUint16(t[102:], tssLimit+1)
+	if err := mem.Write(tssAddr, t); err != nil {
+		return err
+	}
+
+	gibs := (size + (1 << 30) - 1) >> 30
+	pml4 := make([]byte, PageBytes)
+	le.PutUint64(pml4, pdptAddr|ptePresent|pteWrite|pteUser)
+	if err := mem.Write(pml4Addr, pml4); err != nil {
+		return err
+	}
+	pdpt := make([]byte, PageBytes)
+	for i := uint64(0); i < gibs; i++ {
+		le.PutUint64(pdpt[i*8:], (pdAddr+i*PageBytes)|ptePresent|pteWrite|pteUser)
+	}
+	if err := mem.Write(pdptAddr, pdpt); err != nil {
+		return err
+	}
+	pd := make([]byte, gibs*PageBytes)
+	for addr := uint64(0); addr < size; addr += hugePageBytes {
+		e := addr | ptePresent | pteWrite | ptePS
+		if addr != 0 {
+			e |= pteUser
+		}
+		le.PutUint64(pd[addr/hugePageBytes*8:], e)
+	}
+	return mem.Write(pdAddr, pd)
+}
+
+// initialSregs is the CPU state for entering the guest directly in 64-bit
+// mode at CPL3. The hidden segment parts must match the GDT descriptors and
+// pass VM-entry checks (CS.L, SS.DPL == CPL, TR busy 64-bit TSS).
+func initialSregs() Sregs {
+	code := Segment{Base: 0, Limit: 0xffffffff, Selector: selUserCode, Type: 0xb, Present: 1, DPL: 3, S: 1, L: 1, G: 1}
+	data := Segment{Base: 0, Limit: 0xffffffff, Selector: selUserData, Type: 0x3, Present: 1, DPL: 3, DB: 1, S: 1, G: 1}
+	return Sregs{
+		CS: code, DS: data, ES: data, FS: data, GS: data, SS: data,
+		TR:   Segment{Base: tssAddr, Limit: tssLimit, Selector: selTSS, Type: 0xb, Present: 1},
+		LDT:  Segment{Type: 0x2, Unusable: 1},
+		GDT:  DTable{Base: gdtAddr, Limit: gdtEntries*8 - 1},
+		IDT:  DTable{Base: 0, Limit: 0},
+		CR0:  cr0PE | cr0MP | cr0ET | cr0NE | cr0WP | cr0PG,
+		CR3:  pml4Addr,
+		CR4:  cr4PAE | cr4OSFXSR | cr4OSXMMEX,
+		EFER: eferSCE | eferLME | eferLMA,
+	}
+}
+
+// initialRegs enters the program at entry with RSP at the top of memory and
+// RDI at the boot info, with IOPL=3 so that OUT exits straight to the VMM.
+func initialRegs(entry, memSize uint64) Regs {
+	return Regs{
+		RIP:    entry,
+		RSP:    memSize,
+		RDI:    bootInfoAddr,
+		RFLAGS: rflagsRsvd | rflagsIOPL,
+	}
+}
+
+// writeBootInfo fills struct ftvm_boot at bootInfoAddr.
+func writeBootInfo(mem *Memory, heapStart uint64, cmdline string) error {
+	if len(cmdline) >= bootCmdlineBytes {
+		return fmt.Errorf("command line is %d bytes; the boot info holds at most %d", len(cmdline), bootCmdlineBytes-1)
+	}
+	b := make([]byte, bootStructBytes)
+	le.PutUint64(b[bootMagicOff:], BootMagic)
+	le.PutUint64(b[bootMemSizeOff:], mem.Size())
+	le.PutUint64(b[bootHeapStartOff:], heapStart)
+	le.PutUint64(b[bootHeapEndOff:], mem.Size()-stackReserveBytes)
+	copy(b[bootCmdlineOff:], cmdline)
+	return mem.Write(bootInfoAddr, b)
+}

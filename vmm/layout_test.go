@@ -1,0 +1,97 @@
+package vmm
+
+import (
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+// walk translates a virtual address through the page tables in memory the
+// way the CPU does (4-level, 2 MiB leaves), returning the physical address
+// and whether CPL3 may write it.
+func walk(t *testing.T, m *Memory, va uint64) (pa uint64, user bool, ok bool) {
+	t.Helper()
+	cr3 := initialSregs().CR3
+	pml4e, _ := m.ReadUint64(cr3 + (va>>39&511)*8)
+	if pml4e&ptePresent == 0 {
+		return 0, false, false
+	}
+	pdpte, _ := m.ReadUint64(pml4e&^0xfff + (va>>30&511)*8)
+	if pdpte&ptePresent == 0 {
+		return 0, false, false
+	}
+	pde, _ := m.ReadUint64(pdpte&^0xfff + (va>>21&511)*8)
+	if pde&ptePresent == 0 || pde&ptePS == 0 {
+		return 0, false, false
+	}
+	user = pml4e&pdpte&pde&pteUser != 0 && pml4e&pdpte&pde&pteWrite != 0
+	return pde&^(hugePageBytes-1) | va&(hugePageBytes-1), user, true
+}
+
+func TestIdentityMapping(t *testing.T) {
+	for _, size := range []uint64{memSizeMinBytes, 1<<30 + 4<<20, memSizeMaxBytes} {
+		// Reserved lazily, like guest memory: only the touched pages cost.
+		buf, err := unix.Mmap(-1, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer unix.Munmap(buf)
+		m := newMemory(buf)
+		if err := setupSystemArea(m); err != nil {
+			t.Fatal(err)
+		}
+		for _, va := range []uint64{0, 0x1234, hugePageBytes, LoadBase + 17, size/2 + 5, size - 1} {
+			pa, user, ok := walk(t, m, va)
+			if !ok || pa != va {
+				t.Fatalf("size %#x: %#x maps to %#x (present %v), want identity", size, va, pa, ok)
+			}
+			if user != (va >= hugePageBytes) {
+				t.Fatalf("size %#x: %#x user-writable=%v; only the first 2 MiB is supervisor-only", size, va, user)
+			}
+		}
+		if _, _, ok := walk(t, m, size); ok {
+			t.Fatalf("size %#x: the byte after memory is mapped", size)
+		}
+	}
+}
+
+// TestGDTMatchesSregs decodes the descriptors in memory and checks them
+// against the hidden segment state given to KVM_SET_SREGS: VM entry takes
+// the latter, but a guest reloading a selector gets the former.
+func TestGDTMatchesSregs(t *testing.T) {
+	m := newMemory(make([]byte, memSizeMinBytes))
+	if err := setupSystemArea(m); err != nil {
+		t.Fatal(err)
+	}
+	s := initialSregs()
+	for _, seg := range []Segment{s.CS, s.SS, s.DS, s.TR} {
+		d, _ := m.ReadUint64(gdtAddr + uint64(seg.Selector&^7))
+		typ, sbit, dpl, p := uint8(d>>40&15), uint8(d>>44&1), uint8(d>>45&3), uint8(d>>47&1)
+		l, db := uint8(d>>53&1), uint8(d>>54&1)
+		if typ != seg.Type || sbit != seg.S || dpl != seg.DPL || p != seg.Present || l != seg.L || db != seg.DB {
+			t.Errorf("selector %#x: GDT says type %d s %d dpl %d p %d l %d db %d; sregs %+v", seg.Selector, typ, sbit, dpl, p, l, db, seg)
+		}
+		if uint8(seg.Selector&3) != seg.DPL {
+			t.Errorf("selector %#x RPL differs from DPL %d", seg.Selector, seg.DPL)
+		}
+	}
+	base := uint64(0)
+	d, _ := m.ReadUint64(gdtAddr + selTSS)
+	hi, _ := m.ReadUint64(gdtAddr + selTSS + 8)
+	base = d>>16&0xffffff | (d>>56&0xff)<<24 | hi<<32
+	if base != s.TR.Base {
+		t.Errorf("TSS descriptor base %#x, sregs TR base %#x", base, s.TR.Base)
+	}
+	r := initialRegs(LoadBase, memSizeMinBytes)
+	if r.RFLAGS&rflagsIOPL != rflagsIOPL || r.RFLAGS&(1<<9) != 0 {
+		t.Errorf("rflags %#x: want IOPL=3 and IF=0", r.RFLAGS)
+	}
+}
+
+func TestMemSizeChecks(t *testing.T) {
+	for _, bad := range []uint64{0, memSizeMinBytes - hugePageBytes, memSizeMinBytes + 4096, memSizeMaxBytes + hugePageBytes} {
+		if checkMemSize(bad) == nil {
+			t.Errorf("memory size %#x accepted", bad)
+		}
+	}
+}

@@ -1,0 +1,516 @@
+package vmm
+
+import (
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// Config describes one VM.
+type Config struct {
+	// MemSizeBytes is the guest's RAM: a multiple of 2 MiB from 8 MiB to
+	// 2 GiB. Zero means DefaultMemSizeBytes.
+	MemSizeBytes uint64
+	// Console receives the guest's console output (nil discards it).
+	Console io.Writer
+	// NIC is the network backend (nil: a NIC connected to nothing).
+	NIC NICBackend
+	// MAC is the NIC's address (zero: DefaultMAC).
+	MAC [6]byte
+	// Disk backs the block device (nil: a disk of 0 sectors). The VM
+	// does not close it.
+	Disk *os.File
+	// Entropy is the entropy device's source (nil: crypto/rand).
+	Entropy io.Reader
+	// Hook sees every device exit (nil: LiveHook).
+	Hook ExitHook
+	// Cmdline is copied into the boot info (at most 255 bytes).
+	Cmdline string
+}
+
+// DefaultMemSizeBytes is the guest RAM when Config.MemSizeBytes is zero.
+const DefaultMemSizeBytes = 64 << 20
+
+// DefaultMAC is a locally administered unicast address.
+var DefaultMAC = [6]byte{0x02, 0x66, 0x74, 0x76, 0x6d, 0x01}
+
+// State is where a VM is in its life.
+type State int
+
+// The run states. A VM starts Paused; Resume makes it Running; it becomes
+// Paused again at a clean point (after a Pause, or at the exit count given
+// to Resume), Halted when the guest exits, Failed when it stopped with an
+// error, and Closed after Close.
+const (
+	Paused State = iota
+	Running
+	Halted
+	Failed
+	Closed
+)
+
+var stateNames = [...]string{"paused", "running", "halted", "failed", "closed"}
+
+func (s State) String() string {
+	if int(s) < len(stateNames) {
+		return stateNames[s]
+	}
+	return fmt.Sprintf("state(%d)", int(s))
+}
+
+// Status is a snapshot of a VM's run state.
+type Status struct {
+	State    State
+	Exits    uint64 // device exits handled (the next exit's index), as of the last state change
+	ExitCode uint64 // the guest's exit code, when Halted
+	Err      error  // why it stopped, when Failed
+}
+
+// ErrClosed is returned by calls on a closed Machine.
+var ErrClosed = errors.New("VM is closed")
+
+// Machine is one VM with one vCPU (the state types allow more). All methods
+// may be called from any goroutine; the vCPU itself lives on one locked OS
+// thread that the methods drive by messages.
+type Machine struct {
+	cfg   Config
+	kvm   *kvmSystem
+	vm    *kvmVM
+	kvcpu *kvmVcpu // the KVM vCPU behind vcpu, for release
+	vcpu  vcpuOps  // set on the vCPU thread before New returns
+	dirty dirtyLogger
+	mem   *Memory
+	disp  *dispatcher
+	nic   *nicDevice
+
+	msrIndices []uint32 // snapshotMSRs that this host's KVM knows
+	hasXsave   bool
+	hasXcrs    bool
+
+	cmds      chan command
+	interrupt chan struct{} // wakes a blocking device call (NIC WAIT)
+	tid       atomic.Int32  // the vCPU thread, for kicks
+	loopDone  chan struct{}
+	closeOnce sync.Once
+
+	mu      sync.Mutex // guards status and changed
+	status  Status
+	changed chan struct{} // closed and replaced on every status change
+
+	// Owned by the vCPU thread:
+	ioPending  bool   // an OUT exit was handled but KVM has not completed it
+	pauseAt    uint64 // pause when this many exits have been handled (0: never)
+	haveBase   bool   // chainID/seq name the snapshot this VM's memory is at
+	chainID    uint64
+	seq        uint64
+	freshMem   bool // memory has never been written: a full restore needs no clearing
+	dirtyWords []uint64
+}
+
+type cmdKind int
+
+// kickRetryInterval is how often a waiting command kicks a running vCPU
+// again.
+const kickRetryInterval = 5 * time.Millisecond
+
+// cmdQueueMax bounds the commands waiting for the vCPU thread.
+const cmdQueueMax = 16
+
+const (
+	cmdResume cmdKind = iota
+	cmdPause
+	cmdDo
+	cmdClose
+)
+
+type command struct {
+	kind    cmdKind
+	pauseAt uint64
+	fn      func() error // cmdDo: runs on the vCPU thread while not running
+	reply   chan error
+}
+
+// New creates a VM: it opens /dev/kvm, creates the VM, its memory (one
+// slot with dirty logging) and its vCPU on a dedicated thread. The VM is
+// Paused and empty: Load a program or Restore a snapshot, then Resume.
+func New(cfg Config) (*Machine, error) {
+	m, err := newMachine(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if err := m.open(); err != nil {
+		m.release()
+		return nil, err
+	}
+	if err := m.start(m.createVcpu); err != nil {
+		m.release()
+		return nil, err
+	}
+	return m, nil
+}
+
+// vcpuOps is what the run loop and checkpoints need of a vCPU: KVM's
+// (kvmVcpu), or in unit tests of the run-state machine on machines without
+// /dev/kvm, a scripted one.
+type vcpuOps interface {
+	kvmRun() error
+	runArea() []byte // struct kvm_run
+	setImmediateExit(on bool)
+	getRegs() (Regs, error)
+	setRegs(Regs) error
+	getSregs() (Sregs, error)
+	setSregs(Sregs) error
+	getBlob(name string, req uintptr, size int) ([]byte, error)
+	setBlob(name string, req uintptr, b []byte, size int) error
+	getMSRs(indices []uint32) ([]kvmMsrEntry, error)
+	setMSRs(msrs []kvmMsrEntry) error
+}
+
+// dirtyLogger fetches and clears the guest's dirty-page bitmap.
+type dirtyLogger interface {
+	getDirtyLog(slot uint32, bitmap []uint64) error
+}
+
+func newMachine(cfg Config) (*Machine, error) {
+	if cfg.MemSizeBytes == 0 {
+		cfg.MemSizeBytes = DefaultMemSizeBytes
+	}
+	if err := checkMemSize(cfg.MemSizeBytes); err != nil {
+		return nil, err
+	}
+	if cfg.MAC == [6]byte{} {
+		cfg.MAC = DefaultMAC
+	}
+	if cfg.Hook == nil {
+		cfg.Hook = LiveHook{}
+	}
+	if cfg.Entropy == nil {
+		cfg.Entropy = rand.Reader
+	}
+	return &Machine{
+		cfg:       cfg,
+		cmds:      make(chan command, cmdQueueMax),
+		interrupt: make(chan struct{}, 1),
+		loopDone:  make(chan struct{}),
+		changed:   make(chan struct{}),
+		freshMem:  true,
+	}, nil
+}
+
+// start runs the vCPU thread; setup runs first on it (creating the vCPU).
+func (m *Machine) start(setup func() error) error {
+	ready := make(chan error, 1)
+	go m.loop(ready, setup)
+	if err := <-ready; err != nil {
+		<-m.loopDone
+		return err
+	}
+	return nil
+}
+
+// initDevices creates the devices over guest memory.
+func (m *Machine) initDevices() error {
+	m.dirtyWords = make([]uint64, len(m.mem.vmmDirty))
+	block, err := newBlock(m.cfg.Disk)
+	if err != nil {
+		return err
+	}
+	m.nic = newNIC(m.cfg.NIC, m.cfg.MAC, m.interrupt)
+	m.disp = &dispatcher{mem: m.mem, hook: m.cfg.Hook}
+	m.disp.devs[DeviceConsole] = newConsole(m.cfg.Console)
+	m.disp.devs[DeviceClock] = newClock()
+	m.disp.devs[DeviceEntropy] = newEntropy(m.cfg.Entropy)
+	m.disp.devs[DeviceNIC] = m.nic
+	m.disp.devs[DeviceBlock] = block
+	m.disp.devs[DeviceHalt] = haltDevice{}
+	return nil
+}
+
+func (m *Machine) open() error {
+	var err error
+	if m.kvm, err = openKVM(); err != nil {
+		return err
+	}
+	for _, c := range []struct {
+		capability uintptr
+		name       string
+	}{{capUserMemory, "KVM_CAP_USER_MEMORY"}, {capImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"}, {capExtCPUID, "KVM_CAP_EXT_CPUID"}} {
+		if m.kvm.checkExtension(c.capability) <= 0 {
+			return fmt.Errorf("this host's KVM lacks %s, which the VMM needs", c.name)
+		}
+	}
+	m.hasXsave = m.kvm.checkExtension(capXsave) > 0
+	m.hasXcrs = m.kvm.checkExtension(capXcrs) > 0
+	known, err := m.kvm.msrIndexList()
+	if err != nil {
+		return err
+	}
+	for _, want := range snapshotMSRs {
+		for _, k := range known {
+			if k == want {
+				m.msrIndices = append(m.msrIndices, want)
+				break
+			}
+		}
+	}
+	vmfd, err := m.kvm.createVM()
+	if err != nil {
+		return err
+	}
+	m.vm = &kvmVM{fd: vmfd}
+	if m.kvm.checkExtension(capSetTSSAddr) > 0 {
+		if err := m.vm.setTSSAddr(kvmTSSAddr); err != nil {
+			return err
+		}
+	}
+	buf, err := unix.Mmap(-1, 0, int(m.cfg.MemSizeBytes), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
+	if err != nil {
+		return fmt.Errorf("mmap %d bytes of guest memory: %w", m.cfg.MemSizeBytes, err)
+	}
+	m.mem = newMemory(buf)
+	if err := m.vm.setUserMemoryRegion(0, memLogDirtyPages, 0, buf); err != nil {
+		return err
+	}
+	m.dirty = m.vm
+	return m.initDevices()
+}
+
+// createVcpu runs on the vCPU thread.
+func (m *Machine) createVcpu() error {
+	fd, err := m.vm.createVcpu(0)
+	if err != nil {
+		return err
+	}
+	m.kvcpu = &kvmVcpu{fd: fd}
+	size, err := m.kvm.vcpuMmapSize()
+	if err != nil {
+		return err
+	}
+	if m.kvcpu.run, err = unix.Mmap(fd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err != nil {
+		return fmt.Errorf("mmap kvm_run: %w", err)
+	}
+	cpuid, err := m.kvm.supportedCPUID()
+	if err != nil {
+		return err
+	}
+	if err := m.kvcpu.setCPUID(cpuid); err != nil {
+		return err
+	}
+	m.vcpu = m.kvcpu
+	return nil
+}
+
+// release frees what open and createVcpu acquired.
+func (m *Machine) release() {
+	if m.nic != nil {
+		m.nic.close()
+	}
+	if m.kvcpu != nil {
+		if m.kvcpu.run != nil {
+			unix.Munmap(m.kvcpu.run)
+		}
+		unix.Close(m.kvcpu.fd)
+	}
+	if m.vm != nil {
+		unix.Close(m.vm.fd)
+	}
+	if m.mem != nil && m.kvm != nil {
+		unix.Munmap(m.mem.buf)
+	}
+	if m.kvm != nil {
+		m.kvm.close()
+	}
+}
+
+// Load writes a guest program (a static x86-64 ELF linked at LoadBase),
+// the page tables, GDT, TSS and boot info into memory and points the vCPU
+// at its entry in 64-bit mode at CPL3. The VM must be Paused.
+func (m *Machine) Load(elfImage []byte) error {
+	return m.do(func() error {
+		if err := setupSystemArea(m.mem); err != nil {
+			return err
+		}
+		img, err := loadELF(m.mem, elfImage, m.mem.Size()-stackReserveBytes)
+		if err != nil {
+			return err
+		}
+		if err := writeBootInfo(m.mem, img.HeapStart, m.cfg.Cmdline); err != nil {
+			return err
+		}
+		m.freshMem = false
+		if err := m.vcpu.setSregs(initialSregs()); err != nil {
+			return err
+		}
+		return m.vcpu.setRegs(initialRegs(img.Entry, m.mem.Size()))
+	})
+}
+
+// LoadFile is Load of the ELF file at path.
+func (m *Machine) LoadFile(path string) error {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return fmt.Errorf("guest program: %w", err)
+	}
+	return m.Load(b)
+}
+
+// Resume runs the vCPU. With pauseAfterExits > 0 the VM pauses at a clean
+// point as soon as that many device exits in total have been handled
+// (Status.Exits == pauseAfterExits). It returns once the vCPU runs; use
+// Wait to learn when it stops.
+func (m *Machine) Resume(pauseAfterExits uint64) error {
+	return m.send(command{kind: cmdResume, pauseAt: pauseAfterExits})
+}
+
+// Run is Resume followed by Wait.
+func (m *Machine) Run(pauseAfterExits uint64) (Status, error) {
+	if err := m.Resume(pauseAfterExits); err != nil {
+		return m.Status(), err
+	}
+	st := m.Wait()
+	return st, st.Err
+}
+
+// Pause stops a running vCPU at the next clean point: between two exits,
+// with the last exit completed, so that registers and memory can be saved.
+// It returns when the VM is no longer Running.
+func (m *Machine) Pause() error {
+	return m.send(command{kind: cmdPause})
+}
+
+// kick makes the vCPU thread leave KVM_RUN (immediate_exit covers the
+// window before it enters; the signal interrupts it inside) and wakes a
+// blocking device call. SIGURG is the Go runtime's own preemption signal,
+// which every Go program already tolerates arriving at any time.
+func (m *Machine) kick() {
+	// Under mu so that Close cannot unmap kvm_run underneath.
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	if m.status.State == Closed || m.vcpu == nil {
+		return
+	}
+	m.vcpu.setImmediateExit(true)
+	if tid := m.tid.Load(); tid != 0 {
+		unix.Tgkill(unix.Getpid(), int(tid), unix.SIGURG)
+	}
+	select {
+	case m.interrupt <- struct{}{}:
+	default:
+	}
+}
+
+// Wait blocks until the VM is not Running and returns its status.
+func (m *Machine) Wait() Status {
+	for {
+		m.mu.Lock()
+		st, ch := m.status, m.changed
+		m.mu.Unlock()
+		if st.State != Running {
+			return st
+		}
+		<-ch
+	}
+}
+
+// Status returns the current run state without waiting.
+func (m *Machine) Status() Status {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return m.status
+}
+
+func (m *Machine) setStatus(f func(*Status)) {
+	m.mu.Lock()
+	f(&m.status)
+	m.status.Exits = m.disp.next
+	close(m.changed)
+	m.changed = make(chan struct{})
+	m.mu.Unlock()
+}
+
+// Close stops the vCPU and frees the VM. Held outputs stay valid.
+func (m *Machine) Close() error {
+	m.closeOnce.Do(func() {
+		m.send(command{kind: cmdClose})
+		<-m.loopDone
+		m.setStatus(func(s *Status) { s.State = Closed })
+		m.release()
+	})
+	return nil
+}
+
+// do runs fn on the vCPU thread while the VM is not running.
+func (m *Machine) do(fn func() error) error {
+	return m.send(command{kind: cmdDo, fn: fn})
+}
+
+// send queues a command for the vCPU thread and waits for its answer. The
+// command is queued before the kick, so the vCPU thread, which looks at
+// the queue after every return from KVM_RUN, cannot miss it.
+func (m *Machine) send(c command) error {
+	c.reply = make(chan error, 1)
+	select {
+	case m.cmds <- c:
+	case <-m.loopDone:
+		return ErrClosed
+	}
+	// The vCPU thread looks at the queue after every exit and every return
+	// from KVM_RUN; a guest that spins without exits needs a kick, repeated
+	// in case a Resume raced with this command.
+	ticker := time.NewTicker(kickRetryInterval)
+	defer ticker.Stop()
+	for {
+		if m.Status().State == Running {
+			m.kick()
+		}
+		select {
+		case err := <-c.reply:
+			return err
+		case <-m.loopDone:
+			select {
+			case err := <-c.reply:
+				return err
+			default:
+				return ErrClosed
+			}
+		case <-ticker.C:
+		}
+	}
+}
+
+// ReadMemory copies guest memory [addr, addr+n) while the VM is not running.
+func (m *Machine) ReadMemory(addr, n uint64) ([]byte, error) {
+	var out []byte
+	err := m.do(func() error {
+		b, err := m.mem.Slice(addr, n)
+		out = append([]byte(nil), b...)
+		return err
+	})
+	return out, err
+}
+
+// MemSize is the guest's RAM in bytes.
+func (m *Machine) MemSize() uint64 { return m.cfg.MemSizeBytes }
+
+// VCPUState returns the vCPU's registers (as a snapshot would save them)
+// while the VM is not running.
+func (m *Machine) VCPUState() (VCPUState, error) {
+	var v VCPUState
+	err := m.do(func() error {
+		var err error
+		v, err = m.saveVCPU()
+		return err
+	})
+	return v, err
+}
+
+// NICDropped counts received frames dropped because the guest's queue
+// was full.
+func (m *Machine) NICDropped() uint64 { return m.nic.dropped.Load() }

@@ -1,0 +1,45 @@
+package vmm
+
+import (
+	"errors"
+	"math"
+	"slices"
+	"testing"
+)
+
+func TestMemoryBounds(t *testing.T) {
+	m := newMemory(make([]byte, 64*PageBytes))
+	ok := []struct{ addr, n uint64 }{{0, 0}, {0, m.Size()}, {m.Size(), 0}, {m.Size() - 1, 1}}
+	for _, c := range ok {
+		if _, err := m.Slice(c.addr, c.n); err != nil {
+			t.Errorf("Slice(%#x, %d): %v", c.addr, c.n, err)
+		}
+	}
+	bad := []struct{ addr, n uint64 }{{m.Size(), 1}, {m.Size() + 1, 0}, {1, m.Size()}, {math.MaxUint64, 2}, {2, math.MaxUint64}, {math.MaxUint64 - 5, 10}}
+	for _, c := range bad {
+		if _, err := m.Slice(c.addr, c.n); !errors.Is(err, ErrOutOfRange) {
+			t.Errorf("Slice(%#x, %d): err %v, want ErrOutOfRange", c.addr, c.n, err)
+		}
+		if err := m.Write(c.addr, make([]byte, min(c.n, 16))); c.n <= 16 && c.addr > m.Size()-c.n && !errors.Is(err, ErrOutOfRange) {
+			t.Errorf("Write(%#x, %d): err %v", c.addr, c.n, err)
+		}
+	}
+}
+
+func TestMemoryTracksVMMWrites(t *testing.T) {
+	m := newMemory(make([]byte, 200*PageBytes))
+	m.Write(3*PageBytes+100, []byte{1})
+	m.Write(9*PageBytes-1, []byte{1, 2}) // straddles pages 8 and 9
+	m.Write(150*PageBytes, make([]byte, 2*PageBytes))
+	m.Write(7*PageBytes, nil) // writes nothing, dirties nothing
+	bm := make([]uint64, bitmapWords(m.Size()))
+	m.takeVMMDirty(bm)
+	if got, want := dirtyPages(bm, m.Pages()), []uint64{3, 8, 9, 150, 151}; !slices.Equal(got, want) {
+		t.Fatalf("dirty pages %v, want %v", got, want)
+	}
+	clear(bm)
+	m.takeVMMDirty(bm)
+	if got := dirtyPages(bm, m.Pages()); len(got) != 0 {
+		t.Fatalf("dirty bits were not cleared: %v", got)
+	}
+}

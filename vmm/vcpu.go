@@ -1,0 +1,219 @@
+package vmm
+
+import (
+	"errors"
+	"fmt"
+	"runtime"
+
+	"golang.org/x/sys/unix"
+)
+
+// VMError says why a VM stopped: the exit it stopped at, the port, the
+// registers at that point and the cause.
+type VMError struct {
+	Exit    uint64 // index the failing exit had (= exits handled before it)
+	Port    uint16 // the port of the failing exit (0 when not an I/O exit)
+	Regs    Regs
+	RegsErr error // set when the registers could not be read
+	Err     error
+}
+
+func (e *VMError) Error() string {
+	where := fmt.Sprintf("VM stopped at exit %d", e.Exit)
+	if e.Port != 0 {
+		where += fmt.Sprintf(" (port %#x)", e.Port)
+	}
+	r := e.Regs
+	regs := fmt.Sprintf("rip=%#x rsp=%#x rax=%#x rbx=%#x rcx=%#x rdx=%#x rsi=%#x rdi=%#x rflags=%#x", r.RIP, r.RSP, r.RAX, r.RBX, r.RCX, r.RDX, r.RSI, r.RDI, r.RFLAGS)
+	if e.RegsErr != nil {
+		regs = "registers unreadable: " + e.RegsErr.Error()
+	}
+	return fmt.Sprintf("%s: %v [%s]", where, e.Err, regs)
+}
+
+func (e *VMError) Unwrap() error { return e.Err }
+
+// loop is the vCPU thread: it creates the vCPU, then runs it and serves
+// commands until Close.
+func (m *Machine) loop(ready chan<- error, setup func() error) {
+	defer close(m.loopDone)
+	// A pause reaches a vCPU inside KVM_RUN only as a signal to the thread
+	// running it (kick uses tgkill on this thread's id), and KVM binds a
+	// vCPU to the task that runs it (moving it costs the kernel an RCU
+	// synchronisation). So this goroutine keeps one OS thread for its whole
+	// life; it never unlocks, and the thread exits with the goroutine.
+	runtime.LockOSThread()
+	m.tid.Store(int32(unix.Gettid()))
+	if err := setup(); err != nil {
+		ready <- err
+		return
+	}
+	ready <- nil
+	for {
+		if m.Status().State == Running {
+			select {
+			case c := <-m.cmds:
+				if m.handle(c) {
+					return
+				}
+			default:
+				m.step()
+			}
+			continue
+		}
+		if m.handle(<-m.cmds) {
+			return
+		}
+	}
+}
+
+// handle serves one command; it reports whether the loop should end.
+func (m *Machine) handle(c command) (stop bool) {
+	state := m.Status().State
+	var err error
+	switch c.kind {
+	case cmdClose:
+		c.reply <- nil
+		return true
+	case cmdPause:
+		if state == Running {
+			m.settle()
+		}
+	case cmdResume:
+		switch {
+		case state == Running:
+			m.pauseAt = c.pauseAt
+		case state != Paused:
+			err = fmt.Errorf("cannot resume a %s VM", state)
+		case c.pauseAt != 0 && c.pauseAt <= m.disp.next:
+			err = fmt.Errorf("cannot pause after %d exits: the VM has already handled %d", c.pauseAt, m.disp.next)
+		default:
+			m.pauseAt = c.pauseAt
+			m.setStatus(func(s *Status) { s.State = Running })
+		}
+	case cmdDo:
+		if state == Running {
+			err = errors.New("the VM is running: pause it first")
+		} else {
+			err = c.fn()
+		}
+	}
+	c.reply <- err
+	return false
+}
+
+// settle brings a running vCPU to a clean point and marks it Paused. If the
+// last exit was an OUT, KVM completes it (advances RIP past the
+// instruction) only on the next KVM_RUN, and that pending completion is in
+// no state userspace can save; KVM_RUN with immediate_exit set completes it
+// and returns EINTR without running guest code (api.rst, KVM_RUN).
+func (m *Machine) settle() {
+	if err := m.completeIO(); err != nil {
+		m.fail(0, err)
+		return
+	}
+	select { // a kick that found the vCPU in a device call is spent
+	case <-m.interrupt:
+	default:
+	}
+	m.setStatus(func(s *Status) { s.State = Paused })
+}
+
+func (m *Machine) completeIO() error {
+	if !m.ioPending {
+		return nil
+	}
+	m.vcpu.setImmediateExit(true)
+	err := m.vcpu.kvmRun()
+	m.vcpu.setImmediateExit(false)
+	m.ioPending = false
+	if err == nil {
+		return fmt.Errorf("KVM_RUN with immediate_exit entered the guest (exit reason %s)", exitReasonName(le.Uint32(m.vcpu.runArea()[runExitReasonOff:])))
+	}
+	if !errors.Is(err, unix.EINTR) {
+		return fmt.Errorf("completing the last I/O exit: KVM_RUN: %w", err)
+	}
+	return nil
+}
+
+// step runs the guest until its next exit and handles that exit. Every
+// exit reason is decided here, in one switch.
+func (m *Machine) step() {
+	err := m.vcpu.kvmRun()
+	m.ioPending = false
+	if err != nil {
+		if errors.Is(err, unix.EINTR) {
+			// A kick or a stray signal: look at the command queue.
+			m.vcpu.setImmediateExit(false)
+			return
+		}
+		m.fail(0, fmt.Errorf("KVM_RUN: %w", err))
+		return
+	}
+	run := m.vcpu.runArea()
+	switch reason := le.Uint32(run[runExitReasonOff:]); reason {
+	case exitIO:
+		m.handleIOExit()
+	case exitIntr:
+		m.vcpu.setImmediateExit(false)
+	case exitMMIO:
+		m.fail(0, &GuestError{Reason: fmt.Sprintf("access to guest-physical address %#x (%d bytes, write=%v) outside guest memory (a wild pointer?)",
+			le.Uint64(run[runMMIOAddrOff:]), le.Uint32(run[runMMIOLenOff:]), run[runMMIOWriteOff] != 0)})
+	case exitShutdown:
+		m.fail(0, errors.New("the guest triple-faulted: it raised an exception (a bad address, a divide by zero, a privileged instruction at CPL3) and there is no IDT"))
+	case exitFailEntry:
+		m.fail(0, fmt.Errorf("VM entry failed, hardware reason %#x (the vCPU state is invalid)", le.Uint64(run[runFailReasonOff:])))
+	case exitInternalError:
+		m.fail(0, fmt.Errorf("KVM internal error, suberror %d", le.Uint32(run[runFailReasonOff:])))
+	default:
+		m.fail(0, fmt.Errorf("unexpected exit reason %s", exitReasonName(reason)))
+	}
+}
+
+func (m *Machine) handleIOExit() {
+	run := m.vcpu.runArea()
+	port := le.Uint16(run[runIOPortOff:])
+	size := run[runIOSizeOff]
+	if run[runIODirOff] != ioDirOut {
+		m.fail(port, &GuestError{Port: port, Reason: "IN from a port: devices take requests only by OUT"})
+		return
+	}
+	if n := le.Uint32(run[runIOCountOff:]); n != 1 {
+		m.fail(port, &GuestError{Port: port, Reason: fmt.Sprintf("string OUT of %d items: use one outl per request", n)})
+		return
+	}
+	off := le.Uint64(run[runIODataOffsetOff:])
+	if off > uint64(len(run))-4 {
+		m.fail(port, fmt.Errorf("kvm_run data offset %d lies outside the %d-byte kvm_run", off, len(run)))
+		return
+	}
+	var value uint32
+	switch size {
+	case 1:
+		value = uint32(run[off])
+	case 2:
+		value = uint32(le.Uint16(run[off:]))
+	default:
+		value = le.Uint32(run[off:])
+	}
+	if err := m.disp.handleOut(port, size, value); err != nil {
+		m.fail(port, err)
+		return
+	}
+	m.ioPending = true
+	switch {
+	case m.disp.halted:
+		code := m.disp.exitCode
+		m.setStatus(func(s *Status) { s.State = Halted; s.ExitCode = code })
+	case m.pauseAt != 0 && m.disp.next >= m.pauseAt:
+		m.pauseAt = 0
+		m.settle()
+	}
+}
+
+// fail stops the VM with an error naming the exit and the registers.
+func (m *Machine) fail(port uint16, err error) {
+	ve := &VMError{Exit: m.disp.next, Port: port, Err: err}
+	ve.Regs, ve.RegsErr = m.vcpu.getRegs()
+	m.setStatus(func(s *Status) { s.State = Failed; s.Err = ve })
+}
