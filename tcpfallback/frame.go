@@ -1,0 +1,289 @@
+package tcpfallback
+
+import (
+	"encoding/binary"
+	"fmt"
+	"hash/crc32"
+)
+
+// HeaderBytes is the size of the frame header that precedes every payload.
+// Sixteen bytes keep a payload that lands at an 8-aligned offset of a receive
+// buffer 8-aligned, which is what the byte ring's records want.
+const HeaderBytes = 16
+
+// DefaultMaxPayloadBytes bounds the payload of one frame unless
+// Config.MaxPayloadBytes says otherwise. It is four checkpoint chunks of
+// 1 MiB: big enough that chunking costs nothing measurable, small enough that
+// a corrupt length field cannot make a receiver allocate without bound.
+const DefaultMaxPayloadBytes = 4 << 20
+
+// maxPayloadLimitBytes is the largest value Config.MaxPayloadBytes may take:
+// the length field is 32 bits and the receive buffer must stay allocatable.
+const maxPayloadLimitBytes = 1 << 30
+
+// castagnoli is the CRC32C table; hash/crc32 uses the SSE4.2 instruction for
+// it on amd64, so checking a 64-byte entry costs a few nanoseconds.
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
+
+// Type says what a frame carries. The transport does not interpret payloads;
+// it uses the type only to pick a lane and to reject frames that cannot be
+// valid (a checkpoint chunk on the control lane, a hello after set-up).
+type Type uint8
+
+// Frame types. Values below 16 belong to the transport itself and are never
+// handed to OnFrame.
+const (
+	TypeHeartbeat Type = 1 // keeps an idle lane's liveness visible; empty payload
+	TypeHello     Type = 2 // connection set-up only: version, VM id, nonce
+	TypeHelloDone Type = 3 // connection set-up only: verdict and PSK proof
+
+	TypeLog        Type = 16 // event-log entries (one record each)
+	TypeOutput     Type = 17 // the primary's records of outputs, for comparison
+	TypeAck        Type = 18 // acknowledgements
+	TypeControl    Type = 19 // small protocol messages (resync requests, go-live...)
+	TypeCheckpoint Type = 20 // checkpoint chunks: the only type on the bulk lane
+)
+
+func (t Type) String() string {
+	switch t {
+	case TypeHeartbeat:
+		return "heartbeat"
+	case TypeHello:
+		return "hello"
+	case TypeHelloDone:
+		return "hello-done"
+	case TypeLog:
+		return "log"
+	case TypeOutput:
+		return "output"
+	case TypeAck:
+		return "ack"
+	case TypeControl:
+		return "control"
+	case TypeCheckpoint:
+		return "checkpoint"
+	}
+	return fmt.Sprintf("type(%d)", uint8(t))
+}
+
+// known reports whether t is a type this protocol version defines.
+func (t Type) known() bool {
+	return t == TypeHeartbeat || t == TypeHello || t == TypeHelloDone ||
+		(t >= TypeLog && t <= TypeCheckpoint)
+}
+
+// user reports whether t may be sent by a user of the transport.
+func (t Type) user() bool { return t >= TypeLog && t <= TypeCheckpoint }
+
+// Lane names one of the two TCP connections a transport keeps to its peer.
+type Lane uint8
+
+// The lanes. See doc.go for why there are two.
+const (
+	LaneControl Lane = 0 // acks, heartbeats, log entries, output records
+	LaneBulk    Lane = 1 // checkpoint chunks
+	laneCount        = 2
+)
+
+func (l Lane) String() string {
+	switch l {
+	case LaneControl:
+		return "control"
+	case LaneBulk:
+		return "bulk"
+	}
+	return fmt.Sprintf("lane(%d)", uint8(l))
+}
+
+// LaneOf says which lane carries frames of type t.
+func LaneOf(t Type) Lane {
+	if t == TypeCheckpoint {
+		return LaneBulk
+	}
+	return LaneControl
+}
+
+// allowedOn reports whether a frame of type t may arrive on lane l once the
+// connection is set up.
+func (t Type) allowedOn(l Lane) bool {
+	if t == TypeHeartbeat {
+		return true
+	}
+	return t.user() && LaneOf(t) == l
+}
+
+// Flags qualify a frame. Unknown bits are an error, so that a later protocol
+// version that gives a bit meaning is refused by an older peer rather than
+// silently misread.
+type Flags uint8
+
+// FlagFinal marks the last frame of a multi-frame message (the last chunk of a
+// checkpoint). The transport carries it; the user gives it meaning.
+const FlagFinal Flags = 1 << 0
+
+const knownFlags = FlagFinal
+
+// Frame is one received frame. Payload points into the lane's receive buffer
+// and is valid only until the OnFrame call that delivered it returns; copy it
+// to keep it.
+type Frame struct {
+	Lane    Lane
+	Type    Type
+	Flags   Flags
+	Seq     uint32 // position on this lane's connection, from 0
+	Payload []byte
+}
+
+// header is a decoded frame header.
+type header struct {
+	length uint32
+	typ    Type
+	flags  Flags
+	seq    uint32
+	crc    uint32
+}
+
+// putHeader writes the 16-byte header for payload into dst (len ≥ HeaderBytes)
+// and computes the CRC. Layout (little-endian):
+//
+//	0..3   payload length in bytes
+//	4      type
+//	5      flags
+//	6..7   reserved, zero
+//	8..11  sequence number on this connection, from 0
+//	12..15 CRC32C (Castagnoli) of bytes 0..11, then of the payload
+func putHeader(dst []byte, typ Type, flags Flags, seq uint32, payload []byte) {
+	_ = dst[HeaderBytes-1]
+	binary.LittleEndian.PutUint32(dst[0:4], uint32(len(payload)))
+	dst[4] = byte(typ)
+	dst[5] = byte(flags)
+	dst[6] = 0
+	dst[7] = 0
+	binary.LittleEndian.PutUint32(dst[8:12], seq)
+	crc := crc32.Update(0, castagnoli, dst[0:12])
+	crc = crc32.Update(crc, castagnoli, payload)
+	binary.LittleEndian.PutUint32(dst[12:16], crc)
+}
+
+// appendFrame appends a whole frame to dst. Used where a copy is needed
+// anyway (handshake, TLS staging, tests); the plain data path never copies.
+func appendFrame(dst []byte, typ Type, flags Flags, seq uint32, payload []byte) []byte {
+	n := len(dst)
+	dst = append(dst, make([]byte, HeaderBytes)...)
+	dst = append(dst, payload...)
+	putHeader(dst[n:n+HeaderBytes], typ, flags, seq, payload)
+	return dst
+}
+
+// FrameError says why a frame was refused. Every field that helps find the
+// cause is filled in; Error() names them.
+type FrameError struct {
+	Reason  string // "bad length", "CRC mismatch", "unknown type", ...
+	Lane    Lane
+	Seq     uint32 // the sequence number the frame should have had
+	Type    Type
+	Length  uint32
+	Limit   uint32 // for bad length: the maximum payload
+	GotCRC  uint32 // for CRC mismatch: the CRC in the header
+	WantCRC uint32 // for CRC mismatch: the CRC of the bytes received
+	Detail  string
+}
+
+func (e *FrameError) Error() string {
+	return fmt.Sprintf("tcpfallback: %s lane: %s; the connection was closed and nothing after this frame was delivered", e.Lane, e.describe())
+}
+
+// describe says what was wrong without naming the consequence, for callers
+// (connection set-up) where the consequence differs.
+func (e *FrameError) describe() string {
+	s := fmt.Sprintf("frame %d refused: %s", e.Seq, e.Reason)
+	switch e.Reason {
+	case reasonBadLength:
+		s += fmt.Sprintf(": payload length %d exceeds the maximum %d (corrupt stream, or peers configured with different MaxPayloadBytes)", e.Length, e.Limit)
+	case reasonCRC:
+		s += fmt.Sprintf(": header says %#08x, bytes received give %#08x (type %s, length %d); the stream was corrupted in flight", e.GotCRC, e.WantCRC, e.Type, e.Length)
+	case reasonUnknownType, reasonWrongLane:
+		s += fmt.Sprintf(": %s", e.Type)
+	}
+	if e.Detail != "" {
+		s += ": " + e.Detail
+	}
+	return s
+}
+
+// Reasons a FrameError can carry. They are also the keys of Stats.FrameErrors.
+const (
+	reasonBadLength   = "bad length"
+	reasonCRC         = "CRC mismatch"
+	reasonUnknownType = "unknown type"
+	reasonWrongLane   = "type not allowed on this lane"
+	reasonBadFlags    = "unknown flags"
+	reasonReserved    = "reserved bytes not zero"
+	reasonBadSeq      = "sequence number out of order"
+	reasonBadPayload  = "bad payload"
+)
+
+// parseFrame decodes the frame at the start of b. It returns the header, the
+// payload (aliasing b) and the number of bytes consumed. n == 0 with a nil
+// error means b holds only part of a frame; read more. seq is the sequence
+// number the frame must carry. lane selects the set of allowed types;
+// handshake frames are checked with handshake=true.
+//
+// Checks run in the order that gives the most useful error: the length is
+// checked before waiting for the payload (a corrupt length must not make the
+// receiver wait for gigabytes), type and flags after the CRC (a flipped bit is
+// reported as corruption, not as a protocol error).
+func parseFrame(b []byte, maxPayload uint32, lane Lane, seq uint32, handshake bool) (h header, payload []byte, n int, err error) {
+	if len(b) < HeaderBytes {
+		return h, nil, 0, nil
+	}
+	h.length = binaryLE32(b[0:4])
+	h.typ = Type(b[4])
+	h.flags = Flags(b[5])
+	h.seq = binaryLE32(b[8:12])
+	h.crc = binaryLE32(b[12:16])
+	if h.length > maxPayload {
+		return h, nil, 0, &FrameError{Reason: reasonBadLength, Lane: lane, Seq: seq, Type: h.typ, Length: h.length, Limit: maxPayload}
+	}
+	total := HeaderBytes + int(h.length)
+	if len(b) < total {
+		return h, nil, 0, nil
+	}
+	payload = b[HeaderBytes:total]
+	crc := crc32.Update(0, castagnoli, b[0:12])
+	crc = crc32.Update(crc, castagnoli, payload)
+	if crc != h.crc {
+		return h, nil, 0, &FrameError{Reason: reasonCRC, Lane: lane, Seq: seq, Type: h.typ, Length: h.length, GotCRC: h.crc, WantCRC: crc}
+	}
+	if !h.typ.known() {
+		return h, nil, 0, &FrameError{Reason: reasonUnknownType, Lane: lane, Seq: seq, Type: h.typ, Length: h.length,
+			Detail: "the peer speaks a protocol this build does not know"}
+	}
+	if handshake {
+		if h.typ != TypeHello && h.typ != TypeHelloDone {
+			return h, nil, 0, &FrameError{Reason: reasonWrongLane, Lane: lane, Seq: seq, Type: h.typ, Length: h.length,
+				Detail: "only hello frames may arrive during connection set-up"}
+		}
+	} else if !h.typ.allowedOn(lane) {
+		return h, nil, 0, &FrameError{Reason: reasonWrongLane, Lane: lane, Seq: seq, Type: h.typ, Length: h.length}
+	}
+	if h.flags&^knownFlags != 0 {
+		return h, nil, 0, &FrameError{Reason: reasonBadFlags, Lane: lane, Seq: seq, Type: h.typ, Length: h.length,
+			Detail: fmt.Sprintf("flags %#02x, known %#02x", uint8(h.flags), uint8(knownFlags))}
+	}
+	if b[6] != 0 || b[7] != 0 {
+		return h, nil, 0, &FrameError{Reason: reasonReserved, Lane: lane, Seq: seq, Type: h.typ, Length: h.length,
+			Detail: fmt.Sprintf("bytes 6..7 are %#02x %#02x", b[6], b[7])}
+	}
+	if h.seq != seq {
+		return h, nil, 0, &FrameError{Reason: reasonBadSeq, Lane: lane, Seq: seq, Type: h.typ, Length: h.length,
+			Detail: fmt.Sprintf("got %d, want %d (a frame was lost or repeated)", h.seq, seq)}
+	}
+	if h.typ == TypeHeartbeat && h.length != 0 {
+		return h, nil, 0, &FrameError{Reason: reasonBadPayload, Lane: lane, Seq: seq, Type: h.typ, Length: h.length,
+			Detail: "heartbeats carry no payload"}
+	}
+	return h, payload, total, nil
+}
+
+func binaryLE32(b []byte) uint32 { return binary.LittleEndian.Uint32(b) }
