@@ -287,3 +287,7 @@ func parseFrame(b []byte, maxPayload uint32, lane Lane, seq uint32, handshake bo
 }
 
 func binaryLE32(b []byte) uint32 { return binary.LittleEndian.Uint32(b) }
+
+func crcOf(hdr12, payload []byte) uint32 {
+	return crc32.Update(crc32.Update(0, castagnoli, hdr12), castagnoli, payload)
+}
