@@ -3,6 +3,7 @@ package tcpfallback
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -175,6 +176,39 @@ func waitEvent(t *testing.T, tr *Transport, kind EventKind, lane int) Event {
 	}
 }
 
+// drainEvents discards the events queued so far.
+func drainEvents(tr *Transport) {
+	for {
+		select {
+		case <-tr.Events():
+		default:
+			return
+		}
+	}
+}
+
+// waitLanesDown returns the first EventLaneDown of each lane.
+func waitLanesDown(t *testing.T, tr *Transport) [laneCount]Event {
+	t.Helper()
+	var got [laneCount]Event
+	deadline := time.After(hangGuard)
+	for n := 0; n < laneCount; {
+		select {
+		case ev := <-tr.Events():
+			if ev.Kind == EventLaneDown && got[ev.Lane].Kind == 0 {
+				got[ev.Lane] = ev
+				n++
+			}
+		case <-deadline:
+			t.Fatalf("lanes down so far: %v", got)
+		}
+	}
+	return got
+}
+
+// fmtSscan reads the number back out of a payloadFor payload.
+func fmtSscan(p []byte, i *int) (int, error) { return fmt.Sscanf(string(p), "entry-%05d-", i) }
+
 func mustContain(t *testing.T, err error, subs ...string) {
 	t.Helper()
 	if err == nil {
@@ -276,8 +310,14 @@ func (p *proxy) serve() {
 // pump copies src to dst; toListener says the direction.
 func (p *proxy) pump(dst, src net.Conn, toListener bool) {
 	defer p.wg.Done()
-	defer dst.Close()
-	defer src.Close()
+	defer func() {
+		// A black hole passes on nothing, not even a close; cut()
+		// closes both sides at the end.
+		if !p.blackhole.Load() {
+			src.Close()
+			dst.Close()
+		}
+	}()
 	buf := make([]byte, 32<<10)
 	for {
 		n, err := src.Read(buf)
@@ -297,6 +337,9 @@ func (p *proxy) pump(dst, src net.Conn, toListener bool) {
 					k = min(k, int64(len(chunk)))
 					chunk = chunk[k:]
 				}
+			}
+			if len(chunk) == 0 {
+				continue
 			}
 			if _, werr := dst.Write(chunk); werr != nil {
 				return

@@ -122,7 +122,7 @@ type Stats struct {
 }
 
 // FrameErrorsTotal sums FrameErrors.
-func (s *Stats) FrameErrorsTotal() uint64 {
+func (s Stats) FrameErrorsTotal() uint64 {
 	var n uint64
 	for _, v := range s.FrameErrors {
 		n += v

@@ -16,8 +16,9 @@ import (
 // ErrClosed is returned by operations on a closed transport.
 var ErrClosed = errors.New("tcpfallback: transport closed")
 
-// ErrLaneDown is wrapped by Send errors while a lane has no connection. The
-// frame was not sent; the caller resends after EventLaneUp if it must.
+// ErrLaneDown is wrapped by Send errors while a lane has no connection, and
+// when the connection breaks during the send. The frame was not (or not
+// wholly) sent; the caller resends after EventLaneUp if it must.
 var ErrLaneDown = errors.New("tcpfallback: lane down")
 
 // errReplaced ends a listener's connection when the peer opens a new one for
@@ -251,7 +252,7 @@ func (t *Transport) SendFlags(typ Type, flags Flags, payload []byte) error {
 	err := c.writeFrame(typ, flags, payload)
 	l.wmu.Unlock()
 	if err != nil {
-		err = fmt.Errorf("tcpfallback: %s lane: sending to %s: %w", l.id, c.peer, err)
+		err = fmt.Errorf("%w: %s lane: sending to %s: %w", ErrLaneDown, l.id, c.peer, err)
 		c.fail(err)
 		return err
 	}
@@ -285,7 +286,7 @@ func (t *Transport) SendSpan(typ Type, span []byte) (int, error) {
 	frames, err := c.writeSpan(typ, span)
 	l.wmu.Unlock()
 	if err != nil {
-		err = fmt.Errorf("tcpfallback: %s lane: sending to %s: %w", l.id, c.peer, err)
+		err = fmt.Errorf("%w: %s lane: sending to %s: %w", ErrLaneDown, l.id, c.peer, err)
 		c.fail(err)
 		return 0, err
 	}
