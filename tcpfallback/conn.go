@@ -98,7 +98,7 @@ func newLaneConn(l *lane, raw net.Conn, tcp *net.TCPConn, peerMax uint32, leftov
 	}
 	if _, isTLS := raw.(*tls.Conn); isTLS {
 		c.bw = bufio.NewWriterSize(raw, tlsStagingBytes)
-	} else if l.t.cfg.BusyPoll > 0 {
+	} else if l.t.cfg.BusyPoll > 0 && l.id == LaneControl {
 		c.spinFor = l.t.cfg.BusyPoll
 		c.spinFn = c.spinRead
 	}

@@ -137,9 +137,9 @@
 // used when permitted so that net.core.*mem_max does not silently cap them;
 // Stats reports what the kernel granted.
 //
-// Config.BusyPoll makes each reader spin on non-blocking reads for the
+// Config.BusyPoll makes the control lane's reader spin on non-blocking reads for the
 // given time before sleeping in Go's poller, and sets SO_BUSY_POLL for
 // NICs that support busy polling. It removes the wake-up from the critical
-// path (most of a loopback round trip) and costs a core per lane while it
-// spins; on a host whose cores are shared it can make things worse.
+// path (most of a loopback round trip) and costs a core while it spins; on
+// a host whose cores are shared it can make things worse.
 package tcpfallback

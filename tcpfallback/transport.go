@@ -374,7 +374,7 @@ func (t *Transport) dialLane(ctx context.Context, l *lane) (*laneConn, error) {
 	ctx, cancel := context.WithTimeout(ctx, t.cfg.HandshakeTimeout)
 	defer cancel()
 	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
-		return tuneSocket(rc, t.cfg.socketBufferBytes(l.id), t.cfg.BusyPoll > 0)
+		return tuneSocket(rc, t.cfg.socketBufferBytes(l.id), t.cfg.BusyPoll > 0 && l.id == LaneControl)
 	}}
 	nc, err := d.DialContext(ctx, "tcp", t.addr)
 	if err != nil {
@@ -576,7 +576,7 @@ func (t *Transport) serveConn(nc net.Conn) {
 	l := t.lanes[res.lane]
 	rc, err := tcp.SyscallConn()
 	if err == nil {
-		err = tuneSocket(rc, t.cfg.socketBufferBytes(l.id), t.cfg.BusyPoll > 0)
+		err = tuneSocket(rc, t.cfg.socketBufferBytes(l.id), t.cfg.BusyPoll > 0 && l.id == LaneControl)
 	}
 	if err != nil {
 		raw.Close()
