@@ -122,9 +122,12 @@
 //
 // TCP_NODELAY is on (a 64-byte entry must leave now, not after 40 ms).
 // Frame headers are built in a per-connection arena and sent together with
-// the caller's payload slices by writev (net.Buffers): a payload is never
-// copied in user space on the plain path, and SendSpan puts up to
-// maxBatchFrames frames in one system call. Batching comes from the byte
+// the caller's payload slices by writev (net.Buffers): SendSpan never copies
+// a payload and puts up to maxBatchFrames frames in one system call. A
+// single Send of at most coalesceMaxBytes (an ack, one log entry) is the
+// exception: the payload is copied behind its header and leaves in one
+// write of one buffer, because a 64-byte copy costs less than the kernel's
+// handling of a second iovec. Batching comes from the byte
 // ring: while one SendSpan is in the kernel, the vCPU keeps appending
 // records, and the next SendSpan takes them all. Under TLS every byte is
 // encrypted into a record anyway, so frames are staged in a 16 KiB buffer
