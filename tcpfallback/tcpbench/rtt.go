@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
+	"golang.org/x/sys/unix"
 
 	"github.com/ftvm/ftvm/tcpfallback"
 )
@@ -47,12 +48,16 @@ const (
 	KindFtvmBusyPoll = "ftvm-busypoll"
 )
 
+// KindBareBusyPoll is the bare ping-pong with both readers spinning on
+// non-blocking reads like ftvm-busypoll: the fair baseline for it.
+const KindBareBusyPoll = "bare-busypoll"
+
 // DefaultBusyPoll is the spin time of the ftvm-busypoll pinger: longer than
 // a loopback round trip, so the reader rarely sleeps while traffic flows.
 const DefaultBusyPoll = 200 * time.Microsecond
 
 // Kinds lists the pingers in report order, baseline first.
-var Kinds = []string{KindBare, KindFtvm, KindFtvmTLS, KindGRPC, KindFtvmBusyPoll}
+var Kinds = []string{KindBare, KindFtvm, KindFtvmTLS, KindGRPC, KindBareBusyPoll, KindFtvmBusyPoll}
 
 // Pinger is a connected primary/secondary pair over loopback.
 type Pinger interface {
@@ -75,7 +80,12 @@ func NewPinger(kind string, o Options) (Pinger, error) {
 	}
 	switch kind {
 	case KindBare:
-		return newBarePinger(o.MessageBytes)
+		return newBarePinger(o.MessageBytes, 0)
+	case KindBareBusyPoll:
+		if o.BusyPoll <= 0 {
+			o.BusyPoll = DefaultBusyPoll
+		}
+		return newBarePinger(o.MessageBytes, o.BusyPoll)
 	case KindFtvm:
 		return newFtvmPinger(o, false)
 	case KindFtvmTLS:
@@ -98,14 +108,64 @@ type barePinger struct {
 	server net.Conn
 	msg    []byte
 	done   chan struct{}
+	spin   time.Duration
 }
 
-func newBarePinger(size int) (*barePinger, error) {
+// readFull is io.ReadFull, spinning on non-blocking reads for up to spin
+// before each wait in the poller when spin > 0.
+func readFull(c net.Conn, buf []byte, spin time.Duration) error {
+	if spin <= 0 {
+		_, err := io.ReadFull(c, buf)
+		return err
+	}
+	rc, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		return err
+	}
+	got := 0
+	var rerr error
+	var deadline time.Time
+	for got < len(buf) {
+		deadline = time.Time{}
+		err := rc.Read(func(fd uintptr) bool {
+			for i := 0; ; i++ {
+				n, err := unix.Read(int(fd), buf[got:])
+				if err == nil {
+					if n == 0 {
+						rerr = io.EOF
+					}
+					got += n
+					return true
+				}
+				if err != unix.EAGAIN && err != unix.EINTR {
+					rerr = err
+					return true
+				}
+				if i%64 == 0 {
+					if deadline.IsZero() {
+						deadline = time.Now().Add(spin)
+					} else if time.Now().After(deadline) {
+						return false
+					}
+				}
+			}
+		})
+		if err != nil {
+			return err
+		}
+		if rerr != nil {
+			return rerr
+		}
+	}
+	return nil
+}
+
+func newBarePinger(size int, spin time.Duration) (*barePinger, error) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, err
 	}
-	p := &barePinger{ln: ln, msg: make([]byte, size), done: make(chan struct{})}
+	p := &barePinger{ln: ln, msg: make([]byte, size), done: make(chan struct{}), spin: spin}
 	accepted := make(chan error, 1)
 	go func() {
 		c, err := ln.Accept()
@@ -118,7 +178,7 @@ func newBarePinger(size int) (*barePinger, error) {
 		defer close(p.done)
 		buf := make([]byte, size)
 		for {
-			if _, err := io.ReadFull(c, buf); err != nil {
+			if err := readFull(c, buf, spin); err != nil {
 				return
 			}
 			if _, err := c.Write(buf); err != nil {
@@ -147,7 +207,7 @@ func (p *barePinger) RoundTrips(n int, h *hdrhistogram.Histogram) error {
 		if _, err := p.client.Write(p.msg); err != nil {
 			return err
 		}
-		if _, err := io.ReadFull(p.client, buf); err != nil {
+		if err := readFull(p.client, buf, p.spin); err != nil {
 			return err
 		}
 		h.RecordValue(int64(time.Since(t0)))
