@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -199,8 +200,12 @@ func (c *laneConn) read(p []byte) (int, error) {
 	return c.spinN, c.spinErr
 }
 
-// spinChecksPerClock: the spin reads the clock once per this many EAGAINs.
-const spinChecksPerClock = 64
+// spinChecksPerClock: the spin reads the clock once per this many EAGAINs;
+// spinYieldEvery: it yields the processor once per this many.
+const (
+	spinChecksPerClock = 64
+	spinYieldEvery     = 8
+)
 
 func (c *laneConn) spinRead(fd uintptr) bool {
 	for i := 0; ; i++ {
@@ -217,6 +222,12 @@ func (c *laneConn) spinRead(fd uintptr) bool {
 		case err != unix.EAGAIN:
 			c.spinErr = err
 			return true
+		}
+		if i%spinYieldEvery == spinYieldEvery-1 {
+			// Let other goroutines waiting for this P run: on a host
+			// with few cores the one that will send us data may be
+			// among them.
+			runtime.Gosched()
 		}
 		if i%spinChecksPerClock == 0 {
 			now := time.Now()

@@ -264,7 +264,40 @@ type proxy struct {
 
 	mu    sync.Mutex
 	conns []net.Conn
+	links []*proxyLink
 	wg    sync.WaitGroup
+}
+
+// proxyLink is one relayed connection: its lane (read from the dialer's
+// hello as it passes) and, per direction, when it last began relaying bytes
+// (stamped before the write, so no relayed byte arrives before its stamp).
+type proxyLink struct {
+	lane      atomic.Int32    // -1 until the hello is seen
+	lastRelay [2]atomic.Int64 // UnixNano; [1] toward the listener, [0] toward the dialer
+}
+
+// helloLaneOffset: the lane byte of the hello payload, behind the header.
+const helloLaneOffset = HeaderBytes + 6
+
+// lastRelay is when the proxy last relayed bytes toward the listener (or
+// the dialer) on any connection of lane.
+func (p *proxy) lastRelay(lane Lane, toListener bool) time.Time {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	var last int64
+	for _, l := range p.links {
+		if l.lane.Load() == int32(lane) {
+			last = max(last, l.lastRelay[b2i(toListener)].Load())
+		}
+	}
+	return time.Unix(0, last)
+}
+
+func b2i(b bool) int {
+	if b {
+		return 1
+	}
+	return 0
 }
 
 func newProxy(t *testing.T, target string) *proxy {
@@ -298,17 +331,20 @@ func (p *proxy) serve() {
 			c.Close()
 			continue
 		}
+		link := &proxyLink{}
+		link.lane.Store(-1)
 		p.mu.Lock()
 		p.conns = append(p.conns, c, u)
+		p.links = append(p.links, link)
 		p.mu.Unlock()
 		p.wg.Add(2)
-		go p.pump(u, c, true)
-		go p.pump(c, u, false)
+		go p.pump(u, c, true, link)
+		go p.pump(c, u, false, link)
 	}
 }
 
 // pump copies src to dst; toListener says the direction.
-func (p *proxy) pump(dst, src net.Conn, toListener bool) {
+func (p *proxy) pump(dst, src net.Conn, toListener bool, link *proxyLink) {
 	defer p.wg.Done()
 	defer func() {
 		// A black hole passes on nothing, not even a close; cut()
@@ -341,6 +377,10 @@ func (p *proxy) pump(dst, src net.Conn, toListener bool) {
 			if len(chunk) == 0 {
 				continue
 			}
+			if toListener && link.lane.Load() < 0 && len(chunk) > helloLaneOffset {
+				link.lane.Store(int32(chunk[helloLaneOffset]))
+			}
+			link.lastRelay[b2i(toListener)].Store(time.Now().UnixNano())
 			if _, werr := dst.Write(chunk); werr != nil {
 				return
 			}

@@ -220,11 +220,12 @@ func TestCutConnectionReconnects(t *testing.T) {
 }
 
 // A peer that goes silent (a black-holing switch: no reset, no FIN) is
-// reported within HeartbeatInterval + HeartbeatTimeout, on both sides, and
-// not before the timeout has nearly passed. The bound comes from the
+// reported within HeartbeatTimeout + HeartbeatInterval of the last byte the
+// proxy relayed on that lane, on both sides, and never before
+// HeartbeatTimeout of real silence has passed. The bounds come from the
 // configuration, not from a guess about this machine's speed.
 func TestSilentPeerReportedWithinHeartbeatBound(t *testing.T) {
-	const interval, timeout = 100 * time.Millisecond, 400 * time.Millisecond
+	const interval, timeout = 200 * time.Millisecond, 400 * time.Millisecond
 	cfg := func(s *sink) Config {
 		c := testConfig(s)
 		c.HeartbeatInterval, c.HeartbeatTimeout = interval, timeout
@@ -239,28 +240,36 @@ func TestSilentPeerReportedWithinHeartbeatBound(t *testing.T) {
 	d := dial(t, p.addr(), cfg(ds))
 	waitConnected(t, l)
 	exchange(t, d, l, ds, ls)
-	// Let heartbeats flow for a while so both sides are in steady state.
-	time.Sleep(2 * interval)
-	drainEvents(d)
-	drainEvents(l)
-	start := time.Now()
+	// Idle for longer than the timeout: heartbeats alone keep both lanes
+	// up.
+	time.Sleep(timeout + interval)
+	for _, tr := range []*Transport{d, l} {
+		for {
+			select {
+			case ev := <-tr.Events():
+				if ev.Kind == EventLaneDown {
+					t.Fatalf("idle lane declared dead although heartbeats flowed: %v", ev)
+				}
+				continue
+			default:
+			}
+			break
+		}
+	}
 	p.blackhole.Store(true)
 	for _, tr := range []*Transport{d, l} {
-		downs := waitLanesDown(t, tr)
-		for lane, ev := range downs {
-			elapsed := ev.Time.Sub(start)
-			t.Logf("%s lane: loss reported %v after the black hole opened (bound %v)", Lane(lane), elapsed, interval+timeout)
+		for lane, ev := range waitLanesDown(t, tr) {
+			silence := ev.Time.Sub(p.lastRelay(Lane(lane), tr == l))
+			t.Logf("%s lane: loss reported %v after the last relayed byte (bounds %v..%v)", Lane(lane), silence, timeout, interval+timeout)
 			var he *HeartbeatTimeoutError
 			if !errors.As(ev.Err, &he) {
 				t.Fatalf("%s lane down with %v, want a heartbeat timeout", Lane(lane), ev.Err)
 			}
-			if elapsed > interval+timeout {
-				t.Errorf("%s lane: loss reported %v after the peer went silent, bound is interval+timeout = %v", Lane(lane), elapsed, interval+timeout)
+			if silence > interval+timeout {
+				t.Errorf("%s lane: loss reported %v after the last byte, bound is interval+timeout = %v", Lane(lane), silence, interval+timeout)
 			}
-			// The last byte may have arrived up to one interval
-			// before the black hole opened.
-			if elapsed < timeout-interval {
-				t.Errorf("%s lane: loss reported after only %v, before the timeout %v could have passed", Lane(lane), elapsed, timeout)
+			if silence < timeout {
+				t.Errorf("%s lane: loss reported after %v of silence, before the timeout %v", Lane(lane), silence, timeout)
 			}
 		}
 	}

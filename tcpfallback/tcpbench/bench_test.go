@@ -1,6 +1,7 @@
 package tcpbench
 
 import (
+	"strings"
 	"testing"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
@@ -120,6 +121,24 @@ func TestCompareRTTReportsEveryKind(t *testing.T) {
 		}
 	}
 	t.Logf("\n%s", FormatResults(rs))
+}
+
+func TestReportNamesEveryTarget(t *testing.T) {
+	var buf strings.Builder
+	err := Report(&buf, ReportOptions{RTTSamples: 200, RTTRound: 100, RTTWarmup: 20, Entries: 5000, Chunks: 3, SkipBusyPoll: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := buf.String()
+	for _, want := range []string{"ftvm p50 / bare p50", "ftvm-tls p50 / bare p50", "grpc p50 / ftvm p50", "entries64", "chunk1M MB/s"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, KindFtvmBusyPoll) {
+		t.Errorf("SkipBusyPoll ignored:\n%s", out)
+	}
+	t.Log("\n" + out)
 }
 
 func TestThroughputLinkDeliversEverything(t *testing.T) {

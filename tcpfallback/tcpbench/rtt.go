@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"time"
 
@@ -140,6 +141,9 @@ func readFull(c net.Conn, buf []byte, spin time.Duration) error {
 				if err != unix.EAGAIN && err != unix.EINTR {
 					rerr = err
 					return true
+				}
+				if i%8 == 7 {
+					runtime.Gosched() // as tcpfallback's spin does
 				}
 				if i%64 == 0 {
 					if deadline.IsZero() {
@@ -402,13 +406,18 @@ func Summarize(kind string, h *hdrhistogram.Histogram) Result {
 	}
 }
 
-// CompareRTT runs every pinger in Kinds for samples round trips each,
+// CompareRTT runs every pinger in Kinds; see CompareRTTKinds.
+func CompareRTT(samples, roundSamples, warmup int, o Options) ([]Result, error) {
+	return CompareRTTKinds(Kinds, samples, roundSamples, warmup, o)
+}
+
+// CompareRTTKinds runs the given pingers for samples round trips each,
 // interleaved in rounds of roundSamples so that a burst of load from other
 // processes falls on all of them alike, and returns the results with ratios
 // to bare (and to gRPC). warmup round trips per pinger are not recorded.
-func CompareRTT(samples, roundSamples, warmup int, o Options) ([]Result, error) {
-	pingers := make([]Pinger, len(Kinds))
-	hists := make([]*hdrhistogram.Histogram, len(Kinds))
+func CompareRTTKinds(kinds []string, samples, roundSamples, warmup int, o Options) ([]Result, error) {
+	pingers := make([]Pinger, len(kinds))
+	hists := make([]*hdrhistogram.Histogram, len(kinds))
 	defer func() {
 		for _, p := range pingers {
 			if p != nil {
@@ -416,7 +425,7 @@ func CompareRTT(samples, roundSamples, warmup int, o Options) ([]Result, error) 
 			}
 		}
 	}()
-	for i, k := range Kinds {
+	for i, k := range kinds {
 		p, err := NewPinger(k, o)
 		if err != nil {
 			return nil, fmt.Errorf("tcpbench: setting up %s: %w", k, err)
@@ -432,12 +441,12 @@ func CompareRTT(samples, roundSamples, warmup int, o Options) ([]Result, error) 
 		n := min(roundSamples, samples-done)
 		for i, p := range pingers {
 			if err := p.RoundTrips(n, hists[i]); err != nil {
-				return nil, fmt.Errorf("tcpbench: %s: %w", Kinds[i], err)
+				return nil, fmt.Errorf("tcpbench: %s: %w", kinds[i], err)
 			}
 		}
 	}
-	results := make([]Result, len(Kinds))
-	for i, k := range Kinds {
+	results := make([]Result, len(kinds))
+	for i, k := range kinds {
 		results[i] = Summarize(k, hists[i])
 	}
 	AddRatios(results)
@@ -470,9 +479,9 @@ func AddRatios(results []Result) {
 
 // FormatResults renders results as a table.
 func FormatResults(results []Result) string {
-	s := fmt.Sprintf("%-9s %9s %10s %10s %10s %8s %8s %8s %10s\n", "kind", "samples", "p50", "p99", "p99.9", "p50/bare", "p99/bare", "p999/bare", "grpc/this")
+	s := fmt.Sprintf("%-14s %9s %10s %10s %10s %8s %8s %9s %9s\n", "kind", "samples", "p50", "p99", "p99.9", "p50/bare", "p99/bare", "p999/bare", "grpc/this")
 	for _, r := range results {
-		s += fmt.Sprintf("%-9s %9d %10v %10v %10v %8.2f %8.2f %8.2f %10.2f\n", r.Kind, r.Count,
+		s += fmt.Sprintf("%-14s %9d %10v %10v %10v %8.2f %8.2f %9.2f %9.2f\n", r.Kind, r.Count,
 			r.P50, r.P99, r.P999, r.RatioToBare50, r.RatioToBare99, r.RatioToBare999, r.SpeedupOverGRPC50)
 	}
 	return s
