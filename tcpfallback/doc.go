@@ -66,15 +66,17 @@
 //	4      1    type (Type: 1 heartbeat, 2 hello, 3 hello-done, 16 log,
 //	            17 output, 18 ack, 19 control, 20 checkpoint)
 //	5      1    flags (bit 0 FlagFinal; other bits must be zero)
-//	6      2    reserved, zero
+//	6      2    header check: low 16 bits of CRC32C over bytes 0..5 and 8..11
 //	8      4    sequence number: 0 for the first frame of a connection, then +1
 //	12     4    CRC32C (Castagnoli) over bytes 0..11, then over the payload
 //	16     L    payload
 //
-// The receiver checks, in this order: length against its maximum (before
-// waiting for the payload, so a corrupt length cannot make it wait for or
-// allocate gigabytes), CRC, type known, type allowed on this lane, flags,
-// reserved bytes, sequence number, empty heartbeat payload. The first check
+// The receiver checks, in this order: the header check and the length
+// against its maximum (both as soon as the header is in, so that a corrupt
+// length can neither make it allocate gigabytes nor leave it waiting for a
+// payload that never comes while heartbeats keep the lane alive), the CRC,
+// type known, type allowed on this lane, flags, sequence number, empty
+// heartbeat payload. The first check
 // that fails closes the connection with a FrameError naming what failed
 // (for a CRC mismatch, both values), counts it in Stats.FrameErrors and
 // delivers nothing after it. CRC32C is against accidents (a buggy

@@ -144,25 +144,33 @@ type header struct {
 }
 
 // putHeader writes the 16-byte header for payload into dst (len ≥ HeaderBytes)
-// and computes the CRC. Layout (little-endian):
+// and computes both checks. Layout (little-endian):
 //
 //	0..3   payload length in bytes
 //	4      type
 //	5      flags
-//	6..7   reserved, zero
+//	6..7   header check: low 16 bits of CRC32C over bytes 0..5 and 8..11
 //	8..11  sequence number on this connection, from 0
 //	12..15 CRC32C (Castagnoli) of bytes 0..11, then of the payload
+//
+// The header check exists so that a corrupt length is caught when the
+// header arrives: without it, a length bent to a larger value below the
+// maximum would leave the receiver waiting for bytes that never come (the
+// peer's heartbeats would even keep the lane alive while it waits).
 func putHeader(dst []byte, typ Type, flags Flags, seq uint32, payload []byte) {
 	_ = dst[HeaderBytes-1]
 	binary.LittleEndian.PutUint32(dst[0:4], uint32(len(payload)))
 	dst[4] = byte(typ)
 	dst[5] = byte(flags)
-	dst[6] = 0
-	dst[7] = 0
 	binary.LittleEndian.PutUint32(dst[8:12], seq)
-	crc := crc32.Update(0, castagnoli, dst[0:12])
-	crc = crc32.Update(crc, castagnoli, payload)
-	binary.LittleEndian.PutUint32(dst[12:16], crc)
+	binary.LittleEndian.PutUint16(dst[6:8], headerCheck(dst))
+	binary.LittleEndian.PutUint32(dst[12:16], crcOf(dst[0:12], payload))
+}
+
+// headerCheck computes the header check of the 16-byte header h.
+func headerCheck(h []byte) uint16 {
+	c := crc32.Update(0, castagnoli, h[0:6])
+	return uint16(crc32.Update(c, castagnoli, h[8:12]))
 }
 
 // appendFrame appends a whole frame to dst. Used where a copy is needed
@@ -218,7 +226,7 @@ const (
 	reasonUnknownType = "unknown type"
 	reasonWrongLane   = "type not allowed on this lane"
 	reasonBadFlags    = "unknown flags"
-	reasonReserved    = "reserved bytes not zero"
+	reasonHeaderCheck = "header check mismatch"
 	reasonBadSeq      = "sequence number out of order"
 	reasonBadPayload  = "bad payload"
 )
@@ -229,10 +237,10 @@ const (
 // number the frame must carry. lane selects the set of allowed types;
 // handshake frames are checked with handshake=true.
 //
-// Checks run in the order that gives the most useful error: the length is
-// checked before waiting for the payload (a corrupt length must not make the
-// receiver wait for gigabytes), type and flags after the CRC (a flipped bit is
-// reported as corruption, not as a protocol error).
+// Checks run in the order that gives the most useful error: the header
+// check and the length before waiting for the payload (a corrupt length must
+// not make the receiver wait for bytes that never come), type and flags after
+// the CRC (a flipped bit is reported as corruption, not as a protocol error).
 func parseFrame(b []byte, maxPayload uint32, lane Lane, seq uint32, handshake bool) (h header, payload []byte, n int, err error) {
 	if len(b) < HeaderBytes {
 		return h, nil, 0, nil
@@ -242,6 +250,10 @@ func parseFrame(b []byte, maxPayload uint32, lane Lane, seq uint32, handshake bo
 	h.flags = Flags(b[5])
 	h.seq = binaryLE32(b[8:12])
 	h.crc = binaryLE32(b[12:16])
+	if got, want := binary.LittleEndian.Uint16(b[6:8]), headerCheck(b); got != want {
+		return h, nil, 0, &FrameError{Reason: reasonHeaderCheck, Lane: lane, Seq: seq, Type: h.typ, Length: h.length,
+			Detail: fmt.Sprintf("header says %#04x, header bytes give %#04x; the stream was corrupted or is out of step", got, want)}
+	}
 	if h.length > maxPayload {
 		return h, nil, 0, &FrameError{Reason: reasonBadLength, Lane: lane, Seq: seq, Type: h.typ, Length: h.length, Limit: maxPayload}
 	}
@@ -250,9 +262,7 @@ func parseFrame(b []byte, maxPayload uint32, lane Lane, seq uint32, handshake bo
 		return h, nil, 0, nil
 	}
 	payload = b[HeaderBytes:total]
-	crc := crc32.Update(0, castagnoli, b[0:12])
-	crc = crc32.Update(crc, castagnoli, payload)
-	if crc != h.crc {
+	if crc := crcOf(b[0:12], payload); crc != h.crc {
 		return h, nil, 0, &FrameError{Reason: reasonCRC, Lane: lane, Seq: seq, Type: h.typ, Length: h.length, GotCRC: h.crc, WantCRC: crc}
 	}
 	if !h.typ.known() {
@@ -270,10 +280,6 @@ func parseFrame(b []byte, maxPayload uint32, lane Lane, seq uint32, handshake bo
 	if h.flags&^knownFlags != 0 {
 		return h, nil, 0, &FrameError{Reason: reasonBadFlags, Lane: lane, Seq: seq, Type: h.typ, Length: h.length,
 			Detail: fmt.Sprintf("flags %#02x, known %#02x", uint8(h.flags), uint8(knownFlags))}
-	}
-	if b[6] != 0 || b[7] != 0 {
-		return h, nil, 0, &FrameError{Reason: reasonReserved, Lane: lane, Seq: seq, Type: h.typ, Length: h.length,
-			Detail: fmt.Sprintf("bytes 6..7 are %#02x %#02x", b[6], b[7])}
 	}
 	if h.seq != seq {
 		return h, nil, 0, &FrameError{Reason: reasonBadSeq, Lane: lane, Seq: seq, Type: h.typ, Length: h.length,

@@ -52,11 +52,12 @@ func corrupt(payload []byte, seq uint32, change func(b []byte), fixCRC bool) []b
 	return b
 }
 
-// fixFrameCRC recomputes the CRC of a frame without touching other fields,
-// so that a test reaches the check after the CRC.
+// fixFrameCRC recomputes the header check and the CRC of a frame without
+// touching other fields, so that a test reaches the checks after them.
 func fixFrameCRC(b []byte) {
 	l := binary.LittleEndian.Uint32(b[0:4])
 	end := min(HeaderBytes+int(l), len(b))
+	binary.LittleEndian.PutUint16(b[6:8], headerCheck(b))
 	binary.LittleEndian.PutUint32(b[12:16], crcOf(b[:12], b[HeaderBytes:end]))
 }
 
@@ -69,7 +70,9 @@ func TestParseFrameRefusesBadInput(t *testing.T) {
 		reason string
 		want   []string // substrings of the error
 	}{
-		{"length over maximum", corrupt(nil, 0, func(b []byte) { binary.LittleEndian.PutUint32(b, maxPayload+1) }, false),
+		{"header bit flipped", corrupt(nil, 0, func(b []byte) { b[1] ^= 0x04 }, false),
+			LaneControl, reasonHeaderCheck, []string{"header says 0x", "header bytes give 0x"}},
+		{"length over maximum", corrupt(nil, 0, func(b []byte) { binary.LittleEndian.PutUint32(b, maxPayload+1) }, true),
 			LaneControl, reasonBadLength, []string{"1025", "1024"}},
 		{"CRC mismatch", corrupt([]byte("payload"), 0, func(b []byte) { b[HeaderBytes] ^= 1 }, false),
 			LaneControl, reasonCRC, []string{"header says 0x", "give 0x"}},
@@ -83,8 +86,6 @@ func TestParseFrameRefusesBadInput(t *testing.T) {
 			LaneControl, reasonWrongLane, []string{"hello"}},
 		{"unknown flag", corrupt(nil, 0, func(b []byte) { b[5] = 0x80 }, true),
 			LaneControl, reasonBadFlags, []string{"0x80"}},
-		{"reserved bytes", corrupt(nil, 0, func(b []byte) { b[7] = 1 }, true),
-			LaneControl, reasonReserved, []string{"bytes 6..7"}},
 		{"sequence gap", corrupt(nil, 5, func(b []byte) {}, true),
 			LaneControl, reasonBadSeq, []string{"got 5, want 0"}},
 		{"heartbeat with payload", corrupt([]byte("x"), 0, func(b []byte) { b[4] = byte(TypeHeartbeat) }, true),
@@ -105,6 +106,19 @@ func TestParseFrameRefusesBadInput(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// A length bent to a larger value that is still below the maximum is caught
+// as soon as the header is in, without waiting for a payload that will never
+// come.
+func TestCorruptLengthCaughtBeforePayload(t *testing.T) {
+	b := appendFrame(nil, TypeLog, 0, 0, []byte("entry"))
+	b[1] ^= 0x01 // length 5 becomes 261
+	_, _, n, err := parseFrame(b, 1<<20, LaneControl, 0, false)
+	var fe *FrameError
+	if !errors.As(err, &fe) || fe.Reason != reasonHeaderCheck {
+		t.Fatalf("got n=%d err=%v, want a header check mismatch before the payload is complete", n, err)
 	}
 }
 

@@ -259,8 +259,8 @@ type proxy struct {
 
 	delay     atomic.Int64 // nanoseconds to hold each chunk
 	blackhole atomic.Bool  // read and discard everything
-	flipNext  atomic.Bool  // flip one bit in the next dialer→listener chunk
-	dropNext  atomic.Int64 // drop this many bytes of the next dialer→listener chunk
+	flipNext  atomic.Bool  // flip one bit in the next dialer→listener chunk of the control lane
+	dropNext  atomic.Int64 // drop this many bytes of the next such chunk
 
 	mu    sync.Mutex
 	conns []net.Conn
@@ -365,7 +365,8 @@ func (p *proxy) pump(dst, src net.Conn, toListener bool, link *proxyLink) {
 			if p.blackhole.Load() {
 				chunk = nil
 			}
-			if toListener && len(chunk) > 0 {
+			// Damage goes to the control lane, where the test streams.
+			if toListener && len(chunk) > 0 && link.lane.Load() == int32(LaneControl) {
 				if p.flipNext.CompareAndSwap(true, false) {
 					chunk[len(chunk)/2] ^= 0x10
 				}

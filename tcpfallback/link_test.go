@@ -42,8 +42,14 @@ func TestBadFrameClosesConnection(t *testing.T) {
 		{"bad length", LaneControl, func(seq uint32) []byte {
 			b := appendFrame(nil, TypeLog, 0, seq, nil)
 			binary.LittleEndian.PutUint32(b, maxPayload+1)
+			fixFrameCRC(b)
 			return b
 		}, reasonBadLength, []string{"4097", "maximum 4096"}},
+		{"corrupt length below the maximum", LaneControl, func(seq uint32) []byte {
+			b := appendFrame(nil, TypeLog, 0, seq, []byte("payload"))
+			b[1] ^= 0x02 // 7 becomes 519: would wait for 512 bytes that never come
+			return b
+		}, reasonHeaderCheck, []string{"header check mismatch", "header says 0x"}},
 		{"CRC mismatch", LaneControl, func(seq uint32) []byte {
 			b := appendFrame(nil, TypeLog, 0, seq, []byte("payload"))
 			b[len(b)-1] ^= 0xFF
@@ -185,11 +191,11 @@ func streamThenDamage(t *testing.T, damage func(*proxy), reasons ...string) {
 }
 
 func TestCorruptionThroughProxyIsDetected(t *testing.T) {
-	streamThenDamage(t, func(p *proxy) { p.flipNext.Store(true) }, reasonCRC, reasonBadLength, reasonUnknownType, reasonWrongLane, reasonBadFlags, reasonReserved, reasonBadSeq)
+	streamThenDamage(t, func(p *proxy) { p.flipNext.Store(true) }, reasonCRC, reasonBadLength, reasonUnknownType, reasonWrongLane, reasonBadFlags, reasonHeaderCheck, reasonBadSeq)
 }
 
 func TestDroppedBytesThroughProxyAreDetected(t *testing.T) {
-	streamThenDamage(t, func(p *proxy) { p.dropNext.Store(5) }, reasonCRC, reasonBadLength, reasonUnknownType, reasonWrongLane, reasonBadFlags, reasonReserved, reasonBadSeq)
+	streamThenDamage(t, func(p *proxy) { p.dropNext.Store(5) }, reasonCRC, reasonBadLength, reasonUnknownType, reasonWrongLane, reasonBadFlags, reasonHeaderCheck, reasonBadSeq)
 }
 
 // A cut connection is reported on both sides, the dialer reconnects (with

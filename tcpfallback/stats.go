@@ -66,8 +66,8 @@ func (e Event) String() string {
 
 // frameErrorReasons are the keys of Stats.FrameErrors, in counter order.
 var frameErrorReasons = [...]string{
-	reasonBadLength, reasonCRC, reasonUnknownType, reasonWrongLane,
-	reasonBadFlags, reasonReserved, reasonBadSeq, reasonBadPayload,
+	reasonHeaderCheck, reasonBadLength, reasonCRC, reasonUnknownType, reasonWrongLane,
+	reasonBadFlags, reasonBadSeq, reasonBadPayload,
 }
 
 // laneStats are a lane's counters; each is accessed atomically.
