@@ -14,6 +14,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ftvm/ftvm/ring"
 )
 
 // maxBatchFrames bounds the frames one writev carries: two iovecs a frame
@@ -160,10 +162,7 @@ func (c *laneConn) writeSpan(typ Type, span []byte) (frames int, err error) {
 		c.iov = c.iovs[:0]
 		n = 0
 	}
-	forEachRecord(span, c.peerMaxPayload, func(payload []byte) {
-		if err != nil {
-			return
-		}
+	ring.ForEachRecord(span, func(payload []byte) error {
 		hdr := c.hdrs[n*HeaderBytes : (n+1)*HeaderBytes]
 		putHeader(hdr, typ, 0, c.sendSeq, payload)
 		c.sendSeq++
@@ -178,6 +177,7 @@ func (c *laneConn) writeSpan(typ Type, span []byte) (frames int, err error) {
 		if n == maxBatchFrames {
 			flush()
 		}
+		return err
 	})
 	flush()
 	return frames, err

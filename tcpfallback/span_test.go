@@ -5,11 +5,12 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"strings"
 	"testing"
+
+	"github.com/ftvm/ftvm/ring"
 )
 
-func TestForEachRecordWalksRingLayout(t *testing.T) {
+func TestAppendRecordMatchesRingLayout(t *testing.T) {
 	var span []byte
 	var want [][]byte
 	for i := range 20 {
@@ -17,11 +18,8 @@ func TestForEachRecordWalksRingLayout(t *testing.T) {
 		want = append(want, p)
 		span = AppendRecord(span, p)
 	}
-	if len(span)%recordAlignBytes != 0 {
-		t.Fatalf("span of %d bytes is not 8-aligned", len(span))
-	}
 	var got [][]byte
-	if err := forEachRecord(span, 1<<20, func(p []byte) { got = append(got, p) }); err != nil {
+	if err := ring.ForEachRecord(span, func(p []byte) error { got = append(got, p); return nil }); err != nil {
 		t.Fatal(err)
 	}
 	if len(got) != len(want) {
@@ -31,54 +29,82 @@ func TestForEachRecordWalksRingLayout(t *testing.T) {
 		if !bytes.Equal(got[i], want[i]) {
 			t.Fatalf("record %d: % x, want % x", i, got[i], want[i])
 		}
-		// Zero copy: the payload aliases the span.
-		if len(got[i]) > 0 && &got[i][0] != &span[bytes.Index(span, want[i])] {
-			t.Fatalf("record %d does not alias the span", i)
-		}
 	}
-	// A span cut right after the last payload (padding missing) is accepted.
-	cut := AppendRecord(nil, []byte("abc"))[:recordLenBytes+3]
-	n := 0
-	if err := forEachRecord(cut, 1<<20, func([]byte) { n++ }); err != nil || n != 1 {
-		t.Fatalf("unpadded tail: n=%d err=%v", n, err)
+	if n, err := checkSpan(span, 1<<20); n != len(want) || err != nil {
+		t.Fatalf("checkSpan: %d records, %v", n, err)
 	}
 }
 
-func TestForEachRecordRefusesMalformedSpans(t *testing.T) {
+func TestCheckSpanRefusesWhatCannotBeSent(t *testing.T) {
 	good := AppendRecord(nil, []byte("first"))
-	wrap := binary.LittleEndian.AppendUint32(append([]byte(nil), good...), recordWrapMarker)
-	long := binary.LittleEndian.AppendUint32(append([]byte(nil), good...), 30)
-	long = append(long, make([]byte, 10)...)
+	wrap := binary.LittleEndian.AppendUint32(append([]byte(nil), good...), ring.WrapMarker)
+	wrap = append(wrap, 0, 0, 0, 0)
+	if _, err := checkSpan(wrap, 1<<20); !errors.Is(err, ring.ErrMalformed) {
+		t.Fatalf("span with a wrap marker: %v, want ring.ErrMalformed", err)
+	}
 	huge := AppendRecord(append([]byte(nil), good...), make([]byte, 64))
-	for _, tc := range []struct {
-		name   string
-		span   []byte
-		offset int
-		want   string
-	}{
-		{"wrap marker", wrap, len(good), "wrap marker"},
-		{"length past end", long, len(good), "runs past the end"},
-		{"trailing bytes", append(append([]byte(nil), good...), 1, 2), len(good), "too few for a length"},
-		{"over peer maximum", huge, len(good), "exceeds the peer's maximum"},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
-			calls := 0
-			err := forEachRecord(tc.span, 32, func([]byte) { calls++ })
-			var se *SpanError
-			if !errors.As(err, &se) || se.Offset != tc.offset || !strings.Contains(err.Error(), tc.want) {
-				t.Fatalf("got %v, want SpanError at %d mentioning %q", err, tc.offset, tc.want)
+	_, err := checkSpan(huge, 32)
+	var se *SpanError
+	if !errors.As(err, &se) || se.Offset != len(good) {
+		t.Fatalf("oversized record: %v, want SpanError at offset %d", err, len(good))
+	}
+	mustContain(t, err, "64 bytes", "maximum frame payload 32")
+}
+
+// Records produced by a real byte ring go out as frames, one per record,
+// payloads intact, and the ring span is released after the send.
+func TestSendSpanFromRing(t *testing.T) {
+	d, _, _, ls := pair(t, nil)
+	r, err := ring.NewRecords(1<<16, ring.Park)
+	if err != nil {
+		t.Fatal(err)
+	}
+	const total = 1000
+	go func() {
+		for i := range total {
+			p := payloadFor(i)
+			buf, err := r.Reserve(len(p))
+			if err != nil {
+				t.Error(err)
+				return
 			}
-			if calls != 1 {
-				t.Fatalf("%d records visited before the bad one, want 1", calls)
-			}
-		})
+			copy(buf, p)
+			r.Commit()
+		}
+		r.Close()
+	}()
+	sent := 0
+	for {
+		span, err := r.Peek()
+		if errors.Is(err, ring.ErrClosed) {
+			break
+		}
+		if err != nil {
+			t.Fatal(err)
+		}
+		n, err := d.SendSpan(TypeLog, span)
+		if err != nil {
+			t.Fatal(err)
+		}
+		sent += n
+		if err := r.Release(len(span)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if sent != total {
+		t.Fatalf("sent %d frames, want %d", sent, total)
+	}
+	for i, f := range ls.waitN(t, total) {
+		if !bytes.Equal(f.Payload, payloadFor(i)) {
+			t.Fatalf("frame %d: %q", i, f.Payload)
+		}
 	}
 }
 
 func ExampleAppendRecord() {
 	span := AppendRecord(nil, []byte("entry"))
 	span = AppendRecord(span, []byte("another entry"))
-	_ = forEachRecord(span, DefaultMaxPayloadBytes, func(p []byte) { fmt.Printf("%q\n", p) })
+	_ = ring.ForEachRecord(span, func(p []byte) error { fmt.Printf("%q\n", p); return nil })
 	// Output:
 	// "entry"
 	// "another entry"

@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"github.com/ftvm/ftvm/ring"
 )
 
 // ErrClosed is returned by operations on a closed transport.
@@ -266,8 +268,10 @@ func (t *Transport) SendFlags(typ Type, flags Flags, payload []byte) error {
 // ring's layout (4-byte little-endian length, payload, zero padding to 8
 // bytes), as one frame of type typ each, in order. Payload bytes are not
 // copied: the frame headers and the payload slices go to the kernel in one
-// writev per maxBatchFrames frames. A malformed span (SpanError) sends
-// nothing. It returns the number of frames sent.
+// writev per maxBatchFrames frames. The span is checked whole first:
+// malformed (a *ring.MalformedError from ring.ForEachRecord) or holding a
+// record larger than the peer accepts (*SpanError), none of it is sent. It
+// returns the number of frames sent.
 func (t *Transport) SendSpan(typ Type, span []byte) (int, error) {
 	if !typ.user() {
 		return 0, fmt.Errorf("tcpfallback: frame type %s cannot be sent by a user (use TypeLog..TypeCheckpoint)", typ)
@@ -279,7 +283,7 @@ func (t *Transport) SendSpan(typ Type, span []byte) (int, error) {
 		l.wmu.Unlock()
 		return 0, l.downError()
 	}
-	if err := forEachRecord(span, c.peerMaxPayload, func([]byte) {}); err != nil {
+	if _, err := checkSpan(span, c.peerMaxPayload); err != nil {
 		l.wmu.Unlock()
 		return 0, err
 	}
@@ -292,7 +296,7 @@ func (t *Transport) SendSpan(typ Type, span []byte) (int, error) {
 	}
 	c.sent.Store(true)
 	l.stats.framesSent.Add(uint64(frames))
-	l.stats.bytesSent.Add(uint64(len(span) + frames*(HeaderBytes-recordLenBytes)))
+	l.stats.bytesSent.Add(uint64(len(span) + frames*(HeaderBytes-ring.RecordHeaderBytes)))
 	return frames, nil
 }
 

@@ -10,6 +10,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ftvm/ftvm/ring"
 )
 
 func payloadFor(i int) []byte {
@@ -175,10 +177,10 @@ func TestSendRefusesWhatCannotBeSent(t *testing.T) {
 		t.Error("sending unknown flags succeeded")
 	}
 	mustContain(t, d.Send(TypeCheckpoint, make([]byte, 1025)), "1025", "maximum of 1024")
-	bad := binary.LittleEndian.AppendUint32(AppendRecord(nil, []byte("ok")), recordWrapMarker)
+	bad := binary.LittleEndian.AppendUint32(AppendRecord(nil, []byte("ok")), ring.WrapMarker)
+	bad = append(bad, 0, 0, 0, 0)
 	n, err := d.SendSpan(TypeLog, bad)
-	var se *SpanError
-	if !errors.As(err, &se) || n != 0 {
+	if !errors.Is(err, ring.ErrMalformed) || n != 0 {
 		t.Fatalf("SendSpan of a span with a wrap marker: %d, %v", n, err)
 	}
 	if st := d.Stats(); st.Lanes[LaneControl].FramesSent != 0 {
