@@ -90,7 +90,9 @@ type Config struct {
 	// the poller, and sets SO_BUSY_POLL on it. It takes the reader's
 	// wake-up out of every round trip at the price of a busy core while
 	// traffic flows. The bulk lane never spins: a checkpoint chunk does
-	// not need its first byte a few microseconds sooner.
+	// not need its first byte a few microseconds sooner. Give it a spare
+	// core: where spinners hold every processor, the transport's own
+	// heartbeats can starve long enough to fake a dead peer.
 	BusyPoll time.Duration
 
 	// ControlSocketBufferBytes and BulkSocketBufferBytes set SO_SNDBUF and

@@ -24,25 +24,14 @@
 //	for ev := range tr.Events() { ... }                 // lane up/down, set-up failures
 //	tr.Close()
 //
-// # The contract (shared with the RDMA transport)
+// # The contract
 //
-// The agent declares the interface it needs; both transports satisfy it:
-//
-//   - Send(typ, payload) and SendFlags(typ, flags, payload): one frame, in
-//     order per lane, returning once the bytes are handed to the kernel
-//     (the NIC for RDMA); payload may be reused afterwards. No retry, no
-//     queueing while a lane is down: the error wraps ErrLaneDown and the
-//     protocol above resends what was not acknowledged.
-//   - SendSpan(typ, span): every record of a byte-ring span as its own
-//     frame, without copying payloads; all or nothing for malformed spans.
-//   - OnFrame(Frame): delivery on the transport's goroutine, payload valid
-//     until return, frames of one lane in order, no allocation per frame.
-//   - Events(): lane up/down and set-up failures; loss of the peer is
-//     reported within HeartbeatTimeout + HeartbeatInterval.
-//   - Close(): idempotent, waits for running OnFrame calls.
-//   - Frame types and lanes (Type, LaneOf), FlagFinal, the 16-byte header
-//     below and MaxPayloadBytes are the same on both transports, so a
-//     captured stream reads the same.
+// The contract is package transport's (its documentation lists it): the
+// frame types and lanes, Frame, Event and the errors are that package's
+// types under aliases here, so the agent can declare one interface that this
+// transport and the RDMA one both satisfy. What follows is how this
+// transport keeps it over TCP: the 16-byte header below is TCP framing
+// (RDMA messages have boundaries and a link CRC of their own).
 //
 // # Two lanes
 //

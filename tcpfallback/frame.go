@@ -25,115 +25,6 @@ const maxPayloadLimitBytes = 1 << 30
 // it on amd64, so checking a 64-byte entry costs a few nanoseconds.
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
-// Type says what a frame carries. The transport does not interpret payloads;
-// it uses the type only to pick a lane and to reject frames that cannot be
-// valid (a checkpoint chunk on the control lane, a hello after set-up).
-type Type uint8
-
-// Frame types. Values below 16 belong to the transport itself and are never
-// handed to OnFrame.
-const (
-	TypeHeartbeat Type = 1 // keeps an idle lane's liveness visible; empty payload
-	TypeHello     Type = 2 // connection set-up only: version, VM id, nonce
-	TypeHelloDone Type = 3 // connection set-up only: verdict and PSK proof
-
-	TypeLog        Type = 16 // event-log entries (one record each)
-	TypeOutput     Type = 17 // the primary's records of outputs, for comparison
-	TypeAck        Type = 18 // acknowledgements
-	TypeControl    Type = 19 // small protocol messages (resync requests, go-live...)
-	TypeCheckpoint Type = 20 // checkpoint chunks: the only type on the bulk lane
-)
-
-func (t Type) String() string {
-	switch t {
-	case TypeHeartbeat:
-		return "heartbeat"
-	case TypeHello:
-		return "hello"
-	case TypeHelloDone:
-		return "hello-done"
-	case TypeLog:
-		return "log"
-	case TypeOutput:
-		return "output"
-	case TypeAck:
-		return "ack"
-	case TypeControl:
-		return "control"
-	case TypeCheckpoint:
-		return "checkpoint"
-	}
-	return fmt.Sprintf("type(%d)", uint8(t))
-}
-
-// known reports whether t is a type this protocol version defines.
-func (t Type) known() bool {
-	return t == TypeHeartbeat || t == TypeHello || t == TypeHelloDone ||
-		(t >= TypeLog && t <= TypeCheckpoint)
-}
-
-// user reports whether t may be sent by a user of the transport.
-func (t Type) user() bool { return t >= TypeLog && t <= TypeCheckpoint }
-
-// Lane names one of the two TCP connections a transport keeps to its peer.
-type Lane uint8
-
-// The lanes. See doc.go for why there are two.
-const (
-	LaneControl Lane = 0 // acks, heartbeats, log entries, output records
-	LaneBulk    Lane = 1 // checkpoint chunks
-	laneCount        = 2
-)
-
-func (l Lane) String() string {
-	switch l {
-	case LaneControl:
-		return "control"
-	case LaneBulk:
-		return "bulk"
-	}
-	return fmt.Sprintf("lane(%d)", uint8(l))
-}
-
-// LaneOf says which lane carries frames of type t.
-func LaneOf(t Type) Lane {
-	if t == TypeCheckpoint {
-		return LaneBulk
-	}
-	return LaneControl
-}
-
-// allowedOn reports whether a frame of type t may arrive on lane l once the
-// connection is set up.
-func (t Type) allowedOn(l Lane) bool {
-	if t == TypeHeartbeat {
-		return true
-	}
-	return t.user() && LaneOf(t) == l
-}
-
-// Flags qualify a frame. Unknown bits are an error, so that a later protocol
-// version that gives a bit meaning is refused by an older peer rather than
-// silently misread.
-type Flags uint8
-
-// FlagFinal marks the last frame of a multi-frame message (the last chunk of a
-// checkpoint). The transport carries it; the user gives it meaning.
-const FlagFinal Flags = 1 << 0
-
-const knownFlags = FlagFinal
-
-// Frame is one received frame. Payload points into the lane's receive buffer
-// and is valid only until the OnFrame call that delivered it returns; copy it
-// to keep it.
-type Frame struct {
-	Lane    Lane
-	Type    Type
-	Flags   Flags
-	Seq     uint32 // position on this lane's connection, from 0
-	Payload []byte
-}
-
 // header is a decoded frame header.
 type header struct {
 	length uint32
@@ -265,7 +156,7 @@ func parseFrame(b []byte, maxPayload uint32, lane Lane, seq uint32, handshake bo
 	if crc := crcOf(b[0:12], payload); crc != h.crc {
 		return h, nil, 0, &FrameError{Reason: reasonCRC, Lane: lane, Seq: seq, Type: h.typ, Length: h.length, GotCRC: h.crc, WantCRC: crc}
 	}
-	if !h.typ.known() {
+	if !h.typ.Known() {
 		return h, nil, 0, &FrameError{Reason: reasonUnknownType, Lane: lane, Seq: seq, Type: h.typ, Length: h.length,
 			Detail: "the peer speaks a protocol this build does not know"}
 	}
@@ -274,12 +165,12 @@ func parseFrame(b []byte, maxPayload uint32, lane Lane, seq uint32, handshake bo
 			return h, nil, 0, &FrameError{Reason: reasonWrongLane, Lane: lane, Seq: seq, Type: h.typ, Length: h.length,
 				Detail: "only hello frames may arrive during connection set-up"}
 		}
-	} else if !h.typ.allowedOn(lane) {
+	} else if !h.typ.AllowedOn(lane) {
 		return h, nil, 0, &FrameError{Reason: reasonWrongLane, Lane: lane, Seq: seq, Type: h.typ, Length: h.length}
 	}
-	if h.flags&^knownFlags != 0 {
+	if h.flags&^KnownFlags != 0 {
 		return h, nil, 0, &FrameError{Reason: reasonBadFlags, Lane: lane, Seq: seq, Type: h.typ, Length: h.length,
-			Detail: fmt.Sprintf("flags %#02x, known %#02x", uint8(h.flags), uint8(knownFlags))}
+			Detail: fmt.Sprintf("flags %#02x, known %#02x", uint8(h.flags), uint8(KnownFlags))}
 	}
 	if h.seq != seq {
 		return h, nil, 0, &FrameError{Reason: reasonBadSeq, Lane: lane, Seq: seq, Type: h.typ, Length: h.length,

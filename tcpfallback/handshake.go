@@ -124,11 +124,6 @@ func parseVerdict(b []byte) (verdict, error) {
 	return v, nil
 }
 
-// ErrRefused is wrapped by every set-up error that comes from the peer (or
-// this host) judging the other side wrong: version, VM id, lane, credentials.
-// Retrying without changing the configuration will not help.
-var ErrRefused = errors.New("refused")
-
 // refusedError is a set-up refusal; Is(ErrRefused) holds.
 type refusedError struct {
 	byPeer bool // the peer refused us; otherwise we refused the peer

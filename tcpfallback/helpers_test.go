@@ -188,11 +188,11 @@ func drainEvents(tr *Transport) {
 }
 
 // waitLanesDown returns the first EventLaneDown of each lane.
-func waitLanesDown(t *testing.T, tr *Transport) [laneCount]Event {
+func waitLanesDown(t *testing.T, tr *Transport) [LaneCount]Event {
 	t.Helper()
-	var got [laneCount]Event
+	var got [LaneCount]Event
 	deadline := time.After(hangGuard)
-	for n := 0; n < laneCount; {
+	for n := 0; n < LaneCount; {
 		select {
 		case ev := <-tr.Events():
 			if ev.Kind == EventLaneDown && got[ev.Lane].Kind == 0 {

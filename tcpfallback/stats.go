@@ -1,68 +1,8 @@
 package tcpfallback
 
 import (
-	"fmt"
 	"sync/atomic"
-	"time"
 )
-
-// EventKind says what happened to a lane.
-type EventKind uint8
-
-const (
-	// EventLaneUp: a lane has an authenticated connection (first or again).
-	EventLaneUp EventKind = iota + 1
-	// EventLaneDown: a lane lost its connection; Err says why (peer closed,
-	// heartbeat timeout, refused frame, write error). Sends on the lane fail
-	// until the next EventLaneUp.
-	EventLaneDown
-	// EventConnectFailed: a dialer's attempt to (re)connect a lane failed;
-	// it retries after the backoff in Delay.
-	EventConnectFailed
-	// EventGaveUp: a dialer reached ReconnectMaxAttempts on a lane.
-	EventGaveUp
-	// EventPeerRejected: a listener dropped an incoming connection during
-	// set-up (wrong version, VM id or credentials, garbage, too slow).
-	EventPeerRejected
-)
-
-func (k EventKind) String() string {
-	switch k {
-	case EventLaneUp:
-		return "lane up"
-	case EventLaneDown:
-		return "lane down"
-	case EventConnectFailed:
-		return "connect failed"
-	case EventGaveUp:
-		return "gave up"
-	case EventPeerRejected:
-		return "peer rejected"
-	}
-	return fmt.Sprintf("event(%d)", uint8(k))
-}
-
-// Event reports a change a user may need to act on.
-type Event struct {
-	Kind    EventKind
-	Lane    Lane
-	Peer    string // remote address
-	Err     error
-	Attempt int           // EventConnectFailed, EventGaveUp: failed attempts in a row
-	Delay   time.Duration // EventConnectFailed: wait before the next attempt
-	Time    time.Time
-}
-
-func (e Event) String() string {
-	s := fmt.Sprintf("%s lane %s (peer %s)", e.Lane, e.Kind, e.Peer)
-	if e.Kind == EventConnectFailed {
-		s += fmt.Sprintf(" attempt %d, retry in %v", e.Attempt, e.Delay)
-	}
-	if e.Err != nil {
-		s += ": " + e.Err.Error()
-	}
-	return s
-}
 
 // frameErrorReasons are the keys of Stats.FrameErrors, in counter order.
 var frameErrorReasons = [...]string{
@@ -112,7 +52,7 @@ type LaneStats struct {
 
 // Stats is a snapshot of a transport's counters.
 type Stats struct {
-	Lanes [laneCount]LaneStats
+	Lanes [LaneCount]LaneStats
 	// FrameErrors counts refused frames by reason ("CRC mismatch", ...).
 	FrameErrors map[string]uint64
 	// HandshakeFailures counts set-ups that failed on either side.

@@ -15,14 +15,6 @@ import (
 	"github.com/ftvm/ftvm/ring"
 )
 
-// ErrClosed is returned by operations on a closed transport.
-var ErrClosed = errors.New("tcpfallback: transport closed")
-
-// ErrLaneDown is wrapped by Send errors while a lane has no connection, and
-// when the connection breaks during the send. The frame was not (or not
-// wholly) sent; the caller resends after EventLaneUp if it must.
-var ErrLaneDown = errors.New("tcpfallback: lane down")
-
 // errReplaced ends a listener's connection when the peer opens a new one for
 // the same lane (it saw the loss first and reconnected).
 var errReplaced = errors.New("tcpfallback: replaced by a newer connection from the peer")
@@ -55,7 +47,7 @@ type Transport struct {
 	addr   string       // dialer: the listener's address
 	ln     net.Listener // listener only
 	tlsCfg *tls.Config  // dialer: with ServerName filled in
-	lanes  [laneCount]*lane
+	lanes  [LaneCount]*lane
 	stats  transportStats
 
 	mu            sync.Mutex // guards the fields below
@@ -234,10 +226,10 @@ func (t *Transport) Send(typ Type, payload []byte) error {
 
 // SendFlags is Send with frame flags (FlagFinal).
 func (t *Transport) SendFlags(typ Type, flags Flags, payload []byte) error {
-	if !typ.user() {
+	if !typ.User() {
 		return fmt.Errorf("tcpfallback: frame type %s cannot be sent by a user (use TypeLog..TypeCheckpoint)", typ)
 	}
-	if flags&^knownFlags != 0 {
+	if flags&^KnownFlags != 0 {
 		return fmt.Errorf("tcpfallback: unknown flags %#02x", uint8(flags))
 	}
 	l := t.lanes[LaneOf(typ)]
@@ -273,7 +265,7 @@ func (t *Transport) SendFlags(typ Type, flags Flags, payload []byte) error {
 // record larger than the peer accepts (*SpanError), none of it is sent. It
 // returns the number of frames sent.
 func (t *Transport) SendSpan(typ Type, span []byte) (int, error) {
-	if !typ.user() {
+	if !typ.User() {
 		return 0, fmt.Errorf("tcpfallback: frame type %s cannot be sent by a user (use TypeLog..TypeCheckpoint)", typ)
 	}
 	l := t.lanes[LaneOf(typ)]

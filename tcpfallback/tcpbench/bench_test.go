@@ -150,6 +150,13 @@ func TestThroughputLinkDeliversEverything(t *testing.T) {
 	// 1000 is not a multiple of the span size: the tail span is partial.
 	tp, err := MeasureEntries(l, 1000, 64, DefaultEntriesPerSpan)
 	if err != nil {
+		l.Close()
+		for ev := range l.primary.Events() {
+			t.Log("primary:", ev)
+		}
+		for ev := range l.secondary.Events() {
+			t.Log("secondary:", ev)
+		}
 		t.Fatal(err)
 	}
 	if got := l.delivered(); got != 1000 {
