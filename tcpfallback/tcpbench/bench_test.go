@@ -1,6 +1,7 @@
 package tcpbench
 
 import (
+	"flag"
 	"strings"
 	"testing"
 
@@ -10,13 +11,19 @@ import (
 // rttWarmup round trips are made before timing each pinger.
 const rttWarmup = 2000
 
+var busyPoll = flag.Bool("tcpbench.busypoll", false, "also run the spinning pingers (bare-busypoll, ftvm-busypoll) in BenchmarkRTT")
+
 // BenchmarkRTT measures the round trip of a 64-byte log entry to its
 // acknowledgement for each pinger, then BenchmarkRTT/vs-bare reports the
 // ratios over all samples each pinger took in this process (every -count,
 // every b.N step merged).
 func BenchmarkRTT(b *testing.B) {
 	merged := map[string]*hdrhistogram.Histogram{}
-	for _, kind := range Kinds {
+	kinds := Kinds
+	if *busyPoll {
+		kinds = append(append([]string(nil), Kinds...), BusyPollKinds...)
+	}
+	for _, kind := range kinds {
 		b.Run(kind, func(b *testing.B) {
 			p, err := NewPinger(kind, Options{})
 			if err != nil {
@@ -43,8 +50,8 @@ func BenchmarkRTT(b *testing.B) {
 		})
 	}
 	b.Run("vs-bare", func(b *testing.B) {
-		rs := make([]Result, 0, len(Kinds))
-		for _, k := range Kinds {
+		rs := make([]Result, 0, len(kinds))
+		for _, k := range kinds {
 			h, ok := merged[k]
 			if !ok {
 				b.Skipf("run all of BenchmarkRTT (missing %s) to get ratios", k)
@@ -57,12 +64,14 @@ func BenchmarkRTT(b *testing.B) {
 			b.ReportMetric(r.RatioToBare99, r.Kind+"-p99-x")
 		}
 		b.ReportMetric(rs[1].SpeedupOverGRPC50, "grpc/ftvm-p50-x")
-		byKind := map[string]Result{}
-		for _, r := range rs {
-			byKind[r.Kind] = r
+		if *busyPoll {
+			byKind := map[string]Result{}
+			for _, r := range rs {
+				byKind[r.Kind] = r
+			}
+			b.ReportMetric(byKind[KindFtvmBusyPoll].SpeedupOverGRPC50, "grpc/ftvm-busypoll-p50-x")
+			b.ReportMetric(float64(byKind[KindFtvmBusyPoll].P50)/float64(byKind[KindBareBusyPoll].P50), "ftvm-busypoll/bare-busypoll-p50-x")
 		}
-		b.ReportMetric(byKind[KindFtvmBusyPoll].SpeedupOverGRPC50, "grpc/ftvm-busypoll-p50-x")
-		b.ReportMetric(float64(byKind[KindFtvmBusyPoll].P50)/float64(byKind[KindBareBusyPoll].P50), "ftvm-busypoll/bare-busypoll-p50-x")
 		if b.N == 1 { // the body runs again for larger b.N; print once
 			b.Logf("\n%s", FormatResults(rs))
 		}
@@ -125,7 +134,7 @@ func TestCompareRTTReportsEveryKind(t *testing.T) {
 
 func TestReportNamesEveryTarget(t *testing.T) {
 	var buf strings.Builder
-	err := Report(&buf, ReportOptions{RTTSamples: 200, RTTRound: 100, RTTWarmup: 20, Entries: 5000, Chunks: 3, SkipBusyPoll: true})
+	err := Report(&buf, ReportOptions{RTTSamples: 200, RTTRound: 100, RTTWarmup: 20, Entries: 5000, Chunks: 3})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -136,7 +145,7 @@ func TestReportNamesEveryTarget(t *testing.T) {
 		}
 	}
 	if strings.Contains(out, KindFtvmBusyPoll) {
-		t.Errorf("SkipBusyPoll ignored:\n%s", out)
+		t.Errorf("busy-poll pingers ran without being asked for:\n%s", out)
 	}
 	t.Log("\n" + out)
 }
@@ -169,4 +178,20 @@ func TestThroughputLinkDeliversEverything(t *testing.T) {
 		t.Fatalf("delivered %d frames, want 1003", got)
 	}
 	t.Log(tp)
+}
+
+// The spinning pingers must work even though they are not run by default.
+func TestBusyPollPingersRoundTrip(t *testing.T) {
+	for _, k := range BusyPollKinds {
+		p, err := NewPinger(k, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := NewHistogram()
+		err = p.RoundTrips(200, h)
+		p.Close()
+		if err != nil || h.TotalCount() != 200 {
+			t.Fatalf("%s: %d round trips recorded, %v", k, h.TotalCount(), err)
+		}
+	}
 }

@@ -6,7 +6,12 @@
 //   - ftvm: tcpfallback with a pre-shared key (frames in clear, CRC32C);
 //   - ftvm-tls: tcpfallback with mutual TLS 1.3;
 //   - grpc: a gRPC bidirectional stream carrying the same bytes (a raw-bytes
-//     codec, so no protobuf work is counted against it).
+//     codec, so no protobuf work is counted against it);
+//   - bare-busypoll and ftvm-busypoll (opt-in: -tcpbench.busypoll, or
+//     ReportOptions.BusyPoll): both readers spin on non-blocking reads
+//     before sleeping. They need a spare processor per spinner to mean
+//     anything; on a shared 2-core machine they mostly measure the
+//     neighbours.
 //
 // Every pinger does the same thing: the primary sends a log entry, the
 // secondary answers with an acknowledgement of the same size, and the

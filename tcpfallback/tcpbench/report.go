@@ -10,14 +10,14 @@ import (
 // ReportOptions size a Report run. Zero fields take the defaults, which
 // finish in a few seconds on a 2-core machine.
 type ReportOptions struct {
-	RTTSamples   int // per pinger; default 20000
-	RTTRound     int // samples per pinger per interleaved round; default 1000
-	RTTWarmup    int // default 2000
-	Entries      int // 64-byte entries for the entry throughput; default 2_000_000
-	Chunks       int // 1 MiB chunks for the chunk throughput; default 500
-	Options      Options
-	SkipTLS      bool // leave out ftvm-tls (no temporary certificate files)
-	SkipBusyPoll bool // leave out the spinning pingers (they take a core each)
+	RTTSamples int // per pinger; default 20000
+	RTTRound   int // samples per pinger per interleaved round; default 1000
+	RTTWarmup  int // default 2000
+	Entries    int // 64-byte entries for the entry throughput; default 2_000_000
+	Chunks     int // 1 MiB chunks for the chunk throughput; default 500
+	Options    Options
+	SkipTLS    bool // leave out ftvm-tls (no temporary certificate files)
+	BusyPoll   bool // add the spinning pingers (they hold a processor each)
 }
 
 // Targets the transport is held to (ratios measured in the same run).
@@ -47,12 +47,14 @@ func Report(w io.Writer, o ReportOptions) error {
 	fmt.Fprintf(w, "transport benchmark: %s/%s, %d CPUs, GOMAXPROCS %d, %s\n", runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), runtime.GOMAXPROCS(0), time.Now().UTC().Format(time.RFC3339))
 	fmt.Fprintf(w, "round trip of a %d-byte log entry to its acknowledgement over loopback, %d samples each, interleaved in rounds of %d\n",
 		max(o.Options.MessageBytes, DefaultMessageBytes), o.RTTSamples, o.RTTRound)
-	kinds := make([]string, 0, len(Kinds))
+	kinds := make([]string, 0, len(Kinds)+len(BusyPollKinds))
 	for _, k := range Kinds {
-		if (o.SkipTLS && k == KindFtvmTLS) || (o.SkipBusyPoll && (k == KindBareBusyPoll || k == KindFtvmBusyPoll)) {
-			continue
+		if !(o.SkipTLS && k == KindFtvmTLS) {
+			kinds = append(kinds, k)
 		}
-		kinds = append(kinds, k)
+	}
+	if o.BusyPoll {
+		kinds = append(kinds, BusyPollKinds...)
 	}
 	rs, err := CompareRTTKinds(kinds, o.RTTSamples, o.RTTRound, o.RTTWarmup, o.Options)
 	if err != nil {

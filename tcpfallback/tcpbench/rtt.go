@@ -60,8 +60,13 @@ const KindBareBusyPoll = "bare-busypoll"
 // a loopback round trip, so the reader rarely sleeps while traffic flows.
 const DefaultBusyPoll = 200 * time.Microsecond
 
-// Kinds lists the pingers in report order, baseline first.
-var Kinds = []string{KindBare, KindFtvm, KindFtvmTLS, KindGRPC, KindBareBusyPoll, KindFtvmBusyPoll}
+// Kinds lists the pingers run by default, in report order, baseline first.
+var Kinds = []string{KindBare, KindFtvm, KindFtvmTLS, KindGRPC}
+
+// BusyPollKinds are the spinning pingers. They are opt-in: each holds a
+// processor while it runs, which on a small or shared machine says more
+// about the neighbours than about the transport.
+var BusyPollKinds = []string{KindBareBusyPoll, KindFtvmBusyPoll}
 
 // Pinger is a connected primary/secondary pair over loopback.
 type Pinger interface {
@@ -102,7 +107,7 @@ func NewPinger(kind string, o Options) (Pinger, error) {
 		}
 		return newFtvmPinger(o, false)
 	}
-	return nil, fmt.Errorf("tcpbench: unknown pinger %q (known: %v)", kind, Kinds)
+	return nil, fmt.Errorf("tcpbench: unknown pinger %q (known: %v %v)", kind, Kinds, BusyPollKinds)
 }
 
 // barePinger: plain TCP, fixed-size messages, one goroutine per side.
