@@ -58,8 +58,9 @@ type Config struct {
 	// OnFrame receives every frame the peer sends, on the reading goroutine
 	// of the frame's lane (so calls for different lanes can overlap). The
 	// payload is valid only until OnFrame returns. OnFrame must not block
-	// for long: while it runs, nothing else is read from that lane. It may
-	// call Send.
+	// for long: while it runs, nothing else is read from that lane, and a
+	// lane that reads nothing for HeartbeatTimeout is declared dead. It may
+	// call Send (acknowledge from here), but not Close.
 	OnFrame func(Frame)
 
 	// MaxPayloadBytes is the largest frame payload this side accepts and

@@ -50,16 +50,17 @@ type Transport struct {
 	lanes  [LaneCount]*lane
 	stats  transportStats
 
-	mu            sync.Mutex // guards the fields below
-	closed        bool
-	closedCh      chan struct{}
-	events        chan Event
-	stateCh       chan struct{} // closed and replaced when a lane goes up or down
-	pendingConns  map[net.Conn]struct{}
-	pendingCount  int
-	goroutines    sync.WaitGroup
+	mu           sync.Mutex // guards closed, events (sends and close), stateCh, pendingConns, pendingCount
+	closed       bool
+	events       chan Event
+	stateCh      chan struct{} // closed and replaced when a lane goes up or down
+	pendingConns map[net.Conn]struct{}
+	pendingCount int
+
+	closedCh      chan struct{}  // closed by Close; select on it to stop
+	goroutines    sync.WaitGroup // every goroutine the transport starts; Add before Dial/Listen return, later only under mu while not closed
 	closeOnce     sync.Once
-	closeFinished chan struct{}
+	closeFinished chan struct{} // closed when Close has finished, for concurrent Close calls
 }
 
 // lane is one of the two connections' worth of state.
