@@ -29,8 +29,8 @@ const (
 	// many intervals, or one late heartbeat would kill a healthy lane.
 	minHeartbeatTimeoutIntervals = 2
 	// maxPendingHandshakes bounds the connections a listener sets up at
-	// once, so that a flood of silent peers costs bounded memory; more are
-	// closed at once.
+	// once, so that a flood of silent peers costs bounded memory; a new
+	// connection beyond it evicts the oldest one in set-up.
 	maxPendingHandshakes = 32
 )
 

@@ -90,8 +90,11 @@
 // authentication mode or key, or one that sends something that is not a
 // frame, is told why (when it can understand) and dropped, and the error
 // wraps ErrRefused where retrying cannot help. The listener goes on
-// serving: one bad peer never blocks the right one (at most
-// maxPendingHandshakes set-ups run at once, each bounded by the deadline).
+// serving: one bad peer never blocks the right one. At most
+// maxPendingHandshakes set-ups run at once, each bounded by the deadline;
+// one more evicts the oldest, so a flood of silent connections pushes out
+// its own members while the right peer, which needs only a couple of round
+// trips, gets through.
 //
 // # Liveness and reconnection
 //

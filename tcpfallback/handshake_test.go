@@ -211,3 +211,78 @@ func TestDialRetriesUntilListenerIsUp(t *testing.T) {
 	ev := waitEvent(t, d, EventConnectFailed, -1)
 	mustContain(t, ev.Err, "connecting to", "refused")
 }
+
+// A flood of silent connections, more than maxPendingHandshakes, evicts its
+// own oldest members; the right peer still gets through, and memory stays
+// bounded.
+func TestSilentFloodDoesNotLockOutRightPeer(t *testing.T) {
+	ls := newSink()
+	l := listen(t, testConfig(ls))
+	var flood []net.Conn
+	defer func() {
+		for _, c := range flood {
+			c.Close()
+		}
+	}()
+	for range 3 * maxPendingHandshakes {
+		c, err := net.Dial("tcp", l.Addr())
+		if err != nil {
+			t.Fatal(err)
+		}
+		flood = append(flood, c)
+	}
+	ev := waitEvent(t, l, EventPeerRejected, -1)
+	mustContain(t, ev.Err, "evicted")
+	ds := newSink()
+	d := dial(t, l.Addr(), testConfig(ds))
+	waitConnected(t, l)
+	exchange(t, d, l, ds, ls)
+	l.mu.Lock()
+	n := len(l.pending)
+	l.mu.Unlock()
+	if n > 2*maxPendingHandshakes {
+		t.Fatalf("%d connections in set-up, bound is %d", n, 2*maxPendingHandshakes)
+	}
+}
+
+func TestBackoffIsBoundedJitteredAndGrows(t *testing.T) {
+	tr := newTransport(Config{ReconnectMinDelay: 10 * time.Millisecond, ReconnectMaxDelay: 300 * time.Millisecond})
+	seen := map[time.Duration]bool{}
+	for n := range 12 {
+		ceiling := min(10*time.Millisecond<<n, 300*time.Millisecond)
+		for range 50 {
+			d := tr.backoff(n)
+			if d < ceiling/2 || d > ceiling {
+				t.Fatalf("attempt %d: delay %v outside [%v, %v]", n, d, ceiling/2, ceiling)
+			}
+			seen[d] = true
+		}
+	}
+	if len(seen) < 100 {
+		t.Fatalf("only %d distinct delays in 600 draws: not jittered", len(seen))
+	}
+}
+
+// A dialer with ReconnectMaxAttempts stops after that many failures in a
+// row and says so.
+func TestDialerGivesUp(t *testing.T) {
+	ls := newSink()
+	l := listen(t, testConfig(ls))
+	p := newProxy(t, l.Addr())
+	ds := newSink()
+	dc := testConfig(ds)
+	dc.ReconnectMaxAttempts = 3
+	d := dial(t, p.addr(), dc)
+	waitConnected(t, l)
+	p.ln.Close() // nothing answers at the proxy's address any more
+	p.cut()
+	for range LaneCount {
+		ev := waitEvent(t, d, EventGaveUp, -1)
+		mustContain(t, ev.Err, "gave up after 3 attempts")
+	}
+	for _, typ := range []Type{TypeLog, TypeCheckpoint} {
+		if err := d.Send(typ, []byte("x")); !errors.Is(err, ErrLaneDown) {
+			t.Fatalf("%s after the dialer gave up: %v, want ErrLaneDown", typ, err)
+		}
+	}
+}

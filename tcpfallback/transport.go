@@ -50,12 +50,12 @@ type Transport struct {
 	lanes  [LaneCount]*lane
 	stats  transportStats
 
-	mu           sync.Mutex // guards closed, events (sends and close), stateCh, pendingConns, pendingCount
-	closed       bool
-	events       chan Event
-	stateCh      chan struct{} // closed and replaced when a lane goes up or down
-	pendingConns map[net.Conn]struct{}
-	pendingCount int
+	mu          sync.Mutex // guards closed, events (sends and close), stateCh, pending
+	closed      bool
+	events      chan Event
+	stateCh     chan struct{}              // closed and replaced when a lane goes up or down
+	pending     map[net.Conn]*pendingSetUp // accepted connections in set-up
+	pendingGone *sync.Cond                 // on mu: a set-up ended, or Close
 
 	closedCh      chan struct{}  // closed by Close; select on it to stop
 	goroutines    sync.WaitGroup // every goroutine the transport starts; Add before Dial/Listen return, later only under mu while not closed
@@ -80,9 +80,10 @@ func newTransport(cfg Config) *Transport {
 		closedCh:      make(chan struct{}),
 		events:        make(chan Event, cfg.EventQueueLen),
 		stateCh:       make(chan struct{}),
-		pendingConns:  make(map[net.Conn]struct{}),
+		pending:       make(map[net.Conn]*pendingSetUp),
 		closeFinished: make(chan struct{}),
 	}
+	t.pendingGone = sync.NewCond(&t.mu)
 	for i := range t.lanes {
 		t.lanes[i] = &lane{t: t, id: Lane(i)}
 	}
@@ -493,8 +494,22 @@ func (t *Transport) supervise(l *lane) {
 	}
 }
 
+// pendingSetUp is an accepted connection in set-up.
+type pendingSetUp struct {
+	accepted time.Time
+	evicted  bool // closed to make room for a newer one
+}
+
 func (t *Transport) acceptLoop() {
 	for {
+		// While evicted set-ups are still unwinding, leave new
+		// connections in the kernel's accept queue rather than drop them:
+		// the right peer may be among them.
+		t.mu.Lock()
+		for len(t.pending) >= 2*maxPendingHandshakes && !t.closed {
+			t.pendingGone.Wait()
+		}
+		t.mu.Unlock()
 		nc, err := t.ln.Accept()
 		if err != nil {
 			t.mu.Lock()
@@ -511,36 +526,59 @@ func (t *Transport) acceptLoop() {
 			continue
 		}
 		t.mu.Lock()
-		if t.closed || t.pendingCount >= maxPendingHandshakes {
-			closed := t.closed
+		if t.closed {
 			t.mu.Unlock()
 			nc.Close()
-			if !closed {
-				t.stats.handshakeFailures.Add(1)
-				t.emit(Event{Kind: EventPeerRejected, Peer: nc.RemoteAddr().String(),
-					Err: fmt.Errorf("tcpfallback: %d connections already in set-up; dropped %s", maxPendingHandshakes, nc.RemoteAddr())})
-			}
 			continue
 		}
-		t.pendingCount++
-		t.pendingConns[nc] = struct{}{}
+		if t.live() >= maxPendingHandshakes {
+			// Make room by closing the oldest set-up: the right peer
+			// finishes in a round trip or two, so a flood of silent
+			// connections evicts its own members, not the right peer.
+			var oldest net.Conn
+			for c, p := range t.pending {
+				if !p.evicted && (oldest == nil || p.accepted.Before(t.pending[oldest].accepted)) {
+					oldest = c
+				}
+			}
+			t.pending[oldest].evicted = true
+			oldest.Close()
+		}
+		t.pending[nc] = &pendingSetUp{accepted: time.Now()}
 		t.goroutines.Add(1)
 		t.mu.Unlock()
 		go func() {
 			defer t.goroutines.Done()
 			t.serveConn(nc)
 			t.mu.Lock()
-			t.pendingCount--
-			delete(t.pendingConns, nc)
+			delete(t.pending, nc)
+			t.pendingGone.Broadcast()
 			t.mu.Unlock()
 		}()
 	}
+}
+
+// live counts the set-ups in progress that have not been evicted; mu must
+// be held.
+func (t *Transport) live() int {
+	n := 0
+	for _, p := range t.pending {
+		if !p.evicted {
+			n++
+		}
+	}
+	return n
 }
 
 // serveConn sets up one accepted connection and installs it on its lane.
 func (t *Transport) serveConn(nc net.Conn) {
 	peer := nc.RemoteAddr().String()
 	reject := func(err error) {
+		t.mu.Lock()
+		if p := t.pending[nc]; p != nil && p.evicted {
+			err = fmt.Errorf("tcpfallback: set-up with %s evicted after %v: %d newer connections were waiting (maxPendingHandshakes)", peer, time.Since(p.accepted).Round(time.Millisecond), maxPendingHandshakes)
+		}
+		t.mu.Unlock()
 		t.stats.handshakeFailures.Add(1)
 		t.emit(Event{Kind: EventPeerRejected, Peer: peer, Err: err})
 	}
@@ -685,8 +723,9 @@ func (t *Transport) Close() error {
 		t.mu.Lock()
 		t.closed = true
 		close(t.closedCh)
-		pending := make([]net.Conn, 0, len(t.pendingConns))
-		for c := range t.pendingConns {
+		t.pendingGone.Broadcast()
+		pending := make([]net.Conn, 0, len(t.pending))
+		for c := range t.pending {
 			pending = append(pending, c)
 		}
 		t.mu.Unlock()
