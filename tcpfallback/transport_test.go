@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftvm/ftvm/internal/testutil"
 	"github.com/ftvm/ftvm/ring"
 )
 
@@ -290,5 +291,26 @@ func TestNoAllocationPerFrame(t *testing.T) {
 	// poller) that land in the window.
 	if allocs >= 1 {
 		t.Fatalf("%.2f allocations per run of %d frames", allocs, perRun)
+	}
+}
+
+// The socket buffer sizes chosen per lane are the ones the kernel grants.
+// Root lifts net.core.*mem_max (SO_*BUFFORCE), so only then is every size
+// guaranteed.
+func TestSocketBuffersAreApplied(t *testing.T) {
+	testutil.Require(t, testutil.Root)
+	d, l, _, _ := pair(t, func(c *Config) {
+		c.ControlSocketBufferBytes = 512 << 10
+		c.BulkSocketBufferBytes = 6 << 20 // above the usual net.core.rmem_max
+	})
+	for _, tr := range []*Transport{d, l} {
+		st := tr.Stats()
+		for lane, want := range map[Lane]int{LaneControl: 512 << 10, LaneBulk: 6 << 20} {
+			ls := st.Lanes[lane]
+			// The kernel doubles what it is given, for its bookkeeping.
+			if ls.SocketSendBufferBytes != 2*want || ls.SocketRecvBufferBytes != 2*want {
+				t.Errorf("%s lane: SO_SNDBUF %d, SO_RCVBUF %d, want %d each", lane, ls.SocketSendBufferBytes, ls.SocketRecvBufferBytes, 2*want)
+			}
+		}
 	}
 }

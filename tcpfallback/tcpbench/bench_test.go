@@ -79,36 +79,43 @@ func BenchmarkRTT(b *testing.B) {
 }
 
 // BenchmarkThroughput: 64-byte log entries batched by SendSpan, and 1 MiB
-// checkpoint chunks, over one loopback connection each.
+// checkpoint chunks, over one loopback connection each; the -tls variants
+// show what encryption costs.
 func BenchmarkThroughput(b *testing.B) {
-	b.Run("entries64", func(b *testing.B) {
-		l, err := NewLink(false, Options{})
-		if err != nil {
-			b.Fatal(err)
+	for _, withTLS := range []bool{false, true} {
+		suffix := ""
+		if withTLS {
+			suffix = "-tls"
 		}
-		defer l.Close()
-		span := Span(DefaultEntriesPerSpan, 64)
-		b.SetBytes(64)
-		b.ResetTimer()
-		if err := l.SendEntries(b.N, span, DefaultEntriesPerSpan); err != nil {
-			b.Fatal(err)
-		}
-		b.StopTimer()
-		b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "entries/s")
-	})
-	b.Run("chunk1M", func(b *testing.B) {
-		l, err := NewLink(false, Options{})
-		if err != nil {
-			b.Fatal(err)
-		}
-		defer l.Close()
-		chunk := make([]byte, ChunkBytes)
-		b.SetBytes(ChunkBytes)
-		b.ResetTimer()
-		if err := l.SendChunks(b.N, chunk); err != nil {
-			b.Fatal(err)
-		}
-	})
+		b.Run("entries64"+suffix, func(b *testing.B) {
+			l, err := NewLink(withTLS, Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer l.Close()
+			span := Span(DefaultEntriesPerSpan, 64)
+			b.SetBytes(64)
+			b.ResetTimer()
+			if err := l.SendEntries(b.N, span, DefaultEntriesPerSpan); err != nil {
+				b.Fatal(err)
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "entries/s")
+		})
+		b.Run("chunk1M"+suffix, func(b *testing.B) {
+			l, err := NewLink(withTLS, Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer l.Close()
+			chunk := make([]byte, ChunkBytes)
+			b.SetBytes(ChunkBytes)
+			b.ResetTimer()
+			if err := l.SendChunks(b.N, chunk); err != nil {
+				b.Fatal(err)
+			}
+		})
+	}
 }
 
 // TestCompareRTTReportsEveryKind runs the exported comparison briefly: the
