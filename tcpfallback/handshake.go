@@ -177,7 +177,7 @@ func (h *hsConn) send(typ Type, payload []byte) error {
 
 func (h *hsConn) recv(want Type) ([]byte, error) {
 	for {
-		_, payload, n, err := parseFrame(h.buf[h.r:h.w], handshakeMaxBody, h.laneHint, h.recvSeq, true)
+		hdr, payload, n, err := parseFrame(h.buf[h.r:h.w], handshakeMaxBody, h.laneHint, h.recvSeq, true)
 		if err != nil {
 			var fe *FrameError
 			if errors.As(err, &fe) {
@@ -188,9 +188,8 @@ func (h *hsConn) recv(want Type) ([]byte, error) {
 		if n > 0 {
 			h.r += n
 			h.recvSeq++
-			hdrType := Type(h.buf[h.r-n+4])
-			if hdrType != want {
-				return nil, fmt.Errorf("expected %s during set-up, got %s", want, hdrType)
+			if hdr.typ != want {
+				return nil, fmt.Errorf("expected %s during set-up, got %s", want, hdr.typ)
 			}
 			return payload, nil
 		}
