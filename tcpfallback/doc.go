@@ -15,7 +15,7 @@
 //	// secondary
 //	tr, err := tcpfallback.Listen(":7070", tcpfallback.Config{
 //		VMID: "web1", TLS: tlsCfg,
-//		OnFrame: func(f tcpfallback.Frame) { ring.Push(f.Payload) }, // copy before returning
+//		OnFrame: func(f tcpfallback.Frame) { copyIntoRing(f.Payload) }, // payload is only lent
 //	})
 //	// primary
 //	tr, err := tcpfallback.Dial(ctx, "secondary:7070", cfg)
