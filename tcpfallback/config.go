@@ -1,0 +1,198 @@
+package tcpfallback
+
+import (
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"time"
+)
+
+// Defaults for Config fields left zero.
+const (
+	// DefaultHandshakeTimeout bounds connection set-up (TCP, TLS, hello):
+	// a peer that stalls longer is dropped.
+	DefaultHandshakeTimeout = 5 * time.Second
+	// DefaultHeartbeatInterval: an idle lane sends a heartbeat this often.
+	DefaultHeartbeatInterval = 10 * time.Millisecond
+	// DefaultHeartbeatTimeout: a lane that has heard nothing for this long
+	// is declared dead. Ten intervals ride out a GC pause or a descheduled
+	// sender on a busy host without a false failover.
+	DefaultHeartbeatTimeout = 100 * time.Millisecond
+	// DefaultReconnectMinDelay and DefaultReconnectMaxDelay bound the
+	// jittered exponential backoff between reconnection attempts.
+	DefaultReconnectMinDelay = 10 * time.Millisecond
+	DefaultReconnectMaxDelay = 2 * time.Second
+	// DefaultEventQueueLen bounds the Events channel; events that do not
+	// fit are counted in Stats.EventsDropped.
+	DefaultEventQueueLen = 256
+	// minHeartbeatTimeoutIntervals: the timeout must cover at least this
+	// many intervals, or one late heartbeat would kill a healthy lane.
+	minHeartbeatTimeoutIntervals = 2
+	// maxPendingHandshakes bounds the connections a listener sets up at
+	// once, so that a flood of silent peers costs bounded memory; a new
+	// connection beyond it evicts the oldest one in set-up.
+	maxPendingHandshakes = 32
+)
+
+// Config configures a transport. Exactly one of TLS and PSK must be set.
+type Config struct {
+	// VMID names the protected VM. Both peers must use the same id; a peer
+	// with another is refused. At most MaxVMIDBytes bytes.
+	VMID string
+
+	// TLS enables mutual TLS 1.3 (the default way to authenticate; see
+	// NewTLSConfig and LoadTLSConfig). The configuration must carry this
+	// host's certificate and the CA that signed the peer's; peer
+	// certificates are required and verified in both directions. A dialer
+	// checks the listener's name against TLS.ServerName, or the host part
+	// of the address it dials when that is empty.
+	TLS *tls.Config
+
+	// PSK enables pre-shared-key authentication instead of TLS: an HMAC-
+	// SHA256 challenge-response over fresh nonces, in both directions.
+	// Frames then travel unencrypted and protected only by CRC32C against
+	// accidents, not attackers: use it on trusted fabrics only. At least
+	// MinPSKBytes bytes.
+	PSK []byte
+
+	// OnFrame receives every frame the peer sends, on the reading goroutine
+	// of the frame's lane (so calls for different lanes can overlap). The
+	// payload is valid only until OnFrame returns. OnFrame must not block
+	// for long: while it runs, nothing else is read from that lane, and a
+	// lane that reads nothing for HeartbeatTimeout is declared dead. It may
+	// call Send (acknowledge from here), but not Close.
+	OnFrame func(Frame)
+
+	// MaxPayloadBytes is the largest frame payload this side accepts and
+	// sends. Zero means DefaultMaxPayloadBytes.
+	MaxPayloadBytes uint32
+
+	// HandshakeTimeout bounds connection set-up. Zero means the default.
+	HandshakeTimeout time.Duration
+
+	// HeartbeatInterval and HeartbeatTimeout: each lane sends a heartbeat
+	// when it has sent nothing for an interval, and is declared dead when
+	// it has received nothing for the timeout. Loss is reported within
+	// HeartbeatTimeout + HeartbeatInterval of the peer's last byte.
+	HeartbeatInterval time.Duration
+	HeartbeatTimeout  time.Duration
+
+	// ReconnectMinDelay and ReconnectMaxDelay bound the dialer's
+	// exponential backoff; each delay is drawn uniformly from its upper
+	// half. ReconnectMaxAttempts > 0 makes a dialer give up on a lane after
+	// that many failed attempts in a row (EventGaveUp); zero retries until
+	// Close.
+	ReconnectMinDelay    time.Duration
+	ReconnectMaxDelay    time.Duration
+	ReconnectMaxAttempts int
+
+	// BusyPoll, when positive and TLS is off, makes the control lane's
+	// reader spin on non-blocking reads for this long before sleeping in
+	// the poller, and sets SO_BUSY_POLL on it. It takes the reader's
+	// wake-up out of every round trip at the price of a busy core while
+	// traffic flows. The bulk lane never spins: a checkpoint chunk does
+	// not need its first byte a few microseconds sooner. Give it a spare
+	// core: where spinners hold every processor, the transport's own
+	// heartbeats can starve long enough to fake a dead peer.
+	BusyPoll time.Duration
+
+	// ControlSocketBufferBytes and BulkSocketBufferBytes set SO_SNDBUF and
+	// SO_RCVBUF per lane. Zero means the defaults; negative leaves the
+	// kernel's autotuning on.
+	ControlSocketBufferBytes int
+	BulkSocketBufferBytes    int
+
+	// EventQueueLen is the capacity of the Events channel.
+	EventQueueLen int
+
+	// protocolVersion overrides ProtocolVersion in tests.
+	protocolVersion uint16
+}
+
+// withDefaults returns a copy with zero fields defaulted, or an error naming
+// the first field that is wrong and how to fix it.
+func (c Config) withDefaults() (Config, error) {
+	if c.VMID == "" || len(c.VMID) > MaxVMIDBytes {
+		return c, fmt.Errorf("tcpfallback: Config.VMID %q must be 1..%d bytes", c.VMID, MaxVMIDBytes)
+	}
+	switch {
+	case c.TLS != nil && c.PSK != nil:
+		return c, errors.New("tcpfallback: set Config.TLS or Config.PSK, not both")
+	case c.TLS == nil && c.PSK == nil:
+		return c, errors.New("tcpfallback: set Config.TLS (mutual TLS; see LoadTLSConfig and `ftvm certs`) or Config.PSK (trusted fabrics only)")
+	case c.PSK != nil && len(c.PSK) < MinPSKBytes:
+		return c, fmt.Errorf("tcpfallback: Config.PSK is %d bytes; use at least %d random bytes", len(c.PSK), MinPSKBytes)
+	case c.TLS != nil && len(c.TLS.Certificates) == 0 && c.TLS.GetCertificate == nil && c.TLS.GetClientCertificate == nil:
+		return c, errors.New("tcpfallback: Config.TLS has no certificate for this host; both ends present one (see LoadTLSConfig)")
+	}
+	if c.OnFrame == nil {
+		return c, errors.New("tcpfallback: Config.OnFrame is nil; every received frame goes there")
+	}
+	if c.MaxPayloadBytes == 0 {
+		c.MaxPayloadBytes = DefaultMaxPayloadBytes
+	}
+	if c.MaxPayloadBytes > maxPayloadLimitBytes {
+		return c, fmt.Errorf("tcpfallback: Config.MaxPayloadBytes %d exceeds the limit %d", c.MaxPayloadBytes, maxPayloadLimitBytes)
+	}
+	def := func(d *time.Duration, v time.Duration) {
+		if *d == 0 {
+			*d = v
+		}
+	}
+	def(&c.HandshakeTimeout, DefaultHandshakeTimeout)
+	def(&c.HeartbeatInterval, DefaultHeartbeatInterval)
+	def(&c.HeartbeatTimeout, DefaultHeartbeatTimeout)
+	def(&c.ReconnectMinDelay, DefaultReconnectMinDelay)
+	def(&c.ReconnectMaxDelay, DefaultReconnectMaxDelay)
+	if c.HandshakeTimeout < 0 || c.HeartbeatInterval < 0 || c.ReconnectMinDelay < 0 || c.BusyPoll < 0 {
+		return c, errors.New("tcpfallback: Config durations must not be negative")
+	}
+	if c.HeartbeatTimeout < minHeartbeatTimeoutIntervals*c.HeartbeatInterval {
+		return c, fmt.Errorf("tcpfallback: Config.HeartbeatTimeout %v must be at least %d × HeartbeatInterval (%v)", c.HeartbeatTimeout, minHeartbeatTimeoutIntervals, c.HeartbeatInterval)
+	}
+	if c.ReconnectMaxDelay < c.ReconnectMinDelay {
+		return c, fmt.Errorf("tcpfallback: Config.ReconnectMaxDelay %v is below ReconnectMinDelay %v", c.ReconnectMaxDelay, c.ReconnectMinDelay)
+	}
+	if c.ControlSocketBufferBytes == 0 {
+		c.ControlSocketBufferBytes = DefaultControlSocketBufferBytes
+	}
+	if c.BulkSocketBufferBytes == 0 {
+		c.BulkSocketBufferBytes = DefaultBulkSocketBufferBytes
+	}
+	if c.EventQueueLen <= 0 {
+		c.EventQueueLen = DefaultEventQueueLen
+	}
+	if c.protocolVersion == 0 {
+		c.protocolVersion = ProtocolVersion
+	}
+	if c.TLS != nil {
+		c.TLS = c.TLS.Clone()
+		if c.TLS.MinVersion < tls.VersionTLS13 {
+			c.TLS.MinVersion = tls.VersionTLS13
+		}
+		c.TLS.ClientAuth = tls.RequireAndVerifyClientCert
+		// Full 16 KiB records from the first byte: dynamic sizing starts
+		// a connection with small records to speed up the first bytes
+		// of web pages, which costs checkpoint streams throughput and
+		// does nothing for control frames (each fits one record anyway).
+		c.TLS.DynamicRecordSizingDisabled = true
+	}
+	return c, nil
+}
+
+func (c *Config) socketBufferBytes(l Lane) int {
+	b := c.ControlSocketBufferBytes
+	if l == LaneBulk {
+		b = c.BulkSocketBufferBytes
+	}
+	return max(b, 0)
+}
+
+func (c *Config) handshakeParams(l Lane) *handshakeParams {
+	p := &handshakeParams{vmID: c.VMID, lane: l, maxPayload: c.MaxPayloadBytes, version: c.protocolVersion, auth: authTLS}
+	if c.PSK != nil {
+		p.auth = authPSK
+		p.psk = c.PSK
+	}
+	return p
+}

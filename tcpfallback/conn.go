@@ -1,0 +1,314 @@
+package tcpfallback
+
+import (
+	"bufio"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/ftvm/ftvm/ring"
+)
+
+// maxBatchFrames bounds the frames one writev carries: two iovecs a frame
+// and the kernel's IOV_MAX of 1024.
+const maxBatchFrames = 512
+
+// coalesceMaxBytes: a single Send of a payload up to this size copies it
+// behind its header and makes one write(2) of one buffer. Copying 64 bytes
+// costs nanoseconds; a second iovec costs more than that in the kernel, and
+// acknowledgements and single log entries are this small. Larger payloads,
+// and every record of SendSpan, go by writev without a copy. The header
+// arena (maxBatchFrames headers) has room for it.
+const coalesceMaxBytes = 256
+
+// tlsStagingBytes is the write buffer under TLS: one full TLS record, so a
+// header and a small payload leave in one record and one syscall.
+const tlsStagingBytes = 16 << 10
+
+// minReadRoomBytes: when less than this is free at the end of the receive
+// buffer, the unread tail is moved to the front before the next read, so
+// that each read can take many small frames at once.
+const minReadRoomBytes = 16 << 10
+
+// controlRecvBufferBytes is the control lane's initial receive buffer; it
+// grows (once per connection) if a frame larger than it arrives.
+const controlRecvBufferBytes = 256 << 10
+
+// laneConn is one authenticated TCP connection serving a lane. It dies on the
+// first error and is never reused; the lane installs a new one.
+type laneConn struct {
+	lane *lane
+	raw  net.Conn        // what frames are read from and written to (TCP or TLS)
+	tcp  *net.TCPConn    // the TCP connection under raw
+	rc   syscall.RawConn // of tcp; for the spin read
+	peer string
+
+	// peerMaxPayload is the largest payload the peer accepts (from its hello).
+	peerMaxPayload uint32
+
+	// Writer state; lane.wmu must be held.
+	sendSeq uint32
+	hdrs    []byte      // header arena: maxBatchFrames headers
+	iovs    [][]byte    // backing array for iov
+	iov     net.Buffers // what one writev sends
+	bw      *bufio.Writer
+
+	// Reader state; only the reader goroutine touches it.
+	rbuf     []byte
+	leftover []byte
+	recvSeq  uint32
+
+	// Spin read (Config.BusyPoll): fields the prebuilt closure uses, so that
+	// a read allocates nothing.
+	spinFor      time.Duration
+	spinDeadline time.Time
+	spinP        []byte
+	spinN        int
+	spinErr      error
+	spinFn       func(fd uintptr) bool
+
+	// Liveness, set by the data paths and consumed by the watchdog.
+	heard atomic.Bool // bytes arrived since the watchdog last looked
+	sent  atomic.Bool // a frame left since the watchdog last looked
+
+	// Watchdog-only state.
+	lastHeard time.Time
+	idleTicks int
+
+	failOnce sync.Once
+	err      error         // why it died; read after done is closed
+	done     chan struct{} // closed when the connection is dead and closed
+}
+
+func newLaneConn(l *lane, raw net.Conn, tcp *net.TCPConn, peerMax uint32, leftover []byte) (*laneConn, error) {
+	rc, err := tcp.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	c := &laneConn{
+		lane:           l,
+		raw:            raw,
+		tcp:            tcp,
+		rc:             rc,
+		peer:           tcp.RemoteAddr().String(),
+		peerMaxPayload: peerMax,
+		hdrs:           make([]byte, maxBatchFrames*HeaderBytes),
+		iovs:           make([][]byte, 0, 2*maxBatchFrames),
+		leftover:       append([]byte(nil), leftover...),
+		lastHeard:      time.Now(),
+		done:           make(chan struct{}),
+	}
+	if _, isTLS := raw.(*tls.Conn); isTLS {
+		c.bw = bufio.NewWriterSize(raw, tlsStagingBytes)
+	} else if l.t.cfg.BusyPoll > 0 && l.id == LaneControl {
+		c.spinFor = l.t.cfg.BusyPoll
+		c.spinFn = c.spinRead
+	}
+	return c, nil
+}
+
+// fail closes the connection once, recording why. Safe from any goroutine.
+func (c *laneConn) fail(err error) {
+	c.failOnce.Do(func() {
+		c.err = err
+		c.raw.Close()
+		close(c.done)
+		c.lane.connDied(c, err)
+	})
+}
+
+// writeFrame sends one frame; lane.wmu must be held.
+func (c *laneConn) writeFrame(typ Type, flags Flags, payload []byte) error {
+	hdr := c.hdrs[:HeaderBytes]
+	putHeader(hdr, typ, flags, c.sendSeq, payload)
+	c.sendSeq++
+	if c.bw != nil {
+		c.bw.Write(hdr)
+		c.bw.Write(payload)
+		return c.bw.Flush()
+	}
+	if len(payload) <= coalesceMaxBytes {
+		_, err := c.tcp.Write(append(hdr, payload...))
+		return err
+	}
+	c.iov = append(c.iovs[:0], hdr, payload)
+	_, err := c.iov.WriteTo(c.tcp)
+	return err
+}
+
+// writeSpan frames each record of span, maxBatchFrames to a writev. The span
+// has been validated. lane.wmu must be held.
+func (c *laneConn) writeSpan(typ Type, span []byte) (frames int, err error) {
+	n := 0
+	c.iov = c.iovs[:0]
+	flush := func() {
+		if err != nil || n == 0 {
+			return
+		}
+		if c.bw != nil {
+			err = c.bw.Flush()
+		} else {
+			_, err = c.iov.WriteTo(c.tcp)
+		}
+		c.iov = c.iovs[:0]
+		n = 0
+	}
+	ring.ForEachRecord(span, func(payload []byte) error {
+		hdr := c.hdrs[n*HeaderBytes : (n+1)*HeaderBytes]
+		putHeader(hdr, typ, 0, c.sendSeq, payload)
+		c.sendSeq++
+		frames++
+		n++
+		if c.bw != nil {
+			c.bw.Write(hdr)
+			c.bw.Write(payload)
+		} else {
+			c.iov = append(c.iov, hdr, payload)
+		}
+		if n == maxBatchFrames {
+			flush()
+		}
+		return err
+	})
+	flush()
+	return frames, err
+}
+
+// read fills p from the connection: a plain blocking read, or with BusyPoll
+// a non-blocking read retried for spinFor before parking in the poller.
+// Spinning keeps the reader's thread hot and skips the poller wake-up, which
+// is most of a loopback round trip; it costs a core while it spins.
+func (c *laneConn) read(p []byte) (int, error) {
+	if c.spinFn == nil {
+		return c.raw.Read(p)
+	}
+	c.spinP, c.spinN, c.spinErr = p, 0, nil
+	c.spinDeadline = time.Time{}
+	if err := c.rc.Read(c.spinFn); err != nil {
+		return 0, err
+	}
+	c.spinP = nil
+	return c.spinN, c.spinErr
+}
+
+// spinChecksPerClock: the spin reads the clock once per this many EAGAINs;
+// spinYieldEvery: it yields the processor once per this many.
+const (
+	spinChecksPerClock = 64
+	spinYieldEvery     = 8
+)
+
+func (c *laneConn) spinRead(fd uintptr) bool {
+	for i := 0; ; i++ {
+		n, err := unix.Read(int(fd), c.spinP)
+		switch {
+		case err == nil && n == 0:
+			c.spinErr = io.EOF
+			return true
+		case err == nil:
+			c.spinN = n
+			return true
+		case err == unix.EINTR:
+			continue
+		case err != unix.EAGAIN:
+			c.spinErr = err
+			return true
+		}
+		if i%spinYieldEvery == spinYieldEvery-1 {
+			// Let other goroutines waiting for this P run: on a host
+			// with few cores the one that will send us data may be
+			// among them.
+			runtime.Gosched()
+		}
+		if i%spinChecksPerClock == 0 {
+			now := time.Now()
+			if c.spinDeadline.IsZero() {
+				c.spinDeadline = now.Add(c.spinFor)
+			} else if now.After(c.spinDeadline) {
+				return false // park until readable; f is called again
+			}
+		}
+	}
+}
+
+// readLoop parses frames out of the receive buffer and hands them to
+// OnFrame until the first error. Payloads alias the buffer, which is reused:
+// no allocation per frame.
+func (c *laneConn) readLoop() {
+	l := c.lane
+	t := l.t
+	maxPayload := t.cfg.MaxPayloadBytes
+	buf := c.rbuf
+	w := copy(buf, c.leftover)
+	c.leftover = nil
+	r := 0
+	for {
+		for {
+			h, payload, n, err := parseFrame(buf[r:w], maxPayload, l.id, c.recvSeq, false)
+			if err != nil {
+				var fe *FrameError
+				if errors.As(err, &fe) {
+					t.stats.countFrameError(fe.Reason)
+				}
+				c.fail(err)
+				return
+			}
+			if n == 0 {
+				break
+			}
+			r += n
+			c.recvSeq++
+			l.stats.framesReceived.Add(1)
+			l.stats.bytesReceived.Add(uint64(n))
+			if h.typ == TypeHeartbeat {
+				l.stats.heartbeatsReceived.Add(1)
+				continue
+			}
+			t.cfg.OnFrame(Frame{Lane: l.id, Type: h.typ, Flags: h.flags, Seq: h.seq, Payload: payload})
+		}
+		if r == w {
+			r, w = 0, 0
+		}
+		need := HeaderBytes
+		if w-r >= HeaderBytes {
+			need += int(binaryLE32(buf[r:]))
+		}
+		if need > len(buf) {
+			nb := make([]byte, max(need, min(2*len(buf), HeaderBytes+int(maxPayload))))
+			w = copy(nb, buf[r:w])
+			r = 0
+			buf = nb
+			c.rbuf = nb
+		} else if len(buf)-r < need || len(buf)-w < minReadRoomBytes {
+			w = copy(buf, buf[r:w])
+			r = 0
+		}
+		m, err := c.read(buf[w:])
+		if m > 0 {
+			c.heard.Store(true)
+			w += m
+		}
+		if err != nil {
+			if errors.Is(err, io.EOF) {
+				if w > r {
+					err = fmt.Errorf("tcpfallback: %s lane: peer %s closed the connection in the middle of a frame (%d bytes of it received)", l.id, c.peer, w-r)
+				} else {
+					err = fmt.Errorf("tcpfallback: %s lane: peer %s closed the connection", l.id, c.peer)
+				}
+			} else {
+				err = fmt.Errorf("tcpfallback: %s lane: reading from %s: %w", l.id, c.peer, err)
+			}
+			c.fail(err)
+			return
+		}
+	}
+}

@@ -1,0 +1,142 @@
+// Package tcpfallback carries ftvm's frames (event-log entries, output
+// records, acknowledgements, control messages and checkpoint chunks) between
+// the primary and secondary host over TCP, where there is no RDMA. It moves
+// opaque frames: it never imports lockstep and never looks inside a payload.
+//
+// Latency is the product: whatever this package adds to a round trip is
+// added to every packet the protected VM sends, because outputs are held
+// until the secondary acknowledges. The data path therefore has no goroutine
+// hand-off on either side: Send writes in the caller's goroutine, and the
+// lane's reading goroutine calls OnFrame directly with a payload that points
+// into its reusable receive buffer.
+//
+// # Usage
+//
+//	// secondary
+//	tr, err := tcpfallback.Listen(":7070", tcpfallback.Config{
+//		VMID: "web1", TLS: tlsCfg,
+//		OnFrame: func(f tcpfallback.Frame) { copyIntoRing(f.Payload) }, // payload is only lent
+//	})
+//	// primary
+//	tr, err := tcpfallback.Dial(ctx, "secondary:7070", cfg)
+//	n, err := tr.SendSpan(tcpfallback.TypeLog, span)   // records straight from the byte ring
+//	err = tr.SendFlags(tcpfallback.TypeCheckpoint, tcpfallback.FlagFinal, chunk)
+//	for ev := range tr.Events() { ... }                 // lane up/down, set-up failures
+//	tr.Close()
+//
+// # The contract
+//
+// The contract is package transport's (its documentation lists it): the
+// frame types and lanes, Frame, Event and the errors are that package's
+// types under aliases here, so the agent can declare one interface that this
+// transport and the RDMA one both satisfy. What follows is how this
+// transport keeps it over TCP: the 16-byte header below is TCP framing
+// (RDMA messages have boundaries and a link CRC of their own).
+//
+// # Two lanes
+//
+// A transport keeps two TCP connections to its peer: the control lane
+// (acknowledgements, heartbeats, log entries, output records, control
+// messages) and the bulk lane (checkpoint chunks only). A priority scheme on
+// one connection cannot keep an acknowledgement from waiting behind a
+// checkpoint: once a chunk is in the socket's send queue, TCP delivers it
+// in order, and a 1 MiB chunk on a 10 Gbit/s link is 0.8 ms, fifty loopback
+// round trips. Two connections give two kernel queues, two congestion
+// windows and two receive buffers, so the control lane's latency does not
+// depend on what the bulk lane carries. Each lane has its own write lock,
+// its own reader and its own heartbeats, and is reconnected on its own.
+//
+// # Frame layout
+//
+// Every frame is a 16-byte header and a payload, all integers little-endian:
+//
+//	offset size field
+//	0      4    payload length L in bytes (≤ MaxPayloadBytes of the receiver)
+//	4      1    type (Type: 1 heartbeat, 2 hello, 3 hello-done, 16 log,
+//	            17 output, 18 ack, 19 control, 20 checkpoint)
+//	5      1    flags (bit 0 FlagFinal; other bits must be zero)
+//	6      2    header check: low 16 bits of CRC32C over bytes 0..5 and 8..11
+//	8      4    sequence number: 0 for the first frame of a connection, then +1
+//	12     4    CRC32C (Castagnoli) over bytes 0..11, then over the payload
+//	16     L    payload
+//
+// The receiver checks, in this order: the header check and the length
+// against its maximum (both as soon as the header is in, so that a corrupt
+// length can neither make it allocate gigabytes nor leave it waiting for a
+// payload that never comes while heartbeats keep the lane alive), the CRC,
+// type known, type allowed on this lane, flags, sequence number, empty
+// heartbeat payload. The first check
+// that fails closes the connection with a FrameError naming what failed
+// (for a CRC mismatch, both values), counts it in Stats.FrameErrors and
+// delivers nothing after it. CRC32C is against accidents (a buggy
+// middlebox, a memory error), not attackers: use TLS for that.
+//
+// # Connection set-up
+//
+// Each lane's connection is set up on its own, within HandshakeTimeout:
+// TCP, then TLS 1.3 with client certificates required and verified on both
+// sides (the default; NewTLSConfig, WriteTestCertificates), then four
+// frames:
+//
+//	dialer → listener  hello       "FTVM", version, lane, auth mode, max payload, 32-byte nonce, VM id
+//	listener → dialer  hello       the same about the listener
+//	dialer → listener  hello-done  verdict on the listener's hello (+ PSK proof)
+//	listener → dialer  hello-done  verdict on everything (+ PSK proof)
+//
+// With Config.PSK instead of TLS each side proves knowledge of the key by
+// an HMAC-SHA256 over a per-direction label and both hellos (so both fresh
+// nonces), compared in constant time; frames then travel in clear, which
+// suits only trusted fabrics. A peer with another protocol version, VM id,
+// authentication mode or key, or one that sends something that is not a
+// frame, is told why (when it can understand) and dropped, and the error
+// wraps ErrRefused where retrying cannot help. The listener goes on
+// serving: one bad peer never blocks the right one. At most
+// maxPendingHandshakes set-ups run at once, each bounded by the deadline;
+// one more evicts the oldest, so a flood of silent connections pushes out
+// its own members while the right peer, which needs only a couple of round
+// trips, gets through.
+//
+// # Liveness and reconnection
+//
+// A watchdog looks at each lane four times per HeartbeatInterval. A lane
+// that has sent nothing for an interval sends a heartbeat (never waiting
+// for a writer that holds the lane: a writer is as good as a heartbeat); a
+// lane that has received no byte for HeartbeatTimeout is declared dead,
+// closed and reported as EventLaneDown with a HeartbeatTimeoutError. The
+// watchdog needs at most two ticks after the timeout, so loss is reported
+// within HeartbeatTimeout + HeartbeatInterval/2 of the peer's last byte. A
+// connection reset or a refused frame is reported at once. The dialer then
+// redials with exponential backoff from ReconnectMinDelay to
+// ReconnectMaxDelay, each delay drawn from its upper half (jitter), for at
+// most ReconnectMaxAttempts attempts in a row if set. Frames are not
+// replayed across connections: sequence numbers restart at 0 and the
+// protocol above resends what was not acknowledged.
+//
+// # Latency and throughput choices
+//
+// TCP_NODELAY is on (a 64-byte entry must leave now, not after 40 ms).
+// Frame headers are built in a per-connection arena and sent together with
+// the caller's payload slices by writev (net.Buffers): SendSpan never copies
+// a payload and puts up to maxBatchFrames frames in one system call. A
+// single Send of at most coalesceMaxBytes (an ack, one log entry) is the
+// exception: the payload is copied behind its header and leaves in one
+// write of one buffer, because a 64-byte copy costs less than the kernel's
+// handling of a second iovec. Batching comes from the byte
+// ring: while one SendSpan is in the kernel, the vCPU keeps appending
+// records, and the next SendSpan takes them all. Under TLS every byte is
+// encrypted into a record anyway, so frames are staged in a 16 KiB buffer
+// (one TLS record) and flushed once per Send or SendSpan.
+//
+// Socket buffers: 1 MiB on the control lane (about 6 ms of log entries at
+// 2 M entries/s, enough to ride out a receiver pause without stalling the
+// VM, small enough not to hide a stuck peer) and 4 MiB on the bulk lane (a
+// 10 Gbit/s, 2 ms bandwidth-delay product plus a chunk). SO_*BUFFORCE is
+// used when permitted so that net.core.*mem_max does not silently cap them;
+// Stats reports what the kernel granted.
+//
+// Config.BusyPoll makes the control lane's reader spin on non-blocking reads for the
+// given time before sleeping in Go's poller, and sets SO_BUSY_POLL for
+// NICs that support busy polling. It removes the wake-up from the critical
+// path (most of a loopback round trip) and costs a core while it spins; on
+// a host whose cores are shared it can make things worse.
+package tcpfallback

@@ -1,0 +1,204 @@
+package tcpbench
+
+import (
+	"flag"
+	"strings"
+	"testing"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+)
+
+// rttWarmup round trips are made before timing each pinger.
+const rttWarmup = 2000
+
+var busyPoll = flag.Bool("tcpbench.busypoll", false, "also run the spinning pingers (bare-busypoll, ftvm-busypoll) in BenchmarkRTT")
+
+// BenchmarkRTT measures the round trip of a 64-byte log entry to its
+// acknowledgement for each pinger, then BenchmarkRTT/vs-bare reports the
+// ratios over all samples each pinger took in this process (every -count,
+// every b.N step merged).
+func BenchmarkRTT(b *testing.B) {
+	merged := map[string]*hdrhistogram.Histogram{}
+	kinds := Kinds
+	if *busyPoll {
+		kinds = append(append([]string(nil), Kinds...), BusyPollKinds...)
+	}
+	for _, kind := range kinds {
+		b.Run(kind, func(b *testing.B) {
+			p, err := NewPinger(kind, Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer p.Close()
+			if err := p.RoundTrips(rttWarmup, NewHistogram()); err != nil {
+				b.Fatal(err)
+			}
+			h := NewHistogram()
+			b.ResetTimer()
+			if err := p.RoundTrips(b.N, h); err != nil {
+				b.Fatal(err)
+			}
+			b.StopTimer()
+			r := Summarize(kind, h)
+			if merged[kind] == nil {
+				merged[kind] = NewHistogram()
+			}
+			merged[kind].Merge(h)
+			b.ReportMetric(float64(r.P50.Nanoseconds()), "p50-ns")
+			b.ReportMetric(float64(r.P99.Nanoseconds()), "p99-ns")
+			b.ReportMetric(float64(r.P999.Nanoseconds()), "p999-ns")
+		})
+	}
+	b.Run("vs-bare", func(b *testing.B) {
+		rs := make([]Result, 0, len(kinds))
+		for _, k := range kinds {
+			h, ok := merged[k]
+			if !ok {
+				b.Skipf("run all of BenchmarkRTT (missing %s) to get ratios", k)
+			}
+			rs = append(rs, Summarize(k, h))
+		}
+		AddRatios(rs)
+		for _, r := range rs[1:] {
+			b.ReportMetric(r.RatioToBare50, r.Kind+"-p50-x")
+			b.ReportMetric(r.RatioToBare99, r.Kind+"-p99-x")
+		}
+		b.ReportMetric(rs[1].SpeedupOverGRPC50, "grpc/ftvm-p50-x")
+		if *busyPoll {
+			byKind := map[string]Result{}
+			for _, r := range rs {
+				byKind[r.Kind] = r
+			}
+			b.ReportMetric(byKind[KindFtvmBusyPoll].SpeedupOverGRPC50, "grpc/ftvm-busypoll-p50-x")
+			b.ReportMetric(float64(byKind[KindFtvmBusyPoll].P50)/float64(byKind[KindBareBusyPoll].P50), "ftvm-busypoll/bare-busypoll-p50-x")
+		}
+		if b.N == 1 { // the body runs again for larger b.N; print once
+			b.Logf("\n%s", FormatResults(rs))
+		}
+	})
+}
+
+// BenchmarkThroughput: 64-byte log entries batched by SendSpan, and 1 MiB
+// checkpoint chunks, over one loopback connection each; the -tls variants
+// show what encryption costs.
+func BenchmarkThroughput(b *testing.B) {
+	for _, withTLS := range []bool{false, true} {
+		suffix := ""
+		if withTLS {
+			suffix = "-tls"
+		}
+		b.Run("entries64"+suffix, func(b *testing.B) {
+			l, err := NewLink(withTLS, Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer l.Close()
+			span := Span(DefaultEntriesPerSpan, 64)
+			b.SetBytes(64)
+			b.ResetTimer()
+			if err := l.SendEntries(b.N, span, DefaultEntriesPerSpan); err != nil {
+				b.Fatal(err)
+			}
+			b.StopTimer()
+			b.ReportMetric(float64(b.N)/b.Elapsed().Seconds(), "entries/s")
+		})
+		b.Run("chunk1M"+suffix, func(b *testing.B) {
+			l, err := NewLink(withTLS, Options{})
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer l.Close()
+			chunk := make([]byte, ChunkBytes)
+			b.SetBytes(ChunkBytes)
+			b.ResetTimer()
+			if err := l.SendChunks(b.N, chunk); err != nil {
+				b.Fatal(err)
+			}
+		})
+	}
+}
+
+// TestCompareRTTReportsEveryKind runs the exported comparison briefly: the
+// ftvm bench command depends on it.
+func TestCompareRTTReportsEveryKind(t *testing.T) {
+	rs, err := CompareRTT(300, 100, 50, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(rs) != len(Kinds) {
+		t.Fatalf("%d results, want %d", len(rs), len(Kinds))
+	}
+	for _, r := range rs {
+		if r.Count != 300 || r.P50 <= 0 || r.P99 < r.P50 || r.P999 < r.P99 {
+			t.Errorf("%s: count %d p50 %v p99 %v p999 %v", r.Kind, r.Count, r.P50, r.P99, r.P999)
+		}
+		if r.Kind == KindBare && r.RatioToBare50 != 1 {
+			t.Errorf("bare/bare = %v", r.RatioToBare50)
+		}
+	}
+	t.Logf("\n%s", FormatResults(rs))
+}
+
+func TestReportNamesEveryTarget(t *testing.T) {
+	var buf strings.Builder
+	err := Report(&buf, ReportOptions{RTTSamples: 200, RTTRound: 100, RTTWarmup: 20, Entries: 5000, Chunks: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := buf.String()
+	for _, want := range []string{"ftvm p50 / bare p50", "ftvm-tls p50 / bare p50", "grpc p50 / ftvm p50", "entries64", "chunk1M MB/s"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("report lacks %q:\n%s", want, out)
+		}
+	}
+	if strings.Contains(out, KindFtvmBusyPoll) {
+		t.Errorf("busy-poll pingers ran without being asked for:\n%s", out)
+	}
+	t.Log("\n" + out)
+}
+
+func TestThroughputLinkDeliversEverything(t *testing.T) {
+	l, err := NewLink(false, Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	// 1000 is not a multiple of the span size: the tail span is partial.
+	tp, err := MeasureEntries(l, 1000, 64, DefaultEntriesPerSpan)
+	if err != nil {
+		l.Close()
+		for ev := range l.primary.Events() {
+			t.Log("primary:", ev)
+		}
+		for ev := range l.secondary.Events() {
+			t.Log("secondary:", ev)
+		}
+		t.Fatal(err)
+	}
+	if got := l.delivered(); got != 1000 {
+		t.Fatalf("delivered %d entries, want 1000", got)
+	}
+	if _, err := MeasureChunks(l, 3); err != nil {
+		t.Fatal(err)
+	}
+	if got := l.delivered(); got != 1003 {
+		t.Fatalf("delivered %d frames, want 1003", got)
+	}
+	t.Log(tp)
+}
+
+// The spinning pingers must work even though they are not run by default.
+func TestBusyPollPingersRoundTrip(t *testing.T) {
+	for _, k := range BusyPollKinds {
+		p, err := NewPinger(k, Options{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h := NewHistogram()
+		err = p.RoundTrips(200, h)
+		p.Close()
+		if err != nil || h.TotalCount() != 200 {
+			t.Fatalf("%s: %d round trips recorded, %v", k, h.TotalCount(), err)
+		}
+	}
+}

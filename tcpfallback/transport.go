@@ -1,0 +1,751 @@
+package tcpfallback
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/ftvm/ftvm/ring"
+)
+
+// errReplaced ends a listener's connection when the peer opens a new one for
+// the same lane (it saw the loss first and reconnected).
+var errReplaced = errors.New("tcpfallback: replaced by a newer connection from the peer")
+
+// HeartbeatTimeoutError: a lane heard nothing for longer than the timeout.
+type HeartbeatTimeoutError struct {
+	Lane    Lane
+	Peer    string
+	Silent  time.Duration // how long nothing arrived, as the watchdog saw it
+	Timeout time.Duration
+}
+
+func (e *HeartbeatTimeoutError) Error() string {
+	return fmt.Sprintf("tcpfallback: %s lane: nothing received from %s for %v (heartbeat timeout %v): peer dead, stalled or cut off",
+		e.Lane, e.Peer, e.Silent.Round(time.Millisecond), e.Timeout)
+}
+
+// watchdogTicksPerInterval: the watchdog looks at each lane this many times
+// per heartbeat interval. Loss is declared at most two ticks after the
+// timeout expires (one to see the last byte, one to see the silence), so
+// four ticks keep detection within HeartbeatTimeout + HeartbeatInterval/2
+// and leave the other half interval for scheduling delays.
+const watchdogTicksPerInterval = 4
+
+// Transport carries frames to one peer over two TCP connections (lanes).
+// Create it with Dial on one host and Listen on the other; after set-up
+// both ends are alike. All methods are safe for concurrent use.
+type Transport struct {
+	cfg    Config
+	addr   string       // dialer: the listener's address
+	ln     net.Listener // listener only
+	tlsCfg *tls.Config  // dialer: with ServerName filled in
+	lanes  [LaneCount]*lane
+	stats  transportStats
+
+	mu          sync.Mutex // guards closed, events (sends and close), stateCh, pending
+	closed      bool
+	events      chan Event
+	stateCh     chan struct{}              // closed and replaced when a lane goes up or down
+	pending     map[net.Conn]*pendingSetUp // accepted connections in set-up
+	pendingGone *sync.Cond                 // on mu: a set-up ended, or Close
+
+	closedCh      chan struct{}  // closed by Close; select on it to stop
+	goroutines    sync.WaitGroup // every goroutine the transport starts; Add before Dial/Listen return, later only under mu while not closed
+	closeOnce     sync.Once
+	closeFinished chan struct{} // closed when Close has finished, for concurrent Close calls
+}
+
+// lane is one of the two connections' worth of state.
+type lane struct {
+	t   *Transport
+	id  Lane
+	wmu sync.Mutex // serializes writes: held for the whole of one frame or span
+
+	cur     atomic.Pointer[laneConn] // the live connection, or nil; swapped by install/connDied
+	lastErr atomic.Pointer[error]    // why the last connection died
+	stats   laneStats
+}
+
+func newTransport(cfg Config) *Transport {
+	t := &Transport{
+		cfg:           cfg,
+		closedCh:      make(chan struct{}),
+		events:        make(chan Event, cfg.EventQueueLen),
+		stateCh:       make(chan struct{}),
+		pending:       make(map[net.Conn]*pendingSetUp),
+		closeFinished: make(chan struct{}),
+	}
+	t.pendingGone = sync.NewCond(&t.mu)
+	for i := range t.lanes {
+		t.lanes[i] = &lane{t: t, id: Lane(i)}
+	}
+	return t
+}
+
+// Dial connects both lanes to a listener at addr (host:port) and keeps them
+// connected: a lost lane is reported on Events and redialed with backoff
+// until Close. Dial itself retries only while nothing answers at addr (the
+// peer may not be up yet) and until ctx ends; a peer that answers and then
+// refuses or fails set-up is reported at once, with the reason.
+func Dial(ctx context.Context, addr string, cfg Config) (*Transport, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	t := newTransport(cfg)
+	t.addr = addr
+	if cfg.TLS != nil {
+		t.tlsCfg = cfg.TLS
+		if t.tlsCfg.ServerName == "" {
+			host, _, err := net.SplitHostPort(addr)
+			if err != nil {
+				return nil, fmt.Errorf("tcpfallback: address %q: %w", addr, err)
+			}
+			t.tlsCfg = t.tlsCfg.Clone()
+			t.tlsCfg.ServerName = host
+		}
+	}
+	for _, l := range t.lanes {
+		c, err := t.connectFirst(ctx, l)
+		if err != nil {
+			t.Close()
+			return nil, err
+		}
+		l.install(c)
+	}
+	for _, l := range t.lanes {
+		t.goroutines.Add(1)
+		go func() {
+			defer t.goroutines.Done()
+			t.supervise(l)
+		}()
+	}
+	t.startWatchdog()
+	return t, nil
+}
+
+// Listen accepts connections from one dialing peer at addr (host:port;
+// port 0 picks one, see Addr). It returns at once; lanes come up as the
+// peer connects (see WaitConnected and Events). A connection that fails
+// set-up is dropped, counted and reported as EventPeerRejected while the
+// listener goes on serving. A new connection for a lane replaces the old one.
+func Listen(addr string, cfg Config) (*Transport, error) {
+	cfg, err := cfg.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	t := newTransport(cfg)
+	// Accepted sockets inherit the listener's buffer sizes, and the TCP
+	// window scale is fixed at the SYN, so the listener gets the larger
+	// (bulk) size; the control lane is set to its own size after set-up.
+	lc := net.ListenConfig{Control: func(_, _ string, rc syscall.RawConn) error {
+		return tuneSocket(rc, max(cfg.socketBufferBytes(LaneControl), cfg.socketBufferBytes(LaneBulk)), false)
+	}}
+	ln, err := lc.Listen(context.Background(), "tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("tcpfallback: listening on %s: %w", addr, err)
+	}
+	t.ln = ln
+	t.goroutines.Add(1)
+	go func() {
+		defer t.goroutines.Done()
+		t.acceptLoop()
+	}()
+	t.startWatchdog()
+	return t, nil
+}
+
+// Addr is the listening address (listener) or the dialed address (dialer).
+func (t *Transport) Addr() string {
+	if t.ln != nil {
+		return t.ln.Addr().String()
+	}
+	return t.addr
+}
+
+// Events reports lane changes and set-up failures. It is closed by Close.
+// The channel is bounded (Config.EventQueueLen); events that find it full
+// are dropped and counted in Stats.EventsDropped, so read it promptly.
+func (t *Transport) Events() <-chan Event { return t.events }
+
+func (t *Transport) emit(e Event) {
+	e.Time = time.Now()
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.closed {
+		return
+	}
+	select {
+	case t.events <- e:
+	default:
+		t.stats.eventsDropped.Add(1)
+	}
+}
+
+func (t *Transport) notifyState() {
+	t.mu.Lock()
+	close(t.stateCh)
+	t.stateCh = make(chan struct{})
+	t.mu.Unlock()
+}
+
+// WaitConnected waits until both lanes have a connection.
+func (t *Transport) WaitConnected(ctx context.Context) error {
+	for {
+		t.mu.Lock()
+		ch, closed := t.stateCh, t.closed
+		t.mu.Unlock()
+		if closed {
+			return ErrClosed
+		}
+		if t.lanes[LaneControl].cur.Load() != nil && t.lanes[LaneBulk].cur.Load() != nil {
+			return nil
+		}
+		select {
+		case <-ch:
+		case <-t.closedCh:
+		case <-ctx.Done():
+			return fmt.Errorf("tcpfallback: waiting for the peer to connect both lanes: %w", ctx.Err())
+		}
+	}
+}
+
+// Send sends one frame on the lane its type belongs to (LaneOf). It returns
+// once the frame is in the kernel's socket buffer; payload may be reused
+// then. It does not wait for the peer and does not retry: if the lane is
+// down it fails with an error wrapping ErrLaneDown.
+func (t *Transport) Send(typ Type, payload []byte) error {
+	return t.SendFlags(typ, 0, payload)
+}
+
+// SendFlags is Send with frame flags (FlagFinal).
+func (t *Transport) SendFlags(typ Type, flags Flags, payload []byte) error {
+	if !typ.User() {
+		return fmt.Errorf("tcpfallback: frame type %s cannot be sent by a user (use TypeLog..TypeCheckpoint)", typ)
+	}
+	if flags&^KnownFlags != 0 {
+		return fmt.Errorf("tcpfallback: unknown flags %#02x", uint8(flags))
+	}
+	l := t.lanes[LaneOf(typ)]
+	l.wmu.Lock()
+	c := l.cur.Load()
+	if c == nil {
+		l.wmu.Unlock()
+		return l.downError()
+	}
+	if uint32(len(payload)) > c.peerMaxPayload || len(payload) > maxPayloadLimitBytes {
+		l.wmu.Unlock()
+		return fmt.Errorf("tcpfallback: %s payload of %d bytes exceeds the peer's maximum of %d; split it (checkpoints go in chunks)", typ, len(payload), c.peerMaxPayload)
+	}
+	err := c.writeFrame(typ, flags, payload)
+	l.wmu.Unlock()
+	if err != nil {
+		err = fmt.Errorf("%w: %s lane: sending to %s: %w", ErrLaneDown, l.id, c.peer, err)
+		c.fail(err)
+		return err
+	}
+	c.sent.Store(true)
+	l.stats.framesSent.Add(1)
+	l.stats.bytesSent.Add(uint64(HeaderBytes + len(payload)))
+	return nil
+}
+
+// SendSpan sends every record of span, a run of whole records in the byte
+// ring's layout (4-byte little-endian length, payload, zero padding to 8
+// bytes), as one frame of type typ each, in order. Payload bytes are not
+// copied: the frame headers and the payload slices go to the kernel in one
+// writev per maxBatchFrames frames. The span is checked whole first:
+// malformed (a *ring.MalformedError from ring.ForEachRecord) or holding a
+// record larger than the peer accepts (*SpanError), none of it is sent. It
+// returns the number of frames sent.
+func (t *Transport) SendSpan(typ Type, span []byte) (int, error) {
+	if !typ.User() {
+		return 0, fmt.Errorf("tcpfallback: frame type %s cannot be sent by a user (use TypeLog..TypeCheckpoint)", typ)
+	}
+	l := t.lanes[LaneOf(typ)]
+	l.wmu.Lock()
+	c := l.cur.Load()
+	if c == nil {
+		l.wmu.Unlock()
+		return 0, l.downError()
+	}
+	if _, err := checkSpan(span, c.peerMaxPayload); err != nil {
+		l.wmu.Unlock()
+		return 0, err
+	}
+	frames, err := c.writeSpan(typ, span)
+	l.wmu.Unlock()
+	if err != nil {
+		err = fmt.Errorf("%w: %s lane: sending to %s: %w", ErrLaneDown, l.id, c.peer, err)
+		c.fail(err)
+		return 0, err
+	}
+	c.sent.Store(true)
+	l.stats.framesSent.Add(uint64(frames))
+	l.stats.bytesSent.Add(uint64(len(span) + frames*(HeaderBytes-ring.RecordHeaderBytes)))
+	return frames, nil
+}
+
+func (l *lane) downError() error {
+	if p := l.lastErr.Load(); p != nil {
+		return fmt.Errorf("%w: %s lane (last loss: %v)", ErrLaneDown, l.id, *p)
+	}
+	l.t.mu.Lock()
+	closed := l.t.closed
+	l.t.mu.Unlock()
+	if closed {
+		return ErrClosed
+	}
+	return fmt.Errorf("%w: %s lane has not connected yet", ErrLaneDown, l.id)
+}
+
+// install makes c the lane's connection and starts its reader.
+func (l *lane) install(c *laneConn) {
+	t := l.t
+	t.mu.Lock()
+	if t.closed {
+		t.mu.Unlock()
+		c.raw.Close()
+		return
+	}
+	old := l.cur.Swap(c)
+	t.goroutines.Add(1)
+	t.mu.Unlock()
+	if old != nil {
+		old.fail(errReplaced)
+	}
+	l.stats.connects.Add(1)
+	t.emit(Event{Kind: EventLaneUp, Lane: l.id, Peer: c.peer})
+	t.notifyState()
+	go func() {
+		defer t.goroutines.Done()
+		c.readLoop()
+	}()
+}
+
+// connDied is called once per connection, by laneConn.fail.
+func (l *lane) connDied(c *laneConn, err error) {
+	if !l.cur.CompareAndSwap(c, nil) {
+		// Already replaced: the new connection is the lane now.
+		if err != errReplaced {
+			return
+		}
+	}
+	l.lastErr.Store(&err)
+	l.stats.losses.Add(1)
+	l.t.emit(Event{Kind: EventLaneDown, Lane: l.id, Peer: c.peer, Err: err})
+	l.t.notifyState()
+}
+
+// newConn wraps an authenticated connection.
+func (t *Transport) newConn(l *lane, raw net.Conn, tcp *net.TCPConn, res handshakeResult) (*laneConn, error) {
+	c, err := newLaneConn(l, raw, tcp, res.peerMaxPayload, res.leftover)
+	if err != nil {
+		raw.Close()
+		return nil, err
+	}
+	size := controlRecvBufferBytes
+	if l.id == LaneBulk {
+		size = HeaderBytes + int(min(t.cfg.MaxPayloadBytes, 1<<20)) + minReadRoomBytes
+	}
+	c.rbuf = make([]byte, max(size, len(res.leftover)+minReadRoomBytes))
+	return c, nil
+}
+
+// connectError: nothing answered at the address (connection refused,
+// unreachable, timeout before TCP was up). Worth retrying at first dial.
+type connectError struct{ err error }
+
+func (e *connectError) Error() string { return e.err.Error() }
+func (e *connectError) Unwrap() error { return e.err }
+
+// dialLane opens, authenticates and sets up one lane's connection.
+func (t *Transport) dialLane(ctx context.Context, l *lane) (*laneConn, error) {
+	ctx, cancel := context.WithTimeout(ctx, t.cfg.HandshakeTimeout)
+	defer cancel()
+	d := net.Dialer{Control: func(_, _ string, rc syscall.RawConn) error {
+		return tuneSocket(rc, t.cfg.socketBufferBytes(l.id), t.cfg.BusyPoll > 0 && l.id == LaneControl)
+	}}
+	nc, err := d.DialContext(ctx, "tcp", t.addr)
+	if err != nil {
+		return nil, &connectError{fmt.Errorf("tcpfallback: %s lane: connecting to %s: %w", l.id, t.addr, err)}
+	}
+	tcp := nc.(*net.TCPConn)
+	if dl, ok := ctx.Deadline(); ok {
+		tcp.SetDeadline(dl)
+	}
+	raw := net.Conn(tcp)
+	if t.tlsCfg != nil {
+		tc := tls.Client(tcp, t.tlsCfg)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			tcp.Close()
+			t.stats.handshakeFailures.Add(1)
+			return nil, fmt.Errorf("tcpfallback: %s lane: TLS set-up with %s: %w (both hosts need certificates from the same CA, and the listener's must name the host dialed; see `ftvm certs`)", l.id, t.addr, err)
+		}
+		raw = tc
+	}
+	res, err := dialerHandshake(raw, t.cfg.handshakeParams(l.id))
+	if err != nil {
+		raw.Close()
+		t.stats.handshakeFailures.Add(1)
+		return nil, fmt.Errorf("tcpfallback: %s lane: set-up with %s: %w", l.id, t.addr, err)
+	}
+	tcp.SetDeadline(time.Time{})
+	return t.newConn(l, raw, tcp, res)
+}
+
+// backoff returns the delay before reconnection attempt n (from 0):
+// exponential from ReconnectMinDelay, capped at ReconnectMaxDelay, drawn
+// uniformly from the upper half so that peers that failed together do not
+// retry in step.
+func (t *Transport) backoff(n int) time.Duration {
+	d := t.cfg.ReconnectMinDelay
+	for i := 0; i < n && d < t.cfg.ReconnectMaxDelay; i++ {
+		d *= 2
+	}
+	d = min(d, t.cfg.ReconnectMaxDelay)
+	if d <= 1 {
+		return d
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+// sleep waits d or until Close; false means closed.
+func (t *Transport) sleep(d time.Duration) bool {
+	tm := time.NewTimer(d)
+	defer tm.Stop()
+	select {
+	case <-tm.C:
+		return true
+	case <-t.closedCh:
+		return false
+	}
+}
+
+func (t *Transport) connectFirst(ctx context.Context, l *lane) (*laneConn, error) {
+	for attempt := 0; ; attempt++ {
+		c, err := t.dialLane(ctx, l)
+		if err == nil {
+			return c, nil
+		}
+		var ce *connectError
+		if !errors.As(err, &ce) || ctx.Err() != nil {
+			return nil, err
+		}
+		delay := t.backoff(attempt)
+		t.emit(Event{Kind: EventConnectFailed, Lane: l.id, Peer: t.addr, Err: err, Attempt: attempt + 1, Delay: delay})
+		select {
+		case <-time.After(delay):
+		case <-ctx.Done():
+			return nil, fmt.Errorf("%w (gave up: %v)", err, ctx.Err())
+		}
+	}
+}
+
+// supervise redials a dialer's lane each time its connection dies.
+func (t *Transport) supervise(l *lane) {
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	go func() {
+		select {
+		case <-t.closedCh:
+			cancel()
+		case <-ctx.Done():
+		}
+	}()
+	for {
+		c := l.cur.Load()
+		if c != nil {
+			select {
+			case <-c.done:
+			case <-t.closedCh:
+				return
+			}
+		}
+		for attempt := 0; ; attempt++ {
+			if t.cfg.ReconnectMaxAttempts > 0 && attempt >= t.cfg.ReconnectMaxAttempts {
+				t.emit(Event{Kind: EventGaveUp, Lane: l.id, Peer: t.addr, Attempt: attempt,
+					Err: fmt.Errorf("tcpfallback: %s lane: gave up after %d attempts (ReconnectMaxAttempts)", l.id, attempt)})
+				return
+			}
+			delay := t.backoff(attempt)
+			if !t.sleep(delay) {
+				return
+			}
+			nc, err := t.dialLane(ctx, l)
+			if err != nil {
+				if ctx.Err() != nil {
+					return
+				}
+				t.emit(Event{Kind: EventConnectFailed, Lane: l.id, Peer: t.addr, Err: err, Attempt: attempt + 1, Delay: t.backoff(attempt + 1)})
+				continue
+			}
+			l.install(nc)
+			break
+		}
+	}
+}
+
+// pendingSetUp is an accepted connection in set-up.
+type pendingSetUp struct {
+	accepted time.Time
+	evicted  bool // closed to make room for a newer one
+}
+
+func (t *Transport) acceptLoop() {
+	for {
+		// While evicted set-ups are still unwinding, leave new
+		// connections in the kernel's accept queue rather than drop them:
+		// the right peer may be among them.
+		t.mu.Lock()
+		for len(t.pending) >= 2*maxPendingHandshakes && !t.closed {
+			t.pendingGone.Wait()
+		}
+		t.mu.Unlock()
+		nc, err := t.ln.Accept()
+		if err != nil {
+			t.mu.Lock()
+			closed := t.closed
+			t.mu.Unlock()
+			if closed {
+				return
+			}
+			// Out of file descriptors and the like: say so, breathe, go on.
+			t.emit(Event{Kind: EventPeerRejected, Err: fmt.Errorf("tcpfallback: accepting on %s: %w", t.ln.Addr(), err)})
+			if !t.sleep(t.cfg.ReconnectMinDelay) {
+				return
+			}
+			continue
+		}
+		t.mu.Lock()
+		if t.closed {
+			t.mu.Unlock()
+			nc.Close()
+			continue
+		}
+		if t.live() >= maxPendingHandshakes {
+			// Make room by closing the oldest set-up: the right peer
+			// finishes in a round trip or two, so a flood of silent
+			// connections evicts its own members, not the right peer.
+			var oldest net.Conn
+			for c, p := range t.pending {
+				if !p.evicted && (oldest == nil || p.accepted.Before(t.pending[oldest].accepted)) {
+					oldest = c
+				}
+			}
+			t.pending[oldest].evicted = true
+			oldest.Close()
+		}
+		t.pending[nc] = &pendingSetUp{accepted: time.Now()}
+		t.goroutines.Add(1)
+		t.mu.Unlock()
+		go func() {
+			defer t.goroutines.Done()
+			t.serveConn(nc)
+			t.mu.Lock()
+			delete(t.pending, nc)
+			t.pendingGone.Broadcast()
+			t.mu.Unlock()
+		}()
+	}
+}
+
+// live counts the set-ups in progress that have not been evicted; mu must
+// be held.
+func (t *Transport) live() int {
+	n := 0
+	for _, p := range t.pending {
+		if !p.evicted {
+			n++
+		}
+	}
+	return n
+}
+
+// serveConn sets up one accepted connection and installs it on its lane.
+func (t *Transport) serveConn(nc net.Conn) {
+	peer := nc.RemoteAddr().String()
+	reject := func(err error) {
+		t.mu.Lock()
+		if p := t.pending[nc]; p != nil && p.evicted {
+			err = fmt.Errorf("tcpfallback: set-up with %s evicted after %v: %d newer connections were waiting (maxPendingHandshakes)", peer, time.Since(p.accepted).Round(time.Millisecond), maxPendingHandshakes)
+		}
+		t.mu.Unlock()
+		t.stats.handshakeFailures.Add(1)
+		t.emit(Event{Kind: EventPeerRejected, Peer: peer, Err: err})
+	}
+	tcp, ok := nc.(*net.TCPConn)
+	if !ok {
+		nc.Close()
+		return
+	}
+	deadline := time.Now().Add(t.cfg.HandshakeTimeout)
+	tcp.SetDeadline(deadline)
+	raw := net.Conn(tcp)
+	if t.cfg.TLS != nil {
+		tc := tls.Server(tcp, t.cfg.TLS)
+		ctx, cancel := context.WithDeadline(context.Background(), deadline)
+		err := tc.HandshakeContext(ctx)
+		cancel()
+		if err != nil {
+			tcp.Close()
+			reject(fmt.Errorf("tcpfallback: TLS set-up with %s: %w", peer, err))
+			return
+		}
+		raw = tc
+	}
+	res, err := listenerHandshake(raw, t.cfg.handshakeParams(LaneControl))
+	if err != nil {
+		raw.Close()
+		reject(fmt.Errorf("tcpfallback: set-up with %s: %w", peer, err))
+		return
+	}
+	l := t.lanes[res.lane]
+	rc, err := tcp.SyscallConn()
+	if err == nil {
+		err = tuneSocket(rc, t.cfg.socketBufferBytes(l.id), t.cfg.BusyPoll > 0 && l.id == LaneControl)
+	}
+	if err != nil {
+		raw.Close()
+		reject(fmt.Errorf("tcpfallback: %s lane: socket options for %s: %w", l.id, peer, err))
+		return
+	}
+	tcp.SetDeadline(time.Time{})
+	c, err := t.newConn(l, raw, tcp, res)
+	if err != nil {
+		reject(err)
+		return
+	}
+	l.install(c)
+}
+
+func (t *Transport) startWatchdog() {
+	t.goroutines.Add(1)
+	go func() {
+		defer t.goroutines.Done()
+		tk := time.NewTicker(t.cfg.HeartbeatInterval / watchdogTicksPerInterval)
+		defer tk.Stop()
+		for {
+			select {
+			case <-t.closedCh:
+				return
+			case now := <-tk.C:
+				for _, l := range t.lanes {
+					if c := l.cur.Load(); c != nil {
+						l.watch(c, now)
+					}
+				}
+			}
+		}
+	}()
+}
+
+// watch is one watchdog look at a live connection: declare it dead if it has
+// been silent past the timeout, send a heartbeat if it has been idle for an
+// interval.
+func (l *lane) watch(c *laneConn, now time.Time) {
+	cfg := &l.t.cfg
+	if c.heard.Swap(false) {
+		c.lastHeard = now
+	} else if silent := now.Sub(c.lastHeard); silent > cfg.HeartbeatTimeout {
+		l.stats.heartbeatTimeouts.Add(1)
+		c.fail(&HeartbeatTimeoutError{Lane: l.id, Peer: c.peer, Silent: silent, Timeout: cfg.HeartbeatTimeout})
+		return
+	}
+	if c.sent.Swap(false) {
+		c.idleTicks = 0
+		return
+	}
+	c.idleTicks++
+	if c.idleTicks < watchdogTicksPerInterval {
+		return
+	}
+	// A writer holding the lock is sending, which is as good as a
+	// heartbeat; never queue behind a checkpoint chunk.
+	if !l.wmu.TryLock() {
+		return
+	}
+	var err error
+	if l.cur.Load() == c {
+		err = c.writeFrame(TypeHeartbeat, 0, nil)
+	}
+	l.wmu.Unlock()
+	if err != nil {
+		c.fail(fmt.Errorf("tcpfallback: %s lane: sending heartbeat to %s: %w", l.id, c.peer, err))
+		return
+	}
+	c.idleTicks = 0
+	l.stats.heartbeatsSent.Add(1)
+	l.stats.framesSent.Add(1)
+	l.stats.bytesSent.Add(HeaderBytes)
+}
+
+// Stats returns a snapshot of the counters.
+func (t *Transport) Stats() Stats {
+	var s Stats
+	s.FrameErrors = make(map[string]uint64, len(frameErrorReasons))
+	for i, r := range frameErrorReasons {
+		s.FrameErrors[r] = t.stats.frameErrors[i].Load()
+	}
+	s.HandshakeFailures = t.stats.handshakeFailures.Load()
+	s.EventsDropped = t.stats.eventsDropped.Load()
+	for i, l := range t.lanes {
+		ls := &s.Lanes[i]
+		ls.FramesSent = l.stats.framesSent.Load()
+		ls.BytesSent = l.stats.bytesSent.Load()
+		ls.FramesReceived = l.stats.framesReceived.Load()
+		ls.BytesReceived = l.stats.bytesReceived.Load()
+		ls.HeartbeatsSent = l.stats.heartbeatsSent.Load()
+		ls.HeartbeatsReceived = l.stats.heartbeatsReceived.Load()
+		ls.HeartbeatTimeouts = l.stats.heartbeatTimeouts.Load()
+		ls.Connects = l.stats.connects.Load()
+		ls.Losses = l.stats.losses.Load()
+		if c := l.cur.Load(); c != nil {
+			ls.SocketSendBufferBytes, ls.SocketRecvBufferBytes, _ = socketBuffers(c.rc)
+		}
+	}
+	return s
+}
+
+// Close closes both lanes and the listener, stops reconnecting, waits for
+// the transport's goroutines (including running OnFrame calls, so do not
+// call Close from OnFrame) and closes Events.
+func (t *Transport) Close() error {
+	t.closeOnce.Do(func() {
+		t.mu.Lock()
+		t.closed = true
+		close(t.closedCh)
+		t.pendingGone.Broadcast()
+		pending := make([]net.Conn, 0, len(t.pending))
+		for c := range t.pending {
+			pending = append(pending, c)
+		}
+		t.mu.Unlock()
+		if t.ln != nil {
+			t.ln.Close()
+		}
+		for _, c := range pending {
+			c.Close()
+		}
+		for _, l := range t.lanes {
+			if c := l.cur.Load(); c != nil {
+				c.fail(ErrClosed)
+			}
+		}
+		t.goroutines.Wait()
+		t.mu.Lock()
+		close(t.events)
+		t.mu.Unlock()
+		close(t.closeFinished)
+	})
+	<-t.closeFinished
+	return nil
+}

@@ -1,0 +1,47 @@
+// Package transport is the vocabulary the log-shipping transports
+// (tcpfallback, and rdma to come) share with the agent that drives them:
+// frame types and the lane each travels on, flags, the received Frame, the
+// Events a transport reports and the errors callers test with errors.Is.
+//
+// It holds no code that does I/O and no interface: following the rule that
+// an interface is declared by the package that uses it, the agent declares
+// the Transport interface it needs, in terms of these types, and both
+// concrete transports satisfy it because they use these very types (the
+// transports' own names for them are aliases). A separate package keeps the
+// rdma transport from importing tcpfallback, or the other way round, just to
+// agree on what a TypeAck is.
+//
+// # The contract every transport keeps
+//
+// A transport has these methods, and takes OnFrame func(Frame) in its
+// configuration:
+//
+//	Send(typ Type, payload []byte) error
+//	SendFlags(typ Type, flags Flags, payload []byte) error
+//	SendSpan(typ Type, span []byte) (frames int, err error)
+//	Events() <-chan Event
+//	Close() error
+//
+// and behaves as follows:
+//
+//   - Send, SendFlags: one frame on the lane LaneOf(typ), in order per lane.
+//     They return once the bytes are handed to the kernel or the NIC; the
+//     payload may be reused then. No retry and no queueing while a lane is
+//     down: the error wraps ErrLaneDown, and the protocol above resends
+//     whatever was not acknowledged. Only user types (Type.User) may be sent.
+//   - SendSpan: every record of a byte-ring span (package ring's layout) as
+//     its own frame, payloads not copied; a span that cannot be sent whole
+//     sends nothing.
+//   - OnFrame: called on the transport's goroutine, never for transport-
+//     internal types; Frame.Payload is valid until it returns; frames of one
+//     lane arrive in the order sent; no allocation per frame in steady state.
+//   - Events: EventLaneUp and EventLaneDown per lane, set-up failures; the
+//     loss of a silent peer is reported within the configured heartbeat
+//     timeout plus one heartbeat interval. The channel is bounded; overflow
+//     is counted and never blocks the transport.
+//   - Close: idempotent; waits for running OnFrame calls (so it must not be
+//     called from OnFrame); closes Events.
+//   - Set-up authenticates the peer, checks the VM id and the protocol
+//     version, and fails with an error wrapping ErrRefused when retrying
+//     cannot help.
+package transport
