@@ -128,6 +128,12 @@ func (c *Config) validate() error {
 	return c.Retry.validate()
 }
 
+// ConfigError is what Run returns for a Config it cannot run.
+type ConfigError struct{ Err error }
+
+func (e *ConfigError) Error() string { return e.Err.Error() }
+func (e *ConfigError) Unwrap() error { return e.Err }
+
 // Progress is a snapshot of a run for a live display.
 type Progress struct {
 	Elapsed    time.Duration
@@ -202,7 +208,7 @@ type runState struct {
 func Run(ctx context.Context, cfg Config) (*Result, error) {
 	cfg.setDefaults()
 	if err := cfg.validate(); err != nil {
-		return nil, err
+		return nil, &ConfigError{Err: err}
 	}
 	c, err := Dial(cfg.Addr)
 	if err != nil {
