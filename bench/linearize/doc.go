@@ -51,6 +51,8 @@
 //     generator uses fresh key names per run for this reason.
 //   - A key is either a register (PUT, GET) or a counter (INC, GET); a key
 //     with both PUTs and INCs is refused as input.
+//   - An ERR reply means the answered attempt was not applied (the kvstore
+//     answers ERR only before it writes).
 //   - The server's versions are trusted to mean what the protocol says; a
 //     server that lost a write and then reported consistent but wrong
 //     versions to everybody could pass.
