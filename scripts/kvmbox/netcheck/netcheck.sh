@@ -4,7 +4,8 @@
 # two network namespaces ("hosts") joined by veth pairs through a bridge in
 # the box's root namespace, a TAP device in one of them (where a VM would be
 # attached), a ping across, then an nftables rule that cuts the link between
-# the hosts (the ping must fail) and its removal (the ping must work again).
+# the hosts (the ping must fail) and its removal (the ping must work again),
+# once on the bridge (silent, like a cable pulled) and once inside a host.
 #
 # Exit status 0 when every step held; otherwise 1, after a line saying which
 # step failed and what it saw.
@@ -46,15 +47,30 @@ step "bridge br0, veth host-a/eth-a and host-b/eth-b, TAP host-a/tap0 created"
 pings host-a 10.77.0.2 || fail "ping host-a -> host-b over the bridge failed: $(cat /tmp/ping.out)"
 step "ping host-a -> host-b: $(grep -E 'packets transmitted' /tmp/ping.out)"
 
-# Cut: host-a drops everything it would send to host-b, as when the link
-# between the primary and the secondary breaks.
+# Cut the link the way a broken cable does: the bridge stops forwarding
+# between the two hosts' ports, silently, in both directions, and neither
+# host's own stack is touched.
+run nft add table bridge cut
+run nft add chain bridge cut links '{ type filter hook forward priority 0; policy accept; }'
+run nft add rule bridge cut links iifname br-a oifname br-b drop
+run nft add rule bridge cut links iifname br-b oifname br-a drop
+if pings host-a 10.77.0.2; then
+	fail "ping host-a -> host-b still worked with the bridge cut in place: $(cat /tmp/ping.out)"
+fi
+step "link cut on the bridge (nft bridge family, forward br-a <-> br-b drop): ping fails: $(tail -n 1 /tmp/ping.out)"
+run nft delete table bridge cut
+pings host-a 10.77.0.2 || fail "ping host-a -> host-b failed after the bridge cut was removed: $(cat /tmp/ping.out)"
+step "link healed: $(grep -E 'packets transmitted' /tmp/ping.out)"
+
+# Cut from inside one host: host-a drops everything it would send on eth-a
+# (the sender then sees EPERM rather than silence).
 run ip netns exec host-a nft add table inet cut
-run ip netns exec host-a nft add chain inet cut out '{ type filter hook output priority 0; policy accept; }'
-run ip netns exec host-a nft add rule inet cut out oifname eth-a drop
+run ip netns exec host-a nft add chain inet cut egress '{ type filter hook output priority 0; policy accept; }'
+run ip netns exec host-a nft add rule inet cut egress oifname eth-a drop
 if pings host-a 10.77.0.2; then
 	fail "ping host-a -> host-b still worked with the nft drop rule in place: $(cat /tmp/ping.out)"
 fi
-step "link cut with nft (inet cut out oifname eth-a drop): ping fails: $(tail -n 1 /tmp/ping.out)"
+step "link cut in host-a (nft inet output oifname eth-a drop): ping fails: $(tail -n 1 /tmp/ping.out)"
 
 run ip netns exec host-a nft delete table inet cut
 pings host-a 10.77.0.2 || fail "ping host-a -> host-b failed after the nft table was deleted: $(cat /tmp/ping.out)"
