@@ -40,11 +40,11 @@ type fakeKV struct {
 	done chan struct{}
 }
 
-func startFakeKV(t *testing.T) *fakeKV {
+func startFakeKV(t testing.TB) *fakeKV {
 	return startFakeKVAt(t, &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 }
 
-func startFakeKVAt(t *testing.T, at *net.UDPAddr) *fakeKV {
+func startFakeKVAt(t testing.TB, at *net.UDPAddr) *fakeKV {
 	t.Helper()
 	conn, err := net.ListenUDP("udp", at)
 	if err != nil {
