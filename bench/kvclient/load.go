@@ -278,39 +278,12 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	runCtx, cancel := context.WithTimeout(ctx, cfg.Duration)
 	defer cancel()
 	start := time.Now()
+	more := func() bool { return int(st.sent.Load()) < cfg.OpsMax }
 	if cfg.RatePerSec == 0 {
-		for int(st.sent.Load()) < cfg.OpsMax {
-			select {
-			case sem <- struct{}{}:
-				launch()
-				continue
-			case <-runCtx.Done():
-			}
-			break
-		}
+		closedLoop(runCtx, sem, launch, more)
 	} else {
 		interval := time.Duration(float64(time.Second) / cfg.RatePerSec)
-		timer := time.NewTimer(0)
-		defer timer.Stop()
-		for due := 0; int(st.sent.Load()) < cfg.OpsMax; {
-			// Start every request whose time has come; if the loop fell
-			// behind, catch up rather than shift the schedule.
-			for ; time.Duration(due)*interval <= time.Since(start) && int(st.sent.Load()) < cfg.OpsMax; due++ {
-				select {
-				case sem <- struct{}{}:
-					launch()
-				default:
-					st.skipped.Add(1)
-				}
-			}
-			timer.Reset(time.Until(start.Add(time.Duration(due) * interval)))
-			select {
-			case <-timer.C:
-				continue
-			case <-runCtx.Done():
-			}
-			break
-		}
+		openLoop(runCtx, start, interval, sem, launch, more, &st.skipped)
 	}
 	wg.Wait()
 	close(progressDone)
@@ -329,6 +302,43 @@ func Run(ctx context.Context, cfg Config) (*Result, error) {
 	res := &Result{History: st.history, Origin: c.Origin(), Config: cfg}
 	res.Stats = summarize(final, st.history, c)
 	return res, nil
+}
+
+// closedLoop keeps every slot of sem busy until ctx ends or more says stop.
+func closedLoop(ctx context.Context, sem chan struct{}, launch func(), more func() bool) {
+	for more() {
+		select {
+		case sem <- struct{}{}:
+			launch()
+		case <-ctx.Done():
+			return
+		}
+	}
+}
+
+// openLoop starts the n-th request at start + n×interval until ctx ends or
+// more says stop; a request due while no slot of sem is free is skipped
+// and counted. When the loop falls behind it catches up rather than shift
+// the schedule.
+func openLoop(ctx context.Context, start time.Time, interval time.Duration, sem chan struct{}, launch func(), more func() bool, skipped *atomic.Uint64) {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	for due := 0; more(); {
+		for ; time.Duration(due)*interval <= time.Since(start) && more(); due++ {
+			select {
+			case sem <- struct{}{}:
+				launch()
+			default:
+				skipped.Add(1)
+			}
+		}
+		timer.Reset(time.Until(start.Add(time.Duration(due) * interval)))
+		select {
+		case <-timer.C:
+		case <-ctx.Done():
+			return
+		}
+	}
 }
 
 func snapshot(c *Client, st *runState) Progress {
