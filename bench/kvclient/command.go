@@ -47,7 +47,27 @@ func Command(ctx context.Context, name string, args []string, stdout, stderr io.
 	historyPath := fs.String("history", "", "write the history to this file as JSON Lines")
 	check := fs.Bool("check", true, "check the history for linearizability")
 	quiet := fs.Bool("quiet", false, "no progress line")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), `usage: %s -addr HOST:PORT [flags]
+
+Sends a steady mix of PUT, GET and INC requests to a kvstore guest over UDP,
+resending a request with the same id when no reply comes, and records every
+operation. It prints a progress line while it runs, then the totals (served,
+unanswered, latency percentiles, and the largest gap between replies, which
+is the failover time when the service moved), and checks the history for
+linearizability (bench/linearize).
+
+Exit codes: 0 done and linearizable, 1 not linearizable, 2 usage error,
+3 the run failed.
+
+flags:
+`, name)
+		fs.PrintDefaults()
+	}
 	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return 0
+		}
 		return ExitUsage
 	}
 	usage := func(format string, a ...any) int {

@@ -42,3 +42,10 @@ func TestCertsUsageErrors(t *testing.T) {
 		t.Fatalf("ftvm bench transport --help: exit %d, stderr %q", code, errs)
 	}
 }
+
+func TestKVLoadIsWired(t *testing.T) {
+	code, out, errs := runFtvm("kvload", "-help")
+	if code != exitOK || !strings.Contains(out+errs, "ftvm kvload") {
+		t.Fatalf("ftvm kvload -help: exit %d, stdout %q, stderr %q", code, out, errs)
+	}
+}
