@@ -103,9 +103,10 @@ type Node struct {
 	// Pending effects, handed out by Ready and cleared by Advance.
 	rd Ready
 
-	ticksSincePeer int
-	ticksSinceSend int // since our last heartbeat-like message
-	ticksRetry     int // since progress on what we retransmit
+	ticksSincePeer      int
+	ticksSinceSend      int // since our last heartbeat-like message
+	ticksRetry          int // since progress on what we retransmit
+	ticksSinceHeartbeat int
 
 	nextID uint64
 
@@ -114,27 +115,30 @@ type Node struct {
 	acquireErr   bool
 
 	// Primary state.
-	pphase     pPhase
-	lastSeq    uint64     // last log position assigned
-	log        []wire.Msg // items after acked, kept for the secondary
-	acked      uint64     // secondary's cumulative receipt
-	compared   uint64     // secondary's cumulative compare
-	held       []held     // outputs not yet released, in seq order
-	released   uint64     // seq of the last released output
-	stalled    bool
-	paused     bool
-	ckptID     uint64
-	ckptSeq    uint64
-	ckptFull   bool
-	ckptTaking bool
-	ckptFrames []wire.Msg // chunks and done of the checkpoint being shipped
-	hadPeer    bool       // a secondary was attached when acquiring began
+	pphase         pPhase
+	lastSeq        uint64     // last log position assigned
+	log            []wire.Msg // items after acked, kept for the secondary
+	acked          uint64     // secondary's cumulative receipt
+	compared       uint64     // secondary's cumulative compare
+	replayed       uint64     // how far the secondary VM has consumed the log
+	ticksSinceSync int        // since the last restore confirmation
+	held           []held     // outputs not yet released, in seq order
+	released       uint64     // seq of the last released output
+	stalled        bool
+	paused         bool
+	ckptID         uint64
+	ckptSeq        uint64
+	ckptFull       bool
+	ckptTaking     bool
+	ckptFrames     []wire.Msg // chunks and done of the checkpoint being shipped
+	hadPeer        bool       // a secondary was attached when acquiring began
 
 	// Secondary state.
 	sphase          sPhase
-	rlog            []wire.Msg // received items from cursor on
-	received        uint64     // last contiguous position appended
-	cursor          uint64     // next position the VM consumes
+	rlog            []wire.Msg          // received items from cursor on
+	ooo             map[uint64]wire.Msg // items received ahead of a gap
+	received        uint64              // last contiguous position appended
+	cursor          uint64              // next position the VM consumes
 	sCompared       uint64
 	primaryReleased uint64
 	pending         []held // VM outputs whose record has not arrived
@@ -222,14 +226,24 @@ func (n *Node) Ready() Ready {
 }
 
 // Advance tells the node the agent performed rd.
+//
+// Slices in rd are reused by the node after Advance: copy what must outlive it.
 func (n *Node) Advance(rd Ready) {
-	n.rd.Commands = n.rd.Commands[len(rd.Commands):]
-	n.rd.Release = n.rd.Release[len(rd.Release):]
-	n.rd.Drop = n.rd.Drop[len(rd.Drop):]
-	n.rd.Messages = n.rd.Messages[len(rd.Messages):]
-	if n.rd.IsEmpty() {
-		n.rd = Ready{}
+	n.rd.Commands = advance(n.rd.Commands, len(rd.Commands))
+	n.rd.Release = advance(n.rd.Release, len(rd.Release))
+	n.rd.Drop = advance(n.rd.Drop, len(rd.Drop))
+	n.rd.Messages = advance(n.rd.Messages, len(rd.Messages))
+}
+
+// advance removes the first k items, reusing the array once it is empty so
+// a steady state allocates nothing. k may exceed len(s) when a halt dropped
+// pending releases between Ready and Advance.
+func advance[T any](s []T, k int) []T {
+	if k >= len(s) {
+		clear(s)
+		return s[:0]
 	}
+	return s[k:]
 }
 
 func (n *Node) send(m wire.Msg) {
@@ -281,6 +295,8 @@ func (n *Node) Tick() {
 	n.ticksSincePeer++
 	n.ticksSinceSend++
 	n.ticksRetry++
+	n.ticksSinceSync++
+	n.ticksSinceHeartbeat++
 	if n.acquireEpoch != 0 && n.acquireErr && n.ticksRetry >= n.cfg.RetransmitTicks {
 		n.acquire(n.acquireEpoch)
 	}

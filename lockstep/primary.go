@@ -73,7 +73,11 @@ func (n *Node) appendLog(m wire.Msg) {
 // updateStall stalls the vCPU while the secondary lags a full window behind:
 // the log must not grow without bound.
 func (n *Node) updateStall() {
-	want := len(n.log) >= n.cfg.LogWindowEntries || len(n.held) >= n.cfg.LogWindowEntries
+	lag := 0
+	if n.pphase == pProtected {
+		lag = int(n.lastSeq - n.replayed)
+	}
+	want := lag >= n.cfg.LogWindowEntries || len(n.log) >= n.cfg.LogWindowEntries || len(n.held) >= n.cfg.LogWindowEntries
 	if want != n.stalled {
 		n.stalled = want
 		if want {
@@ -138,7 +142,11 @@ func (n *Node) tickPrimary() {
 			n.acquire(n.epoch + 1)
 			return
 		}
-		if n.ticksSinceSend >= n.cfg.HeartbeatTicks {
+		// Heartbeats go out on their own clock, not only when the link is
+		// idle: they carry ReleasedThrough, and the fresher the secondary's
+		// idea of it, the fewer outputs it repeats if it must go live.
+		if n.ticksSinceHeartbeat >= n.cfg.HeartbeatTicks {
+			n.ticksSinceHeartbeat = 0
 			n.send(&wire.Heartbeat{LastSeq: n.lastSeq, ReleasedThrough: n.released})
 		}
 		if n.ticksRetry >= n.cfg.RetransmitTicks {
@@ -171,6 +179,12 @@ func (n *Node) stepPrimary(m wire.Msg) error {
 			n.ticksSincePeer = 0
 			return nil // the checkpoint under way serves this joiner too
 		}
+		if n.pphase == pProtected && n.ticksSinceSync < n.cfg.PeerTimeoutTicks {
+			// Most likely a late copy of the hello we just served. If it is
+			// a restarted secondary, it says hello again later, and its old
+			// self's silence times out meanwhile.
+			return nil
+		}
 		n.ticksSincePeer = 0
 		n.beginSync(true)
 	case *wire.Ack:
@@ -192,6 +206,10 @@ func (n *Node) stepPrimary(m wire.Msg) error {
 			n.updateStall()
 		}
 		n.compared = max(n.compared, m.Compared)
+		if m.Replayed > n.replayed && m.Replayed <= n.lastSeq {
+			n.replayed = m.Replayed
+			n.updateStall()
+		}
 		n.releaseEligible()
 	case *wire.ResyncRequest:
 		n.ticksSincePeer = 0
@@ -205,9 +223,10 @@ func (n *Node) stepPrimary(m wire.Msg) error {
 			return nil
 		}
 		n.ticksSincePeer = 0
+		n.ticksSinceSync = 0
 		n.pphase = pProtected
 		n.ckptFrames = nil
-		n.acked, n.compared = max(n.acked, n.ckptSeq), max(n.compared, n.ckptSeq)
+		n.acked, n.compared, n.replayed = max(n.acked, n.ckptSeq), max(n.compared, n.ckptSeq), max(n.replayed, n.ckptSeq)
 		k := 0
 		for k < len(n.log) && seqOf(n.log[k]) <= n.acked {
 			k++
@@ -267,6 +286,10 @@ func (n *Node) CheckpointTaken(id uint64, data []byte) error {
 		return nil // superseded by a newer sync or by going alone
 	}
 	n.ckptTaking = false
+	// The vCPU may have run exits between the Step that asked for the
+	// checkpoint and the pause taking effect; the checkpoint shows the VM
+	// as of now, so its log position is now.
+	n.ckptSeq = n.lastSeq
 	payload := n.checkpointHeader()
 	payload = append(payload, data...)
 	if len(payload) > n.cfg.MaxCheckpointBytes {

@@ -88,7 +88,10 @@ type Command struct {
 	Reason     string     // halt
 }
 
-// Checkpoint identifies a checkpoint of the VM at log position Seq.
+// Checkpoint identifies a checkpoint of the VM at log position Seq. In
+// CmdTakeCheckpoint, Seq is the position when the checkpoint was asked for;
+// the checkpoint's own position is the log's end when CheckpointTaken is
+// called, which is why the VM must stay paused between the two.
 type Checkpoint struct {
 	ID   uint64
 	Seq  uint64

@@ -85,6 +85,10 @@ func (n *Node) consume() {
 	n.rlog[0] = nil
 	n.rlog = n.rlog[1:]
 	n.cursor++
+	// Tell the primary now and then how far replay got, for its window.
+	if n.cursor%uint64(max(1, n.cfg.LogWindowEntries/4)) == 0 {
+		n.ackDue = true
+	}
 }
 
 // diverge stops replay and asks for a checkpoint. Outputs the VM produced
@@ -107,7 +111,7 @@ func (n *Node) flushAck() {
 	if n.cfg.Bugs.AckBeforeAppend {
 		recv = max(recv, n.ackSeen)
 	}
-	n.send(&wire.Ack{Received: recv, Compared: n.sCompared})
+	n.send(&wire.Ack{Received: recv, Compared: n.sCompared, Replayed: n.cursor - 1})
 }
 
 func (n *Node) tickSecondary() {
@@ -192,7 +196,7 @@ func (n *Node) rejoin() {
 	n.role = RoleSecondary
 	n.sphase = sJoining
 	n.acquireEpoch = 0
-	n.rlog, n.pending, n.copies = nil, nil, nil
+	n.rlog, n.pending, n.copies, n.ooo = nil, nil, nil, nil
 	n.asm = assembly{}
 	n.ticksRetry = 0
 	n.send(n.hello())
@@ -204,25 +208,50 @@ func (n *Node) appendItem(m wire.Msg, seq uint64) {
 	}
 	n.ackSeen = max(n.ackSeen, seq)
 	n.ackDue = true
-	if seq != n.received+1 || len(n.rlog) >= n.cfg.LogWindowEntries {
-		// Out of order, a duplicate, or past our window: the primary
-		// resends from our cumulative ack. Keeping the log contiguous is
-		// what makes a cumulative ack true.
+	// Items past the window are dropped (the primary resends from our
+	// cumulative ack); items ahead of a gap wait in a bounded reorder
+	// buffer. The log itself only ever grows in order, which is what makes
+	// a cumulative ack true.
+	limit := n.cursor - 1 + 2*uint64(n.cfg.LogWindowEntries)
+	if seq <= n.received || seq > limit {
 		return
 	}
-	// Parsed messages alias the receive buffer: keep our own copy.
+	if seq > n.received+1 {
+		if _, ok := n.ooo[seq]; !ok {
+			if n.ooo == nil {
+				n.ooo = map[uint64]wire.Msg{}
+			}
+			n.ooo[seq] = ownCopy(m)
+		}
+		return
+	}
+	n.rlog = append(n.rlog, ownCopy(m))
+	n.received = seq
+	for {
+		next, ok := n.ooo[n.received+1]
+		if !ok {
+			break
+		}
+		delete(n.ooo, n.received+1)
+		n.rlog = append(n.rlog, next)
+		n.received++
+	}
+	n.comparePending()
+}
+
+// ownCopy copies a parsed item: parsed messages alias the receive buffer.
+func ownCopy(m wire.Msg) wire.Msg {
 	switch m := m.(type) {
 	case *wire.Entry:
 		c := *m
 		c.Data = clone(m.Data)
-		n.rlog = append(n.rlog, &c)
+		return &c
 	case *wire.Output:
 		c := *m
 		c.Data = clone(m.Data)
-		n.rlog = append(n.rlog, &c)
+		return &c
 	}
-	n.received = seq
-	n.comparePending()
+	return m
 }
 
 func (n *Node) stepChunk(m *wire.CheckpointChunk) error {
@@ -333,7 +362,7 @@ func (n *Node) CheckpointRestored(id uint64) error {
 	n.sphase = sReplaying
 	n.received, n.cursor, n.sCompared = n.restoredSeq, n.restoredSeq+1, n.restoredSeq
 	n.ackSeen = n.restoredSeq
-	n.rlog = nil
+	n.rlog, n.ooo = nil, nil
 	n.ticksSincePeer = 0
 	n.send(&wire.CheckpointDone{ID: id, Seq: n.restoredSeq, Restored: true})
 	return nil

@@ -126,8 +126,6 @@ func (c *checker) wentLive(h *host, epoch uint64) {
 	}
 }
 
-func (c *checker) checkpointTaken(h *host, seq uint64, snap []byte) {}
-
 // restored is checker 4.
 func (c *checker) restored(h *host, seq uint64, data []byte) {
 	st := c.st(h.inc)

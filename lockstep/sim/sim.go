@@ -53,8 +53,8 @@ type Options struct {
 func DefaultOptions(mode lockstep.Mode) Options {
 	return Options{
 		Mode:              mode,
-		SafetySteps:       1500,
-		LivenessSteps:     1500,
+		SafetySteps:       1200,
+		LivenessSteps:     600,
 		LivenessOutputs:   20,
 		Faults:            true,
 		LossPct:           3,
@@ -121,7 +121,8 @@ type Sim struct {
 	now   int
 	hosts [2]*host
 	net   []packet
-	seqNo int // tie-break so delivery order is deterministic
+	due   []packet // scratch for deliver
+	seqNo int      // tie-break so delivery order is deterministic
 	arb   *arbiter.Memory
 	calls []arbCall
 	// cut[i] drops messages from host i to the other host.
@@ -152,7 +153,7 @@ type host struct {
 // position the node believes.
 type fuzzyCheckpoint struct {
 	id       uint64
-	seq      uint64
+	snap     []byte
 	exitsTil int
 	deadline int
 }
@@ -423,9 +424,8 @@ func (s *Sim) fuzzyProgress(h *host) {
 func (s *Sim) captureFuzzy(h *host) {
 	f := h.fuzzy
 	h.fuzzy = nil
-	if h.node != nil && h.g != nil {
-		s.chk.checkpointTaken(h, f.seq, h.g.snapshot())
-		_ = h.node.CheckpointTaken(f.id, h.g.snapshot())
+	if h.node != nil {
+		_ = h.node.CheckpointTaken(f.id, f.snap)
 	}
 }
 
@@ -456,6 +456,9 @@ func (s *Sim) command(h *host, c lockstep.Command) {
 	if h.node == nil {
 		return
 	}
+	if c.Kind != lockstep.CmdAcquire && c.Kind != lockstep.CmdRestoreCheckpoint {
+		s.tracef("%s %s %+v", h.name, c.Kind, h.node.Status())
+	}
 	switch c.Kind {
 	case lockstep.CmdStall:
 		h.stalled = true
@@ -467,11 +470,11 @@ func (s *Sim) command(h *host, c lockstep.Command) {
 		h.paused = false
 	case lockstep.CmdTakeCheckpoint:
 		if h.paused {
-			snap := h.g.snapshot()
-			s.chk.checkpointTaken(h, c.Checkpoint.Seq, snap)
-			_ = h.node.CheckpointTaken(c.Checkpoint.ID, snap)
+			_ = h.node.CheckpointTaken(c.Checkpoint.ID, h.g.snapshot())
 		} else {
-			h.fuzzy = &fuzzyCheckpoint{id: c.Checkpoint.ID, seq: c.Checkpoint.Seq, exitsTil: 1 + s.rng.IntN(3), deadline: s.now + 4}
+			// Copying a running VM: the copy starts now and completes some
+			// exits later, so it shows the VM as it was when it started.
+			h.fuzzy = &fuzzyCheckpoint{id: c.Checkpoint.ID, snap: h.g.snapshot(), exitsTil: 1 + s.rng.IntN(3), deadline: s.now + 4}
 		}
 	case lockstep.CmdRestoreCheckpoint:
 		g, err := restoreGuest(c.Checkpoint.Data)
@@ -551,7 +554,7 @@ func (s *Sim) sendMsg(h *host, m wire.Msg) {
 }
 
 func (s *Sim) deliver() {
-	var due []packet
+	due := s.due[:0]
 	rest := s.net[:0]
 	for _, p := range s.net {
 		if p.due <= s.now {
@@ -561,6 +564,7 @@ func (s *Sim) deliver() {
 		}
 	}
 	s.net = rest
+	s.due = due
 	slices.SortFunc(due, func(a, b packet) int { return a.order - b.order })
 	for _, p := range due {
 		to := s.hosts[1-p.from]
@@ -576,6 +580,5 @@ func (s *Sim) deliver() {
 		}
 		s.chk.delivered(to, m)
 		_ = to.node.Step(m)
-		s.drain(to)
 	}
 }

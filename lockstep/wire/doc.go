@@ -33,7 +33,7 @@
 //	                    u32 length (<= MaxOutputDataBytes), [32] SHA-256 of data,
 //	                    u8 has-data (0/1), then bytes data if has-data
 //	                    (its length must equal the length field)
-//	ack (4)             u64 received (cumulative), u64 compared (cumulative)
+//	ack (4)             u64 received, u64 compared, u64 replayed (all cumulative)
 //	heartbeat (5)       u64 last seq, u64 released through
 //	resync-request (6)  u8 reason (1 output mismatch, 2 input mismatch), u64 at seq
 //	checkpoint-chunk (7) u64 id, u64 seq, u64 offset,

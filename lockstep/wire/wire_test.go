@@ -17,7 +17,7 @@ func sampleMsgs() []Msg {
 		&Entry{Header: h, Seq: 11, ExitIndex: 100, Kind: 1, Data: []byte{}},
 		&Output{Header: h, Seq: 12, ExitIndex: 101, Device: 2, Length: 4, Digest: [32]byte{1, 2, 3}},
 		&Output{Header: h, Seq: 13, ExitIndex: 102, Device: 2, Length: 3, HasData: true, Data: []byte("abc")},
-		&Ack{Header: h, Received: 13, Compared: 12},
+		&Ack{Header: h, Received: 13, Compared: 12, Replayed: 11},
 		&Heartbeat{Header: h, LastSeq: 13, ReleasedThrough: 12},
 		&ResyncRequest{Header: h, Reason: ResyncOutputMismatch, AtSeq: 12},
 		&CheckpointChunk{Header: h, ID: 1, Seq: 13, Offset: 4096, Data: []byte("pages")},
