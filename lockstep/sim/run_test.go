@@ -4,41 +4,89 @@ import (
 	"flag"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/ftvm/ftvm/lockstep"
 )
 
 var (
-	flagSeeds = flag.Int("sim.seeds", 0, "number of seeds per mode for TestSimSeeds (0: the CI default)")
-	flagSeed  = flag.Int64("sim.seed", -1, "run only this seed, with a trace")
+	flagSeeds = flag.Int("sim.seeds", 0, "seeds per mode for TestSimSeeds (0: the CI default)")
+	flagFirst = flag.Uint64("sim.first", 1, "first seed for TestSimSeeds")
+	flagSeed  = flag.Int64("sim.seed", -1, "run only this seed, printing its trace")
+	flagMode  = flag.String("sim.mode", "both", "ack mode to simulate: compare, receipt or both")
 )
 
-func TestDebugOne(t *testing.T) {
-	if *flagSeed < 0 {
-		t.Skip("needs -sim.seed")
+// CI seed counts per mode: a few thousand seeds in all without the race
+// detector, a tenth of that with it (the race run checks the code for data
+// races; the plain run is the one that hunts protocol bugs).
+const (
+	ciSeedsPerMode     = 1500
+	ciRaceSeedsPerMode = 150
+)
+
+func modes(t *testing.T) []lockstep.Mode {
+	switch *flagMode {
+	case "compare":
+		return []lockstep.Mode{lockstep.AckOnCompare}
+	case "receipt":
+		return []lockstep.Mode{lockstep.AckOnReceipt}
+	case "both":
+		return []lockstep.Mode{lockstep.AckOnCompare, lockstep.AckOnReceipt}
 	}
-	for _, mode := range []lockstep.Mode{lockstep.AckOnCompare, lockstep.AckOnReceipt} {
-		o := DefaultOptions(mode)
-		o.Trace = func(s string) { fmt.Println(s) }
-		r := Run(uint64(*flagSeed), o)
-		t.Log(mode, r)
-	}
+	t.Fatalf("-sim.mode %q: want compare, receipt or both", *flagMode)
+	return nil
 }
 
-func TestQuick(t *testing.T) {
-	for _, mode := range []lockstep.Mode{lockstep.AckOnCompare, lockstep.AckOnReceipt} {
-		fails := 0
-		for seed := uint64(1); seed <= 200; seed++ {
-			r := Run(seed, DefaultOptions(mode))
+// TestSimSeeds runs many seeds with every fault on and fails on any checker
+// violation, printing a reproduce command per failing seed.
+func TestSimSeeds(t *testing.T) {
+	if *flagSeed >= 0 {
+		for _, mode := range modes(t) {
+			o := DefaultOptions(mode)
+			o.Trace = func(s string) { fmt.Println(s) }
+			r := Run(uint64(*flagSeed), o)
 			if r.Failed() {
-				fails++
-				if fails < 4 {
-					t.Errorf("%s %s", mode, r)
-				}
-			} else if seed < 4 {
+				t.Errorf("%s %s", mode, r)
+			} else {
 				t.Logf("%s %s", mode, r)
 			}
 		}
-		t.Logf("%s: %d failing", mode, fails)
+		return
+	}
+	n := *flagSeeds
+	if n == 0 {
+		n = ciSeedsPerMode
+		if raceEnabled {
+			n = ciRaceSeedsPerMode
+		}
+		if testing.Short() {
+			n /= 10
+		}
+	}
+	for _, mode := range modes(t) {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			start := time.Now()
+			sum := RunMany(*flagFirst, n, DefaultOptions(mode))
+			el := time.Since(start)
+			t.Logf("%s\n%.0f seeds/s (race detector: %v)", sum, float64(sum.Seeds)/el.Seconds(), raceEnabled)
+			if sum.Failed > 0 {
+				t.Errorf("%d of %d seeds failed", sum.Failed, sum.Seeds)
+			}
+			// A run that never fails over, resyncs or crashes proves little.
+			if sum.Failovers == 0 || sum.Resyncs == 0 || sum.Crashes == 0 || sum.Outputs == 0 {
+				t.Errorf("faults were not exercised: %s", sum)
+			}
+		})
+	}
+}
+
+// TestDeterministic: one seed, one run.
+func TestDeterministic(t *testing.T) {
+	for seed := uint64(1); seed <= 5; seed++ {
+		a, b := Run(seed, DefaultOptions(lockstep.AckOnCompare)), Run(seed, DefaultOptions(lockstep.AckOnCompare))
+		if a.String() != b.String() {
+			t.Fatalf("seed %d ran twice differently:\n%s\n%s", seed, a, b)
+		}
 	}
 }
