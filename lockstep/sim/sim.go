@@ -457,7 +457,7 @@ func (s *Sim) command(h *host, c lockstep.Command) {
 		return
 	}
 	if c.Kind != lockstep.CmdAcquire && c.Kind != lockstep.CmdRestoreCheckpoint {
-		s.tracef("%s %s %+v", h.name, c.Kind, h.node.Status())
+		s.tracef("%s %s", h.name, c.Kind)
 	}
 	switch c.Kind {
 	case lockstep.CmdStall:
