@@ -275,8 +275,12 @@ func (n *Node) halt(reason string) {
 		return
 	}
 	n.role = RoleHalted
-	// Nothing held may leave any more: drop what was not yet handed out.
-	n.rd.Release = nil
+	// Nothing held may leave any more, not even what a Ready not yet
+	// handed out meant to release.
+	for _, o := range n.rd.Release {
+		n.rd.Drop = append(n.rd.Drop, o.ID)
+	}
+	n.rd.Release = n.rd.Release[:0]
 	for _, h := range n.held {
 		n.rd.Drop = append(n.rd.Drop, h.id)
 	}

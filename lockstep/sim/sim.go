@@ -492,6 +492,8 @@ func (s *Sim) command(h *host, c lockstep.Command) {
 	case lockstep.CmdGoLive:
 		h.live = true
 		s.res.Failovers++
+		// The new primary's log continues from here with this guest state.
+		s.chk.primaryState(h, h.node.Status().LastSeq)
 		s.chk.wentLive(h, c.Epoch)
 		s.tracef("%s goes live in epoch %d", h.name, c.Epoch)
 	case lockstep.CmdHalt:
