@@ -375,7 +375,7 @@ func (n *Node) maybeGoLive() bool {
 	if n.role != RoleCandidate || n.grantEpoch == 0 {
 		return false
 	}
-	if n.sphase == sReplaying && (len(n.rlog) > 0 && len(n.pending) == 0) {
+	if n.sphase == sReplaying && len(n.rlog) > 0 && !n.cfg.Bugs.GoLiveBeforeDrain {
 		return false
 	}
 	if n.sphase != sReplaying && n.sphase != sDiverged {

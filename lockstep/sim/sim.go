@@ -35,6 +35,9 @@ type Options struct {
 	// Fault rates, in parts per 10,000 steps (or guest exits, for
 	// divergence).
 	CrashPer10k, PartitionPer10k, HealPer10k, DivergePer10k int
+	// DivergeInReceiptMode injects divergence in ack-on-receipt runs too
+	// (off by default: that mode assumes deterministic replay).
+	DivergeInReceiptMode bool
 	// TickEverySteps is how many steps make one protocol tick.
 	TickEverySteps int
 	// RestartDelaySteps is how long a crashed or halted host stays down
@@ -397,7 +400,7 @@ func (s *Sim) guestStep(h *host) {
 		s.chk.primaryState(h, h.node.Status().LastSeq)
 		return
 	}
-	if s.opts.Faults && s.opts.Mode == lockstep.AckOnCompare && s.now <= s.opts.SafetySteps && s.chance(s.opts.DivergePer10k) {
+	if s.opts.Faults && (s.opts.Mode == lockstep.AckOnCompare || s.opts.DivergeInReceiptMode) && s.now <= s.opts.SafetySteps && s.chance(s.opts.DivergePer10k) {
 		s.Diverge(h.idx)
 		isOut, kd = g.next()
 	}

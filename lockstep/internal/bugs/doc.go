@@ -16,4 +16,7 @@ type Set struct {
 	AckBeforeAppend bool
 	// ResyncWithoutPause: the primary takes a checkpoint while its vCPU runs.
 	ResyncWithoutPause bool
+	// GoLiveBeforeDrain: a granted candidate goes live without consuming
+	// the rest of its log.
+	GoLiveBeforeDrain bool
 }
