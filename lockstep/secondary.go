@@ -15,13 +15,10 @@ func (n *Node) NextInput(exitIndex uint64, kind uint16) ([]byte, Result) {
 	case RoleHalted:
 		return nil, NotYet
 	}
-	if n.sphase != sReplaying || len(n.pending) > 0 {
-		return nil, NotYet
+	if n.drained() && n.maybeGoLive() {
+		return nil, Live
 	}
-	if len(n.rlog) == 0 {
-		if n.maybeGoLive() {
-			return nil, Live
-		}
+	if n.sphase != sReplaying || len(n.pending) > 0 || len(n.rlog) == 0 {
 		return nil, NotYet
 	}
 	e, ok := n.rlog[0].(*wire.Entry)
@@ -43,11 +40,11 @@ func (n *Node) ReplayOutput(exitIndex uint64, device uint16, data []byte) (uint6
 	case RoleHalted:
 		return 0, NotYet
 	}
+	if n.drained() && n.maybeGoLive() {
+		return 0, Live
+	}
 	if n.sphase != sReplaying || len(n.pending) >= n.cfg.MaxPendingOutputs {
 		return 0, NotYet
-	}
-	if len(n.rlog) == 0 && n.maybeGoLive() {
-		return 0, Live
 	}
 	n.nextID++
 	n.pending = append(n.pending, held{id: n.nextID, seq: exitIndex, device: device, data: clone(data)})
@@ -368,6 +365,12 @@ func (n *Node) CheckpointRestored(id uint64) error {
 	return nil
 }
 
+// drained reports whether replay has used all of the log it can: everything
+// received, or everything up to a divergence.
+func (n *Node) drained() bool {
+	return n.sphase == sReplaying && len(n.rlog) == 0 || n.sphase == sDiverged
+}
+
 // maybeGoLive makes a granted candidate the primary once it has consumed
 // all of the log it will ever use: everything received, or everything up to
 // a divergence (the rest came from an execution it no longer follows).
@@ -375,10 +378,7 @@ func (n *Node) maybeGoLive() bool {
 	if n.role != RoleCandidate || n.grantEpoch == 0 {
 		return false
 	}
-	if n.sphase == sReplaying && len(n.rlog) > 0 && !n.cfg.Bugs.GoLiveBeforeDrain {
-		return false
-	}
-	if n.sphase != sReplaying && n.sphase != sDiverged {
+	if !n.drained() && !(n.cfg.Bugs.GoLiveBeforeDrain && n.sphase == sReplaying) {
 		return false
 	}
 	n.role = RolePrimary
