@@ -79,6 +79,7 @@ type incState struct {
 	delivered  map[uint64]bool
 	frontier   uint64
 	produced   map[uint64][]byte // output index → bytes its guest produced
+	repeats    int               // outputs it released that the world had seen
 }
 
 func newChecker(s *Sim) *checker {
@@ -244,6 +245,12 @@ func (c *checker) release(h *host, o lockstep.Output) {
 			c.violate(Consistency, "%s released output %d twice", h.name, idx)
 		} else {
 			c.repeats++
+			// Repeats come from not knowing what the old primary released;
+			// that uncertainty is bounded by the log window.
+			st.repeats++
+			if w := c.s.opts.Node.LogWindowEntries; st.repeats > w {
+				c.violate(Consistency, "%s repeated %d outputs, more than the log window of %d can explain", h.name, st.repeats, w)
+			}
 		}
 	case idx == uint64(len(c.world)):
 		c.world = append(c.world, o.Data)
