@@ -99,7 +99,7 @@ func (n *Node) diverge(reason wire.ResyncReason) {
 }
 
 func (n *Node) flushAck() {
-	if !n.ackDue || n.role != RoleSecondary {
+	if !n.ackDue || n.role != RoleSecondary || (n.sphase != sReplaying && n.sphase != sDiverged) {
 		n.ackDue = false
 		return
 	}
