@@ -264,8 +264,14 @@ func (n *Node) stepChunk(m *wire.CheckpointChunk) error {
 		}
 		n.asm = assembly{id: m.ID, chunks: map[uint64][]byte{}}
 	}
-	if _, dup := n.asm.chunks[m.Offset]; dup {
+	if _, dup := n.asm.chunks[m.Offset]; dup || len(m.Data) == 0 && m.Offset != 0 {
 		return nil
+	}
+	// Both hosts chunk with the same CheckpointChunkBytes, so more chunks
+	// than this is a peer filling our memory with slivers.
+	if maxChunks := n.cfg.MaxCheckpointBytes/n.cfg.CheckpointChunkBytes + 1; len(n.asm.chunks) >= maxChunks {
+		n.asm = assembly{}
+		return fmt.Errorf("lockstep: checkpoint %d arrives in more than %d chunks: set the same CheckpointChunkBytes on both hosts", m.ID, maxChunks)
 	}
 	if n.asm.bytes+uint64(len(m.Data)) > uint64(n.cfg.MaxCheckpointBytes) {
 		n.asm = assembly{}
@@ -322,7 +328,7 @@ func (n *Node) tryRestore() error {
 		n.asm = assembly{}
 		return fmt.Errorf("lockstep: checkpoint %d digest mismatch; waiting for a retransmission", a.id)
 	}
-	released, outs, rest, err := parseCheckpointHeader(buf, n.cfg.LogWindowEntries)
+	released, outs, rest, err := parseCheckpointHeader(buf, 2*n.cfg.LogWindowEntries)
 	if err != nil {
 		n.asm = assembly{}
 		return err
