@@ -151,7 +151,10 @@ func (n *Node) stepSecondary(m wire.Msg) error {
 		}
 		n.epoch, n.fence = h.Epoch, h.Fence
 	}
-	if _, ok := m.(*wire.Fence); ok {
+	switch m.(type) {
+	case *wire.Fence, *wire.Hello, *wire.Ack, *wire.ResyncRequest:
+		// Not from a primary: another secondary (say, our old primary
+		// restarted as a joiner) must not keep our failure detector quiet.
 		return nil
 	}
 	n.ticksSincePeer = 0

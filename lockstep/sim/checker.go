@@ -245,11 +245,13 @@ func (c *checker) release(h *host, o lockstep.Output) {
 			c.violate(Consistency, "%s released output %d twice", h.name, idx)
 		} else {
 			c.repeats++
-			// Repeats come from not knowing what the old primary released;
-			// that uncertainty is bounded by the log window.
+			// Repeats come from not knowing what the old primary released:
+			// at most the copies a secondary keeps (a window of log it
+			// received past the last heartbeat, a window of outputs held
+			// across a checkpoint) and its outputs still awaiting records.
 			st.repeats++
-			if w := c.s.opts.Node.LogWindowEntries; st.repeats > w {
-				c.violate(Consistency, "%s repeated %d outputs, more than the log window of %d can explain", h.name, st.repeats, w)
+			if w := 2*c.s.opts.Node.LogWindowEntries + c.s.opts.Node.MaxPendingOutputs; st.repeats > w {
+				c.violate(Consistency, "%s repeated %d outputs, more than its copies (at most %d) can explain", h.name, st.repeats, w)
 			}
 		}
 	case idx == uint64(len(c.world)):

@@ -14,7 +14,15 @@ var (
 	flagFirst = flag.Uint64("sim.first", 1, "first seed for TestSimSeeds")
 	flagSeed  = flag.Int64("sim.seed", -1, "run only this seed, printing its trace")
 	flagMode  = flag.String("sim.mode", "both", "ack mode to simulate: compare, receipt or both")
+	flagHarsh = flag.Bool("sim.harsh", false, "with -sim.seed: use TestSimHarsh's fault regime")
 )
+
+func options(mode lockstep.Mode) Options {
+	if *flagHarsh {
+		return harshOptions(mode)
+	}
+	return DefaultOptions(mode)
+}
 
 // CI seed counts per mode: 3,000 seeds in all without the race detector,
 // 1,500 with it (the detector makes the simulator about six times slower;
@@ -42,7 +50,7 @@ func modes(t *testing.T) []lockstep.Mode {
 func TestSimSeeds(t *testing.T) {
 	if *flagSeed >= 0 {
 		for _, mode := range modes(t) {
-			o := DefaultOptions(mode)
+			o := options(mode)
 			o.Trace = func(s string) { fmt.Println(s) }
 			r := Run(uint64(*flagSeed), o)
 			if r.Failed() {

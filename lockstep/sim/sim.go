@@ -362,15 +362,19 @@ func (s *Sim) injectFaults() {
 
 func (s *Sim) pairHealthy() bool {
 	var p, sec bool
-	for _, h := range s.hosts {
+	var epochs [2]uint64
+	for i, h := range s.hosts {
 		if h.node == nil {
 			return false
 		}
 		st := h.node.Status()
+		epochs[i] = st.Epoch
 		p = p || st.Role == lockstep.RolePrimary && (st.Protected || st.Syncing)
 		sec = sec || st.Role == lockstep.RoleSecondary && st.Synced
 	}
-	return p && sec
+	// A secondary synced to an older epoch of the primary holds a state
+	// the primary has moved past: it is about to rejoin, not to take over.
+	return p && sec && epochs[0] == epochs[1]
 }
 
 func (s *Sim) guestStep(h *host) {
