@@ -249,3 +249,38 @@ func TestPrimaryAloneAfterSecondaryTimeout(t *testing.T) {
 		t.Fatalf("after the grant: %+v, want the held output released in epoch 2", rd.Release)
 	}
 }
+
+// Outputs held across a resync fill the window; releasing them at the
+// restore confirmation must also unstall the vCPU (found by the harsh
+// simulator regime: the pair sat protected and stalled forever).
+func TestResyncReleaseUnstalls(t *testing.T) {
+	p, _ := pair(t, AckOnCompare)
+	for i := range 4 {
+		p.HoldOutput(uint64(i), 0, []byte{byte(i)})
+	}
+	take(p)
+	if !p.Status().Stalled {
+		t.Fatal("a window of held outputs did not stall")
+	}
+	h := wire.Header{Epoch: 1, Fence: 7}
+	_ = p.Step(&wire.ResyncRequest{Header: h, Reason: wire.ResyncOutputMismatch, AtSeq: 4})
+	var id uint64
+	for _, c := range take(p).Commands {
+		if c.Kind == CmdTakeCheckpoint {
+			id = c.Checkpoint.ID
+		}
+	}
+	if err := p.CheckpointTaken(id, []byte("s")); err != nil {
+		t.Fatal(err)
+	}
+	take(p)
+	_ = p.Step(&wire.CheckpointDone{Header: h, ID: id, Seq: p.Status().LastSeq, Restored: true})
+	rd := take(p)
+	var unstalled bool
+	for _, c := range rd.Commands {
+		unstalled = unstalled || c.Kind == CmdUnstall
+	}
+	if len(rd.Release) != 4 || !unstalled || p.Status().Stalled {
+		t.Fatalf("after the confirmation: %d released, unstall=%v; want 4 released and the vCPU unstalled", len(rd.Release), unstalled)
+	}
+}

@@ -95,6 +95,9 @@ func (n *Node) releaseEligible() {
 		k++
 	}
 	n.releaseHead(k)
+	// Held outputs count against the window too: releasing them may be
+	// what lets the vCPU run again.
+	n.updateStall()
 }
 
 func (n *Node) mayRelease(seq uint64) bool {
