@@ -7,13 +7,15 @@ import (
 )
 
 // harshOptions is a second fault regime: a lossy, slow, reordering network
-// with frequent partitions and crashes, and a tiny log window, so timeouts,
-// retransmissions and flow control are hit far more often than by default.
+// with frequent partitions and crashes, agents slow to act on Ready, and a
+// tiny log window, so timeouts, retransmissions and flow control are hit far
+// more often than by default.
 func harshOptions(mode lockstep.Mode) Options {
 	o := DefaultOptions(mode)
 	o.LossPct, o.DupPct, o.MaxDelaySteps = 20, 10, 15
 	o.CrashPer10k, o.PartitionPer10k, o.HealPer10k = 40, 60, 100
 	o.DivergePer10k = 150
+	o.AgentLagPct = 30
 	o.Node.LogWindowEntries = 8
 	o.Node.MaxPendingOutputs = 4
 	o.Node.PeerTimeoutTicks = 8

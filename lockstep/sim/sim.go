@@ -38,6 +38,9 @@ type Options struct {
 	// DivergeInReceiptMode injects divergence in ack-on-receipt runs too
 	// (off by default: that mode assumes deterministic replay).
 	DivergeInReceiptMode bool
+	// AgentLagPct is the chance, per host and step, that its agent does not
+	// get to the node's Ready this step (the vCPU runs on meanwhile).
+	AgentLagPct int
 	// TickEverySteps is how many steps make one protocol tick.
 	TickEverySteps int
 	// RestartDelaySteps is how long a crashed or halted host stays down
@@ -330,7 +333,9 @@ func (s *Sim) step() {
 		}
 	}
 	for _, i := range order {
-		s.drain(s.hosts[i])
+		if s.opts.AgentLagPct == 0 || s.rng.IntN(100) >= s.opts.AgentLagPct {
+			s.drain(s.hosts[i])
+		}
 	}
 }
 
