@@ -298,7 +298,7 @@ func (n *Node) CheckpointTaken(id uint64, data []byte) error {
 	if len(payload) > n.cfg.MaxCheckpointBytes {
 		return fmt.Errorf("lockstep: checkpoint of %d bytes exceeds MaxCheckpointBytes %d: raise the bound on both hosts", len(payload), n.cfg.MaxCheckpointBytes)
 	}
-	for off := 0; off < len(payload) || off == 0; off += n.cfg.CheckpointChunkBytes {
+	for off := 0; ; off += n.cfg.CheckpointChunkBytes {
 		end := min(off+n.cfg.CheckpointChunkBytes, len(payload))
 		n.ckptFrames = append(n.ckptFrames, &wire.CheckpointChunk{ID: id, Seq: n.ckptSeq, Offset: uint64(off), Data: payload[off:end]})
 		if end == len(payload) {

@@ -57,6 +57,11 @@ func (n *Node) ReplayOutput(exitIndex uint64, device uint16, data []byte) (uint6
 
 // comparePending compares the VM's outputs with the records that have
 // arrived, in order. pending[i].seq holds the exit index until matched.
+//
+// On a match the copy is dropped only once the primary reports it released
+// (Heartbeat.ReleasedThrough): until then it is the one proof this node has
+// of an output the world may have seen, and it must repeat it if it goes
+// live.
 func (n *Node) comparePending() {
 	for len(n.pending) > 0 && len(n.rlog) > 0 && n.sphase == sReplaying {
 		p := n.pending[0]
