@@ -1,0 +1,122 @@
+package lockstep
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/ftvm/ftvm/lockstep/internal/bugs"
+	"github.com/ftvm/ftvm/lockstep/wire"
+)
+
+// Mode says when a primary may release a held output.
+type Mode uint8
+
+const (
+	// AckOnReceipt releases an output once every log item before it has
+	// reached the secondary. Lowest latency; assumes replay is deterministic.
+	AckOnReceipt Mode = 1 + iota
+	// AckOnCompare releases an output once the secondary has reproduced it
+	// with the same digest: divergence is caught before anything leaves.
+	AckOnCompare
+)
+
+func (m Mode) String() string {
+	switch m {
+	case AckOnReceipt:
+		return "ack-on-receipt"
+	case AckOnCompare:
+		return "ack-on-compare"
+	}
+	return fmt.Sprintf("mode(%d)", uint8(m))
+}
+
+// Defaults for Config fields left zero. Times are in Ticks: the agent decides
+// how long a tick is (the simulator uses a few steps of its clock).
+const (
+	DefaultLogWindowEntries     = 256
+	DefaultHeartbeatTicks       = 2
+	DefaultRetransmitTicks      = 3
+	DefaultPeerTimeoutTicks     = 12
+	DefaultRetransmitBurstItems = 64
+	DefaultCheckpointChunkBytes = 64 << 10
+	DefaultMaxCheckpointBytes   = 256 << 20
+	DefaultMaxPendingOutputs    = 64
+)
+
+// Config configures a Node. Zero fields take the defaults above.
+type Config struct {
+	// VMID names the protected VM; a Hello for another VM is refused.
+	VMID string
+	// Role the node starts in: wire.RolePrimary runs the VM and first asks
+	// the arbiter for epoch 1; wire.RoleSecondary joins a primary.
+	Role wire.Role
+	Mode Mode
+	// LogWindowEntries bounds the log items a primary keeps for a secondary
+	// that has not acknowledged them (and the items a secondary keeps
+	// unreplayed). At the bound the primary stalls its vCPU.
+	LogWindowEntries int
+	// HeartbeatTicks is how often each side shows it is alive.
+	HeartbeatTicks int
+	// RetransmitTicks is how long without progress before resending.
+	RetransmitTicks int
+	// PeerTimeoutTicks without hearing the peer declares it dead.
+	PeerTimeoutTicks int
+	// RetransmitBurstItems bounds how many log items one retransmission sends.
+	RetransmitBurstItems int
+	// CheckpointChunkBytes is the payload size of one checkpoint chunk.
+	CheckpointChunkBytes int
+	// MaxCheckpointBytes bounds a checkpoint a secondary will assemble.
+	MaxCheckpointBytes int
+	// MaxPendingOutputs bounds the outputs a secondary's VM may produce
+	// before the primary's record of them arrives.
+	MaxPendingOutputs int
+	// SendOutputData ships output bytes, not only their digest, in records.
+	SendOutputData bool
+
+	// Bugs plants known bugs; nil in production. Only tests under lockstep/
+	// can set it.
+	Bugs *bugs.Set
+}
+
+func (c *Config) fill() error {
+	if c.VMID == "" || len(c.VMID) > wire.MaxVMIDBytes {
+		return fmt.Errorf("lockstep: VMID %q must be 1..%d bytes", c.VMID, wire.MaxVMIDBytes)
+	}
+	if c.Role != wire.RolePrimary && c.Role != wire.RoleSecondary {
+		return errors.New("lockstep: Role must be wire.RolePrimary or wire.RoleSecondary")
+	}
+	if c.Mode != AckOnReceipt && c.Mode != AckOnCompare {
+		return errors.New("lockstep: Mode must be AckOnReceipt or AckOnCompare")
+	}
+	def := func(v *int, d int) {
+		if *v == 0 {
+			*v = d
+		}
+	}
+	def(&c.LogWindowEntries, DefaultLogWindowEntries)
+	def(&c.HeartbeatTicks, DefaultHeartbeatTicks)
+	def(&c.RetransmitTicks, DefaultRetransmitTicks)
+	def(&c.PeerTimeoutTicks, DefaultPeerTimeoutTicks)
+	def(&c.RetransmitBurstItems, DefaultRetransmitBurstItems)
+	def(&c.CheckpointChunkBytes, DefaultCheckpointChunkBytes)
+	def(&c.MaxCheckpointBytes, DefaultMaxCheckpointBytes)
+	def(&c.MaxPendingOutputs, DefaultMaxPendingOutputs)
+	if c.CheckpointChunkBytes > wire.MaxChunkDataBytes {
+		return fmt.Errorf("lockstep: CheckpointChunkBytes %d exceeds wire.MaxChunkDataBytes %d", c.CheckpointChunkBytes, wire.MaxChunkDataBytes)
+	}
+	if c.MaxCheckpointBytes > wire.MaxCheckpointBytes {
+		return fmt.Errorf("lockstep: MaxCheckpointBytes %d exceeds wire.MaxCheckpointBytes %d", c.MaxCheckpointBytes, wire.MaxCheckpointBytes)
+	}
+	if c.PeerTimeoutTicks <= 2*c.HeartbeatTicks {
+		return fmt.Errorf("lockstep: PeerTimeoutTicks %d must exceed twice HeartbeatTicks %d, or one lost heartbeat looks like a death", c.PeerTimeoutTicks, c.HeartbeatTicks)
+	}
+	for _, v := range []int{c.LogWindowEntries, c.HeartbeatTicks, c.RetransmitTicks, c.RetransmitBurstItems, c.CheckpointChunkBytes, c.MaxCheckpointBytes, c.MaxPendingOutputs} {
+		if v < 0 {
+			return errors.New("lockstep: Config bounds must not be negative")
+		}
+	}
+	if c.Bugs == nil {
+		c.Bugs = &bugs.Set{}
+	}
+	return nil
+}

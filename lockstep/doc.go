@@ -1,0 +1,55 @@
+// Package lockstep is the quasi-lockstep protocol between a primary and a
+// secondary host of one VM, as a pure state machine in the style of
+// etcd-io/raft: it does no I/O, starts no goroutines and never reads the
+// clock. The agent feeds it messages (Step), logical time (Tick) and the
+// VM's exits (RecordInput/HoldOutput on the primary, NextInput/ReplayOutput
+// on the secondary), and performs what Ready asks, in the order documented
+// on Ready's fields, before calling Advance:
+//
+//	for {
+//		select {
+//		case <-ticker.C:
+//			n.Tick()
+//		case m := <-recv:
+//			n.Step(m)
+//		}
+//		for n.HasReady() {
+//			rd := n.Ready()
+//			run(rd.Commands); release(rd.Release); discard(rd.Drop); send(rd.Messages)
+//			n.Advance(rd)
+//		}
+//	}
+//
+// # Protocol
+//
+// The primary logs every nondeterministic input as a wire.Entry and every
+// output as a wire.Output record (digest, not data) in one sequence, ships
+// them, and holds the output's bytes. It releases a held output
+// (Ready.Release) when the Mode allows: AckOnReceipt once the secondary has
+// acknowledged every log item before it, AckOnCompare once the secondary has
+// reproduced the output with the same digest. When the secondary lags
+// LogWindowEntries behind, Ready stalls the vCPU (CmdStall).
+//
+// The secondary appends items only in order, acknowledges cumulatively,
+// feeds inputs to its VM and compares each output with the record. An input
+// asked for at the wrong exit or of the wrong kind, or an output that does
+// not match, is a divergence: it sends a wire.ResyncRequest and stops. The
+// primary pauses, takes a checkpoint (CmdPause, CmdTakeCheckpoint), ships it
+// in chunks; the secondary restores it (CmdRestoreCheckpoint) and confirms;
+// only then does the primary release what it held and resume. A new
+// secondary joins the same way from a full checkpoint.
+//
+// Each side counts ticks since it last heard the other. A secondary that
+// times out becomes a candidate: it stops acknowledging, consumes the rest
+// of its log and asks the arbiter for the next epoch (CmdAcquire); it goes
+// live (CmdGoLive) only if granted, and then releases the outputs the old
+// primary may have released and it reproduced (a repeat is possible, a loss
+// is not). A primary that times out asks the arbiter for the next epoch to go
+// on unprotected; if refused, or if it meets a newer epoch, it halts
+// (CmdHalt) and releases nothing more. Every message carries the sender's
+// epoch and fence token; a message from an older epoch is refused with a
+// wire.Fence.
+//
+// The simulator in lockstep/sim drives two nodes through a seeded network,
+// arbiter and guest and checks the protocol's promises from outside.
+package lockstep

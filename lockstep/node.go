@@ -1,0 +1,371 @@
+package lockstep
+
+import (
+	"bytes"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+
+	"github.com/ftvm/ftvm/lockstep/wire"
+)
+
+// Role is where a node stands in the protocol.
+type Role uint8
+
+// Roles.
+const (
+	RolePrimary Role = 1 + iota
+	RoleSecondary
+	// RoleCandidate is a secondary that declared its primary dead and is
+	// consuming the rest of the log while it asks the arbiter to go live.
+	RoleCandidate
+	// RoleHalted never acts again.
+	RoleHalted
+)
+
+func (r Role) String() string {
+	switch r {
+	case RolePrimary:
+		return "primary"
+	case RoleSecondary:
+		return "secondary"
+	case RoleCandidate:
+		return "candidate"
+	case RoleHalted:
+		return "halted"
+	}
+	return "role?"
+}
+
+// Result is the answer to NextInput and ReplayOutput.
+type Result uint8
+
+const (
+	// OK: the input is in data, or the output was accepted.
+	OK Result = 1 + iota
+	// NotYet: the log does not reach this exit yet (or a checkpoint is on
+	// its way); keep the vCPU at this exit and ask again after the next Ready.
+	NotYet
+	// Diverged: the replica asked for something the log does not have at
+	// this point; a resync has been requested. Ask again later.
+	Diverged
+	// Live: this node is primary now; serve the exit from live devices
+	// (RecordInput / HoldOutput) instead.
+	Live
+)
+
+func (r Result) String() string {
+	return [...]string{"?", "ok", "not-yet", "diverged", "live"}[min(int(r), 4)]
+}
+
+// Errors callers can test for.
+var (
+	ErrHalted     = errors.New("lockstep: node halted")
+	ErrStaleEpoch = errors.New("lockstep: message from an older epoch refused")
+	ErrWrongRole  = errors.New("lockstep: call not valid in this role")
+)
+
+// primary phases
+type pPhase uint8
+
+const (
+	pAcquiring pPhase = iota // waiting for the arbiter; outputs held
+	pAlone                   // granted, no secondary: release at once
+	pSyncing                 // checkpoint under way to a secondary; outputs held
+	pProtected               // secondary in step; release by Mode
+)
+
+// secondary phases
+type sPhase uint8
+
+const (
+	sJoining   sPhase = iota // hello sent, waiting for a full checkpoint
+	sRestoring               // restore command given, waiting for the agent
+	sReplaying               // replaying the log
+	sDiverged                // resync requested, waiting for a checkpoint
+)
+
+type held struct {
+	id     uint64
+	seq    uint64
+	device uint16
+	data   []byte
+}
+
+// Node is one side of a protected VM. It is not safe for concurrent use: the
+// agent calls it from one goroutine (or under one lock).
+type Node struct {
+	cfg   Config
+	role  Role
+	epoch uint64
+	fence uint64
+
+	// Pending effects, handed out by Ready and cleared by Advance.
+	rd Ready
+
+	ticksSincePeer      int
+	ticksSinceSend      int // since our last heartbeat-like message
+	ticksRetry          int // since progress on what we retransmit
+	ticksSinceHeartbeat int
+
+	nextID uint64
+
+	// Arbiter request in flight (0: none).
+	acquireEpoch uint64
+	acquireErr   bool
+
+	// Primary state.
+	pphase         pPhase
+	lastSeq        uint64     // last log position assigned
+	log            []wire.Msg // items after acked, kept for the secondary
+	acked          uint64     // secondary's cumulative receipt
+	compared       uint64     // secondary's cumulative compare
+	replayed       uint64     // how far the secondary VM has consumed the log
+	ticksSinceSync int        // since the last restore confirmation
+	held           []held     // outputs not yet released, in seq order
+	released       uint64     // seq of the last released output
+	stalled        bool
+	paused         bool
+	ckptID         uint64
+	ckptSeq        uint64
+	ckptFull       bool
+	ckptTaking     bool
+	ckptFrames     []wire.Msg // chunks and done of the checkpoint being shipped
+	hadPeer        bool       // a secondary was attached when acquiring began
+
+	// Secondary state.
+	sphase          sPhase
+	rlog            []wire.Msg          // received items from cursor on
+	ooo             map[uint64]wire.Msg // items received ahead of a gap
+	received        uint64              // last contiguous position appended
+	cursor          uint64              // next position the VM consumes
+	sCompared       uint64
+	primaryReleased uint64
+	pending         []held // VM outputs whose record has not arrived
+	copies          []held // outputs reproduced; the primary may have released them
+	ackDue          bool
+	ackSeen         uint64 // AckBeforeAppend bug: highest seq seen
+	asm             assembly
+	restoredID      uint64
+	restoredSeq     uint64
+	grantEpoch      uint64
+	grantFence      uint64
+}
+
+type assembly struct {
+	id     uint64
+	seq    uint64
+	total  uint64
+	done   bool
+	full   bool
+	digest [wire.DigestBytes]byte
+	chunks map[uint64][]byte
+	bytes  uint64
+}
+
+// NewNode returns a node in cfg.Role. A primary starts by asking the arbiter
+// for epoch 1 (see Ready); a secondary starts by sending Hello.
+func NewNode(cfg Config) (*Node, error) {
+	if err := cfg.fill(); err != nil {
+		return nil, err
+	}
+	n := &Node{cfg: cfg}
+	switch cfg.Role {
+	case wire.RolePrimary:
+		n.role = RolePrimary
+		n.acquire(1)
+	case wire.RoleSecondary:
+		n.role = RoleSecondary
+		n.sphase = sJoining
+		n.send(n.hello())
+	}
+	return n, nil
+}
+
+// Status is a read-only view for agents, metrics and tests.
+type Status struct {
+	Role      Role
+	Epoch     uint64
+	Fence     uint64
+	Protected bool   // primary: a secondary is in step
+	Syncing   bool   // primary: a checkpoint is under way to a secondary
+	Synced    bool   // secondary: holds a restored checkpoint
+	LastSeq   uint64 // primary: last log position; secondary: last received
+	Acked     uint64
+	Held      int
+	LogItems  int
+	Stalled   bool
+	Paused    bool
+}
+
+// Status reports the node's state.
+func (n *Node) Status() Status {
+	s := Status{Role: n.role, Epoch: n.epoch, Fence: n.fence, Stalled: n.stalled, Paused: n.paused, Held: len(n.held)}
+	switch n.role {
+	case RolePrimary:
+		s.Protected = n.pphase == pProtected
+		s.Syncing = n.pphase == pSyncing
+		s.LastSeq, s.Acked, s.LogItems = n.lastSeq, n.acked, len(n.log)
+	case RoleSecondary, RoleCandidate:
+		s.Synced = n.sphase == sReplaying || n.sphase == sDiverged
+		s.LastSeq, s.LogItems = n.received, len(n.rlog)
+	}
+	return s
+}
+
+// HasReady reports whether Ready has anything to do.
+func (n *Node) HasReady() bool {
+	n.flushAck()
+	return !n.rd.IsEmpty()
+}
+
+// Ready returns the pending work. Call Advance with it once done.
+func (n *Node) Ready() Ready {
+	n.flushAck()
+	return n.rd
+}
+
+// Advance tells the node the agent performed rd.
+//
+// Slices in rd are reused by the node after Advance: copy what must outlive it.
+func (n *Node) Advance(rd Ready) {
+	n.rd.Commands = advance(n.rd.Commands, len(rd.Commands))
+	n.rd.Release = advance(n.rd.Release, len(rd.Release))
+	n.rd.Drop = advance(n.rd.Drop, len(rd.Drop))
+	n.rd.Messages = advance(n.rd.Messages, len(rd.Messages))
+}
+
+// advance removes the first k items, reusing the array once it is empty so
+// a steady state allocates nothing. k may exceed len(s) when a halt dropped
+// pending releases between Ready and Advance.
+func advance[T any](s []T, k int) []T {
+	if k >= len(s) {
+		clear(s)
+		return s[:0]
+	}
+	return s[k:]
+}
+
+func (n *Node) send(m wire.Msg) {
+	h := m.Head()
+	h.Epoch, h.Fence = n.epoch, n.fence
+	n.rd.Messages = append(n.rd.Messages, m)
+	n.ticksSinceSend = 0
+}
+
+func (n *Node) command(c Command) { n.rd.Commands = append(n.rd.Commands, c) }
+
+func (n *Node) hello() *wire.Hello {
+	r := wire.RolePrimary
+	if n.role != RolePrimary {
+		r = wire.RoleSecondary
+	}
+	return &wire.Hello{ProtocolVersion: wire.ProtocolVersion, VMID: n.cfg.VMID, Role: r}
+}
+
+func (n *Node) acquire(epoch uint64) {
+	n.acquireEpoch = epoch
+	n.acquireErr = false
+	n.ticksRetry = 0
+	n.command(Command{Kind: CmdAcquire, Epoch: epoch})
+}
+
+func (n *Node) halt(reason string) {
+	if n.role == RoleHalted {
+		return
+	}
+	n.role = RoleHalted
+	// Nothing held may leave any more, not even what a Ready not yet
+	// handed out meant to release.
+	for _, o := range n.rd.Release {
+		n.rd.Drop = append(n.rd.Drop, o.ID)
+	}
+	n.rd.Release = n.rd.Release[:0]
+	for _, h := range n.held {
+		n.rd.Drop = append(n.rd.Drop, h.id)
+	}
+	for _, h := range n.copies {
+		n.rd.Drop = append(n.rd.Drop, h.id)
+	}
+	n.held, n.copies, n.pending, n.log, n.rlog, n.ckptFrames = nil, nil, nil, nil, nil, nil
+	n.command(Command{Kind: CmdHalt, Reason: reason})
+}
+
+// Tick advances logical time by one tick.
+func (n *Node) Tick() {
+	if n.role == RoleHalted {
+		return
+	}
+	n.ticksSincePeer++
+	n.ticksSinceSend++
+	n.ticksRetry++
+	n.ticksSinceSync++
+	n.ticksSinceHeartbeat++
+	if n.acquireEpoch != 0 && n.acquireErr && n.ticksRetry >= n.cfg.RetransmitTicks {
+		n.acquire(n.acquireEpoch)
+	}
+	if n.role == RolePrimary {
+		n.tickPrimary()
+	} else {
+		n.tickSecondary()
+	}
+}
+
+// Step feeds one message from the peer.
+func (n *Node) Step(m wire.Msg) error {
+	if n.role == RoleHalted {
+		return ErrHalted
+	}
+	h := m.Head()
+	if hello, ok := m.(*wire.Hello); ok {
+		if hello.VMID != n.cfg.VMID {
+			return fmt.Errorf("lockstep: hello for VM %q reached the node of VM %q: check the peer address", hello.VMID, n.cfg.VMID)
+		}
+		if hello.ProtocolVersion != wire.ProtocolVersion {
+			return fmt.Errorf("lockstep: peer speaks protocol %d, this node %d: run the same ftvm version on both hosts", hello.ProtocolVersion, wire.ProtocolVersion)
+		}
+	}
+	if h.Epoch < n.epoch {
+		// A joiner's hello carries whatever epoch it knew; it is how a node
+		// comes back, so it is not refused.
+		if _, ok := m.(*wire.Hello); !ok || n.role != RolePrimary {
+			if _, isFence := m.(*wire.Fence); !isFence {
+				n.send(&wire.Fence{RefusedEpoch: h.Epoch})
+			}
+			return fmt.Errorf("%w: %s of epoch %d, node is at %d", ErrStaleEpoch, m.Type(), h.Epoch, n.epoch)
+		}
+	}
+	if n.role == RolePrimary {
+		return n.stepPrimary(m)
+	}
+	return n.stepSecondary(m)
+}
+
+// ArbiterResult delivers the answer to a CmdAcquire.
+func (n *Node) ArbiterResult(epoch uint64, granted bool, fence uint64, err error) {
+	if n.role == RoleHalted || epoch != n.acquireEpoch {
+		return
+	}
+	if err != nil {
+		n.acquireErr = true // retried after RetransmitTicks
+		return
+	}
+	n.acquireEpoch = 0
+	if !granted && !n.cfg.Bugs.SkipFenceCheck {
+		n.halt(fmt.Sprintf("arbiter refused epoch %d: another host is primary", epoch))
+		return
+	}
+	if n.role == RolePrimary {
+		n.epoch, n.fence = epoch, fence
+		n.goAlone()
+		return
+	}
+	if n.role == RoleCandidate {
+		n.grantEpoch, n.grantFence = epoch, fence
+		n.maybeGoLive()
+	}
+}
+
+func digest(b []byte) [wire.DigestBytes]byte { return sha256.Sum256(b) }
+
+func clone(b []byte) []byte { return bytes.Clone(b) }

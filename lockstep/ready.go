@@ -1,0 +1,100 @@
+package lockstep
+
+import "github.com/ftvm/ftvm/lockstep/wire"
+
+// Ready is the work a Node asks its agent to do. The agent performs it in
+// the order of the fields below, then calls Advance with the same Ready.
+type Ready struct {
+	// Commands for the VMM and the arbiter, performed in order and before
+	// anything below: Pause must have stopped the vCPU before
+	// TakeCheckpoint copies its state, RestoreCheckpoint must finish before
+	// Resume, and GoLive must switch the VMM from replay to live devices
+	// before the outputs in Release reach them.
+	Commands []Command
+	// Release lists outputs to hand to their device backends, in order.
+	// This is the only way an output leaves: the node has checked the
+	// mode's condition. Performed after Commands; a Ready that carries
+	// Halt never carries a Release.
+	Release []Output
+	// Drop lists output IDs whose copies the agent may discard: held
+	// outputs of a node that halted, or a secondary's copies the primary
+	// has released. Never to be sent anywhere.
+	Drop []uint64
+	// Messages to send to the peer, after Commands are done (a restore
+	// confirmation or go-live notice must not overtake the act it reports).
+	// Messages may be lost or reordered; the protocol retransmits.
+	Messages []wire.Msg
+}
+
+// IsEmpty reports whether the Ready asks for nothing.
+func (rd *Ready) IsEmpty() bool {
+	return len(rd.Commands) == 0 && len(rd.Release) == 0 && len(rd.Drop) == 0 && len(rd.Messages) == 0
+}
+
+// Output is an output the agent must hand to its device backend.
+type Output struct {
+	ID     uint64
+	Seq    uint64 // log position of the output's record
+	Device uint16
+	Data   []byte
+	Epoch  uint64 // epoch under which it is released
+	Fence  uint64 // fence token to present to a fencing backend
+}
+
+// CommandKind names a command in Ready.Commands.
+type CommandKind uint8
+
+// Commands a Node can give.
+const (
+	// CmdStall stops the vCPU because the secondary lags a full log window
+	// behind; CmdUnstall lets it run again.
+	CmdStall CommandKind = 1 + iota
+	CmdUnstall
+	// CmdPause stops the vCPU for a checkpoint; CmdResume restarts it.
+	CmdPause
+	CmdResume
+	// CmdTakeCheckpoint asks for a checkpoint of the paused VM
+	// (Checkpoint.ID, Seq, Full); the agent answers with CheckpointTaken.
+	CmdTakeCheckpoint
+	// CmdRestoreCheckpoint asks the secondary's VMM to load Checkpoint.Data;
+	// the agent answers with CheckpointRestored.
+	CmdRestoreCheckpoint
+	// CmdAcquire asks the arbiter for Epoch; the agent answers with
+	// ArbiterResult.
+	CmdAcquire
+	// CmdGoLive switches the secondary's VMM from replay to live devices:
+	// it is now primary for Epoch with Fence.
+	CmdGoLive
+	// CmdHalt stops the VM for good on this host: it lost the arbiter or saw
+	// a newer epoch. Nothing it holds may be released.
+	CmdHalt
+)
+
+var cmdNames = [...]string{"", "stall", "unstall", "pause", "resume", "take-checkpoint", "restore-checkpoint", "acquire", "go-live", "halt"}
+
+func (k CommandKind) String() string {
+	if int(k) < len(cmdNames) {
+		return cmdNames[k]
+	}
+	return "cmd?"
+}
+
+// Command is one entry of Ready.Commands.
+type Command struct {
+	Kind       CommandKind
+	Checkpoint Checkpoint // take-checkpoint, restore-checkpoint
+	Epoch      uint64     // acquire, go-live
+	Fence      uint64     // go-live
+	Reason     string     // halt
+}
+
+// Checkpoint identifies a checkpoint of the VM at log position Seq. In
+// CmdTakeCheckpoint, Seq is the position when the checkpoint was asked for;
+// the checkpoint's own position is the log's end when CheckpointTaken is
+// called, which is why the VM must stay paused between the two.
+type Checkpoint struct {
+	ID   uint64
+	Seq  uint64
+	Full bool   // full rather than incremental (dirty pages since the last)
+	Data []byte // restore-checkpoint only: the VMM's snapshot bytes
+}

@@ -1,0 +1,419 @@
+package lockstep
+
+import (
+	"fmt"
+
+	"github.com/ftvm/ftvm/lockstep/wire"
+)
+
+// NextInput returns the logged input for the secondary VM's exit exitIndex
+// of kind. See Result for what to do with each answer.
+func (n *Node) NextInput(exitIndex uint64, kind uint16) ([]byte, Result) {
+	switch n.role {
+	case RolePrimary:
+		return nil, Live
+	case RoleHalted:
+		return nil, NotYet
+	}
+	if n.drained() && n.maybeGoLive() {
+		return nil, Live
+	}
+	if n.sphase != sReplaying || len(n.pending) > 0 || len(n.rlog) == 0 {
+		return nil, NotYet
+	}
+	e, ok := n.rlog[0].(*wire.Entry)
+	if !ok || e.ExitIndex != exitIndex || e.Kind != kind {
+		n.diverge(wire.ResyncInputMismatch)
+		return nil, Diverged
+	}
+	n.consume()
+	return e.Data, OK
+}
+
+// ReplayOutput gives the node an output the secondary VM produced at
+// exitIndex; the node compares it with the primary's record. On OK the VM
+// goes on; the returned ID names the copy in Ready.Drop.
+func (n *Node) ReplayOutput(exitIndex uint64, device uint16, data []byte) (uint64, Result) {
+	switch n.role {
+	case RolePrimary:
+		return 0, Live
+	case RoleHalted:
+		return 0, NotYet
+	}
+	if n.drained() && n.maybeGoLive() {
+		return 0, Live
+	}
+	if n.sphase != sReplaying || len(n.pending) >= n.cfg.MaxPendingOutputs {
+		return 0, NotYet
+	}
+	n.nextID++
+	n.pending = append(n.pending, held{id: n.nextID, seq: exitIndex, device: device, data: clone(data)})
+	n.comparePending()
+	if n.sphase == sDiverged {
+		return n.nextID, Diverged
+	}
+	return n.nextID, OK
+}
+
+// comparePending compares the VM's outputs with the records that have
+// arrived, in order. pending[i].seq holds the exit index until matched.
+//
+// On a match the copy is dropped only once the primary reports it released
+// (Heartbeat.ReleasedThrough): until then it is the one proof this node has
+// of an output the world may have seen, and it must repeat it if it goes
+// live.
+func (n *Node) comparePending() {
+	for len(n.pending) > 0 && len(n.rlog) > 0 && n.sphase == sReplaying {
+		p := n.pending[0]
+		rec, ok := n.rlog[0].(*wire.Output)
+		if !ok || rec.ExitIndex != p.seq || rec.Device != p.device || rec.Length != uint32(len(p.data)) || rec.Digest != digest(p.data) {
+			n.diverge(wire.ResyncOutputMismatch)
+			return
+		}
+		n.pending = n.pending[1:]
+		n.consume()
+		n.sCompared = rec.Seq
+		n.ackDue = true
+		p.seq = rec.Seq
+		if rec.Seq > n.primaryReleased {
+			n.copies = append(n.copies, p)
+		} else {
+			n.rd.Drop = append(n.rd.Drop, p.id)
+		}
+	}
+}
+
+func (n *Node) consume() {
+	n.rlog[0] = nil
+	n.rlog = n.rlog[1:]
+	n.cursor++
+	// Tell the primary now and then how far replay got, for its window.
+	if n.cursor%uint64(max(1, n.cfg.LogWindowEntries/4)) == 0 {
+		n.ackDue = true
+	}
+}
+
+// diverge stops replay and asks for a checkpoint. Outputs the VM produced
+// stay pending: if this node must go live before the checkpoint arrives,
+// they are part of its execution and are released then.
+func (n *Node) diverge(reason wire.ResyncReason) {
+	n.sphase = sDiverged
+	n.ticksRetry = 0
+	n.send(&wire.ResyncRequest{Reason: reason, AtSeq: n.cursor})
+	n.maybeGoLive()
+}
+
+func (n *Node) flushAck() {
+	if !n.ackDue || n.role != RoleSecondary || (n.sphase != sReplaying && n.sphase != sDiverged) {
+		n.ackDue = false
+		return
+	}
+	n.ackDue = false
+	recv := n.received
+	if n.cfg.Bugs.AckBeforeAppend {
+		recv = max(recv, n.ackSeen)
+	}
+	n.send(&wire.Ack{Received: recv, Compared: n.sCompared, Replayed: n.cursor - 1})
+}
+
+func (n *Node) tickSecondary() {
+	switch n.sphase {
+	case sJoining:
+		if n.ticksRetry >= n.cfg.RetransmitTicks {
+			n.ticksRetry = 0
+			n.send(n.hello())
+		}
+		return
+	case sRestoring:
+		return
+	}
+	if n.role == RoleSecondary && n.ticksSincePeer >= n.cfg.PeerTimeoutTicks {
+		// The primary is gone: stop acknowledging (so it cannot release
+		// anything more if it is alive after all) and ask for its epoch.
+		n.role = RoleCandidate
+		n.acquire(n.epoch + 1)
+		return
+	}
+	if n.role != RoleSecondary {
+		return
+	}
+	if n.sphase == sDiverged && n.ticksRetry >= n.cfg.RetransmitTicks {
+		n.ticksRetry = 0
+		n.send(&wire.ResyncRequest{Reason: wire.ResyncOutputMismatch, AtSeq: n.cursor})
+	}
+	if n.ticksSinceSend >= n.cfg.HeartbeatTicks {
+		n.ackDue = true // our ack is our heartbeat
+	}
+}
+
+func (n *Node) stepSecondary(m wire.Msg) error {
+	h := m.Head()
+	if h.Epoch > n.epoch {
+		if n.sphase != sJoining || n.role == RoleCandidate {
+			// The primary went on in a newer epoch without us: our log is
+			// of no use. Join again from a full checkpoint.
+			n.rejoin()
+		}
+		n.epoch, n.fence = h.Epoch, h.Fence
+	}
+	switch m.(type) {
+	case *wire.Fence, *wire.Hello, *wire.Ack, *wire.ResyncRequest:
+		// Not from a primary: another secondary (say, our old primary
+		// restarted as a joiner) must not keep our failure detector quiet.
+		return nil
+	}
+	n.ticksSincePeer = 0
+	switch m := m.(type) {
+	case *wire.Entry:
+		n.appendItem(m, m.Seq)
+	case *wire.Output:
+		n.appendItem(m, m.Seq)
+	case *wire.Heartbeat:
+		if m.ReleasedThrough > n.primaryReleased {
+			n.primaryReleased = m.ReleasedThrough
+			k := 0
+			for k < len(n.copies) && n.copies[k].seq <= n.primaryReleased {
+				n.rd.Drop = append(n.rd.Drop, n.copies[k].id)
+				k++
+			}
+			n.copies = append(n.copies[:0], n.copies[k:]...)
+		}
+		if m.LastSeq > n.received {
+			n.ackDue = true
+		}
+	case *wire.CheckpointChunk:
+		return n.stepChunk(m)
+	case *wire.CheckpointDone:
+		return n.stepDone(m)
+	case *wire.GoLive:
+		// The primary is someone new in this epoch (we adopted it above).
+	}
+	return nil
+}
+
+func (n *Node) rejoin() {
+	for _, c := range n.copies {
+		n.rd.Drop = append(n.rd.Drop, c.id)
+	}
+	for _, p := range n.pending {
+		n.rd.Drop = append(n.rd.Drop, p.id)
+	}
+	n.role = RoleSecondary
+	n.sphase = sJoining
+	n.acquireEpoch = 0
+	n.rlog, n.pending, n.copies, n.ooo = nil, nil, nil, nil
+	n.asm = assembly{}
+	n.ticksRetry = 0
+	n.send(n.hello())
+}
+
+func (n *Node) appendItem(m wire.Msg, seq uint64) {
+	if n.sphase != sReplaying && n.sphase != sDiverged {
+		return
+	}
+	n.ackSeen = max(n.ackSeen, seq)
+	n.ackDue = true
+	// Items past the window are dropped (the primary resends from our
+	// cumulative ack); items ahead of a gap wait in a bounded reorder
+	// buffer. The log itself only ever grows in order, which is what makes
+	// a cumulative ack true.
+	limit := n.cursor - 1 + 2*uint64(n.cfg.LogWindowEntries)
+	if seq <= n.received || seq > limit {
+		return
+	}
+	if seq > n.received+1 {
+		if _, ok := n.ooo[seq]; !ok {
+			if n.ooo == nil {
+				n.ooo = map[uint64]wire.Msg{}
+			}
+			n.ooo[seq] = ownCopy(m)
+		}
+		return
+	}
+	n.rlog = append(n.rlog, ownCopy(m))
+	n.received = seq
+	for {
+		next, ok := n.ooo[n.received+1]
+		if !ok {
+			break
+		}
+		delete(n.ooo, n.received+1)
+		n.rlog = append(n.rlog, next)
+		n.received++
+	}
+	n.comparePending()
+}
+
+// ownCopy copies a parsed item: parsed messages alias the receive buffer.
+func ownCopy(m wire.Msg) wire.Msg {
+	switch m := m.(type) {
+	case *wire.Entry:
+		c := *m
+		c.Data = clone(m.Data)
+		return &c
+	case *wire.Output:
+		c := *m
+		c.Data = clone(m.Data)
+		return &c
+	}
+	return m
+}
+
+func (n *Node) stepChunk(m *wire.CheckpointChunk) error {
+	if m.ID == n.restoredID && n.restoredID != 0 {
+		return nil
+	}
+	if n.sphase != sJoining && n.sphase != sDiverged {
+		return nil
+	}
+	if m.ID != n.asm.id {
+		if m.ID < n.asm.id {
+			return nil
+		}
+		n.asm = assembly{id: m.ID, chunks: map[uint64][]byte{}}
+	}
+	if _, dup := n.asm.chunks[m.Offset]; dup || len(m.Data) == 0 && m.Offset != 0 {
+		return nil
+	}
+	// Both hosts chunk with the same CheckpointChunkBytes, so more chunks
+	// than this is a peer filling our memory with slivers.
+	if maxChunks := n.cfg.MaxCheckpointBytes/n.cfg.CheckpointChunkBytes + 1; len(n.asm.chunks) >= maxChunks {
+		n.asm = assembly{}
+		return fmt.Errorf("lockstep: checkpoint %d arrives in more than %d chunks: set the same CheckpointChunkBytes on both hosts", m.ID, maxChunks)
+	}
+	if n.asm.bytes+uint64(len(m.Data)) > uint64(n.cfg.MaxCheckpointBytes) {
+		n.asm = assembly{}
+		return fmt.Errorf("lockstep: checkpoint %d exceeds MaxCheckpointBytes %d: raise the bound on both hosts", m.ID, n.cfg.MaxCheckpointBytes)
+	}
+	n.asm.chunks[m.Offset] = clone(m.Data)
+	n.asm.bytes += uint64(len(m.Data))
+	n.asm.seq = m.Seq
+	return n.tryRestore()
+}
+
+func (n *Node) stepDone(m *wire.CheckpointDone) error {
+	if m.Restored {
+		return nil
+	}
+	if m.ID == n.restoredID && n.restoredID != 0 {
+		if n.sphase == sReplaying || n.sphase == sDiverged {
+			// Our confirmation was lost: say it again.
+			n.send(&wire.CheckpointDone{ID: m.ID, Seq: n.restoredSeq, Restored: true})
+		}
+		return nil
+	}
+	if n.sphase != sJoining && n.sphase != sDiverged {
+		return nil
+	}
+	if n.sphase == sJoining && !m.Full {
+		return nil // an incremental checkpoint needs a base we do not have
+	}
+	if m.ID != n.asm.id {
+		if m.ID < n.asm.id {
+			return nil
+		}
+		n.asm = assembly{id: m.ID, chunks: map[uint64][]byte{}}
+	}
+	n.asm.done, n.asm.total, n.asm.digest, n.asm.full, n.asm.seq = true, m.Total, m.Digest, m.Full, m.Seq
+	return n.tryRestore()
+}
+
+func (n *Node) tryRestore() error {
+	a := &n.asm
+	if !a.done || a.bytes != a.total {
+		return nil
+	}
+	buf := make([]byte, 0, a.total)
+	for uint64(len(buf)) < a.total {
+		c, ok := a.chunks[uint64(len(buf))]
+		if !ok || len(c) == 0 {
+			n.asm = assembly{}
+			return fmt.Errorf("lockstep: checkpoint %d has overlapping or missing chunks; waiting for a retransmission", a.id)
+		}
+		buf = append(buf, c...)
+	}
+	if uint64(len(buf)) != a.total || digest(buf) != a.digest {
+		n.asm = assembly{}
+		return fmt.Errorf("lockstep: checkpoint %d digest mismatch; waiting for a retransmission", a.id)
+	}
+	released, outs, rest, err := parseCheckpointHeader(buf, 2*n.cfg.LogWindowEntries)
+	if err != nil {
+		n.asm = assembly{}
+		return err
+	}
+	for _, p := range n.pending {
+		n.rd.Drop = append(n.rd.Drop, p.id)
+	}
+	for _, c := range n.copies {
+		n.rd.Drop = append(n.rd.Drop, c.id)
+	}
+	n.pending, n.copies = nil, nil
+	n.primaryReleased = released
+	for _, o := range outs {
+		n.nextID++
+		o.id = n.nextID
+		n.copies = append(n.copies, o)
+	}
+	n.sphase = sRestoring
+	n.command(Command{Kind: CmdRestoreCheckpoint, Checkpoint: Checkpoint{ID: a.id, Seq: a.seq, Full: a.full, Data: rest}})
+	n.restoredID, n.restoredSeq = a.id, a.seq
+	n.asm = assembly{id: a.id}
+	return nil
+}
+
+// CheckpointRestored tells the node the VMM loaded checkpoint id; replay
+// continues from the checkpoint's log position.
+func (n *Node) CheckpointRestored(id uint64) error {
+	if n.role != RoleSecondary && n.role != RoleCandidate {
+		return n.roleErr("CheckpointRestored")
+	}
+	if n.sphase != sRestoring || id != n.restoredID {
+		return fmt.Errorf("lockstep: CheckpointRestored(%d) but the node awaits %d", id, n.restoredID)
+	}
+	n.sphase = sReplaying
+	n.received, n.cursor, n.sCompared = n.restoredSeq, n.restoredSeq+1, n.restoredSeq
+	n.ackSeen = n.restoredSeq
+	n.rlog, n.ooo = nil, nil
+	n.ticksSincePeer = 0
+	n.send(&wire.CheckpointDone{ID: id, Seq: n.restoredSeq, Restored: true})
+	return nil
+}
+
+// drained reports whether replay has used all of the log it can: everything
+// received, or everything up to a divergence.
+func (n *Node) drained() bool {
+	return n.sphase == sReplaying && len(n.rlog) == 0 || n.sphase == sDiverged
+}
+
+// maybeGoLive makes a granted candidate the primary once it has consumed
+// all of the log it will ever use: everything received, or everything up to
+// a divergence (the rest came from an execution it no longer follows).
+func (n *Node) maybeGoLive() bool {
+	if n.role != RoleCandidate || n.grantEpoch == 0 {
+		return false
+	}
+	if !n.drained() && !(n.cfg.Bugs.GoLiveBeforeDrain && n.sphase == sReplaying) {
+		return false
+	}
+	n.role = RolePrimary
+	n.pphase = pAlone
+	n.epoch, n.fence = n.grantEpoch, n.grantFence
+	n.lastSeq = n.received
+	n.rlog = nil
+	n.command(Command{Kind: CmdGoLive, Epoch: n.epoch, Fence: n.fence})
+	// Outputs the old primary may have released, then outputs it never
+	// recorded: this execution is the one the world sees from now on, and
+	// a repeat of the last few is the price of not knowing.
+	for _, c := range n.copies {
+		if c.seq > n.primaryReleased {
+			n.rd.Release = append(n.rd.Release, Output{ID: c.id, Seq: c.seq, Device: c.device, Data: c.data, Epoch: n.epoch, Fence: n.fence})
+		}
+	}
+	for _, p := range n.pending {
+		n.lastSeq++
+		n.rd.Release = append(n.rd.Release, Output{ID: p.id, Seq: n.lastSeq, Device: p.device, Data: p.data, Epoch: n.epoch, Fence: n.fence})
+	}
+	n.copies, n.pending = nil, nil
+	n.send(&wire.GoLive{LastSeq: n.lastSeq})
+	return true
+}

@@ -1,0 +1,263 @@
+package sim
+
+import (
+	"bytes"
+	"fmt"
+
+	"github.com/ftvm/ftvm/lockstep"
+	"github.com/ftvm/ftvm/lockstep/wire"
+)
+
+// Checker names one of the simulator's checkers.
+type Checker uint8
+
+// The checkers; see checker's comment for what each enforces.
+const (
+	OutputRule Checker = 1 + iota
+	Consistency
+	SplitBrain
+	Resync
+	Liveness
+	Harness // the simulator itself found something impossible
+)
+
+func (c Checker) String() string {
+	return [...]string{"?", "output-rule", "consistency", "split-brain", "resync", "liveness", "harness"}[min(int(c), 6)]
+}
+
+// Violation is one checker firing.
+type Violation struct {
+	Checker Checker
+	Step    int
+	Msg     string
+}
+
+func (v Violation) String() string { return fmt.Sprintf("%s at step %d: %s", v.Checker, v.Step, v.Msg) }
+
+// maxViolations bounds what one run reports: the first few say it all.
+const maxViolations = 8
+
+// checker watches the run from outside the nodes: it sees what the
+// simulated network carried, what the guests did, what the arbiter granted
+// and what reached the world, and never asks a node what it believes.
+//
+// It enforces:
+//  1. output rule: an output leaves only when its mode's condition holds,
+//     judged from acknowledgements the primary actually received, which in
+//     turn must be true (an ack may cover only log items that were delivered;
+//     a compare ack only an output the secondary really reproduced);
+//  2. external consistency: the outputs the world saw, across failovers,
+//     are one execution: output i is released only after 0..i-1, and a
+//     repeat carries the same bytes and comes from a different incarnation;
+//  3. one releaser per epoch;
+//  4. a restored checkpoint equals the primary's state at its log position.
+type checker struct {
+	s          *Sim
+	violations []Violation
+
+	world    [][]byte       // output index → bytes the world saw
+	firstBy  map[uint64]int // output index → incarnation that released it first
+	repeats  int
+	releaser map[uint64]int // epoch → incarnation that released in it
+	owner    map[uint64]int // epoch → incarnation the arbiter granted it to
+
+	inc map[int]*incState
+
+	protectedSinceHeal int
+}
+
+type incState struct {
+	// As a primary.
+	covEpoch    uint64
+	recvCov     uint64
+	cmpCov      uint64
+	unprotected uint64 // epoch in which it was granted and has no secondary yet
+	outBySeq    map[uint64][]byte
+	stateAt     map[uint64][]byte
+	// As a secondary.
+	restoreSeq uint64
+	delivered  map[uint64]bool
+	frontier   uint64
+	produced   map[uint64][]byte // output index → bytes its guest produced
+	repeats    int               // outputs it released that the world had seen
+}
+
+func newChecker(s *Sim) *checker {
+	return &checker{s: s, firstBy: map[uint64]int{}, releaser: map[uint64]int{}, owner: map[uint64]int{}, inc: map[int]*incState{}}
+}
+
+func (c *checker) st(inc int) *incState {
+	st := c.inc[inc]
+	if st == nil {
+		st = &incState{outBySeq: map[uint64][]byte{}, stateAt: map[uint64][]byte{}, delivered: map[uint64]bool{}, produced: map[uint64][]byte{}}
+		c.inc[inc] = st
+	}
+	return st
+}
+
+func (c *checker) violate(k Checker, format string, args ...any) {
+	v := Violation{Checker: k, Step: c.s.now, Msg: fmt.Sprintf(format, args...)}
+	if len(c.violations) < maxViolations {
+		c.violations = append(c.violations, v)
+	}
+	c.s.tracef("VIOLATION %s", v)
+}
+
+func (c *checker) primaryState(h *host, seq uint64) { c.st(h.inc).stateAt[seq] = h.g.snapshot() }
+
+func (c *checker) primaryOutput(h *host, seq uint64, data []byte) {
+	c.st(h.inc).outBySeq[seq] = data
+}
+
+func (c *checker) secondaryOutput(h *host, data []byte) {
+	if idx, ok := outputIndex(data); ok {
+		c.st(h.inc).produced[idx] = data
+	}
+}
+
+func (c *checker) granted(h *host, epoch uint64) {
+	c.owner[epoch] = h.inc
+	st := c.st(h.inc)
+	st.unprotected, st.covEpoch, st.recvCov, st.cmpCov = epoch, epoch, 0, 0
+}
+
+func (c *checker) wentLive(h *host, epoch uint64) {
+	if c.owner[epoch] != h.inc {
+		c.violate(SplitBrain, "%s went live in epoch %d, which the arbiter granted to incarnation %d, not %d", h.name, epoch, c.owner[epoch], h.inc)
+	}
+}
+
+// restored is checker 4.
+func (c *checker) restored(h *host, seq uint64, data []byte) {
+	st := c.st(h.inc)
+	st.restoreSeq, st.frontier, st.delivered = seq, seq, map[uint64]bool{}
+	epoch := h.node.Status().Epoch
+	p, ok := c.owner[epoch]
+	if !ok {
+		c.violate(Resync, "%s restored a checkpoint in epoch %d, which no primary was granted", h.name, epoch)
+		return
+	}
+	want, ok := c.st(p).stateAt[seq]
+	if !ok {
+		c.violate(Resync, "%s restored a checkpoint at seq %d, a position the primary (incarnation %d) never reached", h.name, seq, p)
+		return
+	}
+	if !bytes.Equal(want, data) {
+		c.violate(Resync, "%s restored state %x at seq %d, but the primary's state there was %x", h.name, data, seq, want)
+	}
+}
+
+// sent checks that a secondary's acknowledgement is true when it is made.
+func (c *checker) sent(h *host, m wire.Msg) {
+	a, ok := m.(*wire.Ack)
+	if !ok {
+		return
+	}
+	st := c.st(h.inc)
+	if a.Received > st.frontier {
+		c.violate(OutputRule, "%s acked receipt through %d, but only %d..%d were ever delivered to it in order", h.name, a.Received, st.restoreSeq+1, st.frontier)
+	}
+	if a.Compared > st.restoreSeq {
+		prim := c.st(c.owner[a.Epoch]).outBySeq[a.Compared]
+		idx, ok := outputIndex(prim)
+		if !ok {
+			c.violate(OutputRule, "%s acked a compare at %d, which is not an output of the epoch-%d primary", h.name, a.Compared, a.Epoch)
+		} else if !bytes.Equal(st.produced[idx], prim) {
+			c.violate(OutputRule, "%s acked output %d as compared, but its guest never produced those bytes", h.name, idx)
+		}
+	}
+}
+
+func (c *checker) delivered(to *host, m wire.Msg) {
+	st := c.st(to.inc)
+	switch m := m.(type) {
+	case *wire.Entry, *wire.Output:
+		var s uint64
+		if e, ok := m.(*wire.Entry); ok {
+			s = e.Seq
+		} else {
+			s = m.(*wire.Output).Seq
+		}
+		if s > st.frontier {
+			st.delivered[s] = true
+			for st.delivered[st.frontier+1] {
+				delete(st.delivered, st.frontier+1)
+				st.frontier++
+			}
+		}
+	case *wire.Ack:
+		if m.Epoch == to.node.Status().Epoch && to.node.Status().Role == lockstep.RolePrimary {
+			c.cover(st, m.Epoch, m.Received, m.Compared)
+		}
+	case *wire.CheckpointDone:
+		if m.Restored && m.Epoch == to.node.Status().Epoch && to.node.Status().Role == lockstep.RolePrimary {
+			c.cover(st, m.Epoch, m.Seq, m.Seq)
+			if st.unprotected == m.Epoch {
+				st.unprotected = 0
+			}
+		}
+	}
+}
+
+func (c *checker) cover(st *incState, epoch, recv, cmp uint64) {
+	if st.covEpoch != epoch {
+		st.covEpoch, st.recvCov, st.cmpCov = epoch, 0, 0
+	}
+	st.recvCov = max(st.recvCov, recv)
+	st.cmpCov = max(st.cmpCov, cmp)
+}
+
+// release is where an output reaches the world: checkers 1, 2 and 3.
+func (c *checker) release(h *host, o lockstep.Output) {
+	st := c.st(h.inc)
+	// 3: one releaser per epoch.
+	if r, ok := c.releaser[o.Epoch]; ok && r != h.inc {
+		c.violate(SplitBrain, "incarnations %d and %d (%s) both released outputs in epoch %d", r, h.inc, h.name, o.Epoch)
+	}
+	c.releaser[o.Epoch] = h.inc
+	// 1: the output rule.
+	protected := false
+	switch {
+	case st.unprotected != 0 && st.unprotected == o.Epoch:
+	case st.covEpoch != o.Epoch:
+		c.violate(OutputRule, "%s released seq %d in epoch %d with no acknowledgement from that epoch's secondary", h.name, o.Seq, o.Epoch)
+	case c.s.opts.Mode == lockstep.AckOnReceipt && st.recvCov+1 < o.Seq:
+		c.violate(OutputRule, "%s released seq %d but the secondary had acked receipt only through %d", h.name, o.Seq, st.recvCov)
+	case c.s.opts.Mode == lockstep.AckOnCompare && st.cmpCov < o.Seq:
+		c.violate(OutputRule, "%s released seq %d but the secondary had compared only through %d", h.name, o.Seq, st.cmpCov)
+	default:
+		protected = true
+	}
+	if protected {
+		c.protectedSinceHeal++
+	}
+	// 2: external consistency.
+	idx, ok := outputIndex(o.Data)
+	if !ok {
+		c.violate(Consistency, "%s released %d bytes that are no output of the guest", h.name, len(o.Data))
+		return
+	}
+	switch {
+	case idx < uint64(len(c.world)):
+		if !bytes.Equal(c.world[idx], o.Data) {
+			c.violate(Consistency, "%s released output %d as %x, the world already saw %x", h.name, idx, o.Data, c.world[idx])
+		} else if c.firstBy[idx] == h.inc {
+			c.violate(Consistency, "%s released output %d twice", h.name, idx)
+		} else {
+			c.repeats++
+			// Repeats come from not knowing what the old primary released:
+			// at most the copies a secondary keeps (a window of log it
+			// received past the last heartbeat, a window of outputs held
+			// across a checkpoint) and its outputs still awaiting records.
+			st.repeats++
+			if w := 2*c.s.opts.Node.LogWindowEntries + c.s.opts.Node.MaxPendingOutputs; st.repeats > w {
+				c.violate(Consistency, "%s repeated %d outputs, more than its copies (at most %d) can explain", h.name, st.repeats, w)
+			}
+		}
+	case idx == uint64(len(c.world)):
+		c.world = append(c.world, o.Data)
+		c.firstBy[idx] = h.inc
+	default:
+		c.violate(Consistency, "%s released output %d but the world has seen only %d outputs: %d..%d were lost", h.name, idx, len(c.world), len(c.world), idx-1)
+	}
+}

@@ -1,0 +1,26 @@
+// Package sim is a deterministic simulator for the lockstep protocol, in the
+// spirit of TigerBeetle's VOPR and FoundationDB's simulation testing.
+//
+// One seed drives everything: a network that delays, loses, duplicates and
+// reorders messages and can be partitioned in either direction; crashes of
+// either host at any step (a crashed or halted host comes back as a new
+// secondary); an arbiter with an atomic test-and-set (arbiter.Memory); and a
+// deterministic guest that consumes inputs and emits outputs derived from
+// its whole history, which can be perturbed at random points as RDTSC would.
+// A checkpoint is the guest's state.
+//
+// Every message crosses the real wire encoding. Checkers watch from outside
+// the nodes (see Checker): the output rule, external consistency across
+// failovers, one releaser per epoch, resync state equality, and liveness
+// once the network heals. Run does one seed; RunMany a range, with a
+// reproduce command for each failing seed:
+//
+//	go test ./lockstep/sim -run 'TestSimSeeds$' -sim.seeds 100000
+//	go test ./lockstep/sim -run 'TestSimSeeds$' -v -sim.mode compare -sim.seed 42
+//
+// Divergence is injected only in ack-on-compare runs: ack-on-receipt
+// releases an output once its inputs have reached the secondary, before any
+// comparison, so it assumes replay is deterministic; a divergence there is
+// still detected and resynchronized, but an output released before it was
+// detected cannot be recalled.
+package sim

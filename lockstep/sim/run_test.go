@@ -1,0 +1,100 @@
+package sim
+
+import (
+	"flag"
+	"fmt"
+	"testing"
+	"time"
+
+	"github.com/ftvm/ftvm/lockstep"
+)
+
+var (
+	flagSeeds = flag.Int("sim.seeds", 0, "seeds per mode for TestSimSeeds (0: the CI default)")
+	flagFirst = flag.Uint64("sim.first", 1, "first seed for TestSimSeeds")
+	flagSeed  = flag.Int64("sim.seed", -1, "run only this seed, printing its trace")
+	flagMode  = flag.String("sim.mode", "both", "ack mode to simulate: compare, receipt or both")
+	flagHarsh = flag.Bool("sim.harsh", false, "with -sim.seed: use TestSimHarsh's fault regime")
+)
+
+func options(mode lockstep.Mode) Options {
+	if *flagHarsh {
+		return harshOptions(mode)
+	}
+	return DefaultOptions(mode)
+}
+
+// CI seed counts per mode: 3,000 seeds in all without the race detector,
+// 1,500 with it (the detector makes the simulator about six times slower;
+// `make test` runs with it, and stays near 40 s for this package).
+const (
+	ciSeedsPerMode     = 1500
+	ciRaceSeedsPerMode = 750
+)
+
+func modes(t *testing.T) []lockstep.Mode {
+	switch *flagMode {
+	case "compare":
+		return []lockstep.Mode{lockstep.AckOnCompare}
+	case "receipt":
+		return []lockstep.Mode{lockstep.AckOnReceipt}
+	case "both":
+		return []lockstep.Mode{lockstep.AckOnCompare, lockstep.AckOnReceipt}
+	}
+	t.Fatalf("-sim.mode %q: want compare, receipt or both", *flagMode)
+	return nil
+}
+
+// TestSimSeeds runs many seeds with every fault on and fails on any checker
+// violation, printing a reproduce command per failing seed.
+func TestSimSeeds(t *testing.T) {
+	if *flagSeed >= 0 {
+		for _, mode := range modes(t) {
+			o := options(mode)
+			o.Trace = func(s string) { fmt.Println(s) }
+			r := Run(uint64(*flagSeed), o)
+			if r.Failed() {
+				t.Errorf("%s %s", mode, r)
+			} else {
+				t.Logf("%s %s", mode, r)
+			}
+		}
+		return
+	}
+	n := *flagSeeds
+	if n == 0 {
+		n = ciSeedsPerMode
+		if raceEnabled {
+			n = ciRaceSeedsPerMode
+		}
+		if testing.Short() {
+			n /= 10
+		}
+	}
+	for _, mode := range modes(t) {
+		t.Run(mode.String(), func(t *testing.T) {
+			t.Parallel()
+			start := time.Now()
+			sum := RunMany(*flagFirst, n, DefaultOptions(mode))
+			el := time.Since(start)
+			t.Logf("%s\n%.0f seeds/s (race detector: %v)", sum, float64(sum.Seeds)/el.Seconds(), raceEnabled)
+			if sum.Failed > 0 {
+				t.Errorf("%d of %d seeds failed", sum.Failed, sum.Seeds)
+			}
+			// A run that never fails over, resyncs or crashes proves little.
+			if sum.Failovers == 0 || sum.Resyncs == 0 || sum.Crashes == 0 || sum.Outputs == 0 {
+				t.Errorf("faults were not exercised: %s", sum)
+			}
+		})
+	}
+}
+
+// TestDeterministic: one seed, one run.
+func TestDeterministic(t *testing.T) {
+	for seed := uint64(1); seed <= 5; seed++ {
+		a, b := Run(seed, DefaultOptions(lockstep.AckOnCompare)), Run(seed, DefaultOptions(lockstep.AckOnCompare))
+		if a.String() != b.String() {
+			t.Fatalf("seed %d ran twice differently:\n%s\n%s", seed, a, b)
+		}
+	}
+}

@@ -1,0 +1,40 @@
+package wire
+
+import "encoding/binary"
+
+// CheckpointDone closes checkpoint ID. From the primary it announces the
+// total size and digest (Restored false); from the secondary it confirms the
+// checkpoint was restored (Restored true).
+type CheckpointDone struct {
+	Header
+	ID       uint64
+	Seq      uint64
+	Total    uint64
+	Digest   [DigestBytes]byte
+	Full     bool
+	Restored bool
+}
+
+func (*CheckpointDone) Type() Type { return TypeCheckpointDone }
+
+func (m *CheckpointDone) Append(b []byte) []byte {
+	b, s := beginFrame(b, TypeCheckpointDone, &m.Header)
+	b = binary.LittleEndian.AppendUint64(b, m.ID)
+	b = binary.LittleEndian.AppendUint64(b, m.Seq)
+	b = binary.LittleEndian.AppendUint64(b, m.Total)
+	b = append(b, m.Digest[:]...)
+	b = appendBool(b, m.Full)
+	b = appendBool(b, m.Restored)
+	return endFrame(b, s)
+}
+
+func parseCheckpointDone(r *reader) Msg {
+	m := &CheckpointDone{ID: r.u64("id"), Seq: r.u64("seq"), Total: r.u64("total")}
+	if r.err == nil && m.Total > MaxCheckpointBytes {
+		r.fail("total %d exceeds MaxCheckpointBytes %d", m.Total, uint64(MaxCheckpointBytes))
+	}
+	m.Digest = r.digest("digest")
+	m.Full = r.bool("full flag")
+	m.Restored = r.bool("restored flag")
+	return m
+}

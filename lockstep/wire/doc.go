@@ -1,0 +1,48 @@
+// Package wire encodes the lockstep protocol's messages.
+//
+// Each message type lives in its own file with an Append method that appends
+// the complete frame to a caller's buffer (no allocation of its own beyond
+// what append needs) and a parse function reached through Parse. Parse never
+// panics on hostile input and allocates only the message struct (and the VM
+// id string, at most MaxVMIDBytes): byte fields alias the input, and every length is checked against a named bound
+// (MaxEntryDataBytes, MaxOutputDataBytes, MaxChunkDataBytes, MaxVMIDBytes,
+// MaxCheckpointBytes, MaxBodyBytes) before it is used.
+//
+// # Frame
+//
+// All integers are little-endian.
+//
+//	offset size field
+//	0      1    frame version (Version = 1)
+//	1      1    message type (Type)
+//	2      8    epoch of the sender
+//	10     8    fence token the arbiter granted for that epoch (0: none yet)
+//	18     4    body length B (<= MaxBodyBytes)
+//	22     B    body, laid out per type below
+//	22+B   4    CRC32C (Castagnoli) of bytes [0, 22+B)
+//
+// # Bodies
+//
+// A "bytes" field is a u32 length followed by that many bytes.
+//
+//	hello (1)           u16 protocol version, u8 role (1 primary, 2 secondary),
+//	                    u16 vm id length (<= MaxVMIDBytes), vm id
+//	entry (2)           u64 seq, u64 exit index, u16 kind,
+//	                    bytes data (<= MaxEntryDataBytes)
+//	output (3)          u64 seq, u64 exit index, u16 device,
+//	                    u32 length (<= MaxOutputDataBytes), [32] SHA-256 of data,
+//	                    u8 has-data (0/1), then bytes data if has-data
+//	                    (its length must equal the length field)
+//	ack (4)             u64 received, u64 compared, u64 replayed (all cumulative)
+//	heartbeat (5)       u64 last seq, u64 released through
+//	resync-request (6)  u8 reason (1 output mismatch, 2 input mismatch), u64 at seq
+//	checkpoint-chunk (7) u64 id, u64 seq, u64 offset,
+//	                    bytes data (<= MaxChunkDataBytes; offset+len <= MaxCheckpointBytes)
+//	checkpoint-done (8) u64 id, u64 seq, u64 total (<= MaxCheckpointBytes),
+//	                    [32] SHA-256 of the checkpoint, u8 full, u8 restored
+//	go-live (9)         u64 last seq of the log the new primary continues
+//	fence (10)          u64 refused epoch
+//
+// A body with bytes left over after its last field is refused, so every
+// valid frame has exactly one encoding and Parse(Append(m)) round-trips.
+package wire
