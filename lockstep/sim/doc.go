@@ -15,6 +15,11 @@
 // once the network heals. Run does one seed; RunMany a range, with a
 // reproduce command for each failing seed:
 //
+//	ftvm sim --seeds 100000              # both modes, split over the cores
+//	ftvm sim --mode compare --seed 42    # one seed with its trace
+//
+// or, without building the binary, the test flags of TestSimSeeds:
+//
 //	go test ./lockstep/sim -run 'TestSimSeeds$' -sim.seeds 100000
 //	go test ./lockstep/sim -run 'TestSimSeeds$' -v -sim.mode compare -sim.seed 42
 //

@@ -12,6 +12,7 @@ const maxFailuresKept = 10
 // Summary is what RunMany found over a range of seeds.
 type Summary struct {
 	Mode      lockstep.Mode
+	Harsh     bool // the seeds ran under HarshOptions
 	Seeds     int
 	Failed    int
 	Failures  []Result // the first maxFailuresKept failing runs
@@ -25,40 +26,65 @@ type Summary struct {
 
 // RunMany runs seeds first..first+count-1 with opts and sums what they found.
 func RunMany(first uint64, count int, opts Options) Summary {
-	sum := Summary{Mode: opts.Mode}
+	sum := Summary{Mode: opts.Mode, Harsh: opts.Harsh}
 	for i := range count {
-		r := Run(first+uint64(i), opts)
-		sum.Seeds++
-		sum.Outputs += r.Outputs
-		sum.Repeats += r.Repeats
-		sum.Failovers += r.Failovers
-		sum.Resyncs += r.Resyncs
-		sum.Crashes += r.Crashes
-		sum.Steps += r.Steps
-		if r.Failed() {
-			sum.Failed++
-			if len(sum.Failures) < maxFailuresKept {
-				sum.Failures = append(sum.Failures, r)
-			}
-		}
+		sum.add(Run(first+uint64(i), opts))
 	}
 	return sum
 }
 
+func (s *Summary) add(r Result) {
+	s.Seeds++
+	s.Outputs += r.Outputs
+	s.Repeats += r.Repeats
+	s.Failovers += r.Failovers
+	s.Resyncs += r.Resyncs
+	s.Crashes += r.Crashes
+	s.Steps += r.Steps
+	if r.Failed() {
+		s.Failed++
+		if len(s.Failures) < maxFailuresKept {
+			s.Failures = append(s.Failures, r)
+		}
+	}
+}
+
+// Merge adds o, a summary of other seeds run with the same options, to s;
+// it lets callers split a seed range across goroutines.
+func (s *Summary) Merge(o Summary) {
+	s.Seeds += o.Seeds
+	s.Failed += o.Failed
+	s.Outputs += o.Outputs
+	s.Repeats += o.Repeats
+	s.Failovers += o.Failovers
+	s.Resyncs += o.Resyncs
+	s.Crashes += o.Crashes
+	s.Steps += o.Steps
+	for _, f := range o.Failures {
+		if len(s.Failures) < maxFailuresKept {
+			s.Failures = append(s.Failures, f)
+		}
+	}
+}
+
 // ReproduceCommand is the one line that replays a failing seed with a trace.
-func ReproduceCommand(mode lockstep.Mode, seed uint64) string {
+func ReproduceCommand(mode lockstep.Mode, seed uint64, harsh bool) string {
 	m := "compare"
 	if mode == lockstep.AckOnReceipt {
 		m = "receipt"
 	}
-	return fmt.Sprintf("go test ./lockstep/sim -run 'TestSimSeeds$' -v -sim.mode %s -sim.seed %d", m, seed)
+	cmd := fmt.Sprintf("ftvm sim --mode %s --seed %d", m, seed)
+	if harsh {
+		cmd += " --harsh"
+	}
+	return cmd
 }
 
 func (s Summary) String() string {
 	out := fmt.Sprintf("%s: %d seeds, %d failed; %d outputs (%d repeats), %d failovers, %d resyncs, %d crashes, %d steps",
 		s.Mode, s.Seeds, s.Failed, s.Outputs, s.Repeats, s.Failovers, s.Resyncs, s.Crashes, s.Steps)
 	for _, f := range s.Failures {
-		out += "\n" + f.String() + "\n  reproduce: " + ReproduceCommand(s.Mode, f.Seed)
+		out += "\n" + f.String() + "\n  reproduce: " + ReproduceCommand(s.Mode, f.Seed, s.Harsh)
 	}
 	return out
 }

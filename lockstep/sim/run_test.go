@@ -19,7 +19,7 @@ var (
 
 func options(mode lockstep.Mode) Options {
 	if *flagHarsh {
-		return harshOptions(mode)
+		return HarshOptions(mode)
 	}
 	return DefaultOptions(mode)
 }

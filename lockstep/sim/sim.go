@@ -53,6 +53,10 @@ type Options struct {
 	Bugs bugs.Set
 	// Trace, if set, receives one line per notable event.
 	Trace func(string)
+
+	// Harsh marks options made by HarshOptions, so that a failing seed's
+	// reproduce command names the same regime.
+	Harsh bool
 }
 
 // DefaultOptions is a run of a few thousand steps with all faults on.
@@ -81,6 +85,24 @@ func DefaultOptions(mode lockstep.Mode) Options {
 			MaxPendingOutputs:    8,
 		},
 	}
+}
+
+// HarshOptions is a second fault regime: a lossy, slow, reordering network
+// with frequent partitions and crashes, agents slow to act on Ready, and a
+// tiny log window, so timeouts, retransmissions and flow control are hit far
+// more often than by default.
+func HarshOptions(mode lockstep.Mode) Options {
+	o := DefaultOptions(mode)
+	o.Harsh = true
+	o.LossPct, o.DupPct, o.MaxDelaySteps = 20, 10, 15
+	o.CrashPer10k, o.PartitionPer10k, o.HealPer10k = 40, 60, 100
+	o.DivergePer10k = 150
+	o.AgentLagPct = 30
+	o.Node.LogWindowEntries = 8
+	o.Node.MaxPendingOutputs = 4
+	o.Node.PeerTimeoutTicks = 8
+	o.LivenessSteps = 900
+	return o
 }
 
 // Result is what one run found.
