@@ -6,6 +6,9 @@
 // VM; the grant carries a fence token that grows with every grant, so a
 // holder of an older token can be refused by anyone who has seen a newer one.
 //
-// Memory is the in-process implementation the simulator uses; a file lock and
-// an etcd lease will implement the same interface for real deployments.
+// Memory is the in-process implementation the simulator uses. File is the
+// default for real hosts that share a file system: one state file per VM
+// under an fcntl open-file-description lock, its layout documented on File.
+// An etcd lease will implement the same interface for hosts that share
+// nothing but a network.
 package arbiter
