@@ -123,6 +123,10 @@ type Agent struct {
 	stop   chan struct{}
 	once   sync.Once
 
+	// bugReleaseOnHold plants a bug for the tests that prove the checks
+	// work: a primary's output leaves when the guest makes it.
+	bugReleaseOnHold bool
+
 	stats struct {
 		send, frame, step, diverge, released, restores, ckpts atomic.Uint64
 	}

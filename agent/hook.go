@@ -148,6 +148,9 @@ func (a *Agent) output(x exitReq, in exitInfo, kind uint16) (vmm.Result, error) 
 			}
 			a.handles[id] = h
 			a.mu.Unlock()
+			if a.bugReleaseOnHold {
+				h.Release()
+			}
 			a.poke()
 			return vmm.Result{Status: vmm.StatusOK}, nil
 		case lockstep.Diverged:
