@@ -255,9 +255,15 @@ const failoverCmdline = "pages=32 iters=600 dirty=4 pattern=stride stride=5 seed
 func TestKVMFailover(t *testing.T) {
 	image := guestImage(t, "memstress")
 	want := liveRun(t, image, failoverCmdline)
+	for _, mode := range []lockstep.Mode{lockstep.AckOnReceipt, lockstep.AckOnCompare} {
+		t.Run(mode.String(), func(t *testing.T) { failover(t, mode, image, want) })
+	}
+}
+
+func failover(t *testing.T, mode lockstep.Mode, image []byte, want string) {
 	ctx, cancel := context.WithTimeout(context.Background(), testRunTimeout)
 	defer cancel()
-	p := startPair(t, ctx, lockstep.AckOnCompare, image, failoverCmdline)
+	p := startPair(t, ctx, mode, image, failoverCmdline)
 	const linesBeforeKill = 40
 	deadline := time.Now().Add(testRunTimeout / 2)
 	for strings.Count(p.priOut.String(), "\n") < linesBeforeKill {
