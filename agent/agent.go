@@ -71,8 +71,10 @@ type Config struct {
 	// OnRelease, if set, sees every output as it is handed to its backend
 	// (on the loop goroutine, before the backend).
 	OnRelease func(o lockstep.Output)
-	// OnReplayed, if set, sees every output a replaying VM produced, as it
-	// is handed to the node for comparison (on the vCPU thread).
+	// OnReplayed, if set, sees every output a replaying VM produced once
+	// the node has accepted it for comparison, before any acknowledgement
+	// of it can leave. It runs on the vCPU thread with the agent's lock
+	// held: it must not call the Agent.
 	OnReplayed func(exitIndex uint64, data []byte)
 }
 
@@ -85,6 +87,7 @@ type Stats struct {
 	Released    uint64 // outputs handed to their backends
 	Restores    uint64 // checkpoints restored (secondary)
 	Checkpoints uint64 // checkpoints taken (primary)
+	Stalls      uint64 // times the vCPU was stalled for a lagging secondary
 }
 
 // heldOutput is an output the VMM keeps out of the world: *vmm.Output.
@@ -104,6 +107,7 @@ type Agent struct {
 	node    *lockstep.Node
 	handles map[uint64]heldOutput // output ID → held output
 	abort   bool                  // make a waiting hook give up (VM replaced or stopping)
+	pausing bool                  // the loop wants the VM paused: a stalled hook must return
 
 	// Owned by the loop goroutine.
 	tr      Transport
@@ -128,7 +132,7 @@ type Agent struct {
 	bugReleaseOnHold bool
 
 	stats struct {
-		send, frame, step, diverge, released, restores, ckpts atomic.Uint64
+		send, frame, step, diverge, released, restores, ckpts, stalls atomic.Uint64
 	}
 }
 
@@ -199,7 +203,7 @@ func (a *Agent) Stats() Stats {
 	return Stats{
 		SendErrors: a.stats.send.Load(), FrameErrors: a.stats.frame.Load(), StepErrors: a.stats.step.Load(),
 		Divergences: a.stats.diverge.Load(), Released: a.stats.released.Load(),
-		Restores: a.stats.restores.Load(), Checkpoints: a.stats.ckpts.Load(),
+		Restores: a.stats.restores.Load(), Checkpoints: a.stats.ckpts.Load(), Stalls: a.stats.stalls.Load(),
 	}
 }
 
@@ -417,6 +421,7 @@ func (a *Agent) perform(ctx context.Context, w *work) error {
 func (a *Agent) command(ctx context.Context, c lockstep.Command) error {
 	switch c.Kind {
 	case lockstep.CmdStall:
+		a.stats.stalls.Add(1)
 		a.stalled = true
 		return a.applyRun()
 	case lockstep.CmdUnstall:
@@ -468,6 +473,10 @@ func (a *Agent) applyRun() error {
 		return nil
 	}
 	a.running = want
+	a.mu.Lock()
+	a.pausing = !want
+	a.cond.Broadcast()
+	a.mu.Unlock()
 	st := a.vm.Status().State
 	if want {
 		if st != vmm.Paused {

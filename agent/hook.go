@@ -103,12 +103,26 @@ func (a *Agent) recordInput(x exitReq, in exitInfo, kind uint16) (vmm.Result, er
 	}
 	a.mu.Lock()
 	_, err = a.node.RecordInput(in.Index, kind, encodeInput(in.Arg, in.Len, res))
+	if err == nil {
+		a.waitUnstalled()
+	}
 	a.mu.Unlock()
 	if err != nil {
 		return vmm.Result{}, err
 	}
-	a.poke()
 	return res, nil
+}
+
+// waitUnstalled holds the vCPU at the end of an exit while the node says
+// the secondary lags a full window. CmdStall pauses the VM too, but only
+// once the loop gets to it, and a guest can make many exits meanwhile:
+// this is what bounds the log. The exit is complete (logged, held), so
+// giving up the wait when the loop pauses the VM loses nothing. a.mu held.
+func (a *Agent) waitUnstalled() {
+	a.poke()
+	for a.node.Status().Stalled && !a.pausing && !a.abort {
+		a.cond.Wait()
+	}
 }
 
 func (a *Agent) output(x exitReq, in exitInfo, kind uint16) (vmm.Result, error) {
@@ -133,10 +147,12 @@ func (a *Agent) output(x exitReq, in exitInfo, kind uint16) (vmm.Result, error) 
 		switch r {
 		case lockstep.OK:
 			a.handles[id] = h
-			a.mu.Unlock()
 			if a.cfg.OnReplayed != nil {
+				// Under the lock: the loop cannot acknowledge the
+				// comparison before an observer has seen the output.
 				a.cfg.OnReplayed(in.Index, in.Data)
 			}
+			a.mu.Unlock()
 			a.poke()
 			return vmm.Result{Status: vmm.StatusOK}, nil
 		case lockstep.Live:
@@ -147,11 +163,11 @@ func (a *Agent) output(x exitReq, in exitInfo, kind uint16) (vmm.Result, error) 
 				return vmm.Result{}, err
 			}
 			a.handles[id] = h
-			a.mu.Unlock()
 			if a.bugReleaseOnHold {
 				h.Release()
 			}
-			a.poke()
+			a.waitUnstalled()
+			a.mu.Unlock()
 			return vmm.Result{Status: vmm.StatusOK}, nil
 		case lockstep.Diverged:
 			// The node keeps this output as pending; a resync replaces the VM.

@@ -95,16 +95,16 @@ type pair struct {
 	bad      []string // violations seen at release time
 }
 
-func nodeConfig(role wire.Role, mode lockstep.Mode) lockstep.Config {
+func nodeConfig(role wire.Role, mode lockstep.Mode, window int) lockstep.Config {
 	// Ticks of 20ms and a 3s peer timeout: the kvmbox's TCG vCPUs can
 	// stall a process for a good part of a second.
-	return lockstep.Config{VMID: testVMID, Role: role, Mode: mode, HeartbeatTicks: 5, RetransmitTicks: 10, PeerTimeoutTicks: 150}
+	return lockstep.Config{VMID: testVMID, Role: role, Mode: mode, HeartbeatTicks: 5, RetransmitTicks: 10, PeerTimeoutTicks: 150, LogWindowEntries: window}
 }
 
 const testTick = 20 * time.Millisecond
 
 // startPair starts a secondary, then a primary that waits for it.
-func startPair(t *testing.T, ctx context.Context, mode lockstep.Mode, image []byte, cmdline string) *pair {
+func startPair(t *testing.T, ctx context.Context, mode lockstep.Mode, window int, image []byte, cmdline string) *pair {
 	t.Helper()
 	arb, err := arbiter.NewFile(t.TempDir())
 	if err != nil {
@@ -117,7 +117,7 @@ func startPair(t *testing.T, ctx context.Context, mode lockstep.Mode, image []by
 		}
 	}
 	p.sec, err = New(Config{
-		Node: nodeConfig(wire.RoleSecondary, mode), NewVM: newVM(&p.secOut), Arbiter: arb, TickInterval: testTick,
+		Node: nodeConfig(wire.RoleSecondary, mode, window), NewVM: newVM(&p.secOut), Arbiter: arb, TickInterval: testTick,
 		OnReplayed: func(_ uint64, data []byte) {
 			p.mu.Lock()
 			p.replayed = append(p.replayed, bytes.Clone(data))
@@ -133,7 +133,7 @@ func startPair(t *testing.T, ctx context.Context, mode lockstep.Mode, image []by
 	}
 	t.Cleanup(func() { p.secTr.Close() })
 	p.pri, err = New(Config{
-		Node: nodeConfig(wire.RolePrimary, mode), NewVM: newVM(&p.priOut), Arbiter: arb, TickInterval: testTick,
+		Node: nodeConfig(wire.RolePrimary, mode, window), NewVM: newVM(&p.priOut), Arbiter: arb, TickInterval: testTick,
 		WaitForSecondary: true,
 		Boot:             func(vm VM) error { return vm.(*vmm.Machine).Load(image) },
 		OnRelease:        p.checkRelease(mode),
@@ -201,11 +201,15 @@ const memstressCmdline = "pages=32 iters=120 dirty=4 pattern=stride stride=5 see
 func TestKVMPairMemstress(t *testing.T) {
 	image := guestImage(t, "memstress")
 	want := liveRun(t, image, memstressCmdline)
-	for _, mode := range []lockstep.Mode{lockstep.AckOnReceipt, lockstep.AckOnCompare} {
-		t.Run(mode.String(), func(t *testing.T) {
+	for _, c := range []struct {
+		mode   lockstep.Mode
+		window int // log items; small enough to stall the primary
+	}{{lockstep.AckOnReceipt, 0}, {lockstep.AckOnCompare, 0}, {lockstep.AckOnCompare, 2}} {
+		mode := c.mode
+		t.Run(fmt.Sprintf("%s/window=%d", mode, c.window), func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), testRunTimeout)
 			defer cancel()
-			p := startPair(t, ctx, mode, image, memstressCmdline)
+			p := startPair(t, ctx, mode, c.window, image, memstressCmdline)
 			if err := waitErr(t, "primary", p.priErr); err != nil {
 				t.Fatalf("primary: %v", err)
 			}
@@ -240,6 +244,9 @@ func TestKVMPairMemstress(t *testing.T) {
 			if p.secOut.String() != "" {
 				t.Fatalf("a secondary released console output while its primary lived: %q", tail(p.secOut.String()))
 			}
+			if c.window != 0 && p.pri.Stats().Stalls == 0 {
+				t.Fatalf("a log window of %d items never stalled the primary", c.window)
+			}
 			t.Logf("%s: %d console outputs, primary %+v, secondary %+v", mode, len(p.released), p.pri.Stats(), p.sec.Stats())
 		})
 	}
@@ -263,7 +270,7 @@ func TestKVMFailover(t *testing.T) {
 func failover(t *testing.T, mode lockstep.Mode, image []byte, want string) {
 	ctx, cancel := context.WithTimeout(context.Background(), testRunTimeout)
 	defer cancel()
-	p := startPair(t, ctx, mode, image, failoverCmdline)
+	p := startPair(t, ctx, mode, 0, image, failoverCmdline)
 	const linesBeforeKill = 40
 	deadline := time.Now().Add(testRunTimeout / 2)
 	for strings.Count(p.priOut.String(), "\n") < linesBeforeKill {

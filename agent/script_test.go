@@ -239,7 +239,7 @@ func clockFrom(base, step uint64) func() uint64 {
 	}
 }
 
-func startScriptPair(t *testing.T, ctx context.Context, lines uint64, bug bool) *scriptPair {
+func startScriptPair(t *testing.T, ctx context.Context, lines uint64, window int, bug bool) *scriptPair {
 	t.Helper()
 	arb, err := arbiter.NewFile(t.TempDir())
 	if err != nil {
@@ -258,7 +258,7 @@ func startScriptPair(t *testing.T, ctx context.Context, lines uint64, bug bool) 
 	// when its Config is made.
 	cfg := func(role wire.Role, out *backend, clock func() uint64, ap **Agent) Config {
 		c := Config{
-			Node:         lockstep.Config{VMID: testVMID, Role: role, Mode: lockstep.AckOnCompare, HeartbeatTicks: 5, RetransmitTicks: 10, PeerTimeoutTicks: 100},
+			Node:         lockstep.Config{VMID: testVMID, Role: role, Mode: lockstep.AckOnCompare, HeartbeatTicks: 5, RetransmitTicks: 10, PeerTimeoutTicks: 100, LogWindowEntries: window},
 			Arbiter:      arb,
 			TickInterval: 5 * time.Millisecond,
 		}
@@ -311,10 +311,16 @@ func (p *scriptPair) finish(t *testing.T) {
 }
 
 func TestScriptPairReleasesOnlyWhatTheSecondaryReproduced(t *testing.T) {
+	for _, window := range []int{0, 2} {
+		t.Run(fmt.Sprintf("window=%d", window), func(t *testing.T) { scriptPairRun(t, window) })
+	}
+}
+
+func scriptPairRun(t *testing.T, window int) {
 	const lines = 300
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	p := startScriptPair(t, ctx, lines, false)
+	p := startScriptPair(t, ctx, lines, window, false)
 	p.finish(t)
 	got := p.priOut.text()
 	if n := strings.Count(got, "\n"); n != lines {
@@ -337,6 +343,10 @@ func TestScriptPairReleasesOnlyWhatTheSecondaryReproduced(t *testing.T) {
 	if s := p.secOut.text(); s != "" {
 		t.Fatalf("the secondary's backend saw %q while its primary lived", head(s))
 	}
+	t.Logf("window %d: primary %+v", window, p.pri.Stats())
+	if window != 0 && p.pri.Stats().Stalls == 0 {
+		t.Fatalf("a log window of %d items never stalled the primary", window)
+	}
 	if st := p.pri.Stats(); st.Checkpoints != 1 || p.sec.Stats().Restores != 1 {
 		t.Fatalf("want one checkpoint taken and restored; primary %+v secondary %+v", st, p.sec.Stats())
 	}
@@ -348,7 +358,7 @@ func TestScriptPairCatchesReleaseOnHold(t *testing.T) {
 	const lines = 100
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	p := startScriptPair(t, ctx, lines, true)
+	p := startScriptPair(t, ctx, lines, 0, true)
 	p.finish(t)
 	if len(p.priOut.bad) == 0 {
 		t.Fatal("a primary that releases outputs as soon as it holds them passed the ack-on-compare check")
