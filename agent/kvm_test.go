@@ -160,6 +160,10 @@ func (p *pair) checkRelease(mode lockstep.Mode) func(lockstep.Output) {
 			return
 		}
 		data := o.Data[outputHeaderBytes:]
+		// Read before p.mu: the secondary's hook holds its agent's lock
+		// while it takes p.mu (OnReplayed). LastSeq only grows, so an
+		// earlier reading is still a bound.
+		secReceived := p.sec.Status().LastSeq
 		p.mu.Lock()
 		defer p.mu.Unlock()
 		k := len(p.released)
@@ -172,7 +176,7 @@ func (p *pair) checkRelease(mode lockstep.Mode) func(lockstep.Output) {
 				p.bad = append(p.bad, fmt.Sprintf("console output %d: primary released %q, secondary reproduced %q", k, data, p.replayed[k]))
 			}
 		case lockstep.AckOnReceipt:
-			if got := p.sec.Status().LastSeq; got+1 < o.Seq {
+			if got := secReceived; got+1 < o.Seq {
 				p.bad = append(p.bad, fmt.Sprintf("output seq %d released while the secondary has received only through seq %d", o.Seq, got))
 			}
 		}
