@@ -226,6 +226,7 @@ func (a *Agent) Run(ctx context.Context, tr Transport) (err error) {
 	defer func() {
 		a.Stop()
 		if a.vm != nil {
+			a.abandonExits(true)
 			a.vm.Close()
 		}
 	}()
@@ -523,15 +524,10 @@ func (a *Agent) restore(c lockstep.Checkpoint) error {
 		return fmt.Errorf("checkpoint %d from the primary: %w", c.ID, err)
 	}
 	if a.vm != nil {
-		a.mu.Lock()
-		a.abort = true
-		a.cond.Broadcast()
-		a.mu.Unlock()
+		a.abandonExits(true)
 		a.vm.Close()
 		a.vm, a.booted, a.running = nil, false, false
-		a.mu.Lock()
-		a.abort = false
-		a.mu.Unlock()
+		a.abandonExits(false)
 	}
 	vm, err := a.cfg.NewVM(a)
 	if err != nil {
@@ -550,6 +546,21 @@ func (a *Agent) restore(c lockstep.Checkpoint) error {
 		return err
 	}
 	return a.applyRun()
+}
+
+// abandonExits makes a hook waiting in the VM give up its exit (on) so
+// that the VM can be closed, or lets the next VM's hooks wait again (off,
+// unless the agent is stopping).
+func (a *Agent) abandonExits(on bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	select {
+	case <-a.stop:
+		on = true
+	default:
+	}
+	a.abort = on
+	a.cond.Broadcast()
 }
 
 // frameType picks the transport frame type (and so the lane) of a message.

@@ -301,26 +301,27 @@ func failover(t *testing.T, mode lockstep.Mode, image []byte, want string) {
 		t.Fatalf("secondary finished as %s in epoch %d; want primary in epoch >= 2", st.Role, st.Epoch)
 	}
 	secondaryOut := p.secOut.String()
-	if err := oneExecution(primaryOut, secondaryOut, want); err != nil {
+	repeated, err := oneExecution(primaryOut, secondaryOut, want)
+	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("primary released %d bytes, secondary %d; primary %+v, secondary %+v", len(primaryOut), len(secondaryOut), p.pri.Stats(), p.sec.Stats())
+	t.Logf("primary released %d bytes, secondary %d, of which %d repeat the primary's last; primary %+v, secondary %+v", len(primaryOut), len(secondaryOut), repeated, p.pri.Stats(), p.sec.Stats())
 }
 
 // oneExecution checks that first then second shows the world the single
 // execution want: first is a prefix of want, and second continues it,
 // possibly repeating a tail of first (outputs the old primary released
 // that the new one could not know were out).
-func oneExecution(first, second, want string) error {
+func oneExecution(first, second, want string) (repeated int, err error) {
 	if !strings.HasPrefix(want, first) {
-		return fmt.Errorf("the first primary released output no live run shows:\n got %q\nwant a prefix of %q", tail(first), tail(want))
+		return 0, fmt.Errorf("the first primary released output no live run shows:\n got %q\nwant a prefix of %q", tail(first), tail(want))
 	}
-	for rep := 0; rep <= len(first); rep++ {
-		if strings.HasSuffix(first, second[:min(rep, len(second))]) && first+second[min(rep, len(second)):] == want {
-			return nil
+	for rep := 0; rep <= min(len(first), len(second)); rep++ {
+		if strings.HasSuffix(first, second[:rep]) && first+second[rep:] == want {
+			return rep, nil
 		}
 	}
-	return fmt.Errorf("the second primary's output does not continue the first's:\nfirst ends %q\nsecond begins %q\nwant %q", tail(first), head(second), want[min(len(first), len(want)):min(len(first)+200, len(want))])
+	return 0, fmt.Errorf("the second primary's output does not continue the first's:\nfirst ends %q\nsecond begins %q\nwant %q", tail(first), head(second), want[min(len(first), len(want)):min(len(first)+200, len(want))])
 }
 
 func tail(s string) string { return s[max(0, len(s)-200):] }
@@ -334,7 +335,7 @@ func TestOneExecutionCatchesLossAndRepeat(t *testing.T) {
 		{"", "a\nb\nc\nd\n"},
 	}
 	for _, c := range ok {
-		if err := oneExecution(c.first, c.second, want); err != nil {
+		if _, err := oneExecution(c.first, c.second, want); err != nil {
 			t.Errorf("%q + %q: %v", c.first, c.second, err)
 		}
 	}
@@ -345,7 +346,7 @@ func TestOneExecutionCatchesLossAndRepeat(t *testing.T) {
 		{"a\nb\n", "c\nd\nd\n"}, // an extra output at the end
 	}
 	for _, c := range bad {
-		if err := oneExecution(c.first, c.second, want); err == nil {
+		if _, err := oneExecution(c.first, c.second, want); err == nil {
 			t.Errorf("%q + %q passed", c.first, c.second)
 		}
 	}
