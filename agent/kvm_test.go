@@ -256,7 +256,7 @@ func TestKVMPairMemstress(t *testing.T) {
 	}
 }
 
-const failoverCmdline = "pages=32 iters=600 dirty=4 pattern=stride stride=5 seed=11"
+const failoverCmdline = "pages=32 iters=4000 dirty=4 pattern=stride stride=5 seed=11"
 
 // TestKVMFailover stops the primary (agent, VM and transport) in mid-run:
 // the secondary must take over through the arbiter and finish the run so
@@ -275,7 +275,10 @@ func failover(t *testing.T, mode lockstep.Mode, image []byte, want string) {
 	ctx, cancel := context.WithTimeout(context.Background(), testRunTimeout)
 	defer cancel()
 	p := startPair(t, ctx, mode, 0, image, failoverCmdline)
-	const linesBeforeKill = 40
+	// Late enough that heartbeats have told the secondary what the
+	// primary released (at least one per HeartbeatTicks): the repeat at
+	// take-over must then be shorter than everything.
+	const linesBeforeKill = 1500
 	deadline := time.Now().Add(testRunTimeout / 2)
 	for strings.Count(p.priOut.String(), "\n") < linesBeforeKill {
 		if time.Now().After(deadline) {
@@ -304,6 +307,9 @@ func failover(t *testing.T, mode lockstep.Mode, image []byte, want string) {
 	repeated, err := oneExecution(primaryOut, secondaryOut, want)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if repeated >= len(primaryOut) {
+		t.Fatalf("the new primary repeated all %d bytes the old one released: it never learned what was out (heartbeats' ReleasedThrough, Ready.Drop)", repeated)
 	}
 	t.Logf("primary released %d bytes, secondary %d, of which %d repeat the primary's last; primary %+v, secondary %+v", len(primaryOut), len(secondaryOut), repeated, p.pri.Stats(), p.sec.Stats())
 }
