@@ -45,12 +45,17 @@
 // vmm.Output is called by the loop and nowhere else. A halted node never
 // releases anything (lockstep moves its releases to Drop).
 //
-// Flow control and checkpoints both stop the vCPU between exits, never
-// inside the hook: a stall (the secondary lags a log window) and a pause
-// (a checkpoint) are Machine.Pause, and the VM runs again only when
-// neither holds. A secondary restores every checkpoint into a fresh VM
-// from Config.NewVM; a hook still waiting in the old one is told to give
-// up (the old VM fails with errAborted and is closed).
+// Flow control and checkpoints stop the vCPU at a clean point between
+// exits. A pause (for a checkpoint) and a stall (the secondary lags
+// Node.LogWindowEntries behind) are both Machine.Pause, and the VM runs
+// again only when neither holds. Because the loop acts on CmdStall only
+// after the exit that caused it, and a guest can make many exits in that
+// time, the hook also holds the vCPU at the end of an exit (already logged
+// and held) while the node reports Stalled; it lets go as soon as the loop
+// wants the VM paused, so Machine.Pause never waits on it. A secondary
+// restores every checkpoint into a fresh VM from Config.NewVM; a hook still
+// waiting in the old one is told to give up (that VM fails with errAborted
+// and is closed).
 //
 // # The log's contents
 //

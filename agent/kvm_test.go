@@ -31,6 +31,8 @@ const (
 	testRunTimeout = 240 * time.Second
 )
 
+var _ Transport = (*tcpfallback.Transport)(nil)
+
 var testPSK = []byte("agent-test-psk-32-bytes-long!!!!")
 
 func guestImage(t *testing.T, name string) []byte {
