@@ -75,7 +75,7 @@ type Config struct {
 	// the node has accepted it for comparison, before any acknowledgement
 	// of it can leave. It runs on the vCPU thread with the agent's lock
 	// held: it must not call the Agent.
-	OnReplayed func(exitIndex uint64, data []byte)
+	OnReplayed func(exitIndex uint64, device vmm.Device, data []byte)
 }
 
 // Stats counts what went wrong without stopping the agent.

@@ -150,7 +150,7 @@ func (a *Agent) output(x exitReq, in exitInfo, kind uint16) (vmm.Result, error) 
 			if a.cfg.OnReplayed != nil {
 				// Under the lock: the loop cannot acknowledge the
 				// comparison before an observer has seen the output.
-				a.cfg.OnReplayed(in.Index, in.Data)
+				a.cfg.OnReplayed(in.Index, in.Device, in.Data)
 			}
 			a.mu.Unlock()
 			a.poke()

@@ -107,6 +107,11 @@ const testTick = 20 * time.Millisecond
 
 // startPair starts a secondary, then a primary that waits for it.
 func startPair(t *testing.T, ctx context.Context, mode lockstep.Mode, window int, image []byte, cmdline string) *pair {
+	return startPairWith(t, ctx, mode, window, image, cmdline, nil)
+}
+
+// startPairWith lets devices be added to each side's VM config.
+func startPairWith(t *testing.T, ctx context.Context, mode lockstep.Mode, window int, image []byte, cmdline string, devices func(role wire.Role, c *vmm.Config)) *pair {
 	t.Helper()
 	arb, err := arbiter.NewFile(t.TempDir())
 	if err != nil {
@@ -114,13 +119,24 @@ func startPair(t *testing.T, ctx context.Context, mode lockstep.Mode, window int
 	}
 	p := &pair{priErr: make(chan error, 1), secErr: make(chan error, 1)}
 	newVM := func(out *lockedBuffer) func(vmm.ExitHook) (VM, error) {
+		role := wire.RolePrimary
+		if out == &p.secOut {
+			role = wire.RoleSecondary
+		}
 		return func(h vmm.ExitHook) (VM, error) {
-			return vmm.New(vmm.Config{MemSizeBytes: testMemBytes, Console: out, Hook: h, Cmdline: cmdline})
+			c := vmm.Config{MemSizeBytes: testMemBytes, Console: out, Hook: h, Cmdline: cmdline}
+			if devices != nil {
+				devices(role, &c)
+			}
+			return vmm.New(c)
 		}
 	}
 	p.sec, err = New(Config{
 		Node: nodeConfig(wire.RoleSecondary, mode, window), NewVM: newVM(&p.secOut), Arbiter: arb, TickInterval: testTick,
-		OnReplayed: func(_ uint64, data []byte) {
+		OnReplayed: func(_ uint64, dev vmm.Device, data []byte) {
+			if dev != vmm.DeviceConsole {
+				return
+			}
 			p.mu.Lock()
 			p.replayed = append(p.replayed, bytes.Clone(data))
 			p.mu.Unlock()

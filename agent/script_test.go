@@ -287,7 +287,7 @@ func startScriptPairGlitch(t *testing.T, ctx context.Context, lines uint64, wind
 		}
 		return v, err
 	}
-	secCfg.OnReplayed = func(_ uint64, data []byte) {
+	secCfg.OnReplayed = func(_ uint64, _ vmm.Device, data []byte) {
 		if len(data) == 0 {
 			return
 		}
