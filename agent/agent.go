@@ -1,0 +1,579 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/ftvm/ftvm/lockstep"
+	"github.com/ftvm/ftvm/lockstep/wire"
+	"github.com/ftvm/ftvm/transport"
+	"github.com/ftvm/ftvm/vmm"
+)
+
+// Transport moves the protocol's frames to the peer. tcpfallback.Transport
+// satisfies it; received frames come back through Agent.HandleFrame, which
+// the transport's OnFrame calls.
+type Transport interface {
+	Send(typ transport.Type, payload []byte) error
+}
+
+// Arbiter grants epochs (lockstep/arbiter.File, .Memory).
+type Arbiter interface {
+	Acquire(ctx context.Context, vmID string, epoch uint64) (granted bool, fence uint64, err error)
+}
+
+// VM is what the agent drives of a vmm.Machine.
+type VM interface {
+	Resume(pauseAfterExits uint64) error
+	Pause() error
+	Snapshot(kind vmm.SnapshotKind) (*vmm.Snapshot, error)
+	Restore(s *vmm.Snapshot) error
+	Status() vmm.Status
+	Close() error
+}
+
+var _ VM = (*vmm.Machine)(nil)
+
+// Defaults for Config fields left zero.
+const (
+	DefaultTickInterval   = 10 * time.Millisecond
+	DefaultInboxFrames    = 1024
+	arbiterTimeout        = 5 * time.Second
+	defaultSnapshotFormat = vmm.Full
+)
+
+// Config configures an Agent.
+type Config struct {
+	// Node configures the protocol; Node.Role says whether this host starts
+	// as primary or secondary.
+	Node lockstep.Config
+	// NewVM creates an empty, paused VM whose exits go to hook. The
+	// primary calls it once and then Boot; the secondary calls it for
+	// every checkpoint it restores (a fresh VM is the simplest clean
+	// state to restore into, whatever the old one was doing).
+	NewVM func(hook vmm.ExitHook) (VM, error)
+	// Boot loads the guest into the primary's new VM.
+	Boot func(VM) error
+	// Arbiter decides which host is primary.
+	Arbiter Arbiter
+	// TickInterval is the length of one protocol tick.
+	TickInterval time.Duration
+	// WaitForSecondary keeps the primary's VM paused until a secondary is
+	// in step, so that no output leaves unprotected.
+	WaitForSecondary bool
+	// InboxFrames bounds the received frames waiting for the loop; a full
+	// inbox makes the transport's reader wait.
+	InboxFrames int
+	// OnRelease, if set, sees every output as it is handed to its backend
+	// (on the loop goroutine, before the backend).
+	OnRelease func(o lockstep.Output)
+	// OnReplayed, if set, sees every output a replaying VM produced once
+	// the node has accepted it for comparison, before any acknowledgement
+	// of it can leave. It runs on the vCPU thread with the agent's lock
+	// held: it must not call the Agent.
+	OnReplayed func(exitIndex uint64, device vmm.Device, data []byte)
+}
+
+// Stats counts what went wrong without stopping the agent.
+type Stats struct {
+	SendErrors  uint64 // frames the transport could not send (the protocol resends)
+	FrameErrors uint64 // received frames that did not parse
+	StepErrors  uint64 // frames the node refused (stale epoch, wrong VM)
+	Divergences uint64 // exits where the replica left the primary's path
+	Released    uint64 // outputs handed to their backends
+	Restores    uint64 // checkpoints restored (secondary)
+	Checkpoints uint64 // checkpoints taken (primary)
+	Stalls      uint64 // times the vCPU was stalled for a lagging secondary
+}
+
+// heldOutput is an output the VMM keeps out of the world: *vmm.Output.
+type heldOutput interface {
+	Release() error
+	Drop()
+}
+
+// Agent runs one protected VM on this host.
+type Agent struct {
+	cfg Config
+
+	// mu guards the node, handles and the flags below it; cond wakes a
+	// vCPU thread waiting at an exit the log does not reach yet.
+	mu      sync.Mutex
+	cond    *sync.Cond
+	node    *lockstep.Node
+	handles map[uint64]heldOutput // output ID → held output
+	abort   bool                  // make a waiting hook give up (VM replaced or stopping)
+	pausing bool                  // the loop wants the VM paused: a stalled hook must return
+
+	// Owned by the loop goroutine.
+	tr      Transport
+	vm      VM
+	booted  bool // the VM holds a guest (loaded or restored)
+	running bool // the loop asked the VM to run
+	stalled bool
+	paused  bool
+	halted  bool
+	haltWhy string
+	guarded bool // a secondary was in step at least once
+	enc     []byte
+
+	inbox  chan []byte
+	wake   chan struct{}
+	arbRes chan arbiterAnswer
+	stop   chan struct{}
+	once   sync.Once
+
+	// bugReleaseOnHold plants a bug for the tests that prove the checks
+	// work: a primary's output leaves when the guest makes it.
+	bugReleaseOnHold bool
+
+	stats struct {
+		send, frame, step, diverge, released, restores, ckpts, stalls atomic.Uint64
+	}
+}
+
+type arbiterAnswer struct {
+	epoch, fence uint64
+	granted      bool
+	err          error
+}
+
+// New returns an agent; Run starts it.
+func New(cfg Config) (*Agent, error) {
+	if cfg.NewVM == nil {
+		return nil, errors.New("agent: Config.NewVM is nil: give a function that creates the VM")
+	}
+	if cfg.Arbiter == nil {
+		return nil, errors.New("agent: Config.Arbiter is nil: give an arbiter (lockstep/arbiter)")
+	}
+	if cfg.Node.Role == wire.RolePrimary && cfg.Boot == nil {
+		return nil, errors.New("agent: a primary needs Config.Boot to load its guest")
+	}
+	if cfg.TickInterval == 0 {
+		cfg.TickInterval = DefaultTickInterval
+	}
+	if cfg.TickInterval < 0 {
+		return nil, fmt.Errorf("agent: TickInterval %v is negative", cfg.TickInterval)
+	}
+	if cfg.InboxFrames <= 0 {
+		cfg.InboxFrames = DefaultInboxFrames
+	}
+	n, err := lockstep.NewNode(cfg.Node)
+	if err != nil {
+		return nil, err
+	}
+	a := &Agent{
+		cfg: cfg, node: n, handles: map[uint64]heldOutput{},
+		inbox:  make(chan []byte, cfg.InboxFrames),
+		wake:   make(chan struct{}, 1),
+		arbRes: make(chan arbiterAnswer, 1),
+		stop:   make(chan struct{}),
+	}
+	a.cond = sync.NewCond(&a.mu)
+	return a, nil
+}
+
+// HandleFrame takes a frame from the transport (its OnFrame). The payload
+// is copied: the transport lends it only for the call.
+func (a *Agent) HandleFrame(f transport.Frame) {
+	b := append([]byte(nil), f.Payload...)
+	select {
+	case a.inbox <- b:
+	case <-a.stop:
+	}
+}
+
+// Stop makes Run return and closes the VM. Held outputs are never released.
+func (a *Agent) Stop() {
+	a.once.Do(func() {
+		close(a.stop)
+		a.mu.Lock()
+		a.abort = true
+		a.cond.Broadcast()
+		a.mu.Unlock()
+	})
+}
+
+// Stats returns the counters.
+func (a *Agent) Stats() Stats {
+	return Stats{
+		SendErrors: a.stats.send.Load(), FrameErrors: a.stats.frame.Load(), StepErrors: a.stats.step.Load(),
+		Divergences: a.stats.diverge.Load(), Released: a.stats.released.Load(),
+		Restores: a.stats.restores.Load(), Checkpoints: a.stats.ckpts.Load(), Stalls: a.stats.stalls.Load(),
+	}
+}
+
+// Status is the node's status.
+func (a *Agent) Status() lockstep.Status {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.node.Status()
+}
+
+// ErrHalted is returned by Run when the node halted: another host is
+// primary, so this one must not act.
+var ErrHalted = errors.New("agent: halted")
+
+// Run drives the node until the guest has finished and every output left
+// (primary), Stop is called, ctx ends or the node halts. It closes the VM
+// before returning.
+func (a *Agent) Run(ctx context.Context, tr Transport) (err error) {
+	a.tr = tr
+	defer func() {
+		a.Stop()
+		if a.vm != nil {
+			a.abandonExits(true)
+			a.vm.Close()
+		}
+	}()
+	if a.cfg.Node.Role == wire.RolePrimary {
+		if a.vm, err = a.cfg.NewVM(a); err != nil {
+			return fmt.Errorf("agent: creating the VM: %w", err)
+		}
+		if err := a.cfg.Boot(a.vm); err != nil {
+			return fmt.Errorf("agent: loading the guest: %w", err)
+		}
+		a.booted = true
+	}
+	tick := time.NewTicker(a.cfg.TickInterval)
+	defer tick.Stop()
+	for {
+		if err := a.process(ctx); err != nil {
+			return err
+		}
+		if a.halted {
+			return fmt.Errorf("%w: %s", ErrHalted, a.haltWhy)
+		}
+		if done, err := a.finished(); done {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-a.stop:
+			return nil
+		case <-tick.C:
+			a.mu.Lock()
+			a.node.Tick()
+			a.mu.Unlock()
+		case b := <-a.inbox:
+			a.stepFrame(b)
+			// Drain what else arrived, so one Ready covers it.
+			for more := true; more; {
+				select {
+				case b := <-a.inbox:
+					a.stepFrame(b)
+				default:
+					more = false
+				}
+			}
+		case <-a.wake:
+		case r := <-a.arbRes:
+			a.mu.Lock()
+			a.node.ArbiterResult(r.epoch, r.granted, r.fence, r.err)
+			a.mu.Unlock()
+		}
+	}
+}
+
+func (a *Agent) stepFrame(b []byte) {
+	m, _, err := wire.Parse(b)
+	if err != nil {
+		a.stats.frame.Add(1)
+		return
+	}
+	a.mu.Lock()
+	err = a.node.Step(m)
+	a.mu.Unlock()
+	if err != nil {
+		a.stats.step.Add(1)
+	}
+}
+
+// finished reports whether a primary's guest is done and nothing it said
+// is still held back: the run is over.
+func (a *Agent) finished() (bool, error) {
+	if a.vm == nil || !a.booted {
+		return false, nil
+	}
+	st := a.vm.Status()
+	if st.State != vmm.Halted && st.State != vmm.Failed {
+		return false, nil
+	}
+	a.mu.Lock()
+	ns := a.node.Status()
+	a.mu.Unlock()
+	if st.State == vmm.Failed && !a.abortedVM(st.Err) {
+		return true, fmt.Errorf("agent: the VM failed: %w", st.Err)
+	}
+	return ns.Role == lockstep.RolePrimary && ns.Held == 0, nil
+}
+
+func (a *Agent) abortedVM(err error) bool { return errors.Is(err, errAborted) }
+
+// poke wakes the loop: the hook gave the node something to act on.
+func (a *Agent) poke() {
+	select {
+	case a.wake <- struct{}{}:
+	default:
+	}
+}
+
+// work is one Ready, copied out of the node so that it can be performed
+// without the lock (the vCPU thread must be able to finish an exit while
+// the loop waits for it to pause).
+type work struct {
+	cmds []lockstep.Command
+	rel  []lockstep.Output
+	drop []uint64
+	msgs []encoded
+}
+
+type encoded struct {
+	typ transport.Type
+	b   []byte
+}
+
+// process performs Ready after Ready until the node has nothing to do.
+func (a *Agent) process(ctx context.Context) error {
+	for {
+		a.mu.Lock()
+		if !a.node.HasReady() {
+			guarded := a.node.Status().Protected
+			// A Step may have brought log items without any Ready: let
+			// a hook waiting for them look again.
+			a.cond.Broadcast()
+			a.mu.Unlock()
+			if guarded && !a.guarded {
+				a.guarded = true
+				if err := a.applyRun(); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+		rd := a.node.Ready()
+		w := work{
+			cmds: append([]lockstep.Command(nil), rd.Commands...),
+			rel:  append([]lockstep.Output(nil), rd.Release...),
+			drop: append([]uint64(nil), rd.Drop...),
+		}
+		for _, m := range rd.Messages {
+			a.enc = m.Append(a.enc[:0])
+			w.msgs = append(w.msgs, encoded{typ: frameType(m), b: append([]byte(nil), a.enc...)})
+		}
+		a.node.Advance(rd)
+		a.mu.Unlock()
+		if err := a.perform(ctx, &w); err != nil {
+			return err
+		}
+		a.mu.Lock()
+		a.cond.Broadcast()
+		a.mu.Unlock()
+	}
+}
+
+// perform does one Ready in the order lockstep.Ready documents: commands,
+// releases, drops, messages.
+func (a *Agent) perform(ctx context.Context, w *work) error {
+	for _, c := range w.cmds {
+		if err := a.command(ctx, c); err != nil {
+			return fmt.Errorf("agent: %s: %w", c.Kind, err)
+		}
+	}
+	for _, o := range w.rel {
+		a.mu.Lock()
+		h := a.handles[o.ID]
+		delete(a.handles, o.ID)
+		a.mu.Unlock()
+		if h == nil {
+			return fmt.Errorf("agent: the node released output %d (seq %d), which this agent does not hold", o.ID, o.Seq)
+		}
+		if a.cfg.OnRelease != nil {
+			a.cfg.OnRelease(o)
+		}
+		a.stats.released.Add(1)
+		// A backend error is the device's to report (the guest already
+		// got its status when the output was held); the protocol's
+		// promise is only that nothing leaves before Ready says so.
+		h.Release()
+	}
+	for _, id := range w.drop {
+		a.mu.Lock()
+		h := a.handles[id]
+		delete(a.handles, id)
+		a.mu.Unlock()
+		if h != nil {
+			h.Drop()
+		}
+	}
+	for _, m := range w.msgs {
+		if err := a.tr.Send(m.typ, m.b); err != nil {
+			a.stats.send.Add(1) // lost frames are the protocol's to resend
+		}
+	}
+	return nil
+}
+
+func (a *Agent) command(ctx context.Context, c lockstep.Command) error {
+	switch c.Kind {
+	case lockstep.CmdStall:
+		a.stats.stalls.Add(1)
+		a.stalled = true
+		return a.applyRun()
+	case lockstep.CmdUnstall:
+		a.stalled = false
+		return a.applyRun()
+	case lockstep.CmdPause:
+		a.paused = true
+		return a.applyRun()
+	case lockstep.CmdResume:
+		a.paused = false
+		return a.applyRun()
+	case lockstep.CmdTakeCheckpoint:
+		return a.takeCheckpoint(c.Checkpoint)
+	case lockstep.CmdRestoreCheckpoint:
+		return a.restore(c.Checkpoint)
+	case lockstep.CmdAcquire:
+		go a.acquire(ctx, c.Epoch)
+		return nil
+	case lockstep.CmdGoLive:
+		// The hook learns it from the node (Live) at the next exit; the
+		// VM keeps running.
+		return nil
+	case lockstep.CmdHalt:
+		a.halted, a.haltWhy = true, c.Reason
+		return a.applyRun()
+	}
+	return fmt.Errorf("unknown command %d", c.Kind)
+}
+
+func (a *Agent) acquire(ctx context.Context, epoch uint64) {
+	actx, cancel := context.WithTimeout(ctx, arbiterTimeout)
+	defer cancel()
+	granted, fence, err := a.cfg.Arbiter.Acquire(actx, a.cfg.Node.VMID, epoch)
+	select {
+	case a.arbRes <- arbiterAnswer{epoch: epoch, fence: fence, granted: granted, err: err}:
+	case <-a.stop:
+	}
+}
+
+// applyRun makes the VM run or pause as the flags say. The pause is
+// synchronous: when it returns the vCPU is at a clean point between exits.
+func (a *Agent) applyRun() error {
+	if a.vm == nil {
+		return nil
+	}
+	want := a.booted && !a.stalled && !a.paused && !a.halted &&
+		(a.guarded || !a.cfg.WaitForSecondary || a.cfg.Node.Role != wire.RolePrimary)
+	if want == a.running {
+		return nil
+	}
+	a.running = want
+	a.mu.Lock()
+	a.pausing = !want
+	a.cond.Broadcast()
+	a.mu.Unlock()
+	st := a.vm.Status().State
+	if want {
+		if st != vmm.Paused {
+			return nil // halted or failed: finished() reports it
+		}
+		return a.vm.Resume(0)
+	}
+	if st != vmm.Running {
+		return nil
+	}
+	return a.vm.Pause()
+}
+
+func (a *Agent) takeCheckpoint(c lockstep.Checkpoint) error {
+	if a.vm == nil || !a.booted {
+		return errors.New("no VM to checkpoint")
+	}
+	if a.vm.Status().State == vmm.Running {
+		return errors.New("the VM runs: the node asked for a checkpoint without a pause")
+	}
+	// Always a full snapshot: a secondary restores it into a fresh VM,
+	// which has no base for an increment.
+	s, err := a.vm.Snapshot(defaultSnapshotFormat)
+	if err != nil {
+		return err
+	}
+	b, err := s.MarshalBinary()
+	if err != nil {
+		return err
+	}
+	a.stats.ckpts.Add(1)
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.node.CheckpointTaken(c.ID, b)
+}
+
+// errAborted is what a waiting hook returns when its VM is being replaced
+// or the agent stops: it fails that VM, which nobody runs again.
+var errAborted = errors.New("agent: exit abandoned: the VM is being replaced or stopped")
+
+func (a *Agent) restore(c lockstep.Checkpoint) error {
+	s, err := vmm.UnmarshalSnapshot(c.Data)
+	if err != nil {
+		return fmt.Errorf("checkpoint %d from the primary: %w", c.ID, err)
+	}
+	if a.vm != nil {
+		a.abandonExits(true)
+		a.vm.Close()
+		a.vm, a.booted, a.running = nil, false, false
+		a.abandonExits(false)
+	}
+	vm, err := a.cfg.NewVM(a)
+	if err != nil {
+		return fmt.Errorf("creating a VM to restore into: %w", err)
+	}
+	if err := vm.Restore(s); err != nil {
+		vm.Close()
+		return fmt.Errorf("restoring checkpoint %d: %w", c.ID, err)
+	}
+	a.vm, a.booted = vm, true
+	a.stats.restores.Add(1)
+	a.mu.Lock()
+	err = a.node.CheckpointRestored(c.ID)
+	a.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return a.applyRun()
+}
+
+// abandonExits makes a hook waiting in the VM give up its exit (on) so
+// that the VM can be closed, or lets the next VM's hooks wait again (off,
+// unless the agent is stopping).
+func (a *Agent) abandonExits(on bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	select {
+	case <-a.stop:
+		on = true
+	default:
+	}
+	a.abort = on
+	a.cond.Broadcast()
+}
+
+// frameType picks the transport frame type (and so the lane) of a message.
+func frameType(m wire.Msg) transport.Type {
+	switch m.Type() {
+	case wire.TypeEntry:
+		return transport.TypeLog
+	case wire.TypeOutput:
+		return transport.TypeOutput
+	case wire.TypeAck:
+		return transport.TypeAck
+	case wire.TypeCheckpointChunk:
+		return transport.TypeCheckpoint
+	}
+	return transport.TypeControl
+}

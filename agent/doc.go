@@ -1,0 +1,73 @@
+// Package agent runs one protected VM on one host: it owns the VM, drives a
+// lockstep.Node and is the only place where the concrete parts meet (the
+// VMM, a transport, an arbiter). It declares what it uses of them as
+// interfaces: VM (a *vmm.Machine), Transport (a *tcpfallback.Transport) and
+// Arbiter (lockstep/arbiter's File or Memory).
+//
+// # Threads
+//
+// Three kinds of goroutine touch an Agent:
+//
+//   - The vCPU thread (vmm's) calls OnExit, the vmm.ExitHook, at every
+//     device exit. On a primary it is the recorder: an input is produced
+//     live by the device and logged with Node.RecordInput before the guest
+//     sees it; an output is held in the VMM (Exit.Hold) and logged with
+//     Node.HoldOutput, and the guest goes on at once. On a secondary it is
+//     the replayer: an input comes from Node.NextInput, an output is held
+//     and handed to Node.ReplayOutput for comparison. When the log does not
+//     reach the exit yet (NotYet) the vCPU thread waits on a condition
+//     variable that the loop signals after every round. When the node
+//     answers Live (a primary, or a secondary that won the arbiter), the
+//     exit is served as a primary's: a secondary goes live without any
+//     switch in the VMM.
+//   - The loop (Run) is the only goroutine that calls Step, Tick, Ready,
+//     Advance, CheckpointTaken, CheckpointRestored and ArbiterResult, and
+//     the only one that drives the VM (pause, resume, snapshot, restore)
+//     and sends frames. It wakes on a tick timer, on a received frame, on
+//     a poke from the hook, and on the arbiter's answer.
+//   - The transport's lane readers call HandleFrame, which copies the frame
+//     into the loop's inbox; an arbiter request runs on a goroutine of its
+//     own, since a file lock or an etcd lease can take long.
+//
+// One mutex guards the node and the table of held outputs. The loop copies
+// each Ready out of the node under it, encodes the messages, calls Advance
+// and performs the work without it, so that a vCPU thread in the middle of
+// an exit can finish it while the loop waits for the VM to pause.
+//
+// # Order guarantees
+//
+// Each Ready is performed in the order lockstep.Ready documents: commands
+// first (a pause has stopped the vCPU at a clean point before a checkpoint
+// is taken; a restored VM is in place before the restore is confirmed),
+// then releases, then drops, then messages (so a confirmation never
+// overtakes the act it reports). An output reaches its backend only when a
+// Ready lists it in Release: the hook only ever holds; Release on the held
+// vmm.Output is called by the loop and nowhere else. A halted node never
+// releases anything (lockstep moves its releases to Drop).
+//
+// Flow control and checkpoints stop the vCPU at a clean point between
+// exits. A pause (for a checkpoint) and a stall (the secondary lags
+// Node.LogWindowEntries behind) are both Machine.Pause, and the VM runs
+// again only when neither holds. Because the loop acts on CmdStall only
+// after the exit that caused it, and a guest can make many exits in that
+// time, the hook also holds the vCPU at the end of an exit (already logged
+// and held) while the node reports Stalled; it lets go as soon as the loop
+// wants the VM paused, so Machine.Pause never waits on it. A secondary
+// restores every checkpoint into a fresh VM from Config.NewVM; a hook still
+// waiting in the old one is told to give up (that VM fails with errAborted
+// and is closed).
+//
+// # The log's contents
+//
+// codec.go lays out what the lockstep log carries for the VMM: an input's
+// status, value, request arg and len besides its bytes (so the replica
+// gets exactly what the guest got and checks it is answering the same
+// request), and an output's request arg besides its bytes (so a block
+// write to another sector is a divergence).
+//
+// # Not yet
+//
+// Checkpoints are always full snapshots (an increment would need the
+// secondary to keep its VM, not restore into a fresh one). Transport
+// events (lane down) are not used: the protocol's own timeouts decide.
+package agent

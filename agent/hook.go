@@ -1,0 +1,185 @@
+package agent
+
+import (
+	"errors"
+	"fmt"
+
+	"github.com/ftvm/ftvm/lockstep"
+	"github.com/ftvm/ftvm/vmm"
+)
+
+// exitReq is one device exit as the hook logic needs it: *vmm.Exit through
+// vmmExit, or a scripted exit in unit tests of the logic.
+type exitReq interface {
+	info() exitInfo
+	live() (vmm.Result, error)
+	hold() (heldOutput, error)
+}
+
+type exitInfo struct {
+	Index  uint64
+	Device vmm.Device
+	Op     uint32
+	Dir    vmm.Direction
+	Arg    uint64
+	Len    uint32
+	Data   []byte // an output's bytes, valid during the exit
+}
+
+type vmmExit struct{ e *vmm.Exit }
+
+func (x vmmExit) info() exitInfo {
+	e := x.e
+	return exitInfo{Index: e.Index, Device: e.Device, Op: e.Op, Dir: e.Dir, Arg: e.Arg, Len: e.Len, Data: e.Data}
+}
+func (x vmmExit) live() (vmm.Result, error) { return x.e.Live() }
+func (x vmmExit) hold() (heldOutput, error) {
+	o, err := x.e.Hold()
+	if err != nil {
+		return nil, err
+	}
+	return o, nil
+}
+
+var _ vmm.ExitHook = (*Agent)(nil)
+
+// OnExit implements vmm.ExitHook; it runs on the vCPU thread. It is the
+// recorder on a primary and the replayer on a secondary; which one is the
+// node's answer (Live) at each exit, so a secondary that goes live needs
+// no switch in the VMM.
+func (a *Agent) OnExit(e *vmm.Exit) (vmm.Result, error) { return a.onExit(vmmExit{e}) }
+
+func (a *Agent) onExit(x exitReq) (vmm.Result, error) {
+	in := x.info()
+	kind, err := exitKind(in.Device, in.Op)
+	if err != nil {
+		return vmm.Result{}, err
+	}
+	if in.Dir == vmm.DirInput {
+		return a.input(x, in, kind)
+	}
+	return a.output(x, in, kind)
+}
+
+func (a *Agent) input(x exitReq, in exitInfo, kind uint16) (vmm.Result, error) {
+	a.mu.Lock()
+	for {
+		if a.abort {
+			a.mu.Unlock()
+			return vmm.Result{}, errAborted
+		}
+		data, r := a.node.NextInput(in.Index, kind)
+		switch r {
+		case lockstep.OK:
+			a.mu.Unlock()
+			a.poke() // the node owes an acknowledgement
+			res, err := decodeInput(data, in.Arg, in.Len)
+			if err != nil {
+				a.stats.diverge.Add(1)
+				return vmm.Result{}, fmt.Errorf("%w at exit %d", err, in.Index)
+			}
+			return res, nil
+		case lockstep.Live:
+			a.mu.Unlock()
+			return a.recordInput(x, in, kind)
+		case lockstep.Diverged:
+			// The node asked for a resync; its checkpoint replaces this
+			// VM and aborts the wait.
+			a.stats.diverge.Add(1)
+			a.poke()
+		}
+		// Not poked for NotYet: nothing changed that the loop must act
+		// on, and it broadcasts after every round anyway.
+		a.cond.Wait()
+	}
+}
+
+// recordInput serves an input live and logs it; the guest gets it at once
+// (only outputs wait for the secondary).
+func (a *Agent) recordInput(x exitReq, in exitInfo, kind uint16) (vmm.Result, error) {
+	res, err := x.live()
+	if err != nil {
+		return vmm.Result{}, err
+	}
+	a.mu.Lock()
+	_, err = a.node.RecordInput(in.Index, kind, encodeInput(in.Arg, in.Len, res))
+	if err == nil {
+		a.waitUnstalled()
+	}
+	a.mu.Unlock()
+	if err != nil {
+		return vmm.Result{}, err
+	}
+	return res, nil
+}
+
+// waitUnstalled holds the vCPU at the end of an exit while the node says
+// the secondary lags a full window. CmdStall pauses the VM too, but only
+// once the loop gets to it, and a guest can make many exits meanwhile:
+// this is what bounds the log. The exit is complete (logged, held), so
+// giving up the wait when the loop pauses the VM loses nothing. a.mu held.
+func (a *Agent) waitUnstalled() {
+	a.poke()
+	for a.node.Status().Stalled && !a.pausing && !a.abort {
+		a.cond.Wait()
+	}
+}
+
+func (a *Agent) output(x exitReq, in exitInfo, kind uint16) (vmm.Result, error) {
+	h, err := x.hold()
+	if errors.Is(err, vmm.ErrRefused) {
+		// Refused before it was held (a block write past the end): the
+		// replica's device refuses it the same way, so neither logs it.
+		return vmm.Result{Status: vmm.StatusOf(err)}, nil
+	}
+	if err != nil {
+		return vmm.Result{}, err
+	}
+	payload := encodeOutput(in.Arg, in.Data)
+	a.mu.Lock()
+	for {
+		if a.abort {
+			a.mu.Unlock()
+			h.Drop()
+			return vmm.Result{}, errAborted
+		}
+		id, r := a.node.ReplayOutput(in.Index, kind, payload)
+		switch r {
+		case lockstep.OK:
+			a.handles[id] = h
+			if a.cfg.OnReplayed != nil {
+				// Under the lock: the loop cannot acknowledge the
+				// comparison before an observer has seen the output.
+				a.cfg.OnReplayed(in.Index, in.Device, in.Data)
+			}
+			a.mu.Unlock()
+			a.poke()
+			return vmm.Result{Status: vmm.StatusOK}, nil
+		case lockstep.Live:
+			id, err := a.node.HoldOutput(in.Index, kind, payload)
+			if err != nil {
+				a.mu.Unlock()
+				h.Drop()
+				return vmm.Result{}, err
+			}
+			a.handles[id] = h
+			if a.bugReleaseOnHold {
+				h.Release()
+			}
+			a.waitUnstalled()
+			a.mu.Unlock()
+			return vmm.Result{Status: vmm.StatusOK}, nil
+		case lockstep.Diverged:
+			// The node keeps this output as pending; a resync replaces the VM.
+			a.handles[id] = h
+			a.stats.diverge.Add(1)
+			a.poke()
+			for !a.abort {
+				a.cond.Wait()
+			}
+			a.mu.Unlock()
+			return vmm.Result{}, errAborted
+		}
+		a.cond.Wait()
+	}
+}

@@ -1,0 +1,163 @@
+package agent
+
+import (
+	"context"
+	"encoding/binary"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ftvm/ftvm/lockstep"
+	"github.com/ftvm/ftvm/lockstep/wire"
+	"github.com/ftvm/ftvm/vmm"
+)
+
+// TestKVMPairKVStore runs kvstore under a primary and a secondary: its
+// inputs (NIC frames, NIC waits, the MAC, block reads of its write-ahead
+// log) are recorded live on the primary and replayed from the log on the
+// secondary, and its outputs (reply frames, log writes, console) are held
+// until the secondary reproduced them. A client's request gets its reply
+// only through that release.
+func TestKVMPairKVStore(t *testing.T) {
+	image := guestImage(t, "kvstore")
+	const requests = 20
+	client, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	nic, err := vmm.ListenUDPNIC("127.0.0.1:0", client.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nic.Close()
+	disks := map[wire.Role]*os.File{}
+	for _, r := range []wire.Role{wire.RolePrimary, wire.RoleSecondary} {
+		f, err := os.Create(filepath.Join(t.TempDir(), "disk"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if err := f.Truncate(4 << 20); err != nil {
+			t.Fatal(err)
+		}
+		disks[r] = f
+	}
+	devices := func(role wire.Role, c *vmm.Config) {
+		c.Disk = disks[role]
+		if role == wire.RolePrimary {
+			c.NIC = nic // the secondary's NIC stays unplugged: its inputs come from the log
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), testRunTimeout)
+	defer cancel()
+	p := startPairWith(t, ctx, lockstep.AckOnCompare, 0, image, fmt.Sprintf("maxreq=%d", requests), devices)
+	kv := &udpKVClient{conn: client, nic: nic.LocalAddr()}
+	for i := 1; i <= requests; i++ {
+		req := fmt.Sprintf("%d PUT k%d v%d", i, i%3, i)
+		if i%2 == 0 {
+			req = fmt.Sprintf("%d GET k%d", i, (i-1)%3)
+		}
+		want := fmt.Sprintf("%d VAL", i)
+		if i%2 == 1 {
+			want = fmt.Sprintf("%d OK", i)
+		}
+		if got := kv.do(t, req); !strings.HasPrefix(got, want) {
+			t.Fatalf("request %q got %q, want %q...", req, got, want)
+		}
+	}
+	if err := waitErr(t, "primary", p.priErr); err != nil {
+		t.Fatalf("primary: %v", err)
+	}
+	p.sec.Stop()
+	if err := waitErr(t, "secondary", p.secErr); err != nil {
+		t.Fatalf("secondary: %v", err)
+	}
+	if v := p.violations(); len(v) > 0 {
+		t.Fatalf("%d console releases broke ack-on-compare; first: %s", len(v), v[0])
+	}
+	ps, ss := p.pri.Stats(), p.sec.Stats()
+	// Ack-on-compare and a primary that finished with nothing held: the
+	// secondary reproduced every reply, which it could only do from the
+	// request frames it got through the log.
+	if ss.Divergences != 0 || ps.Released < requests {
+		t.Fatalf("want no divergence and at least %d released replies: primary %+v secondary %+v", requests, ps, ss)
+	}
+	t.Logf("console %q...; primary %+v, secondary %+v", head(p.priOut.String()), ps, ss)
+}
+
+// udpKVClient wraps kvstore requests in Ethernet/IPv4/UDP frames sent to a
+// UDP NIC, as a host on the guest's network would (kvstore: 10.77.0.2:7000).
+type udpKVClient struct {
+	conn *net.UDPConn
+	nic  *net.UDPAddr
+}
+
+const kvReplyTimeout = 60 * time.Second
+
+func (c *udpKVClient) do(t *testing.T, req string) string {
+	t.Helper()
+	f := ipv4UDPFrame(vmm.DefaultMAC, [6]byte{2, 0, 0, 0, 0, 0x42}, [4]byte{10, 77, 0, 1}, [4]byte{10, 77, 0, 2}, 40000, 7000, []byte(req))
+	if _, err := c.conn.WriteToUDP(f, c.nic); err != nil {
+		t.Fatalf("send: %v", err)
+	}
+	buf := make([]byte, 2048)
+	for {
+		c.conn.SetReadDeadline(time.Now().Add(kvReplyTimeout))
+		n, _, err := c.conn.ReadFromUDP(buf)
+		if err != nil {
+			t.Fatalf("no reply to %q: %v", req, err)
+		}
+		if n < 42 || binary.BigEndian.Uint16(buf[12:]) != 0x0800 || buf[23] != 17 {
+			continue // not IPv4/UDP (an ARP, say)
+		}
+		return strings.TrimSpace(string(buf[42:n]))
+	}
+}
+
+func ipv4UDPFrame(dst, src [6]byte, sip, dip [4]byte, sport, dport uint16, payload []byte) []byte {
+	be := binary.BigEndian
+	f := make([]byte, 42+len(payload))
+	copy(f, dst[:])
+	copy(f[6:], src[:])
+	be.PutUint16(f[12:], 0x0800)
+	ip := f[14:34]
+	ip[0], ip[8], ip[9] = 0x45, 64, 17
+	be.PutUint16(ip[2:], uint16(28+len(payload)))
+	copy(ip[12:], sip[:])
+	copy(ip[16:], dip[:])
+	be.PutUint16(ip[10:], ^onesSum(0, ip))
+	udp := f[34:]
+	be.PutUint16(udp, sport)
+	be.PutUint16(udp[2:], dport)
+	be.PutUint16(udp[4:], uint16(8+len(payload)))
+	copy(udp[8:], payload)
+	pseudo := make([]byte, 0, 12)
+	pseudo = append(append(pseudo, sip[:]...), dip[:]...)
+	pseudo = be.AppendUint16(append(pseudo, 0, 17), uint16(len(udp)))
+	sum := ^onesSum(onesSum(0, pseudo), udp)
+	if sum == 0 {
+		sum = 0xffff
+	}
+	be.PutUint16(udp[6:], sum)
+	return f
+}
+
+// onesSum adds b to the one's-complement sum s (RFC 1071).
+func onesSum(s uint16, b []byte) uint16 {
+	sum := uint32(s)
+	for i := 0; i+1 < len(b); i += 2 {
+		sum += uint32(binary.BigEndian.Uint16(b[i:]))
+	}
+	if len(b)%2 == 1 {
+		sum += uint32(b[len(b)-1]) << 8
+	}
+	for sum>>16 != 0 {
+		sum = sum&0xffff + sum>>16
+	}
+	return uint16(sum)
+}

@@ -1,0 +1,185 @@
+package agent
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"testing"
+
+	"github.com/ftvm/ftvm/lockstep"
+	"github.com/ftvm/ftvm/lockstep/arbiter"
+	"github.com/ftvm/ftvm/lockstep/wire"
+	"github.com/ftvm/ftvm/transport"
+	"github.com/ftvm/ftvm/vmm"
+)
+
+func TestInputRoundTripAndMismatch(t *testing.T) {
+	res := vmm.Result{Status: -5, Value: 1<<40 + 3, Data: []byte("frame bytes")}
+	b := encodeInput(17, 64, res)
+	got, err := decodeInput(b, 17, 64)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got.Status != res.Status || got.Value != res.Value || !bytes.Equal(got.Data, res.Data) {
+		t.Fatalf("round trip: got %+v, want %+v", got, res)
+	}
+	if _, err := decodeInput(b, 18, 64); err == nil || !strings.Contains(err.Error(), "arg 18") {
+		t.Fatalf("another sector: %v, want a divergence naming arg 18", err)
+	}
+	if _, err := decodeInput(b, 17, 65); err == nil {
+		t.Fatal("another length passed")
+	}
+	if _, err := decodeInput(b[:inputHeaderBytes-1], 17, 64); err == nil || !strings.Contains(err.Error(), "corrupt") {
+		t.Fatalf("short entry: %v", err)
+	}
+}
+
+func TestExitKind(t *testing.T) {
+	k, err := exitKind(vmm.DeviceBlock, vmm.OpBlockWrite)
+	if err != nil || k>>8 != uint16(vmm.DeviceBlock) || k&0xff != uint16(vmm.OpBlockWrite) {
+		t.Fatalf("kind %#x, %v", k, err)
+	}
+	if _, err := exitKind(vmm.DeviceNIC, maxOpForKind+1); err == nil {
+		t.Fatal("an op that does not fit the kind was accepted")
+	}
+	// Outputs to different sectors must digest differently.
+	if bytes.Equal(encodeOutput(1, []byte("x")), encodeOutput(2, []byte("x"))) {
+		t.Fatal("the output's arg is not part of what the secondary compares")
+	}
+}
+
+// opLog records what the executor did, in order, across the VM, the held
+// outputs and the transport.
+type opLog struct{ ops []string }
+
+func (l *opLog) add(f string, a ...any) { l.ops = append(l.ops, fmt.Sprintf(f, a...)) }
+
+type loggedVM struct {
+	log   *opLog
+	state vmm.State
+}
+
+func (v *loggedVM) Resume(uint64) error { v.log.add("resume"); v.state = vmm.Running; return nil }
+func (v *loggedVM) Pause() error        { v.log.add("pause"); v.state = vmm.Paused; return nil }
+func (v *loggedVM) Snapshot(vmm.SnapshotKind) (*vmm.Snapshot, error) {
+	v.log.add("snapshot")
+	return &vmm.Snapshot{Kind: vmm.Full, MemSize: 8 << 20, VCPUs: make([]vmm.VCPUState, 1)}, nil
+}
+func (v *loggedVM) Restore(*vmm.Snapshot) error { v.log.add("restore"); return nil }
+func (v *loggedVM) Status() vmm.Status          { return vmm.Status{State: v.state} }
+func (v *loggedVM) Close() error                { v.log.add("close"); return nil }
+
+type loggedHeld struct {
+	log *opLog
+	id  uint64
+}
+
+func (h *loggedHeld) Release() error { h.log.add("release %d", h.id); return nil }
+func (h *loggedHeld) Drop()          { h.log.add("drop %d", h.id) }
+
+type loggedTransport struct{ log *opLog }
+
+func (t *loggedTransport) Send(typ transport.Type, _ []byte) error {
+	t.log.add("send %s", typ)
+	return nil
+}
+
+func newUnitAgent(t *testing.T, log *opLog) *Agent {
+	t.Helper()
+	a, err := New(Config{
+		Node:    lockstep.Config{VMID: testVMID, Role: wire.RolePrimary, Mode: lockstep.AckOnCompare},
+		NewVM:   func(vmm.ExitHook) (VM, error) { return &loggedVM{log: log}, nil },
+		Boot:    func(VM) error { return nil },
+		Arbiter: arbiter.NewMemory(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.vm, a.booted, a.running = &loggedVM{log: log, state: vmm.Running}, true, true
+	a.tr = &loggedTransport{log: log}
+	return a
+}
+
+// A recorded Ready: the executor must pause before it snapshots, release
+// and drop only after the commands, and send last.
+func TestPerformOrder(t *testing.T) {
+	log := &opLog{}
+	a := newUnitAgent(t, log)
+	for _, id := range []uint64{5, 6, 7} {
+		a.handles[id] = &loggedHeld{log: log, id: id}
+	}
+	w := &work{
+		cmds: []lockstep.Command{{Kind: lockstep.CmdPause}, {Kind: lockstep.CmdTakeCheckpoint, Checkpoint: lockstep.Checkpoint{ID: 1, Full: true}}, {Kind: lockstep.CmdResume}},
+		rel:  []lockstep.Output{{ID: 5, Seq: 9}, {ID: 6, Seq: 10}},
+		drop: []uint64{7},
+		msgs: []encoded{{typ: transport.TypeLog}, {typ: transport.TypeCheckpoint}},
+	}
+	if err := a.perform(context.Background(), w); err != nil {
+		t.Fatal(err)
+	}
+	want := "pause snapshot resume release 5 release 6 drop 7 send log send checkpoint"
+	if got := strings.Join(log.ops, " "); got != want {
+		t.Fatalf("executor did\n  %s\nwant\n  %s", got, want)
+	}
+	if len(a.handles) != 0 {
+		t.Fatalf("%d handles left after release and drop", len(a.handles))
+	}
+}
+
+// A stall and a checkpoint pause overlap: the VM may run again only when
+// both are over.
+func TestStallAndPauseOverlap(t *testing.T) {
+	log := &opLog{}
+	a := newUnitAgent(t, log)
+	ctx := context.Background()
+	for _, k := range []lockstep.CommandKind{lockstep.CmdStall, lockstep.CmdPause, lockstep.CmdUnstall, lockstep.CmdResume} {
+		if err := a.command(ctx, lockstep.Command{Kind: k}); err != nil {
+			t.Fatal(err)
+		}
+		log.add("|%s", k)
+	}
+	want := "pause |stall |pause |unstall resume |resume"
+	if got := strings.Join(log.ops, " "); got != want {
+		t.Fatalf("got  %s\nwant %s", got, want)
+	}
+}
+
+func TestPerformRefusesUnknownRelease(t *testing.T) {
+	a := newUnitAgent(t, &opLog{})
+	err := a.perform(context.Background(), &work{rel: []lockstep.Output{{ID: 42, Seq: 3}}})
+	if err == nil || !strings.Contains(err.Error(), "output 42") {
+		t.Fatalf("release of an output nobody holds: %v", err)
+	}
+}
+
+func TestCheckpointOfRunningVMRefused(t *testing.T) {
+	a := newUnitAgent(t, &opLog{})
+	err := a.command(context.Background(), lockstep.Command{Kind: lockstep.CmdTakeCheckpoint, Checkpoint: lockstep.Checkpoint{ID: 1}})
+	if err == nil || !strings.Contains(err.Error(), "without a pause") {
+		t.Fatalf("checkpoint of a running VM: %v", err)
+	}
+}
+
+func TestRestoreRefusesGarbage(t *testing.T) {
+	a := newUnitAgent(t, &opLog{})
+	err := a.command(context.Background(), lockstep.Command{Kind: lockstep.CmdRestoreCheckpoint, Checkpoint: lockstep.Checkpoint{ID: 3, Data: []byte("not a snapshot")}})
+	if !errors.Is(err, vmm.ErrBadSnapshot) {
+		t.Fatalf("restore of garbage: %v, want ErrBadSnapshot", err)
+	}
+}
+
+func TestNewRefusesMissingParts(t *testing.T) {
+	node := lockstep.Config{VMID: testVMID, Role: wire.RolePrimary, Mode: lockstep.AckOnReceipt}
+	newVM := func(vmm.ExitHook) (VM, error) { return nil, errors.New("unused") }
+	for name, c := range map[string]Config{
+		"NewVM":   {Node: node, Arbiter: arbiter.NewMemory(), Boot: func(VM) error { return nil }},
+		"Arbiter": {Node: node, NewVM: newVM, Boot: func(VM) error { return nil }},
+		"Boot":    {Node: node, NewVM: newVM, Arbiter: arbiter.NewMemory()},
+	} {
+		if _, err := New(c); err == nil || !strings.Contains(err.Error(), name) {
+			t.Errorf("config without %s: %v", name, err)
+		}
+	}
+}
