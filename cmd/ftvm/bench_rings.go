@@ -8,6 +8,7 @@ import (
 	"os"
 	"regexp"
 	"runtime"
+	"runtime/pprof"
 	"strings"
 	"testing"
 	"text/tabwriter"
@@ -105,7 +106,13 @@ flags:
 	measured := map[string]ringbench.Measurement{}
 	for _, c := range cases {
 		fmt.Fprintf(e.stderr, "  running %s\n", c.Name)
-		measured[c.Name] = ringbench.Measure(c, *count)
+		m, ok := measureWithStallGuard(c, *count, benchStallLimit, e.stderr)
+		if !ok {
+			fmt.Fprintf(e.stderr, "ftvm bench rings: %s made no progress for %s: a ring side is blocked that should not be "+
+				"(a lost wake-up is a bug: please report it with the goroutine stacks above)\n", c.Name, benchStallLimit)
+			return exitFailure
+		}
+		measured[c.Name] = m
 	}
 	report.Rows = ringbench.Evaluate(cases, measured)
 	printRingsTable(table, report.Rows)
@@ -224,4 +231,28 @@ func loadAverage() string {
 		return "unknown"
 	}
 	return strings.Join(f[:3], " ")
+}
+
+// benchStallLimit bounds one benchmark's runs: a body normally finishes in
+// a few seconds (testing.Benchmark aims each run at --benchtime), so one
+// that is still running after this long is stuck, not slow.
+const benchStallLimit = 2 * time.Minute
+
+// measureWithStallGuard runs ringbench.Measure, and if it has not returned
+// within limit writes every goroutine's stack to stacks and reports
+// ok=false, so that a hang becomes a failure that can be diagnosed instead
+// of a demo that never ends. The stuck goroutines are left behind: the
+// process is about to exit.
+func measureWithStallGuard(c ringbench.Case, count int, limit time.Duration, stacks io.Writer) (m ringbench.Measurement, ok bool) {
+	done := make(chan ringbench.Measurement, 1)
+	go func() { done <- ringbench.Measure(c, count) }()
+	t := time.NewTimer(limit)
+	defer t.Stop()
+	select {
+	case m = <-done:
+		return m, true
+	case <-t.C:
+		pprof.Lookup("goroutine").WriteTo(stacks, 2)
+		return m, false
+	}
 }

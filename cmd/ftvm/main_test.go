@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/ftvm/ftvm/bench/ringbench"
 )
@@ -115,5 +116,26 @@ func TestCoSchedulingNote(t *testing.T) {
 	warnIfNotCoScheduled(&b, []ringbench.Row{{Name: "PingPong/cacheline", Runs: 3, Value: 4500}})
 	if !strings.Contains(b.String(), "4.5 µs") || !strings.Contains(b.String(), "quiet machine") {
 		t.Fatalf("a 4.5 µs round trip drew no note, or the wrong one: %q", b.String())
+	}
+}
+
+// A body that never returns must end the guard with ok=false and the stuck
+// goroutine's stack, not hang the command. The quick case runs first: a
+// stuck testing.Benchmark keeps the testing package's benchmark lock, so
+// nothing can be measured after it (the command exits at once).
+func TestStallGuardReportsAStuckBenchmark(t *testing.T) {
+	var stacks bytes.Buffer
+	quick := ringbench.Case{Name: "Quick", Metric: "ns/item", Run: func(b *testing.B) {}}
+	if _, ok := measureWithStallGuard(quick, 1, time.Minute, &stacks); !ok {
+		t.Fatal("a body that returns was reported as stuck")
+	}
+	release := make(chan struct{})
+	defer close(release)
+	stuck := ringbench.Case{Name: "Stuck", Metric: "ns/item", Run: func(b *testing.B) { <-release }}
+	if _, ok := measureWithStallGuard(stuck, 1, 50*time.Millisecond, &stacks); ok {
+		t.Fatal("a body that never returns was reported as measured")
+	}
+	if !strings.Contains(stacks.String(), "TestStallGuardReportsAStuckBenchmark") {
+		t.Fatalf("the stack dump does not show the stuck body:\n%.2000s", stacks.String())
 	}
 }
