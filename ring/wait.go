@@ -119,9 +119,21 @@ func (s WaitStrategy) await(w *waiter, done func(early bool) bool) {
 		}
 		w.sleeping.Store(1)
 		slept = true
+		if testHookArmed != nil {
+			testHookArmed(w)
+		}
 		seen := w.seq.Load()
 		if done(false) {
 			break
+		}
+		// A waker that saw sleeping == 1 during an earlier sleep of ours
+		// may clear the flag only now, for progress we have already taken.
+		// Sleeping with the flag clear would make every later waker skip
+		// us: a lost wake-up. So sleep only if the flag still stands; a
+		// clear after this load bumps seq after our load of it, and the
+		// futex call then returns at once.
+		if w.sleeping.Load() == 0 {
+			continue
 		}
 		futexWait(&w.seq, seen)
 	}
@@ -129,3 +141,8 @@ func (s WaitStrategy) await(w *waiter, done func(early bool) bool) {
 		w.sleeping.Store(0)
 	}
 }
+
+// testHookArmed, when set by a test, runs after a sleeper has set its
+// sleeping flag and before it reads seq, the window in which a stale waker
+// can clear the flag. It is nil outside tests.
+var testHookArmed func(w *waiter)
