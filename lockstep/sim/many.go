@@ -34,19 +34,12 @@ func RunMany(first uint64, count int, opts Options) Summary {
 }
 
 func (s *Summary) add(r Result) {
-	s.Seeds++
-	s.Outputs += r.Outputs
-	s.Repeats += r.Repeats
-	s.Failovers += r.Failovers
-	s.Resyncs += r.Resyncs
-	s.Crashes += r.Crashes
-	s.Steps += r.Steps
+	one := Summary{Seeds: 1, Outputs: r.Outputs, Repeats: r.Repeats, Failovers: r.Failovers,
+		Resyncs: r.Resyncs, Crashes: r.Crashes, Steps: r.Steps}
 	if r.Failed() {
-		s.Failed++
-		if len(s.Failures) < maxFailuresKept {
-			s.Failures = append(s.Failures, r)
-		}
+		one.Failed, one.Failures = 1, []Result{r}
 	}
+	s.Merge(one)
 }
 
 // Merge adds o, a summary of other seeds run with the same options, to s;
