@@ -31,9 +31,10 @@ func (a *asm) movRBX(v uint64) *asm {
 	return a
 }
 
-// out issues one request: outl(port, reqAddr).
-func (a *asm) out(port uint16, reqAddr uint32) *asm {
-	return a.movEAX(reqAddr).movEDX(uint32(port)).emit(0xef)
+// doorbell issues one request as ftvm_doorbell does: movl %eax,(%rdx)
+// with reqAddr in eax and the device's doorbell in rdx.
+func (a *asm) doorbell(port uint16, reqAddr uint32) *asm {
+	return a.movEAX(reqAddr).movEDX(uint32(DoorbellBase)+uint32(port)).emit(0x89, 0x02)
 }
 func (a *asm) decECX() *asm { return a.emit(0xff, 0xc9) }
 func (a *asm) jnz(target int) *asm {
@@ -60,7 +61,7 @@ func (a *asm) ud2() *asm            { return a.emit(0x0f, 0x0b) }
 
 // halt ends the program with an exit code, using request slot slot.
 func (a *asm) halt(p *testProgram, slot int, code uint64) *asm {
-	return a.out(PortHalt, p.req(slot, OpHaltExit, 0, 0, code))
+	return a.doorbell(PortHalt, p.req(slot, OpHaltExit, 0, 0, code))
 }
 
 // testProgram is the data part of a test guest: request structs and

@@ -14,7 +14,7 @@ func exitLoopProgram(n uint32, port uint16, op uint32, addr uint64, length uint3
 	r := p.req(0, op, addr, length, arg)
 	p.code.movECX(n)
 	loop := p.code.pc()
-	p.code.out(port, r)
+	p.code.doorbell(port, r)
 	p.code.decECX().jnz(loop)
 	p.code.halt(&p, 1, 0)
 	return p.elf()
@@ -164,7 +164,7 @@ func dirtyProgram(n uint32) []byte {
 	inner := p.code.pc()
 	p.code.rdtsc().storeEAXAtRBX().addRBX(PageBytes)
 	p.code.decECX().jnz(inner)
-	p.code.out(PortClock, clock)
+	p.code.doorbell(PortClock, clock)
 	p.code.jmp(top)
 	return p.elf()
 }

@@ -137,8 +137,9 @@ func (m *Machine) restoreSnapshot(s *Snapshot) error {
 	if len(v.XSAVE) > 0 && !m.hasXsave {
 		return fmt.Errorf("snapshot holds XSAVE state but this host's KVM has no KVM_CAP_XSAVE")
 	}
-	// A halted VM's last OUT is still pending in KVM: complete it, or KVM
-	// would skip an instruction of the restored state on the next run.
+	// A halted VM's last doorbell store may still be pending in KVM:
+	// complete it, or KVM would skip an instruction of the restored state
+	// on the next run.
 	if err := m.completeIO(); err != nil {
 		return err
 	}

@@ -52,7 +52,7 @@ func (g *GuestError) Error() string {
 	return fmt.Sprintf("guest request to %s (port %#x) op %s: %s", g.Device, g.Port, OpName(g.Device, g.Op), g.Reason)
 }
 
-// dispatcher decodes one OUT exit into a request, checks it, hands it to
+// dispatcher decodes one doorbell exit into a request, checks it, hands it to
 // the hook and writes the result back. It does no KVM calls, so tests drive
 // it with plain memory.
 type dispatcher struct {
@@ -67,8 +67,9 @@ type dispatcher struct {
 	exitCode uint64
 }
 
-// handleOut handles a guest OUT of size bytes of value to port. A nil
-// return means the guest may resume; the exit index advanced by one.
+// handleOut handles a guest store of size bytes of value to the doorbell of
+// port. A nil return means the guest may resume; the exit index advanced by
+// one.
 func (d *dispatcher) handleOut(port uint16, size uint8, value uint32) error {
 	dev, ok := deviceForPort(port)
 	if !ok {
@@ -78,7 +79,7 @@ func (d *dispatcher) handleOut(port uint16, size uint8, value uint32) error {
 		return &GuestError{Port: port, Device: dev, Op: op, Reason: fmt.Sprintf(format, args...)}
 	}
 	if size != 4 {
-		return bad(0, "OUT of %d bytes; a request is addressed by one 32-bit OUT (outl)", size)
+		return bad(0, "store of %d bytes to the doorbell; a request is addressed by one 32-bit store", size)
 	}
 	reqAddr := uint64(value)
 	if reqAddr%requestAlignBytes != 0 {

@@ -47,7 +47,7 @@ func TestDispatchRejectsGuestBugs(t *testing.T) {
 		want    string
 	}{
 		{name: "unknown port", port: 0x4ff, op: 1, want: "no device"},
-		{name: "byte-wide OUT", port: PortConsole, op: 1, size: 1, want: "32-bit OUT"},
+		{name: "byte-wide store", port: PortConsole, op: 1, size: 1, want: "one 32-bit store"},
 		{name: "misaligned request", port: PortClock, op: 1, reqAddr: benchReqAddr + 4, want: "not 8-byte aligned"},
 		{name: "request past memory", port: PortClock, op: 1, reqAddr: benchMemBytes - 8, want: "outside guest memory"},
 		{name: "unknown op", port: PortClock, op: 2, want: "unknown op 2"},

@@ -1,5 +1,5 @@
 // Package vmm is a small KVM monitor: one VM, one vCPU, paravirtual
-// devices reached by port I/O, an exit hook through which record/replay
+// devices reached by MMIO doorbells, an exit hook through which record/replay
 // (and lockstep) sees every nondeterministic input and every output, and
 // full and incremental snapshots.
 //
@@ -22,9 +22,9 @@
 // # The machine
 //
 // The guest is a statically linked x86-64 ELF linked at FTVM_LOAD_BASE.
-// The VMM enters it directly in 64-bit long mode at CPL3 with IOPL=3 (so
-// its OUT instructions exit straight to the VMM), IF=0 (no interrupts),
-// SSE on, RDI pointing at struct ftvm_boot and RSP at the top of memory.
+// The VMM enters it directly in 64-bit long mode at CPL3 with IOPL=0 and
+// IF=0 (no port I/O, no interrupts), SSE on, RDI pointing at struct
+// ftvm_boot and RSP at the top of memory.
 // There is no CPL0 guest code at all: on nested KVM it is emulated and
 // thousands of times slower, and the guest needs none. There is no IDT, so
 // any exception becomes a triple fault, which stops the VM with an error
@@ -50,21 +50,32 @@
 //	            │ free: the guest's heap       │
 //	heap_end    ├──────────────────────────────┤ mem_size - 1 MiB
 //	            │ stack (grows down)           │
-//	mem_size    └──────────────────────────────┘ RSP; nothing is mapped above
+//	mem_size    └──────────────────────────────┘ RSP; nothing is mapped above,
+//	                                               but for:
+//	0xc000_0000 ┌──────────────────────────────┐ doorbell page (2 MiB, CPL3,
+//	            │ doorbell of device p at      │ no memory slot: every access
+//	            │ 0xc000_0000 + p (0x500-0x505)│ is an MMIO exit)
+//	0xc020_0000 └──────────────────────────────┘
 //
 // Memory is 8 MiB to 2 GiB in 2 MiB steps: every guest address stays below
-// 4 GiB (a request is addressed by one 32-bit OUT) and below the 3 pages
-// Intel KVM is given for its real-mode TSS at 0xfffbd000.
+// 4 GiB (a request is addressed by one 32-bit store), below the doorbell
+// page and below the 3 pages Intel KVM is given for its real-mode TSS at
+// 0xfffbd000.
 //
 // # Devices and exits
 //
 // The device ABI is vmm/guests/include/ftvm.h (devices.go mirrors it and a test
 // compares them): the guest writes the address of a struct ftvm_req with
-// one 32-bit OUT to the device's port, and the VMM performs the whole
-// request in that exit. Each device exit gets the next exit index, the
+// one 32-bit store to the device's doorbell (DoorbellBase + its port
+// number), and the VMM performs the whole request in that MMIO exit.
+// Doorbells rather than OUT: port I/O from CPL3 needs IOPL=3, and PVM, the
+// KVM of the machines this project is built on, raises #GP for it anyway,
+// while an MMIO exit works on every KVM (and a guest must make the same
+// exits on whichever host its replica runs). Each device exit gets the next exit index, the
 // same on every replica. Every guest address and length is checked against
 // guest memory (without overflow) and the device's limits; a bad request,
-// an unknown port, a triple fault or an unexpected exit reason stops the VM
+// an unknown port, a read of a doorbell, a triple fault or an unexpected
+// exit reason stops the VM
 // with a VMError naming the exit index, the port and the registers. The
 // host process never crashes on guest behaviour.
 //
@@ -98,7 +109,7 @@
 // VMs far larger than these. Increments form a chain (chain id, seq) and
 // apply only in order on a VM at their base.
 //
-// KVM completes an OUT (advances RIP) only on the next KVM_RUN, and that
+// KVM may complete an exit's instruction only on the next KVM_RUN, and that
 // pending state is not visible to userspace, so a pause always re-enters
 // KVM_RUN with immediate_exit set first: the I/O completes and KVM returns
 // without running guest code. That is the clean point snapshots are taken

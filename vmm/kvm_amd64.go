@@ -113,25 +113,16 @@ func exitReasonName(r uint32) string {
 	return "reason " + itoa(uint64(r))
 }
 
-// kvm_run.io.direction values.
-const (
-	ioDirIn  = 0
-	ioDirOut = 1
-)
-
 // Offsets into the mmap'd struct kvm_run (the fields this VMM reads).
 const (
 	runImmediateExitOff = 1
 	runExitReasonOff    = 8
 	runUnionOff         = 32 // the exit-reason union
-	// io: direction u8, size u8, port u16, count u32, data_offset u64
-	runIODirOff        = runUnionOff + 0
-	runIOSizeOff       = runUnionOff + 1
-	runIOPortOff       = runUnionOff + 2
-	runIOCountOff      = runUnionOff + 4
-	runIODataOffsetOff = runUnionOff + 8
+	// io: direction u8, size u8, port u16, ...
+	runIOPortOff = runUnionOff + 2
 	// mmio: phys_addr u64, data [8]u8, len u32, is_write u8
 	runMMIOAddrOff  = runUnionOff + 0
+	runMMIODataOff  = runUnionOff + 8
 	runMMIOLenOff   = runUnionOff + 16
 	runMMIOWriteOff = runUnionOff + 20
 	// fail_entry: hardware_entry_failure_reason u64; internal: suberror u32

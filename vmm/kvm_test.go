@@ -53,7 +53,7 @@ func mustLoad(t testing.TB, m *Machine, image []byte) {
 func helloProgram() []byte {
 	var p testProgram
 	msg := p.buf(0, []byte("hello\n"))
-	p.code.out(PortConsole, p.req(0, OpConsoleWrite, msg, 6, 0))
+	p.code.doorbell(PortConsole, p.req(0, OpConsoleWrite, msg, 6, 0))
 	p.code.halt(&p, 1, 7)
 	return p.elf()
 }
@@ -89,7 +89,7 @@ func counterProgram(n uint32) []byte {
 	p.code.movECX(n)
 	loop := p.code.pc()
 	p.code.incByte(uint32(msg) + 5)
-	p.code.out(PortConsole, p.req(0, OpConsoleWrite, msg, 7, 0))
+	p.code.doorbell(PortConsole, p.req(0, OpConsoleWrite, msg, 7, 0))
 	p.code.decECX().jnz(loop)
 	p.code.halt(&p, 1, 0)
 	return p.elf()
@@ -103,25 +103,43 @@ func TestKVMGuestErrorsStopTheVM(t *testing.T) {
 	}{
 		{"unknown port", func() []byte {
 			var p testProgram
-			p.code.out(0x600, p.req(0, 1, 0, 0, 0))
+			p.code.doorbell(0x600, p.req(0, 1, 0, 0, 0))
 			return p.elf()
 		}, []string{"exit 0", "port 0x600", "no device", "rip="}},
 		{"buffer outside memory", func() []byte {
 			var p testProgram
-			p.code.out(PortConsole, p.req(0, OpConsoleWrite, 1<<40, 16, 0))
+			p.code.doorbell(PortConsole, p.req(0, OpConsoleWrite, 1<<40, 16, 0))
 			return p.elf()
 		}, []string{"exit 0", "port 0x500", "outside guest memory"}},
 		{"length over the limit", func() []byte {
 			var p testProgram
-			p.code.out(PortConsole, p.req(0, OpConsoleWrite, testBufBase, ConsoleMaxBytes+1, 0))
+			p.code.doorbell(PortConsole, p.req(0, OpConsoleWrite, testBufBase, ConsoleMaxBytes+1, 0))
 			return p.elf()
 		}, []string{"len 4097 exceeds"}},
 		{"unknown op", func() []byte {
 			var p testProgram
-			p.code.out(PortClock, p.req(0, OpConsoleWrite, testBufBase, 1, 0))
-			p.code.out(PortClock, p.req(1, 9, 0, 0, 0))
+			p.code.doorbell(PortClock, p.req(0, OpConsoleWrite, testBufBase, 1, 0))
+			p.code.doorbell(PortClock, p.req(1, 9, 0, 0, 0))
 			return p.elf()
 		}, []string{"exit 1", "port 0x501", "unknown op 9"}},
+		{"doorbell read", func() []byte {
+			var p testProgram
+			// mov (%rdx),%rax (an absolute disp32 would sign-extend 3 GiB)
+			p.code.movEDX(DoorbellBase+uint32(PortClock)).emit(0x48, 0x8b, 0x02)
+			return p.elf()
+		}, []string{"exit 0", "port 0x501", "read of 8 bytes from doorbell"}},
+		{"byte-wide doorbell store", func() []byte {
+			var p testProgram
+			// movb %al,(%rdx)
+			p.code.movEAX(p.req(0, OpClockNow, 0, 0, 0)).movEDX(DoorbellBase+uint32(PortClock)).emit(0x88, 0x02)
+			return p.elf()
+		}, []string{"exit 0", "port 0x501", "store of 1 bytes"}},
+		{"port I/O", func() []byte {
+			var p testProgram
+			// outl %eax,(%dx) to the console's number: IOPL=0 faults it
+			p.code.movEAX(p.req(0, OpConsoleWrite, testBufBase, 1, 0)).movEDX(uint32(PortConsole)).emit(0xef)
+			return p.elf()
+		}, []string{"exit 0", "triple-faulted"}},
 		{"triple fault", func() []byte {
 			var p testProgram
 			p.code.ud2()
@@ -206,7 +224,7 @@ func TestKVMPauseAtExitSnapshotRestore(t *testing.T) {
 // ever exiting: only the kick (immediate_exit + signal) can stop it.
 func TestKVMPauseInterruptsComputingGuest(t *testing.T) {
 	var p testProgram
-	p.code.out(PortClock, p.req(0, OpClockNow, 0, 0, 0))
+	p.code.doorbell(PortClock, p.req(0, OpClockNow, 0, 0, 0))
 	spin := p.code.pc()
 	p.code.jmp(spin)
 	m := newTestVM(t, Config{})
@@ -249,7 +267,7 @@ func TestKVMIncrementalChainOf100(t *testing.T) {
 	inner := p.code.pc()
 	p.code.rdtsc().storeEAXAtRBX().addRBX(4096 * 5)
 	p.code.decECX().jnz(inner)
-	p.code.out(PortClock, clockReq)
+	p.code.doorbell(PortClock, clockReq)
 	p.code.jmp(top)
 
 	const mem = 32 << 20

@@ -6,11 +6,19 @@ import "fmt"
 // structures the CPU needs for 64-bit mode and are mapped supervisor-only,
 // so a CPL3 guest can neither corrupt them nor dereference a null pointer.
 const (
-	gdtAddr       = 0x1000
-	tssAddr       = 0x2000
-	pml4Addr      = 0x3000
-	pdptAddr      = 0x4000
-	pdAddr        = 0x5000 // one page directory per GiB, up to memSizeMaxBytes
+	gdtAddr  = 0x1000
+	tssAddr  = 0x2000
+	pml4Addr = 0x3000
+	pdptAddr = 0x4000
+	pdAddr   = 0x5000 // one page directory per GiB, up to memSizeMaxBytes
+	// doorbellPDAddr is the page directory of the GiB that holds the
+	// doorbell page (after the two of guest memory).
+	doorbellPDAddr = 0x7000
+	// DoorbellBase is FTVM_DOORBELL_BASE: the guest-physical (and
+	// virtual) address of the doorbell page. A device's doorbell is
+	// DoorbellBase + its port. No memory slot covers the page, so every
+	// access to it is an MMIO exit.
+	DoorbellBase  = 0xc0000000
 	bootInfoAddr  = 0x200000
 	hugePageBytes = 2 << 20
 	// stackReserveBytes is the top of memory kept for the guest's stack;
@@ -20,8 +28,8 @@ const (
 	// image at LoadBase and the stack.
 	memSizeMinBytes = 8 << 20
 	// memSizeMaxBytes keeps every guest address below 4 GiB (a request is
-	// addressed by one 32-bit OUT) and clear of the real-mode TSS KVM is
-	// given at kvmTSSAddr.
+	// addressed by one 32-bit store), below the doorbell page and clear of
+	// the real-mode TSS KVM is given at kvmTSSAddr.
 	memSizeMaxBytes = 2 << 30
 	// kvmTSSAddr is the 3-page area Intel KVM needs for its real-mode
 	// emulation, placed above guest memory like QEMU does.
@@ -54,7 +62,6 @@ const (
 	eferLME    = 1 << 8
 	eferLMA    = 1 << 10
 	rflagsRsvd = 1 << 1
-	rflagsIOPL = 3 << 12
 )
 
 // Page-table entry bits.
@@ -74,7 +81,7 @@ func checkMemSize(size uint64) error {
 
 // setupSystemArea writes the GDT, the 64-bit TSS and identity-mapping page
 // tables (2 MiB pages, the first supervisor-only, the rest user-accessible)
-// covering all of guest memory.
+// covering all of guest memory and the doorbell page.
 func setupSystemArea(mem *Memory) error {
 	size := mem.Size()
 	if err := checkMemSize(size); err != nil {
@@ -97,7 +104,7 @@ func setupSystemArea(mem *Memory) error {
 	}
 	// TSS: RSP0 points at the top of the system area (never used: the IDT
 	// is empty, so any exception shuts the VM down); the I/O map base lies
-	// past the limit, and IOPL=3 lets CPL3 use every port anyway.
+	// past the limit, so with IOPL=0 every port access from CPL3 faults.
 	t := make([]byte, tssLimit+1)
 	le.PutUint64(t[4:], bootInfoAddr)
 	le.PutUint16(t[102:], tssLimit+1)
@@ -115,7 +122,13 @@ func setupSystemArea(mem *Memory) error {
 	for i := uint64(0); i < gibs; i++ {
 		le.PutUint64(pdpt[i*8:], (pdAddr+i*PageBytes)|ptePresent|pteWrite|pteUser)
 	}
+	le.PutUint64(pdpt[(DoorbellBase>>30)*8:], doorbellPDAddr|ptePresent|pteWrite|pteUser)
 	if err := mem.Write(pdptAddr, pdpt); err != nil {
+		return err
+	}
+	doorbellPD := make([]byte, PageBytes)
+	le.PutUint64(doorbellPD[((DoorbellBase>>21)&511)*8:], DoorbellBase|ptePresent|pteWrite|pteUser|ptePS)
+	if err := mem.Write(doorbellPDAddr, doorbellPD); err != nil {
 		return err
 	}
 	pd := make([]byte, gibs*PageBytes)
@@ -149,13 +162,14 @@ func initialSregs() Sregs {
 }
 
 // initialRegs enters the program at entry with RSP at the top of memory and
-// RDI at the boot info, with IOPL=3 so that OUT exits straight to the VMM.
+// RDI at the boot info. IOPL is 0: a guest reaches devices only through the
+// doorbell page, on every host alike (ftvm.h says why not port I/O).
 func initialRegs(entry, memSize uint64) Regs {
 	return Regs{
 		RIP:    entry,
 		RSP:    memSize,
 		RDI:    bootInfoAddr,
-		RFLAGS: rflagsRsvd | rflagsIOPL,
+		RFLAGS: rflagsRsvd,
 	}
 }
 

@@ -52,6 +52,19 @@ func TestIdentityMapping(t *testing.T) {
 		if _, _, ok := walk(t, m, size); ok {
 			t.Fatalf("size %#x: the byte after memory is mapped", size)
 		}
+		// The doorbell page is mapped for CPL3, identity, 2 MiB, and
+		// nothing past it.
+		for _, va := range []uint64{DoorbellBase, DoorbellBase + uint64(PortConsole), DoorbellBase + hugePageBytes - 1} {
+			if pa, user, ok := walk(t, m, va); !ok || pa != va || !user {
+				t.Fatalf("size %#x: doorbell address %#x maps to %#x (present %v, user-writable %v)", size, va, pa, ok, user)
+			}
+		}
+		if _, _, ok := walk(t, m, DoorbellBase+hugePageBytes); ok {
+			t.Fatalf("size %#x: the page after the doorbell page is mapped", size)
+		}
+		if _, _, ok := walk(t, m, DoorbellBase-1); ok {
+			t.Fatalf("size %#x: the page before the doorbell page is mapped", size)
+		}
 	}
 }
 
@@ -83,8 +96,8 @@ func TestGDTMatchesSregs(t *testing.T) {
 		t.Errorf("TSS descriptor base %#x, sregs TR base %#x", base, s.TR.Base)
 	}
 	r := initialRegs(LoadBase, memSizeMinBytes)
-	if r.RFLAGS&rflagsIOPL != rflagsIOPL || r.RFLAGS&(1<<9) != 0 {
-		t.Errorf("rflags %#x: want IOPL=3 and IF=0", r.RFLAGS)
+	if r.RFLAGS&(3<<12) != 0 || r.RFLAGS&(1<<9) != 0 {
+		t.Errorf("rflags %#x: want IOPL=0 (devices are reached by the doorbell only) and IF=0", r.RFLAGS)
 	}
 }
 

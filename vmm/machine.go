@@ -105,7 +105,7 @@ type Machine struct {
 	changed chan struct{} // closed and replaced on every status change
 
 	// Owned by the vCPU thread:
-	ioPending  bool   // an OUT exit was handled but KVM has not completed it
+	ioPending  bool   // a doorbell exit was handled but KVM may not have completed it
 	pauseAt    uint64 // pause when this many exits have been handled (0: never)
 	haveBase   bool   // chainID/seq name the snapshot this VM's memory is at
 	chainID    uint64

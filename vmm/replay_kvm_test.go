@@ -24,13 +24,13 @@ func inputsProgram(n uint32, tsc bool) []byte {
 	con := p.req(2, OpConsoleWrite, buf, size, 0)
 	p.code.movECX(n)
 	loop := p.code.pc()
-	p.code.out(PortClock, clock)
+	p.code.doorbell(PortClock, clock)
 	p.code.movRAXFrom(clock + reqResultOff).movRAXTo(uint32(buf))
-	p.code.out(PortEntropy, ent)
+	p.code.doorbell(PortEntropy, ent)
 	if tsc {
 		p.code.rdtsc().movRAXTo(uint32(buf) + 16)
 	}
-	p.code.out(PortConsole, con)
+	p.code.doorbell(PortConsole, con)
 	p.code.decECX().jnz(loop)
 	p.code.halt(&p, 3, 0)
 	return p.elf()

@@ -23,18 +23,16 @@ type scriptedVcpu struct {
 	regs      Regs
 	sregs     Sregs
 	ioPending bool
-	completed int // OUTs completed (RIP advanced past them)
+	completed int // doorbell stores completed (RIP advanced past them)
 }
 
-// scriptStep is an OUT of value to port, or (spin) a guest that computes
+// scriptStep is a doorbell store of value for port, or (spin) a guest that computes
 // without exits until it is kicked.
 type scriptStep struct {
 	port  uint16
 	value uint32
 	spin  bool
 }
-
-const scriptDataOff = 0x100
 
 func newScriptedVcpu(steps ...scriptStep) *scriptedVcpu {
 	return &scriptedVcpu{run: make([]byte, 4096), steps: steps}
@@ -48,7 +46,7 @@ const scriptSpinPoll = 100 * time.Microsecond
 
 func (v *scriptedVcpu) kvmRun() error {
 	v.mu.Lock()
-	if v.ioPending { // KVM completes the last OUT first
+	if v.ioPending { // KVM completes the last doorbell store first
 		v.ioPending = false
 		v.completed++
 		v.regs.RIP++
@@ -74,12 +72,11 @@ func (v *scriptedVcpu) kvmRun() error {
 		}
 		return unix.EINTR
 	}
-	le.PutUint32(v.run[runExitReasonOff:], exitIO)
-	v.run[runIODirOff], v.run[runIOSizeOff] = ioDirOut, 4
-	le.PutUint16(v.run[runIOPortOff:], s.port)
-	le.PutUint32(v.run[runIOCountOff:], 1)
-	le.PutUint64(v.run[runIODataOffsetOff:], scriptDataOff)
-	le.PutUint32(v.run[scriptDataOff:], s.value)
+	le.PutUint32(v.run[runExitReasonOff:], exitMMIO)
+	le.PutUint64(v.run[runMMIOAddrOff:], DoorbellBase+uint64(s.port))
+	le.PutUint32(v.run[runMMIODataOff:], s.value)
+	le.PutUint32(v.run[runMMIOLenOff:], 4)
+	v.run[runMMIOWriteOff] = 1
 	v.mu.Lock()
 	v.ioPending = true
 	v.mu.Unlock()

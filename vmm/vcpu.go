@@ -12,7 +12,7 @@ import (
 // registers at that point and the cause.
 type VMError struct {
 	Exit    uint64 // index the failing exit had (= exits handled before it)
-	Port    uint16 // the port of the failing exit (0 when not an I/O exit)
+	Port    uint16 // the port of the failing exit's doorbell (0 when not a device exit)
 	Regs    Regs
 	RegsErr error // set when the registers could not be read
 	Err     error
@@ -103,10 +103,10 @@ func (m *Machine) handle(c command) (stop bool) {
 }
 
 // settle brings a running vCPU to a clean point and marks it Paused. If the
-// last exit was an OUT, KVM completes it (advances RIP past the
-// instruction) only on the next KVM_RUN, and that pending completion is in
-// no state userspace can save; KVM_RUN with immediate_exit set completes it
-// and returns EINTR without running guest code (api.rst, KVM_RUN).
+// last exit was a doorbell store, KVM may finish the instruction only on
+// the next KVM_RUN, and that pending completion is in no state userspace
+// can save; KVM_RUN with immediate_exit set completes it and returns EINTR
+// without running guest code (api.rst, KVM_RUN).
 func (m *Machine) settle() {
 	if err := m.completeIO(); err != nil {
 		m.fail(0, err)
@@ -152,15 +152,17 @@ func (m *Machine) step() {
 	}
 	run := m.vcpu.runArea()
 	switch reason := le.Uint32(run[runExitReasonOff:]); reason {
-	case exitIO:
-		m.handleIOExit()
+	case exitMMIO:
+		m.handleMMIOExit()
 	case exitIntr:
 		m.vcpu.setImmediateExit(false)
-	case exitMMIO:
-		m.fail(0, &GuestError{Reason: fmt.Sprintf("access to guest-physical address %#x (%d bytes, write=%v) outside guest memory (a wild pointer?)",
-			le.Uint64(run[runMMIOAddrOff:]), le.Uint32(run[runMMIOLenOff:]), run[runMMIOWriteOff] != 0)})
+	case exitIO:
+		// IOPL is 0, so a CPL3 guest's port access faults before it gets
+		// here; a host that lets it through still must not see a device.
+		port := le.Uint16(run[runIOPortOff:])
+		m.fail(port, &GuestError{Port: port, Reason: "port I/O: devices are reached only through their doorbell (ftvm.h)"})
 	case exitShutdown:
-		m.fail(0, errors.New("the guest triple-faulted: it raised an exception (a bad address, a divide by zero, a privileged instruction at CPL3) and there is no IDT"))
+		m.fail(0, errors.New("the guest triple-faulted: it raised an exception (a bad address, a divide by zero, a privileged instruction or port I/O at CPL3) and there is no IDT"))
 	case exitFailEntry:
 		m.fail(0, fmt.Errorf("VM entry failed, hardware reason %#x (the vCPU state is invalid)", le.Uint64(run[runFailReasonOff:])))
 	case exitInternalError:
@@ -170,33 +172,38 @@ func (m *Machine) step() {
 	}
 }
 
-func (m *Machine) handleIOExit() {
+// handleMMIOExit handles an access to guest-physical memory that no slot
+// backs: a doorbell store (a device request), or a guest bug.
+func (m *Machine) handleMMIOExit() {
 	run := m.vcpu.runArea()
-	port := le.Uint16(run[runIOPortOff:])
-	size := run[runIOSizeOff]
-	if run[runIODirOff] != ioDirOut {
-		m.fail(port, &GuestError{Port: port, Reason: "IN from a port: devices take requests only by OUT"})
+	addr := le.Uint64(run[runMMIOAddrOff:])
+	size := le.Uint32(run[runMMIOLenOff:])
+	write := run[runMMIOWriteOff] != 0
+	if addr < DoorbellBase || addr >= DoorbellBase+hugePageBytes {
+		m.fail(0, &GuestError{Reason: fmt.Sprintf("access to guest-physical address %#x (%d bytes, write=%v) outside guest memory (a wild pointer?)", addr, size, write)})
 		return
 	}
-	if n := le.Uint32(run[runIOCountOff:]); n != 1 {
-		m.fail(port, &GuestError{Port: port, Reason: fmt.Sprintf("string OUT of %d items: use one outl per request", n)})
+	// Offsets past 0xffff name no port; handleOut refuses them by number.
+	port := uint16(min(addr-DoorbellBase, 0xffff))
+	if !write {
+		m.fail(port, &GuestError{Port: port, Reason: fmt.Sprintf("read of %d bytes from doorbell %#x: devices take requests only by a store", size, addr)})
 		return
 	}
-	off := le.Uint64(run[runIODataOffsetOff:])
-	if off > uint64(len(run))-4 {
-		m.fail(port, fmt.Errorf("kvm_run data offset %d lies outside the %d-byte kvm_run", off, len(run)))
+	if size > 8 {
+		m.fail(port, fmt.Errorf("KVM reported an MMIO store of %d bytes; kvm_run holds at most 8", size))
 		return
 	}
+	data := run[runMMIODataOff : runMMIODataOff+8]
 	var value uint32
 	switch size {
 	case 1:
-		value = uint32(run[off])
+		value = uint32(data[0])
 	case 2:
-		value = uint32(le.Uint16(run[off:]))
+		value = uint32(le.Uint16(data))
 	default:
-		value = le.Uint32(run[off:])
+		value = le.Uint32(data)
 	}
-	if err := m.disp.handleOut(port, size, value); err != nil {
+	if err := m.disp.handleOut(port, uint8(size), value); err != nil {
 		m.fail(port, err)
 		return
 	}

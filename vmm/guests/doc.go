@@ -15,5 +15,5 @@
 // SOCK_SEQPACKET socket). That lets the guests' protocol code, write-ahead
 // log and determinism be tested on machines without KVM. The tests also
 // check the real ELF files the way the VMM's loader will read them, and run
-// them under ptrace, performing each OUT the way the VMM will.
+// them under ptrace, performing each doorbell store the way the VMM will.
 package guests

@@ -18,11 +18,12 @@ import (
 
 // The trap harness runs the real freestanding ELF files, not hosted
 // builds, as Linux processes under ptrace: Linux loads the segments, the
-// harness puts a boot struct in memory and its address in RDI, and every OUT
-// (which faults at CPL3 without IOPL) stops the process so the harness can
-// perform the request the way the VMM would, then step over the
-// instruction. This executes crt0, the .bss clearing, the OUT encoding and
-// the 32-bit request address exactly as they will run in a VM.
+// harness puts a boot struct in memory and its address in RDI, and every
+// doorbell store (to an address no Linux process has mapped, so a SIGSEGV)
+// stops the process so the harness can perform the request the way the VMM
+// would, then step over the instruction. This executes crt0, the .bss
+// clearing, the doorbell encoding and the 32-bit request address exactly as
+// they will run in a VM.
 
 // Device ABI numbers, as in include/ftvm.h.
 const (
@@ -37,7 +38,7 @@ const (
 	bootBytes   = 32 + 256
 	statusRange = -2
 
-	opcodeOutDX = 0xef // out %eax, (%dx)
+	doorbellBase = 0xc0000000 // FTVM_DOORBELL_BASE
 
 	// trapExitsMax bounds a trapped run, so a guest that never halts ends
 	// the test instead of hanging it.
@@ -138,18 +139,20 @@ func (vm *trapVM) run(t *testing.T, path string) int {
 		if err := syscall.PtraceGetRegs(pid, &regs); err != nil {
 			t.Fatal(err)
 		}
-		op := make([]byte, 1)
+		// ftvm_doorbell is always movl %eax,(%rdx), to a doorbell.
+		op := make([]byte, 2)
 		mem.ReadAt(op, int64(regs.Rip))
-		if ws.StopSignal() != syscall.SIGSEGV || op[0] != opcodeOutDX {
-			t.Fatalf("guest stopped by %v at rip %#x (byte %#x), not at an OUT\nconsole:\n%s",
-				ws.StopSignal(), regs.Rip, op[0], vm.console.String())
+		if ws.StopSignal() != syscall.SIGSEGV || op[0] != 0x89 || op[1] != 0x02 ||
+			regs.Rdx < doorbellBase || regs.Rdx >= doorbellBase+0x10000 {
+			t.Fatalf("guest stopped by %v at rip %#x (bytes %x, rdx %#x), not at a doorbell store\nconsole:\n%s",
+				ws.StopSignal(), regs.Rip, op, regs.Rdx, vm.console.String())
 		}
-		port := uint16(regs.Rdx)
-		addr := int64(uint32(regs.Rax)) // OUT carries 32 bits
+		port := uint16(regs.Rdx - doorbellBase)
+		addr := int64(uint32(regs.Rax)) // the store carries 32 bits
 		if halted := vm.request(t, mem, port, addr, start); halted {
 			return vm.code
 		}
-		regs.Rip++
+		regs.Rip += 2
 		if err := syscall.PtraceSetRegs(pid, &regs); err != nil {
 			t.Fatal(err)
 		}

@@ -4,7 +4,7 @@
  *
  * The guest's object files are the ones of the real build, compiled with
  * -DFTVM_HOSTED so that ftvm_call() lands in ftvm_hosted_call() below instead
- * of executing OUT. This file plays the VMM: it builds the boot struct,
+ * of ringing a doorbell. This file plays the VMM: it builds the boot struct,
  * performs each request with the rules of ftvm.h, and stops the process on a
  * request the VMM would refuse, so a guest bug fails a hosted test the way
  * it would fail a VM.

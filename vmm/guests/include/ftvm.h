@@ -6,12 +6,22 @@
  *
  * How a guest talks to a device
  * -----------------------------
- * The guest runs in x86-64 long mode at CPL3 with IOPL=3, identity-mapped
- * (guest virtual address == guest physical address). To use a device it
- * fills a struct ftvm_req in its own memory and writes the struct's address
- * with ONE 32-bit OUT to the device's port:
+ * The guest runs in x86-64 long mode at CPL3, identity-mapped (guest virtual
+ * address == guest physical address). To use a device it fills a struct
+ * ftvm_req in its own memory and writes the struct's address with ONE
+ * 32-bit store to the device's doorbell, FTVM_DOORBELL_BASE plus the
+ * device's number (its "port" below):
  *
- *     outl(FTVM_PORT_NIC, (uint32_t)(uintptr_t)&req);
+ *     ftvm_doorbell(FTVM_PORT_NIC, (uint32_t)(uintptr_t)&req);
+ *
+ * The doorbell page is mapped in the guest's page tables but backs no
+ * memory, so the store is an MMIO exit. It is a store and not an OUT
+ * because port I/O from CPL3 needs IOPL=3, which some hypervisors (PVM,
+ * the KVM these machines run) do not honour: there OUT raises #GP. An
+ * MMIO exit works on every KVM, and using only it keeps the exits of a
+ * guest the same on every host. The store is `movl %eax, (%rdx)`, always
+ * that encoding, so that tools that trap it (the ptrace harness of the
+ * guest tests) can decode it.
  *
  * The VMM performs the whole request during that single VM exit and, before
  * the guest resumes, writes req.status and req.result and (for inputs) the
@@ -28,10 +38,11 @@
  *
  * A request with an unknown op, a buffer outside guest memory, a length over
  * the device's limit or a misaligned block request stops the VM with an error
- * naming the exit index, the port and the registers. It is a guest bug, not a
- * status code.
+ * naming the exit index, the port and the registers. So does any other access
+ * to the doorbell page (a read, a store that is not 32 bits wide, an offset
+ * with no device). It is a guest bug, not a status code.
  *
- * Device table
+ * Device table (doorbell = FTVM_DOORBELL_BASE + port, so 0xc0000500 for the console)
  * ------------
  *  port   device   op                    dir     fields used            result / effect
  *  0x500  console  1 WRITE               output  addr,len (len<=4096)   text written to the console
@@ -54,8 +65,9 @@
  * The VMM loads the statically linked ELF (linked at FTVM_LOAD_BASE, see
  * guest.ld), sets RIP to its entry point, RSP to the top of guest memory
  * (16-byte aligned) and RDI to the guest-physical address of a struct
- * ftvm_boot. RFLAGS has IOPL=3 and IF=0: there are no interrupts; a guest
- * waits for the network with the NIC WAIT request. SSE is enabled.
+ * ftvm_boot. RFLAGS has IOPL=0 (port I/O faults) and IF=0: there are no
+ * interrupts; a guest waits for the network with the NIC WAIT request. SSE
+ * is enabled.
  */
 #ifndef FTVM_H
 #define FTVM_H
@@ -92,6 +104,9 @@
 #define FTVM_E_IO     (-5)
 
 #define FTVM_LOAD_BASE 0x400000ULL
+/* The doorbell page: 2 MiB at 3 GiB, above any guest memory (at most
+ * 2 GiB) and below 4 GiB. */
+#define FTVM_DOORBELL_BASE 0xc0000000ULL
 #define FTVM_BOOT_MAGIC 0x544f4f424d565446ULL /* "FTVMBOOT" little-endian */
 
 /* 40 bytes, naturally aligned; the guest must place it 8-byte aligned. */
@@ -114,9 +129,12 @@ struct ftvm_boot {
 	char cmdline[256];   /* NUL-terminated "key=value key=value" */
 };
 
-static inline void ftvm_outl(uint16_t port, uint32_t val)
+/* ftvm_doorbell rings a device: one 32-bit store of val to its doorbell. */
+static inline void ftvm_doorbell(uint16_t port, uint32_t val)
 {
-	__asm__ volatile("outl %0, %1" : : "a"(val), "Nd"(port) : "memory");
+	volatile uint32_t *bell = (volatile uint32_t *)(uintptr_t)(FTVM_DOORBELL_BASE + port);
+
+	__asm__ volatile("movl %0, (%1)" : : "a"(val), "d"(bell) : "memory");
 }
 
 #ifdef FTVM_HOSTED
@@ -137,7 +155,7 @@ static inline int32_t ftvm_call(uint16_t port, struct ftvm_req *r)
 /* ftvm_call issues one request and returns its status. */
 static inline int32_t ftvm_call(uint16_t port, struct ftvm_req *r)
 {
-	ftvm_outl(port, (uint32_t)(uintptr_t)r);
+	ftvm_doorbell(port, (uint32_t)(uintptr_t)r);
 	return r->status;
 }
 #endif

@@ -5,9 +5,9 @@
  * batches or caches, so the exits a guest makes are exactly the calls it
  * makes.
  *
- * The request lives in .bss, not on the stack: OUT carries only 32 bits of
- * its address, and the stack sits at the top of guest memory, which may lie
- * above 4 GiB; the image is linked at 4 MiB. One static struct is enough
+ * The request lives in .bss, not on the stack: the doorbell store carries
+ * only 32 bits of its address, and the stack sits at the top of guest
+ * memory, which may lie above 4 GiB; the image is linked at 4 MiB. One static struct is enough
  * because nothing runs concurrently with the guest: no interrupts, one vCPU.
  */
 #include "rt.h"
