@@ -83,7 +83,7 @@ type Stats struct {
 	SendErrors  uint64 // frames the transport could not send (the protocol resends)
 	FrameErrors uint64 // received frames that did not parse
 	StepErrors  uint64 // frames the node refused (stale epoch, wrong VM)
-	Divergences uint64 // exits where the replica left the primary's path
+	Divergences uint64 // times the replica left the primary's path (secondary)
 	Released    uint64 // outputs handed to their backends
 	Restores    uint64 // checkpoints restored (secondary)
 	Checkpoints uint64 // checkpoints taken (primary)
@@ -200,9 +200,14 @@ func (a *Agent) Stop() {
 
 // Stats returns the counters.
 func (a *Agent) Stats() Stats {
+	// The node counts the divergences it finds (some when a record
+	// arrives, with no exit waiting); the agent those its codec finds.
+	a.mu.Lock()
+	nodeDiv := a.node.Status().Divergences
+	a.mu.Unlock()
 	return Stats{
 		SendErrors: a.stats.send.Load(), FrameErrors: a.stats.frame.Load(), StepErrors: a.stats.step.Load(),
-		Divergences: a.stats.diverge.Load(), Released: a.stats.released.Load(),
+		Divergences: nodeDiv + a.stats.diverge.Load(), Released: a.stats.released.Load(),
 		Restores: a.stats.restores.Load(), Checkpoints: a.stats.ckpts.Load(), Stalls: a.stats.stalls.Load(),
 	}
 }

@@ -83,9 +83,8 @@ func (a *Agent) input(x exitReq, in exitInfo, kind uint16) (vmm.Result, error) {
 			a.mu.Unlock()
 			return a.recordInput(x, in, kind)
 		case lockstep.Diverged:
-			// The node asked for a resync; its checkpoint replaces this
-			// VM and aborts the wait.
-			a.stats.diverge.Add(1)
+			// The node asked for a resync (and counted it); its
+			// checkpoint replaces this VM and aborts the wait.
 			a.poke()
 		}
 		// Not poked for NotYet: nothing changed that the loop must act
@@ -172,7 +171,6 @@ func (a *Agent) output(x exitReq, in exitInfo, kind uint16) (vmm.Result, error) 
 		case lockstep.Diverged:
 			// The node keeps this output as pending; a resync replaces the VM.
 			a.handles[id] = h
-			a.stats.diverge.Add(1)
 			a.poke()
 			for !a.abort {
 				a.cond.Wait()

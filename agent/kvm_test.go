@@ -298,9 +298,9 @@ func failover(t *testing.T, mode lockstep.Mode, image []byte, want string) {
 	// take-over must then be shorter than everything.
 	const linesBeforeKill = 1500
 	deadline := time.Now().Add(testRunTimeout / 2)
-	for strings.Count(p.priOut.String(), "\n") < linesBeforeKill {
+	for strings.Count(p.priOut.String(), "\n") < linesBeforeKill || p.sec.Status().Released == 0 {
 		if time.Now().After(deadline) {
-			t.Fatalf("the primary released only %d lines", strings.Count(p.priOut.String(), "\n"))
+			t.Fatalf("the primary released only %d lines, the secondary heard of releases through %d", strings.Count(p.priOut.String(), "\n"), p.sec.Status().Released)
 		}
 		select {
 		case err := <-p.priErr:

@@ -100,6 +100,8 @@ type Node struct {
 	epoch uint64
 	fence uint64
 
+	divergences uint64 // resyncs this node asked for (secondary)
+
 	// Pending effects, handed out by Ready and cleared by Advance.
 	rd Ready
 
@@ -196,19 +198,27 @@ type Status struct {
 	LogItems  int
 	Stalled   bool
 	Paused    bool
+	// Divergences counts the times this node, as a secondary, found the
+	// replica off the primary's path and asked for a checkpoint.
+	Divergences uint64
+	// Released is the log position through which outputs have left: the
+	// primary's own, or what a secondary last heard of it (heartbeats'
+	// ReleasedThrough). A secondary that goes live repeats what it made
+	// past this point.
+	Released uint64
 }
 
 // Status reports the node's state.
 func (n *Node) Status() Status {
-	s := Status{Role: n.role, Epoch: n.epoch, Fence: n.fence, Stalled: n.stalled, Paused: n.paused, Held: len(n.held)}
+	s := Status{Role: n.role, Epoch: n.epoch, Fence: n.fence, Stalled: n.stalled, Paused: n.paused, Held: len(n.held), Divergences: n.divergences}
 	switch n.role {
 	case RolePrimary:
 		s.Protected = n.pphase == pProtected
 		s.Syncing = n.pphase == pSyncing
-		s.LastSeq, s.Acked, s.LogItems = n.lastSeq, n.acked, len(n.log)
+		s.LastSeq, s.Acked, s.LogItems, s.Released = n.lastSeq, n.acked, len(n.log), n.released
 	case RoleSecondary, RoleCandidate:
 		s.Synced = n.sphase == sReplaying || n.sphase == sDiverged
-		s.LastSeq, s.LogItems = n.received, len(n.rlog)
+		s.LastSeq, s.LogItems, s.Released = n.received, len(n.rlog), n.primaryReleased
 	}
 	return s
 }

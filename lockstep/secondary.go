@@ -98,6 +98,7 @@ func (n *Node) consume() {
 // they are part of its execution and are released then.
 func (n *Node) diverge(reason wire.ResyncReason) {
 	n.sphase = sDiverged
+	n.divergences++
 	n.ticksRetry = 0
 	n.send(&wire.ResyncRequest{Reason: reason, AtSeq: n.cursor})
 	n.maybeGoLive()
