@@ -2,10 +2,39 @@
 //
 // It checks the API version, reports the capabilities the VMM relies on
 // (dirty log ring, manual dirty-log protect, XSAVE, XCRS), runs a real-mode
-// guest that writes one byte to port 0x3f8 and halts, times a loop of
-// port-I/O exits, and runs a long-mode guest at CPL3 with IOPL=3 on
-// identity-mapped 2 MiB user pages — the way the VMM starts its guests —
-// and checks that KVM_GET_DIRTY_LOG reports the page that guest wrote.
+// guest that writes one byte to port 0x3f8 and halts, and times a loop of
+// real-mode port-I/O exits.
+//
+// Then it runs a long-mode guest the way the VMM starts its guests: at CPL3
+// with IOPL=0, on identity-mapped 2 MiB user pages, with the doorbell page
+// (2 MiB at 0xc0000000, user-accessible, backed by no memory slot) mapped
+// too. The guest reports through doorbells, one 32-bit store
+// `movl %eax,(%rdx)` to 0xc0000000 + port, each of which must reach
+// kvmprobe as a KVM_EXIT_MMIO of 4 bytes, a write, to that address, with
+// the value the guest stored. The checks:
+//
+//   - after the first exit KVM says CS.DPL=3, 64-bit code, EFER.LMA and
+//     IOPL=0, and the CS the guest reads itself has RPL 3;
+//   - a user write to the second 2 MiB page lands in host memory, and
+//     KVM_GET_DIRTY_LOG marks that page dirty and not an untouched one
+//     (incremental snapshots depend on it);
+//   - a privileged instruction (hlt) at CPL3 faults, which with no IDT is
+//     a triple fault: KVM_EXIT_SHUTDOWN;
+//   - an OUT at CPL3 with IOPL=0 also faults (KVM_EXIT_SHUTDOWN) and never
+//     reaches userspace as KVM_EXIT_IO;
+//   - timings: a loop of CPL3 doorbell exits (each must be the next store
+//     of a counter) and a CPL3 compute loop that ends with one doorbell
+//     store, in µs/exit and ns/iteration.
+//
+// Why doorbells and not port I/O: the VMM used to give its guests IOPL=3
+// and let them OUT to device ports, but PVM (the paravirtualised KVM,
+// kvm_pvm, of the machines this project runs on) does not honour IOPL, so
+// an OUT at CPL3 raises #GP there. An MMIO exit works on every KVM, so the
+// VMM now uses only doorbells on every host, and kvmprobe checks those.
+// Whether an OUT at CPL3 with IOPL=3 reaches userspace on this host is
+// reported as information ("kvmprobe: info ...") and never fails the probe.
+// So is a guest-read CS selector other than the one set with KVM_SET_SREGS
+// (PVM runs CPL3 code on the host's user code segment, 0x33).
 //
 // It is built statically (CGO_ENABLED=0) so that scripts/kvmbox can run it
 // inside its busybox initramfs. It prints one "kvmprobe: ..." line per check

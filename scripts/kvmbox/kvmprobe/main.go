@@ -70,6 +70,12 @@ const (
 	runIOPort           = 34
 	runIOCount          = 36
 	runIODataOffset     = 40
+
+	// struct kvm_run.mmio: phys_addr u64, data[8], len u32, is_write u8.
+	runMMIOPhysAddr = 32
+	runMMIOData     = 40
+	runMMIOLen      = 48
+	runMMIOIsWrite  = 52
 )
 
 const ioDirOut = 1
@@ -94,7 +100,7 @@ const guestMemBytes = 4 << 20
 const serialPort = 0x3f8
 
 func main() {
-	exits := flag.Int("exits", 1000, "number of port-I/O exits to time in each timing loop")
+	exits := flag.Int("exits", 1000, "number of exits to time in each timing loop (real-mode port I/O, CPL3 doorbell)")
 	loopIters := flag.Int("loop", 10_000_000, "iterations of the CPL3 compute loop to time (0 skips it)")
 	flag.Parse()
 	if *exits < 1 {
@@ -156,16 +162,25 @@ func probe(nExits, loopIters int) error {
 		return err
 	}
 	defer lm.close()
-	if err := longModeCPL3(kvm, lm, 3); err != nil {
+	guestCS, err := longModeCPL3(kvm, lm, lmCode, 3)
+	if err != nil {
 		return fmt.Errorf("long-mode CPL3 guest: %w", err)
 	}
-	fmt.Println("kvmprobe: ok long-mode CPL3 guest: IOPL=3 out works, CS.RPL=3, user write to 2 MiB page 1 landed, hlt at CPL3 faulted (KVM_EXIT_SHUTDOWN)")
-	fmt.Printf("kvmprobe: ok KVM_GET_DIRTY_LOG: the guest's write marked page %#x dirty\n", lmDataPage)
-	perExit, err = timeLongModeExits(lm, nExits)
-	if err != nil {
-		return fmt.Errorf("long-mode CPL3 exit loop: %w", err)
+	fmt.Println("kvmprobe: ok long-mode CPL3 guest (IOPL=0): doorbell stores exit as KVM_EXIT_MMIO (address, 4 bytes, write, value), CS.DPL=3, guest-read CS.RPL=3, user write to 2 MiB page 1 landed, hlt at CPL3 faulted (KVM_EXIT_SHUTDOWN)")
+	if guestCS != selUserCode {
+		fmt.Printf("kvmprobe: info the CPL3 guest reads CS=%#x, not the %#x it was started with: this KVM runs CPL3 code on a code segment of its own (PVM: the host's user CS), so only the RPL is checked\n",
+			guestCS, selUserCode)
 	}
-	fmt.Printf("kvmprobe: ok long-mode CPL3 port-I/O exits: %d exits, mean %.1f µs/exit\n", nExits, us(perExit))
+	fmt.Printf("kvmprobe: ok KVM_GET_DIRTY_LOG: the guest's write marked page %#x dirty, and not page %#x\n", lmDataPage, lmUntouched)
+	if err := outFaultsAtCPL3(lm, lmOut, 3); err != nil {
+		return fmt.Errorf("long-mode CPL3 guest: %w", err)
+	}
+	fmt.Println("kvmprobe: ok long-mode CPL3 OUT with IOPL=0 faulted (KVM_EXIT_SHUTDOWN), not KVM_EXIT_IO")
+	perExit, err = timeDoorbellExits(lm, nExits)
+	if err != nil {
+		return fmt.Errorf("long-mode CPL3 doorbell loop: %w", err)
+	}
+	fmt.Printf("kvmprobe: ok long-mode CPL3 doorbell (MMIO) exits: %d exits, mean %.1f µs/exit\n", nExits, us(perExit))
 	if loopIters > 0 {
 		d, err := timeLongModeLoop(lm, loopIters)
 		if err != nil {
@@ -173,6 +188,16 @@ func probe(nExits, loopIters int) error {
 		}
 		fmt.Printf("kvmprobe: ok long-mode CPL3 compute loop: %d iterations in %.1f ms (%.2f ns/iteration)\n",
 			loopIters, float64(d)/1e6, float64(d)/float64(loopIters))
+	}
+
+	// Information only: the VMM gives its guests IOPL=0 on every host.
+	switch works, err := portIOWithIOPL3(kvm, 3); {
+	case err != nil:
+		fmt.Printf("kvmprobe: info CPL3 port I/O with IOPL=3: could not tell (%v)\n", err)
+	case works:
+		fmt.Println("kvmprobe: info CPL3 port I/O with IOPL=3: works")
+	default:
+		fmt.Println("kvmprobe: info CPL3 port I/O with IOPL=3: faults (#GP; PVM does not honour IOPL): the VMM does not use it")
 	}
 	return nil
 }
@@ -292,11 +317,70 @@ func (v *vm) expectOut(port uint16, want byte) error {
 	if r != exitIO {
 		return v.unexpected(r, fmt.Sprintf("KVM_EXIT_IO (out to port %#x)", port))
 	}
+	return v.checkOut(port, want)
+}
+
+// checkOut checks that the KVM_EXIT_IO in kvm_run is an OUT of the one byte
+// want to port.
+func (v *vm) checkOut(port uint16, want byte) error {
 	io := v.ioExit()
 	if !io.out || io.port != port || len(io.data) != 1 || io.data[0] != want {
 		return fmt.Errorf("IO exit: out=%v port=%#x data=%x, want out to port %#x of %#x", io.out, io.port, io.data, port, want)
 	}
 	return nil
+}
+
+type mmioExit struct {
+	addr  uint64
+	data  []byte
+	write bool
+}
+
+func (v *vm) mmioExit() mmioExit {
+	n := min(binary.LittleEndian.Uint32(v.run[runMMIOLen:]), 8)
+	return mmioExit{
+		addr:  binary.LittleEndian.Uint64(v.run[runMMIOPhysAddr:]),
+		data:  v.run[runMMIOData : runMMIOData+n],
+		write: v.run[runMMIOIsWrite] != 0,
+	}
+}
+
+// expectDoorbell runs the guest and checks that it exits with a 32-bit
+// store of want to the doorbell of port, as the VMM's guests ring a device.
+func (v *vm) expectDoorbell(port uint16, want uint32) error {
+	r, err := v.runOnce()
+	if err != nil {
+		return err
+	}
+	return v.checkDoorbell(r, port, want)
+}
+
+// checkDoorbell checks that exit reason r, with kvm_run, is a 4-byte MMIO
+// store of want to lmDoorbellBase+port.
+func (v *vm) checkDoorbell(r uint32, port uint16, want uint32) error {
+	got, err := v.doorbellValue(r, port)
+	if err != nil {
+		return err
+	}
+	if got != want {
+		return fmt.Errorf("doorbell %#x: the guest stored %#x, want %#x", lmDoorbellBase+uint64(port), got, want)
+	}
+	return nil
+}
+
+// doorbellValue checks that exit reason r, with kvm_run, is a 4-byte MMIO
+// store to lmDoorbellBase+port and returns the value stored.
+func (v *vm) doorbellValue(r uint32, port uint16) (uint32, error) {
+	addr := lmDoorbellBase + uint64(port)
+	if r != exitMMIO {
+		return 0, v.unexpected(r, fmt.Sprintf("KVM_EXIT_MMIO (store to doorbell %#x)", addr))
+	}
+	m := v.mmioExit()
+	if m.addr != addr || !m.write || len(m.data) != 4 {
+		return 0, fmt.Errorf("MMIO exit: addr=%#x write=%v len=%d data=%x, want a 4-byte store to doorbell %#x",
+			m.addr, m.write, len(m.data), m.data, addr)
+	}
+	return binary.LittleEndian.Uint32(m.data), nil
 }
 
 func (v *vm) unexpected(r uint32, want string) error {
@@ -362,12 +446,18 @@ func timeRealModeExits(v *vm, n int) (time.Duration, error) {
 	if err := v.enterRealMode(realLoopAddr); err != nil {
 		return 0, err
 	}
-	return v.timeExits(n, serialPort)
+	return v.timeExits(n, func(r uint32, _ int) error {
+		if r != exitIO || v.ioExit().port != serialPort {
+			return v.unexpected(r, fmt.Sprintf("KVM_EXIT_IO to port %#x", serialPort))
+		}
+		return nil
+	})
 }
 
-// timeExits runs the guest through one warm-up exit and then n timed exits,
-// each of which must be an OUT to port.
-func (v *vm) timeExits(n int, port uint16) (time.Duration, error) {
+// timeExits runs the guest through one warm-up exit (i = -1) and then n
+// timed exits (i = 0..n-1), passing each exit reason to check, and returns
+// the mean time per timed exit.
+func (v *vm) timeExits(n int, check func(r uint32, i int) error) (time.Duration, error) {
 	var start time.Time
 	for i := -1; i < n; i++ {
 		if i == 0 {
@@ -377,8 +467,8 @@ func (v *vm) timeExits(n int, port uint16) (time.Duration, error) {
 		if err != nil {
 			return 0, err
 		}
-		if r != exitIO || v.ioExit().port != port {
-			return 0, v.unexpected(r, fmt.Sprintf("KVM_EXIT_IO to port %#x", port))
+		if err := check(r, i); err != nil {
+			return 0, fmt.Errorf("exit %d of %d (the first is the warm-up): %w", i+2, n+1, err)
 		}
 	}
 	return time.Since(start) / time.Duration(n), nil
