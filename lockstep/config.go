@@ -72,6 +72,13 @@ type Config struct {
 	MaxPendingOutputs int
 	// SendOutputData ships output bytes, not only their digest, in records.
 	SendOutputData bool
+	// Persistent says which outputs change state the secondary keeps a
+	// copy of on its own host (a disk, in separate-storage mode). A
+	// secondary hands such an output to CmdPersist, rather than
+	// dropping it, once it has reproduced it and the primary has reported
+	// it released: its copy of that state then follows the primary's. Nil:
+	// no output is persistent.
+	Persistent func(device uint16) bool
 
 	// Bugs plants known bugs; nil in production. Only tests under lockstep/
 	// can set it.

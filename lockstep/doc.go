@@ -39,7 +39,9 @@
 // only then does the primary release what it held and resume. A new
 // secondary joins the same way from a full checkpoint.
 //
-// Each side counts ticks since it last heard the other. A secondary that
+// Each side counts ticks since it last heard the other; PeerLost, which
+// the agent calls when the transport sees the connection reset or closed
+// (the peer's process died), acts on the timeout at once. A secondary that
 // times out becomes a candidate: it stops acknowledging, consumes the rest
 // of its log and asks the arbiter for the next epoch (CmdAcquire); it goes
 // live (CmdGoLive) only if granted, and then releases the outputs the old
@@ -49,6 +51,17 @@
 // (CmdHalt) and releases nothing more. Every message carries the sender's
 // epoch and fence token; a message from an older epoch is refused with a
 // wire.Fence.
+//
+// # Separate storage
+//
+// Where each host keeps its own copy of state that outputs change (a disk),
+// Config.Persistent names those outputs. A secondary keeps its reproduced
+// copy of one until the primary reports it released (Heartbeat's
+// ReleasedThrough) and then applies it to its own copy (CmdPersist) instead
+// of dropping it; held outputs a checkpoint carried are persisted the same
+// way. So a secondary's disk follows the primary's in the primary's order,
+// and the VMM's checkpoints need carry only what was durable on the
+// primary's disk when they were taken.
 //
 // The simulator in lockstep/sim drives two nodes through a seeded network,
 // arbiter and guest and checks the protocol's promises from outside.

@@ -321,6 +321,24 @@ func (n *Node) Tick() {
 	}
 }
 
+// PeerLost tells the node that the connection to its peer broke (the
+// transport saw it reset or closed, as when the peer's process dies): it
+// acts now as it would after PeerTimeoutTicks of silence instead of waiting
+// them out. Only availability depends on it: the arbiter decides who goes
+// on, so a false alarm costs a failover or a re-protection, never a second
+// primary.
+func (n *Node) PeerLost() {
+	if n.role == RoleHalted {
+		return
+	}
+	n.ticksSincePeer = max(n.ticksSincePeer, n.cfg.PeerTimeoutTicks)
+	if n.role == RolePrimary {
+		n.tickPrimary()
+	} else {
+		n.tickSecondary()
+	}
+}
+
 // Step feeds one message from the peer.
 func (n *Node) Step(m wire.Msg) error {
 	if n.role == RoleHalted {

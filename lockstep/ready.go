@@ -68,9 +68,18 @@ const (
 	// CmdHalt stops the VM for good on this host: it lost the arbiter or saw
 	// a newer epoch. Nothing it holds may be released.
 	CmdHalt
+	// CmdPersist, on a secondary, applies Output (of a Config.Persistent
+	// device) to this host's own copy of that state, its disk: this node's
+	// VM reproduced it, or a checkpoint carried it, and the primary
+	// reported it released, so the primary applied the same bytes to its
+	// copy. It never leaves the host. It is a command, not a list of its
+	// own, because its place among restores and go-live matters: a
+	// restore overwrites what was persisted before it, and writes persisted
+	// after it must land on the restored state, in order.
+	CmdPersist
 )
 
-var cmdNames = [...]string{"", "stall", "unstall", "pause", "resume", "take-checkpoint", "restore-checkpoint", "acquire", "go-live", "halt"}
+var cmdNames = [...]string{"", "stall", "unstall", "pause", "resume", "take-checkpoint", "restore-checkpoint", "acquire", "go-live", "halt", "persist"}
 
 func (k CommandKind) String() string {
 	if int(k) < len(cmdNames) {
@@ -86,6 +95,7 @@ type Command struct {
 	Epoch      uint64     // acquire, go-live
 	Fence      uint64     // go-live
 	Reason     string     // halt
+	Output     Output     // persist
 }
 
 // Checkpoint identifies a checkpoint of the VM at log position Seq. In

@@ -78,9 +78,19 @@ func (n *Node) comparePending() {
 		if rec.Seq > n.primaryReleased {
 			n.copies = append(n.copies, p)
 		} else {
-			n.rd.Drop = append(n.rd.Drop, p.id)
+			n.retire(p)
 		}
 	}
+}
+
+// retire lets go of a copy the primary has released: a persistent one is
+// applied to this host's own state, any other dropped.
+func (n *Node) retire(c held) {
+	if n.cfg.Persistent != nil && n.cfg.Persistent(c.device) {
+		n.command(Command{Kind: CmdPersist, Output: Output{ID: c.id, Seq: c.seq, Device: c.device, Data: c.data, Epoch: n.epoch, Fence: n.fence}})
+		return
+	}
+	n.rd.Drop = append(n.rd.Drop, c.id)
 }
 
 func (n *Node) consume() {
@@ -174,7 +184,7 @@ func (n *Node) stepSecondary(m wire.Msg) error {
 			n.primaryReleased = m.ReleasedThrough
 			k := 0
 			for k < len(n.copies) && n.copies[k].seq <= n.primaryReleased {
-				n.rd.Drop = append(n.rd.Drop, n.copies[k].id)
+				n.retire(n.copies[k])
 				k++
 			}
 			n.copies = append(n.copies[:0], n.copies[k:]...)
@@ -342,7 +352,14 @@ func (n *Node) tryRestore() error {
 		n.asm = assembly{}
 		return err
 	}
+	// The checkpoint replaces everything this VM made: its unmatched
+	// outputs are of an execution nobody follows, and its copies are in
+	// the checkpoint (released ones in the state, held ones below).
 	for _, p := range n.pending {
+		if n.cfg.Bugs != nil && n.cfg.Bugs.PersistUnmatched {
+			n.retire(p)
+			continue
+		}
 		n.rd.Drop = append(n.rd.Drop, p.id)
 	}
 	for _, c := range n.copies {

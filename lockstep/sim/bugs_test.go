@@ -27,6 +27,7 @@ func TestPlantedBugsAreCaught(t *testing.T) {
 		{"ack before append", bugs.Set{AckBeforeAppend: true}, lockstep.AckOnReceipt, OutputRule},
 		{"resync without pause", bugs.Set{ResyncWithoutPause: true}, lockstep.AckOnCompare, Resync},
 		{"go live before draining the log", bugs.Set{GoLiveBeforeDrain: true}, lockstep.AckOnReceipt, Consistency},
+		{"persist unmatched outputs at a restore", bugs.Set{PersistUnmatched: true}, lockstep.AckOnCompare, Storage},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

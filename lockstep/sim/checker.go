@@ -19,10 +19,11 @@ const (
 	Resync
 	Liveness
 	Harness // the simulator itself found something impossible
+	Storage
 )
 
 func (c Checker) String() string {
-	return [...]string{"?", "output-rule", "consistency", "split-brain", "resync", "liveness", "harness"}[min(int(c), 6)]
+	return [...]string{"?", "output-rule", "consistency", "split-brain", "resync", "liveness", "harness", "storage"}[min(int(c), 7)]
 }
 
 // Violation is one checker firing.
@@ -50,7 +51,10 @@ const maxViolations = 8
 //     are one execution: output i is released only after 0..i-1, and a
 //     repeat carries the same bytes and comes from a different incarnation;
 //  3. one releaser per epoch;
-//  4. a restored checkpoint equals the primary's state at its log position.
+//  4. a restored checkpoint equals the primary's state at its log position;
+//  7. storage: a secondary applies to its own copy of local state
+//     (CmdPersist) only outputs the world has seen, byte for byte, in
+//     order, and never while it is live.
 type checker struct {
 	s          *Sim
 	violations []Violation
@@ -75,7 +79,8 @@ type incState struct {
 	outBySeq    map[uint64][]byte
 	stateAt     map[uint64][]byte
 	// As a secondary.
-	restoreSeq uint64
+	persistedNext uint64 // output index the next Persist must exceed or equal
+	restoreSeq    uint64
 	delivered  map[uint64]bool
 	frontier   uint64
 	produced   map[uint64][]byte // output index → bytes its guest produced
@@ -127,10 +132,32 @@ func (c *checker) wentLive(h *host, epoch uint64) {
 	}
 }
 
+// persisted is checker 7.
+func (c *checker) persisted(h *host, o lockstep.Output) {
+	st := c.st(h.inc)
+	if h.live {
+		c.violate(Storage, "%s persisted seq %d while live: a primary's outputs go out by Release", h.name, o.Seq)
+	}
+	idx, ok := outputIndex(o.Data)
+	switch {
+	case !ok:
+		c.violate(Storage, "%s persisted %d bytes that are no output of the guest", h.name, len(o.Data))
+	case idx >= uint64(len(c.world)) || !bytes.Equal(c.world[idx], o.Data):
+		c.violate(Storage, "%s persisted output %d (%x), which the world has not seen as such", h.name, idx, o.Data)
+	case idx < st.persistedNext:
+		c.violate(Storage, "%s persisted output %d after output %d: out of order", h.name, idx, st.persistedNext-1)
+	default:
+		st.persistedNext = idx + 1
+	}
+}
+
 // restored is checker 4.
 func (c *checker) restored(h *host, seq uint64, data []byte) {
 	st := c.st(h.inc)
 	st.restoreSeq, st.frontier, st.delivered = seq, seq, map[uint64]bool{}
+	// A checkpoint brings the state as of its position: what this host
+	// persisted before it is overwritten, so order starts again.
+	st.persistedNext = 0
 	epoch := h.node.Status().Epoch
 	p, ok := c.owner[epoch]
 	if !ok {

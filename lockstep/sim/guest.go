@@ -20,6 +20,10 @@ const guestSnapshotBytes = 24
 // Output data layout: u64 output index, u64 state digest, u16 device.
 const outputBytes = 18
 
+// persistentDevice is the guest's disk: a secondary keeps its own copy of
+// what the guest wrote to it (lockstep.Config.Persistent).
+const persistentDevice = 3
+
 func mix(h, v uint64) uint64 {
 	h ^= v + 0x9e3779b97f4a7c15 + (h << 6) + (h >> 2)
 	h ^= h >> 31

@@ -35,6 +35,11 @@ type Options struct {
 	// Fault rates, in parts per 10,000 steps (or guest exits, for
 	// divergence).
 	CrashPer10k, PartitionPer10k, HealPer10k, DivergePer10k int
+	// ResetPct is the chance that a crash reaches the partner at once as a
+	// broken connection (Node.PeerLost), as a dead process's sockets do;
+	// otherwise it learns only from silence. FalseAlarmPer10k is the rate
+	// of PeerLost calls while both hosts live (a spurious reset).
+	ResetPct, FalseAlarmPer10k int
 	// DivergeInReceiptMode injects divergence in ack-on-receipt runs too
 	// (off by default: that mode assumes deterministic replay).
 	DivergeInReceiptMode bool
@@ -73,6 +78,8 @@ func DefaultOptions(mode lockstep.Mode) Options {
 		CrashPer10k:       20,
 		PartitionPer10k:   25,
 		HealPer10k:        150,
+		ResetPct:          50,
+		FalseAlarmPer10k:  5,
 		DivergePer10k:     60,
 		TickEverySteps:    3,
 		RestartDelaySteps: 60,
@@ -228,6 +235,7 @@ func (s *Sim) tracef(format string, args ...any) {
 func (s *Sim) start(h *host, role wire.Role) {
 	cfg := s.opts.Node
 	cfg.VMID, cfg.Role, cfg.Mode = vmID, role, s.opts.Mode
+	cfg.Persistent = func(device uint16) bool { return device == persistentDevice }
 	b := s.opts.Bugs
 	cfg.Bugs = &b
 	n, err := lockstep.NewNode(cfg)
@@ -370,6 +378,16 @@ func (s *Sim) injectFaults() {
 		// whose partner could carry on.
 		if s.pairHealthy() {
 			s.Crash(i)
+			if peer := s.hosts[1-i]; s.rng.IntN(100) < s.opts.ResetPct && peer.node != nil {
+				s.tracef("%s sees its connection reset", peer.name)
+				peer.node.PeerLost()
+			}
+		}
+	}
+	if s.chance(s.opts.FalseAlarmPer10k) {
+		if h := s.hosts[s.rng.IntN(2)]; h.node != nil {
+			s.tracef("%s sees a spurious connection reset", h.name)
+			h.node.PeerLost()
 		}
 	}
 	if s.chance(s.opts.PartitionPer10k) {
@@ -490,7 +508,7 @@ func (s *Sim) command(h *host, c lockstep.Command) {
 	if h.node == nil {
 		return
 	}
-	if c.Kind != lockstep.CmdAcquire && c.Kind != lockstep.CmdRestoreCheckpoint {
+	if c.Kind != lockstep.CmdAcquire && c.Kind != lockstep.CmdRestoreCheckpoint && c.Kind != lockstep.CmdPersist {
 		s.tracef("%s %s", h.name, c.Kind)
 	}
 	switch c.Kind {
@@ -533,6 +551,8 @@ func (s *Sim) command(h *host, c lockstep.Command) {
 	case lockstep.CmdHalt:
 		s.res.Halts++
 		s.down(h, "halt: "+c.Reason)
+	case lockstep.CmdPersist:
+		s.chk.persisted(h, c.Output)
 	}
 }
 

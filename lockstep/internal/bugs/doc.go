@@ -19,4 +19,8 @@ type Set struct {
 	// GoLiveBeforeDrain: a granted candidate goes live without consuming
 	// the rest of its log.
 	GoLiveBeforeDrain bool
+	// PersistUnmatched: a secondary restoring a checkpoint applies the
+	// outputs its VM made but never matched to its own storage instead of
+	// dropping them.
+	PersistUnmatched bool
 }
