@@ -81,10 +81,10 @@ type incState struct {
 	// As a secondary.
 	persistedNext uint64 // output index the next Persist must exceed or equal
 	restoreSeq    uint64
-	delivered  map[uint64]bool
-	frontier   uint64
-	produced   map[uint64][]byte // output index → bytes its guest produced
-	repeats    int               // outputs it released that the world had seen
+	delivered     map[uint64]bool
+	frontier      uint64
+	produced      map[uint64][]byte // output index → bytes its guest produced
+	repeats       int               // outputs it released that the world had seen
 }
 
 func newChecker(s *Sim) *checker {
