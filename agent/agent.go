@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -33,6 +34,9 @@ type VM interface {
 	Snapshot(kind vmm.SnapshotKind) (*vmm.Snapshot, error)
 	Restore(s *vmm.Snapshot) error
 	Status() vmm.Status
+	// Deliver performs an output no exit of this VM holds: one a
+	// checkpoint carried, released or persisted by this host later.
+	Deliver(d vmm.Device, op uint32, arg uint64, data []byte) error
 	Close() error
 }
 
@@ -76,6 +80,21 @@ type Config struct {
 	// of it can leave. It runs on the vCPU thread with the agent's lock
 	// held: it must not call the Agent.
 	OnReplayed func(exitIndex uint64, device vmm.Device, data []byte)
+	// SeparateStorage says each host has its own copy of the guest's disk
+	// (vmm snapshots carry the disk's contents to a joining secondary).
+	// A secondary then applies each block write its VM reproduced to its
+	// own disk once the primary reports it released (CmdPersist), so its
+	// copy follows the primary's and is current when it goes live.
+	// Without it the hosts share one disk and a secondary writes nothing.
+	SeparateStorage bool
+	// OnGoLive, if set, runs on the loop when this host becomes primary
+	// after a failover, before any output is released and before the VM's
+	// exits are served live: plug the live NIC in, announce the VM's MAC.
+	// An error stops the agent (the VM cannot serve as it should).
+	OnGoLive func(epoch, fence uint64) error
+	// Logger receives the agent's events (role changes, checkpoints,
+	// restores, halts). Nil: slog.Default().
+	Logger *slog.Logger
 }
 
 // Stats counts what went wrong without stopping the agent.
@@ -105,9 +124,14 @@ type Agent struct {
 	mu      sync.Mutex
 	cond    *sync.Cond
 	node    *lockstep.Node
-	handles map[uint64]heldOutput // output ID → held output
-	abort   bool                  // make a waiting hook give up (VM replaced or stopping)
-	pausing bool                  // the loop wants the VM paused: a stalled hook must return
+	handles map[uint64]heldEntry // output ID → held output
+	abort   bool                 // make a waiting hook give up (VM replaced or stopping)
+	pausing bool                 // the loop wants the VM paused: a stalled hook must return
+	// liveGate keeps a secondary's hook from serving exits live until the
+	// loop has performed the Ready that took it live (OnGoLive, and the
+	// outputs the old primary may have released): the node says Live as
+	// soon as it switches, which is before the loop gets to that Ready.
+	liveGate bool
 
 	// Owned by the loop goroutine.
 	tr      Transport
@@ -132,8 +156,18 @@ type Agent struct {
 	bugReleaseOnHold bool
 
 	stats struct {
-		send, frame, step, diverge, released, restores, ckpts, stalls atomic.Uint64
+		send, frame, step, diverge, released, restores, ckpts, stalls, persisted atomic.Uint64
 	}
+	holdLatency latencyRecorder
+	log         *slog.Logger
+	sync        syncProgress
+}
+
+// heldEntry is an output the VMM holds, and when it was held (for the
+// hold latency a primary reports).
+type heldEntry struct {
+	h  heldOutput
+	at time.Time
 }
 
 type arbiterAnswer struct {
@@ -162,17 +196,29 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.InboxFrames <= 0 {
 		cfg.InboxFrames = DefaultInboxFrames
 	}
+	if cfg.SeparateStorage {
+		if cfg.Node.Persistent != nil {
+			return nil, errors.New("agent: SeparateStorage sets Node.Persistent itself: leave it nil")
+		}
+		cfg.Node.Persistent = isDiskWrite
+	}
 	n, err := lockstep.NewNode(cfg.Node)
 	if err != nil {
 		return nil, err
 	}
 	a := &Agent{
-		cfg: cfg, node: n, handles: map[uint64]heldOutput{},
-		inbox:  make(chan []byte, cfg.InboxFrames),
-		wake:   make(chan struct{}, 1),
-		arbRes: make(chan arbiterAnswer, 1),
-		stop:   make(chan struct{}),
+		cfg: cfg, node: n, handles: map[uint64]heldEntry{},
+		inbox:    make(chan []byte, cfg.InboxFrames),
+		wake:     make(chan struct{}, 1),
+		arbRes:   make(chan arbiterAnswer, 1),
+		stop:     make(chan struct{}),
+		liveGate: cfg.Node.Role != wire.RolePrimary,
+		log:      cfg.Logger,
 	}
+	if a.log == nil {
+		a.log = slog.Default()
+	}
+	a.holdLatency.init()
 	a.cond = sync.NewCond(&a.mu)
 	return a, nil
 }
@@ -185,6 +231,18 @@ func (a *Agent) HandleFrame(f transport.Frame) {
 	case a.inbox <- b:
 	case <-a.stop:
 	}
+}
+
+// PeerLost tells the agent that the transport lost its connection to the
+// peer (a lane went down: reset, closed, or heartbeats timed out). The node
+// acts on it at once instead of waiting out its own timeout
+// (lockstep.Node.PeerLost); a connection that comes back costs at most a
+// failover or a re-protection, never a second primary.
+func (a *Agent) PeerLost() {
+	a.mu.Lock()
+	a.node.PeerLost()
+	a.mu.Unlock()
+	a.poke()
 }
 
 // Stop makes Run return and closes the VM. Held outputs are never released.
@@ -332,10 +390,11 @@ func (a *Agent) poke() {
 // without the lock (the vCPU thread must be able to finish an exit while
 // the loop waits for it to pause).
 type work struct {
-	cmds []lockstep.Command
-	rel  []lockstep.Output
-	drop []uint64
-	msgs []encoded
+	cmds   []lockstep.Command
+	rel    []lockstep.Output
+	drop   []uint64
+	msgs   []encoded
+	goLive bool // cmds take this host live: open the gate after rel
 }
 
 type encoded struct {
@@ -371,12 +430,18 @@ func (a *Agent) process(ctx context.Context) error {
 			a.enc = m.Append(a.enc[:0])
 			w.msgs = append(w.msgs, encoded{typ: frameType(m), b: append([]byte(nil), a.enc...)})
 		}
+		for _, c := range w.cmds {
+			w.goLive = w.goLive || c.Kind == lockstep.CmdGoLive
+		}
 		a.node.Advance(rd)
 		a.mu.Unlock()
 		if err := a.perform(ctx, &w); err != nil {
 			return err
 		}
 		a.mu.Lock()
+		if w.goLive {
+			a.liveGate = false
+		}
 		a.cond.Broadcast()
 		a.mu.Unlock()
 	}
@@ -390,36 +455,87 @@ func (a *Agent) perform(ctx context.Context, w *work) error {
 			return fmt.Errorf("agent: %s: %w", c.Kind, err)
 		}
 	}
-	for _, o := range w.rel {
+	protected := false
+	if len(w.rel) > 0 {
 		a.mu.Lock()
-		h := a.handles[o.ID]
-		delete(a.handles, o.ID)
+		protected = a.node.Status().Protected
 		a.mu.Unlock()
-		if h == nil {
-			return fmt.Errorf("agent: the node released output %d (seq %d), which this agent does not hold", o.ID, o.Seq)
-		}
+	}
+	now := time.Now()
+	for _, o := range w.rel {
+		e, ok := a.take(o.ID)
 		if a.cfg.OnRelease != nil {
 			a.cfg.OnRelease(o)
 		}
 		a.stats.released.Add(1)
+		if !ok {
+			// An output a checkpoint carried (held on the old primary
+			// when it was taken): no exit of this VM holds it.
+			if err := a.deliver(o); err != nil {
+				return fmt.Errorf("agent: releasing output seq %d that a checkpoint carried: %w", o.Seq, err)
+			}
+			continue
+		}
+		if protected {
+			a.holdLatency.record(now.Sub(e.at))
+		}
 		// A backend error is the device's to report (the guest already
 		// got its status when the output was held); the protocol's
 		// promise is only that nothing leaves before Ready says so.
-		h.Release()
+		e.h.Release()
 	}
 	for _, id := range w.drop {
-		a.mu.Lock()
-		h := a.handles[id]
-		delete(a.handles, id)
-		a.mu.Unlock()
-		if h != nil {
-			h.Drop()
+		if e, ok := a.take(id); ok {
+			e.h.Drop()
 		}
 	}
 	for _, m := range w.msgs {
+		if m.typ == transport.TypeCheckpoint {
+			a.sync.sent.Add(int64(len(m.b)))
+		}
 		if err := a.tr.Send(m.typ, m.b); err != nil {
 			a.stats.send.Add(1) // lost frames are the protocol's to resend
 		}
+	}
+	return nil
+}
+
+// take removes an output from the table of held outputs.
+func (a *Agent) take(id uint64) (heldEntry, bool) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	e, ok := a.handles[id]
+	delete(a.handles, id)
+	return e, ok
+}
+
+// deliver performs an output from the node's copy of its bytes, for one
+// that no exit of this VM holds.
+func (a *Agent) deliver(o lockstep.Output) error {
+	if a.vm == nil {
+		return errors.New("no VM to deliver it through")
+	}
+	dev, op := splitKind(o.Device)
+	arg, data, err := decodeOutput(o.Data)
+	if err != nil {
+		return err
+	}
+	return a.vm.Deliver(dev, op, arg, data)
+}
+
+// persist applies a block write the primary released to this host's own
+// disk: through the VMM's hold if this VM made it, else from the bytes a
+// checkpoint carried.
+func (a *Agent) persist(o lockstep.Output) error {
+	a.stats.persisted.Add(1)
+	if e, ok := a.take(o.ID); ok {
+		if err := e.h.Release(); err != nil {
+			return fmt.Errorf("writing seq %d to this host's disk: %w", o.Seq, err)
+		}
+		return nil
+	}
+	if err := a.deliver(o); err != nil {
+		return fmt.Errorf("writing seq %d, which a checkpoint carried, to this host's disk: %w", o.Seq, err)
 	}
 	return nil
 }
@@ -444,15 +560,25 @@ func (a *Agent) command(ctx context.Context, c lockstep.Command) error {
 	case lockstep.CmdRestoreCheckpoint:
 		return a.restore(c.Checkpoint)
 	case lockstep.CmdAcquire:
+		a.log.Info("asking the arbiter for an epoch", "epoch", c.Epoch)
 		go a.acquire(ctx, c.Epoch)
 		return nil
 	case lockstep.CmdGoLive:
-		// The hook learns it from the node (Live) at the next exit; the
-		// VM keeps running.
+		// The hook learns it from the node (Live) at the next exit, once
+		// this Ready is done (liveGate); the VM keeps running.
+		a.log.Info("going live: this host is primary now", "epoch", c.Epoch, "fence", c.Fence)
+		if a.cfg.OnGoLive != nil {
+			if err := a.cfg.OnGoLive(c.Epoch, c.Fence); err != nil {
+				return fmt.Errorf("switching to live devices: %w", err)
+			}
+		}
 		return nil
 	case lockstep.CmdHalt:
+		a.log.Warn("halting: another host is primary", "reason", c.Reason)
 		a.halted, a.haltWhy = true, c.Reason
 		return a.applyRun()
+	case lockstep.CmdPersist:
+		return a.persist(c.Output)
 	}
 	return fmt.Errorf("unknown command %d", c.Kind)
 }
@@ -513,6 +639,9 @@ func (a *Agent) takeCheckpoint(c lockstep.Checkpoint) error {
 	if err != nil {
 		return err
 	}
+	a.sync.sent.Store(0)
+	a.sync.total.Store(int64(len(b)))
+	a.log.Info("checkpoint taken for the secondary", "id", c.ID, "full", c.Full, "bytes", len(b))
 	a.stats.ckpts.Add(1)
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -544,6 +673,7 @@ func (a *Agent) restore(c lockstep.Checkpoint) error {
 	}
 	a.vm, a.booted = vm, true
 	a.stats.restores.Add(1)
+	a.log.Info("checkpoint restored", "id", c.ID, "seq", c.Seq, "full", c.Full, "bytes", len(c.Data))
 	a.mu.Lock()
 	err = a.node.CheckpointRestored(c.ID)
 	a.mu.Unlock()

@@ -66,6 +66,25 @@ func decodeInput(b []byte, arg uint64, length uint32) (vmm.Result, error) {
 	return vmm.Result{Status: int32(le.Uint32(b[0:])), Value: le.Uint64(b[4:]), Data: b[inputHeaderBytes:]}, nil
 }
 
+// isDiskWrite is lockstep.Config.Persistent in separate-storage mode: the
+// outputs that change the disk each host keeps its own copy of.
+func isDiskWrite(kind uint16) bool {
+	return kind == uint16(vmm.DeviceBlock)<<8|uint16(vmm.OpBlockWrite)
+}
+
+// splitKind undoes exitKind.
+func splitKind(kind uint16) (vmm.Device, uint32) {
+	return vmm.Device(kind >> 8), uint32(kind & maxOpForKind)
+}
+
+// decodeOutput undoes encodeOutput.
+func decodeOutput(b []byte) (arg uint64, data []byte, err error) {
+	if len(b) < outputHeaderBytes {
+		return 0, nil, fmt.Errorf("agent: output of %d bytes is shorter than its %d-byte header", len(b), outputHeaderBytes)
+	}
+	return le.Uint64(b), b[outputHeaderBytes:], nil
+}
+
 // encodeOutput is what the node digests (and a primary with SendOutputData
 // ships) for an output.
 func encodeOutput(arg uint64, data []byte) []byte {

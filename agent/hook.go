@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/ftvm/ftvm/lockstep"
 	"github.com/ftvm/ftvm/vmm"
@@ -80,6 +81,9 @@ func (a *Agent) input(x exitReq, in exitInfo, kind uint16) (vmm.Result, error) {
 			}
 			return res, nil
 		case lockstep.Live:
+			if a.liveGate {
+				break // the loop has not finished taking this host live
+			}
 			a.mu.Unlock()
 			return a.recordInput(x, in, kind)
 		case lockstep.Diverged:
@@ -145,7 +149,7 @@ func (a *Agent) output(x exitReq, in exitInfo, kind uint16) (vmm.Result, error) 
 		id, r := a.node.ReplayOutput(in.Index, kind, payload)
 		switch r {
 		case lockstep.OK:
-			a.handles[id] = h
+			a.handles[id] = heldEntry{h: h, at: time.Now()}
 			if a.cfg.OnReplayed != nil {
 				// Under the lock: the loop cannot acknowledge the
 				// comparison before an observer has seen the output.
@@ -155,13 +159,16 @@ func (a *Agent) output(x exitReq, in exitInfo, kind uint16) (vmm.Result, error) 
 			a.poke()
 			return vmm.Result{Status: vmm.StatusOK}, nil
 		case lockstep.Live:
+			if a.liveGate {
+				break // the loop has not finished taking this host live
+			}
 			id, err := a.node.HoldOutput(in.Index, kind, payload)
 			if err != nil {
 				a.mu.Unlock()
 				h.Drop()
 				return vmm.Result{}, err
 			}
-			a.handles[id] = h
+			a.handles[id] = heldEntry{h: h, at: time.Now()}
 			if a.bugReleaseOnHold {
 				h.Release()
 			}
@@ -170,7 +177,7 @@ func (a *Agent) output(x exitReq, in exitInfo, kind uint16) (vmm.Result, error) 
 			return vmm.Result{Status: vmm.StatusOK}, nil
 		case lockstep.Diverged:
 			// The node keeps this output as pending; a resync replaces the VM.
-			a.handles[id] = h
+			a.handles[id] = heldEntry{h: h, at: time.Now()}
 			a.poke()
 			for !a.abort {
 				a.cond.Wait()

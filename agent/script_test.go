@@ -142,6 +142,15 @@ func (v *scriptVM) Restore(s *vmm.Snapshot) error {
 	return nil
 }
 
+// Deliver performs an output a checkpoint carried, as Release of a held
+// one would.
+func (v *scriptVM) Deliver(d vmm.Device, _ uint32, _ uint64, data []byte) error {
+	if d == vmm.DeviceConsole {
+		v.out.deliver(bytes.Clone(data))
+	}
+	return nil
+}
+
 func (v *scriptVM) Status() vmm.Status {
 	v.mu.Lock()
 	defer v.mu.Unlock()

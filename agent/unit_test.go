@@ -70,6 +70,10 @@ func (v *loggedVM) Snapshot(vmm.SnapshotKind) (*vmm.Snapshot, error) {
 func (v *loggedVM) Restore(*vmm.Snapshot) error { v.log.add("restore"); return nil }
 func (v *loggedVM) Status() vmm.Status          { return vmm.Status{State: v.state} }
 func (v *loggedVM) Close() error                { v.log.add("close"); return nil }
+func (v *loggedVM) Deliver(d vmm.Device, _ uint32, _ uint64, data []byte) error {
+	v.log.add("deliver %s %q", d, data)
+	return nil
+}
 
 type loggedHeld struct {
 	log *opLog
@@ -108,7 +112,7 @@ func TestPerformOrder(t *testing.T) {
 	log := &opLog{}
 	a := newUnitAgent(t, log)
 	for _, id := range []uint64{5, 6, 7} {
-		a.handles[id] = &loggedHeld{log: log, id: id}
+		a.handles[id] = heldEntry{h: &loggedHeld{log: log, id: id}}
 	}
 	w := &work{
 		cmds: []lockstep.Command{{Kind: lockstep.CmdPause}, {Kind: lockstep.CmdTakeCheckpoint, Checkpoint: lockstep.Checkpoint{ID: 1, Full: true}}, {Kind: lockstep.CmdResume}},
@@ -146,11 +150,43 @@ func TestStallAndPauseOverlap(t *testing.T) {
 	}
 }
 
-func TestPerformRefusesUnknownRelease(t *testing.T) {
-	a := newUnitAgent(t, &opLog{})
-	err := a.perform(context.Background(), &work{rel: []lockstep.Output{{ID: 42, Seq: 3}}})
-	if err == nil || !strings.Contains(err.Error(), "output 42") {
-		t.Fatalf("release of an output nobody holds: %v", err)
+// An output no exit holds is one a checkpoint carried: it is performed
+// from the node's bytes through VM.Deliver, and bytes that are no output
+// of this agent's codec are refused.
+func TestPerformDeliversCheckpointCarriedRelease(t *testing.T) {
+	log := &opLog{}
+	a := newUnitAgent(t, log)
+	kind, _ := exitKind(vmm.DeviceConsole, vmm.OpConsoleWrite)
+	err := a.perform(context.Background(), &work{rel: []lockstep.Output{{ID: 42, Seq: 3, Device: kind, Data: encodeOutput(0, []byte("hi\n"))}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := strings.Join(log.ops, " "), `deliver console "hi\n"`; got != want {
+		t.Fatalf("ops %q, want %q", got, want)
+	}
+	err = a.perform(context.Background(), &work{rel: []lockstep.Output{{ID: 43, Seq: 4, Device: kind, Data: []byte{1, 2}}}})
+	if err == nil || !strings.Contains(err.Error(), "seq 4") {
+		t.Fatalf("release of malformed carried bytes: %v", err)
+	}
+}
+
+// A persisted block write goes to this host's disk through the VMM's
+// hold when this VM made it, else from the carried bytes.
+func TestPersistReleasesHoldOrDelivers(t *testing.T) {
+	log := &opLog{}
+	a := newUnitAgent(t, log)
+	a.handles[7] = heldEntry{h: &loggedHeld{log: log, id: 7}}
+	kind, _ := exitKind(vmm.DeviceBlock, vmm.OpBlockWrite)
+	for _, o := range []lockstep.Output{{ID: 7, Seq: 10, Device: kind}, {ID: 8, Seq: 11, Device: kind, Data: encodeOutput(2, []byte("sector"))}} {
+		if err := a.command(context.Background(), lockstep.Command{Kind: lockstep.CmdPersist, Output: o}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if got, want := strings.Join(log.ops, " "), `release 7 deliver block "sector"`; got != want {
+		t.Fatalf("ops %q, want %q", got, want)
+	}
+	if !isDiskWrite(kind) || isDiskWrite(kind+1) {
+		t.Fatal("isDiskWrite does not pick out block writes")
 	}
 }
 
