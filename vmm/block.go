@@ -1,6 +1,7 @@
 package vmm
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"os"
@@ -16,16 +17,27 @@ var errBlockRange = errors.New("block request past the end of the device")
 // before the request returns or, for a held write, before Release returns.
 // Held writes stay visible to later reads (read-your-writes) until they are
 // released or dropped.
+//
+// The disk's contents travel in snapshots (saveDisk, restoreDisk) in
+// chunks of DiskChunkBytes: every non-zero chunk for a full snapshot, the
+// chunks written since the last snapshot for an increment. A VM whose
+// disk is shared with its replica (Config.DiskSharedStorage) saves none.
 type blockDevice struct {
 	f       *os.File // nil: a VM without a disk (SIZE answers 0)
 	sectors uint64
+	shared  bool // Config.DiskSharedStorage: snapshots omit the contents
 
-	mu      sync.Mutex // guards pending and the file against releasers
-	pending []*Output  // held writes, oldest first
+	// mu guards pending, written and the file against releasers, which
+	// may run on any goroutine, also while a snapshot reads the disk.
+	mu      sync.Mutex
+	pending []*Output // held writes, oldest first
+	// written has one bit per chunk written to the file (deliver) since
+	// the last snapshot taken or restored: what the next increment holds.
+	written []uint64
 }
 
-func newBlock(f *os.File) (*blockDevice, error) {
-	b := &blockDevice{f: f}
+func newBlock(f *os.File, shared bool) (*blockDevice, error) {
+	b := &blockDevice{f: f, shared: shared}
 	if f == nil {
 		return b, nil
 	}
@@ -34,8 +46,13 @@ func newBlock(f *os.File) (*blockDevice, error) {
 		return nil, fmt.Errorf("block device: %w", err)
 	}
 	b.sectors = uint64(st.Size()) / BlockSectorBytes
+	b.written = make([]uint64, (diskChunks(b.size())+63)/64)
 	return b, nil
 }
+
+// size is the disk's size in bytes: whole sectors only, so that bytes of
+// the file past the last whole sector are never the guest's.
+func (b *blockDevice) size() uint64 { return b.sectors * BlockSectorBytes }
 
 func (b *blockDevice) inRange(sector uint64, n uint32) bool {
 	count := uint64(n) / BlockSectorBytes
@@ -85,6 +102,9 @@ func (b *blockDevice) deliver(_ uint32, sector uint64, data []byte) error {
 	}
 	b.mu.Lock()
 	defer b.mu.Unlock()
+	// Marked before the write: a write that fails half way may still
+	// have changed the file.
+	markChunks(b.written, sector*BlockSectorBytes, uint64(len(data)))
 	if _, err := b.f.WriteAt(data, int64(sector*BlockSectorBytes)); err != nil {
 		return fmt.Errorf("block write at sector %d: %w", sector, err)
 	}
@@ -111,18 +131,21 @@ func (b *blockDevice) unhold(o *Output) {
 	}
 }
 
+// markChunks sets the bits of the chunks that bytes [off, off+n) touch.
+func markChunks(bitmap []uint64, off, n uint64) {
+	if n == 0 {
+		return
+	}
+	for c := off / DiskChunkBytes; c <= (off+n-1)/DiskChunkBytes; c++ {
+		bitmap[c/64] |= 1 << (c % 64)
+	}
+}
+
 const blockStateVersion = 1
 
-// saveState records the disk's size. The disk's contents are not part of
-// a snapshot (like a real VM's disk they live apart), so a snapshot cannot
-// be taken while writes are held: their data would be in neither.
+// saveState records the disk's size; the contents travel in the
+// snapshot's disk section (saveDisk).
 func (b *blockDevice) saveState() ([]byte, error) {
-	b.mu.Lock()
-	n := len(b.pending)
-	b.mu.Unlock()
-	if n > 0 {
-		return nil, fmt.Errorf("block device has %d held writes: release or drop them before taking a snapshot", n)
-	}
 	var body [8]byte
 	le.PutUint64(body[:], b.sectors)
 	return stateWithVersion(blockStateVersion, body[:]), nil
@@ -137,4 +160,162 @@ func (b *blockDevice) restoreState(s []byte) error {
 		return fmt.Errorf("the snapshot's block device has %d sectors, this VM's has %d: attach the same disk image", n, b.sectors)
 	}
 	return nil
+}
+
+// saveDisk fills the disk section of s: for a Full snapshot every chunk
+// of the file that holds a non-zero byte, for an Incremental one every
+// chunk written since the last snapshot (zero or not: it may have been
+// zeroed). It reads the file, the durable content, and never the held
+// writes, which are outputs the caller carries apart.
+//
+// The read and the clearing of the written bitmap happen under mu, so a
+// release on another goroutine lands either in this snapshot's content or
+// in the next increment, never in neither. On an error nothing is
+// cleared.
+func (b *blockDevice) saveDisk(kind SnapshotKind, s *Snapshot) error {
+	s.DiskBytes, s.DiskOmitted = b.size(), b.shared
+	if b.f == nil || b.shared {
+		return nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	var chunks []uint64
+	var data []byte
+	add := func(c uint64, chunk []byte) error {
+		chunks = append(chunks, c)
+		data = append(data, chunk...)
+		return nil
+	}
+	if kind == Full {
+		if err := forEachNonZeroChunk(b.f, b.size(), add); err != nil {
+			return err
+		}
+	} else {
+		buf := make([]byte, DiskChunkBytes)
+		for _, c := range dirtyPages(b.written, diskChunks(b.size())) {
+			chunk := buf[:diskChunkLen(b.size(), c)]
+			if _, err := b.f.ReadAt(chunk, int64(c*DiskChunkBytes)); err != nil {
+				return fmt.Errorf("snapshot of the disk: reading chunk %d (bytes %d-%d of %s): %w", c, c*DiskChunkBytes, c*DiskChunkBytes+uint64(len(chunk)), b.f.Name(), err)
+			}
+			add(c, chunk)
+		}
+	}
+	clear(b.written)
+	s.DiskChunks, s.DiskData = chunks, data
+	return nil
+}
+
+// checkRestoreDisk says whether the disk section of s can be restored on
+// this disk, before the restore changes anything.
+func (b *blockDevice) checkRestoreDisk(s *Snapshot) error {
+	if err := s.checkDisk(); err != nil {
+		return err
+	}
+	if s.DiskBytes != b.size() {
+		return fmt.Errorf("the snapshot's disk is %d bytes (%d sectors), this VM's disk is %d bytes: give the VM a disk file of the snapshot's size", s.DiskBytes, s.DiskBytes/BlockSectorBytes, b.size())
+	}
+	if b.size() == 0 {
+		return nil
+	}
+	switch {
+	case s.DiskOmitted && !b.shared:
+		return fmt.Errorf("the snapshot was taken with DiskSharedStorage and holds no disk contents, but this VM has a disk of its own: configure both VMs alike")
+	case !s.DiskOmitted && b.shared:
+		return fmt.Errorf("the snapshot holds disk contents, but this VM's disk is shared with the snapshot's VM (DiskSharedStorage) and must not be rewritten: configure both VMs alike")
+	}
+	return nil
+}
+
+// restoreDisk writes the disk section of s (checked by checkRestoreDisk)
+// into the file and makes it durable. A Full snapshot first zeroes the
+// whole disk, so that nothing of what the file held before survives; an
+// increment writes its chunks over the disk at its base. The restored
+// disk is the base of the next increment.
+func (b *blockDevice) restoreDisk(s *Snapshot) error {
+	if b.f == nil || b.shared {
+		return nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if s.Kind == Full {
+		if err := zeroDisk(b.f, b.size()); err != nil {
+			return err
+		}
+	}
+	for i := range s.DiskChunks {
+		c, chunk := s.DiskChunk(i)
+		if _, err := b.f.WriteAt(chunk, int64(c*DiskChunkBytes)); err != nil {
+			return fmt.Errorf("restoring disk chunk %d into %s: %w", c, b.f.Name(), err)
+		}
+	}
+	if err := unix.Fdatasync(int(b.f.Fd())); err != nil {
+		return fmt.Errorf("restoring the disk: fdatasync %s: %w", b.f.Name(), err)
+	}
+	clear(b.written)
+	return nil
+}
+
+var zeroChunk = make([]byte, DiskChunkBytes)
+
+// forEachNonZeroChunk calls fn for every chunk of the first size bytes of
+// f that holds a non-zero byte, in order; chunk aliases a buffer reused
+// for the next call. It reads only the file's data regions (lseek
+// SEEK_DATA / SEEK_HOLE), so that a sparse image, the usual kind, costs
+// what it holds rather than its size. It moves f's file offset, which
+// the block device never uses (it reads and writes at offsets).
+func forEachNonZeroChunk(f *os.File, size uint64, fn func(c uint64, chunk []byte) error) error {
+	fd := int(f.Fd())
+	n := diskChunks(size)
+	buf := make([]byte, DiskChunkBytes)
+	for c := uint64(0); c < n; {
+		end := n // chunks [c, end) may hold data
+		if data, err := unix.Seek(fd, int64(c*DiskChunkBytes), unix.SEEK_DATA); errors.Is(err, unix.ENXIO) {
+			return nil // no data from here to the end of the file
+		} else if err == nil {
+			if c = max(c, uint64(data)/DiskChunkBytes); c >= n {
+				return nil
+			}
+			if hole, err := unix.Seek(fd, data, unix.SEEK_HOLE); err == nil {
+				end = min(n, max(c+1, diskChunks(uint64(hole))))
+			}
+		} // else: no SEEK_DATA here; read everything from c on
+		for ; c < end; c++ {
+			chunk := buf[:diskChunkLen(size, c)]
+			if _, err := f.ReadAt(chunk, int64(c*DiskChunkBytes)); err != nil {
+				return fmt.Errorf("reading disk chunk %d (bytes %d-%d of %s): %w", c, c*DiskChunkBytes, c*DiskChunkBytes+uint64(len(chunk)), f.Name(), err)
+			}
+			if !bytes.Equal(chunk, zeroChunk[:len(chunk)]) {
+				if err := fn(c, chunk); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+// zeroDisk makes the first size bytes of f read as zeros: it punches a
+// hole over them (the file keeps its size and gives the blocks back) or,
+// on a filesystem that cannot, overwrites every non-zero chunk.
+func zeroDisk(f *os.File, size uint64) error {
+	if size == 0 {
+		return nil
+	}
+	err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, int64(size))
+	if err == nil {
+		return nil
+	}
+	if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EINVAL) {
+		return fmt.Errorf("zeroing the disk %s before a full restore: fallocate(PUNCH_HOLE): %w", f.Name(), err)
+	}
+	return zeroDiskByWriting(f, size)
+}
+
+func zeroDiskByWriting(f *os.File, size uint64) error {
+	return forEachNonZeroChunk(f, size, func(c uint64, chunk []byte) error {
+		if _, err := f.WriteAt(zeroChunk[:len(chunk)], int64(c*DiskChunkBytes)); err != nil {
+			return fmt.Errorf("zeroing disk chunk %d of %s before a full restore: %w", c, f.Name(), err)
+		}
+		return nil
+	})
 }

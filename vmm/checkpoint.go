@@ -9,7 +9,18 @@ import (
 // Snapshot saves the paused (or halted) VM. A Full snapshot starts a new
 // chain; an Incremental one holds only the pages written since the
 // previous snapshot taken or restored on this VM (KVM's dirty log for the
-// guest's writes, the VMM's own bitmap for what devices wrote).
+// guest's writes, the VMM's own bitmap for what devices wrote) and the
+// disk chunks written since then.
+//
+// The disk is saved as it is in its file. Block writes that are held
+// (Exit.Hold, neither released nor dropped) are not in the snapshot: the
+// caller carries them with it, as it carries every held output, and
+// releases them on whichever host goes on (Machine.Deliver on a VM
+// restored from the snapshot). A restored VM does not hold them, so its
+// reads do not see them until they are delivered: deliver them before its
+// guest reads the disk live (a replaying guest's reads come from the log).
+// Outputs may be released while Snapshot runs: each lands wholly in this
+// snapshot or in the next increment.
 func (m *Machine) Snapshot(kind SnapshotKind) (*Snapshot, error) {
 	var s *Snapshot
 	err := m.do(func() error {
@@ -21,10 +32,13 @@ func (m *Machine) Snapshot(kind SnapshotKind) (*Snapshot, error) {
 }
 
 // Restore loads a snapshot into this VM, which must not be running. A Full
-// snapshot needs only the same memory size; an Incremental one applies
-// only on a VM that is at its base (the snapshot it follows in its chain,
-// taken or restored here). After a restore the VM is Paused (or Halted, if
-// the snapshot was) and later increments are taken relative to it.
+// snapshot needs only the same memory size and a disk of the same size;
+// an Incremental one applies only on a VM that is at its base (the
+// snapshot it follows in its chain, taken or restored here). The disk's
+// chunks are written into this VM's disk file and made durable; a Full
+// snapshot first zeroes the whole disk, so that nothing the file held
+// before survives. After a restore the VM is Paused (or Halted, if the
+// snapshot was) and later increments are taken relative to it.
 func (m *Machine) Restore(s *Snapshot) error {
 	return m.do(func() error { return m.restoreSnapshot(s) })
 }
@@ -48,8 +62,8 @@ func (m *Machine) takeSnapshot(kind SnapshotKind) (*Snapshot, error) {
 		NextExit: m.disp.next,
 		ExitCode: m.disp.exitCode,
 	}
-	// Device state first: a device may refuse (held block writes), and
-	// nothing must be consumed before that.
+	// Device state and registers first: nothing is consumed until they
+	// are saved.
 	for d := DeviceConsole; d <= DeviceHalt; d++ {
 		st, err := m.disp.devs[d].saveState()
 		if err != nil {
@@ -62,6 +76,12 @@ func (m *Machine) takeSnapshot(kind SnapshotKind) (*Snapshot, error) {
 		return nil, err
 	}
 	s.VCPUs = []VCPUState{v}
+	// saveDisk clears the disk's written bitmap only if it succeeds, so
+	// an error here leaves the next increment whole; after it, a failure
+	// makes the next snapshot full anyway.
+	if err := m.block.saveDisk(kind, s); err != nil {
+		return nil, err
+	}
 
 	// From here on the dirty bits are consumed: if anything fails, the
 	// next snapshot must be full.
@@ -111,6 +131,9 @@ func (m *Machine) restoreSnapshot(s *Snapshot) error {
 			return fmt.Errorf("snapshot page %d lies outside guest memory", p)
 		}
 	}
+	if err := m.block.checkRestoreDisk(s); err != nil {
+		return err
+	}
 	switch s.Kind {
 	case Full:
 	case Incremental:
@@ -156,6 +179,9 @@ func (m *Machine) restoreSnapshot(s *Snapshot) error {
 		err = fmt.Errorf("restore failed half way, the VM state is undefined (restore a full snapshot): %w", err)
 		m.setStatus(func(st *Status) { st.State = Failed; st.Err = err })
 		return err
+	}
+	if err := m.block.restoreDisk(s); err != nil {
+		return failed(err)
 	}
 	if err := m.restoreVCPU(v); err != nil {
 		return failed(err)

@@ -147,45 +147,64 @@ func (d *dispatcher) handleOut(port uint16, size uint8, value uint32) error {
 // validate checks the guest-supplied lengths and buffers of a request
 // against the device table of ftvm.h.
 func (d *dispatcher) validate(e *Exit) error {
-	buffer := func(n uint64) error {
+	if err := checkLen(e.Device, e.Op, e.Len); err != nil {
+		return err
+	}
+	if n, ok := bufferBytes(e.Device, e.Op, e.Len); ok {
 		if _, err := d.mem.Slice(e.Addr, n); err != nil {
 			return fmt.Errorf("buffer: %w", err)
 		}
+	}
+	return nil
+}
+
+// checkLen checks a request's length against the device's limits. It is
+// the whole of the check for an output that no exit carries
+// (Machine.Deliver), so it must not depend on guest memory.
+func checkLen(dev Device, op uint32, n uint32) error {
+	atMost := func(limit uint64) error {
+		if uint64(n) > limit {
+			return fmt.Errorf("len %d exceeds the limit of %d bytes", n, limit)
+		}
 		return nil
 	}
-	atMost := func(limit uint64) error {
-		if uint64(e.Len) > limit {
-			return fmt.Errorf("len %d exceeds the limit of %d bytes", e.Len, limit)
-		}
-		return buffer(uint64(e.Len))
-	}
-	switch e.Device {
+	switch dev {
 	case DeviceConsole:
 		return atMost(ConsoleMaxBytes)
 	case DeviceEntropy:
 		return atMost(EntropyMaxBytes)
 	case DeviceNIC:
-		switch e.Op {
+		switch op {
 		case OpNICTX:
-			if e.Len < nicFrameMinBytes {
-				return fmt.Errorf("frame of %d bytes is shorter than an Ethernet header (%d)", e.Len, nicFrameMinBytes)
+			if n < nicFrameMinBytes {
+				return fmt.Errorf("frame of %d bytes is shorter than an Ethernet header (%d)", n, nicFrameMinBytes)
 			}
 			return atMost(NICFrameMaxBytes)
 		case OpNICRX:
 			return atMost(nicRXBufferMaxBytes)
-		case OpNICMAC:
-			return buffer(nicMACBytes)
 		}
 	case DeviceBlock:
-		if e.Op == OpBlockSize {
+		if op == OpBlockSize {
 			return nil
 		}
-		if e.Len == 0 || e.Len%BlockSectorBytes != 0 {
-			return fmt.Errorf("len %d is not a positive multiple of the %d-byte sector", e.Len, BlockSectorBytes)
+		if n == 0 || n%BlockSectorBytes != 0 {
+			return fmt.Errorf("len %d is not a positive multiple of the %d-byte sector", n, BlockSectorBytes)
 		}
 		return atMost(BlockMaxBytes)
 	}
 	return nil
+}
+
+// bufferBytes is how much guest memory at req.addr a request uses; ok is
+// false for the requests that use none (their addr is not looked at).
+func bufferBytes(dev Device, op uint32, n uint32) (bytes uint64, ok bool) {
+	switch {
+	case dev == DeviceNIC && op == OpNICMAC:
+		return nicMACBytes, true
+	case dev == DeviceNIC && op == OpNICWait, dev == DeviceBlock && op == OpBlockSize, dev == DeviceClock, dev == DeviceHalt:
+		return 0, false
+	}
+	return uint64(n), true
 }
 
 // inputDataMax is the most data an input may write at req.addr.

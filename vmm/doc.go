@@ -80,9 +80,10 @@
 // host process never crashes on guest behaviour.
 //
 // One file per device: console.go, clock.go, entropy.go, nic.go (backends
-// in nic_backends.go: a TAP device, or UDP datagrams carrying one frame
-// each), block.go (a file; writes are fdatasync'ed), halt.go. Each saves
-// and restores its own versioned state.
+// in nic_backends.go: a TAP device, UDP datagrams carrying one frame
+// each, or a PlugNIC, unplugged until a secondary goes live), block.go (a
+// file; writes are fdatasync'ed), halt.go. Each saves and restores its
+// own versioned state.
 //
 // # Record and replay
 //
@@ -91,7 +92,8 @@
 // the hook supplies it and the device is never touched. An output goes to
 // the hook, which delivers it now, holds it (Exit.Hold returns an Output
 // to Release or Drop later; held block writes stay visible to reads) or
-// drops it. Recorder writes every exit to a versioned, CRC'd log
+// drops it. Machine.Deliver performs an output no exit stands for (one a
+// checkpoint carried to another host). Recorder writes every exit to a versioned, CRC'd log
 // (record.go documents the format); Replayer feeds it to another VM and
 // stops it with a DivergenceError at the first exit that differs (index,
 // device, op, argument, or an output's SHA-256).
@@ -108,6 +110,23 @@
 // let the write-protection be re-armed in chunks, which pays off only for
 // VMs far larger than these. Increments form a chain (chain id, seq) and
 // apply only in order on a VM at their base.
+//
+// A snapshot carries the disk too, because each replica has its own copy
+// of it (separate storage): in 4 KiB chunks, every non-zero chunk of the
+// disk file for a Full snapshot (holes in a sparse image are skipped with
+// SEEK_DATA), the chunks that block writes reached since the previous
+// snapshot for an Incremental one (a bitmap set as each write is
+// performed, under the device's lock, since a release may run on any
+// goroutine while the VM is paused). What is saved is the file, the
+// durable content: a held block write is not in it, though the guest
+// already reads it back; like every held output the caller carries it
+// beside the snapshot and releases it on whichever host goes on
+// (Output.Release here, Machine.Deliver on the restored VM). A restore
+// writes the chunks into the restoring VM's own disk file and fdatasyncs
+// it; a Full restore first punches the whole disk to zeros, so that
+// nothing stale on the target survives, and the disks must be of one
+// size. Config.DiskSharedStorage turns all this off for a disk both VMs
+// share.
 //
 // KVM may complete an exit's instruction only on the next KVM_RUN, and that
 // pending state is not visible to userspace, so a pause always re-enters

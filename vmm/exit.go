@@ -3,6 +3,7 @@ package vmm
 import (
 	"errors"
 	"fmt"
+	"math"
 	"sync"
 )
 
@@ -85,7 +86,9 @@ func (e *Exit) Deliver() Result {
 // returned handle owns a copy of the data and performs it on Release. A
 // device that can refuse an output up front (a block write past the end)
 // makes Hold fail with an error that wraps ErrRefused; give the guest
-// StatusOf(err). Held block writes stay visible to later block reads.
+// StatusOf(err). Held block writes stay visible to later block reads, but
+// a snapshot does not hold them (it saves the disk file): the caller
+// carries them with it.
 func (e *Exit) Hold() (*Output, error) {
 	if e.Dir != DirOutput {
 		return nil, fmt.Errorf("%v: only outputs can be held", e)
@@ -175,6 +178,57 @@ func (o *Output) Drop() {
 	if h, ok := o.dev.(holder); ok {
 		h.unhold(o)
 	}
+}
+
+// Deliver performs an output that no pending exit stands for: a held
+// output whose data a checkpoint carried (a snapshot holds the disk as it
+// is on the backend, never the held writes), released by the host that
+// goes on after a failover, which has no Output handle for it. d, op, arg
+// and data are the exit's (Output's) fields.
+//
+// The request is checked as the guest's would be: op must be an output
+// of d, data must fit the device's limits (a console write at most
+// ConsoleMaxBytes, a frame 14 to NICFrameMaxBytes bytes, a block write a
+// positive multiple of BlockSectorBytes up to BlockMaxBytes) and a block
+// write must lie on the disk; anything else is refused with an error that
+// says what was wrong, and nothing is performed. Delivering the halt
+// device's EXIT does nothing, as its release would.
+//
+// Like Output.Release it may be called from any goroutine, while the VM
+// runs or is paused, and performs the output on the backend at once (a
+// block write is durable when it returns, and is in the next snapshot).
+func (m *Machine) Deliver(d Device, op uint32, arg uint64, data []byte) error {
+	if d < DeviceConsole || d > DeviceHalt {
+		return fmt.Errorf("deliver: unknown device %d (devices are %d to %d)", uint8(d), DeviceConsole, DeviceHalt)
+	}
+	spec, ok := lookupOp(d, op)
+	if !ok {
+		return fmt.Errorf("deliver: the %s device has no op %d", d, op)
+	}
+	what := fmt.Sprintf("deliver %s %s", d, spec.name)
+	if spec.dir != DirOutput {
+		return fmt.Errorf("%s: it is an input, not an output; only outputs can be delivered", what)
+	}
+	if uint64(len(data)) > math.MaxUint32 {
+		// Checked before the length is narrowed to the 32 bits of a
+		// request, where it could pass for a small one.
+		return fmt.Errorf("%s: %d bytes do not fit a request's 32-bit length", what, len(data))
+	}
+	if err := checkLen(d, op, uint32(len(data))); err != nil {
+		return fmt.Errorf("%s: %v", what, err)
+	}
+	dev := m.disp.devs[d]
+	e := &Exit{Device: d, Op: op, Dir: DirOutput, Len: uint32(len(data)), Arg: arg, Data: data, dev: dev}
+	if st := dev.check(e); st != StatusOK {
+		if d == DeviceBlock {
+			return fmt.Errorf("%s of %d bytes at sector %d runs past the end of the %d-sector disk (was the checkpoint taken with a disk of another size?): %w", what, len(data), arg, m.block.sectors, ErrRefused)
+		}
+		return &refusedError{status: st, what: what}
+	}
+	if err := dev.deliver(op, arg, data); err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
 }
 
 // LiveHook runs the VM without record or replay: inputs come from the

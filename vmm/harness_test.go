@@ -48,7 +48,7 @@ func newExitBench(t testing.TB, o benchOpts) *exitBench {
 		t.Cleanup(func() { f.Close() })
 		b.disk = f
 	}
-	blk, err := newBlock(b.disk)
+	blk, err := newBlock(b.disk, false)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -25,8 +25,16 @@ type Config struct {
 	// MAC is the NIC's address (zero: DefaultMAC).
 	MAC [6]byte
 	// Disk backs the block device (nil: a disk of 0 sectors). The VM
-	// does not close it.
+	// does not close it. Snapshots carry its contents, and a restore
+	// rewrites it, so that a replica with its own copy of the disk
+	// (separate storage) ends up with the same one.
 	Disk *os.File
+	// DiskSharedStorage says that Disk is the very file the replica's VM
+	// uses too (shared storage): snapshots then omit the disk's contents
+	// and a restore leaves the disk alone, since rewriting it would
+	// clobber what the other VM writes. Both VMs of a snapshot must be
+	// configured alike; a restore refuses a mix.
+	DiskSharedStorage bool
 	// Entropy is the entropy device's source (nil: crypto/rand).
 	Entropy io.Reader
 	// Hook sees every device exit (nil: LiveHook).
@@ -89,6 +97,7 @@ type Machine struct {
 	mem   *Memory
 	disp  *dispatcher
 	nic   *nicDevice
+	block *blockDevice
 
 	msrIndices []uint32 // snapshotMSRs that this host's KVM knows
 	hasXsave   bool
@@ -218,10 +227,11 @@ func (m *Machine) start(setup func() error) error {
 // initDevices creates the devices over guest memory.
 func (m *Machine) initDevices() error {
 	m.dirtyWords = make([]uint64, len(m.mem.vmmDirty))
-	block, err := newBlock(m.cfg.Disk)
+	block, err := newBlock(m.cfg.Disk, m.cfg.DiskSharedStorage)
 	if err != nil {
 		return err
 	}
+	m.block = block
 	m.nic = newNIC(m.cfg.NIC, m.cfg.MAC, m.interrupt)
 	m.disp = &dispatcher{mem: m.mem, hook: m.cfg.Hook}
 	m.disp.devs[DeviceConsole] = newConsole(m.cfg.Console)

@@ -28,18 +28,29 @@ func (k SnapshotKind) String() string {
 	return fmt.Sprintf("kind(%d)", uint8(k))
 }
 
-// Snapshot is the state of a paused VM: vCPU registers, device state and
-// memory. A Full snapshot starts a chain (Seq 0) and holds every non-zero
-// page; an Incremental one holds the pages written since snapshot BaseSeq
-// of the same chain and applies only on a VM that is at that snapshot.
+// Snapshot is the state of a paused VM: vCPU registers, device state,
+// memory and the disk's contents. A Full snapshot starts a chain (Seq 0)
+// and holds every non-zero page of memory and every non-zero chunk of the
+// disk; an Incremental one holds the pages written since snapshot BaseSeq
+// of the same chain and the disk chunks written since then, and applies
+// only on a VM that is at that snapshot.
+//
+// The disk is saved as the file is on the backend: its durable content.
+// Writes the hook holds (Exit.Hold, not yet released) are not in it, even
+// though the guest already reads them back: they are outputs, which the
+// caller carries beside the snapshot and releases (Output.Release on this
+// host, Machine.Deliver on another) on whichever host goes on. A write
+// released after the snapshot lands in the next increment.
 //
 // The encoding (MarshalBinary / UnmarshalSnapshot) is little-endian:
 //
 //	offset  size  field
 //	0       8     magic "FTVMSNAP"
-//	8       2     format version (1)
+//	8       2     format version (2)
 //	10      1     kind: 1 full, 2 incremental
-//	11      1     flags: bit 0 = the guest had halted
+//	11      1     flags: bit 0 = the guest had halted;
+//	                     bit 1 = the disk's contents are omitted
+//	                     (Config.DiskSharedStorage; no disk chunks follow)
 //	12      4     reserved, 0
 //	16      8     chain id (random, chosen by the full snapshot)
 //	24      8     seq (0 for the full snapshot, +1 per increment)
@@ -62,10 +73,23 @@ func (k SnapshotKind) String() string {
 //	              per device: u8 device id, u8 0, u16 0, u32 length, state
 //	              page count × u64 page number (strictly increasing)
 //	              page count × 4096 bytes of page data
+//	              disk section:
+//	                8    disk size in bytes (a multiple of 512; 0: no disk)
+//	                8    chunk count (up to the disk's ceil(size / 4096)
+//	                     chunks; 0 when bit 1 of flags is set)
+//	                8×   chunk count × u64 chunk number (strictly
+//	                     increasing, each below ceil(size / 4096))
+//	                d    chunk data, in chunk order: chunk c is bytes
+//	                     [c×4096, min((c+1)×4096, size)) of the disk, so
+//	                     d = 4096 × chunk count, less what the disk's last
+//	                     chunk lacks of 4096 when it is listed (a size
+//	                     that is not a multiple of 4096)
 //	end-4   4     CRC32C (Castagnoli) of every byte before it
 //
 // A snapshot that is truncated, has a wrong magic, version or checksum, or
 // any field out of range is refused with an error that says which.
+// Snapshots travel between live hosts of one build and are never stored
+// for long, so a VMM reads only its own format version.
 type Snapshot struct {
 	Kind     SnapshotKind
 	Halted   bool
@@ -81,6 +105,18 @@ type Snapshot struct {
 	// bytes are PageData[i*PageBytes:(i+1)*PageBytes].
 	PageNumbers []uint64
 	PageData    []byte
+	// DiskBytes is the size of the VM's disk (0: it has none).
+	DiskBytes uint64
+	// DiskOmitted says the VM was configured with DiskSharedStorage: the
+	// disk's contents are not in the snapshot (DiskChunks is empty), and
+	// only a VM on the same shared disk may restore it.
+	DiskOmitted bool
+	// DiskChunks lists the saved disk chunks (DiskChunkBytes each) in
+	// increasing order; chunk i's bytes start at
+	// DiskData[i*DiskChunkBytes], and all but the disk's last chunk are
+	// DiskChunkBytes long (DiskChunk returns them).
+	DiskChunks []uint64
+	DiskData   []byte
 }
 
 // VCPUState is one vCPU's saved registers. The blobs are the kernel's
@@ -110,7 +146,7 @@ type DeviceState struct {
 // Format constants and decoder limits.
 const (
 	snapshotMagic       = "FTVMSNAP"
-	snapshotVersion     = 1
+	snapshotVersion     = 2
 	snapshotHeaderBytes = 80
 	snapshotCRCBytes    = 4
 	snapshotMaxVCPUs    = 64
@@ -119,7 +155,37 @@ const (
 	// snapshotDeviceStateMaxBytes bounds one device's state.
 	snapshotDeviceStateMaxBytes = 1 << 20
 	snapshotFlagHalted          = 1
+	snapshotFlagDiskOmitted     = 2
+	// snapshotDiskHeaderBytes is the disk section's size and chunk count.
+	snapshotDiskHeaderBytes = 16
 )
+
+// DiskChunkBytes is the unit in which snapshots save the disk: 8 sectors,
+// the size of a page, so that a small write costs one chunk.
+const DiskChunkBytes = 4096
+
+// diskChunks is the number of chunks of a disk of size bytes (the last
+// one may be partial).
+func diskChunks(size uint64) uint64 {
+	return size/DiskChunkBytes + min(size%DiskChunkBytes, 1)
+}
+
+// diskChunkLen is the length of chunk c of a disk of size bytes: all are
+// DiskChunkBytes but the last, which holds what is left.
+func diskChunkLen(size, c uint64) uint64 {
+	return min(DiskChunkBytes, size-c*DiskChunkBytes)
+}
+
+// diskDataBytes is the length of the data of chunks (valid and increasing)
+// on a disk of size bytes: only the last chunk listed can be the disk's
+// partial one.
+func diskDataBytes(size uint64, chunks []uint64) uint64 {
+	if len(chunks) == 0 {
+		return 0
+	}
+	last := chunks[len(chunks)-1]
+	return uint64(len(chunks)-1)*DiskChunkBytes + diskChunkLen(size, last)
+}
 
 var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
@@ -133,12 +199,61 @@ func badSnapshot(format string, args ...any) error {
 // Pages is the number of memory pages in the snapshot.
 func (s *Snapshot) Pages() int { return len(s.PageNumbers) }
 
+// Chunks is the number of disk chunks in the snapshot.
+func (s *Snapshot) Chunks() int { return len(s.DiskChunks) }
+
+// DiskChunk returns the number and the bytes of the i-th saved disk chunk
+// (the bytes alias DiskData).
+func (s *Snapshot) DiskChunk(i int) (chunk uint64, data []byte) {
+	c := s.DiskChunks[i]
+	off := uint64(i) * DiskChunkBytes
+	return c, s.DiskData[off : off+diskChunkLen(s.DiskBytes, c)]
+}
+
+// checkDisk checks the disk section of a snapshot built in memory, where
+// the decoder has not: chunk numbers in range and increasing, data of
+// the right length.
+func (s *Snapshot) checkDisk() error {
+	if s.DiskBytes%BlockSectorBytes != 0 {
+		return fmt.Errorf("snapshot disk size %d is not a multiple of the %d-byte sector", s.DiskBytes, BlockSectorBytes)
+	}
+	if s.DiskOmitted && len(s.DiskChunks) > 0 {
+		return fmt.Errorf("snapshot says its disk contents are omitted but holds %d disk chunks", len(s.DiskChunks))
+	}
+	n := diskChunks(s.DiskBytes)
+	for i, c := range s.DiskChunks {
+		if c >= n {
+			return fmt.Errorf("snapshot disk chunk %d lies beyond the %d-byte disk", c, s.DiskBytes)
+		}
+		if i > 0 && c <= s.DiskChunks[i-1] {
+			return fmt.Errorf("snapshot disk chunks are not strictly increasing (%d after %d)", c, s.DiskChunks[i-1])
+		}
+	}
+	if want := diskDataBytes(s.DiskBytes, s.DiskChunks); uint64(len(s.DiskData)) != want {
+		return fmt.Errorf("snapshot has %d disk chunks but %d bytes of disk data; they need %d", len(s.DiskChunks), len(s.DiskData), want)
+	}
+	return nil
+}
+
+// appendDiskSection encodes the disk section (the layout is on Snapshot).
+func appendDiskSection(b []byte, s *Snapshot) []byte {
+	b = le.AppendUint64(b, s.DiskBytes)
+	b = le.AppendUint64(b, uint64(len(s.DiskChunks)))
+	for _, c := range s.DiskChunks {
+		b = le.AppendUint64(b, c)
+	}
+	return append(b, s.DiskData...)
+}
+
 // MarshalBinary encodes the snapshot in the format documented on Snapshot.
 func (s *Snapshot) MarshalBinary() ([]byte, error) {
 	if len(s.PageData) != len(s.PageNumbers)*PageBytes {
 		return nil, fmt.Errorf("snapshot has %d page numbers but %d bytes of page data", len(s.PageNumbers), len(s.PageData))
 	}
-	size := snapshotHeaderBytes + len(s.PageNumbers)*(8+PageBytes) + snapshotCRCBytes
+	if err := s.checkDisk(); err != nil {
+		return nil, err
+	}
+	size := snapshotHeaderBytes + len(s.PageNumbers)*(8+PageBytes) + snapshotDiskHeaderBytes + len(s.DiskChunks)*8 + len(s.DiskData) + snapshotCRCBytes
 	for _, v := range s.VCPUs {
 		size += kvmRegsSize + kvmSregsSize + 16 + len(v.FPU) + len(v.XSAVE) + len(v.XCRs) + len(v.Events) + 4 + 16*len(v.MSRs)
 	}
@@ -151,6 +266,9 @@ func (s *Snapshot) MarshalBinary() ([]byte, error) {
 	var flags byte
 	if s.Halted {
 		flags |= snapshotFlagHalted
+	}
+	if s.DiskOmitted {
+		flags |= snapshotFlagDiskOmitted
 	}
 	b = append(b, byte(s.Kind), flags, 0, 0, 0, 0)
 	for _, v := range []uint64{s.ChainID, s.Seq, s.BaseSeq, s.MemSize, s.NextExit, s.ExitCode} {
@@ -187,6 +305,7 @@ func (s *Snapshot) MarshalBinary() ([]byte, error) {
 		b = le.AppendUint64(b, p)
 	}
 	b = append(b, s.PageData...)
+	b = appendDiskSection(b, s)
 	return le.AppendUint32(b, crc32.Checksum(b, castagnoli)), nil
 }
 
@@ -245,7 +364,8 @@ func (r *snapReader) blob(what string, want uint32) []byte {
 // UnmarshalSnapshot decodes and verifies an encoded snapshot. It checks
 // the checksum before anything else, then every count and length against
 // the bytes present and the format's limits. The returned snapshot's
-// PageData shares b's bytes: do not modify b while it is in use.
+// PageData and DiskData share b's bytes: do not modify b while it is in
+// use.
 func UnmarshalSnapshot(b []byte) (*Snapshot, error) {
 	if len(b) < snapshotHeaderBytes+snapshotCRCBytes {
 		return nil, badSnapshot("truncated: %d bytes, shorter than the %d-byte header and checksum", len(b), snapshotHeaderBytes+snapshotCRCBytes)
@@ -268,10 +388,11 @@ func UnmarshalSnapshot(b []byte) (*Snapshot, error) {
 	if s.Kind != Full && s.Kind != Incremental {
 		return nil, badSnapshot("kind is %d; want 1 (full) or 2 (incremental)", hdr[0])
 	}
-	if hdr[1]&^snapshotFlagHalted != 0 || hdr[2]|hdr[3]|hdr[4]|hdr[5] != 0 {
+	if hdr[1]&^(snapshotFlagHalted|snapshotFlagDiskOmitted) != 0 || hdr[2]|hdr[3]|hdr[4]|hdr[5] != 0 {
 		return nil, badSnapshot("unknown flags %#x or non-zero reserved bytes", hdr[1])
 	}
 	s.Halted = hdr[1]&snapshotFlagHalted != 0
+	s.DiskOmitted = hdr[1]&snapshotFlagDiskOmitted != 0
 	s.ChainID = r.u64("chain id")
 	s.Seq = r.u64("seq")
 	s.BaseSeq = r.u64("base seq")
@@ -358,6 +479,9 @@ func UnmarshalSnapshot(b []byte) (*Snapshot, error) {
 	if r.err != nil {
 		return nil, r.err
 	}
+	if err := r.diskSection(s); err != nil {
+		return nil, err
+	}
 	if r.off != len(body) {
 		return nil, badSnapshot("%d bytes of trailing garbage before the checksum", len(body)-r.off)
 	}
@@ -374,4 +498,50 @@ func UnmarshalSnapshot(b []byte) (*Snapshot, error) {
 	}
 	s.PageData = data // aliases b: a 40 MB snapshot is not copied twice
 	return s, nil
+}
+
+// diskSection decodes the disk section into s, checking every count and
+// number against the disk's size and the bytes present before it
+// allocates or multiplies anything. DiskData aliases the encoded bytes.
+func (r *snapReader) diskSection(s *Snapshot) error {
+	s.DiskBytes = r.u64("disk size")
+	n := r.u64("disk chunk count")
+	if r.err != nil {
+		return r.err
+	}
+	if s.DiskBytes%BlockSectorBytes != 0 {
+		return badSnapshot("disk size %d is not a multiple of the %d-byte sector", s.DiskBytes, BlockSectorBytes)
+	}
+	if s.DiskOmitted && n != 0 {
+		return badSnapshot("the disk's contents are flagged omitted, yet %d disk chunks follow", n)
+	}
+	if max := diskChunks(s.DiskBytes); n > max {
+		return badSnapshot("disk chunk count %d exceeds the %d chunks of a %d-byte disk", n, max, s.DiskBytes)
+	}
+	// Each chunk takes at least 8 bytes here: a count the bytes cannot
+	// hold is refused before n*8 or n*DiskChunkBytes could overflow.
+	if left := uint64(len(r.b) - r.off); n > left/8 {
+		return badSnapshot("truncated: %d disk chunk numbers need %d bytes at offset %d, only %d remain", n, n*8, r.off, left)
+	}
+	nums := r.take(n*8, "disk chunk numbers")
+	if r.err != nil {
+		return r.err
+	}
+	if n == 0 {
+		return nil
+	}
+	s.DiskChunks = make([]uint64, n)
+	chunks := diskChunks(s.DiskBytes)
+	for i := range s.DiskChunks {
+		c := le.Uint64(nums[i*8:])
+		if c >= chunks {
+			return badSnapshot("disk chunk %d lies beyond the %d-byte disk", c, s.DiskBytes)
+		}
+		if i > 0 && c <= s.DiskChunks[i-1] {
+			return badSnapshot("disk chunk numbers are not strictly increasing (%d after %d)", c, s.DiskChunks[i-1])
+		}
+		s.DiskChunks[i] = c
+	}
+	s.DiskData = r.take(diskDataBytes(s.DiskBytes, s.DiskChunks), "disk chunk data")
+	return r.err
 }

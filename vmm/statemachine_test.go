@@ -117,7 +117,15 @@ const (
 
 func newScriptedMachine(t *testing.T, v *scriptedVcpu) *Machine {
 	t.Helper()
-	m, err := newMachine(Config{MemSizeBytes: memSizeMinBytes})
+	return newScriptedMachineWith(t, v, Config{})
+}
+
+// newScriptedMachineWith is newScriptedMachine with devices from cfg (its
+// memory size is always memSizeMinBytes).
+func newScriptedMachineWith(t *testing.T, v *scriptedVcpu, cfg Config) *Machine {
+	t.Helper()
+	cfg.MemSizeBytes = memSizeMinBytes
+	m, err := newMachine(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
