@@ -61,6 +61,14 @@ func (r *latencyRecorder) summary() Latency {
 // a secondary protected it (an unprotected primary releases at once).
 func (a *Agent) HoldLatency() Latency { return a.holdLatency.summary() }
 
+// HoldHistogram is the distribution behind HoldLatency, in nanoseconds,
+// for merging with other hosts' (hdrhistogram.Import).
+func (a *Agent) HoldHistogram() *hdrhistogram.Snapshot {
+	a.holdLatency.mu.Lock()
+	defer a.holdLatency.mu.Unlock()
+	return a.holdLatency.h.Export()
+}
+
 // syncProgress follows the checkpoint a primary ships to a secondary.
 type syncProgress struct {
 	total, sent atomic.Int64

@@ -1,0 +1,175 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"flag"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ftvm/ftvm/lockstep"
+	"github.com/ftvm/ftvm/lockstep/wire"
+)
+
+func TestDaemonUsageErrors(t *testing.T) {
+	dir := t.TempDir()
+	psk := filepath.Join(dir, "psk")
+	os.WriteFile(psk, bytes.Repeat([]byte("k"), 32), 0o600)
+	cases := []struct {
+		args []string
+		want string
+	}{
+		{[]string{"primary", "--psk-file", psk}, "--arbiter-dir is required"},
+		{[]string{"primary", "--arbiter-dir", dir}, "authenticate the peer"},
+		{[]string{"primary", "--arbiter-dir", dir, "--psk-file", psk, "--tls-dir", dir}, "not both"},
+		{[]string{"secondary", "--arbiter-dir", dir, "--psk-file", psk}, "--peer is required"},
+		{[]string{"secondary", "--arbiter-dir", dir, "--psk-file", psk, "--peer", "nohostport"}, "--peer"},
+		{[]string{"primary", "--arbiter-dir", dir, "--psk-file", psk, "--mode", "fast"}, `--mode "fast"`},
+		{[]string{"primary", "--arbiter-dir", dir, "--psk-file", psk, "--mem", "lots"}, "is not a size"},
+		{[]string{"primary", "--arbiter-dir", dir, "--psk-file", psk, "--mac", "01:00:5e:00:00:01"}, "multicast"},
+		{[]string{"primary", "--arbiter-dir", dir, "--psk-file", psk, "--cmdline", "ip=300.1.1.1"}, "not an IPv4 address"},
+		{[]string{"primary", "--arbiter-dir", dir, "--psk-file", psk, "--tap", "t0", "--udp-nic", "a:1,b:2"}, "alternatives"},
+		{[]string{"primary", "--arbiter-dir", dir, "--psk-file", psk, "--disk-size", "1000"}, "multiple of the 512-byte sector"},
+		{[]string{"primary", "--config", filepath.Join(dir, "missing.conf")}, "--config"},
+	}
+	for _, c := range cases {
+		code, _, errs := runFtvm(c.args...)
+		if code != exitUsage || !strings.Contains(errs, c.want) {
+			t.Errorf("ftvm %q: exit %d, stderr %q; want exit %d naming %q", c.args, code, errs, exitUsage, c.want)
+		}
+	}
+	code, out, errs := runFtvm("secondary", "--help")
+	if code != exitOK || !strings.Contains(errs+out, "--peer") || !strings.Contains(errs+out, "3 halted") {
+		t.Errorf("secondary --help: exit %d, %q", code, errs)
+	}
+}
+
+func TestDaemonStartFailsClearlyWithoutGuest(t *testing.T) {
+	dir := t.TempDir()
+	psk := filepath.Join(dir, "psk")
+	os.WriteFile(psk, bytes.Repeat([]byte("k"), 32), 0o600)
+	code, _, errs := runFtvm("primary", "--arbiter-dir", dir, "--psk-file", psk, "--guest", filepath.Join(dir, "nosuch"), "--control", filepath.Join(dir, "c.sock"))
+	if code != exitFailure || !strings.Contains(errs, "make guests") {
+		t.Fatalf("exit %d, stderr %q; want a failure that says how to build the guest", code, errs)
+	}
+}
+
+func TestConfigFile(t *testing.T) {
+	dir := t.TempDir()
+	conf := filepath.Join(dir, "ftvm.conf")
+	os.WriteFile(conf, []byte("# a comment\nvm-id = web1\nmode=compare\n  mem 32MiB\nwait-for-secondary\ncmdline = \"ip=10.1.2.3 port=7000\"\narbiter-dir = "+dir+"\npsk-file = x\n"), 0o600)
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	finish := daemonFlags(fs, wire.RolePrimary)
+	if err := fs.Parse([]string{"--config", conf, "--vm-id", "cli-wins"}); err != nil {
+		t.Fatal(err)
+	}
+	if err := applyConfigFile(fs); err != nil {
+		t.Fatal(err)
+	}
+	c, err := finish()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.vmID != "cli-wins" || c.mode != lockstep.AckOnCompare || c.memBytes != 32<<20 || !c.waitForSecondary ||
+		c.vmIP.String() != "10.1.2.3" || c.cmdline != "ip=10.1.2.3 port=7000" {
+		t.Fatalf("config %+v", c)
+	}
+
+	for _, bad := range []struct{ text, want string }{
+		{"nosuch = 1\n", `:1: unknown setting "nosuch"`},
+		{"\n\nmode\n", ":3: mode needs a value"},
+		{"tick = soon\n", ":1: tick"},
+	} {
+		os.WriteFile(conf, []byte(bad.text), 0o600)
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		daemonFlags(fs, wire.RolePrimary)
+		fs.Parse([]string{"--config", conf})
+		if err := applyConfigFile(fs); err == nil || !strings.Contains(err.Error(), bad.want) {
+			t.Errorf("config %q: error %v, want %q", bad.text, err, bad.want)
+		}
+	}
+}
+
+func TestParseSize(t *testing.T) {
+	for in, want := range map[string]uint64{"4096": 4096, "16MiB": 16 << 20, "64M": 64 << 20, "2G": 2 << 30, "8 KiB": 8 << 10, "1GB": 1 << 30} {
+		if got, err := parseSize(in); err != nil || got != want {
+			t.Errorf("parseSize(%q) = %d, %v; want %d", in, got, err, want)
+		}
+	}
+	for _, bad := range []string{"", "0", "-1", "12XB", "M", "99999999999999999999G"} {
+		if _, err := parseSize(bad); err == nil {
+			t.Errorf("parseSize(%q) accepted", bad)
+		}
+	}
+}
+
+// The gratuitous ARP must be what a Linux neighbour table and a bridge
+// learn from: an ARP request, broadcast, from the VM's MAC, whose sender
+// and target protocol addresses are both the VM's IP.
+func TestGratuitousARP(t *testing.T) {
+	mac := [6]byte{2, 0x66, 0x74, 0x76, 0x6d, 1}
+	f := gratuitousARP(mac, [4]byte{10, 77, 0, 10})
+	be := binary.BigEndian
+	if len(f) != 42 || !bytes.Equal(f[0:6], bytes.Repeat([]byte{0xff}, 6)) || !bytes.Equal(f[6:12], mac[:]) || be.Uint16(f[12:]) != 0x0806 {
+		t.Fatalf("ethernet header % x", f[:14])
+	}
+	a := f[14:]
+	if be.Uint16(a[0:]) != 1 || be.Uint16(a[2:]) != 0x0800 || a[4] != 6 || a[5] != 4 || be.Uint16(a[6:]) != 1 {
+		t.Fatalf("arp header % x", a[:8])
+	}
+	if !bytes.Equal(a[8:14], mac[:]) || !bytes.Equal(a[14:18], []byte{10, 77, 0, 10}) || !bytes.Equal(a[18:24], make([]byte, 6)) || !bytes.Equal(a[24:28], []byte{10, 77, 0, 10}) {
+		t.Fatalf("arp addresses % x", a[8:28])
+	}
+}
+
+func TestPeerLinkBeforeConnection(t *testing.T) {
+	var l peerLink
+	if err := l.Send(16, []byte("x")); err == nil || !strings.Contains(err.Error(), "not connected") {
+		t.Fatalf("send with no transport: %v", err)
+	}
+}
+
+// A control socket answers status with JSON that queryStatus reads back,
+// refuses unknown requests, and a second daemon cannot take a socket
+// that still answers.
+func TestControlSocket(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "c.sock")
+	d := &daemon{cfg: &daemonConfig{control: path}}
+	ln, err := d.serveControlWith(map[string]func() any{controlRequestStatus: func() any { return statusReport{VMID: "v", Role: "primary", Epoch: 7} }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	r, err := queryStatus(context.Background(), path)
+	if err != nil || r.VMID != "v" || r.Epoch != 7 || r.Role != "primary" {
+		t.Fatalf("status %+v, %v", r, err)
+	}
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.Write([]byte("reboot\n"))
+	buf := make([]byte, 512)
+	c.SetReadDeadline(time.Now().Add(time.Second))
+	n, _ := c.Read(buf)
+	c.Close()
+	if !strings.Contains(string(buf[:n]), "unknown request") {
+		t.Fatalf("unknown request answered %q", buf[:n])
+	}
+	if _, err := d.serveControlWith(nil); err == nil || !strings.Contains(err.Error(), "another ftvm daemon") {
+		t.Fatalf("second daemon on a live socket: %v", err)
+	}
+	if code, out, errs := runFtvm("status", "--control", path); code != exitOK || !strings.Contains(out, "vm v") || !strings.Contains(out, "epoch 7") {
+		t.Fatalf("ftvm status: %d %q %q", code, out, errs)
+	}
+	ln.Close()
+	if code, _, errs := runFtvm("status", "--control", path); code != exitFailure || !strings.Contains(errs, "no ftvm daemon answers") {
+		t.Fatalf("ftvm status with no daemon: %d %q", code, errs)
+	}
+}

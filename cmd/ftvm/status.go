@@ -1,0 +1,293 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"strings"
+	"time"
+
+	"github.com/ftvm/ftvm/agent"
+	"github.com/ftvm/ftvm/lockstep"
+)
+
+func init() {
+	commands.add(&command{
+		name:    "status",
+		summary: "ask a running ftvm primary or secondary for its role, epoch, log lag and latency",
+		run:     runStatus,
+	})
+}
+
+// The control socket speaks one request per connection: the client sends a
+// line naming the request, the daemon answers with one JSON object and
+// closes. Requests: "status", answered with statusReport, and
+// "hold-histogram", answered with the output-hold latency histogram in
+// nanoseconds as hdrhistogram.Snapshot's JSON (to merge across hosts).
+const (
+	controlRequestStatus    = "status"
+	controlRequestHistogram = "hold-histogram"
+	controlTimeout          = 2 * time.Second
+	controlRequestMax       = 256
+)
+
+// statusReport is a daemon's answer to "status" (JSON; durations in
+// microseconds). Fields are added, never renamed.
+type statusReport struct {
+	VMID      string `json:"vm_id"`
+	PID       int    `json:"pid"`
+	Role      string `json:"role"` // primary, secondary, candidate, halted
+	Epoch     uint64 `json:"epoch"`
+	Fence     uint64 `json:"fence"`
+	Mode      string `json:"mode"`
+	Protected bool   `json:"protected"` // primary: a secondary is in step
+	Syncing   bool   `json:"syncing"`   // primary: a checkpoint is on its way to a secondary
+	Synced    bool   `json:"synced"`    // secondary: replaying from a restored checkpoint
+	Stalled   bool   `json:"stalled"`
+	LastSeq   uint64 `json:"last_seq"` // primary: last log position; secondary: last received
+	Acked     uint64 `json:"acked"`    // primary: acknowledged by the secondary
+	LogLag    uint64 `json:"log_lag"`  // primary: entries not yet acknowledged
+	LogItems  int    `json:"log_items"`
+	Held      int    `json:"held_outputs"`
+	Released  uint64 `json:"released_through"`
+
+	Stats       agent.Stats    `json:"stats"`
+	HoldLatency latencyReport  `json:"hold_latency"`
+	Sync        syncReport     `json:"sync"`
+	LiveSince   string         `json:"live_since,omitempty"` // a secondary that took over: when
+	Uptime      float64        `json:"uptime_s"`
+	Peer        transportPeers `json:"transport"`
+}
+
+type latencyReport struct {
+	Count int64   `json:"count"`
+	P50   float64 `json:"p50_us"`
+	P99   float64 `json:"p99_us"`
+	P999  float64 `json:"p999_us"`
+	Max   float64 `json:"max_us"`
+}
+
+type syncReport struct {
+	SentBytes  int64 `json:"sent_bytes"`
+	TotalBytes int64 `json:"total_bytes"`
+}
+
+type transportPeers struct {
+	FramesSent     uint64 `json:"frames_sent"`
+	FramesReceived uint64 `json:"frames_received"`
+	BytesSent      uint64 `json:"bytes_sent"`
+	BytesReceived  uint64 `json:"bytes_received"`
+	FrameErrors    uint64 `json:"frame_errors"`
+	Handshakes     uint64 `json:"handshake_failures"`
+}
+
+func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
+
+func (d *daemon) report() statusReport {
+	s := d.ag.Status()
+	hl := d.ag.HoldLatency()
+	sent, total := d.ag.SyncProgress()
+	r := statusReport{
+		VMID: d.cfg.vmID, PID: os.Getpid(), Role: s.Role.String(), Epoch: s.Epoch, Fence: s.Fence,
+		Mode: d.cfg.mode.String(), Protected: s.Protected, Syncing: s.Syncing, Synced: s.Synced, Stalled: s.Stalled,
+		LastSeq: s.LastSeq, Acked: s.Acked, LogItems: s.LogItems, Held: s.Held, Released: s.Released,
+		Stats:       d.ag.Stats(),
+		HoldLatency: latencyReport{Count: hl.Count, P50: us(hl.P50), P99: us(hl.P99), P999: us(hl.P999), Max: us(hl.Max)},
+		Sync:        syncReport{SentBytes: sent, TotalBytes: total},
+		Uptime:      time.Since(d.started).Seconds(),
+	}
+	if s.Role == lockstep.RolePrimary && s.LastSeq > s.Acked && s.Protected {
+		r.LogLag = s.LastSeq - s.Acked
+	}
+	d.mu.Lock()
+	if !d.wentLive.IsZero() {
+		r.LiveSince = d.wentLive.UTC().Format(time.RFC3339Nano)
+	}
+	d.mu.Unlock()
+	for _, tr := range d.transports() {
+		ts := tr.Stats()
+		for _, l := range ts.Lanes {
+			r.Peer.FramesSent += l.FramesSent
+			r.Peer.FramesReceived += l.FramesReceived
+			r.Peer.BytesSent += l.BytesSent
+			r.Peer.BytesReceived += l.BytesReceived
+		}
+		r.Peer.FrameErrors += ts.FrameErrorsTotal()
+		r.Peer.Handshakes += ts.HandshakeFailures
+	}
+	return r
+}
+
+// serveControl listens on the control socket and answers status requests
+// until the returned listener is closed.
+func (d *daemon) serveControl() (io.Closer, error) {
+	return d.serveControlWith(map[string]func() any{
+		controlRequestStatus:    func() any { return d.report() },
+		controlRequestHistogram: func() any { return d.ag.HoldHistogram() },
+	})
+}
+
+// serveControlWith serves the control socket, answering each request with
+// what its function returns.
+func (d *daemon) serveControlWith(answers map[string]func() any) (io.Closer, error) {
+	path, err := controlPath(d.cfg.control)
+	if err != nil {
+		return nil, err
+	}
+	// A socket file left by a daemon that died is in the way; one that
+	// answers belongs to a daemon that is running.
+	if c, err := net.DialTimeout("unix", path, controlTimeout); err == nil {
+		c.Close()
+		return nil, fmt.Errorf("%s: another ftvm daemon answers there: give this one its own --control", path)
+	}
+	os.Remove(path)
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("control socket: %w", err)
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go serveControlConn(c, answers)
+		}
+	}()
+	return ln, nil
+}
+
+func serveControlConn(c net.Conn, answers map[string]func() any) {
+	defer c.Close()
+	c.SetDeadline(time.Now().Add(controlTimeout))
+	line, err := bufio.NewReaderSize(io.LimitReader(c, controlRequestMax), controlRequestMax).ReadString('\n')
+	if err != nil && line == "" {
+		return
+	}
+	enc := json.NewEncoder(c)
+	req := strings.TrimSpace(line)
+	if answer, ok := answers[req]; ok {
+		enc.Encode(answer())
+		return
+	}
+	enc.Encode(map[string]string{"error": fmt.Sprintf("unknown request %q: the control socket answers %q and %q", req, controlRequestStatus, controlRequestHistogram)})
+}
+
+// queryStatus asks the daemon at path for its status.
+func queryStatus(ctx context.Context, path string) (*statusReport, error) {
+	var dialer net.Dialer
+	ctx, cancel := context.WithTimeout(ctx, controlTimeout)
+	defer cancel()
+	c, err := dialer.DialContext(ctx, "unix", path)
+	if err != nil {
+		return nil, fmt.Errorf("no ftvm daemon answers at %s: %w (is it running? give its --control path)", path, err)
+	}
+	defer c.Close()
+	if dl, ok := ctx.Deadline(); ok {
+		c.SetDeadline(dl)
+	}
+	if _, err := io.WriteString(c, controlRequestStatus+"\n"); err != nil {
+		return nil, err
+	}
+	var raw json.RawMessage
+	if err := json.NewDecoder(c).Decode(&raw); err != nil {
+		return nil, fmt.Errorf("reading the status from %s: %w", path, err)
+	}
+	var e struct {
+		Error string `json:"error"`
+	}
+	if json.Unmarshal(raw, &e) == nil && e.Error != "" {
+		return nil, errors.New(e.Error)
+	}
+	var r statusReport
+	if err := json.Unmarshal(raw, &r); err != nil {
+		return nil, fmt.Errorf("status from %s: %w", path, err)
+	}
+	return &r, nil
+}
+
+func runStatus(e *env, args []string) int {
+	fs := flag.NewFlagSet("ftvm status", flag.ContinueOnError)
+	vmID := fs.String("vm-id", defaultVMID, "the VM whose daemon to ask (names the default socket)")
+	control := fs.String("control", "", "the daemon's control socket (default "+defaultControlDir+"/VM-ID.sock)")
+	asJSON := fs.Bool("json", false, "print the daemon's answer as JSON")
+	watch := fs.Duration("watch", 0, "ask again at this interval until interrupted")
+	fs.Usage = func() {
+		fmt.Fprintf(fs.Output(), `usage: ftvm status [--control PATH | --vm-id ID] [--json] [--watch 1s]
+
+Asks a running ftvm primary or secondary, over its control socket, for its
+role, epoch and fence token, whether the VM is protected, how far the
+secondary's acknowledgements lag the log, how many outputs are held, and
+the output-hold latency percentiles. --json prints the whole answer (the
+fields are documented in cmd/ftvm/status.go).
+
+Exit codes: 0 ok, 1 no daemon answered, 2 usage error.
+
+flags:
+`)
+		fs.PrintDefaults()
+	}
+	if done, code := parseFlags(e, fs, args); done {
+		return code
+	}
+	path := *control
+	if path == "" {
+		path = defaultControlDir + "/" + *vmID + ".sock"
+	}
+	for {
+		r, err := queryStatus(context.Background(), path)
+		if err != nil {
+			fmt.Fprintf(e.stderr, "ftvm status: %v\n", err)
+			return exitFailure
+		}
+		if *asJSON {
+			json.NewEncoder(e.stdout).Encode(r)
+		} else {
+			printStatus(e.stdout, r)
+		}
+		if *watch <= 0 {
+			return exitOK
+		}
+		time.Sleep(*watch)
+	}
+}
+
+func printStatus(w io.Writer, r *statusReport) {
+	state := ""
+	switch {
+	case r.Role == "primary" && r.Protected:
+		state = "protected"
+	case r.Role == "primary" && r.Syncing:
+		state = fmt.Sprintf("re-protecting (checkpoint %s of %s sent)", mib(r.Sync.SentBytes), mib(r.Sync.TotalBytes))
+	case r.Role == "primary":
+		state = "UNPROTECTED: no secondary in step"
+	case r.Role == "secondary" && r.Synced:
+		state = "replaying"
+	case r.Role == "secondary":
+		state = "joining"
+	}
+	fmt.Fprintf(w, "vm %s (pid %d): %s, epoch %d, fence %d, %s, %s\n", r.VMID, r.PID, r.Role, r.Epoch, r.Fence, r.Mode, state)
+	if r.Role == "primary" {
+		fmt.Fprintf(w, "log: last seq %d, acked %d (lag %d), %d entries kept, %d outputs held, released through %d\n", r.LastSeq, r.Acked, r.LogLag, r.LogItems, r.Held, r.Released)
+	} else {
+		fmt.Fprintf(w, "log: received through %d, %d entries to replay, primary released through %d\n", r.LastSeq, r.LogItems, r.Released)
+	}
+	h := r.HoldLatency
+	if h.Count > 0 {
+		fmt.Fprintf(w, "output hold: p50 %.0f µs, p99 %.0f µs, p99.9 %.0f µs, max %.0f µs over %d outputs\n", h.P50, h.P99, h.P999, h.Max, h.Count)
+	}
+	s := r.Stats
+	fmt.Fprintf(w, "counters: released %d, checkpoints %d, restores %d, divergences %d, stalls %d, send errors %d, bad frames %d\n",
+		s.Released, s.Checkpoints, s.Restores, s.Divergences, s.Stalls, s.SendErrors, s.FrameErrors+r.Peer.FrameErrors)
+	if r.LiveSince != "" {
+		fmt.Fprintf(w, "took over as primary at %s\n", r.LiveSince)
+	}
+}
+
+func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }
