@@ -45,7 +45,6 @@ var _ VM = (*vmm.Machine)(nil)
 // Defaults for Config fields left zero.
 const (
 	DefaultTickInterval   = 10 * time.Millisecond
-	DefaultInboxFrames    = 1024
 	arbiterTimeout        = 5 * time.Second
 	defaultSnapshotFormat = vmm.Full
 )
@@ -69,9 +68,6 @@ type Config struct {
 	// WaitForSecondary keeps the primary's VM paused until a secondary is
 	// in step, so that no output leaves unprotected.
 	WaitForSecondary bool
-	// InboxFrames bounds the received frames waiting for the loop; a full
-	// inbox makes the transport's reader wait.
-	InboxFrames int
 	// OnRelease, if set, sees every output as it is handed to its backend
 	// (on the loop goroutine, before the backend).
 	OnRelease func(o lockstep.Output)
@@ -145,7 +141,6 @@ type Agent struct {
 	guarded bool // a secondary was in step at least once
 	enc     []byte
 
-	inbox  chan []byte
 	wake   chan struct{}
 	arbRes chan arbiterAnswer
 	stop   chan struct{}
@@ -160,7 +155,15 @@ type Agent struct {
 	}
 	holdLatency latencyRecorder
 	log         *slog.Logger
+	// perf makes one goroutine at a time take a Ready from the node and
+	// perform it, so that outputs leave and messages go in the node's
+	// order: the loop (Lock), or the hook on the vCPU thread (TryLock
+	// only, see flushInline). Lock order: perf, then mu.
+	perf sync.Mutex
+	// started: Run has set tr, so HandleFrame may send.
+	started atomic.Bool
 	sync        syncProgress
+	disk        *diskWriter // used by the loop; Run stops it
 }
 
 // heldEntry is an output the VMM holds, and when it was held (for the
@@ -193,9 +196,6 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.TickInterval < 0 {
 		return nil, fmt.Errorf("agent: TickInterval %v is negative", cfg.TickInterval)
 	}
-	if cfg.InboxFrames <= 0 {
-		cfg.InboxFrames = DefaultInboxFrames
-	}
 	if cfg.SeparateStorage {
 		if cfg.Node.Persistent != nil {
 			return nil, errors.New("agent: SeparateStorage sets Node.Persistent itself: leave it nil")
@@ -208,7 +208,6 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a := &Agent{
 		cfg: cfg, node: n, handles: map[uint64]heldEntry{},
-		inbox:    make(chan []byte, cfg.InboxFrames),
 		wake:     make(chan struct{}, 1),
 		arbRes:   make(chan arbiterAnswer, 1),
 		stop:     make(chan struct{}),
@@ -219,17 +218,36 @@ func New(cfg Config) (*Agent, error) {
 		a.log = slog.Default()
 	}
 	a.holdLatency.init()
+	a.disk = newDiskWriter(a.log)
 	a.cond = sync.NewCond(&a.mu)
 	return a, nil
 }
 
-// HandleFrame takes a frame from the transport (its OnFrame). The payload
-// is copied: the transport lends it only for the call.
+// HandleFrame takes a frame from the transport (its OnFrame): it steps the
+// node right there, on the transport's reading goroutine, and sends what
+// that asks for (a secondary's acknowledgement of the log entry in the
+// frame, a primary's releases on an acknowledgement) before returning, so
+// that no hand-off to the loop sits in the round trip an output waits for.
+// What needs the loop (commands, a new peer) is left to it. The payload is
+// lent only for the call; the node copies what it keeps.
 func (a *Agent) HandleFrame(f transport.Frame) {
-	b := append([]byte(nil), f.Payload...)
-	select {
-	case a.inbox <- b:
-	case <-a.stop:
+	m, _, err := wire.Parse(f.Payload)
+	if err != nil {
+		a.stats.frame.Add(1)
+		return
+	}
+	a.mu.Lock()
+	if err := a.node.Step(m); err != nil {
+		a.stats.step.Add(1)
+	}
+	a.flushInline()
+	// New log items for a replaying hook to look at.
+	a.cond.Broadcast()
+	a.mu.Unlock()
+	switch m.Type() {
+	case wire.TypeEntry, wire.TypeOutput, wire.TypeAck, wire.TypeHeartbeat:
+	default:
+		a.poke() // a change of phase the loop acts on (protected, restore, ...)
 	}
 }
 
@@ -286,8 +304,15 @@ var ErrHalted = errors.New("agent: halted")
 // before returning.
 func (a *Agent) Run(ctx context.Context, tr Transport) (err error) {
 	a.tr = tr
+	a.started.Store(true)
 	defer func() {
 		a.Stop()
+		// No one performs a Ready any more: the disk writer and the VM
+		// can go.
+		a.perf.Lock()
+		a.started.Store(false)
+		a.perf.Unlock()
+		a.disk.stop()
 		if a.vm != nil {
 			a.abandonExits(true)
 			a.vm.Close()
@@ -323,37 +348,12 @@ func (a *Agent) Run(ctx context.Context, tr Transport) (err error) {
 			a.mu.Lock()
 			a.node.Tick()
 			a.mu.Unlock()
-		case b := <-a.inbox:
-			a.stepFrame(b)
-			// Drain what else arrived, so one Ready covers it.
-			for more := true; more; {
-				select {
-				case b := <-a.inbox:
-					a.stepFrame(b)
-				default:
-					more = false
-				}
-			}
 		case <-a.wake:
 		case r := <-a.arbRes:
 			a.mu.Lock()
 			a.node.ArbiterResult(r.epoch, r.granted, r.fence, r.err)
 			a.mu.Unlock()
 		}
-	}
-}
-
-func (a *Agent) stepFrame(b []byte) {
-	m, _, err := wire.Parse(b)
-	if err != nil {
-		a.stats.frame.Add(1)
-		return
-	}
-	a.mu.Lock()
-	err = a.node.Step(m)
-	a.mu.Unlock()
-	if err != nil {
-		a.stats.step.Add(1)
 	}
 }
 
@@ -405,6 +405,7 @@ type encoded struct {
 // process performs Ready after Ready until the node has nothing to do.
 func (a *Agent) process(ctx context.Context) error {
 	for {
+		a.perf.Lock()
 		a.mu.Lock()
 		if !a.node.HasReady() {
 			guarded := a.node.Status().Protected
@@ -412,6 +413,7 @@ func (a *Agent) process(ctx context.Context) error {
 			// a hook waiting for them look again.
 			a.cond.Broadcast()
 			a.mu.Unlock()
+			a.perf.Unlock()
 			if guarded && !a.guarded {
 				a.guarded = true
 				if err := a.applyRun(); err != nil {
@@ -420,22 +422,11 @@ func (a *Agent) process(ctx context.Context) error {
 			}
 			return nil
 		}
-		rd := a.node.Ready()
-		w := work{
-			cmds: append([]lockstep.Command(nil), rd.Commands...),
-			rel:  append([]lockstep.Output(nil), rd.Release...),
-			drop: append([]uint64(nil), rd.Drop...),
-		}
-		for _, m := range rd.Messages {
-			a.enc = m.Append(a.enc[:0])
-			w.msgs = append(w.msgs, encoded{typ: frameType(m), b: append([]byte(nil), a.enc...)})
-		}
-		for _, c := range w.cmds {
-			w.goLive = w.goLive || c.Kind == lockstep.CmdGoLive
-		}
-		a.node.Advance(rd)
+		w := a.takeReady()
 		a.mu.Unlock()
-		if err := a.perform(ctx, &w); err != nil {
+		err := a.perform(ctx, &w)
+		a.perf.Unlock()
+		if err != nil {
 			return err
 		}
 		a.mu.Lock()
@@ -445,6 +436,63 @@ func (a *Agent) process(ctx context.Context) error {
 		a.cond.Broadcast()
 		a.mu.Unlock()
 	}
+}
+
+// takeReady copies the node's Ready out (encoding its messages) and
+// advances the node. a.mu and a.perf held.
+func (a *Agent) takeReady() work {
+	rd := a.node.Ready()
+	w := work{
+		cmds: append([]lockstep.Command(nil), rd.Commands...),
+		rel:  append([]lockstep.Output(nil), rd.Release...),
+		drop: append([]uint64(nil), rd.Drop...),
+	}
+	for _, m := range rd.Messages {
+		a.enc = m.Append(a.enc[:0])
+		w.msgs = append(w.msgs, encoded{typ: frameType(m), b: append([]byte(nil), a.enc...)})
+	}
+	for _, c := range w.cmds {
+		w.goLive = w.goLive || c.Kind == lockstep.CmdGoLive
+	}
+	a.node.Advance(rd)
+	return w
+}
+
+// flushInline is called with a.mu held by the hook (on the vCPU thread)
+// after it gave the node something to send, and by HandleFrame (on a
+// transport reader) after a Step: it performs the node's Ready right there
+// when it asks for no command, so that a log entry, an acknowledgement or
+// a release happens now. Handing it to the loop costs a thread wake-up,
+// and from the vCPU thread worse: the loop's goroutine cannot run on that
+// thread's processor until the vCPU's KVM_RUN gives it up (60 to 100 µs
+// measured here, most of an output's hold time). Commands (pause,
+// checkpoint, stall, ...) stay with the loop: a pause waits for the vCPU
+// thread itself. Returns with a.mu held.
+func (a *Agent) flushInline() {
+	if !a.perf.TryLock() {
+		a.poke() // the loop is performing; it looks again after
+		return
+	}
+	if !a.started.Load() {
+		a.perf.Unlock() // Run has not begun, or has ended
+		return
+	}
+	if !a.node.HasReady() {
+		a.perf.Unlock()
+		return
+	}
+	if len(a.node.Ready().Commands) > 0 {
+		a.perf.Unlock()
+		a.poke()
+		return
+	}
+	w := a.takeReady()
+	a.mu.Unlock()
+	// Without commands perform neither fails nor needs the loop's state.
+	a.perform(context.Background(), &w)
+	a.perf.Unlock()
+	a.mu.Lock()
+	a.cond.Broadcast()
 }
 
 // perform does one Ready in the order lockstep.Ready documents: commands,
@@ -471,7 +519,7 @@ func (a *Agent) perform(ctx context.Context, w *work) error {
 		if !ok {
 			// An output a checkpoint carried (held on the old primary
 			// when it was taken): no exit of this VM holds it.
-			if err := a.deliver(o); err != nil {
+			if err := a.deliverCarried(o); err != nil {
 				return fmt.Errorf("agent: releasing output seq %d that a checkpoint carried: %w", o.Seq, err)
 			}
 			continue
@@ -482,7 +530,16 @@ func (a *Agent) perform(ctx context.Context, w *work) error {
 		// A backend error is the device's to report (the guest already
 		// got its status when the output was held); the protocol's
 		// promise is only that nothing leaves before Ready says so.
+		if isDiskWrite(o.Device) {
+			a.disk.enqueue(fmt.Sprintf("seq %d", o.Seq), e.h.Release)
+			continue
+		}
 		e.h.Release()
+	}
+	if w.goLive {
+		// The new primary's guest may read the disk as soon as the gate
+		// opens: every write owed to it must be there.
+		a.disk.drain()
 	}
 	for _, id := range w.drop {
 		if e, ok := a.take(id); ok {
@@ -523,18 +580,38 @@ func (a *Agent) deliver(o lockstep.Output) error {
 	return a.vm.Deliver(dev, op, arg, data)
 }
 
+// deliverCarried performs an output a checkpoint carried: a block write
+// through the disk writer, behind the writes queued before it, anything
+// else at once.
+func (a *Agent) deliverCarried(o lockstep.Output) error {
+	if !isDiskWrite(o.Device) {
+		return a.deliver(o)
+	}
+	if _, _, err := decodeOutput(o.Data); err != nil {
+		return err
+	}
+	vm := a.vm
+	if vm == nil {
+		return errors.New("no VM to deliver it through")
+	}
+	a.disk.enqueue(fmt.Sprintf("seq %d (carried by a checkpoint)", o.Seq), func() error {
+		dev, op := splitKind(o.Device)
+		arg, data, _ := decodeOutput(o.Data)
+		return vm.Deliver(dev, op, arg, data)
+	})
+	return nil
+}
+
 // persist applies a block write the primary released to this host's own
-// disk: through the VMM's hold if this VM made it, else from the bytes a
-// checkpoint carried.
+// disk, through the disk writer: through the VMM's hold if this VM made it,
+// else from the bytes a checkpoint carried.
 func (a *Agent) persist(o lockstep.Output) error {
 	a.stats.persisted.Add(1)
 	if e, ok := a.take(o.ID); ok {
-		if err := e.h.Release(); err != nil {
-			return fmt.Errorf("writing seq %d to this host's disk: %w", o.Seq, err)
-		}
+		a.disk.enqueue(fmt.Sprintf("seq %d", o.Seq), e.h.Release)
 		return nil
 	}
-	if err := a.deliver(o); err != nil {
+	if err := a.deliverCarried(o); err != nil {
 		return fmt.Errorf("writing seq %d, which a checkpoint carried, to this host's disk: %w", o.Seq, err)
 	}
 	return nil
@@ -629,6 +706,9 @@ func (a *Agent) takeCheckpoint(c lockstep.Checkpoint) error {
 	if a.vm.Status().State == vmm.Running {
 		return errors.New("the VM runs: the node asked for a checkpoint without a pause")
 	}
+	// The snapshot carries the disk as it is on the file: writes released
+	// but still queued must be on it first.
+	a.disk.drain()
 	// Always a full snapshot: a secondary restores it into a fresh VM,
 	// which has no base for an increment.
 	s, err := a.vm.Snapshot(defaultSnapshotFormat)
@@ -659,6 +739,9 @@ func (a *Agent) restore(c lockstep.Checkpoint) error {
 	}
 	if a.vm != nil {
 		a.abandonExits(true)
+		// Persists queued for the old VM must land before the restore
+		// rewrites the disk, not after.
+		a.disk.drain()
 		a.vm.Close()
 		a.vm, a.booted, a.running = nil, false, false
 		a.abandonExits(false)

@@ -182,6 +182,7 @@ func TestPersistReleasesHoldOrDelivers(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
+	a.disk.drain() // block writes go through the disk writer
 	if got, want := strings.Join(log.ops, " "), `release 7 deliver block "sector"`; got != want {
 		t.Fatalf("ops %q, want %q", got, want)
 	}
