@@ -14,8 +14,12 @@ import (
 func TestMachineDeliver(t *testing.T) {
 	var con syncBuffer
 	disk := diskFile(t, "disk", testDiskBytes, nil)
-	nic := NewPlugNIC()
-	m := newScriptedMachineWith(t, newScriptedVcpu(), Config{Console: &con, Disk: disk, NIC: nic})
+	nic := shutGate(t)
+	loan, err := nic.Lend()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m := newScriptedMachineWith(t, newScriptedVcpu(), Config{Console: &con, Disk: disk, NIC: loan})
 
 	if err := m.Deliver(DeviceConsole, OpConsoleWrite, 0, []byte("carried\n")); err != nil {
 		t.Fatal(err)
@@ -33,7 +37,7 @@ func TestMachineDeliver(t *testing.T) {
 		t.Fatal("the delivered block write is not in the file")
 	}
 	if err := m.Deliver(DeviceNIC, OpNICTX, 0, testFrame("out")); err != nil || nic.Dropped() != 1 {
-		t.Fatalf("frame to an unplugged NIC: %v, %d dropped; want it dropped without error", err, nic.Dropped())
+		t.Fatalf("frame to a NIC behind a shut gate: %v, %d dropped; want it dropped without error", err, nic.Dropped())
 	}
 	if err := m.Deliver(DeviceHalt, OpHaltExit, 3, nil); err != nil || m.Status().State != Paused {
 		t.Fatalf("halt EXIT: %v, VM %v; want nothing done", err, m.Status().State)

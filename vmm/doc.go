@@ -80,10 +80,22 @@
 // host process never crashes on guest behaviour.
 //
 // One file per device: console.go, clock.go, entropy.go, nic.go (backends
-// in nic_backends.go: a TAP device, UDP datagrams carrying one frame
-// each, or a PlugNIC, unplugged until a secondary goes live), block.go (a
-// file; writes are fdatasync'ed), halt.go. Each saves and restores its
-// own versioned state.
+// in nic_backends.go: a TAP device or UDP datagrams carrying one frame
+// each; nicgate.go lends one of them to VM after VM), block.go (a file;
+// writes are fdatasync'ed), halt.go. Each saves and restores its own
+// versioned state.
+//
+// A host's TAP stays open for the host's whole life, in a NICGate, and
+// each of its VMs gets a loan of it. A secondary's VM must not see the
+// network before the host goes live (its inputs come from the log, and
+// the frames arriving are requests the primary has already answered), but
+// the TAP cannot wait until go-live to open: its carrier comes up when it
+// opens, and the kernel's link-watch can hold back the bridge port's
+// carrier event by up to a second, losing the gratuitous ARP and the
+// client's requests meanwhile. So the gate reads and drops every frame
+// until Open (go-live), and as a secondary replaces its VM at every
+// checkpoint it restores, a loan's Close ends that VM's read (with a read
+// deadline) without closing the TAP.
 //
 // # Record and replay
 //

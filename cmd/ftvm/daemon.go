@@ -141,10 +141,11 @@ type daemon struct {
 	dialer   *tcpfallback.Transport
 	trCfg    tcpfallback.Config
 
-	// The live NIC: the primary's from the start, a secondary's from go-live.
+	// nic holds the VM's network backend open for the daemon's life and
+	// lends it to each VM; its gate opens when this host serves live.
+	nic *vmm.NICGate
+
 	mu       sync.Mutex
-	plug     *vmm.PlugNIC // the current VM's NIC, on a secondary
-	liveNIC  vmm.NICBackend
 	wentLive time.Time
 }
 
@@ -179,12 +180,22 @@ func newDaemon(c *daemonConfig, log *slog.Logger, term io.Writer) (_ *daemon, er
 		d.console = f
 		d.closers = append(d.closers, f)
 	}
-	if c.role == wire.RolePrimary {
-		nic, err := d.openNIC()
-		if err != nil {
+	// The NIC is opened now on a secondary too, though it may not take a
+	// frame before go-live: a TAP opened at go-live gets its carrier only
+	// then, and the kernel can take up to a second to let its bridge port
+	// forward, which would be the failover time.
+	nic, err := d.openNIC()
+	if err != nil {
+		return nil, err
+	}
+	if nic != nil {
+		if d.nic, err = vmm.NewNICGate(nic); err != nil {
+			nic.Close()
 			return nil, err
 		}
-		d.liveNIC = nic
+		if c.role == wire.RolePrimary {
+			d.nic.Open()
+		}
 	}
 	if d.trCfg, err = d.transportConfig(); err != nil {
 		return nil, err
@@ -273,17 +284,18 @@ func (d *daemon) transportConfig() (tcpfallback.Config, error) {
 	return c, nil
 }
 
-// newVM is agent.Config.NewVM: a paused VM with this host's devices. A
-// secondary's NIC is a PlugNIC with nothing plugged in: until it goes live
-// its inputs come from the log, and a TAP opened now would queue client
-// frames the primary has already answered.
+// newVM is agent.Config.NewVM: a paused VM with this host's devices. Its
+// NIC is a loan of the host's NIC; until this host goes live the gate is
+// shut: a secondary's inputs come from the log, and frames queued meanwhile
+// would be client requests the primary has already answered.
 func (d *daemon) newVM(hook vmm.ExitHook) (agent.VM, error) {
-	d.mu.Lock()
-	defer d.mu.Unlock()
-	nic := d.liveNIC
-	if d.cfg.role == wire.RoleSecondary && d.wentLive.IsZero() {
-		d.plug = vmm.NewPlugNIC()
-		nic = d.plug
+	var nic vmm.NICBackend
+	if d.nic != nil {
+		loan, err := d.nic.Lend()
+		if err != nil {
+			return nil, err
+		}
+		nic = loan
 	}
 	m, err := vmm.New(vmm.Config{
 		MemSizeBytes:      d.cfg.memBytes,
@@ -296,6 +308,9 @@ func (d *daemon) newVM(hook vmm.ExitHook) (agent.VM, error) {
 		DiskSharedStorage: d.cfg.sharedStorage,
 	})
 	if err != nil {
+		if nic != nil {
+			nic.Close()
+		}
 		return nil, err
 	}
 	return m, nil
@@ -310,17 +325,11 @@ func (d *daemon) boot(vm agent.VM) error {
 }
 
 // goLive is agent.Config.OnGoLive: this secondary is primary now. It opens
-// the live NIC, announces the VM's MAC so that switches send its traffic
-// here, plugs the NIC into the VM and starts accepting a new secondary.
+// the NIC's gate, announces the VM's MAC so that switches send its traffic
+// here, and starts accepting a new secondary.
 func (d *daemon) goLive(epoch, fence uint64) error {
-	nic, err := d.openNIC()
-	if err != nil {
-		return err
-	}
 	d.mu.Lock()
 	d.wentLive = time.Now()
-	d.liveNIC = nic
-	plug := d.plug
 	// Sends go to whoever joins us now; the old primary is dead or fenced.
 	d.link.set(d.listener)
 	old := d.dialer
@@ -328,18 +337,14 @@ func (d *daemon) goLive(epoch, fence uint64) error {
 	if old != nil {
 		go old.Close() // not on the loop: Close waits for the transport's readers
 	}
-	if nic != nil {
+	if d.nic != nil {
+		d.nic.Open()
 		if d.cfg.vmIP.IsValid() {
 			garp := gratuitousARP(d.cfg.mac, d.cfg.vmIP.As4())
 			for range garpCount {
-				if err := nic.WriteFrame(garp); err != nil {
+				if err := d.nic.WriteFrame(garp); err != nil {
 					d.log.Warn("gratuitous ARP not sent", "err", err)
 				}
-			}
-		}
-		if plug != nil {
-			if err := plug.Plug(nic); err != nil {
-				return err
 			}
 		}
 	}
@@ -446,12 +451,8 @@ func (d *daemon) close() {
 		d.closers[i].Close()
 	}
 	d.closers = nil
-	d.mu.Lock()
-	nic := d.liveNIC
-	d.liveNIC = nil
-	d.mu.Unlock()
-	if nic != nil {
-		nic.Close() // a VM closes its own NIC; this covers one never plugged in
+	if d.nic != nil {
+		d.nic.Close() // a VM closes only its loan
 	}
 }
 
