@@ -8,6 +8,7 @@ import (
 	"net"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -43,6 +44,23 @@ func ipPath(t *testing.T) string {
 	return path
 }
 
+// keptDir is a directory for the test's files: a temporary one, or, when
+// FTVM_E2E_KEEP names a directory, one under it that outlives the test
+// (for reading daemon logs after a run).
+func keptDir(t *testing.T, what string) string {
+	t.Helper()
+	root := os.Getenv("FTVM_E2E_KEEP")
+	if root == "" {
+		return t.TempDir()
+	}
+	dir := filepath.Join(root, strings.ReplaceAll(t.Name(), "/", "_"), what)
+	os.RemoveAll(dir)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
 // upBed brings up the test bed of the calling test, and has it torn down at
 // the end of the test.
 func upBed(t *testing.T, name string) *Topology {
@@ -50,7 +68,7 @@ func upBed(t *testing.T, name string) *Topology {
 	requireBed(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	topo, err := Up(ctx, testPrefix(name), WithLogDir(t.TempDir()))
+	topo, err := Up(ctx, testPrefix(name), WithLogDir(keptDir(t, "logs")))
 	if err != nil {
 		t.Fatalf("Up: %v", err)
 	}

@@ -1,0 +1,269 @@
+package e2e
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/ftvm/ftvm/bench/kvclient"
+	"github.com/ftvm/ftvm/internal/testutil"
+)
+
+// The end-to-end tests run the real thing: `ftvm primary` and `ftvm
+// secondary` as separate processes in the two host namespaces, each with a
+// KVM guest on its TAP, a client in the third namespace, and faults from
+// outside (SIGKILL, a cut link). They need root, KVM, TUN and network
+// namespaces; FTVM_REQUIRE turns a missing one into a failure.
+//
+// FTVM_E2E_KILLS sets the primary kills of TestE2EKillPrimary (default 20),
+// FTVM_E2E_RATE the client's requests per second (default 1000), and
+// FTVM_E2E_KEEP a directory to keep the daemons' logs and files in.
+
+var (
+	buildOnce sync.Once
+	ftvmBin   string
+	buildErr  error
+)
+
+// repoRoot is the module's root, from this package's directory.
+const repoRoot = "../.."
+
+// ftvmBinary builds cmd/ftvm and the guests once per test binary.
+func ftvmBinary(t *testing.T) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "ftvm-e2e-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		ftvmBin = filepath.Join(dir, "ftvm")
+		cmd := exec.Command("go", "build", "-o", ftvmBin, "./cmd/ftvm")
+		cmd.Dir = repoRoot
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build ./cmd/ftvm: %v\n%s", err, out)
+			return
+		}
+		cmd = exec.Command("make", "-s", "guests")
+		cmd.Dir = repoRoot
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("make guests: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return ftvmBin
+}
+
+func guestPath(name string) string {
+	p, _ := filepath.Abs(filepath.Join(repoRoot, "vmm/guests/build", name))
+	return p
+}
+
+// newTestCluster brings up the bed and a cluster for the calling test.
+func newTestCluster(t *testing.T, name string, cfg ClusterConfig) *Cluster {
+	t.Helper()
+	testutil.Require(t, testutil.KVM)
+	topo := upBed(t, name)
+	cfg.Ftvm = ftvmBinary(t)
+	cfg.WorkDir = keptDir(t, "work")
+	if cfg.Guest == "" {
+		cfg.Guest = guestPath("kvstore")
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := NewCluster(ctx, topo, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			for _, h := range []Host{HostA, HostB} {
+				if d := c.Daemon(h); d != nil {
+					t.Logf("%s:\n%s", d, d.Proc.Tail(40))
+				}
+			}
+		}
+		c.Close()
+	})
+	return c
+}
+
+// testLoad is the client's load: steady, with quick resends so that the
+// client's view of a failover is not its own retry timer. FTVM_E2E_RATE
+// sets the requests per second (default 1000).
+func testLoad(t *testing.T) kvclient.Config {
+	rate := 1000.0
+	if s := os.Getenv("FTVM_E2E_RATE"); s != "" {
+		r, err := strconv.ParseFloat(s, 64)
+		if err != nil || r <= 0 {
+			t.Fatalf("FTVM_E2E_RATE=%q: want requests per second", s)
+		}
+		rate = r
+	}
+	return kvclient.Config{
+		RatePerSec:  rate,
+		Concurrency: 64,
+		Retry:       kvclient.Retry{AttemptTimeout: 20 * time.Millisecond, AttemptsMax: 250},
+	}
+}
+
+func runScenario(t *testing.T, c *Cluster, cfg RunConfig) *Report {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
+	defer cancel()
+	cfg.Progress = func(s string) { t.Log(s) }
+	rep, err := Run(ctx, c, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	st := rep.Load.Stats
+	t.Logf("client: %d requests served of %d sent, %d never answered, %d retries; latency p50 %v p99 %v",
+		st.Served, st.Sent, st.Unanswered, st.Retries, st.P50, st.P99)
+	if rep.Linearizable != nil {
+		t.Fatalf("the client's history is not linearizable: %v", rep.Linearizable)
+	}
+	for i, r := range rep.Rounds {
+		if r.Failover == 0 {
+			t.Fatalf("round %d: the client got no reply after the fault at %s", i+1, r.At.Format(time.StampMicro))
+		}
+	}
+	if st.Served == 0 {
+		t.Fatal("the client was never served")
+	}
+	t.Log(rep.Summary())
+	return rep
+}
+
+func killRounds(t *testing.T) int {
+	if s := os.Getenv("FTVM_E2E_KILLS"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			t.Fatalf("FTVM_E2E_KILLS=%q: want a positive number", s)
+		}
+		return n
+	}
+	return 20
+}
+
+// TestE2EKillPrimary SIGKILLs the primary again and again under load: each
+// time the secondary must take over with no acknowledged write lost (the
+// history stays linearizable), the client must be served again, and the
+// killed host must come back as a secondary that protects the VM again.
+func TestE2EKillPrimary(t *testing.T) {
+	c := newTestCluster(t, "kill1", ClusterConfig{})
+	rep := runScenario(t, c, RunConfig{Fault: KillPrimary, Rounds: killRounds(t), Settle: 300 * time.Millisecond, Load: testLoad(t)})
+	for i, r := range rep.Rounds {
+		if r.TakeOver <= 0 {
+			t.Errorf("round %d: the survivor reported no take-over time (%v)", i+1, r.TakeOver)
+		}
+	}
+}
+
+// TestE2EKillSecondary kills the secondary: the primary goes on alone, the
+// client barely notices, and a new secondary protects the VM again.
+func TestE2EKillSecondary(t *testing.T) {
+	c := newTestCluster(t, "kill2", ClusterConfig{})
+	runScenario(t, c, RunConfig{Fault: KillSecondary, Rounds: 3, Settle: 300 * time.Millisecond, Load: testLoad(t)})
+}
+
+// TestE2ECutLink cuts the link between the hosts (the client still reaches
+// both): exactly one host must go on, the other must halt (exit 3) rather
+// than serve too, and after the link heals the loser re-protects the VM.
+func TestE2ECutLink(t *testing.T) {
+	c := newTestCluster(t, "cut", ClusterConfig{})
+	runScenario(t, c, RunConfig{Fault: CutLink, Rounds: 2, Settle: 300 * time.Millisecond, Load: testLoad(t)})
+}
+
+var nondetLine = regexp.MustCompile(`^nondet: (\d+) tsc=`)
+
+// TestE2ENondet runs the nondet guest, which reads the TSC without an exit,
+// under ack-on-compare: the secondary diverges at every line and is
+// resynchronised from a checkpoint; then the primary is killed. What the
+// two consoles released together must be one execution: every line once
+// (or repeated byte for byte at the take-over), in order, to the end.
+func TestE2ENondet(t *testing.T) {
+	const count = 300
+	c := newTestCluster(t, "nondet", ClusterConfig{Guest: guestPath("nondet"), Cmdline: fmt.Sprintf("count=%d", count), Mode: "compare"})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	pri, err := c.StartPrimary(HostA)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.StartSecondary(HostB, HostA); err != nil {
+		t.Fatal(err)
+	}
+	// Kill the primary once the secondary has been resynchronised a few
+	// times and part of the output is out.
+	sec, err := c.Await(ctx, HostB, "resynchronised", func(s *Status) bool { return s.Stats.Restores >= 10 && s.Stats.Divergences >= 5 })
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("before the kill: secondary %d divergences, %d restores", sec.Stats.Divergences, sec.Stats.Restores)
+	if err := c.Kill(HostA); err != nil {
+		t.Fatal(err)
+	}
+	d := c.Daemon(HostB)
+	select {
+	case <-d.Proc.Done():
+	case <-ctx.Done():
+		t.Fatalf("the new primary did not finish the guest: %v", ctx.Err())
+	}
+	if st, _ := d.Proc.Wait(); st == nil || !st.Success() {
+		t.Fatalf("the new primary ended with %v:\n%s", st, d.Proc.Tail(30))
+	}
+	first, second := readLines(t, pri.Console), readLines(t, d.Console)
+	seen := map[int]string{}
+	next, repeats := 1, 0
+	for _, l := range append(first, second...) {
+		m := nondetLine.FindStringSubmatch(l)
+		if m == nil {
+			continue
+		}
+		i, _ := strconv.Atoi(m[1])
+		if prev, ok := seen[i]; ok {
+			if prev != l {
+				t.Fatalf("line %d was released twice, differently:\n%s\n%s", i, prev, l)
+			}
+			repeats++
+			continue
+		}
+		if i != next {
+			t.Fatalf("line %d released after line %d: lines %d.. lost", i, next-1, next)
+		}
+		seen[i] = l
+		next++
+	}
+	if next != count+1 {
+		t.Fatalf("%d of %d lines released", next-1, count)
+	}
+	if len(first) == 0 || len(second) == 0 {
+		t.Fatalf("the kill came too late or too early: %d lines from the old primary, %d from the new", len(first), len(second))
+	}
+	t.Logf("%d lines from the old primary, %d from the new (%d repeated at the take-over)", len(first), len(second), repeats)
+}
+
+func readLines(t *testing.T, path string) []string {
+	t.Helper()
+	f, err := os.Open(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	var lines []string
+	sc := bufio.NewScanner(f)
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+	}
+	return lines
+}

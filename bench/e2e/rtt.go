@@ -1,0 +1,89 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+
+	"github.com/ftvm/ftvm/tcpfallback"
+)
+
+// Parameters of the transport round-trip probe.
+const (
+	rttProbePort     = 7171
+	rttProbeBytes    = 64
+	rttProbeWarmup   = 200
+	rttProbeTimeout  = 5 * time.Second
+	rttConnectTimout = 10 * time.Second
+)
+
+// MeasureTransportRTT times n round trips of a 64-byte log frame and its
+// acknowledgement between host a and host b over the ftvm transport
+// (tcpfallback with the cluster's mutual TLS), as the daemons' log and
+// acknowledgements travel: the baseline an output's hold time is held
+// against. Nanoseconds.
+func MeasureTransportRTT(ctx context.Context, c *Cluster, n int) (*hdrhistogram.Histogram, error) {
+	tlsB, err := tcpfallback.LoadTLSConfig(c.path("certs"), string(HostB))
+	if err != nil {
+		return nil, err
+	}
+	tlsA, err := tcpfallback.LoadTLSConfig(c.path("certs"), string(HostA))
+	if err != nil {
+		return nil, err
+	}
+	tlsA.ServerName = string(HostB)
+	addr := net.JoinHostPort(HostAddr(HostB).String(), fmt.Sprint(rttProbePort))
+
+	var echo *tcpfallback.Transport
+	var echoErr error
+	ready := make(chan struct{})
+	cfgB := tcpfallback.Config{VMID: "rtt-probe", TLS: tlsB, OnFrame: func(f tcpfallback.Frame) {
+		<-ready
+		echo.Send(tcpfallback.TypeAck, f.Payload)
+	}}
+	if err := c.Topo.InNamespace(HostB, func() error {
+		echo, echoErr = tcpfallback.Listen(addr, cfgB)
+		return echoErr
+	}); err != nil {
+		return nil, err
+	}
+	close(ready)
+	defer echo.Close()
+
+	acks := make(chan struct{}, 1)
+	cfgA := tcpfallback.Config{VMID: "rtt-probe", TLS: tlsA, OnFrame: func(tcpfallback.Frame) { acks <- struct{}{} }}
+	var pinger *tcpfallback.Transport
+	dctx, cancel := context.WithTimeout(ctx, rttConnectTimout)
+	defer cancel()
+	if err := c.Topo.InNamespace(HostA, func() (err error) {
+		pinger, err = tcpfallback.Dial(dctx, addr, cfgA)
+		return err
+	}); err != nil {
+		return nil, err
+	}
+	defer pinger.Close()
+
+	h := newNsHistogram()
+	msg := make([]byte, rttProbeBytes)
+	for i := -rttProbeWarmup; i < n; i++ {
+		start := time.Now()
+		if err := pinger.Send(tcpfallback.TypeLog, msg); err != nil {
+			return nil, err
+		}
+		select {
+		case <-acks:
+		case <-time.After(rttProbeTimeout):
+			return nil, errors.New("no acknowledgement within 5 s")
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+		if i >= 0 {
+			h.RecordValue(max(time.Since(start).Nanoseconds(), 1_000))
+		}
+	}
+	return h, nil
+}

@@ -1,0 +1,401 @@
+package e2e
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+
+	"github.com/ftvm/ftvm/bench/kvclient"
+	"github.com/ftvm/ftvm/bench/linearize"
+)
+
+// Fault is what a run does to the pair in each round.
+type Fault int
+
+const (
+	// KillPrimary SIGKILLs the primary's daemon; the secondary must take
+	// over, and a new secondary is started on the killed host.
+	KillPrimary Fault = iota
+	// KillSecondary SIGKILLs the secondary; the primary must go on alone,
+	// and a new secondary is started on the killed host.
+	KillSecondary
+	// CutLink cuts the link between the hosts on the switch: one of the
+	// two wins the arbiter and serves, the other halts. The link is then
+	// healed and the loser restarted as a secondary.
+	CutLink
+)
+
+func (f Fault) String() string {
+	return [...]string{"kill the primary", "kill the secondary", "cut the link between the hosts"}[f]
+}
+
+// RunConfig describes one end-to-end run.
+type RunConfig struct {
+	Fault  Fault
+	Rounds int
+	// Settle is how long the protected pair serves load before each fault.
+	Settle time.Duration
+	// Load drives the kvstore guest from the client; Addr is filled in.
+	Load kvclient.Config
+	// RoundTimeout bounds each round (take-over and re-protection).
+	RoundTimeout time.Duration
+	// Progress, if set, receives one line per event and the load's
+	// progress lines.
+	Progress func(string)
+	// LoadProgress, if set, receives the load's progress snapshots.
+	LoadProgress func(kvclient.Progress)
+}
+
+// Round is what one fault did.
+type Round struct {
+	Fault    Fault
+	Victim   Host // the host faulted (the loser, for a cut link)
+	Survivor Host // the host that served on
+	At       time.Time
+	// Failover is what the client saw: from its last reply before the
+	// fault to its first reply after (zero if none was pending).
+	Failover time.Duration
+	// TakeOver is from the fault to the survivor's daemon reporting
+	// itself primary (zero if it already was).
+	TakeOver time.Duration
+	// Reprotected is from the fault to the survivor being protected by a
+	// new secondary again.
+	Reprotected time.Duration
+	// InFlight counts the requests outstanding at the fault that were
+	// answered only after it (the client resent them) or never.
+	InFlight, NeverAnswered int
+}
+
+// Report is the outcome of a run.
+type Report struct {
+	Config RunConfig
+	Rounds []Round
+	Load   *kvclient.Result
+	// Linearizable is nil when the client's history is linearizable.
+	Linearizable error
+	// Hold merges the output-hold latency of every primary of the run
+	// (nanoseconds).
+	Hold *hdrhistogram.Histogram
+	// TransportRTT is a 64-byte round trip over the ftvm transport (mutual
+	// TLS) between the two hosts, measured in the same run (nanoseconds).
+	TransportRTT *hdrhistogram.Histogram
+	// LogBytes is what the log carried between the hosts (frames sent by
+	// the primaries) over the load's duration.
+	LogBytesPerSec float64
+}
+
+// Run starts a protected pair (primary on host a), drives load from the
+// client, and applies cfg.Fault cfg.Rounds times, waiting each time for the
+// service to go on and for the pair to be protected again.
+func Run(ctx context.Context, c *Cluster, cfg RunConfig) (*Report, error) {
+	say := func(format string, a ...any) {
+		if cfg.Progress != nil {
+			cfg.Progress(fmt.Sprintf(format, a...))
+		}
+	}
+	if cfg.RoundTimeout == 0 {
+		cfg.RoundTimeout = 30 * time.Second
+	}
+	rep := &Report{Config: cfg, Hold: newNsHistogram()}
+	var err error
+	if rep.TransportRTT, err = MeasureTransportRTT(ctx, c, 2000); err != nil {
+		return nil, fmt.Errorf("measuring the transport's round trip: %w", err)
+	}
+	say("transport round trip a<->b (64 B, TLS): p50 %v p99 %v", nsDur(rep.TransportRTT.ValueAtQuantile(50)), nsDur(rep.TransportRTT.ValueAtQuantile(99)))
+
+	primary, secondary := HostA, HostB
+	if _, err := c.StartPrimary(primary); err != nil {
+		return nil, err
+	}
+	if _, err := c.StartSecondary(secondary, primary); err != nil {
+		return nil, err
+	}
+	wctx, cancel := context.WithTimeout(ctx, cfg.RoundTimeout)
+	_, err = c.Await(wctx, primary, "protected", Protected)
+	cancel()
+	if err != nil {
+		return nil, err
+	}
+	say("primary on host %s, protected by host %s", primary, secondary)
+
+	// The load runs in the client's namespace until the rounds are done.
+	loadCtx, stopLoad := context.WithCancel(ctx)
+	defer stopLoad()
+	lc := cfg.Load
+	lc.Addr = net.JoinHostPort(VMAddr, "7000")
+	lc.Progress = cfg.LoadProgress
+	if lc.Duration == 0 {
+		lc.Duration = 24 * time.Hour // until stopped
+	}
+	var loadRes *kvclient.Result
+	var loadErr error
+	var loadWG sync.WaitGroup
+	loadWG.Add(1)
+	go func() {
+		defer loadWG.Done()
+		loadErr = c.Topo.InNamespace(Client, func() error {
+			var err error
+			loadRes, err = kvclient.Run(loadCtx, lc)
+			return err
+		})
+	}()
+	wait := func(d time.Duration) error {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(d):
+			return nil
+		}
+	}
+	for i := 1; i <= cfg.Rounds; i++ {
+		if err := wait(cfg.Settle); err != nil {
+			return nil, err
+		}
+		r := Round{Fault: cfg.Fault}
+		if err := c.collectHold(ctx, primary, rep.Hold); err != nil {
+			return nil, err
+		}
+		switch cfg.Fault {
+		case KillPrimary:
+			r.Victim, r.Survivor = primary, secondary
+			r.At = time.Now()
+			if err := c.Kill(primary); err != nil {
+				return nil, err
+			}
+		case KillSecondary:
+			r.Victim, r.Survivor = secondary, primary
+			r.At = time.Now()
+			if err := c.Kill(secondary); err != nil {
+				return nil, err
+			}
+		case CutLink:
+			r.At = time.Now()
+			if err := c.Topo.CutLink(ctx); err != nil {
+				return nil, err
+			}
+		}
+		say("round %d: %s at %s", i, cfg.Fault, r.At.Format("15:04:05.000"))
+		rctx, cancel := context.WithTimeout(ctx, cfg.RoundTimeout)
+		err := c.recover(rctx, &r, primary, secondary, say)
+		cancel()
+		if err != nil {
+			return nil, fmt.Errorf("round %d (%s): %w", i, cfg.Fault, err)
+		}
+		primary, secondary = r.Survivor, r.Victim
+		rep.Rounds = append(rep.Rounds, r)
+		say("round %d: host %s serves (take-over %v), protected again by host %s after %v",
+			i, primary, r.TakeOver.Round(time.Microsecond), secondary, r.Reprotected.Round(time.Millisecond))
+	}
+	// The last settle also measures the log's bandwidth under the load.
+	before, err := c.Status(ctx, primary)
+	if err != nil {
+		return nil, err
+	}
+	t0 := time.Now()
+	if err := wait(cfg.Settle); err != nil {
+		return nil, err
+	}
+	after, err := c.Status(ctx, primary)
+	if err != nil {
+		return nil, err
+	}
+	rep.LogBytesPerSec = float64(after.Transport.BytesSent-before.Transport.BytesSent) / time.Since(t0).Seconds()
+	if err := c.collectHold(ctx, primary, rep.Hold); err != nil {
+		return nil, err
+	}
+	stopLoad()
+	loadWG.Wait()
+	if loadErr != nil && !errors.Is(loadErr, context.Canceled) {
+		return nil, fmt.Errorf("client load: %w", loadErr)
+	}
+	if loadRes == nil {
+		return nil, errors.New("client load returned no result")
+	}
+	rep.Load = loadRes
+	for i := range rep.Rounds {
+		rep.Rounds[i].measureFromHistory(loadRes)
+	}
+	rep.Linearizable = linearize.Check(loadRes.History)
+	return rep, nil
+}
+
+// recover waits out one round: the survivor serves, the victim comes back
+// as a secondary and the pair is protected again.
+func (c *Cluster) recover(ctx context.Context, r *Round, primary, secondary Host, say func(string, ...any)) error {
+	switch r.Fault {
+	case KillPrimary:
+		s, err := c.Await(ctx, r.Survivor, "live", Live)
+		if err != nil {
+			return err
+		}
+		r.TakeOver = liveSince(s).Sub(r.At)
+	case KillSecondary:
+		// The primary notices the broken connection and goes on alone.
+		if _, err := c.Await(ctx, r.Survivor, "unprotected", func(s *Status) bool { return Primary(s) && !s.Protected }); err != nil {
+			return err
+		}
+	case CutLink:
+		// Both sides suspect the other; the arbiter lets one go on, and
+		// the other halts. Wait for the loser's daemon to exit.
+		winner, loser, err := c.awaitPartitionOutcome(ctx, primary, secondary)
+		if err != nil {
+			return err
+		}
+		r.Survivor, r.Victim = winner, loser
+		if winner != primary {
+			s, err := c.Await(ctx, winner, "live", Live)
+			if err != nil {
+				return err
+			}
+			r.TakeOver = liveSince(s).Sub(r.At)
+		}
+		say("  link cut: host %s won the arbiter, host %s halted", winner, loser)
+		if err := c.Topo.HealLink(ctx); err != nil {
+			return err
+		}
+	}
+	if _, err := c.StartSecondary(r.Victim, r.Survivor); err != nil {
+		return err
+	}
+	if _, err := c.Await(ctx, r.Survivor, "protected", Protected); err != nil {
+		return err
+	}
+	r.Reprotected = time.Since(r.At)
+	return nil
+}
+
+// awaitPartitionOutcome waits until one daemon has exited (halted) while the
+// other is primary.
+func (c *Cluster) awaitPartitionOutcome(ctx context.Context, a, b Host) (winner, loser Host, err error) {
+	for {
+		for _, pair := range [][2]Host{{a, b}, {b, a}} {
+			w, l := pair[0], pair[1]
+			d := c.Daemon(l)
+			select {
+			case <-d.Proc.Done():
+				s, err := c.Status(ctx, w)
+				if err == nil && Primary(s) {
+					st, _ := d.Proc.Wait()
+					if st != nil && st.ExitCode() != 3 {
+						return "", "", fmt.Errorf("%s exited with %v, want 3 (halted: another host is primary)\n%s", d, st, d.Proc.Tail(20))
+					}
+					return w, l, nil
+				}
+			default:
+			}
+		}
+		select {
+		case <-ctx.Done():
+			return "", "", fmt.Errorf("neither host halted after the link was cut: %w\n%s\n%s", ctx.Err(), c.Daemon(a).Proc.Tail(20), c.Daemon(b).Proc.Tail(20))
+		case <-time.After(statusPollInterval):
+		}
+	}
+}
+
+func liveSince(s *Status) time.Time {
+	t, err := time.Parse(time.RFC3339Nano, s.LiveSince)
+	if err != nil {
+		return time.Time{}
+	}
+	return t
+}
+
+// collectHold merges host h's hold-latency histogram into into.
+func (c *Cluster) collectHold(ctx context.Context, h Host, into *hdrhistogram.Histogram) error {
+	hist, err := c.HoldHistogram(ctx, h)
+	if err != nil {
+		return fmt.Errorf("hold latency of host %s: %w", h, err)
+	}
+	into.Merge(hist)
+	return nil
+}
+
+// measureFromHistory fills in what the client saw of the round.
+func (r *Round) measureFromHistory(res *kvclient.Result) {
+	at := r.At.Sub(res.Origin).Nanoseconds()
+	var completes []int64
+	for _, op := range res.History {
+		if op.Outcome != linearize.Unknown {
+			completes = append(completes, op.Complete)
+		}
+		if op.Invoke < at {
+			switch {
+			case op.Outcome == linearize.Unknown:
+				r.InFlight++
+				r.NeverAnswered++
+			case op.Complete > at:
+				r.InFlight++
+			}
+		}
+	}
+	sort.Slice(completes, func(i, j int) bool { return completes[i] < completes[j] })
+	k := sort.Search(len(completes), func(i int) bool { return completes[i] > at })
+	if k > 0 && k < len(completes) {
+		r.Failover = time.Duration(completes[k] - completes[k-1])
+	}
+}
+
+func newNsHistogram() *hdrhistogram.Histogram {
+	return hdrhistogram.New(1_000, 60_000_000_000, 3)
+}
+
+func nsDur(v int64) time.Duration { return time.Duration(v) }
+
+// Summary renders the report as the table the demo ends with.
+func (r *Report) Summary() string {
+	var b strings.Builder
+	st := r.Load.Stats
+	fmt.Fprintf(&b, "%-34s %s\n", "fault", fmt.Sprintf("%s, %d times", r.Config.Fault, len(r.Rounds)))
+	fmt.Fprintf(&b, "%-34s %d of %d sent (%.0f/s), %d never answered\n", "requests served", st.Served, st.Sent, float64(st.Served)/st.Elapsed.Seconds(), st.Unanswered)
+	lin := "yes"
+	if r.Linearizable != nil {
+		lin = "NO: " + r.Linearizable.Error()
+	}
+	fmt.Fprintf(&b, "%-34s %s\n", "history linearizable", lin)
+	var fo, to, rp []time.Duration
+	inflight, never := 0, 0
+	for _, x := range r.Rounds {
+		fo = append(fo, x.Failover)
+		if x.TakeOver > 0 {
+			to = append(to, x.TakeOver)
+		}
+		rp = append(rp, x.Reprotected)
+		inflight += x.InFlight
+		never += x.NeverAnswered
+	}
+	fmt.Fprintf(&b, "%-34s %s\n", "failover seen by the client", spread(fo))
+	if len(to) > 0 {
+		fmt.Fprintf(&b, "%-34s %s\n", "take-over (fault to live)", spread(to))
+	}
+	fmt.Fprintf(&b, "%-34s %s\n", "protected again after", spread(rp))
+	fmt.Fprintf(&b, "%-34s %d (resent by the client), %d never answered\n", "in flight at the faults", inflight, never)
+	h := r.Hold
+	fmt.Fprintf(&b, "%-34s p50 %v  p99 %v  p99.9 %v  (%d outputs)\n", "output-hold latency", us(h.ValueAtQuantile(50)), us(h.ValueAtQuantile(99)), us(h.ValueAtQuantile(99.9)), h.TotalCount())
+	t := r.TransportRTT
+	fmt.Fprintf(&b, "%-34s p50 %v  p99 %v  p99.9 %v\n", "transport round trip (same run)", us(t.ValueAtQuantile(50)), us(t.ValueAtQuantile(99)), us(t.ValueAtQuantile(99.9)))
+	if tp := t.ValueAtQuantile(99); tp > 0 {
+		fmt.Fprintf(&b, "%-34s %.2fx (target <= 1.5x)\n", "hold p99 / transport p99", float64(h.ValueAtQuantile(99))/float64(tp))
+	}
+	fmt.Fprintf(&b, "%-34s %.2f Mbit/s\n", "log bandwidth under this load", r.LogBytesPerSec*8/1e6)
+	return b.String()
+}
+
+// spread renders p50, p99 and max of ds.
+func spread(ds []time.Duration) string {
+	if len(ds) == 0 {
+		return "-"
+	}
+	s := append([]time.Duration(nil), ds...)
+	sort.Slice(s, func(i, j int) bool { return s[i] < s[j] })
+	q := func(p float64) time.Duration { return s[min(len(s)-1, int(p*float64(len(s))))] }
+	return fmt.Sprintf("p50 %v  p99 %v  max %v  (n=%d)", q(0.5).Round(time.Microsecond*10), q(0.99).Round(time.Microsecond*10), s[len(s)-1].Round(time.Microsecond*10), len(s))
+}
+
+func us(ns int64) time.Duration { return time.Duration(ns).Round(time.Microsecond) }
