@@ -653,6 +653,10 @@ func (a *Agent) command(ctx context.Context, c lockstep.Command) error {
 	case lockstep.CmdHalt:
 		a.log.Warn("halting: another host is primary", "reason", c.Reason)
 		a.halted, a.haltWhy = true, c.Reason
+		// The VM never runs again: a hook waiting for log a halted node
+		// will never give must let go, or the pause below waits for it
+		// forever.
+		a.abandonExits(true)
 		return a.applyRun()
 	case lockstep.CmdPersist:
 		return a.persist(c.Output)

@@ -33,9 +33,13 @@ type ClusterConfig struct {
 	// Ftvm is the ftvm binary the daemons run (built from this module).
 	Ftvm string
 	// Guest is the guest program, and Cmdline its command line. "ip=" is
-	// added for the VM's address (VMAddr) unless Cmdline has one.
+	// added for the VM's address (VMAddr) unless Cmdline has one or the
+	// guest has no network.
 	Guest   string
 	Cmdline string
+	// NoNetwork runs the guest without a NIC (no --tap, no ip=): for
+	// guests that do not take one.
+	NoNetwork bool
 	// Mode is the ack mode: "receipt" (default) or "compare".
 	Mode string
 	// WorkDir holds certificates, disks, the arbiter's directory, control
@@ -81,7 +85,7 @@ func NewCluster(ctx context.Context, topo *Topology, cfg ClusterConfig) (*Cluste
 	if cfg.Mode == "" {
 		cfg.Mode = "receipt"
 	}
-	if !strings.Contains(" "+cfg.Cmdline, " ip=") {
+	if !cfg.NoNetwork && !strings.Contains(" "+cfg.Cmdline, " ip=") {
 		cfg.Cmdline = strings.TrimSpace(cfg.Cmdline + " ip=" + VMAddr)
 	}
 	if _, err := os.Stat(cfg.Guest); err != nil {
@@ -109,7 +113,6 @@ func (c *Cluster) daemonArgs(h Host, role string, d *Daemon) []string {
 		"--vm-id", VMID,
 		"--guest", c.cfg.Guest,
 		"--cmdline", c.cfg.Cmdline,
-		"--tap", TAPName,
 		"--disk", c.path("disk-" + string(h) + ".img"),
 		"--arbiter-dir", c.path("arbiter"),
 		"--tls-dir", c.path("certs"),
@@ -118,6 +121,9 @@ func (c *Cluster) daemonArgs(h Host, role string, d *Daemon) []string {
 		"--control", d.Control,
 		"--console", d.Console,
 		"--mode", c.cfg.Mode,
+	}
+	if !c.cfg.NoNetwork {
+		args = append(args, "--tap", TAPName)
 	}
 	return append(args, c.cfg.Flags...)
 }
@@ -144,9 +150,10 @@ func (c *Cluster) start(h Host, role string, extra ...string) (*Daemon, error) {
 	return d, nil
 }
 
-// StartPrimary starts ftvm primary on host h. It runs until Kill or Close.
-func (c *Cluster) StartPrimary(h Host) (*Daemon, error) {
-	return c.start(h, "primary")
+// StartPrimary starts ftvm primary on host h, with more flags if given.
+// It runs until Kill or Close.
+func (c *Cluster) StartPrimary(h Host, flags ...string) (*Daemon, error) {
+	return c.start(h, "primary", flags...)
 }
 
 // StartSecondary starts ftvm secondary on host h, joining the primary on

@@ -193,10 +193,12 @@ var nondetLine = regexp.MustCompile(`^nondet: (\d+) tsc=`)
 // (or repeated byte for byte at the take-over), in order, to the end.
 func TestE2ENondet(t *testing.T) {
 	const count = 300
-	c := newTestCluster(t, "nondet", ClusterConfig{Guest: guestPath("nondet"), Cmdline: fmt.Sprintf("count=%d", count), Mode: "compare"})
+	c := newTestCluster(t, "nondet", ClusterConfig{Guest: guestPath("nondet"), Cmdline: fmt.Sprintf("count=%d", count), Mode: "compare", NoNetwork: true})
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	pri, err := c.StartPrimary(HostA)
+	// The guest waits for its secondary: unprotected it would be done in
+	// milliseconds, with nothing compared.
+	pri, err := c.StartPrimary(HostA, "--wait-for-secondary")
 	if err != nil {
 		t.Fatal(err)
 	}
