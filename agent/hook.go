@@ -72,7 +72,7 @@ func (a *Agent) input(x exitReq, in exitInfo, kind uint16) (vmm.Result, error) {
 		data, r := a.node.NextInput(in.Index, kind)
 		switch r {
 		case lockstep.OK:
-			a.flushInline() // the node may owe an acknowledgement
+			a.flushInlineVCPU() // the node may owe an acknowledgement
 			a.mu.Unlock()
 			res, err := decodeInput(data, in.Arg, in.Len)
 			if err != nil {
@@ -122,7 +122,7 @@ func (a *Agent) recordInput(x exitReq, in exitInfo, kind uint16) (vmm.Result, er
 // this is what bounds the log. The exit is complete (logged, held), so
 // giving up the wait when the loop pauses the VM loses nothing. a.mu held.
 func (a *Agent) waitUnstalled() {
-	a.flushInline()
+	a.flushInlineVCPU()
 	for a.node.Status().Stalled && !a.pausing && !a.abort {
 		a.cond.Wait()
 	}
@@ -155,7 +155,7 @@ func (a *Agent) output(x exitReq, in exitInfo, kind uint16) (vmm.Result, error) 
 				// comparison before an observer has seen the output.
 				a.cfg.OnReplayed(in.Index, in.Device, in.Data)
 			}
-			a.flushInline() // a compare acknowledgement, perhaps
+			a.flushInlineVCPU() // a compare acknowledgement, perhaps
 			a.mu.Unlock()
 			return vmm.Result{Status: vmm.StatusOK}, nil
 		case lockstep.Live:
