@@ -268,11 +268,37 @@ func (c *Cluster) Status(ctx context.Context, h Host) (*Status, error) {
 
 // HoldHistogram fetches host h's output-hold latency histogram (ns).
 func (c *Cluster) HoldHistogram(ctx context.Context, h Host) (*hdrhistogram.Histogram, error) {
+	s, err := c.holdSnapshot(ctx, h)
+	if err != nil {
+		return nil, err
+	}
+	return hdrhistogram.Import(s), nil
+}
+
+func (c *Cluster) holdSnapshot(ctx context.Context, h Host) (*hdrhistogram.Snapshot, error) {
 	var s hdrhistogram.Snapshot
 	if err := c.control(ctx, h, "hold-histogram", &s); err != nil {
 		return nil, err
 	}
-	return hdrhistogram.Import(&s), nil
+	return &s, nil
+}
+
+// histogramSince is what was recorded between two snapshots of one
+// histogram.
+func histogramSince(before, after *hdrhistogram.Snapshot) (*hdrhistogram.Histogram, error) {
+	if len(before.Counts) != len(after.Counts) || before.LowestTrackableValue != after.LowestTrackableValue ||
+		before.HighestTrackableValue != after.HighestTrackableValue || before.SignificantFigures != after.SignificantFigures {
+		return nil, fmt.Errorf("the two histograms are not of one kind")
+	}
+	d := *after
+	d.Counts = make([]int64, len(after.Counts))
+	for i := range d.Counts {
+		d.Counts[i] = after.Counts[i] - before.Counts[i]
+		if d.Counts[i] < 0 {
+			return nil, fmt.Errorf("the histogram shrank between its snapshots (a different process?)")
+		}
+	}
+	return hdrhistogram.Import(&d), nil
 }
 
 // Await asks host h's daemon for its status until cond holds, ctx ends, or
