@@ -104,22 +104,26 @@ func TestNICWaitIsInterruptible(t *testing.T) {
 // test creates, with the kernel's IP stack as the peer: a UDP datagram
 // sent into the namespace comes out as a frame, and a frame written by the
 // NIC is delivered to a socket.
-func TestTAPBackend(t *testing.T) {
+func TestTAPBackend(t *testing.T) { runTAPScenario(t, tapScenario) }
+
+// runTAPScenario runs scenario on a goroutine locked to a thread that the
+// scenario moves into a network namespace of its own (it unshares), with
+// the ip command at hand. The namespace belongs to that thread, which is
+// thrown away when the goroutine ends (no UnlockOSThread).
+func runTAPScenario(t *testing.T, scenario func(testing.TB) error) {
 	testutil.Require(t, testutil.Root, testutil.Netns, testutil.TUN)
 	if _, err := exec.LookPath("ip"); err != nil {
 		t.Skip("skipping: the ip command (iproute2) is missing: apt-get install iproute2")
 	}
 	errc := make(chan error, 1)
 	go func() {
-		// The namespace belongs to this locked thread, which is thrown
-		// away when the goroutine ends (no UnlockOSThread).
 		runtime.LockOSThread()
 		defer func() {
 			if r := recover(); r != nil {
 				errc <- fmt.Errorf("%v", r)
 			}
 		}()
-		errc <- tapScenario(goroutineTB{t})
+		errc <- scenario(goroutineTB{t})
 	}()
 	if err := <-errc; err != nil {
 		t.Fatal(err)

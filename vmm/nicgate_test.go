@@ -9,14 +9,12 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/ftvm/ftvm/internal/testutil"
 	"golang.org/x/sys/unix"
 )
 
@@ -660,27 +658,7 @@ func TestNICGateCloseRaces(t *testing.T) {
 // the kernel sends into the TAP are read and dropped while the gate is
 // shut, a VM's NIC is replaced without closing the TAP, and once the
 // gate is open frames flow both ways.
-func TestNICGateTAP(t *testing.T) {
-	testutil.Require(t, testutil.Root, testutil.Netns, testutil.TUN)
-	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("skipping: the ip command (iproute2) is missing: apt-get install iproute2")
-	}
-	errc := make(chan error, 1)
-	go func() {
-		// The namespace belongs to this locked thread, which is thrown
-		// away when the goroutine ends (no UnlockOSThread).
-		runtime.LockOSThread()
-		defer func() {
-			if r := recover(); r != nil {
-				errc <- fmt.Errorf("%v", r)
-			}
-		}()
-		errc <- gateTAPScenario(goroutineTB{t})
-	}()
-	if err := <-errc; err != nil {
-		t.Fatal(err)
-	}
-}
+func TestNICGateTAP(t *testing.T) { runTAPScenario(t, gateTAPScenario) }
 
 func gateTAPScenario(t testing.TB) error {
 	if err := unix.Unshare(unix.CLONE_NEWNET); err != nil {
