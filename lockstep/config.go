@@ -41,6 +41,7 @@ const (
 	DefaultCheckpointChunkBytes = 64 << 10
 	DefaultMaxCheckpointBytes   = 256 << 20
 	DefaultMaxPendingOutputs    = 64
+	DefaultPrecopyDoneBytes     = 256 << 10
 )
 
 // Config configures a Node. Zero fields take the defaults above.
@@ -72,6 +73,17 @@ type Config struct {
 	MaxPendingOutputs int
 	// SendOutputData ships output bytes, not only their digest, in records.
 	SendOutputData bool
+	// PrecopyRounds is how many times a primary copies its VM while it runs
+	// (CmdTakeCheckpoint with Live) before the one paused copy that brings a
+	// new secondary up: a live full copy, then live increments of what
+	// changed meanwhile, then a short pause for the rest. Zero: a joiner
+	// gets one full checkpoint taken with the VM paused. Pre-copy is used
+	// only by a primary that is alone (it releases outputs meanwhile, as
+	// it did before the secondary came).
+	PrecopyRounds int
+	// PrecopyDoneBytes ends the live rounds early: once a live increment
+	// is smaller than this, the paused copy follows.
+	PrecopyDoneBytes int
 	// Persistent says which outputs change state the secondary keeps a
 	// copy of on its own host (a disk, in separate-storage mode). A
 	// secondary hands such an output to CmdPersist, rather than
@@ -108,6 +120,10 @@ func (c *Config) fill() error {
 	def(&c.CheckpointChunkBytes, DefaultCheckpointChunkBytes)
 	def(&c.MaxCheckpointBytes, DefaultMaxCheckpointBytes)
 	def(&c.MaxPendingOutputs, DefaultMaxPendingOutputs)
+	def(&c.PrecopyDoneBytes, DefaultPrecopyDoneBytes)
+	if c.PrecopyRounds < 0 {
+		return fmt.Errorf("lockstep: PrecopyRounds %d is negative", c.PrecopyRounds)
+	}
 	if c.CheckpointChunkBytes > wire.MaxChunkDataBytes {
 		return fmt.Errorf("lockstep: CheckpointChunkBytes %d exceeds wire.MaxChunkDataBytes %d", c.CheckpointChunkBytes, wire.MaxChunkDataBytes)
 	}

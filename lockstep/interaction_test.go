@@ -17,7 +17,9 @@ import (
 // simulated pair (no random faults), with the notable events and the
 // checkers' verdict as golden output.
 //
-//	new [mode=compare|receipt] [seed=N]   a primary on A, a joining secondary on B
+//	new [mode=compare|receipt] [seed=N] [precopy=N]
+//	                                      a primary on A, a joining secondary on B
+//	                                      (joining after N live copies of the VM)
 //	run steps=N                           advance; print events and both hosts' state
 //	crash host=A|B                        kill a host (it restarts as a secondary)
 //	partition from=A|B|both               cut delivery from a host (or both ways)
@@ -47,6 +49,10 @@ func TestInteraction(t *testing.T) {
 					seed, _ := strconv.ParseUint(c.Arg("seed", "1"), 10, 64)
 					o := sim.DefaultOptions(mode)
 					o.Faults = false
+					// Joins take one paused checkpoint unless precopy=N
+					// asks for N live copies before it.
+					o.PrecopyBySeed = false
+					o.Node.PrecopyRounds, _ = strconv.Atoi(c.Arg("precopy", "0"))
 					o.Trace = func(line string) {
 						// Flow control comes and goes with the random
 						// scheduling; the scenario is about the rest.

@@ -71,6 +71,7 @@ type pPhase uint8
 const (
 	pAcquiring pPhase = iota // waiting for the arbiter; outputs held
 	pAlone                   // granted, no secondary: release at once
+	pPrecopy                 // copying the running VM to a joiner; still alone
 	pSyncing                 // checkpoint under way to a secondary; outputs held
 	pProtected               // secondary in step; release by Mode
 )
@@ -132,7 +133,10 @@ type Node struct {
 	ckptSeq        uint64
 	ckptFull       bool
 	ckptTaking     bool
-	ckptFrames     []wire.Msg // chunks and done of the checkpoint being shipped
+	ckptFrames     []wire.Msg // chunks and done of the checkpoint being shipped (every part of a chain)
+	ckptBase       uint64     // first part of the chain being shipped (0: none)
+	ckptLive       bool       // the checkpoint asked for is a live (pre-copy) part
+	precopyRound   int        // live parts taken of the chain so far
 	hadPeer        bool       // a secondary was attached when acquiring began
 
 	// Secondary state.
@@ -146,8 +150,14 @@ type Node struct {
 	pending         []held // VM outputs whose record has not arrived
 	copies          []held // outputs reproduced; the primary may have released them
 	ackDue          bool
-	ackSeen         uint64 // AckBeforeAppend bug: highest seq seen
-	asm             assembly
+	ackSeen         uint64               // AckBeforeAppend bug: highest seq seen
+	asms            map[uint64]*assembly // checkpoints being assembled, by ID
+	asmBytes        int                  // bytes in asms
+	asmHigh         uint64               // newest checkpoint ID begun
+	parts           map[uint64][]byte    // completed pre-copy parts, by ID (VMM data)
+	partsBytes      int
+	chainLow        uint64    // lowest ID of the chain being assembled (0: none known)
+	chainEnd        *chainEnd // its end, when it came before a part
 	restoredID      uint64
 	restoredSeq     uint64
 	grantEpoch      uint64
@@ -160,9 +170,20 @@ type assembly struct {
 	total  uint64
 	done   bool
 	full   bool
+	part   bool   // a pre-copy part: kept, not restored on its own
+	base   uint64 // the chain's first part, for the checkpoint that ends it
 	digest [wire.DigestBytes]byte
 	chunks map[uint64][]byte
 	bytes  uint64
+}
+
+// chainEnd is the last checkpoint of a pre-copy chain, assembled, waiting
+// for a part of the chain that has not arrived whole yet.
+type chainEnd struct {
+	id, seq, base uint64
+	released      uint64
+	outs          []held
+	data          []byte
 }
 
 // NewNode returns a node in cfg.Role. A primary starts by asking the arbiter
@@ -214,7 +235,7 @@ func (n *Node) Status() Status {
 	switch n.role {
 	case RolePrimary:
 		s.Protected = n.pphase == pProtected
-		s.Syncing = n.pphase == pSyncing
+		s.Syncing = n.pphase == pSyncing || n.pphase == pPrecopy
 		s.LastSeq, s.Acked, s.LogItems, s.Released = n.lastSeq, n.acked, len(n.log), n.released
 	case RoleSecondary, RoleCandidate:
 		s.Synced = n.sphase == sReplaying || n.sphase == sDiverged

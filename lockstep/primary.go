@@ -102,7 +102,7 @@ func (n *Node) releaseEligible() {
 
 func (n *Node) mayRelease(seq uint64) bool {
 	switch n.pphase {
-	case pAlone:
+	case pAlone, pPrecopy:
 		return true
 	case pProtected:
 		if n.cfg.Mode == AckOnCompare {
@@ -124,7 +124,7 @@ func (n *Node) releaseHead(k int) {
 
 func (n *Node) goAlone() {
 	n.pphase = pAlone
-	n.log, n.ckptFrames, n.ckptTaking = nil, nil, false
+	n.log, n.ckptFrames, n.ckptTaking, n.ckptBase = nil, nil, false, 0
 	n.hadPeer = false
 	if n.paused {
 		n.paused = false
@@ -136,6 +136,18 @@ func (n *Node) goAlone() {
 
 func (n *Node) tickPrimary() {
 	switch n.pphase {
+	case pPrecopy:
+		if n.ticksSincePeer >= n.cfg.PeerTimeoutTicks {
+			// The joiner is gone; we never stopped being alone.
+			n.goAlone()
+			return
+		}
+		if n.ticksRetry >= n.cfg.RetransmitTicks {
+			n.ticksRetry = 0
+			for _, f := range n.ckptFrames {
+				n.send(f)
+			}
+		}
 	case pProtected, pSyncing:
 		if n.ticksSincePeer >= n.cfg.PeerTimeoutTicks {
 			// The secondary is gone. Going on alone needs a new epoch, so
@@ -178,7 +190,7 @@ func (n *Node) stepPrimary(m wire.Msg) error {
 		if m.Role != wire.RoleSecondary || n.pphase == pAcquiring {
 			return nil // a joiner retries its hello until we can serve it
 		}
-		if n.pphase == pSyncing && n.ckptFull {
+		if n.pphase == pPrecopy || n.pphase == pSyncing && n.ckptFull {
 			n.ticksSincePeer = 0
 			return nil // the checkpoint under way serves this joiner too
 		}
@@ -189,7 +201,11 @@ func (n *Node) stepPrimary(m wire.Msg) error {
 			return nil
 		}
 		n.ticksSincePeer = 0
-		n.beginSync(true)
+		if n.pphase == pAlone && n.cfg.PrecopyRounds > 0 {
+			n.beginPrecopy()
+		} else {
+			n.beginSync(true)
+		}
 	case *wire.Ack:
 		if n.pphase != pProtected {
 			return nil
@@ -228,7 +244,7 @@ func (n *Node) stepPrimary(m wire.Msg) error {
 		n.ticksSincePeer = 0
 		n.ticksSinceSync = 0
 		n.pphase = pProtected
-		n.ckptFrames = nil
+		n.ckptFrames, n.ckptBase = nil, 0
 		n.acked, n.compared, n.replayed = max(n.acked, n.ckptSeq), max(n.compared, n.ckptSeq), max(n.replayed, n.ckptSeq)
 		k := 0
 		for k < len(n.log) && seqOf(n.log[k]) <= n.acked {
@@ -265,18 +281,40 @@ func seqOf(m wire.Msg) uint64 {
 // full one for a joiner, an incremental one to repair a divergence. Outputs
 // held from now on wait for the secondary's restore confirmation.
 func (n *Node) beginSync(full bool) {
+	n.ckptFrames, n.ckptBase = nil, 0
+	n.syncPaused(full)
+}
+
+// syncPaused pauses the VM and asks for the checkpoint that brings the
+// secondary in step: one standing alone, or (ckptBase set) the last part
+// of a pre-copy chain, an increment over the live parts.
+func (n *Node) syncPaused(full bool) {
 	n.pphase = pSyncing
 	n.ckptID++
 	n.ckptSeq = n.lastSeq
 	n.ckptFull = full
-	n.ckptTaking = true
-	n.ckptFrames = nil
+	n.ckptTaking, n.ckptLive = true, false
 	n.ticksRetry = 0
 	if !n.paused && !n.cfg.Bugs.ResyncWithoutPause {
 		n.paused = true
 		n.command(Command{Kind: CmdPause})
 	}
-	n.command(Command{Kind: CmdTakeCheckpoint, Checkpoint: Checkpoint{ID: n.ckptID, Seq: n.ckptSeq, Full: full}})
+	n.command(Command{Kind: CmdTakeCheckpoint, Checkpoint: Checkpoint{ID: n.ckptID, Seq: n.ckptSeq, Full: full && n.ckptBase == 0}})
+}
+
+// beginPrecopy starts bringing a joiner up while the VM runs: a live full
+// copy first. The primary stays alone meanwhile (outputs released at once,
+// no log kept: the paused part at the end covers everything before it).
+func (n *Node) beginPrecopy() {
+	n.pphase = pPrecopy
+	n.ckptID++
+	n.ckptBase = n.ckptID
+	n.precopyRound = 1
+	n.ckptFull = true
+	n.ckptTaking, n.ckptLive = true, true
+	n.ckptFrames = nil
+	n.ticksRetry = 0
+	n.command(Command{Kind: CmdTakeCheckpoint, Checkpoint: Checkpoint{ID: n.ckptID, Seq: n.lastSeq, Full: true, Live: true}})
 }
 
 // CheckpointTaken hands the node the VMM's checkpoint for CmdTakeCheckpoint
@@ -285,28 +323,59 @@ func (n *Node) CheckpointTaken(id uint64, data []byte) error {
 	if n.role != RolePrimary {
 		return n.roleErr("CheckpointTaken")
 	}
-	if n.pphase != pSyncing || id != n.ckptID || !n.ckptTaking {
+	if n.pphase != pSyncing && n.pphase != pPrecopy || id != n.ckptID || !n.ckptTaking {
 		return nil // superseded by a newer sync or by going alone
 	}
 	n.ckptTaking = false
+	if n.pphase == pPrecopy {
+		return n.shipPart(id, data)
+	}
 	// The vCPU may have run exits between the Step that asked for the
 	// checkpoint and the pause taking effect; the checkpoint shows the VM
 	// as of now, so its log position is now.
 	n.ckptSeq = n.lastSeq
+	return n.ship(id, data, &wire.CheckpointDone{Full: n.ckptFull, Base: n.ckptBase})
+}
+
+// shipPart ships a live pre-copy part and asks for the next: another live
+// increment while rounds remain and the last one was large, else the
+// paused increment that ends the chain.
+func (n *Node) shipPart(id uint64, data []byte) error {
+	if err := n.ship(id, data, &wire.CheckpointDone{Full: id == n.ckptBase, Part: true}); err != nil {
+		return err
+	}
+	if n.precopyRound < n.cfg.PrecopyRounds && len(data) >= n.cfg.PrecopyDoneBytes {
+		n.precopyRound++
+		n.ckptID++
+		n.ckptTaking, n.ckptLive = true, true
+		n.command(Command{Kind: CmdTakeCheckpoint, Checkpoint: Checkpoint{ID: n.ckptID, Seq: n.lastSeq, Live: true}})
+		return nil
+	}
+	n.syncPaused(true)
+	return nil
+}
+
+// ship chunks one checkpoint (the node's header, then the VMM's data),
+// closes it with done and sends it all; the frames are kept for
+// retransmission with those of the chain's earlier parts.
+func (n *Node) ship(id uint64, data []byte, done *wire.CheckpointDone) error {
+	seq := n.lastSeq
 	payload := n.checkpointHeader()
 	payload = append(payload, data...)
 	if len(payload) > n.cfg.MaxCheckpointBytes {
 		return fmt.Errorf("lockstep: checkpoint of %d bytes exceeds MaxCheckpointBytes %d: raise the bound on both hosts", len(payload), n.cfg.MaxCheckpointBytes)
 	}
+	first := len(n.ckptFrames)
 	for off := 0; ; off += n.cfg.CheckpointChunkBytes {
 		end := min(off+n.cfg.CheckpointChunkBytes, len(payload))
-		n.ckptFrames = append(n.ckptFrames, &wire.CheckpointChunk{ID: id, Seq: n.ckptSeq, Offset: uint64(off), Data: payload[off:end]})
+		n.ckptFrames = append(n.ckptFrames, &wire.CheckpointChunk{ID: id, Seq: seq, Offset: uint64(off), Data: payload[off:end]})
 		if end == len(payload) {
 			break
 		}
 	}
-	n.ckptFrames = append(n.ckptFrames, &wire.CheckpointDone{ID: id, Seq: n.ckptSeq, Total: uint64(len(payload)), Digest: digest(payload), Full: n.ckptFull})
-	for _, f := range n.ckptFrames {
+	done.ID, done.Seq, done.Total, done.Digest = id, seq, uint64(len(payload)), digest(payload)
+	n.ckptFrames = append(n.ckptFrames, done)
+	for _, f := range n.ckptFrames[first:] {
 		n.send(f)
 	}
 	return nil

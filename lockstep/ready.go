@@ -105,6 +105,15 @@ type Command struct {
 type Checkpoint struct {
 	ID   uint64
 	Seq  uint64
-	Full bool   // full rather than incremental (dirty pages since the last)
-	Data []byte // restore-checkpoint only: the VMM's snapshot bytes
+	Full bool // full rather than incremental (dirty pages since the last)
+	// Live (take-checkpoint): copy the VM while it runs, without a pause.
+	// The copy may be torn; it is a pre-copy part, which a later one
+	// (ultimately a paused one) repairs with everything written since it
+	// began.
+	Live bool
+	// Data (restore-checkpoint): the VMM's snapshot bytes, applied after
+	// Parts, the pre-copy parts of the chain this checkpoint ends, in
+	// order (none for a checkpoint that stands alone).
+	Data  []byte
+	Parts [][]byte
 }

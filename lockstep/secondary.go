@@ -213,7 +213,8 @@ func (n *Node) rejoin() {
 	n.sphase = sJoining
 	n.acquireEpoch = 0
 	n.rlog, n.pending, n.copies, n.ooo = nil, nil, nil, nil
-	n.asm = assembly{}
+	n.asms = nil
+	n.dropChain()
 	n.ticksRetry = 0
 	n.send(n.hello())
 }
@@ -270,36 +271,88 @@ func ownCopy(m wire.Msg) wire.Msg {
 	return m
 }
 
-func (n *Node) stepChunk(m *wire.CheckpointChunk) error {
-	if m.ID == n.restoredID && n.restoredID != 0 {
+// maxAssemblies bounds the checkpoints a secondary assembles at once: the
+// parts of one pre-copy chain arrive interleaved when they are sent again.
+const maxAssemblies = 8
+
+// assemble returns the assembly of checkpoint id, starting one if its
+// frames are wanted now, or nil. A checkpoint already restored or kept as
+// a pre-copy part is not wanted; nor is one older than the newest begun,
+// unless it belongs to the chain under way (a part sent again).
+func (n *Node) assemble(id uint64) *assembly {
+	if id == n.restoredID && n.restoredID != 0 {
 		return nil
 	}
+	if _, kept := n.parts[id]; kept {
+		return nil
+	}
+	if n.chainEnd != nil && id == n.chainEnd.id {
+		return nil
+	}
+	if a := n.asms[id]; a != nil {
+		return a
+	}
+	stale := func(k uint64) bool { return k < n.asmHigh && (n.chainLow == 0 || k < n.chainLow) }
+	if stale(id) {
+		return nil // a late copy of an older checkpoint
+	}
+	n.asmHigh = max(n.asmHigh, id)
+	for k := range n.asms {
+		if stale(k) {
+			n.dropAssembly(k)
+		}
+	}
+	if len(n.asms) >= maxAssemblies {
+		var oldest uint64
+		for k := range n.asms {
+			if oldest == 0 || k < oldest {
+				oldest = k
+			}
+		}
+		n.dropAssembly(oldest)
+	}
+	if n.asms == nil {
+		n.asms = map[uint64]*assembly{}
+	}
+	a := &assembly{id: id, chunks: map[uint64][]byte{}}
+	n.asms[id] = a
+	return a
+}
+
+func (n *Node) dropAssembly(id uint64) {
+	if a := n.asms[id]; a != nil {
+		n.asmBytes -= int(a.bytes)
+		delete(n.asms, id)
+	}
+}
+
+func (n *Node) stepChunk(m *wire.CheckpointChunk) error {
 	if n.sphase != sJoining && n.sphase != sDiverged {
 		return nil
 	}
-	if m.ID != n.asm.id {
-		if m.ID < n.asm.id {
-			return nil
-		}
-		n.asm = assembly{id: m.ID, chunks: map[uint64][]byte{}}
+	a := n.assemble(m.ID)
+	if a == nil {
+		return nil
 	}
-	if _, dup := n.asm.chunks[m.Offset]; dup || len(m.Data) == 0 && m.Offset != 0 {
+	if _, dup := a.chunks[m.Offset]; dup || len(m.Data) == 0 && m.Offset != 0 {
 		return nil
 	}
 	// Both hosts chunk with the same CheckpointChunkBytes, so more chunks
 	// than this is a peer filling our memory with slivers.
-	if maxChunks := n.cfg.MaxCheckpointBytes/n.cfg.CheckpointChunkBytes + 1; len(n.asm.chunks) >= maxChunks {
-		n.asm = assembly{}
+	if maxChunks := n.cfg.MaxCheckpointBytes/n.cfg.CheckpointChunkBytes + 1; len(a.chunks) >= maxChunks {
+		n.dropAssembly(a.id)
 		return fmt.Errorf("lockstep: checkpoint %d arrives in more than %d chunks: set the same CheckpointChunkBytes on both hosts", m.ID, maxChunks)
 	}
-	if n.asm.bytes+uint64(len(m.Data)) > uint64(n.cfg.MaxCheckpointBytes) {
-		n.asm = assembly{}
-		return fmt.Errorf("lockstep: checkpoint %d exceeds MaxCheckpointBytes %d: raise the bound on both hosts", m.ID, n.cfg.MaxCheckpointBytes)
+	// What is being assembled and what is kept of a chain share one bound.
+	if n.asmBytes+n.partsBytes+len(m.Data) > n.cfg.MaxCheckpointBytes {
+		n.dropAssembly(a.id)
+		return fmt.Errorf("lockstep: checkpoint %d exceeds MaxCheckpointBytes %d with what else is being assembled: raise the bound on both hosts", m.ID, n.cfg.MaxCheckpointBytes)
 	}
-	n.asm.chunks[m.Offset] = clone(m.Data)
-	n.asm.bytes += uint64(len(m.Data))
-	n.asm.seq = m.Seq
-	return n.tryRestore()
+	a.chunks[m.Offset] = clone(m.Data)
+	a.bytes += uint64(len(m.Data))
+	n.asmBytes += len(m.Data)
+	a.seq = m.Seq
+	return n.tryRestore(a)
 }
 
 func (n *Node) stepDone(m *wire.CheckpointDone) error {
@@ -316,42 +369,100 @@ func (n *Node) stepDone(m *wire.CheckpointDone) error {
 	if n.sphase != sJoining && n.sphase != sDiverged {
 		return nil
 	}
-	if n.sphase == sJoining && !m.Full {
+	// A chain's first part is full; a part after it, or its end, is an
+	// increment over the parts before: both are what a joiner wants.
+	if n.sphase == sJoining && !m.Full && !m.Part && m.Base == 0 {
 		return nil // an incremental checkpoint needs a base we do not have
 	}
-	if m.ID != n.asm.id {
-		if m.ID < n.asm.id {
-			return nil
-		}
-		n.asm = assembly{id: m.ID, chunks: map[uint64][]byte{}}
+	switch {
+	case m.Part && m.Full && m.ID > n.chainLow:
+		// The first part of a new chain: what is kept of an older one is
+		// of no use now.
+		n.dropChain()
+		n.chainLow = m.ID
+	case m.Base != 0 && (n.chainLow == 0 || m.Base < n.chainLow):
+		n.chainLow = m.Base
 	}
-	n.asm.done, n.asm.total, n.asm.digest, n.asm.full, n.asm.seq = true, m.Total, m.Digest, m.Full, m.Seq
-	return n.tryRestore()
+	a := n.assemble(m.ID)
+	if a == nil {
+		return nil
+	}
+	a.done, a.total, a.digest, a.full, a.seq = true, m.Total, m.Digest, m.Full, m.Seq
+	a.part, a.base = m.Part, m.Base
+	return n.tryRestore(a)
 }
 
-func (n *Node) tryRestore() error {
-	a := &n.asm
+// dropChain forgets the pre-copy parts kept so far.
+func (n *Node) dropChain() {
+	n.parts, n.partsBytes, n.chainLow, n.chainEnd = nil, 0, 0, nil
+}
+
+func (n *Node) tryRestore(a *assembly) error {
 	if !a.done || a.bytes != a.total {
 		return nil
 	}
+	// Whatever comes of it, this assembly is over.
+	n.dropAssembly(a.id)
 	buf := make([]byte, 0, a.total)
 	for uint64(len(buf)) < a.total {
 		c, ok := a.chunks[uint64(len(buf))]
 		if !ok || len(c) == 0 {
-			n.asm = assembly{}
 			return fmt.Errorf("lockstep: checkpoint %d has overlapping or missing chunks; waiting for a retransmission", a.id)
 		}
 		buf = append(buf, c...)
 	}
 	if uint64(len(buf)) != a.total || digest(buf) != a.digest {
-		n.asm = assembly{}
 		return fmt.Errorf("lockstep: checkpoint %d digest mismatch; waiting for a retransmission", a.id)
 	}
 	released, outs, rest, err := parseCheckpointHeader(buf, 2*n.cfg.LogWindowEntries)
 	if err != nil {
-		n.asm = assembly{}
 		return err
 	}
+	if a.part && !(n.cfg.Bugs != nil && n.cfg.Bugs.PrecopySkipFinal) {
+		// A copy of the running VM: keep it for the chain's end, which
+		// repairs it.
+		if n.partsBytes+len(rest) > n.cfg.MaxCheckpointBytes {
+			n.dropChain()
+			return fmt.Errorf("lockstep: pre-copy parts exceed MaxCheckpointBytes %d: raise the bound on both hosts", n.cfg.MaxCheckpointBytes)
+		}
+		if n.parts == nil {
+			n.parts = map[uint64][]byte{}
+		}
+		n.parts[a.id] = rest
+		n.partsBytes += len(rest)
+		if e := n.chainEnd; e != nil {
+			return n.restoreChain(e)
+		}
+		return nil
+	}
+	if a.base != 0 {
+		e := &chainEnd{id: a.id, seq: a.seq, base: a.base, released: released, outs: outs, data: rest}
+		return n.restoreChain(e)
+	}
+	n.restore(a.id, a.seq, a.full, released, outs, rest, nil)
+	return nil
+}
+
+// restoreChain restores a pre-copy chain once every part of it is here;
+// until then its end waits.
+func (n *Node) restoreChain(e *chainEnd) error {
+	parts := make([][]byte, 0, e.id-e.base)
+	for id := e.base; id < e.id; id++ {
+		p, ok := n.parts[id]
+		if !ok {
+			n.chainEnd = e
+			return nil // waiting for a retransmission of part id
+		}
+		parts = append(parts, p)
+	}
+	n.dropChain()
+	n.restore(e.id, e.seq, true, e.released, e.outs, e.data, parts)
+	return nil
+}
+
+// restore asks the VMM to load a checkpoint (after parts, the pre-copy
+// parts of its chain) and takes on the outputs the primary held at it.
+func (n *Node) restore(id, seq uint64, full bool, released uint64, outs []held, data []byte, parts [][]byte) {
 	// The checkpoint replaces everything this VM made: its unmatched
 	// outputs are of an execution nobody follows, and its copies are in
 	// the checkpoint (released ones in the state, held ones below).
@@ -373,10 +484,9 @@ func (n *Node) tryRestore() error {
 		n.copies = append(n.copies, o)
 	}
 	n.sphase = sRestoring
-	n.command(Command{Kind: CmdRestoreCheckpoint, Checkpoint: Checkpoint{ID: a.id, Seq: a.seq, Full: a.full, Data: rest}})
-	n.restoredID, n.restoredSeq = a.id, a.seq
-	n.asm = assembly{id: a.id}
-	return nil
+	n.command(Command{Kind: CmdRestoreCheckpoint, Checkpoint: Checkpoint{ID: id, Seq: seq, Full: full, Data: data, Parts: parts}})
+	n.restoredID, n.restoredSeq = id, seq
+	n.asms, n.asmBytes = nil, 0
 }
 
 // CheckpointRestored tells the node the VMM loaded checkpoint id; replay

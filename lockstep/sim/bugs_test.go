@@ -28,6 +28,7 @@ func TestPlantedBugsAreCaught(t *testing.T) {
 		{"resync without pause", bugs.Set{ResyncWithoutPause: true}, lockstep.AckOnCompare, Resync},
 		{"go live before draining the log", bugs.Set{GoLiveBeforeDrain: true}, lockstep.AckOnReceipt, Consistency},
 		{"persist unmatched outputs at a restore", bugs.Set{PersistUnmatched: true}, lockstep.AckOnCompare, Storage},
+		{"restore a pre-copy part as the chain's end", bugs.Set{PrecopySkipFinal: true}, lockstep.AckOnCompare, Resync},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

@@ -43,6 +43,10 @@ type Options struct {
 	// DivergeInReceiptMode injects divergence in ack-on-receipt runs too
 	// (off by default: that mode assumes deterministic replay).
 	DivergeInReceiptMode bool
+	// PrecopyBySeed gives each seed its own pre-copy setting: seed%3 live
+	// rounds (Node.PrecopyRounds), so joins are tried both with a paused
+	// full checkpoint and with chains of one and two live parts.
+	PrecopyBySeed bool
 	// AgentLagPct is the chance, per host and step, that its agent does not
 	// get to the node's Ready this step (the vCPU runs on meanwhile).
 	AgentLagPct int
@@ -80,6 +84,7 @@ func DefaultOptions(mode lockstep.Mode) Options {
 		HealPer10k:        150,
 		ResetPct:          50,
 		FalseAlarmPer10k:  5,
+		PrecopyBySeed:     true,
 		DivergePer10k:     60,
 		TickEverySteps:    3,
 		RestartDelaySteps: 60,
@@ -90,6 +95,7 @@ func DefaultOptions(mode lockstep.Mode) Options {
 			PeerTimeoutTicks:     12,
 			CheckpointChunkBytes: 16,
 			MaxPendingOutputs:    8,
+			PrecopyDoneBytes:     1, // a live increment is never small enough: every round is taken
 		},
 	}
 }
@@ -210,6 +216,9 @@ type arbCall struct {
 
 // New sets up a primary on host A and a joining secondary on host B.
 func New(seed uint64, opts Options) *Sim {
+	if opts.PrecopyBySeed {
+		opts.Node.PrecopyRounds = int(seed % 3)
+	}
 	s := &Sim{
 		opts:     opts,
 		rng:      rand.New(rand.NewPCG(seed, seed^0x5eed)),
@@ -509,7 +518,11 @@ func (s *Sim) command(h *host, c lockstep.Command) {
 		return
 	}
 	if c.Kind != lockstep.CmdAcquire && c.Kind != lockstep.CmdRestoreCheckpoint && c.Kind != lockstep.CmdPersist {
-		s.tracef("%s %s", h.name, c.Kind)
+		live := ""
+		if c.Kind == lockstep.CmdTakeCheckpoint && c.Checkpoint.Live {
+			live = " (live, a pre-copy part)"
+		}
+		s.tracef("%s %s%s", h.name, c.Kind, live)
 	}
 	switch c.Kind {
 	case lockstep.CmdStall:
@@ -537,7 +550,11 @@ func (s *Sim) command(h *host, c lockstep.Command) {
 		h.g = g
 		s.res.Resyncs++
 		s.chk.restored(h, c.Checkpoint.Seq, c.Checkpoint.Data)
-		s.tracef("%s restored checkpoint %d at seq %d", h.name, c.Checkpoint.ID, c.Checkpoint.Seq)
+		chain := ""
+		if len(c.Checkpoint.Parts) > 0 {
+			chain = fmt.Sprintf(" after %d pre-copy parts", len(c.Checkpoint.Parts))
+		}
+		s.tracef("%s restored checkpoint %d at seq %d%s", h.name, c.Checkpoint.ID, c.Checkpoint.Seq, chain)
 		_ = h.node.CheckpointRestored(c.Checkpoint.ID)
 	case lockstep.CmdAcquire:
 		s.calls = append(s.calls, arbCall{due: s.now + 1 + s.rng.IntN(4), host: h.idx, inc: h.inc, epoch: c.Epoch})

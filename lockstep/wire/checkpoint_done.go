@@ -5,6 +5,12 @@ import "encoding/binary"
 // CheckpointDone closes checkpoint ID. From the primary it announces the
 // total size and digest (Restored false); from the secondary it confirms the
 // checkpoint was restored (Restored true).
+//
+// A checkpoint may come in parts, for pre-copy: the primary copies its VM
+// while it runs (Part: keep it, it cannot be run from), once or more, then
+// pauses and sends the last part, whose Base names the first part's ID.
+// The parts are checkpoints Base, Base+1, ..., ID, restored in that order.
+// Base is 0 for a checkpoint that stands alone.
 type CheckpointDone struct {
 	Header
 	ID       uint64
@@ -13,6 +19,8 @@ type CheckpointDone struct {
 	Digest   [DigestBytes]byte
 	Full     bool
 	Restored bool
+	Part     bool
+	Base     uint64
 }
 
 func (*CheckpointDone) Type() Type { return TypeCheckpointDone }
@@ -25,6 +33,8 @@ func (m *CheckpointDone) Append(b []byte) []byte {
 	b = append(b, m.Digest[:]...)
 	b = appendBool(b, m.Full)
 	b = appendBool(b, m.Restored)
+	b = appendBool(b, m.Part)
+	b = binary.LittleEndian.AppendUint64(b, m.Base)
 	return endFrame(b, s)
 }
 
@@ -36,5 +46,10 @@ func parseCheckpointDone(r *reader) Msg {
 	m.Digest = r.digest("digest")
 	m.Full = r.bool("full flag")
 	m.Restored = r.bool("restored flag")
+	m.Part = r.bool("part flag")
+	m.Base = r.u64("base")
+	if r.err == nil && m.Base > m.ID {
+		r.fail("base %d follows id %d: a chain's parts come before its end", m.Base, m.ID)
+	}
 	return m
 }

@@ -39,7 +39,9 @@
 //	checkpoint-chunk (7) u64 id, u64 seq, u64 offset,
 //	                    bytes data (<= MaxChunkDataBytes; offset+len <= MaxCheckpointBytes)
 //	checkpoint-done (8) u64 id, u64 seq, u64 total (<= MaxCheckpointBytes),
-//	                    [32] SHA-256 of the checkpoint, u8 full, u8 restored
+//	                    [32] SHA-256 of the checkpoint, u8 full, u8 restored,
+//	                    u8 part (a pre-copy part: more follow), u64 base
+//	                    (first part of the chain this one ends; 0: none; <= id)
 //	go-live (9)         u64 last seq of the log the new primary continues
 //	fence (10)          u64 refused epoch
 //

@@ -5,7 +5,7 @@ import "encoding/binary"
 // ProtocolVersion is the lockstep protocol version a node announces in Hello.
 // It is separate from the frame Version: the frame can stay while the
 // protocol's rules change.
-const ProtocolVersion = 1
+const ProtocolVersion = 2
 
 // Role says which side a Hello comes from.
 type Role uint8

@@ -22,6 +22,8 @@ func sampleMsgs() []Msg {
 		&ResyncRequest{Header: h, Reason: ResyncOutputMismatch, AtSeq: 12},
 		&CheckpointChunk{Header: h, ID: 1, Seq: 13, Offset: 4096, Data: []byte("pages")},
 		&CheckpointDone{Header: h, ID: 1, Seq: 13, Total: 8192, Digest: [32]byte{9}, Full: true, Restored: false},
+		&CheckpointDone{Header: h, ID: 7, Seq: 40, Total: 512, Digest: [32]byte{3}, Part: false, Base: 5},
+		&CheckpointDone{Header: h, ID: 5, Seq: 20, Total: 4096, Full: true, Part: true},
 		&GoLive{Header: h, LastSeq: 13},
 		&Fence{Header: h, RefusedEpoch: 6},
 	}

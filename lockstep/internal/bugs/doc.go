@@ -23,4 +23,8 @@ type Set struct {
 	// outputs its VM made but never matched to its own storage instead of
 	// dropping them.
 	PersistUnmatched bool
+	// PrecopySkipFinal: a joining secondary restores a pre-copy part, a
+	// copy of the VM taken while it ran, as if it were the paused
+	// checkpoint that ends the chain.
+	PrecopySkipFinal bool
 }
