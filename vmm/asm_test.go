@@ -50,8 +50,10 @@ func (a *asm) jmp(target int) *asm {
 func (a *asm) movRAXFrom(addr uint32) *asm { return a.emit(0x48, 0x8b, 0x04, 0x25).imm32(addr) }
 func (a *asm) movRAXTo(addr uint32) *asm   { return a.emit(0x48, 0x89, 0x04, 0x25).imm32(addr) }
 
-// incByte increments the byte at an absolute address.
-func (a *asm) incByte(addr uint32) *asm { return a.emit(0xfe, 0x04, 0x25).imm32(addr) }
+// incByte increments the byte at an absolute address; incDword the
+// 32-bit word.
+func (a *asm) incByte(addr uint32) *asm  { return a.emit(0xfe, 0x04, 0x25).imm32(addr) }
+func (a *asm) incDword(addr uint32) *asm { return a.emit(0xff, 0x04, 0x25).imm32(addr) }
 
 // storeEAXAtRBX writes eax to [rbx]; addRBX adds an immediate.
 func (a *asm) storeEAXAtRBX() *asm  { return a.emit(0x89, 0x03) }

@@ -18,10 +18,11 @@ var errBlockRange = errors.New("block request past the end of the device")
 // Held writes stay visible to later reads (read-your-writes) until they are
 // released or dropped.
 //
-// The disk's contents travel in snapshots (saveDisk, restoreDisk) in
-// chunks of DiskChunkBytes: every non-zero chunk for a full snapshot, the
-// chunks written since the last snapshot for an increment. A VM whose
-// disk is shared with its replica (Config.DiskSharedStorage) saves none.
+// The disk's contents travel in snapshots (saveDisk, saveDiskLive while
+// the guest runs, restoreDisk) in chunks of DiskChunkBytes: every
+// non-zero chunk for a full snapshot, the chunks written since the last
+// snapshot for an increment. A VM whose disk is shared with its replica
+// (Config.DiskSharedStorage) saves none.
 type blockDevice struct {
 	f       *os.File // nil: a VM without a disk (SIZE answers 0)
 	sectors uint64
@@ -32,7 +33,8 @@ type blockDevice struct {
 	mu      sync.Mutex
 	pending []*Output // held writes, oldest first
 	// written has one bit per chunk written to the file (deliver) since
-	// the last snapshot taken or restored: what the next increment holds.
+	// the last snapshot taken (a live one: since it began) or restored:
+	// what the next increment holds.
 	written []uint64
 }
 
@@ -187,7 +189,7 @@ func (b *blockDevice) saveDisk(kind SnapshotKind, s *Snapshot) error {
 		return nil
 	}
 	if kind == Full {
-		if err := forEachNonZeroChunk(b.f, b.size(), add); err != nil {
+		if err := forEachNonZeroChunk(b.f, b.size(), nil, add); err != nil {
 			return err
 		}
 	} else {
@@ -204,6 +206,67 @@ func (b *blockDevice) saveDisk(kind SnapshotKind, s *Snapshot) error {
 	s.DiskChunks, s.DiskData = chunks, data
 	return nil
 }
+
+// takeWritten returns the chunks written since the last snapshot and
+// forgets them, so that every write from now on is in the next one: a
+// live snapshot takes them at the start of its copy. A VM without a disk
+// of its own has none.
+func (b *blockDevice) takeWritten() []uint64 {
+	if b.f == nil || b.shared {
+		return nil
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	chunks := dirtyPages(b.written, diskChunks(b.size()))
+	clear(b.written)
+	return chunks
+}
+
+// saveDiskLive fills the disk section of s while the guest may be writing
+// the disk: for a Full snapshot every non-zero chunk of the file, for an
+// Incremental one the chunks written (as takeWritten, called at the start
+// of the snapshot, returned them). It holds mu per batch of chunks,
+// never for the whole disk, so a guest's write waits for one batch's read
+// at most. A write that lands after takeWritten may be in the copy or
+// not, or in part: it is in the next snapshot either way. Held writes are
+// not read, as in saveDisk.
+func (b *blockDevice) saveDiskLive(kind SnapshotKind, written []uint64, s *Snapshot) error {
+	s.DiskBytes, s.DiskOmitted = b.size(), b.shared
+	if b.f == nil || b.shared {
+		return nil
+	}
+	add := func(c uint64, chunk []byte) error {
+		s.DiskChunks = append(s.DiskChunks, c)
+		s.DiskData = append(s.DiskData, chunk...)
+		return nil
+	}
+	if kind == Full {
+		return forEachNonZeroChunk(b.f, b.size(), &b.mu, add)
+	}
+	buf := make([]byte, DiskChunkBytes)
+	for len(written) > 0 {
+		batch := written[:min(len(written), diskCopyBatchChunks)]
+		written = written[len(batch):]
+		b.mu.Lock()
+		for _, c := range batch {
+			chunk := buf[:diskChunkLen(b.size(), c)]
+			if _, err := b.f.ReadAt(chunk, int64(c*DiskChunkBytes)); err != nil {
+				b.mu.Unlock()
+				return fmt.Errorf("live snapshot of the disk: reading chunk %d (bytes %d-%d of %s): %w", c, c*DiskChunkBytes, c*DiskChunkBytes+uint64(len(chunk)), b.f.Name(), err)
+			}
+			add(c, chunk)
+		}
+		b.mu.Unlock()
+	}
+	return nil
+}
+
+// diskCopyBatchChunks is how many chunks a snapshot reads per hold of the
+// device's lock: 64 KiB. A guest's write waits for one batch at most; a
+// lock per chunk would make a live copy of a disk the guest writes all
+// the time take a write's fdatasync per chunk, as each write holds the
+// lock through its fdatasync.
+const diskCopyBatchChunks = 16
 
 // checkRestoreDisk says whether the disk section of s can be restored on
 // this disk, before the restore changes anything.
@@ -263,10 +326,16 @@ var zeroChunk = make([]byte, DiskChunkBytes)
 // SEEK_DATA / SEEK_HOLE), so that a sparse image, the usual kind, costs
 // what it holds rather than its size. It moves f's file offset, which
 // the block device never uses (it reads and writes at offsets).
-func forEachNonZeroChunk(f *os.File, size uint64, fn func(c uint64, chunk []byte) error) error {
+//
+// With mu nil the caller holds the device's lock (or needs none); a live
+// snapshot passes the lock, which is then held around each read of a
+// batch of chunks: a write it lets through between two reads, or into a
+// region already skipped as a hole, is in the next snapshot's written
+// chunks.
+func forEachNonZeroChunk(f *os.File, size uint64, mu *sync.Mutex, fn func(c uint64, chunk []byte) error) error {
 	fd := int(f.Fd())
 	n := diskChunks(size)
-	buf := make([]byte, DiskChunkBytes)
+	buf := make([]byte, diskCopyBatchChunks*DiskChunkBytes)
 	for c := uint64(0); c < n; {
 		end := n // chunks [c, end) may hold data
 		if data, err := unix.Seek(fd, int64(c*DiskChunkBytes), unix.SEEK_DATA); errors.Is(err, unix.ENXIO) {
@@ -279,14 +348,28 @@ func forEachNonZeroChunk(f *os.File, size uint64, fn func(c uint64, chunk []byte
 				end = min(n, max(c+1, diskChunks(uint64(hole))))
 			}
 		} // else: no SEEK_DATA here; read everything from c on
-		for ; c < end; c++ {
-			chunk := buf[:diskChunkLen(size, c)]
-			if _, err := f.ReadAt(chunk, int64(c*DiskChunkBytes)); err != nil {
-				return fmt.Errorf("reading disk chunk %d (bytes %d-%d of %s): %w", c, c*DiskChunkBytes, c*DiskChunkBytes+uint64(len(chunk)), f.Name(), err)
+		for c < end {
+			// One read per batch: fewer system calls, and a live
+			// snapshot holds mu for one batch at a time.
+			k := min(end-c, diskCopyBatchChunks)
+			lo, hi := c*DiskChunkBytes, min((c+k)*DiskChunkBytes, size)
+			batch := buf[:hi-lo]
+			if mu != nil {
+				mu.Lock()
 			}
-			if !bytes.Equal(chunk, zeroChunk[:len(chunk)]) {
-				if err := fn(c, chunk); err != nil {
-					return err
+			_, err := f.ReadAt(batch, int64(lo))
+			if mu != nil {
+				mu.Unlock()
+			}
+			if err != nil {
+				return fmt.Errorf("reading disk chunks %d-%d (bytes %d-%d of %s): %w", c, c+k-1, lo, hi, f.Name(), err)
+			}
+			for i := uint64(0); i < k; i, c = i+1, c+1 {
+				chunk := batch[i*DiskChunkBytes : min((i+1)*DiskChunkBytes, uint64(len(batch)))]
+				if !bytes.Equal(chunk, zeroChunk[:len(chunk)]) {
+					if err := fn(c, chunk); err != nil {
+						return err
+					}
 				}
 			}
 		}
@@ -312,7 +395,7 @@ func zeroDisk(f *os.File, size uint64) error {
 }
 
 func zeroDiskByWriting(f *os.File, size uint64) error {
-	return forEachNonZeroChunk(f, size, func(c uint64, chunk []byte) error {
+	return forEachNonZeroChunk(f, size, nil, func(c uint64, chunk []byte) error {
 		if _, err := f.WriteAt(zeroChunk[:len(chunk)], int64(c*DiskChunkBytes)); err != nil {
 			return fmt.Errorf("zeroing disk chunk %d of %s before a full restore: %w", c, f.Name(), err)
 		}

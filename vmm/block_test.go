@@ -265,7 +265,7 @@ func TestNonZeroChunksOfASparseFile(t *testing.T) {
 		t.Fatal(err)
 	}
 	var got []uint64
-	err := forEachNonZeroChunk(f, size, func(c uint64, chunk []byte) error {
+	err := forEachNonZeroChunk(f, size, nil, func(c uint64, chunk []byte) error {
 		if len(chunk) != DiskChunkBytes {
 			t.Errorf("chunk %d is %d bytes", c, len(chunk))
 		}

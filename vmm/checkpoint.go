@@ -1,8 +1,8 @@
 package vmm
 
 import (
-	"bytes"
 	"crypto/rand"
+	"errors"
 	"fmt"
 )
 
@@ -10,7 +10,10 @@ import (
 // chain; an Incremental one holds only the pages written since the
 // previous snapshot taken or restored on this VM (KVM's dirty log for the
 // guest's writes, the VMM's own bitmap for what devices wrote) and the
-// disk chunks written since then.
+// disk chunks written since then. That previous snapshot may be a live
+// one (SnapshotLive): the increment then holds everything written since
+// the live copy began, and with its registers and devices it completes
+// the chain into a state the guest was in.
 //
 // The disk is saved as it is in its file. Block writes that are held
 // (Exit.Hold, neither released nor dropped) are not in the snapshot: the
@@ -21,6 +24,9 @@ import (
 // guest reads the disk live (a replaying guest's reads come from the log).
 // Outputs may be released while Snapshot runs: each lands wholly in this
 // snapshot or in the next increment.
+//
+// A VM whose last restored snapshot is live has no state of its own to
+// save, and Snapshot refuses it (ErrLiveRestored).
 func (m *Machine) Snapshot(kind SnapshotKind) (*Snapshot, error) {
 	var s *Snapshot
 	err := m.do(func() error {
@@ -31,6 +37,113 @@ func (m *Machine) Snapshot(kind SnapshotKind) (*Snapshot, error) {
 	return s, err
 }
 
+// SnapshotLive copies the VM's memory and disk while the guest runs: the
+// first steps of a pre-copy, which keeps the pause of a checkpoint as
+// short as the last increment. It may be called from any goroutine,
+// whether the VM runs or not (not on a failed or closed one), and does not
+// stop the vCPU: a Full live snapshot copies every non-zero page and disk
+// chunk, an Incremental one the pages and chunks written since the
+// previous snapshot of this VM began.
+//
+// What it copies may be torn: the guest writes memory and the disk during
+// the copy. That is correct because the dirty log, the VMM's own dirty
+// bits and the disk's written chunks are taken (fetched and cleared) at
+// the start of the copy, so everything written during or after it is in
+// the next snapshot of the chain. The result is marked Live and carries
+// no vCPU or device state, which would mean nothing while the guest runs.
+// It takes its place in the chain like any snapshot, so the next one
+// (live, or a paused Incremental) follows it.
+//
+// Pre-copy to a new replica:
+//
+//	full, _ := m.SnapshotLive(vmm.Full)         // ship; the replica restores it
+//	inc, _ := m.SnapshotLive(vmm.Incremental)   // ship; fewer pages (repeat while it shrinks)
+//	m.Pause()
+//	last, _ := m.Snapshot(vmm.Incremental)      // ship: the pause lasts this long
+//	// resume once the replica restored full, inc..., last
+//
+// Held block writes are not in the disk, as with Snapshot. Snapshots and
+// restores of one VM happen one at a time: Snapshot and Restore wait for
+// a SnapshotLive in progress, and it for them.
+func (m *Machine) SnapshotLive(kind SnapshotKind) (*Snapshot, error) {
+	m.snapMu.Lock()
+	defer m.snapMu.Unlock()
+	// Close unmaps memory only with snapMu held: the state seen here
+	// holds until the copy is done.
+	switch st := m.Status().State; st {
+	case Closed:
+		return nil, ErrClosed
+	case Failed:
+		return nil, fmt.Errorf("cannot snapshot a failed VM")
+	}
+	if err := m.checkSnapshotKind(kind); err != nil {
+		return nil, err
+	}
+	s := &Snapshot{Kind: kind, Live: true, MemSize: m.mem.Size()}
+	if kind == Full {
+		s.ChainID = newChainID()
+	} else {
+		s.ChainID, s.Seq, s.BaseSeq = m.chainID, m.seq+1, m.seq
+	}
+	// From here on the dirty bits are consumed: if anything fails, the
+	// next snapshot must be full. They are taken before anything is
+	// copied, so that whatever the guest writes from now on, torn in this
+	// copy or not, is in the next snapshot.
+	late := kind == Full && liveFullDirtyLogAtEnd
+	var bm, written []uint64
+	if !late {
+		var err error
+		if bm, err = m.takeDirty(); err != nil {
+			m.haveBase = false
+			return nil, err
+		}
+		written = m.block.takeWritten()
+	}
+	if kind == Full {
+		s.PageNumbers = m.mem.nonZeroPages()
+	} else {
+		s.PageNumbers = dirtyPages(bm, m.mem.Pages())
+	}
+	s.PageData = m.mem.copyPages(s.PageNumbers)
+	if err := m.block.saveDiskLive(kind, written, s); err != nil {
+		m.haveBase = false
+		return nil, err
+	}
+	if liveCopied != nil {
+		liveCopied()
+	}
+	if late {
+		m.block.takeWritten()
+		if _, err := m.takeDirty(); err != nil {
+			m.haveBase = false
+			return nil, err
+		}
+	}
+	m.haveBase, m.chainID, m.seq = true, s.ChainID, s.Seq
+	return s, nil
+}
+
+// liveFullDirtyLogAtEnd is a planted bug for the tests, which must catch
+// it: a live Full snapshot takes the dirty log and the disk's written
+// chunks after its copy instead of before, so the guest's writes during
+// the copy are in neither it nor the next increment.
+var liveFullDirtyLogAtEnd = false
+
+// liveCopied, when set (by tests), runs in SnapshotLive after the copy
+// and before the late dirty log of liveFullDirtyLogAtEnd: a test that
+// waits there for the guest to write has writes that land after their
+// pages were copied, every time, not only when the copy and the guest
+// happen to overlap.
+var liveCopied func()
+
+// ErrLiveRestored is wrapped by the errors of Resume and Snapshot on a VM
+// whose last restored snapshot is live: its memory is a fuzzy copy and
+// its registers and devices are not the guest's.
+var ErrLiveRestored = errors.New("restored a live snapshot")
+
+// errResumeLiveRestored is what Resume says on such a VM.
+var errResumeLiveRestored = fmt.Errorf("%w: apply the paused increment that follows it before running", ErrLiveRestored)
+
 // Restore loads a snapshot into this VM, which must not be running. A Full
 // snapshot needs only the same memory size and a disk of the same size;
 // an Incremental one applies only on a VM that is at its base (the
@@ -39,21 +152,59 @@ func (m *Machine) Snapshot(kind SnapshotKind) (*Snapshot, error) {
 // snapshot first zeroes the whole disk, so that nothing the file held
 // before survives. After a restore the VM is Paused (or Halted, if the
 // snapshot was) and later increments are taken relative to it.
+//
+// A live snapshot restores memory and disk only, and leaves registers,
+// devices and the exit count as they were: the VM is Paused but Resume
+// and Snapshot refuse it (ErrLiveRestored) until a snapshot that is not
+// live, the paused increment that ends the pre-copy, is applied on top.
 func (m *Machine) Restore(s *Snapshot) error {
 	return m.do(func() error { return m.restoreSnapshot(s) })
 }
 
-var zeroPage = make([]byte, PageBytes)
+// newChainID picks a random chain id, so that increments of one VM's
+// chains never apply to another's.
+func newChainID() uint64 {
+	var id [8]byte
+	rand.Read(id[:])
+	return le.Uint64(id[:])
+}
+
+// checkSnapshotKind says whether a snapshot of this kind can be taken
+// now; snapMu must be held.
+func (m *Machine) checkSnapshotKind(kind SnapshotKind) error {
+	switch {
+	case kind != Full && kind != Incremental:
+		return fmt.Errorf("unknown snapshot kind %d", kind)
+	case m.fuzzy:
+		return fmt.Errorf("cannot snapshot a VM that %w, so its registers and devices are not the guest's: apply the paused increment that follows it first", ErrLiveRestored)
+	case kind == Incremental && !m.haveBase:
+		return fmt.Errorf("no base for an incremental snapshot: take (or restore) a full snapshot first")
+	}
+	return nil
+}
+
+// takeDirty fetches and clears the pages dirtied since the dirty bits
+// were last taken: KVM's log of the guest's writes OR'd with the VMM's
+// own. The bitmap is m.dirtyWords, so snapMu must be held while it is in
+// use.
+func (m *Machine) takeDirty() ([]uint64, error) {
+	bm := m.dirtyWords
+	clear(bm)
+	if err := m.dirty.getDirtyLog(0, bm); err != nil {
+		return nil, err
+	}
+	m.mem.takeVMMDirty(bm)
+	return bm, nil
+}
 
 func (m *Machine) takeSnapshot(kind SnapshotKind) (*Snapshot, error) {
+	m.snapMu.Lock()
+	defer m.snapMu.Unlock()
 	if st := m.Status().State; st != Paused && st != Halted {
 		return nil, fmt.Errorf("cannot snapshot a %s VM", st)
 	}
-	if kind != Full && kind != Incremental {
-		return nil, fmt.Errorf("unknown snapshot kind %d", kind)
-	}
-	if kind == Incremental && !m.haveBase {
-		return nil, fmt.Errorf("no base for an incremental snapshot: take (or restore) a full snapshot first")
+	if err := m.checkSnapshotKind(kind); err != nil {
+		return nil, err
 	}
 	s := &Snapshot{
 		Kind:     kind,
@@ -85,42 +236,34 @@ func (m *Machine) takeSnapshot(kind SnapshotKind) (*Snapshot, error) {
 
 	// From here on the dirty bits are consumed: if anything fails, the
 	// next snapshot must be full.
-	bm := m.dirtyWords
-	clear(bm)
-	if err := m.dirty.getDirtyLog(0, bm); err != nil {
+	bm, err := m.takeDirty()
+	if err != nil {
 		m.haveBase = false
 		return nil, err
 	}
-	m.mem.takeVMMDirty(bm)
-
 	if kind == Full {
-		var id [8]byte
-		rand.Read(id[:])
-		s.ChainID = le.Uint64(id[:])
-		for p := uint64(0); p < m.mem.Pages(); p++ {
-			page := m.mem.buf[p*PageBytes : (p+1)*PageBytes]
-			if !bytes.Equal(page, zeroPage) {
-				s.PageNumbers = append(s.PageNumbers, p)
-			}
-		}
+		s.ChainID = newChainID()
+		s.PageNumbers = m.mem.nonZeroPages()
 	} else {
 		s.ChainID, s.Seq, s.BaseSeq = m.chainID, m.seq+1, m.seq
 		s.PageNumbers = dirtyPages(bm, m.mem.Pages())
 	}
-	s.PageData = make([]byte, 0, len(s.PageNumbers)*PageBytes)
-	for _, p := range s.PageNumbers {
-		s.PageData = append(s.PageData, m.mem.buf[p*PageBytes:(p+1)*PageBytes]...)
-	}
+	s.PageData = m.mem.copyPages(s.PageNumbers)
 	m.haveBase, m.chainID, m.seq = true, s.ChainID, s.Seq
 	return s, nil
 }
 
 func (m *Machine) restoreSnapshot(s *Snapshot) error {
+	m.snapMu.Lock()
+	defer m.snapMu.Unlock()
 	// Everything that can be checked is checked before anything changes.
 	if s.MemSize != m.mem.Size() {
 		return fmt.Errorf("snapshot is of a %d-byte memory; this VM has %d bytes", s.MemSize, m.mem.Size())
 	}
-	if len(s.VCPUs) != 1 {
+	if err := s.checkState(); err != nil {
+		return err
+	}
+	if !s.Live && len(s.VCPUs) != 1 {
 		return fmt.Errorf("snapshot has %d vCPUs; this VM has 1", len(s.VCPUs))
 	}
 	if len(s.PageData) != len(s.PageNumbers)*PageBytes {
@@ -151,14 +294,17 @@ func (m *Machine) restoreSnapshot(s *Snapshot) error {
 	for _, d := range s.Devices {
 		devs[d.Device] = d.State
 	}
-	for d := DeviceConsole; d <= DeviceHalt; d++ {
-		if _, ok := devs[d]; !ok {
-			return fmt.Errorf("snapshot lacks the state of the %s device", d)
+	var v VCPUState
+	if !s.Live {
+		for d := DeviceConsole; d <= DeviceHalt; d++ {
+			if _, ok := devs[d]; !ok {
+				return fmt.Errorf("snapshot lacks the state of the %s device", d)
+			}
 		}
-	}
-	v := s.VCPUs[0]
-	if len(v.XSAVE) > 0 && !m.hasXsave {
-		return fmt.Errorf("snapshot holds XSAVE state but this host's KVM has no KVM_CAP_XSAVE")
+		v = s.VCPUs[0]
+		if len(v.XSAVE) > 0 && !m.hasXsave {
+			return fmt.Errorf("snapshot holds XSAVE state but this host's KVM has no KVM_CAP_XSAVE")
+		}
 	}
 	// A halted VM's last doorbell store may still be pending in KVM:
 	// complete it, or KVM would skip an instruction of the restored state
@@ -167,6 +313,8 @@ func (m *Machine) restoreSnapshot(s *Snapshot) error {
 		return err
 	}
 
+	// No live copy runs (snapMu is held) and the vCPU thread is here, so
+	// nothing else touches memory.
 	if s.Kind == Full && !m.freshMem {
 		clear(m.mem.buf)
 	}
@@ -175,7 +323,7 @@ func (m *Machine) restoreSnapshot(s *Snapshot) error {
 	}
 	m.freshMem = false
 	failed := func(err error) error {
-		m.haveBase = false
+		m.haveBase, m.fuzzy = false, false
 		err = fmt.Errorf("restore failed half way, the VM state is undefined (restore a full snapshot): %w", err)
 		m.setStatus(func(st *Status) { st.State = Failed; st.Err = err })
 		return err
@@ -183,22 +331,25 @@ func (m *Machine) restoreSnapshot(s *Snapshot) error {
 	if err := m.block.restoreDisk(s); err != nil {
 		return failed(err)
 	}
-	if err := m.restoreVCPU(v); err != nil {
-		return failed(err)
-	}
-	for d := DeviceConsole; d <= DeviceHalt; d++ {
-		if err := m.disp.devs[d].restoreState(devs[d]); err != nil {
+	if !s.Live {
+		if err := m.restoreVCPU(v); err != nil {
 			return failed(err)
 		}
+		for d := DeviceConsole; d <= DeviceHalt; d++ {
+			if err := m.disp.devs[d].restoreState(devs[d]); err != nil {
+				return failed(err)
+			}
+		}
+		m.disp.next, m.disp.halted, m.disp.exitCode = s.NextExit, s.Halted, s.ExitCode
 	}
-	m.disp.next, m.disp.halted, m.disp.exitCode = s.NextExit, s.Halted, s.ExitCode
 	// The restored memory is the base of the next increment: forget what
 	// was dirty before and what the copy itself dirtied.
 	if err := m.dirty.getDirtyLog(0, m.dirtyWords); err != nil {
 		return failed(err)
 	}
-	clear(m.mem.vmmDirty)
+	m.mem.clearVMMDirty()
 	m.haveBase, m.chainID, m.seq = true, s.ChainID, s.Seq
+	m.fuzzy = s.Live
 	m.setStatus(func(st *Status) {
 		st.State, st.Err, st.ExitCode = Paused, nil, s.ExitCode
 		if s.Halted {

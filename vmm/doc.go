@@ -15,9 +15,10 @@
 // at a clean point; Pause stops a running guest at the next one (a guest
 // spinning without exits is kicked out of KVM_RUN by immediate_exit and a
 // signal to the vCPU thread; a blocking NIC WAIT is woken). While paused,
-// Snapshot, Restore, VCPUState and ReadMemory may be called. All methods
-// are safe from any goroutine: the vCPU lives on one locked OS thread that
-// serves them as messages (Machine.loop).
+// Snapshot, Restore, VCPUState and ReadMemory may be called; SnapshotLive
+// may be called while the guest runs. All methods are safe from any
+// goroutine: the vCPU lives on one locked OS thread that serves them as
+// messages (Machine.loop).
 //
 // # The machine
 //
@@ -122,6 +123,26 @@
 // let the write-protection be re-armed in chunks, which pays off only for
 // VMs far larger than these. Increments form a chain (chain id, seq) and
 // apply only in order on a VM at their base.
+//
+// SnapshotLive takes a snapshot without stopping the guest, so that a new
+// replica can be brought up with a short pause (pre-copy): a live Full,
+// then live Incrementals while they shrink, each shipped and restored
+// while the guest runs, then Pause and a paused Incremental, which holds
+// only what was written since the last live copy began, and the
+// registers and devices. A live copy runs on its caller's goroutine, not
+// the vCPU thread, and may tear pages and disk chunks the guest writes
+// meanwhile; that is correct because the dirty log, the VMM's own dirty
+// bits and the disk's written chunks are fetched and cleared at its
+// start, so whatever it tore is in the next snapshot. The VMM's writes
+// to guest memory and the copy hold the memory's lock (the copy one batch
+// of pages at a time, and the lock prefers the writer, so a device exit
+// waits for one batch at most); the disk is read one batch of chunks per
+// hold of the device's lock; snapshots and restores of a VM take one
+// lock for their whole length, which orders them in the chain. A live
+// snapshot carries no vCPU or device state (a flag in its header says it
+// is live), and a VM whose last restored snapshot is live refuses to
+// resume or be snapshotted (ErrLiveRestored) until a paused one is
+// applied on top.
 //
 // A snapshot carries the disk too, because each replica has its own copy
 // of it (separate storage): in 4 KiB chunks, every non-zero chunk of the

@@ -114,13 +114,26 @@ type Machine struct {
 	changed chan struct{} // closed and replaced on every status change
 
 	// Owned by the vCPU thread:
-	ioPending  bool   // a doorbell exit was handled but KVM may not have completed it
-	pauseAt    uint64 // pause when this many exits have been handled (0: never)
-	haveBase   bool   // chainID/seq name the snapshot this VM's memory is at
-	chainID    uint64
-	seq        uint64
-	freshMem   bool // memory has never been written: a full restore needs no clearing
-	dirtyWords []uint64
+	ioPending bool   // a doorbell exit was handled but KVM may not have completed it
+	pauseAt   uint64 // pause when this many exits have been handled (0: never)
+	freshMem  bool   // memory has never been written: a full restore needs no clearing
+
+	// snapMu is held by every snapshot and restore, for its whole
+	// length: by Snapshot and Restore on the vCPU thread and by
+	// SnapshotLive on its caller's goroutine while the vCPU runs. It
+	// orders them in the chain, keeps the dirty bits they consume from
+	// being taken twice at once, and keeps Close from unmapping the
+	// memory under a live copy.
+	snapMu     sync.Mutex
+	haveBase   bool     // snapMu: chainID/seq name the snapshot this VM's memory is at
+	chainID    uint64   // snapMu
+	seq        uint64   // snapMu
+	dirtyWords []uint64 // snapMu: the dirty bitmap a snapshot builds
+	// fuzzy says the last snapshot restored here is live: registers and
+	// devices are not the guest's, so the VM may not run or be
+	// snapshotted. Written on the vCPU thread with snapMu held; read
+	// there freely, elsewhere under snapMu.
+	fuzzy bool
 }
 
 type cmdKind int
@@ -319,6 +332,11 @@ func (m *Machine) createVcpu() error {
 
 // release frees what open and createVcpu acquired.
 func (m *Machine) release() {
+	// A live snapshot may be copying memory and reading the dirty log
+	// from another goroutine: wait for it before the memory and the VM's
+	// fd go.
+	m.snapMu.Lock()
+	defer m.snapMu.Unlock()
 	if m.nic != nil {
 		m.nic.close()
 	}

@@ -1,10 +1,12 @@
 package vmm
 
 import (
+	"bytes"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/bits"
+	"sync"
 )
 
 // le is the byte order of x86 and of every format in this package.
@@ -24,12 +26,31 @@ var ErrOutOfRange = errors.New("outside guest memory")
 // KVM's dirty log, so Memory keeps its own bitmap of pages it wrote; a
 // snapshot ORs the two.
 //
-// Memory is owned by the vCPU thread while the VM runs; other goroutines may
-// read it only while the VM is paused.
+// Memory is owned by the vCPU thread while the VM runs; other goroutines
+// may read it only while the VM is paused, except a live snapshot
+// (Machine.SnapshotLive), which copies it while the guest runs. The
+// guest's own stores are not ordered against that copy, and need not be
+// (what they tear, the dirty log puts in the next snapshot), but the
+// VMM's are Go stores, which must not race a Go load: Write and the copy
+// both hold mu.
 type Memory struct {
-	buf      []byte
-	vmmDirty []uint64 // one bit per page written by the VMM since the last snapshot
+	buf []byte
+	// mu is write-held by Write, over the copy and the marking of its
+	// pages, and by the taking of the dirty bits; a snapshot read-holds it
+	// while it copies a batch of pages. So a VMM write lands wholly before
+	// the copy of its pages or is marked for the next snapshot. It is an
+	// RWMutex for its writer preference: a Write waiting for a live copy
+	// gets in after the batch being copied, where a Mutex would let the
+	// copier take it again and again and stall the guest's device exits
+	// for the whole copy.
+	mu       sync.RWMutex
+	vmmDirty []uint64 // mu: one bit per page written by the VMM since the bits were last taken
 }
+
+// copyBatchPages is how many pages a snapshot copies per hold of
+// Memory.mu: 64 KiB, a few microseconds, the longest a device exit
+// waits for a live snapshot to let its write through.
+const copyBatchPages = 16
 
 func newMemory(buf []byte) *Memory {
 	return &Memory{buf: buf, vmmDirty: make([]uint64, bitmapWords(uint64(len(buf))))}
@@ -68,6 +89,8 @@ func (m *Memory) Write(addr uint64, data []byte) error {
 	if err := m.check(addr, uint64(len(data))); err != nil {
 		return err
 	}
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	copy(m.buf[addr:], data)
 	m.markDirty(addr, uint64(len(data)))
 	return nil
@@ -88,6 +111,8 @@ func (m *Memory) putUint64(addr, v uint64) error {
 	return m.Write(addr, b[:])
 }
 
+// markDirty sets the bits of the pages [addr, addr+n) touches; mu must
+// be held.
 func (m *Memory) markDirty(addr, n uint64) {
 	if n == 0 {
 		return
@@ -99,11 +124,58 @@ func (m *Memory) markDirty(addr, n uint64) {
 
 // takeVMMDirty ORs the VMM's own dirty bits into dst and clears them.
 func (m *Memory) takeVMMDirty(dst []uint64) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	for i, w := range m.vmmDirty {
 		dst[i] |= w
 		m.vmmDirty[i] = 0
 	}
 }
+
+// clearVMMDirty forgets the VMM's own dirty bits.
+func (m *Memory) clearVMMDirty() {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	clear(m.vmmDirty)
+}
+
+// copyPages returns the bytes of the listed pages, one after another. It
+// read-holds mu per batch of pages, not for the whole copy, so that a
+// live snapshot stalls the vCPU thread's writes for a batch at most.
+func (m *Memory) copyPages(pages []uint64) []byte {
+	out := make([]byte, 0, len(pages)*PageBytes)
+	for len(pages) > 0 {
+		batch := pages[:min(len(pages), copyBatchPages)]
+		pages = pages[len(batch):]
+		m.mu.RLock()
+		for _, p := range batch {
+			out = append(out, m.buf[p*PageBytes:(p+1)*PageBytes]...)
+		}
+		m.mu.RUnlock()
+	}
+	return out
+}
+
+// nonZeroPages lists the pages that hold a non-zero byte, read-holding mu
+// per batch like copyPages. While the guest runs, a page may change
+// between this look and its copy: one that turns non-zero later was
+// written after the snapshot took its dirty bits and is in the next one,
+// and one that turns zero is saved as zeros, which is no harm.
+func (m *Memory) nonZeroPages() []uint64 {
+	var pages []uint64
+	for first := uint64(0); first < m.Pages(); first += copyBatchPages {
+		m.mu.RLock()
+		for p := first; p < min(first+copyBatchPages, m.Pages()); p++ {
+			if !bytes.Equal(m.buf[p*PageBytes:(p+1)*PageBytes], zeroPage) {
+				pages = append(pages, p)
+			}
+		}
+		m.mu.RUnlock()
+	}
+	return pages
+}
+
+var zeroPage = make([]byte, PageBytes)
 
 // dirtyPages lists the page numbers whose bit is set, in increasing order.
 func dirtyPages(bitmap []uint64, pages uint64) []uint64 {

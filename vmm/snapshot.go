@@ -29,7 +29,8 @@ func (k SnapshotKind) String() string {
 }
 
 // Snapshot is the state of a paused VM: vCPU registers, device state,
-// memory and the disk's contents. A Full snapshot starts a chain (Seq 0)
+// memory and the disk's contents (or, when Live, the memory and disk of
+// a running one, below). A Full snapshot starts a chain (Seq 0)
 // and holds every non-zero page of memory and every non-zero chunk of the
 // disk; an Incremental one holds the pages written since snapshot BaseSeq
 // of the same chain and the disk chunks written since then, and applies
@@ -50,7 +51,12 @@ func (k SnapshotKind) String() string {
 //	10      1     kind: 1 full, 2 incremental
 //	11      1     flags: bit 0 = the guest had halted;
 //	                     bit 1 = the disk's contents are omitted
-//	                     (Config.DiskSharedStorage; no disk chunks follow)
+//	                     (Config.DiskSharedStorage; no disk chunks follow);
+//	                     bit 2 = live (SnapshotLive): taken while the
+//	                     guest ran, so pages and chunks may be torn, and
+//	                     it holds no vCPU or device state: vCPU count,
+//	                     device count, next exit index and exit code are
+//	                     0 and bit 0 is clear
 //	12      4     reserved, 0
 //	16      8     chain id (random, chosen by the full snapshot)
 //	24      8     seq (0 for the full snapshot, +1 per increment)
@@ -58,8 +64,8 @@ func (k SnapshotKind) String() string {
 //	40      8     guest memory size in bytes
 //	48      8     next exit index
 //	56      8     guest exit code (valid when halted)
-//	64      4     vCPU count (1 to snapshotMaxVCPUs)
-//	68      4     device count (0 to snapshotMaxDevices)
+//	64      4     vCPU count (1 to snapshotMaxVCPUs; 0 when live)
+//	68      4     device count (0 to snapshotMaxDevices; 0 when live)
 //	72      8     page count
 //	80            per vCPU:
 //	                144  struct kvm_regs
@@ -89,10 +95,25 @@ func (k SnapshotKind) String() string {
 // A snapshot that is truncated, has a wrong magic, version or checksum, or
 // any field out of range is refused with an error that says which.
 // Snapshots travel between live hosts of one build and are never stored
-// for long, so a VMM reads only its own format version.
+// for long, so a VMM reads only its own format version. (The live flag
+// came without a new version: a reader without it refuses the bit as an
+// unknown flag, and a live snapshot, having no vCPU, would be refused
+// anyway.)
+//
+// A live snapshot (Live, from Machine.SnapshotLive) is one step of a
+// pre-copy: it takes its place in the chain like any other, but its
+// memory and disk were copied while the guest changed them, and it has no
+// registers, so a VM restored from it runs only once a snapshot taken
+// while paused has been applied on top (the increment that follows it
+// holds every page and chunk written since the live copy began).
 type Snapshot struct {
-	Kind     SnapshotKind
-	Halted   bool
+	Kind   SnapshotKind
+	Halted bool
+	// Live says the snapshot was taken while the VM ran (SnapshotLive):
+	// pages and disk chunks may be torn, and VCPUs and Devices are
+	// empty. It is restored like any snapshot, but leaves the VM
+	// unrunnable until a non-live one is applied on top.
+	Live     bool
 	ChainID  uint64
 	Seq      uint64
 	BaseSeq  uint64
@@ -156,6 +177,7 @@ const (
 	snapshotDeviceStateMaxBytes = 1 << 20
 	snapshotFlagHalted          = 1
 	snapshotFlagDiskOmitted     = 2
+	snapshotFlagLive            = 4
 	// snapshotDiskHeaderBytes is the disk section's size and chunk count.
 	snapshotDiskHeaderBytes = 16
 )
@@ -235,6 +257,22 @@ func (s *Snapshot) checkDisk() error {
 	return nil
 }
 
+// checkState checks that a snapshot built in memory carries the vCPU and
+// device state its kind needs: none when live, a vCPU at least otherwise
+// (the decoder refuses the rest).
+func (s *Snapshot) checkState() error {
+	if s.Live {
+		if len(s.VCPUs) != 0 || len(s.Devices) != 0 || s.Halted || s.NextExit != 0 || s.ExitCode != 0 {
+			return fmt.Errorf("a live snapshot carries no vCPU or device state, but this one has %d vCPUs, %d devices, halted %v, next exit %d, exit code %d", len(s.VCPUs), len(s.Devices), s.Halted, s.NextExit, s.ExitCode)
+		}
+		return nil
+	}
+	if len(s.VCPUs) == 0 {
+		return fmt.Errorf("snapshot has no vCPU state and is not live")
+	}
+	return nil
+}
+
 // appendDiskSection encodes the disk section (the layout is on Snapshot).
 func appendDiskSection(b []byte, s *Snapshot) []byte {
 	b = le.AppendUint64(b, s.DiskBytes)
@@ -253,6 +291,9 @@ func (s *Snapshot) MarshalBinary() ([]byte, error) {
 	if err := s.checkDisk(); err != nil {
 		return nil, err
 	}
+	if err := s.checkState(); err != nil {
+		return nil, err
+	}
 	size := snapshotHeaderBytes + len(s.PageNumbers)*(8+PageBytes) + snapshotDiskHeaderBytes + len(s.DiskChunks)*8 + len(s.DiskData) + snapshotCRCBytes
 	for _, v := range s.VCPUs {
 		size += kvmRegsSize + kvmSregsSize + 16 + len(v.FPU) + len(v.XSAVE) + len(v.XCRs) + len(v.Events) + 4 + 16*len(v.MSRs)
@@ -269,6 +310,9 @@ func (s *Snapshot) MarshalBinary() ([]byte, error) {
 	}
 	if s.DiskOmitted {
 		flags |= snapshotFlagDiskOmitted
+	}
+	if s.Live {
+		flags |= snapshotFlagLive
 	}
 	b = append(b, byte(s.Kind), flags, 0, 0, 0, 0)
 	for _, v := range []uint64{s.ChainID, s.Seq, s.BaseSeq, s.MemSize, s.NextExit, s.ExitCode} {
@@ -388,11 +432,12 @@ func UnmarshalSnapshot(b []byte) (*Snapshot, error) {
 	if s.Kind != Full && s.Kind != Incremental {
 		return nil, badSnapshot("kind is %d; want 1 (full) or 2 (incremental)", hdr[0])
 	}
-	if hdr[1]&^(snapshotFlagHalted|snapshotFlagDiskOmitted) != 0 || hdr[2]|hdr[3]|hdr[4]|hdr[5] != 0 {
+	if hdr[1]&^(snapshotFlagHalted|snapshotFlagDiskOmitted|snapshotFlagLive) != 0 || hdr[2]|hdr[3]|hdr[4]|hdr[5] != 0 {
 		return nil, badSnapshot("unknown flags %#x or non-zero reserved bytes", hdr[1])
 	}
 	s.Halted = hdr[1]&snapshotFlagHalted != 0
 	s.DiskOmitted = hdr[1]&snapshotFlagDiskOmitted != 0
+	s.Live = hdr[1]&snapshotFlagLive != 0
 	s.ChainID = r.u64("chain id")
 	s.Seq = r.u64("seq")
 	s.BaseSeq = r.u64("base seq")
@@ -414,7 +459,13 @@ func UnmarshalSnapshot(b []byte) (*Snapshot, error) {
 	if err := checkMemSize(s.MemSize); err != nil {
 		return nil, badSnapshot("%v", err)
 	}
-	if nvcpu == 0 || nvcpu > snapshotMaxVCPUs {
+	if s.Live {
+		// A live snapshot was copied while the vCPU ran: whatever state
+		// it claimed would not be the state of its memory.
+		if nvcpu != 0 || ndev != 0 || s.Halted || s.NextExit != 0 || s.ExitCode != 0 {
+			return nil, badSnapshot("live snapshot has %d vCPUs, %d devices, halted %v, next exit %d, exit code %d; a live snapshot carries no vCPU or device state (all 0)", nvcpu, ndev, s.Halted, s.NextExit, s.ExitCode)
+		}
+	} else if nvcpu == 0 || nvcpu > snapshotMaxVCPUs {
 		return nil, badSnapshot("vCPU count %d; want 1 to %d", nvcpu, snapshotMaxVCPUs)
 	}
 	if ndev > snapshotMaxDevices {

@@ -292,6 +292,8 @@ func FuzzUnmarshalSnapshot(f *testing.F) {
 	full.DiskBytes, full.DiskOmitted, full.DiskChunks, full.DiskData = 1<<20, true, nil, nil
 	enc4, _ := full.MarshalBinary()
 	f.Add(enc4)
+	enc5, _ := liveSampleSnapshot().MarshalBinary()
+	f.Add(enc5)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		// The checksum stops almost every random input at the door;
 		// resealing lets the fuzzer reach the field checks.

@@ -85,6 +85,8 @@ func (m *Machine) handle(c command) (stop bool) {
 			m.pauseAt = c.pauseAt
 		case state != Paused:
 			err = fmt.Errorf("cannot resume a %s VM", state)
+		case m.fuzzy:
+			err = errResumeLiveRestored
 		case c.pauseAt != 0 && c.pauseAt <= m.disp.next:
 			err = fmt.Errorf("cannot pause after %d exits: the VM has already handled %d", c.pauseAt, m.disp.next)
 		default:
