@@ -33,6 +33,9 @@ type VM interface {
 	Resume(pauseAfterExits uint64) error
 	Pause() error
 	Snapshot(kind vmm.SnapshotKind) (*vmm.Snapshot, error)
+	// SnapshotLive copies the VM while it runs, for pre-copy: a torn copy
+	// that the snapshots after it repair.
+	SnapshotLive(kind vmm.SnapshotKind) (*vmm.Snapshot, error)
 	Restore(s *vmm.Snapshot) error
 	Status() vmm.Status
 	// Deliver performs an output no exit of this VM holds: one a
@@ -45,9 +48,8 @@ var _ VM = (*vmm.Machine)(nil)
 
 // Defaults for Config fields left zero.
 const (
-	DefaultTickInterval   = 10 * time.Millisecond
-	arbiterTimeout        = 5 * time.Second
-	defaultSnapshotFormat = vmm.Full
+	DefaultTickInterval = 10 * time.Millisecond
+	arbiterTimeout      = 5 * time.Second
 )
 
 // Config configures an Agent.
@@ -142,10 +144,11 @@ type Agent struct {
 	guarded bool // a secondary was in step at least once
 	enc     []byte
 
-	wake   chan struct{}
-	arbRes chan arbiterAnswer
-	stop   chan struct{}
-	once   sync.Once
+	wake    chan struct{}
+	arbRes  chan arbiterAnswer
+	liveRes chan liveCheckpoint // a live (pre-copy) checkpoint taken
+	stop    chan struct{}
+	once    sync.Once
 
 	// bugReleaseOnHold plants a bug for the tests that prove the checks
 	// work: a primary's output leaves when the guest makes it.
@@ -172,6 +175,13 @@ type Agent struct {
 type heldEntry struct {
 	h  heldOutput
 	at time.Time
+}
+
+// liveCheckpoint is a pre-copy part taken on a goroutine of its own.
+type liveCheckpoint struct {
+	id   uint64
+	data []byte
+	err  error
 }
 
 type arbiterAnswer struct {
@@ -211,6 +221,7 @@ func New(cfg Config) (*Agent, error) {
 		cfg: cfg, node: n, handles: map[uint64]heldEntry{},
 		wake:     make(chan struct{}, 1),
 		arbRes:   make(chan arbiterAnswer, 1),
+		liveRes:  make(chan liveCheckpoint, 1),
 		stop:     make(chan struct{}),
 		liveGate: cfg.Node.Role != wire.RolePrimary,
 		log:      cfg.Logger,
@@ -354,6 +365,10 @@ func (a *Agent) Run(ctx context.Context, tr Transport) (err error) {
 			a.mu.Lock()
 			a.node.ArbiterResult(r.epoch, r.granted, r.fence, r.err)
 			a.mu.Unlock()
+		case r := <-a.liveRes:
+			if err := a.checkpointTaken(r.id, r.data, r.err); err != nil {
+				return err
+			}
 		}
 	}
 }
@@ -725,29 +740,82 @@ func (a *Agent) takeCheckpoint(c lockstep.Checkpoint) error {
 	if a.vm == nil || !a.booted {
 		return errors.New("no VM to checkpoint")
 	}
+	if c.Live {
+		// A copy of the running VM takes as long as its memory: on a
+		// goroutine of its own, so that the loop goes on meanwhile.
+		kind := vmm.Incremental
+		if c.Full {
+			kind = vmm.Full
+		}
+		vm := a.vm
+		go func() {
+			r := liveCheckpoint{id: c.ID}
+			s, err := vm.SnapshotLive(kind)
+			if err == nil {
+				r.data, err = s.MarshalBinary()
+			}
+			r.err = err
+			select {
+			case a.liveRes <- r:
+			case <-a.stop:
+			}
+		}()
+		return nil
+	}
 	if a.vm.Status().State == vmm.Running {
 		return errors.New("the VM runs: the node asked for a checkpoint without a pause")
 	}
+	b, err := a.pausedSnapshot(c.Chain)
+	if err != nil {
+		return err
+	}
+	return a.checkpointTaken(c.ID, b, nil)
+}
+
+// pausedSnapshot snapshots the paused VM: an increment over the pre-copy
+// parts just taken when it ends a chain, else a full snapshot (the
+// secondary restores into a fresh VM, which has no other base).
+func (a *Agent) pausedSnapshot(chain bool) ([]byte, error) {
 	// The snapshot carries the disk as it is on the file: writes released
 	// but still queued must be on it first.
 	a.disk.drain()
-	// Always a full snapshot: a secondary restores it into a fresh VM,
-	// which has no base for an increment.
-	s, err := a.vm.Snapshot(defaultSnapshotFormat)
-	if err != nil {
-		return err
+	kind := vmm.Full
+	if chain {
+		kind = vmm.Incremental
 	}
-	b, err := s.MarshalBinary()
+	s, err := a.vm.Snapshot(kind)
 	if err != nil {
-		return err
+		return nil, err
+	}
+	return s.MarshalBinary()
+}
+
+// checkpointTaken hands a checkpoint to the node. A live one that failed
+// is taken paused instead (a short pause, and still a valid part of the
+// chain), so that re-protection goes on.
+func (a *Agent) checkpointTaken(id uint64, b []byte, liveErr error) error {
+	if liveErr != nil {
+		a.log.Warn("live checkpoint failed; pausing for this part", "id", id, "err", liveErr)
+		if err := a.vm.Pause(); err != nil {
+			return err
+		}
+		var err error
+		b, err = a.pausedSnapshot(true)
+		if err != nil {
+			return err
+		}
+		a.running = false
+		if err := a.applyRun(); err != nil {
+			return err
+		}
 	}
 	a.sync.sent.Store(0)
 	a.sync.total.Store(int64(len(b)))
-	a.log.Info("checkpoint taken for the secondary", "id", c.ID, "full", c.Full, "bytes", len(b))
+	a.log.Info("checkpoint taken for the secondary", "id", id, "bytes", len(b))
 	a.stats.ckpts.Add(1)
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	return a.node.CheckpointTaken(c.ID, b)
+	return a.node.CheckpointTaken(id, b)
 }
 
 // errAborted is what a waiting hook returns when its VM is being replaced
@@ -755,9 +823,14 @@ func (a *Agent) takeCheckpoint(c lockstep.Checkpoint) error {
 var errAborted = errors.New("agent: exit abandoned: the VM is being replaced or stopped")
 
 func (a *Agent) restore(c lockstep.Checkpoint) error {
-	s, err := vmm.UnmarshalSnapshot(c.Data)
-	if err != nil {
-		return fmt.Errorf("checkpoint %d from the primary: %w", c.ID, err)
+	// A pre-copy chain's parts, then the checkpoint that ends it.
+	var chain []*vmm.Snapshot
+	for i, b := range append(append([][]byte(nil), c.Parts...), c.Data) {
+		s, err := vmm.UnmarshalSnapshot(b)
+		if err != nil {
+			return fmt.Errorf("checkpoint %d from the primary, part %d of %d: %w", c.ID, i+1, len(c.Parts)+1, err)
+		}
+		chain = append(chain, s)
 	}
 	if a.vm != nil {
 		a.abandonExits(true)
@@ -772,13 +845,15 @@ func (a *Agent) restore(c lockstep.Checkpoint) error {
 	if err != nil {
 		return fmt.Errorf("creating a VM to restore into: %w", err)
 	}
-	if err := vm.Restore(s); err != nil {
-		vm.Close()
-		return fmt.Errorf("restoring checkpoint %d: %w", c.ID, err)
+	for i, s := range chain {
+		if err := vm.Restore(s); err != nil {
+			vm.Close()
+			return fmt.Errorf("restoring checkpoint %d, part %d of %d: %w", c.ID, i+1, len(chain), err)
+		}
 	}
 	a.vm, a.booted = vm, true
 	a.stats.restores.Add(1)
-	a.log.Info("checkpoint restored", "id", c.ID, "seq", c.Seq, "full", c.Full, "bytes", len(c.Data))
+	a.log.Info("checkpoint restored", "id", c.ID, "seq", c.Seq, "pre-copy parts", len(c.Parts), "bytes", len(c.Data))
 	a.mu.Lock()
 	err = a.node.CheckpointRestored(c.ID)
 	a.mu.Unlock()

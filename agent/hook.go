@@ -176,11 +176,18 @@ func (a *Agent) output(x exitReq, in exitInfo, kind uint16) (vmm.Result, error) 
 			a.mu.Unlock()
 			return vmm.Result{Status: vmm.StatusOK}, nil
 		case lockstep.Diverged:
-			// The node keeps this output as pending; a resync replaces the VM.
+			// The node keeps this output as pending; a resync replaces the
+			// VM. Unless the primary dies first: then this host goes live
+			// from here, the node releases the pending output at go-live,
+			// and this execution is the one the world sees from now on.
 			a.handles[id] = heldEntry{h: h, at: time.Now()}
 			a.poke()
 			for !a.abort {
 				a.cond.Wait()
+				if !a.liveGate && a.node.Status().Role == lockstep.RolePrimary {
+					a.mu.Unlock()
+					return vmm.Result{Status: vmm.StatusOK}, nil
+				}
 			}
 			a.mu.Unlock()
 			return vmm.Result{}, errAborted

@@ -129,6 +129,14 @@ func (v *scriptVM) Snapshot(vmm.SnapshotKind) (*vmm.Snapshot, error) {
 	return &vmm.Snapshot{Kind: vmm.Full, Halted: v.state == vmm.Halted, MemSize: 8 << 20, NextExit: v.next, ExitCode: v.lastTime, VCPUs: make([]vmm.VCPUState, 1)}, nil
 }
 
+// SnapshotLive is Snapshot of a VM that may be running: the script's
+// state between two exits, which a later paused snapshot supersedes.
+func (v *scriptVM) SnapshotLive(vmm.SnapshotKind) (*vmm.Snapshot, error) {
+	v.mu.Lock()
+	defer v.mu.Unlock()
+	return &vmm.Snapshot{Kind: vmm.Full, Halted: v.state == vmm.Halted, MemSize: 8 << 20, NextExit: v.next, ExitCode: v.lastTime, VCPUs: make([]vmm.VCPUState, 1)}, nil
+}
+
 func (v *scriptVM) Restore(s *vmm.Snapshot) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()

@@ -68,8 +68,12 @@ func (v *loggedVM) Snapshot(vmm.SnapshotKind) (*vmm.Snapshot, error) {
 	return &vmm.Snapshot{Kind: vmm.Full, MemSize: 8 << 20, VCPUs: make([]vmm.VCPUState, 1)}, nil
 }
 func (v *loggedVM) Restore(*vmm.Snapshot) error { v.log.add("restore"); return nil }
-func (v *loggedVM) Status() vmm.Status          { return vmm.Status{State: v.state} }
-func (v *loggedVM) Close() error                { v.log.add("close"); return nil }
+func (v *loggedVM) SnapshotLive(vmm.SnapshotKind) (*vmm.Snapshot, error) {
+	v.log.add("snapshot-live")
+	return &vmm.Snapshot{Kind: vmm.Full, MemSize: 8 << 20, VCPUs: make([]vmm.VCPUState, 1)}, nil
+}
+func (v *loggedVM) Status() vmm.Status { return vmm.Status{State: v.state} }
+func (v *loggedVM) Close() error       { v.log.add("close"); return nil }
 func (v *loggedVM) Deliver(d vmm.Device, _ uint32, _ uint64, data []byte) error {
 	v.log.add("deliver %s %q", d, data)
 	return nil

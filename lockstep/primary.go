@@ -299,7 +299,7 @@ func (n *Node) syncPaused(full bool) {
 		n.paused = true
 		n.command(Command{Kind: CmdPause})
 	}
-	n.command(Command{Kind: CmdTakeCheckpoint, Checkpoint: Checkpoint{ID: n.ckptID, Seq: n.ckptSeq, Full: full && n.ckptBase == 0}})
+	n.command(Command{Kind: CmdTakeCheckpoint, Checkpoint: Checkpoint{ID: n.ckptID, Seq: n.ckptSeq, Full: full && n.ckptBase == 0, Chain: n.ckptBase != 0}})
 }
 
 // beginPrecopy starts bringing a joiner up while the VM runs: a live full
@@ -348,7 +348,7 @@ func (n *Node) shipPart(id uint64, data []byte) error {
 		n.precopyRound++
 		n.ckptID++
 		n.ckptTaking, n.ckptLive = true, true
-		n.command(Command{Kind: CmdTakeCheckpoint, Checkpoint: Checkpoint{ID: n.ckptID, Seq: n.lastSeq, Live: true}})
+		n.command(Command{Kind: CmdTakeCheckpoint, Checkpoint: Checkpoint{ID: n.ckptID, Seq: n.lastSeq, Live: true, Chain: true}})
 		return nil
 	}
 	n.syncPaused(true)

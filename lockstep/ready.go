@@ -111,6 +111,10 @@ type Checkpoint struct {
 	// (ultimately a paused one) repairs with everything written since it
 	// began.
 	Live bool
+	// Chain (take-checkpoint): this checkpoint continues the pre-copy
+	// parts just taken on this VM: an increment over the last of them (a
+	// live one, or the paused one that ends the chain).
+	Chain bool
 	// Data (restore-checkpoint): the VMM's snapshot bytes, applied after
 	// Parts, the pre-copy parts of the chain this checkpoint ends, in
 	// order (none for a checkpoint that stands alone).

@@ -53,9 +53,10 @@ each reproduced disk write to its own disk once the primary reports it
 released. When the primary dies the secondary finishes the log, wins the
 arbiter's lock (--arbiter-dir, shared by both hosts), opens its TAP,
 announces the VM's MAC with a gratuitous ARP and goes on as primary; it
-then accepts a new secondary on --listen, which joins from a full
-checkpoint (memory, CPU, devices and disk) while a progress bar shows the
-transfer.
+then accepts a new secondary on --listen, which joins from a checkpoint of
+memory, CPU, devices and disk: copies of the VM taken while it runs
+(--precopy-rounds), then a short pause for what changed meanwhile, while a
+progress bar shows the transfer.
 
 ftvm status --control PATH asks a running daemon for its role, epoch, log
 lag, held outputs and output-hold latency.
@@ -203,6 +204,7 @@ func newDaemon(c *daemonConfig, log *slog.Logger, term io.Writer) (_ *daemon, er
 	node := lockstep.Config{
 		VMID: c.vmID, Role: c.role, Mode: c.mode,
 		LogWindowEntries: c.window, HeartbeatTicks: c.heartbeatTicks, PeerTimeoutTicks: c.peerTimeoutTicks,
+		PrecopyRounds: c.precopyRounds,
 	}
 	d.ag, err = agent.New(agent.Config{
 		Node:             node,

@@ -59,6 +59,7 @@ type daemonConfig struct {
 	heartbeatTicks   int
 	peerTimeoutTicks int
 	window           int
+	precopyRounds    int
 	waitForSecondary bool
 
 	logLevel  string
@@ -109,6 +110,7 @@ func daemonFlags(fs *flag.FlagSet, role wire.Role) func() (*daemonConfig, error)
 	fs.IntVar(&c.heartbeatTicks, "heartbeat-ticks", lockstep.DefaultHeartbeatTicks, "ticks between heartbeats")
 	fs.IntVar(&c.peerTimeoutTicks, "peer-timeout-ticks", lockstep.DefaultPeerTimeoutTicks, "ticks of silence after which the peer is taken for dead (a broken connection counts at once)")
 	fs.IntVar(&c.window, "log-window", lockstep.DefaultLogWindowEntries, "log entries the primary runs ahead of its secondary before it stalls the vCPU")
+	fs.IntVar(&c.precopyRounds, "precopy-rounds", 2, "copies of the running VM a primary sends a joining secondary before it pauses for the rest (0: one paused full checkpoint)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 
@@ -179,6 +181,9 @@ func daemonFlags(fs *flag.FlagSet, role wire.Role) func() (*daemonConfig, error)
 		}
 		if c.control == "" {
 			c.control = defaultControlDir + "/" + c.vmID + ".sock"
+		}
+		if c.precopyRounds < 0 {
+			return nil, fmt.Errorf("--precopy-rounds %d is negative", c.precopyRounds)
 		}
 		if c.tick <= 0 {
 			return nil, fmt.Errorf("--tick %v must be positive", c.tick)
