@@ -76,9 +76,21 @@
 // request), and an output's request arg besides its bytes (so a block
 // write to another sector is a divergence).
 //
+// # Checkpoints
+//
+// A secondary restores every checkpoint into a fresh VM (Config.NewVM).
+// A resync's checkpoint is therefore a full snapshot. A joiner's is a
+// pre-copy chain (lockstep.Config.PrecopyRounds): live snapshots of the
+// running VM, taken on a goroutine of their own (the loop goes on), and a
+// paused increment over them; the secondary restores the chain in order.
+// The owner of the transport reports a lost connection with PeerLost, so
+// that a dead peer is acted on at once rather than after the protocol's
+// timeout.
+//
 // # Not yet
 //
-// Checkpoints are always full snapshots (an increment would need the
-// secondary to keep its VM, not restore into a fresh one). Transport
-// events (lane down) are not used: the protocol's own timeouts decide.
+// The log goes straight from the node to the transport: the lock-free
+// rings of package ring are not on this path. Handing a frame from the
+// vCPU thread to a sender goroutine through a ring would add the thread
+// hand-off that flushInline exists to avoid.
 package agent
