@@ -62,6 +62,12 @@ type Config struct {
 	RetransmitTicks int
 	// PeerTimeoutTicks without hearing the peer declares it dead.
 	PeerTimeoutTicks int
+	// SyncTimeoutTicks replaces PeerTimeoutTicks on a primary while it
+	// brings a secondary up (pre-copy, checkpoint under way): a secondary
+	// restoring a checkpoint is silent for as long as the restore takes,
+	// which grows with the VM and its disk. A secondary that dies then is
+	// still found at once through PeerLost. Zero: 10 x PeerTimeoutTicks.
+	SyncTimeoutTicks int
 	// RetransmitBurstItems bounds how many log items one retransmission sends.
 	RetransmitBurstItems int
 	// CheckpointChunkBytes is the payload size of one checkpoint chunk.
@@ -116,6 +122,7 @@ func (c *Config) fill() error {
 	def(&c.HeartbeatTicks, DefaultHeartbeatTicks)
 	def(&c.RetransmitTicks, DefaultRetransmitTicks)
 	def(&c.PeerTimeoutTicks, DefaultPeerTimeoutTicks)
+	def(&c.SyncTimeoutTicks, 10*c.PeerTimeoutTicks)
 	def(&c.RetransmitBurstItems, DefaultRetransmitBurstItems)
 	def(&c.CheckpointChunkBytes, DefaultCheckpointChunkBytes)
 	def(&c.MaxCheckpointBytes, DefaultMaxCheckpointBytes)

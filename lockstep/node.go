@@ -352,7 +352,7 @@ func (n *Node) PeerLost() {
 	if n.role == RoleHalted {
 		return
 	}
-	n.ticksSincePeer = max(n.ticksSincePeer, n.cfg.PeerTimeoutTicks)
+	n.ticksSincePeer = max(n.ticksSincePeer, n.cfg.PeerTimeoutTicks, n.cfg.SyncTimeoutTicks)
 	if n.role == RolePrimary {
 		n.tickPrimary()
 	} else {

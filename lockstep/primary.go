@@ -137,7 +137,7 @@ func (n *Node) goAlone() {
 func (n *Node) tickPrimary() {
 	switch n.pphase {
 	case pPrecopy:
-		if n.ticksSincePeer >= n.cfg.PeerTimeoutTicks {
+		if n.ticksSincePeer >= n.cfg.SyncTimeoutTicks {
 			// The joiner is gone; we never stopped being alone.
 			n.goAlone()
 			return
@@ -149,7 +149,11 @@ func (n *Node) tickPrimary() {
 			}
 		}
 	case pProtected, pSyncing:
-		if n.ticksSincePeer >= n.cfg.PeerTimeoutTicks {
+		timeout := n.cfg.PeerTimeoutTicks
+		if n.pphase == pSyncing {
+			timeout = n.cfg.SyncTimeoutTicks
+		}
+		if n.ticksSincePeer >= timeout {
 			// The secondary is gone. Going on alone needs a new epoch, so
 			// that a secondary that thinks the same of us cannot also win.
 			n.pphase = pAcquiring

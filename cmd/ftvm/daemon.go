@@ -502,7 +502,7 @@ func (d *daemon) progress(ctx context.Context) {
 		switch {
 		case s.Syncing && !syncing:
 			syncing, began = true, time.Now()
-			d.log.Info("re-protecting: a secondary joins; shipping a full checkpoint")
+			d.log.Info("re-protecting: a secondary joins; shipping its checkpoint")
 		case !s.Syncing && syncing:
 			syncing = false
 			if tty {

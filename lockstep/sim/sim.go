@@ -96,6 +96,7 @@ func DefaultOptions(mode lockstep.Mode) Options {
 			CheckpointChunkBytes: 16,
 			MaxPendingOutputs:    8,
 			PrecopyDoneBytes:     1, // a live increment is never small enough: every round is taken
+			SyncTimeoutTicks:     36,
 		},
 	}
 }
