@@ -599,40 +599,33 @@ func (a *Agent) take(id uint64) (heldEntry, bool) {
 	return e, ok
 }
 
-// deliver performs an output from the node's copy of its bytes, for one
-// that no exit of this VM holds.
-func (a *Agent) deliver(o lockstep.Output) error {
-	if a.vm == nil {
-		return errors.New("no VM to deliver it through")
+// carriedOutput decodes an output that no exit of vm holds (one a
+// checkpoint carried) into the call that performs it through vm.
+func carriedOutput(vm VM, o lockstep.Output) (func() error, error) {
+	if vm == nil {
+		return nil, errors.New("no VM to deliver it through")
 	}
 	dev, op := splitKind(o.Device)
 	arg, data, err := decodeOutput(o.Data)
 	if err != nil {
-		return err
+		return nil, err
 	}
-	return a.vm.Deliver(dev, op, arg, data)
+	return func() error { return vm.Deliver(dev, op, arg, data) }, nil
 }
 
 // deliverCarried performs an output a checkpoint carried: a block write
 // through the disk writer, behind the writes queued before it, anything
 // else at once.
 func (a *Agent) deliverCarried(o lockstep.Output) error {
-	if !isDiskWrite(o.Device) {
-		return a.deliver(o)
-	}
-	if _, _, err := decodeOutput(o.Data); err != nil {
+	do, err := carriedOutput(a.vm, o)
+	if err != nil {
 		return err
 	}
-	vm := a.vm
-	if vm == nil {
-		return errors.New("no VM to deliver it through")
+	if isDiskWrite(o.Device) {
+		a.disk.enqueue(fmt.Sprintf("seq %d (carried by a checkpoint)", o.Seq), do)
+		return nil
 	}
-	a.disk.enqueue(fmt.Sprintf("seq %d (carried by a checkpoint)", o.Seq), func() error {
-		dev, op := splitKind(o.Device)
-		arg, data, _ := decodeOutput(o.Data)
-		return vm.Deliver(dev, op, arg, data)
-	})
-	return nil
+	return do()
 }
 
 // persist applies a block write the primary released to this host's own

@@ -126,7 +126,7 @@ func (v *scriptVM) Snapshot(vmm.SnapshotKind) (*vmm.Snapshot, error) {
 	if v.state == vmm.Running {
 		return nil, errors.New("snapshot of a running VM")
 	}
-	return &vmm.Snapshot{Kind: vmm.Full, Halted: v.state == vmm.Halted, MemSize: 8 << 20, NextExit: v.next, ExitCode: v.lastTime, VCPUs: make([]vmm.VCPUState, 1)}, nil
+	return v.snapshotLocked(), nil
 }
 
 // SnapshotLive is Snapshot of a VM that may be running: the script's
@@ -134,7 +134,12 @@ func (v *scriptVM) Snapshot(vmm.SnapshotKind) (*vmm.Snapshot, error) {
 func (v *scriptVM) SnapshotLive(vmm.SnapshotKind) (*vmm.Snapshot, error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
-	return &vmm.Snapshot{Kind: vmm.Full, Halted: v.state == vmm.Halted, MemSize: 8 << 20, NextExit: v.next, ExitCode: v.lastTime, VCPUs: make([]vmm.VCPUState, 1)}, nil
+	return v.snapshotLocked(), nil
+}
+
+// snapshotLocked is all the state this VM has; v.mu held.
+func (v *scriptVM) snapshotLocked() *vmm.Snapshot {
+	return &vmm.Snapshot{Kind: vmm.Full, Halted: v.state == vmm.Halted, MemSize: 8 << 20, NextExit: v.next, ExitCode: v.lastTime, VCPUs: make([]vmm.VCPUState, 1)}
 }
 
 func (v *scriptVM) Restore(s *vmm.Snapshot) error {
