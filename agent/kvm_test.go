@@ -44,7 +44,7 @@ func guestImage(t *testing.T, name string) []byte {
 	}
 	b, err := os.ReadFile(filepath.Join(dir, name))
 	if err != nil {
-		t.Skipf("skipping: guest %s not built (%v): run make guests or set FTVM_GUEST_DIR", name, err)
+		testutil.SkipMissing(t, fmt.Errorf("guest %s not built (%v): run make guests or set FTVM_GUEST_DIR", name, err), testutil.KVM)
 	}
 	return b
 }

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+
+	"github.com/ftvm/ftvm/internal/testutil"
 )
 
 // Guest ELF files for the KVM tests come from FTVM_GUEST_DIR when it is set
@@ -30,10 +32,10 @@ func guestELF(t testing.TB, name string) []byte {
 	dir := os.Getenv(guestDirEnv)
 	if dir == "" {
 		if _, err := os.Stat("guests/Makefile"); err != nil {
-			t.Skipf("skipping: no guest %s: %s is unset and vmm/guests/Makefile does not exist", name, guestDirEnv)
+			testutil.SkipMissing(t, fmt.Errorf("no guest %s: %s is unset and vmm/guests/Makefile does not exist", name, guestDirEnv), testutil.KVM)
 		}
 		if _, err := exec.LookPath("gcc"); err != nil {
-			t.Skipf("skipping: no guest %s: %s is unset and gcc is missing (apt-get install gcc)", name, guestDirEnv)
+			testutil.SkipMissing(t, fmt.Errorf("no guest %s: %s is unset and gcc is missing (apt-get install gcc)", name, guestDirEnv), testutil.KVM)
 		}
 		guestBuildOnce.Do(func() {
 			out, err := exec.Command("make", "-C", "guests").CombinedOutput()

@@ -113,7 +113,7 @@ func TestTAPBackend(t *testing.T) { runTAPScenario(t, tapScenario) }
 func runTAPScenario(t *testing.T, scenario func(testing.TB) error) {
 	testutil.Require(t, testutil.Root, testutil.Netns, testutil.TUN)
 	if _, err := exec.LookPath("ip"); err != nil {
-		t.Skip("skipping: the ip command (iproute2) is missing: apt-get install iproute2")
+		testutil.SkipMissing(t, fmt.Errorf("the ip command (iproute2) is missing: apt-get install iproute2"), testutil.Netns, testutil.TUN)
 	}
 	errc := make(chan error, 1)
 	go func() {

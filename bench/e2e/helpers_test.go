@@ -27,10 +27,7 @@ func requireBed(t *testing.T) {
 	t.Helper()
 	testutil.Require(t, testutil.Root, testutil.Netns, testutil.TUN)
 	if err := CheckTools(); err != nil {
-		if testutil.Required(testutil.Netns) {
-			t.Fatalf("the test bed is required by %s=%s but its tools are missing: %v", testutil.RequireEnv, os.Getenv(testutil.RequireEnv), err)
-		}
-		t.Skipf("skipping: the test bed's tools are missing: %v", err)
+		testutil.SkipMissing(t, fmt.Errorf("the test bed's tools are missing: %v", err), testutil.Netns)
 	}
 }
 

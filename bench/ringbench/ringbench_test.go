@@ -5,6 +5,8 @@ import (
 	"flag"
 	"strings"
 	"testing"
+
+	"github.com/ftvm/ftvm/internal/testutil"
 )
 
 func TestEvaluate(t *testing.T) {
@@ -64,9 +66,7 @@ func withBenchtime(t *testing.T, d string, fn func()) {
 // whose own order and checksum checks fail, or that reports no metric, is
 // caught by go test and not only by the CLI.
 func TestEveryCaseRuns(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs every benchmark body; skipped under -short to save time, not for want of a feature")
-	}
+	testutil.SkipShort(t, "runs every benchmark body")
 	withBenchtime(t, "3000x", func() {
 		for _, c := range Cases() {
 			m := Measure(c, 1)

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ftvm/ftvm/bench/ringbench"
+	"github.com/ftvm/ftvm/internal/testutil"
 )
 
 func runFtvm(args ...string) (code int, stdout, stderr string) {
@@ -73,9 +74,7 @@ func TestSelectCasesKeepsBaselines(t *testing.T) {
 // TestBenchRingsReport runs the whole suite for a few thousand items per
 // benchmark and checks the table and the JSON report.
 func TestBenchRingsReport(t *testing.T) {
-	if testing.Short() {
-		t.Skip("runs every ring benchmark; skipped under -short to save time, not for want of a feature")
-	}
+	testutil.SkipShort(t, "runs every ring benchmark")
 	path := filepath.Join(t.TempDir(), "rings.json")
 	code, out, errs := runFtvm("bench", "rings", "--benchtime", "2000x", "--count", "1", "--json", path)
 	if code != exitOK {

@@ -197,3 +197,44 @@ func probeRDMA() error {
 	}
 	return nil
 }
+
+// SkipMissing skips the test because something it needs besides a feature of
+// the machine is absent (a guest not built, a tool not installed), with err
+// saying what and what to do. The test belongs to what the features in
+// neededFor promise, so where FTVM_REQUIRE names any of them (or "all") it
+// fails instead: a run that requires KVM must not pass because the guests
+// were never built.
+func SkipMissing(t TB, err error, neededFor ...Feature) {
+	t.Helper()
+	for _, f := range neededFor {
+		if Required(f) {
+			t.Fatalf("%v; %s=%s requires %s, which needs it", err, RequireEnv, os.Getenv(RequireEnv), f)
+			return
+		}
+	}
+	t.Skipf("skipping: %v", err)
+}
+
+// Skipper is the part of testing.TB that SkipShort and SkipChosen use.
+type Skipper interface {
+	Helper()
+	Skip(args ...any)
+}
+
+// SkipShort skips the test under go test -short, which is a choice of the
+// one running the tests and never the absence of a feature; why says what
+// the test costs.
+func SkipShort(t Skipper, why string) {
+	t.Helper()
+	if testing.Short() {
+		SkipChosen(t, "skipped under -short: "+why)
+	}
+}
+
+// SkipChosen skips for a choice the one running the tests made (-short, a
+// -run or -bench pattern that left out what this part needs), never for a
+// missing feature, so FTVM_REQUIRE does not turn it into a failure.
+func SkipChosen(t Skipper, why string) {
+	t.Helper()
+	t.Skip(why)
+}

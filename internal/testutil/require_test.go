@@ -2,6 +2,11 @@ package testutil
 
 import (
 	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
 	"testing"
 )
 
@@ -94,5 +99,64 @@ func TestReportProbesEveryFeature(t *testing.T) {
 	}
 	for _, l := range lines {
 		t.Log(l)
+	}
+}
+
+func TestSkipMissingSkipsOrFails(t *testing.T) {
+	missing := fmt.Errorf("guest planted.elf not built: run make guests")
+	t.Setenv(RequireEnv, "")
+	var tb fakeTB
+	SkipMissing(&tb, missing, KVM)
+	if !tb.skipped || tb.failed || !contains(tb.msg, "planted.elf") {
+		t.Fatalf("not required: want a skip naming the reason, got skipped=%v failed=%v %q", tb.skipped, tb.failed, tb.msg)
+	}
+	t.Setenv(RequireEnv, "root,kvm")
+	tb = fakeTB{}
+	SkipMissing(&tb, missing, Netns, KVM)
+	if !tb.failed || tb.skipped || !contains(tb.msg, "planted.elf") || !contains(tb.msg, "kvm") {
+		t.Fatalf("kvm required: want a failure naming the reason and kvm, got skipped=%v failed=%v %q", tb.skipped, tb.failed, tb.msg)
+	}
+}
+
+// TestNoSkipOutsideTestutil reads every test file of the module: a test
+// that calls Skip itself escapes FTVM_REQUIRE, so a regression that makes
+// it skip (a guest no longer built, a tool renamed) would pass a run that
+// requires the feature. Skips go through Require, SkipMissing or SkipShort.
+func TestNoSkipOutsideTestutil(t *testing.T) {
+	root := filepath.Join("..", "..")
+	if _, err := os.Stat(filepath.Join(root, "go.mod")); err != nil {
+		t.Fatalf("module root not found from internal/testutil: %v", err)
+	}
+	skip := regexp.MustCompile(`\b(t|b|tb)\.Skip(f|Now)?\(`)
+	var found []string
+	err := filepath.WalkDir(root, func(path string, d fs.DirEntry, err error) error {
+		if err != nil {
+			return err
+		}
+		if d.IsDir() {
+			if name := d.Name(); name == ".git" || name == "testutil" || name == "build" {
+				return filepath.SkipDir
+			}
+			return nil
+		}
+		if !strings.HasSuffix(path, "_test.go") {
+			return nil
+		}
+		b, err := os.ReadFile(path)
+		if err != nil {
+			return err
+		}
+		for i, line := range strings.Split(string(b), "\n") {
+			if skip.MatchString(line) {
+				found = append(found, fmt.Sprintf("%s:%d: %s", path, i+1, strings.TrimSpace(line)))
+			}
+		}
+		return nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(found) > 0 {
+		t.Fatalf("tests skip outside internal/testutil, where FTVM_REQUIRE cannot turn the skip into a failure:\n%s", strings.Join(found, "\n"))
 	}
 }

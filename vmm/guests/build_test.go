@@ -9,6 +9,8 @@ import (
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/ftvm/ftvm/internal/testutil"
 )
 
 // buildDir holds everything the tests build (make BUILD=buildDir), so a test
@@ -42,7 +44,7 @@ func requireToolchain(t testing.TB) {
 	t.Helper()
 	for _, tool := range []string{"gcc", "make"} {
 		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("skipping: %s is not installed, and the guests are C built by make (apt-get install -y gcc make)", tool)
+			testutil.SkipMissing(t, fmt.Errorf("%s is not installed, and the guests are C built by make (apt-get install -y gcc make)", tool), testutil.KVM)
 		}
 	}
 }

@@ -14,6 +14,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/ftvm/ftvm/internal/testutil"
 )
 
 // The trap harness runs the real freestanding ELF files, not hosted
@@ -283,7 +285,7 @@ func requirePtrace(t *testing.T) {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	if err := cmd.Start(); err != nil {
-		t.Skipf("skipping: ptrace is not permitted here (%v); the trap harness needs it", err)
+		testutil.SkipMissing(t, fmt.Errorf("ptrace is not permitted here (%v); the trap harness needs it", err), testutil.Root)
 	}
 	syscall.Kill(cmd.Process.Pid, syscall.SIGKILL)
 	var ws syscall.WaitStatus
