@@ -2,7 +2,6 @@ package agent
 
 import (
 	"errors"
-	"fmt"
 	"time"
 
 	"github.com/ftvm/ftvm/lockstep"
@@ -72,13 +71,19 @@ func (a *Agent) input(x exitReq, in exitInfo, kind uint16) (vmm.Result, error) {
 		data, r := a.node.NextInput(in.Index, kind)
 		switch r {
 		case lockstep.OK:
-			a.flushInlineVCPU() // the node may owe an acknowledgement
-			a.mu.Unlock()
 			res, err := decodeInput(data, in.Arg, in.Len)
 			if err != nil {
-				a.stats.diverge.Add(1)
-				return vmm.Result{}, fmt.Errorf("%w at exit %d", err, in.Index)
+				// The record is for another request (or not one at
+				// all): a divergence like any other, which a resync
+				// repairs; the node counts it.
+				if a.node.InputDiverged(in.Index) == lockstep.Diverged {
+					a.log.Warn("replica diverged on an input; asking for a resync", "exit", in.Index, "err", err)
+				}
+				a.poke()
+				break
 			}
+			a.flushInlineVCPU() // the node may owe an acknowledgement
+			a.mu.Unlock()
 			return res, nil
 		case lockstep.Live:
 			if a.liveGate {

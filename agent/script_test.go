@@ -35,6 +35,9 @@ type scriptVM struct {
 	// glitchLine, when nonzero, makes this VM print another line there:
 	// nondeterminism the log does not capture (an RDTSC, say).
 	glitchLine uint64
+	// glitchInput moves the glitch to the clock read before that line:
+	// the VM asks with another argument than the primary's did.
+	glitchInput bool
 	// onRestore, when set, sees every snapshot restored into this VM.
 	onRestore func(*vmm.Snapshot)
 
@@ -190,10 +193,14 @@ func (x *scriptExit) info() exitInfo {
 	case x.idx == x.vm.lastExit():
 		return exitInfo{Index: x.idx, Device: vmm.DeviceHalt, Op: vmm.OpHaltExit, Dir: vmm.DirOutput}
 	case x.idx%2 == 0:
-		return exitInfo{Index: x.idx, Device: vmm.DeviceClock, Op: vmm.OpClockNow, Dir: vmm.DirInput}
+		var arg uint64
+		if g := x.vm.glitchLine; g != 0 && x.idx/2 == g && x.vm.glitchInput {
+			arg = 1
+		}
+		return exitInfo{Index: x.idx, Device: vmm.DeviceClock, Op: vmm.OpClockNow, Dir: vmm.DirInput, Arg: arg}
 	}
 	line := fmt.Sprintf("line %d clock %d\n", x.idx/2, x.last)
-	if g := x.vm.glitchLine; g != 0 && x.idx/2 == g {
+	if g := x.vm.glitchLine; g != 0 && x.idx/2 == g && !x.vm.glitchInput {
 		line = fmt.Sprintf("line %d glitch\n", g)
 	}
 	return exitInfo{Index: x.idx, Device: vmm.DeviceConsole, Op: vmm.OpConsoleWrite, Dir: vmm.DirOutput, Data: []byte(line), Len: uint32(len(line))}
@@ -288,6 +295,14 @@ func startScriptPair(t *testing.T, ctx context.Context, lines uint64, window int
 // at glitchLine (0: never).
 func startScriptPairGlitch(t *testing.T, ctx context.Context, lines uint64, window int, bug bool, glitchLine uint64) *scriptPair {
 	t.Helper()
+	return startScriptPairGlitchOn(t, ctx, lines, window, bug, glitchLine, false)
+}
+
+// startScriptPairGlitchOn is startScriptPairGlitch; with onInput the
+// secondary's first VM diverges on the clock read before glitchLine
+// instead of on the line.
+func startScriptPairGlitchOn(t *testing.T, ctx context.Context, lines uint64, window int, bug bool, glitchLine uint64, onInput bool) *scriptPair {
+	t.Helper()
 	arb, err := arbiter.NewFile(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -327,7 +342,7 @@ func startScriptPairGlitch(t *testing.T, ctx context.Context, lines uint64, wind
 			p.mu.Unlock()
 		}
 		if secVMs++; secVMs == 1 {
-			sv.glitchLine = glitchLine
+			sv.glitchLine, sv.glitchInput = glitchLine, onInput
 		}
 		return v, err
 	}
@@ -479,6 +494,43 @@ func TestScriptPairResyncAfterDivergence(t *testing.T) {
 		t.Fatalf("replay ended at %q, the world at %q", lastLine(replayed), lastLine(got))
 	}
 	t.Logf("primary %+v, secondary %+v, resync checkpoint of a halted guest: %v", ps, ss, restoredHalted)
+}
+
+// A replica that asks for an input with other arguments than the primary's
+// request (the same exit and device, another arg or len) has diverged as
+// surely as one that prints another line; it must be resynced the same
+// way, not exit with "replay diverged".
+func TestScriptPairResyncAfterInputDivergence(t *testing.T) {
+	const lines, glitch = 200, 50
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	p := startScriptPairGlitchOn(t, ctx, lines, 0, false, glitch, true)
+	p.finish(t)
+	got := p.priOut.text()
+	if want := primaryLines(lines); got != want {
+		t.Fatalf("the world saw\n%q\nwant the primary's lines\n%q", head(got), head(want))
+	}
+	ps, ss := p.pri.Stats(), p.sec.Stats()
+	if ss.Divergences == 0 || ss.Restores < 2 || ps.Checkpoints < 2 {
+		t.Fatalf("want a divergence on the input, then a second checkpoint taken and restored; primary %+v secondary %+v", ps, ss)
+	}
+	// As after an output divergence, the positional check does not apply
+	// across the resync: check that what was replayed is, in order, what
+	// the world saw (the replica never made a line of its own here).
+	p.mu.Lock()
+	replayed := string(bytes.Join(p.replayed, nil))
+	p.mu.Unlock()
+	world := strings.SplitAfter(got, "\n")
+	i := 0
+	for _, l := range strings.SplitAfter(replayed, "\n") {
+		for i < len(world) && world[i] != l {
+			i++
+		}
+		if i == len(world) {
+			t.Fatalf("the secondary replayed %q, which the world never saw in that order", l)
+		}
+	}
+	t.Logf("primary %+v, secondary %+v", ps, ss)
 }
 
 // primaryLines is what the primary's program prints: its clock starts at

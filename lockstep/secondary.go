@@ -30,6 +30,22 @@ func (n *Node) NextInput(exitIndex uint64, kind uint16) ([]byte, Result) {
 	return e.Data, OK
 }
 
+// InputDiverged tells the node that the input NextInput just returned OK
+// for exitIndex does not answer the replica's request: its bytes name
+// another request (arg, length) than the VM made, which the node cannot
+// see, so the caller checks. The replicas have diverged; the node asks for
+// a resync as on any divergence and returns Diverged: the exit waits for
+// the checkpoint (or for this node to go live) as on a Diverged from
+// NextInput. A node that is not replaying returns NotYet and changes
+// nothing.
+func (n *Node) InputDiverged(exitIndex uint64) Result {
+	if n.role != RoleSecondary || n.sphase != sReplaying {
+		return NotYet
+	}
+	n.diverge(wire.ResyncInputMismatch)
+	return Diverged
+}
+
 // ReplayOutput gives the node an output the secondary VM produced at
 // exitIndex; the node compares it with the primary's record. On OK the VM
 // goes on; the returned ID names the copy in Ready.Drop.
