@@ -29,3 +29,19 @@ func TestNondetDiverges(t *testing.T) {
 		t.Fatalf("first lines are equal: %q", l1)
 	}
 }
+
+func TestNondetModes(t *testing.T) {
+	for _, mode := range []string{"input", "none"} {
+		out, code := runHosted(t, "nondet", "count=3", "diverge="+mode, "interval_us=100")
+		if code != 0 || strings.Count(out, "clock_ns=") != 3 || !strings.Contains(out, "nondet: done count=3") {
+			t.Fatalf("diverge=%s: exit %d, want 0 and three lines:\n%s", mode, code, out)
+		}
+		if tsc := strings.Contains(out, " tsc="); tsc != (mode == "input") {
+			t.Fatalf("diverge=%s: lines carry the TSC: %v, want %v:\n%s", mode, tsc, mode == "input", out)
+		}
+	}
+	out, code := runHosted(t, "nondet", "diverge=sometimes")
+	if code != 2 || !strings.Contains(out, "diverge=sometimes is not output, input or none") {
+		t.Fatalf("a bad diverge=: exit %d, want 2 and a message:\n%s", code, out)
+	}
+}
