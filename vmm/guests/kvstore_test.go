@@ -47,6 +47,12 @@ type kvGuest struct {
 
 func startKV(t *testing.T, block string, args ...string) *kvGuest {
 	t.Helper()
+	return startKVShim(t, block, nil, args...)
+}
+
+// startKVShim is startKV with extra flags for the shim (before "--").
+func startKVShim(t *testing.T, block string, shimFlags []string, args ...string) *kvGuest {
+	t.Helper()
 	bin := hostedBinary(t, "kvstore")
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_SEQPACKET|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
@@ -62,6 +68,7 @@ func startKV(t *testing.T, block string, args ...string) *kvGuest {
 	if block != "" {
 		argv = append(argv, "-block", block)
 	}
+	argv = append(argv, shimFlags...)
 	argv = append(append(argv, "--"), args...)
 	g := &kvGuest{t: t, nic: c.(*net.UnixConn), lines: make(chan string, 4096), exited: make(chan struct{})}
 	g.cmd = exec.Command(bin, argv...)

@@ -9,7 +9,8 @@
  * request the VMM would refuse, so a guest bug fails a hosted test the way
  * it would fail a VM.
  *
- *   usage: GUEST [-mem BYTES] [-block FILE] [-nicfd FD] [-mac MAC] [--] [key=value ...]
+ *   usage: GUEST [-mem BYTES] [-block FILE] [-nicfd FD] [-mac MAC]
+ *                [-crash-write N [-tear BYTES]] [--] [key=value ...]
  *
  *   console  -> stdout (flushed per request)
  *   clock    -> CLOCK_MONOTONIC since start
@@ -19,6 +20,12 @@
  *   nic      -> FD, a SOCK_SEQPACKET socket: one message is one frame; no
  *               -nicfd: a NIC without link (TX dropped, nothing received)
  *   halt     -> exit(code & 0xff)
+ *
+ * -crash-write N plays a power cut at the N-th block WRITE (counting from
+ * 1): only its first BYTES bytes (-tear, default 0) reach the file, the
+ * shim says on stderr which write it cut ("crash at block write N sector S
+ * len L kept K") and exits 122 at once, so tests can restart the guest from
+ * the disk as a crash left it.
  *
  * Exit codes of the shim itself are above any guest's: 123 the NIC peer hung
  * up, 124 bad shim arguments, 125 the guest broke the device ABI.
@@ -40,6 +47,7 @@
 
 #include "ftvm.h"
 
+#define SHIM_EXIT_CRASHED    122
 #define SHIM_EXIT_NIC_CLOSED 123
 #define SHIM_EXIT_USAGE      124
 #define SHIM_EXIT_GUEST_BUG  125
@@ -56,6 +64,7 @@ static struct {
 	uint8_t mac[6];
 	struct timespec start;
 	uint64_t exits;
+	uint64_t writes, crash_write, tear;
 } shim = { .block_fd = -1, .nic_fd = -1, .mac = { 0x02, 0x00, 0x00, 0x77, 0x00, 0x02 } };
 
 __attribute__((noreturn, format(printf, 3, 4)))
@@ -201,6 +210,14 @@ static int32_t block(uint16_t port, struct ftvm_req *r)
 	if (r->op == FTVM_BLOCK_READ) {
 		n = pread(shim.block_fd, buf(r), r->len, off);
 	} else {
+		if (++shim.writes == shim.crash_write) {
+			size_t keep = shim.tear < r->len ? (size_t)shim.tear : r->len;
+			if (keep && (pwrite(shim.block_fd, buf(r), keep, off) != (ssize_t)keep || fdatasync(shim.block_fd) != 0))
+				fprintf(stderr, "hosted: the torn write failed: %s\n", strerror(errno));
+			fprintf(stderr, "hosted: crash at block write %llu sector %llu len %u kept %zu\n",
+			        (unsigned long long)shim.writes, (unsigned long long)r->arg, r->len, keep);
+			_exit(SHIM_EXIT_CRASHED);
+		}
 		n = pwrite(shim.block_fd, buf(r), r->len, off);
 		if (n == (ssize_t)r->len && fdatasync(shim.block_fd) != 0)
 			n = -1;
@@ -251,7 +268,8 @@ static void usage(const char *fmt, ...)
 	va_start(ap, fmt);
 	vfprintf(stderr, fmt, ap);
 	va_end(ap);
-	fprintf(stderr, "\nusage: GUEST [-mem BYTES] [-block FILE] [-nicfd FD] [-mac aa:bb:cc:dd:ee:ff] [--] [key=value ...]\n");
+	fprintf(stderr, "\nusage: GUEST [-mem BYTES] [-block FILE] [-nicfd FD] [-mac aa:bb:cc:dd:ee:ff] "
+	        "[-crash-write N [-tear BYTES]] [--] [key=value ...]\n");
 	exit(SHIM_EXIT_USAGE);
 }
 
@@ -297,6 +315,14 @@ int main(int argc, char **argv)
 					usage("-mac %s: byte %d is over ff", val, k + 1);
 				shim.mac[k] = (uint8_t)m[k];
 			}
+		} else if (strcmp(opt, "-crash-write") == 0) {
+			shim.crash_write = strtoull(val, &end, 10);
+			if (*end || shim.crash_write == 0)
+				usage("-crash-write %s: give the number of the block write to cut, from 1", val);
+		} else if (strcmp(opt, "-tear") == 0) {
+			shim.tear = strtoull(val, &end, 10);
+			if (*end)
+				usage("-tear %s: give the bytes of the cut write that reach the disk", val);
 		} else {
 			usage("unknown option %s", opt);
 		}

@@ -30,9 +30,25 @@ void kv_init(uint32_t max)
 	keys_max = max < KV_KEYS_MAX ? max : KV_KEYS_MAX;
 }
 
+uint32_t kv_keys_max(void)
+{
+	return keys_max;
+}
+
+void kv_reset(void)
+{
+	memset(slots, 0, sizeof(slots));
+	count = 0;
+}
+
 uint32_t kv_count(void)
 {
 	return count;
+}
+
+const struct kv_entry *kv_at(uint32_t i)
+{
+	return i < KV_SLOTS && slots[i].version ? &slots[i] : 0;
 }
 
 /* FNV-1a: simple, and good enough for keys a client picks. */

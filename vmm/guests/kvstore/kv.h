@@ -23,7 +23,13 @@ struct kv_entry {
 };
 
 void kv_init(uint32_t keys_max);
+/* kv_keys_max is the bound kv_init set; kv_reset empties the table. */
+uint32_t kv_keys_max(void);
+void kv_reset(void);
 uint32_t kv_count(void);
+/* kv_at returns the entry in slot i (< KV_SLOTS), or NULL if it is unused:
+ * for writing the whole table out. */
+const struct kv_entry *kv_at(uint32_t i);
 const struct kv_entry *kv_get(const char *key, size_t klen);
 /* kv_set stores key=val at version; it returns -1 only when the key is new
  * and the table is full. */

@@ -46,10 +46,11 @@ static void print_stats(void)
 	rt_printf(PROG ": halt requests=%lu frames=%lu arp_replies=%lu arp_ignored=%lu ignored_type=%lu "
 	          "drop_eth=%lu drop_ip_hdr=%lu drop_ip_csum=%lu drop_ip_frag=%lu drop_ip_dst=%lu "
 	          "drop_ip_proto=%lu drop_udp_hdr=%lu drop_udp_csum=%lu drop_udp_port=%lu tx_errors=%lu "
-	          "keys=%u wal_records=%lu\n",
+	          "keys=%u wal_records=%lu wal_compactions=%lu\n",
 	          s->requests, s->frames, s->arp_replies, s->arp_ignored, s->ignored_type, s->drop_eth,
 	          s->drop_ip_hdr, s->drop_ip_csum, s->drop_ip_frag, s->drop_ip_dst, s->drop_ip_proto,
-	          s->drop_udp_hdr, s->drop_udp_csum, s->drop_udp_port, s->tx_errors, kv_count(), wal_records());
+	          s->drop_udp_hdr, s->drop_udp_csum, s->drop_udp_port, s->tx_errors, kv_count(), wal_records(),
+	          wal_compactions());
 }
 
 int guest_main(const struct ftvm_boot *boot)

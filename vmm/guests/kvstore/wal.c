@@ -1,23 +1,50 @@
 /*
- * wal.c — the write-ahead log.
+ * wal.c — the write-ahead log, and its compaction.
  *
- * Format (all integers little-endian; CRC-32C is the Castagnoli CRC,
- * reflected polynomial 0x82F63B78, initial value and final xor 0xFFFFFFFF):
+ * Layout of a disk of S sectors (all integers little-endian; CRC-32C is the
+ * Castagnoli CRC, reflected polynomial 0x82F63B78, initial value and final
+ * xor 0xFFFFFFFF):
  *
- * Sector 0, the header:
+ *   sector 0            header slot A
+ *   sectors 1..L        the log: record n in sector n
+ *   sectors L+1..L+T    table slot 0
+ *   sectors L+T+1..L+2T table slot 1
+ *   sector S-1          header slot B
+ *
+ * T is the sectors one copy of the table needs: ceil(keys * 138 / 512) for
+ * the keys= bound at format time. When the disk is too small for two table
+ * slots, two headers and WAL_COMPACT_LOG_MIN records, T = 0: the log is
+ * sectors 1..S-1, there is no slot B and no compaction.
+ *
+ * Header (in slot A or B):
  *   0   8  magic "FTVMWAL1"
- *   8   4  format version, 1
+ *   8   4  format version, 2
  *   12  4  record size in bytes, 512
- *   16  8  log id: random, drawn from the entropy device when formatting
- *   24  4  CRC-32C of bytes 0..23
- *   28  484 zero
+ *   16  8  log id of the log that follows this header: random, drawn from
+ *          the entropy device at format and at each compaction
+ *   24  8  generation: 1 at format, +1 at each compaction
+ *   32  8  L, log sectors
+ *   40  8  T, sectors of one table slot (0: no compaction)
+ *   48  4  table slot this header's table is in (0 or 1)
+ *   52  4  entries in that table
+ *   56  4  CRC-32C of the table's entries*138 bytes
+ *   60  4  CRC-32C of bytes 0..59
+ *   64  448 zero
  *
- * Sector n >= 1, record n (one record per sector):
+ * Table: entries packed back to back from the slot's first sector, 138
+ * bytes each, the last sector zero padded:
+ *   0   8  version (>= 1)
+ *   8   1  key length, 1..64
+ *   9   1  value length, 1..64
+ *   10  64 key, zero padded
+ *   74  64 value, zero padded
+ *
+ * Record n (sector n, 1 <= n <= L):
  *   0   4  magic "KVR1"
  *   4   4  CRC-32C of bytes 8..511
  *   8   8  log id, equal to the header's
  *   16  8  sequence number, equal to n
- *   24  4  CRC of record n-1 (the header's CRC for n = 1)
+ *   24  4  CRC of record n-1 (the header's CRC, bytes 60..63, for n = 1)
  *   28  1  op: 1 PUT, 2 INC
  *   29  1  key length, 1..64
  *   30  1  value length, 1..64
@@ -27,15 +54,28 @@
  *   104 64 value after this write, zero padded (for INC: the new number)
  *   168 344 zero
  *
- * Why one record per sector: an append writes a sector that held no record,
- * so a write torn by a crash can damage only the record being written, never
- * one that was already acknowledged. Replay applies records 1, 2, ... and
- * stops at the first that does not check out: that is the torn tail (or the
- * end of the log). New records then overwrite it. The chain of CRCs (each
- * record names its predecessor's) keeps older records that lie beyond a
- * damaged one from being taken up again once the damaged sector is
- * rewritten; the log id keeps records of a log that an earlier format left
- * on the device from being taken up at all.
+ * At boot the valid header of the higher generation whose table checks out
+ * is the one in effect: its table is loaded, then its log replayed.
+ *
+ * Why one record per sector: an append writes a sector that held no record
+ * of this log, so a write torn by a crash can damage only the record being
+ * written, never one that was already acknowledged. Replay applies records
+ * 1, 2, ... and stops at the first that does not check out: that is the
+ * torn tail (or the end of the log). New records then overwrite it. The
+ * chain of CRCs (each record names its predecessor's) keeps older records
+ * that lie beyond a damaged one from being taken up again once the damaged
+ * sector is rewritten; the log id keeps records of an earlier log (before a
+ * format or a compaction) from being taken up at all.
+ *
+ * Compaction, when the log is full: the table as it is now (every record
+ * applied) is written to the slot the header in effect does not use, then
+ * a header of the next generation naming that slot and a fresh log id is
+ * written, in one sector write, to the header slot the header in effect is
+ * not in; the log then starts again at sector 1. Until that header write
+ * is durable nothing the header in effect names has been touched, so a
+ * crash at any point leaves either the old header (old table, whole old
+ * log) or the new one (new table, empty log), each complete; a torn header
+ * write fails its CRC and the old header stays in effect.
  *
  * A record carries the value after the write, not the operation's input, so
  * replaying is just setting keys: it needs no arithmetic and cannot fail
@@ -45,17 +85,27 @@
 #include "wal.h"
 
 #define WAL_RECORD_BYTES   FTVM_BLOCK_SECTOR
-#define WAL_FORMAT_VERSION 1
-#define WAL_HDR_CRC_OFF    24
-#define WAL_HDR_BYTES      28
-/* Sectors read per block request during replay. */
-#define WAL_REPLAY_BATCH_SECTORS (FTVM_BLOCK_MAX / FTVM_BLOCK_SECTOR)
+#define WAL_FORMAT_VERSION 2
+#define WAL_HDR_CRC_OFF    60
+/* Bytes of one table entry. */
+#define WAL_ENTRY_BYTES 138
+/* The least log a compacting layout leaves; below it, no compaction. */
+#define WAL_COMPACT_LOG_MIN 8
+/* Sectors read or written per block request for replay and compaction. */
+#define WAL_BATCH_SECTORS (FTVM_BLOCK_MAX / FTVM_BLOCK_SECTOR)
 
 static const char hdr_magic[8] = { 'F', 'T', 'V', 'M', 'W', 'A', 'L', '1' };
 static const char rec_magic[4] = { 'K', 'V', 'R', '1' };
 
+/* The layout of this disk and the header in effect. */
+struct header {
+	uint64_t log_id, gen, log_sectors, table_sectors;
+	uint32_t table_slot, entries, table_crc, crc;
+};
+
 static uint32_t crc_table[256];
-static uint64_t log_id, sectors, next_seq, replayed;
+static uint64_t sectors, next_seq, replayed, compactions;
+static struct header cur;
 static uint32_t prev_crc;
 static uint8_t sector[WAL_RECORD_BYTES] __attribute__((aligned(8)));
 static uint8_t batch[FTVM_BLOCK_MAX] __attribute__((aligned(8)));
@@ -70,13 +120,18 @@ static void crc_init(void)
 	}
 }
 
-static uint32_t crc32c(const uint8_t *p, size_t n)
+/* crc32c_update folds n bytes into a running CRC; start at 0xffffffff,
+ * finish with ^ 0xffffffff. */
+static uint32_t crc32c_update(uint32_t c, const uint8_t *p, size_t n)
 {
-	uint32_t c = 0xffffffffu;
-
 	while (n--)
 		c = crc_table[(c ^ *p++) & 0xff] ^ (c >> 8);
-	return c ^ 0xffffffffu;
+	return c;
+}
+
+static uint32_t crc32c(const uint8_t *p, size_t n)
+{
+	return crc32c_update(0xffffffffu, p, n) ^ 0xffffffffu;
 }
 
 static uint32_t le32(const uint8_t *p)
@@ -110,20 +165,92 @@ static int all_zero(const uint8_t *p, size_t n)
 	return 1;
 }
 
-static int format(void)
+/* header_sector is where header slot k (0: A, 1: B) lies. */
+static uint64_t header_sector(uint32_t k)
 {
-	rt_entropy(&log_id, sizeof(log_id));
+	return k ? sectors - 1 : 0;
+}
+
+/* table_first is the first sector of table slot k. */
+static uint64_t table_first(const struct header *h, uint32_t k)
+{
+	return 1 + h->log_sectors + (uint64_t)k * h->table_sectors;
+}
+
+/* write_header encodes h (filling in h->crc) into header slot k. */
+static int write_header(struct header *h, uint32_t k)
+{
 	memset(sector, 0, sizeof(sector));
 	memcpy(sector, hdr_magic, 8);
 	put_le32(sector + 8, WAL_FORMAT_VERSION);
 	put_le32(sector + 12, WAL_RECORD_BYTES);
-	put_le64(sector + 16, log_id);
-	prev_crc = crc32c(sector, WAL_HDR_CRC_OFF);
-	put_le32(sector + WAL_HDR_CRC_OFF, prev_crc);
-	if (rt_block_write(0, sector, sizeof(sector)) != FTVM_OK) {
-		rt_printf("kvstore: wal: writing the header to sector 0 failed\n");
+	put_le64(sector + 16, h->log_id);
+	put_le64(sector + 24, h->gen);
+	put_le64(sector + 32, h->log_sectors);
+	put_le64(sector + 40, h->table_sectors);
+	put_le32(sector + 48, h->table_slot);
+	put_le32(sector + 52, h->entries);
+	put_le32(sector + 56, h->table_crc);
+	h->crc = crc32c(sector, WAL_HDR_CRC_OFF);
+	put_le32(sector + WAL_HDR_CRC_OFF, h->crc);
+	if (rt_block_write(header_sector(k), sector, sizeof(sector)) != FTVM_OK) {
+		rt_printf("kvstore: wal: writing the header to sector %lu failed\n", header_sector(k));
 		return WAL_E_IO;
 	}
+	return WAL_OK;
+}
+
+/* parse_header returns NULL when sector holds a header for this disk, else
+ * why not. */
+static const char *parse_header(struct header *h)
+{
+	if (memcmp(sector, hdr_magic, 8) != 0)
+		return "no header magic";
+	if (le32(sector + WAL_HDR_CRC_OFF) != crc32c(sector, WAL_HDR_CRC_OFF))
+		return "bad checksum";
+	if (le32(sector + 8) != WAL_FORMAT_VERSION || le32(sector + 12) != WAL_RECORD_BYTES)
+		return "another format version";
+	h->log_id = le64(sector + 16);
+	h->gen = le64(sector + 24);
+	h->log_sectors = le64(sector + 32);
+	h->table_sectors = le64(sector + 40);
+	h->table_slot = le32(sector + 48);
+	h->entries = le32(sector + 52);
+	h->table_crc = le32(sector + 56);
+	h->crc = le32(sector + WAL_HDR_CRC_OFF);
+	uint64_t used = 1 + h->log_sectors + (h->table_sectors ? 2 * h->table_sectors + 1 : 0);
+	if (h->gen == 0 || h->log_sectors == 0 || used != sectors || h->table_slot > 1 ||
+	    (uint64_t)h->entries * WAL_ENTRY_BYTES > h->table_sectors * FTVM_BLOCK_SECTOR)
+		return "layout does not fit this disk";
+	return 0;
+}
+
+static int format(void)
+{
+	uint64_t t = ((uint64_t)kv_keys_max() * WAL_ENTRY_BYTES + FTVM_BLOCK_SECTOR - 1) / FTVM_BLOCK_SECTOR;
+
+	memset(&cur, 0, sizeof(cur));
+	cur.gen = 1;
+	if (sectors >= 2 + 2 * t + WAL_COMPACT_LOG_MIN) {
+		cur.table_sectors = t;
+		cur.log_sectors = sectors - 2 - 2 * t;
+		/* A header of an earlier log in slot B must not outrank this
+		 * one: clear it first (a crash before the next write leaves no
+		 * header at all, and the next boot formats again). */
+		memset(sector, 0, sizeof(sector));
+		if (rt_block_write(header_sector(1), sector, sizeof(sector)) != FTVM_OK) {
+			rt_printf("kvstore: wal: clearing header slot B in sector %lu failed\n", header_sector(1));
+			return WAL_E_IO;
+		}
+	} else {
+		cur.log_sectors = sectors - 1;
+	}
+	rt_entropy(&cur.log_id, sizeof(cur.log_id));
+	cur.table_crc = crc32c(0, 0);
+	if (write_header(&cur, 0) != WAL_OK)
+		return WAL_E_IO;
+	prev_crc = cur.crc;
+	next_seq = 1;
 	return WAL_OK;
 }
 
@@ -134,7 +261,7 @@ static const char *check_record(const uint8_t *rec, uint64_t seq)
 		return "no record magic";
 	if (le32(rec + 4) != crc32c(rec + 8, WAL_RECORD_BYTES - 8))
 		return "bad checksum";
-	if (le64(rec + 8) != log_id)
+	if (le64(rec + 8) != cur.log_id)
 		return "record of another log";
 	if (le64(rec + 16) != seq)
 		return "wrong sequence number";
@@ -146,13 +273,50 @@ static const char *check_record(const uint8_t *rec, uint64_t seq)
 	return 0;
 }
 
+/* load_table reads h's table into the (empty) table; it returns NULL or
+ * why the table cannot be used. */
+static const char *load_table(const struct header *h)
+{
+	uint64_t bytes = (uint64_t)h->entries * WAL_ENTRY_BYTES, off = 0;
+	uint64_t s = table_first(h, h->table_slot);
+	uint32_t crc = 0xffffffffu;
+	uint8_t e[WAL_ENTRY_BYTES];
+	size_t have = 0;
+
+	while (off < bytes) {
+		uint64_t left = (bytes - off + FTVM_BLOCK_SECTOR - 1) / FTVM_BLOCK_SECTOR;
+		uint64_t n = left < WAL_BATCH_SECTORS ? left : WAL_BATCH_SECTORS;
+		if (rt_block_read(s, batch, n * FTVM_BLOCK_SECTOR) != FTVM_OK)
+			return "reading the table failed";
+		size_t got = n * FTVM_BLOCK_SECTOR;
+		if (got > bytes - off)
+			got = (size_t)(bytes - off);
+		crc = crc32c_update(crc, batch, got);
+		for (size_t i = 0; i < got; i++) {
+			e[have++] = batch[i];
+			if (have < WAL_ENTRY_BYTES)
+				continue;
+			have = 0;
+			if (le64(e) == 0 || e[8] < 1 || e[8] > KV_KEY_BYTES_MAX || e[9] < 1 || e[9] > KV_VAL_BYTES_MAX)
+				return "bad table entry";
+			if (kv_set((const char *)e + 10, e[8], (const char *)e + 74, e[9], le64(e)) != 0)
+				return "the table holds more keys than keys= allows";
+		}
+		off += got;
+		s += n;
+	}
+	if ((crc ^ 0xffffffffu) != h->table_crc)
+		return "table checksum does not match its header";
+	return 0;
+}
+
 static int replay(void)
 {
 	const char *why = 0;
-	uint64_t s = 1;
+	uint64_t s = 1, end = 1 + cur.log_sectors;
 
-	while (s < sectors && !why) {
-		uint64_t n = sectors - s < WAL_REPLAY_BATCH_SECTORS ? sectors - s : WAL_REPLAY_BATCH_SECTORS;
+	while (s < end && !why) {
+		uint64_t n = end - s < WAL_BATCH_SECTORS ? end - s : WAL_BATCH_SECTORS;
 		if (rt_block_read(s, batch, n * FTVM_BLOCK_SECTOR) != FTVM_OK) {
 			rt_printf("kvstore: wal: reading sectors %lu..%lu failed\n", s, s + n - 1);
 			return WAL_E_IO;
@@ -183,6 +347,9 @@ static int replay(void)
 
 int wal_open(void)
 {
+	struct header h[2];
+	const char *why[2] = { "not read", "not read" };
+
 	crc_init();
 	sectors = rt_block_sectors();
 	if (sectors < 2) {
@@ -190,19 +357,34 @@ int wal_open(void)
 		          "(attach a disk to the VM)\n", sectors);
 		return WAL_E_IO;
 	}
-	if (rt_block_read(0, sector, sizeof(sector)) != FTVM_OK) {
-		rt_printf("kvstore: wal: reading the header in sector 0 failed\n");
-		return WAL_E_IO;
+	for (uint32_t k = 0; k < 2; k++) {
+		if (rt_block_read(header_sector(k), sector, sizeof(sector)) != FTVM_OK) {
+			rt_printf("kvstore: wal: reading the header in sector %lu failed\n", header_sector(k));
+			return WAL_E_IO;
+		}
+		why[k] = parse_header(&h[k]);
 	}
-	if (memcmp(sector, hdr_magic, 8) != 0 || le32(sector + WAL_HDR_CRC_OFF) != crc32c(sector, WAL_HDR_CRC_OFF) ||
-	    le32(sector + 8) != WAL_FORMAT_VERSION || le32(sector + 12) != WAL_RECORD_BYTES) {
-		rt_printf("kvstore: wal: no valid log header in sector 0; formatting %lu sectors\n", sectors);
-		next_seq = 1;
-		return format();
+	/* Slot B exists only in a compacting layout, which slot A (if valid)
+	 * says; sector S-1 is a record otherwise. */
+	if (!why[0] && h[0].table_sectors == 0)
+		why[1] = "no slot B";
+	/* The higher generation first; its table must check out. */
+	uint32_t first = !why[1] && (why[0] || h[1].gen > h[0].gen);
+	for (uint32_t i = 0; i < 2; i++) {
+		uint32_t k = first ^ i;
+		if (why[k])
+			continue;
+		const char *bad = load_table(&h[k]);
+		if (!bad) {
+			cur = h[k];
+			prev_crc = cur.crc;
+			return replay();
+		}
+		rt_printf("kvstore: wal: header in sector %lu (generation %lu): %s\n", header_sector(k), h[k].gen, bad);
+		kv_reset();
 	}
-	log_id = le64(sector + 16);
-	prev_crc = le32(sector + WAL_HDR_CRC_OFF);
-	return replay();
+	rt_printf("kvstore: wal: no valid log header in sector 0 (%s); formatting %lu sectors\n", why[0], sectors);
+	return format();
 }
 
 uint64_t wal_replayed(void)
@@ -215,13 +397,77 @@ uint64_t wal_records(void)
 	return next_seq - 1;
 }
 
+uint64_t wal_compactions(void)
+{
+	return compactions;
+}
+
+/* compact writes the table to the other slot and switches to it with a
+ * header of the next generation and an empty log (see the top). */
+static int compact(void)
+{
+	struct header n = cur;
+	uint32_t crc = 0xffffffffu;
+	uint64_t s, fill = 0, entries = 0;
+
+	if ((uint64_t)kv_count() * WAL_ENTRY_BYTES > cur.table_sectors * FTVM_BLOCK_SECTOR)
+		return WAL_E_FULL; /* keys= was raised past what the disk was formatted for */
+	n.gen = cur.gen + 1;
+	n.table_slot = (uint32_t)(n.gen & 1) ^ 1; /* header and table slot: A/0 for odd generations */
+	s = table_first(&n, n.table_slot);
+	for (uint32_t i = 0; i < KV_SLOTS; i++) {
+		const struct kv_entry *e = kv_at(i);
+		if (e) {
+			uint8_t b[WAL_ENTRY_BYTES];
+			memset(b, 0, sizeof(b));
+			put_le64(b, e->version);
+			b[8] = e->klen;
+			b[9] = e->vlen;
+			memcpy(b + 10, e->key, e->klen);
+			memcpy(b + 74, e->val, e->vlen);
+			crc = crc32c_update(crc, b, sizeof(b));
+			entries++;
+			for (size_t j = 0; j < sizeof(b); j++) {
+				batch[fill++] = b[j];
+				if (fill == sizeof(batch)) {
+					if (rt_block_write(s, batch, fill) != FTVM_OK)
+						return WAL_E_IO;
+					s += fill / FTVM_BLOCK_SECTOR;
+					fill = 0;
+				}
+			}
+		}
+	}
+	if (fill) {
+		uint64_t padded = (fill + FTVM_BLOCK_SECTOR - 1) / FTVM_BLOCK_SECTOR * FTVM_BLOCK_SECTOR;
+		memset(batch + fill, 0, padded - fill);
+		if (rt_block_write(s, batch, padded) != FTVM_OK)
+			return WAL_E_IO;
+	}
+	n.entries = (uint32_t)entries;
+	n.table_crc = crc ^ 0xffffffffu;
+	rt_entropy(&n.log_id, sizeof(n.log_id));
+	if (write_header(&n, n.table_slot) != WAL_OK)
+		return WAL_E_IO;
+	cur = n;
+	prev_crc = cur.crc;
+	next_seq = 1;
+	compactions++;
+	return WAL_OK;
+}
+
 int wal_append(uint8_t op, const char *key, size_t klen, const char *val, size_t vlen, uint64_t version)
 {
-	if (next_seq >= sectors)
-		return WAL_E_FULL;
+	if (next_seq > cur.log_sectors) {
+		if (cur.table_sectors == 0)
+			return WAL_E_FULL;
+		int err = compact();
+		if (err != WAL_OK)
+			return err;
+	}
 	memset(sector, 0, sizeof(sector));
 	memcpy(sector, rec_magic, 4);
-	put_le64(sector + 8, log_id);
+	put_le64(sector + 8, cur.log_id);
 	put_le64(sector + 16, next_seq);
 	put_le32(sector + 24, prev_crc);
 	sector[28] = op;

@@ -17,16 +17,20 @@ enum wal_status {
 };
 
 /*
- * wal_open reads the log on the block device, formatting it when sector 0
- * holds no valid header, and replays every record into the table with
- * kv_set. It returns WAL_OK or WAL_E_IO, printing what went wrong.
+ * wal_open reads the log on the block device, formatting it when neither
+ * header slot holds a valid header, loads the table the header in effect
+ * names and replays every record of its log into the table with kv_set.
+ * It returns WAL_OK or WAL_E_IO, printing what went wrong.
  */
 int wal_open(void);
 /* Records replayed by wal_open, and records in the log now. */
 uint64_t wal_replayed(void);
 uint64_t wal_records(void);
+/* Compactions since boot: each wrote the table and started a new log. */
+uint64_t wal_compactions(void);
 /* wal_append makes one record durable; only then may the write be applied
- * and answered. */
+ * and answered. A full log is compacted first (where the disk has room for
+ * the table twice); WAL_E_FULL only where it has not. */
 int wal_append(uint8_t op, const char *key, size_t klen, const char *val, size_t vlen, uint64_t version);
 
 #endif
