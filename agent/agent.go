@@ -142,6 +142,7 @@ type Agent struct {
 	halted  bool
 	haltWhy string
 	guarded bool // a secondary was in step at least once
+	granted bool // this host was primary in some epoch: its VM may run
 	enc     []byte
 
 	wake    chan struct{}
@@ -424,14 +425,23 @@ func (a *Agent) process(ctx context.Context) error {
 		a.perf.Lock()
 		a.mu.Lock()
 		if !a.node.HasReady() {
-			guarded := a.node.Status().Protected
+			ns := a.node.Status()
 			// A Step may have brought log items without any Ready: let
 			// a hook waiting for them look again.
 			a.cond.Broadcast()
 			a.mu.Unlock()
 			a.perf.Unlock()
-			if guarded && !a.guarded {
+			if ns.Protected && !a.guarded {
 				a.guarded = true
+				if err := a.applyRun(); err != nil {
+					return err
+				}
+			}
+			// A primary's VM starts once the arbiter granted it its epoch:
+			// no command says so when no secondary is there to join (the
+			// node has nothing to resume, it never paused).
+			if ns.Role == lockstep.RolePrimary && ns.Epoch > 0 && !a.granted {
+				a.granted = true
 				if err := a.applyRun(); err != nil {
 					return err
 				}
