@@ -42,6 +42,7 @@ const (
 	DefaultMaxCheckpointBytes   = 256 << 20
 	DefaultMaxPendingOutputs    = 64
 	DefaultPrecopyDoneBytes     = 256 << 10
+	DefaultArbiterRetryMaxTicks = 100
 )
 
 // Config configures a Node. Zero fields take the defaults above.
@@ -68,6 +69,10 @@ type Config struct {
 	// which grows with the VM and its disk. A secondary that dies then is
 	// still found at once through PeerLost. Zero: 10 x PeerTimeoutTicks.
 	SyncTimeoutTicks int
+	// ArbiterRetryMaxTicks bounds the wait before asking an arbiter that
+	// failed (could not be asked) again: the wait starts at
+	// RetransmitTicks and doubles with each failure in a row up to this.
+	ArbiterRetryMaxTicks int
 	// RetransmitBurstItems bounds how many log items one retransmission sends.
 	RetransmitBurstItems int
 	// CheckpointChunkBytes is the payload size of one checkpoint chunk.
@@ -124,6 +129,7 @@ func (c *Config) fill() error {
 	def(&c.PeerTimeoutTicks, DefaultPeerTimeoutTicks)
 	def(&c.SyncTimeoutTicks, 10*c.PeerTimeoutTicks)
 	def(&c.RetransmitBurstItems, DefaultRetransmitBurstItems)
+	def(&c.ArbiterRetryMaxTicks, DefaultArbiterRetryMaxTicks)
 	def(&c.CheckpointChunkBytes, DefaultCheckpointChunkBytes)
 	def(&c.MaxCheckpointBytes, DefaultMaxCheckpointBytes)
 	def(&c.MaxPendingOutputs, DefaultMaxPendingOutputs)
@@ -140,7 +146,7 @@ func (c *Config) fill() error {
 	if c.PeerTimeoutTicks <= 2*c.HeartbeatTicks {
 		return fmt.Errorf("lockstep: PeerTimeoutTicks %d must exceed twice HeartbeatTicks %d, or one lost heartbeat looks like a death", c.PeerTimeoutTicks, c.HeartbeatTicks)
 	}
-	for _, v := range []int{c.LogWindowEntries, c.HeartbeatTicks, c.RetransmitTicks, c.RetransmitBurstItems, c.CheckpointChunkBytes, c.MaxCheckpointBytes, c.MaxPendingOutputs} {
+	for _, v := range []int{c.LogWindowEntries, c.HeartbeatTicks, c.RetransmitTicks, c.RetransmitBurstItems, c.ArbiterRetryMaxTicks, c.CheckpointChunkBytes, c.MaxCheckpointBytes, c.MaxPendingOutputs} {
 		if v < 0 {
 			return errors.New("lockstep: Config bounds must not be negative")
 		}

@@ -385,6 +385,9 @@ func (d *daemon) run(ctx context.Context) int {
 	d.log.Info("started", "role", d.cfg.role, "listen", d.listener.Addr(), "peer", d.cfg.peer, "mode", d.cfg.mode, "control", d.cfg.control)
 	err = d.ag.Run(runCtx, &d.link)
 	switch {
+	case errors.Is(err, agent.ErrArbiterUnusable):
+		d.log.Error("stopping: the arbiter cannot be used, so this host can neither serve nor take over; fix --arbiter-dir and start again", "arbiter_dir", d.cfg.arbiterDir, "err", err)
+		return exitFailure
 	case errors.Is(err, agent.ErrHalted):
 		d.log.Warn("halted: another host is primary for this VM; restart this one as a secondary to re-protect it", "err", err)
 		return exitHalted
