@@ -50,7 +50,7 @@ type Config struct {
 	// VMID names the protected VM; a Hello for another VM is refused.
 	VMID string
 	// Role the node starts in: wire.RolePrimary runs the VM and first asks
-	// the arbiter for epoch 1; wire.RoleSecondary joins a primary.
+	// the arbiter for FirstEpoch; wire.RoleSecondary joins a primary.
 	Role wire.Role
 	Mode Mode
 	// LogWindowEntries bounds the log items a primary keeps for a secondary
@@ -102,6 +102,11 @@ type Config struct {
 	// it released: its copy of that state then follows the primary's. Nil:
 	// no output is persistent.
 	Persistent func(device uint16) bool
+
+	// FirstEpoch is the epoch a primary asks for first: one past the
+	// newest the arbiter granted, when the host may take it (it stopped
+	// cleanly, or its disk is the current one). Zero: 1.
+	FirstEpoch uint64
 
 	// Bugs plants known bugs; nil in production. Only tests under lockstep/
 	// can set it.

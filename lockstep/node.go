@@ -194,7 +194,7 @@ type chainEnd struct {
 }
 
 // NewNode returns a node in cfg.Role. A primary starts by asking the arbiter
-// for epoch 1 (see Ready); a secondary starts by sending Hello.
+// for cfg.FirstEpoch (see Ready); a secondary starts by sending Hello.
 func NewNode(cfg Config) (*Node, error) {
 	if err := cfg.fill(); err != nil {
 		return nil, err
@@ -203,7 +203,7 @@ func NewNode(cfg Config) (*Node, error) {
 	switch cfg.Role {
 	case wire.RolePrimary:
 		n.role = RolePrimary
-		n.acquire(1)
+		n.acquire(max(1, cfg.FirstEpoch))
 	case wire.RoleSecondary:
 		n.role = RoleSecondary
 		n.sphase = sJoining
