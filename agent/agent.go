@@ -10,6 +10,7 @@ import (
 	"time"
 
 	"github.com/ftvm/ftvm/lockstep"
+	"github.com/ftvm/ftvm/lockstep/arbiter"
 	"github.com/ftvm/ftvm/lockstep/wire"
 	"github.com/ftvm/ftvm/transport"
 	"github.com/ftvm/ftvm/vmm"
@@ -142,7 +143,12 @@ type Agent struct {
 	halted  bool
 	haltWhy string
 	guarded bool // a secondary was in step at least once
+	granted bool // this host was primary in some epoch: its VM may run
 	enc     []byte
+
+	// arbFailures counts the arbiter's errors in a row, arbPermanent those
+	// of them that cannot pass by themselves (see permanentArbiterError).
+	arbFailures, arbPermanent int
 
 	wake    chan struct{}
 	arbRes  chan arbiterAnswer
@@ -311,6 +317,61 @@ func (a *Agent) Status() lockstep.Status {
 // primary, so this one must not act.
 var ErrHalted = errors.New("agent: halted")
 
+// ErrArbiterUnusable is returned by Run when the arbiter failed
+// arbiterPermanentTries times in a row with an error that does not pass by
+// itself (see permanentArbiterError): this host cannot learn whether it
+// may act, and waiting would not change that.
+var ErrArbiterUnusable = errors.New("agent: the arbiter cannot be used")
+
+// arbiterPermanentTries is how many permanent errors in a row end Run.
+// More than one: a remount or a fail-over of the shared storage can show
+// ENOENT or EACCES for a moment. With the node's back-off (3, 6, 12, 24
+// ticks) five tries take about half a second at 10 ms ticks.
+const arbiterPermanentTries = 5
+
+// permanentArbiterError reports whether an arbiter's error will not pass
+// by itself: the state file or its directory is missing, read-only or
+// forbidden, or the state is corrupt. Timeouts, lock contention and
+// network errors are transient: the node asks again, backing off.
+func permanentArbiterError(err error) bool {
+	for _, e := range []error{unix.EROFS, unix.EACCES, unix.EPERM, unix.ENOENT, unix.ENOTDIR, unix.EISDIR, arbiter.ErrCorruptState} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// arbiterAnswered hands the arbiter's answer to the node. An error is
+// logged at ERROR with what to do; the node asks again after a back-off
+// (lockstep.Config.ArbiterRetryMaxTicks), except that an error that
+// cannot pass ends Run after arbiterPermanentTries.
+func (a *Agent) arbiterAnswered(r arbiterAnswer) error {
+	a.mu.Lock()
+	a.node.ArbiterResult(r.epoch, r.granted, r.fence, r.err)
+	a.mu.Unlock()
+	if r.err == nil {
+		if a.arbFailures > 0 {
+			a.log.Info("the arbiter answers again", "epoch", r.epoch, "failed_before", a.arbFailures)
+		}
+		a.arbFailures, a.arbPermanent = 0, 0
+		return nil
+	}
+	a.arbFailures++
+	if permanentArbiterError(r.err) {
+		a.arbPermanent++
+	} else {
+		a.arbPermanent = 0
+	}
+	if a.arbPermanent >= arbiterPermanentTries {
+		return fmt.Errorf("%w: asking for epoch %d failed %d times in a row: %v: the arbiter's directory must exist on storage every host of this VM shares, and this host must be able to write it (check --arbiter-dir, its mount and its permissions), then start this host again", ErrArbiterUnusable, r.epoch, a.arbPermanent, r.err)
+	}
+	a.log.Error("the arbiter could not be asked for an epoch; this host neither serves nor takes over until it answers; asking again",
+		"epoch", r.epoch, "failures", a.arbFailures, "err", r.err,
+		"what_to_do", "make the arbiter's directory (--arbiter-dir) reachable and writable from this host")
+	return nil
+}
+
 // Run drives the node until the guest has finished and every output left
 // (primary), Stop is called, ctx ends or the node halts. It closes the VM
 // before returning.
@@ -362,9 +423,9 @@ func (a *Agent) Run(ctx context.Context, tr Transport) (err error) {
 			a.mu.Unlock()
 		case <-a.wake:
 		case r := <-a.arbRes:
-			a.mu.Lock()
-			a.node.ArbiterResult(r.epoch, r.granted, r.fence, r.err)
-			a.mu.Unlock()
+			if err := a.arbiterAnswered(r); err != nil {
+				return err
+			}
 		case r := <-a.liveRes:
 			if err := a.checkpointTaken(r.id, r.data, r.err); err != nil {
 				return err
@@ -424,14 +485,23 @@ func (a *Agent) process(ctx context.Context) error {
 		a.perf.Lock()
 		a.mu.Lock()
 		if !a.node.HasReady() {
-			guarded := a.node.Status().Protected
+			ns := a.node.Status()
 			// A Step may have brought log items without any Ready: let
 			// a hook waiting for them look again.
 			a.cond.Broadcast()
 			a.mu.Unlock()
 			a.perf.Unlock()
-			if guarded && !a.guarded {
+			if ns.Protected && !a.guarded {
 				a.guarded = true
+				if err := a.applyRun(); err != nil {
+					return err
+				}
+			}
+			// A primary's VM starts once the arbiter granted it its epoch:
+			// no command says so when no secondary is there to join (the
+			// node has nothing to resume, it never paused).
+			if ns.Role == lockstep.RolePrimary && ns.Epoch > 0 && !a.granted {
+				a.granted = true
 				if err := a.applyRun(); err != nil {
 					return err
 				}
@@ -663,7 +733,11 @@ func (a *Agent) command(ctx context.Context, c lockstep.Command) error {
 	case lockstep.CmdRestoreCheckpoint:
 		return a.restore(c.Checkpoint)
 	case lockstep.CmdAcquire:
-		a.log.Info("asking the arbiter for an epoch", "epoch", c.Epoch)
+		if a.arbFailures == 0 {
+			a.log.Info("asking the arbiter for an epoch", "epoch", c.Epoch)
+		} else {
+			a.log.Debug("asking the arbiter for an epoch again", "epoch", c.Epoch, "failures", a.arbFailures)
+		}
 		go a.acquire(ctx, c.Epoch)
 		return nil
 	case lockstep.CmdGoLive:

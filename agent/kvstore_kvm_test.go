@@ -12,7 +12,9 @@ import (
 	"time"
 
 	"github.com/ftvm/ftvm/lockstep"
+	"github.com/ftvm/ftvm/lockstep/arbiter"
 	"github.com/ftvm/ftvm/lockstep/wire"
+	"github.com/ftvm/ftvm/transport"
 	"github.com/ftvm/ftvm/vmm"
 )
 
@@ -103,8 +105,9 @@ func kvstorePairRun(t *testing.T, diskBytes int64, cmdline string, requests int)
 // udpKVClient wraps kvstore requests in Ethernet/IPv4/UDP frames sent to a
 // UDP NIC, as a host on the guest's network would (kvstore: 10.77.0.2:7000).
 type udpKVClient struct {
-	conn *net.UDPConn
-	nic  *net.UDPAddr
+	conn    *net.UDPConn
+	nic     *net.UDPAddr
+	timeout time.Duration // for each reply; zero: kvReplyTimeout
 }
 
 const kvReplyTimeout = 60 * time.Second
@@ -116,8 +119,13 @@ func (c *udpKVClient) do(t *testing.T, req string) string {
 		t.Fatalf("send: %v", err)
 	}
 	buf := make([]byte, 2048)
+	timeout := c.timeout
+	if timeout == 0 {
+		timeout = kvReplyTimeout
+	}
+	deadline := time.Now().Add(timeout)
 	for {
-		c.conn.SetReadDeadline(time.Now().Add(kvReplyTimeout))
+		c.conn.SetReadDeadline(deadline)
 		n, _, err := c.conn.ReadFromUDP(buf)
 		if err != nil {
 			t.Fatalf("no reply to %q: %v", req, err)
@@ -170,4 +178,75 @@ func onesSum(s uint16, b []byte) uint16 {
 		sum = sum&0xffff + sum>>16
 	}
 	return uint16(sum)
+}
+
+// discardTransport is the transport of a primary no secondary ever joins.
+type discardTransport struct{}
+
+func (discardTransport) Send(transport.Type, []byte) error { return nil }
+
+// TestKVMLonePrimaryServes runs a primary that no secondary joins, as the
+// README's first command does: it must boot its guest and serve at once
+// (issue 15: the vCPU waited for a command that only a joining secondary
+// brought).
+func TestKVMLonePrimaryServes(t *testing.T) {
+	image := guestImage(t, "kvstore")
+	client, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	nic, err := vmm.ListenUDPNIC("127.0.0.1:0", client.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer nic.Close()
+	disk, err := os.Create(filepath.Join(t.TempDir(), "disk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer disk.Close()
+	if err := disk.Truncate(4 << 20); err != nil {
+		t.Fatal(err)
+	}
+	arb, err := arbiter.NewFile(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out lockedBuffer
+	a, err := New(Config{
+		Node: nodeConfig(wire.RolePrimary, lockstep.AckOnReceipt, 0),
+		NewVM: func(h vmm.ExitHook) (VM, error) {
+			return vmm.New(vmm.Config{MemSizeBytes: testMemBytes, Console: &out, Hook: h, NIC: nic, Disk: disk})
+		},
+		Boot:            func(vm VM) error { return vm.(*vmm.Machine).Load(image) },
+		Arbiter:         arb,
+		TickInterval:    testTick,
+		SeparateStorage: true,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), testRunTimeout)
+	defer cancel()
+	runErr := make(chan error, 1)
+	go func() { runErr <- a.Run(ctx, discardTransport{}) }()
+	defer func() {
+		a.Stop()
+		if err := <-runErr; err != nil {
+			t.Errorf("Run: %v", err)
+		}
+	}()
+	// The guest boots in a few milliseconds; a second bounds it loosely
+	// (a primary that waits for a secondary never answers at all).
+	kv := &udpKVClient{conn: client, nic: nic.LocalAddr(), timeout: time.Second}
+	if got := kv.do(t, "1 PUT k v"); !strings.HasPrefix(got, "1 OK") {
+		t.Fatalf("PUT answered %q, want 1 OK", got)
+	}
+	if got := kv.do(t, "2 GET k"); !strings.HasPrefix(got, "2 VAL 1 v") {
+		t.Fatalf("GET answered %q, want 2 VAL 1 v", got)
+	}
+	if st := a.Status(); st.Role != lockstep.RolePrimary || st.Epoch != 1 || st.Protected {
+		t.Fatalf("status %+v: want an unprotected primary at epoch 1", st)
+	}
 }

@@ -5,8 +5,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
+	"os"
 	"strings"
+	"sync"
 	"testing"
+	"time"
 
 	"github.com/ftvm/ftvm/lockstep"
 	"github.com/ftvm/ftvm/lockstep/arbiter"
@@ -222,5 +226,104 @@ func TestNewRefusesMissingParts(t *testing.T) {
 		if _, err := New(c); err == nil || !strings.Contains(err.Error(), name) {
 			t.Errorf("config without %s: %v", name, err)
 		}
+	}
+}
+
+// syncBuffer is a log that tests read while the agent writes.
+type syncBuffer struct{ lockedBuffer }
+
+// flakyArbiter fails its first fails calls with err, then grants.
+type flakyArbiter struct {
+	mu    sync.Mutex
+	fails int
+	calls int
+	err   error
+}
+
+func (f *flakyArbiter) Acquire(ctx context.Context, vmID string, epoch uint64) (bool, uint64, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls++
+	if f.calls <= f.fails {
+		return false, 0, f.err
+	}
+	return true, 1, nil
+}
+
+func runLonePrimary(t *testing.T, arb Arbiter, logs *syncBuffer) (*Agent, *opLog, chan error) {
+	t.Helper()
+	log := &opLog{}
+	a, err := New(Config{
+		Node:         lockstep.Config{VMID: testVMID, Role: wire.RolePrimary, Mode: lockstep.AckOnReceipt},
+		NewVM:        func(vmm.ExitHook) (VM, error) { return &loggedVM{log: log, state: vmm.Paused}, nil },
+		Boot:         func(VM) error { return nil },
+		Arbiter:      arb,
+		TickInterval: time.Millisecond,
+		Logger:       slog.New(slog.NewTextHandler(logs, nil)),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- a.Run(context.Background(), &loggedTransport{log: &opLog{}}) }()
+	return a, log, done
+}
+
+// An arbiter that cannot be written (its directory gone, read-only,
+// forbidden) is no passing fault: the agent says so at ERROR, with what to
+// do, and Run ends with ErrArbiterUnusable after a few tries instead of
+// asking forever (issue 15).
+func TestArbiterUnusableStopsRun(t *testing.T) {
+	dir := t.TempDir() + "/arb"
+	if err := os.Mkdir(dir, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	arb, err := arbiter.NewFile(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	os.Remove(dir) // a real file arbiter whose directory went away: ENOENT
+	var logs syncBuffer
+	a, _, done := runLonePrimary(t, arb, &logs)
+	select {
+	case err := <-done:
+		if !errors.Is(err, ErrArbiterUnusable) || !strings.Contains(err.Error(), dir) {
+			t.Fatalf("Run: %v; want ErrArbiterUnusable naming %s", err, dir)
+		}
+	case <-time.After(30 * time.Second):
+		a.Stop()
+		t.Fatalf("Run went on asking an arbiter whose directory is gone; log:\n%s", logs.String())
+	}
+	out := logs.String()
+	if n := strings.Count(out, "level=ERROR"); n != arbiterPermanentTries-1 || !strings.Contains(out, "no such file or directory") {
+		t.Fatalf("want %d errors logged naming the cause, then the one Run returns; log:\n%s", arbiterPermanentTries-1, out)
+	}
+}
+
+// An error that may pass (a timeout) is logged and retried, shows in
+// Status, and once the arbiter answers the VM runs.
+func TestArbiterTransientErrorsRetried(t *testing.T) {
+	arb := &flakyArbiter{fails: 2 * arbiterPermanentTries, err: context.DeadlineExceeded}
+	var logs syncBuffer
+	a, vmLog, done := runLonePrimary(t, arb, &logs)
+	deadline := time.Now().Add(30 * time.Second)
+	for a.Status().Epoch != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("never granted; status %+v; log:\n%s", a.Status(), logs.String())
+		}
+		time.Sleep(time.Millisecond)
+	}
+	if st := a.Status(); st.ArbiterFailures != 0 || st.ArbiterErr != "" {
+		t.Fatalf("status after the grant %+v: the error must clear", st)
+	}
+	a.Stop()
+	if err := <-done; err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if n := strings.Count(logs.String(), "level=ERROR"); n != 2*arbiterPermanentTries {
+		t.Fatalf("%d errors logged, want %d; log:\n%s", n, 2*arbiterPermanentTries, logs.String())
+	}
+	if !strings.Contains(strings.Join(vmLog.ops, " "), "resume") {
+		t.Fatalf("the VM never ran once the arbiter answered: %v", vmLog.ops)
 	}
 }

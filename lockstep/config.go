@@ -42,6 +42,7 @@ const (
 	DefaultMaxCheckpointBytes   = 256 << 20
 	DefaultMaxPendingOutputs    = 64
 	DefaultPrecopyDoneBytes     = 256 << 10
+	DefaultArbiterRetryMaxTicks = 100
 )
 
 // Config configures a Node. Zero fields take the defaults above.
@@ -49,7 +50,7 @@ type Config struct {
 	// VMID names the protected VM; a Hello for another VM is refused.
 	VMID string
 	// Role the node starts in: wire.RolePrimary runs the VM and first asks
-	// the arbiter for epoch 1; wire.RoleSecondary joins a primary.
+	// the arbiter for FirstEpoch; wire.RoleSecondary joins a primary.
 	Role wire.Role
 	Mode Mode
 	// LogWindowEntries bounds the log items a primary keeps for a secondary
@@ -68,6 +69,10 @@ type Config struct {
 	// which grows with the VM and its disk. A secondary that dies then is
 	// still found at once through PeerLost. Zero: 10 x PeerTimeoutTicks.
 	SyncTimeoutTicks int
+	// ArbiterRetryMaxTicks bounds the wait before asking an arbiter that
+	// failed (could not be asked) again: the wait starts at
+	// RetransmitTicks and doubles with each failure in a row up to this.
+	ArbiterRetryMaxTicks int
 	// RetransmitBurstItems bounds how many log items one retransmission sends.
 	RetransmitBurstItems int
 	// CheckpointChunkBytes is the payload size of one checkpoint chunk.
@@ -98,6 +103,11 @@ type Config struct {
 	// no output is persistent.
 	Persistent func(device uint16) bool
 
+	// FirstEpoch is the epoch a primary asks for first: one past the
+	// newest the arbiter granted, when the host may take it (it stopped
+	// cleanly, or its disk is the current one). Zero: 1.
+	FirstEpoch uint64
+
 	// Bugs plants known bugs; nil in production. Only tests under lockstep/
 	// can set it.
 	Bugs *bugs.Set
@@ -124,6 +134,7 @@ func (c *Config) fill() error {
 	def(&c.PeerTimeoutTicks, DefaultPeerTimeoutTicks)
 	def(&c.SyncTimeoutTicks, 10*c.PeerTimeoutTicks)
 	def(&c.RetransmitBurstItems, DefaultRetransmitBurstItems)
+	def(&c.ArbiterRetryMaxTicks, DefaultArbiterRetryMaxTicks)
 	def(&c.CheckpointChunkBytes, DefaultCheckpointChunkBytes)
 	def(&c.MaxCheckpointBytes, DefaultMaxCheckpointBytes)
 	def(&c.MaxPendingOutputs, DefaultMaxPendingOutputs)
@@ -140,7 +151,7 @@ func (c *Config) fill() error {
 	if c.PeerTimeoutTicks <= 2*c.HeartbeatTicks {
 		return fmt.Errorf("lockstep: PeerTimeoutTicks %d must exceed twice HeartbeatTicks %d, or one lost heartbeat looks like a death", c.PeerTimeoutTicks, c.HeartbeatTicks)
 	}
-	for _, v := range []int{c.LogWindowEntries, c.HeartbeatTicks, c.RetransmitTicks, c.RetransmitBurstItems, c.CheckpointChunkBytes, c.MaxCheckpointBytes, c.MaxPendingOutputs} {
+	for _, v := range []int{c.LogWindowEntries, c.HeartbeatTicks, c.RetransmitTicks, c.RetransmitBurstItems, c.ArbiterRetryMaxTicks, c.CheckpointChunkBytes, c.MaxCheckpointBytes, c.MaxPendingOutputs} {
 		if v < 0 {
 			return errors.New("lockstep: Config bounds must not be negative")
 		}

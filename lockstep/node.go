@@ -116,6 +116,13 @@ type Node struct {
 	// Arbiter request in flight (0: none).
 	acquireEpoch uint64
 	acquireErr   bool
+	// acquireFailures counts the arbiter's errors in a row (no answer at
+	// all, not a refusal); the next ask waits acquireRetryTicks() after
+	// the last, counted in ticksAcquire. acquireLastErr is the last one,
+	// for Status.
+	acquireFailures int
+	acquireLastErr  string
+	ticksAcquire    int
 
 	// Primary state.
 	pphase         pPhase
@@ -187,7 +194,7 @@ type chainEnd struct {
 }
 
 // NewNode returns a node in cfg.Role. A primary starts by asking the arbiter
-// for epoch 1 (see Ready); a secondary starts by sending Hello.
+// for cfg.FirstEpoch (see Ready); a secondary starts by sending Hello.
 func NewNode(cfg Config) (*Node, error) {
 	if err := cfg.fill(); err != nil {
 		return nil, err
@@ -196,7 +203,7 @@ func NewNode(cfg Config) (*Node, error) {
 	switch cfg.Role {
 	case wire.RolePrimary:
 		n.role = RolePrimary
-		n.acquire(1)
+		n.acquire(max(1, cfg.FirstEpoch))
 	case wire.RoleSecondary:
 		n.role = RoleSecondary
 		n.sphase = sJoining
@@ -227,11 +234,17 @@ type Status struct {
 	// ReleasedThrough). A secondary that goes live repeats what it made
 	// past this point.
 	Released uint64
+	// ArbiterFailures counts the arbiter's errors in a row on the request
+	// in flight (it could not be asked; a refusal is not an error), and
+	// ArbiterErr is the last of them; both clear when an answer comes.
+	ArbiterFailures int
+	ArbiterErr      string
 }
 
 // Status reports the node's state.
 func (n *Node) Status() Status {
-	s := Status{Role: n.role, Epoch: n.epoch, Fence: n.fence, Stalled: n.stalled, Paused: n.paused, Held: len(n.held), Divergences: n.divergences}
+	s := Status{Role: n.role, Epoch: n.epoch, Fence: n.fence, Stalled: n.stalled, Paused: n.paused, Held: len(n.held), Divergences: n.divergences,
+		ArbiterFailures: n.acquireFailures, ArbiterErr: n.acquireLastErr}
 	switch n.role {
 	case RolePrimary:
 		s.Protected = n.pphase == pProtected
@@ -295,10 +308,27 @@ func (n *Node) hello() *wire.Hello {
 }
 
 func (n *Node) acquire(epoch uint64) {
+	if epoch != n.acquireEpoch {
+		n.acquireFailures, n.acquireLastErr = 0, ""
+	}
 	n.acquireEpoch = epoch
 	n.acquireErr = false
-	n.ticksRetry = 0
+	n.ticksAcquire = 0
 	n.command(Command{Kind: CmdAcquire, Epoch: epoch})
+}
+
+// acquireRetryTicks is how long to wait after the arbiter failed
+// acquireFailures times in a row before asking again: RetransmitTicks,
+// doubled with each failure, at most ArbiterRetryMaxTicks. An arbiter
+// that cannot be reached is asked a few times a second at first (a
+// transient fault costs little) and then about once per
+// ArbiterRetryMaxTicks, not every RetransmitTicks forever.
+func (n *Node) acquireRetryTicks() int {
+	d := n.cfg.RetransmitTicks
+	for i := 1; i < n.acquireFailures && d < n.cfg.ArbiterRetryMaxTicks; i++ {
+		d *= 2
+	}
+	return min(d, n.cfg.ArbiterRetryMaxTicks)
 }
 
 func (n *Node) halt(reason string) {
@@ -332,7 +362,8 @@ func (n *Node) Tick() {
 	n.ticksRetry++
 	n.ticksSinceSync++
 	n.ticksSinceHeartbeat++
-	if n.acquireEpoch != 0 && n.acquireErr && n.ticksRetry >= n.cfg.RetransmitTicks {
+	n.ticksAcquire++
+	if n.acquireEpoch != 0 && n.acquireErr && n.ticksAcquire >= n.acquireRetryTicks() {
 		n.acquire(n.acquireEpoch)
 	}
 	if n.role == RolePrimary {
@@ -396,10 +427,16 @@ func (n *Node) ArbiterResult(epoch uint64, granted bool, fence uint64, err error
 		return
 	}
 	if err != nil {
-		n.acquireErr = true // retried after RetransmitTicks
+		// Retried after acquireRetryTicks; the agent decides whether the
+		// error can pass at all (it knows what the error means).
+		n.acquireErr = true
+		n.acquireFailures++
+		n.acquireLastErr = err.Error()
+		n.ticksAcquire = 0
 		return
 	}
 	n.acquireEpoch = 0
+	n.acquireFailures, n.acquireLastErr = 0, ""
 	if !granted && !n.cfg.Bugs.SkipFenceCheck {
 		n.halt(fmt.Sprintf("arbiter refused epoch %d: another host is primary", epoch))
 		return

@@ -284,3 +284,52 @@ func TestResyncReleaseUnstalls(t *testing.T) {
 		t.Fatalf("after the confirmation: %d released, unstall=%v; want 4 released and the vCPU unstalled", len(rd.Release), unstalled)
 	}
 }
+
+// An arbiter that cannot be asked (a read-only directory, say) is asked
+// again after a delay that doubles with each failure up to
+// ArbiterRetryMaxTicks, not every RetransmitTicks forever, and the error
+// shows in Status until an answer comes (issue 15).
+func TestArbiterErrorsBackOff(t *testing.T) {
+	n, err := NewNode(Config{VMID: "vm", Role: wire.RolePrimary, Mode: AckOnReceipt, RetransmitTicks: 3, ArbiterRetryMaxTicks: 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	asks := func() int {
+		k := 0
+		for _, c := range take(n).Commands {
+			if c.Kind == CmdAcquire {
+				k++
+			}
+		}
+		return k
+	}
+	if asks() != 1 {
+		t.Fatal("a primary must first ask the arbiter")
+	}
+	var gaps []int
+	for range 8 {
+		n.ArbiterResult(1, false, 0, errors.New("open /arb/vm.arbiter: read-only file system"))
+		st := n.Status()
+		if st.ArbiterFailures != len(gaps)+1 || st.ArbiterErr == "" {
+			t.Fatalf("after %d failures status says %d failures, error %q", len(gaps)+1, st.ArbiterFailures, st.ArbiterErr)
+		}
+		ticks := 0
+		for asks() == 0 {
+			if ticks++; ticks > 100 {
+				t.Fatal("the arbiter was never asked again")
+			}
+			n.Tick()
+		}
+		gaps = append(gaps, ticks)
+	}
+	want := []int{3, 6, 12, 20, 20, 20, 20, 20}
+	for i := range want {
+		if gaps[i] != want[i] {
+			t.Fatalf("ticks between asks %v, want %v", gaps, want)
+		}
+	}
+	n.ArbiterResult(1, true, 1, nil)
+	if st := n.Status(); st.ArbiterFailures != 0 || st.ArbiterErr != "" || st.Epoch != 1 {
+		t.Fatalf("after a grant status %+v: want the error cleared and epoch 1", st)
+	}
+}

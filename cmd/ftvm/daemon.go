@@ -61,9 +61,15 @@ progress bar shows the transfer.
 ftvm status --control PATH asks a running daemon for its role, epoch, log
 lag, held outputs and output-hold latency.
 
+A primary that stops by SIGINT/SIGTERM or because the guest exited records
+a clean stop in the arbiter's state file, so that it may start again as
+primary by itself (it takes the next epoch). A primary refuses to start
+while the arbiter's record names another host, or names this one without
+a clean stop (a crash): see ftvm arbiter --help.
+
 Exit codes: 0 stopped by SIGINT/SIGTERM or the guest exited, 1 failure,
-2 usage error, 3 halted: another host is primary (restart this one as a
-secondary to re-protect the VM).
+2 usage error, 3 halted or refused: another host is primary or has the
+newest state (restart this one as a secondary to re-protect the VM).
 
 Every flag can also be set in the --config file as "name = value".
 
@@ -97,6 +103,10 @@ func runDaemon(e *env, args []string, role wire.Role) int {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	d, err := newDaemon(cfg, log, e.stderr)
+	if errors.Is(err, errNotPrimary) {
+		log.Error("not starting as primary", "err", err)
+		return exitHalted
+	}
 	if err != nil {
 		log.Error("cannot start", "err", err)
 		return exitFailure
@@ -166,6 +176,19 @@ func newDaemon(c *daemonConfig, log *slog.Logger, term io.Writer) (_ *daemon, er
 	if d.arb, err = arbiter.NewFile(c.arbiterDir); err != nil {
 		return nil, err
 	}
+	d.arb.Holder = c.hostName
+	// While this daemon runs, ftvm arbiter reset refuses.
+	running, err := d.arb.Running(c.vmID)
+	if err != nil {
+		return nil, fmt.Errorf("%w: this host must be able to write the arbiter's directory on storage every host shares: fix --arbiter-dir and start again", err)
+	}
+	d.closers = append(d.closers, running)
+	var firstEpoch uint64
+	if c.role == wire.RolePrimary {
+		if firstEpoch, err = d.firstEpoch(); err != nil {
+			return nil, err
+		}
+	}
 	if c.disk != "" {
 		if d.diskF, err = openDisk(c.disk, c.diskBytes); err != nil {
 			return nil, err
@@ -202,7 +225,7 @@ func newDaemon(c *daemonConfig, log *slog.Logger, term io.Writer) (_ *daemon, er
 		return nil, err
 	}
 	node := lockstep.Config{
-		VMID: c.vmID, Role: c.role, Mode: c.mode,
+		VMID: c.vmID, Role: c.role, Mode: c.mode, FirstEpoch: firstEpoch,
 		LogWindowEntries: c.window, HeartbeatTicks: c.heartbeatTicks, PeerTimeoutTicks: c.peerTimeoutTicks,
 		PrecopyRounds: c.precopyRounds,
 	}
@@ -385,18 +408,85 @@ func (d *daemon) run(ctx context.Context) int {
 	d.log.Info("started", "role", d.cfg.role, "listen", d.listener.Addr(), "peer", d.cfg.peer, "mode", d.cfg.mode, "control", d.cfg.control)
 	err = d.ag.Run(runCtx, &d.link)
 	switch {
+	case errors.Is(err, agent.ErrArbiterUnusable):
+		d.log.Error("stopping: the arbiter cannot be used, so this host can neither serve nor take over; fix --arbiter-dir and start again", "arbiter_dir", d.cfg.arbiterDir, "err", err)
+		return exitFailure
 	case errors.Is(err, agent.ErrHalted):
 		d.log.Warn("halted: another host is primary for this VM; restart this one as a secondary to re-protect it", "err", err)
 		return exitHalted
 	case ctx.Err() != nil:
 		d.log.Info("stopped by signal")
+		d.recordCleanStop()
 		return exitOK
 	case err != nil:
 		d.log.Error("failed", "err", err)
 		return exitFailure
 	}
 	d.log.Info("the guest exited and every output has left")
+	d.recordCleanStop()
 	return exitOK
+}
+
+// errNotPrimary is wrapped by newDaemon's error when the arbiter's record
+// says another host is, or may be, primary: exit code 3.
+var errNotPrimary = errors.New("another host is or may be primary")
+
+// firstEpoch decides, from the arbiter's record, which epoch this host
+// asks for when it starts as primary: 1 on a VM never run, the next one
+// when this host stopped cleanly as its last primary (or an operator reset
+// the record). Anything else is refused: the record's holder may be
+// running, or its disk is newer than this host's.
+func (d *daemon) firstEpoch() (uint64, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), arbiterReadTimeout)
+	defer cancel()
+	st, err := d.arb.State(ctx, d.cfg.vmID)
+	if err != nil {
+		return 0, err
+	}
+	if st.MayTakeNext(d.cfg.hostName) {
+		if st.Epoch > 0 {
+			d.log.Info("the arbiter's record allows this host to go on as primary", "last_epoch", st.Epoch, "holder", st.Holder, "released", st.Released)
+		}
+		return st.Epoch + 1, nil
+	}
+	if st.Released {
+		return 0, fmt.Errorf("%w: host %q stopped cleanly as primary of VM %s at epoch %d, so its disk is the newest: start %q as primary (and this host as its secondary); only if this host's disk is known to be current, run ftvm arbiter reset --arbiter-dir %s --vm-id %s first",
+			errNotPrimary, st.Holder, d.cfg.vmID, st.Epoch, st.Holder, d.cfg.arbiterDir, d.cfg.vmID)
+	}
+	who := fmt.Sprintf("host %q", st.Holder)
+	if st.Holder == "" {
+		who = "a host"
+	}
+	if st.Holder == d.cfg.hostName {
+		who = "this host (" + st.Holder + ")"
+	}
+	return 0, fmt.Errorf("%w: the arbiter granted epoch %d of VM %s to %s, which has not recorded a clean stop: it may still be primary. If it runs, start this host as a secondary; if no daemon of this VM runs on any host, see ftvm arbiter status and ftvm arbiter reset --arbiter-dir %s --vm-id %s",
+		errNotPrimary, st.Epoch, d.cfg.vmID, who, d.cfg.arbiterDir, d.cfg.vmID)
+}
+
+// arbiterReadTimeout bounds the daemon's reads and writes of the arbiter's
+// record outside the protocol (at start and at a clean stop).
+const arbiterReadTimeout = 5 * time.Second
+
+// recordCleanStop tells the arbiter that this host, if it was primary,
+// stopped cleanly: it may take the next epoch by itself when it starts
+// again. Nothing is recorded if another host took a newer epoch meanwhile.
+func (d *daemon) recordCleanStop() {
+	s := d.ag.Status()
+	if s.Role != lockstep.RolePrimary || s.Epoch == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), arbiterReadTimeout)
+	defer cancel()
+	done, err := d.arb.Release(ctx, d.cfg.vmID, s.Epoch, s.Fence)
+	switch {
+	case err != nil:
+		d.log.Error("could not record the clean stop in the arbiter; this host will be refused as primary until ftvm arbiter reset", "epoch", s.Epoch, "err", err)
+	case done:
+		d.log.Info("recorded a clean stop in the arbiter: this host may start again as primary", "epoch", s.Epoch, "fence", s.Fence)
+	default:
+		d.log.Info("no clean stop recorded: another host holds a newer epoch", "epoch", s.Epoch)
+	}
 }
 
 // join dials the primary (retrying while nothing answers) and sends

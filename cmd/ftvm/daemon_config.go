@@ -49,6 +49,7 @@ type daemonConfig struct {
 	peer       string
 	peerName   string
 	arbiterDir string
+	hostName   string
 	mode       lockstep.Mode
 	tlsDir     string
 	tlsName    string
@@ -101,6 +102,7 @@ func daemonFlags(fs *flag.FlagSet, role wire.Role) func() (*daemonConfig, error)
 		fs.BoolVar(&c.waitForSecondary, "wait-for-secondary", false, "keep the VM paused until a secondary is in step, so that no output leaves unprotected")
 	}
 	fs.StringVar(&c.arbiterDir, "arbiter-dir", "", "directory on storage all hosts share, for the split-brain lock (created if missing); required")
+	fs.StringVar(&c.hostName, "host-name", "", "this host's name in the arbiter's record: a host that stopped cleanly as primary may start as primary again by itself (default: --tls-name, else the host name)")
 	mode := fs.String("mode", "receipt", "when an output may leave: receipt (its log entries reached the secondary) or compare (the secondary reproduced it)")
 	fs.StringVar(&c.tlsDir, "tls-dir", "", "directory with ca.pem, NAME.pem, NAME-key.pem (ftvm certs makes test ones): mutual TLS 1.3")
 	fs.StringVar(&c.tlsName, "tls-name", "", "this host's certificate name in --tls-dir (default: the host name)")
@@ -175,6 +177,17 @@ func daemonFlags(fs *flag.FlagSet, role wire.Role) func() (*daemonConfig, error)
 			if c.tlsName, err = os.Hostname(); err != nil {
 				return nil, fmt.Errorf("--tls-name not given and the host name is unknown: %w", err)
 			}
+		}
+		if c.hostName == "" {
+			c.hostName = c.tlsName
+		}
+		if c.hostName == "" {
+			if c.hostName, err = os.Hostname(); err != nil {
+				return nil, fmt.Errorf("--host-name not given and the host name is unknown: %w", err)
+			}
+		}
+		if len(c.hostName) > 64 {
+			return nil, fmt.Errorf("--host-name %q: give at most 64 bytes", c.hostName)
 		}
 		if c.peerName == "" && c.peer != "" {
 			c.peerName, _, _ = net.SplitHostPort(c.peer)

@@ -12,8 +12,10 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftvm/ftvm/internal/testutil"
 	"github.com/ftvm/ftvm/lockstep"
 	"github.com/ftvm/ftvm/lockstep/wire"
+	"golang.org/x/sys/unix"
 )
 
 func TestDaemonUsageErrors(t *testing.T) {
@@ -171,5 +173,53 @@ func TestControlSocket(t *testing.T) {
 	ln.Close()
 	if code, _, errs := runFtvm("status", "--control", path); code != exitFailure || !strings.Contains(errs, "no ftvm daemon answers") {
 		t.Fatalf("ftvm status with no daemon: %d %q", code, errs)
+	}
+}
+
+// A primary whose --arbiter-dir is on a read-only file system stops with
+// a message that says what is wrong, instead of asking the arbiter 33
+// times a second forever without a word (issue 15).
+func TestDaemonStopsOnReadOnlyArbiterDir(t *testing.T) {
+	testutil.Require(t, testutil.Root, testutil.KVM)
+	guest := filepath.Join("..", "..", "vmm", "guests", "build", "kvstore")
+	if _, err := os.Stat(guest); err != nil {
+		t.Skipf("skipping: guest not built (%v): run make guests", err)
+	}
+	dir := t.TempDir()
+	psk := filepath.Join(dir, "psk")
+	os.WriteFile(psk, bytes.Repeat([]byte("k"), 32), 0o600)
+	arb := filepath.Join(dir, "arb")
+	os.Mkdir(arb, 0o700)
+	if err := unix.Mount("tmpfs", arb, "tmpfs", unix.MS_RDONLY, "size=1m"); err != nil {
+		t.Fatalf("mounting a read-only tmpfs: %v", err)
+	}
+	defer unix.Unmount(arb, 0)
+	type result struct {
+		code int
+		errs string
+	}
+	done := make(chan result, 1)
+	go func() {
+		code, _, errs := runFtvm("primary", "--arbiter-dir", arb, "--psk-file", psk, "--guest", guest,
+			"--control", filepath.Join(dir, "c.sock"), "--listen", "127.0.0.1:0")
+		done <- result{code, errs}
+	}()
+	select {
+	case r := <-done:
+		if r.code != exitFailure || !strings.Contains(r.errs, "read-only file system") || !strings.Contains(r.errs, "level=ERROR") ||
+			!strings.Contains(r.errs, "fix --arbiter-dir") {
+			t.Fatalf("exit %d, stderr:\n%s\nwant exit %d with an error naming the read-only file system and what to do", r.code, r.errs, exitFailure)
+		}
+	case <-time.After(60 * time.Second):
+		t.Fatal("the primary was still asking a read-only arbiter after a minute")
+	}
+}
+
+// ftvm status shows an arbiter that cannot be asked, with its error.
+func TestStatusShowsArbiterError(t *testing.T) {
+	var b bytes.Buffer
+	printStatus(&b, &statusReport{VMID: "v", Role: "primary", ArbiterFailures: 4, ArbiterError: "arbiter: open /a/v.arbiter: read-only file system"})
+	if out := b.String(); !strings.Contains(out, "WAITING FOR THE ARBITER") || !strings.Contains(out, "4 requests in a row failed") || !strings.Contains(out, "read-only file system") {
+		t.Fatalf("status:\n%s\nwant the arbiter's error shown", out)
 	}
 }

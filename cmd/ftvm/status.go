@@ -56,6 +56,10 @@ type statusReport struct {
 	LogItems  int    `json:"log_items"`
 	Held      int    `json:"held_outputs"`
 	Released  uint64 `json:"released_through"`
+	// The arbiter could not be asked ArbiterFailures times in a row; the
+	// last error. Both are empty while the arbiter answers.
+	ArbiterFailures int    `json:"arbiter_failures,omitempty"`
+	ArbiterError    string `json:"arbiter_error,omitempty"`
 
 	Stats       agent.Stats    `json:"stats"`
 	HoldLatency latencyReport  `json:"hold_latency"`
@@ -97,6 +101,7 @@ func (d *daemon) report() statusReport {
 		VMID: d.cfg.vmID, PID: os.Getpid(), Role: s.Role.String(), Epoch: s.Epoch, Fence: s.Fence,
 		Mode: d.cfg.mode.String(), Protected: s.Protected, Syncing: s.Syncing, Synced: s.Synced, Stalled: s.Stalled,
 		LastSeq: s.LastSeq, Acked: s.Acked, LogItems: s.LogItems, Held: s.Held, Released: s.Released,
+		ArbiterFailures: s.ArbiterFailures, ArbiterError: s.ArbiterErr,
 		Stats:       d.ag.Stats(),
 		HoldLatency: latencyReport{Count: hl.Count, P50: us(hl.P50), P99: us(hl.P99), P999: us(hl.P999), Max: us(hl.Max)},
 		Sync:        syncReport{SentBytes: sent, TotalBytes: total},
@@ -261,6 +266,8 @@ flags:
 func printStatus(w io.Writer, r *statusReport) {
 	state := ""
 	switch {
+	case r.ArbiterError != "":
+		state = "WAITING FOR THE ARBITER: it cannot be asked (see below)"
 	case r.Role == "primary" && r.Protected:
 		state = "protected"
 	case r.Role == "primary" && r.Syncing:
@@ -277,6 +284,9 @@ func printStatus(w io.Writer, r *statusReport) {
 		fmt.Fprintf(w, "log: last seq %d, acked %d (lag %d), %d entries kept, %d outputs held, released through %d\n", r.LastSeq, r.Acked, r.LogLag, r.LogItems, r.Held, r.Released)
 	} else {
 		fmt.Fprintf(w, "log: received through %d, %d entries to replay, primary released through %d\n", r.LastSeq, r.LogItems, r.Released)
+	}
+	if r.ArbiterError != "" {
+		fmt.Fprintf(w, "arbiter: %d requests in a row failed, last: %s; asking again with back-off (check --arbiter-dir)\n", r.ArbiterFailures, r.ArbiterError)
 	}
 	h := r.HoldLatency
 	if h.Count > 0 {

@@ -9,6 +9,10 @@
 // Memory is the in-process implementation the simulator uses. File is the
 // default for real hosts that share a file system: one state file per VM
 // under an fcntl open-file-description lock, its layout documented on File.
+// File also records which host holds the newest epoch and whether it
+// stopped cleanly (Release), so that a cleanly stopped primary may take the
+// next epoch by itself, and an operator may Reset the record once no
+// daemon of the VM runs (each holds a lock on <vmID>.running: Running).
 // An etcd lease will implement the same interface for hosts that share
 // nothing but a network.
 package arbiter

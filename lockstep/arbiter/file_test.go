@@ -2,8 +2,10 @@ package arbiter
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 	"os"
 	"os/exec"
 	"strconv"
@@ -179,5 +181,85 @@ func TestFileLockExcludesAnotherProcess(t *testing.T) {
 	out := child()
 	if !strings.Contains(out, "granted=true fence="+strconv.Itoa(2)) {
 		t.Fatalf("after the lock was released the child said %q; want epoch 7 granted with fence 2", out)
+	}
+}
+
+// A host that released its epoch (stopped cleanly) may take the next one
+// by itself; another host may not until an operator resets the state, and
+// the reset refuses while a daemon of the VM runs (issue 15).
+func TestFileReleaseAndReset(t *testing.T) {
+	ctx := context.Background()
+	a := newTestFile(t)
+	a.Holder = "a"
+	b, _ := NewFile(a.dir)
+	b.Holder = "b"
+	if st, _ := a.State(ctx, "vm"); !st.MayTakeNext("a") {
+		t.Fatalf("fresh state %+v: anyone may take epoch 1", st)
+	}
+	ok, fence, err := a.Acquire(ctx, "vm", 1)
+	if !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	st, _ := a.State(ctx, "vm")
+	if st != (State{Epoch: 1, Fence: fence, Holder: "a"}) || st.MayTakeNext("a") || st.MayTakeNext("b") {
+		t.Fatalf("state %+v after a's grant: a running primary's epoch is nobody's to take", st)
+	}
+	if done, err := b.Release(ctx, "vm", 1, fence); done || err != nil {
+		t.Fatalf("b released a's epoch: %v %v", done, err)
+	}
+	if done, err := a.Release(ctx, "vm", 1, fence+1); done || err != nil {
+		t.Fatalf("a released with a wrong fence: %v %v", done, err)
+	}
+	if done, err := a.Release(ctx, "vm", 1, fence); !done || err != nil {
+		t.Fatalf("a's clean stop not recorded: %v %v", done, err)
+	}
+	st, _ = b.State(ctx, "vm")
+	if !st.Released || !st.MayTakeNext("a") || st.MayTakeNext("b") {
+		t.Fatalf("state %+v after a's clean stop: a, and only a, may take the next epoch", st)
+	}
+	run, err := a.Running("vm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := b.Reset(ctx, "vm"); !errors.Is(err, ErrRunning) {
+		t.Fatalf("reset while a daemon runs: %v, want ErrRunning", err)
+	}
+	if running, err := b.DaemonRunning("vm"); !running || err != nil {
+		t.Fatalf("DaemonRunning while one runs: %v %v", running, err)
+	}
+	run.Close()
+	if running, err := b.DaemonRunning("vm"); running || err != nil {
+		t.Fatalf("DaemonRunning once it stopped: %v %v", running, err)
+	}
+	old, err := b.Reset(ctx, "vm")
+	if err != nil || old.Holder != "a" {
+		t.Fatalf("reset: %+v %v", old, err)
+	}
+	st, _ = b.State(ctx, "vm")
+	if !st.MayTakeNext("b") || st.Epoch != 1 || st.Fence != fence {
+		t.Fatalf("state %+v after reset: any host may take the next epoch; epoch and fence stay", st)
+	}
+	ok, f2, _ := b.Acquire(ctx, "vm", st.Epoch+1)
+	if st, _ = a.State(ctx, "vm"); !ok || f2 <= fence || st.Released || st.Holder != "b" {
+		t.Fatalf("b's grant after the reset: %v fence %d state %+v", ok, f2, st)
+	}
+}
+
+// A version 1 state file (32 bytes) is still read: not released, no holder.
+func TestFileReadsVersion1State(t *testing.T) {
+	f := newTestFile(t)
+	var b [32]byte
+	copy(b[:], "FTVMARB1")
+	b[8], b[16] = 4, 9
+	binary.LittleEndian.PutUint32(b[24:], crc32.Checksum(b[:24], castagnoli))
+	if err := os.WriteFile(f.Path("vm"), b[:], 0o600); err != nil {
+		t.Fatal(err)
+	}
+	st, err := f.State(context.Background(), "vm")
+	if err != nil || st != (State{Epoch: 4, Fence: 9}) {
+		t.Fatalf("version 1 state: %+v %v", st, err)
+	}
+	if ok, fence, err := f.Acquire(context.Background(), "vm", 5); !ok || fence != 10 || err != nil {
+		t.Fatalf("grant over a version 1 file: %v %d %v", ok, fence, err)
 	}
 }
