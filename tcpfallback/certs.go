@@ -23,7 +23,11 @@ const testCertValidity = 365 * 24 * time.Hour
 // File names WriteTestCertificates uses inside its directory.
 const (
 	CAFileName = "ca.pem"
-	caKeyName  = "ca-key.pem"
+	// CAKeyFileName is the CA's private key. Whoever holds it can make
+	// certificates every host trusts: WriteTestCertificatesApart writes it
+	// apart from the directory the hosts get.
+	CAKeyFileName = "ca-key.pem"
+	caKeyName     = CAKeyFileName
 )
 
 // CertFileName and KeyFileName name the certificate and key of one host
@@ -44,6 +48,16 @@ func KeyFileName(host string) string  { return host + "-key.pem" }
 //	err := tcpfallback.WriteTestCertificates("/etc/ftvm/certs", "host-a", "host-b")
 //	tlsA, err := tcpfallback.LoadTLSConfig("/etc/ftvm/certs", "host-a")
 func WriteTestCertificates(dir string, hosts ...string) error {
+	return WriteTestCertificatesApart(dir, dir, hosts...)
+}
+
+// WriteTestCertificatesApart is WriteTestCertificates with the CA's
+// private key written into caKeyDir (created 0700 if missing) instead of
+// dir: dir then holds only what the hosts need (ca.pem and the host
+// certificates and keys) and can be copied to them, while the CA key,
+// which could sign a certificate any host would trust, stays where it was
+// made.
+func WriteTestCertificatesApart(dir, caKeyDir string, hosts ...string) error {
 	if len(hosts) == 0 {
 		return errors.New("tcpfallback: WriteTestCertificates needs at least one host name")
 	}
@@ -55,13 +69,16 @@ func WriteTestCertificates(dir string, hosts ...string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return fmt.Errorf("tcpfallback: creating certificate directory: %w", err)
 	}
-	names := []string{CAFileName, caKeyName}
-	for _, h := range hosts {
-		names = append(names, CertFileName(h), KeyFileName(h))
+	if err := os.MkdirAll(caKeyDir, 0o700); err != nil {
+		return fmt.Errorf("tcpfallback: creating the CA key's directory: %w", err)
 	}
-	for _, n := range names {
-		if _, err := os.Stat(filepath.Join(dir, n)); err == nil {
-			return fmt.Errorf("tcpfallback: %s already exists; remove the old certificates first or pick another directory", filepath.Join(dir, n))
+	paths := []string{filepath.Join(dir, CAFileName), filepath.Join(caKeyDir, caKeyName)}
+	for _, h := range hosts {
+		paths = append(paths, filepath.Join(dir, CertFileName(h)), filepath.Join(dir, KeyFileName(h)))
+	}
+	for _, p := range paths {
+		if _, err := os.Stat(p); err == nil {
+			return fmt.Errorf("tcpfallback: %s already exists; remove the old certificates first or pick another directory", p)
 		}
 	}
 	caKey, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
@@ -90,7 +107,7 @@ func WriteTestCertificates(dir string, hosts ...string) error {
 	if err := writePEM(dir, CAFileName, "CERTIFICATE", caDER, 0o644); err != nil {
 		return err
 	}
-	if err := writeKey(dir, caKeyName, caKey); err != nil {
+	if err := writeKey(caKeyDir, caKeyName, caKey); err != nil {
 		return err
 	}
 	for _, h := range hosts {

@@ -49,11 +49,22 @@ import (
 // and the frames arriving queue in it (a TAP's queue is bounded) until the
 // next loan reads them.
 //
+// An open gate can still be fenced: SetFence gives it a check that every
+// frame a VM sends must pass, asked as the frame is about to leave. The
+// daemon fences a primary that may have been deposed while it was stalled
+// (a frame it sends then carries the VM's MAC, and the switch would move
+// the VM's address back to a host that no longer serves it). WatchSource
+// reports a frame that arrives from the VM's own MAC: another host is
+// sending as this VM, and the switch may have followed it.
+//
 // All methods, and the loans', are safe for concurrent use.
 type NICGate struct {
 	b       deadlineBackend
 	open    atomic.Bool
 	dropped atomic.Uint64 // frames dropped while shut, both directions
+	fenced  atomic.Uint64 // frames a VM sent that the fence refused
+	fence   atomic.Pointer[func() bool]
+	watch   atomic.Pointer[sourceWatch]
 
 	mu     sync.Mutex
 	cond   *sync.Cond // on mu: a loan's reads in progress dropped to 0
@@ -123,8 +134,39 @@ func (g *NICGate) Open() { g.open.Store(true) }
 // IsOpen reports whether Open was called.
 func (g *NICGate) IsOpen() bool { return g.open.Load() }
 
-// WriteFrame writes frame straight to the backend, shut or open: the
-// daemon announces the VM's address this way at go-live.
+// SetFence makes every frame a VM sends from now on ask mayTransmit, as
+// it is about to leave, whether it may: false drops it (counted by
+// Fenced). mayTransmit runs on the sender's thread (the vCPU thread, or
+// whoever releases the output) and must be quick and must not block. Nil
+// removes the fence. WriteFrame is not fenced.
+func (g *NICGate) SetFence(mayTransmit func() bool) {
+	if mayTransmit == nil {
+		g.fence.Store(nil)
+		return
+	}
+	g.fence.Store(&mayTransmit)
+}
+
+// Fenced counts the frames a VM sent through the open gate that the fence
+// refused.
+func (g *NICGate) Fenced() uint64 { return g.fenced.Load() }
+
+// sourceWatch is what WatchSource set.
+type sourceWatch struct {
+	mac  [6]byte
+	seen func()
+}
+
+// WatchSource calls seen for every frame read from the backend (shut or
+// open, before it is dropped or returned) whose source MAC is mac: a
+// frame this host's VM did not send, from its own address. seen runs on
+// the reading goroutine and must not block.
+func (g *NICGate) WatchSource(mac [6]byte, seen func()) {
+	g.watch.Store(&sourceWatch{mac: mac, seen: seen})
+}
+
+// WriteFrame writes frame straight to the backend, shut or open, fenced
+// or not: the daemon announces the VM's address this way at go-live.
 func (g *NICGate) WriteFrame(frame []byte) error { return g.b.WriteFrame(frame) }
 
 // Dropped counts the frames dropped while the gate was shut, both those a
@@ -196,6 +238,9 @@ func (l *nicLoan) ReadFrame(buf []byte) (int, error) {
 		if err != nil {
 			return 0, err
 		}
+		if w := g.watch.Load(); w != nil && n >= 12 && [6]byte(buf[6:12]) == w.mac {
+			w.seen()
+		}
 		if !g.open.Load() {
 			g.dropped.Add(1)
 			continue
@@ -204,7 +249,8 @@ func (l *nicLoan) ReadFrame(buf []byte) (int, error) {
 	}
 }
 
-// WriteFrame implements NICBackend: shut, the frame is dropped.
+// WriteFrame implements NICBackend: shut, or refused by the fence, the
+// frame is dropped.
 func (l *nicLoan) WriteFrame(frame []byte) error {
 	g := l.g
 	g.mu.Lock()
@@ -215,6 +261,10 @@ func (l *nicLoan) WriteFrame(frame []byte) error {
 	}
 	if !g.open.Load() {
 		g.dropped.Add(1)
+		return nil
+	}
+	if f := g.fence.Load(); f != nil && !(*f)() {
+		g.fenced.Add(1)
 		return nil
 	}
 	return g.b.WriteFrame(frame)

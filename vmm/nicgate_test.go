@@ -160,6 +160,60 @@ func TestNICGateShutThenOpen(t *testing.T) {
 	}
 }
 
+// TestNICGateFence fences an open gate: a frame a VM sends leaves only
+// while the fence says so, the gate's own WriteFrame always leaves, and a
+// frame arriving from the watched MAC is reported whether the gate is shut
+// or open.
+func TestNICGateFence(t *testing.T) {
+	g, udp, peer := gatePeer(t)
+	var seen atomic.Int32
+	src := [6]byte{0x02, 0, 0, 0, 0, 9} // testFrame's source
+	g.WatchSource(src, func() { seen.Add(1) })
+	loan := mustLend(t, g)
+	r := startRead(loan)
+	send(t, peer, udp, testFrame("while shut"))
+	if !waitFor(func() bool { return seen.Load() == 1 }) {
+		t.Fatalf("a frame from the watched MAC reached a shut gate: seen %d times, want 1", seen.Load())
+	}
+	g.Open()
+	var allow atomic.Bool
+	g.SetFence(allow.Load)
+	if err := loan.WriteFrame(testFrame("fenced")); err != nil {
+		t.Fatalf("a fenced WriteFrame: %v; want the frame dropped without error", err)
+	}
+	if f, err := peerGot(peer, gateQuiet); err == nil {
+		t.Fatalf("a frame the fence refused reached the network: %q", f)
+	}
+	if g.Fenced() != 1 {
+		t.Fatalf("Fenced = %d, want 1", g.Fenced())
+	}
+	if err := g.WriteFrame(testFrame("garp")); err != nil {
+		t.Fatal(err)
+	}
+	if f, err := peerGot(peer, gateWait); err != nil || string(f[14:]) != "garp" {
+		t.Fatalf("the gate's own WriteFrame while fenced: peer got %q, %v", f, err)
+	}
+	allow.Store(true)
+	if err := loan.WriteFrame(testFrame("allowed")); err != nil {
+		t.Fatal(err)
+	}
+	if f, err := peerGot(peer, gateWait); err != nil || string(f[14:]) != "allowed" {
+		t.Fatalf("peer got %q, %v; want the frame the fence let through", f, err)
+	}
+	send(t, peer, udp, testFrame("while open"))
+	if res := <-r; res.err != nil || string(res.frame[14:]) != "while open" || seen.Load() != 2 {
+		t.Fatalf("open gate read %q, %v, seen %d; want the frame, reported", res.frame, res.err, seen.Load())
+	}
+	g.SetFence(nil)
+	allow.Store(false)
+	if err := loan.WriteFrame(testFrame("unfenced")); err != nil {
+		t.Fatal(err)
+	}
+	if f, err := peerGot(peer, gateWait); err != nil || string(f[14:]) != "unfenced" || g.Fenced() != 1 {
+		t.Fatalf("after SetFence(nil) peer got %q, %v, fenced %d", f, err, g.Fenced())
+	}
+}
+
 // TestNICGateLoans lends the backend to one loan after another: Lend is
 // refused while a loan is in use, a loan's Close ends its blocked read at
 // once without closing the backend, and the next loan gets the frames

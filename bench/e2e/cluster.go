@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
@@ -185,6 +186,29 @@ func (c *Cluster) Kill(h Host) error {
 	}
 	<-d.Proc.Done()
 	return nil
+}
+
+// Freeze stops host h's daemon (SIGSTOP) for d and then lets it go on
+// (SIGCONT), as a host that stalls (a hypervisor pause, a swap storm)
+// would: its sockets stay open, and it wakes up believing what it
+// believed when it stopped. wake, if set, runs just before SIGCONT.
+func (c *Cluster) Freeze(h Host, d time.Duration, wake func() error) error {
+	dm := c.Daemon(h)
+	if dm == nil {
+		return fmt.Errorf("no daemon on host %s", h)
+	}
+	if err := dm.Proc.signal(syscall.SIGSTOP); err != nil {
+		return err
+	}
+	time.Sleep(d)
+	var err error
+	if wake != nil {
+		err = wake()
+	}
+	if e := dm.Proc.signal(syscall.SIGCONT); e != nil {
+		return e
+	}
+	return err
 }
 
 // Close stops every daemon (SIGTERM, then SIGKILL).

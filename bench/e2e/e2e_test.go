@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"context"
 	"fmt"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -15,6 +16,7 @@ import (
 	"time"
 
 	"github.com/ftvm/ftvm/bench/kvclient"
+	"github.com/ftvm/ftvm/bench/linearize"
 	"github.com/ftvm/ftvm/internal/testutil"
 )
 
@@ -185,6 +187,51 @@ func TestE2ECutLink(t *testing.T) {
 	runScenario(t, c, RunConfig{Fault: CutLink, Rounds: 2, Settle: 300 * time.Millisecond, Load: testLoad(t)})
 }
 
+// TestE2EFreezePrimary stops the primary a little past the peer timeout
+// (SIGSTOP for 110-130 ms) again and again: the secondary takes over, and
+// the old primary wakes up with outputs it thinks released. Whatever it
+// sends then carries the VM's MAC and moves the VM's address back to its
+// port on the switch, so as each freeze ends the frozen host also sends
+// one such frame itself (RunConfig.StaleFrame), whatever the daemon does.
+// The take-over must stick anyway: the client's longest silence in each
+// round stays under a second (not until its ARP entry expires, 13 to
+// 39 s), and the history stays linearizable. FTVM_E2E_FREEZES sets the
+// rounds (default 20).
+func TestE2EFreezePrimary(t *testing.T) {
+	c := newTestCluster(t, "freeze", ClusterConfig{})
+	rounds := envRounds(t, "FTVM_E2E_FREEZES", 20)
+	rep := runScenario(t, c, RunConfig{Fault: FreezePrimary, Rounds: rounds, Settle: 300 * time.Millisecond, Load: testLoad(t),
+		Freeze: [2]time.Duration{110 * time.Millisecond, 130 * time.Millisecond}, StaleFrame: true})
+	taken := 0
+	for i, r := range rep.Rounds {
+		if r.TakeOver > 0 {
+			taken++
+		}
+		t.Logf("round %d: frozen %v, survivor %s, take-over %v, longest silence %v", i+1, r.Frozen, r.Survivor, r.TakeOver, r.MaxGap)
+		if r.MaxGap >= freezeSilenceMax {
+			t.Errorf("round %d: the client heard nothing for %v after host %s was frozen for %v (survivor %s); want under %v",
+				i+1, r.MaxGap, r.Victim, r.Frozen, r.Survivor, freezeSilenceMax)
+		}
+	}
+	if taken == 0 {
+		t.Errorf("the secondary never took over in %d freezes: the freezes were too short to test a deposed primary", len(rep.Rounds))
+	}
+}
+
+// freezeSilenceMax bounds the client's silence after a take-over.
+const freezeSilenceMax = time.Second
+
+func envRounds(t *testing.T, name string, def int) int {
+	if s := os.Getenv(name); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 {
+			t.Fatalf("%s=%q: want a positive number", name, s)
+		}
+		return n
+	}
+	return def
+}
+
 var nondetLine = regexp.MustCompile(`^nondet: (\d+) tsc=`)
 
 // TestE2ENondet runs the nondet guest, which reads the TSC without an exit,
@@ -295,3 +342,76 @@ func readLines(t *testing.T, path string) []string {
 	}
 	return lines
 }
+
+// TestE2EFreshPair replaces one pair by a new one on the other host, as an
+// operator moving a VM would: the first pair serves the client from host
+// b, then both its daemons stop, and a new pair (its own arbiter and disks)
+// starts with its primary on host a. The switch still sends the VM's MAC
+// to host b, and the client still has the VM's address in its ARP cache,
+// so only the new primary's announcement can bring the client to it: the
+// client's first reply must come within a second of the new primary
+// serving, not when its ARP entry expires.
+func TestE2EFreshPair(t *testing.T) {
+	old := newTestCluster(t, "fresh", ClusterConfig{})
+	ctx := testCtx(t, 2*time.Minute)
+	serve := func(c *Cluster, d time.Duration) *kvclient.Result {
+		t.Helper()
+		lc := testLoad(t)
+		lc.Addr = net.JoinHostPort(VMAddr, "7000")
+		lc.Duration = d
+		var res *kvclient.Result
+		err := c.Topo.InNamespace(Client, func() error {
+			var err error
+			res, err = kvclient.Run(ctx, lc)
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res
+	}
+	pair := func(c *Cluster, primary, secondary Host) {
+		t.Helper()
+		if _, err := c.StartPrimary(primary); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.StartSecondary(secondary, primary); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := c.Await(ctx, primary, "protected", Protected); err != nil {
+			t.Fatal(err)
+		}
+	}
+	pair(old, HostB, HostA)
+	if res := serve(old, 500*time.Millisecond); res.Stats.Served == 0 {
+		t.Fatal("the first pair never served the client")
+	}
+	old.Close()
+
+	cfg := ClusterConfig{Ftvm: ftvmBinary(t), Guest: guestPath("kvstore"), WorkDir: t.TempDir()}
+	c, err := NewCluster(ctx, old.Topo, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(c.Close)
+	pair(c, HostA, HostB)
+	serving := time.Now()
+	res := serve(c, 3*time.Second)
+	first := time.Duration(-1)
+	for _, op := range res.History {
+		if op.Outcome != linearize.Unknown && (first < 0 || time.Duration(op.Complete) < first) {
+			first = time.Duration(op.Complete)
+		}
+	}
+	if first < 0 {
+		t.Fatalf("the new pair never served the client in 3 s (%d requests sent): the switch still sends the VM's traffic to the old host", res.Stats.Sent)
+	}
+	wait := res.Origin.Add(first).Sub(serving)
+	t.Logf("the client's first reply from the new pair came %v after it was protected (%d served of %d)", wait, res.Stats.Served, res.Stats.Sent)
+	if wait >= freshReplyMax {
+		t.Errorf("the client's first reply from the new pair came %v after it served; want under %v", wait, freshReplyMax)
+	}
+}
+
+// freshReplyMax bounds how long a new pair takes to reach the client.
+const freshReplyMax = time.Second

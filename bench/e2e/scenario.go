@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net"
 	"sort"
 	"strings"
@@ -30,10 +31,17 @@ const (
 	// two wins the arbiter and serves, the other halts. The link is then
 	// healed and the loser restarted as a secondary.
 	CutLink
+	// FreezePrimary stops the primary's daemon (SIGSTOP) for a time drawn
+	// from RunConfig.Freeze, a little past the peer timeout, then lets it
+	// run again (SIGCONT), as a host that stalls would: the secondary takes
+	// over meanwhile, and the old primary wakes up deposed, its held
+	// outputs released as far as it knows. One of the two halts (exit 3)
+	// and is restarted as a secondary.
+	FreezePrimary
 )
 
 func (f Fault) String() string {
-	return [...]string{"kill the primary", "kill the secondary", "cut the link between the hosts"}[f]
+	return [...]string{"kill the primary", "kill the secondary", "cut the link between the hosts", "freeze the primary"}[f]
 }
 
 // RunConfig describes one end-to-end run.
@@ -51,6 +59,15 @@ type RunConfig struct {
 	Progress func(string)
 	// LoadProgress, if set, receives the load's progress snapshots.
 	LoadProgress func(kvclient.Progress)
+	// Freeze is the range the stop of FreezePrimary is drawn from
+	// (uniformly, [Freeze[0], Freeze[1]]).
+	Freeze [2]time.Duration
+	// StaleFrame makes every FreezePrimary meet the frame a deposed
+	// primary may send when it wakes, whatever the primary does: as the
+	// freeze ends the frozen host sends a frame as the VM (from its MAC)
+	// to the client, and the switch moves the VM's address back to that
+	// host's port, just after the secondary took over and announced it.
+	StaleFrame bool
 }
 
 // Round is what one fault did.
@@ -71,6 +88,13 @@ type Round struct {
 	// InFlight counts the requests outstanding at the fault that were
 	// answered only after it (the client resent them) or never.
 	InFlight, NeverAnswered int
+	// Frozen is how long FreezePrimary stopped the primary.
+	Frozen time.Duration
+	// MaxGap is the client's longest silence (between two replies) from
+	// the fault to the next round's fault, or to the end of the load: a
+	// take-over that did not stick (the switch still sends the VM's
+	// traffic to the old host) shows here, not in Failover.
+	MaxGap time.Duration
 }
 
 // Report is the outcome of a run.
@@ -181,6 +205,24 @@ func Run(ctx context.Context, c *Cluster, cfg RunConfig) (*Report, error) {
 			if err := c.Topo.CutLink(ctx); err != nil {
 				return nil, err
 			}
+		case FreezePrimary:
+			lo, hi := cfg.Freeze[0], cfg.Freeze[1]
+			r.Frozen = lo
+			if hi > lo {
+				r.Frozen += rand.N(hi - lo + 1)
+			}
+			r.At = time.Now()
+			var wake func() error
+			if cfg.StaleFrame {
+				victim := primary
+				wake = func() error {
+					mac, _ := net.ParseMAC(VMMAC)
+					return c.Topo.SendFrameAs(victim, mac, HostMAC(Client))
+				}
+			}
+			if err := c.Freeze(primary, r.Frozen, wake); err != nil {
+				return nil, err
+			}
 		}
 		say("round %d: %s at %s", i, cfg.Fault, r.At.Format("15:04:05.000"))
 		rctx, cancel := context.WithTimeout(ctx, cfg.RoundTimeout)
@@ -233,7 +275,11 @@ func Run(ctx context.Context, c *Cluster, cfg RunConfig) (*Report, error) {
 	}
 	rep.Load = loadRes
 	for i := range rep.Rounds {
-		rep.Rounds[i].measureFromHistory(loadRes)
+		until := time.Now()
+		if i+1 < len(rep.Rounds) {
+			until = rep.Rounds[i+1].At
+		}
+		rep.Rounds[i].measureFromHistory(loadRes, until)
 	}
 	rep.Linearizable = linearize.Check(loadRes.History)
 	return rep, nil
@@ -258,7 +304,7 @@ func (c *Cluster) recover(ctx context.Context, r *Round, primary, secondary Host
 		if _, err := c.Await(ctx, r.Survivor, "unprotected", func(s *Status) bool { return Primary(s) && !s.Protected }); err != nil {
 			return err
 		}
-	case CutLink:
+	case CutLink, FreezePrimary:
 		// Both sides suspect the other; the arbiter lets one go on, and
 		// the other halts. Wait for the loser's daemon to exit.
 		winner, loser, err := c.awaitPartitionOutcome(ctx, primary, secondary)
@@ -273,9 +319,11 @@ func (c *Cluster) recover(ctx context.Context, r *Round, primary, secondary Host
 			}
 			r.TakeOver = liveSince(s).Sub(r.At)
 		}
-		say("  link cut: host %s won the arbiter, host %s halted", winner, loser)
-		if err := c.Topo.HealLink(ctx); err != nil {
-			return err
+		say("  %s: host %s won the arbiter, host %s halted", r.Fault, winner, loser)
+		if r.Fault == CutLink {
+			if err := c.Topo.HealLink(ctx); err != nil {
+				return err
+			}
 		}
 	}
 	if _, err := c.StartSecondary(r.Victim, r.Survivor); err != nil {
@@ -334,9 +382,11 @@ func (c *Cluster) collectHold(ctx context.Context, h Host, into *hdrhistogram.Hi
 	return nil
 }
 
-// measureFromHistory fills in what the client saw of the round.
-func (r *Round) measureFromHistory(res *kvclient.Result) {
+// measureFromHistory fills in what the client saw of the round, which
+// lasted until until.
+func (r *Round) measureFromHistory(res *kvclient.Result, until time.Time) {
 	at := r.At.Sub(res.Origin).Nanoseconds()
+	end := until.Sub(res.Origin).Nanoseconds()
 	var completes []int64
 	for _, op := range res.History {
 		if op.Outcome != linearize.Unknown {
@@ -357,6 +407,18 @@ func (r *Round) measureFromHistory(res *kvclient.Result) {
 	if k > 0 && k < len(completes) {
 		r.Failover = time.Duration(completes[k] - completes[k-1])
 	}
+	// The silence the round began with counts from the last reply
+	// before the fault; one still going on at the round's end counts to
+	// that end (the next round's fault begins the rest of it).
+	last := at
+	if k > 0 {
+		last = completes[k-1]
+	}
+	for j := k; j < len(completes) && completes[j] <= end; j++ {
+		r.MaxGap = max(r.MaxGap, time.Duration(completes[j]-last))
+		last = completes[j]
+	}
+	r.MaxGap = max(r.MaxGap, time.Duration(end-last))
 }
 
 func newNsHistogram() *hdrhistogram.Histogram {
@@ -376,10 +438,11 @@ func (r *Report) Summary() string {
 		lin = "NO: " + r.Linearizable.Error()
 	}
 	fmt.Fprintf(&b, "%-34s %s\n", "history linearizable", lin)
-	var fo, to, rp []time.Duration
+	var fo, to, rp, gap []time.Duration
 	inflight, never := 0, 0
 	for _, x := range r.Rounds {
 		fo = append(fo, x.Failover)
+		gap = append(gap, x.MaxGap)
 		if x.TakeOver > 0 {
 			to = append(to, x.TakeOver)
 		}
@@ -392,6 +455,7 @@ func (r *Report) Summary() string {
 		fmt.Fprintf(&b, "%-34s %s\n", "take-over (fault to live)", spread(to))
 	}
 	fmt.Fprintf(&b, "%-34s %s\n", "protected again after", spread(rp))
+	fmt.Fprintf(&b, "%-34s %s\n", "longest silence in each round", spread(gap))
 	fmt.Fprintf(&b, "%-34s %d (resent by the client), %d never answered\n", "in flight at the faults", inflight, never)
 	fmt.Fprintf(&b, "%-34s %v (the client's longest silence)\n", "largest gap between replies", st.MaxReplyGap.Round(10*time.Microsecond))
 	for _, x := range []struct {

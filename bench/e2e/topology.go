@@ -18,6 +18,8 @@ import (
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // Host names one machine of the test bed.
@@ -498,4 +500,34 @@ func findTool(name, versionFlag, pkg string) (string, error) {
 		return "", fmt.Errorf("%s is installed but `%s %s` failed: %v: %s (reinstall %s)", name, path, versionFlag, err, strings.TrimSpace(string(out)), pkg)
 	}
 	return path, nil
+}
+
+// SendFrameAs sends one Ethernet frame from machine from's link to the
+// switch (eth0), with source MAC src, to dst, carrying a local
+// experimental ethertype: what a host that still sends as src (an old
+// primary as the VM) puts on the wire. The switch learns src on from's
+// port, as it would from the real frame.
+func (t *Topology) SendFrameAs(from Host, src, dst net.HardwareAddr) error {
+	frame := make([]byte, 60)
+	copy(frame[0:6], dst)
+	copy(frame[6:12], src)
+	frame[12], frame[13] = 0x88, 0xb5
+	copy(frame[14:], "ftvm-e2e stale frame")
+	return t.InNamespace(from, func() error {
+		ifi, err := net.InterfaceByName(LinkName)
+		if err != nil {
+			return err
+		}
+		fd, err := unix.Socket(unix.AF_PACKET, unix.SOCK_RAW|unix.SOCK_CLOEXEC, 0)
+		if err != nil {
+			return fmt.Errorf("packet socket in %s: %w", t.Namespace(from), err)
+		}
+		defer unix.Close(fd)
+		sa := &unix.SockaddrLinklayer{Ifindex: ifi.Index, Halen: 6}
+		copy(sa.Addr[:], dst)
+		if err := unix.Sendto(fd, frame, 0, sa); err != nil {
+			return fmt.Errorf("sending a frame as %s from %s: %w", src, from, err)
+		}
+		return nil
+	})
 }

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -51,12 +52,27 @@ the log entries it depends on (--mode receipt) or has reproduced it
 (--mode compare). The secondary replays the log in its own VM and applies
 each reproduced disk write to its own disk once the primary reports it
 released. When the primary dies the secondary finishes the log, wins the
-arbiter's lock (--arbiter-dir, shared by both hosts), opens its TAP,
-announces the VM's MAC with a gratuitous ARP and goes on as primary; it
-then accepts a new secondary on --listen, which joins from a checkpoint of
-memory, CPU, devices and disk: copies of the VM taken while it runs
-(--precopy-rounds), then a short pause for what changed meanwhile, while a
-progress bar shows the transfer.
+arbiter's lock (--arbiter-dir, shared by both hosts), opens its TAP's
+gate, announces the VM's MAC with gratuitous ARPs (at once and again over
+the next seconds; a primary does the same when it starts) and goes on as
+primary; it then accepts a new secondary on --listen, which joins from a
+checkpoint of memory, CPU, devices and disk: copies of the VM taken while
+it runs (--precopy-rounds), then a short pause for what changed meanwhile,
+while a progress bar shows the transfer. Restart the dead host as
+ftvm secondary --peer <new primary's --listen> --peer-name <its --tls-name>
+(--peer-name is needed whenever --peer is an address).
+
+The peer is taken for dead when its connection breaks, or after
+min(100 ms, --peer-timeout-ticks x --tick) of silence: the transport
+declares a lane that read nothing for 100 ms down (its heartbeats go every
+10 ms; the watchdog sees it within 5 ms more), and the node counts ticks.
+With the defaults the transport always comes first: 100-105 ms after the
+peer's last byte, which may precede its death by up to 10 ms. A primary that did not run for half
+of that (stopped, paused) sends none of the VM's frames until its
+secondary shows it still follows, since it may have been replaced.
+
+Two daemons on one machine (a lab) each need their own --control and
+--listen.
 
 ftvm status --control PATH asks a running daemon for its role, epoch, log
 lag, held outputs and output-hold latency.
@@ -155,6 +171,12 @@ type daemon struct {
 	// nic holds the VM's network backend open for the daemon's life and
 	// lends it to each VM; its gate opens when this host serves live.
 	nic *vmm.NICGate
+	// fence keeps the VM's frames in after a stall that may have deposed
+	// this host (see txFence).
+	fence *txFence
+	// life is the context of run, for the announcements' goroutines.
+	life              atomic.Pointer[context.Context]
+	lastStaleAnnounce atomic.Int64 // unix ns of the latest staleFrameSeen announcement
 
 	mu       sync.Mutex
 	wentLive time.Time
@@ -224,6 +246,11 @@ func newDaemon(c *daemonConfig, log *slog.Logger, term io.Writer) (_ *daemon, er
 	if d.trCfg, err = d.transportConfig(); err != nil {
 		return nil, err
 	}
+	d.fence = newTxFence(c.peerTimeout(d.trCfg))
+	if d.nic != nil {
+		d.nic.SetFence(d.fence.mayTransmit)
+		d.nic.WatchSource(c.mac, d.staleFrameSeen)
+	}
 	node := lockstep.Config{
 		VMID: c.vmID, Role: c.role, Mode: c.mode, FirstEpoch: firstEpoch,
 		LogWindowEntries: c.window, HeartbeatTicks: c.heartbeatTicks, PeerTimeoutTicks: c.peerTimeoutTicks,
@@ -289,7 +316,10 @@ func (d *daemon) openNIC() (vmm.NICBackend, error) {
 }
 
 func (d *daemon) transportConfig() (tcpfallback.Config, error) {
-	c := tcpfallback.Config{VMID: d.cfg.vmID, OnFrame: func(f transport.Frame) { d.ag.HandleFrame(f) }}
+	c := tcpfallback.Config{VMID: d.cfg.vmID, OnFrame: func(f transport.Frame) {
+		d.fence.peerHeard()
+		d.ag.HandleFrame(f)
+	}}
 	if d.cfg.pskFile != "" {
 		key, err := os.ReadFile(d.cfg.pskFile)
 		if err != nil {
@@ -364,22 +394,15 @@ func (d *daemon) goLive(epoch, fence uint64) error {
 	}
 	if d.nic != nil {
 		d.nic.Open()
-		if d.cfg.vmIP.IsValid() {
-			garp := gratuitousARP(d.cfg.mac, d.cfg.vmIP.As4())
-			for range garpCount {
-				if err := d.nic.WriteFrame(garp); err != nil {
-					d.log.Warn("gratuitous ARP not sent", "err", err)
-				}
-			}
+		ctx := context.Background()
+		if p := d.life.Load(); p != nil {
+			ctx = *p
 		}
+		d.announce(ctx, "go-live")
 	}
 	d.log.Info("live", "epoch", epoch, "fence", fence, "tap", d.cfg.tap, "announced", d.cfg.vmIP)
 	return nil
 }
-
-// garpCount is how many gratuitous ARPs a new primary sends: more than one
-// in case the first meets a switch port still coming up.
-const garpCount = 2
 
 func (d *daemon) run(ctx context.Context) int {
 	defer d.close()
@@ -401,8 +424,14 @@ func (d *daemon) run(ctx context.Context) int {
 	d.closers = append(d.closers, ctl)
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	d.life.Store(&runCtx)
+	go d.watchFence(runCtx)
 	if d.cfg.role == wire.RoleSecondary {
 		go d.join(runCtx)
+	} else {
+		// A new pair's switch may still send the VM's address elsewhere
+		// (an earlier pair, another port): say where it is now.
+		d.announce(runCtx, "start")
 	}
 	go d.progress(runCtx)
 	d.log.Info("started", "role", d.cfg.role, "listen", d.listener.Addr(), "peer", d.cfg.peer, "mode", d.cfg.mode, "control", d.cfg.control)
@@ -496,6 +525,9 @@ func (d *daemon) join(ctx context.Context) {
 	if c.TLS != nil {
 		c.TLS = c.TLS.Clone()
 		c.TLS.ServerName = d.cfg.peerName
+		if d.cfg.peerNameFromAddr {
+			d.log.Warn("--peer is an address and --peer-name is not given: the primary's certificate must carry that address, or the handshake fails; give --peer-name with the primary's --tls-name", "peer", d.cfg.peer)
+		}
 	}
 	tr, err := tcpfallback.Dial(ctx, d.cfg.peer, c)
 	if err != nil {

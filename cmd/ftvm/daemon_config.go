@@ -45,15 +45,18 @@ type daemonConfig struct {
 	mac    [6]byte
 	vmIP   netip.Addr
 
-	listen     string
-	peer       string
-	peerName   string
-	arbiterDir string
-	hostName   string
-	mode       lockstep.Mode
-	tlsDir     string
-	tlsName    string
-	pskFile    string
+	listen   string
+	peer     string
+	peerName string
+	// peerNameFromAddr: --peer-name was not given and --peer is an IP
+	// address, which the primary's certificate must then carry.
+	peerNameFromAddr bool
+	arbiterDir       string
+	hostName         string
+	mode             lockstep.Mode
+	tlsDir           string
+	tlsName          string
+	pskFile          string
 
 	control          string
 	tick             time.Duration
@@ -97,7 +100,7 @@ func daemonFlags(fs *flag.FlagSet, role wire.Role) func() (*daemonConfig, error)
 	fs.StringVar(&c.listen, "listen", defaultListen, "address this host accepts a secondary on when it is primary (host:port)")
 	if role == wire.RoleSecondary {
 		fs.StringVar(&c.peer, "peer", "", "the primary to join (host:port of its --listen); required")
-		fs.StringVar(&c.peerName, "peer-name", "", "the TLS name in the primary's certificate (default: the host part of --peer)")
+		fs.StringVar(&c.peerName, "peer-name", "", "the TLS name in the primary's certificate, its --tls-name (default: the host part of --peer, which must then be a name the certificate carries: give --peer-name when --peer is an address)")
 	} else {
 		fs.BoolVar(&c.waitForSecondary, "wait-for-secondary", false, "keep the VM paused until a secondary is in step, so that no output leaves unprotected")
 	}
@@ -107,10 +110,10 @@ func daemonFlags(fs *flag.FlagSet, role wire.Role) func() (*daemonConfig, error)
 	fs.StringVar(&c.tlsDir, "tls-dir", "", "directory with ca.pem, NAME.pem, NAME-key.pem (ftvm certs makes test ones): mutual TLS 1.3")
 	fs.StringVar(&c.tlsName, "tls-name", "", "this host's certificate name in --tls-dir (default: the host name)")
 	fs.StringVar(&c.pskFile, "psk-file", "", "instead of TLS, authenticate with the pre-shared key in this file (trusted fabrics only: frames are not encrypted)")
-	fs.StringVar(&c.control, "control", "", "control socket for ftvm status (default "+defaultControlDir+"/VM-ID.sock)")
+	fs.StringVar(&c.control, "control", "", "control socket for ftvm status (default "+defaultControlDir+"/VM-ID.sock; two daemons of one VM on one machine each need their own)")
 	fs.DurationVar(&c.tick, "tick", 10*time.Millisecond, "length of one protocol tick")
 	fs.IntVar(&c.heartbeatTicks, "heartbeat-ticks", lockstep.DefaultHeartbeatTicks, "ticks between heartbeats")
-	fs.IntVar(&c.peerTimeoutTicks, "peer-timeout-ticks", lockstep.DefaultPeerTimeoutTicks, "ticks of silence after which the peer is taken for dead (a broken connection counts at once)")
+	fs.IntVar(&c.peerTimeoutTicks, "peer-timeout-ticks", lockstep.DefaultPeerTimeoutTicks, "ticks of silence after which the peer is taken for dead (a broken connection counts at once, and so does a connection silent for the transport's 100 ms heartbeat timeout, whichever comes first)")
 	fs.IntVar(&c.window, "log-window", lockstep.DefaultLogWindowEntries, "log entries the primary runs ahead of its secondary before it stalls the vCPU")
 	fs.IntVar(&c.precopyRounds, "precopy-rounds", 2, "copies of the running VM a primary sends a joining secondary before it pauses for the rest (0: one paused full checkpoint)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -191,6 +194,7 @@ func daemonFlags(fs *flag.FlagSet, role wire.Role) func() (*daemonConfig, error)
 		}
 		if c.peerName == "" && c.peer != "" {
 			c.peerName, _, _ = net.SplitHostPort(c.peer)
+			c.peerNameFromAddr = net.ParseIP(c.peerName) != nil
 		}
 		if c.control == "" {
 			c.control = defaultControlDir + "/" + c.vmID + ".sock"

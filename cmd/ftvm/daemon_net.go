@@ -1,11 +1,14 @@
 package main
 
 import (
+	"context"
 	"encoding/binary"
 	"fmt"
 	"sync/atomic"
+	"time"
 
 	"github.com/ftvm/ftvm/agent"
+	"github.com/ftvm/ftvm/lockstep"
 	"github.com/ftvm/ftvm/tcpfallback"
 	"github.com/ftvm/ftvm/transport"
 	"golang.org/x/sys/unix"
@@ -80,4 +83,209 @@ func setLinkUp(name string) error {
 		return fmt.Errorf("SIOCSIFFLAGS: %w", err)
 	}
 	return nil
+}
+
+// announceSchedule is when a host that starts serving the VM (a primary at
+// start, a secondary at go-live) announces the VM's MAC, counted from
+// then: twice at once, in case the first meets a switch port still coming
+// up, then again and again over the first seconds, as VRRP
+// implementations do. A frame the old primary still sent after the first
+// announcement (it woke up from a stall before it learnt it was deposed)
+// moves the VM's address back to its port on the switch; the next
+// announcement moves it here again, so such a frame costs the clients at
+// most the gap to the next one, not the life of their ARP entries.
+var announceSchedule = []time.Duration{
+	0, 0,
+	50 * time.Millisecond, 150 * time.Millisecond, 300 * time.Millisecond,
+	600 * time.Millisecond, time.Second, 2 * time.Second, 4 * time.Second,
+}
+
+// staleAnnounceMinInterval bounds how often a frame seen from the VM's own
+// MAC (another host sending as this VM) starts the announcements again.
+const staleAnnounceMinInterval = 100 * time.Millisecond
+
+// announce sends the gratuitous ARPs of announceSchedule, the first ones
+// before it returns, the later ones from a goroutine until ctx ends. It
+// does nothing without a NIC or a --vm-ip.
+func (d *daemon) announce(ctx context.Context, why string) {
+	if d.nic == nil || !d.cfg.vmIP.IsValid() {
+		return
+	}
+	garp := gratuitousARP(d.cfg.mac, d.cfg.vmIP.As4())
+	send := func() {
+		if err := d.nic.WriteFrame(garp); err != nil {
+			d.log.Warn("gratuitous ARP not sent", "err", err)
+		}
+	}
+	i := 0
+	for ; i < len(announceSchedule) && announceSchedule[i] == 0; i++ {
+		send()
+	}
+	d.log.Debug("announcing the VM's address", "why", why, "ip", d.cfg.vmIP, "mac", d.cfg.mac)
+	rest := announceSchedule[i:]
+	if len(rest) == 0 {
+		return
+	}
+	go func() {
+		start := time.Now()
+		for _, at := range rest {
+			select {
+			case <-ctx.Done():
+				return
+			case <-time.After(time.Until(start.Add(at))):
+			}
+			send()
+		}
+	}()
+}
+
+// txFence keeps a primary that may have been deposed while it stalled from
+// sending frames as the VM. A process stopped for longer than the peer
+// timeout (SIGSTOP, a hypervisor pause, a swap storm) wakes up believing
+// it is still primary, and releases the outputs its secondary had
+// acknowledged before it stopped; meanwhile the secondary may have taken
+// over, and one such frame moves the VM's MAC back to this host's port on
+// the switch. So the fence watches its own clock: a gap of more than
+// stallMax between two looks at it (the daemon looks every tick, and at
+// every frame) means this host was not running, and from then on the VM's
+// frames are dropped until this host has proof that it still serves the
+// VM: the secondary acknowledged a log position written after the stall
+// (a secondary that took over acknowledges nothing), a frame from the
+// peer arrived more than peerGrace after the stall (a peer that took over
+// sends nothing; what it sent before arrives at once), the node holds a
+// newer epoch, or the node has no secondary that could have taken over.
+// A dropped frame is a lost packet, which the network's protocols resend.
+type txFence struct {
+	base      time.Time
+	stallMax  time.Duration
+	peerGrace time.Duration
+
+	lastLook  atomic.Int64 // ns since base: the latest look at the clock
+	stall     atomic.Int64 // ns since base when a stall was seen; 0: none
+	peerFrame atomic.Int64 // ns since base of the latest frame from the peer
+	fenced    atomic.Uint64
+
+	// Owned by the goroutine that calls tick.
+	stallSeen        int64 // the stall the fields below belong to
+	seqAtStall, epAt uint64
+}
+
+func newTxFence(peerTimeout time.Duration) *txFence {
+	f := &txFence{base: time.Now(), stallMax: peerTimeout / 2, peerGrace: peerTimeout}
+	f.lastLook.Store(1)
+	return f
+}
+
+func (f *txFence) now() int64 { return max(1, int64(time.Since(f.base))) }
+
+// look records that this host runs now, and a stall if it did not since
+// the last look.
+func (f *txFence) look() int64 {
+	now := f.now()
+	if prev := f.lastLook.Swap(now); now-prev > int64(f.stallMax) {
+		f.stall.CompareAndSwap(0, now)
+	}
+	return now
+}
+
+// peerHeard records a frame from the peer (before the agent sees it).
+func (f *txFence) peerHeard() { f.peerFrame.Store(f.now()) }
+
+// mayTransmit is the NIC gate's fence.
+func (f *txFence) mayTransmit() bool {
+	f.look()
+	s := f.stall.Load()
+	if s == 0 {
+		return true
+	}
+	if f.peerFrame.Load() > s+int64(f.peerGrace) {
+		f.stall.CompareAndSwap(s, 0)
+		return true
+	}
+	f.fenced.Add(1)
+	return false
+}
+
+// tick looks at the clock and at the node's status st, and lifts the
+// fence once st proves this host still serves the VM. The daemon calls it
+// every protocol tick, from one goroutine. It reports a stall it sees for
+// the first time (how long this host did not run, as far as the fence
+// can tell) and whether it lifted the fence.
+func (f *txFence) tick(st lockstep.Status) (newStall bool, lifted bool) {
+	f.look()
+	s := f.stall.Load()
+	if s == 0 {
+		return false, false
+	}
+	if s != f.stallSeen {
+		f.stallSeen, f.seqAtStall, f.epAt = s, st.LastSeq, st.Epoch
+		newStall = true
+		if st.Role == lockstep.RolePrimary && !st.Protected && !st.Syncing {
+			// Alone (or asking the arbiter, which holds every output):
+			// no secondary could have taken over.
+			return true, f.stall.CompareAndSwap(s, 0)
+		}
+		return true, false
+	}
+	// A halted node releases nothing more, and a secondary's gate is
+	// shut; either stays fenced until it is primary in a newer epoch.
+	if st.Role == lockstep.RolePrimary && (st.Epoch > f.epAt || st.Acked > f.seqAtStall || !st.Protected && !st.Syncing) {
+		return false, f.stall.CompareAndSwap(s, 0)
+	}
+	return false, false
+}
+
+// Fenced counts the frames the fence refused.
+func (f *txFence) Fenced() uint64 { return f.fenced.Load() }
+
+// peerTimeout is how long the peer may be silent before this host takes
+// it for dead: the first of the transport's heartbeat timeout (a lane that
+// reads nothing for that long is declared down, and the node is told at
+// once) and the node's own --peer-timeout-ticks x --tick.
+func (c *daemonConfig) peerTimeout(tr tcpfallback.Config) time.Duration {
+	hb := tr.HeartbeatTimeout
+	if hb == 0 {
+		hb = tcpfallback.DefaultHeartbeatTimeout
+	}
+	return min(hb, time.Duration(c.peerTimeoutTicks)*c.tick)
+}
+
+// watchFence feeds the fence the node's status every tick until ctx ends.
+func (d *daemon) watchFence(ctx context.Context) {
+	t := time.NewTicker(d.cfg.tick)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		newStall, lifted := d.fence.tick(d.ag.Status())
+		if newStall {
+			d.log.Warn("this host did not run for longer than half the peer timeout: the VM's frames are held back until the secondary shows it still follows (it may have taken over)", "fenced_so_far", d.fence.Fenced())
+		}
+		if lifted {
+			d.log.Info("the VM's frames flow again after the stall", "fenced", d.fence.Fenced())
+		}
+	}
+}
+
+// staleFrameSeen is the NIC gate's WatchSource callback: a frame from the
+// VM's own MAC arrived from the network. While this host serves the VM it
+// comes from a host that should not send as the VM (an old primary that
+// woke up), and may have moved the VM's address on the switch: announce
+// it again.
+func (d *daemon) staleFrameSeen() {
+	if !d.nic.IsOpen() {
+		return // the primary's own frames, as a secondary sees them
+	}
+	now := time.Now().UnixNano()
+	last := d.lastStaleAnnounce.Load()
+	if now-last < int64(staleAnnounceMinInterval) || !d.lastStaleAnnounce.CompareAndSwap(last, now) {
+		return
+	}
+	if ctx := d.life.Load(); ctx != nil {
+		d.log.Warn("a frame from the VM's MAC came from another host: announcing the VM's address again")
+		go d.announce(*ctx, "stale frame")
+	}
 }

@@ -223,3 +223,85 @@ func TestStatusShowsArbiterError(t *testing.T) {
 		t.Fatalf("status:\n%s\nwant the arbiter's error shown", out)
 	}
 }
+
+// TestTxFence drives the fence a deposed primary's frames meet: a stall
+// longer than half the peer timeout fences the VM's frames, and only proof
+// that this host still serves the VM lifts it: an acknowledgement of a
+// position logged after the stall, a newer epoch, no secondary that could
+// have taken over, or a frame from the peer well after the stall (not the
+// ones it sent during the stall, which arrive at once).
+func TestTxFence(t *testing.T) {
+	const peerTimeout = 100 * time.Millisecond
+	protected := lockstep.Status{Role: lockstep.RolePrimary, Protected: true, Epoch: 3, LastSeq: 10, Acked: 9}
+	stall := func(f *txFence) {
+		f.lastLook.Store(f.now() - int64(time.Second))
+	}
+	f := newTxFence(peerTimeout)
+	for range 3 {
+		if !f.mayTransmit() {
+			t.Fatal("the fence is up without a stall")
+		}
+	}
+	if newStall, lifted := f.tick(protected); newStall || lifted {
+		t.Fatalf("tick without a stall: new stall %v, lifted %v", newStall, lifted)
+	}
+
+	// Acknowledgements: only one past what was logged at the stall lifts it.
+	stall(f)
+	if f.mayTransmit() {
+		t.Fatal("a frame left after a stall of a second")
+	}
+	if newStall, lifted := f.tick(protected); !newStall || lifted {
+		t.Fatalf("first tick after the stall: new stall %v, lifted %v; want a new stall, still fenced", newStall, lifted)
+	}
+	f.peerHeard() // what the peer sent during the stall, read on waking
+	st := protected
+	st.Acked = 10
+	if _, lifted := f.tick(st); lifted || f.mayTransmit() {
+		t.Fatal("the fence lifted on an acknowledgement of what was logged before the stall, or on the peer's frames read on waking")
+	}
+	st.Acked, st.LastSeq = 11, 12
+	if _, lifted := f.tick(st); !lifted || !f.mayTransmit() {
+		t.Fatal("the fence stayed up after the secondary acknowledged a position logged after the stall")
+	}
+	if f.Fenced() != 2 {
+		t.Fatalf("Fenced = %d, want 2", f.Fenced())
+	}
+
+	// A newer epoch lifts it.
+	stall(f)
+	f.tick(protected)
+	st = protected
+	st.Epoch = 4
+	if _, lifted := f.tick(st); !lifted || !f.mayTransmit() {
+		t.Fatal("the fence stayed up once the node held a newer epoch")
+	}
+
+	// A primary with no secondary in step at the stall is not fenced.
+	stall(f)
+	alone := lockstep.Status{Role: lockstep.RolePrimary, Epoch: 3}
+	if newStall, lifted := f.tick(alone); !newStall || !lifted || !f.mayTransmit() {
+		t.Fatal("the fence held back a lone primary's frames")
+	}
+
+	// A frame from the peer well after the stall lifts it.
+	stall(f)
+	if f.mayTransmit() {
+		t.Fatal("a frame left after a stall")
+	}
+	f.tick(protected)
+	f.peerFrame.Store(f.stall.Load() + int64(peerTimeout) + 1)
+	if !f.mayTransmit() {
+		t.Fatal("the fence stayed up after the peer was heard a peer timeout after the stall")
+	}
+}
+
+// TestTxFenceHalted: a node that halted after the stall stays fenced.
+func TestTxFenceHalted(t *testing.T) {
+	f := newTxFence(100 * time.Millisecond)
+	f.lastLook.Store(f.now() - int64(time.Second))
+	f.tick(lockstep.Status{Role: lockstep.RolePrimary, Protected: true, Epoch: 3, LastSeq: 10})
+	if _, lifted := f.tick(lockstep.Status{Role: lockstep.RoleHalted, Epoch: 3, LastSeq: 10}); lifted || f.mayTransmit() {
+		t.Fatal("the fence lifted when the node halted")
+	}
+}
