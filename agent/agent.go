@@ -155,7 +155,7 @@ type Agent struct {
 	bugReleaseOnHold bool
 
 	stats struct {
-		send, frame, step, diverge, released, restores, ckpts, stalls, persisted atomic.Uint64
+		send, frame, step, diverge, released, restores, ckpts, stalls, persisted, tooLarge atomic.Uint64
 	}
 	holdLatency latencyRecorder
 	log         *slog.Logger

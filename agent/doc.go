@@ -74,7 +74,12 @@
 // status, value, request arg and len besides its bytes (so the replica
 // gets exactly what the guest got and checks it is answering the same
 // request), and an output's request arg besides its bytes (so a block
-// write to another sector is a divergence).
+// write to another sector is a divergence). Those headers and the devices'
+// limits are set in internal/limits, which derives the wire's bounds on an
+// entry's and an output's data from them, so that the largest request a
+// guest may make always fits the log. Should a request ever not fit
+// (wire.ErrTooLarge), the guest gets an I/O error status for it and the VM
+// goes on; a replica reaching that exit finds no log item and resyncs.
 //
 // # Checkpoints
 //
