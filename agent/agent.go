@@ -107,6 +107,12 @@ type Stats struct {
 	Restores    uint64 // checkpoints restored (secondary)
 	Checkpoints uint64 // checkpoints taken (primary)
 	Stalls      uint64 // times the vCPU was stalled for a lagging secondary
+	// DiskWriteErrors counts block write attempts that failed (a full
+	// disk); each is retried until it succeeds, with the VM paused.
+	DiskWriteErrors uint64
+	// DiskFailing: a block write is failing now, so the VM is paused and
+	// no output after that write leaves (DiskError says why).
+	DiskFailing bool
 }
 
 // heldOutput is an output the VMM keeps out of the world: *vmm.Output.
@@ -140,11 +146,14 @@ type Agent struct {
 	running bool // the loop asked the VM to run
 	stalled bool
 	paused  bool
-	halted  bool
-	haltWhy string
-	guarded bool // a secondary was in step at least once
-	granted bool // this host was primary in some epoch: its VM may run
-	enc     []byte
+	// diskPaused: the disk writer has a write failing (diskWriter.failing
+	// as the loop last saw it), so the VM is paused.
+	diskPaused bool
+	halted     bool
+	haltWhy    string
+	guarded    bool // a secondary was in step at least once
+	granted    bool // this host was primary in some epoch: its VM may run
+	enc        []byte
 
 	// arbFailures counts the arbiter's errors in a row, arbPermanent those
 	// of them that cannot pass by themselves (see permanentArbiterError).
@@ -161,7 +170,7 @@ type Agent struct {
 	bugReleaseOnHold bool
 
 	stats struct {
-		send, frame, step, diverge, released, restores, ckpts, stalls, persisted atomic.Uint64
+		send, frame, step, diverge, released, restores, ckpts, stalls, persisted, tooLarge atomic.Uint64
 	}
 	holdLatency latencyRecorder
 	log         *slog.Logger
@@ -236,7 +245,7 @@ func New(cfg Config) (*Agent, error) {
 		a.log = slog.Default()
 	}
 	a.holdLatency.init()
-	a.disk = newDiskWriter(a.log)
+	a.disk = newDiskWriter(a.log, a.poke)
 	a.cond = sync.NewCond(&a.mu)
 	return a, nil
 }
@@ -285,6 +294,9 @@ func (a *Agent) PeerLost() {
 func (a *Agent) Stop() {
 	a.once.Do(func() {
 		close(a.stop)
+		// A write failing on a full disk is given up now, unperformed,
+		// with every output behind it.
+		a.disk.abort()
 		a.mu.Lock()
 		a.abort = true
 		a.cond.Broadcast()
@@ -303,8 +315,13 @@ func (a *Agent) Stats() Stats {
 		SendErrors: a.stats.send.Load(), FrameErrors: a.stats.frame.Load(), StepErrors: a.stats.step.Load(),
 		Divergences: nodeDiv + a.stats.diverge.Load(), Released: a.stats.released.Load(),
 		Restores: a.stats.restores.Load(), Checkpoints: a.stats.ckpts.Load(), Stalls: a.stats.stalls.Load(),
+		DiskWriteErrors: a.disk.errors.Load(), DiskFailing: a.disk.failing.Load(),
 	}
 }
+
+// DiskError is the error of the block write that is failing now (the VM
+// is paused until it succeeds), or "" when none is.
+func (a *Agent) DiskError() string { return a.disk.err() }
 
 // Status is the node's status.
 func (a *Agent) Status() lockstep.Status {
@@ -403,6 +420,9 @@ func (a *Agent) Run(ctx context.Context, tr Transport) (err error) {
 	tick := time.NewTicker(a.cfg.TickInterval)
 	defer tick.Stop()
 	for {
+		if err := a.followDisk(); err != nil {
+			return err
+		}
 		if err := a.process(ctx); err != nil {
 			return err
 		}
@@ -432,6 +452,20 @@ func (a *Agent) Run(ctx context.Context, tr Transport) (err error) {
 			}
 		}
 	}
+}
+
+// followDisk pauses the VM while the disk writer has a write failing and
+// lets it run again once the write succeeded (the writer pokes the loop
+// at both). Outputs after the failing write wait in the writer's queue
+// regardless; the pause keeps the guest from going on as if its writes
+// had landed.
+func (a *Agent) followDisk() error {
+	failing := a.disk.failing.Load()
+	if failing == a.diskPaused {
+		return nil
+	}
+	a.diskPaused = failing
+	return a.applyRun()
 }
 
 // finished reports whether a primary's guest is done and nothing it said
@@ -632,12 +666,15 @@ func (a *Agent) perform(ctx context.Context, w *work) error {
 		}
 		// A backend error is the device's to report (the guest already
 		// got its status when the output was held); the protocol's
-		// promise is only that nothing leaves before Ready says so.
+		// promise is only that nothing leaves before Ready says so. A
+		// block write is made durable by the disk writer, which retries
+		// it until it is; any other output leaves only once the writes
+		// released before it are durable (diskWriter.release).
 		if isDiskWrite(o.Device) {
 			a.disk.enqueue(fmt.Sprintf("seq %d", o.Seq), e.h.Release)
 			continue
 		}
-		e.h.Release()
+		a.disk.release(fmt.Sprintf("seq %d", o.Seq), e.h.Release)
 	}
 	if w.goLive {
 		// The new primary's guest may read the disk as soon as the gate
@@ -695,7 +732,7 @@ func (a *Agent) deliverCarried(o lockstep.Output) error {
 		a.disk.enqueue(fmt.Sprintf("seq %d (carried by a checkpoint)", o.Seq), do)
 		return nil
 	}
-	return do()
+	return a.disk.release(fmt.Sprintf("seq %d (carried by a checkpoint)", o.Seq), do)
 }
 
 // persist applies a block write the primary released to this host's own
@@ -780,7 +817,7 @@ func (a *Agent) applyRun() error {
 	if a.vm == nil {
 		return nil
 	}
-	want := a.booted && !a.stalled && !a.paused && !a.halted &&
+	want := a.booted && !a.stalled && !a.paused && !a.halted && !a.diskPaused &&
 		(a.guarded || !a.cfg.WaitForSecondary || a.cfg.Node.Role != wire.RolePrimary)
 	if want == a.running {
 		return nil

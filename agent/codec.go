@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"fmt"
 
+	"github.com/ftvm/ftvm/internal/limits"
 	"github.com/ftvm/ftvm/vmm"
 )
 
@@ -27,8 +28,10 @@ import (
 //	0   8  request arg (the block sector; 0 for the console)
 //	8      the output's bytes
 const (
-	inputHeaderBytes  = 24
-	outputHeaderBytes = 8
+	// Set in internal/limits, which adds them to the device limits to
+	// size the wire's bounds.
+	inputHeaderBytes  = limits.InputHeaderBytes
+	outputHeaderBytes = limits.OutputHeaderBytes
 	// maxOpForKind is the largest op the one-byte op field of a kind holds.
 	maxOpForKind = 0xff
 )

@@ -2,13 +2,25 @@ package agent
 
 import (
 	"log/slog"
+	"sync"
 	"sync/atomic"
+	"time"
 )
 
-// diskQueueWrites bounds the block writes waiting for the disk writer; a
-// full queue makes the loop wait, which stalls the protocol rather than
+// diskQueueWrites bounds the jobs waiting for the disk writer; a full
+// queue makes whoever releases wait, which stalls the protocol rather than
 // memory.
 const diskQueueWrites = 1024
+
+// Retries of a block write that failed: the first after
+// diskRetryMinInterval, doubling up to diskRetryMaxInterval, until it
+// succeeds or the agent stops. While a write fails the VM is paused and an
+// ERROR is logged every diskFailureLogInterval.
+const (
+	diskRetryMinInterval   = 10 * time.Millisecond
+	diskRetryMaxInterval   = time.Second
+	diskFailureLogInterval = 10 * time.Second
+)
 
 // diskWriter performs block writes (a primary's releases, a secondary's
 // persists) in order on a goroutine of its own, so that the loop never
@@ -16,57 +28,203 @@ const diskQueueWrites = 1024
 // which takes longer than a round trip to the peer, and a burst of them
 // (the persists a heartbeat releases) would hold back every
 // acknowledgement behind it. A write still queued stays visible to the
-// guest's reads (the VMM overlays a held write until its Release returns);
-// a write that no exit holds (one a checkpoint carried) is not, so the
-// loop drains the queue before anything reads the disk live: before a
-// snapshot, a restore, and before a new primary's exits are served.
+// guest's reads (the VMM overlays a held write until its Release
+// succeeds); a write that no exit holds (one a checkpoint carried) is
+// not, so the loop drains the queue before anything reads the disk live:
+// before a snapshot, a restore, and before a new primary's exits are
+// served.
+//
+// An output released after a block write must not leave before that
+// write is durable: a kvstore's reply to a PUT acknowledges the WAL record
+// the write carries. So while any job is queued, every later release
+// (after) goes through the queue too and is performed only once the writes
+// before it succeeded; when the queue is empty it is performed at once.
+//
+// A write that fails (a full disk: ENOSPC; an I/O error) is never given
+// up and never skipped: the writer retries it with backoff, and
+// everything queued behind it waits. failing says so, and onChange (which
+// the agent uses to pause the VM) is called when it starts and stops, so
+// that the guest makes no further progress on a disk that cannot keep
+// what it writes, and resumes by itself when the write succeeds (space
+// was freed). Only stop gives up: then the abandoned write and all later
+// jobs are dropped unperformed, so that no output acknowledging them
+// leaves.
 type diskWriter struct {
-	q      chan diskJob
-	log    *slog.Logger
-	errors atomic.Uint64
+	q        chan diskJob
+	log      *slog.Logger
+	onChange func() // failing changed; called on the writer goroutine
+
+	// quit is closed by abort: a failing write is given up, a blocked
+	// enqueue returns.
+	quit      chan struct{}
+	abortOnce sync.Once
+
+	queued  atomic.Int64  // jobs enqueued and not yet finished
+	errors  atomic.Uint64 // failed write attempts
+	failing atomic.Bool   // a write is failing and being retried
+	lastErr atomic.Value  // string: the last write error, "" once one succeeds
+	dropped atomic.Uint64 // jobs not performed because the agent stopped
+	// given: a write was abandoned (aborted while failing, or dropped by
+	// a stopping enqueue); every later job is dropped too.
+	given    atomic.Bool
+	finished chan struct{} // closed when run returns
 }
 
 type diskJob struct {
-	write func() error
+	write func() error // a block write: retried until it succeeds
+	after func() error // a release that waits for the writes before it
 	what  string
 	done  chan struct{} // a drain marker when set
 }
 
-func newDiskWriter(log *slog.Logger) *diskWriter {
-	w := &diskWriter{q: make(chan diskJob, diskQueueWrites), log: log}
+func newDiskWriter(log *slog.Logger, onChange func()) *diskWriter {
+	w := &diskWriter{q: make(chan diskJob, diskQueueWrites), log: log, onChange: onChange,
+		quit: make(chan struct{}), finished: make(chan struct{})}
+	w.lastErr.Store("")
 	go w.run()
 	return w
 }
 
 func (w *diskWriter) run() {
+	defer close(w.finished)
 	for j := range w.q {
 		if j.done != nil {
+			w.queued.Add(-1) // before the drainer goes on: it may release at once
 			close(j.done)
 			continue
 		}
-		if err := j.write(); err != nil {
-			// The guest got its status when the write was held; the
-			// disk's failure is the device's to report.
-			w.errors.Add(1)
-			w.log.Error("block write failed", "write", j.what, "err", err)
+		switch {
+		case w.given.Load():
+			w.dropped.Add(1)
+		case j.write != nil:
+			w.writeDurably(j)
+		case j.after != nil:
+			// The output's own backend error is its device's to report,
+			// as for a release performed at once.
+			j.after()
 		}
+		w.queued.Add(-1)
 	}
 }
 
-// enqueue queues a write behind every earlier one.
-func (w *diskWriter) enqueue(what string, write func() error) {
-	w.q <- diskJob{write: write, what: what}
+// writeDurably performs one write, retrying it with backoff until it
+// succeeds or the writer is aborted.
+func (w *diskWriter) writeDurably(j diskJob) {
+	wait := diskRetryMinInterval
+	var firstFail, lastLog time.Time
+	attempts := 0
+	for {
+		err := j.write()
+		if err == nil {
+			if attempts > 0 {
+				w.lastErr.Store("")
+				w.failing.Store(false)
+				w.log.Info("block write succeeded again: the VM resumes", "write", j.what,
+					"failed_attempts", attempts, "failing_for", time.Since(firstFail).Round(time.Millisecond))
+				w.changed()
+			}
+			return
+		}
+		attempts++
+		w.errors.Add(1)
+		w.lastErr.Store(err.Error())
+		now := time.Now()
+		if attempts == 1 {
+			firstFail, lastLog = now, now
+			w.failing.Store(true)
+			w.log.Error("block write failed: the VM is paused and no output after this write leaves until it succeeds; "+
+				"free space on the disk's filesystem (or repair it) and the VM resumes by itself",
+				"write", j.what, "err", err)
+			w.changed()
+		} else if now.Sub(lastLog) >= diskFailureLogInterval {
+			lastLog = now
+			w.log.Error("block write still failing: the VM stays paused until it succeeds",
+				"write", j.what, "err", err, "attempts", attempts, "failing_for", now.Sub(firstFail).Round(time.Second))
+		}
+		select {
+		case <-w.quit:
+			w.given.Store(true)
+			w.dropped.Add(1)
+			w.log.Error("stopping with a block write that never succeeded: it and every output after it are dropped, none of them was acknowledged",
+				"write", j.what, "err", err, "attempts", attempts)
+			return
+		case <-time.After(wait):
+		}
+		wait = min(2*wait, diskRetryMaxInterval)
+	}
 }
 
-// drain returns once every write queued before it is done.
+func (w *diskWriter) changed() {
+	if w.onChange != nil {
+		w.onChange()
+	}
+}
+
+// put queues a job; once the writer is aborted it gives up rather than
+// wait for room, and then every later job is dropped too (a release must
+// not overtake the write it was queued behind).
+func (w *diskWriter) put(j diskJob) {
+	w.queued.Add(1)
+	select {
+	case w.q <- j:
+		return
+	default:
+	}
+	select {
+	case w.q <- j:
+	case <-w.quit:
+		w.given.Store(true)
+		w.queued.Add(-1)
+		w.dropped.Add(1)
+	}
+}
+
+// enqueue queues a write behind every earlier job.
+func (w *diskWriter) enqueue(what string, write func() error) {
+	w.put(diskJob{write: write, what: what})
+}
+
+// release performs an output that is not a block write: at once when
+// nothing is queued (every earlier write is durable), else behind the
+// queued jobs, so that it leaves only once the writes released before it
+// are durable.
+func (w *diskWriter) release(what string, do func() error) error {
+	if w.given.Load() {
+		w.dropped.Add(1)
+		return nil
+	}
+	if w.queued.Load() == 0 {
+		return do()
+	}
+	w.put(diskJob{after: do, what: what})
+	return nil
+}
+
+// drain returns once every job queued before it is done (or dropped,
+// once the writer is aborted).
 func (w *diskWriter) drain() {
 	done := make(chan struct{})
+	w.queued.Add(1)
 	w.q <- diskJob{done: done}
 	<-done
 }
 
-// stop drains the queue and ends the goroutine.
+// abort makes a failing write give up and a blocked enqueue return: the
+// agent is stopping.
+func (w *diskWriter) abort() { w.abortOnce.Do(func() { close(w.quit) }) }
+
+// stop drains the queue and ends the goroutine. Nothing may be queued
+// after it.
 func (w *diskWriter) stop() {
 	w.drain()
 	close(w.q)
+	<-w.finished
+}
+
+// err is the last write error while a write is failing, else "".
+func (w *diskWriter) err() string {
+	if !w.failing.Load() {
+		return ""
+	}
+	return w.lastErr.Load().(string)
 }

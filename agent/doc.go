@@ -68,13 +68,33 @@
 // waiting in the old one is told to give up (that VM fails with errAborted
 // and is closed).
 //
+// # Block writes and what follows them
+//
+// A block write is an output like any other (held, then released), but
+// the disk writer (diskwriter.go) performs it off the releasing thread,
+// with an fdatasync. Any other output released while a write is queued
+// goes into the same queue behind it, so that it leaves only once every
+// block write released before it is durable: a reply that acknowledges a
+// write never overtakes it. With nothing queued it leaves at once. A write
+// that fails is retried with backoff, never skipped; meanwhile the loop
+// keeps the VM paused (followDisk), Stats.DiskFailing and DiskError say
+// why, and the VM resumes when the write succeeds. Stopping gives up such
+// a write and drops every output queued behind it. vmm keeps a held block
+// write whose Release failed held (and visible to the guest's reads), so
+// that the retry can write it.
+//
 // # The log's contents
 //
 // codec.go lays out what the lockstep log carries for the VMM: an input's
 // status, value, request arg and len besides its bytes (so the replica
 // gets exactly what the guest got and checks it is answering the same
 // request), and an output's request arg besides its bytes (so a block
-// write to another sector is a divergence).
+// write to another sector is a divergence). Those headers and the devices'
+// limits are set in internal/limits, which derives the wire's bounds on an
+// entry's and an output's data from them, so that the largest request a
+// guest may make always fits the log. Should a request ever not fit
+// (wire.ErrTooLarge), the guest gets an I/O error status for it and the VM
+// goes on; a replica reaching that exit finds no log item and resyncs.
 //
 // # Checkpoints
 //

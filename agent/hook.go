@@ -5,6 +5,7 @@ import (
 	"time"
 
 	"github.com/ftvm/ftvm/lockstep"
+	"github.com/ftvm/ftvm/lockstep/wire"
 	"github.com/ftvm/ftvm/vmm"
 )
 
@@ -115,10 +116,28 @@ func (a *Agent) recordInput(x exitReq, in exitInfo, kind uint16) (vmm.Result, er
 		a.waitUnstalled()
 	}
 	a.mu.Unlock()
+	if errors.Is(err, wire.ErrTooLarge) {
+		return a.tooLarge(in, err), nil
+	}
 	if err != nil {
 		return vmm.Result{}, err
 	}
 	return res, nil
+}
+
+// tooLarge answers an exit the log cannot carry with an I/O error, so
+// that a request the wire refuses fails in the guest rather than taking
+// the VM and the daemon down. The wire's bounds are derived from the
+// devices' limits (internal/limits), so no request the VMM accepts gets
+// here: it is the last line of defence should the two ever disagree. A
+// replica that reaches the same exit finds no log item for it, which is
+// a divergence, and a resync follows.
+func (a *Agent) tooLarge(in exitInfo, err error) vmm.Result {
+	if a.stats.tooLarge.Add(1) == 1 {
+		a.log.Error("a guest request does not fit the log: the guest gets an I/O error (a bug in ftvm: internal/limits must cover every device's largest request)",
+			"device", in.Device, "op", in.Op, "len", in.Len, "err", err)
+	}
+	return vmm.Result{Status: vmm.StatusIO}
 }
 
 // waitUnstalled holds the vCPU at the end of an exit while the node says
@@ -171,6 +190,9 @@ func (a *Agent) output(x exitReq, in exitInfo, kind uint16) (vmm.Result, error) 
 			if err != nil {
 				a.mu.Unlock()
 				h.Drop()
+				if errors.Is(err, wire.ErrTooLarge) {
+					return a.tooLarge(in, err), nil
+				}
 				return vmm.Result{}, err
 			}
 			a.handles[id] = heldEntry{h: h, at: time.Now()}

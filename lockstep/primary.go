@@ -15,7 +15,7 @@ func (n *Node) RecordInput(exitIndex uint64, kind uint16, data []byte) (uint64, 
 		return 0, n.roleErr("RecordInput")
 	}
 	if len(data) > wire.MaxEntryDataBytes {
-		return 0, fmt.Errorf("lockstep: input of %d bytes exceeds wire.MaxEntryDataBytes %d: split it across exits", len(data), wire.MaxEntryDataBytes)
+		return 0, fmt.Errorf("lockstep: input of %d bytes exceeds wire.MaxEntryDataBytes %d: split it across exits: %w", len(data), wire.MaxEntryDataBytes, wire.ErrTooLarge)
 	}
 	n.lastSeq++
 	n.appendLog(&wire.Entry{Seq: n.lastSeq, ExitIndex: exitIndex, Kind: kind, Data: clone(data)})
@@ -30,7 +30,7 @@ func (n *Node) HoldOutput(exitIndex uint64, device uint16, data []byte) (uint64,
 		return 0, n.roleErr("HoldOutput")
 	}
 	if len(data) > wire.MaxOutputDataBytes {
-		return 0, fmt.Errorf("lockstep: output of %d bytes exceeds wire.MaxOutputDataBytes %d: split it across exits", len(data), wire.MaxOutputDataBytes)
+		return 0, fmt.Errorf("lockstep: output of %d bytes exceeds wire.MaxOutputDataBytes %d: split it across exits: %w", len(data), wire.MaxOutputDataBytes, wire.ErrTooLarge)
 	}
 	n.lastSeq++
 	rec := &wire.Output{Seq: n.lastSeq, ExitIndex: exitIndex, Device: device, Length: uint32(len(data)), Digest: digest(data)}

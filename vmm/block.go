@@ -377,15 +377,47 @@ func forEachNonZeroChunk(f *os.File, size uint64, mu *sync.Mutex, fn func(c uint
 	return nil
 }
 
+// PreallocateDisk reserves every block of the disk file f on its
+// filesystem (fallocate), so that the guest's writes to it cannot later
+// fail for want of space: a block write the host cannot make durable would
+// pause the VM until space returns. It returns an error that says what to
+// do when the filesystem has no room for the whole file. A filesystem
+// without fallocate (EOPNOTSUPP) is left as it is; so is a copy-on-write
+// one, where a reservation does not cover rewrites: there a full disk
+// still pauses the VM (see agent/diskwriter.go).
+func PreallocateDisk(f *os.File) error {
+	st, err := f.Stat()
+	if err != nil {
+		return fmt.Errorf("disk %s: %w", f.Name(), err)
+	}
+	if st.Size() == 0 {
+		return nil
+	}
+	err = unix.Fallocate(int(f.Fd()), 0, 0, st.Size())
+	switch {
+	case err == nil, errors.Is(err, unix.EOPNOTSUPP), errors.Is(err, unix.ENOSYS):
+		return nil
+	case errors.Is(err, unix.ENOSPC), errors.Is(err, unix.EDQUOT):
+		return fmt.Errorf("disk %s: its filesystem has no room for all of its %d bytes (fallocate: %w): free space there, or use a smaller disk, so that the guest's writes cannot fail later", f.Name(), st.Size(), err)
+	}
+	return fmt.Errorf("disk %s: reserving its %d bytes (fallocate): %w", f.Name(), st.Size(), err)
+}
+
 // zeroDisk makes the first size bytes of f read as zeros: it punches a
-// hole over them (the file keeps its size and gives the blocks back) or,
-// on a filesystem that cannot, overwrites every non-zero chunk.
+// hole over them and allocates them again (the file keeps its size and
+// stays backed, so that the guest's writes cannot fail for space the
+// restore gave back) or, on a filesystem that cannot, overwrites every
+// non-zero chunk.
 func zeroDisk(f *os.File, size uint64) error {
 	if size == 0 {
 		return nil
 	}
 	err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, 0, int64(size))
 	if err == nil {
+		if err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_KEEP_SIZE, 0, int64(size)); err != nil &&
+			!errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.ENOSYS) {
+			return fmt.Errorf("reallocating the disk %s after zeroing it for a full restore: fallocate: %w: free space on its filesystem", f.Name(), err)
+		}
 		return nil
 	}
 	if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.ENOSYS) && !errors.Is(err, unix.EINVAL) {

@@ -8,6 +8,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 // testDiskBytes is 42 sectors: 5 whole chunks and a partial last one of
@@ -277,5 +279,40 @@ func TestNonZeroChunksOfASparseFile(t *testing.T) {
 	}
 	if want := fmt.Sprint([]uint64{0, (300 << 20) / DiskChunkBytes, size/DiskChunkBytes - 1}); fmt.Sprint(got) != want {
 		t.Fatalf("non-zero chunks %v, want %s", got, want)
+	}
+}
+
+// Zeroing the disk for a full restore keeps it backed: a hole punched to
+// zero it is allocated again, so that the guest's later writes cannot
+// fail for space the restore gave back.
+func TestZeroDiskKeepsTheDiskAllocated(t *testing.T) {
+	f, err := os.Create(filepath.Join(t.TempDir(), "disk"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	const size = 1 << 20
+	if err := f.Truncate(size); err != nil {
+		t.Fatal(err)
+	}
+	if err := PreallocateDisk(f); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.WriteAt([]byte("data"), 4096); err != nil {
+		t.Fatal(err)
+	}
+	if err := zeroDisk(f, size); err != nil {
+		t.Fatal(err)
+	}
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Blocks*512 < size {
+		t.Fatalf("after zeroing, %d of the disk's %d bytes are allocated", st.Blocks*512, size)
+	}
+	b := make([]byte, 4)
+	if _, err := f.ReadAt(b, 4096); err != nil || string(b) != "\x00\x00\x00\x00" {
+		t.Fatalf("zeroed disk reads %q (%v)", b, err)
 	}
 }

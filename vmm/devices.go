@@ -1,6 +1,10 @@
 package vmm
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/ftvm/ftvm/internal/limits"
+)
 
 // The guest device ABI. These numbers mirror vmm/guests/include/ftvm.h,
 // which is the source of truth; devices_test.go parses the header and fails if
@@ -29,13 +33,15 @@ const (
 	OpHaltExit     uint32 = 1
 )
 
-// Limits of one request, in bytes.
+// Limits of one request, in bytes. The device limits are set in
+// internal/limits, which derives the lockstep wire's bounds from them, so
+// that the largest legal request always fits the log.
 const (
-	ConsoleMaxBytes    = 4096
-	EntropyMaxBytes    = 4096
-	NICFrameMaxBytes   = 1514
+	ConsoleMaxBytes    = limits.ConsoleMaxBytes
+	EntropyMaxBytes    = limits.EntropyMaxBytes
+	NICFrameMaxBytes   = limits.NICFrameMaxBytes
 	BlockSectorBytes   = 512
-	BlockMaxBytes      = 65536
+	BlockMaxBytes      = limits.BlockMaxBytes
 	nicFrameMinBytes   = 14 // an Ethernet header
 	nicMACBytes        = 6
 	requestAlignBytes  = 8

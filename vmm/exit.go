@@ -139,7 +139,7 @@ func statusFor(err error) int32 {
 
 // Output is a held output: console text, a frame, a block write, kept out
 // of the world until its owner releases it. Release and Drop may be called
-// from any goroutine, once; later calls do nothing.
+// from any goroutine; once one has been done, later calls do nothing.
 type Output struct {
 	Index  uint64
 	Device Device
@@ -152,16 +152,24 @@ type Output struct {
 	dev  device
 }
 
-// Release performs the output on its backend.
+// Release performs the output on its backend. A held block write whose
+// write or fdatasync fails stays held (still visible to the guest's
+// reads) and may be released again, so that its owner can retry it until
+// the disk takes it (a full filesystem that gets space back); any other
+// output is done after one Release, whatever its backend said.
 func (o *Output) Release() error {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.done {
 		return nil
 	}
-	o.done = true
 	err := o.dev.deliver(o.Op, o.Arg, o.Data)
-	if h, ok := o.dev.(holder); ok {
+	h, holds := o.dev.(holder)
+	if err != nil && holds && !errors.Is(err, errBlockRange) {
+		return err
+	}
+	o.done = true
+	if holds {
 		h.unhold(o)
 	}
 	return err

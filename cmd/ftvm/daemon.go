@@ -273,17 +273,29 @@ func newDaemon(c *daemonConfig, log *slog.Logger, term io.Writer) (_ *daemon, er
 	return d, nil
 }
 
-// openDisk opens this host's disk file, creating it at size if missing.
+// openDisk opens this host's disk file, creating it at size if missing,
+// and reserves all of its blocks on the filesystem (vmm.PreallocateDisk):
+// a disk that cannot be backed in full is refused at start rather than
+// failing the guest's writes later. A file it created and could not
+// reserve is removed again.
 func openDisk(path string, size uint64) (*os.File, error) {
+	created := false
 	f, err := os.OpenFile(path, os.O_RDWR, 0)
 	if errors.Is(err, os.ErrNotExist) {
 		if f, err = os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600); err == nil {
+			created = true
 			err = f.Truncate(int64(size))
 		}
+	}
+	if err == nil {
+		err = vmm.PreallocateDisk(f)
 	}
 	if err != nil {
 		if f != nil {
 			f.Close()
+			if created {
+				os.Remove(path)
+			}
 		}
 		return nil, fmt.Errorf("--disk: %w", err)
 	}

@@ -61,6 +61,10 @@ type statusReport struct {
 	ArbiterFailures int    `json:"arbiter_failures,omitempty"`
 	ArbiterError    string `json:"arbiter_error,omitempty"`
 
+	// DiskError is set while a block write fails (a full disk): the VM
+	// is paused and no output after the write leaves until it succeeds.
+	DiskError string `json:"disk_error,omitempty"`
+
 	Stats       agent.Stats    `json:"stats"`
 	HoldLatency latencyReport  `json:"hold_latency"`
 	Sync        syncReport     `json:"sync"`
@@ -102,6 +106,7 @@ func (d *daemon) report() statusReport {
 		Mode: d.cfg.mode.String(), Protected: s.Protected, Syncing: s.Syncing, Synced: s.Synced, Stalled: s.Stalled,
 		LastSeq: s.LastSeq, Acked: s.Acked, LogItems: s.LogItems, Held: s.Held, Released: s.Released,
 		ArbiterFailures: s.ArbiterFailures, ArbiterError: s.ArbiterErr,
+		DiskError:   d.ag.DiskError(),
 		Stats:       d.ag.Stats(),
 		HoldLatency: latencyReport{Count: hl.Count, P50: us(hl.P50), P99: us(hl.P99), P999: us(hl.P999), Max: us(hl.Max)},
 		Sync:        syncReport{SentBytes: sent, TotalBytes: total},
@@ -279,6 +284,9 @@ func printStatus(w io.Writer, r *statusReport) {
 	case r.Role == "secondary":
 		state = "joining"
 	}
+	if r.DiskError != "" {
+		state += "; PAUSED: a block write fails: " + r.DiskError
+	}
 	fmt.Fprintf(w, "vm %s (pid %d): %s, epoch %d, fence %d, %s, %s\n", r.VMID, r.PID, r.Role, r.Epoch, r.Fence, r.Mode, state)
 	if r.Role == "primary" {
 		fmt.Fprintf(w, "log: last seq %d, acked %d (lag %d), %d entries kept, %d outputs held, released through %d\n", r.LastSeq, r.Acked, r.LogLag, r.LogItems, r.Held, r.Released)
@@ -295,6 +303,9 @@ func printStatus(w io.Writer, r *statusReport) {
 	s := r.Stats
 	fmt.Fprintf(w, "counters: released %d, checkpoints %d, restores %d, divergences %d, stalls %d, send errors %d, bad frames %d\n",
 		s.Released, s.Checkpoints, s.Restores, s.Divergences, s.Stalls, s.SendErrors, s.FrameErrors+r.Peer.FrameErrors)
+	if s.DiskWriteErrors > 0 {
+		fmt.Fprintf(w, "disk: %d block write attempts failed (each is retried until it succeeds)\n", s.DiskWriteErrors)
+	}
 	if r.LiveSince != "" {
 		fmt.Fprintf(w, "took over as primary at %s\n", r.LiveSince)
 	}

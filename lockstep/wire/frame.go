@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+
+	"github.com/ftvm/ftvm/internal/limits"
 )
 
 // Version is the frame format version this package writes and accepts.
@@ -14,16 +16,29 @@ const Version = 1
 // of these, so a hostile frame can make Parse allocate at most
 // MaxFrameBytes; Parse itself copies no byte fields (they alias the input).
 const (
-	HeaderBytes        = 22 // version, type, epoch, fence, body length
-	TrailerBytes       = 4  // CRC32C
-	MaxEntryDataBytes  = 64 << 10
-	MaxOutputDataBytes = 64 << 10
+	HeaderBytes  = 22 // version, type, epoch, fence, body length
+	TrailerBytes = 4  // CRC32C
+	// The data of an entry and of an output: the largest device request
+	// plus the agent's header, from internal/limits (the one place they
+	// are set), so that every legal request fits by construction.
+	MaxEntryDataBytes  = limits.EntryDataMaxBytes
+	MaxOutputDataBytes = limits.OutputDataMaxBytes
 	MaxChunkDataBytes  = 256 << 10
 	MaxVMIDBytes       = 128
 	MaxCheckpointBytes = 1 << 30 // total size a CheckpointDone may announce
 	MaxBodyBytes       = MaxChunkDataBytes + 64
 	MaxFrameBytes      = HeaderBytes + MaxBodyBytes + TrailerBytes
 	DigestBytes        = 32 // SHA-256
+)
+
+// The largest entry and output bodies (fixed fields, then the data with
+// its u32 length) must fit MaxBodyBytes: a negative constant converted to
+// uint does not compile.
+const (
+	entryFixedBytes  = 8 + 8 + 2 + 4                       // seq, exit index, kind, data length
+	outputFixedBytes = 8 + 8 + 2 + 4 + DigestBytes + 1 + 4 // seq, exit index, device, length, digest, has-data, data length
+	_                = uint(MaxBodyBytes - entryFixedBytes - MaxEntryDataBytes)
+	_                = uint(MaxBodyBytes - outputFixedBytes - MaxOutputDataBytes)
 )
 
 // Type names a message type on the wire.

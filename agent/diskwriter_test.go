@@ -1,0 +1,149 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"io"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/ftvm/ftvm/lockstep"
+	"github.com/ftvm/ftvm/vmm"
+)
+
+// A release queued behind a failing block write waits until the write
+// succeeds; the writer says it is failing (and pokes) meanwhile; a
+// release with nothing queued goes at once.
+func TestDiskWriterHoldsReleasesBehindAFailingWrite(t *testing.T) {
+	var changes atomic.Int32
+	w := newDiskWriter(slog.New(slog.NewTextHandler(io.Discard, nil)), func() { changes.Add(1) })
+	defer w.stop()
+	var mu sync.Mutex
+	var order []string
+	note := func(s string) { mu.Lock(); order = append(order, s); mu.Unlock() }
+	full := atomic.Bool{}
+	full.Store(true)
+	w.enqueue("seq 1", func() error {
+		if full.Load() {
+			return errors.New("no space left on device")
+		}
+		note("write")
+		return nil
+	})
+	w.release("seq 2", func() error { note("reply"); return nil })
+	deadline := time.Now().Add(10 * time.Second)
+	for w.errors.Load() < 3 {
+		if time.Now().After(deadline) {
+			t.Fatal("the failing write was not retried")
+		}
+		time.Sleep(time.Millisecond)
+	}
+	mu.Lock()
+	got := len(order)
+	mu.Unlock()
+	if got != 0 || !w.failing.Load() || w.err() == "" || changes.Load() != 1 {
+		t.Fatalf("while the write fails: done %v, failing %v, err %q, changes %d; want nothing done, failing, an error, one change",
+			order, w.failing.Load(), w.err(), changes.Load())
+	}
+	full.Store(false)
+	w.drain()
+	if w.failing.Load() || w.err() != "" || changes.Load() != 2 {
+		t.Fatalf("after the write succeeded: failing %v, err %q, changes %d", w.failing.Load(), w.err(), changes.Load())
+	}
+	w.release("seq 3", func() error { note("at once"); return nil })
+	mu.Lock()
+	defer mu.Unlock()
+	if want := []string{"write", "reply", "at once"}; len(order) != 3 || order[0] != want[0] || order[1] != want[1] || order[2] != want[2] {
+		t.Fatalf("order %v, want %v", order, want)
+	}
+}
+
+// Stopping with a write that never succeeds drops it and every output
+// behind it: nothing that acknowledges it leaves.
+func TestDiskWriterAbortDropsWhatFollowsAFailingWrite(t *testing.T) {
+	w := newDiskWriter(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
+	w.enqueue("seq 1", func() error { return errors.New("no space left on device") })
+	var released atomic.Bool
+	w.release("seq 2", func() error { released.Store(true); return nil })
+	for w.errors.Load() == 0 {
+		time.Sleep(time.Millisecond)
+	}
+	w.abort()
+	w.stop()
+	w.release("seq 3", func() error { released.Store(true); return nil })
+	if released.Load() {
+		t.Fatal("an output behind a write that never succeeded was released")
+	}
+	if w.dropped.Load() < 2 {
+		t.Fatalf("dropped %d jobs, want the write and the release", w.dropped.Load())
+	}
+}
+
+// flakyHeld is a held block write that fails while full is set.
+type flakyHeld struct {
+	log  *opLog
+	mu   *sync.Mutex
+	full *atomic.Bool
+}
+
+func (h *flakyHeld) Release() error {
+	if h.full.Load() {
+		return errors.New("no space left on device")
+	}
+	h.mu.Lock()
+	h.log.add("write")
+	h.mu.Unlock()
+	return nil
+}
+func (h *flakyHeld) Drop() {}
+
+type lockedHeld struct {
+	log *opLog
+	mu  *sync.Mutex
+}
+
+func (h *lockedHeld) Release() error { h.mu.Lock(); h.log.add("reply"); h.mu.Unlock(); return nil }
+func (h *lockedHeld) Drop()          {}
+
+// perform hands a reply released after a block write to the disk writer,
+// behind the write: it leaves only once the write is durable, and the
+// loop pauses the VM while the write fails.
+func TestPerformReleasesAfterTheBlockWriteIsDurable(t *testing.T) {
+	log, mu := &opLog{}, &sync.Mutex{}
+	a := newUnitAgent(t, &opLog{})
+	var full atomic.Bool
+	full.Store(true)
+	a.handles[1] = heldEntry{h: &flakyHeld{log: log, mu: mu, full: &full}}
+	a.handles[2] = heldEntry{h: &lockedHeld{log: log, mu: mu}}
+	blk, _ := exitKind(vmm.DeviceBlock, vmm.OpBlockWrite)
+	nic, _ := exitKind(vmm.DeviceNIC, vmm.OpNICTX)
+	if err := a.perform(context.Background(), &work{rel: []lockstep.Output{{ID: 1, Seq: 1, Device: blk}, {ID: 2, Seq: 2, Device: nic}}}); err != nil {
+		t.Fatal(err)
+	}
+	for a.Stats().DiskWriteErrors < 2 {
+		time.Sleep(time.Millisecond)
+	}
+	if err := a.followDisk(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	early := strings.Join(log.ops, " ")
+	mu.Unlock()
+	if early != "" || !a.Stats().DiskFailing || a.running {
+		t.Fatalf("while the write fails: %q done, failing %v, VM running %v; want nothing done, failing, paused", early, a.Stats().DiskFailing, a.running)
+	}
+	full.Store(false)
+	a.disk.drain()
+	if err := a.followDisk(); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if got := strings.Join(log.ops, " "); got != "write reply" || !a.running {
+		t.Fatalf("after the write succeeded: %q, VM running %v; want \"write reply\" and running", got, a.running)
+	}
+}

@@ -1,0 +1,62 @@
+package main
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+
+	"github.com/ftvm/ftvm/internal/testutil"
+	"golang.org/x/sys/unix"
+)
+
+// The daemon reserves its disk's blocks at start (fallocate) and refuses a
+// disk its filesystem cannot back in full, new or existing, rather than
+// let the guest's writes fail later; a disk it created and could not
+// reserve is not left behind.
+func TestOpenDiskRefusesADiskThatCannotBeBacked(t *testing.T) {
+	testutil.Require(t, testutil.Root)
+	dir := t.TempDir()
+	if err := unix.Mount("tmpfs", dir, "tmpfs", 0, "size=1m"); err != nil {
+		t.Fatalf("mounting a tmpfs: %v", err)
+	}
+	defer unix.Unmount(dir, unix.MNT_DETACH)
+
+	tooBig := filepath.Join(dir, "new.img")
+	if f, err := openDisk(tooBig, 4<<20); err == nil {
+		f.Close()
+		t.Fatal("a new 4 MiB disk on a 1 MiB filesystem was accepted")
+	} else if !strings.Contains(err.Error(), "no room") || !strings.Contains(err.Error(), "free space") {
+		t.Fatalf("error %q does not say the filesystem is too small and what to do", err)
+	}
+	if _, err := os.Stat(tooBig); !os.IsNotExist(err) {
+		t.Fatalf("the refused new disk was left behind (%v)", err)
+	}
+
+	sparse := filepath.Join(dir, "sparse.img")
+	if err := os.WriteFile(sparse, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Truncate(sparse, 4<<20); err != nil {
+		t.Fatal(err)
+	}
+	if f, err := openDisk(sparse, 0); err == nil {
+		f.Close()
+		t.Fatal("an existing sparse 4 MiB disk on a 1 MiB filesystem was accepted")
+	}
+
+	fits := filepath.Join(dir, "fits.img")
+	f, err := openDisk(fits, 256<<10)
+	if err != nil {
+		t.Fatalf("a 256 KiB disk on a 1 MiB filesystem: %v", err)
+	}
+	defer f.Close()
+	var st syscall.Stat_t
+	if err := syscall.Fstat(int(f.Fd()), &st); err != nil {
+		t.Fatal(err)
+	}
+	if st.Blocks*512 < 256<<10 {
+		t.Fatalf("the new disk has %d bytes allocated, want all of its 256 KiB", st.Blocks*512)
+	}
+}
