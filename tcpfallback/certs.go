@@ -111,30 +111,65 @@ func WriteTestCertificatesApart(dir, caKeyDir string, hosts ...string) error {
 		return err
 	}
 	for _, h := range hosts {
-		key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-		if err != nil {
+		if err := writeHostCertificate(dir, h, caCert, caKey, now); err != nil {
 			return err
 		}
-		tmpl := &x509.Certificate{
-			SerialNumber: randomSerial(),
-			Subject:      pkix.Name{CommonName: h, Organization: []string{"ftvm"}},
-			DNSNames:     []string{h, "localhost"},
-			IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
-			NotBefore:    now.Add(-time.Hour),
-			NotAfter:     now.Add(testCertValidity),
-			KeyUsage:     x509.KeyUsageDigitalSignature,
-			ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	return nil
+}
+
+// AddTestCertificate signs a certificate for one more host with the test CA
+// that WriteTestCertificates left in dir (ca.pem and its key), as that
+// function would have. It is for tests and labs, e.g. a certificate from
+// the right CA that names a host the pair does not expect.
+func AddTestCertificate(dir, host string) error {
+	if host == "" || host == "ca" || filepath.Base(host) != host {
+		return fmt.Errorf("tcpfallback: host name %q is not usable as a file name; use a plain name such as host-c", host)
+	}
+	for _, n := range []string{CertFileName(host), KeyFileName(host)} {
+		if _, err := os.Stat(filepath.Join(dir, n)); err == nil {
+			return fmt.Errorf("tcpfallback: %s already exists; remove it first", filepath.Join(dir, n))
 		}
-		der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
-		if err != nil {
-			return err
-		}
-		if err := writePEM(dir, CertFileName(h), "CERTIFICATE", der, 0o644); err != nil {
-			return err
-		}
-		if err := writeKey(dir, KeyFileName(h), key); err != nil {
-			return err
-		}
+	}
+	ca, err := tls.LoadX509KeyPair(filepath.Join(dir, CAFileName), filepath.Join(dir, caKeyName))
+	if err != nil {
+		return fmt.Errorf("tcpfallback: loading the test CA in %s: %w (write one with WriteTestCertificates or `ftvm certs`)", dir, err)
+	}
+	caCert, err := x509.ParseCertificate(ca.Certificate[0])
+	if err != nil {
+		return err
+	}
+	caKey, ok := ca.PrivateKey.(*ecdsa.PrivateKey)
+	if !ok {
+		return fmt.Errorf("tcpfallback: the CA key in %s is not an ECDSA key", dir)
+	}
+	return writeHostCertificate(dir, host, caCert, caKey, time.Now())
+}
+
+func writeHostCertificate(dir, h string, caCert *x509.Certificate, caKey *ecdsa.PrivateKey, now time.Time) error {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		return err
+	}
+	tmpl := &x509.Certificate{
+		SerialNumber: randomSerial(),
+		Subject:      pkix.Name{CommonName: h, Organization: []string{"ftvm"}},
+		DNSNames:     []string{h, "localhost"},
+		IPAddresses:  []net.IP{net.IPv4(127, 0, 0, 1), net.IPv6loopback},
+		NotBefore:    now.Add(-time.Hour),
+		NotAfter:     now.Add(testCertValidity),
+		KeyUsage:     x509.KeyUsageDigitalSignature,
+		ExtKeyUsage:  []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth, x509.ExtKeyUsageClientAuth},
+	}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+	if err != nil {
+		return err
+	}
+	if err := writePEM(dir, CertFileName(h), "CERTIFICATE", der, 0o644); err != nil {
+		return err
+	}
+	if err := writeKey(dir, KeyFileName(h), key); err != nil {
+		return err
 	}
 	return nil
 }

@@ -48,6 +48,23 @@ type Config struct {
 	// of the address it dials when that is empty.
 	TLS *tls.Config
 
+	// Name is this host's name as its peer checks it under PSK: it
+	// travels in the hello, covered by the proof of the key, and the peer
+	// matches it against its PeerNames. Under TLS the certificate names
+	// the host and Name is only informative. At most MaxNameBytes bytes.
+	Name string
+
+	// PeerNames are the peers this side accepts. Under TLS a peer is
+	// accepted only if its certificate, verified against the CA, is valid
+	// for one of the names (x509 host-name rules: DNS names, wildcards, IP
+	// addresses); under PSK only if the Name in its hello is one of them.
+	// A peer that is not is refused and reported (EventPeerRejected) with
+	// the names it presented. Empty accepts any peer the CA or the key
+	// authenticates. Whatever it holds, a listener never lets a new
+	// connection replace a live one from another peer: while a lane is
+	// connected to one peer, connections from any other are refused.
+	PeerNames []string
+
 	// PSK enables pre-shared-key authentication instead of TLS: an HMAC-
 	// SHA256 challenge-response over fresh nonces, in both directions.
 	// Frames then travel unencrypted and protected only by CRC32C against
@@ -125,6 +142,14 @@ func (c Config) withDefaults() (Config, error) {
 	case c.TLS != nil && len(c.TLS.Certificates) == 0 && c.TLS.GetCertificate == nil && c.TLS.GetClientCertificate == nil:
 		return c, errors.New("tcpfallback: Config.TLS has no certificate for this host; both ends present one (see LoadTLSConfig)")
 	}
+	if len(c.Name) > MaxNameBytes {
+		return c, fmt.Errorf("tcpfallback: Config.Name %q is longer than %d bytes", c.Name, MaxNameBytes)
+	}
+	for _, n := range c.PeerNames {
+		if n == "" {
+			return c, errors.New("tcpfallback: Config.PeerNames holds an empty name")
+		}
+	}
 	if c.OnFrame == nil {
 		return c, errors.New("tcpfallback: Config.OnFrame is nil; every received frame goes there")
 	}
@@ -189,7 +214,7 @@ func (c *Config) socketBufferBytes(l Lane) int {
 }
 
 func (c *Config) handshakeParams(l Lane) *handshakeParams {
-	p := &handshakeParams{vmID: c.VMID, lane: l, maxPayload: c.MaxPayloadBytes, version: c.protocolVersion, auth: authTLS}
+	p := &handshakeParams{vmID: c.VMID, name: c.Name, lane: l, maxPayload: c.MaxPayloadBytes, version: c.protocolVersion, auth: authTLS}
 	if c.PSK != nil {
 		p.auth = authPSK
 		p.psk = c.PSK

@@ -51,6 +51,8 @@ type laneConn struct {
 	tcp  *net.TCPConn    // the TCP connection under raw
 	rc   syscall.RawConn // of tcp; for the spin read
 	peer string
+	// peerID is who authenticated on this connection (set before install).
+	peerID peerIdentity
 
 	// peerMaxPayload is the largest payload the peer accepts (from its hello).
 	peerMaxPayload uint32

@@ -78,7 +78,8 @@
 // sides (the default; NewTLSConfig, WriteTestCertificates), then four
 // frames:
 //
-//	dialer → listener  hello       "FTVM", version, lane, auth mode, max payload, 32-byte nonce, VM id
+//	dialer → listener  hello       "FTVM", version, lane, auth mode, max payload, 32-byte nonce,
+//	                               VM id (length byte, bytes), host name (length byte, bytes)
 //	listener → dialer  hello       the same about the listener
 //	dialer → listener  hello-done  verdict on the listener's hello (+ PSK proof)
 //	listener → dialer  hello-done  verdict on everything (+ PSK proof)
@@ -86,7 +87,29 @@
 // With Config.PSK instead of TLS each side proves knowledge of the key by
 // an HMAC-SHA256 over a per-direction label and both hellos (so both fresh
 // nonces), compared in constant time; frames then travel in clear, which
-// suits only trusted fabrics. A peer with another protocol version, VM id,
+// suits only trusted fabrics.
+//
+// # Who the peer is
+//
+// Authentication proves only that the peer holds a certificate from the
+// CA (or the key); Config.PeerNames says which peers are expected. Under
+// TLS a peer is accepted only if its verified certificate is valid for one
+// of the names (x509 host-name rules); under PSK only if the host name in
+// its hello (Config.Name) is one of them. The name is inside both hellos,
+// which the proofs cover, so it cannot be changed on the way; but every
+// holder of the one key can claim any name, so under PSK the check keeps
+// out a misconfigured host, not a malicious key holder. Both sides check:
+// the dialer the listener, the listener the dialer. A peer that is not
+// expected is refused with the names it presented.
+//
+// A listener never lets a connection from one peer replace a lane's live
+// connection from another: while either lane is connected, set-ups by
+// any other peer (however well authenticated) are refused, and only the
+// connected peer itself may replace its connections (it saw a loss first
+// and reconnected). A stranger therefore cannot take the lanes from an
+// in-step secondary, and its refusal is never reported as a lost peer.
+//
+// A peer with another protocol version, VM id,
 // authentication mode or key, or one that sends something that is not a
 // frame, is told why (when it can understand) and dropped, and the error
 // wraps ErrRefused where retrying cannot help. The listener goes on

@@ -13,11 +13,15 @@ import (
 
 // ProtocolVersion is the version of the frame layout and hello exchange.
 // Peers must speak the same one; there is no negotiation, because a
-// replicated VM must run the same release on both hosts anyway.
-const ProtocolVersion = 1
+// replicated VM must run the same release on both hosts anyway. Version 2
+// added the host name to the hello.
+const ProtocolVersion = 2
 
 // MaxVMIDBytes bounds the length of a VM id.
 const MaxVMIDBytes = 64
+
+// MaxNameBytes bounds the length of a host name (Config.Name).
+const MaxNameBytes = 64
 
 // MinPSKBytes is the shortest pre-shared key accepted: 128 bits.
 const MinPSKBytes = 16
@@ -28,7 +32,7 @@ const (
 	macBytes         = sha256.Size
 	maxReasonBytes   = 512
 	helloFixedBytes  = 4 + 2 + 1 + 1 + 4 + nonceBytes + 1
-	helloMaxBytes    = helloFixedBytes + MaxVMIDBytes
+	helloMaxBytes    = helloFixedBytes + MaxVMIDBytes + 1 + MaxNameBytes
 	doneFixedBytes   = 1 + macBytes
 	handshakeMaxBody = helloMaxBytes + doneFixedBytes + maxReasonBytes
 )
@@ -60,6 +64,7 @@ type hello struct {
 	maxPayload uint32 // the largest frame payload this side accepts
 	nonce      [nonceBytes]byte
 	vmID       string
+	name       string // the sender's Config.Name; under PSK, bound into its proof
 }
 
 func (h *hello) marshal() []byte {
@@ -70,7 +75,9 @@ func (h *hello) marshal() []byte {
 	b = binary.LittleEndian.AppendUint32(b, h.maxPayload)
 	b = append(b, h.nonce[:]...)
 	b = append(b, byte(len(h.vmID)))
-	return append(b, h.vmID...)
+	b = append(b, h.vmID...)
+	b = append(b, byte(len(h.name)))
+	return append(b, h.name...)
 }
 
 func parseHello(b []byte) (hello, error) {
@@ -83,11 +90,21 @@ func parseHello(b []byte) (hello, error) {
 	h.auth = authMode(b[7])
 	h.maxPayload = binary.LittleEndian.Uint32(b[8:12])
 	copy(h.nonce[:], b[12:12+nonceBytes])
+	if h.version != ProtocolVersion {
+		// The rest of another version's hello may be laid out
+		// otherwise: leave it, so that the version mismatch is named.
+		return h, nil
+	}
 	n := int(b[helloFixedBytes-1])
-	if n > MaxVMIDBytes || len(b) != helloFixedBytes+n {
+	if n > MaxVMIDBytes || len(b) < helloFixedBytes+n+1 {
 		return h, fmt.Errorf("hello has a malformed VM id field (length byte %d, %d bytes follow)", n, len(b)-helloFixedBytes)
 	}
-	h.vmID = string(b[helloFixedBytes:])
+	h.vmID = string(b[helloFixedBytes : helloFixedBytes+n])
+	rest := b[helloFixedBytes+n:]
+	if m := int(rest[0]); m > MaxNameBytes || len(rest) != 1+m {
+		return h, fmt.Errorf("hello has a malformed host name field (length byte %d, %d bytes follow)", m, len(rest)-1)
+	}
+	h.name = string(rest[1:])
 	return h, nil
 }
 
@@ -151,11 +168,17 @@ func (e *garbageError) Unwrap() error { return e.frame }
 // handshakeParams is what one side brings to a connection set-up.
 type handshakeParams struct {
 	vmID       string
-	lane       Lane // the dialer names it; the listener learns it
+	name       string // this host's Config.Name
+	lane       Lane   // the dialer names it; the listener learns it
 	auth       authMode
 	psk        []byte
 	maxPayload uint32
 	version    uint16 // ProtocolVersion, other values only in tests
+	// checkPeer, if set, judges the peer once its hello is in: it gets
+	// the name the hello carries (authenticated by the PSK proof; under
+	// TLS the certificate speaks instead, and the caller's closure
+	// looks at that) and returns why the peer is not acceptable, or "".
+	checkPeer func(helloName string) string
 }
 
 // hsConn reads and writes the handshake frames on one connection.
@@ -237,8 +260,8 @@ func mac(psk []byte, label string, dialerHello, listenerHello []byte) [macBytes]
 }
 
 const (
-	macLabelDialer   = "ftvm tcpfallback v1 dialer proof"
-	macLabelListener = "ftvm tcpfallback v1 listener proof"
+	macLabelDialer   = "ftvm tcpfallback v2 dialer proof"
+	macLabelListener = "ftvm tcpfallback v2 listener proof"
 )
 
 // checkPeerHello returns why a peer's hello is unacceptable, or "".
@@ -281,7 +304,7 @@ func dialerHandshake(c net.Conn, p *handshakeParams) (handshakeResult, error) {
 	if err != nil {
 		return handshakeResult{}, err
 	}
-	mine := hello{version: p.version, lane: p.lane, auth: p.auth, maxPayload: p.maxPayload, nonce: nonce, vmID: p.vmID}
+	mine := hello{version: p.version, lane: p.lane, auth: p.auth, maxPayload: p.maxPayload, nonce: nonce, vmID: p.vmID, name: p.name}
 	myBytes := mine.marshal()
 	if err := hs.send(TypeHello, myBytes); err != nil {
 		return handshakeResult{}, fmt.Errorf("sending hello: %w", err)
@@ -297,6 +320,10 @@ func dialerHandshake(c net.Conn, p *handshakeParams) (handshakeResult, error) {
 		reason = perr.Error()
 	} else if reason = checkPeerHello(peer, p, false); reason == "" && peer.lane != p.lane {
 		reason = fmt.Sprintf("peer answered for lane %s, asked for %s", peer.lane, p.lane)
+	} else if reason == "" && p.checkPeer != nil {
+		// Under PSK the name is only claimed so far; the listener's
+		// proof below covers it.
+		reason = p.checkPeer(peer.name)
 	}
 	v.ok = reason == ""
 	v.reason = reason
@@ -347,7 +374,7 @@ func listenerHandshake(c net.Conn, p *handshakeParams) (handshakeResult, error) 
 	if err != nil {
 		return handshakeResult{}, err
 	}
-	mine := hello{version: p.version, lane: peer.lane, auth: p.auth, maxPayload: p.maxPayload, nonce: nonce, vmID: p.vmID}
+	mine := hello{version: p.version, lane: peer.lane, auth: p.auth, maxPayload: p.maxPayload, nonce: nonce, vmID: p.vmID, name: p.name}
 	myBytes := mine.marshal()
 	if err := hs.send(TypeHello, myBytes); err != nil {
 		return handshakeResult{}, fmt.Errorf("sending hello: %w", err)
@@ -370,6 +397,9 @@ func listenerHandshake(c net.Conn, p *handshakeParams) (handshakeResult, error) 
 		if !hmac.Equal(want[:], peerV.mac[:]) {
 			reason = "pre-shared key proof does not match; check the key on both hosts"
 		}
+	}
+	if reason == "" && p.checkPeer != nil {
+		reason = p.checkPeer(peer.name) // the proof above covers the name
 	}
 	v := verdict{ok: reason == "", reason: reason}
 	if v.ok && p.auth == authPSK {

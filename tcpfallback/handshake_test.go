@@ -3,6 +3,7 @@ package tcpfallback
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"testing"
 	"time"
@@ -20,7 +21,7 @@ func TestListenerRefusesBadPeersAndServesTheRightOne(t *testing.T) {
 		refused    bool     // errors.Is(err, ErrRefused) on the dialer
 	}{
 		{"wrong protocol version", func(c *Config) { c.protocolVersion = ProtocolVersion + 1 },
-			[]string{"protocol version mismatch", "peer speaks 1, this host speaks 2"},
+			[]string{"protocol version mismatch", fmt.Sprintf("peer speaks %d, this host speaks %d", ProtocolVersion, ProtocolVersion+1)},
 			[]string{"refused by the peer", "protocol version mismatch"}, true},
 		{"wrong VM id", func(c *Config) { c.VMID = "some-other-vm" },
 			[]string{"VM id mismatch", `"vm-test"`, `"some-other-vm"`},

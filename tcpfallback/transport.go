@@ -119,7 +119,7 @@ func Dial(ctx context.Context, addr string, cfg Config) (*Transport, error) {
 			t.Close()
 			return nil, err
 		}
-		l.install(c)
+		l.install(c) // a dialer's install never refuses
 	}
 	for _, l := range t.lanes {
 		t.goroutines.Add(1)
@@ -136,7 +136,8 @@ func Dial(ctx context.Context, addr string, cfg Config) (*Transport, error) {
 // port 0 picks one, see Addr). It returns at once; lanes come up as the
 // peer connects (see WaitConnected and Events). A connection that fails
 // set-up is dropped, counted and reported as EventPeerRejected while the
-// listener goes on serving. A new connection for a lane replaces the old one.
+// listener goes on serving. A new connection for a lane replaces the old one
+// only if it comes from the same peer (see Config.PeerNames).
 func Listen(addr string, cfg Config) (*Transport, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -307,14 +308,23 @@ func (l *lane) downError() error {
 	return fmt.Errorf("%w: %s lane has not connected yet", ErrLaneDown, l.id)
 }
 
-// install makes c the lane's connection and starts its reader.
-func (l *lane) install(c *laneConn) {
+// install makes c the lane's connection and starts its reader. On a
+// listener it refuses (closes c and returns why) a connection from another
+// peer than the one connected now: a set-up that raced with another.
+func (l *lane) install(c *laneConn) error {
 	t := l.t
 	t.mu.Lock()
 	if t.closed {
 		t.mu.Unlock()
 		c.raw.Close()
-		return
+		return nil
+	}
+	if t.ln != nil {
+		if reason := t.holderConflict(c.peerID); reason != "" {
+			t.mu.Unlock()
+			c.raw.Close()
+			return &refusedError{reason: reason}
+		}
 	}
 	old := l.cur.Swap(c)
 	t.goroutines.Add(1)
@@ -329,6 +339,22 @@ func (l *lane) install(c *laneConn) {
 		defer t.goroutines.Done()
 		c.readLoop()
 	}()
+	return nil
+}
+
+// holderConflict returns why a connection from peer p may not be
+// installed on a listener, or "": while any lane is connected to one peer,
+// only that same peer may replace a connection (it saw the loss first and
+// reconnected); anyone else, though authenticated, would take the lanes
+// from an in-step secondary. t.mu must be held (install swaps lanes under
+// it).
+func (t *Transport) holderConflict(p peerIdentity) string {
+	for _, l := range t.lanes {
+		if c := l.cur.Load(); c != nil && c.peerID.key() != p.key() {
+			return fmt.Sprintf("this host's %s lane is connected to peer %s; a connection from peer %s never replaces it (it may once that connection is lost)", l.id, c.peerID, p)
+		}
+	}
+	return ""
 }
 
 // connDied is called once per connection, by laneConn.fail.
@@ -392,14 +418,24 @@ func (t *Transport) dialLane(ctx context.Context, l *lane) (*laneConn, error) {
 		}
 		raw = tc
 	}
-	res, err := dialerHandshake(raw, t.cfg.handshakeParams(l.id))
+	params := t.cfg.handshakeParams(l.id)
+	var id peerIdentity
+	params.checkPeer = func(name string) string {
+		id = identityOf(raw, name)
+		return t.cfg.checkAllowed(id)
+	}
+	res, err := dialerHandshake(raw, params)
 	if err != nil {
 		raw.Close()
 		t.stats.handshakeFailures.Add(1)
 		return nil, fmt.Errorf("tcpfallback: %s lane: set-up with %s: %w", l.id, t.addr, err)
 	}
 	tcp.SetDeadline(time.Time{})
-	return t.newConn(l, raw, tcp, res)
+	c, err := t.newConn(l, raw, tcp, res)
+	if c != nil {
+		c.peerID = id
+	}
+	return c, err
 }
 
 // backoff returns the delay before reconnection attempt n (from 0):
@@ -488,7 +524,7 @@ func (t *Transport) supervise(l *lane) {
 				t.emit(Event{Kind: EventConnectFailed, Lane: l.id, Peer: t.addr, Err: err, Attempt: attempt + 1, Delay: t.backoff(attempt + 1)})
 				continue
 			}
-			l.install(nc)
+			l.install(nc) // a dialer's install never refuses
 			break
 		}
 	}
@@ -602,7 +638,18 @@ func (t *Transport) serveConn(nc net.Conn) {
 		}
 		raw = tc
 	}
-	res, err := listenerHandshake(raw, t.cfg.handshakeParams(LaneControl))
+	params := t.cfg.handshakeParams(LaneControl)
+	var id peerIdentity
+	params.checkPeer = func(name string) string {
+		id = identityOf(raw, name)
+		if reason := t.cfg.checkAllowed(id); reason != "" {
+			return reason
+		}
+		t.mu.Lock()
+		defer t.mu.Unlock()
+		return t.holderConflict(id)
+	}
+	res, err := listenerHandshake(raw, params)
 	if err != nil {
 		raw.Close()
 		reject(fmt.Errorf("tcpfallback: set-up with %s: %w", peer, err))
@@ -624,7 +671,10 @@ func (t *Transport) serveConn(nc net.Conn) {
 		reject(err)
 		return
 	}
-	l.install(c)
+	c.peerID = id
+	if err := l.install(c); err != nil {
+		reject(fmt.Errorf("tcpfallback: %s lane: set-up with %s: %w", l.id, peer, err))
+	}
 }
 
 func (t *Transport) startWatchdog() {

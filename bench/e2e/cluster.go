@@ -120,6 +120,8 @@ func (c *Cluster) daemonArgs(h Host, role string, d *Daemon) []string {
 		"--arbiter-dir", c.path("arbiter"),
 		"--tls-dir", c.path("certs"),
 		"--tls-name", string(h),
+		// Only the other host may join this one as its secondary.
+		"--allow-peers", string(otherHost(h)),
 		"--listen", net.JoinHostPort(HostAddr(h).String(), fmt.Sprint(ReplicationPort)),
 		"--control", d.Control,
 		"--console", d.Console,
@@ -151,6 +153,14 @@ func (c *Cluster) start(h Host, role string, extra ...string) (*Daemon, error) {
 	d.Proc = p
 	c.daemons[h] = d
 	return d, nil
+}
+
+// otherHost is the VM host that is not h.
+func otherHost(h Host) Host {
+	if h == HostA {
+		return HostB
+	}
+	return HostA
 }
 
 // StartPrimary starts ftvm primary on host h, with more flags if given.

@@ -167,6 +167,7 @@ type daemon struct {
 	listener *tcpfallback.Transport
 	dialer   *tcpfallback.Transport
 	trCfg    tcpfallback.Config
+	rejects  *rejectLog // rate-limits the lines about refused connections
 
 	// nic holds the VM's network backend open for the daemon's life and
 	// lends it to each VM; its gate opens when this host serves live.
@@ -183,7 +184,7 @@ type daemon struct {
 }
 
 func newDaemon(c *daemonConfig, log *slog.Logger, term io.Writer) (_ *daemon, err error) {
-	d := &daemon{cfg: c, log: log, term: term, started: time.Now()}
+	d := &daemon{cfg: c, log: log, term: term, started: time.Now(), rejects: newRejectLog(rejectLogInterval)}
 	defer func() {
 		if err != nil {
 			d.close()
@@ -328,10 +329,11 @@ func (d *daemon) openNIC() (vmm.NICBackend, error) {
 }
 
 func (d *daemon) transportConfig() (tcpfallback.Config, error) {
-	c := tcpfallback.Config{VMID: d.cfg.vmID, OnFrame: func(f transport.Frame) {
-		d.fence.peerHeard()
-		d.ag.HandleFrame(f)
-	}}
+	c := tcpfallback.Config{VMID: d.cfg.vmID, Name: d.cfg.tlsName, PeerNames: d.cfg.allowPeers,
+		OnFrame: func(f transport.Frame) {
+			d.fence.peerHeard()
+			d.ag.HandleFrame(f)
+		}}
 	if d.cfg.pskFile != "" {
 		key, err := os.ReadFile(d.cfg.pskFile)
 		if err != nil {
@@ -446,7 +448,11 @@ func (d *daemon) run(ctx context.Context) int {
 		d.announce(runCtx, "start")
 	}
 	go d.progress(runCtx)
-	d.log.Info("started", "role", d.cfg.role, "listen", d.listener.Addr(), "peer", d.cfg.peer, "mode", d.cfg.mode, "control", d.cfg.control)
+	d.log.Info("started", "role", d.cfg.role, "listen", d.listener.Addr(), "peer", d.cfg.peer, "mode", d.cfg.mode, "control", d.cfg.control,
+		"allow_peers", strings.Join(d.cfg.allowPeers, ","))
+	if len(d.cfg.allowPeers) == 0 {
+		d.log.Warn("any host with a certificate from this CA (or the pre-shared key) may join as secondary; name the expected ones with --allow-peers")
+	}
 	err = d.ag.Run(runCtx, &d.link)
 	switch {
 	case errors.Is(err, agent.ErrArbiterUnusable):
@@ -534,6 +540,12 @@ func (d *daemon) recordCleanStop() {
 // through it until this host goes live.
 func (d *daemon) join(ctx context.Context) {
 	c := d.trCfg
+	c.PeerNames = nil
+	if c.TLS != nil || d.cfg.peerNameGiven {
+		// Under PSK the primary's name is checked only when given: the
+		// host part of --peer is an address, not a --tls-name.
+		c.PeerNames = []string{d.cfg.peerName}
+	}
 	if c.TLS != nil {
 		c.TLS = c.TLS.Clone()
 		c.TLS.ServerName = d.cfg.peerName
@@ -576,6 +588,12 @@ func (d *daemon) watch(tr *tcpfallback.Transport) {
 			}
 		case transport.EventLaneUp:
 			d.log.Info("peer connected", "lane", ev.Lane, "peer", ev.Peer)
+		case transport.EventPeerRejected:
+			reason := tcpfallback.RejectReason(ev.Err)
+			if ok, suppressed := d.rejects.note(ev.Time, reason); ok {
+				d.log.Warn("refused a connection", "peer", ev.Peer, "reason", reason, "err", ev.Err,
+					"suppressed_since_last", suppressed)
+			}
 		default:
 			d.log.Debug("transport", "event", ev.String())
 		}

@@ -48,15 +48,20 @@ type daemonConfig struct {
 	listen   string
 	peer     string
 	peerName string
+	// peerNameGiven: --peer-name was given, not derived from --peer.
+	peerNameGiven bool
 	// peerNameFromAddr: --peer-name was not given and --peer is an IP
 	// address, which the primary's certificate must then carry.
 	peerNameFromAddr bool
-	arbiterDir       string
-	hostName         string
-	mode             lockstep.Mode
-	tlsDir           string
-	tlsName          string
-	pskFile          string
+	// allowPeers are the names of the hosts that may join this one as its
+	// secondary (--allow-peers); empty: any host the CA or key admits.
+	allowPeers []string
+	arbiterDir string
+	hostName   string
+	mode       lockstep.Mode
+	tlsDir     string
+	tlsName    string
+	pskFile    string
 
 	control          string
 	tick             time.Duration
@@ -100,15 +105,16 @@ func daemonFlags(fs *flag.FlagSet, role wire.Role) func() (*daemonConfig, error)
 	fs.StringVar(&c.listen, "listen", defaultListen, "address this host accepts a secondary on when it is primary (host:port)")
 	if role == wire.RoleSecondary {
 		fs.StringVar(&c.peer, "peer", "", "the primary to join (host:port of its --listen); required")
-		fs.StringVar(&c.peerName, "peer-name", "", "the TLS name in the primary's certificate, its --tls-name (default: the host part of --peer, which must then be a name the certificate carries: give --peer-name when --peer is an address)")
+		fs.StringVar(&c.peerName, "peer-name", "", "the primary's name: a name in its certificate, or its --tls-name under --psk-file (default with TLS: the host part of --peer, which must then be a name the certificate carries: give --peer-name when --peer is an address); a primary that is not it is refused")
 	} else {
 		fs.BoolVar(&c.waitForSecondary, "wait-for-secondary", false, "keep the VM paused until a secondary is in step, so that no output leaves unprotected")
 	}
 	fs.StringVar(&c.arbiterDir, "arbiter-dir", "", "directory on storage all hosts share, for the split-brain lock (created if missing); required")
 	fs.StringVar(&c.hostName, "host-name", "", "this host's name in the arbiter's record: a host that stopped cleanly as primary may start as primary again by itself (default: --tls-name, else the host name)")
 	mode := fs.String("mode", "receipt", "when an output may leave: receipt (its log entries reached the secondary) or compare (the secondary reproduced it)")
+	allow := fs.String("allow-peers", "", "comma-separated names of the hosts that may join this one as its secondary: names in their certificates, or their --tls-name under --psk-file; any other host is refused and logged (default on a secondary: --peer-name; on a primary: any host the CA or key admits, with a warning)")
 	fs.StringVar(&c.tlsDir, "tls-dir", "", "directory with ca.pem, NAME.pem, NAME-key.pem (ftvm certs makes test ones): mutual TLS 1.3")
-	fs.StringVar(&c.tlsName, "tls-name", "", "this host's certificate name in --tls-dir (default: the host name)")
+	fs.StringVar(&c.tlsName, "tls-name", "", "this host's name: its certificate NAME.pem in --tls-dir, or under --psk-file the name it presents to its peer (default: the host name)")
 	fs.StringVar(&c.pskFile, "psk-file", "", "instead of TLS, authenticate with the pre-shared key in this file (trusted fabrics only: frames are not encrypted)")
 	fs.StringVar(&c.control, "control", "", "control socket for ftvm status (default "+defaultControlDir+"/VM-ID.sock; two daemons of one VM on one machine each need their own)")
 	fs.DurationVar(&c.tick, "tick", 10*time.Millisecond, "length of one protocol tick")
@@ -176,7 +182,7 @@ func daemonFlags(fs *flag.FlagSet, role wire.Role) func() (*daemonConfig, error)
 		if (c.tlsDir == "") == (c.pskFile == "") {
 			return nil, errors.New("authenticate the peer: give --tls-dir (mutual TLS; ftvm certs writes test certificates) or --psk-file, not both")
 		}
-		if c.tlsDir != "" && c.tlsName == "" {
+		if c.tlsName == "" {
 			if c.tlsName, err = os.Hostname(); err != nil {
 				return nil, fmt.Errorf("--tls-name not given and the host name is unknown: %w", err)
 			}
@@ -192,9 +198,20 @@ func daemonFlags(fs *flag.FlagSet, role wire.Role) func() (*daemonConfig, error)
 		if len(c.hostName) > 64 {
 			return nil, fmt.Errorf("--host-name %q: give at most 64 bytes", c.hostName)
 		}
+		c.peerNameGiven = c.peerName != ""
 		if c.peerName == "" && c.peer != "" {
 			c.peerName, _, _ = net.SplitHostPort(c.peer)
 			c.peerNameFromAddr = net.ParseIP(c.peerName) != nil
+		}
+		for _, n := range strings.Split(*allow, ",") {
+			if n = strings.TrimSpace(n); n != "" {
+				c.allowPeers = append(c.allowPeers, n)
+			}
+		}
+		if len(c.allowPeers) == 0 && role == wire.RoleSecondary && (c.peerNameGiven || c.pskFile == "") {
+			// The host most likely to join a secondary that went live
+			// is the primary it replaced, restarted.
+			c.allowPeers = []string{c.peerName}
 		}
 		if c.control == "" {
 			c.control = defaultControlDir + "/" + c.vmID + ".sock"
