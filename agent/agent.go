@@ -222,6 +222,8 @@ func New(cfg Config) (*Agent, error) {
 		}
 		cfg.Node.Persistent = isDiskWrite
 	}
+	// Outputs are done when the disk writer says so (Agent.durable).
+	cfg.Node.ConfirmDurable = true
 	n, err := lockstep.NewNode(cfg.Node)
 	if err != nil {
 		return nil, err
@@ -239,7 +241,7 @@ func New(cfg Config) (*Agent, error) {
 		a.log = slog.Default()
 	}
 	a.holdLatency.init()
-	a.disk = newDiskWriter(a.log, a.poke)
+	a.disk = newDiskWriter(a.log, a.poke, a.durable)
 	a.cond = sync.NewCond(&a.mu)
 	return a, nil
 }
@@ -601,10 +603,10 @@ func (a *Agent) perform(ctx context.Context, w *work) error {
 		// it until it is; any other output leaves only once the writes
 		// released before it are durable (diskWriter.release).
 		if isDiskWrite(o.Device) {
-			a.disk.enqueue(fmt.Sprintf("seq %d", o.Seq), e.h.Release)
+			a.disk.enqueue(fmt.Sprintf("seq %d", o.Seq), o.Seq, e.h.Release)
 			continue
 		}
-		a.disk.release(fmt.Sprintf("seq %d", o.Seq), e.h.Release)
+		a.disk.release(fmt.Sprintf("seq %d", o.Seq), o.Seq, e.h.Release)
 	}
 	if w.goLive {
 		// The new primary's guest may read the disk as soon as the gate
@@ -625,6 +627,16 @@ func (a *Agent) perform(ctx context.Context, w *work) error {
 		}
 	}
 	return nil
+}
+
+// durable tells the node that the output at seq, and every one released
+// before it, is done where it went (the disk writer reports in order), so
+// that the released-through it reports to the secondary never passes what
+// is durable (lockstep.Config.ConfirmDurable).
+func (a *Agent) durable(seq uint64) {
+	a.mu.Lock()
+	a.node.Durable(seq)
+	a.mu.Unlock()
 }
 
 // take removes an output from the table of held outputs.
@@ -659,10 +671,10 @@ func (a *Agent) deliverCarried(o lockstep.Output) error {
 		return err
 	}
 	if isDiskWrite(o.Device) {
-		a.disk.enqueue(fmt.Sprintf("seq %d (carried by a checkpoint)", o.Seq), do)
+		a.disk.enqueue(fmt.Sprintf("seq %d (carried by a checkpoint)", o.Seq), o.Seq, do)
 		return nil
 	}
-	return a.disk.release(fmt.Sprintf("seq %d (carried by a checkpoint)", o.Seq), do)
+	return a.disk.release(fmt.Sprintf("seq %d (carried by a checkpoint)", o.Seq), o.Seq, do)
 }
 
 // persist applies a block write the primary released to this host's own
@@ -671,7 +683,7 @@ func (a *Agent) deliverCarried(o lockstep.Output) error {
 func (a *Agent) persist(o lockstep.Output) error {
 	a.stats.persisted.Add(1)
 	if e, ok := a.take(o.ID); ok {
-		a.disk.enqueue(fmt.Sprintf("seq %d", o.Seq), e.h.Release)
+		a.disk.enqueue(fmt.Sprintf("seq %d", o.Seq), o.Seq, e.h.Release)
 		return nil
 	}
 	if err := a.deliverCarried(o); err != nil {

@@ -53,6 +53,10 @@ type diskWriter struct {
 	q        chan diskJob
 	log      *slog.Logger
 	onChange func() // failing changed; called on the writer goroutine
+	// onDurable reports that the output at a log position is done: a
+	// write durable, a release performed. Called in queue order, never
+	// for a job that failed or was dropped.
+	onDurable func(seq uint64)
 
 	// quit is closed by abort: a failing write is given up, a blocked
 	// enqueue returns.
@@ -74,11 +78,12 @@ type diskJob struct {
 	write func() error // a block write: retried until it succeeds
 	after func() error // a release that waits for the writes before it
 	what  string
+	seq   uint64        // the output's log position, for onDurable
 	done  chan struct{} // a drain marker when set
 }
 
-func newDiskWriter(log *slog.Logger, onChange func()) *diskWriter {
-	w := &diskWriter{q: make(chan diskJob, diskQueueWrites), log: log, onChange: onChange,
+func newDiskWriter(log *slog.Logger, onChange func(), onDurable func(seq uint64)) *diskWriter {
+	w := &diskWriter{q: make(chan diskJob, diskQueueWrites), log: log, onChange: onChange, onDurable: onDurable,
 		quit: make(chan struct{}), finished: make(chan struct{})}
 	w.lastErr.Store("")
 	go w.run()
@@ -97,19 +102,22 @@ func (w *diskWriter) run() {
 		case w.given.Load():
 			w.dropped.Add(1)
 		case j.write != nil:
-			w.writeDurably(j)
+			if w.writeDurably(j) {
+				w.durable(j.seq)
+			}
 		case j.after != nil:
 			// The output's own backend error is its device's to report,
 			// as for a release performed at once.
 			j.after()
+			w.durable(j.seq)
 		}
 		w.queued.Add(-1)
 	}
 }
 
 // writeDurably performs one write, retrying it with backoff until it
-// succeeds or the writer is aborted.
-func (w *diskWriter) writeDurably(j diskJob) {
+// succeeds (true) or the writer is aborted (false).
+func (w *diskWriter) writeDurably(j diskJob) bool {
 	wait := diskRetryMinInterval
 	var firstFail, lastLog time.Time
 	attempts := 0
@@ -123,7 +131,7 @@ func (w *diskWriter) writeDurably(j diskJob) {
 					"failed_attempts", attempts, "failing_for", time.Since(firstFail).Round(time.Millisecond))
 				w.changed()
 			}
-			return
+			return true
 		}
 		attempts++
 		w.errors.Add(1)
@@ -147,10 +155,16 @@ func (w *diskWriter) writeDurably(j diskJob) {
 			w.dropped.Add(1)
 			w.log.Error("stopping with a block write that never succeeded: it and every output after it are dropped, none of them was acknowledged",
 				"write", j.what, "err", err, "attempts", attempts)
-			return
+			return false
 		case <-time.After(wait):
 		}
 		wait = min(2*wait, diskRetryMaxInterval)
+	}
+}
+
+func (w *diskWriter) durable(seq uint64) {
+	if w.onDurable != nil {
+		w.onDurable(seq)
 	}
 }
 
@@ -179,24 +193,27 @@ func (w *diskWriter) put(j diskJob) {
 	}
 }
 
-// enqueue queues a write behind every earlier job.
-func (w *diskWriter) enqueue(what string, write func() error) {
-	w.put(diskJob{write: write, what: what})
+// enqueue queues the write of the output at log position seq behind
+// every earlier job.
+func (w *diskWriter) enqueue(what string, seq uint64, write func() error) {
+	w.put(diskJob{write: write, what: what, seq: seq})
 }
 
 // release performs an output that is not a block write: at once when
 // nothing is queued (every earlier write is durable), else behind the
 // queued jobs, so that it leaves only once the writes released before it
 // are durable.
-func (w *diskWriter) release(what string, do func() error) error {
+func (w *diskWriter) release(what string, seq uint64, do func() error) error {
 	if w.given.Load() {
 		w.dropped.Add(1)
 		return nil
 	}
 	if w.queued.Load() == 0 {
-		return do()
+		err := do()
+		w.durable(seq)
+		return err
 	}
-	w.put(diskJob{after: do, what: what})
+	w.put(diskJob{after: do, what: what, seq: seq})
 	return nil
 }
 
