@@ -1,10 +1,13 @@
 package agent
 
 import (
+	"errors"
 	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/ftvm/ftvm/vmm"
 )
 
 // diskQueueWrites bounds the jobs waiting for the disk writer; a full
@@ -66,6 +69,7 @@ type diskWriter struct {
 	queued  atomic.Int64  // jobs enqueued and not yet finished
 	errors  atomic.Uint64 // failed write attempts
 	failing atomic.Bool   // a write is failing and being retried
+	fenced  atomic.Bool   // a write was refused by the disk's fence: this host is stale
 	lastErr atomic.Value  // string: the last write error, "" once one succeeds
 	dropped atomic.Uint64 // jobs not performed because the agent stopped
 	// given: a write was abandoned (aborted while failing, or dropped by
@@ -132,6 +136,18 @@ func (w *diskWriter) writeDurably(j diskJob) bool {
 				w.changed()
 			}
 			return true
+		}
+		if errors.Is(err, vmm.ErrFenced) {
+			// Not for retrying: a newer primary owns the disk. This
+			// write and everything after it are dropped.
+			w.fenced.Store(true)
+			w.failing.Store(false) // not failing: over
+			w.given.Store(true)
+			w.dropped.Add(1)
+			w.log.Error("block write refused by the shared disk's fence: a newer primary owns the disk; this write and every output after it are dropped",
+				"write", j.what, "err", err)
+			w.changed()
+			return false
 		}
 		attempts++
 		w.errors.Add(1)
