@@ -29,6 +29,20 @@ type Arbiter interface {
 	Acquire(ctx context.Context, vmID string, epoch uint64) (granted bool, fence uint64, err error)
 }
 
+// DiskFence is the fence record of a disk both hosts share
+// (vmm.DiskFence): every block write this host makes presents the fence
+// token its release carries, and a token lower than the record's is
+// refused with vmm.ErrFenced, so that a stale primary cannot write after
+// a new one went live.
+type DiskFence interface {
+	// Raise makes fence the lowest token the disk takes writes under.
+	Raise(fence uint64) error
+	// Write performs write under fence, or refuses it.
+	Write(fence uint64, write func() error) error
+}
+
+var _ DiskFence = (*vmm.DiskFence)(nil)
+
 // VM is what the agent drives of a vmm.Machine.
 type VM interface {
 	Resume(pauseAfterExits uint64) error
@@ -87,6 +101,12 @@ type Config struct {
 	// copy follows the primary's and is current when it goes live.
 	// Without it the hosts share one disk and a secondary writes nothing.
 	SeparateStorage bool
+	// DiskFence, if set, fences the disk both hosts share (shared
+	// storage): every block write presents its release's fence token, and
+	// going live raises the record to this host's token first. A write
+	// refused there (a newer primary raised it) stops the agent with
+	// ErrHalted, dropping every output queued behind the write.
+	DiskFence DiskFence
 	// OnGoLive, if set, runs on the loop when this host becomes primary
 	// after a failover, before any output is released and before the VM's
 	// exits are served live: plug the live NIC in, announce the VM's MAC.
@@ -228,6 +248,8 @@ func New(cfg Config) (*Agent, error) {
 		}
 		cfg.Node.Persistent = isDiskWrite
 	}
+	// Outputs are done when the disk writer says so (Agent.durable).
+	cfg.Node.ConfirmDurable = true
 	n, err := lockstep.NewNode(cfg.Node)
 	if err != nil {
 		return nil, err
@@ -245,7 +267,7 @@ func New(cfg Config) (*Agent, error) {
 		a.log = slog.Default()
 	}
 	a.holdLatency.init()
-	a.disk = newDiskWriter(a.log, a.poke)
+	a.disk = newDiskWriter(a.log, a.poke, a.durable)
 	a.cond = sync.NewCond(&a.mu)
 	return a, nil
 }
@@ -460,6 +482,9 @@ func (a *Agent) Run(ctx context.Context, tr Transport) (err error) {
 // regardless; the pause keeps the guest from going on as if its writes
 // had landed.
 func (a *Agent) followDisk() error {
+	if a.disk.fenced.Load() {
+		return fmt.Errorf("%w: a newer primary raised the shared disk's fence: this host's queued writes were refused and nothing after them left; restart it as a secondary", ErrHalted)
+	}
 	failing := a.disk.failing.Load()
 	if failing == a.diskPaused {
 		return nil
@@ -671,10 +696,10 @@ func (a *Agent) perform(ctx context.Context, w *work) error {
 		// it until it is; any other output leaves only once the writes
 		// released before it are durable (diskWriter.release).
 		if isDiskWrite(o.Device) {
-			a.disk.enqueue(fmt.Sprintf("seq %d", o.Seq), e.h.Release)
+			a.disk.enqueue(fmt.Sprintf("seq %d", o.Seq), o.Seq, a.fenced(o, e.h.Release))
 			continue
 		}
-		a.disk.release(fmt.Sprintf("seq %d", o.Seq), e.h.Release)
+		a.disk.release(fmt.Sprintf("seq %d", o.Seq), o.Seq, e.h.Release)
 	}
 	if w.goLive {
 		// The new primary's guest may read the disk as soon as the gate
@@ -695,6 +720,26 @@ func (a *Agent) perform(ctx context.Context, w *work) error {
 		}
 	}
 	return nil
+}
+
+// durable tells the node that the output at seq, and every one released
+// before it, is done where it went (the disk writer reports in order), so
+// that the released-through it reports to the secondary never passes what
+// is durable (lockstep.Config.ConfirmDurable).
+func (a *Agent) durable(seq uint64) {
+	a.mu.Lock()
+	a.node.Durable(seq)
+	a.mu.Unlock()
+}
+
+// fenced makes a primary's block write present the fence token of its
+// release to the shared disk's fence record, when there is one.
+func (a *Agent) fenced(o lockstep.Output, write func() error) func() error {
+	f := a.cfg.DiskFence
+	if f == nil {
+		return write
+	}
+	return func() error { return f.Write(o.Fence, write) }
 }
 
 // take removes an output from the table of held outputs.
@@ -729,10 +774,10 @@ func (a *Agent) deliverCarried(o lockstep.Output) error {
 		return err
 	}
 	if isDiskWrite(o.Device) {
-		a.disk.enqueue(fmt.Sprintf("seq %d (carried by a checkpoint)", o.Seq), do)
+		a.disk.enqueue(fmt.Sprintf("seq %d (carried by a checkpoint)", o.Seq), o.Seq, a.fenced(o, do))
 		return nil
 	}
-	return a.disk.release(fmt.Sprintf("seq %d (carried by a checkpoint)", o.Seq), do)
+	return a.disk.release(fmt.Sprintf("seq %d (carried by a checkpoint)", o.Seq), o.Seq, do)
 }
 
 // persist applies a block write the primary released to this host's own
@@ -741,7 +786,7 @@ func (a *Agent) deliverCarried(o lockstep.Output) error {
 func (a *Agent) persist(o lockstep.Output) error {
 	a.stats.persisted.Add(1)
 	if e, ok := a.take(o.ID); ok {
-		a.disk.enqueue(fmt.Sprintf("seq %d", o.Seq), e.h.Release)
+		a.disk.enqueue(fmt.Sprintf("seq %d", o.Seq), o.Seq, e.h.Release)
 		return nil
 	}
 	if err := a.deliverCarried(o); err != nil {
@@ -781,6 +826,13 @@ func (a *Agent) command(ctx context.Context, c lockstep.Command) error {
 		// The hook learns it from the node (Live) at the next exit, once
 		// this Ready is done (liveGate); the VM keeps running.
 		a.log.Info("going live: this host is primary now", "epoch", c.Epoch, "fence", c.Fence)
+		if a.cfg.DiskFence != nil {
+			// Before anything of this host's is written: from here on
+			// the old primary's writes are refused.
+			if err := a.cfg.DiskFence.Raise(c.Fence); err != nil {
+				return fmt.Errorf("raising the shared disk's fence to %d: %w", c.Fence, err)
+			}
+		}
 		if a.cfg.OnGoLive != nil {
 			if err := a.cfg.OnGoLive(c.Epoch, c.Fence); err != nil {
 				return fmt.Errorf("switching to live devices: %w", err)

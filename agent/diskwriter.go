@@ -1,10 +1,13 @@
 package agent
 
 import (
+	"errors"
 	"log/slog"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/ftvm/ftvm/vmm"
 )
 
 // diskQueueWrites bounds the jobs waiting for the disk writer; a full
@@ -53,6 +56,10 @@ type diskWriter struct {
 	q        chan diskJob
 	log      *slog.Logger
 	onChange func() // failing changed; called on the writer goroutine
+	// onDurable reports that the output at a log position is done: a
+	// write durable, a release performed. Called in queue order, never
+	// for a job that failed or was dropped.
+	onDurable func(seq uint64)
 
 	// quit is closed by abort: a failing write is given up, a blocked
 	// enqueue returns.
@@ -62,6 +69,7 @@ type diskWriter struct {
 	queued  atomic.Int64  // jobs enqueued and not yet finished
 	errors  atomic.Uint64 // failed write attempts
 	failing atomic.Bool   // a write is failing and being retried
+	fenced  atomic.Bool   // a write was refused by the disk's fence: this host is stale
 	lastErr atomic.Value  // string: the last write error, "" once one succeeds
 	dropped atomic.Uint64 // jobs not performed because the agent stopped
 	// given: a write was abandoned (aborted while failing, or dropped by
@@ -74,11 +82,12 @@ type diskJob struct {
 	write func() error // a block write: retried until it succeeds
 	after func() error // a release that waits for the writes before it
 	what  string
+	seq   uint64        // the output's log position, for onDurable
 	done  chan struct{} // a drain marker when set
 }
 
-func newDiskWriter(log *slog.Logger, onChange func()) *diskWriter {
-	w := &diskWriter{q: make(chan diskJob, diskQueueWrites), log: log, onChange: onChange,
+func newDiskWriter(log *slog.Logger, onChange func(), onDurable func(seq uint64)) *diskWriter {
+	w := &diskWriter{q: make(chan diskJob, diskQueueWrites), log: log, onChange: onChange, onDurable: onDurable,
 		quit: make(chan struct{}), finished: make(chan struct{})}
 	w.lastErr.Store("")
 	go w.run()
@@ -97,19 +106,22 @@ func (w *diskWriter) run() {
 		case w.given.Load():
 			w.dropped.Add(1)
 		case j.write != nil:
-			w.writeDurably(j)
+			if w.writeDurably(j) {
+				w.durable(j.seq)
+			}
 		case j.after != nil:
 			// The output's own backend error is its device's to report,
 			// as for a release performed at once.
 			j.after()
+			w.durable(j.seq)
 		}
 		w.queued.Add(-1)
 	}
 }
 
 // writeDurably performs one write, retrying it with backoff until it
-// succeeds or the writer is aborted.
-func (w *diskWriter) writeDurably(j diskJob) {
+// succeeds (true) or the writer is aborted (false).
+func (w *diskWriter) writeDurably(j diskJob) bool {
 	wait := diskRetryMinInterval
 	var firstFail, lastLog time.Time
 	attempts := 0
@@ -123,7 +135,19 @@ func (w *diskWriter) writeDurably(j diskJob) {
 					"failed_attempts", attempts, "failing_for", time.Since(firstFail).Round(time.Millisecond))
 				w.changed()
 			}
-			return
+			return true
+		}
+		if errors.Is(err, vmm.ErrFenced) {
+			// Not for retrying: a newer primary owns the disk. This
+			// write and everything after it are dropped.
+			w.fenced.Store(true)
+			w.failing.Store(false) // not failing: over
+			w.given.Store(true)
+			w.dropped.Add(1)
+			w.log.Error("block write refused by the shared disk's fence: a newer primary owns the disk; this write and every output after it are dropped",
+				"write", j.what, "err", err)
+			w.changed()
+			return false
 		}
 		attempts++
 		w.errors.Add(1)
@@ -147,10 +171,16 @@ func (w *diskWriter) writeDurably(j diskJob) {
 			w.dropped.Add(1)
 			w.log.Error("stopping with a block write that never succeeded: it and every output after it are dropped, none of them was acknowledged",
 				"write", j.what, "err", err, "attempts", attempts)
-			return
+			return false
 		case <-time.After(wait):
 		}
 		wait = min(2*wait, diskRetryMaxInterval)
+	}
+}
+
+func (w *diskWriter) durable(seq uint64) {
+	if w.onDurable != nil {
+		w.onDurable(seq)
 	}
 }
 
@@ -179,24 +209,27 @@ func (w *diskWriter) put(j diskJob) {
 	}
 }
 
-// enqueue queues a write behind every earlier job.
-func (w *diskWriter) enqueue(what string, write func() error) {
-	w.put(diskJob{write: write, what: what})
+// enqueue queues the write of the output at log position seq behind
+// every earlier job.
+func (w *diskWriter) enqueue(what string, seq uint64, write func() error) {
+	w.put(diskJob{write: write, what: what, seq: seq})
 }
 
 // release performs an output that is not a block write: at once when
 // nothing is queued (every earlier write is durable), else behind the
 // queued jobs, so that it leaves only once the writes released before it
 // are durable.
-func (w *diskWriter) release(what string, do func() error) error {
+func (w *diskWriter) release(what string, seq uint64, do func() error) error {
 	if w.given.Load() {
 		w.dropped.Add(1)
 		return nil
 	}
 	if w.queued.Load() == 0 {
-		return do()
+		err := do()
+		w.durable(seq)
+		return err
 	}
-	w.put(diskJob{after: do, what: what})
+	w.put(diskJob{after: do, what: what, seq: seq})
 	return nil
 }
 

@@ -20,21 +20,21 @@ import (
 // release with nothing queued goes at once.
 func TestDiskWriterHoldsReleasesBehindAFailingWrite(t *testing.T) {
 	var changes atomic.Int32
-	w := newDiskWriter(slog.New(slog.NewTextHandler(io.Discard, nil)), func() { changes.Add(1) })
+	w := newDiskWriter(slog.New(slog.NewTextHandler(io.Discard, nil)), func() { changes.Add(1) }, nil)
 	defer w.stop()
 	var mu sync.Mutex
 	var order []string
 	note := func(s string) { mu.Lock(); order = append(order, s); mu.Unlock() }
 	full := atomic.Bool{}
 	full.Store(true)
-	w.enqueue("seq 1", func() error {
+	w.enqueue("seq 1", 1, func() error {
 		if full.Load() {
 			return errors.New("no space left on device")
 		}
 		note("write")
 		return nil
 	})
-	w.release("seq 2", func() error { note("reply"); return nil })
+	w.release("seq 2", 2, func() error { note("reply"); return nil })
 	deadline := time.Now().Add(10 * time.Second)
 	for w.errors.Load() < 3 {
 		if time.Now().After(deadline) {
@@ -54,7 +54,7 @@ func TestDiskWriterHoldsReleasesBehindAFailingWrite(t *testing.T) {
 	if w.failing.Load() || w.err() != "" || changes.Load() != 2 {
 		t.Fatalf("after the write succeeded: failing %v, err %q, changes %d", w.failing.Load(), w.err(), changes.Load())
 	}
-	w.release("seq 3", func() error { note("at once"); return nil })
+	w.release("seq 3", 3, func() error { note("at once"); return nil })
 	mu.Lock()
 	defer mu.Unlock()
 	if want := []string{"write", "reply", "at once"}; len(order) != 3 || order[0] != want[0] || order[1] != want[1] || order[2] != want[2] {
@@ -65,16 +65,16 @@ func TestDiskWriterHoldsReleasesBehindAFailingWrite(t *testing.T) {
 // Stopping with a write that never succeeds drops it and every output
 // behind it: nothing that acknowledges it leaves.
 func TestDiskWriterAbortDropsWhatFollowsAFailingWrite(t *testing.T) {
-	w := newDiskWriter(slog.New(slog.NewTextHandler(io.Discard, nil)), nil)
-	w.enqueue("seq 1", func() error { return errors.New("no space left on device") })
+	w := newDiskWriter(slog.New(slog.NewTextHandler(io.Discard, nil)), nil, nil)
+	w.enqueue("seq 1", 1, func() error { return errors.New("no space left on device") })
 	var released atomic.Bool
-	w.release("seq 2", func() error { released.Store(true); return nil })
+	w.release("seq 2", 2, func() error { released.Store(true); return nil })
 	for w.errors.Load() == 0 {
 		time.Sleep(time.Millisecond)
 	}
 	w.abort()
 	w.stop()
-	w.release("seq 3", func() error { released.Store(true); return nil })
+	w.release("seq 3", 3, func() error { released.Store(true); return nil })
 	if released.Load() {
 		t.Fatal("an output behind a write that never succeeded was released")
 	}

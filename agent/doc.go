@@ -79,7 +79,13 @@
 // that fails is retried with backoff, never skipped; meanwhile the loop
 // keeps the VM paused (followDisk), Stats.DiskFailing and DiskError say
 // why, and the VM resumes when the write succeeds. Stopping gives up such
-// a write and drops every output queued behind it. vmm keeps a held block
+// a write and drops every output queued behind it. The writer reports each
+// output done, in order (Node.Durable), so that the released-through the
+// primary tells the secondary never passes what is durable: a secondary
+// drops its copy of a write only once the primary's disk has it. With a
+// shared disk (Config.DiskFence) each write presents its release's fence
+// token to the disk's fence record, which a new primary raises at
+// go-live: a stale primary's queued write is refused, and it halts. vmm keeps a held block
 // write whose Release failed held (and visible to the guest's reads), so
 // that the retry can write it.
 //

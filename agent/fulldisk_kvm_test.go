@@ -148,6 +148,7 @@ func TestKVMFullDiskLosesNoAcknowledgedPUT(t *testing.T) {
 	filler := filepath.Join(tmpfs, "filler")
 	var sawFailing atomic.Bool
 	var diskErr atomic.Value
+	var secHeard, priReleased atomic.Uint64
 	freed := make(chan struct{})
 	acked := map[int]bool{}
 	deadline := time.Now().Add(testRunTimeout / 2)
@@ -165,6 +166,11 @@ func TestKVMFullDiskLosesNoAcknowledgedPUT(t *testing.T) {
 				sawFailing.Store(true)
 				diskErr.Store(p.pri.DiskError()) // the first attempt failed: still failing
 				time.Sleep(fullDiskFailingHold)
+				// Heartbeats went out meanwhile: the secondary must not
+				// have heard that the failing write (or anything after
+				// it) is out, or it would drop its copy of it.
+				secHeard.Store(p.sec.Status().Released)
+				priReleased.Store(p.pri.Status().Released)
 				os.Remove(filler)
 			}()
 		}
@@ -233,6 +239,9 @@ func TestKVMFullDiskLosesNoAcknowledgedPUT(t *testing.T) {
 	}
 	if e, _ := diskErr.Load().(string); !strings.Contains(e, "no space left") {
 		t.Fatalf("DiskError while the disk was full: %q, want the ENOSPC", e)
+	}
+	if h, r := secHeard.Load(), priReleased.Load(); h >= r {
+		t.Fatalf("while a write failed, the secondary heard released through %d, the primary had handed out through %d: released-through passed what was durable", h, r)
 	}
 	if st.DiskFailing || stErr != "" {
 		t.Fatalf("after space returned: %+v, DiskError %q; want nothing failing", st, stErr)

@@ -45,3 +45,48 @@ func TestRequestTooLargeForTheLogFailsInTheGuest(t *testing.T) {
 		t.Fatalf("the node holds %d outputs after refusing them", n)
 	}
 }
+
+// The largest request of every device fits the log and survives the wire,
+// without KVM: an input's bytes with the input header, an output's with
+// the output header.
+func TestLargestRequestOfEveryDeviceFitsTheWire(t *testing.T) {
+	a := newUnitAgent(t, &opLog{})
+	cases := []struct {
+		dev vmm.Device
+		op  uint32
+		dir vmm.Direction
+		max int
+	}{
+		{vmm.DeviceConsole, vmm.OpConsoleWrite, vmm.DirOutput, vmm.ConsoleMaxBytes},
+		{vmm.DeviceEntropy, vmm.OpEntropyRead, vmm.DirInput, vmm.EntropyMaxBytes},
+		{vmm.DeviceNIC, vmm.OpNICTX, vmm.DirOutput, vmm.NICFrameMaxBytes},
+		{vmm.DeviceNIC, vmm.OpNICRX, vmm.DirInput, vmm.NICFrameMaxBytes},
+		{vmm.DeviceBlock, vmm.OpBlockWrite, vmm.DirOutput, vmm.BlockMaxBytes},
+		{vmm.DeviceBlock, vmm.OpBlockRead, vmm.DirInput, vmm.BlockMaxBytes},
+	}
+	for i, c := range cases {
+		kind, err := exitKind(c.dev, c.op)
+		if err != nil {
+			t.Fatal(err)
+		}
+		data := make([]byte, c.max)
+		var msg wire.Msg
+		a.mu.Lock()
+		if c.dir == vmm.DirInput {
+			b := encodeInput(0, uint32(c.max), vmm.Result{Data: data})
+			_, err = a.node.RecordInput(uint64(i), kind, b)
+			msg = &wire.Entry{Seq: 1, ExitIndex: uint64(i), Kind: kind, Data: b}
+		} else {
+			b := encodeOutput(0, data)
+			_, err = a.node.HoldOutput(uint64(i), kind, b)
+			msg = &wire.Output{Seq: 1, ExitIndex: uint64(i), Device: kind, Length: uint32(len(b)), HasData: true, Data: b}
+		}
+		a.mu.Unlock()
+		if err != nil {
+			t.Fatalf("%s op %d, %d bytes: the node refused it: %v", c.dev, c.op, c.max, err)
+		}
+		if _, _, err := wire.Parse(msg.Append(nil)); err != nil {
+			t.Fatalf("%s op %d, %d bytes: the wire refused it: %v", c.dev, c.op, c.max, err)
+		}
+	}
+}

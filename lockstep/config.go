@@ -102,6 +102,15 @@ type Config struct {
 	// it released: its copy of that state then follows the primary's. Nil:
 	// no output is persistent.
 	Persistent func(device uint16) bool
+	// ConfirmDurable says a released output is not done when Ready hands
+	// it out but when the caller reports it durable where it went
+	// (Node.Durable): a block write queued behind an fdatasync, say. The
+	// primary then tells the secondary it released an output
+	// (Heartbeat.ReleasedThrough, a checkpoint's released-through) only
+	// once it is durable, so that the secondary keeps its copy, and
+	// releases it if it goes live, until the world really has it. Without
+	// it an output counts as done once handed out.
+	ConfirmDurable bool
 
 	// FirstEpoch is the epoch a primary asks for first: one past the
 	// newest the arbiter granted, when the host may take it (it stopped

@@ -52,6 +52,15 @@
 // epoch and fence token; a message from an older epoch is refused with a
 // wire.Fence.
 //
+// # Released means durable
+//
+// With Config.ConfirmDurable (the agent sets it) an output handed out in
+// Ready.Release counts as released towards the secondary (Heartbeat's
+// ReleasedThrough, a checkpoint's released-through) only once the caller
+// reports it durable where it went (Node.Durable): a block write the
+// host still has queued is not out, so the secondary keeps its copy, and
+// releases it if it must go live, until it is.
+//
 // # Separate storage
 //
 // Where each host keeps its own copy of state that outputs change (a disk),

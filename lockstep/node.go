@@ -134,6 +134,7 @@ type Node struct {
 	ticksSinceSync int        // since the last restore confirmation
 	held           []held     // outputs not yet released, in seq order
 	released       uint64     // seq of the last released output
+	durable        uint64     // ConfirmDurable: every output released through here is durable (Durable)
 	stalled        bool
 	paused         bool
 	ckptID         uint64

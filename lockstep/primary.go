@@ -122,6 +122,24 @@ func (n *Node) releaseHead(k int) {
 	n.held = append(n.held[:0], n.held[k:]...)
 }
 
+// Durable reports that every output this node released through log
+// position seq is durable where it went (Config.ConfirmDurable): the
+// caller performs releases in order and reports each once it is done. A
+// position beyond what was released is capped at it.
+func (n *Node) Durable(seq uint64) {
+	n.durable = max(n.durable, min(seq, n.released))
+}
+
+// releasedThrough is what the primary tells the secondary it released:
+// with ConfirmDurable only what is durable, never more, so that the
+// secondary lets go of its copy of an output only once the world has it.
+func (n *Node) releasedThrough() uint64 {
+	if n.cfg.ConfirmDurable {
+		return min(n.released, n.durable)
+	}
+	return n.released
+}
+
 func (n *Node) goAlone() {
 	n.pphase = pAlone
 	n.log, n.ckptFrames, n.ckptTaking, n.ckptBase = nil, nil, false, 0
@@ -166,7 +184,7 @@ func (n *Node) tickPrimary() {
 		// idea of it, the fewer outputs it repeats if it must go live.
 		if n.ticksSinceHeartbeat >= n.cfg.HeartbeatTicks {
 			n.ticksSinceHeartbeat = 0
-			n.send(&wire.Heartbeat{LastSeq: n.lastSeq, ReleasedThrough: n.released})
+			n.send(&wire.Heartbeat{LastSeq: n.lastSeq, ReleasedThrough: n.releasedThrough()})
 		}
 		if n.ticksRetry >= n.cfg.RetransmitTicks {
 			n.ticksRetry = 0
@@ -391,7 +409,7 @@ func (n *Node) ship(id uint64, data []byte, done *wire.CheckpointDone) error {
 //
 //	u64 released-through, u32 count, count × (u64 seq, u16 device, u32 len, data)
 func (n *Node) checkpointHeader() []byte {
-	b := binary.LittleEndian.AppendUint64(nil, n.released)
+	b := binary.LittleEndian.AppendUint64(nil, n.releasedThrough())
 	b = binary.LittleEndian.AppendUint32(b, uint32(len(n.held)))
 	for _, h := range n.held {
 		b = binary.LittleEndian.AppendUint64(b, h.seq)

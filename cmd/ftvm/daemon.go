@@ -218,6 +218,17 @@ func newDaemon(c *daemonConfig, log *slog.Logger, term io.Writer) (_ *daemon, er
 		}
 		d.closers = append(d.closers, d.diskF)
 	}
+	// A disk both hosts write is fenced: a record beside it that the
+	// primary's writes check and a new primary raises at go-live.
+	var fence agent.DiskFence
+	if c.disk != "" && c.sharedStorage {
+		f, err := vmm.OpenDiskFence(c.disk + ".fence")
+		if err != nil {
+			return nil, fmt.Errorf("--shared-storage: %w", err)
+		}
+		d.closers = append(d.closers, f)
+		fence = f
+	}
 	d.console = os.Stdout
 	if c.console != "-" {
 		f, err := os.OpenFile(c.console, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
@@ -265,6 +276,7 @@ func newDaemon(c *daemonConfig, log *slog.Logger, term io.Writer) (_ *daemon, er
 		TickInterval:     c.tick,
 		WaitForSecondary: c.waitForSecondary,
 		SeparateStorage:  !c.sharedStorage,
+		DiskFence:        fence,
 		OnGoLive:         d.goLive,
 		Logger:           d.log,
 	})

@@ -60,3 +60,19 @@ func TestOpenDiskRefusesADiskThatCannotBeBacked(t *testing.T) {
 		t.Fatalf("the new disk has %d bytes allocated, want all of its 256 KiB", st.Blocks*512)
 	}
 }
+
+// A failing block write shows in ftvm status: the VM is paused and why,
+// even while the pair is protected.
+func TestStatusShowsAFailingDiskWrite(t *testing.T) {
+	r := &statusReport{VMID: "kvstore", Role: "primary", Protected: true,
+		DiskError: "block write at sector 88: no space left on device"}
+	r.Stats.DiskWriteErrors, r.Stats.DiskFailing = 6, true
+	var b strings.Builder
+	printStatus(&b, r)
+	out := b.String()
+	for _, want := range []string{"protected; PAUSED: a block write fails: block write at sector 88: no space left on device", "6 block write attempts failed"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("status\n%s\nlacks %q", out, want)
+		}
+	}
+}
