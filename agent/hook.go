@@ -82,6 +82,9 @@ func (a *Agent) input(x exitReq, in exitInfo, kind uint16) (vmm.Result, error) {
 				a.poke()
 				break
 			}
+			if isClockRead(kind) && !a.clock.replayed(res.Value) && a.clock.backwards&(a.clock.backwards-1) == 0 {
+				a.log.Warn("the primary's log has the guest's clock going back; replaying it as logged", "exit", in.Index, "value", res.Value, "last", a.clock.last, "times", a.clock.backwards)
+			}
 			a.flushInlineVCPU() // the node may owe an acknowledgement
 			a.mu.Unlock()
 			return res, nil
@@ -110,6 +113,9 @@ func (a *Agent) recordInput(x exitReq, in exitInfo, kind uint16) (vmm.Result, er
 		return vmm.Result{}, err
 	}
 	a.mu.Lock()
+	if isClockRead(kind) {
+		res.Value = a.clock.serve(res.Value)
+	}
 	_, err = a.node.RecordInput(in.Index, kind, encodeInput(in.Arg, in.Len, res))
 	if err == nil {
 		a.waitUnstalled()
