@@ -35,7 +35,7 @@ type scriptVM struct {
 	// restored: the guest's clock reads on from the snapshot's, at this
 	// host's rate, as vmm's clock device does.
 	clockAdj uint64
-	out   *backend
+	out      *backend
 	// glitchLine, when nonzero, makes this VM print another line there:
 	// nondeterminism the log does not capture (an RDTSC, say).
 	glitchLine uint64
