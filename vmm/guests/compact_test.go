@@ -76,6 +76,9 @@ func TestKVStoreCompactsLongRun(t *testing.T) {
 	if st["wal_compactions"] < 2 {
 		t.Fatalf("%d writes on %d sectors: %d compactions, want at least 2", writes, sectors, st["wal_compactions"])
 	}
+	if said := strings.Count(strings.Join(g.out, "\n"), "kvstore: wal: compacted: generation"); uint64(said) != st["wal_compactions"] {
+		t.Fatalf("the console told of %d compactions, the halt line counts %d", said, st["wal_compactions"])
+	}
 	t.Logf("%d writes on a %d-sector disk: %d compactions, %d records in the log now", writes, sectors, st["wal_compactions"], st["wal_records"])
 	b, err := os.ReadFile(disk)
 	if err != nil {

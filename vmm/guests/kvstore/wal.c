@@ -453,6 +453,8 @@ static int compact(void)
 	prev_crc = cur.crc;
 	next_seq = 1;
 	compactions++;
+	rt_printf("kvstore: wal: compacted: generation %lu, %u keys in table slot %u\n", cur.gen, cur.entries,
+	          cur.table_slot);
 	return WAL_OK;
 }
 
