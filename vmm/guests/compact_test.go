@@ -341,3 +341,33 @@ func TestKVStoreTakesUpVersion1Log(t *testing.T) {
 	g.expect("3 GET a", "3 VAL 8 x\n")
 	g.halt()
 }
+
+// A disk file that was resized no longer matches its header's layout;
+// kvstore must refuse it, saying what to do, rather than format over the
+// writes it holds.
+func TestKVStoreRefusesResizedDisk(t *testing.T) {
+	disk := copyDisk(t, writeLog(t))
+	f, err := os.OpenFile(disk, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write(make([]byte, 512))
+	f.Close()
+	g := startKV(t, disk, "maxreq=1")
+	if code := g.wait(); code != 1 {
+		t.Fatalf("a resized disk: exit %d, want 1", code)
+	}
+	if out := strings.Join(g.out, "\n"); !strings.Contains(out, "the disk has 129 sectors, but the header in sector 0 lays out 128: give the disk file its size back (65536 bytes)") {
+		t.Fatalf("the console does not say what is wrong and what to do:\n%s", out)
+	}
+	// Given its size back, the log is all there.
+	if err := os.Truncate(disk, 128*512); err != nil {
+		t.Fatal(err)
+	}
+	g = startKV(t, disk, "maxreq=1")
+	if bl := g.boot(); bl["wal_replayed"] != "5" {
+		t.Fatalf("size restored: wal_replayed=%s, want 5", bl["wal_replayed"])
+	}
+	g.expect("1 GET a", "1 VAL 2 uno\n")
+	g.halt()
+}

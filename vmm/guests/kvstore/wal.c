@@ -109,7 +109,10 @@ static const char rec_magic[4] = { 'K', 'V', 'R', '1' };
 struct header {
 	uint64_t log_id, gen, log_sectors, table_sectors;
 	uint32_t table_slot, entries, table_crc, crc;
+	uint64_t span; /* sectors the layout covers (parse_header) */
 };
+
+static const char why_other_size[] = "laid out for a disk of another size";
 
 static uint32_t crc_table[256];
 static uint64_t sectors, next_seq, replayed, compactions;
@@ -226,10 +229,12 @@ static const char *parse_header(struct header *h)
 	h->entries = le32(sector + 52);
 	h->table_crc = le32(sector + 56);
 	h->crc = le32(sector + WAL_HDR_CRC_OFF);
-	uint64_t used = 1 + h->log_sectors + (h->table_sectors ? 2 * h->table_sectors + 1 : 0);
-	if (h->gen == 0 || h->log_sectors == 0 || used != sectors || h->table_slot > 1 ||
+	h->span = 1 + h->log_sectors + (h->table_sectors ? 2 * h->table_sectors + 1 : 0);
+	if (h->gen == 0 || h->log_sectors == 0 || h->table_slot > 1 ||
 	    (uint64_t)h->entries * WAL_ENTRY_BYTES > h->table_sectors * FTVM_BLOCK_SECTOR)
-		return "layout does not fit this disk";
+		return "bad layout fields";
+	if (h->span != sectors)
+		return why_other_size;
 	return 0;
 }
 
@@ -431,6 +436,17 @@ int wal_open(void)
 	int v1 = open_v1();
 	if (v1 != WAL_NOT_V1)
 		return v1;
+	/* A good header for another size: the disk file was resized. Its
+	 * writes are there, so do not format over them. */
+	for (uint32_t k = 0; k < 2; k++) {
+		if (why[k] == why_other_size) {
+			rt_printf("kvstore: wal: the disk has %lu sectors, but the header in sector %lu lays out "
+			          "%lu: give the disk file its size back (%lu bytes), or zero sectors 0 and %lu "
+			          "to start an empty log\n",
+			          sectors, header_sector(k), h[k].span, h[k].span * FTVM_BLOCK_SECTOR, sectors - 1);
+			return WAL_E_IO;
+		}
+	}
 	kv_reset();
 	rt_printf("kvstore: wal: no valid log header in sector 0 (%s); formatting %lu sectors\n", why[0], sectors);
 	return format();
