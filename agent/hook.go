@@ -77,7 +77,7 @@ func (a *Agent) input(x exitReq, in exitInfo, kind uint16) (vmm.Result, error) {
 				// all): a divergence like any other, which a resync
 				// repairs; the node counts it.
 				if a.node.InputDiverged(in.Index) == lockstep.Diverged {
-					a.log.Warn("replica diverged on an input; asking for a resync", "exit", in.Index, "err", err)
+					a.log.Info("replica diverged on an input; asking for a resync", "exit", in.Index, "err", err)
 				}
 				a.poke()
 				break
