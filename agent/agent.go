@@ -158,6 +158,7 @@ type Agent struct {
 	// outputs the old primary may have released): the node says Live as
 	// soon as it switches, which is before the loop gets to that Ready.
 	liveGate bool
+	clock    guestClock // the guest's clock across hosts (clock.go)
 
 	// Owned by the loop goroutine.
 	tr      Transport
@@ -943,6 +944,9 @@ func (a *Agent) pausedSnapshot(chain bool) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
+	a.mu.Lock()
+	a.clock.stamp(s)
+	a.mu.Unlock()
 	return s.MarshalBinary()
 }
 
@@ -1011,6 +1015,9 @@ func (a *Agent) restore(c lockstep.Checkpoint) error {
 	a.stats.restores.Add(1)
 	a.log.Info("checkpoint restored", "id", c.ID, "seq", c.Seq, "pre-copy parts", len(c.Parts), "bytes", len(c.Data))
 	a.mu.Lock()
+	for _, s := range chain {
+		a.clock.restored(s)
+	}
 	err = a.node.CheckpointRestored(c.ID)
 	a.mu.Unlock()
 	if err != nil {

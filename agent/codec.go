@@ -75,6 +75,11 @@ func isDiskWrite(kind uint16) bool {
 	return kind == uint16(vmm.DeviceBlock)<<8|uint16(vmm.OpBlockWrite)
 }
 
+// isClockRead is the input guestClock keeps monotonic.
+func isClockRead(kind uint16) bool {
+	return kind == uint16(vmm.DeviceClock)<<8|uint16(vmm.OpClockNow)
+}
+
 // splitKind undoes exitKind.
 func splitKind(kind uint16) (vmm.Device, uint32) {
 	return vmm.Device(kind >> 8), uint32(kind & maxOpForKind)

@@ -101,6 +101,22 @@
 // guest may make always fits the log. Should a request ever not fit
 // (wire.ErrTooLarge), the guest gets an I/O error status for it and the VM
 // goes on; a replica reaching that exit finds no log item and resyncs.
+// A replica asking for an input with another arg or len than the logged
+// request has diverged like one making another output: the hook tells the
+// node (Node.InputDiverged) and waits for the resync's checkpoint, never
+// failing the VM.
+//
+// # The guest's clock
+//
+// Each host's clock device reads on from the checkpoint it was restored
+// from, so a secondary's runs behind the primary's by the time the
+// checkpoint took. clock.go keeps the clock the guest reads monotonic
+// across hosts: a live read is served as max(local + offset, last + 1),
+// last being the highest value the guest was given (live or replayed) and
+// offset, which only grows, kept once needed; a checkpoint carries the
+// clock as the guest sees it (vmm.Snapshot.SetClockNs), and a restore
+// takes it up. A logged value below one the guest saw is replayed as
+// logged (it is what the world saw) and logged at WARN.
 //
 // # Checkpoints
 //

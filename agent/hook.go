@@ -78,10 +78,13 @@ func (a *Agent) input(x exitReq, in exitInfo, kind uint16) (vmm.Result, error) {
 				// all): a divergence like any other, which a resync
 				// repairs; the node counts it.
 				if a.node.InputDiverged(in.Index) == lockstep.Diverged {
-					a.log.Warn("replica diverged on an input; asking for a resync", "exit", in.Index, "err", err)
+					a.log.Info("replica diverged on an input; asking for a resync", "exit", in.Index, "err", err)
 				}
 				a.poke()
 				break
+			}
+			if isClockRead(kind) && !a.clock.replayed(res.Value) && a.clock.backwards&(a.clock.backwards-1) == 0 {
+				a.log.Warn("the primary's log has the guest's clock going back; replaying it as logged", "exit", in.Index, "value", res.Value, "last", a.clock.last, "times", a.clock.backwards)
 			}
 			a.flushInlineVCPU() // the node may owe an acknowledgement
 			a.mu.Unlock()
@@ -111,6 +114,9 @@ func (a *Agent) recordInput(x exitReq, in exitInfo, kind uint16) (vmm.Result, er
 		return vmm.Result{}, err
 	}
 	a.mu.Lock()
+	if isClockRead(kind) {
+		res.Value = a.clock.serve(res.Value)
+	}
 	_, err = a.node.RecordInput(in.Index, kind, encodeInput(in.Arg, in.Len, res))
 	if err == nil {
 		a.waitUnstalled()

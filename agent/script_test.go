@@ -31,7 +31,11 @@ type scriptVM struct {
 	hook  func(exitReq) (vmm.Result, error)
 	lines uint64
 	clock func() uint64 // this host's clock: differs between hosts
-	out   *backend
+	// clockAdj is added to clock once a snapshot with a clock has been
+	// restored: the guest's clock reads on from the snapshot's, at this
+	// host's rate, as vmm's clock device does.
+	clockAdj uint64
+	out      *backend
 	// glitchLine, when nonzero, makes this VM print another line there:
 	// nondeterminism the log does not capture (an RDTSC, say).
 	glitchLine uint64
@@ -142,7 +146,15 @@ func (v *scriptVM) SnapshotLive(vmm.SnapshotKind) (*vmm.Snapshot, error) {
 
 // snapshotLocked is all the state this VM has; v.mu held.
 func (v *scriptVM) snapshotLocked() *vmm.Snapshot {
-	return &vmm.Snapshot{Kind: vmm.Full, Halted: v.state == vmm.Halted, MemSize: 8 << 20, NextExit: v.next, ExitCode: v.lastTime, VCPUs: make([]vmm.VCPUState, 1)}
+	// The clock device's state: version 1, then the guest's clock (here
+	// the last value the guest read), set through SetClockNs.
+	clock := []vmm.DeviceState{{Device: vmm.DeviceClock, State: make([]byte, 9)}}
+	clock[0].State[0] = 1
+	s := &vmm.Snapshot{Kind: vmm.Full, Halted: v.state == vmm.Halted, MemSize: 8 << 20, NextExit: v.next, ExitCode: v.lastTime, VCPUs: make([]vmm.VCPUState, 1), Devices: clock}
+	if !s.SetClockNs(v.lastTime) {
+		panic("the script VM's clock state is not vmm's")
+	}
+	return s
 }
 
 func (v *scriptVM) Restore(s *vmm.Snapshot) error {
@@ -152,6 +164,9 @@ func (v *scriptVM) Restore(s *vmm.Snapshot) error {
 		v.onRestore(s)
 	}
 	v.next, v.lastTime = s.NextExit, s.ExitCode
+	if ns, ok := s.ClockNs(); ok {
+		v.clockAdj = ns - v.clock()
+	}
 	if s.Halted {
 		v.state = vmm.Halted
 	}
@@ -207,7 +222,10 @@ func (x *scriptExit) info() exitInfo {
 }
 
 func (x *scriptExit) live() (vmm.Result, error) {
-	return vmm.Result{Value: x.vm.clock()}, nil
+	x.vm.mu.Lock()
+	adj := x.vm.clockAdj
+	x.vm.mu.Unlock()
+	return vmm.Result{Value: x.vm.clock() + adj}, nil
 }
 
 func (x *scriptExit) hold() (heldOutput, error) {
@@ -303,6 +321,26 @@ func startScriptPairGlitch(t *testing.T, ctx context.Context, lines uint64, wind
 // instead of on the line.
 func startScriptPairGlitchOn(t *testing.T, ctx context.Context, lines uint64, window int, bug bool, glitchLine uint64, onInput bool) *scriptPair {
 	t.Helper()
+	return startScriptPairWith(t, ctx, lines, scriptOpts{window: window, bug: bug, glitchLine: glitchLine, glitchInput: onInput})
+}
+
+// scriptOpts are the ways a script pair can differ from the plain one.
+type scriptOpts struct {
+	window      int
+	bug         bool   // the primary releases outputs when it holds them
+	glitchLine  uint64 // the secondary's first VM diverges there (0: never)
+	glitchInput bool   // on the clock read before the line, not the line
+	// secClock is the secondary host's clock; nil: one far ahead of the
+	// primary's.
+	secClock func() uint64
+}
+
+func startScriptPairWith(t *testing.T, ctx context.Context, lines uint64, o scriptOpts) *scriptPair {
+	t.Helper()
+	window, bug, glitchLine, onInput := o.window, o.bug, o.glitchLine, o.glitchInput
+	if o.secClock == nil {
+		o.secClock = clockFrom(5_000_000, 3)
+	}
 	arb, err := arbiter.NewFile(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -327,7 +365,7 @@ func startScriptPairGlitchOn(t *testing.T, ctx context.Context, lines uint64, wi
 		c.NewVM = func(vmm.ExitHook) (VM, error) { return newScriptVM((*ap).onExit, lines, clock, out), nil }
 		return c
 	}
-	secCfg := cfg(wire.RoleSecondary, &p.secOut, clockFrom(5_000_000, 3), &p.sec)
+	secCfg := cfg(wire.RoleSecondary, &p.secOut, o.secClock, &p.sec)
 	secVMs := 0
 	newSecVM := secCfg.NewVM
 	secCfg.NewVM = func(h vmm.ExitHook) (VM, error) {

@@ -187,6 +187,48 @@ func TestNextInputWrongKindDiverges(t *testing.T) {
 	}
 }
 
+// An input whose bytes name another request than the replica made (the
+// caller finds it; the node cannot) is a divergence like any other: a
+// resync is asked for, and the primary pauses for a checkpoint.
+func TestInputDivergedRequestsResync(t *testing.T) {
+	p, s := pair(t, AckOnCompare)
+	p.RecordInput(3, 1, []byte("request a"))
+	for _, m := range take(p).Messages {
+		_ = s.Step(wireTrip(t, m))
+	}
+	if _, r := s.NextInput(3, 1); r != OK {
+		t.Fatalf("logged input: got %s, want ok", r)
+	}
+	before := s.Status().Divergences
+	if r := s.InputDiverged(3); r != Diverged {
+		t.Fatalf("InputDiverged: got %s, want diverged", r)
+	}
+	if d := s.Status().Divergences; d != before+1 {
+		t.Fatalf("divergences %d, want %d", d, before+1)
+	}
+	var asked bool
+	for _, m := range take(s).Messages {
+		if rr, ok := m.(*wire.ResyncRequest); ok && rr.Reason == wire.ResyncInputMismatch {
+			asked = true
+			_ = p.Step(wireTrip(t, m))
+		}
+	}
+	if !asked {
+		t.Fatal("no resync request for an input mismatch")
+	}
+	if rd := take(p); len(rd.Commands) < 2 || rd.Commands[0].Kind != CmdPause || rd.Commands[1].Kind != CmdTakeCheckpoint {
+		t.Fatalf("primary commands %+v, want pause then take-checkpoint", rd.Commands)
+	}
+	// Once diverged, a second report changes nothing, and a primary has
+	// no replay to diverge from.
+	if r := s.InputDiverged(3); r != NotYet || s.Status().Divergences != before+1 {
+		t.Fatalf("second report: %s, divergences %d", r, s.Status().Divergences)
+	}
+	if r := p.InputDiverged(3); r != NotYet {
+		t.Fatalf("on a primary: %s, want not-yet", r)
+	}
+}
+
 func TestStaleEpochRefusedWithFence(t *testing.T) {
 	p, _ := pair(t, AckOnReceipt)
 	err := p.Step(&wire.Ack{Header: wire.Header{Epoch: 0}, Received: 1})

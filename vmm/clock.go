@@ -38,3 +38,40 @@ func (c *clockDevice) restoreState(b []byte) error {
 	c.start = time.Now()
 	return nil
 }
+
+// ClockNs returns the guest clock the snapshot carries: what the clock
+// device would answer at once on a VM restored from it. ok is false when
+// the snapshot has no clock state (a live snapshot has no devices).
+func (s *Snapshot) ClockNs() (ns uint64, ok bool) {
+	for _, d := range s.Devices {
+		if d.Device != DeviceClock {
+			continue
+		}
+		body, err := stateBody("clock", d.State, clockStateVersion, 8)
+		if err != nil {
+			return 0, false
+		}
+		return le.Uint64(body), true
+	}
+	return 0, false
+}
+
+// SetClockNs makes a VM restored from the snapshot read its clock on from
+// ns. It reports false, changing nothing, when the snapshot has no clock
+// state. The agent uses it to carry a guest clock it keeps above the
+// device's own across hosts (agent/clock.go).
+func (s *Snapshot) SetClockNs(ns uint64) bool {
+	for i, d := range s.Devices {
+		if d.Device != DeviceClock {
+			continue
+		}
+		if _, err := stateBody("clock", d.State, clockStateVersion, 8); err != nil {
+			return false
+		}
+		var b [8]byte
+		le.PutUint64(b[:], ns)
+		s.Devices[i].State = stateWithVersion(clockStateVersion, b[:])
+		return true
+	}
+	return false
+}

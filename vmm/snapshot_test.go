@@ -347,3 +347,23 @@ func BenchmarkSnapshotCodec(b *testing.B) {
 	}
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/float64(max(copyNs, 1)), "x-memcpy")
 }
+
+func TestSnapshotClockNs(t *testing.T) {
+	s := &Snapshot{Devices: []DeviceState{{Device: DeviceNIC, State: []byte{1}}, {Device: DeviceClock, State: stateWithVersion(clockStateVersion, []byte{1, 0, 0, 0, 0, 0, 0, 0})}}}
+	if ns, ok := s.ClockNs(); !ok || ns != 1 {
+		t.Fatalf("ClockNs = %d, %v; want 1, true", ns, ok)
+	}
+	if !s.SetClockNs(1 << 40) {
+		t.Fatal("SetClockNs refused a snapshot with a clock")
+	}
+	c := newClock()
+	if err := c.restoreState(s.Devices[1].State); err != nil || c.now() < 1<<40 {
+		t.Fatalf("a clock restored after SetClockNs(1<<40) reads %d (%v)", c.now(), err)
+	}
+	if _, ok := (&Snapshot{Live: true}).ClockNs(); ok {
+		t.Fatal("a snapshot without devices has a clock")
+	}
+	if (&Snapshot{}).SetClockNs(5) {
+		t.Fatal("SetClockNs set a clock on a snapshot without one")
+	}
+}

@@ -27,6 +27,7 @@ import (
 // namespaces; FTVM_REQUIRE turns a missing one into a failure.
 //
 // FTVM_E2E_KILLS sets the primary kills of TestE2EKillPrimary (default 20),
+// FTVM_E2E_CLOCK_KILLS those of TestE2EClockFailovers (default 5),
 // FTVM_E2E_RATE the client's requests per second (default 1000), and
 // FTVM_E2E_KEEP a directory to keep the daemons' logs and files in.
 

@@ -1,7 +1,9 @@
 package guests
 
 import (
+	"encoding/binary"
 	"fmt"
+	"hash/crc32"
 	"os"
 	"path/filepath"
 	"regexp"
@@ -75,6 +77,9 @@ func TestKVStoreCompactsLongRun(t *testing.T) {
 	st := g.halt()
 	if st["wal_compactions"] < 2 {
 		t.Fatalf("%d writes on %d sectors: %d compactions, want at least 2", writes, sectors, st["wal_compactions"])
+	}
+	if said := strings.Count(strings.Join(g.out, "\n"), "kvstore: wal: compacted: generation"); uint64(said) != st["wal_compactions"] {
+		t.Fatalf("the console told of %d compactions, the halt line counts %d", said, st["wal_compactions"])
 	}
 	t.Logf("%d writes on a %d-sector disk: %d compactions, %d records in the log now", writes, sectors, st["wal_compactions"], st["wal_records"])
 	b, err := os.ReadFile(disk)
@@ -236,4 +241,133 @@ func (g *kvGuest) tryRequest(req string) (string, bool) {
 		g.t.Fatalf("answer to %q: %v", req, err)
 	}
 	return string(p.Payload), true
+}
+
+// v1Disk lays out a version 1 log (kvstore before compaction: the header's
+// CRC at 24 over bytes 0..23, records 1..S-1) of PUTs alternating between
+// keys a and b, value v<n> for record n.
+func v1Disk(t *testing.T, sectors, records int) string {
+	t.Helper()
+	le := binary.LittleEndian
+	disk := make([]byte, sectors*512)
+	h := disk[:512]
+	copy(h, "FTVMWAL1")
+	le.PutUint32(h[8:], 1)
+	le.PutUint32(h[12:], 512)
+	le.PutUint64(h[16:], 0x1d1d1d1d)
+	prev := crc32.Checksum(h[:24], castagnoli)
+	le.PutUint32(h[24:], prev)
+	versions := map[string]uint64{}
+	for n := 1; n <= records; n++ {
+		r := disk[n*512 : (n+1)*512]
+		key, val := string(rune('a'+(n-1)%2)), fmt.Sprintf("v%d", n)
+		versions[key]++
+		copy(r, "KVR1")
+		le.PutUint64(r[8:], 0x1d1d1d1d)
+		le.PutUint64(r[16:], uint64(n))
+		le.PutUint32(r[24:], prev)
+		r[28], r[29], r[30] = 1, byte(len(key)), byte(len(val))
+		le.PutUint64(r[32:], versions[key])
+		copy(r[40:], key)
+		copy(r[104:], val)
+		prev = crc32.Checksum(r[8:], castagnoli)
+		le.PutUint32(r[4:], prev)
+	}
+	path := newFastDisk(t, sectors)
+	if err := os.WriteFile(path, disk, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return path
+}
+
+// A disk written before compaction existed (format version 1) keeps its
+// writes: kvstore replays it and moves it to version 2 by a compaction
+// into the parts of the disk the old log does not use, or, where the old
+// log reaches into them, goes on in version 1 as before.
+func TestKVStoreTakesUpVersion1Log(t *testing.T) {
+	// keys=2: a one-sector table; 16 sectors leave a log of 12.
+	disk := v1Disk(t, 16, 5)
+	g := startKV(t, disk, "keys=2", "maxreq=3")
+	if bl := g.boot(); bl["wal_replayed"] != "5" || bl["keys"] != "2" {
+		t.Fatalf("version 1 log of 5 records: boot line %v, want wal_replayed=5 keys=2", bl)
+	}
+	g.expect("1 GET a", "1 VAL 3 v5\n")
+	g.expect("2 GET b", "2 VAL 2 v4\n")
+	g.expect("3 PUT a w", "3 OK 4\n")
+	g.halt()
+	b, _ := os.ReadFile(disk)
+	d := readWAL(t, b)
+	if d.header.gen != 2 || d.slot != 1 || len(d.table) != 2 || len(d.recs) != 1 {
+		t.Fatalf("after taking up the version 1 log: generation %d in slot %d, %d table entries, %d records; want 2, 1 (B), 2, 1", d.header.gen, d.slot, len(d.table), len(d.recs))
+	}
+	g = startKV(t, disk, "keys=2", "maxreq=2")
+	g.boot()
+	g.expect("1 GET a", "1 VAL 4 w\n")
+	g.expect("2 GET b", "2 VAL 2 v4\n")
+	g.halt()
+
+	// A power cut during the move (its table write, then its header
+	// write) loses nothing: the version 1 disk is as it was until the
+	// header is in place.
+	for n := 1; n <= 2; n++ {
+		for _, tear := range []int{0, 256, 512} {
+			disk := v1Disk(t, 16, 5)
+			g := startKVShim(t, disk, []string{"-crash-write", strconv.Itoa(n), "-tear", strconv.Itoa(tear)}, "keys=2")
+			if g.tryBoot() {
+				t.Fatalf("crash at write %d: kvstore booted, so the move made fewer writes", n)
+			}
+			if code := g.wait(); code != 122 {
+				t.Fatalf("crash at write %d: exit %d, want 122\n%s", n, code, g.stderr.String())
+			}
+			r := startKV(t, disk, "keys=2", "maxreq=2")
+			r.boot()
+			r.expect("1 GET a", "1 VAL 3 v5\n")
+			r.expect("2 GET b", "2 VAL 2 v4\n")
+			r.halt()
+		}
+	}
+
+	// 14 records reach past the 12-sector log: it stays version 1.
+	disk = v1Disk(t, 16, 14)
+	g = startKV(t, disk, "keys=2", "maxreq=3")
+	if bl := g.boot(); bl["wal_replayed"] != "14" {
+		t.Fatalf("version 1 log of 14 records: wal_replayed=%s, want 14", bl["wal_replayed"])
+	}
+	if !strings.Contains(strings.Join(g.out, "\n"), "it stays version 1") {
+		t.Fatalf("the console does not say the log stays version 1:\n%s", strings.Join(g.out, "\n"))
+	}
+	g.expect("1 PUT a x", "1 OK 8\n")
+	g.expect("2 PUT a y", "2 ERR walfull\n")
+	g.expect("3 GET a", "3 VAL 8 x\n")
+	g.halt()
+}
+
+// A disk file that was resized no longer matches its header's layout;
+// kvstore must refuse it, saying what to do, rather than format over the
+// writes it holds.
+func TestKVStoreRefusesResizedDisk(t *testing.T) {
+	disk := copyDisk(t, writeLog(t))
+	f, err := os.OpenFile(disk, os.O_WRONLY|os.O_APPEND, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.Write(make([]byte, 512))
+	f.Close()
+	g := startKV(t, disk, "maxreq=1")
+	if code := g.wait(); code != 1 {
+		t.Fatalf("a resized disk: exit %d, want 1", code)
+	}
+	if out := strings.Join(g.out, "\n"); !strings.Contains(out, "the disk has 129 sectors, but the header in sector 0 lays out 128: give the disk file its size back (65536 bytes)") {
+		t.Fatalf("the console does not say what is wrong and what to do:\n%s", out)
+	}
+	// Given its size back, the log is all there.
+	if err := os.Truncate(disk, 128*512); err != nil {
+		t.Fatal(err)
+	}
+	g = startKV(t, disk, "maxreq=1")
+	if bl := g.boot(); bl["wal_replayed"] != "5" {
+		t.Fatalf("size restored: wal_replayed=%s, want 5", bl["wal_replayed"])
+	}
+	g.expect("1 GET a", "1 VAL 2 uno\n")
+	g.halt()
 }

@@ -77,6 +77,10 @@
  * log) or the new one (new table, empty log), each complete; a torn header
  * write fails its CRC and the old header stays in effect.
  *
+ * A version 1 disk (before compaction: the same records in sectors 1..S-1
+ * after a header whose CRC at 24 covers bytes 0..23) is replayed and moved
+ * to this layout by a compaction, where its records leave room (open_v1).
+ *
  * A record carries the value after the write, not the operation's input, so
  * replaying is just setting keys: it needs no arithmetic and cannot fail
  * differently from the first time.
@@ -87,6 +91,10 @@
 #define WAL_RECORD_BYTES   FTVM_BLOCK_SECTOR
 #define WAL_FORMAT_VERSION 2
 #define WAL_HDR_CRC_OFF    60
+/* Version 1 (before compaction): the header's CRC at 24 covers 0..23. */
+#define WAL_V1_VERSION     1
+#define WAL_V1_HDR_CRC_OFF 24
+#define WAL_NOT_V1         1 /* open_v1: not a version 1 header */
 /* Bytes of one table entry. */
 #define WAL_ENTRY_BYTES 138
 /* The least log a compacting layout leaves; below it, no compaction. */
@@ -101,7 +109,10 @@ static const char rec_magic[4] = { 'K', 'V', 'R', '1' };
 struct header {
 	uint64_t log_id, gen, log_sectors, table_sectors;
 	uint32_t table_slot, entries, table_crc, crc;
+	uint64_t span; /* sectors the layout covers (parse_header) */
 };
+
+static const char why_other_size[] = "laid out for a disk of another size";
 
 static uint32_t crc_table[256];
 static uint64_t sectors, next_seq, replayed, compactions;
@@ -218,10 +229,12 @@ static const char *parse_header(struct header *h)
 	h->entries = le32(sector + 52);
 	h->table_crc = le32(sector + 56);
 	h->crc = le32(sector + WAL_HDR_CRC_OFF);
-	uint64_t used = 1 + h->log_sectors + (h->table_sectors ? 2 * h->table_sectors + 1 : 0);
-	if (h->gen == 0 || h->log_sectors == 0 || used != sectors || h->table_slot > 1 ||
+	h->span = 1 + h->log_sectors + (h->table_sectors ? 2 * h->table_sectors + 1 : 0);
+	if (h->gen == 0 || h->log_sectors == 0 || h->table_slot > 1 ||
 	    (uint64_t)h->entries * WAL_ENTRY_BYTES > h->table_sectors * FTVM_BLOCK_SECTOR)
-		return "layout does not fit this disk";
+		return "bad layout fields";
+	if (h->span != sectors)
+		return why_other_size;
 	return 0;
 }
 
@@ -310,6 +323,8 @@ static const char *load_table(const struct header *h)
 	return 0;
 }
 
+static int compact(void);
+
 static int replay(void)
 {
 	const char *why = 0;
@@ -343,6 +358,37 @@ static int replay(void)
 		rt_printf("kvstore: wal: ignored sector %lu and after: %s (a torn write is expected after a crash)\n",
 		          s, why);
 	return WAL_OK;
+}
+
+/* open_v1 takes up a version 1 log (sector 0 a version 1 header, records
+ * 1..S-1) and moves it to this layout when its records all lie where the
+ * log goes: a compaction writes the table to slot 1 and a generation 2
+ * header to slot B, neither of which the old log uses, so a crash before
+ * the header is written leaves the version 1 disk as it was. It returns
+ * WAL_NOT_V1 when sector (header slot A) is not a version 1 header. */
+static int open_v1(void)
+{
+	if (memcmp(sector, hdr_magic, 8) != 0 || le32(sector + 8) != WAL_V1_VERSION ||
+	    le32(sector + 12) != WAL_RECORD_BYTES || le32(sector + WAL_V1_HDR_CRC_OFF) != crc32c(sector, WAL_V1_HDR_CRC_OFF))
+		return WAL_NOT_V1;
+	memset(&cur, 0, sizeof(cur));
+	cur.log_id = le64(sector + 16);
+	cur.gen = 1;
+	cur.log_sectors = sectors - 1;
+	cur.crc = prev_crc = le32(sector + WAL_V1_HDR_CRC_OFF);
+	if (replay() != WAL_OK)
+		return WAL_E_IO;
+	uint64_t t = ((uint64_t)kv_keys_max() * WAL_ENTRY_BYTES + FTVM_BLOCK_SECTOR - 1) / FTVM_BLOCK_SECTOR;
+	if (sectors < 2 + 2 * t + WAL_COMPACT_LOG_MIN || next_seq - 1 > sectors - 2 - 2 * t) {
+		rt_printf("kvstore: wal: a version 1 log of %lu records; it stays version 1, without compaction "
+		          "(a disk of %lu sectors has room for %lu records besides two tables)\n",
+		          next_seq - 1, sectors, sectors >= 2 + 2 * t ? sectors - 2 - 2 * t : 0);
+		return WAL_OK;
+	}
+	cur.table_sectors = t;
+	cur.log_sectors = sectors - 2 - 2 * t;
+	rt_printf("kvstore: wal: a version 1 log of %lu records; moving it to version 2\n", next_seq - 1);
+	return compact();
 }
 
 int wal_open(void)
@@ -383,6 +429,25 @@ int wal_open(void)
 		rt_printf("kvstore: wal: header in sector %lu (generation %lu): %s\n", header_sector(k), h[k].gen, bad);
 		kv_reset();
 	}
+	if (rt_block_read(0, sector, sizeof(sector)) != FTVM_OK) {
+		rt_printf("kvstore: wal: reading the header in sector 0 failed\n");
+		return WAL_E_IO;
+	}
+	int v1 = open_v1();
+	if (v1 != WAL_NOT_V1)
+		return v1;
+	/* A good header for another size: the disk file was resized. Its
+	 * writes are there, so do not format over them. */
+	for (uint32_t k = 0; k < 2; k++) {
+		if (why[k] == why_other_size) {
+			rt_printf("kvstore: wal: the disk has %lu sectors, but the header in sector %lu lays out "
+			          "%lu: give the disk file its size back (%lu bytes), or zero sectors 0 and %lu "
+			          "to start an empty log\n",
+			          sectors, header_sector(k), h[k].span, h[k].span * FTVM_BLOCK_SECTOR, sectors - 1);
+			return WAL_E_IO;
+		}
+	}
+	kv_reset();
 	rt_printf("kvstore: wal: no valid log header in sector 0 (%s); formatting %lu sectors\n", why[0], sectors);
 	return format();
 }
@@ -453,6 +518,8 @@ static int compact(void)
 	prev_crc = cur.crc;
 	next_seq = 1;
 	compactions++;
+	rt_printf("kvstore: wal: compacted: generation %lu, %u keys in table slot %u\n", cur.gen, cur.entries,
+	          cur.table_slot);
 	return WAL_OK;
 }
 
