@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"flag"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -183,7 +184,7 @@ func TestDaemonStopsOnReadOnlyArbiterDir(t *testing.T) {
 	testutil.Require(t, testutil.Root, testutil.KVM)
 	guest := filepath.Join("..", "..", "vmm", "guests", "build", "kvstore")
 	if _, err := os.Stat(guest); err != nil {
-		t.Skipf("skipping: guest not built (%v): run make guests", err)
+		testutil.SkipMissing(t, fmt.Errorf("guest not built (%v): run make guests", err), testutil.KVM)
 	}
 	dir := t.TempDir()
 	psk := filepath.Join(dir, "psk")

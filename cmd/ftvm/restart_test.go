@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -83,7 +84,7 @@ func TestCleanlyStoppedPrimaryStartsAgain(t *testing.T) {
 	testutil.Require(t, testutil.KVM)
 	guest := filepath.Join("..", "..", "vmm", "guests", "build", "kvstore")
 	if _, err := os.Stat(guest); err != nil {
-		t.Skipf("skipping: guest not built (%v): run make guests", err)
+		testutil.SkipMissing(t, fmt.Errorf("guest not built (%v): run make guests", err), testutil.KVM)
 	}
 	dir := t.TempDir()
 	psk := filepath.Join(dir, "psk")
