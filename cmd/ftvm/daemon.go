@@ -170,6 +170,10 @@ func newDaemon(c *daemonConfig, log *slog.Logger, term io.Writer) (_ *daemon, er
 	if d.guest, err = os.ReadFile(c.guest); err != nil {
 		return nil, fmt.Errorf("guest program: %w (build the guests with make guests, or give --guest)", err)
 	}
+	// Checked now, not when the VM boots: before "started" is logged.
+	if err := vmm.CheckELF(d.guest); err != nil {
+		return nil, fmt.Errorf("--guest %s: %w (build the guests with make guests, or give --guest)", c.guest, err)
+	}
 	if err := os.MkdirAll(c.arbiterDir, 0o700); err != nil {
 		return nil, fmt.Errorf("arbiter directory: %w", err)
 	}
