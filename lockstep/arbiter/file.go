@@ -176,6 +176,20 @@ func (f *File) Release(ctx context.Context, vmID string, epoch, fence uint64) (b
 // the directory (one that holds Running's lock). It returns the state as
 // it was.
 func (f *File) Reset(ctx context.Context, vmID string) (State, error) {
+	return f.releaseTo(ctx, vmID, "")
+}
+
+// Adopt is Reset that names host as the holder of the released epoch, so
+// that host, and only it, may take the next epoch by itself: for an
+// operator who knows host's disk is the newest one left (ftvm recover).
+func (f *File) Adopt(ctx context.Context, vmID, host string) (State, error) {
+	if len(host) > fileHolderMaxBytes {
+		return State{}, fmt.Errorf("arbiter: holder name %q is longer than %d bytes", host, fileHolderMaxBytes)
+	}
+	return f.releaseTo(ctx, vmID, host)
+}
+
+func (f *File) releaseTo(ctx context.Context, vmID, holder string) (State, error) {
 	run, err := os.OpenFile(f.runningPath(vmID), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return State{}, fmt.Errorf("arbiter: %w", err)
@@ -191,10 +205,10 @@ func (f *File) Reset(ctx context.Context, vmID string) (State, error) {
 	var old State
 	_, err = f.update(ctx, vmID, func(st *State) bool {
 		old = *st
-		if st.Epoch == 0 || st.Released && st.Holder == "" {
+		if st.Epoch == 0 || st.Released && st.Holder == holder {
 			return false
 		}
-		st.Released, st.Holder = true, ""
+		st.Released, st.Holder = true, holder
 		return true
 	})
 	return old, err
