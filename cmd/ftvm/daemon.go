@@ -63,9 +63,12 @@ lag, held outputs and output-hold latency.
 
 A primary that stops by SIGINT/SIGTERM or because the guest exited records
 a clean stop in the arbiter's state file, so that it may start again as
-primary by itself (it takes the next epoch). A primary refuses to start
-while the arbiter's record names another host, or names this one without
-a clean stop (a crash): see ftvm arbiter --help.
+primary by itself (it takes the next epoch). Each disk has a side file,
+DISK.ftvm-state, saying which epoch it is current to: the host that was the
+last primary, whose disk says so, takes the next epoch by itself even after
+a crash. A primary refuses to start (exit 3) while the arbiter's record
+names another host, which has the newer disk and is named: see ftvm
+arbiter --help and ftvm recover --help.
 
 Exit codes: 0 stopped by SIGINT/SIGTERM or the guest exited, 1 failure,
 2 usage error, 3 halted or refused: another host is primary or has the
