@@ -144,6 +144,35 @@ func TestArbiterCommandUsage(t *testing.T) {
 	if code, _, errs := runFtvm("arbiter", "status"); code != exitUsage || !strings.Contains(errs, "--arbiter-dir is required") {
 		t.Fatalf("ftvm arbiter status without a directory: exit %d, %q", code, errs)
 	}
+	if code, out, errs := runFtvm("recover", "--help"); code != exitOK || !strings.Contains(out+errs, "DISK.ftvm-state") {
+		t.Fatalf("ftvm recover --help: exit %d, %q %q", code, out, errs)
+	}
+	if code, _, errs := runFtvm("recover", "--arbiter-dir", t.TempDir()); code != exitUsage || !strings.Contains(errs, "--disk are required") {
+		t.Fatalf("ftvm recover without --disk: exit %d, %q", code, errs)
+	}
+}
+
+// The disk's side file is replaced whole: what was written is read back,
+// a temporary file a crash left behind is not read, and a scribbled file
+// is refused with what to do.
+func TestDiskStateRoundTrip(t *testing.T) {
+	disk := filepath.Join(t.TempDir(), "d.img")
+	if _, ok, err := readDiskState(disk); ok || err != nil {
+		t.Fatalf("no side file: ok %v err %v", ok, err)
+	}
+	want := diskState{VMID: "vm", Host: "a", Epoch: 7, Role: diskRolePrimary, Seq: 42, Clean: true}
+	if err := writeDiskState(disk, want); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(diskStatePath(disk)+".tmp", []byte("{torn"), 0o600)
+	got, ok, err := readDiskState(disk)
+	if !ok || err != nil || got.VMID != "vm" || got.Host != "a" || got.Epoch != 7 || got.Role != diskRolePrimary || got.Seq != 42 || !got.Clean || got.Version != diskStateVersion {
+		t.Fatalf("read back %+v %v %v, want %+v", got, ok, err, want)
+	}
+	os.WriteFile(diskStatePath(disk), []byte("garbage"), 0o600)
+	if _, _, err := readDiskState(disk); err == nil || !strings.Contains(err.Error(), "ftvm recover") {
+		t.Fatalf("a scribbled side file: %v; want a refusal that says what to do", err)
+	}
 }
 
 // After a crash (no clean stop) the host whose disk is current, by its
