@@ -2,6 +2,7 @@ package e2e
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"net"
@@ -76,11 +77,21 @@ func merged(phases ...*kvclient.Result) []linearize.Op {
 	return all
 }
 
-// checkWritesPresent fails unless the final phase (GETs only) read, for
-// every key, a version at least that of every write acknowledged before,
-// and the merged history is linearizable.
+// checkWritesPresent fails unless writesPresent finds nothing wrong.
 func checkWritesPresent(t *testing.T, final *kvclient.Result, before ...*kvclient.Result) {
 	t.Helper()
+	n, err := writesPresent(final, before...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("%d acknowledged writes, all present after the restart", n)
+}
+
+// writesPresent checks that the final phase (GETs only) read, for every
+// key, a version at least that of every write acknowledged before, and
+// that the merged history is linearizable. It returns how many writes
+// were acknowledged.
+func writesPresent(final *kvclient.Result, before ...*kvclient.Result) (int, error) {
 	acked := map[string]uint64{} // key → highest version acknowledged
 	n := 0
 	for _, p := range before {
@@ -92,7 +103,7 @@ func checkWritesPresent(t *testing.T, final *kvclient.Result, before ...*kvclien
 		}
 	}
 	if n == 0 {
-		t.Fatal("no write was acknowledged before the restart: the scenario proves nothing")
+		return 0, errors.New("no write was acknowledged before the restart: the scenario proves nothing")
 	}
 	read := map[string]uint64{}
 	for _, op := range final.History {
@@ -100,19 +111,23 @@ func checkWritesPresent(t *testing.T, final *kvclient.Result, before ...*kvclien
 			read[op.Key] = max(read[op.Key], op.Version)
 		}
 	}
+	var lost []string
 	for key, v := range acked {
 		got, ok := read[key]
 		if !ok {
-			t.Fatalf("key %s was never read back after the restart", key)
+			return n, fmt.Errorf("key %s was never read back after the restart", key)
 		}
 		if got < v {
-			t.Errorf("key %s: a write was acknowledged with version %d, but after the restart it reads version %d: an acknowledged write is lost", key, v, got)
+			lost = append(lost, fmt.Sprintf("key %s: a write was acknowledged with version %d, but after the restart it reads version %d", key, v, got))
 		}
 	}
-	if err := linearize.Check(merged(append(before, final)...)); err != nil {
-		t.Fatalf("the history across the restart is not linearizable: %v", err)
+	if len(lost) > 0 {
+		return n, fmt.Errorf("acknowledged writes lost: %s", strings.Join(lost, "; "))
 	}
-	t.Logf("%d acknowledged writes on %d keys, all present after the restart", n, len(acked))
+	if err := linearize.Check(merged(append(before, final)...)); err != nil {
+		return n, fmt.Errorf("the history across the restart is not linearizable: %v", err)
+	}
+	return n, nil
 }
 
 // refusedAsPrimary starts ftvm primary on h and expects it to exit 3
@@ -169,6 +184,55 @@ func TestE2ERestartAfterDoubleFault(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
 	prefix := restartPrefix()
+	last, stale, epoch, phases := doubleFault(t, ctx, c, prefix)
+	refusedAsPrimary(t, ctx, c, stale, last)
+	restartAsPrimary(t, ctx, c, last, stale, epoch)
+	final := restartPhase(t, ctx, c, prefix, kvclient.Mix{Get: 1}, 60)
+	checkWritesPresent(t, final, phases...)
+}
+
+// TestE2ERestartFromTheStaleDiskLosesWrites plants the operator's mistake
+// the refusal guards against, to prove the check sees it: after the same
+// double fault, ftvm recover declares the half-joined host's disk current
+// and the VM restarts from it; the writes acknowledged by the last
+// primary must then be found missing.
+func TestE2ERestartFromTheStaleDiskLosesWrites(t *testing.T) {
+	c := newTestCluster(t, "stale", ClusterConfig{Flags: restartFlags})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	defer cancel()
+	prefix := restartPrefix()
+	last, stale, epoch, phases := doubleFault(t, ctx, c, prefix)
+	if last != HostB {
+		t.Skip("host a took over before it was killed: its disk is not stale")
+	}
+	proc, err := c.Topo.Start(ctx, stale, c.cfg.Ftvm, "recover", "--arbiter-dir", c.path("arbiter"), "--vm-id", VMID,
+		"--disk", c.path("disk-"+string(stale)+".img"), "--host-name", string(stale), "--force")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st, _ := proc.Wait(); st == nil || !st.Success() {
+		t.Fatalf("ftvm recover: %v\n%s", st, proc.Tail(20))
+	}
+	restartAsPrimary(t, ctx, c, stale, last, epoch)
+	// A primary started cold announces nothing yet, and the switch still
+	// sends the VM's MAC to the last primary's port: make the client ask
+	// for the VM's address again, so that the VM's answer moves it.
+	if out, err := c.Topo.Run(ctx, Client, "ip", "neigh", "flush", "all"); err != nil {
+		t.Fatalf("ip neigh flush: %v: %s", err, out)
+	}
+	final := restartPhase(t, ctx, c, prefix, kvclient.Mix{Get: 1}, 60)
+	n, err := writesPresent(final, phases...)
+	if err == nil || !strings.Contains(err.Error(), "acknowledged writes lost") {
+		t.Fatalf("restarting from the stale disk, the check found %v among %d acknowledged writes; want writes lost", err, n)
+	}
+	t.Logf("as it must: %v", err)
+}
+
+// doubleFault runs the double fault of TestE2ERestartAfterDoubleFault and
+// returns the last primary, the other host, the last primary's epoch and
+// the load phases run before.
+func doubleFault(t *testing.T, ctx context.Context, c *Cluster, prefix string) (last, stale Host, epoch uint64, phases []*kvclient.Result) {
+	t.Helper()
 	if _, err := c.StartPrimary(HostA); err != nil {
 		t.Fatal(err)
 	}
@@ -205,7 +269,7 @@ func TestE2ERestartAfterDoubleFault(t *testing.T) {
 	// Host a cannot go live without a whole checkpoint; if it had one and
 	// took over, it is the last primary instead.
 	time.Sleep(time.Second)
-	last, stale := HostB, HostA
+	last, stale = HostB, HostA
 	if s, err := c.Status(ctx, HostA); err == nil && s.Role == "primary" {
 		last, stale = HostA, HostB
 	}
@@ -217,10 +281,7 @@ func TestE2ERestartAfterDoubleFault(t *testing.T) {
 		}
 	}
 	t.Logf("both hosts down; the last primary was host %s", last)
-	refusedAsPrimary(t, ctx, c, stale, last)
-	restartAsPrimary(t, ctx, c, last, stale, bs.Epoch)
-	final := restartPhase(t, ctx, c, prefix, kvclient.Mix{Get: 1}, 60)
-	checkWritesPresent(t, final, p1, p2)
+	return last, stale, bs.Epoch, []*kvclient.Result{p1, p2}
 }
 
 // TestE2ERestartAfterPlannedStop: the secondary is stopped, then the
