@@ -461,9 +461,14 @@ func (d *daemon) onEpoch(epoch, fence uint64) error {
 	return d.recordDisk(diskRolePrimary, epoch, d.ag.Status().Released, false)
 }
 
+// diskTracked says whether this host keeps a side file for its disk: it
+// has a disk of its own (with --shared-storage both hosts use one disk,
+// current whichever host ran last, and a secondary never writes it).
+func (d *daemon) diskTracked() bool { return d.cfg.disk != "" && !d.cfg.sharedStorage }
+
 // recordDisk writes the disk's side file, if this host has a disk.
 func (d *daemon) recordDisk(role string, epoch, seq uint64, clean bool) error {
-	if d.cfg.disk == "" {
+	if !d.diskTracked() {
 		return nil
 	}
 	d.diskMu.Lock()
@@ -478,7 +483,7 @@ func (d *daemon) recordDisk(role string, epoch, seq uint64, clean bool) error {
 
 // diskJoining marks the disk as being overwritten by a checkpoint.
 func (d *daemon) diskJoining() error {
-	if d.cfg.disk == "" {
+	if !d.diskTracked() {
 		return nil
 	}
 	d.diskMu.Lock()
@@ -494,7 +499,7 @@ const diskTrackInterval = time.Second
 // trackDisk keeps the disk's side file's position current, and records a
 // secondary's disk as a replica once a restore has made it one.
 func (d *daemon) trackDisk(ctx context.Context) {
-	if d.cfg.disk == "" {
+	if !d.diskTracked() {
 		return
 	}
 	t := time.NewTicker(diskTrackInterval)
@@ -551,7 +556,8 @@ var errNotPrimary = errors.New("another host is or may be primary")
 //     so (it stopped cleanly, or it crashed: its disk is the newest, as no
 //     other host was granted an epoch since), or when an operator reset
 //     the record (ftvm arbiter reset, ftvm recover);
-//   - with no --disk, the next one only after this host's clean stop.
+//   - with no disk of its own (no --disk, or --shared-storage), the next
+//     one whenever this host holds the record.
 //
 // Anything else is refused: the record's holder may be running, or its
 // disk is newer than this host's; the error names that host.
@@ -564,8 +570,8 @@ func (d *daemon) firstEpoch() (uint64, error) {
 	}
 	me, vm := d.cfg.hostName, d.cfg.vmID
 	var ds diskState
-	hasState := false
-	if d.cfg.disk != "" {
+	hasState, tracked := false, d.diskTracked()
+	if tracked {
 		if ds, hasState, err = readDiskState(d.cfg.disk); err != nil {
 			return 0, err
 		}
@@ -578,26 +584,31 @@ func (d *daemon) firstEpoch() (uint64, error) {
 		diskSays = "is " + ds.String()
 	}
 	recoverHint := fmt.Sprintf("if that host's disk is lost, run ftvm recover --arbiter-dir %s --vm-id %s --disk DISK on the host whose disk is the newest left", d.cfg.arbiterDir, vm)
-	current := hasState && ds.Role == diskRolePrimary && ds.Host == me && ds.Epoch >= st.Epoch
+	// With no disk of its own there is nothing to be behind: being the
+	// record's holder is enough (no other host can be primary in its
+	// epoch). A disk with no side file that exists is one an older ftvm
+	// ran: trusted after this host's clean stop only.
+	current := !tracked || hasState && ds.Role == diskRolePrimary && ds.Host == me && ds.Epoch >= st.Epoch
+	if tracked && !hasState && st.Released {
+		if _, err := os.Stat(d.cfg.disk); err == nil {
+			current = true
+		}
+	}
 	switch {
 	case st.Epoch == 0:
 		return 1, nil
 	case st.Released && st.Holder == "":
-		if d.cfg.disk != "" && !current {
+		if !current {
 			d.log.Warn("the arbiter's record was reset: starting as primary although this host's disk may be behind", "disk", d.cfg.disk, "disk_state", diskSays, "epoch", st.Epoch)
 		}
 		return st.Epoch + 1, nil
-	case st.Holder == me && (current || d.cfg.disk == "" && st.Released || st.Released && !hasState):
+	case st.Holder == me && current:
 		d.log.Info("this host was the last primary and its disk is current: taking the next epoch", "last_epoch", st.Epoch, "released", st.Released, "disk_state", diskSays)
 		return st.Epoch + 1, nil
 	case st.Holder == me && st.Released:
 		return 0, fmt.Errorf("%w: this host stopped cleanly as primary of VM %s at epoch %d, but its disk %s %s: give the disk it ran with, or %s",
 			errNotPrimary, vm, st.Epoch, d.cfg.disk, diskSays, recoverHint)
 	case st.Holder == me:
-		if d.cfg.disk == "" {
-			return 0, fmt.Errorf("%w: the arbiter granted epoch %d of VM %s to this host (%s), which has not recorded a clean stop, and with no --disk nothing shows this host was its last primary: if no daemon of this VM runs on any host, run ftvm arbiter reset --arbiter-dir %s --vm-id %s",
-				errNotPrimary, st.Epoch, vm, me, d.cfg.arbiterDir, vm)
-		}
 		return 0, fmt.Errorf("%w: the arbiter granted epoch %d of VM %s to this host (%s), but its disk %s %s: the newest disk is on the host that was primary after this one joined it; start that host as primary, or %s",
 			errNotPrimary, st.Epoch, vm, me, d.cfg.disk, diskSays, recoverHint)
 	case st.Released:
