@@ -196,7 +196,7 @@ func newDaemon(c *daemonConfig, log *slog.Logger, term io.Writer) (_ *daemon, er
 	// While this daemon runs, ftvm arbiter reset refuses.
 	running, err := d.arb.Running(c.vmID)
 	if err != nil {
-		return nil, fmt.Errorf("%w: this host must be able to write the arbiter's directory on storage every host shares: fix --arbiter-dir and start again", err)
+		return nil, fmt.Errorf("%w: this host must be able to write the arbiter's directory on storage every host shares (fix --arbiter-dir and start again), and each daemon of a VM needs its own --host-name (default --tls-name, else the host name)", err)
 	}
 	d.closers = append(d.closers, running)
 	var firstEpoch uint64
