@@ -112,6 +112,11 @@ type Config struct {
 	// exits are served live: plug the live NIC in, announce the VM's MAC.
 	// An error stops the agent (the VM cannot serve as it should).
 	OnGoLive func(epoch, fence uint64) error
+	// OnEpoch, if set, runs on the loop when the arbiter granted this
+	// host, as primary, an epoch (its first, and each after it lost its
+	// secondary), before any output of that epoch is released: record
+	// that this host's disk follows the epoch. An error stops the agent.
+	OnEpoch func(epoch, fence uint64) error
 	// Logger receives the agent's events (role changes, checkpoints,
 	// restores, halts). Nil: slog.Default().
 	Logger *slog.Logger
@@ -387,9 +392,22 @@ func permanentArbiterError(err error) bool {
 // (lockstep.Config.ArbiterRetryMaxTicks), except that an error that
 // cannot pass ends Run after arbiterPermanentTries.
 func (a *Agent) arbiterAnswered(r arbiterAnswer) error {
+	// perf keeps a transport reader from releasing what the grant allows
+	// (flushInline) before OnEpoch has run.
+	a.perf.Lock()
 	a.mu.Lock()
+	before := a.node.Status().Epoch
 	a.node.ArbiterResult(r.epoch, r.granted, r.fence, r.err)
+	ns := a.node.Status()
 	a.mu.Unlock()
+	var hookErr error
+	if a.cfg.OnEpoch != nil && ns.Role == lockstep.RolePrimary && ns.Epoch != before {
+		hookErr = a.cfg.OnEpoch(ns.Epoch, ns.Fence)
+	}
+	a.perf.Unlock()
+	if hookErr != nil {
+		return fmt.Errorf("agent: recording epoch %d: %w", ns.Epoch, hookErr)
+	}
 	if r.err == nil {
 		if a.arbFailures > 0 {
 			a.log.Info("the arbiter answers again", "epoch", r.epoch, "failed_before", a.arbFailures)

@@ -314,6 +314,7 @@ func (n *Node) acquire(epoch uint64) {
 	}
 	n.acquireEpoch = epoch
 	n.acquireErr = false
+	n.ticksRetry = 0
 	n.ticksAcquire = 0
 	n.command(Command{Kind: CmdAcquire, Epoch: epoch})
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"debug/elf"
 	"fmt"
+	"unicode/utf8"
 )
 
 // Image describes a program loaded into guest memory.
@@ -17,17 +18,11 @@ type Image struct {
 // segment must lie within [LoadBase, limit), where limit is the bottom of
 // the stack reserve; anything else is refused with the segment named.
 func loadELF(mem *Memory, image []byte, limit uint64) (Image, error) {
-	f, err := elf.NewFile(bytes.NewReader(image))
+	f, err := openELF(image)
 	if err != nil {
-		return Image{}, fmt.Errorf("guest program is not an ELF file: %w", err)
+		return Image{}, err
 	}
 	defer f.Close()
-	if f.Class != elf.ELFCLASS64 || f.Data != elf.ELFDATA2LSB || f.Machine != elf.EM_X86_64 {
-		return Image{}, fmt.Errorf("guest program is %v %v %v; want a 64-bit little-endian x86-64 ELF", f.Class, f.Data, f.Machine)
-	}
-	if f.Type != elf.ET_EXEC {
-		return Image{}, fmt.Errorf("guest program is %v; want a static executable (ET_EXEC) linked at %#x: link with -static -no-pie -T guest.ld", f.Type, LoadBase)
-	}
 	var end uint64
 	entryOK := false
 	loaded := 0
@@ -71,4 +66,52 @@ func loadELF(mem *Memory, image []byte, limit uint64) (Image, error) {
 	}
 	heap := (end + PageBytes - 1) &^ (PageBytes - 1)
 	return Image{Entry: f.Entry, HeapStart: heap}, nil
+}
+
+// CheckELF reports whether image can be a guest program: a 64-bit
+// little-endian x86-64 static executable. What fits in guest memory is
+// checked only at Load. A file that is no ELF at all is described: its
+// size and how it begins.
+func CheckELF(image []byte) error {
+	f, err := openELF(image)
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+func openELF(image []byte) (*elf.File, error) {
+	f, err := elf.NewFile(bytes.NewReader(image))
+	if err != nil {
+		return nil, fmt.Errorf("guest program is not an ELF file: %s (%v)", describeFile(image), err)
+	}
+	if f.Class != elf.ELFCLASS64 || f.Data != elf.ELFDATA2LSB || f.Machine != elf.EM_X86_64 {
+		f.Close()
+		return nil, fmt.Errorf("guest program is %v %v %v; want a 64-bit little-endian x86-64 ELF", f.Class, f.Data, f.Machine)
+	}
+	if f.Type != elf.ET_EXEC {
+		f.Close()
+		return nil, fmt.Errorf("guest program is %v; want a static executable (ET_EXEC) linked at %#x: link with -static -no-pie -T guest.ld", f.Type, LoadBase)
+	}
+	return f, nil
+}
+
+// describeFileBytes is how much of a file describeFile shows.
+const describeFileBytes = 16
+
+// describeFile says what a file that is not an ELF looks like: empty, a
+// script, text, or its first bytes in hex.
+func describeFile(b []byte) string {
+	if len(b) == 0 {
+		return "0 bytes: the file is empty"
+	}
+	head := b[:min(len(b), describeFileBytes)]
+	what := fmt.Sprintf("begins with bytes % x", head)
+	switch {
+	case bytes.HasPrefix(b, []byte("#!")):
+		what = fmt.Sprintf("begins %q: a script", head)
+	case utf8.Valid(head) && bytes.IndexFunc(head, func(r rune) bool { return r < 0x20 && r != '\n' && r != '\t' && r != '\r' }) < 0:
+		what = fmt.Sprintf("begins %q: text", head)
+	}
+	return fmt.Sprintf("%d bytes, %s", len(b), what)
 }

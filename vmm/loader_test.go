@@ -39,6 +39,9 @@ func TestLoadELFRefusesBadImages(t *testing.T) {
 		want string
 	}{
 		{"not ELF", []byte("#!/bin/sh\n"), "not an ELF"},
+		{"script", []byte("#!/bin/sh\n"), `10 bytes, begins "#!/bin/sh\n": a script`},
+		{"empty", nil, "0 bytes: the file is empty"},
+		{"binary", []byte{0xca, 0xfe, 0xba, 0xbe, 0, 1}, "6 bytes, begins with bytes ca fe ba be 00 01"},
 		{"below load base", buildTestELF(0x1000, 0x1000, image, 5), "outside the guest's program area"},
 		{"into the stack", buildTestELF(limit-0x80, limit-0x80, image, 5), "outside the guest's program area"},
 		{"wrapping", func() []byte {

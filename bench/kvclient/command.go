@@ -96,12 +96,20 @@ flags:
 		return usage("-keys and -counters are both 0")
 	}
 	if !*quiet {
+		// Redrawn in place on a terminal; elsewhere (a file, a pipe) a
+		// plain line a second and the last one, with no escape codes.
+		tty := isTerminal(stderr)
+		var last time.Time
 		cfg.Progress = func(p Progress) {
-			end := ""
-			if p.Done {
-				end = "\n"
+			switch {
+			case tty && p.Done:
+				fmt.Fprintf(stderr, "\r%s\x1b[K\n", p.Line())
+			case tty:
+				fmt.Fprintf(stderr, "\r%s\x1b[K", p.Line())
+			case p.Done || time.Since(last) >= time.Second:
+				last = time.Now()
+				fmt.Fprintln(stderr, p.Line())
 			}
-			fmt.Fprintf(stderr, "\r%s\x1b[K%s", p.Line(), end)
 		}
 	}
 	res, err := Run(ctx, cfg)
@@ -148,4 +156,14 @@ func writeHistory(path string, h []linearize.Op) error {
 		return fmt.Errorf("history file %s: %w", path, err)
 	}
 	return nil
+}
+
+// isTerminal reports whether w is a terminal (a character device).
+func isTerminal(w io.Writer) bool {
+	f, ok := w.(*os.File)
+	if !ok {
+		return false
+	}
+	st, err := f.Stat()
+	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }

@@ -66,3 +66,18 @@ func TestCommandFailsOnANonLinearizableRun(t *testing.T) {
 		t.Fatalf("exit %d\nstdout:\n%s\nstderr:\n%s", code, &stdout, &stderr)
 	}
 }
+
+// The progress line is redrawn in place (ESC[K) only on a terminal; to a
+// file or a pipe it is plain lines (issue 15).
+func TestCommandProgressHasNoEscapesWhenNotATerminal(t *testing.T) {
+	f := startFakeKV(t)
+	var stdout, stderr bytes.Buffer
+	code := Command(context.Background(), "kvload", []string{"-addr", f.addr(), "-rate", "1000", "-duration", "100ms",
+		"-attempt-timeout", "30ms", "-attempts", "3"}, &stdout, &stderr)
+	if code != ExitOK {
+		t.Fatalf("exit %d\nstderr:\n%s", code, &stderr)
+	}
+	if s := stderr.String(); strings.ContainsAny(s, "\x1b\r") || !strings.Contains(s, "served=") || !strings.HasSuffix(s, "\n") {
+		t.Fatalf("progress to a buffer: %q; want plain lines with the totals and no escape codes", s)
+	}
+}

@@ -79,9 +79,12 @@ lag, held outputs and output-hold latency.
 
 A primary that stops by SIGINT/SIGTERM or because the guest exited records
 a clean stop in the arbiter's state file, so that it may start again as
-primary by itself (it takes the next epoch). A primary refuses to start
-while the arbiter's record names another host, or names this one without
-a clean stop (a crash): see ftvm arbiter --help.
+primary by itself (it takes the next epoch). Each disk has a side file,
+DISK.ftvm-state, saying which epoch it is current to: the host that was the
+last primary, whose disk says so, takes the next epoch by itself even after
+a crash. A primary refuses to start (exit 3) while the arbiter's record
+names another host, which has the newer disk and is named: see ftvm
+arbiter --help and ftvm recover --help.
 
 Exit codes: 0 stopped by SIGINT/SIGTERM or the guest exited, 1 failure,
 2 usage error, 3 halted or refused: another host is primary or has the
@@ -181,6 +184,15 @@ type daemon struct {
 
 	mu       sync.Mutex
 	wentLive time.Time
+
+	// diskMu orders the writes of the disk's side file (diskstate.go);
+	// joinRestores is the restore count when a checkpoint began to
+	// overwrite the disk: the disk is a replica again only after a
+	// restore beyond it.
+	diskMu       sync.Mutex
+	diskLast     diskState
+	joinRestores uint64
+	joining      bool
 }
 
 func newDaemon(c *daemonConfig, log *slog.Logger, term io.Writer) (_ *daemon, err error) {
@@ -193,6 +205,10 @@ func newDaemon(c *daemonConfig, log *slog.Logger, term io.Writer) (_ *daemon, er
 	if d.guest, err = os.ReadFile(c.guest); err != nil {
 		return nil, fmt.Errorf("guest program: %w (build the guests with make guests, or give --guest)", err)
 	}
+	// Checked now, not when the VM boots: before "started" is logged.
+	if err := vmm.CheckELF(d.guest); err != nil {
+		return nil, fmt.Errorf("--guest %s: %w (build the guests with make guests, or give --guest)", c.guest, err)
+	}
 	if err := os.MkdirAll(c.arbiterDir, 0o700); err != nil {
 		return nil, fmt.Errorf("arbiter directory: %w", err)
 	}
@@ -203,7 +219,7 @@ func newDaemon(c *daemonConfig, log *slog.Logger, term io.Writer) (_ *daemon, er
 	// While this daemon runs, ftvm arbiter reset refuses.
 	running, err := d.arb.Running(c.vmID)
 	if err != nil {
-		return nil, fmt.Errorf("%w: this host must be able to write the arbiter's directory on storage every host shares: fix --arbiter-dir and start again", err)
+		return nil, fmt.Errorf("%w: this host must be able to write the arbiter's directory on storage every host shares (fix --arbiter-dir and start again), and each daemon of a VM needs its own --host-name (default --tls-name, else the host name)", err)
 	}
 	d.closers = append(d.closers, running)
 	var firstEpoch uint64
@@ -278,6 +294,7 @@ func newDaemon(c *daemonConfig, log *slog.Logger, term io.Writer) (_ *daemon, er
 		SeparateStorage:  !c.sharedStorage,
 		DiskFence:        fence,
 		OnGoLive:         d.goLive,
+		OnEpoch:          d.onEpoch,
 		Logger:           d.log,
 	})
 	if err != nil {
@@ -370,6 +387,13 @@ func (d *daemon) transportConfig() (tcpfallback.Config, error) {
 // shut: a secondary's inputs come from the log, and frames queued meanwhile
 // would be client requests the primary has already answered.
 func (d *daemon) newVM(hook vmm.ExitHook) (agent.VM, error) {
+	if d.cfg.role == wire.RoleSecondary {
+		// A secondary's new VM is for a checkpoint that overwrites the
+		// disk: from now until the restore is done the disk is not current.
+		if err := d.diskJoining(); err != nil {
+			return nil, err
+		}
+	}
 	var nic vmm.NICBackend
 	if d.nic != nil {
 		loan, err := d.nic.Lend()
@@ -409,6 +433,9 @@ func (d *daemon) boot(vm agent.VM) error {
 // the NIC's gate, announces the VM's MAC so that switches send its traffic
 // here, and starts accepting a new secondary.
 func (d *daemon) goLive(epoch, fence uint64) error {
+	if err := d.recordDisk(diskRolePrimary, epoch, 0, false); err != nil {
+		return err
+	}
 	d.mu.Lock()
 	d.wentLive = time.Now()
 	// Sends go to whoever joins us now; the old primary is dead or fenced.
@@ -460,6 +487,7 @@ func (d *daemon) run(ctx context.Context) int {
 		d.announce(runCtx, "start")
 	}
 	go d.progress(runCtx)
+	go d.trackDisk(runCtx)
 	d.log.Info("started", "role", d.cfg.role, "listen", d.listener.Addr(), "peer", d.cfg.peer, "mode", d.cfg.mode, "control", d.cfg.control,
 		"allow_peers", strings.Join(d.cfg.allowPeers, ","))
 	if len(d.cfg.allowPeers) == 0 {
@@ -486,15 +514,112 @@ func (d *daemon) run(ctx context.Context) int {
 	return exitOK
 }
 
+// onEpoch is agent.Config.OnEpoch: this host is primary in a new epoch;
+// its disk follows that epoch from now on.
+func (d *daemon) onEpoch(epoch, fence uint64) error {
+	return d.recordDisk(diskRolePrimary, epoch, d.ag.Status().Released, false)
+}
+
+// diskTracked says whether this host keeps a side file for its disk: it
+// has a disk of its own (with --shared-storage both hosts use one disk,
+// current whichever host ran last, and a secondary never writes it).
+func (d *daemon) diskTracked() bool { return d.cfg.disk != "" && !d.cfg.sharedStorage }
+
+// recordDisk writes the disk's side file, if this host has a disk.
+func (d *daemon) recordDisk(role string, epoch, seq uint64, clean bool) error {
+	if !d.diskTracked() {
+		return nil
+	}
+	d.diskMu.Lock()
+	defer d.diskMu.Unlock()
+	st := diskState{VMID: d.cfg.vmID, Host: d.cfg.hostName, Epoch: epoch, Role: role, Seq: seq, Clean: clean}
+	if err := writeDiskState(d.cfg.disk, st); err != nil {
+		return fmt.Errorf("--disk %s: %w", d.cfg.disk, err)
+	}
+	d.diskLast = st
+	return nil
+}
+
+// diskJoining marks the disk as being overwritten by a checkpoint.
+func (d *daemon) diskJoining() error {
+	if !d.diskTracked() {
+		return nil
+	}
+	d.diskMu.Lock()
+	d.joining, d.joinRestores = true, d.ag.Stats().Restores
+	d.diskMu.Unlock()
+	return d.recordDisk(diskRoleJoining, d.ag.Status().Epoch, 0, false)
+}
+
+// diskTrackInterval is how often the disk's side file is brought up to
+// date with the log position (epochs and joins are recorded at once).
+const diskTrackInterval = time.Second
+
+// trackDisk keeps the disk's side file's position current, and records a
+// secondary's disk as a replica once a restore has made it one.
+func (d *daemon) trackDisk(ctx context.Context) {
+	if !d.diskTracked() {
+		return
+	}
+	t := time.NewTicker(diskTrackInterval)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if err := d.updateDisk(false); err != nil {
+			d.log.Error("cannot record the disk's state", "err", err)
+		}
+	}
+}
+
+// updateDisk writes what the disk is current to now, if it changed.
+func (d *daemon) updateDisk(clean bool) error {
+	s := d.ag.Status()
+	restores := d.ag.Stats().Restores
+	d.diskMu.Lock()
+	last, joining, joinRestores := d.diskLast, d.joining, d.joinRestores
+	d.diskMu.Unlock()
+	role := ""
+	switch {
+	case s.Role == lockstep.RolePrimary && last.Role == diskRolePrimary && last.Epoch == s.Epoch:
+		role = diskRolePrimary // epochs are recorded by onEpoch and goLive
+	case (s.Role == lockstep.RoleSecondary || s.Role == lockstep.RoleCandidate) && s.Synced && (!joining || restores > joinRestores):
+		role = diskRoleSecondary
+	default:
+		return nil
+	}
+	if last.Role == role && last.Epoch == s.Epoch && last.Seq == s.Released && last.Clean == clean {
+		return nil
+	}
+	if role == diskRoleSecondary {
+		d.diskMu.Lock()
+		d.joining = false
+		d.diskMu.Unlock()
+	}
+	return d.recordDisk(role, s.Epoch, s.Released, clean)
+}
+
 // errNotPrimary is wrapped by newDaemon's error when the arbiter's record
 // says another host is, or may be, primary: exit code 3.
 var errNotPrimary = errors.New("another host is or may be primary")
 
-// firstEpoch decides, from the arbiter's record, which epoch this host
-// asks for when it starts as primary: 1 on a VM never run, the next one
-// when this host stopped cleanly as its last primary (or an operator reset
-// the record). Anything else is refused: the record's holder may be
-// running, or its disk is newer than this host's.
+// firstEpoch decides, from the arbiter's record and the side file of this
+// host's disk (diskstate.go), which epoch this host asks for when it
+// starts as primary:
+//
+//   - 1 on a VM never run;
+//   - the next one when this host was the last primary and its disk says
+//     so (it stopped cleanly, or it crashed: its disk is the newest, as no
+//     other host was granted an epoch since), or when an operator reset
+//     the record (ftvm arbiter reset, ftvm recover);
+//   - with no disk of its own (no --disk, or --shared-storage), the next
+//     one whenever this host holds the record.
+//
+// Anything else is refused: the record's holder may be running, or its
+// disk is newer than this host's; the error names that host.
 func (d *daemon) firstEpoch() (uint64, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), arbiterReadTimeout)
 	defer cancel()
@@ -502,25 +627,59 @@ func (d *daemon) firstEpoch() (uint64, error) {
 	if err != nil {
 		return 0, err
 	}
-	if st.MayTakeNext(d.cfg.hostName) {
-		if st.Epoch > 0 {
-			d.log.Info("the arbiter's record allows this host to go on as primary", "last_epoch", st.Epoch, "holder", st.Holder, "released", st.Released)
+	me, vm := d.cfg.hostName, d.cfg.vmID
+	var ds diskState
+	hasState, tracked := false, d.diskTracked()
+	if tracked {
+		if ds, hasState, err = readDiskState(d.cfg.disk); err != nil {
+			return 0, err
+		}
+		if hasState && ds.VMID != vm {
+			return 0, fmt.Errorf("--disk %s belongs to VM %q, not %q (its side file %s says so)", d.cfg.disk, ds.VMID, vm, diskStatePath(d.cfg.disk))
+		}
+	}
+	diskSays := "has no state file (a new disk, or one this ftvm version never ran)"
+	if hasState {
+		diskSays = "is " + ds.String()
+	}
+	recoverHint := fmt.Sprintf("if that host's disk is lost, run ftvm recover --arbiter-dir %s --vm-id %s --disk DISK on the host whose disk is the newest left", d.cfg.arbiterDir, vm)
+	// With no disk of its own there is nothing to be behind: being the
+	// record's holder is enough (no other host can be primary in its
+	// epoch). A disk with no side file that exists is one an older ftvm
+	// ran: trusted after this host's clean stop only.
+	current := !tracked || hasState && ds.Role == diskRolePrimary && ds.Host == me && ds.Epoch >= st.Epoch
+	if tracked && !hasState && st.Released {
+		if _, err := os.Stat(d.cfg.disk); err == nil {
+			current = true
+		}
+	}
+	switch {
+	case st.Epoch == 0:
+		return 1, nil
+	case st.Released && st.Holder == "":
+		if !current {
+			d.log.Warn("the arbiter's record was reset: starting as primary although this host's disk may be behind", "disk", d.cfg.disk, "disk_state", diskSays, "epoch", st.Epoch)
 		}
 		return st.Epoch + 1, nil
-	}
-	if st.Released {
-		return 0, fmt.Errorf("%w: host %q stopped cleanly as primary of VM %s at epoch %d, so its disk is the newest: start %q as primary (and this host as its secondary); only if this host's disk is known to be current, run ftvm arbiter reset --arbiter-dir %s --vm-id %s first",
-			errNotPrimary, st.Holder, d.cfg.vmID, st.Epoch, st.Holder, d.cfg.arbiterDir, d.cfg.vmID)
+	case st.Holder == me && current:
+		d.log.Info("this host was the last primary and its disk is current: taking the next epoch", "last_epoch", st.Epoch, "released", st.Released, "disk_state", diskSays)
+		return st.Epoch + 1, nil
+	case st.Holder == me && st.Released:
+		return 0, fmt.Errorf("%w: this host stopped cleanly as primary of VM %s at epoch %d, but its disk %s %s: give the disk it ran with, or %s",
+			errNotPrimary, vm, st.Epoch, d.cfg.disk, diskSays, recoverHint)
+	case st.Holder == me:
+		return 0, fmt.Errorf("%w: the arbiter granted epoch %d of VM %s to this host (%s), but its disk %s %s: the newest disk is on the host that was primary after this one joined it; start that host as primary, or %s",
+			errNotPrimary, st.Epoch, vm, me, d.cfg.disk, diskSays, recoverHint)
+	case st.Released:
+		return 0, fmt.Errorf("%w: host %q stopped cleanly as primary of VM %s at epoch %d, so it has the newer disk (this host's %s): start %q as primary (and this host as its secondary); %s",
+			errNotPrimary, st.Holder, vm, st.Epoch, diskSays, st.Holder, recoverHint)
 	}
 	who := fmt.Sprintf("host %q", st.Holder)
 	if st.Holder == "" {
 		who = "a host"
 	}
-	if st.Holder == d.cfg.hostName {
-		who = "this host (" + st.Holder + ")"
-	}
-	return 0, fmt.Errorf("%w: the arbiter granted epoch %d of VM %s to %s, which has not recorded a clean stop: it may still be primary. If it runs, start this host as a secondary; if no daemon of this VM runs on any host, see ftvm arbiter status and ftvm arbiter reset --arbiter-dir %s --vm-id %s",
-		errNotPrimary, st.Epoch, d.cfg.vmID, who, d.cfg.arbiterDir, d.cfg.vmID)
+	return 0, fmt.Errorf("%w: the arbiter granted epoch %d of VM %s to %s, which has the newer disk (this host's %s) and may still be primary. If it runs, start this host as a secondary; if it stopped, start it as primary; %s",
+		errNotPrimary, st.Epoch, vm, who, diskSays, recoverHint)
 }
 
 // arbiterReadTimeout bounds the daemon's reads and writes of the arbiter's
@@ -531,6 +690,10 @@ const arbiterReadTimeout = 5 * time.Second
 // stopped cleanly: it may take the next epoch by itself when it starts
 // again. Nothing is recorded if another host took a newer epoch meanwhile.
 func (d *daemon) recordCleanStop() {
+	// Run has returned: every write released is on the disk.
+	if err := d.updateDisk(true); err != nil {
+		d.log.Error("cannot record the disk's state", "err", err)
+	}
 	s := d.ag.Status()
 	if s.Role != lockstep.RolePrimary || s.Epoch == 0 {
 		return

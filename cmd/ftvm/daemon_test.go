@@ -306,3 +306,51 @@ func TestTxFenceHalted(t *testing.T) {
 		t.Fatal("the fence lifted when the node halted")
 	}
 }
+
+// A control request longer than the limit is answered "request too long",
+// not "unknown request" with its first bytes (issue 15).
+func TestControlSocketRequestTooLong(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "c.sock")
+	d := &daemon{cfg: &daemonConfig{control: path}}
+	ln, err := d.serveControlWith(map[string]func() any{controlRequestStatus: func() any { return statusReport{} }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	c, err := net.DialTimeout("unix", path, time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	c.Write([]byte(strings.Repeat("s", 4*controlRequestMax) + "\n"))
+	buf := make([]byte, 512)
+	c.SetReadDeadline(time.Now().Add(time.Second))
+	n, _ := c.Read(buf)
+	if got := string(buf[:n]); !strings.Contains(got, "request too long") || !strings.Contains(got, "256") {
+		t.Fatalf("a %d-byte request answered %q; want \"request too long\" with the limit", 4*controlRequestMax, got)
+	}
+}
+
+// A guest that is not an ELF file is refused before "started" is logged,
+// with its path, size and what it looks like (issue 15).
+func TestDaemonRefusesANonELFGuest(t *testing.T) {
+	dir := t.TempDir()
+	psk := filepath.Join(dir, "psk")
+	os.WriteFile(psk, bytes.Repeat([]byte("k"), 32), 0o600)
+	for name, content := range map[string][]byte{"empty": nil, "script": []byte("#!/bin/sh\necho hi\n")} {
+		guest := filepath.Join(dir, name)
+		os.WriteFile(guest, content, 0o644)
+		code, _, errs := runFtvm("primary", "--arbiter-dir", filepath.Join(dir, "arb"), "--psk-file", psk, "--guest", guest,
+			"--control", filepath.Join(dir, "c.sock"), "--listen", "127.0.0.1:0")
+		if code != exitFailure || strings.Contains(errs, "msg=started") || !strings.Contains(errs, guest) ||
+			!strings.Contains(errs, fmt.Sprintf("%d bytes", len(content))) || !strings.Contains(errs, "make guests") {
+			t.Errorf("guest %s: exit %d, stderr %q; want a refusal before start naming the file, its size and how to build one", name, code, errs)
+		}
+		if name == "empty" && !strings.Contains(errs, "empty") {
+			t.Errorf("empty guest: %q does not say it is empty", errs)
+		}
+		if name == "script" && !strings.Contains(errs, "#!/bin/sh") {
+			t.Errorf("script guest: %q does not show how it begins", errs)
+		}
+	}
+}

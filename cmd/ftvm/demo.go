@@ -136,7 +136,14 @@ func demoMissing(guest string) []string {
 }
 
 func demo(ctx context.Context, e *env, c demoConfig) error {
-	say := func(format string, a ...any) { fmt.Fprintf(e.stdout, "\r\x1b[K"+format+"\n", a...) }
+	// On a terminal the client's progress line is redrawn in place, and a
+	// message first clears it; elsewhere no escape codes are written.
+	tty := isTerminal(e.stdout)
+	clearLine := ""
+	if tty {
+		clearLine = "\r\x1b[K"
+	}
+	say := func(format string, a ...any) { fmt.Fprintf(e.stdout, clearLine+format+"\n", a...) }
 	logs := filepath.Join(c.dir, "logs")
 	work := filepath.Join(c.dir, "work")
 	for _, d := range []string{logs, work} {
@@ -157,7 +164,6 @@ func demo(ctx context.Context, e *env, c demoConfig) error {
 	defer cluster.Close()
 	say("host a %s, host b %s, client %s; the VM is %s (%s), kvstore on UDP port 7000",
 		e2e.HostAddr(e2e.HostA), e2e.HostAddr(e2e.HostB), e2e.HostAddr(e2e.Client), e2e.VMAddr, e2e.VMMAC)
-	tty := isTerminal(e.stdout)
 	last := time.Time{}
 	rep, err := e2e.Run(ctx, cluster, e2e.RunConfig{
 		Fault:  e2e.KillPrimary,
@@ -183,7 +189,7 @@ func demo(ctx context.Context, e *env, c demoConfig) error {
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(e.stdout, "\r\x1b[K\n%s", rep.Summary())
+	fmt.Fprintf(e.stdout, "%s\n%s", clearLine, rep.Summary())
 	var problems []string
 	if rep.Linearizable != nil {
 		problems = append(problems, "the client's history is not linearizable")

@@ -145,4 +145,89 @@ func TestArbiterCommandUsage(t *testing.T) {
 	if code, _, errs := runFtvm("arbiter", "status"); code != exitUsage || !strings.Contains(errs, "--arbiter-dir is required") {
 		t.Fatalf("ftvm arbiter status without a directory: exit %d, %q", code, errs)
 	}
+	if code, out, errs := runFtvm("recover", "--help"); code != exitOK || !strings.Contains(out+errs, "DISK.ftvm-state") {
+		t.Fatalf("ftvm recover --help: exit %d, %q %q", code, out, errs)
+	}
+	if code, _, errs := runFtvm("recover", "--arbiter-dir", t.TempDir()); code != exitUsage || !strings.Contains(errs, "--disk are required") {
+		t.Fatalf("ftvm recover without --disk: exit %d, %q", code, errs)
+	}
+}
+
+// The disk's side file is replaced whole: what was written is read back,
+// a temporary file a crash left behind is not read, and a scribbled file
+// is refused with what to do.
+func TestDiskStateRoundTrip(t *testing.T) {
+	disk := filepath.Join(t.TempDir(), "d.img")
+	if _, ok, err := readDiskState(disk); ok || err != nil {
+		t.Fatalf("no side file: ok %v err %v", ok, err)
+	}
+	want := diskState{VMID: "vm", Host: "a", Epoch: 7, Role: diskRolePrimary, Seq: 42, Clean: true}
+	if err := writeDiskState(disk, want); err != nil {
+		t.Fatal(err)
+	}
+	os.WriteFile(diskStatePath(disk)+".tmp", []byte("{torn"), 0o600)
+	got, ok, err := readDiskState(disk)
+	if !ok || err != nil || got.VMID != "vm" || got.Host != "a" || got.Epoch != 7 || got.Role != diskRolePrimary || got.Seq != 42 || !got.Clean || got.Version != diskStateVersion {
+		t.Fatalf("read back %+v %v %v, want %+v", got, ok, err, want)
+	}
+	os.WriteFile(diskStatePath(disk), []byte("garbage"), 0o600)
+	if _, _, err := readDiskState(disk); err == nil || !strings.Contains(err.Error(), "ftvm recover") {
+		t.Fatalf("a scribbled side file: %v; want a refusal that says what to do", err)
+	}
+}
+
+// After a crash (no clean stop) the host whose disk is current, by its
+// side file, takes the next epoch by itself; a host whose disk is behind
+// is refused and told which host has the newer disk; ftvm recover makes
+// another disk the one to restart from when the newer one is lost
+// (issue 18).
+func TestColdRestartFromTheCurrentDisk(t *testing.T) {
+	testutil.Require(t, testutil.KVM)
+	guest := filepath.Join("..", "..", "vmm", "guests", "build", "kvstore")
+	if _, err := os.Stat(guest); err != nil {
+		testutil.SkipMissing(t, fmt.Errorf("guest not built (%v): run make guests", err), testutil.KVM)
+	}
+	dir := t.TempDir()
+	psk := filepath.Join(dir, "psk")
+	os.WriteFile(psk, bytes.Repeat([]byte("k"), 32), 0o600)
+	arb := filepath.Join(dir, "arb")
+	control := filepath.Join(dir, "c.sock")
+	disk := func(host string) string { return filepath.Join(dir, host+".img") }
+	primary := func(host string) *daemonProc {
+		return startFtvm(t, "primary", "--arbiter-dir", arb, "--psk-file", psk, "--guest", guest, "--host-name", host,
+			"--disk", disk(host), "--disk-size", "64KiB", "--control", control, "--listen", "127.0.0.1:0", "--console", filepath.Join(dir, "console"))
+	}
+	crash := func(p *daemonProc) {
+		p.cmd.Process.Kill()
+		p.wait(t, 30*time.Second)
+	}
+	refused := func(host, naming string) {
+		t.Helper()
+		p := primary(host)
+		if code := p.wait(t, 30*time.Second); code != exitHalted || !strings.Contains(p.stderr.String(), naming) {
+			t.Fatalf("%s as primary: exit %d; stderr:\n%s\nwant exit %d naming %s", host, code, p.stderr.String(), exitHalted, naming)
+		}
+	}
+	a := primary("a")
+	waitStatus(t, a, control, func(r *statusReport) bool { return r.Role == "primary" && r.Epoch == 1 })
+	crash(a)
+	refused("b", `host \"a\"`)
+	a = primary("a")
+	waitStatus(t, a, control, func(r *statusReport) bool { return r.Role == "primary" && r.Epoch == 2 })
+	crash(a)
+	if st, ok, err := readDiskState(disk("a")); !ok || err != nil || st.Role != diskRolePrimary || st.Epoch != 2 || st.Host != "a" {
+		t.Fatalf("a's disk state %+v %v %v: want primary at epoch 2", st, ok, err)
+	}
+	// a's disk is lost: b's is the newest left (here a blank one).
+	os.WriteFile(disk("b"), make([]byte, 64<<10), 0o600)
+	if code, _, errs := runFtvm("recover", "--arbiter-dir", arb, "--disk", disk("b"), "--host-name", "b"); code != exitFailure || !strings.Contains(errs, "no state file") {
+		t.Fatalf("recover from a disk with no state: exit %d, %q; want a refusal without --force", code, errs)
+	}
+	if code, out, errs := runFtvm("recover", "--arbiter-dir", arb, "--disk", disk("b"), "--host-name", "b", "--force"); code != exitOK || !strings.Contains(out, "takes epoch 3") {
+		t.Fatalf("recover: exit %d, %q %q", code, out, errs)
+	}
+	b := primary("b")
+	waitStatus(t, b, control, func(r *statusReport) bool { return r.Role == "primary" && r.Epoch == 3 })
+	crash(b)
+	refused("a", `host \"b\"`)
 }

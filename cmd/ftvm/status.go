@@ -181,6 +181,10 @@ func serveControlConn(c net.Conn, answers map[string]func() any) {
 		return
 	}
 	enc := json.NewEncoder(c)
+	if err != nil && len(line) >= controlRequestMax {
+		enc.Encode(map[string]string{"error": fmt.Sprintf("request too long: a request is one line of at most %d bytes; the control socket answers %q and %q", controlRequestMax, controlRequestStatus, controlRequestHistogram)})
+		return
+	}
 	req := strings.TrimSpace(line)
 	if answer, ok := answers[req]; ok {
 		enc.Encode(answer())

@@ -50,7 +50,9 @@ import (
 //
 // Every running daemon of a VM also holds a shared lock on <dir>/<vmID>.running
 // for its life (Running): Reset takes an exclusive lock on it, so it
-// refuses while any daemon of the VM runs on any host sharing dir.
+// refuses while any daemon of the VM runs on any host sharing dir. And it
+// holds an exclusive lock on <dir>/<vmID>@<host>.running, one daemon per
+// host name.
 type File struct {
 	dir string
 	// Holder names this host in the grants it gets (64 bytes at most):
@@ -176,6 +178,20 @@ func (f *File) Release(ctx context.Context, vmID string, epoch, fence uint64) (b
 // the directory (one that holds Running's lock). It returns the state as
 // it was.
 func (f *File) Reset(ctx context.Context, vmID string) (State, error) {
+	return f.releaseTo(ctx, vmID, "")
+}
+
+// Adopt is Reset that names host as the holder of the released epoch, so
+// that host, and only it, may take the next epoch by itself: for an
+// operator who knows host's disk is the newest one left (ftvm recover).
+func (f *File) Adopt(ctx context.Context, vmID, host string) (State, error) {
+	if len(host) > fileHolderMaxBytes {
+		return State{}, fmt.Errorf("arbiter: holder name %q is longer than %d bytes", host, fileHolderMaxBytes)
+	}
+	return f.releaseTo(ctx, vmID, host)
+}
+
+func (f *File) releaseTo(ctx context.Context, vmID, holder string) (State, error) {
 	run, err := os.OpenFile(f.runningPath(vmID), os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return State{}, fmt.Errorf("arbiter: %w", err)
@@ -191,33 +207,71 @@ func (f *File) Reset(ctx context.Context, vmID string) (State, error) {
 	var old State
 	_, err = f.update(ctx, vmID, func(st *State) bool {
 		old = *st
-		if st.Epoch == 0 || st.Released && st.Holder == "" {
+		if st.Epoch == 0 || st.Released && st.Holder == holder {
 			return false
 		}
-		st.Released, st.Holder = true, ""
+		st.Released, st.Holder = true, holder
 		return true
 	})
 	return old, err
 }
 
 // Running marks this process as a running daemon of vmID until the
-// returned file is closed (a shared lock on <dir>/<vmID>.running, which the
-// kernel drops if the process dies): Reset refuses meanwhile.
+// returned closer is closed (a shared lock on <dir>/<vmID>.running, which
+// the kernel drops if the process dies): Reset refuses meanwhile. With a
+// Holder set it also takes an exclusive lock on <dir>/<vmID>@<Holder>.running,
+// so that no two daemons of the VM run under one host name: while it
+// holds an epoch that no other host may take, a host that finds the record
+// naming it knows no daemon of its own still acts on it.
 func (f *File) Running(vmID string) (io.Closer, error) {
 	if len(vmID) > fileVMIDMaxBytes || !vmIDPattern.MatchString(vmID) {
 		return nil, fmt.Errorf("arbiter: VM id %q is not usable as a file name", vmID)
 	}
-	run, err := os.OpenFile(f.runningPath(vmID), os.O_RDWR|os.O_CREATE, 0o600)
+	run, err := lockRunning(f.runningPath(vmID), unix.F_RDLCK)
+	if err != nil {
+		return nil, err
+	}
+	if f.Holder == "" {
+		return run, nil
+	}
+	if len(f.Holder) > fileHolderMaxBytes || !vmIDPattern.MatchString(f.Holder) {
+		run.Close()
+		return nil, fmt.Errorf("arbiter: host name %q is not usable as a file name: use 1 to %d letters, digits, '.', '_' or '-', not starting with '.' or '-'", f.Holder, fileHolderMaxBytes)
+	}
+	host, err := lockRunning(filepath.Join(f.dir, vmID+"@"+f.Holder+".running"), unix.F_WRLCK)
+	if err != nil {
+		run.Close()
+		return nil, fmt.Errorf("%w: another daemon of VM %s runs as host %q: stop it, or give this one its own host name", err, vmID, f.Holder)
+	}
+	return closers{host, run}, nil
+}
+
+type closers []io.Closer
+
+func (cs closers) Close() error {
+	var first error
+	for _, c := range cs {
+		if err := c.Close(); err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// lockRunning opens path and takes an OFD lock of type typ on it, without
+// waiting.
+func lockRunning(path string, typ int16) (*os.File, error) {
+	run, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE, 0o600)
 	if err != nil {
 		return nil, fmt.Errorf("arbiter: %w", err)
 	}
-	lk := unix.Flock_t{Type: unix.F_RDLCK, Whence: io.SeekStart}
+	lk := unix.Flock_t{Type: typ, Whence: io.SeekStart}
 	if err := unix.FcntlFlock(run.Fd(), unix.F_OFD_SETLK, &lk); err != nil {
 		run.Close()
 		if errors.Is(err, unix.EAGAIN) || errors.Is(err, unix.EACCES) {
-			return nil, fmt.Errorf("arbiter: %s is locked by ftvm arbiter reset: start again when it is done", run.Name())
+			return nil, fmt.Errorf("arbiter: %s is locked (by ftvm arbiter reset, or by another daemon)", path)
 		}
-		return nil, fmt.Errorf("arbiter: lock %s: %w (the file system must support fcntl locks)", run.Name(), err)
+		return nil, fmt.Errorf("arbiter: lock %s: %w (the file system must support fcntl locks)", path, err)
 	}
 	return run, nil
 }

@@ -263,3 +263,36 @@ func TestFileReadsVersion1State(t *testing.T) {
 		t.Fatalf("grant over a version 1 file: %v %d %v", ok, fence, err)
 	}
 }
+
+// Two daemons of one VM cannot run under one host name; under two they can.
+func TestFileRunningOncePerHost(t *testing.T) {
+	a := newTestFile(t)
+	a.Holder = "a"
+	first, err := a.Running("vm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	again, _ := NewFile(a.dir)
+	again.Holder = "a"
+	if _, err := again.Running("vm"); err == nil || !strings.Contains(err.Error(), `runs as host "a"`) {
+		t.Fatalf("a second daemon as host a: %v; want a refusal naming the host", err)
+	}
+	b, _ := NewFile(a.dir)
+	b.Holder = "b"
+	second, err := b.Running("vm")
+	if err != nil {
+		t.Fatalf("host b beside host a: %v", err)
+	}
+	second.Close()
+	first.Close()
+	if r, err := again.Running("vm"); err != nil {
+		t.Fatalf("host a once the first stopped: %v", err)
+	} else {
+		r.Close()
+	}
+	bad, _ := NewFile(a.dir)
+	bad.Holder = "../x"
+	if _, err := bad.Running("vm"); err == nil || !strings.Contains(err.Error(), "not usable as a file name") {
+		t.Fatalf("host name ../x: %v", err)
+	}
+}
