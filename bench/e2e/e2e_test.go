@@ -217,6 +217,27 @@ func TestE2EFreezePrimary(t *testing.T) {
 	}
 }
 
+// TestE2EIsolatePrimary cuts the primary's host off the network (the
+// arbiter's directory stays shared) again and again: an isolated primary
+// must never win the arbiter (the reachability rule, --reach-check: both
+// daemons ping the client's address), so the secondary takes over within
+// the peer timeout plus a second, every time, and the old primary halts
+// once it is back. FTVM_E2E_ISOLATIONS sets the rounds (default 5).
+func TestE2EIsolatePrimary(t *testing.T) {
+	c := newTestCluster(t, "isolate", ClusterConfig{Flags: []string{"--reach-check", HostAddr(Client).String(), "--reach-link", LinkName}})
+	rounds := envRounds(t, "FTVM_E2E_ISOLATIONS", 5)
+	rep := runScenario(t, c, RunConfig{Fault: IsolatePrimary, Rounds: rounds, Settle: 300 * time.Millisecond, Load: testLoad(t)})
+	for i, r := range rep.Rounds {
+		t.Logf("round %d: host %s isolated, host %s took over after %v, longest silence %v", i+1, r.Victim, r.Survivor, r.TakeOver, r.MaxGap)
+		if r.TakeOver <= 0 || r.TakeOver >= isolateTakeOverMax {
+			t.Errorf("round %d: the secondary took over %v after the primary was isolated; want under %v (the peer timeout plus a second)", i+1, r.TakeOver, isolateTakeOverMax)
+		}
+	}
+}
+
+// isolateTakeOverMax is the peer timeout (at most 120 ms) plus a second.
+const isolateTakeOverMax = 120*time.Millisecond + time.Second
+
 // freezeSilenceMax bounds the client's silence after a take-over.
 const freezeSilenceMax = time.Second
 

@@ -38,10 +38,16 @@ const (
 	// outputs released as far as it knows. One of the two halts (exit 3)
 	// and is restarted as a secondary.
 	FreezePrimary
+	// IsolatePrimary cuts the primary's host off the network (its port on
+	// the switch drops everything; the arbiter's directory stays shared):
+	// the secondary must take over, and the isolated host must not win
+	// the arbiter, however fast it asks. The isolation then ends, the old
+	// primary halts (exit 3) and is restarted as a secondary.
+	IsolatePrimary
 )
 
 func (f Fault) String() string {
-	return [...]string{"kill the primary", "kill the secondary", "cut the link between the hosts", "freeze the primary"}[f]
+	return [...]string{"kill the primary", "kill the secondary", "cut the link between the hosts", "freeze the primary", "isolate the primary's host"}[f]
 }
 
 // RunConfig describes one end-to-end run.
@@ -205,6 +211,12 @@ func Run(ctx context.Context, c *Cluster, cfg RunConfig) (*Report, error) {
 			if err := c.Topo.CutLink(ctx); err != nil {
 				return nil, err
 			}
+		case IsolatePrimary:
+			r.Victim, r.Survivor = primary, secondary
+			r.At = time.Now()
+			if err := c.Topo.IsolateHost(ctx, primary); err != nil {
+				return nil, err
+			}
 		case FreezePrimary:
 			lo, hi := cfg.Freeze[0], cfg.Freeze[1]
 			r.Frozen = lo
@@ -299,6 +311,19 @@ func (c *Cluster) recover(ctx context.Context, r *Round, primary, secondary Host
 			return err
 		}
 		r.TakeOver = liveSince(s).Sub(r.At)
+	case IsolatePrimary:
+		s, err := c.Await(ctx, r.Survivor, "live", Live)
+		if err != nil {
+			return fmt.Errorf("the secondary did not take over from the isolated primary: %w", err)
+		}
+		r.TakeOver = liveSince(s).Sub(r.At)
+		if err := c.Topo.RejoinHost(ctx); err != nil {
+			return err
+		}
+		if err := c.awaitHalt(ctx, r.Victim); err != nil {
+			return err
+		}
+		say("  host %s took over from the isolated host %s, which halted once back", r.Survivor, r.Victim)
 	case KillSecondary:
 		// The primary notices the broken connection and goes on alone.
 		if _, err := c.Await(ctx, r.Survivor, "unprotected", func(s *Status) bool { return Primary(s) && !s.Protected }); err != nil {
@@ -333,6 +358,20 @@ func (c *Cluster) recover(ctx context.Context, r *Round, primary, secondary Host
 		return err
 	}
 	r.Reprotected = time.Since(r.At)
+	return nil
+}
+
+// awaitHalt waits for host h's daemon to exit halted (exit 3).
+func (c *Cluster) awaitHalt(ctx context.Context, h Host) error {
+	d := c.Daemon(h)
+	select {
+	case <-d.Proc.Done():
+	case <-ctx.Done():
+		return fmt.Errorf("%s did not halt: %w\n%s", d, ctx.Err(), d.Proc.Tail(20))
+	}
+	if st, _ := d.Proc.Wait(); st == nil || st.ExitCode() != 3 {
+		return fmt.Errorf("%s exited with %v, want 3 (halted: another host is primary)\n%s", d, st, d.Proc.Tail(20))
+	}
 	return nil
 }
 
