@@ -235,6 +235,24 @@ func TestE2EIsolatePrimary(t *testing.T) {
 	}
 }
 
+// TestE2EIsolatePrimaryKeepPeer cuts the primary's host off the clients'
+// network but not off its secondary (as with a separate replication
+// link): nothing times out, so the primary itself must yield
+// (--reach-yield-after, 500 ms here), and the secondary takes over within
+// the peer timeout plus a second. FTVM_E2E_ISOLATIONS sets the rounds
+// (default 3).
+func TestE2EIsolatePrimaryKeepPeer(t *testing.T) {
+	c := newTestCluster(t, "isolate2", ClusterConfig{Flags: []string{"--reach-check", HostAddr(Client).String(), "--reach-link", LinkName, "--reach-yield-after", "500ms"}})
+	rounds := envRounds(t, "FTVM_E2E_ISOLATIONS", 3)
+	rep := runScenario(t, c, RunConfig{Fault: IsolatePrimary, KeepPeerLink: true, Rounds: rounds, Settle: 300 * time.Millisecond, Load: testLoad(t)})
+	for i, r := range rep.Rounds {
+		t.Logf("round %d: host %s cut off the clients, host %s took over after %v, longest silence %v", i+1, r.Victim, r.Survivor, r.TakeOver, r.MaxGap)
+		if r.TakeOver <= 0 || r.TakeOver >= isolateTakeOverMax {
+			t.Errorf("round %d: the secondary took over %v after the primary lost the clients' network; want under %v", i+1, r.TakeOver, isolateTakeOverMax)
+		}
+	}
+}
+
 // isolateTakeOverMax is the peer timeout (at most 120 ms) plus a second.
 const isolateTakeOverMax = 120*time.Millisecond + time.Second
 

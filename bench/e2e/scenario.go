@@ -74,6 +74,10 @@ type RunConfig struct {
 	// to the client, and the switch moves the VM's address back to that
 	// host's port, just after the secondary took over and announced it.
 	StaleFrame bool
+	// KeepPeerLink makes IsolatePrimary spare the link between the two
+	// hosts: the primary loses the VM's network but not its secondary,
+	// and must yield.
+	KeepPeerLink bool
 }
 
 // Round is what one fault did.
@@ -214,7 +218,11 @@ func Run(ctx context.Context, c *Cluster, cfg RunConfig) (*Report, error) {
 		case IsolatePrimary:
 			r.Victim, r.Survivor = primary, secondary
 			r.At = time.Now()
-			if err := c.Topo.IsolateHost(ctx, primary); err != nil {
+			var keep []Host
+			if cfg.KeepPeerLink {
+				keep = append(keep, secondary)
+			}
+			if err := c.Topo.IsolateHost(ctx, primary, keep...); err != nil {
 				return nil, err
 			}
 		case FreezePrimary:

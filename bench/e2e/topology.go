@@ -404,17 +404,24 @@ const isolateTable = "ftvm_isolate"
 // it, while its own stack, and whatever it shares with the other hosts
 // outside the network (the arbiter's directory here), is untouched. Only
 // one host is isolated at a time: calling it again moves the isolation.
-func (t *Topology) IsolateHost(ctx context.Context, h Host) error {
+// Frames between h and the hosts in keep still pass: with keep the other
+// VM host, h loses the network the VM serves but not its peer, as a host
+// with a separate replication link would.
+func (t *Topology) IsolateHost(ctx context.Context, h Host, keep ...Host) error {
+	var accept strings.Builder
+	for _, k := range keep {
+		fmt.Fprintf(&accept, "\t\tiifname \"%[1]s\" oifname \"%[2]s\" accept\n\t\tiifname \"%[2]s\" oifname \"%[1]s\" accept\n", h, k)
+	}
 	script := fmt.Sprintf(`add table bridge %[1]s
 delete table bridge %[1]s
 table bridge %[1]s {
 	chain forward {
 		type filter hook forward priority filter; policy accept;
-		iifname "%[2]s" counter drop
+%[3]s		iifname "%[2]s" counter drop
 		oifname "%[2]s" counter drop
 	}
 }
-`, isolateTable, h)
+`, isolateTable, h, accept.String())
 	if err := t.nft(ctx, script); err != nil {
 		return fmt.Errorf("isolating host %s: %w", h, err)
 	}
