@@ -279,3 +279,57 @@ func TestNonZeroChunksOfASparseFile(t *testing.T) {
 		t.Fatalf("non-zero chunks %v, want %s", got, want)
 	}
 }
+
+// TestBlockFullRestoreWritesTheDifference restores a full snapshot on a
+// disk that holds almost the same thing, as a joining secondary's disk
+// does: the result equals the source, and only the chunks that differ are
+// written (one changed, one missing; one the source lacks is zeroed). The
+// old way, zeroing the disk and rewriting it all, writes every chunk.
+func TestBlockFullRestoreWritesTheDifference(t *testing.T) {
+	const size = 16*DiskChunkBytes + 512 // a partial last chunk
+	fill := func(p []byte) {
+		for c := range 10 {
+			copy(p[c*DiskChunkBytes:], bytes.Repeat([]byte{byte(0x10 + c)}, 300))
+		}
+		copy(p[16*DiskChunkBytes:], []byte("tail"))
+	}
+	src := diskFile(t, "src", size, fill)
+	srcBlk, err := newBlock(src, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var full Snapshot
+	full.Kind = Full
+	if err := srcBlk.saveDisk(Full, &full); err != nil {
+		t.Fatal(err)
+	}
+	if full.Chunks() != 11 {
+		t.Fatalf("full snapshot holds %d chunks, want 11", full.Chunks())
+	}
+	for _, rewriteAll := range []bool{false, true} {
+		dst := diskFile(t, fmt.Sprint("dst-", rewriteAll), size, func(p []byte) {
+			fill(p)
+			p[3*DiskChunkBytes+7] ^= 0xff                                  // chunk 3 differs
+			clear(p[7*DiskChunkBytes : 8*DiskChunkBytes])                  // chunk 7 missing
+			copy(p[12*DiskChunkBytes+100:], []byte("not in the snapshot")) // chunk 12 extra
+		})
+		blk, err := newBlock(dst, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		restoreRewritesAll = rewriteAll
+		err = blk.restoreDisk(&full)
+		restoreRewritesAll = false
+		if err != nil {
+			t.Fatal(err)
+		}
+		sameDisk(t, fmt.Sprintf("full restore (rewrite all %v)", rewriteAll), dst, src)
+		want := uint64(2)
+		if rewriteAll {
+			want = 11
+		}
+		if blk.restoredChunks != want {
+			t.Errorf("rewrite all %v: the restore wrote %d chunks, want %d", rewriteAll, blk.restoredChunks, want)
+		}
+	}
+}
