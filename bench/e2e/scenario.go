@@ -105,6 +105,13 @@ type Round struct {
 	// take-over that did not stick (the switch still sends the VM's
 	// traffic to the old host) shows here, not in Failover.
 	MaxGap time.Duration
+	// JoinFrom and JoinTo bound the re-protection: from the new
+	// secondary's start to the survivor reporting itself protected.
+	// JoinGap is the client's longest silence that began within them:
+	// the pause of the last, paused checkpoint increment shows here.
+	JoinFrom, JoinTo time.Time
+	JoinGap          time.Duration
+	JoinGapAt        time.Time // when JoinGap began
 }
 
 // Report is the outcome of a run.
@@ -359,13 +366,15 @@ func (c *Cluster) recover(ctx context.Context, r *Round, primary, secondary Host
 			}
 		}
 	}
+	r.JoinFrom = time.Now()
 	if _, err := c.StartSecondary(r.Victim, r.Survivor); err != nil {
 		return err
 	}
 	if _, err := c.Await(ctx, r.Survivor, "protected", Protected); err != nil {
 		return err
 	}
-	r.Reprotected = time.Since(r.At)
+	r.JoinTo = time.Now()
+	r.Reprotected = r.JoinTo.Sub(r.At)
 	return nil
 }
 
@@ -466,6 +475,14 @@ func (r *Round) measureFromHistory(res *kvclient.Result, until time.Time) {
 		last = completes[j]
 	}
 	r.MaxGap = max(r.MaxGap, time.Duration(end-last))
+	if !r.JoinFrom.IsZero() {
+		from, to := r.JoinFrom.Sub(res.Origin).Nanoseconds(), r.JoinTo.Sub(res.Origin).Nanoseconds()
+		for j := 1; j < len(completes); j++ {
+			if g := time.Duration(completes[j] - completes[j-1]); completes[j-1] >= from && completes[j-1] <= to && g > r.JoinGap {
+				r.JoinGap, r.JoinGapAt = g, res.Origin.Add(time.Duration(completes[j-1]))
+			}
+		}
+	}
 }
 
 func newNsHistogram() *hdrhistogram.Histogram {
@@ -485,11 +502,12 @@ func (r *Report) Summary() string {
 		lin = "NO: " + r.Linearizable.Error()
 	}
 	fmt.Fprintf(&b, "%-34s %s\n", "history linearizable", lin)
-	var fo, to, rp, gap []time.Duration
+	var fo, to, rp, gap, join []time.Duration
 	inflight, never := 0, 0
 	for _, x := range r.Rounds {
 		fo = append(fo, x.Failover)
 		gap = append(gap, x.MaxGap)
+		join = append(join, x.JoinGap)
 		if x.TakeOver > 0 {
 			to = append(to, x.TakeOver)
 		}
@@ -503,6 +521,7 @@ func (r *Report) Summary() string {
 	}
 	fmt.Fprintf(&b, "%-34s %s\n", "protected again after", spread(rp))
 	fmt.Fprintf(&b, "%-34s %s\n", "longest silence in each round", spread(gap))
+	fmt.Fprintf(&b, "%-34s %s\n", "longest silence during each join", spread(join))
 	fmt.Fprintf(&b, "%-34s %d (resent by the client), %d never answered\n", "in flight at the faults", inflight, never)
 	fmt.Fprintf(&b, "%-34s %v (the client's longest silence)\n", "largest gap between replies", st.MaxReplyGap.Round(10*time.Microsecond))
 	for _, x := range []struct {
