@@ -1001,6 +1001,7 @@ func (a *Agent) checkpointTaken(id uint64, b []byte, liveErr error) error {
 var errAborted = errors.New("agent: exit abandoned: the VM is being replaced or stopped")
 
 func (a *Agent) restore(c lockstep.Checkpoint) error {
+	began := time.Now()
 	// A pre-copy chain's parts, then the checkpoint that ends it.
 	var chain []*vmm.Snapshot
 	for i, b := range append(append([][]byte(nil), c.Parts...), c.Data) {
@@ -1019,19 +1020,26 @@ func (a *Agent) restore(c lockstep.Checkpoint) error {
 		a.vm, a.booted, a.running = nil, false, false
 		a.abandonExits(false)
 	}
+	decoded := time.Now()
 	vm, err := a.cfg.NewVM(a)
 	if err != nil {
 		return fmt.Errorf("creating a VM to restore into: %w", err)
 	}
+	created := time.Now()
+	var partTimes []time.Duration
 	for i, s := range chain {
+		t0 := time.Now()
 		if err := vm.Restore(s); err != nil {
 			vm.Close()
 			return fmt.Errorf("restoring checkpoint %d, part %d of %d: %w", c.ID, i+1, len(chain), err)
 		}
+		partTimes = append(partTimes, time.Since(t0).Round(10*time.Microsecond))
 	}
 	a.vm, a.booted = vm, true
 	a.stats.restores.Add(1)
-	a.log.Info("checkpoint restored", "id", c.ID, "seq", c.Seq, "pre-copy parts", len(c.Parts), "bytes", len(c.Data))
+	a.log.Info("checkpoint restored", "id", c.ID, "seq", c.Seq, "pre-copy parts", len(c.Parts), "bytes", len(c.Data),
+		"took", time.Since(began).Round(10*time.Microsecond), "decode_and_close", decoded.Sub(began).Round(10*time.Microsecond),
+		"new_vm", created.Sub(decoded).Round(10*time.Microsecond), "parts", fmt.Sprint(partTimes))
 	a.mu.Lock()
 	for _, s := range chain {
 		a.clock.restored(s)

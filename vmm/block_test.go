@@ -286,33 +286,95 @@ func TestNonZeroChunksOfASparseFile(t *testing.T) {
 // zero it is allocated again, so that the guest's later writes cannot
 // fail for space the restore gave back.
 func TestZeroDiskKeepsTheDiskAllocated(t *testing.T) {
-	f, err := os.Create(filepath.Join(t.TempDir(), "disk"))
+	const size = 1 << 20
+	// zeroDisk zeroes all of it (a restore that rewrites all); zeroRange
+	// the chunks a snapshot lacks (a restore that writes the difference).
+	zeroers := map[string]func(*os.File) error{
+		"zeroDisk":  func(f *os.File) error { return zeroDisk(f, size) },
+		"zeroRange": func(f *os.File) error { return zeroRange(f, 0, size) },
+	}
+	for name, zero := range zeroers {
+		f, err := os.Create(filepath.Join(t.TempDir(), "disk"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer f.Close()
+		if err := f.Truncate(size); err != nil {
+			t.Fatal(err)
+		}
+		if err := PreallocateDisk(f); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := f.WriteAt([]byte("data"), 4096); err != nil {
+			t.Fatal(err)
+		}
+		if err := zero(f); err != nil {
+			t.Fatal(err)
+		}
+		var st unix.Stat_t
+		if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+			t.Fatal(err)
+		}
+		if st.Blocks*512 < size {
+			t.Fatalf("%s: after zeroing, %d of the disk's %d bytes are allocated", name, st.Blocks*512, size)
+		}
+		b := make([]byte, 4)
+		if _, err := f.ReadAt(b, 4096); err != nil || string(b) != "\x00\x00\x00\x00" {
+			t.Fatalf("%s: zeroed disk reads %q (%v)", name, b, err)
+		}
+	}
+}
+
+// TestBlockFullRestoreWritesTheDifference restores a full snapshot on a
+// disk that holds almost the same thing, as a joining secondary's disk
+// does: the result equals the source, and only the chunks that differ are
+// written (one changed, one missing; one the source lacks is zeroed). The
+// old way, zeroing the disk and rewriting it all, writes every chunk.
+func TestBlockFullRestoreWritesTheDifference(t *testing.T) {
+	const size = 16*DiskChunkBytes + 512 // a partial last chunk
+	fill := func(p []byte) {
+		for c := range 10 {
+			copy(p[c*DiskChunkBytes:], bytes.Repeat([]byte{byte(0x10 + c)}, 300))
+		}
+		copy(p[16*DiskChunkBytes:], []byte("tail"))
+	}
+	src := diskFile(t, "src", size, fill)
+	srcBlk, err := newBlock(src, false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer f.Close()
-	const size = 1 << 20
-	if err := f.Truncate(size); err != nil {
+	var full Snapshot
+	full.Kind = Full
+	if err := srcBlk.saveDisk(Full, &full); err != nil {
 		t.Fatal(err)
 	}
-	if err := PreallocateDisk(f); err != nil {
-		t.Fatal(err)
+	if full.Chunks() != 11 {
+		t.Fatalf("full snapshot holds %d chunks, want 11", full.Chunks())
 	}
-	if _, err := f.WriteAt([]byte("data"), 4096); err != nil {
-		t.Fatal(err)
-	}
-	if err := zeroDisk(f, size); err != nil {
-		t.Fatal(err)
-	}
-	var st unix.Stat_t
-	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
-		t.Fatal(err)
-	}
-	if st.Blocks*512 < size {
-		t.Fatalf("after zeroing, %d of the disk's %d bytes are allocated", st.Blocks*512, size)
-	}
-	b := make([]byte, 4)
-	if _, err := f.ReadAt(b, 4096); err != nil || string(b) != "\x00\x00\x00\x00" {
-		t.Fatalf("zeroed disk reads %q (%v)", b, err)
+	for _, rewriteAll := range []bool{false, true} {
+		dst := diskFile(t, fmt.Sprint("dst-", rewriteAll), size, func(p []byte) {
+			fill(p)
+			p[3*DiskChunkBytes+7] ^= 0xff                                  // chunk 3 differs
+			clear(p[7*DiskChunkBytes : 8*DiskChunkBytes])                  // chunk 7 missing
+			copy(p[12*DiskChunkBytes+100:], []byte("not in the snapshot")) // chunk 12 extra
+		})
+		blk, err := newBlock(dst, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		restoreRewritesAll = rewriteAll
+		err = blk.restoreDisk(&full)
+		restoreRewritesAll = false
+		if err != nil {
+			t.Fatal(err)
+		}
+		sameDisk(t, fmt.Sprintf("full restore (rewrite all %v)", rewriteAll), dst, src)
+		want := uint64(2)
+		if rewriteAll {
+			want = 11
+		}
+		if blk.restoredChunks != want {
+			t.Errorf("rewrite all %v: the restore wrote %d chunks, want %d", rewriteAll, blk.restoredChunks, want)
+		}
 	}
 }

@@ -170,6 +170,8 @@ func TestE2EKillPrimary(t *testing.T) {
 		if r.TakeOver <= 0 {
 			t.Errorf("round %d: the survivor reported no take-over time (%v)", i+1, r.TakeOver)
 		}
+		t.Logf("round %d: longest silence during the join %v from %s (join %s to %s)", i+1, r.JoinGap, r.JoinGapAt.Format("15:04:05.000"),
+			r.JoinFrom.Format("15:04:05.000"), r.JoinTo.Format("15:04:05.000"))
 	}
 }
 
@@ -218,6 +220,45 @@ func TestE2EFreezePrimary(t *testing.T) {
 		t.Errorf("the secondary never took over in %d freezes: the freezes were too short to test a deposed primary", len(rep.Rounds))
 	}
 }
+
+// TestE2EIsolatePrimary cuts the primary's host off the network (the
+// arbiter's directory stays shared) again and again: an isolated primary
+// must never win the arbiter (the reachability rule, --reach-check: both
+// daemons ping the client's address), so the secondary takes over within
+// the peer timeout plus a second, every time, and the old primary halts
+// once it is back. FTVM_E2E_ISOLATIONS sets the rounds (default 5).
+func TestE2EIsolatePrimary(t *testing.T) {
+	c := newTestCluster(t, "isolate", ClusterConfig{Flags: []string{"--reach-check", HostAddr(Client).String(), "--reach-link", LinkName}})
+	rounds := envRounds(t, "FTVM_E2E_ISOLATIONS", 5)
+	rep := runScenario(t, c, RunConfig{Fault: IsolatePrimary, Rounds: rounds, Settle: 300 * time.Millisecond, Load: testLoad(t)})
+	for i, r := range rep.Rounds {
+		t.Logf("round %d: host %s isolated, host %s took over after %v, longest silence %v", i+1, r.Victim, r.Survivor, r.TakeOver, r.MaxGap)
+		if r.TakeOver <= 0 || r.TakeOver >= isolateTakeOverMax {
+			t.Errorf("round %d: the secondary took over %v after the primary was isolated; want under %v (the peer timeout plus a second)", i+1, r.TakeOver, isolateTakeOverMax)
+		}
+	}
+}
+
+// TestE2EIsolatePrimaryKeepPeer cuts the primary's host off the clients'
+// network but not off its secondary (as with a separate replication
+// link): nothing times out, so the primary itself must yield
+// (--reach-yield-after, 500 ms here), and the secondary takes over within
+// the peer timeout plus a second. FTVM_E2E_ISOLATIONS sets the rounds
+// (default 3).
+func TestE2EIsolatePrimaryKeepPeer(t *testing.T) {
+	c := newTestCluster(t, "isolate2", ClusterConfig{Flags: []string{"--reach-check", HostAddr(Client).String(), "--reach-link", LinkName, "--reach-yield-after", "500ms"}})
+	rounds := envRounds(t, "FTVM_E2E_ISOLATIONS", 3)
+	rep := runScenario(t, c, RunConfig{Fault: IsolatePrimary, KeepPeerLink: true, Rounds: rounds, Settle: 300 * time.Millisecond, Load: testLoad(t)})
+	for i, r := range rep.Rounds {
+		t.Logf("round %d: host %s cut off the clients, host %s took over after %v, longest silence %v", i+1, r.Victim, r.Survivor, r.TakeOver, r.MaxGap)
+		if r.TakeOver <= 0 || r.TakeOver >= isolateTakeOverMax {
+			t.Errorf("round %d: the secondary took over %v after the primary lost the clients' network; want under %v", i+1, r.TakeOver, isolateTakeOverMax)
+		}
+	}
+}
+
+// isolateTakeOverMax is the peer timeout (at most 120 ms) plus a second.
+const isolateTakeOverMax = 120*time.Millisecond + time.Second
 
 // freezeSilenceMax bounds the client's silence after a take-over.
 const freezeSilenceMax = time.Second

@@ -38,10 +38,16 @@ const (
 	// outputs released as far as it knows. One of the two halts (exit 3)
 	// and is restarted as a secondary.
 	FreezePrimary
+	// IsolatePrimary cuts the primary's host off the network (its port on
+	// the switch drops everything; the arbiter's directory stays shared):
+	// the secondary must take over, and the isolated host must not win
+	// the arbiter, however fast it asks. The isolation then ends, the old
+	// primary halts (exit 3) and is restarted as a secondary.
+	IsolatePrimary
 )
 
 func (f Fault) String() string {
-	return [...]string{"kill the primary", "kill the secondary", "cut the link between the hosts", "freeze the primary"}[f]
+	return [...]string{"kill the primary", "kill the secondary", "cut the link between the hosts", "freeze the primary", "isolate the primary's host"}[f]
 }
 
 // RunConfig describes one end-to-end run.
@@ -68,6 +74,10 @@ type RunConfig struct {
 	// to the client, and the switch moves the VM's address back to that
 	// host's port, just after the secondary took over and announced it.
 	StaleFrame bool
+	// KeepPeerLink makes IsolatePrimary spare the link between the two
+	// hosts: the primary loses the VM's network but not its secondary,
+	// and must yield.
+	KeepPeerLink bool
 }
 
 // Round is what one fault did.
@@ -95,6 +105,13 @@ type Round struct {
 	// take-over that did not stick (the switch still sends the VM's
 	// traffic to the old host) shows here, not in Failover.
 	MaxGap time.Duration
+	// JoinFrom and JoinTo bound the re-protection: from the new
+	// secondary's start to the survivor reporting itself protected.
+	// JoinGap is the client's longest silence that began within them:
+	// the pause of the last, paused checkpoint increment shows here.
+	JoinFrom, JoinTo time.Time
+	JoinGap          time.Duration
+	JoinGapAt        time.Time // when JoinGap began
 }
 
 // Report is the outcome of a run.
@@ -205,6 +222,16 @@ func Run(ctx context.Context, c *Cluster, cfg RunConfig) (*Report, error) {
 			if err := c.Topo.CutLink(ctx); err != nil {
 				return nil, err
 			}
+		case IsolatePrimary:
+			r.Victim, r.Survivor = primary, secondary
+			r.At = time.Now()
+			var keep []Host
+			if cfg.KeepPeerLink {
+				keep = append(keep, secondary)
+			}
+			if err := c.Topo.IsolateHost(ctx, primary, keep...); err != nil {
+				return nil, err
+			}
 		case FreezePrimary:
 			lo, hi := cfg.Freeze[0], cfg.Freeze[1]
 			r.Frozen = lo
@@ -299,6 +326,19 @@ func (c *Cluster) recover(ctx context.Context, r *Round, primary, secondary Host
 			return err
 		}
 		r.TakeOver = liveSince(s).Sub(r.At)
+	case IsolatePrimary:
+		s, err := c.Await(ctx, r.Survivor, "live", Live)
+		if err != nil {
+			return fmt.Errorf("the secondary did not take over from the isolated primary: %w", err)
+		}
+		r.TakeOver = liveSince(s).Sub(r.At)
+		if err := c.Topo.RejoinHost(ctx); err != nil {
+			return err
+		}
+		if err := c.awaitHalt(ctx, r.Victim); err != nil {
+			return err
+		}
+		say("  host %s took over from the isolated host %s, which halted once back", r.Survivor, r.Victim)
 	case KillSecondary:
 		// The primary notices the broken connection and goes on alone.
 		if _, err := c.Await(ctx, r.Survivor, "unprotected", func(s *Status) bool { return Primary(s) && !s.Protected }); err != nil {
@@ -326,13 +366,29 @@ func (c *Cluster) recover(ctx context.Context, r *Round, primary, secondary Host
 			}
 		}
 	}
+	r.JoinFrom = time.Now()
 	if _, err := c.StartSecondary(r.Victim, r.Survivor); err != nil {
 		return err
 	}
 	if _, err := c.Await(ctx, r.Survivor, "protected", Protected); err != nil {
 		return err
 	}
-	r.Reprotected = time.Since(r.At)
+	r.JoinTo = time.Now()
+	r.Reprotected = r.JoinTo.Sub(r.At)
+	return nil
+}
+
+// awaitHalt waits for host h's daemon to exit halted (exit 3).
+func (c *Cluster) awaitHalt(ctx context.Context, h Host) error {
+	d := c.Daemon(h)
+	select {
+	case <-d.Proc.Done():
+	case <-ctx.Done():
+		return fmt.Errorf("%s did not halt: %w\n%s", d, ctx.Err(), d.Proc.Tail(20))
+	}
+	if st, _ := d.Proc.Wait(); st == nil || st.ExitCode() != 3 {
+		return fmt.Errorf("%s exited with %v, want 3 (halted: another host is primary)\n%s", d, st, d.Proc.Tail(20))
+	}
 	return nil
 }
 
@@ -419,6 +475,14 @@ func (r *Round) measureFromHistory(res *kvclient.Result, until time.Time) {
 		last = completes[j]
 	}
 	r.MaxGap = max(r.MaxGap, time.Duration(end-last))
+	if !r.JoinFrom.IsZero() {
+		from, to := r.JoinFrom.Sub(res.Origin).Nanoseconds(), r.JoinTo.Sub(res.Origin).Nanoseconds()
+		for j := 1; j < len(completes); j++ {
+			if g := time.Duration(completes[j] - completes[j-1]); completes[j-1] >= from && completes[j-1] <= to && g > r.JoinGap {
+				r.JoinGap, r.JoinGapAt = g, res.Origin.Add(time.Duration(completes[j-1]))
+			}
+		}
+	}
 }
 
 func newNsHistogram() *hdrhistogram.Histogram {
@@ -438,11 +502,12 @@ func (r *Report) Summary() string {
 		lin = "NO: " + r.Linearizable.Error()
 	}
 	fmt.Fprintf(&b, "%-34s %s\n", "history linearizable", lin)
-	var fo, to, rp, gap []time.Duration
+	var fo, to, rp, gap, join []time.Duration
 	inflight, never := 0, 0
 	for _, x := range r.Rounds {
 		fo = append(fo, x.Failover)
 		gap = append(gap, x.MaxGap)
+		join = append(join, x.JoinGap)
 		if x.TakeOver > 0 {
 			to = append(to, x.TakeOver)
 		}
@@ -456,6 +521,7 @@ func (r *Report) Summary() string {
 	}
 	fmt.Fprintf(&b, "%-34s %s\n", "protected again after", spread(rp))
 	fmt.Fprintf(&b, "%-34s %s\n", "longest silence in each round", spread(gap))
+	fmt.Fprintf(&b, "%-34s %s\n", "longest silence during each join", spread(join))
 	fmt.Fprintf(&b, "%-34s %d (resent by the client), %d never answered\n", "in flight at the faults", inflight, never)
 	fmt.Fprintf(&b, "%-34s %v (the client's longest silence)\n", "largest gap between replies", st.MaxReplyGap.Round(10*time.Microsecond))
 	for _, x := range []struct {

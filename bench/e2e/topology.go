@@ -394,6 +394,49 @@ func (t *Topology) HealLink(ctx context.Context) error {
 	return nil
 }
 
+// isolateTable is the nftables table (bridge family, in the switch) that
+// IsolateHost installs and RejoinHost removes.
+const isolateTable = "ftvm_isolate"
+
+// IsolateHost makes the switch drop, silently and in both directions, every
+// frame to or from host h's port, as a pulled uplink cable would (or a
+// dead switch port): h reaches nothing on the network and nothing reaches
+// it, while its own stack, and whatever it shares with the other hosts
+// outside the network (the arbiter's directory here), is untouched. Only
+// one host is isolated at a time: calling it again moves the isolation.
+// Frames between h and the hosts in keep still pass: with keep the other
+// VM host, h loses the network the VM serves but not its peer, as a host
+// with a separate replication link would.
+func (t *Topology) IsolateHost(ctx context.Context, h Host, keep ...Host) error {
+	var accept strings.Builder
+	for _, k := range keep {
+		fmt.Fprintf(&accept, "\t\tiifname \"%[1]s\" oifname \"%[2]s\" accept\n\t\tiifname \"%[2]s\" oifname \"%[1]s\" accept\n", h, k)
+	}
+	script := fmt.Sprintf(`add table bridge %[1]s
+delete table bridge %[1]s
+table bridge %[1]s {
+	chain forward {
+		type filter hook forward priority filter; policy accept;
+%[3]s		iifname "%[2]s" counter drop
+		oifname "%[2]s" counter drop
+	}
+}
+`, isolateTable, h, accept.String())
+	if err := t.nft(ctx, script); err != nil {
+		return fmt.Errorf("isolating host %s: %w", h, err)
+	}
+	return nil
+}
+
+// RejoinHost undoes IsolateHost; it is harmless when no host is isolated.
+func (t *Topology) RejoinHost(ctx context.Context) error {
+	script := fmt.Sprintf("add table bridge %[1]s\ndelete table bridge %[1]s\n", isolateTable)
+	if err := t.nft(ctx, script); err != nil {
+		return fmt.Errorf("ending the isolation: %w", err)
+	}
+	return nil
+}
+
 // nft runs an nft script (one transaction: all of it or none) in the switch.
 func (t *Topology) nft(ctx context.Context, script string) error {
 	_, err := t.exec(ctx, []byte(script), "netns", "exec", t.Namespace(Switch), t.nftPath, "-f", "-")

@@ -86,9 +86,14 @@ a crash. A primary refuses to start (exit 3) while the arbiter's record
 names another host, which has the newer disk and is named: see ftvm
 arbiter --help and ftvm recover --help.
 
+With --reach-check, a host that cannot reach the VM's network never asks
+the arbiter for the VM, and a protected primary that lost it for
+--reach-yield-after stops (exit 3) so that its secondary takes over.
+
 Exit codes: 0 stopped by SIGINT/SIGTERM or the guest exited, 1 failure,
 2 usage error, 3 halted or refused: another host is primary or has the
-newest state (restart this one as a secondary to re-protect the VM).
+newest state, or this one yielded the VM because it cannot reach the VM's
+network (restart this one as a secondary to re-protect the VM).
 
 Every flag can also be set in the --config file as "name = value".
 
@@ -181,6 +186,11 @@ type daemon struct {
 	// life is the context of run, for the announcements' goroutines.
 	life              atomic.Pointer[context.Context]
 	lastStaleAnnounce atomic.Int64 // unix ns of the latest staleFrameSeen announcement
+
+	// reach watches the VM's network (--reach-check); nil without it.
+	reach *reachability
+	// yielded: this primary stopped because it lost the VM's network.
+	yielded atomic.Bool
 
 	mu       sync.Mutex
 	wentLive time.Time
@@ -279,6 +289,11 @@ func newDaemon(c *daemonConfig, log *slog.Logger, term io.Writer) (_ *daemon, er
 		d.nic.SetFence(d.fence.mayTransmit)
 		d.nic.WatchSource(c.mac, d.staleFrameSeen)
 	}
+	var arb agent.Arbiter = d.arb
+	if len(c.reachCheck) > 0 {
+		d.reach = &reachability{targets: c.reachCheck, link: c.reachLink, interval: c.reachInterval, lostAfter: c.reachLostAfter, log: log}
+		arb = &reachArbiter{inner: d.arb, reach: d.reach, log: log}
+	}
 	node := lockstep.Config{
 		VMID: c.vmID, Role: c.role, Mode: c.mode, FirstEpoch: firstEpoch,
 		LogWindowEntries: c.window, HeartbeatTicks: c.heartbeatTicks, PeerTimeoutTicks: c.peerTimeoutTicks,
@@ -288,7 +303,7 @@ func newDaemon(c *daemonConfig, log *slog.Logger, term io.Writer) (_ *daemon, er
 		Node:             node,
 		NewVM:            d.newVM,
 		Boot:             d.boot,
-		Arbiter:          d.arb,
+		Arbiter:          arb,
 		TickInterval:     c.tick,
 		WaitForSecondary: c.waitForSecondary,
 		SeparateStorage:  !c.sharedStorage,
@@ -479,6 +494,13 @@ func (d *daemon) run(ctx context.Context) int {
 	defer cancel()
 	d.life.Store(&runCtx)
 	go d.watchFence(runCtx)
+	if d.reach != nil {
+		if err := d.reach.start(runCtx); err != nil {
+			d.log.Error("cannot watch the VM's network", "err", err)
+			return exitFailure
+		}
+		go d.watchReach(runCtx)
+	}
 	if d.cfg.role == wire.RoleSecondary {
 		go d.join(runCtx)
 	} else {
@@ -498,6 +520,9 @@ func (d *daemon) run(ctx context.Context) int {
 	case errors.Is(err, agent.ErrArbiterUnusable):
 		d.log.Error("stopping: the arbiter cannot be used, so this host can neither serve nor take over; fix --arbiter-dir and start again", "arbiter_dir", d.cfg.arbiterDir, "err", err)
 		return exitFailure
+	case d.yielded.Load():
+		d.log.Warn("halted: this host yielded the VM because it cannot reach the VM's network; restart it as a secondary once the network is back", "reach_check", d.reach.String())
+		return exitHalted
 	case errors.Is(err, agent.ErrHalted):
 		d.log.Warn("halted: another host is primary for this VM; restart this one as a secondary to re-protect it", "err", err)
 		return exitHalted

@@ -14,6 +14,7 @@ import (
 
 	"github.com/ftvm/ftvm/lockstep"
 	"github.com/ftvm/ftvm/lockstep/wire"
+	"github.com/ftvm/ftvm/tcpfallback"
 	"github.com/ftvm/ftvm/vmm"
 )
 
@@ -71,6 +72,13 @@ type daemonConfig struct {
 	precopyRounds    int
 	waitForSecondary bool
 
+	// The reachability rule (daemon_reach.go): no targets, no rule.
+	reachCheck      []netip.Addr
+	reachLink       string
+	reachInterval   time.Duration
+	reachLostAfter  time.Duration
+	reachYieldAfter time.Duration
+
 	logLevel  string
 	logFormat string
 }
@@ -120,6 +128,11 @@ func daemonFlags(fs *flag.FlagSet, role wire.Role) func() (*daemonConfig, error)
 	fs.DurationVar(&c.tick, "tick", 10*time.Millisecond, "length of one protocol tick")
 	fs.IntVar(&c.heartbeatTicks, "heartbeat-ticks", lockstep.DefaultHeartbeatTicks, "ticks between heartbeats")
 	fs.IntVar(&c.peerTimeoutTicks, "peer-timeout-ticks", lockstep.DefaultPeerTimeoutTicks, "ticks of silence after which the peer is taken for dead (a broken connection counts at once, and so does a connection silent for the transport's 100 ms heartbeat timeout, whichever comes first)")
+	reachCheck := fs.String("reach-check", "", "IPv4 addresses on the VM's network (its gateway, say), comma-separated, pinged every --reach-interval: while none answers, this host never asks the arbiter for the VM, and a protected primary yields after --reach-yield-after (default: no check)")
+	fs.StringVar(&c.reachLink, "reach-link", "", "with --reach-check: the uplink to the VM's network (its carrier must be up too)")
+	fs.DurationVar(&c.reachInterval, "reach-interval", 10*time.Millisecond, "with --reach-check: time between two pings of each target")
+	fs.DurationVar(&c.reachLostAfter, "reach-lost-after", 50*time.Millisecond, "with --reach-check: the VM's network is lost once no target answered for this long; shorter than the peer timeout")
+	fs.DurationVar(&c.reachYieldAfter, "reach-yield-after", time.Second, "with --reach-check: a protected primary that lost the VM's network for this long stops (exit 3) so that its secondary takes over")
 	fs.IntVar(&c.window, "log-window", lockstep.DefaultLogWindowEntries, "log entries the primary runs ahead of its secondary before it stalls the vCPU")
 	fs.IntVar(&c.precopyRounds, "precopy-rounds", 2, "copies of the running VM a primary sends a joining secondary before it pauses for the rest (0: one paused full checkpoint)")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
@@ -172,6 +185,30 @@ func daemonFlags(fs *flag.FlagSet, role wire.Role) func() (*daemonConfig, error)
 		}
 		if _, _, err := net.SplitHostPort(c.listen); err != nil {
 			return nil, fmt.Errorf("--listen %q: %w", c.listen, err)
+		}
+		for _, a := range strings.Split(*reachCheck, ",") {
+			if a = strings.TrimSpace(a); a == "" {
+				continue
+			}
+			ip, err := netip.ParseAddr(a)
+			if err != nil || !ip.Is4() {
+				return nil, fmt.Errorf("--reach-check %q: want IPv4 addresses, comma-separated", a)
+			}
+			c.reachCheck = append(c.reachCheck, ip)
+		}
+		if c.reachLink != "" && len(c.reachCheck) == 0 {
+			return nil, errors.New("--reach-link needs --reach-check: give an address on the VM's network that must answer")
+		}
+		if len(c.reachCheck) > 0 {
+			if c.reachInterval <= 0 || c.reachLostAfter < 2*c.reachInterval {
+				return nil, fmt.Errorf("--reach-lost-after %v must cover at least two --reach-interval %v, or one lost ping looks like a lost network", c.reachLostAfter, c.reachInterval)
+			}
+			if pt := time.Duration(c.peerTimeoutTicks) * c.tick; c.reachLostAfter >= min(pt, tcpfallback.DefaultHeartbeatTimeout) {
+				return nil, fmt.Errorf("--reach-lost-after %v must be shorter than the peer timeout (%v), or a host cut off from the VM's network would not know it yet when it asks the arbiter", c.reachLostAfter, min(pt, tcpfallback.DefaultHeartbeatTimeout))
+			}
+			if c.reachYieldAfter <= 0 {
+				return nil, fmt.Errorf("--reach-yield-after %v must be positive", c.reachYieldAfter)
+			}
 		}
 		if c.tap != "" && c.udpNIC != "" {
 			return nil, errors.New("--tap and --udp-nic are alternatives: give one")

@@ -6,7 +6,9 @@ import (
 	"encoding/binary"
 	"flag"
 	"fmt"
+	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -39,6 +41,10 @@ func TestDaemonUsageErrors(t *testing.T) {
 		{[]string{"primary", "--arbiter-dir", dir, "--psk-file", psk, "--tap", "t0", "--udp-nic", "a:1,b:2"}, "alternatives"},
 		{[]string{"primary", "--arbiter-dir", dir, "--psk-file", psk, "--disk-size", "1000"}, "multiple of the 512-byte sector"},
 		{[]string{"primary", "--config", filepath.Join(dir, "missing.conf")}, "--config"},
+		{[]string{"primary", "--arbiter-dir", dir, "--psk-file", psk, "--reach-check", "gateway"}, "want IPv4 addresses"},
+		{[]string{"primary", "--arbiter-dir", dir, "--psk-file", psk, "--reach-link", "eth0"}, "--reach-link needs --reach-check"},
+		{[]string{"primary", "--arbiter-dir", dir, "--psk-file", psk, "--reach-check", "10.0.0.1", "--reach-lost-after", "15ms"}, "at least two --reach-interval"},
+		{[]string{"primary", "--arbiter-dir", dir, "--psk-file", psk, "--reach-check", "10.0.0.1", "--reach-lost-after", "200ms"}, "shorter than the peer timeout"},
 	}
 	for _, c := range cases {
 		code, _, errs := runFtvm(c.args...)
@@ -352,5 +358,56 @@ func TestDaemonRefusesANonELFGuest(t *testing.T) {
 		if name == "script" && !strings.Contains(errs, "#!/bin/sh") {
 			t.Errorf("script guest: %q does not show how it begins", errs)
 		}
+	}
+}
+
+// fakeArbiter grants every epoch and counts the requests.
+type fakeArbiter struct{ asked int }
+
+func (a *fakeArbiter) Acquire(context.Context, string, uint64) (bool, uint64, error) {
+	a.asked++
+	return true, 7, nil
+}
+
+// TestReachArbiter: while the VM's network does not answer, the arbiter is
+// not asked and the request fails (the node asks again); once it answers,
+// the request goes through.
+func TestReachArbiter(t *testing.T) {
+	r := &reachability{targets: []netip.Addr{netip.MustParseAddr("10.0.0.1")}, interval: time.Millisecond, lostAfter: 20 * time.Millisecond, base: time.Now().Add(-time.Hour)}
+	inner := &fakeArbiter{}
+	a := &reachArbiter{inner: inner, reach: r, log: slog.New(slog.DiscardHandler)}
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if granted, _, err := a.Acquire(ctx, "vm", 2); granted || err == nil || inner.asked != 0 {
+		t.Fatalf("no reply ever: granted %v, err %v, arbiter asked %d times; want an error and no request", granted, err, inner.asked)
+	}
+	r.lastReply.Store(int64(time.Since(r.base)) - int64(time.Second)) // the last reply, a second ago
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel2()
+	if _, _, err := a.Acquire(ctx2, "vm", 2); err == nil || inner.asked != 0 {
+		t.Fatalf("network lost a second ago: err %v, arbiter asked %d times", err, inner.asked)
+	}
+	r.lastReply.Store(int64(time.Since(r.base)))
+	if granted, fence, err := a.Acquire(context.Background(), "vm", 2); !granted || fence != 7 || err != nil || inner.asked != 1 {
+		t.Fatalf("network answers: granted %v fence %d err %v, asked %d; want the arbiter's grant", granted, fence, err, inner.asked)
+	}
+	r.link = "ftvm-no-such-link0"
+	ctx3, cancel3 := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel3()
+	if _, _, err := a.Acquire(ctx3, "vm", 3); err == nil || inner.asked != 1 {
+		t.Fatalf("uplink without carrier: err %v, asked %d", err, inner.asked)
+	}
+}
+
+func TestEchoRequestChecksum(t *testing.T) {
+	b := echoRequest(0x1234, 7)
+	if icmpChecksum(b) != 0 {
+		t.Fatalf("echo request %x: checksum over it is %#x, want 0", b, icmpChecksum(b))
+	}
+	reply := append(make([]byte, 20), b...)
+	reply[0] = 0x45
+	reply[20] = 0 // echo reply
+	if !isEchoReply(reply, 0x1234) || isEchoReply(reply, 0x1235) {
+		t.Fatal("isEchoReply does not match the id")
 	}
 }
