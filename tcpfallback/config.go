@@ -94,6 +94,15 @@ type Config struct {
 	HeartbeatInterval time.Duration
 	HeartbeatTimeout  time.Duration
 
+	// SendTimeout bounds every write to a lane's socket: a send (or a
+	// heartbeat) that cannot hand its bytes to the kernel in this time
+	// fails, and the connection is treated as lost (EventLaneDown; the
+	// protocol above resends on the next one). A peer that keeps its
+	// connection alive but stops reading therefore costs a writer at most
+	// this long. Zero means HeartbeatTimeout, the time after which a
+	// silent peer counts as dead anyway.
+	SendTimeout time.Duration
+
 	// ReconnectMinDelay and ReconnectMaxDelay bound the dialer's
 	// exponential backoff; each delay is drawn uniformly from its upper
 	// half. ReconnectMaxAttempts > 0 makes a dialer give up on a lane after
@@ -169,7 +178,8 @@ func (c Config) withDefaults() (Config, error) {
 	def(&c.HeartbeatTimeout, DefaultHeartbeatTimeout)
 	def(&c.ReconnectMinDelay, DefaultReconnectMinDelay)
 	def(&c.ReconnectMaxDelay, DefaultReconnectMaxDelay)
-	if c.HandshakeTimeout < 0 || c.HeartbeatInterval < 0 || c.ReconnectMinDelay < 0 || c.BusyPoll < 0 {
+	def(&c.SendTimeout, c.HeartbeatTimeout)
+	if c.HandshakeTimeout < 0 || c.HeartbeatInterval < 0 || c.ReconnectMinDelay < 0 || c.BusyPoll < 0 || c.SendTimeout < 0 {
 		return c, errors.New("tcpfallback: Config durations must not be negative")
 	}
 	if c.HeartbeatTimeout < minHeartbeatTimeoutIntervals*c.HeartbeatInterval {

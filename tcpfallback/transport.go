@@ -222,7 +222,10 @@ func (t *Transport) WaitConnected(ctx context.Context) error {
 // Send sends one frame on the lane its type belongs to (LaneOf). It returns
 // once the frame is in the kernel's socket buffer; payload may be reused
 // then. It does not wait for the peer and does not retry: if the lane is
-// down it fails with an error wrapping ErrLaneDown.
+// down it fails with an error wrapping ErrLaneDown. It waits for room in
+// the socket's buffer at most Config.SendTimeout; then the connection is
+// treated as lost and the error wraps ErrLaneDown. Code that must not wait
+// at all (a reader acknowledging from OnFrame) uses TrySend.
 func (t *Transport) Send(typ Type, payload []byte) error {
 	return t.SendFlags(typ, 0, payload)
 }
@@ -237,6 +240,31 @@ func (t *Transport) SendFlags(typ Type, flags Flags, payload []byte) error {
 	}
 	l := t.lanes[LaneOf(typ)]
 	l.wmu.Lock()
+	return l.sendLocked(typ, flags, payload, false)
+}
+
+// TrySend is Send that never waits: when the lane's writer is busy (another
+// send holds it) or the socket's send buffer has no room for the frame, it
+// sends nothing and returns ErrWouldBlock, and the caller sends the frame
+// later, in order, from a goroutine that may wait. A lane reader sends from
+// OnFrame with it: a reader that waits for room in its socket reads
+// nothing meanwhile, and if the peer's reader waits the same way for room
+// in the other direction, neither ever reads again.
+func (t *Transport) TrySend(typ Type, payload []byte) error {
+	if !typ.User() {
+		return fmt.Errorf("tcpfallback: frame type %s cannot be sent by a user (use TypeLog..TypeCheckpoint)", typ)
+	}
+	l := t.lanes[LaneOf(typ)]
+	if !l.wmu.TryLock() {
+		return ErrWouldBlock
+	}
+	return l.sendLocked(typ, 0, payload, true)
+}
+
+// sendLocked sends one frame with l.wmu held, and unlocks it. With try
+// it sends nothing and returns ErrWouldBlock unless the frame fits in the
+// socket's send buffer now.
+func (l *lane) sendLocked(typ Type, flags Flags, payload []byte, try bool) error {
 	c := l.cur.Load()
 	if c == nil {
 		l.wmu.Unlock()
@@ -246,10 +274,14 @@ func (t *Transport) SendFlags(typ Type, flags Flags, payload []byte) error {
 		l.wmu.Unlock()
 		return fmt.Errorf("tcpfallback: %s payload of %d bytes exceeds the peer's maximum of %d; split it (checkpoints go in chunks)", typ, len(payload), c.peerMaxPayload)
 	}
+	if try && !c.roomFor(HeaderBytes+len(payload)) {
+		l.wmu.Unlock()
+		return ErrWouldBlock
+	}
 	err := c.writeFrame(typ, flags, payload)
 	l.wmu.Unlock()
 	if err != nil {
-		err = fmt.Errorf("%w: %s lane: sending to %s: %w", ErrLaneDown, l.id, c.peer, err)
+		err = fmt.Errorf("%w: %s lane: sending to %s: %w", ErrLaneDown, l.id, c.peer, c.writeError(err))
 		c.fail(err)
 		return err
 	}
@@ -285,7 +317,7 @@ func (t *Transport) SendSpan(typ Type, span []byte) (int, error) {
 	frames, err := c.writeSpan(typ, span)
 	l.wmu.Unlock()
 	if err != nil {
-		err = fmt.Errorf("%w: %s lane: sending to %s: %w", ErrLaneDown, l.id, c.peer, err)
+		err = fmt.Errorf("%w: %s lane: sending to %s: %w", ErrLaneDown, l.id, c.peer, c.writeError(err))
 		c.fail(err)
 		return 0, err
 	}
@@ -729,7 +761,7 @@ func (l *lane) watch(c *laneConn, now time.Time) {
 	}
 	l.wmu.Unlock()
 	if err != nil {
-		c.fail(fmt.Errorf("tcpfallback: %s lane: sending heartbeat to %s: %w", l.id, c.peer, err))
+		c.fail(fmt.Errorf("tcpfallback: %s lane: sending heartbeat to %s: %w", l.id, c.peer, c.writeError(err)))
 		return
 	}
 	c.idleTicks = 0
