@@ -53,6 +53,16 @@ const sendRoomMarginBytes = 16 << 10
 // the estimate of its room stays below the truth between two looks.
 const writeOverheadBytes = 2 << 10
 
+// sendPieceBytes: a frame larger than this is written in pieces of this
+// size, each with a fresh deadline, so that SendTimeout bounds a write that
+// makes no progress, not a large chunk on a slow link (64 KiB is 5 ms at
+// 100 Mbit/s). spanBatchMaxBytes: a span's writev carries at most about
+// this much (beyond one record), for the same reason.
+const (
+	sendPieceBytes    = 64 << 10
+	spanBatchMaxBytes = 256 << 10
+)
+
 // laneConn is one authenticated TCP connection serving a lane. It dies on the
 // first error and is never reused; the lane installs a new one.
 type laneConn struct {
@@ -149,10 +159,14 @@ func (c *laneConn) fail(err error) {
 // time fails. Moving a deadline costs a runtime timer update, so a lane
 // that writes more often than every SendTimeout/8 moves it only that
 // often. lane.wmu must be held.
-func (c *laneConn) armWrite() {
+func (c *laneConn) armWrite() { c.armWriteFor(c.lane.t.cfg.SendTimeout / 8) }
+
+// armWriteFor is armWrite that moves the deadline when less than
+// SendTimeout-slack is left; zero slack moves it every time.
+func (c *laneConn) armWriteFor(slack time.Duration) {
 	timeout := c.lane.t.cfg.SendTimeout
 	now := time.Now()
-	if c.wdeadline.Sub(now) < timeout-timeout/8 {
+	if c.wdeadline.Sub(now) <= timeout-slack {
 		c.wdeadline = now.Add(timeout)
 		c.tcp.SetWriteDeadline(c.wdeadline)
 	}
@@ -190,6 +204,9 @@ func (c *laneConn) writeFrame(typ Type, flags Flags, payload []byte) error {
 	hdr := c.hdrs[:HeaderBytes]
 	putHeader(hdr, typ, flags, c.sendSeq, payload)
 	c.sendSeq++
+	if len(payload) > sendPieceBytes {
+		return c.writeLarge(hdr, payload)
+	}
 	if c.bw != nil {
 		c.bw.Write(hdr)
 		c.bw.Write(payload)
@@ -204,15 +221,47 @@ func (c *laneConn) writeFrame(typ Type, flags Flags, payload []byte) error {
 	return err
 }
 
+// writeLarge writes one large frame in pieces of sendPieceBytes, each with
+// a fresh deadline. lane.wmu must be held.
+func (c *laneConn) writeLarge(hdr, payload []byte) error {
+	for first := true; len(payload) > 0; first = false {
+		piece := payload[:min(len(payload), sendPieceBytes)]
+		payload = payload[len(piece):]
+		c.armWriteFor(0)
+		var err error
+		switch {
+		case c.bw != nil && first:
+			c.bw.Write(hdr)
+			fallthrough
+		case c.bw != nil:
+			_, err = c.bw.Write(piece)
+		case first:
+			c.iov = append(c.iovs[:0], hdr, piece)
+			_, err = c.iov.WriteTo(c.tcp)
+		default:
+			_, err = c.tcp.Write(piece)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if c.bw != nil {
+		c.armWriteFor(0)
+		return c.bw.Flush()
+	}
+	return nil
+}
+
 // writeSpan frames each record of span, maxBatchFrames to a writev. The span
 // has been validated. lane.wmu must be held.
 func (c *laneConn) writeSpan(typ Type, span []byte) (frames int, err error) {
-	n := 0
+	n, batchBytes := 0, 0
 	c.iov = c.iovs[:0]
 	flush := func() {
 		if err != nil || n == 0 {
 			return
 		}
+		batchBytes = 0
 		c.armWrite()
 		if c.bw != nil {
 			err = c.bw.Flush()
@@ -236,7 +285,7 @@ func (c *laneConn) writeSpan(typ Type, span []byte) (frames int, err error) {
 		} else {
 			c.iov = append(c.iov, hdr, payload)
 		}
-		if n == maxBatchFrames {
+		if batchBytes += HeaderBytes + len(payload); n == maxBatchFrames || batchBytes >= spanBatchMaxBytes {
 			flush()
 		}
 		return err
