@@ -93,8 +93,10 @@ func newTransport(cfg Config) *Transport {
 // Dial connects both lanes to a listener at addr (host:port) and keeps them
 // connected: a lost lane is reported on Events and redialed with backoff
 // until Close. Dial itself retries only while nothing answers at addr (the
-// peer may not be up yet) and until ctx ends; a peer that answers and then
-// refuses or fails set-up is reported at once, with the reason.
+// peer may not be up yet) or the listener's lanes are held by another peer
+// (whose connection may be about to be found dead), and until ctx ends; a
+// peer that answers and then refuses or fails set-up otherwise is reported
+// at once, with the reason.
 func Dial(ctx context.Context, addr string, cfg Config) (*Transport, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -355,7 +357,7 @@ func (l *lane) install(c *laneConn) error {
 		if reason := t.holderConflict(c.peerID); reason != "" {
 			t.mu.Unlock()
 			c.raw.Close()
-			return &refusedError{reason: reason}
+			return &refusedError{retry: true, reason: reason}
 		}
 	}
 	old := l.cur.Swap(c)
@@ -452,9 +454,9 @@ func (t *Transport) dialLane(ctx context.Context, l *lane) (*laneConn, error) {
 	}
 	params := t.cfg.handshakeParams(l.id)
 	var id peerIdentity
-	params.checkPeer = func(name string) string {
+	params.checkPeer = func(name string) (string, bool) {
 		id = identityOf(raw, name)
-		return t.cfg.checkAllowed(id)
+		return t.cfg.checkAllowed(id), false
 	}
 	res, err := dialerHandshake(raw, params)
 	if err != nil {
@@ -505,7 +507,11 @@ func (t *Transport) connectFirst(ctx context.Context, l *lane) (*laneConn, error
 			return c, nil
 		}
 		var ce *connectError
-		if !errors.As(err, &ce) || ctx.Err() != nil {
+		var re *refusedError
+		// Nothing answers yet, or another peer holds the listener's
+		// lanes for now (its connection may be about to be found dead).
+		busy := errors.As(err, &re) && re.retry
+		if !errors.As(err, &ce) && !busy || ctx.Err() != nil {
 			return nil, err
 		}
 		delay := t.backoff(attempt)
@@ -672,14 +678,15 @@ func (t *Transport) serveConn(nc net.Conn) {
 	}
 	params := t.cfg.handshakeParams(LaneControl)
 	var id peerIdentity
-	params.checkPeer = func(name string) string {
+	params.checkPeer = func(name string) (string, bool) {
 		id = identityOf(raw, name)
 		if reason := t.cfg.checkAllowed(id); reason != "" {
-			return reason
+			return reason, false
 		}
 		t.mu.Lock()
 		defer t.mu.Unlock()
-		return t.holderConflict(id)
+		reason := t.holderConflict(id)
+		return reason, reason != ""
 	}
 	res, err := listenerHandshake(raw, params)
 	if err != nil {
