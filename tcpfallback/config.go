@@ -62,7 +62,10 @@ type Config struct {
 	// the names it presented. Empty accepts any peer the CA or the key
 	// authenticates. Whatever it holds, a listener never lets a new
 	// connection replace a live one from another peer: while a lane is
-	// connected to one peer, connections from any other are refused.
+	// connected to one peer, connections from any other are refused, for
+	// now (Dial keeps trying such a refusal until its context ends).
+	// Peers are told apart by every name their certificate carries, or
+	// under PSK by their Name (so give each host its own).
 	PeerNames []string
 
 	// PSK enables pre-shared-key authentication instead of TLS: an HMAC-
