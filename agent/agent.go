@@ -24,6 +24,20 @@ type Transport interface {
 	Send(typ transport.Type, payload []byte) error
 }
 
+// TrySender is a Transport that can refuse a send that would wait
+// (transport.ErrWouldBlock) instead of waiting (tcpfallback.Transport
+// does). The transport's readers send with it: a reader that waits for
+// room in its socket reads nothing meanwhile, and the peer's reader may be
+// waiting for it the same way. A Transport without it is sent to with Send.
+type TrySender interface {
+	TrySend(typ transport.Type, payload []byte) error
+}
+
+// maxDeferredMessages bounds the messages readers leave to the loop
+// because the socket was full; beyond it a reader sends with Send, whose
+// wait the transport bounds (tcpfallback.Config.SendTimeout).
+const maxDeferredMessages = 4096
+
 // Arbiter grants epochs (lockstep/arbiter.File, .Memory).
 type Arbiter interface {
 	Acquire(ctx context.Context, vmID string, epoch uint64) (granted bool, fence uint64, err error)
@@ -205,6 +219,10 @@ type Agent struct {
 	// order: the loop (Lock), or the hook on the vCPU thread (TryLock
 	// only, see flushInline). Lock order: perf, then mu.
 	perf sync.Mutex
+	// deferred are messages a transport reader could not send without
+	// waiting; whoever sends next with perf held sends them first, and
+	// the loop sends them when poked. perf must be held.
+	deferred []encoded
 	// started: Run has set tr, so HandleFrame may send.
 	started atomic.Bool
 	sync    syncProgress
@@ -550,6 +568,9 @@ type work struct {
 	drop   []uint64
 	msgs   []encoded
 	goLive bool // cmds take this host live: open the gate after rel
+	// fromReader: performed on a transport reader (HandleFrame), which
+	// must not wait for room in a socket (see send).
+	fromReader bool
 }
 
 type encoded struct {
@@ -561,6 +582,7 @@ type encoded struct {
 func (a *Agent) process(ctx context.Context) error {
 	for {
 		a.perf.Lock()
+		a.sendDeferred()
 		a.mu.Lock()
 		if !a.node.HasReady() {
 			ns := a.node.Status()
@@ -656,6 +678,7 @@ func (a *Agent) flushInlineOn(onVCPU bool) {
 		return
 	}
 	w := a.takeReady()
+	w.fromReader = !onVCPU
 	a.mu.Unlock()
 	// Without commands perform neither fails nor needs the loop's state.
 	a.perform(context.Background(), &w)
@@ -734,9 +757,7 @@ func (a *Agent) perform(ctx context.Context, w *work) error {
 		if m.typ == transport.TypeCheckpoint {
 			a.sync.sent.Add(int64(len(m.b)))
 		}
-		if err := a.tr.Send(m.typ, m.b); err != nil {
-			a.stats.send.Add(1) // lost frames are the protocol's to resend
-		}
+		a.send(m, w.fromReader)
 	}
 	return nil
 }
@@ -759,6 +780,43 @@ func (a *Agent) fenced(o lockstep.Output, write func() error) func() error {
 		return write
 	}
 	return func() error { return f.Write(o.Fence, write) }
+}
+
+// send sends one message, in order after those deferred before it. On a
+// transport reader it never waits for room in the socket: what the
+// transport cannot take now is deferred to the loop (poked), up to
+// maxDeferredMessages. a.perf must be held.
+func (a *Agent) send(m encoded, fromReader bool) {
+	if ts, ok := a.tr.(TrySender); ok && fromReader && len(a.deferred) < maxDeferredMessages {
+		if len(a.deferred) == 0 {
+			err := ts.TrySend(m.typ, m.b)
+			if !errors.Is(err, transport.ErrWouldBlock) {
+				if err != nil {
+					a.stats.send.Add(1) // lost frames are the protocol's to resend
+				}
+				return
+			}
+		}
+		a.deferred = append(a.deferred, m)
+		a.poke()
+		return
+	}
+	a.sendDeferred()
+	if err := a.tr.Send(m.typ, m.b); err != nil {
+		a.stats.send.Add(1) // lost frames are the protocol's to resend
+	}
+}
+
+// sendDeferred sends what readers deferred, with sends that may wait (the
+// transport bounds the wait). a.perf must be held.
+func (a *Agent) sendDeferred() {
+	for i, m := range a.deferred {
+		if err := a.tr.Send(m.typ, m.b); err != nil {
+			a.stats.send.Add(1)
+		}
+		a.deferred[i] = encoded{}
+	}
+	a.deferred = a.deferred[:0]
 }
 
 // take removes an output from the table of held outputs.

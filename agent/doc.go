@@ -41,7 +41,12 @@
 // with no hand-off to the loop in the round trip an output waits for (on
 // the vCPU thread a hand-off costs 60 to 100 µs here, as the loop cannot
 // run on that thread's processor until KVM_RUN gives it up). Anything else
-// is left to the loop, poked. Ready is copied out under mu and performed
+// is left to the loop, poked. HandleFrame runs on a transport reader, which
+// must never wait for room in a socket: while it waits it reads nothing,
+// and the peer's reader may be waiting on it the same way. It sends with
+// TrySend (TrySender) and leaves what does not fit, and everything after
+// it, to the loop, which sends it first with a Send whose wait the
+// transport bounds. Ready is copied out under mu and performed
 // without it, so that a vCPU thread in the middle of an exit can finish it
 // while the loop waits for the VM to pause.
 //

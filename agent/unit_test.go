@@ -327,3 +327,77 @@ func TestArbiterTransientErrorsRetried(t *testing.T) {
 		t.Fatalf("the VM never ran once the arbiter answered: %v", vmLog.ops)
 	}
 }
+
+// fullTransport's socket is full until room is set: TrySend says so, and
+// Send must not be reached from a reader.
+type fullTransport struct {
+	t    *testing.T
+	room bool
+	sent []string
+	// readerWaiting is set while a reader performs: a Send then would
+	// be a reader waiting on a full socket.
+	readerWaiting bool
+}
+
+func (f *fullTransport) Send(_ transport.Type, p []byte) error {
+	if f.readerWaiting && !f.room {
+		f.t.Errorf("a reader called Send for %q on a full socket: it would wait there", p)
+	}
+	f.sent = append(f.sent, string(p))
+	return nil
+}
+
+func (f *fullTransport) TrySend(_ transport.Type, p []byte) error {
+	if !f.room {
+		return transport.ErrWouldBlock
+	}
+	f.sent = append(f.sent, string(p))
+	return nil
+}
+
+// Issue 16, item 8: a transport reader performing a Ready never waits for
+// room in a full socket: what does not fit goes to the loop, and every
+// message still leaves in the node's order (a later one never overtakes
+// one deferred before it).
+func TestReaderDoesNotWaitForAFullSocket(t *testing.T) {
+	a := newUnitAgent(t, &opLog{})
+	tr := &fullTransport{t: t}
+	a.tr = tr
+	msgs := func(names ...string) []encoded {
+		var out []encoded
+		for _, n := range names {
+			out = append(out, encoded{typ: transport.TypeAck, b: []byte(n)})
+		}
+		return out
+	}
+	reader := func(names ...string) {
+		a.perf.Lock()
+		defer a.perf.Unlock()
+		tr.readerWaiting = true
+		defer func() { tr.readerWaiting = false }()
+		if err := a.perform(context.Background(), &work{msgs: msgs(names...), fromReader: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	reader("ack1", "ack2")
+	if len(tr.sent) != 0 || len(a.deferred) != 2 {
+		t.Fatalf("full socket: sent %q, deferred %d; want nothing sent and both deferred", tr.sent, len(a.deferred))
+	}
+	select {
+	case <-a.wake:
+	default:
+		t.Fatal("the loop was not poked to send what the reader deferred")
+	}
+	tr.room = true
+	reader("ack3") // room now, but ack1 and ack2 go first
+	if len(tr.sent) != 0 {
+		t.Fatalf("ack3 overtook the deferred acks: sent %q", tr.sent)
+	}
+	a.perf.Lock()
+	a.sendDeferred() // the loop
+	a.perf.Unlock()
+	reader("ack4")
+	if got := strings.Join(tr.sent, " "); got != "ack1 ack2 ack3 ack4" {
+		t.Fatalf("sent %q, want ack1 ack2 ack3 ack4 in order", got)
+	}
+}

@@ -62,7 +62,10 @@ type Config struct {
 	// the names it presented. Empty accepts any peer the CA or the key
 	// authenticates. Whatever it holds, a listener never lets a new
 	// connection replace a live one from another peer: while a lane is
-	// connected to one peer, connections from any other are refused.
+	// connected to one peer, connections from any other are refused, for
+	// now (Dial keeps trying such a refusal until its context ends).
+	// Peers are told apart by every name their certificate carries, or
+	// under PSK by their Name (so give each host its own).
 	PeerNames []string
 
 	// PSK enables pre-shared-key authentication instead of TLS: an HMAC-
@@ -93,6 +96,15 @@ type Config struct {
 	// HeartbeatTimeout + HeartbeatInterval of the peer's last byte.
 	HeartbeatInterval time.Duration
 	HeartbeatTimeout  time.Duration
+
+	// SendTimeout bounds every write to a lane's socket: a send (or a
+	// heartbeat) that cannot hand its bytes to the kernel in this time
+	// fails, and the connection is treated as lost (EventLaneDown; the
+	// protocol above resends on the next one). A peer that keeps its
+	// connection alive but stops reading therefore costs a writer at most
+	// this long. Zero means HeartbeatTimeout, the time after which a
+	// silent peer counts as dead anyway.
+	SendTimeout time.Duration
 
 	// ReconnectMinDelay and ReconnectMaxDelay bound the dialer's
 	// exponential backoff; each delay is drawn uniformly from its upper
@@ -169,7 +181,8 @@ func (c Config) withDefaults() (Config, error) {
 	def(&c.HeartbeatTimeout, DefaultHeartbeatTimeout)
 	def(&c.ReconnectMinDelay, DefaultReconnectMinDelay)
 	def(&c.ReconnectMaxDelay, DefaultReconnectMaxDelay)
-	if c.HandshakeTimeout < 0 || c.HeartbeatInterval < 0 || c.ReconnectMinDelay < 0 || c.BusyPoll < 0 {
+	def(&c.SendTimeout, c.HeartbeatTimeout)
+	if c.HandshakeTimeout < 0 || c.HeartbeatInterval < 0 || c.ReconnectMinDelay < 0 || c.BusyPoll < 0 || c.SendTimeout < 0 {
 		return c, errors.New("tcpfallback: Config durations must not be negative")
 	}
 	if c.HeartbeatTimeout < minHeartbeatTimeoutIntervals*c.HeartbeatInterval {

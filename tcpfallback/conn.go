@@ -43,6 +43,26 @@ const minReadRoomBytes = 16 << 10
 // grows (once per connection) if a frame larger than it arrives.
 const controlRecvBufferBytes = 256 << 10
 
+// sendRoomMarginBytes: TrySend sends only when the socket's send buffer has
+// this much room beyond the frame, for the kernel's per-packet overhead
+// and a TLS record's framing, so that its write never waits.
+const sendRoomMarginBytes = 16 << 10
+
+// writeOverheadBytes is what each frame written is counted to cost in the
+// send buffer beyond its bytes (a socket buffer's bookkeeping), so that
+// the estimate of its room stays below the truth between two looks.
+const writeOverheadBytes = 2 << 10
+
+// sendPieceBytes: a frame larger than this is written in pieces of this
+// size, each with a fresh deadline, so that SendTimeout bounds a write that
+// makes no progress, not a large chunk on a slow link (64 KiB is 5 ms at
+// 100 Mbit/s). spanBatchMaxBytes: a span's writev carries at most about
+// this much (beyond one record), for the same reason.
+const (
+	sendPieceBytes    = 64 << 10
+	spanBatchMaxBytes = 256 << 10
+)
+
 // laneConn is one authenticated TCP connection serving a lane. It dies on the
 // first error and is never reused; the lane installs a new one.
 type laneConn struct {
@@ -63,6 +83,12 @@ type laneConn struct {
 	iovs    [][]byte    // backing array for iov
 	iov     net.Buffers // what one writev sends
 	bw      *bufio.Writer
+	// wdeadline is the socket's write deadline as last set (armWrite).
+	wdeadline time.Time
+	// sndRoom is a lower bound on the bytes the socket's send buffer
+	// still takes without waiting: the kernel's answer when last asked,
+	// less what was written since (TrySend).
+	sndRoom int
 
 	// Reader state; only the reader goroutine touches it.
 	rbuf     []byte
@@ -128,11 +154,59 @@ func (c *laneConn) fail(err error) {
 	})
 }
 
+// armWrite makes sure the socket's write deadline is between 7/8 of
+// SendTimeout and all of it away, so that a write that cannot finish in
+// time fails. Moving a deadline costs a runtime timer update, so a lane
+// that writes more often than every SendTimeout/8 moves it only that
+// often. lane.wmu must be held.
+func (c *laneConn) armWrite() { c.armWriteFor(c.lane.t.cfg.SendTimeout / 8) }
+
+// armWriteFor is armWrite that moves the deadline when less than
+// SendTimeout-slack is left; zero slack moves it every time.
+func (c *laneConn) armWriteFor(slack time.Duration) {
+	timeout := c.lane.t.cfg.SendTimeout
+	now := time.Now()
+	if c.wdeadline.Sub(now) <= timeout-slack {
+		c.wdeadline = now.Add(timeout)
+		c.tcp.SetWriteDeadline(c.wdeadline)
+	}
+}
+
+// roomFor reports whether n more bytes go into the socket's send buffer
+// without waiting, asking the kernel only when the estimate says no.
+// lane.wmu must be held.
+func (c *laneConn) roomFor(n int) bool {
+	need := n + sendRoomMarginBytes
+	if c.sndRoom >= need {
+		return true
+	}
+	free, err := sendBufferFree(c.rc)
+	if err != nil {
+		return false
+	}
+	c.sndRoom = free
+	return free >= need
+}
+
+// writeError says what a failed write means when it ran out of time.
+func (c *laneConn) writeError(err error) error {
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return fmt.Errorf("a write could not finish within SendTimeout %v: the peer is stalled or not reading: %w", c.lane.t.cfg.SendTimeout, err)
+	}
+	return err
+}
+
 // writeFrame sends one frame; lane.wmu must be held.
 func (c *laneConn) writeFrame(typ Type, flags Flags, payload []byte) error {
+	c.armWrite()
+	c.sndRoom -= HeaderBytes + len(payload) + writeOverheadBytes
 	hdr := c.hdrs[:HeaderBytes]
 	putHeader(hdr, typ, flags, c.sendSeq, payload)
 	c.sendSeq++
+	if len(payload) > sendPieceBytes {
+		return c.writeLarge(hdr, payload)
+	}
 	if c.bw != nil {
 		c.bw.Write(hdr)
 		c.bw.Write(payload)
@@ -147,15 +221,48 @@ func (c *laneConn) writeFrame(typ Type, flags Flags, payload []byte) error {
 	return err
 }
 
+// writeLarge writes one large frame in pieces of sendPieceBytes, each with
+// a fresh deadline. lane.wmu must be held.
+func (c *laneConn) writeLarge(hdr, payload []byte) error {
+	for first := true; len(payload) > 0; first = false {
+		piece := payload[:min(len(payload), sendPieceBytes)]
+		payload = payload[len(piece):]
+		c.armWriteFor(0)
+		var err error
+		switch {
+		case c.bw != nil && first:
+			c.bw.Write(hdr)
+			fallthrough
+		case c.bw != nil:
+			_, err = c.bw.Write(piece)
+		case first:
+			c.iov = append(c.iovs[:0], hdr, piece)
+			_, err = c.iov.WriteTo(c.tcp)
+		default:
+			_, err = c.tcp.Write(piece)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	if c.bw != nil {
+		c.armWriteFor(0)
+		return c.bw.Flush()
+	}
+	return nil
+}
+
 // writeSpan frames each record of span, maxBatchFrames to a writev. The span
 // has been validated. lane.wmu must be held.
 func (c *laneConn) writeSpan(typ Type, span []byte) (frames int, err error) {
-	n := 0
+	n, batchBytes := 0, 0
 	c.iov = c.iovs[:0]
 	flush := func() {
 		if err != nil || n == 0 {
 			return
 		}
+		batchBytes = 0
+		c.armWrite()
 		if c.bw != nil {
 			err = c.bw.Flush()
 		} else {
@@ -168,15 +275,17 @@ func (c *laneConn) writeSpan(typ Type, span []byte) (frames int, err error) {
 		hdr := c.hdrs[n*HeaderBytes : (n+1)*HeaderBytes]
 		putHeader(hdr, typ, 0, c.sendSeq, payload)
 		c.sendSeq++
+		c.sndRoom -= HeaderBytes + len(payload) + writeOverheadBytes
 		frames++
 		n++
 		if c.bw != nil {
+			c.armWrite() // the staging buffer writes whenever it fills
 			c.bw.Write(hdr)
 			c.bw.Write(payload)
 		} else {
 			c.iov = append(c.iov, hdr, payload)
 		}
-		if n == maxBatchFrames {
+		if batchBytes += HeaderBytes + len(payload); n == maxBatchFrames || batchBytes >= spanBatchMaxBytes {
 			flush()
 		}
 		return err

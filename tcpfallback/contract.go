@@ -40,9 +40,10 @@ const (
 )
 
 var (
-	ErrLaneDown = transport.ErrLaneDown
-	ErrClosed   = transport.ErrClosed
-	ErrRefused  = transport.ErrRefused
+	ErrLaneDown   = transport.ErrLaneDown
+	ErrClosed     = transport.ErrClosed
+	ErrRefused    = transport.ErrRefused
+	ErrWouldBlock = transport.ErrWouldBlock
 )
 
 // LaneOf says which lane carries frames of type t.

@@ -15,12 +15,14 @@
 //	// secondary
 //	tr, err := tcpfallback.Listen(":7070", tcpfallback.Config{
 //		VMID: "web1", TLS: tlsCfg,
+//		PeerNames: []string{"host-a"}, // who may connect: its certificate must name host-a
 //		OnFrame: func(f tcpfallback.Frame) { copyIntoRing(f.Payload) }, // payload is only lent
 //	})
 //	// primary
 //	tr, err := tcpfallback.Dial(ctx, "secondary:7070", cfg)
 //	n, err := tr.SendSpan(tcpfallback.TypeLog, span)   // records straight from the byte ring
 //	err = tr.SendFlags(tcpfallback.TypeCheckpoint, tcpfallback.FlagFinal, chunk)
+//	err = tr.TrySend(tcpfallback.TypeAck, ack)          // from OnFrame: ErrWouldBlock instead of waiting
 //	for ev := range tr.Events() { ... }                 // lane up/down, set-up failures
 //	tr.Close()
 //
@@ -134,6 +136,21 @@
 // most ReconnectMaxAttempts attempts in a row if set. Frames are not
 // replayed across connections: sequence numbers restart at 0 and the
 // protocol above resends what was not acknowledged.
+//
+// A peer can keep its connection alive (heartbeats flow) and still stop
+// reading: its reader is stuck. Every write therefore has a deadline,
+// SendTimeout (the heartbeat timeout unless set): a write that cannot hand
+// its bytes to the kernel in that time fails, and the connection is
+// treated as lost like any other. Frames larger than 64 KiB go in pieces,
+// each with a fresh deadline, so the bound is on a write that makes no
+// progress, not on a large chunk over a slow link. A lane reader must not
+// wait at all: while it waits for room in its socket it reads nothing,
+// and if the peer's reader is waiting for it the same way, neither ever
+// reads again. TrySend is for it: it sends only if the lane's writer is
+// free and the socket's send buffer (SO_MEMINFO: SO_SNDBUF less what is
+// queued) has room for the frame, and otherwise returns ErrWouldBlock
+// having sent nothing, for the caller to send later, in order, from a
+// goroutine that may wait.
 //
 // # Latency and throughput choices
 //

@@ -108,19 +108,32 @@ func parseHello(b []byte) (hello, error) {
 	return h, nil
 }
 
-// verdict is the last word of each side: accepted, or refused with a reason.
+// verdict is the last word of each side: accepted, or refused with a
+// reason, and whether the refusal is for now only (another peer holds the
+// lanes) so that trying again later may succeed.
 type verdict struct {
 	ok     bool
+	retry  bool
 	mac    [macBytes]byte
 	reason string
 }
 
+// Verdict codes, the first byte of a hello-done.
+const (
+	verdictOK      = 0
+	verdictRefused = 1
+	verdictBusy    = 2 // refused for now: try again later
+)
+
 func (v *verdict) marshal() []byte {
 	b := make([]byte, 0, doneFixedBytes+len(v.reason))
-	if v.ok {
-		b = append(b, 0)
-	} else {
-		b = append(b, 1)
+	switch {
+	case v.ok:
+		b = append(b, verdictOK)
+	case v.retry:
+		b = append(b, verdictBusy)
+	default:
+		b = append(b, verdictRefused)
 	}
 	b = append(b, v.mac[:]...)
 	r := v.reason
@@ -132,18 +145,21 @@ func (v *verdict) marshal() []byte {
 
 func parseVerdict(b []byte) (verdict, error) {
 	var v verdict
-	if len(b) < doneFixedBytes || b[0] > 1 || len(b) > doneFixedBytes+maxReasonBytes {
+	if len(b) < doneFixedBytes || b[0] > verdictBusy || len(b) > doneFixedBytes+maxReasonBytes {
 		return v, fmt.Errorf("malformed hello-done (%d bytes)", len(b))
 	}
-	v.ok = b[0] == 0
+	v.ok = b[0] == verdictOK
+	v.retry = b[0] == verdictBusy
 	copy(v.mac[:], b[1:doneFixedBytes])
 	v.reason = string(b[doneFixedBytes:])
 	return v, nil
 }
 
-// refusedError is a set-up refusal; Is(ErrRefused) holds.
+// refusedError is a set-up refusal; Is(ErrRefused) holds unless it is for
+// now only (retry).
 type refusedError struct {
 	byPeer bool // the peer refused us; otherwise we refused the peer
+	retry  bool // another peer holds the lanes: trying again later may work
 	reason string
 }
 
@@ -154,7 +170,7 @@ func (e *refusedError) Error() string {
 	return "refused: " + e.reason
 }
 
-func (e *refusedError) Is(target error) bool { return target == ErrRefused }
+func (e *refusedError) Is(target error) bool { return target == ErrRefused && !e.retry }
 
 // garbageError: what arrived during set-up was not a valid ftvm frame.
 type garbageError struct{ frame *FrameError }
@@ -177,8 +193,9 @@ type handshakeParams struct {
 	// checkPeer, if set, judges the peer once its hello is in: it gets
 	// the name the hello carries (authenticated by the PSK proof; under
 	// TLS the certificate speaks instead, and the caller's closure
-	// looks at that) and returns why the peer is not acceptable, or "".
-	checkPeer func(helloName string) string
+	// looks at that) and returns why the peer is not acceptable, or "",
+	// and whether that may change (retry: another peer holds the lanes).
+	checkPeer func(helloName string) (reason string, retry bool)
 }
 
 // hsConn reads and writes the handshake frames on one connection.
@@ -323,7 +340,7 @@ func dialerHandshake(c net.Conn, p *handshakeParams) (handshakeResult, error) {
 	} else if reason == "" && p.checkPeer != nil {
 		// Under PSK the name is only claimed so far; the listener's
 		// proof below covers it.
-		reason = p.checkPeer(peer.name)
+		reason, _ = p.checkPeer(peer.name)
 	}
 	v.ok = reason == ""
 	v.reason = reason
@@ -345,7 +362,7 @@ func dialerHandshake(c net.Conn, p *handshakeParams) (handshakeResult, error) {
 		return handshakeResult{}, err
 	}
 	if !peerV.ok {
-		return handshakeResult{}, &refusedError{byPeer: true, reason: peerV.reason}
+		return handshakeResult{}, &refusedError{byPeer: true, retry: peerV.retry, reason: peerV.reason}
 	}
 	if p.auth == authPSK {
 		want := mac(p.psk, macLabelListener, myBytes, peerBytes)
@@ -398,10 +415,11 @@ func listenerHandshake(c net.Conn, p *handshakeParams) (handshakeResult, error) 
 			reason = "pre-shared key proof does not match; check the key on both hosts"
 		}
 	}
+	retry := false
 	if reason == "" && p.checkPeer != nil {
-		reason = p.checkPeer(peer.name) // the proof above covers the name
+		reason, retry = p.checkPeer(peer.name) // the proof above covers the name
 	}
-	v := verdict{ok: reason == "", reason: reason}
+	v := verdict{ok: reason == "", retry: retry, reason: reason}
 	if v.ok && p.auth == authPSK {
 		v.mac = mac(p.psk, macLabelListener, peerBytes, myBytes)
 	}
@@ -409,7 +427,7 @@ func listenerHandshake(c net.Conn, p *handshakeParams) (handshakeResult, error) 
 		return handshakeResult{}, fmt.Errorf("sending hello-done: %w", err)
 	}
 	if !v.ok {
-		return handshakeResult{}, &refusedError{reason: reason}
+		return handshakeResult{}, &refusedError{retry: retry, reason: reason}
 	}
 	return handshakeResult{lane: peer.lane, peerMaxPayload: peer.maxPayload, leftover: hs.leftover()}, nil
 }

@@ -93,8 +93,10 @@ func newTransport(cfg Config) *Transport {
 // Dial connects both lanes to a listener at addr (host:port) and keeps them
 // connected: a lost lane is reported on Events and redialed with backoff
 // until Close. Dial itself retries only while nothing answers at addr (the
-// peer may not be up yet) and until ctx ends; a peer that answers and then
-// refuses or fails set-up is reported at once, with the reason.
+// peer may not be up yet) or the listener's lanes are held by another peer
+// (whose connection may be about to be found dead), and until ctx ends; a
+// peer that answers and then refuses or fails set-up otherwise is reported
+// at once, with the reason.
 func Dial(ctx context.Context, addr string, cfg Config) (*Transport, error) {
 	cfg, err := cfg.withDefaults()
 	if err != nil {
@@ -222,7 +224,10 @@ func (t *Transport) WaitConnected(ctx context.Context) error {
 // Send sends one frame on the lane its type belongs to (LaneOf). It returns
 // once the frame is in the kernel's socket buffer; payload may be reused
 // then. It does not wait for the peer and does not retry: if the lane is
-// down it fails with an error wrapping ErrLaneDown.
+// down it fails with an error wrapping ErrLaneDown. It waits for room in
+// the socket's buffer at most Config.SendTimeout; then the connection is
+// treated as lost and the error wraps ErrLaneDown. Code that must not wait
+// at all (a reader acknowledging from OnFrame) uses TrySend.
 func (t *Transport) Send(typ Type, payload []byte) error {
 	return t.SendFlags(typ, 0, payload)
 }
@@ -237,6 +242,31 @@ func (t *Transport) SendFlags(typ Type, flags Flags, payload []byte) error {
 	}
 	l := t.lanes[LaneOf(typ)]
 	l.wmu.Lock()
+	return l.sendLocked(typ, flags, payload, false)
+}
+
+// TrySend is Send that never waits: when the lane's writer is busy (another
+// send holds it) or the socket's send buffer has no room for the frame, it
+// sends nothing and returns ErrWouldBlock, and the caller sends the frame
+// later, in order, from a goroutine that may wait. A lane reader sends from
+// OnFrame with it: a reader that waits for room in its socket reads
+// nothing meanwhile, and if the peer's reader waits the same way for room
+// in the other direction, neither ever reads again.
+func (t *Transport) TrySend(typ Type, payload []byte) error {
+	if !typ.User() {
+		return fmt.Errorf("tcpfallback: frame type %s cannot be sent by a user (use TypeLog..TypeCheckpoint)", typ)
+	}
+	l := t.lanes[LaneOf(typ)]
+	if !l.wmu.TryLock() {
+		return ErrWouldBlock
+	}
+	return l.sendLocked(typ, 0, payload, true)
+}
+
+// sendLocked sends one frame with l.wmu held, and unlocks it. With try
+// it sends nothing and returns ErrWouldBlock unless the frame fits in the
+// socket's send buffer now.
+func (l *lane) sendLocked(typ Type, flags Flags, payload []byte, try bool) error {
 	c := l.cur.Load()
 	if c == nil {
 		l.wmu.Unlock()
@@ -246,10 +276,14 @@ func (t *Transport) SendFlags(typ Type, flags Flags, payload []byte) error {
 		l.wmu.Unlock()
 		return fmt.Errorf("tcpfallback: %s payload of %d bytes exceeds the peer's maximum of %d; split it (checkpoints go in chunks)", typ, len(payload), c.peerMaxPayload)
 	}
+	if try && !c.roomFor(HeaderBytes+len(payload)) {
+		l.wmu.Unlock()
+		return ErrWouldBlock
+	}
 	err := c.writeFrame(typ, flags, payload)
 	l.wmu.Unlock()
 	if err != nil {
-		err = fmt.Errorf("%w: %s lane: sending to %s: %w", ErrLaneDown, l.id, c.peer, err)
+		err = fmt.Errorf("%w: %s lane: sending to %s: %w", ErrLaneDown, l.id, c.peer, c.writeError(err))
 		c.fail(err)
 		return err
 	}
@@ -285,7 +319,7 @@ func (t *Transport) SendSpan(typ Type, span []byte) (int, error) {
 	frames, err := c.writeSpan(typ, span)
 	l.wmu.Unlock()
 	if err != nil {
-		err = fmt.Errorf("%w: %s lane: sending to %s: %w", ErrLaneDown, l.id, c.peer, err)
+		err = fmt.Errorf("%w: %s lane: sending to %s: %w", ErrLaneDown, l.id, c.peer, c.writeError(err))
 		c.fail(err)
 		return 0, err
 	}
@@ -323,7 +357,7 @@ func (l *lane) install(c *laneConn) error {
 		if reason := t.holderConflict(c.peerID); reason != "" {
 			t.mu.Unlock()
 			c.raw.Close()
-			return &refusedError{reason: reason}
+			return &refusedError{retry: true, reason: reason}
 		}
 	}
 	old := l.cur.Swap(c)
@@ -420,9 +454,9 @@ func (t *Transport) dialLane(ctx context.Context, l *lane) (*laneConn, error) {
 	}
 	params := t.cfg.handshakeParams(l.id)
 	var id peerIdentity
-	params.checkPeer = func(name string) string {
+	params.checkPeer = func(name string) (string, bool) {
 		id = identityOf(raw, name)
-		return t.cfg.checkAllowed(id)
+		return t.cfg.checkAllowed(id), false
 	}
 	res, err := dialerHandshake(raw, params)
 	if err != nil {
@@ -473,7 +507,11 @@ func (t *Transport) connectFirst(ctx context.Context, l *lane) (*laneConn, error
 			return c, nil
 		}
 		var ce *connectError
-		if !errors.As(err, &ce) || ctx.Err() != nil {
+		var re *refusedError
+		// Nothing answers yet, or another peer holds the listener's
+		// lanes for now (its connection may be about to be found dead).
+		busy := errors.As(err, &re) && re.retry
+		if !errors.As(err, &ce) && !busy || ctx.Err() != nil {
 			return nil, err
 		}
 		delay := t.backoff(attempt)
@@ -640,14 +678,15 @@ func (t *Transport) serveConn(nc net.Conn) {
 	}
 	params := t.cfg.handshakeParams(LaneControl)
 	var id peerIdentity
-	params.checkPeer = func(name string) string {
+	params.checkPeer = func(name string) (string, bool) {
 		id = identityOf(raw, name)
 		if reason := t.cfg.checkAllowed(id); reason != "" {
-			return reason
+			return reason, false
 		}
 		t.mu.Lock()
 		defer t.mu.Unlock()
-		return t.holderConflict(id)
+		reason := t.holderConflict(id)
+		return reason, reason != ""
 	}
 	res, err := listenerHandshake(raw, params)
 	if err != nil {
@@ -729,7 +768,7 @@ func (l *lane) watch(c *laneConn, now time.Time) {
 	}
 	l.wmu.Unlock()
 	if err != nil {
-		c.fail(fmt.Errorf("tcpfallback: %s lane: sending heartbeat to %s: %w", l.id, c.peer, err))
+		c.fail(fmt.Errorf("tcpfallback: %s lane: sending heartbeat to %s: %w", l.id, c.peer, c.writeError(err)))
 		return
 	}
 	c.idleTicks = 0

@@ -183,4 +183,8 @@ var (
 	// other wrong (version, VM id, credentials); retrying without changing
 	// the configuration will not help.
 	ErrRefused = errors.New("refused")
+	// ErrWouldBlock: a TrySend that could not go at once (the lane's
+	// writer is busy or the socket's send buffer is full) sent nothing.
+	// Send it later, in order, from a goroutine that may wait.
+	ErrWouldBlock = errors.New("send would block")
 )

@@ -38,6 +38,18 @@ func (l *peerLink) Send(typ transport.Type, payload []byte) error {
 	return t.Send(typ, payload)
 }
 
+// TrySend implements agent.TrySender: the transport's readers send with
+// it, so that they never wait for room in a socket.
+func (l *peerLink) TrySend(typ transport.Type, payload []byte) error {
+	t := l.cur.Load()
+	if t == nil {
+		return fmt.Errorf("%w: not connected to a peer yet", transport.ErrLaneDown)
+	}
+	return t.TrySend(typ, payload)
+}
+
+var _ agent.TrySender = (*peerLink)(nil)
+
 // gratuitousARP is the frame a new primary sends so that switches learn the
 // VM's MAC on its port and neighbours refresh their caches: a broadcast
 // ARP request from mac asking for ip, which ip itself answers for (sender
