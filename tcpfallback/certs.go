@@ -122,7 +122,11 @@ func WriteTestCertificatesApart(dir, caKeyDir string, hosts ...string) error {
 // that WriteTestCertificates left in dir (ca.pem and its key), as that
 // function would have. It is for tests and labs, e.g. a certificate from
 // the right CA that names a host the pair does not expect.
-func AddTestCertificate(dir, host string) error {
+func AddTestCertificate(dir, host string) error { return AddTestCertificateApart(dir, dir, host) }
+
+// AddTestCertificateApart is AddTestCertificate for a CA whose private key
+// WriteTestCertificatesApart (or `ftvm certs`) put in caKeyDir.
+func AddTestCertificateApart(dir, caKeyDir, host string) error {
 	if host == "" || host == "ca" || filepath.Base(host) != host {
 		return fmt.Errorf("tcpfallback: host name %q is not usable as a file name; use a plain name such as host-c", host)
 	}
@@ -131,9 +135,9 @@ func AddTestCertificate(dir, host string) error {
 			return fmt.Errorf("tcpfallback: %s already exists; remove it first", filepath.Join(dir, n))
 		}
 	}
-	ca, err := tls.LoadX509KeyPair(filepath.Join(dir, CAFileName), filepath.Join(dir, caKeyName))
+	ca, err := tls.LoadX509KeyPair(filepath.Join(dir, CAFileName), filepath.Join(caKeyDir, caKeyName))
 	if err != nil {
-		return fmt.Errorf("tcpfallback: loading the test CA in %s: %w (write one with WriteTestCertificates or `ftvm certs`)", dir, err)
+		return fmt.Errorf("tcpfallback: loading the test CA (%s in %s, its key in %s): %w (write one with WriteTestCertificates or `ftvm certs`)", CAFileName, dir, caKeyDir, err)
 	}
 	caCert, err := x509.ParseCertificate(ca.Certificate[0])
 	if err != nil {
@@ -141,7 +145,7 @@ func AddTestCertificate(dir, host string) error {
 	}
 	caKey, ok := ca.PrivateKey.(*ecdsa.PrivateKey)
 	if !ok {
-		return fmt.Errorf("tcpfallback: the CA key in %s is not an ECDSA key", dir)
+		return fmt.Errorf("tcpfallback: the CA key in %s is not an ECDSA key", caKeyDir)
 	}
 	return writeHostCertificate(dir, host, caCert, caKey, time.Now())
 }

@@ -39,7 +39,8 @@ func TestE2EIntruder(t *testing.T) {
 	}
 
 	certs := c.path("certs")
-	if err := tcpfallback.AddTestCertificate(certs, "x"); err != nil {
+	// ftvm certs keeps the CA's key apart, in certs-ca-key.
+	if err := tcpfallback.AddTestCertificateApart(certs, certs+"-ca-key", "x"); err != nil {
 		t.Fatal(err)
 	}
 	tlsX, err := tcpfallback.LoadTLSConfig(certs, "x")
