@@ -133,6 +133,11 @@ type Stats struct {
 	// DiskFailing: a block write is failing now, so the VM is paused and
 	// no output after that write leaves (DiskError says why).
 	DiskFailing bool
+	// GuestErrors counts the guest's requests that the VMM refused as
+	// guest bugs (vmm.GuestError: an unknown op, a buffer outside its
+	// memory, ...): the guest got an error status and went on. Every
+	// replica refuses the same ones, so they are not logged.
+	GuestErrors uint64
 }
 
 // heldOutput is an output the VMM keeps out of the world: *vmm.Output.
@@ -191,7 +196,7 @@ type Agent struct {
 	bugReleaseOnHold bool
 
 	stats struct {
-		send, frame, step, diverge, released, restores, ckpts, stalls, persisted, tooLarge atomic.Uint64
+		send, frame, step, diverge, released, restores, ckpts, stalls, persisted, tooLarge, guestErrors atomic.Uint64
 	}
 	holdLatency latencyRecorder
 	log         *slog.Logger
@@ -339,6 +344,7 @@ func (a *Agent) Stats() Stats {
 		Divergences: nodeDiv + a.stats.diverge.Load(), Released: a.stats.released.Load(),
 		Restores: a.stats.restores.Load(), Checkpoints: a.stats.ckpts.Load(), Stalls: a.stats.stalls.Load(),
 		DiskWriteErrors: a.disk.errors.Load(), DiskFailing: a.disk.failing.Load(),
+		GuestErrors: a.stats.guestErrors.Load(),
 	}
 }
 

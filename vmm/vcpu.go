@@ -187,15 +187,23 @@ func (m *Machine) handleMMIOExit() {
 	}
 	// Offsets past 0xffff name no port; handleOut refuses them by number.
 	port := uint16(min(addr-DoorbellBase, 0xffff))
-	if !write {
-		m.fail(port, &GuestError{Port: port, Reason: fmt.Sprintf("read of %d bytes from doorbell %#x: devices take requests only by a store", size, addr)})
-		return
-	}
 	if size > 8 {
-		m.fail(port, fmt.Errorf("KVM reported an MMIO store of %d bytes; kvm_run holds at most 8", size))
+		m.fail(port, fmt.Errorf("KVM reported an MMIO access of %d bytes; kvm_run holds at most 8", size))
 		return
 	}
 	data := run[runMMIODataOff : runMMIODataOff+8]
+	if !write {
+		// A guest bug, but not one to stop the VM for: the load reads
+		// all ones (as from an absent device) and the guest goes on.
+		for i := range data[:size] {
+			data[i] = 0xff
+		}
+		dev, _ := deviceForPort(port)
+		m.disp.refuse(&GuestError{Exit: m.disp.next, Port: port, Device: dev, Skipped: true,
+			Reason: fmt.Sprintf("load of %d bytes from doorbell %#x: devices take requests only by a store (it reads all ones)", size, addr)}, 0)
+		m.ioPending = true
+		return
+	}
 	var value uint32
 	switch size {
 	case 1:

@@ -387,6 +387,7 @@ func (d *daemon) newVM(hook vmm.ExitHook) (agent.VM, error) {
 		Hook:              hook,
 		Cmdline:           d.cfg.cmdline,
 		DiskSharedStorage: d.cfg.sharedStorage,
+		Logger:            d.log,
 	})
 	if err != nil {
 		if nic != nil {
