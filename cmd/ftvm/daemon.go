@@ -471,6 +471,12 @@ func (d *daemon) run(ctx context.Context) int {
 	case errors.Is(err, agent.ErrArbiterUnusable):
 		d.log.Error("stopping: the arbiter cannot be used, so this host can neither serve nor take over; fix --arbiter-dir and start again", "arbiter_dir", d.cfg.arbiterDir, "err", err)
 		return exitFailure
+	case errors.Is(err, agent.ErrSecondaryDiskFailing):
+		// Closing the transports (d.close) is what tells the primary at
+		// once that its secondary is gone: it goes on unprotected.
+		d.log.Error("stopping: this secondary cannot write its disk, so it left the pair rather than stall the primary, which goes on unprotected; free space on the disk's filesystem (or repair it), then start this host again as a secondary",
+			"disk", d.cfg.disk, "err", err)
+		return exitFailure
 	case errors.Is(err, agent.ErrHalted):
 		d.log.Warn("halted: another host is primary for this VM; restart this one as a secondary to re-protect it", "err", err)
 		return exitHalted
