@@ -162,7 +162,7 @@ func (m *Machine) step() {
 		// IOPL is 0, so a CPL3 guest's port access faults before it gets
 		// here; a host that lets it through still must not see a device.
 		port := le.Uint16(run[runIOPortOff:])
-		m.fail(port, &GuestError{Port: port, Reason: "port I/O: devices are reached only through their doorbell (ftvm.h)"})
+		m.fail(port, fmt.Errorf("guest port I/O to %#x: devices are reached only through their doorbell (ftvm.h)", port))
 	case exitShutdown:
 		m.fail(0, errors.New("the guest triple-faulted: it raised an exception (a bad address, a divide by zero, a privileged instruction or port I/O at CPL3) and there is no IDT"))
 	case exitFailEntry:
@@ -182,7 +182,9 @@ func (m *Machine) handleMMIOExit() {
 	size := le.Uint32(run[runMMIOLenOff:])
 	write := run[runMMIOWriteOff] != 0
 	if addr < DoorbellBase || addr >= DoorbellBase+hugePageBytes {
-		m.fail(0, &GuestError{Reason: fmt.Sprintf("access to guest-physical address %#x (%d bytes, write=%v) outside guest memory (a wild pointer?)", addr, size, write)})
+		// Unreachable while the page tables map only memory and the
+		// doorbell page (a wild pointer faults first); nothing to answer.
+		m.fail(0, fmt.Errorf("guest access to guest-physical address %#x (%d bytes, write=%v) outside guest memory (a wild pointer?)", addr, size, write))
 		return
 	}
 	// Offsets past 0xffff name no port; handleOut refuses them by number.
