@@ -1,6 +1,7 @@
 package agent
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -79,6 +80,11 @@ var _ VM = (*vmm.Machine)(nil)
 const (
 	DefaultTickInterval = 10 * time.Millisecond
 	arbiterTimeout      = 5 * time.Second
+	// secondaryDiskFailingPeerTimeouts is SecondaryDiskFailingMax in peer
+	// timeouts: the primary gives up a silent secondary after one, and
+	// one that cannot write stalls it as surely; a few more let a
+	// passing error (space freed at once) heal without a re-protection.
+	secondaryDiskFailingPeerTimeouts = 3
 )
 
 // Config configures an Agent.
@@ -121,6 +127,15 @@ type Config struct {
 	// refused there (a newer primary raised it) stops the agent with
 	// ErrHalted, dropping every output queued behind the write.
 	DiskFence DiskFence
+	// SecondaryDiskFailingMax is how long a block write may fail on a
+	// secondary (a full disk) before the secondary leaves the pair: its
+	// VM is paused meanwhile, and the primary stalls once the secondary
+	// lags a log window, so a secondary that cannot write would take the
+	// primary's service down. Run then returns ErrSecondaryDiskFailing;
+	// the caller closes the transport, so that the primary finds its peer
+	// lost and goes on unprotected. Zero: secondaryDiskFailingPeerTimeouts
+	// peer timeouts (Node.PeerTimeoutTicks × TickInterval).
+	SecondaryDiskFailingMax time.Duration
 	// OnGoLive, if set, runs on the loop when this host becomes primary
 	// after a failover, before any output is released and before the VM's
 	// exits are served live: plug the live NIC in, announce the VM's MAC.
@@ -152,6 +167,11 @@ type Stats struct {
 	// DiskFailing: a block write is failing now, so the VM is paused and
 	// no output after that write leaves (DiskError says why).
 	DiskFailing bool
+	// GuestErrors counts the guest's requests that the VMM refused as
+	// guest bugs (vmm.GuestError: an unknown op, a buffer outside its
+	// memory, ...): the guest got an error status and went on. Every
+	// replica refuses the same ones, so they are not logged.
+	GuestErrors uint64
 }
 
 // heldOutput is an output the VMM keeps out of the world: *vmm.Output.
@@ -210,7 +230,7 @@ type Agent struct {
 	bugReleaseOnHold bool
 
 	stats struct {
-		send, frame, step, diverge, released, restores, ckpts, stalls, persisted, tooLarge atomic.Uint64
+		send, frame, step, diverge, released, restores, ckpts, stalls, persisted, tooLarge, guestErrors atomic.Uint64
 	}
 	holdLatency latencyRecorder
 	log         *slog.Logger
@@ -266,6 +286,9 @@ func New(cfg Config) (*Agent, error) {
 	if cfg.TickInterval < 0 {
 		return nil, fmt.Errorf("agent: TickInterval %v is negative", cfg.TickInterval)
 	}
+	if cfg.SecondaryDiskFailingMax < 0 {
+		return nil, fmt.Errorf("agent: SecondaryDiskFailingMax %v is negative", cfg.SecondaryDiskFailingMax)
+	}
 	if cfg.SeparateStorage {
 		if cfg.Node.Persistent != nil {
 			return nil, errors.New("agent: SeparateStorage sets Node.Persistent itself: leave it nil")
@@ -292,6 +315,12 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a.holdLatency.init()
 	a.disk = newDiskWriter(a.log, a.poke, a.durable)
+	a.disk.leaveAfter = cfg.SecondaryDiskFailingMax
+	if a.disk.leaveAfter == 0 {
+		ticks := cmp.Or(cfg.Node.PeerTimeoutTicks, lockstep.DefaultPeerTimeoutTicks)
+		a.disk.leaveAfter = secondaryDiskFailingPeerTimeouts * time.Duration(ticks) * cfg.TickInterval
+	}
+	a.disk.mayLeave = func() bool { return a.Status().Role == lockstep.RoleSecondary }
 	a.cond = sync.NewCond(&a.mu)
 	return a, nil
 }
@@ -362,6 +391,7 @@ func (a *Agent) Stats() Stats {
 		Divergences: nodeDiv + a.stats.diverge.Load(), Released: a.stats.released.Load(),
 		Restores: a.stats.restores.Load(), Checkpoints: a.stats.ckpts.Load(), Stalls: a.stats.stalls.Load(),
 		DiskWriteErrors: a.disk.errors.Load(), DiskFailing: a.disk.failing.Load(),
+		GuestErrors: a.stats.guestErrors.Load(),
 	}
 }
 
@@ -379,6 +409,12 @@ func (a *Agent) Status() lockstep.Status {
 // ErrHalted is returned by Run when the node halted: another host is
 // primary, so this one must not act.
 var ErrHalted = errors.New("agent: halted")
+
+// ErrSecondaryDiskFailing is returned by Run on a secondary whose block
+// writes failed for longer than Config.SecondaryDiskFailingMax: it left
+// the pair so that the primary goes on. Free space on (or repair) the
+// disk's filesystem and start the host again as a secondary.
+var ErrSecondaryDiskFailing = errors.New("agent: this secondary's disk writes fail")
 
 // ErrArbiterUnusable is returned by Run when the arbiter failed
 // arbiterPermanentTries times in a row with an error that does not pass by
@@ -521,6 +557,10 @@ func (a *Agent) Run(ctx context.Context, tr Transport) (err error) {
 func (a *Agent) followDisk() error {
 	if a.disk.fenced.Load() {
 		return fmt.Errorf("%w: a newer primary raised the shared disk's fence: this host's queued writes were refused and nothing after them left; restart it as a secondary", ErrHalted)
+	}
+	if a.disk.left.Load() {
+		return fmt.Errorf("%w: a block write failed for longer than %v (%s), so this host left the pair and the primary goes on unprotected: free space on the disk's filesystem (or repair it), then start this host again as a secondary",
+			ErrSecondaryDiskFailing, a.disk.leaveAfter, a.disk.leftErr.Load())
 	}
 	failing := a.disk.failing.Load()
 	if failing == a.diskPaused {

@@ -51,7 +51,10 @@ const (
 // what it writes, and resumes by itself when the write succeeds (space
 // was freed). Only stop gives up: then the abandoned write and all later
 // jobs are dropped unperformed, so that no output acknowledging them
-// leaves.
+// leaves. Or leaving: a write that has failed for leaveAfter, while
+// mayLeave says this host is a secondary, is given up the same way and
+// left is set, so that the secondary leaves the pair (Agent.followDisk)
+// rather than stall the primary behind its paused VM.
 type diskWriter struct {
 	q        chan diskJob
 	log      *slog.Logger
@@ -76,6 +79,15 @@ type diskWriter struct {
 	// a stopping enqueue); every later job is dropped too.
 	given    atomic.Bool
 	finished chan struct{} // closed when run returns
+
+	// leaveAfter, if positive, is how long a write may fail on a host
+	// that mayLeave says should leave the pair (a secondary) before it is
+	// given up; left then says so, and leftErr is that write's error.
+	// Set before the first job.
+	leaveAfter time.Duration
+	mayLeave   func() bool
+	left       atomic.Bool
+	leftErr    atomic.Value // string
 }
 
 type diskJob struct {
@@ -164,6 +176,18 @@ func (w *diskWriter) writeDurably(j diskJob) bool {
 			lastLog = now
 			w.log.Error("block write still failing: the VM stays paused until it succeeds",
 				"write", j.what, "err", err, "attempts", attempts, "failing_for", now.Sub(firstFail).Round(time.Second))
+		}
+		if failingFor := now.Sub(firstFail); w.leaveAfter > 0 && failingFor >= w.leaveAfter && w.mayLeave != nil && w.mayLeave() {
+			w.leftErr.Store(err.Error())
+			w.left.Store(true)
+			w.given.Store(true)
+			w.failing.Store(false) // not retried any more: over
+			w.dropped.Add(1)
+			w.log.Error("a block write on this secondary has failed for too long: leaving the pair, so that the primary, which waits for this host, goes on serving (unprotected); "+
+				"this write and every one after it are dropped (the primary has them). Free space on the disk's filesystem (or repair it), then start this host again as a secondary: it copies the disk afresh",
+				"write", j.what, "err", err, "attempts", attempts, "failing_for", failingFor.Round(time.Millisecond), "limit", w.leaveAfter)
+			w.changed()
+			return false
 		}
 		select {
 		case <-w.quit:

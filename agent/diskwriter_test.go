@@ -147,3 +147,40 @@ func TestPerformReleasesAfterTheBlockWriteIsDurable(t *testing.T) {
 		t.Fatalf("after the write succeeded: %q, VM running %v; want \"write reply\" and running", got, a.running)
 	}
 }
+
+// A write that fails for leaveAfter on a host that may leave (a
+// secondary) is given up, with everything behind it, and left says so; on
+// one that may not (a primary) it is retried on, however long it fails.
+func TestDiskWriterLeavesAfterFailingTooLong(t *testing.T) {
+	for _, may := range []bool{true, false} {
+		w := newDiskWriter(slog.New(slog.NewTextHandler(io.Discard, nil)), nil, nil)
+		w.leaveAfter = 30 * time.Millisecond
+		w.mayLeave = func() bool { return may }
+		var released atomic.Bool
+		w.enqueue("seq 1", 1, func() error { return errors.New("no space left on device") })
+		w.release("seq 2", 2, func() error { released.Store(true); return nil })
+		deadline := time.Now().Add(10 * time.Second)
+		for !w.left.Load() && w.errors.Load() < 8 { // 8 attempts: >1 s of backoff
+			if time.Now().After(deadline) {
+				t.Fatal("the failing write was not retried")
+			}
+			time.Sleep(time.Millisecond)
+		}
+		if w.left.Load() != may {
+			t.Fatalf("may leave %v: left %v after %d attempts", may, w.left.Load(), w.errors.Load())
+		}
+		if may {
+			w.drain() // returns: the writer gave up
+			if released.Load() || w.failing.Load() || !strings.Contains(w.leftErr.Load().(string), "no space") {
+				t.Fatalf("after leaving: release performed %v, failing %v, error %q; want dropped, not failing, the ENOSPC", released.Load(), w.failing.Load(), w.leftErr.Load())
+			}
+		} else if !w.failing.Load() {
+			t.Fatal("a host that may not leave stopped retrying")
+		}
+		w.abort()
+		w.stop()
+		if released.Load() {
+			t.Fatal("the release behind the failing write was performed")
+		}
+	}
+}

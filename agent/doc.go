@@ -84,7 +84,12 @@
 // that fails is retried with backoff, never skipped; meanwhile the loop
 // keeps the VM paused (followDisk), Stats.DiskFailing and DiskError say
 // why, and the VM resumes when the write succeeds. Stopping gives up such
-// a write and drops every output queued behind it. The writer reports each
+// a write and drops every output queued behind it. So does a secondary
+// whose write has failed for Config.SecondaryDiskFailingMax (a few peer
+// timeouts): its paused VM lags, and the primary stalls once the lag is a
+// log window, so the secondary leaves the pair instead (Run returns
+// ErrSecondaryDiskFailing, the caller closes the transport, and the
+// primary finds its peer lost and goes on unprotected). The writer reports each
 // output done, in order (Node.Durable), so that the released-through the
 // primary tells the secondary never passes what is durable: a secondary
 // drops its copy of a write only once the primary's disk has it. With a

@@ -42,7 +42,15 @@ func (x vmmExit) hold() (heldOutput, error) {
 	return o, nil
 }
 
-var _ vmm.ExitHook = (*Agent)(nil)
+var (
+	_ vmm.ExitHook           = (*Agent)(nil)
+	_ vmm.GuestErrorObserver = (*Agent)(nil)
+)
+
+// OnGuestError implements vmm.GuestErrorObserver: it counts a request the
+// VMM refused (the VMM logs it). Nothing is logged to the peer: the
+// replica's VMM refuses the same request at the same point.
+func (a *Agent) OnGuestError(*vmm.GuestError) { a.stats.guestErrors.Add(1) }
 
 // OnExit implements vmm.ExitHook; it runs on the vCPU thread. It is the
 // recorder on a primary and the replayer on a secondary; which one is the

@@ -113,6 +113,18 @@ func startPair(t *testing.T, ctx context.Context, mode lockstep.Mode, window int
 // startPairWith lets devices be added to each side's VM config.
 func startPairWith(t *testing.T, ctx context.Context, mode lockstep.Mode, window int, image []byte, cmdline string, devices func(role wire.Role, c *vmm.Config)) *pair {
 	t.Helper()
+	return startPairConfig(t, ctx, mode, window, image, cmdline, devices, nil)
+}
+
+// startPairConfig lets each side's agent config be changed too.
+func startPairConfig(t *testing.T, ctx context.Context, mode lockstep.Mode, window int, image []byte, cmdline string, devices func(role wire.Role, c *vmm.Config), agentCfg func(role wire.Role, c *Config)) *pair {
+	t.Helper()
+	configure := func(role wire.Role, c Config) Config {
+		if agentCfg != nil {
+			agentCfg(role, &c)
+		}
+		return c
+	}
 	arb, err := arbiter.NewFile(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -131,7 +143,7 @@ func startPairWith(t *testing.T, ctx context.Context, mode lockstep.Mode, window
 			return vmm.New(c)
 		}
 	}
-	p.sec, err = New(Config{
+	p.sec, err = New(configure(wire.RoleSecondary, Config{
 		Node: nodeConfig(wire.RoleSecondary, mode, window), NewVM: newVM(&p.secOut), Arbiter: arb, TickInterval: testTick,
 		OnReplayed: func(_ uint64, dev vmm.Device, data []byte) {
 			if dev != vmm.DeviceConsole {
@@ -141,7 +153,7 @@ func startPairWith(t *testing.T, ctx context.Context, mode lockstep.Mode, window
 			p.replayed = append(p.replayed, bytes.Clone(data))
 			p.mu.Unlock()
 		},
-	})
+	}))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -150,12 +162,12 @@ func startPairWith(t *testing.T, ctx context.Context, mode lockstep.Mode, window
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { p.secTr.Close() })
-	p.pri, err = New(Config{
+	p.pri, err = New(configure(wire.RolePrimary, Config{
 		Node: nodeConfig(wire.RolePrimary, mode, window), NewVM: newVM(&p.priOut), Arbiter: arb, TickInterval: testTick,
 		WaitForSecondary: true,
 		Boot:             func(vm VM) error { return vm.(*vmm.Machine).Load(image) },
 		OnRelease:        p.checkRelease(mode),
-	})
+	}))
 	if err != nil {
 		t.Fatal(err)
 	}

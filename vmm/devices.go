@@ -48,11 +48,16 @@ const (
 	requestStructBytes = 40
 )
 
-// Status values written to ftvm_req.status.
+// Status values written to ftvm_req.status. The first three are the
+// devices' answers; the others refuse a request the guest got wrong
+// (GuestError), which no device sees.
 const (
 	StatusOK    int32 = 0
-	StatusRange int32 = -2
-	StatusIO    int32 = -5
+	StatusRange int32 = -2  // a block request past the end of the disk
+	StatusIO    int32 = -5  // the backend failed; the guest may retry
+	StatusFault int32 = -14 // the request's buffer is outside guest memory
+	StatusNoDev int32 = -19 // no device at the doorbell the guest rang
+	StatusInval int32 = -22 // an unknown op, flags not 0, a length the device does not take
 )
 
 // LoadBase is FTVM_LOAD_BASE: where guest programs are linked.

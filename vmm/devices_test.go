@@ -23,6 +23,7 @@ var abiConstants = map[string]int64{
 	"FTVM_NIC_MTU_FRAME": NICFrameMaxBytes, "FTVM_BLOCK_SECTOR": BlockSectorBytes,
 	"FTVM_BLOCK_MAX": BlockMaxBytes, "FTVM_OK": int64(StatusOK),
 	"FTVM_E_RANGE": int64(StatusRange), "FTVM_E_IO": int64(StatusIO),
+	"FTVM_E_FAULT": int64(StatusFault), "FTVM_E_NODEV": int64(StatusNoDev), "FTVM_E_INVAL": int64(StatusInval),
 	"FTVM_LOAD_BASE": int64(LoadBase), "FTVM_BOOT_MAGIC": int64(BootMagic),
 }
 

@@ -2,6 +2,7 @@ package vmm
 
 import (
 	"fmt"
+	"sync/atomic"
 )
 
 // device is one guest device: the live side of its inputs, the effect of
@@ -37,19 +38,40 @@ const (
 )
 
 // GuestError is a request the guest got wrong (an unknown op, a buffer
-// outside memory, a length over a limit). It stops the VM.
+// outside memory, a length over a limit, a store to a doorbell offset with
+// no device). It does not stop the VM: the exit completes without reaching
+// the device or the hook, the guest finds Status in its request (or, when
+// the request struct itself cannot be reached, nothing: Skipped) and goes
+// on, and the VMM counts it (Status.GuestErrors) and logs it, rate-limited.
+// A refused request takes no exit index, and what the guest sees depends
+// only on its own memory and registers, so every replica refuses it the
+// same way and the log carries nothing for it.
 type GuestError struct {
+	Exit   uint64 // the index the next device exit gets (a refused request takes none)
 	Port   uint16
 	Device Device
 	Op     uint32
-	Reason string
+	// Status is what was written to the request's status field
+	// (StatusInval, StatusFault, StatusNoDev); 0 when Skipped.
+	Status int32
+	// Skipped: the request struct could not be reached (not a 32-bit
+	// store, misaligned, outside guest memory), so nothing was written.
+	Skipped bool
+	Reason  string
 }
 
 func (g *GuestError) Error() string {
-	if g.Device == 0 {
-		return fmt.Sprintf("guest wrote to port %#x: %s", g.Port, g.Reason)
+	where := fmt.Sprintf("port %#x", g.Port)
+	if g.Device != 0 {
+		where = fmt.Sprintf("%s (port %#x)", g.Device, g.Port)
 	}
-	return fmt.Sprintf("guest request to %s (port %#x) op %s: %s", g.Device, g.Port, OpName(g.Device, g.Op), g.Reason)
+	if g.Skipped {
+		return fmt.Sprintf("guest access to the doorbell of %s: %s; no request to answer, skipped", where, g.Reason)
+	}
+	if g.Device != 0 {
+		where += " op " + OpName(g.Device, g.Op)
+	}
+	return fmt.Sprintf("guest request to %s: %s; refused with status %d", where, g.Reason, g.Status)
 }
 
 // dispatcher decodes one doorbell exit into a request, checks it, hands it to
@@ -65,29 +87,76 @@ type dispatcher struct {
 
 	halted   bool
 	exitCode uint64
+
+	// guestErrors counts the requests refused as guest bugs; accessed
+	// atomically (Machine.Status reads it from any goroutine). It is a
+	// statistic, not VM state: snapshots do not carry it.
+	guestErrors atomic.Uint64
+	// onGuestError, if set, sees every refused request after it was
+	// answered (the Machine logs it); on the vCPU thread.
+	onGuestError func(*GuestError)
 }
 
 // handleOut handles a guest store of size bytes of value to the doorbell of
-// port. A nil return means the guest may resume; the exit index advanced by
-// one.
+// port. A request the guest got wrong is refused (refuse) and the guest
+// resumes; the exit index advances only for a request that reached the
+// hook. An error is a failure of the VMM or of the hook, which stops the VM.
 func (d *dispatcher) handleOut(port uint16, size uint8, value uint32) error {
-	dev, ok := deviceForPort(port)
-	if !ok {
-		return &GuestError{Port: port, Reason: fmt.Sprintf("no device at this port (devices are at %#x-%#x)", PortConsole, PortHalt)}
+	e, reqAddr, ge := d.decode(port, size, value)
+	if ge != nil {
+		d.refuse(ge, reqAddr)
+		return nil
 	}
-	bad := func(op uint32, format string, args ...any) error {
-		return &GuestError{Port: port, Device: dev, Op: op, Reason: fmt.Sprintf(format, args...)}
+	res, err := d.hook.OnExit(e)
+	if err != nil {
+		return fmt.Errorf("%v: %w", e, err)
+	}
+	// The request was checked against guest memory before the hook, so
+	// the writes below cannot fail but on a VMM bug or a corrupt log.
+	if e.Dir == DirInput && len(res.Data) > 0 {
+		if max := d.inputDataMax(e); uint64(len(res.Data)) > max {
+			return fmt.Errorf("%v: the hook returned %d bytes of data for a %d-byte buffer (corrupt log?)", e, len(res.Data), max)
+		}
+		if err := d.mem.Write(e.Addr, res.Data); err != nil {
+			return fmt.Errorf("%v: writing the input: %w", e, err)
+		}
+	}
+	if err := d.answer(reqAddr, res.Status, res.Value); err != nil {
+		return fmt.Errorf("%v: %w", e, err)
+	}
+	d.next++
+	if e.Device == DeviceHalt {
+		d.halted = true
+		d.exitCode = e.Arg
+	}
+	return nil
+}
+
+// decode reads and checks the request a doorbell store addresses. A
+// request the guest got wrong comes back as a GuestError, with the status
+// to answer it with (none when the struct cannot be reached).
+func (d *dispatcher) decode(port uint16, size uint8, value uint32) (*Exit, uint64, *GuestError) {
+	reqAddr := uint64(value)
+	dev, ok := deviceForPort(port)
+	// The request struct first: without it the guest can be told nothing.
+	skip := func(format string, args ...any) (*Exit, uint64, *GuestError) {
+		return nil, 0, &GuestError{Exit: d.next, Port: port, Device: dev, Skipped: true, Reason: fmt.Sprintf(format, args...)}
 	}
 	if size != 4 {
-		return bad(0, "store of %d bytes to the doorbell; a request is addressed by one 32-bit store", size)
+		return skip("store of %d bytes to the doorbell; a request is addressed by one 32-bit store", size)
 	}
-	reqAddr := uint64(value)
 	if reqAddr%requestAlignBytes != 0 {
-		return bad(0, "request at %#x is not 8-byte aligned", reqAddr)
+		return skip("request at %#x is not 8-byte aligned", reqAddr)
 	}
 	raw, err := d.mem.Slice(reqAddr, requestStructBytes)
 	if err != nil {
-		return bad(0, "request struct: %v", err)
+		return skip("request struct: %v", err)
+	}
+	bad := func(op uint32, status int32, format string, args ...any) (*Exit, uint64, *GuestError) {
+		return nil, reqAddr, &GuestError{Exit: d.next, Port: port, Device: dev, Op: op, Status: status, Reason: fmt.Sprintf(format, args...)}
+	}
+	if !ok {
+		return bad(0, StatusNoDev, "no device at this port (devices are at %#x-%#x)", PortConsole, PortHalt)
 	}
 	e := &Exit{
 		Index:  d.next,
@@ -101,61 +170,51 @@ func (d *dispatcher) handleOut(port uint16, size uint8, value uint32) error {
 	}
 	spec, ok := lookupOp(dev, e.Op)
 	if !ok {
-		return bad(e.Op, "unknown op %d", e.Op)
+		return bad(e.Op, StatusInval, "unknown op %d", e.Op)
 	}
 	e.Dir = spec.dir
 	if flags := le.Uint32(raw[reqFlagsOff:]); flags != 0 {
-		return bad(e.Op, "flags is %#x; it must be 0", flags)
+		return bad(e.Op, StatusInval, "flags is %#x; it must be 0", flags)
 	}
-	if err := d.validate(e); err != nil {
-		return bad(e.Op, "%v", err)
-	}
-	if e.Dir == DirOutput {
-		if e.Data, err = d.mem.Slice(e.Addr, uint64(e.Len)); err != nil {
-			return bad(e.Op, "%v", err)
-		}
-	}
-
-	res, err := d.hook.OnExit(e)
-	if err != nil {
-		return fmt.Errorf("%v: %w", e, err)
-	}
-	if e.Dir == DirInput && len(res.Data) > 0 {
-		if max := d.inputDataMax(e); uint64(len(res.Data)) > max {
-			return fmt.Errorf("%v: the hook returned %d bytes of data for a %d-byte buffer (corrupt log?)", e, len(res.Data), max)
-		}
-		if err := d.mem.Write(e.Addr, res.Data); err != nil {
-			return bad(e.Op, "%v", err)
-		}
-	}
-	var st [4]byte
-	le.PutUint32(st[:], uint32(res.Status))
-	if err := d.mem.Write(reqAddr+reqStatusOff, st[:]); err != nil {
-		return bad(e.Op, "%v", err)
-	}
-	if err := d.mem.putUint64(reqAddr+reqResultOff, res.Value); err != nil {
-		return bad(e.Op, "%v", err)
-	}
-	d.next++
-	if dev == DeviceHalt {
-		d.halted = true
-		d.exitCode = e.Arg
-	}
-	return nil
-}
-
-// validate checks the guest-supplied lengths and buffers of a request
-// against the device table of ftvm.h.
-func (d *dispatcher) validate(e *Exit) error {
 	if err := checkLen(e.Device, e.Op, e.Len); err != nil {
-		return err
+		return bad(e.Op, StatusInval, "%v", err)
 	}
 	if n, ok := bufferBytes(e.Device, e.Op, e.Len); ok {
-		if _, err := d.mem.Slice(e.Addr, n); err != nil {
-			return fmt.Errorf("buffer: %w", err)
+		buf, err := d.mem.Slice(e.Addr, n)
+		if err != nil {
+			return bad(e.Op, StatusFault, "buffer: %v", err)
+		}
+		if e.Dir == DirOutput {
+			e.Data = buf
 		}
 	}
-	return nil
+	return e, reqAddr, nil
+}
+
+// refuse answers a request the guest got wrong without the device or the
+// hook, counts it and reports it. The answer is a VMM write to guest
+// memory, so it is in the dirty log like any other.
+func (d *dispatcher) refuse(ge *GuestError, reqAddr uint64) {
+	if !ge.Skipped {
+		if err := d.answer(reqAddr, ge.Status, 0); err != nil {
+			// Cannot happen: decode found the struct in memory.
+			ge.Skipped, ge.Reason = true, ge.Reason+"; answering it: "+err.Error()
+		}
+	}
+	d.guestErrors.Add(1)
+	if d.onGuestError != nil {
+		d.onGuestError(ge)
+	}
+}
+
+// answer writes a request's status and result fields.
+func (d *dispatcher) answer(reqAddr uint64, status int32, value uint64) error {
+	var st [4]byte
+	le.PutUint32(st[:], uint32(status))
+	if err := d.mem.Write(reqAddr+reqStatusOff, st[:]); err != nil {
+		return err
+	}
+	return d.mem.putUint64(reqAddr+reqResultOff, value)
 }
 
 // checkLen checks a request's length against the device's limits. It is

@@ -2,7 +2,6 @@ package vmm
 
 import (
 	"bytes"
-	"errors"
 	"math"
 	"strings"
 	"testing"
@@ -33,8 +32,16 @@ func TestDispatchConsoleClockEntropyHalt(t *testing.T) {
 	}
 }
 
-func TestDispatchRejectsGuestBugs(t *testing.T) {
-	b := newExitBench(t, benchOpts{sectors: 8})
+// TestDispatchRefusesGuestBugs makes every kind of request the VMM
+// refuses: each is answered with its status (or, when the request struct
+// cannot be reached, skipped), counted and reported, reaches neither the
+// hook nor a device, takes no exit index, and the next request is served.
+func TestDispatchRefusesGuestBugs(t *testing.T) {
+	h := &holdHook{}
+	b := newExitBench(t, benchOpts{hook: h, sectors: 8})
+	var seen []*GuestError
+	b.disp.onGuestError = func(ge *GuestError) { seen = append(seen, ge) }
+	const untouched = 0x7777 // the status the guest left: a skipped request keeps it
 	cases := []struct {
 		name    string
 		port    uint16
@@ -44,32 +51,38 @@ func TestDispatchRejectsGuestBugs(t *testing.T) {
 		reqAddr uint32
 		size    uint8
 		flags   uint32
+		status  int32 // untouched: skipped
 		want    string
 	}{
-		{name: "unknown port", port: 0x4ff, op: 1, want: "no device"},
-		{name: "byte-wide store", port: PortConsole, op: 1, size: 1, want: "one 32-bit store"},
-		{name: "misaligned request", port: PortClock, op: 1, reqAddr: benchReqAddr + 4, want: "not 8-byte aligned"},
-		{name: "request past memory", port: PortClock, op: 1, reqAddr: benchMemBytes - 8, want: "outside guest memory"},
-		{name: "unknown op", port: PortClock, op: 2, want: "unknown op 2"},
-		{name: "flags set", port: PortClock, op: 1, flags: 1, want: "flags"},
-		{name: "console too long", port: PortConsole, op: 1, addr: 0x2000, n: ConsoleMaxBytes + 1, want: "exceeds"},
-		{name: "console buffer wraps", port: PortConsole, op: 1, addr: math.MaxUint64 - 2, n: 8, want: "outside guest memory"},
-		{name: "console buffer past end", port: PortConsole, op: 1, addr: benchMemBytes - 4, n: 8, want: "outside guest memory"},
-		{name: "entropy too long", port: PortEntropy, op: 1, addr: 0x2000, n: EntropyMaxBytes + 1, want: "exceeds"},
-		{name: "tx runt", port: PortNIC, op: OpNICTX, addr: 0x2000, n: 10, want: "shorter than an Ethernet header"},
-		{name: "tx jumbo", port: PortNIC, op: OpNICTX, addr: 0x2000, n: NICFrameMaxBytes + 1, want: "exceeds"},
-		{name: "mac past end", port: PortNIC, op: OpNICMAC, addr: benchMemBytes - 3, want: "outside guest memory"},
-		{name: "block unaligned", port: PortBlock, op: OpBlockRead, addr: 0x2000, n: 100, want: "multiple of the 512-byte sector"},
-		{name: "block zero", port: PortBlock, op: OpBlockWrite, addr: 0x2000, n: 0, want: "multiple"},
-		{name: "block too long", port: PortBlock, op: OpBlockRead, addr: 0x2000, n: BlockMaxBytes + 512, want: "exceeds"},
+		{name: "unknown port", port: 0x4ff, op: 1, status: StatusNoDev, want: "no device"},
+		{name: "offset past the ports", port: 0xffff, op: 1, status: StatusNoDev, want: "no device"},
+		{name: "byte-wide store", port: PortConsole, op: 1, size: 1, status: untouched, want: "one 32-bit store"},
+		{name: "misaligned request", port: PortClock, op: 1, reqAddr: benchReqAddr + 4, status: untouched, want: "not 8-byte aligned"},
+		{name: "request past memory", port: PortClock, op: 1, reqAddr: benchMemBytes - 8, status: untouched, want: "outside guest memory"},
+		{name: "unknown op", port: PortClock, op: 2, status: StatusInval, want: "unknown op 2"},
+		{name: "flags set", port: PortClock, op: 1, flags: 1, status: StatusInval, want: "flags"},
+		{name: "console too long", port: PortConsole, op: 1, addr: 0x2000, n: ConsoleMaxBytes + 1, status: StatusInval, want: "exceeds"},
+		{name: "console buffer wraps", port: PortConsole, op: 1, addr: math.MaxUint64 - 2, n: 8, status: StatusFault, want: "outside guest memory"},
+		{name: "console buffer past end", port: PortConsole, op: 1, addr: benchMemBytes - 4, n: 8, status: StatusFault, want: "outside guest memory"},
+		{name: "entropy too long", port: PortEntropy, op: 1, addr: 0x2000, n: EntropyMaxBytes + 1, status: StatusInval, want: "exceeds"},
+		{name: "entropy past end", port: PortEntropy, op: 1, addr: benchMemBytes - 8, n: 16, status: StatusFault, want: "outside guest memory"},
+		{name: "tx runt", port: PortNIC, op: OpNICTX, addr: 0x2000, n: 10, status: StatusInval, want: "shorter than an Ethernet header"},
+		{name: "tx jumbo", port: PortNIC, op: OpNICTX, addr: 0x2000, n: NICFrameMaxBytes + 1, status: StatusInval, want: "exceeds"},
+		{name: "mac past end", port: PortNIC, op: OpNICMAC, addr: benchMemBytes - 3, status: StatusFault, want: "outside guest memory"},
+		{name: "block unaligned", port: PortBlock, op: OpBlockRead, addr: 0x2000, n: 100, status: StatusInval, want: "multiple of the 512-byte sector"},
+		{name: "block zero", port: PortBlock, op: OpBlockWrite, addr: 0x2000, n: 0, status: StatusInval, want: "multiple"},
+		{name: "block too long", port: PortBlock, op: OpBlockRead, addr: 0x2000, n: BlockMaxBytes + 512, status: StatusInval, want: "exceeds"},
+		{name: "block write past memory", port: PortBlock, op: OpBlockWrite, addr: benchMemBytes - 512, n: 1024, status: StatusFault, want: "outside guest memory"},
 	}
-	for _, c := range cases {
+	for i, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
 			r := make([]byte, requestStructBytes)
 			le.PutUint32(r[reqOpOff:], c.op)
+			le.PutUint32(r[reqStatusOff:], untouched)
 			le.PutUint64(r[reqAddrOff:], c.addr)
 			le.PutUint32(r[reqLenOff:], c.n)
 			le.PutUint32(r[reqFlagsOff:], c.flags)
+			le.PutUint64(r[reqResultOff:], 0x5555)
 			b.mem.Write(benchReqAddr, r)
 			reqAddr, size := c.reqAddr, c.size
 			if reqAddr == 0 {
@@ -79,18 +92,45 @@ func TestDispatchRejectsGuestBugs(t *testing.T) {
 				size = 4
 			}
 			before := b.disp.next
-			err := b.disp.handleOut(c.port, size, reqAddr)
-			var ge *GuestError
-			if !errors.As(err, &ge) {
-				t.Fatalf("err %v; want a *GuestError", err)
-			}
-			if !strings.Contains(err.Error(), c.want) {
-				t.Fatalf("err %q lacks %q", err, c.want)
+			if err := b.disp.handleOut(c.port, size, reqAddr); err != nil {
+				t.Fatalf("a guest bug failed the exit: %v; want it refused and the guest resumed", err)
 			}
 			if b.disp.next != before {
 				t.Fatalf("a refused request advanced the exit index")
 			}
+			if got := b.disp.guestErrors.Load(); got != uint64(i+1) {
+				t.Fatalf("%d guest errors counted, want %d", got, i+1)
+			}
+			if len(seen) != i+1 {
+				t.Fatalf("%d guest errors reported, want %d", len(seen), i+1)
+			}
+			ge := seen[i]
+			if !strings.Contains(ge.Error(), c.want) {
+				t.Fatalf("report %q lacks %q", ge, c.want)
+			}
+			if ge.Exit != before || ge.Port != c.port {
+				t.Fatalf("report names exit %d port %#x, want %d %#x", ge.Exit, ge.Port, before, c.port)
+			}
+			out, _ := b.mem.Slice(benchReqAddr, requestStructBytes)
+			st, res := int32(le.Uint32(out[reqStatusOff:])), le.Uint64(out[reqResultOff:])
+			if st != c.status {
+				t.Fatalf("the guest reads status %d, want %d", st, c.status)
+			}
+			if skipped := c.status == untouched; ge.Skipped != skipped || (!skipped && (ge.Status != c.status || res != 0)) || (skipped && res != 0x5555) {
+				t.Fatalf("report %+v, result %#x; want skipped=%v status %d and result 0 when answered, untouched when skipped", ge, res, skipped, c.status)
+			}
 		})
+	}
+	// Nothing reached a device or the hook, and the guest goes on.
+	if b.con.String() != "" || len(h.held) != 0 {
+		t.Fatalf("refused requests reached the console (%q) or the hook (%d held)", b.con.String(), len(h.held))
+	}
+	b.mem.Write(0x2000, []byte("after"))
+	if st, _ := b.mustCall(PortClock, OpClockNow, 0, 0, 0); st != StatusOK {
+		t.Fatalf("a request after the refused ones: status %d", st)
+	}
+	if b.disp.next != 1 {
+		t.Fatalf("exit index %d after one served request, want 1", b.disp.next)
 	}
 }
 

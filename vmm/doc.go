@@ -74,11 +74,22 @@
 // while an MMIO exit works on every KVM (and a guest must make the same
 // exits on whichever host its replica runs). Each device exit gets the next exit index, the
 // same on every replica. Every guest address and length is checked against
-// guest memory (without overflow) and the device's limits; a bad request,
-// an unknown port, a read of a doorbell, a triple fault or an unexpected
-// exit reason stops the VM
-// with a VMError naming the exit index, the port and the registers. The
-// host process never crashes on guest behaviour.
+// guest memory (without overflow) and the device's limits. A request that
+// fails the checks (an unknown op, a buffer outside memory, a length over
+// a limit, a doorbell offset with no device) is a guest bug, but it does
+// not stop the VM, or the service in it: the request reaches neither the
+// hook nor the device, the guest finds an error status in it
+// (StatusInval, StatusFault, StatusNoDev) and goes on. Where the request
+// struct itself cannot be reached (not a 32-bit store, misaligned, outside
+// memory) nothing is written and the store is skipped; a load from a
+// doorbell reads all ones. Each is a GuestError: counted in
+// Status.GuestErrors, shown to a hook that implements GuestErrorObserver,
+// and logged at WARN, one line per guestErrorLogInterval at most. A refused
+// request takes no exit index and its answer depends only on guest memory,
+// so every replica refuses it alike and no log entry stands for it. A
+// triple fault (any exception: there is no IDT) or an unexpected exit
+// reason stops the VM with a VMError naming the exit index, the port and
+// the registers. The host process never crashes on guest behaviour.
 //
 // One file per device: console.go, clock.go, entropy.go, nic.go (backends
 // in nic_backends.go: a TAP device or UDP datagrams carrying one frame

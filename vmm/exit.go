@@ -20,9 +20,18 @@ import (
 //     sees, so a replaying hook must return the status the primary saw.
 //
 // An error stops the VM; the error Machine.Wait returns wraps it together
-// with the exit index and the registers.
+// with the exit index and the registers. A request the VMM refuses
+// (GuestError) never gets here.
 type ExitHook interface {
 	OnExit(e *Exit) (Result, error)
+}
+
+// GuestErrorObserver is implemented by an ExitHook that wants to see the
+// requests the VMM refused as guest bugs (GuestError): they never reach
+// OnExit and take no exit index. OnGuestError is called on the vCPU
+// thread after the guest was answered; it must not block.
+type GuestErrorObserver interface {
+	OnGuestError(ge *GuestError)
 }
 
 // Result is what the guest sees when an exit completes: the status and

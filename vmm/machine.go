@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"sync"
 	"sync/atomic"
@@ -41,6 +42,10 @@ type Config struct {
 	Hook ExitHook
 	// Cmdline is copied into the boot info (at most 255 bytes).
 	Cmdline string
+	// Logger receives the VMM's reports of guest requests it refused
+	// (GuestError), at most one line per guestErrorLogInterval. Nil:
+	// slog.Default().
+	Logger *slog.Logger
 }
 
 // DefaultMemSizeBytes is the guest RAM when Config.MemSizeBytes is zero.
@@ -79,6 +84,9 @@ type Status struct {
 	Exits    uint64 // device exits handled (the next exit's index), as of the last state change
 	ExitCode uint64 // the guest's exit code, when Halted
 	Err      error  // why it stopped, when Failed
+	// GuestErrors counts the requests refused as guest bugs (GuestError)
+	// since the VM was created: current whenever Status is called.
+	GuestErrors uint64
 }
 
 // ErrClosed is returned by calls on a closed Machine.
@@ -216,6 +224,9 @@ func newMachine(cfg Config) (*Machine, error) {
 	if cfg.Entropy == nil {
 		cfg.Entropy = rand.Reader
 	}
+	if cfg.Logger == nil {
+		cfg.Logger = slog.Default()
+	}
 	return &Machine{
 		cfg:       cfg,
 		cmds:      make(chan command, cmdQueueMax),
@@ -247,6 +258,14 @@ func (m *Machine) initDevices() error {
 	m.block = block
 	m.nic = newNIC(m.cfg.NIC, m.cfg.MAC, m.interrupt)
 	m.disp = &dispatcher{mem: m.mem, hook: m.cfg.Hook}
+	glog := &guestErrorLog{log: m.cfg.Logger}
+	observer, _ := m.cfg.Hook.(GuestErrorObserver)
+	m.disp.onGuestError = func(ge *GuestError) {
+		glog.report(ge)
+		if observer != nil {
+			observer.OnGuestError(ge)
+		}
+	}
 	m.disp.devs[DeviceConsole] = newConsole(m.cfg.Console)
 	m.disp.devs[DeviceClock] = newClock()
 	m.disp.devs[DeviceEntropy] = newEntropy(m.cfg.Entropy)
@@ -441,6 +460,7 @@ func (m *Machine) Wait() Status {
 		st, ch := m.status, m.changed
 		m.mu.Unlock()
 		if st.State != Running {
+			m.fillCounters(&st)
 			return st
 		}
 		<-ch
@@ -450,8 +470,41 @@ func (m *Machine) Wait() Status {
 // Status returns the current run state without waiting.
 func (m *Machine) Status() Status {
 	m.mu.Lock()
-	defer m.mu.Unlock()
-	return m.status
+	st := m.status
+	m.mu.Unlock()
+	m.fillCounters(&st)
+	return st
+}
+
+func (m *Machine) fillCounters(st *Status) {
+	if m.disp != nil {
+		st.GuestErrors = m.disp.guestErrors.Load()
+	}
+}
+
+// guestErrorLogInterval is the least time between two log lines about
+// refused guest requests: a guest that makes them in a loop must not fill
+// the host's log. The next line says how many went unlogged.
+const guestErrorLogInterval = 10 * time.Second
+
+// guestErrorLog logs refused guest requests, rate-limited. Owned by the
+// vCPU thread.
+type guestErrorLog struct {
+	log      *slog.Logger
+	last     time.Time
+	unlogged uint64
+}
+
+func (l *guestErrorLog) report(ge *GuestError) {
+	now := time.Now()
+	if !l.last.IsZero() && now.Sub(l.last) < guestErrorLogInterval {
+		l.unlogged++
+		return
+	}
+	l.last = now
+	l.log.Warn("refused a guest request the guest got wrong (a bug in the guest program); the VM goes on",
+		"exit", ge.Exit, "err", ge.Error(), "not_logged_before", l.unlogged)
+	l.unlogged = 0
 }
 
 func (m *Machine) setStatus(f func(*Status)) {

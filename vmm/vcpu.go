@@ -162,7 +162,7 @@ func (m *Machine) step() {
 		// IOPL is 0, so a CPL3 guest's port access faults before it gets
 		// here; a host that lets it through still must not see a device.
 		port := le.Uint16(run[runIOPortOff:])
-		m.fail(port, &GuestError{Port: port, Reason: "port I/O: devices are reached only through their doorbell (ftvm.h)"})
+		m.fail(port, fmt.Errorf("guest port I/O to %#x: devices are reached only through their doorbell (ftvm.h)", port))
 	case exitShutdown:
 		m.fail(0, errors.New("the guest triple-faulted: it raised an exception (a bad address, a divide by zero, a privileged instruction or port I/O at CPL3) and there is no IDT"))
 	case exitFailEntry:
@@ -182,20 +182,30 @@ func (m *Machine) handleMMIOExit() {
 	size := le.Uint32(run[runMMIOLenOff:])
 	write := run[runMMIOWriteOff] != 0
 	if addr < DoorbellBase || addr >= DoorbellBase+hugePageBytes {
-		m.fail(0, &GuestError{Reason: fmt.Sprintf("access to guest-physical address %#x (%d bytes, write=%v) outside guest memory (a wild pointer?)", addr, size, write)})
+		// Unreachable while the page tables map only memory and the
+		// doorbell page (a wild pointer faults first); nothing to answer.
+		m.fail(0, fmt.Errorf("guest access to guest-physical address %#x (%d bytes, write=%v) outside guest memory (a wild pointer?)", addr, size, write))
 		return
 	}
 	// Offsets past 0xffff name no port; handleOut refuses them by number.
 	port := uint16(min(addr-DoorbellBase, 0xffff))
-	if !write {
-		m.fail(port, &GuestError{Port: port, Reason: fmt.Sprintf("read of %d bytes from doorbell %#x: devices take requests only by a store", size, addr)})
-		return
-	}
 	if size > 8 {
-		m.fail(port, fmt.Errorf("KVM reported an MMIO store of %d bytes; kvm_run holds at most 8", size))
+		m.fail(port, fmt.Errorf("KVM reported an MMIO access of %d bytes; kvm_run holds at most 8", size))
 		return
 	}
 	data := run[runMMIODataOff : runMMIODataOff+8]
+	if !write {
+		// A guest bug, but not one to stop the VM for: the load reads
+		// all ones (as from an absent device) and the guest goes on.
+		for i := range data[:size] {
+			data[i] = 0xff
+		}
+		dev, _ := deviceForPort(port)
+		m.disp.refuse(&GuestError{Exit: m.disp.next, Port: port, Device: dev, Skipped: true,
+			Reason: fmt.Sprintf("load of %d bytes from doorbell %#x: devices take requests only by a store (it reads all ones)", size, addr)}, 0)
+		m.ioPending = true
+		return
+	}
 	var value uint32
 	switch size {
 	case 1:

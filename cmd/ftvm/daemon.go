@@ -426,6 +426,7 @@ func (d *daemon) newVM(hook vmm.ExitHook) (agent.VM, error) {
 		Hook:              hook,
 		Cmdline:           d.cfg.cmdline,
 		DiskSharedStorage: d.cfg.sharedStorage,
+		Logger:            d.log,
 	})
 	if err != nil {
 		if nic != nil {
@@ -523,6 +524,12 @@ func (d *daemon) run(ctx context.Context) int {
 	case d.yielded.Load():
 		d.log.Warn("halted: this host yielded the VM because it cannot reach the VM's network; restart it as a secondary once the network is back", "reach_check", d.reach.String())
 		return exitHalted
+	case errors.Is(err, agent.ErrSecondaryDiskFailing):
+		// Closing the transports (d.close) is what tells the primary at
+		// once that its secondary is gone: it goes on unprotected.
+		d.log.Error("stopping: this secondary cannot write its disk, so it left the pair rather than stall the primary, which goes on unprotected; free space on the disk's filesystem (or repair it), then start this host again as a secondary",
+			"disk", d.cfg.disk, "err", err)
+		return exitFailure
 	case errors.Is(err, agent.ErrHalted):
 		d.log.Warn("halted: another host is primary for this VM; restart this one as a secondary to re-protect it", "err", err)
 		return exitHalted

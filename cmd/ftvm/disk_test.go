@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"os"
 	"path/filepath"
 	"strings"
@@ -74,5 +75,26 @@ func TestStatusShowsAFailingDiskWrite(t *testing.T) {
 		if !strings.Contains(out, want) {
 			t.Fatalf("status\n%s\nlacks %q", out, want)
 		}
+	}
+}
+
+// Requests the VMM refused as guest bugs show in ftvm status, and in its
+// JSON as stats.GuestErrors.
+func TestStatusShowsGuestErrors(t *testing.T) {
+	r := &statusReport{VMID: "kvstore", Role: "primary", Protected: true}
+	var b strings.Builder
+	printStatus(&b, r)
+	if strings.Contains(b.String(), "guest bugs") {
+		t.Fatalf("status without guest errors mentions them:\n%s", b.String())
+	}
+	r.Stats.GuestErrors = 3
+	b.Reset()
+	printStatus(&b, r)
+	if !strings.Contains(b.String(), "guest: 3 requests refused as guest bugs") {
+		t.Fatalf("status\n%s\nlacks the 3 refused requests", b.String())
+	}
+	j, err := json.Marshal(r)
+	if err != nil || !strings.Contains(string(j), `"GuestErrors":3`) {
+		t.Fatalf("JSON %s (%v) lacks stats.GuestErrors", j, err)
 	}
 }

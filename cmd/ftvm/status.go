@@ -307,6 +307,9 @@ func printStatus(w io.Writer, r *statusReport) {
 	s := r.Stats
 	fmt.Fprintf(w, "counters: released %d, checkpoints %d, restores %d, divergences %d, stalls %d, send errors %d, bad frames %d\n",
 		s.Released, s.Checkpoints, s.Restores, s.Divergences, s.Stalls, s.SendErrors, s.FrameErrors+r.Peer.FrameErrors)
+	if s.GuestErrors > 0 {
+		fmt.Fprintf(w, "guest: %d requests refused as guest bugs (an unknown op, a buffer outside its memory, ...; the guest got an error status and went on; the log says which)\n", s.GuestErrors)
+	}
 	if s.DiskWriteErrors > 0 {
 		fmt.Fprintf(w, "disk: %d block write attempts failed (each is retried until it succeeds)\n", s.DiskWriteErrors)
 	}

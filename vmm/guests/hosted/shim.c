@@ -6,8 +6,8 @@
  * -DFTVM_HOSTED so that ftvm_call() lands in ftvm_hosted_call() below instead
  * of ringing a doorbell. This file plays the VMM: it builds the boot struct,
  * performs each request with the rules of ftvm.h, and stops the process on a
- * request the VMM would refuse, so a guest bug fails a hosted test the way
- * it would fail a VM.
+ * request the VMM would refuse, so a guest bug fails a hosted test loudly
+ * (the VMM answers it with an error status and the VM goes on, see ftvm.h).
  *
  *   usage: GUEST [-mem BYTES] [-block FILE] [-nicfd FD] [-mac MAC]
  *                [-crash-write N [-tear BYTES]] [--] [key=value ...]

@@ -36,11 +36,26 @@
  * which. Under ftvm the primary records inputs and holds outputs; the
  * secondary replays inputs from the log and compares outputs.
  *
- * A request with an unknown op, a buffer outside guest memory, a length over
- * the device's limit or a misaligned block request stops the VM with an error
- * naming the exit index, the port and the registers. So does any other access
- * to the doorbell page (a read, a store that is not 32 bits wide, an offset
- * with no device). It is a guest bug, not a status code.
+ * A request the VMM finds wrong is a guest bug, but it does not stop the VM
+ * (the service in it goes on): the request never reaches the device, the VMM
+ * writes an error status into it (and result = 0) and the guest resumes
+ * after the store, as after any request. The VMM counts and logs it. Such a
+ * request takes no exit index and nothing is logged for it: every replica
+ * refuses it the same way.
+ *   FTVM_E_INVAL  an unknown op, flags not 0, a length over the device's
+ *                 limit, a block length that is not a positive multiple of
+ *                 512, a TX frame shorter than an Ethernet header
+ *   FTVM_E_FAULT  the request's buffer (addr, len) is not inside guest memory
+ *   FTVM_E_NODEV  the doorbell offset has no device (0xc0000000 + port for
+ *                 a port outside 0x500-0x505)
+ * Where the request struct itself cannot be reached (the store is not 32
+ * bits wide, the address is not 8-byte aligned or the struct is not inside
+ * guest memory), nothing can be written: the store is skipped and counted,
+ * and the guest goes on with req.status as it left it (so set it to a value
+ * no device returns, e.g. 1, before the call if it must tell). A load from the
+ * doorbell page reads all ones. An exception of the guest's own (a wild
+ * pointer outside its memory, a bad instruction) still stops the VM: there
+ * is no IDT and nothing to return to.
  *
  * Device table (doorbell = FTVM_DOORBELL_BASE + port, so 0xc0000500 for the console)
  * ------------
@@ -58,7 +73,9 @@
  *  0x505  halt     1 EXIT                output  arg = exit code        the VM stops; the VMM reports the code
  *
  * status: 0 on success; FTVM_E_RANGE for a block request past the end of the
- * device; FTVM_E_IO when the backend failed (the guest may retry).
+ * device; FTVM_E_IO when the backend failed (the guest may retry);
+ * FTVM_E_INVAL, FTVM_E_FAULT, FTVM_E_NODEV for a request the VMM refused
+ * (above).
  *
  * Entry
  * -----
@@ -102,6 +119,9 @@
 #define FTVM_OK       0
 #define FTVM_E_RANGE  (-2)
 #define FTVM_E_IO     (-5)
+#define FTVM_E_FAULT  (-14)
+#define FTVM_E_NODEV  (-19)
+#define FTVM_E_INVAL  (-22)
 
 #define FTVM_LOAD_BASE 0x400000ULL
 /* The doorbell page: 2 MiB at 3 GiB, above any guest memory (at most
