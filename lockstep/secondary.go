@@ -374,6 +374,21 @@ func (n *Node) stepDone(m *wire.CheckpointDone) error {
 	if n.sphase == sJoining && !m.Full && !m.Part && m.Base == 0 {
 		return nil // an incremental checkpoint needs a base we do not have
 	}
+	// A chain is its base, at most PrecopyRounds-1 live parts after it and
+	// the paused end: IDs base..base+PrecopyRounds. Anything else from the
+	// peer would have us keep (or wait for) parts without a bound.
+	if m.Base != 0 && m.ID-m.Base > uint64(n.cfg.PrecopyRounds) {
+		return fmt.Errorf("lockstep: checkpoint %d ends a pre-copy chain from %d, more than PrecopyRounds %d parts: set the same --precopy-rounds on both hosts", m.ID, m.Base, n.cfg.PrecopyRounds)
+	}
+	if m.Part {
+		low := n.chainLow
+		if m.Full {
+			low = m.ID
+		}
+		if n.cfg.PrecopyRounds == 0 || low == 0 || m.ID < low || m.ID-low >= uint64(n.cfg.PrecopyRounds) {
+			return fmt.Errorf("lockstep: pre-copy part %d does not fit a chain of PrecopyRounds %d live parts (from %d): set the same --precopy-rounds on both hosts", m.ID, n.cfg.PrecopyRounds, low)
+		}
+	}
 	switch {
 	case m.Part && m.Full && m.ID > n.chainLow:
 		// The first part of a new chain: what is kept of an older one is
@@ -424,6 +439,10 @@ func (n *Node) tryRestore(a *assembly) error {
 		if n.partsBytes+len(rest) > n.cfg.MaxCheckpointBytes {
 			n.dropChain()
 			return fmt.Errorf("lockstep: pre-copy parts exceed MaxCheckpointBytes %d: raise the bound on both hosts", n.cfg.MaxCheckpointBytes)
+		}
+		if len(n.parts) >= n.cfg.PrecopyRounds {
+			n.dropChain()
+			return fmt.Errorf("lockstep: more than PrecopyRounds %d pre-copy parts kept: set the same --precopy-rounds on both hosts", n.cfg.PrecopyRounds)
 		}
 		if n.parts == nil {
 			n.parts = map[uint64][]byte{}
