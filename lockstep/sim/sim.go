@@ -62,6 +62,9 @@ type Options struct {
 	Bugs bugs.Set
 	// Trace, if set, receives one line per notable event.
 	Trace func(string)
+	// Frames, if set, sees every frame a host sends, encoded, before the
+	// network decides its fate (TestDeterministic hashes them).
+	Frames func(from string, frame []byte)
 
 	// Harsh marks options made by HarshOptions, so that a failing seed's
 	// reproduce command names the same regime.
@@ -612,6 +615,9 @@ func (s *Sim) sendMsg(h *host, m wire.Msg) {
 		return
 	}
 	b := m.Append(nil)
+	if s.opts.Frames != nil {
+		s.opts.Frames(h.name, b)
+	}
 	to := s.hosts[1-h.idx]
 	copies := 1
 	if s.opts.Faults && s.now <= s.opts.SafetySteps {
