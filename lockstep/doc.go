@@ -35,7 +35,9 @@
 // asked for at the wrong exit or of the wrong kind, or an output that does
 // not match, is a divergence: it sends a wire.ResyncRequest and stops. The
 // primary pauses, takes a checkpoint (CmdPause, CmdTakeCheckpoint), ships it
-// in chunks; the secondary restores it (CmdRestoreCheckpoint) and confirms;
+// in chunks, at most CheckpointWindowBytes ahead of the secondary's
+// cumulative wire.CheckpointAck, resending only what an ack or a timeout
+// shows lost; the secondary restores it (CmdRestoreCheckpoint) and confirms;
 // only then does the primary release what it held and resume. A new
 // secondary joins the same way from a full checkpoint.
 //

@@ -21,6 +21,8 @@ func FuzzStep(f *testing.F) {
 		&wire.CheckpointDone{Header: h, ID: 9, Seq: 4, Total: 1 << 29},
 		&wire.GoLive{Header: wire.Header{Epoch: 2}},
 		&wire.Fence{Header: wire.Header{Epoch: 3}},
+		&wire.CheckpointAck{Header: h, ID: 2, Through: 1 << 39, Missing: true},
+		&wire.CheckpointAck{Header: h, ID: 1, Through: 3, Kept: true},
 		&wire.Hello{Header: h, ProtocolVersion: wire.ProtocolVersion, VMID: "vm", Role: wire.RoleSecondary},
 	} {
 		seed = m.Append(seed)

@@ -124,7 +124,7 @@ func (n *Node) releaseHead(k int) {
 
 func (n *Node) goAlone() {
 	n.pphase = pAlone
-	n.log, n.ckptFrames, n.ckptTaking, n.ckptBase = nil, nil, false, 0
+	n.log, n.ckptOut, n.ckptTaking, n.ckptBase = nil, nil, false, 0
 	n.hadPeer = false
 	if n.paused {
 		n.paused = false
@@ -142,11 +142,9 @@ func (n *Node) tickPrimary() {
 			n.goAlone()
 			return
 		}
-		if n.ticksRetry >= n.cfg.RetransmitTicks {
+		if n.ticksRetry >= n.ckptRetryTicks {
 			n.ticksRetry = 0
-			for _, f := range n.ckptFrames {
-				n.send(f)
-			}
+			n.retransmitCheckpoint()
 		}
 	case pProtected, pSyncing:
 		timeout := n.cfg.PeerTimeoutTicks
@@ -168,16 +166,14 @@ func (n *Node) tickPrimary() {
 			n.ticksSinceHeartbeat = 0
 			n.send(&wire.Heartbeat{LastSeq: n.lastSeq, ReleasedThrough: n.released})
 		}
-		if n.ticksRetry >= n.cfg.RetransmitTicks {
+		if n.pphase == pSyncing && n.ticksRetry >= n.ckptRetryTicks {
 			n.ticksRetry = 0
-			if n.pphase == pSyncing {
-				for _, f := range n.ckptFrames {
-					n.send(f)
-				}
-			} else {
-				for _, m := range n.log[:min(len(n.log), n.cfg.RetransmitBurstItems)] {
-					n.send(m)
-				}
+			n.retransmitCheckpoint()
+		}
+		if n.pphase == pProtected && n.ticksRetry >= n.cfg.RetransmitTicks {
+			n.ticksRetry = 0
+			for _, m := range n.log[:min(len(n.log), n.cfg.RetransmitBurstItems)] {
+				n.send(m)
 			}
 		}
 	}
@@ -234,6 +230,12 @@ func (n *Node) stepPrimary(m wire.Msg) error {
 			n.updateStall()
 		}
 		n.releaseEligible()
+	case *wire.CheckpointAck:
+		if n.pphase != pSyncing && n.pphase != pPrecopy {
+			return nil
+		}
+		n.ticksSincePeer = 0
+		return n.stepCheckpointAck(m)
 	case *wire.ResyncRequest:
 		n.ticksSincePeer = 0
 		// A request about a position at or before the last checkpoint was
@@ -248,7 +250,7 @@ func (n *Node) stepPrimary(m wire.Msg) error {
 		n.ticksSincePeer = 0
 		n.ticksSinceSync = 0
 		n.pphase = pProtected
-		n.ckptFrames, n.ckptBase = nil, 0
+		n.ckptOut, n.ckptBase = nil, 0
 		n.acked, n.compared, n.replayed = max(n.acked, n.ckptSeq), max(n.compared, n.ckptSeq), max(n.replayed, n.ckptSeq)
 		k := 0
 		for k < len(n.log) && seqOf(n.log[k]) <= n.acked {
@@ -285,7 +287,7 @@ func seqOf(m wire.Msg) uint64 {
 // full one for a joiner, an incremental one to repair a divergence. Outputs
 // held from now on wait for the secondary's restore confirmation.
 func (n *Node) beginSync(full bool) {
-	n.ckptFrames, n.ckptBase = nil, 0
+	n.ckptOut, n.ckptBase = nil, 0
 	n.syncPaused(full)
 }
 
@@ -298,7 +300,7 @@ func (n *Node) syncPaused(full bool) {
 	n.ckptSeq = n.lastSeq
 	n.ckptFull = full
 	n.ckptTaking, n.ckptLive = true, false
-	n.ticksRetry = 0
+	n.ticksRetry, n.ckptRetryTicks = 0, n.cfg.RetransmitTicks
 	if !n.paused && !n.cfg.Bugs.ResyncWithoutPause {
 		n.paused = true
 		n.command(Command{Kind: CmdPause})
@@ -316,8 +318,8 @@ func (n *Node) beginPrecopy() {
 	n.precopyRound = 1
 	n.ckptFull = true
 	n.ckptTaking, n.ckptLive = true, true
-	n.ckptFrames = nil
-	n.ticksRetry = 0
+	n.ckptOut = nil
+	n.ticksRetry, n.ckptRetryTicks = 0, n.cfg.RetransmitTicks
 	n.command(Command{Kind: CmdTakeCheckpoint, Checkpoint: Checkpoint{ID: n.ckptID, Seq: n.lastSeq, Full: true, Live: true}})
 }
 
@@ -360,8 +362,8 @@ func (n *Node) shipPart(id uint64, data []byte) error {
 }
 
 // ship chunks one checkpoint (the node's header, then the VMM's data),
-// closes it with done and sends it all; the frames are kept for
-// retransmission with those of the chain's earlier parts.
+// closed by done, and sends what the window allows; the rest goes as the
+// secondary acknowledges (stepCheckpointAck).
 func (n *Node) ship(id uint64, data []byte, done *wire.CheckpointDone) error {
 	seq := n.lastSeq
 	payload := n.checkpointHeader()
@@ -369,19 +371,9 @@ func (n *Node) ship(id uint64, data []byte, done *wire.CheckpointDone) error {
 	if len(payload) > n.cfg.MaxCheckpointBytes {
 		return fmt.Errorf("lockstep: checkpoint of %d bytes exceeds MaxCheckpointBytes %d: raise the bound on both hosts", len(payload), n.cfg.MaxCheckpointBytes)
 	}
-	first := len(n.ckptFrames)
-	for off := 0; ; off += n.cfg.CheckpointChunkBytes {
-		end := min(off+n.cfg.CheckpointChunkBytes, len(payload))
-		n.ckptFrames = append(n.ckptFrames, &wire.CheckpointChunk{ID: id, Seq: seq, Offset: uint64(off), Data: payload[off:end]})
-		if end == len(payload) {
-			break
-		}
-	}
 	done.ID, done.Seq, done.Total, done.Digest = id, seq, uint64(len(payload)), digest(payload)
-	n.ckptFrames = append(n.ckptFrames, done)
-	for _, f := range n.ckptFrames[first:] {
-		n.send(f)
-	}
+	n.ckptOut = append(n.ckptOut, &outCkpt{id: id, seq: seq, payload: payload, done: done})
+	n.pumpCheckpoint()
 	return nil
 }
 

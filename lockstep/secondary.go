@@ -133,6 +133,7 @@ func (n *Node) tickSecondary() {
 		if n.ticksRetry >= n.cfg.RetransmitTicks {
 			n.ticksRetry = 0
 			n.send(n.hello())
+			n.wantCheckpoints()
 		}
 		return
 	case sRestoring:
@@ -151,6 +152,7 @@ func (n *Node) tickSecondary() {
 	if n.sphase == sDiverged && n.ticksRetry >= n.cfg.RetransmitTicks {
 		n.ticksRetry = 0
 		n.send(&wire.ResyncRequest{Reason: wire.ResyncOutputMismatch, AtSeq: n.cursor})
+		n.wantCheckpoints()
 	}
 	if n.ticksSinceSend >= n.cfg.HeartbeatTicks {
 		n.ackDue = true // our ack is our heartbeat
@@ -292,7 +294,11 @@ func (n *Node) assemble(id uint64) *assembly {
 	if a := n.asms[id]; a != nil {
 		return a
 	}
-	stale := func(k uint64) bool { return k < n.asmHigh && (n.chainLow == 0 || k < n.chainLow) }
+	// Within PrecopyRounds of the newest, an older one may be a part of
+	// the same chain whose done has not come yet.
+	stale := func(k uint64) bool {
+		return k < n.asmHigh && (n.chainLow == 0 || k < n.chainLow) && k+uint64(n.cfg.PrecopyRounds) < n.asmHigh
+	}
 	if stale(id) {
 		return nil // a late copy of an older checkpoint
 	}
@@ -319,6 +325,14 @@ func (n *Node) assemble(id uint64) *assembly {
 	return a
 }
 
+func (n *Node) dropAssembliesBelow(id uint64) {
+	for k := range n.asms {
+		if k < id {
+			n.dropAssembly(k)
+		}
+	}
+}
+
 func (n *Node) dropAssembly(id uint64) {
 	if a := n.asms[id]; a != nil {
 		n.asmBytes -= int(a.bytes)
@@ -332,9 +346,14 @@ func (n *Node) stepChunk(m *wire.CheckpointChunk) error {
 	}
 	a := n.assemble(m.ID)
 	if a == nil {
+		if n.keptCheckpoint(m.ID) {
+			// Our acknowledgement was lost.
+			n.ackCheckpoint(&wire.CheckpointAck{ID: m.ID, Kept: true})
+		}
 		return nil
 	}
 	if _, dup := a.chunks[m.Offset]; dup || len(m.Data) == 0 && m.Offset != 0 {
+		n.ackCheckpoint(&wire.CheckpointAck{ID: a.id, Through: a.through})
 		return nil
 	}
 	// Both hosts chunk with the same CheckpointChunkBytes, so more chunks
@@ -352,6 +371,10 @@ func (n *Node) stepChunk(m *wire.CheckpointChunk) error {
 	a.bytes += uint64(len(m.Data))
 	n.asmBytes += len(m.Data)
 	a.seq = m.Seq
+	for c, ok := a.chunks[a.through]; ok && len(c) > 0; c, ok = a.chunks[a.through] {
+		a.through += uint64(len(c))
+	}
+	n.ackCheckpoint(&wire.CheckpointAck{ID: a.id, Through: a.through})
 	return n.tryRestore(a)
 }
 
@@ -367,6 +390,10 @@ func (n *Node) stepDone(m *wire.CheckpointDone) error {
 		return nil
 	}
 	if n.sphase != sJoining && n.sphase != sDiverged {
+		return nil
+	}
+	if n.keptCheckpoint(m.ID) {
+		n.ackCheckpoint(&wire.CheckpointAck{ID: m.ID, Kept: true})
 		return nil
 	}
 	// A chain's first part is full; a part after it, or its end, is an
@@ -385,18 +412,24 @@ func (n *Node) stepDone(m *wire.CheckpointDone) error {
 		if m.Full {
 			low = m.ID
 		}
-		if n.cfg.PrecopyRounds == 0 || low == 0 || m.ID < low || m.ID-low >= uint64(n.cfg.PrecopyRounds) {
-			return fmt.Errorf("lockstep: pre-copy part %d does not fit a chain of PrecopyRounds %d live parts (from %d): set the same --precopy-rounds on both hosts", m.ID, n.cfg.PrecopyRounds, low)
+		if n.cfg.PrecopyRounds == 0 {
+			return fmt.Errorf("lockstep: the primary sends pre-copy part %d, this host has PrecopyRounds 0: set the same --precopy-rounds on both hosts", m.ID)
+		}
+		if low != 0 && (m.ID < low || m.ID-low >= uint64(n.cfg.PrecopyRounds)) {
+			return nil // of another chain than the one under way
 		}
 	}
 	switch {
 	case m.Part && m.Full && m.ID > n.chainLow:
 		// The first part of a new chain: what is kept of an older one is
-		// of no use now.
-		n.dropChain()
+		// of no use now, nor what is being assembled of it. Its own later
+		// parts may have come first.
+		n.dropChainBelow(m.ID)
 		n.chainLow = m.ID
+		n.dropAssembliesBelow(m.ID)
 	case m.Base != 0 && (n.chainLow == 0 || m.Base < n.chainLow):
 		n.chainLow = m.Base
+		n.dropAssembliesBelow(m.Base)
 	}
 	a := n.assemble(m.ID)
 	if a == nil {
@@ -405,6 +438,19 @@ func (n *Node) stepDone(m *wire.CheckpointDone) error {
 	a.done, a.total, a.digest, a.full, a.seq = true, m.Total, m.Digest, m.Full, m.Seq
 	a.part, a.base = m.Part, m.Base
 	return n.tryRestore(a)
+}
+
+// dropChainBelow forgets the pre-copy parts kept of chains older than id.
+func (n *Node) dropChainBelow(id uint64) {
+	for k, p := range n.parts {
+		if k < id {
+			n.partsBytes -= len(p)
+			delete(n.parts, k)
+		}
+	}
+	if n.chainEnd != nil && n.chainEnd.base < id {
+		n.chainEnd = nil
+	}
 }
 
 // dropChain forgets the pre-copy parts kept so far.
@@ -422,17 +468,20 @@ func (n *Node) tryRestore(a *assembly) error {
 	for uint64(len(buf)) < a.total {
 		c, ok := a.chunks[uint64(len(buf))]
 		if !ok || len(c) == 0 {
+			n.ackCheckpoint(&wire.CheckpointAck{ID: a.id, Missing: true})
 			return fmt.Errorf("lockstep: checkpoint %d has overlapping or missing chunks; waiting for a retransmission", a.id)
 		}
 		buf = append(buf, c...)
 	}
 	if uint64(len(buf)) != a.total || digest(buf) != a.digest {
+		n.ackCheckpoint(&wire.CheckpointAck{ID: a.id, Missing: true})
 		return fmt.Errorf("lockstep: checkpoint %d digest mismatch; waiting for a retransmission", a.id)
 	}
 	released, outs, rest, err := parseCheckpointHeader(buf, 2*n.cfg.LogWindowEntries)
 	if err != nil {
 		return err
 	}
+	n.ackCheckpoint(&wire.CheckpointAck{ID: a.id, Through: a.total, Kept: true})
 	if a.part && !(n.cfg.Bugs != nil && n.cfg.Bugs.PrecopySkipFinal) {
 		// A copy of the running VM: keep it for the chain's end, which
 		// repairs it.

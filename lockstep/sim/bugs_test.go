@@ -29,6 +29,7 @@ func TestPlantedBugsAreCaught(t *testing.T) {
 		{"go live before draining the log", bugs.Set{GoLiveBeforeDrain: true}, lockstep.AckOnReceipt, Consistency},
 		{"persist unmatched outputs at a restore", bugs.Set{PersistUnmatched: true}, lockstep.AckOnCompare, Storage},
 		{"restore a pre-copy part as the chain's end", bugs.Set{PrecopySkipFinal: true}, lockstep.AckOnCompare, Resync},
+		{"resend whole checkpoints on a timer", bugs.Set{ResendWholeCheckpoint: true}, lockstep.AckOnCompare, Traffic},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

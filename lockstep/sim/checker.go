@@ -20,10 +20,11 @@ const (
 	Liveness
 	Harness // the simulator itself found something impossible
 	Storage
+	Traffic
 )
 
 func (c Checker) String() string {
-	return [...]string{"?", "output-rule", "consistency", "split-brain", "resync", "liveness", "harness", "storage"}[min(int(c), 7)]
+	return [...]string{"?", "output-rule", "consistency", "split-brain", "resync", "liveness", "harness", "storage", "traffic"}[min(int(c), 8)]
 }
 
 // Violation is one checker firing.
@@ -54,7 +55,12 @@ const maxViolations = 8
 //  4. a restored checkpoint equals the primary's state at its log position;
 //  7. storage: a secondary applies to its own copy of local state
 //     (CmdPersist) only outputs the world has seen, byte for byte, in
-//     order, and never while it is live.
+//     order, and never while it is live;
+//  8. traffic: a checkpoint none of whose frames (nor any other
+//     checkpoint's frame or acknowledgement) was lost while it was sent
+//     costs at most twice its size and a few chunks on the wire, and no
+//     host holds more checkpoint data than a chain of the largest
+//     checkpoints sent (Status.CheckpointBytes).
 type checker struct {
 	s          *Sim
 	violations []Violation
@@ -68,6 +74,24 @@ type checker struct {
 	inc map[int]*incState
 
 	protectedSinceHeal int
+
+	ckpts      map[ckptKey]*ckptTraffic
+	ckptLossAt int // step of the last checkpoint frame or ack lost (-1: none)
+	ckptMax    int // largest checkpoint sent in the run
+}
+
+type ckptKey struct {
+	inc int
+	id  uint64
+}
+
+// ckptTraffic is what the network carried of one checkpoint.
+type ckptTraffic struct {
+	start int    // step its first frame was sent
+	total uint64 // size its CheckpointDone announced (0: not yet sent)
+	bytes uint64 // chunk bytes sent, retransmissions included
+	end   uint64 // the furthest a chunk sent reached
+	fired bool
 }
 
 type incState struct {
@@ -88,7 +112,8 @@ type incState struct {
 }
 
 func newChecker(s *Sim) *checker {
-	return &checker{s: s, firstBy: map[uint64]int{}, releaser: map[uint64]int{}, owner: map[uint64]int{}, inc: map[int]*incState{}}
+	return &checker{s: s, firstBy: map[uint64]int{}, releaser: map[uint64]int{}, owner: map[uint64]int{}, inc: map[int]*incState{},
+		ckpts: map[ckptKey]*ckptTraffic{}, ckptLossAt: -1}
 }
 
 func (c *checker) st(inc int) *incState {
@@ -176,6 +201,7 @@ func (c *checker) restored(h *host, seq uint64, data []byte) {
 
 // sent checks that a secondary's acknowledgement is true when it is made.
 func (c *checker) sent(h *host, m wire.Msg) {
+	c.traffic(h, m)
 	a, ok := m.(*wire.Ack)
 	if !ok {
 		return
@@ -286,5 +312,77 @@ func (c *checker) release(h *host, o lockstep.Output) {
 		c.firstBy[idx] = h.inc
 	default:
 		c.violate(Consistency, "%s released output %d but the world has seen only %d outputs: %d..%d were lost", h.name, idx, len(c.world), len(c.world), idx-1)
+	}
+}
+
+// isCheckpointFrame says whether a frame of type t carries or acknowledges
+// a checkpoint.
+func isCheckpointFrame(t wire.Type) bool {
+	return t == wire.TypeCheckpointChunk || t == wire.TypeCheckpointDone || t == wire.TypeCheckpointAck
+}
+
+// lost records that the network dropped a frame of type t.
+func (c *checker) lost(t wire.Type) {
+	if isCheckpointFrame(t) {
+		c.ckptLossAt = c.s.now
+	}
+}
+
+// traffic is checker 8's count of what a primary sends of a checkpoint.
+func (c *checker) traffic(h *host, m wire.Msg) {
+	var id, total, n uint64
+	switch m := m.(type) {
+	case *wire.CheckpointChunk:
+		id, n = m.ID, uint64(len(m.Data))
+	case *wire.CheckpointDone:
+		if m.Restored {
+			return
+		}
+		id, total = m.ID, m.Total
+	default:
+		return
+	}
+	k := ckptKey{h.inc, id}
+	t := c.ckpts[k]
+	if t == nil {
+		t = &ckptTraffic{start: c.s.now}
+		c.ckpts[k] = t
+	}
+	t.bytes += n
+	if ch, ok := m.(*wire.CheckpointChunk); ok {
+		t.end = max(t.end, ch.Offset+n)
+	}
+	c.ckptMax = max(c.ckptMax, int(t.end))
+	if total > 0 {
+		t.total = total
+		c.ckptMax = max(c.ckptMax, int(total))
+		// Every checkpoint the primary holds was announced by now, but
+		// for one taken meanwhile.
+		c.held(h)
+	}
+	chunk := uint64(c.s.opts.Node.CheckpointChunkBytes)
+	// Judged only where a one-way delay fits the retransmission timeout:
+	// beyond that, timeouts fire while acks are on their way, by design.
+	o := c.s.opts
+	timely := o.MaxDelaySteps <= o.Node.RetransmitTicks*o.TickEverySteps
+	if timely && t.total > 0 && !t.fired && c.ckptLossAt < t.start && t.bytes > 2*t.total+4*chunk {
+		t.fired = true
+		c.violate(Traffic, "%s sent %d bytes of checkpoint %d, which has %d, and none of its frames was lost", h.name, t.bytes, id, t.total)
+	}
+}
+
+// held is checker 8's bound on what a host keeps of checkpoints, judged
+// for a primary when it announces one (the sizes of those it holds are
+// known then), for a secondary whenever (it holds only what was sent).
+func (c *checker) held(h *host) {
+	if h.node == nil || c.ckptMax == 0 {
+		return
+	}
+	// Parts of a chain differ in size (the node's section carries the
+	// outputs held), and one may be taken before the last is sent: twice
+	// a chain of the largest seen so far.
+	b := h.node.Status().CheckpointBytes
+	if bound := 2 * (c.s.opts.Node.PrecopyRounds + 1) * c.ckptMax; b > bound {
+		c.violate(Traffic, "%s holds %d bytes of checkpoints, more than twice a chain of %d of the largest sent (%d bytes)", h.name, b, c.s.opts.Node.PrecopyRounds+1, c.ckptMax)
 	}
 }

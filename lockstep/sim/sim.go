@@ -50,6 +50,10 @@ type Options struct {
 	// AgentLagPct is the chance, per host and step, that its agent does not
 	// get to the node's Ready this step (the vCPU runs on meanwhile).
 	AgentLagPct int
+	// CheckpointPadBytes pads every checkpoint the simulator hands a node
+	// (the guest's state is a few bytes; a VM's is its memory): checkpoints
+	// then span many chunks and windows, as real ones do.
+	CheckpointPadBytes int
 	// TickEverySteps is how many steps make one protocol tick.
 	TickEverySteps int
 	// RestartDelaySteps is how long a crashed or halted host stays down
@@ -74,32 +78,34 @@ type Options struct {
 // DefaultOptions is a run of a few thousand steps with all faults on.
 func DefaultOptions(mode lockstep.Mode) Options {
 	return Options{
-		Mode:              mode,
-		SafetySteps:       1200,
-		LivenessSteps:     600,
-		LivenessOutputs:   20,
-		Faults:            true,
-		LossPct:           3,
-		DupPct:            3,
-		MaxDelaySteps:     6,
-		CrashPer10k:       20,
-		PartitionPer10k:   25,
-		HealPer10k:        150,
-		ResetPct:          50,
-		FalseAlarmPer10k:  5,
-		PrecopyBySeed:     true,
-		DivergePer10k:     60,
-		TickEverySteps:    3,
-		RestartDelaySteps: 60,
+		Mode:               mode,
+		SafetySteps:        1200,
+		LivenessSteps:      600,
+		LivenessOutputs:    20,
+		Faults:             true,
+		LossPct:            3,
+		DupPct:             3,
+		MaxDelaySteps:      6,
+		CrashPer10k:        20,
+		PartitionPer10k:    25,
+		HealPer10k:         150,
+		ResetPct:           50,
+		FalseAlarmPer10k:   5,
+		PrecopyBySeed:      true,
+		DivergePer10k:      60,
+		TickEverySteps:     3,
+		RestartDelaySteps:  60,
+		CheckpointPadBytes: 200,
 		Node: lockstep.Config{
-			LogWindowEntries:     32,
-			HeartbeatTicks:       2,
-			RetransmitTicks:      3,
-			PeerTimeoutTicks:     12,
-			CheckpointChunkBytes: 16,
-			MaxPendingOutputs:    8,
-			PrecopyDoneBytes:     1, // a live increment is never small enough: every round is taken
-			SyncTimeoutTicks:     36,
+			LogWindowEntries:      32,
+			HeartbeatTicks:        2,
+			RetransmitTicks:       3,
+			PeerTimeoutTicks:      12,
+			CheckpointChunkBytes:  16,
+			CheckpointWindowBytes: 64,
+			MaxPendingOutputs:     8,
+			PrecopyDoneBytes:      1, // a live increment is never small enough: every round is taken
+			SyncTimeoutTicks:      36,
 		},
 	}
 }
@@ -512,6 +518,9 @@ func (s *Sim) drain(h *host) {
 			return
 		}
 	}
+	if !h.live {
+		s.chk.held(h)
+	}
 	if h.fuzzy != nil && h.fuzzy.deadline <= s.now {
 		s.captureFuzzy(h)
 	}
@@ -539,21 +548,26 @@ func (s *Sim) command(h *host, c lockstep.Command) {
 		h.paused = false
 	case lockstep.CmdTakeCheckpoint:
 		if h.paused {
-			_ = h.node.CheckpointTaken(c.Checkpoint.ID, h.g.snapshot())
+			_ = h.node.CheckpointTaken(c.Checkpoint.ID, s.pad(h.g.snapshot()))
 		} else {
 			// Copying a running VM: the copy starts now and completes some
 			// exits later, so it shows the VM as it was when it started.
-			h.fuzzy = &fuzzyCheckpoint{id: c.Checkpoint.ID, snap: h.g.snapshot(), exitsTil: 1 + s.rng.IntN(3), deadline: s.now + 4}
+			h.fuzzy = &fuzzyCheckpoint{id: c.Checkpoint.ID, snap: s.pad(h.g.snapshot()), exitsTil: 1 + s.rng.IntN(3), deadline: s.now + 4}
 		}
 	case lockstep.CmdRestoreCheckpoint:
-		g, err := restoreGuest(c.Checkpoint.Data)
+		data, err := s.unpad(c.Checkpoint.Data)
+		if err != nil {
+			s.chk.violate(Harness, "restore: %v", err)
+			return
+		}
+		g, err := restoreGuest(data)
 		if err != nil {
 			s.chk.violate(Harness, "restore: %v", err)
 			return
 		}
 		h.g = g
 		s.res.Resyncs++
-		s.chk.restored(h, c.Checkpoint.Seq, c.Checkpoint.Data)
+		s.chk.restored(h, c.Checkpoint.Seq, data)
 		chain := ""
 		if len(c.Checkpoint.Parts) > 0 {
 			chain = fmt.Sprintf(" after %d pre-copy parts", len(c.Checkpoint.Parts))
@@ -611,6 +625,7 @@ func (s *Sim) sendMsg(h *host, m wire.Msg) {
 	s.res.Messages++
 	if k := s.dropNext[m.Type()]; k > 0 {
 		s.dropNext[m.Type()] = k - 1
+		s.chk.lost(m.Type())
 		s.tracef("%s %s dropped (scenario)", h.name, m.Type())
 		return
 	}
@@ -623,6 +638,7 @@ func (s *Sim) sendMsg(h *host, m wire.Msg) {
 	if s.opts.Faults && s.now <= s.opts.SafetySteps {
 		if s.rng.IntN(100) < s.opts.LossPct {
 			copies = 0
+			s.chk.lost(m.Type())
 		} else if s.rng.IntN(100) < s.opts.DupPct {
 			copies = 2
 		}
@@ -651,6 +667,7 @@ func (s *Sim) deliver() {
 		// A connection to a host that restarted is gone, and so is what
 		// was in flight on it; a cut link drops what crosses it.
 		if s.cut[p.from] || to.node == nil || to.inc != p.toInc {
+			s.chk.lost(wire.Type(p.b[1]))
 			continue
 		}
 		m, _, err := wire.Parse(p.b)
@@ -661,4 +678,26 @@ func (s *Sim) deliver() {
 		s.chk.delivered(to, m)
 		_ = to.node.Step(m)
 	}
+}
+
+// pad appends CheckpointPadBytes of filler to a guest snapshot.
+func (s *Sim) pad(snap []byte) []byte {
+	for i := range s.opts.CheckpointPadBytes {
+		snap = append(snap, byte(i))
+	}
+	return snap
+}
+
+// unpad checks and strips what pad added.
+func (s *Sim) unpad(b []byte) ([]byte, error) {
+	n := len(b) - s.opts.CheckpointPadBytes
+	if n < 0 {
+		return nil, fmt.Errorf("sim: checkpoint of %d bytes is shorter than its padding", len(b))
+	}
+	for i, v := range b[n:] {
+		if v != byte(i) {
+			return nil, fmt.Errorf("sim: checkpoint padding corrupt at byte %d", n+i)
+		}
+	}
+	return b[:n], nil
 }

@@ -27,4 +27,7 @@ type Set struct {
 	// copy of the VM taken while it ran, as if it were the paused
 	// checkpoint that ends the chain.
 	PrecopySkipFinal bool
+	// ResendWholeCheckpoint: a primary shipping a checkpoint sends all of
+	// it again on every retransmission timeout, acknowledged or not.
+	ResendWholeCheckpoint bool
 }
