@@ -48,7 +48,11 @@
 // of its log and asks the arbiter for the next epoch (CmdAcquire); it goes
 // live (CmdGoLive) only if granted, and then releases the outputs the old
 // primary may have released and it reproduced (a repeat is possible, a loss
-// is not). A primary that times out asks the arbiter for the next epoch to go
+// is not). In AckOnReceipt mode a secondary that diverged and has no
+// checkpoint repairing it yet halts instead (CmdHalt, with the reason):
+// the primary released outputs it did not reproduce, and its execution
+// would contradict them; the mode assumes replay is deterministic, and
+// Status.Diverged shows the time it is not protected. A primary that times out asks the arbiter for the next epoch to go
 // on unprotected; if refused, or if it meets a newer epoch, it halts
 // (CmdHalt) and releases nothing more. Every message carries the sender's
 // epoch and fence token; a message from an older epoch is refused with a

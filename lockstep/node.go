@@ -235,6 +235,11 @@ type Status struct {
 	// ReleasedThrough). A secondary that goes live repeats what it made
 	// past this point.
 	Released uint64
+	// Diverged: a secondary found its VM off the primary's path and waits
+	// for the checkpoint that repairs it. In ack-on-receipt mode it cannot
+	// take over meanwhile (it halts if the primary is lost): the VM is
+	// unprotected until the checkpoint comes.
+	Diverged bool
 	// CheckpointBytes is the checkpoint data the node holds: a primary's
 	// checkpoints being shipped (every part of a chain), a secondary's
 	// being assembled and the pre-copy parts it keeps.
@@ -255,6 +260,7 @@ func (n *Node) Status() Status {
 	case RoleSecondary, RoleCandidate:
 		s.Synced = n.sphase == sReplaying || n.sphase == sDiverged
 		s.LastSeq, s.LogItems, s.Released = n.received, len(n.rlog), n.primaryReleased
+		s.Diverged = n.sphase == sDiverged
 		s.CheckpointBytes = n.asmBytes + n.partsBytes
 		if n.chainEnd != nil {
 			s.CheckpointBytes += len(n.chainEnd.data)

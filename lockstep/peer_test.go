@@ -126,3 +126,41 @@ func TestPrecopyPartSentOnce(t *testing.T) {
 	}
 	t.Logf("%d-byte part: %d bytes sent", len(part), sent)
 }
+
+// TestDivergedReceiptSecondaryHalts: in ack-on-receipt mode a secondary
+// that diverged and was not resynced halts, with the reason, when its
+// primary is lost, instead of going live with an execution the world did
+// not see; in ack-on-compare mode it asks for the epoch as usual.
+func TestDivergedReceiptSecondaryHalts(t *testing.T) {
+	for _, c := range []struct {
+		mode Mode
+		want CommandKind
+	}{{AckOnReceipt, CmdHalt}, {AckOnCompare, CmdAcquire}} {
+		t.Run(c.mode.String(), func(t *testing.T) {
+			p, s := pair(t, c.mode)
+			if _, err := p.RecordInput(1, 5, []byte("in")); err != nil {
+				t.Fatal(err)
+			}
+			exchange(t, p, s)
+			if _, r := s.NextInput(1, 6); r != Diverged {
+				t.Fatalf("NextInput of the wrong kind: %s, want diverged", r)
+			}
+			take(s)
+			var got []Command
+			for range s.cfg.PeerTimeoutTicks + 1 {
+				s.Tick()
+				got = append(got, take(s).Commands...)
+			}
+			for _, cmd := range got {
+				if cmd.Kind == c.want {
+					t.Logf("%s: %s %s", c.mode, cmd.Kind, cmd.Reason)
+					return
+				}
+				if cmd.Kind == CmdAcquire || cmd.Kind == CmdGoLive || cmd.Kind == CmdHalt {
+					t.Fatalf("%s: diverged secondary gave %s, want %s", c.mode, cmd.Kind, c.want)
+				}
+			}
+			t.Fatalf("%s: no %s after the primary went silent; commands %v", c.mode, c.want, got)
+		})
+	}
+}

@@ -140,6 +140,10 @@ func (n *Node) tickSecondary() {
 		return
 	}
 	if n.role == RoleSecondary && n.ticksSincePeer >= n.cfg.PeerTimeoutTicks {
+		if n.divergedUnsafe() {
+			n.halt(errDivergedReceipt)
+			return
+		}
 		// The primary is gone: stop acknowledging (so it cannot release
 		// anything more if it is alive after all) and ask for its epoch.
 		n.role = RoleCandidate
@@ -591,6 +595,11 @@ func (n *Node) maybeGoLive() bool {
 	if !n.drained() && !(n.cfg.Bugs.GoLiveBeforeDrain && n.sphase == sReplaying) {
 		return false
 	}
+	if n.divergedUnsafe() {
+		// It diverged while it consumed the rest of its log.
+		n.halt(errDivergedReceipt)
+		return false
+	}
 	n.role = RolePrimary
 	n.pphase = pAlone
 	n.epoch, n.fence = n.grantEpoch, n.grantFence
@@ -612,4 +621,21 @@ func (n *Node) maybeGoLive() bool {
 	n.copies, n.pending = nil, nil
 	n.send(&wire.GoLive{LastSeq: n.lastSeq})
 	return true
+}
+
+// errDivergedReceipt is why a secondary that diverged in ack-on-receipt
+// mode halts rather than go live.
+const errDivergedReceipt = "this replica diverged from the primary and was not resynced before the primary was lost; " +
+	"in ack-on-receipt mode the primary released outputs this replica did not reproduce, so going live would contradict " +
+	"what the world saw: the VM stops here. Run with ack-on-compare (--mode compare) where replay is not deterministic"
+
+// divergedUnsafe reports whether this secondary knows its VM left the
+// primary's path, has no checkpoint that repairs it, and runs in
+// ack-on-receipt mode: the primary released outputs once they reached us,
+// not once we reproduced them, so the world may have seen outputs this
+// execution does not have. Such a replica must never go live. In
+// ack-on-compare mode the world saw only what we reproduced, and going
+// live from the divergence point is consistent.
+func (n *Node) divergedUnsafe() bool {
+	return n.cfg.Mode == AckOnReceipt && n.sphase == sDiverged && !n.cfg.Bugs.GoLiveDiverged
 }

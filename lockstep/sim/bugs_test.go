@@ -64,14 +64,21 @@ func TestLivenessCheckerFires(t *testing.T) {
 	t.Fatalf("no seed in 1..%d tripped the liveness checker with hosts that never restart", seedsToCatchBug)
 }
 
-// TestReceiptModeExposure documents why divergence is injected only in
-// ack-on-compare runs: ack-on-receipt releases outputs before comparing, so
-// a replica that diverged and then takes over contradicts what the world
-// saw, and the consistency checker catches it.
+// TestReceiptModeExposure shows why a secondary that diverged in
+// ack-on-receipt mode must not go live: that mode releases outputs before
+// comparing, so a replica that diverged and then takes over contradicts
+// what the world saw. With the rule off (bugs.GoLiveDiverged) the
+// consistency checker catches it; with it on, the same seeds hold.
 func TestReceiptModeExposure(t *testing.T) {
 	o := DefaultOptions(lockstep.AckOnReceipt)
 	o.DivergeInReceiptMode = true
 	o.DivergePer10k = 300
+	for seed := uint64(1); seed <= seedsToCatchBug; seed++ {
+		if r := Run(seed, o); r.Failed() {
+			t.Errorf("with the rule on, seed %d failed: %s", seed, r)
+		}
+	}
+	o.Bugs.GoLiveDiverged = true
 	for seed := uint64(1); seed <= seedsToCatchBug; seed++ {
 		for _, v := range Run(seed, o).Violations {
 			if v.Checker == Consistency {

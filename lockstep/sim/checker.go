@@ -21,10 +21,11 @@ const (
 	Harness // the simulator itself found something impossible
 	Storage
 	Traffic
+	DivergedLive
 )
 
 func (c Checker) String() string {
-	return [...]string{"?", "output-rule", "consistency", "split-brain", "resync", "liveness", "harness", "storage", "traffic"}[min(int(c), 8)]
+	return [...]string{"?", "output-rule", "consistency", "split-brain", "resync", "liveness", "harness", "storage", "traffic", "diverged-live"}[min(int(c), 9)]
 }
 
 // Violation is one checker firing.
@@ -60,7 +61,11 @@ const maxViolations = 8
 //     checkpoint's frame or acknowledgement) was lost while it was sent
 //     costs at most twice its size and a few chunks on the wire, and no
 //     host holds more checkpoint data than a chain of the largest
-//     checkpoints sent (Status.CheckpointBytes).
+//     checkpoints sent (Status.CheckpointBytes);
+//  9. diverged-live: in ack-on-receipt mode, a secondary that asked for a
+//     resync (it found its VM off the primary's path) never goes live
+//     before a checkpoint repaired it: the world may have seen outputs it
+//     did not reproduce.
 type checker struct {
 	s          *Sim
 	violations []Violation
@@ -109,6 +114,7 @@ type incState struct {
 	frontier      uint64
 	produced      map[uint64][]byte // output index → bytes its guest produced
 	repeats       int               // outputs it released that the world had seen
+	resyncAsked   bool              // sent a ResyncRequest since its last restore
 }
 
 func newChecker(s *Sim) *checker {
@@ -152,6 +158,9 @@ func (c *checker) granted(h *host, epoch uint64) {
 }
 
 func (c *checker) wentLive(h *host, epoch uint64) {
+	if c.s.opts.Mode == lockstep.AckOnReceipt && c.st(h.inc).resyncAsked {
+		c.violate(DivergedLive, "%s went live in epoch %d in ack-on-receipt mode after it asked for a resync no checkpoint answered", h.name, epoch)
+	}
 	if c.owner[epoch] != h.inc {
 		c.violate(SplitBrain, "%s went live in epoch %d, which the arbiter granted to incarnation %d, not %d", h.name, epoch, c.owner[epoch], h.inc)
 	}
@@ -180,6 +189,7 @@ func (c *checker) persisted(h *host, o lockstep.Output) {
 func (c *checker) restored(h *host, seq uint64, data []byte) {
 	st := c.st(h.inc)
 	st.restoreSeq, st.frontier, st.delivered = seq, seq, map[uint64]bool{}
+	st.resyncAsked = false
 	// A checkpoint brings the state as of its position: what this host
 	// persisted before it is overwritten, so order starts again.
 	st.persistedNext = 0
@@ -202,6 +212,11 @@ func (c *checker) restored(h *host, seq uint64, data []byte) {
 // sent checks that a secondary's acknowledgement is true when it is made.
 func (c *checker) sent(h *host, m wire.Msg) {
 	c.traffic(h, m)
+	// A request sent in the same Ready as the restore that answers it
+	// leaves after the restore; it is about a position before it.
+	if r, ok := m.(*wire.ResyncRequest); ok && !h.live && r.AtSeq > c.st(h.inc).restoreSeq {
+		c.st(h.inc).resyncAsked = true
+	}
 	a, ok := m.(*wire.Ack)
 	if !ok {
 		return

@@ -41,7 +41,8 @@ type Options struct {
 	// of PeerLost calls while both hosts live (a spurious reset).
 	ResetPct, FalseAlarmPer10k int
 	// DivergeInReceiptMode injects divergence in ack-on-receipt runs too
-	// (off by default: that mode assumes deterministic replay).
+	// (on by default: a secondary that diverged there must halt rather
+	// than go live, and the diverged-live checker sees that it does).
 	DivergeInReceiptMode bool
 	// PrecopyBySeed gives each seed its own pre-copy setting: seed%3 live
 	// rounds (Node.PrecopyRounds), so joins are tried both with a paused
@@ -78,24 +79,25 @@ type Options struct {
 // DefaultOptions is a run of a few thousand steps with all faults on.
 func DefaultOptions(mode lockstep.Mode) Options {
 	return Options{
-		Mode:               mode,
-		SafetySteps:        1200,
-		LivenessSteps:      600,
-		LivenessOutputs:    20,
-		Faults:             true,
-		LossPct:            3,
-		DupPct:             3,
-		MaxDelaySteps:      6,
-		CrashPer10k:        20,
-		PartitionPer10k:    25,
-		HealPer10k:         150,
-		ResetPct:           50,
-		FalseAlarmPer10k:   5,
-		PrecopyBySeed:      true,
-		DivergePer10k:      60,
-		TickEverySteps:     3,
-		RestartDelaySteps:  60,
-		CheckpointPadBytes: 200,
+		Mode:                 mode,
+		SafetySteps:          1200,
+		LivenessSteps:        600,
+		LivenessOutputs:      20,
+		Faults:               true,
+		LossPct:              3,
+		DupPct:               3,
+		MaxDelaySteps:        6,
+		CrashPer10k:          20,
+		PartitionPer10k:      25,
+		HealPer10k:           150,
+		ResetPct:             50,
+		FalseAlarmPer10k:     5,
+		PrecopyBySeed:        true,
+		DivergeInReceiptMode: true,
+		DivergePer10k:        60,
+		TickEverySteps:       3,
+		RestartDelaySteps:    60,
+		CheckpointPadBytes:   200,
 		Node: lockstep.Config{
 			LogWindowEntries:      32,
 			HeartbeatTicks:        2,
@@ -183,6 +185,9 @@ type Sim struct {
 	chk      *checker
 	res      Result
 	healed   bool
+	// unseen[i]: host i's guest was perturbed in ack-on-receipt mode and
+	// its node has not found out yet (no resync asked, no restore).
+	unseen [2]bool
 }
 
 type host struct {
@@ -272,6 +277,7 @@ func (s *Sim) start(h *host, role wire.Role) {
 
 func (s *Sim) down(h *host, why string) {
 	s.tracef("%s down: %s", h.name, why)
+	s.unseen[h.idx] = false
 	h.inc, h.node, h.g = 0, nil, nil
 	h.downAt, h.upAt = s.now, s.now+s.opts.RestartDelaySteps
 }
@@ -391,6 +397,13 @@ func (s *Sim) step() {
 func (s *Sim) chance(per10k int) bool { return per10k > 0 && s.rng.IntN(10000) < per10k }
 
 func (s *Sim) injectFaults() {
+	if s.unseen[0] || s.unseen[1] {
+		// Ack-on-receipt assumes replay is deterministic: a divergence the
+		// secondary has not found yet when its primary is lost cannot be
+		// told from a correct replica, and the output after its log's end
+		// may contradict the world. A failure meanwhile is a second one.
+		return
+	}
 	if s.chance(s.opts.CrashPer10k) {
 		i := s.rng.IntN(2)
 		// Two failures at once lose the VM by design; crash only a host
@@ -434,7 +447,9 @@ func (s *Sim) pairHealthy() bool {
 		st := h.node.Status()
 		epochs[i] = st.Epoch
 		p = p || st.Role == lockstep.RolePrimary && (st.Protected || st.Syncing)
-		sec = sec || st.Role == lockstep.RoleSecondary && st.Synced
+		// In ack-on-receipt mode a diverged secondary cannot carry on
+		// either: it halts rather than go live.
+		sec = sec || st.Role == lockstep.RoleSecondary && st.Synced && !(st.Diverged && s.opts.Mode == lockstep.AckOnReceipt)
 	}
 	// A secondary synced to an older epoch of the primary holds a state
 	// the primary has moved past: it is about to rejoin, not to take over.
@@ -468,8 +483,13 @@ func (s *Sim) guestStep(h *host) {
 		s.chk.primaryState(h, h.node.Status().LastSeq)
 		return
 	}
-	if s.opts.Faults && (s.opts.Mode == lockstep.AckOnCompare || s.opts.DivergeInReceiptMode) && s.now <= s.opts.SafetySteps && s.chance(s.opts.DivergePer10k) {
+	// In ack-on-receipt mode a diverged secondary cannot take over, so a
+	// divergence while its primary is gone is a second failure at once,
+	// which loses the VM by design (as two crashes would).
+	receiptOK := s.opts.DivergeInReceiptMode && s.pairHealthy() && !s.cut[0] && !s.cut[1]
+	if s.opts.Faults && (s.opts.Mode == lockstep.AckOnCompare || receiptOK) && s.now <= s.opts.SafetySteps && s.chance(s.opts.DivergePer10k) {
 		s.Diverge(h.idx)
+		s.unseen[h.idx] = s.opts.Mode == lockstep.AckOnReceipt
 		isOut, kd = g.next()
 	}
 	if isOut {
@@ -566,6 +586,7 @@ func (s *Sim) command(h *host, c lockstep.Command) {
 			return
 		}
 		h.g = g
+		s.unseen[h.idx] = false
 		s.res.Resyncs++
 		s.chk.restored(h, c.Checkpoint.Seq, data)
 		chain := ""
@@ -622,6 +643,9 @@ func (s *Sim) answerArbiter() {
 
 func (s *Sim) sendMsg(h *host, m wire.Msg) {
 	s.chk.sent(h, m)
+	if m.Type() == wire.TypeResyncRequest {
+		s.unseen[h.idx] = false
+	}
 	s.res.Messages++
 	if k := s.dropNext[m.Type()]; k > 0 {
 		s.dropNext[m.Type()] = k - 1

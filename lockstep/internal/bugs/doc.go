@@ -30,4 +30,7 @@ type Set struct {
 	// ResendWholeCheckpoint: a primary shipping a checkpoint sends all of
 	// it again on every retransmission timeout, acknowledged or not.
 	ResendWholeCheckpoint bool
+	// GoLiveDiverged: a secondary that diverged in ack-on-receipt mode
+	// and was not resynced goes live anyway when its primary is lost.
+	GoLiveDiverged bool
 }
