@@ -139,6 +139,9 @@ type Node struct {
 	ckptLive       bool       // the checkpoint asked for is a live (pre-copy) part
 	precopyRound   int        // live parts taken of the chain so far
 	hadPeer        bool       // a secondary was attached when acquiring began
+	// joinBackoffTicks: hellos are not served until it is 0 again, after
+	// a sync was abandoned (PeerLost does not shorten it).
+	joinBackoffTicks int
 
 	// Secondary state.
 	sphase          sPhase
@@ -359,6 +362,9 @@ func (n *Node) Tick() {
 	n.ticksRetry++
 	n.ticksSinceSync++
 	n.ticksSinceHeartbeat++
+	if n.joinBackoffTicks > 0 {
+		n.joinBackoffTicks--
+	}
 	if n.acquireEpoch != 0 && n.acquireErr && n.ticksRetry >= n.cfg.RetransmitTicks {
 		n.acquire(n.acquireEpoch)
 	}

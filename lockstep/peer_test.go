@@ -164,3 +164,69 @@ func TestDivergedReceiptSecondaryHalts(t *testing.T) {
 		})
 	}
 }
+
+// TestOversizedJoinLeavesPrimaryRunning: a checkpoint too large to ship
+// gives up that join; the primary goes on unprotected (resumed, releasing
+// its outputs) instead of failing, and serves a later hello again.
+func TestOversizedJoinLeavesPrimaryRunning(t *testing.T) {
+	for _, rounds := range []int{0, 1} {
+		cfg := Config{VMID: "vm", Role: wire.RolePrimary, Mode: AckOnCompare, CheckpointChunkBytes: 64, MaxCheckpointBytes: 1024, PrecopyRounds: rounds}
+		p, err := NewNode(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		take(p)
+		p.ArbiterResult(1, true, 7, nil)
+		take(p)
+		hello := &wire.Hello{Header: wire.Header{}, ProtocolVersion: wire.ProtocolVersion, VMID: "vm", Role: wire.RoleSecondary}
+		_ = p.Step(hello)
+		var taken int
+		for _, c := range take(p).Commands {
+			if c.Kind == CmdTakeCheckpoint {
+				taken++
+				if err := p.CheckpointTaken(c.Checkpoint.ID, make([]byte, 4096)); err == nil {
+					t.Fatalf("precopy %d: a 4 KiB checkpoint over a 1 KiB bound was shipped without an error", rounds)
+				} else {
+					t.Logf("precopy %d: %v", rounds, err)
+				}
+			}
+		}
+		if taken != 1 {
+			t.Fatalf("precopy %d: %d checkpoints asked for, want 1", rounds, taken)
+		}
+		// A new epoch, if one is asked for, is granted.
+		for _, c := range take(p).Commands {
+			if c.Kind == CmdAcquire {
+				p.ArbiterResult(c.Epoch, true, 8, nil)
+			}
+		}
+		take(p)
+		st := p.Status()
+		if st.Role != RolePrimary || st.Paused || st.Syncing {
+			t.Fatalf("precopy %d: after the failed join the primary is %+v, want it running alone", rounds, st)
+		}
+		if _, err := p.HoldOutput(1, 0, []byte("out")); err != nil {
+			t.Fatal(err)
+		}
+		if rd := take(p); len(rd.Release) != 1 {
+			t.Fatalf("precopy %d: an output of the unprotected primary was not released: %+v", rounds, rd)
+		}
+		// The join is retried, not at once.
+		_ = p.Step(hello)
+		if len(take(p).Commands) != 0 {
+			t.Fatalf("precopy %d: the failed join was retried at once", rounds)
+		}
+		for range p.cfg.SyncTimeoutTicks {
+			p.Tick()
+		}
+		take(p)
+		_ = p.Step(hello)
+		retried := false
+		for _, c := range take(p).Commands {
+			retried = retried || c.Kind == CmdTakeCheckpoint
+		}
+		if !retried {
+			t.Fatalf("precopy %d: the join was not retried after SyncTimeoutTicks", rounds)
+		}
+	}
+}

@@ -187,7 +187,7 @@ func (n *Node) stepPrimary(m wire.Msg) error {
 	}
 	switch m := m.(type) {
 	case *wire.Hello:
-		if m.Role != wire.RoleSecondary || n.pphase == pAcquiring {
+		if m.Role != wire.RoleSecondary || n.pphase == pAcquiring || n.joinBackoffTicks > 0 {
 			return nil // a joiner retries its hello until we can serve it
 		}
 		if n.pphase == pPrecopy || n.pphase == pSyncing && n.ckptFull {
@@ -334,13 +334,54 @@ func (n *Node) CheckpointTaken(id uint64, data []byte) error {
 	}
 	n.ckptTaking = false
 	if n.pphase == pPrecopy {
-		return n.shipPart(id, data)
+		return n.abandonOnError(n.shipPart(id, data))
 	}
 	// The vCPU may have run exits between the Step that asked for the
 	// checkpoint and the pause taking effect; the checkpoint shows the VM
 	// as of now, so its log position is now.
 	n.ckptSeq = n.lastSeq
-	return n.ship(id, data, &wire.CheckpointDone{Full: n.ckptFull, Base: n.ckptBase})
+	return n.abandonOnError(n.ship(id, data, &wire.CheckpointDone{Full: n.ckptFull, Base: n.ckptBase}))
+}
+
+// ErrSyncAbandoned wraps the reason a primary gave up bringing a secondary
+// up (a checkpoint it could not take or ship): it goes on unprotected and
+// serves the secondary's next hello after SyncTimeoutTicks. Never a
+// reason to stop the VM.
+var ErrSyncAbandoned = errors.New("lockstep: bringing the secondary up abandoned; the VM goes on unprotected and the join is retried later")
+
+// CheckpointFailed tells the node the VMM could not take checkpoint id
+// (CmdTakeCheckpoint): the node gives up the sync it was for, as
+// ErrSyncAbandoned says. It returns that error, wrapping err, for the log.
+func (n *Node) CheckpointFailed(id uint64, err error) error {
+	if n.role != RolePrimary {
+		return n.roleErr("CheckpointFailed")
+	}
+	if n.pphase != pSyncing && n.pphase != pPrecopy || id != n.ckptID || !n.ckptTaking {
+		return nil // superseded
+	}
+	n.ckptTaking = false
+	return n.abandonOnError(fmt.Errorf("checkpoint %d: %w", id, err))
+}
+
+// abandonOnError gives up the sync under way if err is set. A joiner with
+// live parts only never depended on us: we go on alone at once. A
+// secondary we were protected by, or a joiner of a paused sync, is handled
+// as one that went silent: a new epoch first, so that it cannot take over
+// while we go on alone.
+func (n *Node) abandonOnError(err error) error {
+	if err == nil {
+		return nil
+	}
+	n.joinBackoffTicks = n.cfg.SyncTimeoutTicks
+	if n.pphase == pPrecopy {
+		n.goAlone()
+	} else {
+		n.ckptOut, n.ckptBase = nil, 0
+		n.pphase = pAcquiring
+		n.hadPeer = true
+		n.acquire(n.epoch + 1)
+	}
+	return fmt.Errorf("%w: %w", ErrSyncAbandoned, err)
 }
 
 // shipPart ships a live pre-copy part and asks for the next: another live
@@ -369,7 +410,7 @@ func (n *Node) ship(id uint64, data []byte, done *wire.CheckpointDone) error {
 	payload := n.checkpointHeader()
 	payload = append(payload, data...)
 	if len(payload) > n.cfg.MaxCheckpointBytes {
-		return fmt.Errorf("lockstep: checkpoint of %d bytes exceeds MaxCheckpointBytes %d: raise the bound on both hosts", len(payload), n.cfg.MaxCheckpointBytes)
+		return fmt.Errorf("lockstep: checkpoint of %d bytes exceeds MaxCheckpointBytes %d: raise the bound on both hosts (ftvm sizes it from --mem, --disk-size and --precopy-rounds: give both hosts the same)", len(payload), n.cfg.MaxCheckpointBytes)
 	}
 	done.ID, done.Seq, done.Total, done.Digest = id, seq, uint64(len(payload)), digest(payload)
 	n.ckptOut = append(n.ckptOut, &outCkpt{id: id, seq: seq, payload: payload, done: done})

@@ -369,7 +369,7 @@ func (n *Node) stepChunk(m *wire.CheckpointChunk) error {
 	// What is being assembled and what is kept of a chain share one bound.
 	if n.asmBytes+n.partsBytes+len(m.Data) > n.cfg.MaxCheckpointBytes {
 		n.dropAssembly(a.id)
-		return fmt.Errorf("lockstep: checkpoint %d exceeds MaxCheckpointBytes %d with what else is being assembled: raise the bound on both hosts", m.ID, n.cfg.MaxCheckpointBytes)
+		return fmt.Errorf("lockstep: checkpoint %d exceeds MaxCheckpointBytes %d with what else is being assembled: raise the bound on both hosts (ftvm sizes it from --mem, --disk-size and --precopy-rounds: give both hosts the same)", m.ID, n.cfg.MaxCheckpointBytes)
 	}
 	a.chunks[m.Offset] = clone(m.Data)
 	a.bytes += uint64(len(m.Data))
@@ -491,7 +491,7 @@ func (n *Node) tryRestore(a *assembly) error {
 		// repairs it.
 		if n.partsBytes+len(rest) > n.cfg.MaxCheckpointBytes {
 			n.dropChain()
-			return fmt.Errorf("lockstep: pre-copy parts exceed MaxCheckpointBytes %d: raise the bound on both hosts", n.cfg.MaxCheckpointBytes)
+			return fmt.Errorf("lockstep: pre-copy parts exceed MaxCheckpointBytes %d: raise the bound on both hosts (ftvm sizes it from --mem, --disk-size and --precopy-rounds: give both hosts the same)", n.cfg.MaxCheckpointBytes)
 		}
 		if len(n.parts) >= n.cfg.PrecopyRounds {
 			n.dropChain()

@@ -51,6 +51,10 @@ type Options struct {
 	// AgentLagPct is the chance, per host and step, that its agent does not
 	// get to the node's Ready this step (the vCPU runs on meanwhile).
 	AgentLagPct int
+	// CheckpointFailPct is the chance, in the safety phase, that the VMM
+	// fails to take a checkpoint (Node.CheckpointFailed): the primary must
+	// give up that sync and go on, never stop.
+	CheckpointFailPct int
 	// CheckpointPadBytes pads every checkpoint the simulator hands a node
 	// (the guest's state is a few bytes; a VM's is its memory): checkpoints
 	// then span many chunks and windows, as real ones do.
@@ -98,6 +102,7 @@ func DefaultOptions(mode lockstep.Mode) Options {
 		TickEverySteps:       3,
 		RestartDelaySteps:    60,
 		CheckpointPadBytes:   200,
+		CheckpointFailPct:    3,
 		Node: lockstep.Config{
 			LogWindowEntries:      32,
 			HeartbeatTicks:        2,
@@ -567,6 +572,11 @@ func (s *Sim) command(h *host, c lockstep.Command) {
 	case lockstep.CmdResume:
 		h.paused = false
 	case lockstep.CmdTakeCheckpoint:
+		if s.opts.Faults && s.now <= s.opts.SafetySteps && s.rng.IntN(100) < s.opts.CheckpointFailPct {
+			err := h.node.CheckpointFailed(c.Checkpoint.ID, fmt.Errorf("sim: snapshot failed"))
+			s.tracef("%s checkpoint %d failed: %v", h.name, c.Checkpoint.ID, err)
+			return
+		}
 		if h.paused {
 			_ = h.node.CheckpointTaken(c.Checkpoint.ID, s.pad(h.g.snapshot()))
 		} else {
