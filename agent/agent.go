@@ -234,6 +234,7 @@ type Agent struct {
 	}
 	holdLatency latencyRecorder
 	log         *slog.Logger
+	stepLog     stepErrLog
 	// perf makes one goroutine at a time take a Ready from the node and
 	// perform it, so that outputs leave and messages go in the node's
 	// order: the loop (Lock), or the hook on the vCPU thread (TryLock
@@ -339,13 +340,17 @@ func (a *Agent) HandleFrame(f transport.Frame) {
 		return
 	}
 	a.mu.Lock()
-	if err := a.node.Step(m); err != nil {
+	stepErr := a.node.Step(m)
+	if stepErr != nil {
 		a.stats.step.Add(1)
 	}
 	a.flushInline()
 	// New log items for a replaying hook to look at.
 	a.cond.Broadcast()
 	a.mu.Unlock()
+	if stepErr != nil {
+		a.stepLog.log(a.log, m.Type(), stepErr)
+	}
 	switch m.Type() {
 	case wire.TypeEntry, wire.TypeOutput, wire.TypeAck, wire.TypeHeartbeat:
 	default:
@@ -957,7 +962,7 @@ func (a *Agent) command(ctx context.Context, c lockstep.Command) error {
 		}
 		return nil
 	case lockstep.CmdHalt:
-		a.log.Warn("halting: another host is primary", "reason", c.Reason)
+		a.log.Warn("halting", "reason", c.Reason)
 		a.halted, a.haltWhy = true, c.Reason
 		// The VM never runs again: a hook waiting for log a halted node
 		// will never give must let go, or the pause below waits for it
@@ -1040,9 +1045,25 @@ func (a *Agent) takeCheckpoint(c lockstep.Checkpoint) error {
 	}
 	b, err := a.pausedSnapshot(c.Chain)
 	if err != nil {
-		return err
+		return a.checkpointFailed(c.ID, err)
 	}
 	return a.checkpointTaken(c.ID, b, nil)
+}
+
+// checkpointFailed tells the node a checkpoint for the secondary could not
+// be taken: it gives that join up and the VM goes on unprotected (a
+// primary never stops because a secondary could not join).
+func (a *Agent) checkpointFailed(id uint64, cause error) error {
+	a.mu.Lock()
+	err := a.node.CheckpointFailed(id, cause)
+	a.mu.Unlock()
+	if err != nil && !errors.Is(err, lockstep.ErrSyncAbandoned) {
+		return err
+	}
+	if err != nil {
+		a.log.Warn("checkpoint for the secondary failed; the VM goes on unprotected", "id", id, "err", err)
+	}
+	return nil
 }
 
 // pausedSnapshot snapshots the paused VM: an increment over the pre-copy
@@ -1078,7 +1099,12 @@ func (a *Agent) checkpointTaken(id uint64, b []byte, liveErr error) error {
 		var err error
 		b, err = a.pausedSnapshot(true)
 		if err != nil {
-			return err
+			// Paused behind the flags' back: let applyRun resume it.
+			a.running = false
+			if ferr := a.checkpointFailed(id, err); ferr != nil {
+				return ferr
+			}
+			return a.applyRun()
 		}
 		a.running = false
 		if err := a.applyRun(); err != nil {
@@ -1090,8 +1116,13 @@ func (a *Agent) checkpointTaken(id uint64, b []byte, liveErr error) error {
 	a.log.Info("checkpoint taken for the secondary", "id", id, "bytes", len(b))
 	a.stats.ckpts.Add(1)
 	a.mu.Lock()
-	defer a.mu.Unlock()
-	return a.node.CheckpointTaken(id, b)
+	err := a.node.CheckpointTaken(id, b)
+	a.mu.Unlock()
+	if errors.Is(err, lockstep.ErrSyncAbandoned) {
+		a.log.Warn("checkpoint for the secondary cannot be shipped; the VM goes on unprotected", "id", id, "err", err)
+		return nil
+	}
+	return err
 }
 
 // errAborted is what a waiting hook returns when its VM is being replaced

@@ -33,16 +33,17 @@ func (m Mode) String() string {
 // Defaults for Config fields left zero. Times are in Ticks: the agent decides
 // how long a tick is (the simulator uses a few steps of its clock).
 const (
-	DefaultLogWindowEntries     = 256
-	DefaultHeartbeatTicks       = 2
-	DefaultRetransmitTicks      = 3
-	DefaultPeerTimeoutTicks     = 12
-	DefaultRetransmitBurstItems = 64
-	DefaultCheckpointChunkBytes = 64 << 10
-	DefaultMaxCheckpointBytes   = 256 << 20
-	DefaultMaxPendingOutputs    = 64
-	DefaultPrecopyDoneBytes     = 256 << 10
-	DefaultArbiterRetryMaxTicks = 100
+	DefaultLogWindowEntries      = 256
+	DefaultHeartbeatTicks        = 2
+	DefaultRetransmitTicks       = 3
+	DefaultPeerTimeoutTicks      = 12
+	DefaultRetransmitBurstItems  = 64
+	DefaultCheckpointChunkBytes  = 64 << 10
+	DefaultMaxCheckpointBytes    = 256 << 20
+	DefaultMaxPendingOutputs     = 64
+	DefaultPrecopyDoneBytes      = 256 << 10
+	DefaultCheckpointWindowBytes = 4 << 20
+	DefaultArbiterRetryMaxTicks  = 100
 )
 
 // Config configures a Node. Zero fields take the defaults above.
@@ -77,8 +78,14 @@ type Config struct {
 	RetransmitBurstItems int
 	// CheckpointChunkBytes is the payload size of one checkpoint chunk.
 	CheckpointChunkBytes int
-	// MaxCheckpointBytes bounds a checkpoint a secondary will assemble.
+	// MaxCheckpointBytes bounds a checkpoint a secondary will assemble
+	// (with the parts of its chain kept so far) and one a primary will
+	// ship. Size it from the VM: its memory, its disk when snapshots carry
+	// it, and some headroom for device state.
 	MaxCheckpointBytes int
+	// CheckpointWindowBytes bounds the checkpoint bytes a primary has sent
+	// and the secondary not yet acknowledged (wire.CheckpointAck).
+	CheckpointWindowBytes int
 	// MaxPendingOutputs bounds the outputs a secondary's VM may produce
 	// before the primary's record of them arrives.
 	MaxPendingOutputs int
@@ -147,6 +154,7 @@ func (c *Config) fill() error {
 	def(&c.CheckpointChunkBytes, DefaultCheckpointChunkBytes)
 	def(&c.MaxCheckpointBytes, DefaultMaxCheckpointBytes)
 	def(&c.MaxPendingOutputs, DefaultMaxPendingOutputs)
+	def(&c.CheckpointWindowBytes, max(DefaultCheckpointWindowBytes, c.CheckpointChunkBytes))
 	def(&c.PrecopyDoneBytes, DefaultPrecopyDoneBytes)
 	if c.PrecopyRounds < 0 {
 		return fmt.Errorf("lockstep: PrecopyRounds %d is negative", c.PrecopyRounds)
@@ -156,6 +164,9 @@ func (c *Config) fill() error {
 	}
 	if c.MaxCheckpointBytes > wire.MaxCheckpointBytes {
 		return fmt.Errorf("lockstep: MaxCheckpointBytes %d exceeds wire.MaxCheckpointBytes %d", c.MaxCheckpointBytes, wire.MaxCheckpointBytes)
+	}
+	if c.CheckpointWindowBytes < c.CheckpointChunkBytes {
+		return fmt.Errorf("lockstep: CheckpointWindowBytes %d is smaller than one chunk (CheckpointChunkBytes %d)", c.CheckpointWindowBytes, c.CheckpointChunkBytes)
 	}
 	if c.PeerTimeoutTicks <= 2*c.HeartbeatTicks {
 		return fmt.Errorf("lockstep: PeerTimeoutTicks %d must exceed twice HeartbeatTicks %d, or one lost heartbeat looks like a death", c.PeerTimeoutTicks, c.HeartbeatTicks)

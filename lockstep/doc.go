@@ -35,7 +35,9 @@
 // asked for at the wrong exit or of the wrong kind, or an output that does
 // not match, is a divergence: it sends a wire.ResyncRequest and stops. The
 // primary pauses, takes a checkpoint (CmdPause, CmdTakeCheckpoint), ships it
-// in chunks; the secondary restores it (CmdRestoreCheckpoint) and confirms;
+// in chunks, at most CheckpointWindowBytes ahead of the secondary's
+// cumulative wire.CheckpointAck, resending only what an ack or a timeout
+// shows lost; the secondary restores it (CmdRestoreCheckpoint) and confirms;
 // only then does the primary release what it held and resume. A new
 // secondary joins the same way from a full checkpoint.
 //
@@ -46,7 +48,11 @@
 // of its log and asks the arbiter for the next epoch (CmdAcquire); it goes
 // live (CmdGoLive) only if granted, and then releases the outputs the old
 // primary may have released and it reproduced (a repeat is possible, a loss
-// is not). A primary that times out asks the arbiter for the next epoch to go
+// is not). In AckOnReceipt mode a secondary that diverged and has no
+// checkpoint repairing it yet halts instead (CmdHalt, with the reason):
+// the primary released outputs it did not reproduce, and its execution
+// would contradict them; the mode assumes replay is deterministic, and
+// Status.Diverged shows the time it is not protected. A primary that times out asks the arbiter for the next epoch to go
 // on unprotected; if refused, or if it meets a newer epoch, it halts
 // (CmdHalt) and releases nothing more. Every message carries the sender's
 // epoch and fence token; a message from an older epoch is refused with a

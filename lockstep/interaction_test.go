@@ -123,7 +123,7 @@ func host(t *testing.T, c *ddtest.Cmd, key ...string) int {
 
 func msgType(t *testing.T, c *ddtest.Cmd) wire.Type {
 	name := c.Arg("type", "")
-	for ty := wire.TypeHello; ty <= wire.TypeFence; ty++ {
+	for ty := wire.TypeHello; ty <= wire.TypeCheckpointAck; ty++ {
 		if ty.String() == name {
 			return ty
 		}

@@ -141,11 +141,15 @@ type Node struct {
 	ckptSeq        uint64
 	ckptFull       bool
 	ckptTaking     bool
-	ckptFrames     []wire.Msg // chunks and done of the checkpoint being shipped (every part of a chain)
+	ckptOut        []*outCkpt // checkpoints being shipped, in order (every part of a chain)
+	ckptRetryTicks int        // retransmit timeout of ckptOut, doubled while no ack comes
 	ckptBase       uint64     // first part of the chain being shipped (0: none)
 	ckptLive       bool       // the checkpoint asked for is a live (pre-copy) part
 	precopyRound   int        // live parts taken of the chain so far
 	hadPeer        bool       // a secondary was attached when acquiring began
+	// joinBackoffTicks: hellos are not served until it is 0 again, after
+	// a sync was abandoned (PeerLost does not shorten it).
+	joinBackoffTicks int
 
 	// Secondary state.
 	sphase          sPhase
@@ -164,8 +168,9 @@ type Node struct {
 	asmHigh         uint64               // newest checkpoint ID begun
 	parts           map[uint64][]byte    // completed pre-copy parts, by ID (VMM data)
 	partsBytes      int
-	chainLow        uint64    // lowest ID of the chain being assembled (0: none known)
-	chainEnd        *chainEnd // its end, when it came before a part
+	chainLow        uint64              // lowest ID of the chain being assembled (0: none known)
+	chainEnd        *chainEnd           // its end, when it came before a part
+	ckptAck         *wire.CheckpointAck // checkpoint acknowledgement to send (coalesced)
 	restoredID      uint64
 	restoredSeq     uint64
 	grantEpoch      uint64
@@ -173,16 +178,21 @@ type Node struct {
 }
 
 type assembly struct {
-	id     uint64
-	seq    uint64
-	total  uint64
-	done   bool
-	full   bool
-	part   bool   // a pre-copy part: kept, not restored on its own
-	base   uint64 // the chain's first part, for the checkpoint that ends it
-	digest [wire.DigestBytes]byte
-	chunks map[uint64][]byte
-	bytes  uint64
+	id      uint64
+	seq     uint64
+	total   uint64
+	done    bool
+	full    bool
+	part    bool   // a pre-copy part: kept, not restored on its own
+	base    uint64 // the chain's first part, for the checkpoint that ends it
+	digest  [wire.DigestBytes]byte
+	chunks  map[uint64][]byte
+	bytes   uint64
+	through uint64 // bytes [0, through) are here, for CheckpointAck
+	// gapSeen: at the last wantCheckpoints bytes were missing, and
+	// through was gapThrough.
+	gapSeen    bool
+	gapThrough uint64
 }
 
 // chainEnd is the last checkpoint of a pre-copy chain, assembled, waiting
@@ -192,6 +202,7 @@ type chainEnd struct {
 	released      uint64
 	outs          []held
 	data          []byte
+	waited        int // wantCheckpoints periods it waited for its parts
 }
 
 // NewNode returns a node in cfg.Role. A primary starts by asking the arbiter
@@ -240,6 +251,15 @@ type Status struct {
 	// ArbiterErr is the last of them; both clear when an answer comes.
 	ArbiterFailures int
 	ArbiterErr      string
+	// Diverged: a secondary found its VM off the primary's path and waits
+	// for the checkpoint that repairs it. In ack-on-receipt mode it cannot
+	// take over meanwhile (it halts if the primary is lost): the VM is
+	// unprotected until the checkpoint comes.
+	Diverged bool
+	// CheckpointBytes is the checkpoint data the node holds: a primary's
+	// checkpoints being shipped (every part of a chain), a secondary's
+	// being assembled and the pre-copy parts it keeps.
+	CheckpointBytes int
 }
 
 // Status reports the node's state.
@@ -251,21 +271,31 @@ func (n *Node) Status() Status {
 		s.Protected = n.pphase == pProtected
 		s.Syncing = n.pphase == pSyncing || n.pphase == pPrecopy
 		s.LastSeq, s.Acked, s.LogItems, s.Released = n.lastSeq, n.acked, len(n.log), n.released
+		for _, o := range n.ckptOut {
+			s.CheckpointBytes += len(o.payload)
+		}
 	case RoleSecondary, RoleCandidate:
 		s.Synced = n.sphase == sReplaying || n.sphase == sDiverged
 		s.LastSeq, s.LogItems, s.Released = n.received, len(n.rlog), n.primaryReleased
+		s.Diverged = n.sphase == sDiverged
+		s.CheckpointBytes = n.asmBytes + n.partsBytes
+		if n.chainEnd != nil {
+			s.CheckpointBytes += len(n.chainEnd.data)
+		}
 	}
 	return s
 }
 
 // HasReady reports whether Ready has anything to do.
 func (n *Node) HasReady() bool {
+	n.flushCheckpointAck()
 	n.flushAck()
 	return !n.rd.IsEmpty()
 }
 
 // Ready returns the pending work. Call Advance with it once done.
 func (n *Node) Ready() Ready {
+	n.flushCheckpointAck()
 	n.flushAck()
 	return n.rd
 }
@@ -350,7 +380,7 @@ func (n *Node) halt(reason string) {
 	for _, h := range n.copies {
 		n.rd.Drop = append(n.rd.Drop, h.id)
 	}
-	n.held, n.copies, n.pending, n.log, n.rlog, n.ckptFrames = nil, nil, nil, nil, nil, nil
+	n.held, n.copies, n.pending, n.log, n.rlog, n.ckptOut = nil, nil, nil, nil, nil, nil
 	n.command(Command{Kind: CmdHalt, Reason: reason})
 }
 
@@ -365,6 +395,9 @@ func (n *Node) Tick() {
 	n.ticksSinceSync++
 	n.ticksSinceHeartbeat++
 	n.ticksAcquire++
+	if n.joinBackoffTicks > 0 {
+		n.joinBackoffTicks--
+	}
 	if n.acquireEpoch != 0 && n.acquireErr && n.ticksAcquire >= n.acquireRetryTicks() {
 		n.acquire(n.acquireEpoch)
 	}

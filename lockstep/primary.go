@@ -142,7 +142,7 @@ func (n *Node) releasedThrough() uint64 {
 
 func (n *Node) goAlone() {
 	n.pphase = pAlone
-	n.log, n.ckptFrames, n.ckptTaking, n.ckptBase = nil, nil, false, 0
+	n.log, n.ckptOut, n.ckptTaking, n.ckptBase = nil, nil, false, 0
 	n.hadPeer = false
 	if n.paused {
 		n.paused = false
@@ -160,11 +160,9 @@ func (n *Node) tickPrimary() {
 			n.goAlone()
 			return
 		}
-		if n.ticksRetry >= n.cfg.RetransmitTicks {
+		if n.ticksRetry >= n.ckptRetryTicks {
 			n.ticksRetry = 0
-			for _, f := range n.ckptFrames {
-				n.send(f)
-			}
+			n.retransmitCheckpoint()
 		}
 	case pProtected, pSyncing:
 		timeout := n.cfg.PeerTimeoutTicks
@@ -186,16 +184,14 @@ func (n *Node) tickPrimary() {
 			n.ticksSinceHeartbeat = 0
 			n.send(&wire.Heartbeat{LastSeq: n.lastSeq, ReleasedThrough: n.releasedThrough()})
 		}
-		if n.ticksRetry >= n.cfg.RetransmitTicks {
+		if n.pphase == pSyncing && n.ticksRetry >= n.ckptRetryTicks {
 			n.ticksRetry = 0
-			if n.pphase == pSyncing {
-				for _, f := range n.ckptFrames {
-					n.send(f)
-				}
-			} else {
-				for _, m := range n.log[:min(len(n.log), n.cfg.RetransmitBurstItems)] {
-					n.send(m)
-				}
+			n.retransmitCheckpoint()
+		}
+		if n.pphase == pProtected && n.ticksRetry >= n.cfg.RetransmitTicks {
+			n.ticksRetry = 0
+			for _, m := range n.log[:min(len(n.log), n.cfg.RetransmitBurstItems)] {
+				n.send(m)
 			}
 		}
 	}
@@ -209,7 +205,7 @@ func (n *Node) stepPrimary(m wire.Msg) error {
 	}
 	switch m := m.(type) {
 	case *wire.Hello:
-		if m.Role != wire.RoleSecondary || n.pphase == pAcquiring {
+		if m.Role != wire.RoleSecondary || n.pphase == pAcquiring || n.joinBackoffTicks > 0 {
 			return nil // a joiner retries its hello until we can serve it
 		}
 		if n.pphase == pPrecopy || n.pphase == pSyncing && n.ckptFull {
@@ -252,6 +248,12 @@ func (n *Node) stepPrimary(m wire.Msg) error {
 			n.updateStall()
 		}
 		n.releaseEligible()
+	case *wire.CheckpointAck:
+		if n.pphase != pSyncing && n.pphase != pPrecopy {
+			return nil
+		}
+		n.ticksSincePeer = 0
+		return n.stepCheckpointAck(m)
 	case *wire.ResyncRequest:
 		n.ticksSincePeer = 0
 		// A request about a position at or before the last checkpoint was
@@ -266,7 +268,7 @@ func (n *Node) stepPrimary(m wire.Msg) error {
 		n.ticksSincePeer = 0
 		n.ticksSinceSync = 0
 		n.pphase = pProtected
-		n.ckptFrames, n.ckptBase = nil, 0
+		n.ckptOut, n.ckptBase = nil, 0
 		n.acked, n.compared, n.replayed = max(n.acked, n.ckptSeq), max(n.compared, n.ckptSeq), max(n.replayed, n.ckptSeq)
 		k := 0
 		for k < len(n.log) && seqOf(n.log[k]) <= n.acked {
@@ -303,7 +305,7 @@ func seqOf(m wire.Msg) uint64 {
 // full one for a joiner, an incremental one to repair a divergence. Outputs
 // held from now on wait for the secondary's restore confirmation.
 func (n *Node) beginSync(full bool) {
-	n.ckptFrames, n.ckptBase = nil, 0
+	n.ckptOut, n.ckptBase = nil, 0
 	n.syncPaused(full)
 }
 
@@ -316,7 +318,7 @@ func (n *Node) syncPaused(full bool) {
 	n.ckptSeq = n.lastSeq
 	n.ckptFull = full
 	n.ckptTaking, n.ckptLive = true, false
-	n.ticksRetry = 0
+	n.ticksRetry, n.ckptRetryTicks = 0, n.cfg.RetransmitTicks
 	if !n.paused && !n.cfg.Bugs.ResyncWithoutPause {
 		n.paused = true
 		n.command(Command{Kind: CmdPause})
@@ -334,8 +336,8 @@ func (n *Node) beginPrecopy() {
 	n.precopyRound = 1
 	n.ckptFull = true
 	n.ckptTaking, n.ckptLive = true, true
-	n.ckptFrames = nil
-	n.ticksRetry = 0
+	n.ckptOut = nil
+	n.ticksRetry, n.ckptRetryTicks = 0, n.cfg.RetransmitTicks
 	n.command(Command{Kind: CmdTakeCheckpoint, Checkpoint: Checkpoint{ID: n.ckptID, Seq: n.lastSeq, Full: true, Live: true}})
 }
 
@@ -350,13 +352,54 @@ func (n *Node) CheckpointTaken(id uint64, data []byte) error {
 	}
 	n.ckptTaking = false
 	if n.pphase == pPrecopy {
-		return n.shipPart(id, data)
+		return n.abandonOnError(n.shipPart(id, data))
 	}
 	// The vCPU may have run exits between the Step that asked for the
 	// checkpoint and the pause taking effect; the checkpoint shows the VM
 	// as of now, so its log position is now.
 	n.ckptSeq = n.lastSeq
-	return n.ship(id, data, &wire.CheckpointDone{Full: n.ckptFull, Base: n.ckptBase})
+	return n.abandonOnError(n.ship(id, data, &wire.CheckpointDone{Full: n.ckptFull, Base: n.ckptBase}))
+}
+
+// ErrSyncAbandoned wraps the reason a primary gave up bringing a secondary
+// up (a checkpoint it could not take or ship): it goes on unprotected and
+// serves the secondary's next hello after SyncTimeoutTicks. Never a
+// reason to stop the VM.
+var ErrSyncAbandoned = errors.New("lockstep: bringing the secondary up abandoned; the VM goes on unprotected and the join is retried later")
+
+// CheckpointFailed tells the node the VMM could not take checkpoint id
+// (CmdTakeCheckpoint): the node gives up the sync it was for, as
+// ErrSyncAbandoned says. It returns that error, wrapping err, for the log.
+func (n *Node) CheckpointFailed(id uint64, err error) error {
+	if n.role != RolePrimary {
+		return n.roleErr("CheckpointFailed")
+	}
+	if n.pphase != pSyncing && n.pphase != pPrecopy || id != n.ckptID || !n.ckptTaking {
+		return nil // superseded
+	}
+	n.ckptTaking = false
+	return n.abandonOnError(fmt.Errorf("checkpoint %d: %w", id, err))
+}
+
+// abandonOnError gives up the sync under way if err is set. A joiner with
+// live parts only never depended on us: we go on alone at once. A
+// secondary we were protected by, or a joiner of a paused sync, is handled
+// as one that went silent: a new epoch first, so that it cannot take over
+// while we go on alone.
+func (n *Node) abandonOnError(err error) error {
+	if err == nil {
+		return nil
+	}
+	n.joinBackoffTicks = n.cfg.SyncTimeoutTicks
+	if n.pphase == pPrecopy {
+		n.goAlone()
+	} else {
+		n.ckptOut, n.ckptBase = nil, 0
+		n.pphase = pAcquiring
+		n.hadPeer = true
+		n.acquire(n.epoch + 1)
+	}
+	return fmt.Errorf("%w: %w", ErrSyncAbandoned, err)
 }
 
 // shipPart ships a live pre-copy part and asks for the next: another live
@@ -378,28 +421,18 @@ func (n *Node) shipPart(id uint64, data []byte) error {
 }
 
 // ship chunks one checkpoint (the node's header, then the VMM's data),
-// closes it with done and sends it all; the frames are kept for
-// retransmission with those of the chain's earlier parts.
+// closed by done, and sends what the window allows; the rest goes as the
+// secondary acknowledges (stepCheckpointAck).
 func (n *Node) ship(id uint64, data []byte, done *wire.CheckpointDone) error {
 	seq := n.lastSeq
 	payload := n.checkpointHeader()
 	payload = append(payload, data...)
 	if len(payload) > n.cfg.MaxCheckpointBytes {
-		return fmt.Errorf("lockstep: checkpoint of %d bytes exceeds MaxCheckpointBytes %d: raise the bound on both hosts", len(payload), n.cfg.MaxCheckpointBytes)
-	}
-	first := len(n.ckptFrames)
-	for off := 0; ; off += n.cfg.CheckpointChunkBytes {
-		end := min(off+n.cfg.CheckpointChunkBytes, len(payload))
-		n.ckptFrames = append(n.ckptFrames, &wire.CheckpointChunk{ID: id, Seq: seq, Offset: uint64(off), Data: payload[off:end]})
-		if end == len(payload) {
-			break
-		}
+		return fmt.Errorf("lockstep: checkpoint of %d bytes exceeds MaxCheckpointBytes %d: raise the bound on both hosts (ftvm sizes it from --mem, --disk-size and --precopy-rounds: give both hosts the same)", len(payload), n.cfg.MaxCheckpointBytes)
 	}
 	done.ID, done.Seq, done.Total, done.Digest = id, seq, uint64(len(payload)), digest(payload)
-	n.ckptFrames = append(n.ckptFrames, done)
-	for _, f := range n.ckptFrames[first:] {
-		n.send(f)
-	}
+	n.ckptOut = append(n.ckptOut, &outCkpt{id: id, seq: seq, payload: payload, done: done})
+	n.pumpCheckpoint()
 	return nil
 }
 

@@ -149,12 +149,17 @@ func (n *Node) tickSecondary() {
 		if n.ticksRetry >= n.cfg.RetransmitTicks {
 			n.ticksRetry = 0
 			n.send(n.hello())
+			n.wantCheckpoints()
 		}
 		return
 	case sRestoring:
 		return
 	}
 	if n.role == RoleSecondary && n.ticksSincePeer >= n.cfg.PeerTimeoutTicks {
+		if n.divergedUnsafe() {
+			n.halt(errDivergedReceipt)
+			return
+		}
 		// The primary is gone: stop acknowledging (so it cannot release
 		// anything more if it is alive after all) and ask for its epoch.
 		n.role = RoleCandidate
@@ -167,6 +172,7 @@ func (n *Node) tickSecondary() {
 	if n.sphase == sDiverged && n.ticksRetry >= n.cfg.RetransmitTicks {
 		n.ticksRetry = 0
 		n.send(&wire.ResyncRequest{Reason: wire.ResyncOutputMismatch, AtSeq: n.cursor})
+		n.wantCheckpoints()
 	}
 	if n.ticksSinceSend >= n.cfg.HeartbeatTicks {
 		n.ackDue = true // our ack is our heartbeat
@@ -308,7 +314,11 @@ func (n *Node) assemble(id uint64) *assembly {
 	if a := n.asms[id]; a != nil {
 		return a
 	}
-	stale := func(k uint64) bool { return k < n.asmHigh && (n.chainLow == 0 || k < n.chainLow) }
+	// Within PrecopyRounds of the newest, an older one may be a part of
+	// the same chain whose done has not come yet.
+	stale := func(k uint64) bool {
+		return k < n.asmHigh && (n.chainLow == 0 || k < n.chainLow) && k+uint64(n.cfg.PrecopyRounds) < n.asmHigh
+	}
 	if stale(id) {
 		return nil // a late copy of an older checkpoint
 	}
@@ -335,6 +345,14 @@ func (n *Node) assemble(id uint64) *assembly {
 	return a
 }
 
+func (n *Node) dropAssembliesBelow(id uint64) {
+	for k := range n.asms {
+		if k < id {
+			n.dropAssembly(k)
+		}
+	}
+}
+
 func (n *Node) dropAssembly(id uint64) {
 	if a := n.asms[id]; a != nil {
 		n.asmBytes -= int(a.bytes)
@@ -348,9 +366,14 @@ func (n *Node) stepChunk(m *wire.CheckpointChunk) error {
 	}
 	a := n.assemble(m.ID)
 	if a == nil {
+		if n.keptCheckpoint(m.ID) {
+			// Our acknowledgement was lost.
+			n.ackCheckpoint(&wire.CheckpointAck{ID: m.ID, Kept: true})
+		}
 		return nil
 	}
 	if _, dup := a.chunks[m.Offset]; dup || len(m.Data) == 0 && m.Offset != 0 {
+		n.ackCheckpoint(&wire.CheckpointAck{ID: a.id, Through: a.through})
 		return nil
 	}
 	// Both hosts chunk with the same CheckpointChunkBytes, so more chunks
@@ -362,12 +385,16 @@ func (n *Node) stepChunk(m *wire.CheckpointChunk) error {
 	// What is being assembled and what is kept of a chain share one bound.
 	if n.asmBytes+n.partsBytes+len(m.Data) > n.cfg.MaxCheckpointBytes {
 		n.dropAssembly(a.id)
-		return fmt.Errorf("lockstep: checkpoint %d exceeds MaxCheckpointBytes %d with what else is being assembled: raise the bound on both hosts", m.ID, n.cfg.MaxCheckpointBytes)
+		return fmt.Errorf("lockstep: checkpoint %d exceeds MaxCheckpointBytes %d with what else is being assembled: raise the bound on both hosts (ftvm sizes it from --mem, --disk-size and --precopy-rounds: give both hosts the same)", m.ID, n.cfg.MaxCheckpointBytes)
 	}
 	a.chunks[m.Offset] = clone(m.Data)
 	a.bytes += uint64(len(m.Data))
 	n.asmBytes += len(m.Data)
 	a.seq = m.Seq
+	for c, ok := a.chunks[a.through]; ok && len(c) > 0; c, ok = a.chunks[a.through] {
+		a.through += uint64(len(c))
+	}
+	n.ackCheckpoint(&wire.CheckpointAck{ID: a.id, Through: a.through})
 	return n.tryRestore(a)
 }
 
@@ -385,19 +412,44 @@ func (n *Node) stepDone(m *wire.CheckpointDone) error {
 	if n.sphase != sJoining && n.sphase != sDiverged {
 		return nil
 	}
+	if n.keptCheckpoint(m.ID) {
+		n.ackCheckpoint(&wire.CheckpointAck{ID: m.ID, Kept: true})
+		return nil
+	}
 	// A chain's first part is full; a part after it, or its end, is an
 	// increment over the parts before: both are what a joiner wants.
 	if n.sphase == sJoining && !m.Full && !m.Part && m.Base == 0 {
 		return nil // an incremental checkpoint needs a base we do not have
 	}
+	// A chain is its base, at most PrecopyRounds-1 live parts after it and
+	// the paused end: IDs base..base+PrecopyRounds. Anything else from the
+	// peer would have us keep (or wait for) parts without a bound.
+	if m.Base != 0 && m.ID-m.Base > uint64(n.cfg.PrecopyRounds) {
+		return fmt.Errorf("lockstep: checkpoint %d ends a pre-copy chain from %d, more than PrecopyRounds %d parts: set the same --precopy-rounds on both hosts", m.ID, m.Base, n.cfg.PrecopyRounds)
+	}
+	if m.Part {
+		low := n.chainLow
+		if m.Full {
+			low = m.ID
+		}
+		if n.cfg.PrecopyRounds == 0 {
+			return fmt.Errorf("lockstep: the primary sends pre-copy part %d, this host has PrecopyRounds 0: set the same --precopy-rounds on both hosts", m.ID)
+		}
+		if low != 0 && (m.ID < low || m.ID-low >= uint64(n.cfg.PrecopyRounds)) {
+			return nil // of another chain than the one under way
+		}
+	}
 	switch {
 	case m.Part && m.Full && m.ID > n.chainLow:
 		// The first part of a new chain: what is kept of an older one is
-		// of no use now.
-		n.dropChain()
+		// of no use now, nor what is being assembled of it. Its own later
+		// parts may have come first.
+		n.dropChainBelow(m.ID)
 		n.chainLow = m.ID
+		n.dropAssembliesBelow(m.ID)
 	case m.Base != 0 && (n.chainLow == 0 || m.Base < n.chainLow):
 		n.chainLow = m.Base
+		n.dropAssembliesBelow(m.Base)
 	}
 	a := n.assemble(m.ID)
 	if a == nil {
@@ -406,6 +458,19 @@ func (n *Node) stepDone(m *wire.CheckpointDone) error {
 	a.done, a.total, a.digest, a.full, a.seq = true, m.Total, m.Digest, m.Full, m.Seq
 	a.part, a.base = m.Part, m.Base
 	return n.tryRestore(a)
+}
+
+// dropChainBelow forgets the pre-copy parts kept of chains older than id.
+func (n *Node) dropChainBelow(id uint64) {
+	for k, p := range n.parts {
+		if k < id {
+			n.partsBytes -= len(p)
+			delete(n.parts, k)
+		}
+	}
+	if n.chainEnd != nil && n.chainEnd.base < id {
+		n.chainEnd = nil
+	}
 }
 
 // dropChain forgets the pre-copy parts kept so far.
@@ -423,23 +488,30 @@ func (n *Node) tryRestore(a *assembly) error {
 	for uint64(len(buf)) < a.total {
 		c, ok := a.chunks[uint64(len(buf))]
 		if !ok || len(c) == 0 {
+			n.ackCheckpoint(&wire.CheckpointAck{ID: a.id, Missing: true})
 			return fmt.Errorf("lockstep: checkpoint %d has overlapping or missing chunks; waiting for a retransmission", a.id)
 		}
 		buf = append(buf, c...)
 	}
 	if uint64(len(buf)) != a.total || digest(buf) != a.digest {
+		n.ackCheckpoint(&wire.CheckpointAck{ID: a.id, Missing: true})
 		return fmt.Errorf("lockstep: checkpoint %d digest mismatch; waiting for a retransmission", a.id)
 	}
 	released, outs, rest, err := parseCheckpointHeader(buf, 2*n.cfg.LogWindowEntries)
 	if err != nil {
 		return err
 	}
+	n.ackCheckpoint(&wire.CheckpointAck{ID: a.id, Through: a.total, Kept: true})
 	if a.part && !(n.cfg.Bugs != nil && n.cfg.Bugs.PrecopySkipFinal) {
 		// A copy of the running VM: keep it for the chain's end, which
 		// repairs it.
 		if n.partsBytes+len(rest) > n.cfg.MaxCheckpointBytes {
 			n.dropChain()
-			return fmt.Errorf("lockstep: pre-copy parts exceed MaxCheckpointBytes %d: raise the bound on both hosts", n.cfg.MaxCheckpointBytes)
+			return fmt.Errorf("lockstep: pre-copy parts exceed MaxCheckpointBytes %d: raise the bound on both hosts (ftvm sizes it from --mem, --disk-size and --precopy-rounds: give both hosts the same)", n.cfg.MaxCheckpointBytes)
+		}
+		if len(n.parts) >= n.cfg.PrecopyRounds {
+			n.dropChain()
+			return fmt.Errorf("lockstep: more than PrecopyRounds %d pre-copy parts kept: set the same --precopy-rounds on both hosts", n.cfg.PrecopyRounds)
 		}
 		if n.parts == nil {
 			n.parts = map[uint64][]byte{}
@@ -539,6 +611,11 @@ func (n *Node) maybeGoLive() bool {
 	if !n.drained() && !(n.cfg.Bugs.GoLiveBeforeDrain && n.sphase == sReplaying) {
 		return false
 	}
+	if n.divergedUnsafe() {
+		// It diverged while it consumed the rest of its log.
+		n.halt(errDivergedReceipt)
+		return false
+	}
 	n.role = RolePrimary
 	n.pphase = pAlone
 	n.epoch, n.fence = n.grantEpoch, n.grantFence
@@ -560,4 +637,21 @@ func (n *Node) maybeGoLive() bool {
 	n.copies, n.pending = nil, nil
 	n.send(&wire.GoLive{LastSeq: n.lastSeq})
 	return true
+}
+
+// errDivergedReceipt is why a secondary that diverged in ack-on-receipt
+// mode halts rather than go live.
+const errDivergedReceipt = "this replica diverged from the primary and was not resynced before the primary was lost; " +
+	"in ack-on-receipt mode the primary released outputs this replica did not reproduce, so going live would contradict " +
+	"what the world saw: the VM stops here. Run with ack-on-compare (--mode compare) where replay is not deterministic"
+
+// divergedUnsafe reports whether this secondary knows its VM left the
+// primary's path, has no checkpoint that repairs it, and runs in
+// ack-on-receipt mode: the primary released outputs once they reached us,
+// not once we reproduced them, so the world may have seen outputs this
+// execution does not have. Such a replica must never go live. In
+// ack-on-compare mode the world saw only what we reproduced, and going
+// live from the divergence point is consistent.
+func (n *Node) divergedUnsafe() bool {
+	return n.cfg.Mode == AckOnReceipt && n.sphase == sDiverged && !n.cfg.Bugs.GoLiveDiverged
 }

@@ -297,7 +297,8 @@ func newDaemon(c *daemonConfig, log *slog.Logger, term io.Writer) (_ *daemon, er
 	node := lockstep.Config{
 		VMID: c.vmID, Role: c.role, Mode: c.mode, FirstEpoch: firstEpoch,
 		LogWindowEntries: c.window, HeartbeatTicks: c.heartbeatTicks, PeerTimeoutTicks: c.peerTimeoutTicks,
-		PrecopyRounds: c.precopyRounds,
+		PrecopyRounds:      c.precopyRounds,
+		MaxCheckpointBytes: checkpointBound(c),
 	}
 	d.ag, err = agent.New(agent.Config{
 		Node:             node,

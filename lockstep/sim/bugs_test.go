@@ -29,6 +29,7 @@ func TestPlantedBugsAreCaught(t *testing.T) {
 		{"go live before draining the log", bugs.Set{GoLiveBeforeDrain: true}, lockstep.AckOnReceipt, Consistency},
 		{"persist unmatched outputs at a restore", bugs.Set{PersistUnmatched: true}, lockstep.AckOnCompare, Storage},
 		{"restore a pre-copy part as the chain's end", bugs.Set{PrecopySkipFinal: true}, lockstep.AckOnCompare, Resync},
+		{"resend whole checkpoints on a timer", bugs.Set{ResendWholeCheckpoint: true}, lockstep.AckOnCompare, Traffic},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
@@ -63,14 +64,21 @@ func TestLivenessCheckerFires(t *testing.T) {
 	t.Fatalf("no seed in 1..%d tripped the liveness checker with hosts that never restart", seedsToCatchBug)
 }
 
-// TestReceiptModeExposure documents why divergence is injected only in
-// ack-on-compare runs: ack-on-receipt releases outputs before comparing, so
-// a replica that diverged and then takes over contradicts what the world
-// saw, and the consistency checker catches it.
+// TestReceiptModeExposure shows why a secondary that diverged in
+// ack-on-receipt mode must not go live: that mode releases outputs before
+// comparing, so a replica that diverged and then takes over contradicts
+// what the world saw. With the rule off (bugs.GoLiveDiverged) the
+// consistency checker catches it; with it on, the same seeds hold.
 func TestReceiptModeExposure(t *testing.T) {
 	o := DefaultOptions(lockstep.AckOnReceipt)
 	o.DivergeInReceiptMode = true
 	o.DivergePer10k = 300
+	for seed := uint64(1); seed <= seedsToCatchBug; seed++ {
+		if r := Run(seed, o); r.Failed() {
+			t.Errorf("with the rule on, seed %d failed: %s", seed, r)
+		}
+	}
+	o.Bugs.GoLiveDiverged = true
 	for seed := uint64(1); seed <= seedsToCatchBug; seed++ {
 		for _, v := range Run(seed, o).Violations {
 			if v.Checker == Consistency {

@@ -20,10 +20,12 @@ const (
 	Liveness
 	Harness // the simulator itself found something impossible
 	Storage
+	Traffic
+	DivergedLive
 )
 
 func (c Checker) String() string {
-	return [...]string{"?", "output-rule", "consistency", "split-brain", "resync", "liveness", "harness", "storage"}[min(int(c), 7)]
+	return [...]string{"?", "output-rule", "consistency", "split-brain", "resync", "liveness", "harness", "storage", "traffic", "diverged-live"}[min(int(c), 9)]
 }
 
 // Violation is one checker firing.
@@ -54,7 +56,16 @@ const maxViolations = 8
 //  4. a restored checkpoint equals the primary's state at its log position;
 //  7. storage: a secondary applies to its own copy of local state
 //     (CmdPersist) only outputs the world has seen, byte for byte, in
-//     order, and never while it is live.
+//     order, and never while it is live;
+//  8. traffic: a checkpoint none of whose frames (nor any other
+//     checkpoint's frame or acknowledgement) was lost while it was sent
+//     costs at most twice its size and a few chunks on the wire, and no
+//     host holds more checkpoint data than a chain of the largest
+//     checkpoints sent (Status.CheckpointBytes);
+//  9. diverged-live: in ack-on-receipt mode, a secondary that asked for a
+//     resync (it found its VM off the primary's path) never goes live
+//     before a checkpoint repaired it: the world may have seen outputs it
+//     did not reproduce.
 type checker struct {
 	s          *Sim
 	violations []Violation
@@ -68,6 +79,24 @@ type checker struct {
 	inc map[int]*incState
 
 	protectedSinceHeal int
+
+	ckpts      map[ckptKey]*ckptTraffic
+	ckptLossAt int // step of the last checkpoint frame or ack lost (-1: none)
+	ckptMax    int // largest checkpoint sent in the run
+}
+
+type ckptKey struct {
+	inc int
+	id  uint64
+}
+
+// ckptTraffic is what the network carried of one checkpoint.
+type ckptTraffic struct {
+	start int    // step its first frame was sent
+	total uint64 // size its CheckpointDone announced (0: not yet sent)
+	bytes uint64 // chunk bytes sent, retransmissions included
+	end   uint64 // the furthest a chunk sent reached
+	fired bool
 }
 
 type incState struct {
@@ -85,10 +114,12 @@ type incState struct {
 	frontier      uint64
 	produced      map[uint64][]byte // output index → bytes its guest produced
 	repeats       int               // outputs it released that the world had seen
+	resyncAsked   bool              // sent a ResyncRequest since its last restore
 }
 
 func newChecker(s *Sim) *checker {
-	return &checker{s: s, firstBy: map[uint64]int{}, releaser: map[uint64]int{}, owner: map[uint64]int{}, inc: map[int]*incState{}}
+	return &checker{s: s, firstBy: map[uint64]int{}, releaser: map[uint64]int{}, owner: map[uint64]int{}, inc: map[int]*incState{},
+		ckpts: map[ckptKey]*ckptTraffic{}, ckptLossAt: -1}
 }
 
 func (c *checker) st(inc int) *incState {
@@ -127,6 +158,9 @@ func (c *checker) granted(h *host, epoch uint64) {
 }
 
 func (c *checker) wentLive(h *host, epoch uint64) {
+	if c.s.opts.Mode == lockstep.AckOnReceipt && c.st(h.inc).resyncAsked {
+		c.violate(DivergedLive, "%s went live in epoch %d in ack-on-receipt mode after it asked for a resync no checkpoint answered", h.name, epoch)
+	}
 	if c.owner[epoch] != h.inc {
 		c.violate(SplitBrain, "%s went live in epoch %d, which the arbiter granted to incarnation %d, not %d", h.name, epoch, c.owner[epoch], h.inc)
 	}
@@ -155,6 +189,7 @@ func (c *checker) persisted(h *host, o lockstep.Output) {
 func (c *checker) restored(h *host, seq uint64, data []byte) {
 	st := c.st(h.inc)
 	st.restoreSeq, st.frontier, st.delivered = seq, seq, map[uint64]bool{}
+	st.resyncAsked = false
 	// A checkpoint brings the state as of its position: what this host
 	// persisted before it is overwritten, so order starts again.
 	st.persistedNext = 0
@@ -176,6 +211,12 @@ func (c *checker) restored(h *host, seq uint64, data []byte) {
 
 // sent checks that a secondary's acknowledgement is true when it is made.
 func (c *checker) sent(h *host, m wire.Msg) {
+	c.traffic(h, m)
+	// A request sent in the same Ready as the restore that answers it
+	// leaves after the restore; it is about a position before it.
+	if r, ok := m.(*wire.ResyncRequest); ok && !h.live && r.AtSeq > c.st(h.inc).restoreSeq {
+		c.st(h.inc).resyncAsked = true
+	}
 	a, ok := m.(*wire.Ack)
 	if !ok {
 		return
@@ -286,5 +327,77 @@ func (c *checker) release(h *host, o lockstep.Output) {
 		c.firstBy[idx] = h.inc
 	default:
 		c.violate(Consistency, "%s released output %d but the world has seen only %d outputs: %d..%d were lost", h.name, idx, len(c.world), len(c.world), idx-1)
+	}
+}
+
+// isCheckpointFrame says whether a frame of type t carries or acknowledges
+// a checkpoint.
+func isCheckpointFrame(t wire.Type) bool {
+	return t == wire.TypeCheckpointChunk || t == wire.TypeCheckpointDone || t == wire.TypeCheckpointAck
+}
+
+// lost records that the network dropped a frame of type t.
+func (c *checker) lost(t wire.Type) {
+	if isCheckpointFrame(t) {
+		c.ckptLossAt = c.s.now
+	}
+}
+
+// traffic is checker 8's count of what a primary sends of a checkpoint.
+func (c *checker) traffic(h *host, m wire.Msg) {
+	var id, total, n uint64
+	switch m := m.(type) {
+	case *wire.CheckpointChunk:
+		id, n = m.ID, uint64(len(m.Data))
+	case *wire.CheckpointDone:
+		if m.Restored {
+			return
+		}
+		id, total = m.ID, m.Total
+	default:
+		return
+	}
+	k := ckptKey{h.inc, id}
+	t := c.ckpts[k]
+	if t == nil {
+		t = &ckptTraffic{start: c.s.now}
+		c.ckpts[k] = t
+	}
+	t.bytes += n
+	if ch, ok := m.(*wire.CheckpointChunk); ok {
+		t.end = max(t.end, ch.Offset+n)
+	}
+	c.ckptMax = max(c.ckptMax, int(t.end))
+	if total > 0 {
+		t.total = total
+		c.ckptMax = max(c.ckptMax, int(total))
+		// Every checkpoint the primary holds was announced by now, but
+		// for one taken meanwhile.
+		c.held(h)
+	}
+	chunk := uint64(c.s.opts.Node.CheckpointChunkBytes)
+	// Judged only where a one-way delay fits the retransmission timeout:
+	// beyond that, timeouts fire while acks are on their way, by design.
+	o := c.s.opts
+	timely := o.MaxDelaySteps <= o.Node.RetransmitTicks*o.TickEverySteps
+	if timely && t.total > 0 && !t.fired && c.ckptLossAt < t.start && t.bytes > 2*t.total+4*chunk {
+		t.fired = true
+		c.violate(Traffic, "%s sent %d bytes of checkpoint %d, which has %d, and none of its frames was lost", h.name, t.bytes, id, t.total)
+	}
+}
+
+// held is checker 8's bound on what a host keeps of checkpoints, judged
+// for a primary when it announces one (the sizes of those it holds are
+// known then), for a secondary whenever (it holds only what was sent).
+func (c *checker) held(h *host) {
+	if h.node == nil || c.ckptMax == 0 {
+		return
+	}
+	// Parts of a chain differ in size (the node's section carries the
+	// outputs held), and one may be taken before the last is sent: twice
+	// a chain of the largest seen so far.
+	b := h.node.Status().CheckpointBytes
+	if bound := 2 * (c.s.opts.Node.PrecopyRounds + 1) * c.ckptMax; b > bound {
+		c.violate(Traffic, "%s holds %d bytes of checkpoints, more than twice a chain of %d of the largest sent (%d bytes)", h.name, b, c.s.opts.Node.PrecopyRounds+1, c.ckptMax)
 	}
 }

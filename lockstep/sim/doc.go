@@ -23,9 +23,14 @@
 //	go test ./lockstep/sim -run 'TestSimSeeds$' -sim.seeds 100000
 //	go test ./lockstep/sim -run 'TestSimSeeds$' -v -sim.mode compare -sim.seed 42
 //
-// Divergence is injected only in ack-on-compare runs: ack-on-receipt
-// releases an output once its inputs have reached the secondary, before any
-// comparison, so it assumes replay is deterministic; a divergence there is
-// still detected and resynchronized, but an output released before it was
-// detected cannot be recalled.
+// Divergence is injected in both modes. Ack-on-receipt releases an output
+// once its inputs have reached the secondary, before any comparison, so a
+// secondary that found its VM off the primary's path and was not resynced
+// must halt rather than go live if the primary is lost (the diverged-live
+// checker; bugs.GoLiveDiverged turns the rule off, and then the
+// consistency checker sees the world contradicted). A divergence the
+// secondary has not found yet cannot be told from a correct replica: in
+// ack-on-receipt runs the simulator injects one only while the pair is
+// healthy and connected, and injects no crash or partition until the node
+// found it, as it never crashes both hosts at once.
 package sim

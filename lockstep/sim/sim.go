@@ -41,7 +41,8 @@ type Options struct {
 	// of PeerLost calls while both hosts live (a spurious reset).
 	ResetPct, FalseAlarmPer10k int
 	// DivergeInReceiptMode injects divergence in ack-on-receipt runs too
-	// (off by default: that mode assumes deterministic replay).
+	// (on by default: a secondary that diverged there must halt rather
+	// than go live, and the diverged-live checker sees that it does).
 	DivergeInReceiptMode bool
 	// PrecopyBySeed gives each seed its own pre-copy setting: seed%3 live
 	// rounds (Node.PrecopyRounds), so joins are tried both with a paused
@@ -50,6 +51,14 @@ type Options struct {
 	// AgentLagPct is the chance, per host and step, that its agent does not
 	// get to the node's Ready this step (the vCPU runs on meanwhile).
 	AgentLagPct int
+	// CheckpointFailPct is the chance, in the safety phase, that the VMM
+	// fails to take a checkpoint (Node.CheckpointFailed): the primary must
+	// give up that sync and go on, never stop.
+	CheckpointFailPct int
+	// CheckpointPadBytes pads every checkpoint the simulator hands a node
+	// (the guest's state is a few bytes; a VM's is its memory): checkpoints
+	// then span many chunks and windows, as real ones do.
+	CheckpointPadBytes int
 	// TickEverySteps is how many steps make one protocol tick.
 	TickEverySteps int
 	// RestartDelaySteps is how long a crashed or halted host stays down
@@ -62,6 +71,9 @@ type Options struct {
 	Bugs bugs.Set
 	// Trace, if set, receives one line per notable event.
 	Trace func(string)
+	// Frames, if set, sees every frame a host sends, encoded, before the
+	// network decides its fate (TestDeterministic hashes them).
+	Frames func(from string, frame []byte)
 
 	// Harsh marks options made by HarshOptions, so that a failing seed's
 	// reproduce command names the same regime.
@@ -71,32 +83,36 @@ type Options struct {
 // DefaultOptions is a run of a few thousand steps with all faults on.
 func DefaultOptions(mode lockstep.Mode) Options {
 	return Options{
-		Mode:              mode,
-		SafetySteps:       1200,
-		LivenessSteps:     600,
-		LivenessOutputs:   20,
-		Faults:            true,
-		LossPct:           3,
-		DupPct:            3,
-		MaxDelaySteps:     6,
-		CrashPer10k:       20,
-		PartitionPer10k:   25,
-		HealPer10k:        150,
-		ResetPct:          50,
-		FalseAlarmPer10k:  5,
-		PrecopyBySeed:     true,
-		DivergePer10k:     60,
-		TickEverySteps:    3,
-		RestartDelaySteps: 60,
+		Mode:                 mode,
+		SafetySteps:          1200,
+		LivenessSteps:        600,
+		LivenessOutputs:      20,
+		Faults:               true,
+		LossPct:              3,
+		DupPct:               3,
+		MaxDelaySteps:        6,
+		CrashPer10k:          20,
+		PartitionPer10k:      25,
+		HealPer10k:           150,
+		ResetPct:             50,
+		FalseAlarmPer10k:     5,
+		PrecopyBySeed:        true,
+		DivergeInReceiptMode: true,
+		DivergePer10k:        60,
+		TickEverySteps:       3,
+		RestartDelaySteps:    60,
+		CheckpointPadBytes:   200,
+		CheckpointFailPct:    3,
 		Node: lockstep.Config{
-			LogWindowEntries:     32,
-			HeartbeatTicks:       2,
-			RetransmitTicks:      3,
-			PeerTimeoutTicks:     12,
-			CheckpointChunkBytes: 16,
-			MaxPendingOutputs:    8,
-			PrecopyDoneBytes:     1, // a live increment is never small enough: every round is taken
-			SyncTimeoutTicks:     36,
+			LogWindowEntries:      32,
+			HeartbeatTicks:        2,
+			RetransmitTicks:       3,
+			PeerTimeoutTicks:      12,
+			CheckpointChunkBytes:  16,
+			CheckpointWindowBytes: 64,
+			MaxPendingOutputs:     8,
+			PrecopyDoneBytes:      1, // a live increment is never small enough: every round is taken
+			SyncTimeoutTicks:      36,
 		},
 	}
 }
@@ -174,6 +190,9 @@ type Sim struct {
 	chk      *checker
 	res      Result
 	healed   bool
+	// unseen[i]: host i's guest was perturbed in ack-on-receipt mode and
+	// its node has not found out yet (no resync asked, no restore).
+	unseen [2]bool
 }
 
 type host struct {
@@ -263,6 +282,7 @@ func (s *Sim) start(h *host, role wire.Role) {
 
 func (s *Sim) down(h *host, why string) {
 	s.tracef("%s down: %s", h.name, why)
+	s.unseen[h.idx] = false
 	h.inc, h.node, h.g = 0, nil, nil
 	h.downAt, h.upAt = s.now, s.now+s.opts.RestartDelaySteps
 }
@@ -382,6 +402,13 @@ func (s *Sim) step() {
 func (s *Sim) chance(per10k int) bool { return per10k > 0 && s.rng.IntN(10000) < per10k }
 
 func (s *Sim) injectFaults() {
+	if s.unseen[0] || s.unseen[1] {
+		// Ack-on-receipt assumes replay is deterministic: a divergence the
+		// secondary has not found yet when its primary is lost cannot be
+		// told from a correct replica, and the output after its log's end
+		// may contradict the world. A failure meanwhile is a second one.
+		return
+	}
 	if s.chance(s.opts.CrashPer10k) {
 		i := s.rng.IntN(2)
 		// Two failures at once lose the VM by design; crash only a host
@@ -425,7 +452,9 @@ func (s *Sim) pairHealthy() bool {
 		st := h.node.Status()
 		epochs[i] = st.Epoch
 		p = p || st.Role == lockstep.RolePrimary && (st.Protected || st.Syncing)
-		sec = sec || st.Role == lockstep.RoleSecondary && st.Synced
+		// In ack-on-receipt mode a diverged secondary cannot carry on
+		// either: it halts rather than go live.
+		sec = sec || st.Role == lockstep.RoleSecondary && st.Synced && !(st.Diverged && s.opts.Mode == lockstep.AckOnReceipt)
 	}
 	// A secondary synced to an older epoch of the primary holds a state
 	// the primary has moved past: it is about to rejoin, not to take over.
@@ -459,8 +488,13 @@ func (s *Sim) guestStep(h *host) {
 		s.chk.primaryState(h, h.node.Status().LastSeq)
 		return
 	}
-	if s.opts.Faults && (s.opts.Mode == lockstep.AckOnCompare || s.opts.DivergeInReceiptMode) && s.now <= s.opts.SafetySteps && s.chance(s.opts.DivergePer10k) {
+	// In ack-on-receipt mode a diverged secondary cannot take over, so a
+	// divergence while its primary is gone is a second failure at once,
+	// which loses the VM by design (as two crashes would).
+	receiptOK := s.opts.DivergeInReceiptMode && s.pairHealthy() && !s.cut[0] && !s.cut[1]
+	if s.opts.Faults && (s.opts.Mode == lockstep.AckOnCompare || receiptOK) && s.now <= s.opts.SafetySteps && s.chance(s.opts.DivergePer10k) {
 		s.Diverge(h.idx)
+		s.unseen[h.idx] = s.opts.Mode == lockstep.AckOnReceipt
 		isOut, kd = g.next()
 	}
 	if isOut {
@@ -509,6 +543,9 @@ func (s *Sim) drain(h *host) {
 			return
 		}
 	}
+	if !h.live {
+		s.chk.held(h)
+	}
 	if h.fuzzy != nil && h.fuzzy.deadline <= s.now {
 		s.captureFuzzy(h)
 	}
@@ -535,22 +572,33 @@ func (s *Sim) command(h *host, c lockstep.Command) {
 	case lockstep.CmdResume:
 		h.paused = false
 	case lockstep.CmdTakeCheckpoint:
+		if s.opts.Faults && s.now <= s.opts.SafetySteps && s.rng.IntN(100) < s.opts.CheckpointFailPct {
+			err := h.node.CheckpointFailed(c.Checkpoint.ID, fmt.Errorf("sim: snapshot failed"))
+			s.tracef("%s checkpoint %d failed: %v", h.name, c.Checkpoint.ID, err)
+			return
+		}
 		if h.paused {
-			_ = h.node.CheckpointTaken(c.Checkpoint.ID, h.g.snapshot())
+			_ = h.node.CheckpointTaken(c.Checkpoint.ID, s.pad(h.g.snapshot()))
 		} else {
 			// Copying a running VM: the copy starts now and completes some
 			// exits later, so it shows the VM as it was when it started.
-			h.fuzzy = &fuzzyCheckpoint{id: c.Checkpoint.ID, snap: h.g.snapshot(), exitsTil: 1 + s.rng.IntN(3), deadline: s.now + 4}
+			h.fuzzy = &fuzzyCheckpoint{id: c.Checkpoint.ID, snap: s.pad(h.g.snapshot()), exitsTil: 1 + s.rng.IntN(3), deadline: s.now + 4}
 		}
 	case lockstep.CmdRestoreCheckpoint:
-		g, err := restoreGuest(c.Checkpoint.Data)
+		data, err := s.unpad(c.Checkpoint.Data)
+		if err != nil {
+			s.chk.violate(Harness, "restore: %v", err)
+			return
+		}
+		g, err := restoreGuest(data)
 		if err != nil {
 			s.chk.violate(Harness, "restore: %v", err)
 			return
 		}
 		h.g = g
+		s.unseen[h.idx] = false
 		s.res.Resyncs++
-		s.chk.restored(h, c.Checkpoint.Seq, c.Checkpoint.Data)
+		s.chk.restored(h, c.Checkpoint.Seq, data)
 		chain := ""
 		if len(c.Checkpoint.Parts) > 0 {
 			chain = fmt.Sprintf(" after %d pre-copy parts", len(c.Checkpoint.Parts))
@@ -605,18 +653,26 @@ func (s *Sim) answerArbiter() {
 
 func (s *Sim) sendMsg(h *host, m wire.Msg) {
 	s.chk.sent(h, m)
+	if m.Type() == wire.TypeResyncRequest {
+		s.unseen[h.idx] = false
+	}
 	s.res.Messages++
 	if k := s.dropNext[m.Type()]; k > 0 {
 		s.dropNext[m.Type()] = k - 1
+		s.chk.lost(m.Type())
 		s.tracef("%s %s dropped (scenario)", h.name, m.Type())
 		return
 	}
 	b := m.Append(nil)
+	if s.opts.Frames != nil {
+		s.opts.Frames(h.name, b)
+	}
 	to := s.hosts[1-h.idx]
 	copies := 1
 	if s.opts.Faults && s.now <= s.opts.SafetySteps {
 		if s.rng.IntN(100) < s.opts.LossPct {
 			copies = 0
+			s.chk.lost(m.Type())
 		} else if s.rng.IntN(100) < s.opts.DupPct {
 			copies = 2
 		}
@@ -645,6 +701,7 @@ func (s *Sim) deliver() {
 		// A connection to a host that restarted is gone, and so is what
 		// was in flight on it; a cut link drops what crosses it.
 		if s.cut[p.from] || to.node == nil || to.inc != p.toInc {
+			s.chk.lost(wire.Type(p.b[1]))
 			continue
 		}
 		m, _, err := wire.Parse(p.b)
@@ -655,4 +712,26 @@ func (s *Sim) deliver() {
 		s.chk.delivered(to, m)
 		_ = to.node.Step(m)
 	}
+}
+
+// pad appends CheckpointPadBytes of filler to a guest snapshot.
+func (s *Sim) pad(snap []byte) []byte {
+	for i := range s.opts.CheckpointPadBytes {
+		snap = append(snap, byte(i))
+	}
+	return snap
+}
+
+// unpad checks and strips what pad added.
+func (s *Sim) unpad(b []byte) ([]byte, error) {
+	n := len(b) - s.opts.CheckpointPadBytes
+	if n < 0 {
+		return nil, fmt.Errorf("sim: checkpoint of %d bytes is shorter than its padding", len(b))
+	}
+	for i, v := range b[n:] {
+		if v != byte(i) {
+			return nil, fmt.Errorf("sim: checkpoint padding corrupt at byte %d", n+i)
+		}
+	}
+	return b[:n], nil
 }

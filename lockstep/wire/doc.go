@@ -44,6 +44,29 @@
 //	                    (first part of the chain this one ends; 0: none; <= id)
 //	go-live (9)         u64 last seq of the log the new primary continues
 //	fence (10)          u64 refused epoch
+//	checkpoint-ack (11) u64 id, u64 through (<= MaxCheckpointBytes), u8 kept (0/1),
+//	                    u8 missing (0/1; not both)
+//
+// checkpoint-ack (protocol version 3) goes from the secondary to the
+// primary, byte by byte after the frame header:
+//
+//	offset size field
+//	0      8    id: the checkpoint (one part of a pre-copy chain) acknowledged
+//	8      8    through: the secondary holds bytes [0, through) of it, in
+//	            chunks it received in order or filled in since (cumulative)
+//	16     1    kept: 1 once the whole checkpoint arrived and matched its
+//	            checkpoint-done's total and digest (it is kept as a pre-copy
+//	            part or being restored); 0 otherwise
+//	17     1    missing: 1 when the secondary knows it lacks the chunk at
+//	            through (the checkpoint-done came, or the chain's end did
+//	            and this part is not kept); never with kept
+//
+// The primary keeps at most Config.CheckpointWindowBytes of a checkpoint
+// sent and not acknowledged, resends from through only (on a timeout, or
+// once three acks repeat the same through while later chunks arrive, or on
+// missing), and never sends a kept checkpoint again. A missing ack below
+// what was acknowledged before means the secondary lost its copy: the
+// primary sends again from there. A plain ack below it is a late one.
 //
 // A body with bytes left over after its last field is refused, so every
 // valid frame has exactly one encoding and Parse(Append(m)) round-trips.

@@ -25,7 +25,7 @@ const (
 	MaxOutputDataBytes = limits.OutputDataMaxBytes
 	MaxChunkDataBytes  = 256 << 10
 	MaxVMIDBytes       = 128
-	MaxCheckpointBytes = 1 << 30 // total size a CheckpointDone may announce
+	MaxCheckpointBytes = 1 << 40 // total size a CheckpointDone may announce (a node's own bound is its Config's)
 	MaxBodyBytes       = MaxChunkDataBytes + 64
 	MaxFrameBytes      = HeaderBytes + MaxBodyBytes + TrailerBytes
 	DigestBytes        = 32 // SHA-256
@@ -56,11 +56,12 @@ const (
 	TypeCheckpointDone
 	TypeGoLive
 	TypeFence
+	TypeCheckpointAck
 	typeEnd
 )
 
 var typeNames = [...]string{"", "hello", "entry", "output", "ack", "heartbeat", "resync-request",
-	"checkpoint-chunk", "checkpoint-done", "go-live", "fence"}
+	"checkpoint-chunk", "checkpoint-done", "go-live", "fence", "checkpoint-ack"}
 
 func (t Type) String() string {
 	if t > 0 && t < typeEnd {
@@ -167,6 +168,8 @@ func Parse(b []byte) (Msg, int, error) {
 		m = parseGoLive(&r)
 	case TypeFence:
 		m = parseFence(&r)
+	case TypeCheckpointAck:
+		m = parseCheckpointAck(&r)
 	}
 	if r.err == nil && len(r.b) != 0 {
 		r.fail("%d trailing bytes in body", len(r.b))

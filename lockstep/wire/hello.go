@@ -4,8 +4,9 @@ import "encoding/binary"
 
 // ProtocolVersion is the lockstep protocol version a node announces in Hello.
 // It is separate from the frame Version: the frame can stay while the
-// protocol's rules change.
-const ProtocolVersion = 2
+// protocol's rules change. Version 3 added CheckpointAck: checkpoints are
+// acknowledged and sent in a window, not re-sent whole on a timer.
+const ProtocolVersion = 3
 
 // Role says which side a Hello comes from.
 type Role uint8

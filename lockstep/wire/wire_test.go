@@ -26,6 +26,8 @@ func sampleMsgs() []Msg {
 		&CheckpointDone{Header: h, ID: 5, Seq: 20, Total: 4096, Full: true, Part: true},
 		&GoLive{Header: h, LastSeq: 13},
 		&Fence{Header: h, RefusedEpoch: 6},
+		&CheckpointAck{Header: h, ID: 5, Through: 4096, Kept: true},
+		&CheckpointAck{Header: h, ID: 6, Through: 0, Missing: true},
 	}
 }
 

@@ -27,4 +27,10 @@ type Set struct {
 	// copy of the VM taken while it ran, as if it were the paused
 	// checkpoint that ends the chain.
 	PrecopySkipFinal bool
+	// ResendWholeCheckpoint: a primary shipping a checkpoint sends all of
+	// it again on every retransmission timeout, acknowledged or not.
+	ResendWholeCheckpoint bool
+	// GoLiveDiverged: a secondary that diverged in ack-on-receipt mode
+	// and was not resynced goes live anyway when its primary is lost.
+	GoLiveDiverged bool
 }
