@@ -316,8 +316,10 @@ func (n *Node) assemble(id uint64) *assembly {
 	}
 	// Within PrecopyRounds of the newest, an older one may be a part of
 	// the same chain whose done has not come yet.
+	rounds := uint64(n.cfg.PrecopyRounds)
 	stale := func(k uint64) bool {
-		return k < n.asmHigh && (n.chainLow == 0 || k < n.chainLow) && k+uint64(n.cfg.PrecopyRounds) < n.asmHigh
+		inChain := n.chainLow != 0 && k >= n.chainLow && k-n.chainLow <= rounds
+		return k < n.asmHigh && !inChain && k+rounds < n.asmHigh
 	}
 	if stale(id) {
 		return nil // a late copy of an older checkpoint
@@ -572,6 +574,7 @@ func (n *Node) restore(id, seq uint64, full bool, released uint64, outs []held, 
 		n.copies = append(n.copies, o)
 	}
 	n.sphase = sRestoring
+	n.dropChain() // parts of a chain this checkpoint supersedes
 	n.command(Command{Kind: CmdRestoreCheckpoint, Checkpoint: Checkpoint{ID: id, Seq: seq, Full: full, Data: data, Parts: parts}})
 	n.restoredID, n.restoredSeq = id, seq
 	n.asms, n.asmBytes = nil, 0

@@ -395,9 +395,15 @@ func (c *checker) held(h *host) {
 	}
 	// Parts of a chain differ in size (the node's section carries the
 	// outputs held), and one may be taken before the last is sent: twice
-	// a chain of the largest seen so far.
+	// a chain of the largest seen so far. A secondary may also hold the
+	// chain under way, parts of syncs given up since and the newest ones
+	// begun: three times.
+	k := 2
+	if !h.live {
+		k = 3
+	}
 	b := h.node.Status().CheckpointBytes
-	if bound := 2 * (c.s.opts.Node.PrecopyRounds + 1) * c.ckptMax; b > bound {
-		c.violate(Traffic, "%s holds %d bytes of checkpoints, more than twice a chain of %d of the largest sent (%d bytes)", h.name, b, c.s.opts.Node.PrecopyRounds+1, c.ckptMax)
+	if bound := k * (c.s.opts.Node.PrecopyRounds + 1) * c.ckptMax; b > bound {
+		c.violate(Traffic, "%s holds %d bytes of checkpoints, more than %d chains of %d of the largest sent (%d bytes)", h.name, b, k, c.s.opts.Node.PrecopyRounds+1, c.ckptMax)
 	}
 }

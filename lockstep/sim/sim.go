@@ -131,6 +131,9 @@ func HarshOptions(mode lockstep.Mode) Options {
 	o.Node.LogWindowEntries = 8
 	o.Node.MaxPendingOutputs = 4
 	o.Node.PeerTimeoutTicks = 8
+	// Checkpoints a few chunks long: over this network a long one would
+	// keep the pair syncing, and crashes wait for a synced pair.
+	o.CheckpointPadBytes = 32
 	o.LivenessSteps = 900
 	return o
 }
