@@ -113,34 +113,9 @@ func kvRequest(conn *net.UDPConn, nic *net.UDPAddr, id uint64, req string, deadl
 func TestKVMFullDiskLosesNoAcknowledgedPUT(t *testing.T) {
 	image := guestImage(t, "kvstore")
 	tmpfs := mountTmpfs(t, fullDiskTmpfsOpts)
-	client, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	nic, err := vmm.ListenUDPNIC("127.0.0.1:0", client.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nic.Close()
-	disks := map[wire.Role]*os.File{}
-	for r, dir := range map[wire.Role]string{wire.RolePrimary: tmpfs, wire.RoleSecondary: t.TempDir()} {
-		f, err := os.Create(filepath.Join(dir, "disk"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		if err := f.Truncate(fullDiskBytes); err != nil { // sparse: pages come as it is written
-			t.Fatal(err)
-		}
-		disks[r] = f
-	}
-	devices := func(role wire.Role, c *vmm.Config) {
-		c.Disk = disks[role]
-		if role == wire.RolePrimary {
-			c.NIC = nic
-		}
-	}
+	client, nic := kvstoreNIC(t)
+	disks := pairDisks(t, fullDiskBytes, map[wire.Role]string{wire.RolePrimary: tmpfs})
+	devices := kvstoreDevices(disks, nic)
 	ctx, cancel := context.WithTimeout(context.Background(), testRunTimeout)
 	defer cancel()
 	p := startPairWith(t, ctx, lockstep.AckOnReceipt, 0, image, "", devices)
@@ -199,16 +174,7 @@ func TestKVMFullDiskLosesNoAcknowledgedPUT(t *testing.T) {
 
 	// A fresh kvstore, live, from the primary's disk: every PUT it
 	// answered OK must be there.
-	client2, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client2.Close()
-	nic2, err := vmm.ListenUDPNIC("127.0.0.1:0", client2.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nic2.Close()
+	client2, nic2 := kvstoreNIC(t)
 	m, err := vmm.New(vmm.Config{MemSizeBytes: testMemBytes, Disk: disks[wire.RolePrimary], NIC: nic2,
 		Cmdline: fmt.Sprintf("maxreq=%d", fullDiskPuts)})
 	if err != nil {

@@ -34,34 +34,8 @@ func TestKVMPairKVStoreCompacts(t *testing.T) { kvstorePairRun(t, 14*512, "keys=
 
 func kvstorePairRun(t *testing.T, diskBytes int64, cmdline string, requests int) {
 	image := guestImage(t, "kvstore")
-	client, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	nic, err := vmm.ListenUDPNIC("127.0.0.1:0", client.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nic.Close()
-	disks := map[wire.Role]*os.File{}
-	for _, r := range []wire.Role{wire.RolePrimary, wire.RoleSecondary} {
-		f, err := os.Create(filepath.Join(t.TempDir(), "disk"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		if err := f.Truncate(diskBytes); err != nil {
-			t.Fatal(err)
-		}
-		disks[r] = f
-	}
-	devices := func(role wire.Role, c *vmm.Config) {
-		c.Disk = disks[role]
-		if role == wire.RolePrimary {
-			c.NIC = nic // the secondary's NIC stays unplugged: its inputs come from the log
-		}
-	}
+	client, nic := kvstoreNIC(t)
+	devices := kvstoreDevices(pairDisks(t, diskBytes, nil), nic)
 	ctx, cancel := context.WithTimeout(context.Background(), testRunTimeout)
 	defer cancel()
 	p := startPairWith(t, ctx, lockstep.AckOnCompare, 0, image, strings.TrimSpace(fmt.Sprintf("%s maxreq=%d", cmdline, requests)), devices)
@@ -191,24 +165,8 @@ func (discardTransport) Send(transport.Type, []byte) error { return nil }
 // brought).
 func TestKVMLonePrimaryServes(t *testing.T) {
 	image := guestImage(t, "kvstore")
-	client, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	nic, err := vmm.ListenUDPNIC("127.0.0.1:0", client.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nic.Close()
-	disk, err := os.Create(filepath.Join(t.TempDir(), "disk"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer disk.Close()
-	if err := disk.Truncate(4 << 20); err != nil {
-		t.Fatal(err)
-	}
+	client, nic := kvstoreNIC(t)
+	disk := pairDisks(t, 4<<20, nil)[wire.RolePrimary]
 	arb, err := arbiter.NewFile(t.TempDir())
 	if err != nil {
 		t.Fatal(err)
@@ -248,5 +206,57 @@ func TestKVMLonePrimaryServes(t *testing.T) {
 	}
 	if st := a.Status(); st.Role != lockstep.RolePrimary || st.Epoch != 1 || st.Protected {
 		t.Fatalf("status %+v: want an unprotected primary at epoch 1", st)
+	}
+}
+
+// kvstoreNIC opens a UDP client socket and the UDP NIC that carries its
+// frames to a kvstore guest (udpKVClient's two ends); both close with t.
+func kvstoreNIC(t *testing.T) (*net.UDPConn, *vmm.UDPNIC) {
+	t.Helper()
+	client, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { client.Close() })
+	nic, err := vmm.ListenUDPNIC("127.0.0.1:0", client.LocalAddr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { nic.Close() })
+	return client, nic
+}
+
+// pairDisks creates a sparse disk of size bytes for each role, in the
+// directory given for it (a fresh temporary one where none is); they
+// close with t.
+func pairDisks(t *testing.T, size int64, dirs map[wire.Role]string) map[wire.Role]*os.File {
+	t.Helper()
+	disks := map[wire.Role]*os.File{}
+	for _, r := range []wire.Role{wire.RolePrimary, wire.RoleSecondary} {
+		dir := dirs[r]
+		if dir == "" {
+			dir = t.TempDir()
+		}
+		f, err := os.Create(filepath.Join(dir, "disk"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { f.Close() })
+		if err := f.Truncate(size); err != nil { // sparse: pages come as it is written
+			t.Fatal(err)
+		}
+		disks[r] = f
+	}
+	return disks
+}
+
+// kvstoreDevices gives each side its disk and the primary the NIC; the
+// secondary's NIC stays unplugged: its inputs come from the log.
+func kvstoreDevices(disks map[wire.Role]*os.File, nic vmm.NICBackend) func(wire.Role, *vmm.Config) {
+	return func(role wire.Role, c *vmm.Config) {
+		c.Disk = disks[role]
+		if role == wire.RolePrimary {
+			c.NIC = nic
+		}
 	}
 }

@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -13,7 +11,6 @@ import (
 
 	"github.com/ftvm/ftvm/lockstep"
 	"github.com/ftvm/ftvm/lockstep/wire"
-	"github.com/ftvm/ftvm/vmm"
 	"golang.org/x/sys/unix"
 )
 
@@ -30,34 +27,9 @@ import (
 func TestKVMSecondaryFullDiskKeepsThePrimaryServing(t *testing.T) {
 	image := guestImage(t, "kvstore")
 	tmpfs := mountTmpfs(t, fullDiskTmpfsOpts)
-	client, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
-	nic, err := vmm.ListenUDPNIC("127.0.0.1:0", client.LocalAddr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer nic.Close()
-	disks := map[wire.Role]*os.File{}
-	for r, dir := range map[wire.Role]string{wire.RolePrimary: t.TempDir(), wire.RoleSecondary: tmpfs} {
-		f, err := os.Create(filepath.Join(dir, "disk"))
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer f.Close()
-		if err := f.Truncate(fullDiskBytes); err != nil { // sparse: pages come as it is written
-			t.Fatal(err)
-		}
-		disks[r] = f
-	}
-	devices := func(role wire.Role, c *vmm.Config) {
-		c.Disk = disks[role]
-		if role == wire.RolePrimary {
-			c.NIC = nic
-		}
-	}
+	client, nic := kvstoreNIC(t)
+	disks := pairDisks(t, fullDiskBytes, map[wire.Role]string{wire.RoleSecondary: tmpfs})
+	devices := kvstoreDevices(disks, nic)
 	ctx, cancel := context.WithTimeout(context.Background(), testRunTimeout)
 	defer cancel()
 	p := startPairConfig(t, ctx, lockstep.AckOnReceipt, 0, image, "", devices, func(_ wire.Role, c *Config) { c.SeparateStorage = true })
