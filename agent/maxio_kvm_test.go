@@ -4,8 +4,6 @@ import (
 	"bytes"
 	"context"
 	"encoding/binary"
-	"os"
-	"path/filepath"
 	"testing"
 	"time"
 
@@ -117,19 +115,7 @@ func TestKVMPairLargestRequests(t *testing.T) {
 		t.Run(mode.String(), func(t *testing.T) {
 			ctx, cancel := context.WithTimeout(context.Background(), testRunTimeout)
 			defer cancel()
-			dir := t.TempDir()
-			disks := map[wire.Role]*os.File{}
-			for _, r := range []wire.Role{wire.RolePrimary, wire.RoleSecondary} {
-				f, err := os.Create(filepath.Join(dir, r.String()+".img"))
-				if err != nil {
-					t.Fatal(err)
-				}
-				defer f.Close()
-				if err := f.Truncate(maxioDiskSize); err != nil {
-					t.Fatal(err)
-				}
-				disks[r] = f
-			}
+			disks := pairDisks(t, maxioDiskSize, nil)
 			p := startPairWith(t, ctx, mode, 0, image, "", func(r wire.Role, c *vmm.Config) { c.Disk = disks[r] })
 			if err := waitErr(t, "primary", p.priErr); err != nil {
 				t.Fatalf("primary: %v", err)
