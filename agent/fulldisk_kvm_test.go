@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/ftvm/ftvm/internal/netframe"
 	"net"
 	"os"
 	"path/filepath"
@@ -76,7 +77,7 @@ func fillFilesystem(t *testing.T, path string) {
 // kvRequest sends req until a reply with its id comes back or the
 // deadline passes; it returns the reply after the id ("OK 1", ...).
 func kvRequest(conn *net.UDPConn, nic *net.UDPAddr, id uint64, req string, deadline time.Time) (string, error) {
-	f := ipv4UDPFrame(vmm.DefaultMAC, [6]byte{2, 0, 0, 0, 0, 0x42}, [4]byte{10, 77, 0, 1}, [4]byte{10, 77, 0, 2}, 40000, 7000, []byte(fmt.Sprintf("%d %s", id, req)))
+	f := netframe.UDP4(vmm.DefaultMAC, [6]byte{2, 0, 0, 0, 0, 0x42}, [4]byte{10, 77, 0, 1}, [4]byte{10, 77, 0, 2}, 40000, 7000, []byte(fmt.Sprintf("%d %s", id, req)))
 	prefix := fmt.Sprintf("%d ", id)
 	buf := make([]byte, 2048)
 	for time.Now().Before(deadline) {

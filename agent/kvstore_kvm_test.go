@@ -4,6 +4,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"github.com/ftvm/ftvm/internal/netframe"
 	"net"
 	"os"
 	"path/filepath"
@@ -88,7 +89,7 @@ const kvReplyTimeout = 60 * time.Second
 
 func (c *udpKVClient) do(t *testing.T, req string) string {
 	t.Helper()
-	f := ipv4UDPFrame(vmm.DefaultMAC, [6]byte{2, 0, 0, 0, 0, 0x42}, [4]byte{10, 77, 0, 1}, [4]byte{10, 77, 0, 2}, 40000, 7000, []byte(req))
+	f := netframe.UDP4(vmm.DefaultMAC, [6]byte{2, 0, 0, 0, 0, 0x42}, [4]byte{10, 77, 0, 1}, [4]byte{10, 77, 0, 2}, 40000, 7000, []byte(req))
 	if _, err := c.conn.WriteToUDP(f, c.nic); err != nil {
 		t.Fatalf("send: %v", err)
 	}
@@ -109,49 +110,6 @@ func (c *udpKVClient) do(t *testing.T, req string) string {
 		}
 		return strings.TrimSpace(string(buf[42:n]))
 	}
-}
-
-func ipv4UDPFrame(dst, src [6]byte, sip, dip [4]byte, sport, dport uint16, payload []byte) []byte {
-	be := binary.BigEndian
-	f := make([]byte, 42+len(payload))
-	copy(f, dst[:])
-	copy(f[6:], src[:])
-	be.PutUint16(f[12:], 0x0800)
-	ip := f[14:34]
-	ip[0], ip[8], ip[9] = 0x45, 64, 17
-	be.PutUint16(ip[2:], uint16(28+len(payload)))
-	copy(ip[12:], sip[:])
-	copy(ip[16:], dip[:])
-	be.PutUint16(ip[10:], ^onesSum(0, ip))
-	udp := f[34:]
-	be.PutUint16(udp, sport)
-	be.PutUint16(udp[2:], dport)
-	be.PutUint16(udp[4:], uint16(8+len(payload)))
-	copy(udp[8:], payload)
-	pseudo := make([]byte, 0, 12)
-	pseudo = append(append(pseudo, sip[:]...), dip[:]...)
-	pseudo = be.AppendUint16(append(pseudo, 0, 17), uint16(len(udp)))
-	sum := ^onesSum(onesSum(0, pseudo), udp)
-	if sum == 0 {
-		sum = 0xffff
-	}
-	be.PutUint16(udp[6:], sum)
-	return f
-}
-
-// onesSum adds b to the one's-complement sum s (RFC 1071).
-func onesSum(s uint16, b []byte) uint16 {
-	sum := uint32(s)
-	for i := 0; i+1 < len(b); i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		sum += uint32(b[len(b)-1]) << 8
-	}
-	for sum>>16 != 0 {
-		sum = sum&0xffff + sum>>16
-	}
-	return uint16(sum)
 }
 
 // discardTransport is the transport of a primary no secondary ever joins.

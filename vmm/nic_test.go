@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
+	"github.com/ftvm/ftvm/internal/netframe"
 	"net"
 	"os/exec"
 	"runtime"
@@ -197,29 +198,7 @@ func tapScenario(t testing.TB) error {
 	return nil
 }
 
-// udpFrame builds an Ethernet/IPv4/UDP frame (UDP checksum 0: absent).
+// udpFrame builds an Ethernet/IPv4/UDP frame.
 func udpFrame(dst, src [6]byte, sip, dip [4]byte, sport, dport uint16, payload []byte) []byte {
-	f := make([]byte, 42+len(payload))
-	copy(f, dst[:])
-	copy(f[6:], src[:])
-	binary.BigEndian.PutUint16(f[12:], 0x0800)
-	ip := f[14:]
-	ip[0], ip[8], ip[9] = 0x45, 64, 17
-	binary.BigEndian.PutUint16(ip[2:], uint16(28+len(payload)))
-	copy(ip[12:], sip[:])
-	copy(ip[16:], dip[:])
-	var sum uint32
-	for i := 0; i < 20; i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(ip[i:]))
-	}
-	for sum>>16 != 0 {
-		sum = sum&0xffff + sum>>16
-	}
-	binary.BigEndian.PutUint16(ip[10:], ^uint16(sum))
-	udp := ip[20:]
-	binary.BigEndian.PutUint16(udp, sport)
-	binary.BigEndian.PutUint16(udp[2:], dport)
-	binary.BigEndian.PutUint16(udp[4:], uint16(8+len(payload)))
-	copy(udp[8:], payload)
-	return f
+	return netframe.UDP4(dst, src, sip, dip, sport, dport, payload)
 }

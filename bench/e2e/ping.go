@@ -2,9 +2,9 @@ package e2e
 
 import (
 	"context"
-	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/ftvm/ftvm/internal/netframe"
 	"math/rand/v2"
 	"net"
 	"net/netip"
@@ -86,38 +86,15 @@ func (t *Topology) Ping(ctx context.Context, from Host, addr netip.Addr) error {
 
 // appendEchoRequest appends an ICMP echo request (RFC 792) to b.
 func appendEchoRequest(b []byte, id, seq uint16) []byte {
-	start := len(b)
-	b = append(b, 8, 0, 0, 0) // type 8 echo request, code 0, checksum later
-	b = binary.BigEndian.AppendUint16(b, id)
-	b = binary.BigEndian.AppendUint16(b, seq)
-	b = append(b, pingPayload...)
-	binary.BigEndian.PutUint16(b[start+2:], internetChecksum(b[start:]))
-	return b
+	return netframe.AppendEchoRequest(b, id, seq, []byte(pingPayload))
 }
 
 // isEchoReply reports whether msg (an ICMP message, IP header stripped) is
 // an intact echo reply to one of this package's requests with identifier id.
 func isEchoReply(msg []byte, id uint16) bool {
-	return len(msg) >= 8+len(pingPayload) &&
-		msg[0] == 0 && msg[1] == 0 &&
-		binary.BigEndian.Uint16(msg[4:]) == id &&
-		string(msg[8:8+len(pingPayload)]) == pingPayload &&
-		internetChecksum(msg) == 0
+	return netframe.IsEchoReply(msg, id, []byte(pingPayload))
 }
 
 // internetChecksum is the RFC 1071 checksum of b; over a message that
 // carries its checksum it is 0.
-func internetChecksum(b []byte) uint16 {
-	var sum uint32
-	for len(b) >= 2 {
-		sum += uint32(b[0])<<8 | uint32(b[1])
-		b = b[2:]
-	}
-	if len(b) == 1 {
-		sum += uint32(b[0]) << 8
-	}
-	for sum > 0xffff {
-		sum = sum>>16 + sum&0xffff
-	}
-	return ^uint16(sum)
-}
+func internetChecksum(b []byte) uint16 { return netframe.Checksum(b) }

@@ -2,8 +2,8 @@ package main
 
 import (
 	"context"
-	"encoding/binary"
 	"fmt"
+	"github.com/ftvm/ftvm/internal/netframe"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -146,43 +146,15 @@ func hasCarrier(link string) bool {
 
 // echoRequest is an ICMP echo request (the kernel adds the IP header).
 func echoRequest(id, seq uint16) []byte {
-	b := make([]byte, 8, 8+len(reachPayload))
-	b[0] = 8 // echo request
-	binary.BigEndian.PutUint16(b[4:], id)
-	binary.BigEndian.PutUint16(b[6:], seq)
-	b = append(b, reachPayload...)
-	binary.BigEndian.PutUint16(b[2:], icmpChecksum(b))
-	return b
+	return netframe.AppendEchoRequest(nil, id, seq, []byte(reachPayload))
 }
 
 const reachPayload = "ftvm-reach-check"
 
 // isEchoReply reports whether p (an IPv4 packet, as a raw ICMP socket
-// reads it) is an echo reply to our id.
+// reads it) is an intact echo reply to our id.
 func isEchoReply(p []byte, id uint16) bool {
-	if len(p) < 20 {
-		return false
-	}
-	ihl := int(p[0]&0x0f) * 4
-	if len(p) < ihl+8 {
-		return false
-	}
-	icmp := p[ihl:]
-	return icmp[0] == 0 && binary.BigEndian.Uint16(icmp[4:]) == id
-}
-
-func icmpChecksum(b []byte) uint16 {
-	var sum uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		sum += uint32(b[len(b)-1]) << 8
-	}
-	for sum>>16 != 0 {
-		sum = sum&0xffff + sum>>16
-	}
-	return ^uint16(sum)
+	return netframe.IsEchoReply(netframe.StripIPv4(p), id, []byte(reachPayload))
 }
 
 // reachAcquireWait is how long a request for an epoch waits for the VM

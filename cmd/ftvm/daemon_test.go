@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"flag"
 	"fmt"
+	"github.com/ftvm/ftvm/internal/netframe"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -401,12 +402,14 @@ func TestReachArbiter(t *testing.T) {
 
 func TestEchoRequestChecksum(t *testing.T) {
 	b := echoRequest(0x1234, 7)
-	if icmpChecksum(b) != 0 {
-		t.Fatalf("echo request %x: checksum over it is %#x, want 0", b, icmpChecksum(b))
+	if netframe.Checksum(b) != 0 {
+		t.Fatalf("echo request %x: checksum over it is %#x, want 0", b, netframe.Checksum(b))
 	}
 	reply := append(make([]byte, 20), b...)
 	reply[0] = 0x45
-	reply[20] = 0 // echo reply
+	reply[20] = 0 // echo reply, its checksum made again: a reply must verify
+	reply[22], reply[23] = 0, 0
+	binary.BigEndian.PutUint16(reply[22:], netframe.Checksum(reply[20:]))
 	if !isEchoReply(reply, 0x1234) || isEchoReply(reply, 0x1235) {
 		t.Fatal("isEchoReply does not match the id")
 	}

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"github.com/ftvm/ftvm/internal/netframe"
 )
 
 // Frames as the tests build and check them: Ethernet II, ARP for IPv4,
@@ -34,19 +35,7 @@ func (m mac) String() string {
 }
 
 // checksum is the Internet checksum (RFC 1071) of b.
-func checksum(b []byte) uint16 {
-	var sum uint32
-	for i := 0; i+1 < len(b); i += 2 {
-		sum += uint32(binary.BigEndian.Uint16(b[i:]))
-	}
-	if len(b)%2 == 1 {
-		sum += uint32(b[len(b)-1]) << 8
-	}
-	for sum>>16 != 0 {
-		sum = sum&0xffff + sum>>16
-	}
-	return ^uint16(sum)
-}
+func checksum(b []byte) uint16 { return netframe.Checksum(b) }
 
 func udpChecksum(src, dst ipv4, udp []byte) uint16 {
 	pseudo := make([]byte, 0, 12+len(udp))
