@@ -9,33 +9,23 @@ import (
 	"github.com/ftvm/ftvm/lockstep/wire"
 )
 
-// Role is where a node stands in the protocol.
-type Role uint8
+// Role is where a node stands in the protocol: wire.Role, so that a
+// node's Config.Role, its Status and the Hello it sends speak one type.
+// The wire owns it because the wire encodes it (a Hello's role) and wire
+// cannot import lockstep; the alias and constants below let callers of
+// lockstep name roles without importing wire.
+type Role = wire.Role
 
-// Roles.
+// Roles (see wire.Role).
 const (
-	RolePrimary Role = 1 + iota
-	RoleSecondary
+	RolePrimary   = wire.RolePrimary
+	RoleSecondary = wire.RoleSecondary
 	// RoleCandidate is a secondary that declared its primary dead and is
 	// consuming the rest of the log while it asks the arbiter to go live.
-	RoleCandidate
+	RoleCandidate = wire.RoleCandidate
 	// RoleHalted never acts again.
-	RoleHalted
+	RoleHalted = wire.RoleHalted
 )
-
-func (r Role) String() string {
-	switch r {
-	case RolePrimary:
-		return "primary"
-	case RoleSecondary:
-		return "secondary"
-	case RoleCandidate:
-		return "candidate"
-	case RoleHalted:
-		return "halted"
-	}
-	return "role?"
-}
 
 // Result is the answer to NextInput and ReplayOutput.
 type Result uint8
@@ -214,10 +204,10 @@ func NewNode(cfg Config) (*Node, error) {
 	n := &Node{cfg: cfg}
 	switch cfg.Role {
 	case wire.RolePrimary:
-		n.role = RolePrimary
+		n.role = cfg.Role
 		n.acquire(max(1, cfg.FirstEpoch))
 	case wire.RoleSecondary:
-		n.role = RoleSecondary
+		n.role = cfg.Role
 		n.sphase = sJoining
 		n.send(n.hello())
 	}
