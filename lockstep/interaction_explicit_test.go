@@ -30,6 +30,7 @@ import (
 //	drop from=A|B [type=T] [n=N]          lose what is in flight from the host (of type T, the first N)
 //	stabilize                             deliver both ways until nothing is in flight (no ticks, no exits)
 //	crash host=A|B                        kill the host; what is in flight to and from it is lost
+//	                                      (as when a host halts)
 //	restart host=A|B                      bring a crashed host back as a joining secondary
 //	partition from=A|B|both               lose what crosses from the host (or both ways) from now on
 //	heal                                  restore the network
@@ -335,6 +336,9 @@ func (e *env) process(t *testing.T, i int) {
 		}
 		n.Advance(rd)
 		if h.node == nil {
+			// Halted: the process is gone, and its connection with it.
+			e.links[0], e.links[1] = nil, nil
+			e.printf("%s down", h.name)
 			return
 		}
 		// The arbiter answers after the Ready that asked (an agent asks
