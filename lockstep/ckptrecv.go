@@ -413,3 +413,21 @@ func (n *Node) wantCheckpoints() {
 		}
 	}
 }
+
+// CheckpointRestored tells the node the VMM loaded checkpoint id; replay
+// continues from the checkpoint's log position.
+func (n *Node) CheckpointRestored(id uint64) error {
+	if n.role != RoleSecondary && n.role != RoleCandidate {
+		return n.roleErr("CheckpointRestored")
+	}
+	if n.replay.phase != sRestoring || id != n.incoming.restoredID {
+		return fmt.Errorf("lockstep: CheckpointRestored(%d) but the node awaits %d", id, n.incoming.restoredID)
+	}
+	n.replay.phase = sReplaying
+	n.replay.received, n.replay.cursor, n.replay.compared = n.incoming.restoredSeq, n.incoming.restoredSeq+1, n.incoming.restoredSeq
+	n.replay.ackSeen = n.incoming.restoredSeq
+	n.replay.log, n.replay.outOfOrder = nil, nil
+	n.ticks.sincePeer = 0
+	n.send(&wire.CheckpointDone{ID: id, Seq: n.incoming.restoredSeq, Restored: true})
+	return nil
+}

@@ -1,8 +1,6 @@
 package lockstep
 
-import (
-	"fmt"
-)
+import "fmt"
 
 // epochClaim is a node's request to the arbiter (CmdAcquire) and its
 // answer: a primary's epoch to go on in, or a candidate's to go live in.
