@@ -315,3 +315,10 @@ func (n *Node) Step(m wire.Msg) error {
 func digest(b []byte) [wire.DigestBytes]byte { return sha256.Sum256(b) }
 
 func clone(b []byte) []byte { return bytes.Clone(b) }
+
+func (n *Node) roleErr(call string) error {
+	if n.role == RoleHalted {
+		return ErrHalted
+	}
+	return fmt.Errorf("%w: %s on a %s", ErrWrongRole, call, n.role)
+}

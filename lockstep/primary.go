@@ -12,7 +12,7 @@ import (
 // checkpoints it ships in checkpointShipping.
 type primaryState struct {
 	phase        pPhase // where the primary stands with its secondary
-	stalled      bool   // CmdStall given and not yet undone: the secondary lags a window behind
+	stalled      bool   // CmdStall given and not yet undone: the log or the held outputs fill a window
 	paused       bool   // CmdPause given for a checkpoint and not yet resumed
 	hadPeer      bool   // a secondary was attached when acquiring began: keep the log for it
 	sinceRestore int    // ticks since the last restore confirmation (a late hello is ignored within PeerTimeoutTicks)
@@ -69,13 +69,6 @@ func (n *Node) HoldOutput(exitIndex uint64, device uint16, data []byte) (uint64,
 	}
 	n.releaseEligible()
 	return n.nextID, nil
-}
-
-func (n *Node) roleErr(call string) error {
-	if n.role == RoleHalted {
-		return ErrHalted
-	}
-	return fmt.Errorf("%w: %s on a %s", ErrWrongRole, call, n.role)
 }
 
 func (n *Node) goAlone() {

@@ -1,8 +1,6 @@
 package lockstep
 
-import (
-	"github.com/ftvm/ftvm/lockstep/wire"
-)
+import "github.com/ftvm/ftvm/lockstep/wire"
 
 // primaryLog is the primary's log and holds: every input and output record
 // in one sequence, the part of it the secondary has not acknowledged, the

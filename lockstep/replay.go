@@ -1,15 +1,13 @@
 package lockstep
 
-import (
-	"github.com/ftvm/ftvm/lockstep/wire"
-)
+import "github.com/ftvm/ftvm/lockstep/wire"
 
 // replayState is a secondary's replay and compare: the log received from
 // the primary, in order, with what came ahead of a gap; the VM's outputs
 // waiting for their record; and the copies of matched outputs it keeps
 // until the primary reports them released.
 type replayState struct {
-	phase           sPhase
+	phase           sPhase              // where the secondary stands (secondary.go)
 	log             []wire.Msg          // received items from cursor on
 	outOfOrder      map[uint64]wire.Msg // items received ahead of a gap, by seq
 	received        uint64              // last contiguous position appended
@@ -21,16 +19,6 @@ type replayState struct {
 	ackDue          bool                // an Ack goes out with the next Ready
 	ackSeen         uint64              // AckBeforeAppend bug: highest seq seen
 }
-
-// sPhase is a secondary's phase.
-type sPhase uint8
-
-const (
-	sJoining   sPhase = iota // hello sent, waiting for a full checkpoint
-	sRestoring               // restore command given, waiting for the agent
-	sReplaying               // replaying the log
-	sDiverged                // resync requested, waiting for a checkpoint
-)
 
 // comparePending compares the VM's outputs with the records that have
 // arrived, in order. pending[i].seq holds the exit index until matched.

@@ -2,6 +2,17 @@ package lockstep
 
 import "github.com/ftvm/ftvm/lockstep/wire"
 
+// sPhase is a secondary's phase (replayState.phase). A candidate keeps
+// the phase it had: it replays on to the end of its log.
+type sPhase uint8
+
+const (
+	sJoining   sPhase = iota // hello sent, waiting for a full checkpoint
+	sRestoring               // restore command given, waiting for the agent
+	sReplaying               // replaying the log
+	sDiverged                // resync requested, waiting for a checkpoint
+)
+
 // NextInput returns the logged input for the secondary VM's exit exitIndex
 // of kind. See Result for what to do with each answer.
 func (n *Node) NextInput(exitIndex uint64, kind uint16) ([]byte, Result) {
