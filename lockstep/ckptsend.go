@@ -1,12 +1,36 @@
 package lockstep
 
 import (
+	"encoding/binary"
+	"errors"
 	"fmt"
-	"maps"
-	"slices"
 
 	"github.com/ftvm/ftvm/lockstep/wire"
 )
+
+// checkpointShipping is a primary's side of bringing a secondary up: the
+// checkpoint last asked of the VMM, and the checkpoints being shipped (the
+// parts of a pre-copy chain, or one standing alone) with their windows.
+type checkpointShipping struct {
+	id           uint64     // the checkpoint last asked for (CmdTakeCheckpoint)
+	seq          uint64     // its log position (the log's end when it was taken)
+	full         bool       // it is for a joiner (full), not a repair (incremental)
+	taking       bool       // asked for and not yet taken (CheckpointTaken or CheckpointFailed)
+	live         bool       // the checkpoint asked for is a live (pre-copy) part
+	chainBase    uint64     // first part of the chain being shipped (0: none)
+	precopyRound int        // live parts taken of the chain so far
+	checkpoints  []*outCkpt // checkpoints being shipped, in order (every part of a chain)
+	retryTicks   int        // retransmit timeout of checkpoints, doubled while no ack comes
+}
+
+// bytes is the checkpoint data held for shipping.
+func (s *checkpointShipping) bytes() int {
+	b := 0
+	for _, o := range s.checkpoints {
+		b += len(o.payload)
+	}
+	return b
+}
 
 // outCkpt is one checkpoint a primary ships to its secondary: the payload,
 // how much of it was sent and how much the secondary acknowledged
@@ -38,9 +62,9 @@ func (n *Node) resend(o *outCkpt) {
 func (o *outCkpt) size() uint64 { return uint64(len(o.payload)) }
 
 // ckptInflight is what was sent and not acknowledged, over the chain.
-func (n *Node) ckptInflight() int {
+func (s *checkpointShipping) inflight() int {
 	f := 0
-	for _, o := range n.ckptOut {
+	for _, o := range s.checkpoints {
 		if !o.kept {
 			f += int(o.sent - o.acked)
 		}
@@ -58,8 +82,8 @@ func (n *Node) sendChunk(o *outCkpt, off uint64) uint64 {
 // pumpCheckpoint sends what the window allows, in order: the chain's
 // parts one after the other, each closed by its CheckpointDone.
 func (n *Node) pumpCheckpoint() {
-	inflight := n.ckptInflight()
-	for _, o := range n.ckptOut {
+	inflight := n.shipping.inflight()
+	for _, o := range n.shipping.checkpoints {
 		if o.kept {
 			continue
 		}
@@ -84,16 +108,16 @@ func (n *Node) pumpCheckpoint() {
 // lost at the head of each part, not the whole chain.
 func (n *Node) retransmitCheckpoint() {
 	if n.cfg.Bugs.ResendWholeCheckpoint {
-		for _, o := range n.ckptOut {
+		for _, o := range n.shipping.checkpoints {
 			for off := uint64(0); off < o.size(); off += n.sendChunk(o, off) {
 			}
 			n.send(o.done)
 		}
 		return
 	}
-	n.ckptRetryTicks = min(2*n.ckptRetryTicks, 8*n.cfg.RetransmitTicks)
+	n.shipping.retryTicks = min(2*n.shipping.retryTicks, 8*n.cfg.RetransmitTicks)
 	all := true
-	for _, o := range n.ckptOut {
+	for _, o := range n.shipping.checkpoints {
 		switch {
 		case o.kept:
 			continue
@@ -104,17 +128,17 @@ func (n *Node) retransmitCheckpoint() {
 		}
 		all = false
 	}
-	if all && n.pphase == pSyncing && len(n.ckptOut) > 0 && !n.ckptTaking {
+	if all && n.primary.phase == pSyncing && len(n.shipping.checkpoints) > 0 && !n.shipping.taking {
 		// Everything is kept: the secondary is restoring, or its
 		// confirmation was lost. Its answer to the done is a new one.
-		n.send(n.ckptOut[len(n.ckptOut)-1].done)
+		n.send(n.shipping.checkpoints[len(n.shipping.checkpoints)-1].done)
 	}
 }
 
 // stepCheckpointAck takes the secondary's acknowledgement of a checkpoint.
 func (n *Node) stepCheckpointAck(m *wire.CheckpointAck) error {
 	var o *outCkpt
-	for _, c := range n.ckptOut {
+	for _, c := range n.shipping.checkpoints {
 		if c.id == m.ID {
 			o = c
 		}
@@ -126,7 +150,7 @@ func (n *Node) stepCheckpointAck(m *wire.CheckpointAck) error {
 		return fmt.Errorf("lockstep: checkpoint ack through byte %d of checkpoint %d, which has %d", m.Through, m.ID, o.size())
 	}
 	progress := func() {
-		n.ticksRetry, n.ckptRetryTicks, o.dupAcks = 0, n.cfg.RetransmitTicks, 0
+		n.ticks.sinceProgress, n.shipping.retryTicks, o.dupAcks = 0, n.cfg.RetransmitTicks, 0
 	}
 	switch {
 	case m.Kept:
@@ -169,67 +193,64 @@ func (n *Node) stepCheckpointAck(m *wire.CheckpointAck) error {
 	return nil
 }
 
-// ackCheckpoint queues a secondary's acknowledgement of a checkpoint; one
-// for the same checkpoint replaces it, so a burst of chunks costs one ack
-// per Ready.
-func (n *Node) ackCheckpoint(m *wire.CheckpointAck) {
-	if p := n.ckptAck; p != nil && p.ID != m.ID {
-		n.send(p)
+// ship chunks one checkpoint (the node's header, then the VMM's data),
+// closed by done, and sends what the window allows; the rest goes as the
+// secondary acknowledges (stepCheckpointAck).
+func (n *Node) ship(id uint64, data []byte, done *wire.CheckpointDone) error {
+	seq := n.log.lastSeq
+	payload := n.checkpointHeader()
+	payload = append(payload, data...)
+	if len(payload) > n.cfg.MaxCheckpointBytes {
+		return fmt.Errorf("lockstep: checkpoint of %d bytes exceeds MaxCheckpointBytes %d: raise the bound on both hosts (ftvm sizes it from --mem, --disk-size and --precopy-rounds: give both hosts the same)", len(payload), n.cfg.MaxCheckpointBytes)
 	}
-	n.ckptAck = m
+	done.ID, done.Seq, done.Total, done.Digest = id, seq, uint64(len(payload)), digest(payload)
+	n.shipping.checkpoints = append(n.shipping.checkpoints, &outCkpt{id: id, seq: seq, payload: payload, done: done})
+	n.pumpCheckpoint()
+	return nil
 }
 
-func (n *Node) flushCheckpointAck() {
-	if n.ckptAck != nil {
-		n.send(n.ckptAck)
-		n.ckptAck = nil
+// checkpointHeader is the node's part of a checkpoint: the outputs held at
+// the checkpoint, which the secondary must be able to release if it takes
+// over (the primary will release them once the restore is confirmed).
+//
+//	u64 released-through, u32 count, count × (u64 seq, u16 device, u32 len, data)
+func (n *Node) checkpointHeader() []byte {
+	b := binary.LittleEndian.AppendUint64(nil, n.releasedThrough())
+	b = binary.LittleEndian.AppendUint32(b, uint32(len(n.log.held)))
+	for _, h := range n.log.held {
+		b = binary.LittleEndian.AppendUint64(b, h.seq)
+		b = binary.LittleEndian.AppendUint16(b, h.device)
+		b = binary.LittleEndian.AppendUint32(b, uint32(len(h.data)))
+		b = append(b, h.data...)
 	}
+	return b
 }
 
-// keptCheckpoint reports whether checkpoint id is here whole: restored,
-// kept as a pre-copy part, or the chain's end waiting for its parts.
-func (n *Node) keptCheckpoint(id uint64) bool {
-	if id == n.restoredID && n.restoredID != 0 {
-		return true
-	}
-	if _, ok := n.parts[id]; ok {
-		return true
-	}
-	return n.chainEnd != nil && n.chainEnd.id == id
-}
+var errCheckpointHeader = errors.New("lockstep: checkpoint node section malformed")
 
-// wantCheckpoints tells the primary, now and then, what a secondary knows
-// it lacks: chunks of a checkpoint whose done came, and parts of the chain
-// whose end came. Bounded by maxAssemblies and PrecopyRounds.
-func (n *Node) wantCheckpoints() {
-	// A gap, or bytes missing when the done came, may only be frames still
-	// on their way: it counts once it outlasted a whole period.
-	for _, id := range slices.Sorted(maps.Keys(n.asms)) {
-		a := n.asms[id]
-		if !(a.done && a.bytes < a.total || a.bytes > a.through) {
-			a.gapSeen = false
-			continue
-		}
-		if a.gapSeen && a.gapThrough == a.through {
-			n.send(&wire.CheckpointAck{ID: a.id, Through: a.through, Missing: true})
-		}
-		a.gapSeen, a.gapThrough = true, a.through
+func parseCheckpointHeader(b []byte, maxOutputs int) (released uint64, outs []held, rest []byte, err error) {
+	if len(b) < 12 {
+		return 0, nil, nil, errCheckpointHeader
 	}
-	if e := n.chainEnd; e != nil {
-		if e.waited++; e.waited < 2 {
-			return
-		}
-		for id := e.base; id < e.id; id++ {
-			if _, ok := n.parts[id]; ok {
-				continue
-			}
-			if a := n.asms[id]; a != nil && a.done {
-				continue // asked for above
-			} else if a != nil {
-				n.send(&wire.CheckpointAck{ID: id, Through: a.through, Missing: true})
-			} else {
-				n.send(&wire.CheckpointAck{ID: id, Missing: true})
-			}
-		}
+	released = binary.LittleEndian.Uint64(b)
+	count := binary.LittleEndian.Uint32(b[8:])
+	b = b[12:]
+	if uint64(count) > uint64(maxOutputs) {
+		return 0, nil, nil, fmt.Errorf("%w: %d held outputs, bound %d", errCheckpointHeader, count, maxOutputs)
 	}
+	for range count {
+		if len(b) < 14 {
+			return 0, nil, nil, errCheckpointHeader
+		}
+		h := held{seq: binary.LittleEndian.Uint64(b), device: binary.LittleEndian.Uint16(b[8:])}
+		l := binary.LittleEndian.Uint32(b[10:])
+		b = b[14:]
+		if uint64(l) > uint64(len(b)) || l > wire.MaxOutputDataBytes {
+			return 0, nil, nil, errCheckpointHeader
+		}
+		h.data = clone(b[:l])
+		b = b[l:]
+		outs = append(outs, h)
+	}
+	return released, outs, b, nil
 }

@@ -4,7 +4,8 @@
 // clock. The agent feeds it messages (Step), logical time (Tick) and the
 // VM's exits (RecordInput/HoldOutput on the primary, NextInput/ReplayOutput
 // on the secondary), and performs what Ready asks, in the order documented
-// on Ready's fields, before calling Advance:
+// on Ready's fields (commands, then releases, then drops, then messages),
+// before calling Advance:
 //
 //	for {
 //		select {
@@ -19,6 +20,43 @@
 //			n.Advance(rd)
 //		}
 //	}
+//
+// # Files
+//
+// A Node holds what both roles share (role, epoch and fence, the Ready
+// being built) and one part for each role and activity, each a type in
+// its own file, as raft keeps its progress tracker and log apart from
+// raft.go:
+//
+//	node.go         Node, NewNode, Status, Ready/Advance, Tick, PeerLost, Step (dispatch
+//	                by role), halt; ticks, the counters both roles time out on
+//	ready.go        Ready, Command, Output, Checkpoint: what the agent performs, in order
+//	config.go       Config, Mode and their defaults and bounds
+//	epoch.go        epochClaim: the arbiter request in flight, its retries, a candidate's
+//	                grant; ArbiterResult
+//	primary.go      primaryState: a primary's phase (acquiring, alone, pre-copy, syncing,
+//	                protected), stall, pause and joins; RecordInput, HoldOutput,
+//	                tickPrimary, stepPrimary; starting syncs and pre-copy, CheckpointTaken
+//	primarylog.go   primaryLog: the log kept for the secondary, its acks, the held outputs
+//	                and the rule that releases them (mayRelease), Durable
+//	ckptsend.go     checkpointShipping: the checkpoint asked of the VMM and the ones being
+//	                shipped, chunked, windowed on the secondary's CheckpointAck and resent
+//	                where it shows a loss; the node's section of a checkpoint (the held outputs)
+//	secondary.go    a secondary's and candidate's role: NextInput, ReplayOutput,
+//	                tickSecondary, stepSecondary, rejoin, diverge, going live
+//	replay.go       replayState: the received log in order (outOfOrder ahead of a gap),
+//	                the cursor, outputs pending their record and the copies kept until the
+//	                primary reports them released; the cumulative Ack
+//	ckptrecv.go     incomingCheckpoints: checkpoints assembled from chunks, the pre-copy
+//	                parts of a chain kept until its end comes, the restore and its
+//	                CheckpointAck; CheckpointRestored
+//
+// The wire format is lockstep/wire (which also owns Role, since a Hello
+// carries it); lockstep/arbiter holds the arbiters, lockstep/sim the seeded
+// simulator. interaction_test.go runs the scenarios of testdata/*.txt on the
+// simulator (scripted failures on seeded scheduling), and
+// interaction_explicit_test.go those of testdata/explicit/*.txt on two nodes
+// driven one message, tick and exit at a time, with nothing random.
 //
 // # Protocol
 //

@@ -49,8 +49,8 @@ func FuzzStep(f *testing.F) {
 					}
 				}
 				st := node.Status()
-				if st.LogItems > 4*node.cfg.LogWindowEntries || len(node.ooo) > 2*node.cfg.LogWindowEntries {
-					t.Fatalf("node holds %d log items, %d out of order: past its window", st.LogItems, len(node.ooo))
+				if st.LogItems > 4*node.cfg.LogWindowEntries || len(node.replay.outOfOrder) > 2*node.cfg.LogWindowEntries {
+					t.Fatalf("node holds %d log items, %d out of order: past its window", st.LogItems, len(node.replay.outOfOrder))
 				}
 			}
 		}
@@ -132,13 +132,13 @@ func FuzzCheckpointChain(f *testing.F) {
 						_ = s.CheckpointRestored(c.Checkpoint.ID)
 					}
 				}
-				if len(s.parts) > cfg.PrecopyRounds || len(s.asms) > maxAssemblies {
-					t.Fatalf("secondary keeps %d parts and %d assemblies, bounds %d and %d", len(s.parts), len(s.asms), cfg.PrecopyRounds, maxAssemblies)
+				if len(s.incoming.parts) > cfg.PrecopyRounds || len(s.incoming.assemblies) > maxAssemblies {
+					t.Fatalf("secondary keeps %d parts and %d assemblies, bounds %d and %d", len(s.incoming.parts), len(s.incoming.assemblies), cfg.PrecopyRounds, maxAssemblies)
 				}
-				if s.asmBytes+s.partsBytes > cfg.MaxCheckpointBytes {
-					t.Fatalf("secondary holds %d checkpoint bytes, MaxCheckpointBytes %d", s.asmBytes+s.partsBytes, cfg.MaxCheckpointBytes)
+				if s.incoming.assemblyBytes+s.incoming.partsBytes > cfg.MaxCheckpointBytes {
+					t.Fatalf("secondary holds %d checkpoint bytes, MaxCheckpointBytes %d", s.incoming.assemblyBytes+s.incoming.partsBytes, cfg.MaxCheckpointBytes)
 				}
-				for _, a := range s.asms {
+				for _, a := range s.incoming.assemblies {
 					if len(a.chunks) > cfg.MaxCheckpointBytes/cfg.CheckpointChunkBytes+1 {
 						t.Fatalf("assembly %d holds %d chunks", a.id, len(a.chunks))
 					}

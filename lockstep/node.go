@@ -9,33 +9,23 @@ import (
 	"github.com/ftvm/ftvm/lockstep/wire"
 )
 
-// Role is where a node stands in the protocol.
-type Role uint8
+// Role is where a node stands in the protocol: wire.Role, so that a
+// node's Config.Role, its Status and the Hello it sends speak one type.
+// The wire owns it because the wire encodes it (a Hello's role) and wire
+// cannot import lockstep; the alias and constants below let callers of
+// lockstep name roles without importing wire.
+type Role = wire.Role
 
-// Roles.
+// Roles (see wire.Role).
 const (
-	RolePrimary Role = 1 + iota
-	RoleSecondary
+	RolePrimary   = wire.RolePrimary
+	RoleSecondary = wire.RoleSecondary
 	// RoleCandidate is a secondary that declared its primary dead and is
 	// consuming the rest of the log while it asks the arbiter to go live.
-	RoleCandidate
+	RoleCandidate = wire.RoleCandidate
 	// RoleHalted never acts again.
-	RoleHalted
+	RoleHalted = wire.RoleHalted
 )
-
-func (r Role) String() string {
-	switch r {
-	case RolePrimary:
-		return "primary"
-	case RoleSecondary:
-		return "secondary"
-	case RoleCandidate:
-		return "candidate"
-	case RoleHalted:
-		return "halted"
-	}
-	return "role?"
-}
 
 // Result is the answer to NextInput and ReplayOutput.
 type Result uint8
@@ -65,144 +55,40 @@ var (
 	ErrWrongRole  = errors.New("lockstep: call not valid in this role")
 )
 
-// primary phases
-type pPhase uint8
-
-const (
-	pAcquiring pPhase = iota // waiting for the arbiter; outputs held
-	pAlone                   // granted, no secondary: release at once
-	pPrecopy                 // copying the running VM to a joiner; still alone
-	pSyncing                 // checkpoint under way to a secondary; outputs held
-	pProtected               // secondary in step; release by Mode
-)
-
-// secondary phases
-type sPhase uint8
-
-const (
-	sJoining   sPhase = iota // hello sent, waiting for a full checkpoint
-	sRestoring               // restore command given, waiting for the agent
-	sReplaying               // replaying the log
-	sDiverged                // resync requested, waiting for a checkpoint
-)
-
-type held struct {
-	id     uint64
-	seq    uint64
-	device uint16
-	data   []byte
-}
-
 // Node is one side of a protected VM. It is not safe for concurrent use: the
 // agent calls it from one goroutine (or under one lock).
+//
+// Node keeps what both roles share; each role and activity keeps its state
+// in a part of its own, in its own file: a primary's phase (primary.go), its
+// log and held outputs (primarylog.go) and the checkpoints it ships
+// (ckptsend.go); a secondary's replay and compare (replay.go) and the
+// checkpoints it assembles (ckptrecv.go); the arbiter request (epoch.go).
+// A part not of the node's role stays idle (a secondary that goes live
+// takes on the primary's parts where they stand).
 type Node struct {
-	cfg   Config
-	role  Role
-	epoch uint64
-	fence uint64
-
+	cfg         Config // as given to NewNode, filled in
+	role        Role   // where the node stands; RoleHalted is for good
+	epoch       uint64 // the epoch the node acts in
+	fence       uint64 // the arbiter's fence token for epoch
+	rd          Ready  // effects queued for Ready, cleared by Advance
+	nextID      uint64 // last ID given to an output (a primary's held one, a secondary's copy)
 	divergences uint64 // resyncs this node asked for (secondary)
 
-	// Pending effects, handed out by Ready and cleared by Advance.
-	rd Ready
-
-	ticksSincePeer      int
-	ticksSinceSend      int // since our last heartbeat-like message
-	ticksRetry          int // since progress on what we retransmit
-	ticksSinceHeartbeat int
-
-	nextID uint64
-
-	// Arbiter request in flight (0: none).
-	acquireEpoch uint64
-	acquireErr   bool
-	// acquireFailures counts the arbiter's errors in a row (no answer at
-	// all, not a refusal); the next ask waits acquireRetryTicks() after
-	// the last, counted in ticksAcquire. acquireLastErr is the last one,
-	// for Status.
-	acquireFailures int
-	acquireLastErr  string
-	ticksAcquire    int
-
-	// Primary state.
-	pphase         pPhase
-	lastSeq        uint64     // last log position assigned
-	log            []wire.Msg // items after acked, kept for the secondary
-	acked          uint64     // secondary's cumulative receipt
-	compared       uint64     // secondary's cumulative compare
-	replayed       uint64     // how far the secondary VM has consumed the log
-	ticksSinceSync int        // since the last restore confirmation
-	held           []held     // outputs not yet released, in seq order
-	released       uint64     // seq of the last released output
-	durable        uint64     // ConfirmDurable: every output released through here is durable (Durable)
-	stalled        bool
-	paused         bool
-	ckptID         uint64
-	ckptSeq        uint64
-	ckptFull       bool
-	ckptTaking     bool
-	ckptOut        []*outCkpt // checkpoints being shipped, in order (every part of a chain)
-	ckptRetryTicks int        // retransmit timeout of ckptOut, doubled while no ack comes
-	ckptBase       uint64     // first part of the chain being shipped (0: none)
-	ckptLive       bool       // the checkpoint asked for is a live (pre-copy) part
-	precopyRound   int        // live parts taken of the chain so far
-	hadPeer        bool       // a secondary was attached when acquiring began
-	// joinBackoffTicks: hellos are not served until it is 0 again, after
-	// a sync was abandoned (PeerLost does not shorten it).
-	joinBackoffTicks int
-
-	// Secondary state.
-	sphase          sPhase
-	rlog            []wire.Msg          // received items from cursor on
-	ooo             map[uint64]wire.Msg // items received ahead of a gap
-	received        uint64              // last contiguous position appended
-	cursor          uint64              // next position the VM consumes
-	sCompared       uint64
-	primaryReleased uint64
-	pending         []held // VM outputs whose record has not arrived
-	copies          []held // outputs reproduced; the primary may have released them
-	ackDue          bool
-	ackSeen         uint64               // AckBeforeAppend bug: highest seq seen
-	asms            map[uint64]*assembly // checkpoints being assembled, by ID
-	asmBytes        int                  // bytes in asms
-	asmHigh         uint64               // newest checkpoint ID begun
-	parts           map[uint64][]byte    // completed pre-copy parts, by ID (VMM data)
-	partsBytes      int
-	chainLow        uint64              // lowest ID of the chain being assembled (0: none known)
-	chainEnd        *chainEnd           // its end, when it came before a part
-	ckptAck         *wire.CheckpointAck // checkpoint acknowledgement to send (coalesced)
-	restoredID      uint64
-	restoredSeq     uint64
-	grantEpoch      uint64
-	grantFence      uint64
+	ticks    ticks               // logical time since events both roles wait on
+	claim    epochClaim          // the arbiter request in flight, and a candidate's grant
+	primary  primaryState        // primary: phase, stall and pause, joins
+	log      primaryLog          // primary: the log kept for the secondary and the held outputs
+	shipping checkpointShipping  // primary: the checkpoint asked for and the ones being shipped
+	replay   replayState         // secondary: phase, received log, outputs compared and kept
+	incoming incomingCheckpoints // secondary: checkpoints being assembled, pre-copy parts kept
 }
 
-type assembly struct {
-	id      uint64
-	seq     uint64
-	total   uint64
-	done    bool
-	full    bool
-	part    bool   // a pre-copy part: kept, not restored on its own
-	base    uint64 // the chain's first part, for the checkpoint that ends it
-	digest  [wire.DigestBytes]byte
-	chunks  map[uint64][]byte
-	bytes   uint64
-	through uint64 // bytes [0, through) are here, for CheckpointAck
-	// gapSeen: at the last wantCheckpoints bytes were missing, and
-	// through was gapThrough.
-	gapSeen    bool
-	gapThrough uint64
-}
-
-// chainEnd is the last checkpoint of a pre-copy chain, assembled, waiting
-// for a part of the chain that has not arrived whole yet.
-type chainEnd struct {
-	id, seq, base uint64
-	released      uint64
-	outs          []held
-	data          []byte
-	waited        int // wantCheckpoints periods it waited for its parts
+// ticks counts Ticks since events both roles wait on.
+type ticks struct {
+	sincePeer      int // since the peer was last heard
+	sinceSend      int // since our last message (a secondary's ack is its heartbeat)
+	sinceProgress  int // since progress on what we retransmit (log items, checkpoints, hellos, resync requests)
+	sinceHeartbeat int // since the primary's last heartbeat
 }
 
 // NewNode returns a node in cfg.Role. A primary starts by asking the arbiter
@@ -214,11 +100,11 @@ func NewNode(cfg Config) (*Node, error) {
 	n := &Node{cfg: cfg}
 	switch cfg.Role {
 	case wire.RolePrimary:
-		n.role = RolePrimary
+		n.role = cfg.Role
 		n.acquire(max(1, cfg.FirstEpoch))
 	case wire.RoleSecondary:
-		n.role = RoleSecondary
-		n.sphase = sJoining
+		n.role = cfg.Role
+		n.replay.phase = sJoining
 		n.send(n.hello())
 	}
 	return n, nil
@@ -264,24 +150,19 @@ type Status struct {
 
 // Status reports the node's state.
 func (n *Node) Status() Status {
-	s := Status{Role: n.role, Epoch: n.epoch, Fence: n.fence, Stalled: n.stalled, Paused: n.paused, Held: len(n.held), Divergences: n.divergences,
-		ArbiterFailures: n.acquireFailures, ArbiterErr: n.acquireLastErr}
+	s := Status{Role: n.role, Epoch: n.epoch, Fence: n.fence, Stalled: n.primary.stalled, Paused: n.primary.paused, Held: len(n.log.held), Divergences: n.divergences,
+		ArbiterFailures: n.claim.failures, ArbiterErr: n.claim.lastErr}
 	switch n.role {
 	case RolePrimary:
-		s.Protected = n.pphase == pProtected
-		s.Syncing = n.pphase == pSyncing || n.pphase == pPrecopy
-		s.LastSeq, s.Acked, s.LogItems, s.Released = n.lastSeq, n.acked, len(n.log), n.released
-		for _, o := range n.ckptOut {
-			s.CheckpointBytes += len(o.payload)
-		}
+		s.Protected = n.primary.phase == pProtected
+		s.Syncing = n.primary.phase == pSyncing || n.primary.phase == pPrecopy
+		s.LastSeq, s.Acked, s.LogItems, s.Released = n.log.lastSeq, n.log.acked, len(n.log.unacked), n.log.released
+		s.CheckpointBytes = n.shipping.bytes()
 	case RoleSecondary, RoleCandidate:
-		s.Synced = n.sphase == sReplaying || n.sphase == sDiverged
-		s.LastSeq, s.LogItems, s.Released = n.received, len(n.rlog), n.primaryReleased
-		s.Diverged = n.sphase == sDiverged
-		s.CheckpointBytes = n.asmBytes + n.partsBytes
-		if n.chainEnd != nil {
-			s.CheckpointBytes += len(n.chainEnd.data)
-		}
+		s.Synced = n.replay.phase == sReplaying || n.replay.phase == sDiverged
+		s.LastSeq, s.LogItems, s.Released = n.replay.received, len(n.replay.log), n.replay.primaryReleased
+		s.Diverged = n.replay.phase == sDiverged
+		s.CheckpointBytes = n.incoming.bytes()
 	}
 	return s
 }
@@ -325,7 +206,7 @@ func (n *Node) send(m wire.Msg) {
 	h := m.Head()
 	h.Epoch, h.Fence = n.epoch, n.fence
 	n.rd.Messages = append(n.rd.Messages, m)
-	n.ticksSinceSend = 0
+	n.ticks.sinceSend = 0
 }
 
 func (n *Node) command(c Command) { n.rd.Commands = append(n.rd.Commands, c) }
@@ -336,31 +217,6 @@ func (n *Node) hello() *wire.Hello {
 		r = wire.RoleSecondary
 	}
 	return &wire.Hello{ProtocolVersion: wire.ProtocolVersion, VMID: n.cfg.VMID, Role: r}
-}
-
-func (n *Node) acquire(epoch uint64) {
-	if epoch != n.acquireEpoch {
-		n.acquireFailures, n.acquireLastErr = 0, ""
-	}
-	n.acquireEpoch = epoch
-	n.acquireErr = false
-	n.ticksRetry = 0
-	n.ticksAcquire = 0
-	n.command(Command{Kind: CmdAcquire, Epoch: epoch})
-}
-
-// acquireRetryTicks is how long to wait after the arbiter failed
-// acquireFailures times in a row before asking again: RetransmitTicks,
-// doubled with each failure, at most ArbiterRetryMaxTicks. An arbiter
-// that cannot be reached is asked a few times a second at first (a
-// transient fault costs little) and then about once per
-// ArbiterRetryMaxTicks, not every RetransmitTicks forever.
-func (n *Node) acquireRetryTicks() int {
-	d := n.cfg.RetransmitTicks
-	for i := 1; i < n.acquireFailures && d < n.cfg.ArbiterRetryMaxTicks; i++ {
-		d *= 2
-	}
-	return min(d, n.cfg.ArbiterRetryMaxTicks)
 }
 
 func (n *Node) halt(reason string) {
@@ -374,13 +230,13 @@ func (n *Node) halt(reason string) {
 		n.rd.Drop = append(n.rd.Drop, o.ID)
 	}
 	n.rd.Release = n.rd.Release[:0]
-	for _, h := range n.held {
+	for _, h := range n.log.held {
 		n.rd.Drop = append(n.rd.Drop, h.id)
 	}
-	for _, h := range n.copies {
+	for _, h := range n.replay.copies {
 		n.rd.Drop = append(n.rd.Drop, h.id)
 	}
-	n.held, n.copies, n.pending, n.log, n.rlog, n.ckptOut = nil, nil, nil, nil, nil, nil
+	n.log.held, n.replay.copies, n.replay.pending, n.log.unacked, n.replay.log, n.shipping.checkpoints = nil, nil, nil, nil, nil, nil
 	n.command(Command{Kind: CmdHalt, Reason: reason})
 }
 
@@ -389,17 +245,17 @@ func (n *Node) Tick() {
 	if n.role == RoleHalted {
 		return
 	}
-	n.ticksSincePeer++
-	n.ticksSinceSend++
-	n.ticksRetry++
-	n.ticksSinceSync++
-	n.ticksSinceHeartbeat++
-	n.ticksAcquire++
-	if n.joinBackoffTicks > 0 {
-		n.joinBackoffTicks--
+	n.ticks.sincePeer++
+	n.ticks.sinceSend++
+	n.ticks.sinceProgress++
+	n.primary.sinceRestore++
+	n.ticks.sinceHeartbeat++
+	n.claim.sinceAsk++
+	if n.primary.joinBackoffTicks > 0 {
+		n.primary.joinBackoffTicks--
 	}
-	if n.acquireEpoch != 0 && n.acquireErr && n.ticksAcquire >= n.acquireRetryTicks() {
-		n.acquire(n.acquireEpoch)
+	if n.claim.epoch != 0 && n.claim.failed && n.claim.sinceAsk >= n.acquireRetryTicks() {
+		n.acquire(n.claim.epoch)
 	}
 	if n.role == RolePrimary {
 		n.tickPrimary()
@@ -418,7 +274,7 @@ func (n *Node) PeerLost() {
 	if n.role == RoleHalted {
 		return
 	}
-	n.ticksSincePeer = max(n.ticksSincePeer, n.cfg.PeerTimeoutTicks, n.cfg.SyncTimeoutTicks)
+	n.ticks.sincePeer = max(n.ticks.sincePeer, n.cfg.PeerTimeoutTicks, n.cfg.SyncTimeoutTicks)
 	if n.role == RolePrimary {
 		n.tickPrimary()
 	} else {
@@ -456,37 +312,13 @@ func (n *Node) Step(m wire.Msg) error {
 	return n.stepSecondary(m)
 }
 
-// ArbiterResult delivers the answer to a CmdAcquire.
-func (n *Node) ArbiterResult(epoch uint64, granted bool, fence uint64, err error) {
-	if n.role == RoleHalted || epoch != n.acquireEpoch {
-		return
-	}
-	if err != nil {
-		// Retried after acquireRetryTicks; the agent decides whether the
-		// error can pass at all (it knows what the error means).
-		n.acquireErr = true
-		n.acquireFailures++
-		n.acquireLastErr = err.Error()
-		n.ticksAcquire = 0
-		return
-	}
-	n.acquireEpoch = 0
-	n.acquireFailures, n.acquireLastErr = 0, ""
-	if !granted && !n.cfg.Bugs.SkipFenceCheck {
-		n.halt(fmt.Sprintf("arbiter refused epoch %d: another host is primary", epoch))
-		return
-	}
-	if n.role == RolePrimary {
-		n.epoch, n.fence = epoch, fence
-		n.goAlone()
-		return
-	}
-	if n.role == RoleCandidate {
-		n.grantEpoch, n.grantFence = epoch, fence
-		n.maybeGoLive()
-	}
-}
-
 func digest(b []byte) [wire.DigestBytes]byte { return sha256.Sum256(b) }
 
 func clone(b []byte) []byte { return bytes.Clone(b) }
+
+func (n *Node) roleErr(call string) error {
+	if n.role == RoleHalted {
+		return ErrHalted
+	}
+	return fmt.Errorf("%w: %s on a %s", ErrWrongRole, call, n.role)
+}

@@ -72,8 +72,8 @@ func TestPeerPartsBoundedByPrecopyRounds(t *testing.T) {
 		ms = append(ms, peerCheckpoint(h, id, 3, nil, 8, wire.CheckpointDone{Part: true})...)
 	}
 	stepAll(t, s, ms)
-	if len(s.parts) > s.cfg.PrecopyRounds {
-		t.Fatalf("secondary keeps %d pre-copy parts, PrecopyRounds is %d", len(s.parts), s.cfg.PrecopyRounds)
+	if len(s.incoming.parts) > s.cfg.PrecopyRounds {
+		t.Fatalf("secondary keeps %d pre-copy parts, PrecopyRounds is %d", len(s.incoming.parts), s.cfg.PrecopyRounds)
 	}
 }
 

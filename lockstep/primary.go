@@ -1,11 +1,35 @@
 package lockstep
 
 import (
-	"encoding/binary"
 	"errors"
 	"fmt"
 
 	"github.com/ftvm/ftvm/lockstep/wire"
+)
+
+// primaryState is a primary's phase and what the agent's vCPU is told
+// (stall, pause). Its log and held outputs are in primaryLog, the
+// checkpoints it ships in checkpointShipping.
+type primaryState struct {
+	phase        pPhase // where the primary stands with its secondary
+	stalled      bool   // CmdStall given and not yet undone: the log or the held outputs fill a window
+	paused       bool   // CmdPause given for a checkpoint and not yet resumed
+	hadPeer      bool   // a secondary was attached when acquiring began: keep the log for it
+	sinceRestore int    // ticks since the last restore confirmation (a late hello is ignored within PeerTimeoutTicks)
+	// joinBackoffTicks: hellos are not served until it is 0 again, after
+	// a sync was abandoned (PeerLost does not shorten it).
+	joinBackoffTicks int
+}
+
+// pPhase is a primary's phase.
+type pPhase uint8
+
+const (
+	pAcquiring pPhase = iota // waiting for the arbiter; outputs held
+	pAlone                   // granted, no secondary: release at once
+	pPrecopy                 // copying the running VM to a joiner; still alone
+	pSyncing                 // checkpoint under way to a secondary; outputs held
+	pProtected               // secondary in step; release by Mode
 )
 
 // RecordInput logs one nondeterministic input the primary's VM received at
@@ -17,9 +41,9 @@ func (n *Node) RecordInput(exitIndex uint64, kind uint16, data []byte) (uint64, 
 	if len(data) > wire.MaxEntryDataBytes {
 		return 0, fmt.Errorf("lockstep: input of %d bytes exceeds wire.MaxEntryDataBytes %d: split it across exits: %w", len(data), wire.MaxEntryDataBytes, wire.ErrTooLarge)
 	}
-	n.lastSeq++
-	n.appendLog(&wire.Entry{Seq: n.lastSeq, ExitIndex: exitIndex, Kind: kind, Data: clone(data)})
-	return n.lastSeq, nil
+	n.log.lastSeq++
+	n.appendLog(&wire.Entry{Seq: n.log.lastSeq, ExitIndex: exitIndex, Kind: kind, Data: clone(data)})
+	return n.log.lastSeq, nil
 }
 
 // HoldOutput holds one externally visible output the primary's VM produced
@@ -32,120 +56,27 @@ func (n *Node) HoldOutput(exitIndex uint64, device uint16, data []byte) (uint64,
 	if len(data) > wire.MaxOutputDataBytes {
 		return 0, fmt.Errorf("lockstep: output of %d bytes exceeds wire.MaxOutputDataBytes %d: split it across exits: %w", len(data), wire.MaxOutputDataBytes, wire.ErrTooLarge)
 	}
-	n.lastSeq++
-	rec := &wire.Output{Seq: n.lastSeq, ExitIndex: exitIndex, Device: device, Length: uint32(len(data)), Digest: digest(data)}
+	n.log.lastSeq++
+	rec := &wire.Output{Seq: n.log.lastSeq, ExitIndex: exitIndex, Device: device, Length: uint32(len(data)), Digest: digest(data)}
 	if n.cfg.SendOutputData {
 		rec.HasData, rec.Data = true, clone(data)
 	}
 	n.appendLog(rec)
 	n.nextID++
-	n.held = append(n.held, held{id: n.nextID, seq: n.lastSeq, device: device, data: clone(data)})
-	if n.cfg.Bugs.ReleaseBeforeAck && n.pphase == pProtected {
-		n.releaseHead(len(n.held))
+	n.log.held = append(n.log.held, held{id: n.nextID, seq: n.log.lastSeq, device: device, data: clone(data)})
+	if n.cfg.Bugs.ReleaseBeforeAck && n.primary.phase == pProtected {
+		n.releaseHead(len(n.log.held))
 	}
 	n.releaseEligible()
 	return n.nextID, nil
 }
 
-func (n *Node) roleErr(call string) error {
-	if n.role == RoleHalted {
-		return ErrHalted
-	}
-	return fmt.Errorf("%w: %s on a %s", ErrWrongRole, call, n.role)
-}
-
-// appendLog keeps the item for the secondary when there is one to send to.
-func (n *Node) appendLog(m wire.Msg) {
-	switch n.pphase {
-	case pProtected, pSyncing:
-		n.log = append(n.log, m)
-		if n.pphase == pProtected {
-			n.send(m)
-		}
-	case pAcquiring:
-		if n.hadPeer {
-			n.log = append(n.log, m)
-		}
-	}
-	n.updateStall()
-}
-
-// updateStall stalls the vCPU while the secondary lags a full window behind:
-// the log must not grow without bound.
-func (n *Node) updateStall() {
-	lag := 0
-	if n.pphase == pProtected {
-		lag = int(n.lastSeq - n.replayed)
-	}
-	want := lag >= n.cfg.LogWindowEntries || len(n.log) >= n.cfg.LogWindowEntries || len(n.held) >= n.cfg.LogWindowEntries
-	if want != n.stalled {
-		n.stalled = want
-		if want {
-			n.command(Command{Kind: CmdStall})
-		} else {
-			n.command(Command{Kind: CmdUnstall})
-		}
-	}
-}
-
-// releaseEligible releases held outputs, in order, while the mode allows.
-func (n *Node) releaseEligible() {
-	k := 0
-	for k < len(n.held) && n.mayRelease(n.held[k].seq) {
-		k++
-	}
-	n.releaseHead(k)
-	// Held outputs count against the window too: releasing them may be
-	// what lets the vCPU run again.
-	n.updateStall()
-}
-
-func (n *Node) mayRelease(seq uint64) bool {
-	switch n.pphase {
-	case pAlone, pPrecopy:
-		return true
-	case pProtected:
-		if n.cfg.Mode == AckOnCompare {
-			return n.compared >= seq
-		}
-		// Everything logged before the output has reached the secondary.
-		return n.acked >= seq-1
-	}
-	return false
-}
-
-func (n *Node) releaseHead(k int) {
-	for _, h := range n.held[:k] {
-		n.rd.Release = append(n.rd.Release, Output{ID: h.id, Seq: h.seq, Device: h.device, Data: h.data, Epoch: n.epoch, Fence: n.fence})
-		n.released = h.seq
-	}
-	n.held = append(n.held[:0], n.held[k:]...)
-}
-
-// Durable reports that every output this node released through log
-// position seq is durable where it went (Config.ConfirmDurable): the
-// caller performs releases in order and reports each once it is done. A
-// position beyond what was released is capped at it.
-func (n *Node) Durable(seq uint64) {
-	n.durable = max(n.durable, min(seq, n.released))
-}
-
-// releasedThrough is what the primary tells the secondary it released:
-// with ConfirmDurable only what is durable, never more, so that the
-// secondary lets go of its copy of an output only once the world has it.
-func (n *Node) releasedThrough() uint64 {
-	if n.cfg.ConfirmDurable {
-		return min(n.released, n.durable)
-	}
-	return n.released
-}
-
 func (n *Node) goAlone() {
-	n.pphase = pAlone
-	n.log, n.ckptOut, n.ckptTaking, n.ckptBase = nil, nil, false, 0
-	n.hadPeer = false
-	if n.paused {
-		n.paused = false
+	n.primary.phase = pAlone
+	n.log.unacked, n.shipping.checkpoints, n.shipping.taking, n.shipping.chainBase = nil, nil, false, 0
+	n.primary.hadPeer = false
+	if n.primary.paused {
+		n.primary.paused = false
 		n.command(Command{Kind: CmdResume})
 	}
 	n.updateStall()
@@ -153,44 +84,44 @@ func (n *Node) goAlone() {
 }
 
 func (n *Node) tickPrimary() {
-	switch n.pphase {
+	switch n.primary.phase {
 	case pPrecopy:
-		if n.ticksSincePeer >= n.cfg.SyncTimeoutTicks {
+		if n.ticks.sincePeer >= n.cfg.SyncTimeoutTicks {
 			// The joiner is gone; we never stopped being alone.
 			n.goAlone()
 			return
 		}
-		if n.ticksRetry >= n.ckptRetryTicks {
-			n.ticksRetry = 0
+		if n.ticks.sinceProgress >= n.shipping.retryTicks {
+			n.ticks.sinceProgress = 0
 			n.retransmitCheckpoint()
 		}
 	case pProtected, pSyncing:
 		timeout := n.cfg.PeerTimeoutTicks
-		if n.pphase == pSyncing {
+		if n.primary.phase == pSyncing {
 			timeout = n.cfg.SyncTimeoutTicks
 		}
-		if n.ticksSincePeer >= timeout {
+		if n.ticks.sincePeer >= timeout {
 			// The secondary is gone. Going on alone needs a new epoch, so
 			// that a secondary that thinks the same of us cannot also win.
-			n.pphase = pAcquiring
-			n.hadPeer = true
+			n.primary.phase = pAcquiring
+			n.primary.hadPeer = true
 			n.acquire(n.epoch + 1)
 			return
 		}
 		// Heartbeats go out on their own clock, not only when the link is
 		// idle: they carry ReleasedThrough, and the fresher the secondary's
 		// idea of it, the fewer outputs it repeats if it must go live.
-		if n.ticksSinceHeartbeat >= n.cfg.HeartbeatTicks {
-			n.ticksSinceHeartbeat = 0
-			n.send(&wire.Heartbeat{LastSeq: n.lastSeq, ReleasedThrough: n.releasedThrough()})
+		if n.ticks.sinceHeartbeat >= n.cfg.HeartbeatTicks {
+			n.ticks.sinceHeartbeat = 0
+			n.send(&wire.Heartbeat{LastSeq: n.log.lastSeq, ReleasedThrough: n.releasedThrough()})
 		}
-		if n.pphase == pSyncing && n.ticksRetry >= n.ckptRetryTicks {
-			n.ticksRetry = 0
+		if n.primary.phase == pSyncing && n.ticks.sinceProgress >= n.shipping.retryTicks {
+			n.ticks.sinceProgress = 0
 			n.retransmitCheckpoint()
 		}
-		if n.pphase == pProtected && n.ticksRetry >= n.cfg.RetransmitTicks {
-			n.ticksRetry = 0
-			for _, m := range n.log[:min(len(n.log), n.cfg.RetransmitBurstItems)] {
+		if n.primary.phase == pProtected && n.ticks.sinceProgress >= n.cfg.RetransmitTicks {
+			n.ticks.sinceProgress = 0
+			for _, m := range n.log.unacked[:min(len(n.log.unacked), n.cfg.RetransmitBurstItems)] {
 				n.send(m)
 			}
 		}
@@ -205,84 +136,76 @@ func (n *Node) stepPrimary(m wire.Msg) error {
 	}
 	switch m := m.(type) {
 	case *wire.Hello:
-		if m.Role != wire.RoleSecondary || n.pphase == pAcquiring || n.joinBackoffTicks > 0 {
+		if m.Role != wire.RoleSecondary || n.primary.phase == pAcquiring || n.primary.joinBackoffTicks > 0 {
 			return nil // a joiner retries its hello until we can serve it
 		}
-		if n.pphase == pPrecopy || n.pphase == pSyncing && n.ckptFull {
-			n.ticksSincePeer = 0
+		if n.primary.phase == pPrecopy || n.primary.phase == pSyncing && n.shipping.full {
+			n.ticks.sincePeer = 0
 			return nil // the checkpoint under way serves this joiner too
 		}
-		if n.pphase == pProtected && n.ticksSinceSync < n.cfg.PeerTimeoutTicks {
+		if n.primary.phase == pProtected && n.primary.sinceRestore < n.cfg.PeerTimeoutTicks {
 			// Most likely a late copy of the hello we just served. If it is
 			// a restarted secondary, it says hello again later, and its old
 			// self's silence times out meanwhile.
 			return nil
 		}
-		n.ticksSincePeer = 0
-		if n.pphase == pAlone && n.cfg.PrecopyRounds > 0 {
+		n.ticks.sincePeer = 0
+		if n.primary.phase == pAlone && n.cfg.PrecopyRounds > 0 {
 			n.beginPrecopy()
 		} else {
 			n.beginSync(true)
 		}
 	case *wire.Ack:
-		if n.pphase != pProtected {
+		if n.primary.phase != pProtected {
 			return nil
 		}
-		n.ticksSincePeer = 0
-		if m.Received > n.lastSeq || m.Compared > n.lastSeq {
-			return fmt.Errorf("lockstep: ack for position %d/%d beyond the log's end %d", m.Received, m.Compared, n.lastSeq)
+		n.ticks.sincePeer = 0
+		if m.Received > n.log.lastSeq || m.Compared > n.log.lastSeq {
+			return fmt.Errorf("lockstep: ack for position %d/%d beyond the log's end %d", m.Received, m.Compared, n.log.lastSeq)
 		}
-		if m.Received > n.acked {
-			n.acked = m.Received
-			n.ticksRetry = 0
-			k := 0
-			for k < len(n.log) && seqOf(n.log[k]) <= n.acked {
-				k++
-			}
-			n.log = append(n.log[:0], n.log[k:]...)
+		if m.Received > n.log.acked {
+			n.log.acked = m.Received
+			n.ticks.sinceProgress = 0
+			n.log.dropAcked()
 			n.updateStall()
 		}
-		n.compared = max(n.compared, m.Compared)
-		if m.Replayed > n.replayed && m.Replayed <= n.lastSeq {
-			n.replayed = m.Replayed
+		n.log.compared = max(n.log.compared, m.Compared)
+		if m.Replayed > n.log.replayed && m.Replayed <= n.log.lastSeq {
+			n.log.replayed = m.Replayed
 			n.updateStall()
 		}
 		n.releaseEligible()
 	case *wire.CheckpointAck:
-		if n.pphase != pSyncing && n.pphase != pPrecopy {
+		if n.primary.phase != pSyncing && n.primary.phase != pPrecopy {
 			return nil
 		}
-		n.ticksSincePeer = 0
+		n.ticks.sincePeer = 0
 		return n.stepCheckpointAck(m)
 	case *wire.ResyncRequest:
-		n.ticksSincePeer = 0
+		n.ticks.sincePeer = 0
 		// A request about a position at or before the last checkpoint was
 		// already repaired by it (a late duplicate).
-		if n.pphase == pProtected && m.AtSeq > n.ckptSeq {
+		if n.primary.phase == pProtected && m.AtSeq > n.shipping.seq {
 			n.beginSync(false)
 		}
 	case *wire.CheckpointDone:
-		if !m.Restored || n.pphase != pSyncing || m.ID != n.ckptID || n.ckptTaking {
+		if !m.Restored || n.primary.phase != pSyncing || m.ID != n.shipping.id || n.shipping.taking {
 			return nil
 		}
-		n.ticksSincePeer = 0
-		n.ticksSinceSync = 0
-		n.pphase = pProtected
-		n.ckptOut, n.ckptBase = nil, 0
-		n.acked, n.compared, n.replayed = max(n.acked, n.ckptSeq), max(n.compared, n.ckptSeq), max(n.replayed, n.ckptSeq)
-		k := 0
-		for k < len(n.log) && seqOf(n.log[k]) <= n.acked {
-			k++
-		}
-		n.log = append(n.log[:0], n.log[k:]...)
+		n.ticks.sincePeer = 0
+		n.primary.sinceRestore = 0
+		n.primary.phase = pProtected
+		n.shipping.checkpoints, n.shipping.chainBase = nil, 0
+		n.log.acked, n.log.compared, n.log.replayed = max(n.log.acked, n.shipping.seq), max(n.log.compared, n.shipping.seq), max(n.log.replayed, n.shipping.seq)
+		n.log.dropAcked()
 		// Items logged after the checkpoint (none when paused) go now.
-		for _, it := range n.log {
+		for _, it := range n.log.unacked {
 			n.send(it)
 		}
 		n.updateStall()
 		n.releaseEligible()
-		if n.paused {
-			n.paused = false
+		if n.primary.paused {
+			n.primary.paused = false
 			n.command(Command{Kind: CmdResume})
 		}
 	case *wire.GoLive, *wire.Fence:
@@ -291,54 +214,44 @@ func (n *Node) stepPrimary(m wire.Msg) error {
 	return nil
 }
 
-func seqOf(m wire.Msg) uint64 {
-	switch m := m.(type) {
-	case *wire.Entry:
-		return m.Seq
-	case *wire.Output:
-		return m.Seq
-	}
-	return 0
-}
-
 // beginSync pauses the VM and asks for a checkpoint for the secondary: a
 // full one for a joiner, an incremental one to repair a divergence. Outputs
 // held from now on wait for the secondary's restore confirmation.
 func (n *Node) beginSync(full bool) {
-	n.ckptOut, n.ckptBase = nil, 0
+	n.shipping.checkpoints, n.shipping.chainBase = nil, 0
 	n.syncPaused(full)
 }
 
 // syncPaused pauses the VM and asks for the checkpoint that brings the
-// secondary in step: one standing alone, or (ckptBase set) the last part
+// secondary in step: one standing alone, or (shipping.chainBase set) the last part
 // of a pre-copy chain, an increment over the live parts.
 func (n *Node) syncPaused(full bool) {
-	n.pphase = pSyncing
-	n.ckptID++
-	n.ckptSeq = n.lastSeq
-	n.ckptFull = full
-	n.ckptTaking, n.ckptLive = true, false
-	n.ticksRetry, n.ckptRetryTicks = 0, n.cfg.RetransmitTicks
-	if !n.paused && !n.cfg.Bugs.ResyncWithoutPause {
-		n.paused = true
+	n.primary.phase = pSyncing
+	n.shipping.id++
+	n.shipping.seq = n.log.lastSeq
+	n.shipping.full = full
+	n.shipping.taking, n.shipping.live = true, false
+	n.ticks.sinceProgress, n.shipping.retryTicks = 0, n.cfg.RetransmitTicks
+	if !n.primary.paused && !n.cfg.Bugs.ResyncWithoutPause {
+		n.primary.paused = true
 		n.command(Command{Kind: CmdPause})
 	}
-	n.command(Command{Kind: CmdTakeCheckpoint, Checkpoint: Checkpoint{ID: n.ckptID, Seq: n.ckptSeq, Full: full && n.ckptBase == 0, Chain: n.ckptBase != 0}})
+	n.command(Command{Kind: CmdTakeCheckpoint, Checkpoint: Checkpoint{ID: n.shipping.id, Seq: n.shipping.seq, Full: full && n.shipping.chainBase == 0, Chain: n.shipping.chainBase != 0}})
 }
 
 // beginPrecopy starts bringing a joiner up while the VM runs: a live full
 // copy first. The primary stays alone meanwhile (outputs released at once,
 // no log kept: the paused part at the end covers everything before it).
 func (n *Node) beginPrecopy() {
-	n.pphase = pPrecopy
-	n.ckptID++
-	n.ckptBase = n.ckptID
-	n.precopyRound = 1
-	n.ckptFull = true
-	n.ckptTaking, n.ckptLive = true, true
-	n.ckptOut = nil
-	n.ticksRetry, n.ckptRetryTicks = 0, n.cfg.RetransmitTicks
-	n.command(Command{Kind: CmdTakeCheckpoint, Checkpoint: Checkpoint{ID: n.ckptID, Seq: n.lastSeq, Full: true, Live: true}})
+	n.primary.phase = pPrecopy
+	n.shipping.id++
+	n.shipping.chainBase = n.shipping.id
+	n.shipping.precopyRound = 1
+	n.shipping.full = true
+	n.shipping.taking, n.shipping.live = true, true
+	n.shipping.checkpoints = nil
+	n.ticks.sinceProgress, n.shipping.retryTicks = 0, n.cfg.RetransmitTicks
+	n.command(Command{Kind: CmdTakeCheckpoint, Checkpoint: Checkpoint{ID: n.shipping.id, Seq: n.log.lastSeq, Full: true, Live: true}})
 }
 
 // CheckpointTaken hands the node the VMM's checkpoint for CmdTakeCheckpoint
@@ -347,18 +260,18 @@ func (n *Node) CheckpointTaken(id uint64, data []byte) error {
 	if n.role != RolePrimary {
 		return n.roleErr("CheckpointTaken")
 	}
-	if n.pphase != pSyncing && n.pphase != pPrecopy || id != n.ckptID || !n.ckptTaking {
+	if n.primary.phase != pSyncing && n.primary.phase != pPrecopy || id != n.shipping.id || !n.shipping.taking {
 		return nil // superseded by a newer sync or by going alone
 	}
-	n.ckptTaking = false
-	if n.pphase == pPrecopy {
+	n.shipping.taking = false
+	if n.primary.phase == pPrecopy {
 		return n.abandonOnError(n.shipPart(id, data))
 	}
 	// The vCPU may have run exits between the Step that asked for the
 	// checkpoint and the pause taking effect; the checkpoint shows the VM
 	// as of now, so its log position is now.
-	n.ckptSeq = n.lastSeq
-	return n.abandonOnError(n.ship(id, data, &wire.CheckpointDone{Full: n.ckptFull, Base: n.ckptBase}))
+	n.shipping.seq = n.log.lastSeq
+	return n.abandonOnError(n.ship(id, data, &wire.CheckpointDone{Full: n.shipping.full, Base: n.shipping.chainBase}))
 }
 
 // ErrSyncAbandoned wraps the reason a primary gave up bringing a secondary
@@ -374,10 +287,10 @@ func (n *Node) CheckpointFailed(id uint64, err error) error {
 	if n.role != RolePrimary {
 		return n.roleErr("CheckpointFailed")
 	}
-	if n.pphase != pSyncing && n.pphase != pPrecopy || id != n.ckptID || !n.ckptTaking {
+	if n.primary.phase != pSyncing && n.primary.phase != pPrecopy || id != n.shipping.id || !n.shipping.taking {
 		return nil // superseded
 	}
-	n.ckptTaking = false
+	n.shipping.taking = false
 	return n.abandonOnError(fmt.Errorf("checkpoint %d: %w", id, err))
 }
 
@@ -390,13 +303,13 @@ func (n *Node) abandonOnError(err error) error {
 	if err == nil {
 		return nil
 	}
-	n.joinBackoffTicks = n.cfg.SyncTimeoutTicks
-	if n.pphase == pPrecopy {
+	n.primary.joinBackoffTicks = n.cfg.SyncTimeoutTicks
+	if n.primary.phase == pPrecopy {
 		n.goAlone()
 	} else {
-		n.ckptOut, n.ckptBase = nil, 0
-		n.pphase = pAcquiring
-		n.hadPeer = true
+		n.shipping.checkpoints, n.shipping.chainBase = nil, 0
+		n.primary.phase = pAcquiring
+		n.primary.hadPeer = true
 		n.acquire(n.epoch + 1)
 	}
 	return fmt.Errorf("%w: %w", ErrSyncAbandoned, err)
@@ -406,78 +319,16 @@ func (n *Node) abandonOnError(err error) error {
 // increment while rounds remain and the last one was large, else the
 // paused increment that ends the chain.
 func (n *Node) shipPart(id uint64, data []byte) error {
-	if err := n.ship(id, data, &wire.CheckpointDone{Full: id == n.ckptBase, Part: true}); err != nil {
+	if err := n.ship(id, data, &wire.CheckpointDone{Full: id == n.shipping.chainBase, Part: true}); err != nil {
 		return err
 	}
-	if n.precopyRound < n.cfg.PrecopyRounds && len(data) >= n.cfg.PrecopyDoneBytes {
-		n.precopyRound++
-		n.ckptID++
-		n.ckptTaking, n.ckptLive = true, true
-		n.command(Command{Kind: CmdTakeCheckpoint, Checkpoint: Checkpoint{ID: n.ckptID, Seq: n.lastSeq, Live: true, Chain: true}})
+	if n.shipping.precopyRound < n.cfg.PrecopyRounds && len(data) >= n.cfg.PrecopyDoneBytes {
+		n.shipping.precopyRound++
+		n.shipping.id++
+		n.shipping.taking, n.shipping.live = true, true
+		n.command(Command{Kind: CmdTakeCheckpoint, Checkpoint: Checkpoint{ID: n.shipping.id, Seq: n.log.lastSeq, Live: true, Chain: true}})
 		return nil
 	}
 	n.syncPaused(true)
 	return nil
-}
-
-// ship chunks one checkpoint (the node's header, then the VMM's data),
-// closed by done, and sends what the window allows; the rest goes as the
-// secondary acknowledges (stepCheckpointAck).
-func (n *Node) ship(id uint64, data []byte, done *wire.CheckpointDone) error {
-	seq := n.lastSeq
-	payload := n.checkpointHeader()
-	payload = append(payload, data...)
-	if len(payload) > n.cfg.MaxCheckpointBytes {
-		return fmt.Errorf("lockstep: checkpoint of %d bytes exceeds MaxCheckpointBytes %d: raise the bound on both hosts (ftvm sizes it from --mem, --disk-size and --precopy-rounds: give both hosts the same)", len(payload), n.cfg.MaxCheckpointBytes)
-	}
-	done.ID, done.Seq, done.Total, done.Digest = id, seq, uint64(len(payload)), digest(payload)
-	n.ckptOut = append(n.ckptOut, &outCkpt{id: id, seq: seq, payload: payload, done: done})
-	n.pumpCheckpoint()
-	return nil
-}
-
-// checkpointHeader is the node's part of a checkpoint: the outputs held at
-// the checkpoint, which the secondary must be able to release if it takes
-// over (the primary will release them once the restore is confirmed).
-//
-//	u64 released-through, u32 count, count × (u64 seq, u16 device, u32 len, data)
-func (n *Node) checkpointHeader() []byte {
-	b := binary.LittleEndian.AppendUint64(nil, n.releasedThrough())
-	b = binary.LittleEndian.AppendUint32(b, uint32(len(n.held)))
-	for _, h := range n.held {
-		b = binary.LittleEndian.AppendUint64(b, h.seq)
-		b = binary.LittleEndian.AppendUint16(b, h.device)
-		b = binary.LittleEndian.AppendUint32(b, uint32(len(h.data)))
-		b = append(b, h.data...)
-	}
-	return b
-}
-
-var errCheckpointHeader = errors.New("lockstep: checkpoint node section malformed")
-
-func parseCheckpointHeader(b []byte, maxOutputs int) (released uint64, outs []held, rest []byte, err error) {
-	if len(b) < 12 {
-		return 0, nil, nil, errCheckpointHeader
-	}
-	released = binary.LittleEndian.Uint64(b)
-	count := binary.LittleEndian.Uint32(b[8:])
-	b = b[12:]
-	if uint64(count) > uint64(maxOutputs) {
-		return 0, nil, nil, fmt.Errorf("%w: %d held outputs, bound %d", errCheckpointHeader, count, maxOutputs)
-	}
-	for range count {
-		if len(b) < 14 {
-			return 0, nil, nil, errCheckpointHeader
-		}
-		h := held{seq: binary.LittleEndian.Uint64(b), device: binary.LittleEndian.Uint16(b[8:])}
-		l := binary.LittleEndian.Uint32(b[10:])
-		b = b[14:]
-		if uint64(l) > uint64(len(b)) || l > wire.MaxOutputDataBytes {
-			return 0, nil, nil, errCheckpointHeader
-		}
-		h.data = clone(b[:l])
-		b = b[l:]
-		outs = append(outs, h)
-	}
-	return released, outs, b, nil
 }

@@ -8,13 +8,22 @@ import "encoding/binary"
 // acknowledged and sent in a window, not re-sent whole on a timer.
 const ProtocolVersion = 3
 
-// Role says which side a Hello comes from.
+// Role is where a node stands in the protocol. It is the one role type of
+// the module: a Hello carries RolePrimary or RoleSecondary (Parse refuses
+// the others), and package lockstep uses all four for a node's state
+// (lockstep.Role is this type). It lives here because the wire must encode
+// it and wire imports nothing of lockstep.
 type Role uint8
 
-// Roles on the wire.
+// Roles. Only RolePrimary and RoleSecondary go on the wire.
 const (
 	RolePrimary   Role = 1
 	RoleSecondary Role = 2
+	// RoleCandidate is a secondary that declared its primary dead and is
+	// consuming the rest of the log while it asks the arbiter to go live.
+	RoleCandidate Role = 3
+	// RoleHalted never acts again.
+	RoleHalted Role = 4
 )
 
 func (r Role) String() string {
@@ -23,6 +32,10 @@ func (r Role) String() string {
 		return "primary"
 	case RoleSecondary:
 		return "secondary"
+	case RoleCandidate:
+		return "candidate"
+	case RoleHalted:
+		return "halted"
 	}
 	return "role?"
 }
