@@ -1030,7 +1030,8 @@ func (a *Agent) takeCheckpoint(c lockstep.Checkpoint) error {
 			r := liveCheckpoint{id: c.ID}
 			s, err := vm.SnapshotLive(kind)
 			if err == nil {
-				r.data, err = s.MarshalBinary()
+				// Encoding copies it all again: beside the guest too.
+				vmm.AtLowPriority(func() { r.data, err = s.MarshalBinary() })
 			}
 			r.err = err
 			select {

@@ -140,8 +140,10 @@
 // then live Incrementals while they shrink, each shipped and restored
 // while the guest runs, then Pause and a paused Incremental, which holds
 // only what was written since the last live copy began, and the
-// registers and devices. A live copy runs on its caller's goroutine, not
-// the vCPU thread, and may tear pages and disk chunks the guest writes
+// registers and devices. A live copy runs on a thread of its own at nice
+// 19 (AtLowPriority), not the vCPU thread, so that it takes only the CPU
+// the guest leaves idle (at the same priority it took half of a shared
+// CPU, and the guest's silence grew with the VM's size); it may tear pages and disk chunks the guest writes
 // meanwhile; that is correct because the dirty log, the VMM's own dirty
 // bits and the disk's written chunks are fetched and cleared at its
 // start, so whatever it tore is in the next snapshot. The VMM's writes
