@@ -227,6 +227,17 @@ func TestReadersAcknowledgingInlineDoNotDeadlock(t *testing.T) {
 		c.OnFrame = onFrame(s)
 		c.HeartbeatTimeout = heartbeatTimeout
 		c.ControlSocketBufferBytes = smallBufferBytes
+		// Small from the SYN on: the listener's sockets start with
+		// the larger of the two lanes' sizes and the control lane
+		// shrinks to its own after set-up. The dialer then coalesces
+		// its writes into a segment sized for the window it saw first
+		// (here 35 KB), larger than any window the shrunken 32 KiB
+		// buffer offers, and sent nothing for seconds while its
+		// window probe timer ran and the receiver's queue was empty
+		// (ss: notsent 35275, snd_wnd 30208, rwnd_limited 100%,
+		// lastsnd 5 s), until a send timed out: a kernel stall, not
+		// a deadlock. Real buffers (≥ 1 MiB) dwarf a segment.
+		c.BulkSocketBufferBytes = smallBufferBytes
 		return c
 	}
 	// The transports' OnFrame needs s.tr: set before any frame flows.
