@@ -169,72 +169,90 @@ type Stats struct {
 
 // Agent runs one protected VM on this host.
 type Agent struct {
-	cfg Config
+	// Guards, as written after each field:
+	//   set before Run: written by New (or a test) and only read after.
+	//   mu held:        read and written with mu held, on any goroutine.
+	//   readyMu held:   read and written with readyMu held (whoever
+	//                   performs a Ready: the loop or an inline flush).
+	//   loop only:      read and written by the loop goroutine (Run, and
+	//                   the commands it alone performs).
+	//   atomic:         a sync/atomic value, or a type that locks itself.
+	// Lock order (doc.go): readyMu, then mu; mu is never held while
+	// waiting for readyMu (the hook and HandleFrame only TryLock it).
 
-	// mu guards the node, handles and the flags below it; cond wakes a
-	// vCPU thread waiting at an exit the log does not reach yet.
+	cfg Config // set before Run
+
+	// mu guards the node, the table of held outputs and the flags below
+	// it; cond (on mu) wakes a vCPU thread waiting at an exit the log
+	// does not reach yet.
 	mu      sync.Mutex
-	cond    *sync.Cond
-	node    *lockstep.Node
-	handles map[uint64]heldEntry // output ID → held output
-	abort   bool                 // make a waiting hook give up (VM replaced or stopping)
-	pausing bool                 // the loop wants the VM paused: a stalled hook must return
+	cond    *sync.Cond           // set before Run
+	node    *lockstep.Node       // mu held
+	handles map[uint64]heldEntry // mu held: output ID → held output
+	abort   bool                 // mu held: make a waiting hook give up (VM replaced or stopping)
+	pausing bool                 // mu held: the loop wants the VM paused: a stalled hook must return
 	// liveGate keeps a secondary's hook from serving exits live until the
 	// loop has performed the Ready that took it live (OnGoLive, and the
 	// outputs the old primary may have released): the node says Live as
 	// soon as it switches, which is before the loop gets to that Ready.
-	liveGate bool
-	clock    guestClock // the guest's clock across hosts (clock.go)
+	liveGate bool       // mu held
+	clock    guestClock // mu held: the guest's clock across hosts (clock.go)
 
-	// Owned by the loop goroutine.
-	tr      Transport
-	vm      VM
-	booted  bool // the VM holds a guest (loaded or restored)
-	running bool // the loop asked the VM to run
-	stalled bool
-	paused  bool
+	// readyMu makes one goroutine at a time take a Ready from the node and
+	// perform it, so that outputs leave and messages go in the node's
+	// order: the loop (Lock), or the hook on the vCPU thread and
+	// HandleFrame on a transport reader (TryLock only, see flushInline).
+	// Lock order: readyMu, then mu.
+	readyMu sync.Mutex
+	// tr is set by Run before started; it is used with readyMu held.
+	tr Transport
+	// deferred are messages a transport reader could not send without
+	// waiting; whoever sends next with readyMu held sends them first, and
+	// the loop sends them when poked.
+	deferred []encoded // readyMu held
+	enc      []byte    // readyMu and mu held (takeReady's encoding buffer)
+	// started: Run has set tr, so HandleFrame and the hook may perform.
+	started atomic.Bool // atomic
+
+	// vm is the VM the loop drives. Run sets a primary's before its first
+	// Ready; after that only restore replaces it, inside a command, so
+	// with readyMu held: an inline perform (which may deliver an output a
+	// checkpoint carried through it) reads it with readyMu held.
+	vm      VM   // loop only to write; readyMu held or loop to read
+	booted  bool // loop only: the VM holds a guest (loaded or restored)
+	running bool // loop only: the loop asked the VM to run
+	stalled bool // loop only
+	paused  bool // loop only
 	// diskPaused: the disk writer has a write failing (diskWriter.failing
 	// as the loop last saw it), so the VM is paused.
-	diskPaused bool
-	halted     bool
-	haltWhy    string
-	guarded    bool // a secondary was in step at least once
-	granted    bool // this host was primary in some epoch: its VM may run
-	enc        []byte
+	diskPaused bool   // loop only
+	halted     bool   // loop only
+	haltWhy    string // loop only
+	guarded    bool   // loop only: a secondary was in step at least once
+	granted    bool   // loop only: this host was primary in some epoch: its VM may run
 
 	// arbFailures counts the arbiter's errors in a row, arbPermanent those
 	// of them that cannot pass by themselves (see permanentArbiterError).
-	arbFailures, arbPermanent int
+	arbFailures, arbPermanent int // loop only
 
-	wake    chan struct{}
-	arbRes  chan arbiterAnswer
-	liveRes chan liveCheckpoint // a live (pre-copy) checkpoint taken
-	stop    chan struct{}
-	once    sync.Once
+	wake    chan struct{}       // set before Run
+	arbRes  chan arbiterAnswer  // set before Run
+	liveRes chan liveCheckpoint // set before Run: a live (pre-copy) checkpoint taken
+	stop    chan struct{}       // set before Run; closed by Stop
+	once    sync.Once           // Stop's
 
 	// bugReleaseOnHold plants a bug for the tests that prove the checks
 	// work: a primary's output leaves when the guest makes it.
-	bugReleaseOnHold bool
+	bugReleaseOnHold bool // set before Run
 
 	stats struct {
 		send, frame, step, diverge, released, restores, ckpts, stalls, persisted, tooLarge, guestErrors atomic.Uint64
-	}
-	holdLatency latencyRecorder
-	log         *slog.Logger
-	stepLog     stepErrLog
-	// perf makes one goroutine at a time take a Ready from the node and
-	// perform it, so that outputs leave and messages go in the node's
-	// order: the loop (Lock), or the hook on the vCPU thread (TryLock
-	// only, see flushInline). Lock order: perf, then mu.
-	perf sync.Mutex
-	// deferred are messages a transport reader could not send without
-	// waiting; whoever sends next with perf held sends them first, and
-	// the loop sends them when poked. perf must be held.
-	deferred []encoded
-	// started: Run has set tr, so HandleFrame may send.
-	started atomic.Bool
-	sync    syncProgress
-	disk    *diskWriter // used by the loop; Run stops it
+	} // atomic
+	holdLatency latencyRecorder // atomic (its own lock)
+	log         *slog.Logger    // set before Run
+	stepLog     stepErrLog      // atomic (its own lock)
+	sync        syncProgress    // atomic
+	disk        *diskWriter     // set before Run; safe for concurrent use, Run stops it
 }
 
 // New returns an agent; Run starts it.
@@ -398,9 +416,9 @@ func (a *Agent) Run(ctx context.Context, tr Transport) (err error) {
 		a.Stop()
 		// No one performs a Ready any more: the disk writer and the VM
 		// can go.
-		a.perf.Lock()
+		a.readyMu.Lock()
 		a.started.Store(false)
-		a.perf.Unlock()
+		a.readyMu.Unlock()
 		a.disk.stop()
 		if a.vm != nil {
 			a.abandonExits(true)

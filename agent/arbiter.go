@@ -46,9 +46,9 @@ func permanentArbiterError(err error) bool {
 // (lockstep.Config.ArbiterRetryMaxTicks), except that an error that
 // cannot pass ends Run after arbiterPermanentTries.
 func (a *Agent) arbiterAnswered(r arbiterAnswer) error {
-	// perf keeps a transport reader from releasing what the grant allows
+	// readyMu keeps a transport reader from releasing what the grant allows
 	// (flushInline) before OnEpoch has run.
-	a.perf.Lock()
+	a.readyMu.Lock()
 	a.mu.Lock()
 	before := a.node.Status().Epoch
 	a.node.ArbiterResult(r.epoch, r.granted, r.fence, r.err)
@@ -58,7 +58,7 @@ func (a *Agent) arbiterAnswered(r arbiterAnswer) error {
 	if a.cfg.OnEpoch != nil && ns.Role == lockstep.RolePrimary && ns.Epoch != before {
 		hookErr = a.cfg.OnEpoch(ns.Epoch, ns.Fence)
 	}
-	a.perf.Unlock()
+	a.readyMu.Unlock()
 	if hookErr != nil {
 		return fmt.Errorf("agent: recording epoch %d: %w", ns.Epoch, hookErr)
 	}

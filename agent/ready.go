@@ -39,7 +39,7 @@ type encoded struct {
 // process performs Ready after Ready until the node has nothing to do.
 func (a *Agent) process(ctx context.Context) error {
 	for {
-		a.perf.Lock()
+		a.readyMu.Lock()
 		a.sendDeferred()
 		a.mu.Lock()
 		if !a.node.HasReady() {
@@ -48,7 +48,7 @@ func (a *Agent) process(ctx context.Context) error {
 			// a hook waiting for them look again.
 			a.cond.Broadcast()
 			a.mu.Unlock()
-			a.perf.Unlock()
+			a.readyMu.Unlock()
 			if ns.Protected && !a.guarded {
 				a.guarded = true
 				if err := a.applyRun(); err != nil {
@@ -69,7 +69,7 @@ func (a *Agent) process(ctx context.Context) error {
 		w := a.takeReady()
 		a.mu.Unlock()
 		err := a.perform(ctx, &w)
-		a.perf.Unlock()
+		a.readyMu.Unlock()
 		if err != nil {
 			return err
 		}
@@ -83,7 +83,7 @@ func (a *Agent) process(ctx context.Context) error {
 }
 
 // takeReady copies the node's Ready out (encoding its messages) and
-// advances the node. a.mu and a.perf held.
+// advances the node. a.mu and a.readyMu held.
 func (a *Agent) takeReady() work {
 	rd := a.node.Ready()
 	w := work{
@@ -118,20 +118,20 @@ func (a *Agent) flushInline() { a.flushInlineOn(false) }
 func (a *Agent) flushInlineVCPU() { a.flushInlineOn(true) }
 
 func (a *Agent) flushInlineOn(onVCPU bool) {
-	if !a.perf.TryLock() {
+	if !a.readyMu.TryLock() {
 		a.poke() // the loop is performing; it looks again after
 		return
 	}
 	if !a.started.Load() {
-		a.perf.Unlock() // Run has not begun, or has ended
+		a.readyMu.Unlock() // Run has not begun, or has ended
 		return
 	}
 	if !a.node.HasReady() {
-		a.perf.Unlock()
+		a.readyMu.Unlock()
 		return
 	}
 	if len(a.node.Ready().Commands) > 0 {
-		a.perf.Unlock()
+		a.readyMu.Unlock()
 		a.poke()
 		return
 	}
@@ -140,7 +140,7 @@ func (a *Agent) flushInlineOn(onVCPU bool) {
 	a.mu.Unlock()
 	// Without commands perform neither fails nor needs the loop's state.
 	a.perform(context.Background(), &w)
-	a.perf.Unlock()
+	a.readyMu.Unlock()
 	if onVCPU && len(w.msgs) > 0 {
 		yieldToSoftirq()
 	}
@@ -223,7 +223,7 @@ func (a *Agent) perform(ctx context.Context, w *work) error {
 // send sends one message, in order after those deferred before it. On a
 // transport reader it never waits for room in the socket: what the
 // transport cannot take now is deferred to the loop (poked), up to
-// maxDeferredMessages. a.perf must be held.
+// maxDeferredMessages. a.readyMu must be held.
 func (a *Agent) send(m encoded, fromReader bool) {
 	if ts, ok := a.tr.(TrySender); ok && fromReader && len(a.deferred) < maxDeferredMessages {
 		if len(a.deferred) == 0 {
@@ -246,7 +246,7 @@ func (a *Agent) send(m encoded, fromReader bool) {
 }
 
 // sendDeferred sends what readers deferred, with sends that may wait (the
-// transport bounds the wait). a.perf must be held.
+// transport bounds the wait). a.readyMu must be held.
 func (a *Agent) sendDeferred() {
 	for i, m := range a.deferred {
 		if err := a.tr.Send(m.typ, m.b); err != nil {

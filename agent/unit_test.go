@@ -371,8 +371,8 @@ func TestReaderDoesNotWaitForAFullSocket(t *testing.T) {
 		return out
 	}
 	reader := func(names ...string) {
-		a.perf.Lock()
-		defer a.perf.Unlock()
+		a.readyMu.Lock()
+		defer a.readyMu.Unlock()
 		tr.readerWaiting = true
 		defer func() { tr.readerWaiting = false }()
 		if err := a.perform(context.Background(), &work{msgs: msgs(names...), fromReader: true}); err != nil {
@@ -393,9 +393,9 @@ func TestReaderDoesNotWaitForAFullSocket(t *testing.T) {
 	if len(tr.sent) != 0 {
 		t.Fatalf("ack3 overtook the deferred acks: sent %q", tr.sent)
 	}
-	a.perf.Lock()
+	a.readyMu.Lock()
 	a.sendDeferred() // the loop
-	a.perf.Unlock()
+	a.readyMu.Unlock()
 	reader("ack4")
 	if got := strings.Join(tr.sent, " "); got != "ack1 ack2 ack3 ack4" {
 		t.Fatalf("sent %q, want ack1 ack2 ack3 ack4 in order", got)
