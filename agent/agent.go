@@ -211,6 +211,9 @@ type Agent struct {
 	// the loop sends them when poked.
 	deferred []encoded // readyMu held
 	enc      []byte    // readyMu and mu held (takeReady's encoding buffer)
+	// inlineErr is the first error an inline perform (flushInline) met:
+	// the loop returns it, and no goroutine performs inline after it.
+	inlineErr error // readyMu held
 	// started: Run has set tr, so HandleFrame and the hook may perform.
 	started atomic.Bool // atomic
 

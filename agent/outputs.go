@@ -50,6 +50,14 @@ func (a *Agent) take(id uint64) (heldEntry, bool) {
 	return e, ok
 }
 
+// errNotHeld is the error for an output the node released (or had
+// persisted) that no exit of this VM holds and no checkpoint carried
+// (lockstep.Output.Carried): the table of held outputs lost it, a bug
+// that must not pass for a carried output's delivery.
+func errNotHeld(what string, o lockstep.Output) error {
+	return fmt.Errorf("%s output seq %d (ID %d, device %#x): no exit of this VM holds it and no checkpoint carried it: the agent lost its hold (a bug in ftvm; the run stops rather than send bytes it cannot vouch for)", what, o.Seq, o.ID, o.Device)
+}
+
 // carriedOutput decodes an output that no exit of vm holds (one a
 // checkpoint carried) into the call that performs it through vm.
 func carriedOutput(vm VM, o lockstep.Output) (func() error, error) {
@@ -87,6 +95,9 @@ func (a *Agent) persist(o lockstep.Output) error {
 	if e, ok := a.take(o.ID); ok {
 		a.disk.enqueue(fmt.Sprintf("seq %d", o.Seq), o.Seq, e.h.Release)
 		return nil
+	}
+	if !o.Carried {
+		return errNotHeld("persisting", o)
 	}
 	if err := a.deliverCarried(o); err != nil {
 		return fmt.Errorf("writing seq %d, which a checkpoint carried, to this host's disk: %w", o.Seq, err)

@@ -40,6 +40,12 @@ type encoded struct {
 func (a *Agent) process(ctx context.Context) error {
 	for {
 		a.readyMu.Lock()
+		if err := a.inlineErr; err != nil {
+			// An inline perform failed: the run stops on it as it does
+			// on the loop's own.
+			a.readyMu.Unlock()
+			return err
+		}
 		a.sendDeferred()
 		a.mu.Lock()
 		if !a.node.HasReady() {
@@ -122,8 +128,10 @@ func (a *Agent) flushInlineOn(onVCPU bool) {
 		a.poke() // the loop is performing; it looks again after
 		return
 	}
-	if !a.started.Load() {
-		a.readyMu.Unlock() // Run has not begun, or has ended
+	if !a.started.Load() || a.inlineErr != nil {
+		// Run has not begun, or has ended, or is ending on an error
+		// an inline perform met.
+		a.readyMu.Unlock()
 		return
 	}
 	if !a.node.HasReady() {
@@ -138,8 +146,17 @@ func (a *Agent) flushInlineOn(onVCPU bool) {
 	w := a.takeReady()
 	w.fromReader = !onVCPU
 	a.mu.Unlock()
-	// Without commands perform neither fails nor needs the loop's state.
-	a.perform(context.Background(), &w)
+	// Without commands perform needs none of the loop's state. An error
+	// (an output it cannot perform) stops the run as the loop's would:
+	// the loop returns it.
+	if err := a.perform(context.Background(), &w); err != nil {
+		where := "a transport reader"
+		if onVCPU {
+			where = "the vCPU thread"
+		}
+		a.inlineErr = fmt.Errorf("%w (performed on %s)", err, where)
+		a.poke()
+	}
 	a.readyMu.Unlock()
 	if onVCPU && len(w.msgs) > 0 {
 		yieldToSoftirq()
@@ -174,6 +191,9 @@ func (a *Agent) perform(ctx context.Context, w *work) error {
 	now := time.Now()
 	for _, o := range w.rel {
 		e, ok := a.take(o.ID)
+		if !ok && !o.Carried {
+			return fmt.Errorf("agent: %w", errNotHeld("releasing", o))
+		}
 		if a.cfg.OnRelease != nil {
 			a.cfg.OnRelease(o)
 		}

@@ -91,6 +91,8 @@ type held struct {
 	seq    uint64
 	device uint16
 	data   []byte
+
+	carried bool // came with a checkpoint (Output.Carried)
 }
 
 // Node is one side of a protected VM. It is not safe for concurrent use: the

@@ -103,7 +103,7 @@ func (n *Node) comparePending() {
 // applied to this host's own state, any other dropped.
 func (n *Node) retire(c held) {
 	if n.cfg.Persistent != nil && n.cfg.Persistent(c.device) {
-		n.command(Command{Kind: CmdPersist, Output: Output{ID: c.id, Seq: c.seq, Device: c.device, Data: c.data, Epoch: n.epoch, Fence: n.fence}})
+		n.command(Command{Kind: CmdPersist, Output: Output{ID: c.id, Seq: c.seq, Device: c.device, Data: c.data, Epoch: n.epoch, Fence: n.fence, Carried: c.carried}})
 		return
 	}
 	n.rd.Drop = append(n.rd.Drop, c.id)
@@ -571,6 +571,7 @@ func (n *Node) restore(id, seq uint64, full bool, released uint64, outs []held, 
 	for _, o := range outs {
 		n.nextID++
 		o.id = n.nextID
+		o.carried = true
 		n.copies = append(n.copies, o)
 	}
 	n.sphase = sRestoring
@@ -630,7 +631,7 @@ func (n *Node) maybeGoLive() bool {
 	// a repeat of the last few is the price of not knowing.
 	for _, c := range n.copies {
 		if c.seq > n.primaryReleased {
-			n.rd.Release = append(n.rd.Release, Output{ID: c.id, Seq: c.seq, Device: c.device, Data: c.data, Epoch: n.epoch, Fence: n.fence})
+			n.rd.Release = append(n.rd.Release, Output{ID: c.id, Seq: c.seq, Device: c.device, Data: c.data, Epoch: n.epoch, Fence: n.fence, Carried: c.carried})
 		}
 	}
 	for _, p := range n.pending {
