@@ -185,7 +185,7 @@ type Agent struct {
 	// mu guards the node, the table of held outputs and the flags below
 	// it; cond (on mu) wakes a vCPU thread waiting at an exit the log
 	// does not reach yet.
-	mu      sync.Mutex
+	mu      rankedMutex
 	cond    *sync.Cond           // set before Run
 	node    *lockstep.Node       // mu held
 	handles map[uint64]heldEntry // mu held: output ID → held output
@@ -203,7 +203,7 @@ type Agent struct {
 	// order: the loop (Lock), or the hook on the vCPU thread and
 	// HandleFrame on a transport reader (TryLock only, see flushInline).
 	// Lock order: readyMu, then mu.
-	readyMu sync.Mutex
+	readyMu rankedMutex
 	// tr is set by Run before started; it is used with readyMu held.
 	tr Transport
 	// deferred are messages a transport reader could not send without
@@ -247,6 +247,9 @@ type Agent struct {
 	// bugReleaseOnHold plants a bug for the tests that prove the checks
 	// work: a primary's output leaves when the guest makes it.
 	bugReleaseOnHold bool // set before Run
+	// bugWaitForReadyMu plants the lock-order inversion the lock-order
+	// test must catch: an inline flush waits for readyMu holding mu.
+	bugWaitForReadyMu bool // set before Run
 
 	stats struct {
 		send, frame, step, diverge, released, restores, ckpts, stalls, persisted, tooLarge, guestErrors atomic.Uint64
@@ -310,6 +313,7 @@ func New(cfg Config) (*Agent, error) {
 		a.disk.leaveAfter = secondaryDiskFailingPeerTimeouts * time.Duration(ticks) * cfg.TickInterval
 	}
 	a.disk.mayLeave = func() bool { return a.Status().Role == lockstep.RoleSecondary }
+	a.mu.rank, a.readyMu.rank = rankMu, rankReadyMu
 	a.cond = sync.NewCond(&a.mu)
 	return a, nil
 }

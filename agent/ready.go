@@ -124,7 +124,9 @@ func (a *Agent) flushInline() { a.flushInlineOn(false) }
 func (a *Agent) flushInlineVCPU() { a.flushInlineOn(true) }
 
 func (a *Agent) flushInlineOn(onVCPU bool) {
-	if !a.readyMu.TryLock() {
+	if a.bugWaitForReadyMu {
+		a.readyMu.Lock()
+	} else if !a.readyMu.TryLock() {
 		a.poke() // the loop is performing; it looks again after
 		return
 	}
