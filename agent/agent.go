@@ -11,11 +11,9 @@ import (
 	"time"
 
 	"github.com/ftvm/ftvm/lockstep"
-	"github.com/ftvm/ftvm/lockstep/arbiter"
 	"github.com/ftvm/ftvm/lockstep/wire"
 	"github.com/ftvm/ftvm/transport"
 	"github.com/ftvm/ftvm/vmm"
-	"golang.org/x/sys/unix"
 )
 
 // Transport moves the protocol's frames to the peer. tcpfallback.Transport
@@ -33,11 +31,6 @@ type Transport interface {
 type TrySender interface {
 	TrySend(typ transport.Type, payload []byte) error
 }
-
-// maxDeferredMessages bounds the messages readers leave to the loop
-// because the socket was full; beyond it a reader sends with Send, whose
-// wait the transport bounds (tcpfallback.Config.SendTimeout).
-const maxDeferredMessages = 4096
 
 // Arbiter grants epochs (lockstep/arbiter.File, .Memory).
 type Arbiter interface {
@@ -174,100 +167,98 @@ type Stats struct {
 	GuestErrors uint64
 }
 
-// heldOutput is an output the VMM keeps out of the world: *vmm.Output.
-type heldOutput interface {
-	Release() error
-	Drop()
-}
-
 // Agent runs one protected VM on this host.
 type Agent struct {
-	cfg Config
+	// Guards, as written after each field:
+	//   set before Run: written by New (or a test) and only read after.
+	//   mu held:        read and written with mu held, on any goroutine.
+	//   readyMu held:   read and written with readyMu held (whoever
+	//                   performs a Ready: the loop or an inline flush).
+	//   loop only:      read and written by the loop goroutine (Run, and
+	//                   the commands it alone performs).
+	//   atomic:         a sync/atomic value, or a type that locks itself.
+	// Lock order (doc.go): readyMu, then mu; mu is never held while
+	// waiting for readyMu (the hook and HandleFrame only TryLock it).
 
-	// mu guards the node, handles and the flags below it; cond wakes a
-	// vCPU thread waiting at an exit the log does not reach yet.
-	mu      sync.Mutex
-	cond    *sync.Cond
-	node    *lockstep.Node
-	handles map[uint64]heldEntry // output ID → held output
-	abort   bool                 // make a waiting hook give up (VM replaced or stopping)
-	pausing bool                 // the loop wants the VM paused: a stalled hook must return
+	cfg Config // set before Run
+
+	// mu guards the node, the table of held outputs and the flags below
+	// it; cond (on mu) wakes a vCPU thread waiting at an exit the log
+	// does not reach yet.
+	mu      rankedMutex
+	cond    *sync.Cond           // set before Run
+	node    *lockstep.Node       // mu held
+	handles map[uint64]heldEntry // mu held: output ID → held output
+	abort   bool                 // mu held: make a waiting hook give up (VM replaced or stopping)
+	pausing bool                 // mu held: the loop wants the VM paused: a stalled hook must return
 	// liveGate keeps a secondary's hook from serving exits live until the
 	// loop has performed the Ready that took it live (OnGoLive, and the
 	// outputs the old primary may have released): the node says Live as
 	// soon as it switches, which is before the loop gets to that Ready.
-	liveGate bool
-	clock    guestClock // the guest's clock across hosts (clock.go)
+	liveGate bool       // mu held
+	clock    guestClock // mu held: the guest's clock across hosts (clock.go)
 
-	// Owned by the loop goroutine.
-	tr      Transport
-	vm      VM
-	booted  bool // the VM holds a guest (loaded or restored)
-	running bool // the loop asked the VM to run
-	stalled bool
-	paused  bool
+	// readyMu makes one goroutine at a time take a Ready from the node and
+	// perform it, so that outputs leave and messages go in the node's
+	// order: the loop (Lock), or the hook on the vCPU thread and
+	// HandleFrame on a transport reader (TryLock only, see flushInline).
+	// Lock order: readyMu, then mu.
+	readyMu rankedMutex
+	// tr is set by Run before started; it is used with readyMu held.
+	tr Transport
+	// deferred are messages a transport reader could not send without
+	// waiting; whoever sends next with readyMu held sends them first, and
+	// the loop sends them when poked.
+	deferred []encoded // readyMu held
+	enc      []byte    // readyMu and mu held (takeReady's encoding buffer)
+	// inlineErr is the first error an inline perform (flushInline) met:
+	// the loop returns it, and no goroutine performs inline after it.
+	inlineErr error // readyMu held
+	// started: Run has set tr, so HandleFrame and the hook may perform.
+	started atomic.Bool // atomic
+
+	// vm is the VM the loop drives. Run sets a primary's before its first
+	// Ready; after that only restore replaces it, inside a command, so
+	// with readyMu held: an inline perform (which may deliver an output a
+	// checkpoint carried through it) reads it with readyMu held.
+	vm      VM   // loop only to write; readyMu held or loop to read
+	booted  bool // loop only: the VM holds a guest (loaded or restored)
+	running bool // loop only: the loop asked the VM to run
+	stalled bool // loop only
+	paused  bool // loop only
 	// diskPaused: the disk writer has a write failing (diskWriter.failing
 	// as the loop last saw it), so the VM is paused.
-	diskPaused bool
-	halted     bool
-	haltWhy    string
-	guarded    bool // a secondary was in step at least once
-	granted    bool // this host was primary in some epoch: its VM may run
-	enc        []byte
+	diskPaused bool   // loop only
+	halted     bool   // loop only
+	haltWhy    string // loop only
+	guarded    bool   // loop only: a secondary was in step at least once
+	granted    bool   // loop only: this host was primary in some epoch: its VM may run
 
 	// arbFailures counts the arbiter's errors in a row, arbPermanent those
 	// of them that cannot pass by themselves (see permanentArbiterError).
-	arbFailures, arbPermanent int
+	arbFailures, arbPermanent int // loop only
 
-	wake    chan struct{}
-	arbRes  chan arbiterAnswer
-	liveRes chan liveCheckpoint // a live (pre-copy) checkpoint taken
-	stop    chan struct{}
-	once    sync.Once
+	wake    chan struct{}       // set before Run
+	arbRes  chan arbiterAnswer  // set before Run
+	liveRes chan liveCheckpoint // set before Run: a live (pre-copy) checkpoint taken
+	stop    chan struct{}       // set before Run; closed by Stop
+	once    sync.Once           // Stop's
 
 	// bugReleaseOnHold plants a bug for the tests that prove the checks
 	// work: a primary's output leaves when the guest makes it.
-	bugReleaseOnHold bool
+	bugReleaseOnHold bool // set before Run
+	// bugWaitForReadyMu plants the lock-order inversion the lock-order
+	// test must catch: an inline flush waits for readyMu holding mu.
+	bugWaitForReadyMu bool // set before Run
 
 	stats struct {
 		send, frame, step, diverge, released, restores, ckpts, stalls, persisted, tooLarge, guestErrors atomic.Uint64
-	}
-	holdLatency latencyRecorder
-	log         *slog.Logger
-	stepLog     stepErrLog
-	// perf makes one goroutine at a time take a Ready from the node and
-	// perform it, so that outputs leave and messages go in the node's
-	// order: the loop (Lock), or the hook on the vCPU thread (TryLock
-	// only, see flushInline). Lock order: perf, then mu.
-	perf sync.Mutex
-	// deferred are messages a transport reader could not send without
-	// waiting; whoever sends next with perf held sends them first, and
-	// the loop sends them when poked. perf must be held.
-	deferred []encoded
-	// started: Run has set tr, so HandleFrame may send.
-	started atomic.Bool
-	sync    syncProgress
-	disk    *diskWriter // used by the loop; Run stops it
-}
-
-// heldEntry is an output the VMM holds, and when it was held (for the
-// hold latency a primary reports).
-type heldEntry struct {
-	h  heldOutput
-	at time.Time
-}
-
-// liveCheckpoint is a pre-copy part taken on a goroutine of its own.
-type liveCheckpoint struct {
-	id   uint64
-	data []byte
-	err  error
-}
-
-type arbiterAnswer struct {
-	epoch, fence uint64
-	granted      bool
-	err          error
+	} // atomic
+	holdLatency latencyRecorder // atomic (its own lock)
+	log         *slog.Logger    // set before Run
+	stepLog     stepErrLog      // atomic (its own lock)
+	sync        syncProgress    // atomic
+	disk        *diskWriter     // set before Run; safe for concurrent use, Run stops it
 }
 
 // New returns an agent; Run starts it.
@@ -322,6 +313,7 @@ func New(cfg Config) (*Agent, error) {
 		a.disk.leaveAfter = secondaryDiskFailingPeerTimeouts * time.Duration(ticks) * cfg.TickInterval
 	}
 	a.disk.mayLeave = func() bool { return a.Status().Role == lockstep.RoleSecondary }
+	a.mu.rank, a.readyMu.rank = rankMu, rankReadyMu
 	a.cond = sync.NewCond(&a.mu)
 	return a, nil
 }
@@ -421,74 +413,6 @@ var ErrHalted = errors.New("agent: halted")
 // disk's filesystem and start the host again as a secondary.
 var ErrSecondaryDiskFailing = errors.New("agent: this secondary's disk writes fail")
 
-// ErrArbiterUnusable is returned by Run when the arbiter failed
-// arbiterPermanentTries times in a row with an error that does not pass by
-// itself (see permanentArbiterError): this host cannot learn whether it
-// may act, and waiting would not change that.
-var ErrArbiterUnusable = errors.New("agent: the arbiter cannot be used")
-
-// arbiterPermanentTries is how many permanent errors in a row end Run.
-// More than one: a remount or a fail-over of the shared storage can show
-// ENOENT or EACCES for a moment. With the node's back-off (3, 6, 12, 24
-// ticks) five tries take about half a second at 10 ms ticks.
-const arbiterPermanentTries = 5
-
-// permanentArbiterError reports whether an arbiter's error will not pass
-// by itself: the state file or its directory is missing, read-only or
-// forbidden, or the state is corrupt. Timeouts, lock contention and
-// network errors are transient: the node asks again, backing off.
-func permanentArbiterError(err error) bool {
-	for _, e := range []error{unix.EROFS, unix.EACCES, unix.EPERM, unix.ENOENT, unix.ENOTDIR, unix.EISDIR, arbiter.ErrCorruptState} {
-		if errors.Is(err, e) {
-			return true
-		}
-	}
-	return false
-}
-
-// arbiterAnswered hands the arbiter's answer to the node. An error is
-// logged at ERROR with what to do; the node asks again after a back-off
-// (lockstep.Config.ArbiterRetryMaxTicks), except that an error that
-// cannot pass ends Run after arbiterPermanentTries.
-func (a *Agent) arbiterAnswered(r arbiterAnswer) error {
-	// perf keeps a transport reader from releasing what the grant allows
-	// (flushInline) before OnEpoch has run.
-	a.perf.Lock()
-	a.mu.Lock()
-	before := a.node.Status().Epoch
-	a.node.ArbiterResult(r.epoch, r.granted, r.fence, r.err)
-	ns := a.node.Status()
-	a.mu.Unlock()
-	var hookErr error
-	if a.cfg.OnEpoch != nil && ns.Role == lockstep.RolePrimary && ns.Epoch != before {
-		hookErr = a.cfg.OnEpoch(ns.Epoch, ns.Fence)
-	}
-	a.perf.Unlock()
-	if hookErr != nil {
-		return fmt.Errorf("agent: recording epoch %d: %w", ns.Epoch, hookErr)
-	}
-	if r.err == nil {
-		if a.arbFailures > 0 {
-			a.log.Info("the arbiter answers again", "epoch", r.epoch, "failed_before", a.arbFailures)
-		}
-		a.arbFailures, a.arbPermanent = 0, 0
-		return nil
-	}
-	a.arbFailures++
-	if permanentArbiterError(r.err) {
-		a.arbPermanent++
-	} else {
-		a.arbPermanent = 0
-	}
-	if a.arbPermanent >= arbiterPermanentTries {
-		return fmt.Errorf("%w: asking for epoch %d failed %d times in a row: %v: the arbiter's directory must exist on storage every host of this VM shares, and this host must be able to write it (check --arbiter-dir, its mount and its permissions), then start this host again", ErrArbiterUnusable, r.epoch, a.arbPermanent, r.err)
-	}
-	a.log.Error("the arbiter could not be asked for an epoch; this host neither serves nor takes over until it answers; asking again",
-		"epoch", r.epoch, "failures", a.arbFailures, "err", r.err,
-		"what_to_do", "make the arbiter's directory (--arbiter-dir) reachable and writable from this host")
-	return nil
-}
-
 // Run drives the node until the guest has finished and every output left
 // (primary), Stop is called, ctx ends or the node halts. It closes the VM
 // before returning.
@@ -499,9 +423,9 @@ func (a *Agent) Run(ctx context.Context, tr Transport) (err error) {
 		a.Stop()
 		// No one performs a Ready any more: the disk writer and the VM
 		// can go.
-		a.perf.Lock()
+		a.readyMu.Lock()
 		a.started.Store(false)
-		a.perf.Unlock()
+		a.readyMu.Unlock()
 		a.disk.stop()
 		if a.vm != nil {
 			a.abandonExits(true)
@@ -604,610 +528,6 @@ func (a *Agent) poke() {
 	}
 }
 
-// work is one Ready, copied out of the node so that it can be performed
-// without the lock (the vCPU thread must be able to finish an exit while
-// the loop waits for it to pause).
-type work struct {
-	cmds   []lockstep.Command
-	rel    []lockstep.Output
-	drop   []uint64
-	msgs   []encoded
-	goLive bool // cmds take this host live: open the gate after rel
-	// fromReader: performed on a transport reader (HandleFrame), which
-	// must not wait for room in a socket (see send).
-	fromReader bool
-}
-
-type encoded struct {
-	typ transport.Type
-	b   []byte
-}
-
-// process performs Ready after Ready until the node has nothing to do.
-func (a *Agent) process(ctx context.Context) error {
-	for {
-		a.perf.Lock()
-		a.sendDeferred()
-		a.mu.Lock()
-		if !a.node.HasReady() {
-			ns := a.node.Status()
-			// A Step may have brought log items without any Ready: let
-			// a hook waiting for them look again.
-			a.cond.Broadcast()
-			a.mu.Unlock()
-			a.perf.Unlock()
-			if ns.Protected && !a.guarded {
-				a.guarded = true
-				if err := a.applyRun(); err != nil {
-					return err
-				}
-			}
-			// A primary's VM starts once the arbiter granted it its epoch:
-			// no command says so when no secondary is there to join (the
-			// node has nothing to resume, it never paused).
-			if ns.Role == lockstep.RolePrimary && ns.Epoch > 0 && !a.granted {
-				a.granted = true
-				if err := a.applyRun(); err != nil {
-					return err
-				}
-			}
-			return nil
-		}
-		w := a.takeReady()
-		a.mu.Unlock()
-		err := a.perform(ctx, &w)
-		a.perf.Unlock()
-		if err != nil {
-			return err
-		}
-		a.mu.Lock()
-		if w.goLive {
-			a.liveGate = false
-		}
-		a.cond.Broadcast()
-		a.mu.Unlock()
-	}
-}
-
-// takeReady copies the node's Ready out (encoding its messages) and
-// advances the node. a.mu and a.perf held.
-func (a *Agent) takeReady() work {
-	rd := a.node.Ready()
-	w := work{
-		cmds: append([]lockstep.Command(nil), rd.Commands...),
-		rel:  append([]lockstep.Output(nil), rd.Release...),
-		drop: append([]uint64(nil), rd.Drop...),
-	}
-	for _, m := range rd.Messages {
-		a.enc = m.Append(a.enc[:0])
-		w.msgs = append(w.msgs, encoded{typ: frameType(m), b: append([]byte(nil), a.enc...)})
-	}
-	for _, c := range w.cmds {
-		w.goLive = w.goLive || c.Kind == lockstep.CmdGoLive
-	}
-	a.node.Advance(rd)
-	return w
-}
-
-// flushInline is called with a.mu held by the hook (on the vCPU thread)
-// after it gave the node something to send, and by HandleFrame (on a
-// transport reader) after a Step: it performs the node's Ready right there
-// when it asks for no command, so that a log entry, an acknowledgement or
-// a release happens now. Handing it to the loop costs a thread wake-up,
-// and from the vCPU thread worse: the loop's goroutine cannot run on that
-// thread's processor until the vCPU's KVM_RUN gives it up (60 to 100 µs
-// measured here, most of an output's hold time). Commands (pause,
-// checkpoint, stall, ...) stay with the loop: a pause waits for the vCPU
-// thread itself. Returns with a.mu held.
-func (a *Agent) flushInline() { a.flushInlineOn(false) }
-
-// flushInlineVCPU is flushInline for the hook, on the vCPU thread.
-func (a *Agent) flushInlineVCPU() { a.flushInlineOn(true) }
-
-func (a *Agent) flushInlineOn(onVCPU bool) {
-	if !a.perf.TryLock() {
-		a.poke() // the loop is performing; it looks again after
-		return
-	}
-	if !a.started.Load() {
-		a.perf.Unlock() // Run has not begun, or has ended
-		return
-	}
-	if !a.node.HasReady() {
-		a.perf.Unlock()
-		return
-	}
-	if len(a.node.Ready().Commands) > 0 {
-		a.perf.Unlock()
-		a.poke()
-		return
-	}
-	w := a.takeReady()
-	w.fromReader = !onVCPU
-	a.mu.Unlock()
-	// Without commands perform neither fails nor needs the loop's state.
-	a.perform(context.Background(), &w)
-	a.perf.Unlock()
-	if onVCPU && len(w.msgs) > 0 {
-		yieldToSoftirq()
-	}
-	a.mu.Lock()
-	a.cond.Broadcast()
-}
-
-// yieldToSoftirq gives this CPU up for a moment after the vCPU thread sent
-// a frame. The kernel hands the frame to the peer in a softirq on this
-// CPU, and where ksoftirqd has that work it runs only when this thread
-// stops running: a vCPU thread goes straight back into KVM_RUN, so the
-// frame waited for the guest's next blocking exit (measured here: one-way
-// 40 to 570 µs on a path whose idle round trip is 20 µs, and an output's
-// hold p50 of 120 to 165 µs; with the yield, 2 to 30 µs).
-func yieldToSoftirq() { unix.Syscall(unix.SYS_SCHED_YIELD, 0, 0, 0) }
-
-// perform does one Ready in the order lockstep.Ready documents: commands,
-// releases, drops, messages.
-func (a *Agent) perform(ctx context.Context, w *work) error {
-	for _, c := range w.cmds {
-		if err := a.command(ctx, c); err != nil {
-			return fmt.Errorf("agent: %s: %w", c.Kind, err)
-		}
-	}
-	protected := false
-	if len(w.rel) > 0 {
-		a.mu.Lock()
-		protected = a.node.Status().Protected
-		a.mu.Unlock()
-	}
-	now := time.Now()
-	for _, o := range w.rel {
-		e, ok := a.take(o.ID)
-		if a.cfg.OnRelease != nil {
-			a.cfg.OnRelease(o)
-		}
-		a.stats.released.Add(1)
-		if !ok {
-			// An output a checkpoint carried (held on the old primary
-			// when it was taken): no exit of this VM holds it.
-			if err := a.deliverCarried(o); err != nil {
-				return fmt.Errorf("agent: releasing output seq %d that a checkpoint carried: %w", o.Seq, err)
-			}
-			continue
-		}
-		if protected {
-			a.holdLatency.record(now.Sub(e.at))
-		}
-		// A backend error is the device's to report (the guest already
-		// got its status when the output was held); the protocol's
-		// promise is only that nothing leaves before Ready says so. A
-		// block write is made durable by the disk writer, which retries
-		// it until it is; any other output leaves only once the writes
-		// released before it are durable (diskWriter.release).
-		if isDiskWrite(o.Device) {
-			a.disk.enqueue(fmt.Sprintf("seq %d", o.Seq), o.Seq, a.fenced(o, e.h.Release))
-			continue
-		}
-		a.disk.release(fmt.Sprintf("seq %d", o.Seq), o.Seq, e.h.Release)
-	}
-	if w.goLive {
-		// The new primary's guest may read the disk as soon as the gate
-		// opens: every write owed to it must be there.
-		a.disk.drain()
-	}
-	for _, id := range w.drop {
-		if e, ok := a.take(id); ok {
-			e.h.Drop()
-		}
-	}
-	for _, m := range w.msgs {
-		if m.typ == transport.TypeCheckpoint {
-			a.sync.sent.Add(int64(len(m.b)))
-		}
-		a.send(m, w.fromReader)
-	}
-	return nil
-}
-
-// durable tells the node that the output at seq, and every one released
-// before it, is done where it went (the disk writer reports in order), so
-// that the released-through it reports to the secondary never passes what
-// is durable (lockstep.Config.ConfirmDurable).
-func (a *Agent) durable(seq uint64) {
-	a.mu.Lock()
-	a.node.Durable(seq)
-	a.mu.Unlock()
-}
-
-// fenced makes a primary's block write present the fence token of its
-// release to the shared disk's fence record, when there is one.
-func (a *Agent) fenced(o lockstep.Output, write func() error) func() error {
-	f := a.cfg.DiskFence
-	if f == nil {
-		return write
-	}
-	return func() error { return f.Write(o.Fence, write) }
-}
-
-// send sends one message, in order after those deferred before it. On a
-// transport reader it never waits for room in the socket: what the
-// transport cannot take now is deferred to the loop (poked), up to
-// maxDeferredMessages. a.perf must be held.
-func (a *Agent) send(m encoded, fromReader bool) {
-	if ts, ok := a.tr.(TrySender); ok && fromReader && len(a.deferred) < maxDeferredMessages {
-		if len(a.deferred) == 0 {
-			err := ts.TrySend(m.typ, m.b)
-			if !errors.Is(err, transport.ErrWouldBlock) {
-				if err != nil {
-					a.stats.send.Add(1) // lost frames are the protocol's to resend
-				}
-				return
-			}
-		}
-		a.deferred = append(a.deferred, m)
-		a.poke()
-		return
-	}
-	a.sendDeferred()
-	if err := a.tr.Send(m.typ, m.b); err != nil {
-		a.stats.send.Add(1) // lost frames are the protocol's to resend
-	}
-}
-
-// sendDeferred sends what readers deferred, with sends that may wait (the
-// transport bounds the wait). a.perf must be held.
-func (a *Agent) sendDeferred() {
-	for i, m := range a.deferred {
-		if err := a.tr.Send(m.typ, m.b); err != nil {
-			a.stats.send.Add(1)
-		}
-		a.deferred[i] = encoded{}
-	}
-	a.deferred = a.deferred[:0]
-}
-
-// take removes an output from the table of held outputs.
-func (a *Agent) take(id uint64) (heldEntry, bool) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	e, ok := a.handles[id]
-	delete(a.handles, id)
-	return e, ok
-}
-
-// carriedOutput decodes an output that no exit of vm holds (one a
-// checkpoint carried) into the call that performs it through vm.
-func carriedOutput(vm VM, o lockstep.Output) (func() error, error) {
-	if vm == nil {
-		return nil, errors.New("no VM to deliver it through")
-	}
-	dev, op := splitKind(o.Device)
-	arg, data, err := decodeOutput(o.Data)
-	if err != nil {
-		return nil, err
-	}
-	return func() error { return vm.Deliver(dev, op, arg, data) }, nil
-}
-
-// deliverCarried performs an output a checkpoint carried: a block write
-// through the disk writer, behind the writes queued before it, anything
-// else at once.
-func (a *Agent) deliverCarried(o lockstep.Output) error {
-	do, err := carriedOutput(a.vm, o)
-	if err != nil {
-		return err
-	}
-	if isDiskWrite(o.Device) {
-		a.disk.enqueue(fmt.Sprintf("seq %d (carried by a checkpoint)", o.Seq), o.Seq, a.fenced(o, do))
-		return nil
-	}
-	return a.disk.release(fmt.Sprintf("seq %d (carried by a checkpoint)", o.Seq), o.Seq, do)
-}
-
-// persist applies a block write the primary released to this host's own
-// disk, through the disk writer: through the VMM's hold if this VM made it,
-// else from the bytes a checkpoint carried.
-func (a *Agent) persist(o lockstep.Output) error {
-	a.stats.persisted.Add(1)
-	if e, ok := a.take(o.ID); ok {
-		a.disk.enqueue(fmt.Sprintf("seq %d", o.Seq), o.Seq, e.h.Release)
-		return nil
-	}
-	if err := a.deliverCarried(o); err != nil {
-		return fmt.Errorf("writing seq %d, which a checkpoint carried, to this host's disk: %w", o.Seq, err)
-	}
-	return nil
-}
-
-func (a *Agent) command(ctx context.Context, c lockstep.Command) error {
-	switch c.Kind {
-	case lockstep.CmdStall:
-		a.stats.stalls.Add(1)
-		a.stalled = true
-		return a.applyRun()
-	case lockstep.CmdUnstall:
-		a.stalled = false
-		return a.applyRun()
-	case lockstep.CmdPause:
-		a.paused = true
-		return a.applyRun()
-	case lockstep.CmdResume:
-		a.paused = false
-		return a.applyRun()
-	case lockstep.CmdTakeCheckpoint:
-		return a.takeCheckpoint(c.Checkpoint)
-	case lockstep.CmdRestoreCheckpoint:
-		return a.restore(c.Checkpoint)
-	case lockstep.CmdAcquire:
-		if a.arbFailures == 0 {
-			a.log.Info("asking the arbiter for an epoch", "epoch", c.Epoch)
-		} else {
-			a.log.Debug("asking the arbiter for an epoch again", "epoch", c.Epoch, "failures", a.arbFailures)
-		}
-		go a.acquire(ctx, c.Epoch)
-		return nil
-	case lockstep.CmdGoLive:
-		// The hook learns it from the node (Live) at the next exit, once
-		// this Ready is done (liveGate); the VM keeps running.
-		a.log.Info("going live: this host is primary now", "epoch", c.Epoch, "fence", c.Fence)
-		if a.cfg.DiskFence != nil {
-			// Before anything of this host's is written: from here on
-			// the old primary's writes are refused.
-			if err := a.cfg.DiskFence.Raise(c.Fence); err != nil {
-				return fmt.Errorf("raising the shared disk's fence to %d: %w", c.Fence, err)
-			}
-		}
-		if a.cfg.OnGoLive != nil {
-			if err := a.cfg.OnGoLive(c.Epoch, c.Fence); err != nil {
-				return fmt.Errorf("switching to live devices: %w", err)
-			}
-		}
-		return nil
-	case lockstep.CmdHalt:
-		a.log.Warn("halting", "reason", c.Reason)
-		a.halted, a.haltWhy = true, c.Reason
-		// The VM never runs again: a hook waiting for log a halted node
-		// will never give must let go, or the pause below waits for it
-		// forever.
-		a.abandonExits(true)
-		return a.applyRun()
-	case lockstep.CmdPersist:
-		return a.persist(c.Output)
-	}
-	return fmt.Errorf("unknown command %d", c.Kind)
-}
-
-func (a *Agent) acquire(ctx context.Context, epoch uint64) {
-	actx, cancel := context.WithTimeout(ctx, arbiterTimeout)
-	defer cancel()
-	granted, fence, err := a.cfg.Arbiter.Acquire(actx, a.cfg.Node.VMID, epoch)
-	select {
-	case a.arbRes <- arbiterAnswer{epoch: epoch, fence: fence, granted: granted, err: err}:
-	case <-a.stop:
-	}
-}
-
-// applyRun makes the VM run or pause as the flags say. The pause is
-// synchronous: when it returns the vCPU is at a clean point between exits.
-func (a *Agent) applyRun() error {
-	if a.vm == nil {
-		return nil
-	}
-	want := a.booted && !a.stalled && !a.paused && !a.halted && !a.diskPaused &&
-		(a.guarded || !a.cfg.WaitForSecondary || a.cfg.Node.Role != wire.RolePrimary)
-	if want == a.running {
-		return nil
-	}
-	a.running = want
-	a.mu.Lock()
-	a.pausing = !want
-	a.cond.Broadcast()
-	a.mu.Unlock()
-	st := a.vm.Status().State
-	if want {
-		if st != vmm.Paused {
-			return nil // halted or failed: finished() reports it
-		}
-		return a.vm.Resume(0)
-	}
-	if st != vmm.Running {
-		return nil
-	}
-	return a.vm.Pause()
-}
-
-func (a *Agent) takeCheckpoint(c lockstep.Checkpoint) error {
-	if a.vm == nil || !a.booted {
-		return errors.New("no VM to checkpoint")
-	}
-	if c.Live {
-		// A copy of the running VM takes as long as its memory: on a
-		// goroutine of its own, so that the loop goes on meanwhile.
-		kind := vmm.Incremental
-		if c.Full {
-			kind = vmm.Full
-		}
-		vm := a.vm
-		go func() {
-			r := liveCheckpoint{id: c.ID}
-			s, err := vm.SnapshotLive(kind)
-			if err == nil {
-				// Encoding copies it all again: beside the guest too.
-				vmm.AtLowPriority(func() { r.data, err = s.MarshalBinary() })
-			}
-			r.err = err
-			select {
-			case a.liveRes <- r:
-			case <-a.stop:
-			}
-		}()
-		return nil
-	}
-	if a.vm.Status().State == vmm.Running {
-		return errors.New("the VM runs: the node asked for a checkpoint without a pause")
-	}
-	b, err := a.pausedSnapshot(c.Chain)
-	if err != nil {
-		return a.checkpointFailed(c.ID, err)
-	}
-	return a.checkpointTaken(c.ID, b, nil)
-}
-
-// checkpointFailed tells the node a checkpoint for the secondary could not
-// be taken: it gives that join up and the VM goes on unprotected (a
-// primary never stops because a secondary could not join).
-func (a *Agent) checkpointFailed(id uint64, cause error) error {
-	a.mu.Lock()
-	err := a.node.CheckpointFailed(id, cause)
-	a.mu.Unlock()
-	if err != nil && !errors.Is(err, lockstep.ErrSyncAbandoned) {
-		return err
-	}
-	if err != nil {
-		a.log.Warn("checkpoint for the secondary failed; the VM goes on unprotected", "id", id, "err", err)
-	}
-	return nil
-}
-
-// pausedSnapshot snapshots the paused VM: an increment over the pre-copy
-// parts just taken when it ends a chain, else a full snapshot (the
-// secondary restores into a fresh VM, which has no other base).
-func (a *Agent) pausedSnapshot(chain bool) ([]byte, error) {
-	// The snapshot carries the disk as it is on the file: writes released
-	// but still queued must be on it first.
-	a.disk.drain()
-	kind := vmm.Full
-	if chain {
-		kind = vmm.Incremental
-	}
-	s, err := a.vm.Snapshot(kind)
-	if err != nil {
-		return nil, err
-	}
-	a.mu.Lock()
-	a.clock.stamp(s)
-	a.mu.Unlock()
-	return s.MarshalBinary()
-}
-
-// checkpointTaken hands a checkpoint to the node. A live one that failed
-// is taken paused instead (a short pause, and still a valid part of the
-// chain), so that re-protection goes on.
-func (a *Agent) checkpointTaken(id uint64, b []byte, liveErr error) error {
-	if liveErr != nil {
-		a.log.Warn("live checkpoint failed; pausing for this part", "id", id, "err", liveErr)
-		if err := a.vm.Pause(); err != nil {
-			return err
-		}
-		var err error
-		b, err = a.pausedSnapshot(true)
-		if err != nil {
-			// Paused behind the flags' back: let applyRun resume it.
-			a.running = false
-			if ferr := a.checkpointFailed(id, err); ferr != nil {
-				return ferr
-			}
-			return a.applyRun()
-		}
-		a.running = false
-		if err := a.applyRun(); err != nil {
-			return err
-		}
-	}
-	a.sync.sent.Store(0)
-	a.sync.total.Store(int64(len(b)))
-	a.log.Info("checkpoint taken for the secondary", "id", id, "bytes", len(b))
-	a.stats.ckpts.Add(1)
-	a.mu.Lock()
-	err := a.node.CheckpointTaken(id, b)
-	a.mu.Unlock()
-	if errors.Is(err, lockstep.ErrSyncAbandoned) {
-		a.log.Warn("checkpoint for the secondary cannot be shipped; the VM goes on unprotected", "id", id, "err", err)
-		return nil
-	}
-	return err
-}
-
 // errAborted is what a waiting hook returns when its VM is being replaced
 // or the agent stops: it fails that VM, which nobody runs again.
 var errAborted = errors.New("agent: exit abandoned: the VM is being replaced or stopped")
-
-func (a *Agent) restore(c lockstep.Checkpoint) error {
-	began := time.Now()
-	// A pre-copy chain's parts, then the checkpoint that ends it.
-	var chain []*vmm.Snapshot
-	for i, b := range append(append([][]byte(nil), c.Parts...), c.Data) {
-		s, err := vmm.UnmarshalSnapshot(b)
-		if err != nil {
-			return fmt.Errorf("checkpoint %d from the primary, part %d of %d: %w", c.ID, i+1, len(c.Parts)+1, err)
-		}
-		chain = append(chain, s)
-	}
-	if a.vm != nil {
-		a.abandonExits(true)
-		// Persists queued for the old VM must land before the restore
-		// rewrites the disk, not after.
-		a.disk.drain()
-		a.vm.Close()
-		a.vm, a.booted, a.running = nil, false, false
-		a.abandonExits(false)
-	}
-	decoded := time.Now()
-	vm, err := a.cfg.NewVM(a)
-	if err != nil {
-		return fmt.Errorf("creating a VM to restore into: %w", err)
-	}
-	created := time.Now()
-	var partTimes []time.Duration
-	for i, s := range chain {
-		t0 := time.Now()
-		if err := vm.Restore(s); err != nil {
-			vm.Close()
-			return fmt.Errorf("restoring checkpoint %d, part %d of %d: %w", c.ID, i+1, len(chain), err)
-		}
-		partTimes = append(partTimes, time.Since(t0).Round(10*time.Microsecond))
-	}
-	a.vm, a.booted = vm, true
-	a.stats.restores.Add(1)
-	a.log.Info("checkpoint restored", "id", c.ID, "seq", c.Seq, "pre-copy parts", len(c.Parts), "bytes", len(c.Data),
-		"took", time.Since(began).Round(10*time.Microsecond), "decode_and_close", decoded.Sub(began).Round(10*time.Microsecond),
-		"new_vm", created.Sub(decoded).Round(10*time.Microsecond), "parts", fmt.Sprint(partTimes))
-	a.mu.Lock()
-	for _, s := range chain {
-		a.clock.restored(s)
-	}
-	err = a.node.CheckpointRestored(c.ID)
-	a.mu.Unlock()
-	if err != nil {
-		return err
-	}
-	return a.applyRun()
-}
-
-// abandonExits makes a hook waiting in the VM give up its exit (on) so
-// that the VM can be closed, or lets the next VM's hooks wait again (off,
-// unless the agent is stopping).
-func (a *Agent) abandonExits(on bool) {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	select {
-	case <-a.stop:
-		on = true
-	default:
-	}
-	a.abort = on
-	a.cond.Broadcast()
-}
-
-// frameType picks the transport frame type (and so the lane) of a message.
-func frameType(m wire.Msg) transport.Type {
-	switch m.Type() {
-	case wire.TypeEntry:
-		return transport.TypeLog
-	case wire.TypeOutput:
-		return transport.TypeOutput
-	case wire.TypeAck:
-		return transport.TypeAck
-	case wire.TypeCheckpointChunk:
-		return transport.TypeCheckpoint
-	}
-	return transport.TypeControl
-}

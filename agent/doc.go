@@ -4,9 +4,33 @@
 // interfaces: VM (a *vmm.Machine), Transport (a *tcpfallback.Transport) and
 // Arbiter (lockstep/arbiter's File or Memory).
 //
+// # Files
+//
+//   - agent.go: the interfaces the agent uses (Transport, VM, Arbiter,
+//     DiskFence), Config, Stats, the Agent and each field's guard, New,
+//     the entry points (HandleFrame, PeerLost, Stop, Stats, Status) and
+//     Run's loop (followDisk, finished, poke).
+//   - hook.go: OnExit on the vCPU thread: record (primary) or replay
+//     (secondary) each device exit through the node.
+//   - ready.go: taking a Ready out of the node (takeReady) and performing
+//     it (perform), by the loop (process) or inline (flushInline), and
+//     sending its messages (send, deferred).
+//   - commands.go: the commands the loop alone performs (command):
+//     stall, pause and resume (applyRun), go-live, halt, persist.
+//   - checkpoints.go: taking a checkpoint (paused or live) and restoring
+//     one into a fresh VM.
+//   - outputs.go: the table of held outputs (handles, take), outputs a
+//     checkpoint carried (deliverCarried), persisting a block write, the
+//     disk writer's report of what is durable.
+//   - arbiter.go: asking the arbiter (acquire) and acting on its answer.
+//   - diskwriter.go: block writes made durable off the releasing thread.
+//   - codec.go: what the log carries for the VMM; clock.go: the guest's
+//     clock across hosts; steplog.go, metrics.go: logging and figures;
+//     lockorder.go: the ranked locks (below).
+//
 // # Threads
 //
-// Three kinds of goroutine touch an Agent:
+// These goroutines touch an Agent:
 //
 //   - The vCPU thread (vmm's) calls OnExit, the vmm.ExitHook, at every
 //     device exit. On a primary it is the recorder: an input is produced
@@ -16,39 +40,90 @@
 //     the replayer: an input comes from Node.NextInput, an output is held
 //     and handed to Node.ReplayOutput for comparison. When the log does not
 //     reach the exit yet (NotYet) the vCPU thread waits on a condition
-//     variable that the loop signals after every round. When the node
-//     answers Live (a primary, or a secondary that won the arbiter), the
-//     exit is served as a primary's: a secondary goes live without any
-//     switch in the VMM.
+//     variable (cond, on mu) that the loop signals after every round. When
+//     the node answers Live (a primary, or a secondary that won the
+//     arbiter), the exit is served as a primary's: a secondary goes live
+//     without any switch in the VMM.
 //   - The loop (Run) calls Tick, CheckpointTaken, CheckpointRestored and
 //     ArbiterResult, and is the only goroutine that performs commands: it
 //     alone drives the VM (pause, resume, snapshot, restore) and the
-//     arbiter. It wakes on a tick timer, on a poke, and on the arbiter's
-//     answer.
+//     arbiter. It wakes on a tick timer, on a poke, on the arbiter's
+//     answer and on a live checkpoint taken.
 //   - The transport's lane readers call HandleFrame, which steps the node
-//     on the spot.
-//   - An arbiter request runs on a goroutine of its own, since a file lock
-//     or an etcd lease can take long; block writes go to a disk writer
-//     goroutine (diskwriter.go) so that no fdatasync holds up the protocol.
+//     on the spot; the transport's owner calls PeerLost.
+//   - Helpers: an arbiter request runs on a goroutine of its own
+//     (acquire), since a lock on shared storage can take long; a live
+//     (pre-copy) snapshot too (takeCheckpoint); block writes go to the
+//     disk writer's goroutine (diskwriter.go) so that no fdatasync holds
+//     up the protocol, and it reports what is durable (Node.Durable).
 //
-// One mutex (mu) guards the node and the table of held outputs; a second
-// (perf) lets one goroutine at a time take a Ready out of the node and
-// perform it, so that outputs and messages keep the node's order. The
-// loop takes perf to perform any Ready. The hook and HandleFrame, after
-// giving the node something, take perf only if it is free and perform the
-// Ready themselves when it holds no command: the log entry, the
-// acknowledgement or the release leaves from the thread that caused it,
-// with no hand-off to the loop in the round trip an output waits for (on
-// the vCPU thread a hand-off costs 60 to 100 µs here, as the loop cannot
-// run on that thread's processor until KVM_RUN gives it up). Anything else
-// is left to the loop, poked. HandleFrame runs on a transport reader, which
-// must never wait for room in a socket: while it waits it reads nothing,
-// and the peer's reader may be waiting on it the same way. It sends with
-// TrySend (TrySender) and leaves what does not fit, and everything after
-// it, to the loop, which sends it first with a Send whose wait the
-// transport bounds. Ready is copied out under mu and performed
-// without it, so that a vCPU thread in the middle of an exit can finish it
+// # Who performs a Ready
+//
+// Three kinds of goroutine may take a Ready out of the node and perform it,
+// one at a time (readyMu):
+//
+//   - the loop (process), after anything it did and whenever poked: any
+//     Ready, commands included; it waits for readyMu (Lock);
+//   - the vCPU thread (flushInlineVCPU), after an exit gave the node
+//     something to send: only a Ready without commands, and only if
+//     readyMu is free (TryLock);
+//   - a transport reader (flushInline from HandleFrame), after a Step:
+//     the same, and it sends with TrySend (TrySender), leaving what does
+//     not fit, and every message after it, to the loop (deferred), which
+//     sends them first with a Send whose wait the transport bounds: a
+//     reader waiting for room in its socket reads nothing, and the
+//     peer's reader may be waiting on it the same way.
+//
+// So the log entry, the acknowledgement or the release leaves from the
+// thread that caused it, with no hand-off to the loop in the round trip an
+// output waits for (on the vCPU thread a hand-off costs 60 to 100 µs here,
+// as the loop cannot run on that thread's processor until KVM_RUN gives it
+// up). A Ready with commands, or one that finds readyMu taken, is left to
+// the loop, poked. An error an inline perform meets (an output it cannot
+// perform) is kept (inlineErr): the loop returns it, as it returns its own,
+// and no one performs inline after it.
+//
+// # Locks and their order
+//
+// mu guards the node, the table of held outputs and the hook's flags;
+// readyMu lets one goroutine at a time take a Ready and perform it, so
+// that outputs leave and messages go in the node's order. Each field of
+// Agent says which of them (or which goroutine) guards it. A Ready is
+// copied out under both and performed holding readyMu but not mu, so that
+// a vCPU thread in the middle of an exit (which needs mu) can finish it
 // while the loop waits for the VM to pause.
+//
+// The order is readyMu, then mu. A goroutine holding mu never waits for
+// readyMu: the hook and HandleFrame hold mu when they flush, so they only
+// TryLock it; waiting there could deadlock against the loop, which holds
+// readyMu while it pauses the VM (waiting for the vCPU thread to leave its
+// exit) and takes mu to perform. Whoever holds readyMu waits for the VM
+// (Pause) and for the disk writer (drain) without mu, since both take mu
+// to finish (a vCPU thread's exit, Node.Durable). The disk writer has no
+// lock (channels and atomics); latencyRecorder's and stepErrLog's locks
+// are leaves: nothing is taken while they are held. lockorder.go ranks the two locks, and
+// TestLockOrderOnEveryPathThatTakesBoth checks the order on every path
+// that takes both (the loop, the inline flushes, a restore, a go-live),
+// with a planted inversion that it catches.
+//
+// # Tracing an output
+//
+// A primary's guest writes to the console: vmm stops the vCPU at the
+// exit and calls OnExit (hook.go, output): the VMM holds the bytes
+// (Exit.Hold), the node logs the output (Node.HoldOutput) and the hold
+// goes into handles under its ID; flushInlineVCPU sends the log record
+// to the secondary and the guest goes on. On the secondary the record
+// arrives through HandleFrame; its replaying vCPU makes the same output,
+// Node.ReplayOutput compares it and, matched, the node acknowledges it
+// (flushInline on either thread sends the ack). The primary's reader gets
+// the ack (HandleFrame), the node lists the output in Ready.Release, and
+// perform (ready.go), on that reader or the loop, takes its hold out of
+// handles (take, outputs.go) and releases it: Release on the held
+// vmm.Output, through the disk writer's queue if a block write is queued
+// before it. A release with no hold is an output a checkpoint carried
+// (lockstep.Output.Carried: it was held on the old primary when the
+// checkpoint was taken), delivered from the node's bytes (deliverCarried);
+// any other release without a hold is a bug, and perform fails with it.
 //
 // # Order guarantees
 //
@@ -58,8 +133,13 @@
 // then releases, then drops, then messages (so a confirmation never
 // overtakes the act it reports). An output reaches its backend only when a
 // Ready lists it in Release: the hook only ever holds; Release on the held
-// vmm.Output is called by the loop and nowhere else. A halted node never
-// releases anything (lockstep moves its releases to Drop).
+// vmm.Output is called only by whoever performs that Ready (readyMu held),
+// or by the disk writer behind the block writes queued before it. A
+// halted node never releases anything (lockstep moves its releases to
+// Drop). Readies are performed whole and one at a time (readyMu), in the
+// order the node made them, and a message a reader deferred leaves before
+// any later one: the peer gets the messages in the node's order, as far
+// as the transport's lanes keep it.
 //
 // Flow control and checkpoints stop the vCPU at a clean point between
 // exits. A pause (for a checkpoint) and a stall (the secondary lags

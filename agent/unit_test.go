@@ -165,14 +165,14 @@ func TestPerformDeliversCheckpointCarriedRelease(t *testing.T) {
 	log := &opLog{}
 	a := newUnitAgent(t, log)
 	kind, _ := exitKind(vmm.DeviceConsole, vmm.OpConsoleWrite)
-	err := a.perform(context.Background(), &work{rel: []lockstep.Output{{ID: 42, Seq: 3, Device: kind, Data: encodeOutput(0, []byte("hi\n"))}}})
+	err := a.perform(context.Background(), &work{rel: []lockstep.Output{{ID: 42, Seq: 3, Device: kind, Data: encodeOutput(0, []byte("hi\n")), Carried: true}}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if got, want := strings.Join(log.ops, " "), `deliver console "hi\n"`; got != want {
 		t.Fatalf("ops %q, want %q", got, want)
 	}
-	err = a.perform(context.Background(), &work{rel: []lockstep.Output{{ID: 43, Seq: 4, Device: kind, Data: []byte{1, 2}}}})
+	err = a.perform(context.Background(), &work{rel: []lockstep.Output{{ID: 43, Seq: 4, Device: kind, Data: []byte{1, 2}, Carried: true}}})
 	if err == nil || !strings.Contains(err.Error(), "seq 4") {
 		t.Fatalf("release of malformed carried bytes: %v", err)
 	}
@@ -185,7 +185,7 @@ func TestPersistReleasesHoldOrDelivers(t *testing.T) {
 	a := newUnitAgent(t, log)
 	a.handles[7] = heldEntry{h: &loggedHeld{log: log, id: 7}}
 	kind, _ := exitKind(vmm.DeviceBlock, vmm.OpBlockWrite)
-	for _, o := range []lockstep.Output{{ID: 7, Seq: 10, Device: kind}, {ID: 8, Seq: 11, Device: kind, Data: encodeOutput(2, []byte("sector"))}} {
+	for _, o := range []lockstep.Output{{ID: 7, Seq: 10, Device: kind}, {ID: 8, Seq: 11, Device: kind, Data: encodeOutput(2, []byte("sector")), Carried: true}} {
 		if err := a.command(context.Background(), lockstep.Command{Kind: lockstep.CmdPersist, Output: o}); err != nil {
 			t.Fatal(err)
 		}
@@ -371,8 +371,8 @@ func TestReaderDoesNotWaitForAFullSocket(t *testing.T) {
 		return out
 	}
 	reader := func(names ...string) {
-		a.perf.Lock()
-		defer a.perf.Unlock()
+		a.readyMu.Lock()
+		defer a.readyMu.Unlock()
 		tr.readerWaiting = true
 		defer func() { tr.readerWaiting = false }()
 		if err := a.perform(context.Background(), &work{msgs: msgs(names...), fromReader: true}); err != nil {
@@ -393,9 +393,9 @@ func TestReaderDoesNotWaitForAFullSocket(t *testing.T) {
 	if len(tr.sent) != 0 {
 		t.Fatalf("ack3 overtook the deferred acks: sent %q", tr.sent)
 	}
-	a.perf.Lock()
+	a.readyMu.Lock()
 	a.sendDeferred() // the loop
-	a.perf.Unlock()
+	a.readyMu.Unlock()
 	reader("ack4")
 	if got := strings.Join(tr.sent, " "); got != "ack1 ack2 ack3 ack4" {
 		t.Fatalf("sent %q, want ack1 ack2 ack3 ack4 in order", got)

@@ -340,6 +340,7 @@ func (n *Node) restore(id, seq uint64, full bool, released uint64, outs []held, 
 	for _, o := range outs {
 		n.nextID++
 		o.id = n.nextID
+		o.carried = true
 		n.replay.copies = append(n.replay.copies, o)
 	}
 	n.replay.phase = sRestoring

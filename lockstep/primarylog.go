@@ -25,6 +25,8 @@ type held struct {
 	seq    uint64
 	device uint16
 	data   []byte
+
+	carried bool // came with a checkpoint (Output.Carried)
 }
 
 // dropAcked forgets the log items the secondary acknowledged.

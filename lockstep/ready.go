@@ -39,6 +39,11 @@ type Output struct {
 	Data   []byte
 	Epoch  uint64 // epoch under which it is released
 	Fence  uint64 // fence token to present to a fencing backend
+	// Carried: the output came to this node with a checkpoint (held on
+	// the primary when it was taken), so no exit of this node's VM holds
+	// it: the agent performs it from Data. Every other output is one
+	// this node's VM made and the agent holds.
+	Carried bool
 }
 
 // CommandKind names a command in Ready.Commands.

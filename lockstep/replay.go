@@ -52,7 +52,7 @@ func (n *Node) comparePending() {
 // applied to this host's own state, any other dropped.
 func (n *Node) retire(c held) {
 	if n.cfg.Persistent != nil && n.cfg.Persistent(c.device) {
-		n.command(Command{Kind: CmdPersist, Output: Output{ID: c.id, Seq: c.seq, Device: c.device, Data: c.data, Epoch: n.epoch, Fence: n.fence}})
+		n.command(Command{Kind: CmdPersist, Output: Output{ID: c.id, Seq: c.seq, Device: c.device, Data: c.data, Epoch: n.epoch, Fence: n.fence, Carried: c.carried}})
 		return
 	}
 	n.rd.Drop = append(n.rd.Drop, c.id)

@@ -219,7 +219,7 @@ func (n *Node) maybeGoLive() bool {
 	// a repeat of the last few is the price of not knowing.
 	for _, c := range n.replay.copies {
 		if c.seq > n.replay.primaryReleased {
-			n.rd.Release = append(n.rd.Release, Output{ID: c.id, Seq: c.seq, Device: c.device, Data: c.data, Epoch: n.epoch, Fence: n.fence})
+			n.rd.Release = append(n.rd.Release, Output{ID: c.id, Seq: c.seq, Device: c.device, Data: c.data, Epoch: n.epoch, Fence: n.fence, Carried: c.carried})
 		}
 	}
 	for _, p := range n.replay.pending {

@@ -1,0 +1,95 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+
+	"github.com/ftvm/ftvm/lockstep"
+	"github.com/ftvm/ftvm/lockstep/arbiter"
+	"golang.org/x/sys/unix"
+)
+
+type arbiterAnswer struct {
+	epoch, fence uint64
+	granted      bool
+	err          error
+}
+
+// ErrArbiterUnusable is returned by Run when the arbiter failed
+// arbiterPermanentTries times in a row with an error that does not pass by
+// itself (see permanentArbiterError): this host cannot learn whether it
+// may act, and waiting would not change that.
+var ErrArbiterUnusable = errors.New("agent: the arbiter cannot be used")
+
+// arbiterPermanentTries is how many permanent errors in a row end Run.
+// More than one: a remount or a fail-over of the shared storage can show
+// ENOENT or EACCES for a moment. With the node's back-off (3, 6, 12, 24
+// ticks) five tries take about half a second at 10 ms ticks.
+const arbiterPermanentTries = 5
+
+// permanentArbiterError reports whether an arbiter's error will not pass
+// by itself: the state file or its directory is missing, read-only or
+// forbidden, or the state is corrupt. Timeouts, lock contention and
+// network errors are transient: the node asks again, backing off.
+func permanentArbiterError(err error) bool {
+	for _, e := range []error{unix.EROFS, unix.EACCES, unix.EPERM, unix.ENOENT, unix.ENOTDIR, unix.EISDIR, arbiter.ErrCorruptState} {
+		if errors.Is(err, e) {
+			return true
+		}
+	}
+	return false
+}
+
+// arbiterAnswered hands the arbiter's answer to the node. An error is
+// logged at ERROR with what to do; the node asks again after a back-off
+// (lockstep.Config.ArbiterRetryMaxTicks), except that an error that
+// cannot pass ends Run after arbiterPermanentTries.
+func (a *Agent) arbiterAnswered(r arbiterAnswer) error {
+	// readyMu keeps a transport reader from releasing what the grant allows
+	// (flushInline) before OnEpoch has run.
+	a.readyMu.Lock()
+	a.mu.Lock()
+	before := a.node.Status().Epoch
+	a.node.ArbiterResult(r.epoch, r.granted, r.fence, r.err)
+	ns := a.node.Status()
+	a.mu.Unlock()
+	var hookErr error
+	if a.cfg.OnEpoch != nil && ns.Role == lockstep.RolePrimary && ns.Epoch != before {
+		hookErr = a.cfg.OnEpoch(ns.Epoch, ns.Fence)
+	}
+	a.readyMu.Unlock()
+	if hookErr != nil {
+		return fmt.Errorf("agent: recording epoch %d: %w", ns.Epoch, hookErr)
+	}
+	if r.err == nil {
+		if a.arbFailures > 0 {
+			a.log.Info("the arbiter answers again", "epoch", r.epoch, "failed_before", a.arbFailures)
+		}
+		a.arbFailures, a.arbPermanent = 0, 0
+		return nil
+	}
+	a.arbFailures++
+	if permanentArbiterError(r.err) {
+		a.arbPermanent++
+	} else {
+		a.arbPermanent = 0
+	}
+	if a.arbPermanent >= arbiterPermanentTries {
+		return fmt.Errorf("%w: asking for epoch %d failed %d times in a row: %v: the arbiter's directory must exist on storage every host of this VM shares, and this host must be able to write it (check --arbiter-dir, its mount and its permissions), then start this host again", ErrArbiterUnusable, r.epoch, a.arbPermanent, r.err)
+	}
+	a.log.Error("the arbiter could not be asked for an epoch; this host neither serves nor takes over until it answers; asking again",
+		"epoch", r.epoch, "failures", a.arbFailures, "err", r.err,
+		"what_to_do", "make the arbiter's directory (--arbiter-dir) reachable and writable from this host")
+	return nil
+}
+
+func (a *Agent) acquire(ctx context.Context, epoch uint64) {
+	actx, cancel := context.WithTimeout(ctx, arbiterTimeout)
+	defer cancel()
+	granted, fence, err := a.cfg.Arbiter.Acquire(actx, a.cfg.Node.VMID, epoch)
+	select {
+	case a.arbRes <- arbiterAnswer{epoch: epoch, fence: fence, granted: granted, err: err}:
+	case <-a.stop:
+	}
+}
