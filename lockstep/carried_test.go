@@ -1,6 +1,8 @@
 package lockstep
 
 import (
+	"encoding/binary"
+	"errors"
 	"testing"
 )
 
@@ -43,5 +45,32 @@ func TestCheckpointCarriedOutputsAreMarked(t *testing.T) {
 	}
 	if c, ok := got["made by this VM"]; !ok || c {
 		t.Errorf("the output this VM made: released %v, Carried %v; want released and not Carried", ok, c)
+	}
+}
+
+// A primary may hold more outputs than its log window (those its vCPU
+// made while the loop was pausing it for a checkpoint): the secondary must
+// take a checkpoint that carries them all. It refused any with more than
+// twice the window, so a resync of such a primary never ended. The count
+// is bounded by the section's size instead.
+func TestCheckpointCarriesMoreHeldOutputsThanTheWindow(t *testing.T) {
+	p, _ := pair(t, AckOnCompare)
+	window := p.cfg.LogWindowEntries
+	for i := range 3 * window {
+		if _, err := p.HoldOutput(uint64(i), 0, []byte{byte(i)}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if len(p.log.held) <= 2*window {
+		t.Fatalf("the primary holds %d outputs; the test needs more than twice its window of %d", len(p.log.held), window)
+	}
+	_, outs, rest, err := parseCheckpointHeader(p.checkpointHeader())
+	if err != nil || len(outs) != len(p.log.held) || len(rest) != 0 {
+		t.Fatalf("a node section with %d held outputs (window %d): %d parsed, %d bytes left, %v", len(p.log.held), window, len(outs), len(rest), err)
+	}
+	// A count its bytes cannot hold is refused before anything is made.
+	bomb := binary.LittleEndian.AppendUint32(make([]byte, 8), 1<<31)
+	if _, _, _, err := parseCheckpointHeader(append(bomb, make([]byte, 20)...)); !errors.Is(err, errCheckpointHeader) {
+		t.Fatalf("a section announcing 2^31 outputs in 20 bytes: %v, want refused", err)
 	}
 }

@@ -268,7 +268,7 @@ func (n *Node) tryRestore(a *assembly) error {
 		n.ackCheckpoint(&wire.CheckpointAck{ID: a.id, Missing: true})
 		return fmt.Errorf("lockstep: checkpoint %d digest mismatch; waiting for a retransmission", a.id)
 	}
-	released, outs, rest, err := parseCheckpointHeader(buf, 2*n.cfg.LogWindowEntries)
+	released, outs, rest, err := parseCheckpointHeader(buf)
 	if err != nil {
 		return err
 	}

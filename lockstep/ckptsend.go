@@ -228,23 +228,34 @@ func (n *Node) checkpointHeader() []byte {
 
 var errCheckpointHeader = errors.New("lockstep: checkpoint node section malformed")
 
-func parseCheckpointHeader(b []byte, maxOutputs int) (released uint64, outs []held, rest []byte, err error) {
+// heldOutputHeaderBytes is the least one held output takes in a
+// checkpoint's node section (seq, device, len).
+const heldOutputHeaderBytes = 14
+
+// parseCheckpointHeader undoes checkpointHeader. The count of held outputs
+// is bounded by the section's own size (each takes at least
+// heldOutputHeaderBytes), which the checkpoint's bound already limits, and
+// not by the log window: a primary may hold more outputs than its window
+// (those the vCPU made while the loop was pausing it), and a smaller bound
+// here refused every checkpoint of such a primary, so that the resync
+// never ended.
+func parseCheckpointHeader(b []byte) (released uint64, outs []held, rest []byte, err error) {
 	if len(b) < 12 {
 		return 0, nil, nil, errCheckpointHeader
 	}
 	released = binary.LittleEndian.Uint64(b)
 	count := binary.LittleEndian.Uint32(b[8:])
 	b = b[12:]
-	if uint64(count) > uint64(maxOutputs) {
-		return 0, nil, nil, fmt.Errorf("%w: %d held outputs, bound %d", errCheckpointHeader, count, maxOutputs)
+	if uint64(count) > uint64(len(b)/heldOutputHeaderBytes) {
+		return 0, nil, nil, fmt.Errorf("%w: %d held outputs in %d bytes", errCheckpointHeader, count, len(b))
 	}
 	for range count {
-		if len(b) < 14 {
+		if len(b) < heldOutputHeaderBytes {
 			return 0, nil, nil, errCheckpointHeader
 		}
 		h := held{seq: binary.LittleEndian.Uint64(b), device: binary.LittleEndian.Uint16(b[8:])}
 		l := binary.LittleEndian.Uint32(b[10:])
-		b = b[14:]
+		b = b[heldOutputHeaderBytes:]
 		if uint64(l) > uint64(len(b)) || l > wire.MaxOutputDataBytes {
 			return 0, nil, nil, errCheckpointHeader
 		}
