@@ -227,6 +227,11 @@ func (n *Node) maybeGoLive() bool {
 		n.rd.Release = append(n.rd.Release, Output{ID: p.id, Seq: n.log.lastSeq, Device: p.device, Data: p.data, Epoch: n.epoch, Fence: n.fence})
 	}
 	n.replay.copies, n.replay.pending = nil, nil
+	// Everything through lastSeq is out now (released by the old primary
+	// or just above): say so to the next secondary, whose copies of these
+	// outputs would otherwise wait for a release that never comes, and be
+	// released again at its own go-live.
+	n.log.released = n.log.lastSeq
 	n.send(&wire.GoLive{LastSeq: n.log.lastSeq})
 	return true
 }
