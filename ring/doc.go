@@ -6,17 +6,27 @@
 // and Go's memory model. The one piece of unsafe code, the futex wrappers
 // the Park strategy sleeps on, is in futex_unsafe.go with its reason.
 //
+// # Who uses them
+//
+// Nothing in the daemon's data path does yet. The agent sends each log
+// entry and each ack from the thread that made it (the vCPU thread, or the
+// transport's reader) straight through the transport's Send, with no queue
+// and no sender goroutine between them (agent/doc.go traces that path). The
+// users today are tcpfallback.Transport.SendSpan, which sends a span of
+// Records as frames without copying, the benchmarks (bench/ringbench,
+// tcpfallback/tcpbench) and the tests. Records' layout is also the one the
+// RDMA transport is to write into the peer's memory (DESIGN.md), which is
+// why it is specified byte by byte below.
+//
 // # Why single-producer single-consumer suffices
 //
-// In the agent every queue has exactly one writer: the vCPU thread is the
-// only producer of log entries (and of held outputs), the receiver goroutine
-// is the only producer of the acknowledgements and log entries that arrive
-// from the peer, and each of those has exactly one consumer (the sender, or
-// the protocol loop). So the agent uses one ring per direction per producer;
-// if a second producer ever appears, it gets a ring of its own and the
-// consumer polls both, which keeps each ring free of compare-and-swap loops
-// and of the cache-line contention of several writers. That is why there is
-// no MPSC variant.
+// The rings were built for that planned path, where every queue has
+// exactly one writer: the vCPU thread is the only producer of log entries
+// (and of held outputs), the receiver is the only producer of what arrives
+// from the peer, and each has exactly one consumer. A second producer gets
+// a ring of its own and the consumer polls both, which keeps each ring free
+// of compare-and-swap loops and of the cache-line contention of several
+// writers. That is why there is no MPSC variant.
 //
 // # Cursors and false sharing
 //
@@ -61,8 +71,8 @@
 // consumer first drains what was committed.
 //
 // The futex sleep blocks the calling OS thread, not only the goroutine: that
-// suits the agent's vCPU thread, which is locked to its OS thread anyway,
-// and costs one extra thread per sleeping side elsewhere.
+// would suit a vCPU thread, which is locked to its OS thread anyway, and
+// costs one extra thread per sleeping side elsewhere.
 //
 // # Records layout
 //

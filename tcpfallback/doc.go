@@ -20,8 +20,8 @@
 //	})
 //	// primary
 //	tr, err := tcpfallback.Dial(ctx, "secondary:7070", cfg)
-//	n, err := tr.SendSpan(tcpfallback.TypeLog, span)   // records straight from the byte ring
-//	err = tr.SendFlags(tcpfallback.TypeCheckpoint, tcpfallback.FlagFinal, chunk)
+//	err = tr.Send(tcpfallback.TypeLog, entry)           // one frame, from the thread that made it
+//	err = tr.Send(tcpfallback.TypeCheckpoint, chunk)    // bulk lane
 //	err = tr.TrySend(tcpfallback.TypeAck, ack)          // from OnFrame: ErrWouldBlock instead of waiting
 //	for ev := range tr.Events() { ... }                 // lane up/down, set-up failures
 //	tr.Close()
@@ -33,7 +33,12 @@
 // types under aliases here, so the agent can declare one interface that this
 // transport and the RDMA one both satisfy. What follows is how this
 // transport keeps it over TCP: the 16-byte header below is TCP framing
-// (RDMA messages have boundaries and a link CRC of their own).
+// (RDMA messages have boundaries and a link CRC of their own). TrySend and
+// SendSpan are this transport's optional methods (package transport says
+// what each is for): the agent sends with Send and, from OnFrame, with
+// TrySend; SendSpan, which sends a span of package ring's byte ring as
+// frames without copying, is the bulk path of the throughput benchmark
+// (tcpbench, ftvm bench transport) and of tests, not of the daemon.
 //
 // # Two lanes
 //
@@ -85,6 +90,26 @@
 //	listener → dialer  hello       the same about the listener
 //	dialer → listener  hello-done  verdict on the listener's hello (+ PSK proof)
 //	listener → dialer  hello-done  verdict on everything (+ PSK proof)
+//
+// A hello's payload (ProtocolVersion 2, which added the host name), integers
+// little-endian:
+//
+//	offset   size  field
+//	0        4     magic "FTVM"
+//	4        2     version (ProtocolVersion; another one is refused, named)
+//	6        1     lane (0 control, 1 bulk)
+//	7        1     auth mode (1 TLS, 2 pre-shared key)
+//	8        4     the largest frame payload the sender accepts
+//	12       32    nonce
+//	44       1     length n of the VM id, 1..MaxVMIDBytes (64)
+//	45       n     VM id
+//	45+n     1     length m of the host name (Config.Name), 0..MaxNameBytes (64)
+//	46+n     m     host name
+//
+// A hello-done's payload: 1 byte verdict (0 accepted, 1 refused, 2 busy:
+// refused for now, another peer holds the lanes), 32 bytes PSK proof
+// (HMAC-SHA256 under PSK, zeros otherwise), then the reason for a refusal, up to 512
+// bytes of text.
 //
 // With Config.PSK instead of TLS each side proves knowledge of the key by
 // an HMAC-SHA256 over a per-direction label and both hellos (so both fresh
@@ -161,9 +186,10 @@
 // single Send of at most coalesceMaxBytes (an ack, one log entry) is the
 // exception: the payload is copied behind its header and leaves in one
 // write of one buffer, because a 64-byte copy costs less than the kernel's
-// handling of a second iovec. Batching comes from the byte
-// ring: while one SendSpan is in the kernel, the vCPU keeps appending
-// records, and the next SendSpan takes them all. Under TLS every byte is
+// handling of a second iovec. The daemon's log goes by Send, one entry a
+// write, from the vCPU thread; SendSpan's batches (while one span is in
+// the kernel, the producer appends records to the ring, and the next span
+// takes them all) are what tcpbench's entry throughput measures. Under TLS every byte is
 // encrypted into a record anyway, so frames are staged in a 16 KiB buffer
 // (one TLS record) and flushed once per Send or SendSpan.
 //

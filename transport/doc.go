@@ -18,7 +18,6 @@
 //
 //	Send(typ Type, payload []byte) error
 //	SendFlags(typ Type, flags Flags, payload []byte) error
-//	SendSpan(typ Type, span []byte) (frames int, err error)
 //	Events() <-chan Event
 //	Close() error
 //
@@ -29,9 +28,6 @@
 //     payload may be reused then. No retry and no queueing while a lane is
 //     down: the error wraps ErrLaneDown, and the protocol above resends
 //     whatever was not acknowledged. Only user types (Type.User) may be sent.
-//   - SendSpan: every record of a byte-ring span (package ring's layout) as
-//     its own frame, payloads not copied; a span that cannot be sent whole
-//     sends nothing.
 //   - OnFrame: called on the transport's goroutine, never for transport-
 //     internal types; Frame.Payload is valid until it returns; frames of one
 //     lane arrive in the order sent; no allocation per frame in steady state.
@@ -44,4 +40,28 @@
 //   - Set-up authenticates the peer, checks the VM id and the protocol
 //     version, and fails with an error wrapping ErrRefused when retrying
 //     cannot help.
+//
+// The agent's interface (agent.Transport) asks for Send only (checkpoint
+// chunks too: each names its offset, and a checkpoint-done message ends
+// the checkpoint); the daemon uses Events and Close of the concrete
+// transport it wires. SendFlags and FlagFinal are kept for a bulk sender
+// that needs a frame boundary marked; today only the throughput benchmark
+// (tcpfallback/tcpbench) sends with them.
+//
+// # Optional methods
+//
+// A transport may also offer these; a caller finds them by a type
+// assertion and does without them otherwise:
+//
+//   - TrySend(typ Type, payload []byte) error: Send that refuses, with
+//     ErrWouldBlock and nothing sent, a send that would wait for the lane's
+//     writer or for room in the socket. The transport's own readers (the
+//     agent's acks sent from OnFrame) need it: a reader that waits reads
+//     nothing meanwhile (agent.TrySender).
+//   - SendSpan(typ Type, span []byte) (frames int, err error): every record
+//     of a byte-ring span (package ring's layout) as its own frame,
+//     payloads not copied; a span that cannot be sent whole sends nothing.
+//     tcpfallback has it; only the throughput benchmark
+//     (tcpfallback/tcpbench, ftvm bench transport) and tests call it: the
+//     agent sends entry by entry with Send.
 package transport

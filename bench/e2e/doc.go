@@ -74,6 +74,18 @@
 // no deadline, and a process of Start by its context. A failed command
 // returns a *CommandError with the command line and its output.
 //
+// On the test bed, a Cluster (cluster.go) runs the real ftvm binary as
+// processes: ftvm primary and ftvm secondary on hosts a and b, each with
+// its own disk, control socket and log under a work directory. Run
+// (scenario.go) drives a kvstore pair through a Fault (kill the primary or
+// the secondary, cut the link, freeze or isolate the primary) a number of
+// rounds, with a kvclient
+// load from the client, and returns a Report: failover and take-over times,
+// time to be protected again, hold latency against the transport's round
+// trip, and the client's history for bench/linearize. The tests in
+// e2e_test.go, restart_test.go, crash_test.go and the others are built on
+// Run and Cluster; `ftvm demo` is Run with a table.
+//
 // The package needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN), network
 // namespaces, /dev/net/tun, and the ip and nft commands (CheckTools).
 package e2e

@@ -24,9 +24,11 @@ The arbiter's state file, DIR/ID.arbiter (format: lockstep/arbiter/file.go),
 records the newest epoch granted for the VM, its fence token, the host it
 was granted to (--host-name of that daemon) and whether that host stopped
 cleanly. A primary that stopped by SIGINT/SIGTERM records a clean stop and
-may start again as primary by itself; any other host, or a host that
-crashed, is refused as primary (exit 3) so that no second primary and no
-stale disk can take over unnoticed.
+may start again as primary by itself; so may the holder after a crash,
+when its disk's side file (DISK.ftvm-state) says it was primary in that
+epoch. Any other host is refused as primary (exit 3) and told which host
+has the newer disk, so that no second primary and no stale disk can take
+over unnoticed; ftvm recover --help is for when that host is lost.
 
   status  print the record, and whether a daemon of the VM is running on a
           host that shares DIR.

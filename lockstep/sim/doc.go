@@ -11,8 +11,10 @@
 //
 // Every message crosses the real wire encoding. Checkers watch from outside
 // the nodes (see Checker): the output rule, external consistency across
-// failovers, one releaser per epoch, resync state equality, and liveness
-// once the network heals. Run does one seed; RunMany a range, with a
+// failovers, one releaser per epoch, resync state equality, liveness once
+// the network heals, storage (a secondary applies to its disk only what the
+// world saw, in order), traffic (a checkpoint costs at most about twice its
+// size when nothing of it was lost) and diverged-live (below). Run does one seed; RunMany a range, with a
 // reproduce command for each failing seed:
 //
 //	ftvm sim --seeds 100000              # both modes, split over the cores
