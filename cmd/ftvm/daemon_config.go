@@ -134,7 +134,7 @@ func daemonFlags(fs *flag.FlagSet, role wire.Role) func() (*daemonConfig, error)
 	fs.DurationVar(&c.reachLostAfter, "reach-lost-after", 50*time.Millisecond, "with --reach-check: the VM's network is lost once no target answered for this long; shorter than the peer timeout")
 	fs.DurationVar(&c.reachYieldAfter, "reach-yield-after", time.Second, "with --reach-check: a protected primary that lost the VM's network for this long stops (exit 3) so that its secondary takes over")
 	fs.IntVar(&c.window, "log-window", lockstep.DefaultLogWindowEntries, "log entries the primary runs ahead of its secondary before it stalls the vCPU")
-	fs.IntVar(&c.precopyRounds, "precopy-rounds", 2, "copies of the running VM a primary sends a joining secondary before it pauses for the rest (0: one paused full checkpoint); give both hosts the same, and the same --mem and --disk-size: they size the largest checkpoint a host accepts")
+	fs.IntVar(&c.precopyRounds, "precopy-rounds", 2, "copies of the running VM a primary sends a joining secondary before it pauses for the rest (0: one paused full checkpoint); give both hosts the same, and the same --mem, --disk-size and --log-window: they size the largest checkpoint a host accepts")
 	fs.StringVar(&c.logLevel, "log-level", "info", "debug, info, warn or error")
 	fs.StringVar(&c.logFormat, "log-format", "text", "text or json")
 
