@@ -1,8 +1,10 @@
 // Package agent runs one protected VM on one host: it owns the VM, drives a
 // lockstep.Node and is the only place where the concrete parts meet (the
 // VMM, a transport, an arbiter). It declares what it uses of them as
-// interfaces: VM (a *vmm.Machine), Transport (a *tcpfallback.Transport) and
-// Arbiter (lockstep/arbiter's File or Memory).
+// interfaces: VM (a *vmm.Machine), Transport (the daemon passes its
+// peerLink, which sends through whichever *tcpfallback.Transport is
+// connected now) and Arbiter (lockstep/arbiter's File or Memory, wrapped by
+// the daemon's reachability check).
 //
 // # Files
 //

@@ -77,7 +77,11 @@
 // cumulative wire.CheckpointAck, resending only what an ack or a timeout
 // shows lost; the secondary restores it (CmdRestoreCheckpoint) and confirms;
 // only then does the primary release what it held and resume. A new
-// secondary joins the same way from a full checkpoint.
+// secondary joins by pre-copy (Config.PrecopyRounds): live checkpoints of
+// the running VM (CmdTakeCheckpoint with Live), each shipped the same way,
+// then a short pause for a paused increment that ends the chain; it
+// restores the chain in order. With PrecopyRounds 0 it joins from one full
+// checkpoint taken paused.
 //
 // Each side counts ticks since it last heard the other; PeerLost, which
 // the agent calls when the transport sees the connection reset or closed
