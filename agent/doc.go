@@ -4,7 +4,7 @@
 // interfaces: VM (a *vmm.Machine), Transport (the daemon passes its
 // peerLink, which sends through whichever *tcpfallback.Transport is
 // connected now) and Arbiter (lockstep/arbiter's File or Memory, wrapped by
-// the daemon's reachability check).
+// the daemon's reachability check under --reach-check).
 //
 // # Files
 //
