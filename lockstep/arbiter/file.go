@@ -55,9 +55,10 @@ import (
 // host name.
 type File struct {
 	dir string
-	// Holder names this host in the grants it gets (64 bytes at most):
-	// a host that stopped cleanly may take the next epoch by itself
-	// (State.MayTakeNext). Set it before the first Acquire.
+	// Holder names this host in the grants it gets (64 bytes at most),
+	// so that a host starting as primary can tell whether it was the
+	// last one (the daemon's rule, firstEpoch in cmd/ftvm, reads this
+	// with the disk's side file). Set it before the first Acquire.
 	Holder string
 }
 
@@ -72,8 +73,9 @@ type State struct {
 	Released bool
 }
 
-// MayTakeNext reports whether host may ask for the next epoch on its own
-// when it starts as primary: nothing was ever granted, or the epoch was
+// MayTakeNext is the rule on the record alone (no disk to consult):
+// whether host may ask for the next epoch on its own when it starts as
+// primary: nothing was ever granted, or the epoch was
 // released by host itself or by an operator's reset (holder cleared). A
 // state that is not released may belong to a running primary; one
 // released by another host says that host's disk is the newest.
@@ -158,7 +160,7 @@ func (f *File) Acquire(ctx context.Context, vmID string, epoch uint64) (granted 
 
 // Release records that this host, primary in epoch with fence, stopped
 // cleanly: it serves no more, and it may take the next epoch by itself
-// when it starts again (State.MayTakeNext). It changes nothing, and says
+// when it starts again. It changes nothing, and says
 // so with a nil error and false, when the state moved on (another host
 // took a newer epoch) or names another holder.
 func (f *File) Release(ctx context.Context, vmID string, epoch, fence uint64) (bool, error) {
