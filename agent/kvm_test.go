@@ -50,22 +50,7 @@ func guestImage(t *testing.T, name string) []byte {
 }
 
 // lockedBuffer is a console that tests read while the VM writes.
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (l *lockedBuffer) Write(p []byte) (int, error) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.Write(p)
-}
-
-func (l *lockedBuffer) String() string {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	return l.b.String()
-}
+type lockedBuffer = testutil.Buffer
 
 // liveRun is the reference: the guest run once, live, without ftvm.
 func liveRun(t *testing.T, image []byte, cmdline string) string {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
-	"github.com/ftvm/ftvm/internal/netframe"
 	"net"
 	"os"
 	"path/filepath"
@@ -12,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftvm/ftvm/internal/netframe"
 	"github.com/ftvm/ftvm/lockstep"
 	"github.com/ftvm/ftvm/lockstep/arbiter"
 	"github.com/ftvm/ftvm/lockstep/wire"

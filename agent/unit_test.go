@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ftvm/ftvm/internal/testutil"
 	"github.com/ftvm/ftvm/lockstep"
 	"github.com/ftvm/ftvm/lockstep/arbiter"
 	"github.com/ftvm/ftvm/lockstep/wire"
@@ -230,7 +231,7 @@ func TestNewRefusesMissingParts(t *testing.T) {
 }
 
 // syncBuffer is a log that tests read while the agent writes.
-type syncBuffer struct{ lockedBuffer }
+type syncBuffer = testutil.Buffer
 
 // flakyArbiter fails its first fails calls with err, then grants.
 type flakyArbiter struct {

@@ -7,29 +7,13 @@ import (
 	"log/slog"
 	"math"
 	"strings"
-	"sync"
 	"testing"
 
 	"github.com/ftvm/ftvm/internal/testutil"
 )
 
 // syncBuffer is a console writer safe for releasers on other goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = testutil.Buffer
 
 // newTestVM creates a VM (skipping where there is no KVM) and closes it
 // when the test ends.

@@ -4,13 +4,13 @@ import (
 	"bytes"
 	"encoding/binary"
 	"fmt"
-	"github.com/ftvm/ftvm/internal/netframe"
 	"net"
 	"os/exec"
 	"runtime"
 	"testing"
 	"time"
 
+	"github.com/ftvm/ftvm/internal/netframe"
 	"github.com/ftvm/ftvm/internal/testutil"
 	"golang.org/x/sys/unix"
 )

@@ -4,12 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"github.com/ftvm/ftvm/internal/netframe"
 	"math/rand/v2"
 	"net"
 	"net/netip"
 	"os"
 	"time"
+
+	"github.com/ftvm/ftvm/internal/netframe"
 )
 
 // pingInterval is the time between two echo requests of one Ping.

@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"github.com/ftvm/ftvm/internal/netframe"
 	"log/slog"
 	"math/rand/v2"
 	"net"
@@ -14,6 +13,7 @@ import (
 	"time"
 
 	"github.com/ftvm/ftvm/agent"
+	"github.com/ftvm/ftvm/internal/netframe"
 	"github.com/ftvm/ftvm/lockstep"
 )
 

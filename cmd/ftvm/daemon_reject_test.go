@@ -1,14 +1,13 @@
 package main
 
 import (
-	"bytes"
 	"context"
 	"log/slog"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
+	"github.com/ftvm/ftvm/internal/testutil"
 	"github.com/ftvm/ftvm/tcpfallback"
 	"github.com/ftvm/ftvm/transport"
 )
@@ -34,22 +33,7 @@ func TestRejectLogRateLimitsPerReason(t *testing.T) {
 }
 
 // syncBuffer is a bytes.Buffer safe for the logger and the test.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = testutil.Buffer
 
 // Issue 15, item 7: a refused connection is logged at WARN with the
 // peer's address and the reason (here the name it presented), once per
