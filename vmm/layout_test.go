@@ -70,6 +70,25 @@ func TestIdentityMapping(t *testing.T) {
 	}
 }
 
+// TestSystemAreaBytes pins the GDT and TSS the VMM writes to the bytes it
+// wrote before they were built with package kvm's encodings: a guest
+// snapshot restored across versions must see the same descriptors.
+func TestSystemAreaBytes(t *testing.T) {
+	m := newMemory(make([]byte, memSizeMinBytes))
+	if err := setupSystemArea(m); err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []uint64{0, 0x00af9b000000ffff, 0x00cf93000000ffff, 0x00cff3000000ffff, 0x00affb000000ffff, 0x00008b0020000067, 0} {
+		if got, _ := m.ReadUint64(gdtAddr + uint64(i)*8); got != want {
+			t.Errorf("GDT entry %d = %#016x, want %#016x", i, got, want)
+		}
+	}
+	tss, _ := m.Slice(tssAddr, 0x68)
+	if rsp0, iomap := le.Uint64(tss[4:]), le.Uint16(tss[102:]); rsp0 != bootInfoAddr || iomap != 0x68 {
+		t.Errorf("TSS RSP0 %#x, I/O map base %#x; want %#x and 0x68 (past the limit: no I/O bitmap)", rsp0, iomap, bootInfoAddr)
+	}
+}
+
 // TestGDTMatchesSregs decodes the descriptors in memory and checks them
 // against the hidden segment state given to KVM_SET_SREGS: VM entry takes
 // the latter, but a guest reloading a selector gets the former.
