@@ -11,7 +11,9 @@ import (
 // The lockstep log knows an input only as (exit index, kind, bytes) and an
 // output as (exit index, device, bytes). What the VMM needs to replay an
 // input (the status and value the guest saw, and the request it answered)
-// travels inside those bytes, laid out here. Little-endian.
+// travels inside those bytes, laid out here. Little-endian. (vmm/record.go's
+// FTVMRLOG file is the other exit format, vmm's own single-host
+// record/replay; vmm/doc.go, "Record and replay", says why there are two.)
 //
 // kind / device (u16): the vmm.Device in the high byte, the op in the low.
 //

@@ -7,6 +7,8 @@ import (
 	"runtime"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ftvm/ftvm/vmm/kvm"
 )
 
 // Snapshot saves the paused (or halted) VM. A Full snapshot starts a new
@@ -239,7 +241,7 @@ func (m *Machine) checkSnapshotKind(kind SnapshotKind) error {
 func (m *Machine) takeDirty() ([]uint64, error) {
 	bm := m.dirtyWords
 	clear(bm)
-	if err := m.dirty.getDirtyLog(0, bm); err != nil {
+	if err := m.dirty.GetDirtyLog(0, bm); err != nil {
 		return nil, err
 	}
 	m.mem.takeVMMDirty(bm)
@@ -393,7 +395,7 @@ func (m *Machine) restoreSnapshot(s *Snapshot) error {
 	}
 	// The restored memory is the base of the next increment: forget what
 	// was dirty before and what the copy itself dirtied.
-	if err := m.dirty.getDirtyLog(0, m.dirtyWords); err != nil {
+	if err := m.dirty.GetDirtyLog(0, m.dirtyWords); err != nil {
 		return failed(err)
 	}
 	m.mem.clearVMMDirty()
@@ -408,31 +410,51 @@ func (m *Machine) restoreSnapshot(s *Snapshot) error {
 	return nil
 }
 
+// snapshotMSRs are the MSRs a snapshot saves, beyond those kept in Sregs
+// (EFER, APIC base): the syscall MSRs and segment bases a guest library may
+// set, and the TSC so that a restored guest's RDTSC does not run backwards.
+// Only the ones KVM lists in KVM_GET_MSR_INDEX_LIST are saved.
+var snapshotMSRs = []uint32{
+	0x00000010, // IA32_TSC
+	0x00000174, // IA32_SYSENTER_CS
+	0x00000175, // IA32_SYSENTER_ESP
+	0x00000176, // IA32_SYSENTER_EIP
+	0x00000277, // IA32_PAT
+	0xC0000081, // STAR
+	0xC0000082, // LSTAR
+	0xC0000083, // CSTAR
+	0xC0000084, // SYSCALL_MASK
+	0xC0000100, // FS_BASE
+	0xC0000101, // GS_BASE
+	0xC0000102, // KERNEL_GS_BASE
+	0xC0000103, // TSC_AUX
+}
+
 func (m *Machine) saveVCPU() (VCPUState, error) {
 	var v VCPUState
 	var err error
-	if v.Regs, err = m.vcpu.getRegs(); err != nil {
+	if v.Regs, err = m.vcpu.GetRegs(); err != nil {
 		return v, err
 	}
-	if v.Sregs, err = m.vcpu.getSregs(); err != nil {
+	if v.Sregs, err = m.vcpu.GetSregs(); err != nil {
 		return v, err
 	}
 	if m.hasXsave {
-		if v.XSAVE, err = m.vcpu.getBlob("KVM_GET_XSAVE", ioctlGetXsave, kvmXsaveSize); err != nil {
+		if v.XSAVE, err = m.vcpu.GetBlob("KVM_GET_XSAVE", kvm.IoctlGetXsave, kvm.XsaveSize); err != nil {
 			return v, err
 		}
-	} else if v.FPU, err = m.vcpu.getBlob("KVM_GET_FPU", ioctlGetFPU, kvmFPUSize); err != nil {
+	} else if v.FPU, err = m.vcpu.GetBlob("KVM_GET_FPU", kvm.IoctlGetFPU, kvm.FPUSize); err != nil {
 		return v, err
 	}
 	if m.hasXcrs {
-		if v.XCRs, err = m.vcpu.getBlob("KVM_GET_XCRS", ioctlGetXcrs, kvmXcrsSize); err != nil {
+		if v.XCRs, err = m.vcpu.GetBlob("KVM_GET_XCRS", kvm.IoctlGetXcrs, kvm.XcrsSize); err != nil {
 			return v, err
 		}
 	}
-	if v.Events, err = m.vcpu.getBlob("KVM_GET_VCPU_EVENTS", ioctlGetVcpuEvents, kvmVcpuEventsSize); err != nil {
+	if v.Events, err = m.vcpu.GetBlob("KVM_GET_VCPU_EVENTS", kvm.IoctlGetVcpuEvents, kvm.VcpuEventsSize); err != nil {
 		return v, err
 	}
-	msrs, err := m.vcpu.getMSRs(m.msrIndices)
+	msrs, err := m.vcpu.GetMSRs(m.msrIndices)
 	if err != nil {
 		return v, err
 	}
@@ -443,35 +465,35 @@ func (m *Machine) saveVCPU() (VCPUState, error) {
 }
 
 func (m *Machine) restoreVCPU(v VCPUState) error {
-	if err := m.vcpu.setSregs(v.Sregs); err != nil {
+	if err := m.vcpu.SetSregs(v.Sregs); err != nil {
 		return err
 	}
-	if err := m.vcpu.setRegs(v.Regs); err != nil {
+	if err := m.vcpu.SetRegs(v.Regs); err != nil {
 		return err
 	}
 	if len(v.XCRs) > 0 && m.hasXcrs {
-		if err := m.vcpu.setBlob("KVM_SET_XCRS", ioctlSetXcrs, v.XCRs, kvmXcrsSize); err != nil {
+		if err := m.vcpu.SetBlob("KVM_SET_XCRS", kvm.IoctlSetXcrs, v.XCRs, kvm.XcrsSize); err != nil {
 			return err
 		}
 	}
 	if len(v.XSAVE) > 0 {
-		if err := m.vcpu.setBlob("KVM_SET_XSAVE", ioctlSetXsave, v.XSAVE, kvmXsaveSize); err != nil {
+		if err := m.vcpu.SetBlob("KVM_SET_XSAVE", kvm.IoctlSetXsave, v.XSAVE, kvm.XsaveSize); err != nil {
 			return err
 		}
 	} else if len(v.FPU) > 0 {
-		if err := m.vcpu.setBlob("KVM_SET_FPU", ioctlSetFPU, v.FPU, kvmFPUSize); err != nil {
+		if err := m.vcpu.SetBlob("KVM_SET_FPU", kvm.IoctlSetFPU, v.FPU, kvm.FPUSize); err != nil {
 			return err
 		}
 	}
-	msrs := make([]kvmMsrEntry, len(v.MSRs))
+	msrs := make([]kvm.MsrEntry, len(v.MSRs))
 	for i, e := range v.MSRs {
-		msrs[i] = kvmMsrEntry{Index: e.Index, Data: e.Value}
+		msrs[i] = kvm.MsrEntry{Index: e.Index, Data: e.Value}
 	}
-	if err := m.vcpu.setMSRs(msrs); err != nil {
+	if err := m.vcpu.SetMSRs(msrs); err != nil {
 		return err
 	}
 	if len(v.Events) > 0 {
-		return m.vcpu.setBlob("KVM_SET_VCPU_EVENTS", ioctlSetVcpuEvents, v.Events, kvmVcpuEventsSize)
+		return m.vcpu.SetBlob("KVM_SET_VCPU_EVENTS", kvm.IoctlSetVcpuEvents, v.Events, kvm.VcpuEventsSize)
 	}
 	return nil
 }

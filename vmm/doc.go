@@ -117,10 +117,32 @@
 // the hook, which delivers it now, holds it (Exit.Hold returns an Output
 // to Release or Drop later; held block writes stay visible to reads) or
 // drops it. Machine.Deliver performs an output no exit stands for (one a
-// checkpoint carried to another host). Recorder writes every exit to a versioned, CRC'd log
-// (record.go documents the format); Replayer feeds it to another VM and
-// stops it with a DivergenceError at the first exit that differs (index,
-// device, op, argument, or an output's SHA-256).
+// checkpoint carried to another host).
+//
+// Two formats carry exits, one per user of the hook, and they stay two on
+// purpose:
+//
+//   - The input log, "FTVMRLOG" (record.go documents it byte by byte), is
+//     vmm's own record/replay of one VM on one host, with no lockstep in
+//     it: Recorder writes every exit to a versioned, CRC'd file, and
+//     Replayer feeds it to another VM and stops it with a DivergenceError
+//     at the first exit that differs (index, device, op, argument, or an
+//     output's SHA-256). Each record is self-contained (exit index, device,
+//     op, request, status and value; an input's bytes, an output's digest
+//     only), since nothing else frames it. It is what the replay tests
+//     (replay_kvm_test.go, record_test.go) run on, and a library API to
+//     replay a guest's run offline (no ftvm command writes one today).
+//   - The lockstep log's payloads (agent/codec.go) are the bytes the
+//     agent's hook hands the lockstep Node for an exit, which lockstep puts
+//     into its wire.Entry and wire.Output records and frames, numbers,
+//     checksums, ships and acknowledges itself; the payload adds only what
+//     lockstep does not know (the status, value, arg and len of an input;
+//     the arg and full bytes of an output, which the primary holds and
+//     lockstep digests).
+//
+// One format serving both would make vmm depend on lockstep's framing
+// (vmm never imports lockstep) or make every lockstep entry repeat the
+// index, kind, length and CRC its record already has.
 //
 // # Snapshots
 //
@@ -180,6 +202,26 @@
 // without running guest code. That is the clean point snapshots are taken
 // at.
 //
-// ioctl and unsafe code is confined to kvm_unsafe.go; the KVM structs and
-// numbers are in kvm_amd64.go and the long-mode set-up in layout_amd64.go.
+// # Files
+//
+// The raw KVM API is a package of its own, vmm/kvm (like Firecracker's
+// vstate and kvm-ioctls): the kernel ABI structs, ioctl numbers and
+// wrappers (the only unsafe code), kvm_run offsets, exit reasons, the
+// dirty-bitmap decoding and the long-mode constants and descriptor
+// encodings; it knows nothing of ftvm's devices. Regs, Sregs, Segment and
+// DTable here are its types. In vmm:
+//
+//   - machine.go: Config, Machine, New, open and release of the KVM fds;
+//     vcpu.go: the vCPU thread, its commands and every exit reason;
+//     layout_amd64.go: the memory map above, the GDT, TSS, page tables and
+//     initial registers; loader.go: the ELF loader; memory.go: guest
+//     memory and the VMM's own dirty bits.
+//   - exit.go: ExitHook, Exit, Result, Output; dispatch.go: a doorbell to
+//     a device request, its checks and the hook; devices.go: the device
+//     ABI mirrored from ftvm.h; one file per device (console.go, clock.go,
+//     entropy.go, nic.go, nic_backends.go, nicgate.go, block.go, halt.go),
+//     devstate.go their versioned state; fence.go: the shared disk's fence.
+//   - record.go: Recorder, Replayer and the FTVMRLOG format.
+//   - checkpoint.go: Snapshot, SnapshotLive, Restore, the vCPU state and
+//     snapshotMSRs; snapshot.go: the snapshot format.
 package vmm

@@ -10,6 +10,8 @@ import (
 	"testing"
 
 	"github.com/ftvm/ftvm/internal/testutil"
+
+	"github.com/ftvm/ftvm/vmm/kvm"
 )
 
 // syncBuffer is a console writer safe for releasers on other goroutines.
@@ -62,7 +64,7 @@ func TestKVMHello(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if v.Sregs.CS.DPL != 3 || v.Sregs.CS.L != 1 || v.Sregs.EFER&eferLMA == 0 {
+	if v.Sregs.CS.DPL != 3 || v.Sregs.CS.L != 1 || v.Sregs.EFER&kvm.EFERLMA == 0 {
 		t.Fatalf("guest ran with CS.DPL=%d CS.L=%d EFER=%#x; want CPL3 in 64-bit mode", v.Sregs.CS.DPL, v.Sregs.CS.L, v.Sregs.EFER)
 	}
 }

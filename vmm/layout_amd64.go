@@ -1,6 +1,10 @@
 package vmm
 
-import "fmt"
+import (
+	"fmt"
+
+	"github.com/ftvm/ftvm/vmm/kvm"
+)
 
 // The guest-physical memory map (drawn in doc.go). The first 2 MiB hold the
 // structures the CPU needs for 64-bit mode and are mapped supervisor-only,
@@ -18,9 +22,8 @@ const (
 	// virtual) address of the doorbell page. A device's doorbell is
 	// DoorbellBase + its port. No memory slot covers the page, so every
 	// access to it is an MMIO exit.
-	DoorbellBase  = 0xc0000000
-	bootInfoAddr  = 0x200000
-	hugePageBytes = 2 << 20
+	DoorbellBase = 0xc0000000
+	bootInfoAddr = 0x200000
 	// stackReserveBytes is the top of memory kept for the guest's stack;
 	// heap_end in the boot info stops below it.
 	stackReserveBytes = 1 << 20
@@ -44,36 +47,10 @@ const (
 	selUserCode   = 0x20 | 3
 	selTSS        = 0x28
 	gdtEntries    = 7 // null, kcode, kdata, udata, ucode, TSS (two slots)
-	tssLimit      = 0x67
-)
-
-// Control register and flag bits.
-const (
-	cr0PE      = 1 << 0
-	cr0MP      = 1 << 1
-	cr0ET      = 1 << 4
-	cr0NE      = 1 << 5
-	cr0WP      = 1 << 16
-	cr0PG      = 1 << 31
-	cr4PAE     = 1 << 5
-	cr4OSFXSR  = 1 << 9
-	cr4OSXMMEX = 1 << 10
-	eferSCE    = 1 << 0
-	eferLME    = 1 << 8
-	eferLMA    = 1 << 10
-	rflagsRsvd = 1 << 1
-)
-
-// Page-table entry bits.
-const (
-	ptePresent = 1 << 0
-	pteWrite   = 1 << 1
-	pteUser    = 1 << 2
-	ptePS      = 1 << 7
 )
 
 func checkMemSize(size uint64) error {
-	if size < memSizeMinBytes || size > memSizeMaxBytes || size%hugePageBytes != 0 {
+	if size < memSizeMinBytes || size > memSizeMaxBytes || size%kvm.HugePageBytes != 0 {
 		return fmt.Errorf("guest memory size %d bytes is invalid: use a multiple of 2 MiB between %d MiB and %d MiB", size, memSizeMinBytes>>20, memSizeMaxBytes>>20)
 	}
 	return nil
@@ -90,14 +67,14 @@ func setupSystemArea(mem *Memory) error {
 	// Descriptors carry the accessed bit, as the hidden parts in
 	// initialSregs do, so that a selector reload changes nothing.
 	gdt := make([]byte, gdtEntries*8)
-	le.PutUint64(gdt[1*8:], 0x00af9b000000ffff) // kernel code: 64-bit, DPL0
-	le.PutUint64(gdt[2*8:], 0x00cf93000000ffff) // kernel data, DPL0
-	le.PutUint64(gdt[3*8:], 0x00cff3000000ffff) // user data, DPL3
-	le.PutUint64(gdt[4*8:], 0x00affb000000ffff) // user code: 64-bit, DPL3
-	// 64-bit TSS descriptor (busy type 0xB, present) over two slots.
+	const a = kvm.AccessAccessed
+	le.PutUint64(gdt[1*8:], kvm.SegmentDescriptor(0, 0xfffff, kvm.AccessKernelCode|a, kvm.FlagsCode64)) // 0x00af9b000000ffff: 64-bit, DPL0
+	le.PutUint64(gdt[2*8:], kvm.SegmentDescriptor(0, 0xfffff, kvm.AccessKernelData|a, kvm.FlagsData))   // 0x00cf93000000ffff: DPL0
+	le.PutUint64(gdt[3*8:], kvm.SegmentDescriptor(0, 0xfffff, kvm.AccessUserData|a, kvm.FlagsData))     // 0x00cff3000000ffff: DPL3
+	le.PutUint64(gdt[4*8:], kvm.SegmentDescriptor(0, 0xfffff, kvm.AccessUserCode|a, kvm.FlagsCode64))   // 0x00affb000000ffff: 64-bit, DPL3
+	// 64-bit TSS descriptor (busy, present) over two slots.
 	tss := uint64(tssAddr)
-	lo := uint64(tssLimit) | (tss&0xffffff)<<16 | uint64(0x8b)<<40 | (tss>>24&0xff)<<56
-	le.PutUint64(gdt[5*8:], lo)
+	le.PutUint64(gdt[5*8:], kvm.SegmentDescriptor(uint32(tss), kvm.TSSLimit, kvm.AccessTSSBusy, 0))
 	le.PutUint64(gdt[6*8:], tss>>32)
 	if err := mem.Write(gdtAddr, gdt); err != nil {
 		return err
@@ -105,39 +82,39 @@ func setupSystemArea(mem *Memory) error {
 	// TSS: RSP0 points at the top of the system area (never used: the IDT
 	// is empty, so any exception shuts the VM down); the I/O map base lies
 	// past the limit, so with IOPL=0 every port access from CPL3 faults.
-	t := make([]byte, tssLimit+1)
+	t := make([]byte, kvm.TSSLimit+1)
 	le.PutUint64(t[4:], bootInfoAddr)
-	le.PutUint16(t[102:], tssLimit+1)
+	le.PutUint16(t[kvm.TSSIOMapBaseOff:], kvm.TSSLimit+1)
 	if err := mem.Write(tssAddr, t); err != nil {
 		return err
 	}
 
 	gibs := (size + (1 << 30) - 1) >> 30
 	pml4 := make([]byte, PageBytes)
-	le.PutUint64(pml4, pdptAddr|ptePresent|pteWrite|pteUser)
+	le.PutUint64(pml4, pdptAddr|kvm.PTEPresent|kvm.PTEWrite|kvm.PTEUser)
 	if err := mem.Write(pml4Addr, pml4); err != nil {
 		return err
 	}
 	pdpt := make([]byte, PageBytes)
 	for i := uint64(0); i < gibs; i++ {
-		le.PutUint64(pdpt[i*8:], (pdAddr+i*PageBytes)|ptePresent|pteWrite|pteUser)
+		le.PutUint64(pdpt[i*8:], (pdAddr+i*PageBytes)|kvm.PTEPresent|kvm.PTEWrite|kvm.PTEUser)
 	}
-	le.PutUint64(pdpt[(DoorbellBase>>30)*8:], doorbellPDAddr|ptePresent|pteWrite|pteUser)
+	le.PutUint64(pdpt[(DoorbellBase>>30)*8:], doorbellPDAddr|kvm.PTEPresent|kvm.PTEWrite|kvm.PTEUser)
 	if err := mem.Write(pdptAddr, pdpt); err != nil {
 		return err
 	}
 	doorbellPD := make([]byte, PageBytes)
-	le.PutUint64(doorbellPD[((DoorbellBase>>21)&511)*8:], DoorbellBase|ptePresent|pteWrite|pteUser|ptePS)
+	le.PutUint64(doorbellPD[((DoorbellBase>>21)&511)*8:], DoorbellBase|kvm.PTEPresent|kvm.PTEWrite|kvm.PTEUser|kvm.PTEPageSize)
 	if err := mem.Write(doorbellPDAddr, doorbellPD); err != nil {
 		return err
 	}
 	pd := make([]byte, gibs*PageBytes)
-	for addr := uint64(0); addr < size; addr += hugePageBytes {
-		e := addr | ptePresent | pteWrite | ptePS
+	for addr := uint64(0); addr < size; addr += kvm.HugePageBytes {
+		e := addr | kvm.PTEPresent | kvm.PTEWrite | kvm.PTEPageSize
 		if addr != 0 {
-			e |= pteUser
+			e |= kvm.PTEUser
 		}
-		le.PutUint64(pd[addr/hugePageBytes*8:], e)
+		le.PutUint64(pd[addr/kvm.HugePageBytes*8:], e)
 	}
 	return mem.Write(pdAddr, pd)
 }
@@ -146,18 +123,18 @@ func setupSystemArea(mem *Memory) error {
 // mode at CPL3. The hidden segment parts must match the GDT descriptors and
 // pass VM-entry checks (CS.L, SS.DPL == CPL, TR busy 64-bit TSS).
 func initialSregs() Sregs {
-	code := Segment{Base: 0, Limit: 0xffffffff, Selector: selUserCode, Type: 0xb, Present: 1, DPL: 3, S: 1, L: 1, G: 1}
-	data := Segment{Base: 0, Limit: 0xffffffff, Selector: selUserData, Type: 0x3, Present: 1, DPL: 3, DB: 1, S: 1, G: 1}
+	code := kvm.FlatSegment(selUserCode, 0xb, 3, true)
+	data := kvm.FlatSegment(selUserData, 0x3, 3, false)
 	return Sregs{
 		CS: code, DS: data, ES: data, FS: data, GS: data, SS: data,
-		TR:   Segment{Base: tssAddr, Limit: tssLimit, Selector: selTSS, Type: 0xb, Present: 1},
+		TR:   Segment{Base: tssAddr, Limit: kvm.TSSLimit, Selector: selTSS, Type: 0xb, Present: 1},
 		LDT:  Segment{Type: 0x2, Unusable: 1},
 		GDT:  DTable{Base: gdtAddr, Limit: gdtEntries*8 - 1},
 		IDT:  DTable{Base: 0, Limit: 0},
-		CR0:  cr0PE | cr0MP | cr0ET | cr0NE | cr0WP | cr0PG,
+		CR0:  kvm.CR0PE | kvm.CR0MP | kvm.CR0ET | kvm.CR0NE | kvm.CR0WP | kvm.CR0PG,
 		CR3:  pml4Addr,
-		CR4:  cr4PAE | cr4OSFXSR | cr4OSXMMEX,
-		EFER: eferSCE | eferLME | eferLMA,
+		CR4:  kvm.CR4PAE | kvm.CR4OSFXSR | kvm.CR4OSXMMEXCPT,
+		EFER: kvm.EFERSCE | kvm.EFERLME | kvm.EFERLMA,
 	}
 }
 
@@ -169,7 +146,7 @@ func initialRegs(entry, memSize uint64) Regs {
 		RIP:    entry,
 		RSP:    memSize,
 		RDI:    bootInfoAddr,
-		RFLAGS: rflagsRsvd,
+		RFLAGS: kvm.RFLAGSReserved,
 	}
 }
 

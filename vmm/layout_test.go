@@ -4,6 +4,8 @@ import (
 	"testing"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ftvm/ftvm/vmm/kvm"
 )
 
 // walk translates a virtual address through the page tables in memory the
@@ -13,19 +15,19 @@ func walk(t *testing.T, m *Memory, va uint64) (pa uint64, user bool, ok bool) {
 	t.Helper()
 	cr3 := initialSregs().CR3
 	pml4e, _ := m.ReadUint64(cr3 + (va>>39&511)*8)
-	if pml4e&ptePresent == 0 {
+	if pml4e&kvm.PTEPresent == 0 {
 		return 0, false, false
 	}
 	pdpte, _ := m.ReadUint64(pml4e&^0xfff + (va>>30&511)*8)
-	if pdpte&ptePresent == 0 {
+	if pdpte&kvm.PTEPresent == 0 {
 		return 0, false, false
 	}
 	pde, _ := m.ReadUint64(pdpte&^0xfff + (va>>21&511)*8)
-	if pde&ptePresent == 0 || pde&ptePS == 0 {
+	if pde&kvm.PTEPresent == 0 || pde&kvm.PTEPageSize == 0 {
 		return 0, false, false
 	}
-	user = pml4e&pdpte&pde&pteUser != 0 && pml4e&pdpte&pde&pteWrite != 0
-	return pde&^(hugePageBytes-1) | va&(hugePageBytes-1), user, true
+	user = pml4e&pdpte&pde&kvm.PTEUser != 0 && pml4e&pdpte&pde&kvm.PTEWrite != 0
+	return pde&^(kvm.HugePageBytes-1) | va&(kvm.HugePageBytes-1), user, true
 }
 
 func TestIdentityMapping(t *testing.T) {
@@ -40,12 +42,12 @@ func TestIdentityMapping(t *testing.T) {
 		if err := setupSystemArea(m); err != nil {
 			t.Fatal(err)
 		}
-		for _, va := range []uint64{0, 0x1234, hugePageBytes, LoadBase + 17, size/2 + 5, size - 1} {
+		for _, va := range []uint64{0, 0x1234, kvm.HugePageBytes, LoadBase + 17, size/2 + 5, size - 1} {
 			pa, user, ok := walk(t, m, va)
 			if !ok || pa != va {
 				t.Fatalf("size %#x: %#x maps to %#x (present %v), want identity", size, va, pa, ok)
 			}
-			if user != (va >= hugePageBytes) {
+			if user != (va >= kvm.HugePageBytes) {
 				t.Fatalf("size %#x: %#x user-writable=%v; only the first 2 MiB is supervisor-only", size, va, user)
 			}
 		}
@@ -54,17 +56,36 @@ func TestIdentityMapping(t *testing.T) {
 		}
 		// The doorbell page is mapped for CPL3, identity, 2 MiB, and
 		// nothing past it.
-		for _, va := range []uint64{DoorbellBase, DoorbellBase + uint64(PortConsole), DoorbellBase + hugePageBytes - 1} {
+		for _, va := range []uint64{DoorbellBase, DoorbellBase + uint64(PortConsole), DoorbellBase + kvm.HugePageBytes - 1} {
 			if pa, user, ok := walk(t, m, va); !ok || pa != va || !user {
 				t.Fatalf("size %#x: doorbell address %#x maps to %#x (present %v, user-writable %v)", size, va, pa, ok, user)
 			}
 		}
-		if _, _, ok := walk(t, m, DoorbellBase+hugePageBytes); ok {
+		if _, _, ok := walk(t, m, DoorbellBase+kvm.HugePageBytes); ok {
 			t.Fatalf("size %#x: the page after the doorbell page is mapped", size)
 		}
 		if _, _, ok := walk(t, m, DoorbellBase-1); ok {
 			t.Fatalf("size %#x: the page before the doorbell page is mapped", size)
 		}
+	}
+}
+
+// TestSystemAreaBytes pins the GDT and TSS the VMM writes to the bytes it
+// wrote before they were built with package kvm's encodings: a guest
+// snapshot restored across versions must see the same descriptors.
+func TestSystemAreaBytes(t *testing.T) {
+	m := newMemory(make([]byte, memSizeMinBytes))
+	if err := setupSystemArea(m); err != nil {
+		t.Fatal(err)
+	}
+	for i, want := range []uint64{0, 0x00af9b000000ffff, 0x00cf93000000ffff, 0x00cff3000000ffff, 0x00affb000000ffff, 0x00008b0020000067, 0} {
+		if got, _ := m.ReadUint64(gdtAddr + uint64(i)*8); got != want {
+			t.Errorf("GDT entry %d = %#016x, want %#016x", i, got, want)
+		}
+	}
+	tss, _ := m.Slice(tssAddr, 0x68)
+	if rsp0, iomap := le.Uint64(tss[4:]), le.Uint16(tss[102:]); rsp0 != bootInfoAddr || iomap != 0x68 {
+		t.Errorf("TSS RSP0 %#x, I/O map base %#x; want %#x and 0x68 (past the limit: no I/O bitmap)", rsp0, iomap, bootInfoAddr)
 	}
 }
 
@@ -102,7 +123,7 @@ func TestGDTMatchesSregs(t *testing.T) {
 }
 
 func TestMemSizeChecks(t *testing.T) {
-	for _, bad := range []uint64{0, memSizeMinBytes - hugePageBytes, memSizeMinBytes + 4096, memSizeMaxBytes + hugePageBytes} {
+	for _, bad := range []uint64{0, memSizeMinBytes - kvm.HugePageBytes, memSizeMinBytes + 4096, memSizeMaxBytes + kvm.HugePageBytes} {
 		if checkMemSize(bad) == nil {
 			t.Errorf("memory size %#x accepted", bad)
 		}

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ftvm/ftvm/vmm/kvm"
 )
 
 // Config describes one VM.
@@ -97,10 +99,10 @@ var ErrClosed = errors.New("VM is closed")
 // thread that the methods drive by messages.
 type Machine struct {
 	cfg   Config
-	kvm   *kvmSystem
-	vm    *kvmVM
-	kvcpu *kvmVcpu // the KVM vCPU behind vcpu, for release
-	vcpu  vcpuOps  // set on the vCPU thread before New returns
+	kvm   *kvm.System
+	vm    *kvm.VM
+	kvcpu *kvm.Vcpu // the KVM vCPU behind vcpu, for release
+	vcpu  vcpuOps   // set on the vCPU thread before New returns
 	dirty dirtyLogger
 	mem   *Memory
 	disp  *dispatcher
@@ -187,25 +189,26 @@ func New(cfg Config) (*Machine, error) {
 }
 
 // vcpuOps is what the run loop and checkpoints need of a vCPU: KVM's
-// (kvmVcpu), or in unit tests of the run-state machine on machines without
-// /dev/kvm, a scripted one.
+// (*kvm.Vcpu), or in unit tests of the run-state machine on machines
+// without /dev/kvm, a scripted one.
 type vcpuOps interface {
-	kvmRun() error
-	runArea() []byte // struct kvm_run
-	setImmediateExit(on bool)
-	getRegs() (Regs, error)
-	setRegs(Regs) error
-	getSregs() (Sregs, error)
-	setSregs(Sregs) error
-	getBlob(name string, req uintptr, size int) ([]byte, error)
-	setBlob(name string, req uintptr, b []byte, size int) error
-	getMSRs(indices []uint32) ([]kvmMsrEntry, error)
-	setMSRs(msrs []kvmMsrEntry) error
+	Run() error
+	RunArea() []byte // struct kvm_run
+	SetImmediateExit(on bool)
+	GetRegs() (Regs, error)
+	SetRegs(Regs) error
+	GetSregs() (Sregs, error)
+	SetSregs(Sregs) error
+	GetBlob(name string, req uintptr, size int) ([]byte, error)
+	SetBlob(name string, req uintptr, b []byte, size int) error
+	GetMSRs(indices []uint32) ([]kvm.MsrEntry, error)
+	SetMSRs(msrs []kvm.MsrEntry) error
 }
 
-// dirtyLogger fetches and clears the guest's dirty-page bitmap.
+// dirtyLogger fetches and clears the guest's dirty-page bitmap (*kvm.VM,
+// or a fake in unit tests).
 type dirtyLogger interface {
-	getDirtyLog(slot uint32, bitmap []uint64) error
+	GetDirtyLog(slot uint32, bitmap []uint64) error
 }
 
 func newMachine(cfg Config) (*Machine, error) {
@@ -277,20 +280,20 @@ func (m *Machine) initDevices() error {
 
 func (m *Machine) open() error {
 	var err error
-	if m.kvm, err = openKVM(); err != nil {
+	if m.kvm, err = kvm.Open(); err != nil {
 		return err
 	}
 	for _, c := range []struct {
 		capability uintptr
 		name       string
-	}{{capUserMemory, "KVM_CAP_USER_MEMORY"}, {capImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"}, {capExtCPUID, "KVM_CAP_EXT_CPUID"}} {
-		if m.kvm.checkExtension(c.capability) <= 0 {
+	}{{kvm.CapUserMemory, "KVM_CAP_USER_MEMORY"}, {kvm.CapImmediateExit, "KVM_CAP_IMMEDIATE_EXIT"}, {kvm.CapExtCPUID, "KVM_CAP_EXT_CPUID"}} {
+		if m.kvm.CheckExtension(c.capability) <= 0 {
 			return fmt.Errorf("this host's KVM lacks %s, which the VMM needs", c.name)
 		}
 	}
-	m.hasXsave = m.kvm.checkExtension(capXsave) > 0
-	m.hasXcrs = m.kvm.checkExtension(capXcrs) > 0
-	known, err := m.kvm.msrIndexList()
+	m.hasXsave = m.kvm.CheckExtension(kvm.CapXsave) > 0
+	m.hasXcrs = m.kvm.CheckExtension(kvm.CapXcrs) > 0
+	known, err := m.kvm.MSRIndexList()
 	if err != nil {
 		return err
 	}
@@ -302,13 +305,11 @@ func (m *Machine) open() error {
 			}
 		}
 	}
-	vmfd, err := m.kvm.createVM()
-	if err != nil {
+	if m.vm, err = m.kvm.CreateVM(); err != nil {
 		return err
 	}
-	m.vm = &kvmVM{fd: vmfd}
-	if m.kvm.checkExtension(capSetTSSAddr) > 0 {
-		if err := m.vm.setTSSAddr(kvmTSSAddr); err != nil {
+	if m.kvm.CheckExtension(kvm.CapSetTSSAddr) > 0 {
+		if err := m.vm.SetTSSAddr(kvmTSSAddr); err != nil {
 			return err
 		}
 	}
@@ -317,7 +318,7 @@ func (m *Machine) open() error {
 		return fmt.Errorf("mmap %d bytes of guest memory: %w", m.cfg.MemSizeBytes, err)
 	}
 	m.mem = newMemory(buf)
-	if err := m.vm.setUserMemoryRegion(0, memLogDirtyPages, 0, buf); err != nil {
+	if err := m.vm.SetUserMemoryRegion(0, kvm.MemLogDirtyPages, 0, buf); err != nil {
 		return err
 	}
 	m.dirty = m.vm
@@ -326,23 +327,18 @@ func (m *Machine) open() error {
 
 // createVcpu runs on the vCPU thread.
 func (m *Machine) createVcpu() error {
-	fd, err := m.vm.createVcpu(0)
+	size, err := m.kvm.VcpuMmapSize()
 	if err != nil {
 		return err
 	}
-	m.kvcpu = &kvmVcpu{fd: fd}
-	size, err := m.kvm.vcpuMmapSize()
+	if m.kvcpu, err = m.vm.CreateVcpu(0, size); err != nil {
+		return err
+	}
+	cpuid, err := m.kvm.SupportedCPUID()
 	if err != nil {
 		return err
 	}
-	if m.kvcpu.run, err = unix.Mmap(fd, 0, size, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED); err != nil {
-		return fmt.Errorf("mmap kvm_run: %w", err)
-	}
-	cpuid, err := m.kvm.supportedCPUID()
-	if err != nil {
-		return err
-	}
-	if err := m.kvcpu.setCPUID(cpuid); err != nil {
+	if err := m.kvcpu.SetCPUID(cpuid); err != nil {
 		return err
 	}
 	m.vcpu = m.kvcpu
@@ -360,19 +356,16 @@ func (m *Machine) release() {
 		m.nic.close()
 	}
 	if m.kvcpu != nil {
-		if m.kvcpu.run != nil {
-			unix.Munmap(m.kvcpu.run)
-		}
-		unix.Close(m.kvcpu.fd)
+		m.kvcpu.Close()
 	}
 	if m.vm != nil {
-		unix.Close(m.vm.fd)
+		m.vm.Close()
 	}
 	if m.mem != nil && m.kvm != nil {
 		unix.Munmap(m.mem.buf)
 	}
 	if m.kvm != nil {
-		m.kvm.close()
+		m.kvm.Close()
 	}
 }
 
@@ -392,10 +385,10 @@ func (m *Machine) Load(elfImage []byte) error {
 			return err
 		}
 		m.freshMem = false
-		if err := m.vcpu.setSregs(initialSregs()); err != nil {
+		if err := m.vcpu.SetSregs(initialSregs()); err != nil {
 			return err
 		}
-		return m.vcpu.setRegs(initialRegs(img.Entry, m.mem.Size()))
+		return m.vcpu.SetRegs(initialRegs(img.Entry, m.mem.Size()))
 	})
 }
 
@@ -443,7 +436,7 @@ func (m *Machine) kick() {
 	if m.status.State == Closed || m.vcpu == nil {
 		return
 	}
-	m.vcpu.setImmediateExit(true)
+	m.vcpu.SetImmediateExit(true)
 	if tid := m.tid.Load(); tid != 0 {
 		unix.Tgkill(unix.Getpid(), int(tid), unix.SIGURG)
 	}

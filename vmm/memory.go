@@ -5,16 +5,17 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math/bits"
 	"sync"
+
+	"github.com/ftvm/ftvm/vmm/kvm"
 )
 
 // le is the byte order of x86 and of every format in this package.
 var le = binary.LittleEndian
 
 // PageBytes is the size of the page that dirty tracking and snapshots
-// count in.
-const PageBytes = 4096
+// count in: KVM's dirty-log page.
+const PageBytes = kvm.PageBytes
 
 // ErrOutOfRange is wrapped by every error about a guest address or length
 // that falls outside guest memory.
@@ -53,12 +54,7 @@ type Memory struct {
 const copyBatchPages = 16
 
 func newMemory(buf []byte) *Memory {
-	return &Memory{buf: buf, vmmDirty: make([]uint64, bitmapWords(uint64(len(buf))))}
-}
-
-func bitmapWords(size uint64) int {
-	pages := (size + PageBytes - 1) / PageBytes
-	return int((pages + 63) / 64)
+	return &Memory{buf: buf, vmmDirty: make([]uint64, kvm.BitmapWords(uint64(len(buf))))}
 }
 
 // Size is the number of bytes of guest memory.
@@ -177,18 +173,8 @@ func (m *Memory) nonZeroPages() []uint64 {
 
 var zeroPage = make([]byte, PageBytes)
 
-// dirtyPages lists the page numbers whose bit is set, in increasing order.
-func dirtyPages(bitmap []uint64, pages uint64) []uint64 {
-	var out []uint64
-	for i, w := range bitmap {
-		for w != 0 {
-			b := uint64(bits.TrailingZeros64(w))
-			p := uint64(i)*64 + b
-			if p < pages {
-				out = append(out, p)
-			}
-			w &= w - 1
-		}
-	}
-	return out
-}
+// dirtyPages lists the numbers of the bits set in bitmap, below n, in
+// increasing order: the dirty pages of a KVM dirty log or of Memory's own
+// bitmap, and the written chunks of the block device's bitmap, which has
+// the same form.
+func dirtyPages(bitmap []uint64, n uint64) []uint64 { return kvm.DirtyPages(bitmap, n) }

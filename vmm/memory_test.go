@@ -6,6 +6,8 @@ import (
 	"math"
 	"slices"
 	"testing"
+
+	"github.com/ftvm/ftvm/vmm/kvm"
 )
 
 func TestMemoryBounds(t *testing.T) {
@@ -33,7 +35,7 @@ func TestMemoryTracksVMMWrites(t *testing.T) {
 	m.Write(9*PageBytes-1, []byte{1, 2}) // straddles pages 8 and 9
 	m.Write(150*PageBytes, make([]byte, 2*PageBytes))
 	m.Write(7*PageBytes, nil) // writes nothing, dirties nothing
-	bm := make([]uint64, bitmapWords(m.Size()))
+	bm := make([]uint64, kvm.BitmapWords(m.Size()))
 	m.takeVMMDirty(bm)
 	if got, want := dirtyPages(bm, m.Pages()), []uint64{3, 8, 9, 150, 151}; !slices.Equal(got, want) {
 		t.Fatalf("dirty pages %v, want %v", got, want)
@@ -71,7 +73,7 @@ func TestMemoryPrecopy(t *testing.T) {
 		}
 	}()
 	image := make([]byte, pages*PageBytes)
-	bm := make([]uint64, bitmapWords(m.Size()))
+	bm := make([]uint64, kvm.BitmapWords(m.Size()))
 	apply := func(list []uint64) {
 		data := m.copyPages(list)
 		for i, p := range list {

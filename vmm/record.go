@@ -34,7 +34,9 @@ import (
 //	                output: 32-byte SHA-256 of the output's bytes
 //
 // Inputs are logged in full, since replay must reproduce them; outputs only
-// by digest, since replay must only recognise them.
+// by digest, since replay must only recognise them. Why the lockstep log
+// carries exits in another layout (agent/codec.go): "Record and replay" in
+// doc.go.
 const (
 	logMagic        = "FTVMRLOG"
 	logVersion      = 1

@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"hash/crc32"
+
+	"github.com/ftvm/ftvm/vmm/kvm"
 )
 
 // SnapshotKind says whether a snapshot holds all of memory or only the
@@ -296,7 +298,7 @@ func (s *Snapshot) MarshalBinary() ([]byte, error) {
 	}
 	size := snapshotHeaderBytes + len(s.PageNumbers)*(8+PageBytes) + snapshotDiskHeaderBytes + len(s.DiskChunks)*8 + len(s.DiskData) + snapshotCRCBytes
 	for _, v := range s.VCPUs {
-		size += kvmRegsSize + kvmSregsSize + 16 + len(v.FPU) + len(v.XSAVE) + len(v.XCRs) + len(v.Events) + 4 + 16*len(v.MSRs)
+		size += kvm.RegsSize + kvm.SregsSize + 16 + len(v.FPU) + len(v.XSAVE) + len(v.XCRs) + len(v.Events) + 4 + 16*len(v.MSRs)
 	}
 	for _, d := range s.Devices {
 		size += 8 + len(d.State)
@@ -476,16 +478,16 @@ func UnmarshalSnapshot(b []byte) (*Snapshot, error) {
 	}
 	for i := uint32(0); i < nvcpu && r.err == nil; i++ {
 		var v VCPUState
-		if p := r.take(kvmRegsSize, "kvm_regs"); p != nil {
+		if p := r.take(kvm.RegsSize, "kvm_regs"); p != nil {
 			binary.Decode(p, le, &v.Regs)
 		}
-		if p := r.take(kvmSregsSize, "kvm_sregs"); p != nil {
+		if p := r.take(kvm.SregsSize, "kvm_sregs"); p != nil {
 			binary.Decode(p, le, &v.Sregs)
 		}
-		v.FPU = r.blob("kvm_fpu", kvmFPUSize)
-		v.XSAVE = r.blob("kvm_xsave", kvmXsaveSize)
-		v.XCRs = r.blob("kvm_xcrs", kvmXcrsSize)
-		v.Events = r.blob("kvm_vcpu_events", kvmVcpuEventsSize)
+		v.FPU = r.blob("kvm_fpu", kvm.FPUSize)
+		v.XSAVE = r.blob("kvm_xsave", kvm.XsaveSize)
+		v.XCRs = r.blob("kvm_xcrs", kvm.XcrsSize)
+		v.Events = r.blob("kvm_vcpu_events", kvm.VcpuEventsSize)
 		n := r.u32("MSR count")
 		if r.err == nil && n > snapshotMaxMSRs {
 			return nil, badSnapshot("vCPU %d has %d MSRs; at most %d", i, n, snapshotMaxMSRs)

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ftvm/ftvm/vmm/kvm"
 )
 
 func sampleSnapshot() *Snapshot {
@@ -17,9 +19,9 @@ func sampleSnapshot() *Snapshot {
 		VCPUs: []VCPUState{{
 			Regs:   Regs{RIP: 0x401000, RSP: 16 << 20, RFLAGS: 0x3002},
 			Sregs:  initialSregs(),
-			XSAVE:  bytes.Repeat([]byte{1}, kvmXsaveSize),
-			XCRs:   bytes.Repeat([]byte{2}, kvmXcrsSize),
-			Events: bytes.Repeat([]byte{3}, kvmVcpuEventsSize),
+			XSAVE:  bytes.Repeat([]byte{1}, kvm.XsaveSize),
+			XCRs:   bytes.Repeat([]byte{2}, kvm.XcrsSize),
+			Events: bytes.Repeat([]byte{3}, kvm.VcpuEventsSize),
 			MSRs:   []MSR{{Index: 0x10, Value: 99}, {Index: 0xC0000100, Value: 7}},
 		}},
 		Devices:     []DeviceState{{Device: DeviceClock, State: []byte{1, 2, 3, 4, 5, 6, 7, 8, 9}}, {Device: DeviceNIC, State: []byte{1, 2, 2, 2, 2, 2, 2}}},
@@ -231,7 +233,7 @@ func TestSnapshotFieldChecks(t *testing.T) {
 		{"vcpus", func(b []byte) { le.PutUint32(b[64:], 0) }, "vCPU count 0"},
 		{"too many pages", func(b []byte) { le.PutUint64(b[72:], 1<<40) }, "page count"},
 		{"page count vs bytes", func(b []byte) { le.PutUint64(b[72:], 6) }, "truncated"},
-		{"fpu length", func(b []byte) { le.PutUint32(b[80+kvmRegsSize+kvmSregsSize:], 7) }, "kvm_fpu is 7 bytes"},
+		{"fpu length", func(b []byte) { le.PutUint32(b[80+kvm.RegsSize+kvm.SregsSize:], 7) }, "kvm_fpu is 7 bytes"},
 	}
 	// The disk section: size, count, the 3 chunk numbers, then data.
 	disk := diskSectionOff(sampleSnapshot(), enc)

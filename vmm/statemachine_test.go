@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ftvm/ftvm/vmm/kvm"
 )
 
 // scriptedVcpu stands in for KVM in unit tests of the run-state machine
@@ -42,13 +44,13 @@ func newScriptedVcpu(steps ...scriptStep) *scriptedVcpu {
 	return &scriptedVcpu{run: make([]byte, 4096), steps: steps}
 }
 
-func (v *scriptedVcpu) runArea() []byte { return v.run }
+func (v *scriptedVcpu) RunArea() []byte { return v.run }
 
-func (v *scriptedVcpu) setImmediateExit(on bool) { v.immediate.Store(on) }
+func (v *scriptedVcpu) SetImmediateExit(on bool) { v.immediate.Store(on) }
 
 const scriptSpinPoll = 100 * time.Microsecond
 
-func (v *scriptedVcpu) kvmRun() error {
+func (v *scriptedVcpu) Run() error {
 	v.mu.Lock()
 	if v.ioPending { // KVM completes the last doorbell store first
 		v.ioPending = false
@@ -62,7 +64,7 @@ func (v *scriptedVcpu) kvmRun() error {
 	v.mu.Lock()
 	if len(v.steps) == 0 {
 		v.mu.Unlock()
-		le.PutUint32(v.run[runExitReasonOff:], exitShutdown)
+		le.PutUint32(v.run[kvm.RunExitReasonOff:], kvm.ExitShutdown)
 		return nil
 	}
 	s := v.steps[0]
@@ -76,37 +78,37 @@ func (v *scriptedVcpu) kvmRun() error {
 		}
 		return unix.EINTR
 	}
-	le.PutUint32(v.run[runExitReasonOff:], exitMMIO)
-	le.PutUint64(v.run[runMMIOAddrOff:], DoorbellBase+uint64(s.port))
-	le.PutUint32(v.run[runMMIODataOff:], s.value)
-	le.PutUint32(v.run[runMMIOLenOff:], cmp.Or(s.accessBytes, 4))
-	v.run[runMMIOWriteOff] = 1
+	le.PutUint32(v.run[kvm.RunExitReasonOff:], kvm.ExitMMIO)
+	le.PutUint64(v.run[kvm.RunMMIOAddrOff:], DoorbellBase+uint64(s.port))
+	le.PutUint32(v.run[kvm.RunMMIODataOff:], s.value)
+	le.PutUint32(v.run[kvm.RunMMIOLenOff:], cmp.Or(s.accessBytes, 4))
+	v.run[kvm.RunMMIOWriteOff] = 1
 	v.mu.Lock()
 	v.ioPending = true
 	v.mu.Unlock()
 	return nil
 }
 
-func (v *scriptedVcpu) getRegs() (Regs, error) {
+func (v *scriptedVcpu) GetRegs() (Regs, error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	return v.regs, nil
 }
-func (v *scriptedVcpu) setRegs(r Regs) error {
+func (v *scriptedVcpu) SetRegs(r Regs) error {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	v.regs = r
 	return nil
 }
-func (v *scriptedVcpu) getSregs() (Sregs, error) { return v.sregs, nil }
-func (v *scriptedVcpu) setSregs(s Sregs) error   { v.sregs = s; return nil }
-func (v *scriptedVcpu) getBlob(_ string, _ uintptr, size int) ([]byte, error) {
+func (v *scriptedVcpu) GetSregs() (Sregs, error) { return v.sregs, nil }
+func (v *scriptedVcpu) SetSregs(s Sregs) error   { v.sregs = s; return nil }
+func (v *scriptedVcpu) GetBlob(_ string, _ uintptr, size int) ([]byte, error) {
 	return make([]byte, size), nil
 }
-func (v *scriptedVcpu) setBlob(string, uintptr, []byte, int) error     { return nil }
-func (v *scriptedVcpu) getMSRs(idx []uint32) ([]kvmMsrEntry, error)    { return nil, nil }
-func (v *scriptedVcpu) setMSRs([]kvmMsrEntry) error                    { return nil }
-func (v *scriptedVcpu) getDirtyLog(slot uint32, bitmap []uint64) error { return nil }
+func (v *scriptedVcpu) SetBlob(string, uintptr, []byte, int) error     { return nil }
+func (v *scriptedVcpu) GetMSRs(idx []uint32) ([]kvm.MsrEntry, error)   { return nil, nil }
+func (v *scriptedVcpu) SetMSRs([]kvm.MsrEntry) error                   { return nil }
+func (v *scriptedVcpu) GetDirtyLog(slot uint32, bitmap []uint64) error { return nil }
 func (v *scriptedVcpu) pendingCompleted() (pending bool, completed int, rip uint64) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
@@ -229,7 +231,7 @@ func TestRunStateFailureNamesTheExit(t *testing.T) {
 	// holds still does, at the clock's doorbell.
 	v := newScriptedVcpu(append(clockSteps(3), scriptStep{port: 0x42, value: scriptClockReq}, scriptStep{port: PortClock, value: scriptClockReq, accessBytes: 16})...)
 	m := newScriptedMachine(t, v)
-	v.setRegs(Regs{RIP: 0x401234})
+	v.SetRegs(Regs{RIP: 0x401234})
 	st, err := m.Run(0)
 	var ve *VMError
 	if st.State != Failed || !errors.As(err, &ve) || ve.Exit != 3 || ve.Port != PortClock || ve.Regs.RIP != 0x401238 {

@@ -6,6 +6,18 @@ import (
 	"runtime"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ftvm/ftvm/vmm/kvm"
+)
+
+// Regs, Sregs, Segment and DTable are the KVM structs of the same names
+// (package kvm), kept under these names because vmm's API (VMError,
+// VCPUState) carries them.
+type (
+	Regs    = kvm.Regs
+	Sregs   = kvm.Sregs
+	Segment = kvm.Segment
+	DTable  = kvm.DTable
 )
 
 // VMError says why a VM stopped: the exit it stopped at, the port, the
@@ -125,12 +137,12 @@ func (m *Machine) completeIO() error {
 	if !m.ioPending {
 		return nil
 	}
-	m.vcpu.setImmediateExit(true)
-	err := m.vcpu.kvmRun()
-	m.vcpu.setImmediateExit(false)
+	m.vcpu.SetImmediateExit(true)
+	err := m.vcpu.Run()
+	m.vcpu.SetImmediateExit(false)
 	m.ioPending = false
 	if err == nil {
-		return fmt.Errorf("KVM_RUN with immediate_exit entered the guest (exit reason %s)", exitReasonName(le.Uint32(m.vcpu.runArea()[runExitReasonOff:])))
+		return fmt.Errorf("KVM_RUN with immediate_exit entered the guest (exit reason %s)", kvm.ExitReasonName(le.Uint32(m.vcpu.RunArea()[kvm.RunExitReasonOff:])))
 	}
 	if !errors.Is(err, unix.EINTR) {
 		return fmt.Errorf("completing the last I/O exit: KVM_RUN: %w", err)
@@ -141,47 +153,47 @@ func (m *Machine) completeIO() error {
 // step runs the guest until its next exit and handles that exit. Every
 // exit reason is decided here, in one switch.
 func (m *Machine) step() {
-	err := m.vcpu.kvmRun()
+	err := m.vcpu.Run()
 	m.ioPending = false
 	if err != nil {
 		if errors.Is(err, unix.EINTR) {
 			// A kick or a stray signal: look at the command queue.
-			m.vcpu.setImmediateExit(false)
+			m.vcpu.SetImmediateExit(false)
 			return
 		}
 		m.fail(0, fmt.Errorf("KVM_RUN: %w", err))
 		return
 	}
-	run := m.vcpu.runArea()
-	switch reason := le.Uint32(run[runExitReasonOff:]); reason {
-	case exitMMIO:
+	run := m.vcpu.RunArea()
+	switch reason := le.Uint32(run[kvm.RunExitReasonOff:]); reason {
+	case kvm.ExitMMIO:
 		m.handleMMIOExit()
-	case exitIntr:
-		m.vcpu.setImmediateExit(false)
-	case exitIO:
+	case kvm.ExitIntr:
+		m.vcpu.SetImmediateExit(false)
+	case kvm.ExitIO:
 		// IOPL is 0, so a CPL3 guest's port access faults before it gets
 		// here; a host that lets it through still must not see a device.
-		port := le.Uint16(run[runIOPortOff:])
+		port := le.Uint16(run[kvm.RunIOPortOff:])
 		m.fail(port, fmt.Errorf("guest port I/O to %#x: devices are reached only through their doorbell (ftvm.h)", port))
-	case exitShutdown:
+	case kvm.ExitShutdown:
 		m.fail(0, errors.New("the guest triple-faulted: it raised an exception (a bad address, a divide by zero, a privileged instruction or port I/O at CPL3) and there is no IDT"))
-	case exitFailEntry:
-		m.fail(0, fmt.Errorf("VM entry failed, hardware reason %#x (the vCPU state is invalid)", le.Uint64(run[runFailReasonOff:])))
-	case exitInternalError:
-		m.fail(0, fmt.Errorf("KVM internal error, suberror %d", le.Uint32(run[runFailReasonOff:])))
+	case kvm.ExitFailEntry:
+		m.fail(0, fmt.Errorf("VM entry failed, hardware reason %#x (the vCPU state is invalid)", le.Uint64(run[kvm.RunFailReasonOff:])))
+	case kvm.ExitInternalError:
+		m.fail(0, fmt.Errorf("KVM internal error, suberror %d", le.Uint32(run[kvm.RunFailReasonOff:])))
 	default:
-		m.fail(0, fmt.Errorf("unexpected exit reason %s", exitReasonName(reason)))
+		m.fail(0, fmt.Errorf("unexpected exit reason %s", kvm.ExitReasonName(reason)))
 	}
 }
 
 // handleMMIOExit handles an access to guest-physical memory that no slot
 // backs: a doorbell store (a device request), or a guest bug.
 func (m *Machine) handleMMIOExit() {
-	run := m.vcpu.runArea()
-	addr := le.Uint64(run[runMMIOAddrOff:])
-	size := le.Uint32(run[runMMIOLenOff:])
-	write := run[runMMIOWriteOff] != 0
-	if addr < DoorbellBase || addr >= DoorbellBase+hugePageBytes {
+	run := m.vcpu.RunArea()
+	addr := le.Uint64(run[kvm.RunMMIOAddrOff:])
+	size := le.Uint32(run[kvm.RunMMIOLenOff:])
+	write := run[kvm.RunMMIOWriteOff] != 0
+	if addr < DoorbellBase || addr >= DoorbellBase+kvm.HugePageBytes {
 		// Unreachable while the page tables map only memory and the
 		// doorbell page (a wild pointer faults first); nothing to answer.
 		m.fail(0, fmt.Errorf("guest access to guest-physical address %#x (%d bytes, write=%v) outside guest memory (a wild pointer?)", addr, size, write))
@@ -193,7 +205,7 @@ func (m *Machine) handleMMIOExit() {
 		m.fail(port, fmt.Errorf("KVM reported an MMIO access of %d bytes; kvm_run holds at most 8", size))
 		return
 	}
-	data := run[runMMIODataOff : runMMIODataOff+8]
+	data := run[kvm.RunMMIODataOff : kvm.RunMMIODataOff+8]
 	if !write {
 		// A guest bug, but not one to stop the VM for: the load reads
 		// all ones (as from an absent device) and the guest goes on.
@@ -233,6 +245,6 @@ func (m *Machine) handleMMIOExit() {
 // fail stops the VM with an error naming the exit and the registers.
 func (m *Machine) fail(port uint16, err error) {
 	ve := &VMError{Exit: m.disp.next, Port: port, Err: err}
-	ve.Regs, ve.RegsErr = m.vcpu.getRegs()
+	ve.Regs, ve.RegsErr = m.vcpu.GetRegs()
 	m.setStatus(func(s *Status) { s.State = Failed; s.Err = ve })
 }

@@ -36,6 +36,13 @@
 // So is a guest-read CS selector other than the one set with KVM_SET_SREGS
 // (PVM runs CPL3 code on the host's user code segment, 0x33).
 //
+// It talks to KVM through the VMM's own KVM layer, package vmm/kvm (the
+// ABI structs, the ioctl wrappers, the long-mode constants and descriptor
+// encodings), so it checks the code the VMM runs, and has no unsafe code of
+// its own. What the VMM never does stays here: the real-mode guest, port
+// I/O and the IOPL=3 check, and the probe guests with their own memory
+// layout and GDT.
+//
 // It is built statically (CGO_ENABLED=0) so that scripts/kvmbox can run it
 // inside its busybox initramfs. It prints one "kvmprobe: ..." line per check
 // and exits 0 only if every required check passed.

@@ -4,34 +4,30 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"math/bits"
 	"slices"
 	"time"
+
+	"github.com/ftvm/ftvm/vmm/kvm"
 )
 
-const (
-	pageBytes        = 4096
-	memLogDirtyPages = 1 << 0 // KVM_MEM_LOG_DIRTY_PAGES
-)
-
-// dirtyPages turns a KVM dirty bitmap (bit i = page i of the slot, in
-// little-endian 64-bit words) into the guest-physical addresses of the dirty
-// pages of a slot that starts at address 0.
+// dirtyPages turns a KVM dirty bitmap (kvm.DirtyPages decodes the page
+// numbers) into the guest-physical addresses of the dirty pages of a slot
+// that starts at address 0.
 func dirtyPages(bitmap []uint64) []uint64 {
-	var pages []uint64
-	for w, word := range bitmap {
-		for word != 0 {
-			b := bits.TrailingZeros64(word)
-			pages = append(pages, (uint64(w)*64+uint64(b))*pageBytes)
-			word &^= 1 << b
-		}
+	pages := kvm.DirtyPages(bitmap, uint64(len(bitmap))*64)
+	for i := range pages {
+		pages[i] *= kvm.PageBytes
 	}
 	return pages
 }
 
-// Guest-physical layout of the long-mode probe. Guest memory is
-// identity-mapped with 2 MiB pages that have U/S set, as the VMM does, and
-// so is the doorbell page at lmDoorbellBase, which no memory slot backs.
+// Guest-physical layout of the long-mode probe. It is the probe's own, not
+// the VMM's (vmm/layout_amd64.go), because the probe guest is a few
+// hand-assembled instructions at fixed low addresses, not an ELF at
+// vmm.LoadBase with a boot-info page, and the probe must not depend on the
+// VMM's devices; what it shares with the VMM is the kind of mapping:
+// guest memory identity-mapped with 2 MiB pages that have U/S set, and the
+// doorbell page at lmDoorbellBase, which no memory slot backs.
 const (
 	lmUserCode     = 0x1000
 	lmUserLoop     = 0x1100
@@ -49,37 +45,9 @@ const (
 	lmDoorbellBase = 0xc0000000 // the VMM's DoorbellBase (FTVM_DOORBELL_BASE)
 )
 
-// Page-table entry bits.
-const (
-	ptePresent  = 1 << 0
-	pteWritable = 1 << 1
-	pteUser     = 1 << 2
-	ptePageSize = 1 << 7
-)
-
-// Control-register and EFER bits.
-const (
-	cr0PE = 1 << 0
-	cr0MP = 1 << 1
-	cr0ET = 1 << 4
-	cr0NE = 1 << 5
-	cr0WP = 1 << 16
-	cr0PG = 1 << 31
-
-	cr4PAE        = 1 << 5
-	cr4OSFXSR     = 1 << 9
-	cr4OSXMMEXCPT = 1 << 10
-
-	eferSCE = 1 << 0
-	eferLME = 1 << 8
-	eferLMA = 1 << 10
-	eferNXE = 1 << 11
-
-	rflagsFixed = 1 << 1
-	rflagsIOPL  = 3 << 12 // the IOPL field
-)
-
-// GDT selectors (index<<3 | RPL).
+// GDT selectors (index<<3 | RPL) of the probe's GDT, whose order (user
+// code before user data) is its own; the VMM's puts user data first, as
+// SYSRET wants.
 const (
 	selKernelCode = 1 << 3
 	selKernelData = 2 << 3
@@ -149,37 +117,33 @@ var lmOut = []byte{
 	0xf4,
 }
 
-func segDesc(base, limit uint32, access, flags uint8) uint64 {
-	return uint64(limit&0xffff) | uint64(base&0xffffff)<<16 | uint64(access)<<40 |
-		uint64(limit>>16&0xf)<<48 | uint64(flags&0xf)<<52 | uint64(base>>24)<<56
-}
-
 func (v *vm) buildLongMode() {
 	le := binary.LittleEndian
-	le.PutUint64(v.mem[lmPML4:], lmPDPT|ptePresent|pteWritable|pteUser)
-	le.PutUint64(v.mem[lmPDPT:], lmPD|ptePresent|pteWritable|pteUser)
+	const rwu = kvm.PTEPresent | kvm.PTEWrite | kvm.PTEUser
+	le.PutUint64(v.mem[lmPML4:], lmPDPT|rwu)
+	le.PutUint64(v.mem[lmPDPT:], lmPD|rwu)
 	for i := uint64(0); i < guestMemBytes>>21; i++ {
-		le.PutUint64(v.mem[lmPD+8*i:], i<<21|ptePresent|pteWritable|pteUser|ptePageSize)
+		le.PutUint64(v.mem[lmPD+8*i:], i<<21|rwu|kvm.PTEPageSize)
 	}
 	// The doorbell page, as the VMM maps it: user-accessible, writable,
 	// backed by no memory slot, so every access to it is an MMIO exit.
-	le.PutUint64(v.mem[lmPDPT+8*(lmDoorbellBase>>30):], lmDoorbellPD|ptePresent|pteWritable|pteUser)
-	le.PutUint64(v.mem[lmDoorbellPD+8*(lmDoorbellBase>>21&511):], lmDoorbellBase|ptePresent|pteWritable|pteUser|ptePageSize)
+	le.PutUint64(v.mem[lmPDPT+8*(lmDoorbellBase>>30):], lmDoorbellPD|rwu)
+	le.PutUint64(v.mem[lmDoorbellPD+8*(lmDoorbellBase>>21&511):], lmDoorbellBase|rwu|kvm.PTEPageSize)
 	gdt := []uint64{
 		0,
-		segDesc(0, 0xfffff, 0x9a, 0xa), // kernel code: P, DPL0, exec/read; G, L
-		segDesc(0, 0xfffff, 0x92, 0xc), // kernel data: P, DPL0, read/write; G, D/B
-		segDesc(0, 0xfffff, 0xfa, 0xa), // user code: P, DPL3
-		segDesc(0, 0xfffff, 0xf2, 0xc), // user data: P, DPL3
-		segDesc(lmTSS, 0x67, 0x89, 0),  // 64-bit TSS (available), low half
-		0,                              // TSS base bits 63:32
+		kvm.SegmentDescriptor(0, 0xfffff, kvm.AccessKernelCode, kvm.FlagsCode64), // P, DPL0, exec/read; G, L
+		kvm.SegmentDescriptor(0, 0xfffff, kvm.AccessKernelData, kvm.FlagsData),   // P, DPL0, read/write; G, D/B
+		kvm.SegmentDescriptor(0, 0xfffff, kvm.AccessUserCode, kvm.FlagsCode64),   // P, DPL3
+		kvm.SegmentDescriptor(0, 0xfffff, kvm.AccessUserData, kvm.FlagsData),     // P, DPL3
+		kvm.SegmentDescriptor(lmTSS, kvm.TSSLimit, kvm.AccessTSS, 0),             // 64-bit TSS (available), low half
+		0, // TSS base bits 63:32
 	}
 	for i, d := range gdt {
 		le.PutUint64(v.mem[lmGDT+8*i:], d)
 	}
 	// The I/O map base lies past the TSS limit, so IOPL alone decides
 	// whether CPL3 may use ports: with IOPL=0 every OUT must #GP.
-	le.PutUint16(v.mem[lmTSS+0x66:], 0x68)
+	le.PutUint16(v.mem[lmTSS+kvm.TSSIOMapBaseOff:], kvm.TSSLimit+1)
 	copy(v.mem[lmUserCode:], lmCode)
 	copy(v.mem[lmUserLoop:], lmLoop)
 	copy(v.mem[lmUserCalc:], lmCalc)
@@ -189,55 +153,47 @@ func (v *vm) buildLongMode() {
 // prepareLongMode gives the vCPU the host's CPUID (KVM checks guest CPUID
 // before accepting EFER.LME on some paths) and writes page tables, GDT,
 // TSS and guest code into memory.
-func (v *vm) prepareLongMode(kvm int) error {
-	if _, err := copySupportedCPUID(kvm, v.vcpu); err != nil {
+func (v *vm) prepareLongMode(sys *kvm.System) error {
+	cpuid, err := sys.SupportedCPUID()
+	if err != nil {
+		return err
+	}
+	if err := v.vcpu.SetCPUID(cpuid); err != nil {
 		return err
 	}
 	v.buildLongMode()
 	return nil
 }
 
-func flatSeg(sel uint16, typ, dpl uint8, long bool) kvmSegment {
-	s := kvmSegment{Base: 0, Limit: 0xffffffff, Selector: sel, Type: typ, Present: 1, DPL: dpl, S: 1, G: 1}
-	if long {
-		s.L = 1
-	} else {
-		s.DB = 1
-	}
-	return s
-}
-
 // enterLongMode puts the vCPU straight into 64-bit mode at privilege level
 // cpl (0 or 3) with the given IOPL, as the VMM starts its guests (CPL3,
 // IOPL=0).
 func (v *vm) enterLongMode(rip, rcx uint64, cpl, iopl uint8) error {
-	s, err := getSregs(v.vcpu)
+	s, err := v.vcpu.GetSregs()
 	if err != nil {
-		return fmt.Errorf("KVM_GET_SREGS: %w", err)
+		return err
 	}
-	s.CS = flatSeg(selUserCode, 0xb, 3, true)
-	data := flatSeg(selUserData, 0x3, 3, false)
+	s.CS = kvm.FlatSegment(selUserCode, 0xb, 3, true)
+	data := kvm.FlatSegment(selUserData, 0x3, 3, false)
 	if cpl == 0 {
-		s.CS = flatSeg(selKernelCode, 0xb, 0, true)
-		data = flatSeg(selKernelData, 0x3, 0, false)
+		s.CS = kvm.FlatSegment(selKernelCode, 0xb, 0, true)
+		data = kvm.FlatSegment(selKernelData, 0x3, 0, false)
 	}
 	s.DS, s.ES, s.FS, s.GS, s.SS = data, data, data, data, data
-	s.TR = kvmSegment{Base: lmTSS, Limit: 0x67, Selector: selTSS, Type: 0xb, Present: 1}
-	s.LDT = kvmSegment{Selector: 0, Type: 0x2, Present: 1, Unusable: 1}
-	s.GDT = kvmDtable{Base: lmGDT, Limit: 7*8 - 1}
-	s.IDT = kvmDtable{Base: 0, Limit: 0} // any exception escalates to a triple fault
-	s.CR0 = cr0PE | cr0MP | cr0ET | cr0NE | cr0WP | cr0PG
+	s.TR = kvm.Segment{Base: lmTSS, Limit: kvm.TSSLimit, Selector: selTSS, Type: 0xb, Present: 1}
+	s.LDT = kvm.Segment{Selector: 0, Type: 0x2, Present: 1, Unusable: 1}
+	s.GDT = kvm.DTable{Base: lmGDT, Limit: 7*8 - 1}
+	s.IDT = kvm.DTable{Base: 0, Limit: 0} // any exception escalates to a triple fault
+	s.CR0 = kvm.CR0PE | kvm.CR0MP | kvm.CR0ET | kvm.CR0NE | kvm.CR0WP | kvm.CR0PG
 	s.CR3 = lmPML4
-	s.CR4 = cr4PAE | cr4OSFXSR | cr4OSXMMEXCPT
-	s.EFER = eferSCE | eferLME | eferLMA | eferNXE
-	if err := setSregs(v.vcpu, &s); err != nil {
-		return fmt.Errorf("KVM_SET_SREGS (long mode, CPL%d): %w", cpl, err)
+	s.CR4 = kvm.CR4PAE | kvm.CR4OSFXSR | kvm.CR4OSXMMEXCPT
+	s.EFER = kvm.EFERSCE | kvm.EFERLME | kvm.EFERLMA | kvm.EFERNXE
+	if err := v.vcpu.SetSregs(s); err != nil {
+		return fmt.Errorf("long mode, CPL%d: %w", cpl, err)
 	}
-	regs := kvmRegs{RIP: rip, RCX: rcx, RSP: lmUserStack, RFLAGS: rflagsFixed | uint64(iopl&3)<<12}
-	if err := setRegs(v.vcpu, &regs); err != nil {
-		return fmt.Errorf("KVM_SET_REGS: %w", err)
-	}
-	return nil
+	// IOPL is set here only for the information check portIOWithIOPL3; the
+	// VMM always starts its guests with IOPL=0.
+	return v.vcpu.SetRegs(kvm.Regs{RIP: rip, RCX: rcx, RSP: lmUserStack, RFLAGS: kvm.RFLAGSReserved | uint64(iopl&3)<<kvm.RFLAGSIOPLShift})
 }
 
 // longModeCPL3 runs code (lmCode, or a planted variant in tests) at cpl
@@ -247,15 +203,15 @@ func (v *vm) enterLongMode(rip, rcx uint64, cpl, iopl uint8) error {
 // rest may differ from selUserCode, as on PVM, whose CPL3 guest code runs
 // on the host's user code segment (0x33) while KVM_GET_SREGS still shows
 // the selector userspace set.
-func longModeCPL3(kvm int, v *vm, code []byte, cpl uint8) (uint16, error) {
-	if err := v.prepareLongMode(kvm); err != nil {
+func longModeCPL3(sys *kvm.System, v *vm, code []byte, cpl uint8) (uint16, error) {
+	if err := v.prepareLongMode(sys); err != nil {
 		return 0, err
 	}
 	copy(v.mem[lmUserCode:], code)
 	// Dirty logging is how the VMM finds the pages an incremental snapshot
 	// must carry, so prove it sees a guest write.
-	if err := setMemoryRegion(v.fd, 0, memLogDirtyPages, 0, v.mem); err != nil {
-		return 0, fmt.Errorf("KVM_SET_USER_MEMORY_REGION with KVM_MEM_LOG_DIRTY_PAGES: %w", err)
+	if err := v.vm.SetUserMemoryRegion(0, kvm.MemLogDirtyPages, 0, v.mem); err != nil {
+		return 0, fmt.Errorf("with KVM_MEM_LOG_DIRTY_PAGES: %w", err)
 	}
 	if err := v.enterLongMode(lmUserCode, 0, cpl, 0); err != nil {
 		return 0, err
@@ -263,18 +219,18 @@ func longModeCPL3(kvm int, v *vm, code []byte, cpl uint8) (uint16, error) {
 	if err := v.expectDoorbell(dbHello, 'L'); err != nil {
 		return 0, fmt.Errorf("first doorbell store at CPL3: %w", err)
 	}
-	s, err := getSregs(v.vcpu)
+	s, err := v.vcpu.GetSregs()
 	if err != nil {
-		return 0, fmt.Errorf("KVM_GET_SREGS: %w", err)
+		return 0, err
 	}
-	if s.CS.DPL != 3 || s.CS.L != 1 || s.EFER&eferLMA == 0 {
+	if s.CS.DPL != 3 || s.CS.L != 1 || s.EFER&kvm.EFERLMA == 0 {
 		return 0, fmt.Errorf("after first exit CS.DPL=%d CS.L=%d EFER=%#x, want DPL 3, L 1, LMA set", s.CS.DPL, s.CS.L, s.EFER)
 	}
-	regs, err := getRegs(v.vcpu)
+	regs, err := v.vcpu.GetRegs()
 	if err != nil {
-		return 0, fmt.Errorf("KVM_GET_REGS: %w", err)
+		return 0, err
 	}
-	if iopl := (regs.RFLAGS & rflagsIOPL) >> 12; iopl != 0 {
+	if iopl := (regs.RFLAGS & kvm.RFLAGSIOPL) >> kvm.RFLAGSIOPLShift; iopl != 0 {
 		return 0, fmt.Errorf("after first exit RFLAGS=%#x (IOPL=%d), want IOPL=0", regs.RFLAGS, iopl)
 	}
 	r, err := v.runOnce()
@@ -294,9 +250,9 @@ func longModeCPL3(kvm int, v *vm, code []byte, cpl uint8) (uint16, error) {
 	if got := binary.LittleEndian.Uint32(v.mem[lmDataPage:]); got != lmDataValue {
 		return 0, fmt.Errorf("guest wrote %#x at %#x, host sees %#x", lmDataValue, lmDataPage, got)
 	}
-	bitmap := make([]uint64, guestMemBytes/pageBytes/64)
-	if err := getDirtyLog(v.fd, 0, bitmap); err != nil {
-		return 0, fmt.Errorf("KVM_GET_DIRTY_LOG: %w", err)
+	bitmap := make([]uint64, kvm.BitmapWords(guestMemBytes))
+	if err := v.vm.GetDirtyLog(0, bitmap); err != nil {
+		return 0, err
 	}
 	dirty := dirtyPages(bitmap)
 	if !slices.Contains(dirty, lmDataPage) {
@@ -309,7 +265,7 @@ func longModeCPL3(kvm int, v *vm, code []byte, cpl uint8) (uint16, error) {
 	if err != nil {
 		return 0, err
 	}
-	if r != exitShutdown {
+	if r != kvm.ExitShutdown {
 		return 0, v.unexpected(r, "KVM_EXIT_SHUTDOWN (hlt at CPL3 must #GP, and with no IDT that is a triple fault)")
 	}
 	return uint16(cs), nil
@@ -331,12 +287,12 @@ func outFaultsAtCPL3(v *vm, code []byte, cpl uint8) error {
 		return err
 	}
 	switch r {
-	case exitShutdown:
+	case kvm.ExitShutdown:
 		return nil
-	case exitIO:
+	case kvm.ExitIO:
 		io := v.ioExit()
 		return fmt.Errorf("OUT at CPL3 with IOPL=0 reached userspace as KVM_EXIT_IO (port %#x data %x); it must #GP", io.port, io.data)
-	case exitMMIO:
+	case kvm.ExitMMIO:
 		m := v.mmioExit()
 		if m.addr == lmDoorbellBase+dbOutSkipped {
 			return errors.New("OUT at CPL3 with IOPL=0 neither faulted nor exited: the guest went on to the next doorbell store")
@@ -345,18 +301,19 @@ func outFaultsAtCPL3(v *vm, code []byte, cpl uint8) error {
 	return v.unexpected(r, "KVM_EXIT_SHUTDOWN (OUT at CPL3 with IOPL=0 must #GP, and with no IDT that is a triple fault)")
 }
 
-// portIOWithIOPL3 reports whether an OUT at cpl with IOPL=3 reaches
+// portIOWithIOPL3 is kvmprobe's own (nothing in vmm/kvm or the VMM gives a
+// guest IOPL=3): it reports whether an OUT at cpl with IOPL=3 reaches
 // userspace as KVM_EXIT_IO on this host (true) or faults (false). It runs
 // on a VM of its own, since the answer is for information only: the VMM
 // never gives its guests IOPL=3. PVM, for one, does not honour IOPL and
 // raises #GP.
-func portIOWithIOPL3(kvm int, cpl uint8) (bool, error) {
-	v, err := newVM(kvm)
+func portIOWithIOPL3(sys *kvm.System, cpl uint8) (bool, error) {
+	v, err := newVM(sys)
 	if err != nil {
 		return false, err
 	}
 	defer v.close()
-	if err := v.prepareLongMode(kvm); err != nil {
+	if err := v.prepareLongMode(sys); err != nil {
 		return false, err
 	}
 	if err := v.enterLongMode(lmUserOut, 0, cpl, 3); err != nil {
@@ -367,9 +324,9 @@ func portIOWithIOPL3(kvm int, cpl uint8) (bool, error) {
 		return false, err
 	}
 	switch r {
-	case exitShutdown:
+	case kvm.ExitShutdown:
 		return false, nil
-	case exitIO:
+	case kvm.ExitIO:
 		if err := v.checkOut(serialPort, 'O'); err != nil {
 			return false, err
 		}
@@ -402,9 +359,9 @@ func timeLongModeLoop(v *vm, iters int) (time.Duration, error) {
 	if err := v.checkDoorbell(r, dbCalc, calcDone); err != nil {
 		return 0, err
 	}
-	regs, err := getRegs(v.vcpu)
+	regs, err := v.vcpu.GetRegs()
 	if err != nil {
-		return 0, fmt.Errorf("KVM_GET_REGS: %w", err)
+		return 0, err
 	}
 	if regs.RCX != 0 {
 		return 0, fmt.Errorf("loop ended with rcx=%d, want 0", regs.RCX)

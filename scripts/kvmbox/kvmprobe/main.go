@@ -9,86 +9,28 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/ftvm/ftvm/vmm/kvm"
 )
 
-const kvmio = 0xAE
+// The KVM ABI (structs, ioctls, exit reasons, kvm_run offsets) and the
+// long-mode constants come from package vmm/kvm, which the VMM is built on,
+// so the probe checks the very wrappers and layouts the VMM uses. What is
+// kvmprobe's own is what the VMM never does: a real-mode guest, port I/O,
+// the IOPL=3 information check, and a probe guest with its own layout
+// (longmode.go).
 
-func ioc(dir, nr, size uintptr) uintptr { return dir<<30 | size<<16 | kvmio<<8 | nr }
-
-const (
-	iocNone, iocWrite, iocRead = 0, 1, 2
-)
-
-var (
-	kvmGetAPIVersion       = ioc(iocNone, 0x00, 0)
-	kvmCreateVM            = ioc(iocNone, 0x01, 0)
-	kvmCheckExtension      = ioc(iocNone, 0x03, 0)
-	kvmGetVCPUMmapSize     = ioc(iocNone, 0x04, 0)
-	kvmGetSupportedCPUID   = ioc(iocRead|iocWrite, 0x05, 8)
-	kvmCreateVCPU          = ioc(iocNone, 0x41, 0)
-	kvmSetUserMemoryRegion = ioc(iocWrite, 0x46, 32)
-	kvmSetTSSAddr          = ioc(iocNone, 0x47, 0)
-	kvmGetDirtyLog         = ioc(iocWrite, 0x42, 16)
-	kvmRun                 = ioc(iocNone, 0x80, 0)
-	kvmGetRegs             = ioc(iocRead, 0x81, 144)
-	kvmSetRegs             = ioc(iocWrite, 0x82, 144)
-	kvmGetSregs            = ioc(iocRead, 0x83, 312)
-	kvmSetSregs            = ioc(iocWrite, 0x84, 312)
-	kvmSetCPUID2           = ioc(iocWrite, 0x90, 8)
-)
-
-// The KVM API version every kernel since 2.6.22 reports.
-const kvmAPIVersion = 12
-
-// Exit reasons (linux/kvm.h).
-const (
-	exitIO            = 2
-	exitHLT           = 5
-	exitMMIO          = 6
-	exitShutdown      = 8
-	exitFailEntry     = 9
-	exitInternalError = 17
-)
-
-var exitNames = map[uint32]string{
-	exitIO: "IO", exitHLT: "HLT", exitMMIO: "MMIO", exitShutdown: "SHUTDOWN",
-	exitFailEntry: "FAIL_ENTRY", exitInternalError: "INTERNAL_ERROR",
-}
-
-func exitName(r uint32) string {
-	if n, ok := exitNames[r]; ok {
-		return n
-	}
-	return fmt.Sprintf("reason %d", r)
-}
-
-// Offsets into struct kvm_run (linux/kvm.h, x86).
-const (
-	runExitReasonOffset = 8
-	runIODirection      = 32
-	runIOSize           = 33
-	runIOPort           = 34
-	runIOCount          = 36
-	runIODataOffset     = 40
-
-	// struct kvm_run.mmio: phys_addr u64, data[8], len u32, is_write u8.
-	runMMIOPhysAddr = 32
-	runMMIOData     = 40
-	runMMIOLen      = 48
-	runMMIOIsWrite  = 52
-)
-
-const ioDirOut = 1
-
+// caps are the capabilities reported; none is required here (the VMM
+// refuses to start without the ones it needs, with its own message).
 var caps = []struct {
 	name string
 	nr   uintptr
 }{
-	{"KVM_CAP_XSAVE", 55},
-	{"KVM_CAP_XCRS", 56},
-	{"KVM_CAP_IMMEDIATE_EXIT", 136},
-	{"KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2", 168},
-	{"KVM_CAP_DIRTY_LOG_RING", 192},
+	{"KVM_CAP_XSAVE", kvm.CapXsave},
+	{"KVM_CAP_XCRS", kvm.CapXcrs},
+	{"KVM_CAP_IMMEDIATE_EXIT", kvm.CapImmediateExit},
+	{"KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2", kvm.CapManualDirtyLogProtect2},
+	{"KVM_CAP_DIRTY_LOG_RING", kvm.CapDirtyLogRing},
 }
 
 // guestMemBytes is the size of each probe VM's single memory slot: two
@@ -115,36 +57,29 @@ func main() {
 }
 
 func probe(nExits, loopIters int) error {
-	kvm, err := unix.Open("/dev/kvm", unix.O_RDWR|unix.O_CLOEXEC, 0)
+	sys, err := kvm.Open() // refuses any API version but kvm.APIVersion
 	if err != nil {
-		return fmt.Errorf("open /dev/kvm: %w", err)
+		return err
 	}
-	defer unix.Close(kvm)
-	api, err := ioctlPtr(kvm, kvmGetAPIVersion, nil)
-	if err != nil {
-		return fmt.Errorf("KVM_GET_API_VERSION: %w", err)
-	}
-	if api != kvmAPIVersion {
-		return fmt.Errorf("KVM_GET_API_VERSION = %d, want %d", api, kvmAPIVersion)
-	}
-	fmt.Printf("kvmprobe: ok KVM_GET_API_VERSION = %d\n", api)
+	defer sys.Close()
+	fmt.Printf("kvmprobe: ok KVM_GET_API_VERSION = %d\n", kvm.APIVersion)
 
-	vm, err := newVM(kvm)
+	vm, err := newVM(sys)
 	if err != nil {
 		return err
 	}
 	defer vm.close()
 	for _, c := range caps {
-		sys, errSys := checkExt(kvm, c.nr)
-		onVM, errVM := checkExt(vm.fd, c.nr)
+		onSys, errSys := sys.CheckExtensionErr(c.nr)
+		onVM, errVM := vm.vm.CheckExtension(c.nr)
 		if errSys != nil || errVM != nil {
 			return fmt.Errorf("KVM_CHECK_EXTENSION(%s): system %v, vm %v", c.name, errSys, errVM)
 		}
 		state := "present"
-		if sys == 0 && onVM == 0 {
+		if onSys == 0 && onVM == 0 {
 			state = "ABSENT"
 		}
-		fmt.Printf("kvmprobe: cap %-34s %s (system %d, vm %d)\n", c.name, state, sys, onVM)
+		fmt.Printf("kvmprobe: cap %-34s %s (system %d, vm %d)\n", c.name, state, onSys, onVM)
 	}
 
 	if err := realModeOut(vm, realCode); err != nil {
@@ -157,12 +92,12 @@ func probe(nExits, loopIters int) error {
 	}
 	fmt.Printf("kvmprobe: ok real-mode port-I/O exits: %d exits, mean %.1f µs/exit\n", nExits, us(perExit))
 
-	lm, err := newVM(kvm)
+	lm, err := newVM(sys)
 	if err != nil {
 		return err
 	}
 	defer lm.close()
-	guestCS, err := longModeCPL3(kvm, lm, lmCode, 3)
+	guestCS, err := longModeCPL3(sys, lm, lmCode, 3)
 	if err != nil {
 		return fmt.Errorf("long-mode CPL3 guest: %w", err)
 	}
@@ -191,7 +126,7 @@ func probe(nExits, loopIters int) error {
 	}
 
 	// Information only: the VMM gives its guests IOPL=0 on every host.
-	switch works, err := portIOWithIOPL3(kvm, 3); {
+	switch works, err := portIOWithIOPL3(sys, 3); {
 	case err != nil:
 		fmt.Printf("kvmprobe: info CPL3 port I/O with IOPL=3: could not tell (%v)\n", err)
 	case works:
@@ -204,58 +139,44 @@ func probe(nExits, loopIters int) error {
 
 func us(d time.Duration) float64 { return float64(d) / 1e3 }
 
-func checkExt(fd int, nr uintptr) (uintptr, error) {
-	r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), kvmCheckExtension, nr)
-	if errno != 0 {
-		return 0, errno
-	}
-	return r, nil
-}
-
 type vm struct {
-	fd     int
+	vm     *kvm.VM
 	mem    []byte
-	vcpu   int
-	run    []byte
+	vcpu   *kvm.Vcpu
+	run    []byte // vcpu's struct kvm_run
 	closed bool
 }
 
-func newVM(kvm int) (*vm, error) {
-	fd, err := ioctlPtr(kvm, kvmCreateVM, nil)
+func newVM(sys *kvm.System) (*vm, error) {
+	kvmVM, err := sys.CreateVM()
 	if err != nil {
-		return nil, fmt.Errorf("KVM_CREATE_VM: %w", err)
+		return nil, err
 	}
-	v := &vm{fd: int(fd), vcpu: -1}
+	v := &vm{vm: kvmVM}
 	// Intel needs a TSS area below 4 GiB for real mode; AMD ignores it.
-	if _, _, errno := unix.Syscall(unix.SYS_IOCTL, fd, kvmSetTSSAddr, 0xfffbd000); errno != 0 {
+	if err := v.vm.SetTSSAddr(0xfffbd000); err != nil {
 		v.close()
-		return nil, fmt.Errorf("KVM_SET_TSS_ADDR: %w", errno)
+		return nil, err
 	}
 	v.mem, err = unix.Mmap(-1, 0, guestMemBytes, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
 	if err != nil {
 		v.close()
 		return nil, fmt.Errorf("mmap guest memory: %w", err)
 	}
-	if err := setMemoryRegion(v.fd, 0, 0, 0, v.mem); err != nil {
+	if err := v.vm.SetUserMemoryRegion(0, 0, 0, v.mem); err != nil {
 		v.close()
-		return nil, fmt.Errorf("KVM_SET_USER_MEMORY_REGION: %w", err)
+		return nil, err
 	}
-	vcpu, err := ioctlPtr(v.fd, kvmCreateVCPU, nil)
+	size, err := sys.VcpuMmapSize()
 	if err != nil {
 		v.close()
-		return nil, fmt.Errorf("KVM_CREATE_VCPU: %w", err)
+		return nil, err
 	}
-	v.vcpu = int(vcpu)
-	size, err := ioctlPtr(kvm, kvmGetVCPUMmapSize, nil)
-	if err != nil {
+	if v.vcpu, err = v.vm.CreateVcpu(0, size); err != nil {
 		v.close()
-		return nil, fmt.Errorf("KVM_GET_VCPU_MMAP_SIZE: %w", err)
+		return nil, err
 	}
-	v.run, err = unix.Mmap(v.vcpu, 0, int(size), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
-	if err != nil {
-		v.close()
-		return nil, fmt.Errorf("mmap kvm_run: %w", err)
-	}
+	v.run = v.vcpu.RunArea()
 	return v, nil
 }
 
@@ -264,29 +185,26 @@ func (v *vm) close() {
 		return
 	}
 	v.closed = true
-	if v.run != nil {
-		unix.Munmap(v.run)
-	}
-	if v.vcpu >= 0 {
-		unix.Close(v.vcpu)
+	if v.vcpu != nil {
+		v.vcpu.Close()
 	}
 	if v.mem != nil {
 		unix.Munmap(v.mem)
 	}
-	unix.Close(v.fd)
+	v.vm.Close()
 }
 
 // runOnce enters the guest and returns the exit reason.
 func (v *vm) runOnce() (uint32, error) {
 	for {
-		_, err := ioctlPtr(v.vcpu, kvmRun, nil)
+		err := v.vcpu.Run()
 		if errors.Is(err, unix.EINTR) {
 			continue
 		}
 		if err != nil {
 			return 0, fmt.Errorf("KVM_RUN: %w", err)
 		}
-		return binary.LittleEndian.Uint32(v.run[runExitReasonOffset:]), nil
+		return binary.LittleEndian.Uint32(v.run[kvm.RunExitReasonOff:]), nil
 	}
 }
 
@@ -297,12 +215,12 @@ type ioExit struct {
 }
 
 func (v *vm) ioExit() ioExit {
-	size := int(v.run[runIOSize])
-	count := int(binary.LittleEndian.Uint32(v.run[runIOCount:]))
-	off := int(binary.LittleEndian.Uint64(v.run[runIODataOffset:]))
+	size := int(v.run[kvm.RunIOSizeOff])
+	count := int(binary.LittleEndian.Uint32(v.run[kvm.RunIOCountOff:]))
+	off := int(binary.LittleEndian.Uint64(v.run[kvm.RunIODataOffsetOff:]))
 	return ioExit{
-		out:  v.run[runIODirection] == ioDirOut,
-		port: binary.LittleEndian.Uint16(v.run[runIOPort:]),
+		out:  v.run[kvm.RunIODirectionOff] == kvm.IODirOut,
+		port: binary.LittleEndian.Uint16(v.run[kvm.RunIOPortOff:]),
 		data: v.run[off : off+size*count],
 	}
 }
@@ -314,7 +232,7 @@ func (v *vm) expectOut(port uint16, want byte) error {
 	if err != nil {
 		return err
 	}
-	if r != exitIO {
+	if r != kvm.ExitIO {
 		return v.unexpected(r, fmt.Sprintf("KVM_EXIT_IO (out to port %#x)", port))
 	}
 	return v.checkOut(port, want)
@@ -337,11 +255,11 @@ type mmioExit struct {
 }
 
 func (v *vm) mmioExit() mmioExit {
-	n := min(binary.LittleEndian.Uint32(v.run[runMMIOLen:]), 8)
+	n := min(binary.LittleEndian.Uint32(v.run[kvm.RunMMIOLenOff:]), 8)
 	return mmioExit{
-		addr:  binary.LittleEndian.Uint64(v.run[runMMIOPhysAddr:]),
-		data:  v.run[runMMIOData : runMMIOData+n],
-		write: v.run[runMMIOIsWrite] != 0,
+		addr:  binary.LittleEndian.Uint64(v.run[kvm.RunMMIOAddrOff:]),
+		data:  v.run[kvm.RunMMIODataOff : kvm.RunMMIODataOff+n],
+		write: v.run[kvm.RunMMIOWriteOff] != 0,
 	}
 }
 
@@ -372,7 +290,7 @@ func (v *vm) checkDoorbell(r uint32, port uint16, want uint32) error {
 // store to lmDoorbellBase+port and returns the value stored.
 func (v *vm) doorbellValue(r uint32, port uint16) (uint32, error) {
 	addr := lmDoorbellBase + uint64(port)
-	if r != exitMMIO {
+	if r != kvm.ExitMMIO {
 		return 0, v.unexpected(r, fmt.Sprintf("KVM_EXIT_MMIO (store to doorbell %#x)", addr))
 	}
 	m := v.mmioExit()
@@ -384,10 +302,14 @@ func (v *vm) doorbellValue(r uint32, port uint16) (uint32, error) {
 }
 
 func (v *vm) unexpected(r uint32, want string) error {
-	regs, _ := getRegs(v.vcpu)
-	return fmt.Errorf("exit %s at rip %#x, want %s", exitName(r), regs.RIP, want)
+	regs, _ := v.vcpu.GetRegs()
+	return fmt.Errorf("exit %s at rip %#x, want %s", kvm.ExitReasonName(r), regs.RIP, want)
 }
 
+// The real-mode probe is kvmprobe's own: the VMM never runs real mode,
+// but a real-mode OUT is the simplest exit any KVM makes, so it tells a
+// host whose KVM works at all from one that cannot enter long mode.
+//
 // Real-mode code at realCodeAddr:
 //
 //	mov $0x3f8,%dx; mov $'K',%al; out %al,(%dx); hlt
@@ -406,19 +328,15 @@ var (
 )
 
 func (v *vm) enterRealMode(rip uint64) error {
-	s, err := getSregs(v.vcpu)
+	s, err := v.vcpu.GetSregs()
 	if err != nil {
-		return fmt.Errorf("KVM_GET_SREGS: %w", err)
+		return err
 	}
 	s.CS.Base, s.CS.Selector = 0, 0
-	if err := setSregs(v.vcpu, &s); err != nil {
-		return fmt.Errorf("KVM_SET_SREGS: %w", err)
+	if err := v.vcpu.SetSregs(s); err != nil {
+		return err
 	}
-	regs := kvmRegs{RIP: rip, RFLAGS: 0x2}
-	if err := setRegs(v.vcpu, &regs); err != nil {
-		return fmt.Errorf("KVM_SET_REGS: %w", err)
-	}
-	return nil
+	return v.vcpu.SetRegs(kvm.Regs{RIP: rip, RFLAGS: kvm.RFLAGSReserved})
 }
 
 // realModeOut runs code (realCode, or a planted variant in tests) and checks
@@ -436,7 +354,7 @@ func realModeOut(v *vm, code []byte) error {
 	if err != nil {
 		return err
 	}
-	if r != exitHLT {
+	if r != kvm.ExitHLT {
 		return v.unexpected(r, "KVM_EXIT_HLT")
 	}
 	return nil
@@ -447,7 +365,7 @@ func timeRealModeExits(v *vm, n int) (time.Duration, error) {
 		return 0, err
 	}
 	return v.timeExits(n, func(r uint32, _ int) error {
-		if r != exitIO || v.ioExit().port != serialPort {
+		if r != kvm.ExitIO || v.ioExit().port != serialPort {
 			return v.unexpected(r, fmt.Sprintf("KVM_EXIT_IO to port %#x", serialPort))
 		}
 		return nil

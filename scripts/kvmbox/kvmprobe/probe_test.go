@@ -2,36 +2,19 @@ package main
 
 import (
 	"bytes"
-	"os"
 	"slices"
 	"testing"
 
 	"github.com/ftvm/ftvm/internal/testutil"
+	"github.com/ftvm/ftvm/vmm/kvm"
 )
 
-func TestSegDescMatchesKnownEncodings(t *testing.T) {
-	for _, c := range []struct {
-		name          string
-		base, limit   uint32
-		access, flags uint8
-		want          uint64
-	}{
-		{"kernel code", 0, 0xfffff, 0x9a, 0xa, 0x00af9a000000ffff},
-		{"kernel data", 0, 0xfffff, 0x92, 0xc, 0x00cf92000000ffff},
-		{"user code", 0, 0xfffff, 0xfa, 0xa, 0x00affa000000ffff},
-		{"user data", 0, 0xfffff, 0xf2, 0xc, 0x00cff2000000ffff},
-		{"tss", 0x14000, 0x67, 0x89, 0, 0x0000890140000067},
-		{"high base", 0xff123456, 0x12345, 0x92, 0x4, 0xff41921234562345},
-	} {
-		if got := segDesc(c.base, c.limit, c.access, c.flags); got != c.want {
-			t.Errorf("%s: segDesc = %#016x, want %#016x", c.name, got, c.want)
-		}
-	}
-}
+// The GDT descriptor encodings the probe guest uses are tested with
+// kvm.SegmentDescriptor, in vmm/kvm.
 
 func TestDirtyPagesDecodesBitmap(t *testing.T) {
 	bitmap := []uint64{1<<0 | 1<<63, 0, 1 << 5}
-	want := []uint64{0, 63 * pageBytes, (128 + 5) * pageBytes}
+	want := []uint64{0, 63 * kvm.PageBytes, (128 + 5) * kvm.PageBytes}
 	if got := dirtyPages(bitmap); !slices.Equal(got, want) {
 		t.Fatalf("dirtyPages = %#x, want %#x", got, want)
 	}
@@ -40,15 +23,15 @@ func TestDirtyPagesDecodesBitmap(t *testing.T) {
 	}
 }
 
-func openKVM(t *testing.T) int {
+func openKVM(t *testing.T) *kvm.System {
 	t.Helper()
 	testutil.Require(t, testutil.KVM)
-	f, err := os.OpenFile("/dev/kvm", os.O_RDWR, 0)
+	sys, err := kvm.Open()
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { f.Close() })
-	return int(f.Fd())
+	t.Cleanup(func() { sys.Close() })
+	return sys
 }
 
 func TestProbePassesOnRealKVM(t *testing.T) {
@@ -60,8 +43,8 @@ func TestProbePassesOnRealKVM(t *testing.T) {
 
 // The real-mode check must notice a guest that writes the wrong byte.
 func TestRealModeCheckCatchesWrongByte(t *testing.T) {
-	kvm := openKVM(t)
-	v, err := newVM(kvm)
+	sys := openKVM(t)
+	v, err := newVM(sys)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -75,13 +58,13 @@ func TestRealModeCheckCatchesWrongByte(t *testing.T) {
 
 // The CPL3 check must notice a guest that was started at CPL0.
 func TestLongModeCheckCatchesCPL0(t *testing.T) {
-	kvm := openKVM(t)
-	v, err := newVM(kvm)
+	sys := openKVM(t)
+	v, err := newVM(sys)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer v.close()
-	if _, err := longModeCPL3(kvm, v, lmCode, 0); err == nil {
+	if _, err := longModeCPL3(sys, v, lmCode, 0); err == nil {
 		t.Fatal("longModeCPL3 accepted a guest running at CPL0")
 	}
 }
@@ -104,7 +87,7 @@ func plant(t *testing.T, code []byte, off int, was, with []byte) []byte {
 // doorbell; one that reads a CS with RPL 0; and one that never writes its
 // data page.
 func TestLongModeCheckCatchesBadDoorbellStores(t *testing.T) {
-	kvm := openKVM(t)
+	sys := openKVM(t)
 	for _, c := range []struct {
 		name      string
 		off       int
@@ -119,12 +102,12 @@ func TestLongModeCheckCatchesBadDoorbellStores(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			planted := plant(t, lmCode, c.off, c.was, c.with)
-			v, err := newVM(kvm)
+			v, err := newVM(sys)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer v.close()
-			_, err = longModeCPL3(kvm, v, planted, 3)
+			_, err = longModeCPL3(sys, v, planted, 3)
 			if err == nil {
 				t.Fatalf("longModeCPL3 accepted a guest with a planted %s", c.name)
 			}
@@ -136,7 +119,7 @@ func TestLongModeCheckCatchesBadDoorbellStores(t *testing.T) {
 // The IOPL=0 check must notice an OUT that reaches userspace (at CPL0 it
 // does on every host) and an OUT that does nothing.
 func TestOutCheckCatchesPortIO(t *testing.T) {
-	kvm := openKVM(t)
+	sys := openKVM(t)
 	for _, c := range []struct {
 		name string
 		code []byte
@@ -146,12 +129,12 @@ func TestOutCheckCatchesPortIO(t *testing.T) {
 		{"OUT skipped", plant(t, lmOut, 7, []byte{0xee}, []byte{0x90}), 3}, // nop instead of out
 	} {
 		t.Run(c.name, func(t *testing.T) {
-			v, err := newVM(kvm)
+			v, err := newVM(sys)
 			if err != nil {
 				t.Fatal(err)
 			}
 			defer v.close()
-			if err := v.prepareLongMode(kvm); err != nil {
+			if err := v.prepareLongMode(sys); err != nil {
 				t.Fatal(err)
 			}
 			err = outFaultsAtCPL3(v, c.code, c.cpl)
@@ -166,8 +149,8 @@ func TestOutCheckCatchesPortIO(t *testing.T) {
 // The information check must be able to say "works": at CPL0 an OUT
 // reaches userspace on every host, whatever IOPL.
 func TestPortIOWithIOPL3SeesWorkingOut(t *testing.T) {
-	kvm := openKVM(t)
-	works, err := portIOWithIOPL3(kvm, 0)
+	sys := openKVM(t)
+	works, err := portIOWithIOPL3(sys, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -180,13 +163,13 @@ func TestPortIOWithIOPL3SeesWorkingOut(t *testing.T) {
 // wrong doorbell or does not count, and a compute loop that reports the
 // wrong value, must fail.
 func TestTimingLoopsCatchWrongExits(t *testing.T) {
-	kvm := openKVM(t)
-	v, err := newVM(kvm)
+	sys := openKVM(t)
+	v, err := newVM(sys)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer v.close()
-	if err := v.prepareLongMode(kvm); err != nil {
+	if err := v.prepareLongMode(sys); err != nil {
 		t.Fatal(err)
 	}
 	for _, c := range []struct {
