@@ -255,8 +255,11 @@ func (n *Node) beginPrecopy() {
 }
 
 // CheckpointTaken hands the node the VMM's checkpoint for CmdTakeCheckpoint
-// id; the node ships it to the secondary in chunks.
-func (n *Node) CheckpointTaken(id uint64, data []byte) error {
+// id, with its digest (DataDigest(data), computed by the caller where it
+// made data); the node ships it to the secondary in chunks. The node keeps
+// data, without copying it, until the sync is over: the caller must not
+// write it again.
+func (n *Node) CheckpointTaken(id uint64, data []byte, dataDigest [wire.DigestBytes]byte) error {
 	if n.role != RolePrimary {
 		return n.roleErr("CheckpointTaken")
 	}
@@ -265,13 +268,13 @@ func (n *Node) CheckpointTaken(id uint64, data []byte) error {
 	}
 	n.shipping.taking = false
 	if n.primary.phase == pPrecopy {
-		return n.abandonOnError(n.shipPart(id, data))
+		return n.abandonOnError(n.shipPart(id, data, dataDigest))
 	}
 	// The vCPU may have run exits between the Step that asked for the
 	// checkpoint and the pause taking effect; the checkpoint shows the VM
 	// as of now, so its log position is now.
 	n.shipping.seq = n.log.lastSeq
-	return n.abandonOnError(n.ship(id, data, &wire.CheckpointDone{Full: n.shipping.full, Base: n.shipping.chainBase}))
+	return n.abandonOnError(n.ship(id, data, dataDigest, &wire.CheckpointDone{Full: n.shipping.full, Base: n.shipping.chainBase}))
 }
 
 // ErrSyncAbandoned wraps the reason a primary gave up bringing a secondary
@@ -318,8 +321,8 @@ func (n *Node) abandonOnError(err error) error {
 // shipPart ships a live pre-copy part and asks for the next: another live
 // increment while rounds remain and the last one was large, else the
 // paused increment that ends the chain.
-func (n *Node) shipPart(id uint64, data []byte) error {
-	if err := n.ship(id, data, &wire.CheckpointDone{Full: id == n.shipping.chainBase, Part: true}); err != nil {
+func (n *Node) shipPart(id uint64, data []byte, dataDigest [wire.DigestBytes]byte) error {
+	if err := n.ship(id, data, dataDigest, &wire.CheckpointDone{Full: id == n.shipping.chainBase, Part: true}); err != nil {
 		return err
 	}
 	if n.shipping.precopyRound < n.cfg.PrecopyRounds && len(data) >= n.cfg.PrecopyDoneBytes {
