@@ -23,6 +23,19 @@ type checkpointShipping struct {
 	checkpoints  []*outCkpt // checkpoints being shipped, in order (every part of a chain)
 	retryTicks   int        // retransmit timeout of checkpoints, doubled while no ack comes
 	readyBytes   int        // chunk bytes pumpCheckpoint put in the Ready being built
+	// awaitParts: the live parts are all taken; the paused end is asked
+	// for once the secondary keeps every one of them (stepCheckpointAck).
+	awaitParts bool
+}
+
+// allKept reports whether the secondary has every checkpoint shipped whole.
+func (s *checkpointShipping) allKept() bool {
+	for _, o := range s.checkpoints {
+		if !o.kept {
+			return false
+		}
+	}
+	return true
 }
 
 // bytes is the checkpoint data held for shipping.
@@ -213,6 +226,10 @@ func (n *Node) stepCheckpointAck(m *wire.CheckpointAck) error {
 		if o.dupAcks == 3 {
 			n.resend(o)
 		}
+	}
+	if n.shipping.awaitParts && n.primary.phase == pPrecopy && n.shipping.allKept() {
+		n.shipping.awaitParts = false
+		n.syncPaused(true)
 	}
 	n.pumpCheckpoint()
 	return nil

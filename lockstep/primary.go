@@ -244,6 +244,7 @@ func (n *Node) syncPaused(full bool) {
 // no log kept: the paused part at the end covers everything before it).
 func (n *Node) beginPrecopy() {
 	n.primary.phase = pPrecopy
+	n.shipping.awaitParts = false
 	n.shipping.id++
 	n.shipping.chainBase = n.shipping.id
 	n.shipping.precopyRound = 1
@@ -330,6 +331,14 @@ func (n *Node) shipPart(id uint64, data []byte, dataDigest [wire.DigestBytes]byt
 		n.shipping.id++
 		n.shipping.taking, n.shipping.live = true, true
 		n.command(Command{Kind: CmdTakeCheckpoint, Checkpoint: Checkpoint{ID: n.shipping.id, Seq: n.log.lastSeq, Live: true, Chain: true}})
+		return nil
+	}
+	// The pause lasts until the secondary restored the chain: it should
+	// not also wait for live parts still on their way, which take as long
+	// as the VM's size to arrive. The VM runs meanwhile (outputs released
+	// as they come: we are alone), so the paused end waits for them.
+	if !n.shipping.allKept() {
+		n.shipping.awaitParts = true
 		return nil
 	}
 	n.syncPaused(true)
