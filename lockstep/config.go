@@ -101,7 +101,8 @@ type Config struct {
 	// PrecopyRounds is how many times a primary copies its VM while it runs
 	// (CmdTakeCheckpoint with Live) before the one paused copy that brings a
 	// new secondary up: a live full copy, then live increments of what
-	// changed meanwhile, then a short pause for the rest. Zero: a joiner
+	// changed meanwhile, then (once the secondary holds every live copy)
+	// a short pause for the rest. Zero: a joiner
 	// gets one full checkpoint taken with the VM paused. Pre-copy is used
 	// only by a primary that is alone (it releases outputs meanwhile, as
 	// it did before the secondary came).
