@@ -471,7 +471,7 @@ func (a *Agent) Run(ctx context.Context, tr Transport) (err error) {
 				return err
 			}
 		case r := <-a.liveRes:
-			if err := a.checkpointTaken(r.id, r.data, r.err); err != nil {
+			if err := a.checkpointTaken(r.id, r.data, r.digest, r.err); err != nil {
 				return err
 			}
 		}

@@ -6,14 +6,16 @@ import (
 	"time"
 
 	"github.com/ftvm/ftvm/lockstep"
+	"github.com/ftvm/ftvm/lockstep/wire"
 	"github.com/ftvm/ftvm/vmm"
 )
 
 // liveCheckpoint is a pre-copy part taken on a goroutine of its own.
 type liveCheckpoint struct {
-	id   uint64
-	data []byte
-	err  error
+	id     uint64
+	data   []byte
+	digest [wire.DigestBytes]byte // lockstep.DataDigest(data), made beside it
+	err    error
 }
 
 func (a *Agent) takeCheckpoint(c lockstep.Checkpoint) error {
@@ -33,7 +35,13 @@ func (a *Agent) takeCheckpoint(c lockstep.Checkpoint) error {
 			s, err := vm.SnapshotLive(kind)
 			if err == nil {
 				// Encoding copies it all again: beside the guest too.
-				vmm.AtLowPriority(func() { r.data, err = s.MarshalBinary() })
+				// So does its digest, which the node must not make
+				// under the lock every exit takes.
+				vmm.AtLowPriority(func() {
+					if r.data, err = s.MarshalBinary(); err == nil {
+						r.digest = lockstep.DataDigest(r.data)
+					}
+				})
 			}
 			r.err = err
 			select {
@@ -50,7 +58,7 @@ func (a *Agent) takeCheckpoint(c lockstep.Checkpoint) error {
 	if err != nil {
 		return a.checkpointFailed(c.ID, err)
 	}
-	return a.checkpointTaken(c.ID, b, nil)
+	return a.checkpointTaken(c.ID, b, lockstep.DataDigest(b), nil)
 }
 
 // checkpointFailed tells the node a checkpoint for the secondary could not
@@ -92,8 +100,9 @@ func (a *Agent) pausedSnapshot(chain bool) ([]byte, error) {
 
 // checkpointTaken hands a checkpoint to the node. A live one that failed
 // is taken paused instead (a short pause, and still a valid part of the
-// chain), so that re-protection goes on.
-func (a *Agent) checkpointTaken(id uint64, b []byte, liveErr error) error {
+// chain), so that re-protection goes on. sum is lockstep.DataDigest(b);
+// the node keeps b as lent, so nothing may write it after the call.
+func (a *Agent) checkpointTaken(id uint64, b []byte, sum [wire.DigestBytes]byte, liveErr error) error {
 	if liveErr != nil {
 		a.log.Warn("live checkpoint failed; pausing for this part", "id", id, "err", liveErr)
 		if err := a.vm.Pause(); err != nil {
@@ -113,13 +122,14 @@ func (a *Agent) checkpointTaken(id uint64, b []byte, liveErr error) error {
 		if err := a.applyRun(); err != nil {
 			return err
 		}
+		sum = lockstep.DataDigest(b)
 	}
 	a.sync.sent.Store(0)
 	a.sync.total.Store(int64(len(b)))
 	a.log.Info("checkpoint taken for the secondary", "id", id, "bytes", len(b))
 	a.stats.ckpts.Add(1)
 	a.mu.Lock()
-	err := a.node.CheckpointTaken(id, b)
+	err := a.node.CheckpointTaken(id, b, sum)
 	a.mu.Unlock()
 	if errors.Is(err, lockstep.ErrSyncAbandoned) {
 		a.log.Warn("checkpoint for the secondary cannot be shipped; the VM goes on unprotected", "id", id, "err", err)

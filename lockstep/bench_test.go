@@ -23,7 +23,7 @@ func BenchmarkPrimaryEntry(b *testing.B) {
 	rd := n.Ready()
 	for _, c := range rd.Commands {
 		if c.Kind == CmdTakeCheckpoint {
-			n.CheckpointTaken(c.Checkpoint.ID, nil)
+			n.CheckpointTaken(c.Checkpoint.ID, nil, DataDigest(nil))
 		}
 	}
 	n.Advance(rd)

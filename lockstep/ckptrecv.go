@@ -264,13 +264,17 @@ func (n *Node) tryRestore(a *assembly) error {
 		}
 		buf = append(buf, c...)
 	}
-	if uint64(len(buf)) != a.total || digest(buf) != a.digest {
-		n.ackCheckpoint(&wire.CheckpointAck{ID: a.id, Missing: true})
-		return fmt.Errorf("lockstep: checkpoint %d digest mismatch; waiting for a retransmission", a.id)
-	}
+	// The digest covers the node's section and the VMM's data apart
+	// (checkpointDigest), so the section is parsed first to find where it
+	// ends; parsing is bounded and checks every length.
 	released, outs, rest, err := parseCheckpointHeader(buf)
 	if err != nil {
-		return err
+		n.ackCheckpoint(&wire.CheckpointAck{ID: a.id, Missing: true})
+		return fmt.Errorf("lockstep: checkpoint %d: %w (corrupted on the way, or another protocol): waiting for a retransmission", a.id, err)
+	}
+	if uint64(len(buf)) != a.total || checkpointDigest(buf[:len(buf)-len(rest)], DataDigest(rest)) != a.digest {
+		n.ackCheckpoint(&wire.CheckpointAck{ID: a.id, Missing: true})
+		return fmt.Errorf("lockstep: checkpoint %d digest mismatch; waiting for a retransmission", a.id)
 	}
 	n.ackCheckpoint(&wire.CheckpointAck{ID: a.id, Through: a.total, Kept: true})
 	if a.part && !(n.cfg.Bugs != nil && n.cfg.Bugs.PrecopySkipFinal) {

@@ -1,6 +1,7 @@
 package lockstep
 
 import (
+	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -21,24 +22,41 @@ type checkpointShipping struct {
 	precopyRound int        // live parts taken of the chain so far
 	checkpoints  []*outCkpt // checkpoints being shipped, in order (every part of a chain)
 	retryTicks   int        // retransmit timeout of checkpoints, doubled while no ack comes
+	readyBytes   int        // chunk bytes pumpCheckpoint put in the Ready being built
+	// awaitParts: the live parts are all taken; the paused end is asked
+	// for once the secondary keeps every one of them (stepCheckpointAck).
+	awaitParts bool
+}
+
+// allKept reports whether the secondary has every checkpoint shipped whole.
+func (s *checkpointShipping) allKept() bool {
+	for _, o := range s.checkpoints {
+		if !o.kept {
+			return false
+		}
+	}
+	return true
 }
 
 // bytes is the checkpoint data held for shipping.
 func (s *checkpointShipping) bytes() int {
 	b := 0
 	for _, o := range s.checkpoints {
-		b += len(o.payload)
+		b += int(o.size())
 	}
 	return b
 }
 
-// outCkpt is one checkpoint a primary ships to its secondary: the payload,
+// outCkpt is one checkpoint a primary ships to its secondary: the payload
+// (the node's header, then the VMM's data, kept as the two slices they
+// came as: chunks are cut over their concatenation without building it),
 // how much of it was sent and how much the secondary acknowledged
 // (wire.CheckpointAck). The payload stays until the chain is restored, so
 // that a secondary that lost a part can have it again.
 type outCkpt struct {
 	id, seq  uint64
-	payload  []byte
+	header   []byte // the node's section (checkpointHeader)
+	data     []byte // the VMM's, as CheckpointTaken lent it: never written
 	done     *wire.CheckpointDone
 	acked    uint64 // the secondary holds [0, acked)
 	sent     uint64 // chunks were sent up to here
@@ -59,7 +77,20 @@ func (n *Node) resend(o *outCkpt) {
 	}
 }
 
-func (o *outCkpt) size() uint64 { return uint64(len(o.payload)) }
+func (o *outCkpt) size() uint64 { return uint64(len(o.header) + len(o.data)) }
+
+// slice returns the payload's bytes [off, end): a slice of the header or
+// of the data, and a copy of at most one chunk where it spans both.
+func (o *outCkpt) slice(off, end uint64) []byte {
+	h := uint64(len(o.header))
+	switch {
+	case end <= h:
+		return o.header[off:end]
+	case off >= h:
+		return o.data[off-h : end-h]
+	}
+	return append(append(make([]byte, 0, end-off), o.header[off:]...), o.data[:end-h]...)
+}
 
 // ckptInflight is what was sent and not acknowledged, over the chain.
 func (s *checkpointShipping) inflight() int {
@@ -75,12 +106,15 @@ func (s *checkpointShipping) inflight() int {
 // sendChunk sends the chunk of o at off and returns its length.
 func (n *Node) sendChunk(o *outCkpt, off uint64) uint64 {
 	end := min(off+uint64(n.cfg.CheckpointChunkBytes), o.size())
-	n.send(&wire.CheckpointChunk{ID: o.id, Seq: o.seq, Offset: off, Data: o.payload[off:end]})
+	n.send(&wire.CheckpointChunk{ID: o.id, Seq: o.seq, Offset: off, Data: o.slice(off, end)})
 	return end - off
 }
 
 // pumpCheckpoint sends what the window allows, in order: the chain's
-// parts one after the other, each closed by its CheckpointDone.
+// parts one after the other, each closed by its CheckpointDone. One Ready
+// carries at most CheckpointReadyBytes of chunks (the agent encodes them
+// under the lock every vCPU exit takes); Advance pumps again, so the
+// window still fills, a Ready at a time.
 func (n *Node) pumpCheckpoint() {
 	inflight := n.shipping.inflight()
 	for _, o := range n.shipping.checkpoints {
@@ -92,9 +126,13 @@ func (n *Node) pumpCheckpoint() {
 			if inflight > 0 && inflight+int(l) > n.cfg.CheckpointWindowBytes {
 				return
 			}
+			if n.shipping.readyBytes > 0 && n.shipping.readyBytes+int(l) > n.cfg.CheckpointReadyBytes {
+				return
+			}
 			n.sendChunk(o, o.sent)
 			o.sent += l
 			inflight += int(l)
+			n.shipping.readyBytes += int(l)
 		}
 		if !o.doneSent {
 			o.doneSent = true
@@ -189,24 +227,41 @@ func (n *Node) stepCheckpointAck(m *wire.CheckpointAck) error {
 			n.resend(o)
 		}
 	}
+	if n.shipping.awaitParts && n.primary.phase == pPrecopy && n.shipping.allKept() {
+		n.shipping.awaitParts = false
+		n.syncPaused(true)
+	}
 	n.pumpCheckpoint()
 	return nil
 }
 
-// ship chunks one checkpoint (the node's header, then the VMM's data),
-// closed by done, and sends what the window allows; the rest goes as the
-// secondary acknowledges (stepCheckpointAck).
-func (n *Node) ship(id uint64, data []byte, done *wire.CheckpointDone) error {
+// ship chunks one checkpoint (the node's header, then the VMM's data,
+// whose digest is dataDigest), closed by done, and sends what the window
+// allows; the rest goes as the secondary acknowledges (stepCheckpointAck).
+// Neither copies nor hashes data: both would take as long as the VM's
+// size, under the lock the agent holds around the node.
+func (n *Node) ship(id uint64, data []byte, dataDigest [wire.DigestBytes]byte, done *wire.CheckpointDone) error {
 	seq := n.log.lastSeq
-	payload := n.checkpointHeader()
-	payload = append(payload, data...)
-	if len(payload) > n.cfg.MaxCheckpointBytes {
-		return fmt.Errorf("lockstep: checkpoint of %d bytes exceeds MaxCheckpointBytes %d: raise the bound on both hosts (ftvm sizes it from --mem, --disk-size and --precopy-rounds: give both hosts the same)", len(payload), n.cfg.MaxCheckpointBytes)
+	header := n.checkpointHeader()
+	if total := len(header) + len(data); total > n.cfg.MaxCheckpointBytes {
+		return fmt.Errorf("lockstep: checkpoint of %d bytes exceeds MaxCheckpointBytes %d: raise the bound on both hosts (ftvm sizes it from --mem, --disk-size and --precopy-rounds: give both hosts the same)", total, n.cfg.MaxCheckpointBytes)
 	}
-	done.ID, done.Seq, done.Total, done.Digest = id, seq, uint64(len(payload)), digest(payload)
-	n.shipping.checkpoints = append(n.shipping.checkpoints, &outCkpt{id: id, seq: seq, payload: payload, done: done})
+	done.ID, done.Seq, done.Total, done.Digest = id, seq, uint64(len(header)+len(data)), checkpointDigest(header, dataDigest)
+	n.shipping.checkpoints = append(n.shipping.checkpoints, &outCkpt{id: id, seq: seq, header: header, data: data, done: done})
 	n.pumpCheckpoint()
 	return nil
+}
+
+// DataDigest is the digest of a checkpoint's VMM data that CheckpointTaken
+// takes beside it: SHA-256. The caller computes it where it made the data,
+// off whatever lock it holds around the node.
+func DataDigest(data []byte) [wire.DigestBytes]byte { return sha256.Sum256(data) }
+
+// checkpointDigest is a checkpoint-done's digest (lockstep/wire's doc):
+// SHA-256(SHA-256(node section) || SHA-256(VMM data)).
+func checkpointDigest(header []byte, dataDigest [wire.DigestBytes]byte) [wire.DigestBytes]byte {
+	h := sha256.Sum256(header)
+	return sha256.Sum256(append(h[:], dataDigest[:]...))
 }
 
 // checkpointHeader is the node's part of a checkpoint: the outputs held at

@@ -43,6 +43,7 @@ const (
 	DefaultMaxPendingOutputs     = 64
 	DefaultPrecopyDoneBytes      = 256 << 10
 	DefaultCheckpointWindowBytes = 4 << 20
+	DefaultCheckpointReadyBytes  = 256 << 10
 	DefaultArbiterRetryMaxTicks  = 100
 )
 
@@ -86,6 +87,12 @@ type Config struct {
 	// CheckpointWindowBytes bounds the checkpoint bytes a primary has sent
 	// and the secondary not yet acknowledged (wire.CheckpointAck).
 	CheckpointWindowBytes int
+	// CheckpointReadyBytes bounds the checkpoint chunk bytes one Ready
+	// carries (at least one chunk): the agent encodes a Ready's messages
+	// under the lock its vCPU's exits take, so a window's worth at once
+	// would stall the guest for as long. Advance queues the next ones, so
+	// the window still fills over consecutive Readies.
+	CheckpointReadyBytes int
 	// MaxPendingOutputs bounds the outputs a secondary's VM may produce
 	// before the primary's record of them arrives.
 	MaxPendingOutputs int
@@ -94,7 +101,8 @@ type Config struct {
 	// PrecopyRounds is how many times a primary copies its VM while it runs
 	// (CmdTakeCheckpoint with Live) before the one paused copy that brings a
 	// new secondary up: a live full copy, then live increments of what
-	// changed meanwhile, then a short pause for the rest. Zero: a joiner
+	// changed meanwhile, then (once the secondary holds every live copy)
+	// a short pause for the rest. Zero: a joiner
 	// gets one full checkpoint taken with the VM paused. Pre-copy is used
 	// only by a primary that is alone (it releases outputs meanwhile, as
 	// it did before the secondary came).
@@ -156,6 +164,7 @@ func (c *Config) fill() error {
 	def(&c.MaxPendingOutputs, DefaultMaxPendingOutputs)
 	def(&c.CheckpointWindowBytes, max(DefaultCheckpointWindowBytes, c.CheckpointChunkBytes))
 	def(&c.PrecopyDoneBytes, DefaultPrecopyDoneBytes)
+	def(&c.CheckpointReadyBytes, DefaultCheckpointReadyBytes)
 	if c.PrecopyRounds < 0 {
 		return fmt.Errorf("lockstep: PrecopyRounds %d is negative", c.PrecopyRounds)
 	}
@@ -171,7 +180,7 @@ func (c *Config) fill() error {
 	if c.PeerTimeoutTicks <= 2*c.HeartbeatTicks {
 		return fmt.Errorf("lockstep: PeerTimeoutTicks %d must exceed twice HeartbeatTicks %d, or one lost heartbeat looks like a death", c.PeerTimeoutTicks, c.HeartbeatTicks)
 	}
-	for _, v := range []int{c.LogWindowEntries, c.HeartbeatTicks, c.RetransmitTicks, c.RetransmitBurstItems, c.ArbiterRetryMaxTicks, c.CheckpointChunkBytes, c.MaxCheckpointBytes, c.MaxPendingOutputs} {
+	for _, v := range []int{c.LogWindowEntries, c.HeartbeatTicks, c.RetransmitTicks, c.RetransmitBurstItems, c.ArbiterRetryMaxTicks, c.CheckpointChunkBytes, c.MaxCheckpointBytes, c.MaxPendingOutputs, c.CheckpointReadyBytes} {
 		if v < 0 {
 			return errors.New("lockstep: Config bounds must not be negative")
 		}

@@ -40,8 +40,10 @@
 //	primarylog.go   primaryLog: the log kept for the secondary, its acks, the held outputs
 //	                and the rule that releases them (mayRelease), Durable
 //	ckptsend.go     checkpointShipping: the checkpoint asked of the VMM and the ones being
-//	                shipped, chunked, windowed on the secondary's CheckpointAck and resent
-//	                where it shows a loss; the node's section of a checkpoint (the held outputs)
+//	                shipped, chunked (the VMM's data as lent, never copied; at most
+//	                CheckpointReadyBytes a Ready), windowed on the secondary's CheckpointAck
+//	                and resent where it shows a loss; the node's section of a checkpoint
+//	                (the held outputs) and the checkpoint's digest
 //	secondary.go    a secondary's and candidate's role: NextInput, ReplayOutput,
 //	                tickSecondary, stepSecondary, rejoin, diverge, going live
 //	replay.go       replayState: the received log in order (outOfOrder ahead of a gap),

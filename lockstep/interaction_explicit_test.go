@@ -375,7 +375,8 @@ func (e *env) command(t *testing.T, h *ehost, c lockstep.Command, asks *[]uint64
 	case lockstep.CmdResume:
 		h.paused = false
 	case lockstep.CmdTakeCheckpoint:
-		if err := h.node.CheckpointTaken(ck.ID, h.g.snapshot()); err != nil {
+		snap := h.g.snapshot()
+		if err := h.node.CheckpointTaken(ck.ID, snap, lockstep.DataDigest(snap)); err != nil {
 			e.printf("%s checkpoint taken: %v", h.name, err)
 		}
 	case lockstep.CmdRestoreCheckpoint:

@@ -189,6 +189,12 @@ func (n *Node) Advance(rd Ready) {
 	n.rd.Release = advance(n.rd.Release, len(rd.Release))
 	n.rd.Drop = advance(n.rd.Drop, len(rd.Drop))
 	n.rd.Messages = advance(n.rd.Messages, len(rd.Messages))
+	// The chunks the window allows beyond what one Ready carries go in
+	// the next (pumpCheckpoint).
+	n.shipping.readyBytes = 0
+	if n.role == RolePrimary && len(n.shipping.checkpoints) > 0 {
+		n.pumpCheckpoint()
+	}
 }
 
 // advance removes the first k items, reusing the array once it is empty so

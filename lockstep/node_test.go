@@ -64,7 +64,7 @@ func exchange(t *testing.T, p, s *Node) {
 			for _, c := range rd.Commands {
 				switch c.Kind {
 				case CmdTakeCheckpoint:
-					if err := n.CheckpointTaken(c.Checkpoint.ID, []byte("guest-state")); err != nil {
+					if err := n.CheckpointTaken(c.Checkpoint.ID, []byte("guest-state"), DataDigest([]byte("guest-state"))); err != nil {
 						t.Fatal(err)
 					}
 				case CmdRestoreCheckpoint:
@@ -312,7 +312,7 @@ func TestResyncReleaseUnstalls(t *testing.T) {
 			id = c.Checkpoint.ID
 		}
 	}
-	if err := p.CheckpointTaken(id, []byte("s")); err != nil {
+	if err := p.CheckpointTaken(id, []byte("s"), DataDigest([]byte("s"))); err != nil {
 		t.Fatal(err)
 	}
 	take(p)

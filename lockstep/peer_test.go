@@ -20,7 +20,7 @@ func peerCheckpoint(h wire.Header, id, seq uint64, vmm []byte, chunk int, done w
 		end := min(off+chunk, len(payload))
 		ms = append(ms, &wire.CheckpointChunk{Header: h, ID: id, Seq: seq, Offset: uint64(off), Data: payload[off:end]})
 	}
-	done.Header, done.ID, done.Seq, done.Total, done.Digest = h, id, seq, uint64(len(payload)), digest(payload)
+	done.Header, done.ID, done.Seq, done.Total, done.Digest = h, id, seq, uint64(len(payload)), checkpointDigest(payload[:12], DataDigest(vmm))
 	return append(ms, &done)
 }
 
@@ -102,7 +102,7 @@ func TestPrecopyPartSentOnce(t *testing.T) {
 			rd := take(p)
 			for _, c := range rd.Commands {
 				if c.Kind == CmdTakeCheckpoint && c.Checkpoint.Live {
-					if err := p.CheckpointTaken(c.Checkpoint.ID, part); err != nil {
+					if err := p.CheckpointTaken(c.Checkpoint.ID, part, DataDigest(part)); err != nil {
 						t.Fatal(err)
 					}
 				}
@@ -184,7 +184,7 @@ func TestOversizedJoinLeavesPrimaryRunning(t *testing.T) {
 		for _, c := range take(p).Commands {
 			if c.Kind == CmdTakeCheckpoint {
 				taken++
-				if err := p.CheckpointTaken(c.Checkpoint.ID, make([]byte, 4096)); err == nil {
+				if err := p.CheckpointTaken(c.Checkpoint.ID, make([]byte, 4096), DataDigest(make([]byte, 4096))); err == nil {
 					t.Fatalf("precopy %d: a 4 KiB checkpoint over a 1 KiB bound was shipped without an error", rounds)
 				} else {
 					t.Logf("precopy %d: %v", rounds, err)

@@ -244,6 +244,7 @@ func (n *Node) syncPaused(full bool) {
 // no log kept: the paused part at the end covers everything before it).
 func (n *Node) beginPrecopy() {
 	n.primary.phase = pPrecopy
+	n.shipping.awaitParts = false
 	n.shipping.id++
 	n.shipping.chainBase = n.shipping.id
 	n.shipping.precopyRound = 1
@@ -255,8 +256,11 @@ func (n *Node) beginPrecopy() {
 }
 
 // CheckpointTaken hands the node the VMM's checkpoint for CmdTakeCheckpoint
-// id; the node ships it to the secondary in chunks.
-func (n *Node) CheckpointTaken(id uint64, data []byte) error {
+// id, with its digest (DataDigest(data), computed by the caller where it
+// made data); the node ships it to the secondary in chunks. The node keeps
+// data, without copying it, until the sync is over: the caller must not
+// write it again.
+func (n *Node) CheckpointTaken(id uint64, data []byte, dataDigest [wire.DigestBytes]byte) error {
 	if n.role != RolePrimary {
 		return n.roleErr("CheckpointTaken")
 	}
@@ -265,13 +269,13 @@ func (n *Node) CheckpointTaken(id uint64, data []byte) error {
 	}
 	n.shipping.taking = false
 	if n.primary.phase == pPrecopy {
-		return n.abandonOnError(n.shipPart(id, data))
+		return n.abandonOnError(n.shipPart(id, data, dataDigest))
 	}
 	// The vCPU may have run exits between the Step that asked for the
 	// checkpoint and the pause taking effect; the checkpoint shows the VM
 	// as of now, so its log position is now.
 	n.shipping.seq = n.log.lastSeq
-	return n.abandonOnError(n.ship(id, data, &wire.CheckpointDone{Full: n.shipping.full, Base: n.shipping.chainBase}))
+	return n.abandonOnError(n.ship(id, data, dataDigest, &wire.CheckpointDone{Full: n.shipping.full, Base: n.shipping.chainBase}))
 }
 
 // ErrSyncAbandoned wraps the reason a primary gave up bringing a secondary
@@ -318,8 +322,8 @@ func (n *Node) abandonOnError(err error) error {
 // shipPart ships a live pre-copy part and asks for the next: another live
 // increment while rounds remain and the last one was large, else the
 // paused increment that ends the chain.
-func (n *Node) shipPart(id uint64, data []byte) error {
-	if err := n.ship(id, data, &wire.CheckpointDone{Full: id == n.shipping.chainBase, Part: true}); err != nil {
+func (n *Node) shipPart(id uint64, data []byte, dataDigest [wire.DigestBytes]byte) error {
+	if err := n.ship(id, data, dataDigest, &wire.CheckpointDone{Full: id == n.shipping.chainBase, Part: true}); err != nil {
 		return err
 	}
 	if n.shipping.precopyRound < n.cfg.PrecopyRounds && len(data) >= n.cfg.PrecopyDoneBytes {
@@ -327,6 +331,14 @@ func (n *Node) shipPart(id uint64, data []byte) error {
 		n.shipping.id++
 		n.shipping.taking, n.shipping.live = true, true
 		n.command(Command{Kind: CmdTakeCheckpoint, Checkpoint: Checkpoint{ID: n.shipping.id, Seq: n.log.lastSeq, Live: true, Chain: true}})
+		return nil
+	}
+	// The pause lasts until the secondary restored the chain: it should
+	// not also wait for live parts still on their way, which take as long
+	// as the VM's size to arrive. The VM runs meanwhile (outputs released
+	// as they come: we are alone), so the paused end waits for them.
+	if !n.shipping.allKept() {
+		n.shipping.awaitParts = true
 		return nil
 	}
 	n.syncPaused(true)

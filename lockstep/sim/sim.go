@@ -524,7 +524,7 @@ func (s *Sim) captureFuzzy(h *host) {
 	f := h.fuzzy
 	h.fuzzy = nil
 	if h.node != nil {
-		_ = h.node.CheckpointTaken(f.id, f.snap)
+		_ = h.node.CheckpointTaken(f.id, f.snap, lockstep.DataDigest(f.snap))
 	}
 }
 
@@ -581,7 +581,8 @@ func (s *Sim) command(h *host, c lockstep.Command) {
 			return
 		}
 		if h.paused {
-			_ = h.node.CheckpointTaken(c.Checkpoint.ID, s.pad(h.g.snapshot()))
+			snap := s.pad(h.g.snapshot())
+			_ = h.node.CheckpointTaken(c.Checkpoint.ID, snap, lockstep.DataDigest(snap))
 		} else {
 			// Copying a running VM: the copy starts now and completes some
 			// exits later, so it shows the VM as it was when it started.

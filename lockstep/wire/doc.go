@@ -39,13 +39,25 @@
 //	checkpoint-chunk (7) u64 id, u64 seq, u64 offset,
 //	                    bytes data (<= MaxChunkDataBytes; offset+len <= MaxCheckpointBytes)
 //	checkpoint-done (8) u64 id, u64 seq, u64 total (<= MaxCheckpointBytes),
-//	                    [32] SHA-256 of the checkpoint, u8 full, u8 restored,
+//	                    [32] digest of the checkpoint (below), u8 full, u8 restored,
 //	                    u8 part (a pre-copy part: more follow), u64 base
 //	                    (first part of the chain this one ends; 0: none; <= id)
 //	go-live (9)         u64 last seq of the log the new primary continues
 //	fence (10)          u64 refused epoch
 //	checkpoint-ack (11) u64 id, u64 through (<= MaxCheckpointBytes), u8 kept (0/1),
 //	                    u8 missing (0/1; not both)
+//
+// A checkpoint's payload (the bytes its chunks carry, total of them) is
+// the node's section (u64 released-through, u32 count, count × (u64 seq,
+// u16 device, u32 len, data): the outputs held at the checkpoint), then
+// the VMM's data. Since protocol version 4 checkpoint-done's digest is
+//
+//	SHA-256( SHA-256(node section) || SHA-256(VMM data) )
+//
+// (|| concatenates the two 32-byte digests), so that the primary's VMM
+// side hashes its data where it makes it and the node hashes only its
+// small section; the secondary parses the section to find where the data
+// begins and checks the same.
 //
 // checkpoint-ack (protocol version 3) goes from the secondary to the
 // primary, byte by byte after the frame header:

@@ -6,7 +6,10 @@ import "encoding/binary"
 // It is separate from the frame Version: the frame can stay while the
 // protocol's rules change. Version 3 added CheckpointAck: checkpoints are
 // acknowledged and sent in a window, not re-sent whole on a timer.
-const ProtocolVersion = 3
+// Version 4 changed checkpoint-done's digest to the two-level one (see
+// the package doc), so that a primary need not hash the VM's data where it
+// ships it.
+const ProtocolVersion = 4
 
 // Role is where a node stands in the protocol. It is the one role type of
 // the module: a Hello carries RolePrimary or RoleSecondary (Parse refuses
