@@ -208,12 +208,26 @@ func TestColdRestartFromTheCurrentDisk(t *testing.T) {
 			t.Fatalf("%s as primary: exit %d; stderr:\n%s\nwant exit %d naming %s", host, code, p.stderr.String(), exitHalted, naming)
 		}
 	}
+	// The node has an epoch before the loop has written it to the disk's
+	// side file (which it does before any output of the epoch leaves):
+	// crash only once the file says so.
+	waitDiskEpoch := func(path string, epoch uint64) {
+		t.Helper()
+		for deadline := time.Now().Add(30 * time.Second); time.Now().Before(deadline); time.Sleep(10 * time.Millisecond) {
+			if st, ok, _ := readDiskState(path); ok && st.Epoch == epoch {
+				return
+			}
+		}
+		t.Fatalf("%s's side file never said epoch %d", path, epoch)
+	}
 	a := primary("a")
 	waitStatus(t, a, control, func(r *statusReport) bool { return r.Role == "primary" && r.Epoch == 1 })
+	waitDiskEpoch(disk("a"), 1)
 	crash(a)
 	refused("b", `host \"a\"`)
 	a = primary("a")
 	waitStatus(t, a, control, func(r *statusReport) bool { return r.Role == "primary" && r.Epoch == 2 })
+	waitDiskEpoch(disk("a"), 2)
 	crash(a)
 	if st, ok, err := readDiskState(disk("a")); !ok || err != nil || st.Role != diskRolePrimary || st.Epoch != 2 || st.Host != "a" {
 		t.Fatalf("a's disk state %+v %v %v: want primary at epoch 2", st, ok, err)
