@@ -189,10 +189,7 @@ func TestControlSocket(t *testing.T) {
 // times a second forever without a word (issue 15).
 func TestDaemonStopsOnReadOnlyArbiterDir(t *testing.T) {
 	testutil.Require(t, testutil.Root, testutil.KVM)
-	guest := filepath.Join("..", "..", "vmm", "guests", "build", "kvstore")
-	if _, err := os.Stat(guest); err != nil {
-		testutil.SkipMissing(t, fmt.Errorf("guest not built (%v): run make guests", err), testutil.KVM)
-	}
+	guest := kvstoreGuest(t)
 	dir := t.TempDir()
 	psk := filepath.Join(dir, "psk")
 	os.WriteFile(psk, bytes.Repeat([]byte("k"), 32), 0o600)

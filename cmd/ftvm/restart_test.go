@@ -82,10 +82,7 @@ func waitStatus(t *testing.T, p *daemonProc, control string, ok func(*statusRepo
 // host take the next epoch once every daemon is stopped (issue 15).
 func TestCleanlyStoppedPrimaryStartsAgain(t *testing.T) {
 	testutil.Require(t, testutil.KVM)
-	guest := filepath.Join("..", "..", "vmm", "guests", "build", "kvstore")
-	if _, err := os.Stat(guest); err != nil {
-		testutil.SkipMissing(t, fmt.Errorf("guest not built (%v): run make guests", err), testutil.KVM)
-	}
+	guest := kvstoreGuest(t)
 	dir := t.TempDir()
 	psk := filepath.Join(dir, "psk")
 	os.WriteFile(psk, bytes.Repeat([]byte("k"), 32), 0o600)
@@ -183,10 +180,7 @@ func TestDiskStateRoundTrip(t *testing.T) {
 // (issue 18).
 func TestColdRestartFromTheCurrentDisk(t *testing.T) {
 	testutil.Require(t, testutil.KVM)
-	guest := filepath.Join("..", "..", "vmm", "guests", "build", "kvstore")
-	if _, err := os.Stat(guest); err != nil {
-		testutil.SkipMissing(t, fmt.Errorf("guest not built (%v): run make guests", err), testutil.KVM)
-	}
+	guest := kvstoreGuest(t)
 	dir := t.TempDir()
 	psk := filepath.Join(dir, "psk")
 	os.WriteFile(psk, bytes.Repeat([]byte("k"), 32), 0o600)
@@ -244,4 +238,15 @@ func TestColdRestartFromTheCurrentDisk(t *testing.T) {
 	waitStatus(t, b, control, func(r *statusReport) bool { return r.Role == "primary" && r.Epoch == 3 })
 	crash(b)
 	refused("a", `host \"b\"`)
+}
+
+// kvstoreGuest is the path of the built kvstore guest; a test that needs
+// it fails under FTVM_REQUIRE=kvm, and skips elsewhere, when it is not built.
+func kvstoreGuest(t *testing.T) string {
+	t.Helper()
+	guest := filepath.Join("..", "..", "vmm", "guests", "build", "kvstore")
+	if _, err := os.Stat(guest); err != nil {
+		testutil.SkipMissing(t, fmt.Errorf("guest not built (%v): run make guests", err), testutil.KVM)
+	}
+	return guest
 }
