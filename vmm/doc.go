@@ -165,7 +165,9 @@
 // registers and devices. A live copy runs on a thread of its own at nice
 // 19 (AtLowPriority), not the vCPU thread, so that it takes only the CPU
 // the guest leaves idle (at the same priority it took half of a shared
-// CPU, and the guest's silence grew with the VM's size); it may tear pages and disk chunks the guest writes
+// CPU, and the guest's silence grew with the VM's size), with the garbage
+// collector off meanwhile (a collection stops the world, which waited
+// for the starved copy thread, and the vCPU thread with it); it may tear pages and disk chunks the guest writes
 // meanwhile; that is correct because the dirty log, the VMM's own dirty
 // bits and the disk's written chunks are fetched and cleared at its
 // start, so whatever it tore is in the next snapshot. The VMM's writes
