@@ -2,6 +2,7 @@ package agent
 
 import (
 	"context"
+	"fmt"
 	"regexp"
 	"strconv"
 	"testing"
@@ -96,25 +97,10 @@ func TestScriptPairClockMonotonicAcrossFailover(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	p := startScriptPairWith(t, ctx, lines, scriptOpts{secClock: clockFrom(0, 3)})
-	deadline := time.Now().Add(30 * time.Second)
-	for len(p.priOut.lineList()) < 200 || p.sec.Status().Released == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("the primary released only %d lines", len(p.priOut.lineList()))
-		}
-		select {
-		case err := <-p.priErr:
-			t.Fatalf("the primary finished before it was stopped (%v): give the script more lines", err)
-		case <-time.After(2 * time.Millisecond):
-		}
-	}
-	p.pri.Stop()
-	p.priTr.Close()
-	if err := waitErr(t, "primary", p.priErr); err != nil {
-		t.Fatalf("stopped primary: %v", err)
-	}
-	if err := waitErr(t, "secondary", p.secErr); err != nil {
-		t.Fatalf("secondary taking over: %v", err)
-	}
+	p.failOverWhen(t, func() (bool, string) {
+		return len(p.priOut.lineList()) >= 200 && p.sec.Status().Released > 0,
+			fmt.Sprintf("the primary released only %d lines", len(p.priOut.lineList()))
+	})
 	first, second := p.priOut.lineList(), p.secOut.lineList()
 	if len(second) == 0 {
 		t.Fatalf("the new primary released nothing after %d lines from the old", len(first))

@@ -136,25 +136,10 @@ func TestLockOrderOnEveryPathThatTakesBoth(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	p := startScriptPairWith(t, ctx, lines, scriptOpts{glitchLine: glitch})
-	deadline := time.Now().Add(30 * time.Second)
-	for p.sec.Stats().Restores < 2 || len(p.priOut.lineList()) < 2*glitch {
-		if time.Now().After(deadline) {
-			t.Fatalf("no resync after %d lines: secondary %+v", len(p.priOut.lineList()), p.sec.Stats())
-		}
-		select {
-		case err := <-p.priErr:
-			t.Fatalf("the primary finished before it was stopped (%v): give the script more lines", err)
-		case <-time.After(2 * time.Millisecond):
-		}
-	}
-	p.pri.Stop()
-	p.priTr.Close()
-	if err := waitErr(t, "primary", p.priErr); err != nil {
-		t.Fatalf("stopped primary: %v", err)
-	}
-	if err := waitErr(t, "secondary", p.secErr); err != nil {
-		t.Fatalf("secondary taking over: %v", err)
-	}
+	p.failOverWhen(t, func() (bool, string) {
+		return p.sec.Stats().Restores >= 2 && len(p.priOut.lineList()) >= 2*glitch,
+			fmt.Sprintf("no resync after %d lines: secondary %+v", len(p.priOut.lineList()), p.sec.Stats())
+	})
 	if len(p.secOut.lineList()) == 0 {
 		t.Fatal("the secondary never went live")
 	}

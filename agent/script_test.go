@@ -585,3 +585,33 @@ func lastLine(s string) string {
 	l := strings.SplitAfter(strings.TrimSuffix(s, "\n"), "\n")
 	return l[len(l)-1] + "\n"
 }
+
+// failOverWhen waits (30 s at most) until ready says the pair got where
+// the test wants it, then stops the primary and waits for the secondary
+// to take over and finish; ready's message says what was missing.
+func (p *scriptPair) failOverWhen(t *testing.T, ready func() (bool, string)) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		ok, missing := ready()
+		if ok {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal(missing)
+		}
+		select {
+		case err := <-p.priErr:
+			t.Fatalf("the primary finished before it was stopped (%v): give the script more lines", err)
+		case <-time.After(2 * time.Millisecond):
+		}
+	}
+	p.pri.Stop()
+	p.priTr.Close()
+	if err := waitErr(t, "primary", p.priErr); err != nil {
+		t.Fatalf("stopped primary: %v", err)
+	}
+	if err := waitErr(t, "secondary", p.secErr); err != nil {
+		t.Fatalf("secondary taking over: %v", err)
+	}
+}
