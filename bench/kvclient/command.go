@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/ftvm/ftvm/bench/linearize"
+	"github.com/ftvm/ftvm/internal/term"
 )
 
 // Exit statuses of Command.
@@ -98,7 +99,7 @@ flags:
 	if !*quiet {
 		// Redrawn in place on a terminal; elsewhere (a file, a pipe) a
 		// plain line a second and the last one, with no escape codes.
-		tty := isTerminal(stderr)
+		tty := term.IsTerminal(stderr)
 		var last time.Time
 		cfg.Progress = func(p Progress) {
 			switch {
@@ -156,14 +157,4 @@ func writeHistory(path string, h []linearize.Op) error {
 		return fmt.Errorf("history file %s: %w", path, err)
 	}
 	return nil
-}
-
-// isTerminal reports whether w is a terminal (a character device).
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }

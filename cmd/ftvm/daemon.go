@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/ftvm/ftvm/agent"
+	"github.com/ftvm/ftvm/internal/term"
 	"github.com/ftvm/ftvm/lockstep"
 	"github.com/ftvm/ftvm/lockstep/arbiter"
 	"github.com/ftvm/ftvm/lockstep/wire"
@@ -846,7 +847,7 @@ const progressInterval = 100 * time.Millisecond
 // redrawn in place when stderr is a terminal, a log line at the start and
 // the end otherwise.
 func (d *daemon) progress(ctx context.Context) {
-	tty := isTerminal(d.term)
+	tty := term.IsTerminal(d.term)
 	t := time.NewTicker(progressInterval)
 	defer t.Stop()
 	syncing := false
@@ -884,13 +885,4 @@ func progressBar(sent, total int64) string {
 	}
 	n := int(frac * width)
 	return fmt.Sprintf("re-protecting [%s%s] %3.0f%%  %.1f/%.1f MiB", strings.Repeat("#", n), strings.Repeat(".", width-n), 100*frac, float64(sent)/(1<<20), float64(total)/(1<<20))
-}
-
-func isTerminal(w io.Writer) bool {
-	f, ok := w.(*os.File)
-	if !ok {
-		return false
-	}
-	st, err := f.Stat()
-	return err == nil && st.Mode()&os.ModeCharDevice != 0
 }

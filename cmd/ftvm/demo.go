@@ -14,6 +14,7 @@ import (
 
 	"github.com/ftvm/ftvm/bench/e2e"
 	"github.com/ftvm/ftvm/bench/kvclient"
+	"github.com/ftvm/ftvm/internal/term"
 )
 
 func init() {
@@ -138,7 +139,7 @@ func demoMissing(guest string) []string {
 func demo(ctx context.Context, e *env, c demoConfig) error {
 	// On a terminal the client's progress line is redrawn in place, and a
 	// message first clears it; elsewhere no escape codes are written.
-	tty := isTerminal(e.stdout)
+	tty := term.IsTerminal(e.stdout)
 	clearLine := ""
 	if tty {
 		clearLine = "\r\x1b[K"
