@@ -79,7 +79,7 @@ type Arbiter struct {
 	// noRenew makes the keep-alive send nothing while it still watches
 	// the deadline: what a host cut off from etcd sees (tests).
 	noRenew atomic.Bool
-	done     chan struct{} // closed when the keep-alive goroutine ends
+	done    chan struct{} // closed when the keep-alive goroutine ends
 }
 
 type holdOf struct{ epoch, fence uint64 }
