@@ -8,28 +8,30 @@
 // unless Config.Prefix says otherwise; vmID is 1 to 64 letters, digits,
 // '.', '_' or '-', as for the File arbiter). Values are JSON.
 //
-//		key                       value                                        lease
-//		<vm>/epoch                {"epoch":E,"holder":"h"}                     none
-//		<vm>/lease                {"epoch":E,"holder":"h"}                     h's
-//		<vm>/released             {"epoch":E,"fence":F,"holder":"h"}           none
-//		<vm>/running/<host>       {"pid":P,"since":"RFC 3339 time"}            the daemon's own
+//	key                       value                                        lease
+//	<vm>/epoch                {"epoch":E,"holder":"h"}                     none
+//	<vm>/lease                {"epoch":E,"holder":"h"}                     h's
+//	<vm>/released             {"epoch":E,"fence":F,"holder":"h"}           none
+//	<vm>/running/<host>       {"pid":P,"since":"RFC 3339 time"}            the daemon's own
 //
-//	  - epoch is the newest epoch granted and the host it went to. It is
-//	    written only by the transaction that grants an epoch, so its
-//	    ModRevision is that transaction's revision: the fence token of the
-//	    grant. etcd's revision grows with every write to the cluster, so a
-//	    later grant always carries a larger fence.
-//	  - lease says which host may act as primary right now. It is written by
-//	    the same transaction, attached to the holder's lease, so etcd deletes
-//	    it by itself when the lease expires (the holder died or lost etcd for
-//	    the lease's TTL) or is revoked (a clean stop).
-//	  - released records a clean stop (Release), an operator's reset (holder
-//	    "") or an adoption (holder named): the epoch it names, with that
-//	    epoch's fence, was given up, and State reports it Released. It
-//	    counts only while it names the newest epoch and its fence.
-//	  - running/<host> exists while a daemon of the VM runs on host (Running),
-//	    under a lease of that daemon's own that the client keeps alive: no
-//	    two daemons of a VM run under one host name.
+// What each key is for:
+//
+//   - epoch is the newest epoch granted and the host it went to. It is
+//     written only by the transaction that grants an epoch, so its
+//     ModRevision is that transaction's revision: the fence token of the
+//     grant. etcd's revision grows with every write to the cluster, so a
+//     later grant always carries a larger fence.
+//   - lease says which host may act as primary right now. It is written by
+//     the same transaction, attached to the holder's lease, so etcd deletes
+//     it by itself when the lease expires (the holder died or lost etcd for
+//     the lease's TTL) or is revoked (a clean stop).
+//   - released records a clean stop (Release), an operator's reset (holder
+//     "") or an adoption (holder named): the epoch it names, with that
+//     epoch's fence, was given up, and State reports it Released. It
+//     counts only while it names the newest epoch and its fence.
+//   - running/<host> exists while a daemon of the VM runs on host (Running),
+//     under a lease of that daemon's own that the client keeps alive: no
+//     two daemons of a VM run under one host name.
 //
 // # Transitions
 //
