@@ -134,6 +134,12 @@ type Config struct {
 	// exits are served live: plug the live NIC in, announce the VM's MAC.
 	// An error stops the agent (the VM cannot serve as it should).
 	OnGoLive func(epoch, fence uint64) error
+	// Lease, if set, is the lease the arbiter's grants hold under
+	// (lockstep/arbiter/etcd). Every output is performed only while its
+	// Check returns nil, checked by the disk writer at the moment it
+	// performs the output; once Lost is closed Run returns ErrHalted, and
+	// every output not yet performed is dropped.
+	Lease Lease
 	// OnEpoch, if set, runs on the loop when the arbiter granted this
 	// host, as primary, an epoch (its first, and each after it lost its
 	// secondary), before any output of that epoch is released: record
@@ -307,6 +313,9 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a.holdLatency.init()
 	a.disk = newDiskWriter(a.log, a.poke, a.durable)
+	if cfg.Lease != nil {
+		a.disk.gate = cfg.Lease.Check
+	}
 	a.disk.leaveAfter = cfg.SecondaryDiskFailingMax
 	if a.disk.leaveAfter == 0 {
 		ticks := cmp.Or(cfg.Node.PeerTimeoutTicks, lockstep.DefaultPeerTimeoutTicks)
@@ -461,6 +470,8 @@ func (a *Agent) Run(ctx context.Context, tr Transport) (err error) {
 			return ctx.Err()
 		case <-a.stop:
 			return nil
+		case <-a.leaseLost():
+			return a.leaseHalt()
 		case <-tick.C:
 			a.mu.Lock()
 			a.node.Tick()
@@ -486,6 +497,9 @@ func (a *Agent) Run(ctx context.Context, tr Transport) (err error) {
 func (a *Agent) followDisk() error {
 	if a.disk.fenced.Load() {
 		return fmt.Errorf("%w: a newer primary raised the shared disk's fence: this host's queued writes were refused and nothing after them left; restart it as a secondary", ErrHalted)
+	}
+	if a.disk.gated.Load() {
+		return a.leaseHalt()
 	}
 	if a.disk.left.Load() {
 		return fmt.Errorf("%w: a block write failed for longer than %v (%s), so this host left the pair and the primary goes on unprotected: free space on the disk's filesystem (or repair it), then start this host again as a secondary",

@@ -88,6 +88,31 @@ type diskWriter struct {
 	mayLeave   func() bool
 	left       atomic.Bool
 	leftErr    atomic.Value // string
+
+	// gate, if set, is asked before every job is performed (Config.Lease's
+	// Check): once it fails, that job and every later one are dropped
+	// unperformed and gated is set. Set before the first job.
+	gate  func() error
+	gated atomic.Bool
+}
+
+// mayPerform asks the gate whether a job may be performed now; once it
+// refuses, the writer gives up like a fenced one.
+func (w *diskWriter) mayPerform(what string) bool {
+	if w.gate == nil {
+		return true
+	}
+	err := w.gate()
+	if err == nil {
+		return true
+	}
+	if !w.gated.Swap(true) {
+		w.log.Error("output not performed: the arbiter's lease is lost; it and every output after it are dropped", "output", what, "err", err)
+	}
+	w.given.Store(true)
+	w.dropped.Add(1)
+	w.changed()
+	return false
 }
 
 type diskJob struct {
@@ -117,6 +142,7 @@ func (w *diskWriter) run() {
 		switch {
 		case w.given.Load():
 			w.dropped.Add(1)
+		case !w.mayPerform(j.what):
 		case j.write != nil:
 			if w.writeDurably(j) {
 				w.durable(j.seq)
@@ -138,6 +164,10 @@ func (w *diskWriter) writeDurably(j diskJob) bool {
 	var firstFail, lastLog time.Time
 	attempts := 0
 	for {
+		if attempts > 0 && !w.mayPerform(j.what) {
+			w.failing.Store(false)
+			return false
+		}
 		err := j.write()
 		if err == nil {
 			if attempts > 0 {
@@ -249,6 +279,9 @@ func (w *diskWriter) release(what string, seq uint64, do func() error) error {
 		return nil
 	}
 	if w.queued.Load() == 0 {
+		if !w.mayPerform(what) {
+			return nil
+		}
 		err := do()
 		w.durable(seq)
 		return err
