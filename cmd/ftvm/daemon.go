@@ -19,7 +19,7 @@ import (
 	"github.com/ftvm/ftvm/agent"
 	"github.com/ftvm/ftvm/internal/term"
 	"github.com/ftvm/ftvm/lockstep"
-	"github.com/ftvm/ftvm/lockstep/arbiter"
+	etcdarb "github.com/ftvm/ftvm/lockstep/arbiter/etcd"
 	"github.com/ftvm/ftvm/lockstep/wire"
 	"github.com/ftvm/ftvm/tcpfallback"
 	"github.com/ftvm/ftvm/transport"
@@ -165,7 +165,10 @@ type daemon struct {
 	term    io.Writer // progress bars go here when it is a terminal
 	started time.Time
 
-	arb     *arbiter.File
+	arb     daemonArbiter
+	etcdArb *etcdarb.Arbiter // the same arbiter with --arbiter etcd; else nil
+	lease   agent.Lease      // etcdArb with --arbiter etcd; else nil
+	spans   releaseSpans
 	diskF   *os.File
 	console io.Writer
 	closers []io.Closer
@@ -220,17 +223,15 @@ func newDaemon(c *daemonConfig, log *slog.Logger, term io.Writer) (_ *daemon, er
 	if err := vmm.CheckELF(d.guest); err != nil {
 		return nil, fmt.Errorf("--guest %s: %w (build the guests with make guests, or give --guest)", c.guest, err)
 	}
-	if err := os.MkdirAll(c.arbiterDir, 0o700); err != nil {
-		return nil, fmt.Errorf("arbiter directory: %w", err)
-	}
-	if d.arb, err = arbiter.NewFile(c.arbiterDir); err != nil {
+	var arbClosers []io.Closer
+	if d.arb, d.lease, arbClosers, err = d.openArbiter(); err != nil {
 		return nil, err
 	}
-	d.arb.Holder = c.hostName
+	d.closers = append(d.closers, arbClosers...)
 	// While this daemon runs, ftvm arbiter reset refuses.
 	running, err := d.arb.Running(c.vmID)
 	if err != nil {
-		return nil, fmt.Errorf("%w: this host must be able to write the arbiter's directory on storage every host shares (fix --arbiter-dir and start again), and each daemon of a VM needs its own --host-name (default --tls-name, else the host name)", err)
+		return nil, fmt.Errorf("%w: this host must be able to write the arbiter's record (fix %s and start again), and each daemon of a VM needs its own --host-name (default --tls-name, else the host name)", err, c.arbiterWhere())
 	}
 	d.closers = append(d.closers, running)
 	var firstEpoch uint64
@@ -310,6 +311,8 @@ func newDaemon(c *daemonConfig, log *slog.Logger, term io.Writer) (_ *daemon, er
 		WaitForSecondary: c.waitForSecondary,
 		SeparateStorage:  !c.sharedStorage,
 		DiskFence:        fence,
+		Lease:            d.lease,
+		OnRelease:        d.spans.note,
 		OnGoLive:         d.goLive,
 		OnEpoch:          d.onEpoch,
 		Logger:           d.log,
@@ -519,9 +522,10 @@ func (d *daemon) run(ctx context.Context) int {
 		d.log.Warn("any host with a certificate from this CA (or the pre-shared key) may join as secondary; name the expected ones with --allow-peers")
 	}
 	err = d.ag.Run(runCtx, &d.link)
+	d.spans.log(d.log)
 	switch {
 	case errors.Is(err, agent.ErrArbiterUnusable):
-		d.log.Error("stopping: the arbiter cannot be used, so this host can neither serve nor take over; fix --arbiter-dir and start again", "arbiter_dir", d.cfg.arbiterDir, "err", err)
+		d.log.Error("stopping: the arbiter cannot be used, so this host can neither serve nor take over; fix "+d.cfg.arbiterWhere()+" and start again", "err", err)
 		return exitFailure
 	case d.yielded.Load():
 		d.log.Warn("halted: this host yielded the VM because it cannot reach the VM's network; restart it as a secondary once the network is back", "reach_check", d.reach.String())
@@ -677,6 +681,9 @@ func (d *daemon) firstEpoch() (uint64, error) {
 		diskSays = "is " + ds.String()
 	}
 	recoverHint := fmt.Sprintf("if that host's disk is lost, run ftvm recover --arbiter-dir %s --vm-id %s --disk DISK on the host whose disk is the newest left", d.cfg.arbiterDir, vm)
+	if d.cfg.arbiterKind == arbiterKindEtcd {
+		recoverHint = fmt.Sprintf("if that host's disk is lost, adopt the record for the host whose disk is the newest left (lockstep/arbiter/etcd Adopt: key %svm/%s/released; ftvm recover works on --arbiter file only)", d.cfg.etcd.prefix, vm)
+	}
 	// With no disk of its own there is nothing to be behind: being the
 	// record's holder is enough (no other host can be primary in its
 	// epoch). A disk with no side file that exists is one an older ftvm

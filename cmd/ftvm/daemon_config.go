@@ -58,11 +58,14 @@ type daemonConfig struct {
 	// secondary (--allow-peers); empty: any host the CA or key admits.
 	allowPeers []string
 	arbiterDir string
-	hostName   string
-	mode       lockstep.Mode
-	tlsDir     string
-	tlsName    string
-	pskFile    string
+	// arbiterKind is --arbiter (file or etcd); etcd how to reach etcd.
+	arbiterKind string
+	etcd        etcdConfig
+	hostName    string
+	mode        lockstep.Mode
+	tlsDir      string
+	tlsName     string
+	pskFile     string
 
 	control          string
 	tick             time.Duration
@@ -117,7 +120,8 @@ func daemonFlags(fs *flag.FlagSet, role wire.Role) func() (*daemonConfig, error)
 	} else {
 		fs.BoolVar(&c.waitForSecondary, "wait-for-secondary", false, "keep the VM paused until a secondary is in step, so that no output leaves unprotected")
 	}
-	fs.StringVar(&c.arbiterDir, "arbiter-dir", "", "directory on storage all hosts share, for the split-brain lock (created if missing); required")
+	fs.StringVar(&c.arbiterDir, "arbiter-dir", "", "with --arbiter file: directory on storage all hosts share, for the split-brain lock (created if missing); required")
+	checkArbiter := arbiterFlags(fs, c)
 	fs.StringVar(&c.hostName, "host-name", "", "this host's name in the arbiter's record: a host that stopped cleanly as primary may start as primary again by itself (default: --tls-name, else the host name)")
 	mode := fs.String("mode", "receipt", "when an output may leave: receipt (its log entries reached the secondary) or compare (the secondary reproduced it)")
 	allow := fs.String("allow-peers", "", "comma-separated names of the hosts that may join this one as its secondary: names in their certificates, or their --tls-name under --psk-file; any other host is refused and logged (default on a secondary: --peer-name; on a primary: any host the CA or key admits, with a warning)")
@@ -172,8 +176,8 @@ func daemonFlags(fs *flag.FlagSet, role wire.Role) func() (*daemonConfig, error)
 		if c.vmID == "" || len(c.vmID) > wire.MaxVMIDBytes {
 			return nil, fmt.Errorf("--vm-id %q: give 1 to %d bytes", c.vmID, wire.MaxVMIDBytes)
 		}
-		if c.arbiterDir == "" {
-			return nil, errors.New("--arbiter-dir is required: a directory every host of this VM shares (the split-brain lock lives there)")
+		if err := checkArbiter(); err != nil {
+			return nil, err
 		}
 		if role == wire.RoleSecondary && c.peer == "" {
 			return nil, errors.New("--peer is required: the host:port the primary listens on")

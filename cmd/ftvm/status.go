@@ -61,6 +61,13 @@ type statusReport struct {
 	ArbiterFailures int    `json:"arbiter_failures,omitempty"`
 	ArbiterError    string `json:"arbiter_error,omitempty"`
 
+	// Arbiter is the split-brain lock: its kind, where it is, and with
+	// etcd the lease this host holds its epoch under and its time left.
+	Arbiter arbiterReport `json:"arbiter"`
+	// Releases: for each epoch this host released outputs in, the first
+	// and last release (RFC 3339, UTC) and how many.
+	Releases []releaseSpan `json:"releases,omitempty"`
+
 	// DiskError is set while a block write fails (a full disk): the VM
 	// is paused and no output after the write leaves until it succeeds.
 	DiskError string `json:"disk_error,omitempty"`
@@ -106,6 +113,8 @@ func (d *daemon) report() statusReport {
 		Mode: d.cfg.mode.String(), Protected: s.Protected, Syncing: s.Syncing, Synced: s.Synced, Stalled: s.Stalled,
 		LastSeq: s.LastSeq, Acked: s.Acked, LogItems: s.LogItems, Held: s.Held, Released: s.Released,
 		ArbiterFailures: s.ArbiterFailures, ArbiterError: s.ArbiterErr,
+		Arbiter:     d.arbiterReport(),
+		Releases:    d.spans.all(),
 		DiskError:   d.ag.DiskError(),
 		Stats:       d.ag.Stats(),
 		HoldLatency: latencyReport{Count: hl.Count, P50: us(hl.P50), P99: us(hl.P99), P999: us(hl.P999), Max: us(hl.Max)},
@@ -297,8 +306,9 @@ func printStatus(w io.Writer, r *statusReport) {
 	} else {
 		fmt.Fprintf(w, "log: received through %d, %d entries to replay, primary released through %d\n", r.LastSeq, r.LogItems, r.Released)
 	}
+	printArbiter(w, r.Arbiter)
 	if r.ArbiterError != "" {
-		fmt.Fprintf(w, "arbiter: %d requests in a row failed, last: %s; asking again with back-off (check --arbiter-dir)\n", r.ArbiterFailures, r.ArbiterError)
+		fmt.Fprintf(w, "arbiter: %d requests in a row failed, last: %s; asking again with back-off (check %s)\n", r.ArbiterFailures, r.ArbiterError, arbiterFlagOf(r.Arbiter.Kind))
 	}
 	h := r.HoldLatency
 	if h.Count > 0 {
@@ -316,6 +326,30 @@ func printStatus(w io.Writer, r *statusReport) {
 	if r.LiveSince != "" {
 		fmt.Fprintf(w, "took over as primary at %s\n", r.LiveSince)
 	}
+}
+
+// printArbiter says which arbiter the daemon uses and, with etcd, the
+// lease: its ID, TTL and the time left by this host's count.
+func printArbiter(w io.Writer, a arbiterReport) {
+	switch {
+	case a.Kind == "":
+		return // a daemon older than the field
+	case a.Kind != arbiterKindEtcd:
+		fmt.Fprintf(w, "arbiter: %s in %s\n", a.Kind, a.Where)
+	case a.LeaseLostAt != "":
+		fmt.Fprintf(w, "arbiter: etcd at %s; lease %s LOST: %s\n", a.Where, a.LeaseID, a.LeaseLostAt)
+	case a.LeaseHeld:
+		fmt.Fprintf(w, "arbiter: etcd at %s; lease %s, TTL %.0f s, %.1f s left\n", a.Where, a.LeaseID, a.LeaseTTL, a.LeaseLeft)
+	default:
+		fmt.Fprintf(w, "arbiter: etcd at %s; no lease held (not primary)\n", a.Where)
+	}
+}
+
+func arbiterFlagOf(kind string) string {
+	if kind == arbiterKindEtcd {
+		return "--etcd-endpoints and that a quorum of etcd answers"
+	}
+	return "--arbiter-dir"
 }
 
 func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }

@@ -1,0 +1,80 @@
+package main
+
+import (
+	"bytes"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/ftvm/ftvm/lockstep"
+)
+
+func TestDaemonArbiterUsageErrors(t *testing.T) {
+	dir := t.TempDir()
+	psk := filepath.Join(dir, "psk")
+	os.WriteFile(psk, bytes.Repeat([]byte("k"), 32), 0o600)
+	base := []string{"primary", "--psk-file", psk}
+	ep := "--etcd-endpoints=http://127.0.0.1:2379"
+	for _, c := range []struct {
+		args []string
+		want string
+	}{
+		{[]string{"--arbiter", "zookeeper"}, `--arbiter "zookeeper": want file or etcd`},
+		{[]string{"--arbiter", "etcd"}, "--etcd-endpoints is required"},
+		{[]string{"--arbiter", "etcd", ep, "--arbiter-dir", dir}, "--arbiter-dir is for --arbiter file"},
+		{[]string{"--arbiter-dir", dir, ep}, "--etcd-endpoints is for --arbiter etcd"},
+		{[]string{"--arbiter", "etcd", ep, "--etcd-cert", "c.pem"}, "--etcd-cert and --etcd-key go together"},
+		{[]string{"--arbiter", "etcd", ep, "--etcd-lease-ttl", "1500ms"}, "whole seconds"},
+		{[]string{"--arbiter", "etcd", ep, "--etcd-lease-ttl", "0s"}, "whole seconds"},
+	} {
+		args := append(append([]string(nil), base...), c.args...)
+		code, _, errs := runFtvm(args...)
+		if code != exitUsage || !strings.Contains(errs, c.want) {
+			t.Errorf("ftvm %q: exit %d, stderr %q; want exit %d naming %q", args, code, errs, exitUsage, c.want)
+		}
+	}
+}
+
+// An etcd that does not answer is named, with what to check.
+func TestEtcdClientFailsClearly(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := l.Addr().String()
+	l.Close() // nothing listens there now
+	_, err = etcdClient(etcdConfig{endpoints: []string{"http://" + addr}, prefix: "/ftvm/", dialTimeout: 300 * time.Millisecond})
+	if err == nil || !strings.Contains(err.Error(), addr) || !strings.Contains(err.Error(), "quorum") {
+		t.Fatalf("etcdClient to a dead endpoint: %v; want an error naming %s and what to check", err, addr)
+	}
+	_, err = etcdClient(etcdConfig{endpoints: []string{"https://" + addr}, caFile: filepath.Join(t.TempDir(), "none.pem"), prefix: "/ftvm/", dialTimeout: time.Second})
+	if err == nil || !strings.Contains(err.Error(), "--etcd-cacert") {
+		t.Fatalf("a missing CA file: %v; want an error naming --etcd-cacert", err)
+	}
+}
+
+func TestReleaseSpansPerEpoch(t *testing.T) {
+	var s releaseSpans
+	for _, e := range []uint64{3, 3, 3, 5, 5} {
+		s.note(lockstep.Output{Epoch: e, Fence: 100 + e})
+	}
+	got := s.all()
+	if len(got) != 2 || got[0].Epoch != 3 || got[0].Count != 3 || got[0].Fence != 103 || got[1].Epoch != 5 || got[1].Count != 2 {
+		t.Fatalf("spans %+v; want epoch 3 with 3 releases, then epoch 5 with 2", got)
+	}
+	for _, sp := range got {
+		first, err1 := time.Parse(time.RFC3339Nano, sp.First)
+		last, err2 := time.Parse(time.RFC3339Nano, sp.Last)
+		if err1 != nil || err2 != nil || last.Before(first) {
+			t.Fatalf("span %+v: times do not parse or run backwards", sp)
+		}
+	}
+	last3, _ := time.Parse(time.RFC3339Nano, got[0].Last)
+	first5, _ := time.Parse(time.RFC3339Nano, got[1].First)
+	if first5.Before(last3) {
+		t.Fatalf("epoch 3's last release %s after epoch 5's first %s", got[0].Last, got[1].First)
+	}
+}
