@@ -356,14 +356,15 @@ func (a *Arbiter) ensureLease(ctx context.Context) (clientv3.LeaseID, error) {
 	return a.lease, nil
 }
 
-// keepAlive renews the lease every TTL/3 and marks it lost at the
-// deadline, at once when etcd says it is gone, or when a VM held under it
-// moved to another holder.
+// keepAlive renews the lease every TTL/3 (sooner again, every
+// TTL/10, after a renewal failed: a leader election in etcd takes about
+// one election timeout), and marks it lost at the deadline, at once when
+// etcd says it is gone, or when a VM held under it moved to another holder.
 func (a *Arbiter) keepAlive() {
 	defer close(a.done)
-	every := a.ttl / 3
+	every, retry := a.ttl/3, max(a.ttl/10, renewRetryMin)
+	wait := every
 	for {
-		wait := every
 		if d := time.Duration(a.deadline.Load() - now()); a.holding.Load() && d < wait {
 			wait = max(d, 0) // wake at the deadline to mark the lease lost
 		}
@@ -374,6 +375,7 @@ func (a *Arbiter) keepAlive() {
 			return
 		case <-t.C:
 		}
+		wait = every
 		a.Check() // marks the lease lost once the deadline has passed
 		if a.lost.Load() {
 			<-a.stop
@@ -388,11 +390,18 @@ func (a *Arbiter) keepAlive() {
 		if len(held) == 0 || a.noRenew.Load() {
 			continue // a lease held for nothing is let run out
 		}
-		a.renew(id, held, every)
+		if !a.renew(id, held, a.ttl/4) {
+			wait = retry
+		}
 	}
 }
 
-func (a *Arbiter) renew(id clientv3.LeaseID, held map[string]holdOf, timeout time.Duration) {
+// renewRetryMin bounds how soon a failed renewal is tried again.
+const renewRetryMin = 50 * time.Millisecond
+
+// renew sends one keep-alive and checks the VMs held; false when etcd
+// could not be asked (try again soon).
+func (a *Arbiter) renew(id clientv3.LeaseID, held map[string]holdOf, timeout time.Duration) bool {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	sent := now()
@@ -400,20 +409,20 @@ func (a *Arbiter) renew(id clientv3.LeaseID, held map[string]holdOf, timeout tim
 	switch {
 	case errors.Is(err, rpctypes.ErrLeaseNotFound):
 		a.markLost("etcd says the lease is gone (it expired there)")
-		return
+		return true
 	case err != nil:
 		a.log.Warn("the arbiter's lease could not be renewed; trying again", "err", err,
 			"left", time.Duration(a.deadline.Load()-now()).Round(time.Millisecond))
-		return
+		return false
 	case ka.TTL <= 0:
 		a.markLost("etcd says the lease expired")
-		return
+		return true
 	}
 	a.deadline.Store(sent + int64(time.Duration(ka.TTL)*time.Second))
 	for vmID, h := range held {
 		resp, err := a.cli.Txn(ctx).Then(clientv3.OpGet(a.key(vmID, "epoch")), clientv3.OpGet(a.key(vmID, "lease"))).Commit()
 		if err != nil {
-			return
+			return false
 		}
 		cur, _, _ := readRecord(resp.Responses[0].GetResponseRange().Kvs, "")
 		lk := resp.Responses[1].GetResponseRange().Kvs
@@ -424,6 +433,7 @@ func (a *Arbiter) renew(id clientv3.LeaseID, held map[string]holdOf, timeout tim
 			a.markLost(fmt.Sprintf("VM %s's lease key no longer carries this host's lease (an operator's reset?)", vmID))
 		}
 	}
+	return true
 }
 
 // State reads the VM's record as the File arbiter reports it: the newest
