@@ -330,17 +330,26 @@ func (a *Arbiter) waitGone(ctx context.Context, leaseKey string, kv *mvccKV, rev
 	return fmt.Errorf("arbiter/etcd: watching %s ended (etcd has no leader?)", leaseKey)
 }
 
-// ensureLease returns this host's lease, granting one (and starting its
-// keep-alive) when there is none, or when the one there was ran out
-// before it held anything.
+// ensureLease returns this host's lease with a whole TTL ahead when it
+// holds nothing yet: renewed, or granted (and its keep-alive started)
+// when there is none or it ran out.
 func (a *Arbiter) ensureLease(ctx context.Context) (clientv3.LeaseID, error) {
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	if a.closed {
 		return 0, errors.New("arbiter/etcd: closed")
 	}
-	if a.lease != 0 && (len(a.held) > 0 || now() < a.deadline.Load()) {
-		return a.lease, nil
+	if a.lease != 0 && len(a.held) > 0 {
+		return a.lease, nil // the keep-alive looks after it
+	}
+	if a.lease != 0 && now() < a.deadline.Load() {
+		// Unused so far (a wait for another host's lease may have taken
+		// most of it): renewed now, a grant starts with a whole TTL.
+		sent := now()
+		if ka, err := a.cli.KeepAliveOnce(ctx, a.lease); err == nil && ka.TTL > 0 {
+			a.deadline.Store(sent + int64(time.Duration(ka.TTL)*time.Second))
+			return a.lease, nil
+		}
 	}
 	sent := now()
 	g, err := a.cli.Grant(ctx, int64(a.ttl/time.Second))

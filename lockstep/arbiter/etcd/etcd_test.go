@@ -82,7 +82,12 @@ var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
 func newArbiter(t *testing.T, m *member, host string) *Arbiter {
 	t.Helper()
-	a, err := New(Config{Client: newClient(t, m), Holder: host, LeaseTTL: testTTL, Logger: quiet})
+	return newArbiterTTL(t, m, host, testTTL)
+}
+
+func newArbiterTTL(t *testing.T, m *member, host string, ttl time.Duration) *Arbiter {
+	t.Helper()
+	a, err := New(Config{Client: newClient(t, m), Holder: host, LeaseTTL: ttl, Logger: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -162,7 +167,9 @@ func TestAcquireGrantsEachEpochOnceWithGrowingFences(t *testing.T) {
 func TestLeaseRunsOutBeforeAnotherHostIsGranted(t *testing.T) {
 	m := startMember(t)
 	ctx := context.Background()
-	a, b := newArbiter(t, m, "a"), newArbiter(t, m, "b")
+	// b's lease is longer than a's, so that it outlives the wait for a's.
+	const bTTL = 4 * testTTL
+	a, b := newArbiter(t, m, "a"), newArbiterTTL(t, m, "b", bTTL)
 	if ok, _, err := a.Acquire(ctx, "vm", 1); !ok || err != nil {
 		t.Fatal(ok, err)
 	}
@@ -174,28 +181,43 @@ func TestLeaseRunsOutBeforeAnotherHostIsGranted(t *testing.T) {
 	if err := a.Check(); err != nil {
 		t.Fatalf("Check after %v of keep-alives: %v", 3*testTTL, err)
 	}
-	// a's keep-alives stop reaching etcd, as if it were cut off; its
-	// watchdog still sees the clock.
+	// b asks while a's lease lives, and waits; a while later a's
+	// keep-alives stop reaching etcd, as if it were cut off; its watchdog
+	// still sees the clock.
+	bctx, cancel := context.WithTimeout(ctx, 10*testTTL)
+	defer cancel()
+	type answer struct {
+		ok    bool
+		fence uint64
+		err   error
+		at    time.Time
+	}
+	bDone := make(chan answer, 1)
+	go func() {
+		for {
+			ok, fence, err := b.Acquire(bctx, "vm", 2)
+			if err == nil || bctx.Err() != nil {
+				bDone <- answer{ok, fence, err, time.Now()}
+				return
+			}
+		}
+	}()
+	time.Sleep(3 * testTTL / 2)
 	a.noRenew.Store(true)
 	lostAt := make(chan time.Time, 1)
 	go func() {
 		<-a.Lost()
 		lostAt <- time.Now()
 	}()
-	bctx, cancel := context.WithTimeout(ctx, 10*testTTL)
-	defer cancel()
-	var ok bool
-	var fence uint64
-	var err error
-	for {
-		ok, fence, err = b.Acquire(bctx, "vm", 2)
-		if err == nil || bctx.Err() != nil {
-			break
-		}
-	}
-	granted := time.Now()
+	ans := <-bDone
+	ok, fence, err, granted := ans.ok, ans.fence, ans.err, ans.at
 	if !ok || err != nil {
 		t.Fatalf("b's epoch 2 after a stopped renewing: granted=%v err=%v", ok, err)
+	}
+	// b's grant starts with a whole TTL, however long it waited for a's
+	// lease.
+	if l := b.Lease(); !l.Holding || l.Left < bTTL*3/4 {
+		t.Fatalf("b's lease right after its grant: %+v; want at least %v left", l, bTTL*3/4)
 	}
 	checkErr := a.Check()
 	if !errors.Is(checkErr, ErrLeaseLost) {
