@@ -48,6 +48,9 @@ type ClusterConfig struct {
 	WorkDir string
 	// Flags are more daemon flags, given to both roles.
 	Flags []string
+	// EtcdEndpoints, if set, makes the daemons use the etcd arbiter there
+	// (--arbiter etcd) instead of the file arbiter in WorkDir.
+	EtcdEndpoints []string
 }
 
 // Cluster is an ftvm deployment on a Topology: at most one daemon per VM
@@ -117,7 +120,6 @@ func (c *Cluster) daemonArgs(h Host, role string, d *Daemon) []string {
 		"--disk", c.path("disk-" + string(h) + ".img"),
 		// The default disk (4 MiB): kvstore compacts its write-ahead log,
 		// so a run of any length fits, and a join copies 4 MiB.
-		"--arbiter-dir", c.path("arbiter"),
 		"--tls-dir", c.path("certs"),
 		"--tls-name", string(h),
 		// Only the other host may join this one as its secondary.
@@ -126,6 +128,11 @@ func (c *Cluster) daemonArgs(h Host, role string, d *Daemon) []string {
 		"--control", d.Control,
 		"--console", d.Console,
 		"--mode", c.cfg.Mode,
+	}
+	if len(c.cfg.EtcdEndpoints) > 0 {
+		args = append(args, "--arbiter", "etcd", "--etcd-endpoints", strings.Join(c.cfg.EtcdEndpoints, ","))
+	} else {
+		args = append(args, "--arbiter-dir", c.path("arbiter"))
 	}
 	if !c.cfg.NoNetwork {
 		args = append(args, "--tap", TAPName)

@@ -44,11 +44,21 @@ const (
 	// the arbiter, however fast it asks. The isolation then ends, the old
 	// primary halts (exit 3) and is restarted as a secondary.
 	IsolatePrimary
+	// Custom is a fault the caller makes: RunConfig.CustomFault applies
+	// it and waits until the pair is protected again.
+	Custom
 )
 
 func (f Fault) String() string {
-	return [...]string{"kill the primary", "kill the secondary", "cut the link between the hosts", "freeze the primary", "isolate the primary's host"}[f]
+	return [...]string{"kill the primary", "kill the secondary", "cut the link between the hosts", "freeze the primary", "isolate the primary's host", "the test's own fault"}[f]
 }
+
+// CustomFault applies round i (from 1) of a Custom run to the pair whose
+// primary and secondary are given, and returns once the pair is protected
+// again: it sets r.At (the fault), r.Victim and r.Survivor (the primary
+// after the round; the same host if the primary served on), and may set
+// r.TakeOver. ctx is bounded by RunConfig.RoundTimeout.
+type CustomFault func(ctx context.Context, c *Cluster, i int, r *Round, primary, secondary Host, say func(string, ...any)) error
 
 // RunConfig describes one end-to-end run.
 type RunConfig struct {
@@ -78,6 +88,8 @@ type RunConfig struct {
 	// hosts: the primary loses the VM's network but not its secondary,
 	// and must yield.
 	KeepPeerLink bool
+	// CustomFault makes each round of a Custom run.
+	CustomFault CustomFault
 }
 
 // Round is what one fault did.
@@ -204,59 +216,15 @@ func Run(ctx context.Context, c *Cluster, cfg RunConfig) (*Report, error) {
 		if err := c.collectHold(ctx, primary, rep.Hold); err != nil {
 			return nil, err
 		}
-		switch cfg.Fault {
-		case KillPrimary:
-			r.Victim, r.Survivor = primary, secondary
-			r.At = time.Now()
-			if err := c.Kill(primary); err != nil {
-				return nil, err
+		if cfg.Fault == Custom {
+			rctx, cancel := context.WithTimeout(ctx, cfg.RoundTimeout)
+			err := cfg.CustomFault(rctx, c, i, &r, primary, secondary, say)
+			cancel()
+			if err != nil {
+				return nil, fmt.Errorf("round %d: %w", i, err)
 			}
-		case KillSecondary:
-			r.Victim, r.Survivor = secondary, primary
-			r.At = time.Now()
-			if err := c.Kill(secondary); err != nil {
-				return nil, err
-			}
-		case CutLink:
-			r.At = time.Now()
-			if err := c.Topo.CutLink(ctx); err != nil {
-				return nil, err
-			}
-		case IsolatePrimary:
-			r.Victim, r.Survivor = primary, secondary
-			r.At = time.Now()
-			var keep []Host
-			if cfg.KeepPeerLink {
-				keep = append(keep, secondary)
-			}
-			if err := c.Topo.IsolateHost(ctx, primary, keep...); err != nil {
-				return nil, err
-			}
-		case FreezePrimary:
-			lo, hi := cfg.Freeze[0], cfg.Freeze[1]
-			r.Frozen = lo
-			if hi > lo {
-				r.Frozen += rand.N(hi - lo + 1)
-			}
-			r.At = time.Now()
-			var wake func() error
-			if cfg.StaleFrame {
-				victim := primary
-				wake = func() error {
-					mac, _ := net.ParseMAC(VMMAC)
-					return c.Topo.SendFrameAs(victim, mac, HostMAC(Client))
-				}
-			}
-			if err := c.Freeze(primary, r.Frozen, wake); err != nil {
-				return nil, err
-			}
-		}
-		say("round %d: %s at %s", i, cfg.Fault, r.At.Format("15:04:05.000"))
-		rctx, cancel := context.WithTimeout(ctx, cfg.RoundTimeout)
-		err := c.recover(rctx, &r, primary, secondary, say)
-		cancel()
-		if err != nil {
-			return nil, fmt.Errorf("round %d (%s): %w", i, cfg.Fault, err)
+		} else if err := c.applyFault(ctx, cfg, i, &r, primary, secondary, say); err != nil {
+			return nil, err
 		}
 		primary, secondary = r.Survivor, r.Victim
 		rep.Rounds = append(rep.Rounds, r)
@@ -310,6 +278,66 @@ func Run(ctx context.Context, c *Cluster, cfg RunConfig) (*Report, error) {
 	}
 	rep.Linearizable = linearize.Check(loadRes.History)
 	return rep, nil
+}
+
+// applyFault applies one of the built-in faults in round i and waits out
+// the round (recover).
+func (c *Cluster) applyFault(ctx context.Context, cfg RunConfig, i int, r *Round, primary, secondary Host, say func(string, ...any)) error {
+	switch cfg.Fault {
+	case KillPrimary:
+		r.Victim, r.Survivor = primary, secondary
+		r.At = time.Now()
+		if err := c.Kill(primary); err != nil {
+			return err
+		}
+	case KillSecondary:
+		r.Victim, r.Survivor = secondary, primary
+		r.At = time.Now()
+		if err := c.Kill(secondary); err != nil {
+			return err
+		}
+	case CutLink:
+		r.At = time.Now()
+		if err := c.Topo.CutLink(ctx); err != nil {
+			return err
+		}
+	case IsolatePrimary:
+		r.Victim, r.Survivor = primary, secondary
+		r.At = time.Now()
+		var keep []Host
+		if cfg.KeepPeerLink {
+			keep = append(keep, secondary)
+		}
+		if err := c.Topo.IsolateHost(ctx, primary, keep...); err != nil {
+			return err
+		}
+	case FreezePrimary:
+		lo, hi := cfg.Freeze[0], cfg.Freeze[1]
+		r.Frozen = lo
+		if hi > lo {
+			r.Frozen += rand.N(hi - lo + 1)
+		}
+		r.At = time.Now()
+		var wake func() error
+		if cfg.StaleFrame {
+			victim := primary
+			wake = func() error {
+				mac, _ := net.ParseMAC(VMMAC)
+				return c.Topo.SendFrameAs(victim, mac, HostMAC(Client))
+			}
+		}
+		if err := c.Freeze(primary, r.Frozen, wake); err != nil {
+			return err
+		}
+	}
+	say("round %d: %s at %s", i, cfg.Fault, r.At.Format("15:04:05.000"))
+	rctx, cancel := context.WithTimeout(ctx, cfg.RoundTimeout)
+	err := c.recover(rctx, r, primary, secondary, say)
+	cancel()
+	if err != nil {
+		return fmt.Errorf("round %d (%s): %w", i, cfg.Fault, err)
+	}
+	return nil
 }
 
 // steadyWindow is the least time the last settle measures the steady

@@ -35,6 +35,7 @@ const (
 )
 
 // hosts lists every machine, the switch first: the order Up builds them in.
+// WithEtcd adds EtcdMembers after them.
 var hosts = []Host{Switch, HostA, HostB, Client}
 
 // Addresses and names on the test bed. They are the same in every run; only
@@ -68,6 +69,9 @@ var hostAddrs = map[Host]netip.Addr{
 	HostA:  netip.AddrFrom4([4]byte{10, 77, 0, 1}),
 	HostB:  netip.AddrFrom4([4]byte{10, 77, 0, 2}),
 	Client: netip.AddrFrom4([4]byte{10, 77, 0, 3}),
+	Etcd1:  netip.AddrFrom4([4]byte{10, 77, 0, 21}),
+	Etcd2:  netip.AddrFrom4([4]byte{10, 77, 0, 22}),
+	Etcd3:  netip.AddrFrom4([4]byte{10, 77, 0, 23}),
 }
 
 // Each machine's address on the wire is fixed (locally administered,
@@ -77,6 +81,9 @@ var hostMACs = map[Host]string{
 	HostA:  "02:66:74:76:68:01",
 	HostB:  "02:66:74:76:68:02",
 	Client: "02:66:74:76:63:01",
+	Etcd1:  "02:66:74:76:65:01",
+	Etcd2:  "02:66:74:76:65:02",
+	Etcd3:  "02:66:74:76:65:03",
 }
 
 // HostAddr returns the IPv4 address of a machine, or the zero Addr for the
@@ -108,6 +115,10 @@ type Topology struct {
 	cmdTimeout time.Duration
 	procSeq    atomic.Int64 // numbers the log files of Start
 
+	// machines are the namespaces Up built, in order: hosts, and with
+	// WithEtcd the etcd members.
+	machines []Host
+
 	mu   sync.Mutex  // guards lock
 	lock *prefixLock // nil once Down has run
 }
@@ -118,7 +129,12 @@ type Option func(*options)
 type options struct {
 	logDir     string
 	cmdTimeout time.Duration
+	etcd       bool
 }
+
+// WithEtcd adds three machines for an etcd cluster (EtcdMembers, etcd.go),
+// each in a namespace of its own on the switch.
+func WithEtcd() Option { return func(o *options) { o.etcd = true } }
 
 // WithLogDir puts the output files of Start in dir, which must exist. By
 // default Up makes a new directory under os.TempDir; either way Down leaves
@@ -171,7 +187,11 @@ func Up(ctx context.Context, prefix string, opts ...Option) (_ *Topology, err er
 	if err != nil {
 		return nil, err
 	}
-	t := &Topology{prefix: prefix, ipPath: ipPath, nftPath: nftPath, logDir: o.logDir, cmdTimeout: o.cmdTimeout, lock: lock}
+	t := &Topology{prefix: prefix, ipPath: ipPath, nftPath: nftPath, logDir: o.logDir, cmdTimeout: o.cmdTimeout, lock: lock,
+		machines: hosts}
+	if o.etcd {
+		t.machines = append(append([]Host(nil), hosts...), EtcdMembers...)
+	}
 	defer func() {
 		if err != nil {
 			if derr := t.Down(); derr != nil {
@@ -194,7 +214,7 @@ func Up(ctx context.Context, prefix string, opts ...Option) (_ *Topology, err er
 }
 
 func (t *Topology) build(ctx context.Context) error {
-	for _, h := range hosts {
+	for _, h := range t.machines {
 		ns := t.Namespace(h)
 		if _, err := t.ip(ctx, "netns", "add", ns); err != nil {
 			return err
@@ -211,14 +231,14 @@ func (t *Topology) build(ctx context.Context) error {
 		{"-n", sw, "link", "add", BridgeName, "type", "bridge", "stp_state", "0"},
 		{"-n", sw, "link", "set", "dev", BridgeName, "up"},
 	}
-	for _, h := range []Host{HostA, HostB, Client} {
+	for _, h := range t.machines[1:] {
 		ns, port := t.Namespace(h), string(h)
 		steps = append(steps,
 			[]string{"-n", ns, "link", "add", LinkName, "type", "veth", "peer", "name", port, "netns", sw},
 			[]string{"-n", sw, "link", "set", "dev", port, "master", BridgeName, "up"},
 		)
 		addr := HostAddr(h).String() + "/24"
-		if h == Client {
+		if h != HostA && h != HostB {
 			steps = append(steps,
 				[]string{"-n", ns, "link", "set", "dev", LinkName, "address", hostMACs[h], "up"},
 				[]string{"-n", ns, "addr", "add", addr, "dev", LinkName},
@@ -286,10 +306,11 @@ func (t *Topology) Down() error {
 	return err
 }
 
-// deleteNamespaces removes whichever of the test bed's namespaces exist.
+// deleteNamespaces removes whichever of the test bed's namespaces exist
+// (the etcd members' too, which a crashed run may have left).
 func (t *Topology) deleteNamespaces(ctx context.Context) error {
 	var errs []error
-	for _, h := range hosts {
+	for _, h := range append(append([]Host(nil), hosts...), EtcdMembers...) {
 		ns := t.Namespace(h)
 		if _, err := os.Stat(filepath.Join(netnsDir, ns)); errors.Is(err, fs.ErrNotExist) {
 			continue
@@ -336,7 +357,7 @@ func (t *Topology) LogDir() string { return t.logDir }
 // Host that is not one of the four.
 func (t *Topology) Namespace(h Host) string {
 	switch h {
-	case HostA, HostB, Client, Switch:
+	case HostA, HostB, Client, Switch, Etcd1, Etcd2, Etcd3:
 		return t.prefix + "-" + string(h)
 	}
 	panic(fmt.Sprintf("e2e: unknown host %q (want %q, %q, %q or %q)", h, HostA, HostB, Client, Switch))

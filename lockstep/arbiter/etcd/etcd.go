@@ -602,6 +602,10 @@ func (a *Arbiter) Running(vmID string) (io.Closer, error) {
 	return &running{cli: a.cli, id: g.ID, cancel: kcancel}, nil
 }
 
+// runningRevokeTimeout bounds the revocation of the running key's lease
+// when a daemon stops.
+const runningRevokeTimeout = 500 * time.Millisecond
+
 type running struct {
 	cli    *clientv3.Client
 	id     clientv3.LeaseID
@@ -613,7 +617,8 @@ func (r *running) Close() error {
 	var err error
 	r.once.Do(func() {
 		r.cancel()
-		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
+		// Best effort: the lease runs out by itself if etcd is away.
+		ctx, cancel := context.WithTimeout(context.Background(), runningRevokeTimeout)
 		defer cancel()
 		_, err = r.cli.Revoke(ctx, r.id)
 	})
