@@ -25,6 +25,9 @@
 //     checkpoint carried (deliverCarried), persisting a block write, the
 //     disk writer's report of what is durable.
 //   - arbiter.go: asking the arbiter (acquire) and acting on its answer.
+//   - lease.go: Config.Lease, the lease an arbiter's grants hold under
+//     (lockstep/arbiter/etcd): the disk writer performs an output only
+//     while it lives, and Run halts when it is lost.
 //   - diskwriter.go: block writes made durable off the releasing thread.
 //   - codec.go: what the log carries for the VMM; clock.go: the guest's
 //     clock across hosts; steplog.go, metrics.go: logging and figures;

@@ -53,7 +53,7 @@ the log entries it depends on (--mode receipt) or has reproduced it
 (--mode compare). The secondary replays the log in its own VM and applies
 each reproduced disk write to its own disk once the primary reports it
 released. When the primary dies the secondary finishes the log, wins the
-arbiter's lock (--arbiter-dir, shared by both hosts), opens its TAP's
+arbiter's lock (--arbiter-dir, shared by both hosts; or etcd, below), opens its TAP's
 gate, announces the VM's MAC with gratuitous ARPs (at once and again over
 the next seconds; a primary does the same when it starts) and goes on as
 primary; it then accepts a new secondary on --listen, which joins from a
@@ -86,6 +86,13 @@ last primary, whose disk says so, takes the next epoch by itself even after
 a crash. A primary refuses to start (exit 3) while the arbiter's record
 names another host, which has the newer disk and is named: see ftvm
 arbiter --help and ftvm recover --help.
+
+With --arbiter etcd the lock is an etcd cluster (--etcd-endpoints, with
+--etcd-cacert, --etcd-cert and --etcd-key for TLS): an epoch is granted by
+one transaction under this host's lease (--etcd-lease-ttl), and a primary
+that cannot renew it, or finds another host granted a newer epoch, stops
+releasing at once and exits 3; a host replaces a dead primary only once
+that primary's lease has run out at etcd. Keys: lockstep/arbiter/etcd.
 
 With --reach-check, a host that cannot reach the VM's network never asks
 the arbiter for the VM, and a protected primary that lost it for

@@ -78,3 +78,24 @@ func TestReleaseSpansPerEpoch(t *testing.T) {
 		t.Fatalf("epoch 3's last release %s after epoch 5's first %s", got[0].Last, got[1].First)
 	}
 }
+
+func TestStatusShowsTheLease(t *testing.T) {
+	var b strings.Builder
+	r := &statusReport{VMID: "vm", Role: "primary", Arbiter: arbiterReport{Kind: "etcd", Where: "http://e1:2379", LeaseID: "1a2b", LeaseTTL: 5, LeaseLeft: 3.25, LeaseHeld: true}}
+	printStatus(&b, r)
+	if !strings.Contains(b.String(), "arbiter: etcd at http://e1:2379; lease 1a2b, TTL 5 s, 3.2 s left") {
+		t.Fatalf("status with a held lease:\n%s", b.String())
+	}
+	b.Reset()
+	r.Arbiter.LeaseLostAt = "no keep-alive was answered"
+	printStatus(&b, r)
+	if !strings.Contains(b.String(), "lease 1a2b LOST: no keep-alive was answered") {
+		t.Fatalf("status with a lost lease:\n%s", b.String())
+	}
+	b.Reset()
+	r.Arbiter = arbiterReport{Kind: "file", Where: "/shared/ftvm"}
+	printStatus(&b, r)
+	if !strings.Contains(b.String(), "arbiter: file in /shared/ftvm") {
+		t.Fatalf("status with the file arbiter:\n%s", b.String())
+	}
+}

@@ -22,6 +22,8 @@
 // shared lock on <vmID>.running, and an exclusive one on
 // <vmID>@<host>.running so that no two run under one host name (Running).
 //
-// An arbiter for hosts that share nothing but a network (an etcd lease
-// behind the same interface) is the plan, issue 13; it is not built.
+// For hosts that share nothing but a network, lockstep/arbiter/etcd is the
+// same interface on an etcd cluster: epochs granted by a transaction under
+// the holder's lease, fences from etcd's revisions, and the same State,
+// Release, Reset, Adopt and Running.
 package arbiter
