@@ -312,11 +312,23 @@ func (a *Arbiter) waitGone(ctx context.Context, leaseKey string, kv *mvccKV, rev
 		left = fmt.Sprintf("%ds", ttl.TTL)
 	}
 	a.log.Info("the epoch is held under another host's live lease: waiting for it to end", "holder", other.Holder, "epoch", other.Epoch, "ttl_left", left)
+	if err := a.watchGone(ctx, leaseKey, kv, rev); err != nil {
+		if ctx.Err() != nil {
+			return fmt.Errorf("arbiter/etcd: host %q holds epoch %d under a live lease (%s left when asked); still waiting for it to end: %w", other.Holder, other.Epoch, left, err)
+		}
+		return err
+	}
+	return nil
+}
+
+// watchGone returns once key, as read (kv at revision rev), is deleted or
+// rewritten under another lease, or ctx ends.
+func (a *Arbiter) watchGone(ctx context.Context, key string, kv *mvccKV, rev int64) error {
 	wctx, cancel := context.WithCancel(clientv3.WithRequireLeader(ctx))
 	defer cancel()
-	for wr := range a.cli.Watch(wctx, leaseKey, clientv3.WithRev(rev+1)) {
+	for wr := range a.cli.Watch(wctx, key, clientv3.WithRev(rev+1)) {
 		if err := wr.Err(); err != nil {
-			return fmt.Errorf("arbiter/etcd: watching %s: %w", leaseKey, err)
+			return fmt.Errorf("arbiter/etcd: watching %s: %w", key, err)
 		}
 		for _, ev := range wr.Events {
 			if ev.Type == clientv3.EventTypeDelete || clientv3.LeaseID(ev.Kv.Lease) != clientv3.LeaseID(kv.Lease) {
@@ -325,9 +337,9 @@ func (a *Arbiter) waitGone(ctx context.Context, leaseKey string, kv *mvccKV, rev
 		}
 	}
 	if err := ctx.Err(); err != nil {
-		return fmt.Errorf("arbiter/etcd: host %q holds epoch %d under a live lease (%s left when asked); still waiting for it to end: %w", other.Holder, other.Epoch, left, err)
+		return err
 	}
-	return fmt.Errorf("arbiter/etcd: watching %s ended (etcd has no leader?)", leaseKey)
+	return fmt.Errorf("arbiter/etcd: watching %s ended (etcd has no leader?)", key)
 }
 
 // ensureLease returns this host's lease with a whole TTL ahead when it
@@ -566,18 +578,29 @@ func (a *Arbiter) releaseTo(ctx context.Context, vmID, holder string) (arbiter.S
 // Running marks a daemon of vmID as running on this host until the
 // returned closer is closed: a key under a lease of its own that the
 // client keeps alive (it goes TTL after the process dies). It refuses
-// when a daemon of the VM runs under this host name already.
+// when a daemon of the VM runs under this host name already, after
+// waiting up to a TTL for one that died to drop out.
 func (a *Arbiter) Running(vmID string) (io.Closer, error) {
 	if err := checkVMID(vmID); err != nil {
 		return nil, err
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), a.ttl+5*time.Second)
 	defer cancel()
+	key := a.key(vmID, "running/"+a.holder)
+	// A daemon of this host that died a moment ago (restarted at once)
+	// leaves its key until its lease runs out: wait that long for it.
+	if resp, err := a.cli.Get(ctx, key); err != nil {
+		return nil, fmt.Errorf("arbiter/etcd: reading %s: %w", key, err)
+	} else if len(resp.Kvs) > 0 {
+		a.log.Info("a daemon of this VM ran as this host a moment ago: waiting for its lease to run out", "key", key, "ttl", a.ttl)
+		wctx, wcancel := context.WithTimeout(ctx, a.ttl+time.Second)
+		a.watchGone(wctx, key, resp.Kvs[0], resp.Header.Revision)
+		wcancel()
+	}
 	g, err := a.cli.Grant(ctx, int64(a.ttl/time.Second))
 	if err != nil {
 		return nil, fmt.Errorf("arbiter/etcd: granting the running lease: %w", err)
 	}
-	key := a.key(vmID, "running/"+a.holder)
 	val, _ := json.Marshal(map[string]any{"pid": os.Getpid(), "since": time.Now().UTC().Format(time.RFC3339Nano)})
 	tr, err := a.cli.Txn(ctx).If(clientv3.Compare(clientv3.CreateRevision(key), "=", 0)).
 		Then(clientv3.OpPut(key, string(val), clientv3.WithLease(g.ID))).Commit()

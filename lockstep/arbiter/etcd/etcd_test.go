@@ -351,3 +351,26 @@ func TestNewRefusesBadConfig(t *testing.T) {
 		}
 	}
 }
+
+// A daemon restarted right after it died finds its old running key: it
+// waits for the dead one's lease instead of refusing.
+func TestRunningWaitsForADeadDaemonsKey(t *testing.T) {
+	m := startMember(t)
+	cli := newClient(t, m)
+	ctx := context.Background()
+	g, err := cli.Grant(ctx, 1)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// What a daemon killed a moment ago leaves: its key, its lease not
+	// renewed any more.
+	if _, err := cli.Put(ctx, DefaultPrefix+"vm/vm/running/a", `{"pid":1}`, clientv3.WithLease(g.ID)); err != nil {
+		t.Fatal(err)
+	}
+	a := newArbiter(t, m, "a")
+	run, err := a.Running("vm")
+	if err != nil {
+		t.Fatalf("Running after the old daemon's lease ran out: %v", err)
+	}
+	run.Close()
+}
