@@ -78,9 +78,14 @@ func (a *Agent) arbiterAnswered(r arbiterAnswer) error {
 	if a.arbPermanent >= arbiterPermanentTries {
 		return fmt.Errorf("%w: asking for epoch %d failed %d times in a row: %v: the arbiter's directory must exist on storage every host of this VM shares, and this host must be able to write it (check --arbiter-dir, its mount and its permissions), then start this host again", ErrArbiterUnusable, r.epoch, a.arbPermanent, r.err)
 	}
+	if errors.Is(r.err, arbiter.ErrHeldElsewhere) {
+		// Expected after a peer's death: its lease has not run out yet.
+		a.log.Info("the arbiter waits for the other host's lease to run out; asking again", "epoch", r.epoch, "err", r.err)
+		return nil
+	}
 	a.log.Error("the arbiter could not be asked for an epoch; this host neither serves nor takes over until it answers; asking again",
 		"epoch", r.epoch, "failures", a.arbFailures, "err", r.err,
-		"what_to_do", "make the arbiter's directory (--arbiter-dir) reachable and writable from this host")
+		"what_to_do", "make the arbiter reachable from this host: its directory (--arbiter-dir) writable, or a quorum of etcd (--etcd-endpoints)")
 	return nil
 }
 

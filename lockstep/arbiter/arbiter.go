@@ -2,9 +2,16 @@ package arbiter
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"sync"
 )
+
+// ErrHeldElsewhere is wrapped by an Acquire error that says the epoch
+// cannot be granted yet because another host holds the VM under a lease
+// that has not run out (lockstep/arbiter/etcd): no fault, the caller asks
+// again, and is granted once the lease ends.
+var ErrHeldElsewhere = errors.New("another host holds the VM under a live lease")
 
 // Arbiter grants epochs. Implementations must make Acquire atomic across
 // every host that can reach them.

@@ -314,7 +314,7 @@ func (a *Arbiter) waitGone(ctx context.Context, leaseKey string, kv *mvccKV, rev
 	a.log.Info("the epoch is held under another host's live lease: waiting for it to end", "holder", other.Holder, "epoch", other.Epoch, "ttl_left", left)
 	if err := a.watchGone(ctx, leaseKey, kv, rev); err != nil {
 		if ctx.Err() != nil {
-			return fmt.Errorf("arbiter/etcd: host %q holds epoch %d under a live lease (%s left when asked); still waiting for it to end: %w", other.Holder, other.Epoch, left, err)
+			return fmt.Errorf("arbiter/etcd: %w: host %q holds epoch %d (%s left when asked); still waiting for it to end: %v", arbiter.ErrHeldElsewhere, other.Holder, other.Epoch, left, err)
 		}
 		return err
 	}
