@@ -8,6 +8,7 @@ import (
 	"io"
 
 	"github.com/ftvm/ftvm/lockstep/arbiter"
+	etcdarb "github.com/ftvm/ftvm/lockstep/arbiter/etcd"
 )
 
 func init() {
@@ -19,6 +20,7 @@ func init() {
 }
 
 const arbiterUsage = `usage: ftvm arbiter status|reset --arbiter-dir DIR [--vm-id ID]
+       ftvm arbiter status|reset --arbiter etcd --etcd-endpoints URLS [etcd TLS flags] [--vm-id ID]
 
 The arbiter's state file, DIR/ID.arbiter (format: lockstep/arbiter/file.go),
 records the newest epoch granted for the VM, its fence token, the host it
@@ -42,6 +44,10 @@ over unnoticed; ftvm recover --help is for when that host is lost.
           on the host whose disk is the newest (README: Restarting after
           both hosts stopped).
 
+With --arbiter etcd the record is the VM's keys in etcd (layout:
+lockstep/arbiter/etcd), and a running daemon is one whose running/ key
+exists (it goes a lease's TTL after the daemon dies).
+
 Exit codes: 0 ok, 1 failure (reset refused), 2 usage error.
 
 flags:
@@ -49,7 +55,9 @@ flags:
 
 func runArbiter(e *env, args []string) int {
 	fs := flag.NewFlagSet("ftvm arbiter", flag.ContinueOnError)
-	dir := fs.String("arbiter-dir", "", "the daemons' --arbiter-dir; required")
+	var c daemonConfig
+	fs.StringVar(&c.arbiterDir, "arbiter-dir", "", "the daemons' --arbiter-dir; required with --arbiter file")
+	checkArbiter := arbiterFlags(fs, &c)
 	vmID := fs.String("vm-id", defaultVMID, "the VM whose record to show or reset")
 	fs.Usage = func() {
 		fmt.Fprint(fs.Output(), arbiterUsage)
@@ -74,15 +82,16 @@ func runArbiter(e *env, args []string) int {
 		fmt.Fprintf(e.stderr, "ftvm arbiter: unknown action %q: want status or reset\n", sub)
 		return exitUsage
 	}
-	if *dir == "" {
-		fmt.Fprintln(e.stderr, "ftvm arbiter: --arbiter-dir is required: the directory the daemons share for the arbiter")
+	if err := checkArbiter(); err != nil {
+		fmt.Fprintf(e.stderr, "ftvm arbiter: %v\n", err)
 		return exitUsage
 	}
-	arb, err := arbiter.NewFile(*dir)
+	arb, closeArb, err := openRecord(&c)
 	if err != nil {
 		fmt.Fprintf(e.stderr, "ftvm arbiter: %v\n", err)
 		return exitFailure
 	}
+	defer closeArb()
 	ctx, cancel := context.WithTimeout(context.Background(), arbiterReadTimeout)
 	defer cancel()
 	if sub == "status" {
@@ -91,14 +100,14 @@ func runArbiter(e *env, args []string) int {
 			fmt.Fprintf(e.stderr, "ftvm arbiter: %v\n", err)
 			return exitFailure
 		}
-		printArbiterState(e.stdout, *vmID, arb.Path(*vmID), st)
-		switch running, err := arb.DaemonRunning(*vmID); {
+		printArbiterState(e.stdout, *vmID, arb.Where(*vmID), st)
+		switch running, err := arb.DaemonRunning(ctx, *vmID); {
 		case err != nil:
 			fmt.Fprintf(e.stdout, "running daemons: unknown: %v\n", err)
 		case running:
 			fmt.Fprintln(e.stdout, "a daemon of this VM is running (reset refuses)")
 		default:
-			fmt.Fprintln(e.stdout, "no daemon of this VM runs on a host sharing the directory")
+			fmt.Fprintln(e.stdout, "no daemon of this VM runs (on a host sharing the directory, or known to etcd)")
 		}
 		return exitOK
 	}
@@ -112,7 +121,7 @@ func runArbiter(e *env, args []string) int {
 		return exitFailure
 	}
 	fmt.Fprintf(e.stdout, "was: ")
-	printArbiterState(e.stdout, *vmID, arb.Path(*vmID), old)
+	printArbiterState(e.stdout, *vmID, arb.Where(*vmID), old)
 	fmt.Fprintf(e.stdout, "reset: the next ftvm primary of VM %s, on any host, takes epoch %d; start it on the host whose disk is the newest\n", *vmID, old.Epoch+1)
 	return exitOK
 }
@@ -131,4 +140,43 @@ func printArbiterState(w io.Writer, vmID, path string, st arbiter.State) {
 		state = "released: stopped cleanly or reset"
 	}
 	fmt.Fprintf(w, "vm %s: epoch %d, fence %d, holder %s, %s (%s)\n", vmID, st.Epoch, st.Fence, holder, state, path)
+}
+
+// record is what ftvm arbiter uses of either arbiter.
+type record interface {
+	State(ctx context.Context, vmID string) (arbiter.State, error)
+	Reset(ctx context.Context, vmID string) (arbiter.State, error)
+	DaemonRunning(ctx context.Context, vmID string) (bool, error)
+	Where(vmID string) string
+}
+
+// fileRecord is the file arbiter as a record.
+type fileRecord struct{ *arbiter.File }
+
+func (f fileRecord) DaemonRunning(_ context.Context, vmID string) (bool, error) {
+	return f.File.DaemonRunning(vmID)
+}
+func (f fileRecord) Where(vmID string) string { return f.Path(vmID) }
+
+// openRecord opens the arbiter c names, for reading and resetting the
+// record outside any daemon.
+func openRecord(c *daemonConfig) (record, func(), error) {
+	if c.arbiterKind != arbiterKindEtcd {
+		f, err := arbiter.NewFile(c.arbiterDir)
+		if err != nil {
+			return nil, nil, err
+		}
+		return fileRecord{f}, func() {}, nil
+	}
+	cli, err := etcdClient(c.etcd)
+	if err != nil {
+		return nil, nil, err
+	}
+	// The holder name is never written: status and reset grant nothing.
+	a, err := etcdarb.New(etcdarb.Config{Client: cli, Prefix: c.etcd.prefix, Holder: "ftvm-arbiter", LeaseTTL: c.etcd.leaseTTL})
+	if err != nil {
+		cli.Close()
+		return nil, nil, err
+	}
+	return a, func() { a.Close(); cli.Close() }, nil
 }

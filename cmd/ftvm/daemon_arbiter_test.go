@@ -2,6 +2,8 @@ package main
 
 import (
 	"bytes"
+	"context"
+	"fmt"
 	"net"
 	"os"
 	"path/filepath"
@@ -10,6 +12,8 @@ import (
 	"time"
 
 	"github.com/ftvm/ftvm/lockstep"
+	etcdarb "github.com/ftvm/ftvm/lockstep/arbiter/etcd"
+	"github.com/ftvm/ftvm/lockstep/arbiter/etcd/etcdtest"
 )
 
 func TestDaemonArbiterUsageErrors(t *testing.T) {
@@ -97,5 +101,48 @@ func TestStatusShowsTheLease(t *testing.T) {
 	printStatus(&b, r)
 	if !strings.Contains(b.String(), "arbiter: file in /shared/ftvm") {
 		t.Fatalf("status with the file arbiter:\n%s", b.String())
+	}
+}
+
+// ftvm arbiter status and reset read and release the record in a real
+// etcd, and reset refuses while a daemon of the VM runs.
+func TestArbiterCommandOnEtcd(t *testing.T) {
+	m := etcdtest.Start(t)
+	ep := "--etcd-endpoints=" + m.URL
+	code, out, errs := runFtvm("arbiter", "status", "--arbiter", "etcd", ep, "--vm-id", "vm")
+	if code != exitOK || !strings.Contains(out, "no epoch granted yet") {
+		t.Fatalf("status of a fresh VM: exit %d, %q %q", code, out, errs)
+	}
+	cli, err := etcdClient(etcdConfig{endpoints: []string{m.URL}, prefix: etcdarb.DefaultPrefix, dialTimeout: 5 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	a, err := etcdarb.New(etcdarb.Config{Client: cli, Holder: "a", LeaseTTL: etcdtest.MinTTL})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	ok, fence, err := a.Acquire(context.Background(), "vm", 1)
+	if !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	run, err := a.Running("vm")
+	if err != nil {
+		t.Fatal(err)
+	}
+	code, out, _ = runFtvm("arbiter", "status", "--arbiter", "etcd", ep, "--vm-id", "vm")
+	if want := fmt.Sprintf("epoch 1, fence %d, holder a, not released", fence); code != exitOK || !strings.Contains(out, want) || !strings.Contains(out, "a daemon of this VM is running") {
+		t.Fatalf("status while a runs: exit %d, %q; want %q and a running daemon", code, out, want)
+	}
+	if code, _, errs := runFtvm("arbiter", "reset", "--arbiter", "etcd", ep, "--vm-id", "vm"); code != exitFailure || !strings.Contains(errs, "refused") {
+		t.Fatalf("reset while a daemon runs: exit %d, %q", code, errs)
+	}
+	run.Close()
+	if code, out, errs := runFtvm("arbiter", "reset", "--arbiter", "etcd", ep, "--vm-id", "vm"); code != exitOK || !strings.Contains(out, "takes epoch 2") {
+		t.Fatalf("reset once it stopped: exit %d, %q %q", code, out, errs)
+	}
+	if st, err := a.State(context.Background(), "vm"); err != nil || !st.Released || st.Holder != "" {
+		t.Fatalf("state after the reset: %+v %v", st, err)
 	}
 }

@@ -625,6 +625,22 @@ func (a *Arbiter) Running(vmID string) (io.Closer, error) {
 	return &running{cli: a.cli, id: g.ID, cancel: kcancel}, nil
 }
 
+// DaemonRunning reports whether a daemon of vmID runs on any host (a
+// running/ key of the VM exists).
+func (a *Arbiter) DaemonRunning(ctx context.Context, vmID string) (bool, error) {
+	if err := checkVMID(vmID); err != nil {
+		return false, err
+	}
+	resp, err := a.cli.Get(ctx, a.key(vmID, "running/"), clientv3.WithPrefix(), clientv3.WithCountOnly())
+	if err != nil {
+		return false, fmt.Errorf("arbiter/etcd: %w", err)
+	}
+	return resp.Count > 0, nil
+}
+
+// Where names the VM's keys, for messages.
+func (a *Arbiter) Where(vmID string) string { return "etcd keys " + a.key(vmID, "*") }
+
 // runningRevokeTimeout bounds the revocation of the running key's lease
 // when a daemon stops.
 const runningRevokeTimeout = 500 * time.Millisecond

@@ -6,73 +6,27 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"net"
-	"net/url"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
-	"go.etcd.io/etcd/server/v3/embed"
 
 	"github.com/ftvm/ftvm/lockstep/arbiter"
+	"github.com/ftvm/ftvm/lockstep/arbiter/etcd/etcdtest"
 )
 
-// testTTL is the shortest lease etcd grants with the member's 50 ms
-// heartbeat and 500 ms election timeout below.
-const testTTL = time.Second
+// testTTL is the shortest lease the test member grants.
+const testTTL = etcdtest.MinTTL
 
-// member is a real etcd server in this process (embed), on loopback.
-type member struct {
-	e    *embed.Etcd
-	url  string
-	once sync.Once
-}
+type member = etcdtest.Member
 
-func freePort(t *testing.T) int {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
-}
-
-func startMember(t *testing.T) *member {
-	t.Helper()
-	cfg := embed.NewConfig()
-	cfg.Dir = t.TempDir()
-	cfg.LogLevel = "error"
-	cfg.LogOutputs = []string{filepath.Join(cfg.Dir, "etcd.log")}
-	cfg.TickMs, cfg.ElectionMs = 50, 500
-	cu, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", freePort(t)))
-	pu, _ := url.Parse(fmt.Sprintf("http://127.0.0.1:%d", freePort(t)))
-	cfg.ListenClientUrls, cfg.AdvertiseClientUrls = []url.URL{*cu}, []url.URL{*cu}
-	cfg.ListenPeerUrls, cfg.AdvertisePeerUrls = []url.URL{*pu}, []url.URL{*pu}
-	cfg.InitialCluster = cfg.InitialClusterFromName(cfg.Name)
-	e, err := embed.StartEtcd(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	select {
-	case <-e.Server.ReadyNotify():
-	case <-time.After(20 * time.Second):
-		e.Close()
-		t.Fatal("embedded etcd did not become ready")
-	}
-	m := &member{e: e, url: cu.String()}
-	t.Cleanup(m.stop)
-	return m
-}
-
-func (m *member) stop() { m.once.Do(m.e.Close) }
+func startMember(t *testing.T) *member { return etcdtest.Start(t) }
 
 func newClient(t *testing.T, m *member) *clientv3.Client {
 	t.Helper()
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{m.url}, DialTimeout: 5 * time.Second, Logger: nil})
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{m.URL}, DialTimeout: 5 * time.Second, Logger: nil})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -250,7 +204,7 @@ func TestLeaseLostWhenEtcdIsGone(t *testing.T) {
 	if ok, _, err := a.Acquire(context.Background(), "vm", 1); !ok || err != nil {
 		t.Fatal(ok, err)
 	}
-	m.stop()
+	m.Stop()
 	select {
 	case <-a.Lost():
 	case <-time.After(10 * testTTL):
