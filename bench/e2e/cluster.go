@@ -275,6 +275,12 @@ type Status struct {
 	Transport struct {
 		BytesSent uint64 `json:"bytes_sent"`
 	} `json:"transport"`
+	Arbiter struct {
+		Kind      string  `json:"kind"`
+		LeaseHeld bool    `json:"lease_held"`
+		LeaseTTL  float64 `json:"lease_ttl_s"`
+		LeaseLeft float64 `json:"lease_left_s"`
+	} `json:"arbiter"`
 }
 
 // control sends one request to host h's daemon and decodes its answer.

@@ -128,6 +128,9 @@ func TestE2EEtcdArbiter(t *testing.T) {
 			if err := c.Topo.CutFromEtcd(ctx, primary); err != nil {
 				return err
 			}
+			// From here on no keep-alive of the primary reaches etcd: the
+			// bound on its last release counts from now.
+			cutAt := time.Now()
 			say("round %d: host %s cut off from etcd at %s", i, primary, r.At.Format("15:04:05.000"))
 			if err := c.awaitHalt(ctx, primary); err != nil {
 				return err
@@ -141,7 +144,7 @@ func TestE2EEtcdArbiter(t *testing.T) {
 			if err := c.Topo.HealEtcd(ctx); err != nil {
 				return err
 			}
-			last, lastAt, err := c.lastReleaseWithinTTL(primary, r.At)
+			last, lastAt, err := c.lastReleaseWithin(primary, cutAt, etcdLeaseTTL)
 			if err != nil {
 				return err
 			}
@@ -149,10 +152,10 @@ func TestE2EEtcdArbiter(t *testing.T) {
 				return fmt.Errorf("host %s went live at %s, before the cut-off primary's last release at %s", secondary, s.LiveSince, last.Last)
 			}
 			cutProof = append(cutProof,
-				fmt.Sprintf("cut off from etcd %s", r.At.UTC().Format("15:04:05.000000")),
-				fmt.Sprintf("old primary's last release %s (epoch %d, +%v)", lastAt.UTC().Format("15:04:05.000000"), last.Epoch, lastAt.Sub(r.At).Round(time.Millisecond)),
-				fmt.Sprintf("old primary halted by %s (+%v)", halted.UTC().Format("15:04:05.000000"), halted.Sub(r.At).Round(time.Millisecond)),
-				fmt.Sprintf("secondary live %s (+%v)", liveSince(s).UTC().Format("15:04:05.000000"), r.TakeOver.Round(time.Millisecond)))
+				fmt.Sprintf("cut off from etcd %s", cutAt.UTC().Format("15:04:05.000000")),
+				fmt.Sprintf("old primary's last release %s (epoch %d, +%v)", lastAt.UTC().Format("15:04:05.000000"), last.Epoch, lastAt.Sub(cutAt).Round(time.Millisecond)),
+				fmt.Sprintf("old primary halted by %s (+%v)", halted.UTC().Format("15:04:05.000000"), halted.Sub(cutAt).Round(time.Millisecond)),
+				fmt.Sprintf("secondary live %s (+%v)", liveSince(s).UTC().Format("15:04:05.000000"), liveSince(s).Sub(cutAt).Round(time.Millisecond)))
 			say("  %s", cutProof)
 			return c.rejoin(ctx, r)
 		case 3:
@@ -163,6 +166,10 @@ func TestE2EEtcdArbiter(t *testing.T) {
 			before, err := c.Status(ctx, primary)
 			if err != nil {
 				return err
+			}
+			// ftvm status shows the lease the primary serves under.
+			if a := before.Arbiter; a.Kind != "etcd" || !a.LeaseHeld || a.LeaseLeft <= 0 || a.LeaseLeft > a.LeaseTTL || a.LeaseTTL != etcdLeaseTTL.Seconds() {
+				return fmt.Errorf("the primary's status shows the arbiter as %+v; want etcd, a lease held with 0 < left <= TTL %v", a, etcdLeaseTTL)
 			}
 			r.Victim, r.Survivor, r.At = secondary, primary, time.Now()
 			if err := ec.Kill(leader); err != nil {
@@ -198,15 +205,24 @@ func TestE2EEtcdArbiter(t *testing.T) {
 					return err
 				}
 			}
+			// Both are dead now: no keep-alive is answered from here on.
+			quorumLost := time.Now()
 			say("round %d: etcd members %v killed at %s: no quorum", i, dead, r.At.Format("15:04:05.000"))
 			if err := c.awaitHalt(ctx, primary); err != nil {
 				return err
 			}
-			_, lastAt, err := c.lastReleaseWithinTTL(primary, r.At)
+			// The leader left alone answers keep-alives until it steps
+			// down (etcd's LeaseRenew trusts a leader that still ticks),
+			// which raft's quorum check does between one and two election
+			// timeouts after it last heard a quorum: the lease runs from
+			// the last keep-alive answered. (A leader elected later
+			// extends every lease by an election timeout, so etcd never
+			// lets the lease go before this host's count.)
+			_, lastAt, err := c.lastReleaseWithin(primary, quorumLost, etcdLeaseTTL+(2*etcdElectionMs+etcdHeartbeatMs)*time.Millisecond)
 			if err != nil {
 				return err
 			}
-			say("  host %s released last %v after the quorum was lost, and halted", primary, lastAt.Sub(r.At).Round(time.Millisecond))
+			say("  host %s released last %v after the quorum was lost, and halted", primary, lastAt.Sub(quorumLost).Round(time.Millisecond))
 			// Without a quorum nobody may be granted the VM.
 			time.Sleep(etcdLeaseTTL)
 			if s, err := c.Status(ctx, secondary); err != nil || s.Role == "primary" {
@@ -244,10 +260,10 @@ func TestE2EEtcdArbiter(t *testing.T) {
 	t.Logf("set-up (bed, etcd, builds) %v; the scenario %v", setupDone.Sub(began).Round(time.Millisecond), time.Since(setupDone).Round(time.Millisecond))
 }
 
-// lastReleaseWithinTTL reads the release spans host h's daemon logged as
-// it halted, and checks that its last release came no later than the
-// lease's TTL after its link to etcd failed at cut.
-func (c *Cluster) lastReleaseWithinTTL(h Host, cut time.Time) (releaseSpan, time.Time, error) {
+// lastReleaseWithin reads the release spans host h's daemon logged as it
+// halted, and checks that its last release came no later than bound after
+// its link to etcd failed at cut.
+func (c *Cluster) lastReleaseWithin(h Host, cut time.Time, bound time.Duration) (releaseSpan, time.Time, error) {
 	spans, err := spansFromLog(c.Daemon(h).Proc.StderrPath())
 	if err != nil {
 		return releaseSpan{}, time.Time{}, err
@@ -260,8 +276,8 @@ func (c *Cluster) lastReleaseWithinTTL(h Host, cut time.Time) (releaseSpan, time
 	if err != nil {
 		return last, lastAt, fmt.Errorf("host %s: %w", h, err)
 	}
-	if lastAt.After(cut.Add(etcdLeaseTTL)) {
-		return last, lastAt, fmt.Errorf("host %s released until %s, more than the lease's TTL %v after it lost etcd at %s", h, last.Last, etcdLeaseTTL, cut.UTC().Format(time.RFC3339Nano))
+	if lastAt.After(cut.Add(bound)) {
+		return last, lastAt, fmt.Errorf("host %s released until %s, more than %v (lease TTL %v) after it lost etcd at %s", h, last.Last, bound, etcdLeaseTTL, cut.UTC().Format(time.RFC3339Nano))
 	}
 	return last, lastAt, nil
 }

@@ -74,5 +74,10 @@
 // is reachable again within the TTL. Past the TTL the primary halts, and
 // no host can win the next epoch until a quorum of etcd answers: the VM
 // stops being served, and nothing is released that the arbiter did not
-// grant. A lost quorum is the same as a cut-off primary for the pair.
+// grant. A lost quorum is the same as a cut-off primary for the pair,
+// except that etcd's leader goes on answering keep-alives until raft's
+// quorum check makes it step down (one to two election timeouts): the
+// lease runs a TTL from the last one it answered. That is safe: a leader
+// elected later extends every lease by an election timeout before any
+// can expire.
 package etcd
