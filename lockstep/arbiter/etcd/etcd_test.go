@@ -330,3 +330,32 @@ func TestRunningWaitsForADeadDaemonsKey(t *testing.T) {
 	}
 	run.Close()
 }
+
+// A holder whose VM moves to another host behind its back (an operator
+// deleted the lease key, and another host was granted a newer epoch)
+// finds out at its next keep-alive and stops.
+func TestHolderLosesTheLeaseWhenAnotherHostIsGranted(t *testing.T) {
+	m := startMember(t)
+	ctx := context.Background()
+	a, b := newArbiter(t, m, "a"), newArbiter(t, m, "b")
+	if ok, _, err := a.Acquire(ctx, "vm", 1); !ok || err != nil {
+		t.Fatal(ok, err)
+	}
+	if _, err := newClient(t, m).Delete(ctx, DefaultPrefix+"vm/vm/lease"); err != nil {
+		t.Fatal(err)
+	}
+	if ok, _, err := b.Acquire(ctx, "vm", 2); !ok || err != nil {
+		t.Fatalf("b after the lease key went: %v %v", ok, err)
+	}
+	select {
+	case <-a.Lost():
+	case <-time.After(2 * testTTL):
+		t.Fatalf("a still holds the VM %v after b was granted epoch 2: Check %v", 2*testTTL, a.Check())
+	}
+	if err := a.Check(); !errors.Is(err, ErrLeaseLost) || !strings.Contains(err.Error(), `"b"`) && !strings.Contains(err.Error(), "lease key") {
+		t.Fatalf("a's Check: %v; want ErrLeaseLost saying why", err)
+	}
+	if err := b.Check(); err != nil {
+		t.Fatalf("b's Check: %v", err)
+	}
+}
