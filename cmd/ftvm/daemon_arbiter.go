@@ -203,7 +203,9 @@ func (d *daemon) arbiterReport() arbiterReport {
 // test can show that no two hosts released in one epoch, nor at
 // overlapping times. The spans are in ftvm status, and logged at the end.
 // note is on the release path: past an epoch's first release it touches
-// only atomics.
+// only atomics. It sees an output as the node releases it, a moment
+// before the disk writer performs it (or refuses it, the lease lost), so
+// a span's last release is never earlier than the last one performed.
 type releaseSpans struct {
 	epoch atomic.Uint64 // of the newest span
 	last  atomic.Int64  // unix ns of the newest release
