@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ftvm/ftvm/agent"
+	"github.com/ftvm/ftvm/bench/dash"
 	"github.com/ftvm/ftvm/lockstep"
 )
 
@@ -140,6 +141,7 @@ func (d *daemon) serveControl() (io.Closer, error) {
 	return d.serveControlWith(map[string]func() any{
 		controlRequestStatus:    func() any { return d.report() },
 		controlRequestHistogram: func() any { return d.ag.HoldHistogram() },
+		dash.SampleRequest:      func() any { return d.sample() },
 	})
 }
 

@@ -1,0 +1,144 @@
+package dash
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"net/http/httptest"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/HdrHistogram/hdrhistogram-go"
+)
+
+// scripted is a source whose answers a test sets.
+type scripted struct {
+	s   *Sample
+	err error
+}
+
+func (sc *scripted) source(name string) Source {
+	return Source{Name: name, Fetch: func(context.Context) (*Sample, error) {
+		if sc.err != nil {
+			return nil, sc.err
+		}
+		c := *sc.s
+		c.Time = time.Now()
+		return &c, nil
+	}}
+}
+
+func kinds(evs []Event) string {
+	var k []string
+	for _, e := range evs {
+		k = append(k, e.Host+":"+e.Kind)
+	}
+	return strings.Join(k, " ")
+}
+
+// TestServerFramesAndEvents drives the server through a failover with
+// scripted hosts: the percentiles are of each interval only, and the
+// events say what changed.
+func TestServerFramesAndEvents(t *testing.T) {
+	hA := hdrhistogram.New(1_000, 60_000_000_000, 3)
+	for range 100 {
+		hA.RecordValue(1_000_000) // 1 ms
+	}
+	a := &scripted{s: &Sample{PID: 1, Role: "primary", Epoch: 1, Protected: true, LagSeconds: 0.05, Hold: hA.Export(),
+		Lanes: []Lane{{Name: "control", SentBytes: 0}}}}
+	b := &scripted{s: &Sample{PID: 2, Role: "secondary", Epoch: 1, Synced: true}}
+	srv, err := NewServer(Config{Sources: []Source{a.source("a"), b.source("b")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	srv.Poll(ctx)
+	f := srv.last
+	if got := kinds(f.Events); got != "a:up b:up" {
+		t.Errorf("first poll's events %q, want both hosts up", got)
+	}
+	if f.Pair.Primary != "a" || f.Pair.LagColor != "yellow" {
+		t.Errorf("pair %+v: want primary a, lag 50 ms yellow", f.Pair)
+	}
+	for range 100 {
+		hA.RecordValue(10_000_000) // 10 ms
+	}
+	a.s.Hold = hA.Export()
+	a.s.Lanes = []Lane{{Name: "control", SentBytes: 125_000}}
+	time.Sleep(20 * time.Millisecond)
+	srv.Poll(ctx)
+	f = srv.last
+	if f.Pair.N != 100 || f.Pair.P50 < 0.0099 || f.Pair.P50 > 0.0101 {
+		t.Errorf("second interval: n %d p50 %v s, want the 100 outputs of 10 ms alone", f.Pair.N, f.Pair.P50)
+	}
+	if f.Pair.BandwidthBps <= 0 {
+		t.Errorf("bandwidth %v with 125000 bytes sent in the interval", f.Pair.BandwidthBps)
+	}
+	a.err = errors.New("connection refused")
+	b.s = &Sample{PID: 2, Role: "primary", Epoch: 2, Failovers: 1, Divergences: 1}
+	srv.Poll(ctx)
+	f = srv.last
+	if got := kinds(f.Events); got != "a:down b:failover b:divergence" {
+		t.Errorf("events after the kill %q, want a down, b's failover and divergence", got)
+	}
+	if f.Pair.Primary != "b" || f.Pair.LagColor != "red" || f.Hosts[0].Up {
+		t.Errorf("after the kill: pair %+v, host a up %v; want b primary, red (unprotected), a down", f.Pair, f.Hosts[0].Up)
+	}
+}
+
+// TestServerSSE reads the event stream as a page does: the first frame
+// carries the events kept, later ones arrive each poll.
+func TestServerSSE(t *testing.T) {
+	a := &scripted{s: &Sample{PID: 1, Role: "primary", Epoch: 3}}
+	srv, err := NewServer(Config{Sources: []Source{a.source("a")}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv.Poll(context.Background())
+	hs := httptest.NewServer(srv.Handler())
+	defer hs.Close()
+	resp, err := hs.Client().Get(hs.URL + "/events")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if ct := resp.Header.Get("Content-Type"); ct != "text/event-stream" {
+		t.Fatalf("Content-Type %q", ct)
+	}
+	r := bufio.NewReader(resp.Body)
+	next := func() Frame {
+		t.Helper()
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				t.Fatal(err)
+			}
+			if data, ok := strings.CutPrefix(line, "data: "); ok {
+				var f Frame
+				if err := json.Unmarshal([]byte(data), &f); err != nil {
+					t.Fatal(err)
+				}
+				return f
+			}
+		}
+	}
+	if f := next(); len(f.Events) != 1 || f.Hosts[0].Sample.Epoch != 3 {
+		t.Fatalf("first frame: events %v, hosts %+v", f.Events, f.Hosts)
+	}
+	go srv.Poll(context.Background())
+	if f := next(); f.Seq != 2 || len(f.Events) != 0 {
+		t.Fatalf("second frame: seq %d events %v, want seq 2 and no new event", f.Seq, f.Events)
+	}
+	page, err := hs.Client().Get(hs.URL + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	page.Body.Close()
+	js, err := hs.Client().Get(hs.URL + "/dash.js")
+	if err != nil || js.StatusCode != 200 {
+		t.Fatalf("dash.js: %v %v", err, js.Status)
+	}
+	js.Body.Close()
+}
