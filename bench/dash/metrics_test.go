@@ -209,3 +209,22 @@ func TestMetricsTableInREADME(t *testing.T) {
 		t.Errorf("README's metrics table:\n  %s\nwant (bench/dash.Metrics):\n  %s", strings.Join(names, " "), strings.Join(want, " "))
 	}
 }
+
+// BenchmarkScrape is the cost of one /metrics scrape's conversion: the
+// sample's HDR histogram (a day of outputs spread over 1 µs to 1 s)
+// re-binned into classic and native buckets, and every other metric.
+// It runs off the hot path, on the scraper's goroutine.
+func BenchmarkScrape(b *testing.B) {
+	var values []int64
+	for i := int64(0); i < 100_000; i++ {
+		values = append(values, 1_000+i*i%1_000_000_000)
+	}
+	s := testSample(values...)
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(NewCollector("vm1", time.Now(), func(context.Context) (*Sample, error) { return s, nil }))
+	for b.Loop() {
+		if _, err := reg.Gather(); err != nil {
+			b.Fatal(err)
+		}
+	}
+}

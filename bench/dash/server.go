@@ -9,6 +9,7 @@ import (
 	"io/fs"
 	"net"
 	"net/http"
+	"strings"
 	"sync"
 	"time"
 
@@ -231,7 +232,7 @@ func (s *Server) update(start time.Time, samples []*Sample, errs []error) *Frame
 		cur, err := samples[i], errs[i]
 		if err != nil {
 			if h.up {
-				s.event(start, "down", h.src.Name, fmt.Sprintf("%s stopped answering: %v", h.src.Name, err))
+				s.event(start, "down", h.src.Name, fmt.Sprintf("%s stopped answering (%s)", h.src.Name, shortErr(err)))
 			}
 			h.up, h.err = false, err.Error()
 			h.view = HostView{Name: h.src.Name, Error: h.err}
@@ -299,11 +300,12 @@ func (s *Server) diff(now time.Time, h *hostState, cur *Sample) {
 		s.event(now, "up", name, fmt.Sprintf("%s answers: %s, epoch %d", name, cur.Role, cur.Epoch))
 	}
 	if prev == nil || prev.PID != cur.PID {
-		// A new daemon on the host: its counters start again.
-		prev = &Sample{Role: cur.Role, Epoch: cur.Epoch, Protected: cur.Protected}
+		// A daemon seen for the first time: what its counters say
+		// happened before, not now; only a take-over is worth a line.
 		if cur.Failovers > 0 {
 			s.event(now, "failover", name, fmt.Sprintf("%s took over as primary, epoch %d", name, cur.Epoch))
 		}
+		return
 	}
 	switch {
 	case cur.Failovers > prev.Failovers:
@@ -330,6 +332,16 @@ func (s *Server) diff(now time.Time, h *hostState, cur *Sample) {
 	if cur.Role == "primary" && !cur.Protected && prev.Protected {
 		s.event(now, "unprotected", name, fmt.Sprintf("UNPROTECTED: %s lost its secondary", name))
 	}
+}
+
+// shortErr is the end of an error's chain of causes ("connection
+// refused"), for a line of the timeline; the host's card has the whole.
+func shortErr(err error) string {
+	m := err.Error()
+	if i := strings.LastIndex(m, ": "); i >= 0 {
+		return m[i+2:]
+	}
+	return m
 }
 
 func mib(b int64) string { return fmt.Sprintf("%.1f MiB", float64(b)/(1<<20)) }

@@ -28,9 +28,11 @@ func init() {
 
 // The control socket speaks one request per connection: the client sends a
 // line naming the request, the daemon answers with one JSON object and
-// closes. Requests: "status", answered with statusReport, and
+// closes. Requests: "status", answered with statusReport,
 // "hold-histogram", answered with the output-hold latency histogram in
-// nanoseconds as hdrhistogram.Snapshot's JSON (to merge across hosts).
+// nanoseconds as hdrhistogram.Snapshot's JSON (to merge across hosts),
+// and "sample" (dash.SampleRequest), answered with dash.Sample: the
+// figures of /metrics and ftvm dash (metrics.go).
 const (
 	controlRequestStatus    = "status"
 	controlRequestHistogram = "hold-histogram"

@@ -49,7 +49,8 @@
     const t0 = points[0].t, t1 = points[points.length - 1].t;
     let lo = Infinity, hi = -Infinity;
     for (const p of points) for (const s of series) { const v = s.value(p); if (v === null) continue; if (opts.log && v <= 0) continue; lo = Math.min(lo, v); hi = Math.max(hi, v); }
-    if (opts.bands) hi = Math.max(hi, opts.bands[opts.bands.length - 1].to * 1.2);
+    // Show the bands up to a little past the last threshold.
+    if (opts.bands) hi = Math.max(hi, opts.bands[opts.bands.length - 1].from * 1.5);
     if (!isFinite(lo)) { lo = opts.log ? 1e-6 : 0; hi = opts.log ? 1e-3 : 1; }
     if (!opts.log) { lo = 0; if (hi <= 0) hi = 1; hi *= 1.1; }
     else { lo = Math.pow(10, Math.floor(Math.log10(lo))); hi = Math.pow(10, Math.ceil(Math.log10(hi))); if (hi <= lo) hi = lo * 10; }
@@ -131,7 +132,7 @@
     if (!s) return;
     set("epoch", s.epoch);
     set("protected", s.role === "primary" ? (s.protected ? "yes" : "NO") : "–");
-    set("lag", s.role === "primary" ? `${s.lag_entries} entries · ${fmtSec(s.lag_s)} · ${s.lag_bytes} B` : `${s.replay_backlog_entries} to replay`);
+    set("lag", s.role === "primary" ? `${s.lag_entries} entries · ${s.lag_s === 0 && s.lag_entries > 0 ? "< 10 ms" : fmtSec(s.lag_s)} · ${s.lag_bytes} B` : `${s.replay_backlog_entries} to replay`);
     set("held", s.held_outputs);
     set("hold_count", hv.up ? hv.hold_count : "–");
     set("released", s.released_outputs);
@@ -176,7 +177,10 @@
     timeChart("c-rtt", [{ label: "round trip", color: "#0a8a8a", value: (p) => (p.primary && p.rtt_s > 0 ? p.rtt_s : null) }], { log: false, fmt: fmtSec });
     const ln = $("lag-now");
     ln.className = "lag " + (f.pair.lag_color || "");
-    ln.textContent = f.pair.primary ? `${fmtSec(f.pair.lag_s)} (${f.pair.lag_entries} entries)` : "no primary";
+    // A lag of entries written since the sampler's last point (10 ms) is
+    // under its resolution.
+    const lagText = (s, n) => (s === 0 && n > 0 ? "< 10 ms" : fmtSec(s));
+    ln.textContent = f.pair.primary ? `${lagText(f.pair.lag_s, f.pair.lag_entries)} (${f.pair.lag_entries} entries)` : "no primary";
     $("bw-now").textContent = f.pair.primary ? fmtBps(f.pair.bandwidth_bps) : "–";
     $("rtt-now").textContent = f.pair.primary ? fmtSec(f.pair.rtt_s) : "–";
     const vm = f.hosts.find((h) => h.sample);
