@@ -69,7 +69,8 @@ type Sample struct {
 	Lanes []Lane `json:"lanes"`
 
 	// Hold is the output-hold latency histogram in nanoseconds since
-	// the daemon started (agent.HoldHistogram).
+	// the daemon started (agent.HoldHistogram), its counts cut short of
+	// the trailing zeros (hdrhistogram.Import takes them so).
 	Hold *hdrhistogram.Snapshot `json:"hold"`
 }
 

@@ -375,21 +375,25 @@ const holdLatencyMaxNs = 60_000_000_000
 
 // addDiff adds after minus before (nil before: after whole) into h. A
 // count that went back (another daemon, another geometry) counts after
-// whole.
+// whole. Counts may be cut short of their trailing zeros (Sample.Hold).
 func addDiff(h *hdrhistogram.Histogram, before, after *hdrhistogram.Snapshot) {
 	if after == nil {
 		return
 	}
 	diff := *after
-	if before != nil && len(before.Counts) == len(after.Counts) &&
-		before.LowestTrackableValue == after.LowestTrackableValue && before.HighestTrackableValue == after.HighestTrackableValue &&
-		before.SignificantFigures == after.SignificantFigures {
+	if before != nil && before.LowestTrackableValue == after.LowestTrackableValue &&
+		before.HighestTrackableValue == after.HighestTrackableValue && before.SignificantFigures == after.SignificantFigures &&
+		len(before.Counts) <= len(after.Counts) {
 		diff.Counts = make([]int64, len(after.Counts))
 		for i, c := range after.Counts {
-			if diff.Counts[i] = c - before.Counts[i]; diff.Counts[i] < 0 {
+			if i < len(before.Counts) {
+				c -= before.Counts[i]
+			}
+			if c < 0 {
 				diff.Counts = after.Counts
 				break
 			}
+			diff.Counts[i] = c
 		}
 	}
 	h.Merge(hdrhistogram.Import(&diff))
@@ -459,6 +463,10 @@ func (s *Server) Handler() http.Handler {
 		s.mu.Lock()
 		f := s.last
 		s.mu.Unlock()
+		if f == nil {
+			http.Error(w, "no poll has finished yet: ask again in a moment", http.StatusServiceUnavailable)
+			return
+		}
 		w.Header().Set("Content-Type", "application/json")
 		json.NewEncoder(w).Encode(f)
 	})

@@ -188,6 +188,11 @@ func daemonFlags(fs *flag.FlagSet, role wire.Role) func() (*daemonConfig, error)
 		if _, _, err := net.SplitHostPort(c.listen); err != nil {
 			return nil, fmt.Errorf("--listen %q: %w", c.listen, err)
 		}
+		if c.metricsListen != "" {
+			if h, _, err := net.SplitHostPort(c.metricsListen); err != nil || h == "" {
+				return nil, fmt.Errorf("--metrics-listen %q: want HOST:PORT, e.g. 127.0.0.1:9100 for this host only or 0.0.0.0:9100 for every interface", c.metricsListen)
+			}
+		}
 		for _, a := range strings.Split(*reachCheck, ",") {
 			if a = strings.TrimSpace(a); a == "" {
 				continue

@@ -69,6 +69,13 @@ func (d *daemon) sample() *dash.Sample {
 		Joins: d.metrics.joins.Load(), JoinSentBytes: r.Sync.SentBytes, JoinTotalBytes: r.Sync.TotalBytes,
 		Hold: d.ag.HoldHistogram(),
 	}
+	// The counts past the largest latency are zeros: most of them, as
+	// the histogram reaches 60 s. Leave them out of the answer.
+	c := s.Hold.Counts
+	for len(c) > 0 && c[len(c)-1] == 0 {
+		c = c[:len(c)-1]
+	}
+	s.Hold.Counts = c
 	if r.Role != "primary" {
 		s.ReplayBacklog = r.LogItems
 	}
