@@ -324,7 +324,11 @@ func (s *Server) diff(now time.Time, h *hostState, cur *Sample) {
 		s.event(now, "resync", name, fmt.Sprintf("resync: %s paused %.1f ms for a checkpoint", name, ms))
 	}
 	if cur.Joins > prev.Joins {
-		s.event(now, "join", name, fmt.Sprintf("join: %s sends a checkpoint to a new secondary (%s)", name, mib(cur.JoinTotalBytes)))
+		size := ""
+		if cur.JoinTotalBytes > 0 {
+			size = " (" + mib(cur.JoinTotalBytes) + ")"
+		}
+		s.event(now, "join", name, fmt.Sprintf("join: %s sends a checkpoint to a new secondary%s", name, size))
 	}
 	if cur.Role == "primary" && cur.Protected && !prev.Protected {
 		s.event(now, "joined", name, fmt.Sprintf("protected: %s has a secondary in step", name))

@@ -151,3 +151,46 @@ func TestServerSSE(t *testing.T) {
 	}
 	js.Body.Close()
 }
+
+// BenchmarkPollToSSE is the server's part of a page update: from the
+// start of a poll of two hosts (each with a hold histogram of 100,000
+// outputs from 1 µs to 1 s) to the frame read off /events by a client.
+// The browser's part (parse and draw) is in bench/e2e's
+// TestE2EDashboardFailover, which logs the whole.
+func BenchmarkPollToSSE(b *testing.B) {
+	h := hdrhistogram.New(1_000, 60_000_000_000, 3)
+	for i := int64(0); i < 100_000; i++ {
+		h.RecordValue(1_000 + i*i%1_000_000_000)
+	}
+	a := &scripted{s: &Sample{PID: 1, Role: "primary", Protected: true, Hold: trimmed(h)}}
+	c := &scripted{s: &Sample{PID: 2, Role: "secondary", Hold: trimmed(h)}}
+	srv, err := NewServer(Config{Sources: []Source{a.source("a"), c.source("b")}})
+	if err != nil {
+		b.Fatal(err)
+	}
+	srv.Poll(context.Background())
+	hs := httptest.NewServer(srv.Handler())
+	defer hs.Close()
+	resp, err := hs.Client().Get(hs.URL + "/events")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer resp.Body.Close()
+	r := bufio.NewReaderSize(resp.Body, 1<<20)
+	frame := func() {
+		for {
+			line, err := r.ReadString('\n')
+			if err != nil {
+				b.Fatal(err)
+			}
+			if strings.HasPrefix(line, "data: ") {
+				return
+			}
+		}
+	}
+	frame()
+	for b.Loop() {
+		srv.Poll(context.Background())
+		frame()
+	}
+}
