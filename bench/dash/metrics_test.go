@@ -4,6 +4,7 @@ import (
 	"context"
 	"io"
 	"math"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"regexp"
@@ -226,5 +227,37 @@ func BenchmarkScrape(b *testing.B) {
 		if _, err := reg.Gather(); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+// TestMetricsHandlerNative scrapes as a Prometheus with native
+// histograms on does (protobuf): the hold histogram comes with both its
+// native buckets and its classic ones.
+func TestMetricsHandlerNative(t *testing.T) {
+	c := NewCollector("vm1", time.Now(), func(context.Context) (*Sample, error) { return testSample(5_000, 70_000, 900_000), nil })
+	srv := httptest.NewServer(Handler(c))
+	defer srv.Close()
+	req, _ := http.NewRequest("GET", srv.URL, nil)
+	req.Header.Set("Accept", string(expfmt.FmtProtoDelim))
+	resp, err := srv.Client().Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	dec := expfmt.NewDecoder(resp.Body, expfmt.ResponseFormat(resp.Header))
+	for {
+		var f dto.MetricFamily
+		if err := dec.Decode(&f); err != nil {
+			t.Fatalf("no ftvm_output_hold_seconds in the protobuf answer (%v)", err)
+		}
+		if f.GetName() != "ftvm_output_hold_seconds" {
+			continue
+		}
+		h := f.Metric[0].GetHistogram()
+		if h.GetSchema() != holdNativeSchema || len(h.PositiveDelta) != 3 || len(h.Bucket) != len(holdBucketsSeconds) || h.GetSampleCount() != 3 {
+			t.Fatalf("hold histogram over protobuf: schema %d, %d native buckets, %d classic, count %d; want schema %d, 3, %d, 3",
+				h.GetSchema(), len(h.PositiveDelta), len(h.Bucket), h.GetSampleCount(), holdNativeSchema, len(holdBucketsSeconds))
+		}
+		return
 	}
 }
