@@ -46,10 +46,11 @@ type metricsState struct {
 	stopLife context.Context
 }
 
-// transportName is the transport the daemon ships its log over. Today
-// every daemon speaks tcpfallback; a daemon that picks another (RDMA,
-// shm) says so here, from whatever it chose.
-func (d *daemon) transportName() string { return "tcp" }
+// metricsTransport is the transport the daemon ships its log over, for
+// ftvm_transport_info and the dashboard. Today every daemon speaks
+// tcpfallback; once the daemon picks among transports (RDMA, shm), return
+// the name it chose (the one `ftvm status` reports) here.
+func (d *daemon) metricsTransport() string { return "tcp" }
 
 // laneNames names tcpfallback's lanes by index.
 var laneNames = [tcpfallback.LaneCount]string{dash.LogLane, "bulk"}
@@ -62,7 +63,7 @@ func (d *daemon) sample() *dash.Sample {
 	s := &dash.Sample{
 		Time: time.Now(), VM: d.cfg.vmID, Host: d.cfg.hostName, PID: os.Getpid(), Uptime: r.Uptime,
 		Role: r.Role, Epoch: r.Epoch, Fence: r.Fence, Protected: r.Protected, Syncing: r.Syncing, Synced: r.Synced, Stalled: r.Stalled,
-		Transport:  d.transportName(),
+		Transport:  d.metricsTransport(),
 		LagEntries: r.LogLag, HeldOutputs: r.Held, ReleasedOutputs: st.Released, Stalls: st.Stalls, Divergences: st.Divergences,
 		CheckpointsTaken: st.Checkpoints, CheckpointsRestored: st.Restores,
 		CheckpointPauses: st.Pauses, CheckpointPauseSeconds: st.PausedFor.Seconds(),
