@@ -330,12 +330,24 @@ func (s *Server) diff(now time.Time, h *hostState, cur *Sample) {
 		}
 		s.event(now, "join", name, fmt.Sprintf("join: %s sends a checkpoint to a new secondary%s", name, size))
 	}
+	if q := joinQuarter(cur); q > joinQuarter(prev) && q < 4 {
+		s.event(now, "join", name, fmt.Sprintf("join: %d%% of %s sent", 25*q, mib(cur.JoinTotalBytes)))
+	}
 	if cur.Role == "primary" && cur.Protected && !prev.Protected {
 		s.event(now, "joined", name, fmt.Sprintf("protected: %s has a secondary in step", name))
 	}
 	if cur.Role == "primary" && !cur.Protected && prev.Protected {
 		s.event(now, "unprotected", name, fmt.Sprintf("UNPROTECTED: %s lost its secondary", name))
 	}
+}
+
+// joinQuarter is how many quarters of a join's checkpoint are sent, 0
+// when none is under way.
+func joinQuarter(x *Sample) int64 {
+	if !x.Syncing || x.JoinTotalBytes <= 0 {
+		return 0
+	}
+	return 4 * min(x.JoinSentBytes, x.JoinTotalBytes) / x.JoinTotalBytes
 }
 
 // shortErr is the end of an error's chain of causes ("connection

@@ -92,6 +92,16 @@ func TestServerFramesAndEvents(t *testing.T) {
 	if got := kinds(f.Events); got != "a:down b:failover b:divergence" {
 		t.Errorf("events after the kill %q, want a down, b's failover and divergence", got)
 	}
+	b.s.Joins, b.s.Syncing, b.s.JoinTotalBytes, b.s.JoinSentBytes = 1, true, 4<<20, 1<<20
+	srv.Poll(ctx)
+	if got := kinds(srv.last.Events); got != "b:join b:join" || !strings.Contains(srv.last.Events[1].Text, "25% of 4.0 MiB") {
+		t.Errorf("a join a quarter sent: events %v, want it begun and 25%% sent", srv.last.Events)
+	}
+	b.s.Syncing, b.s.Protected = false, true
+	srv.Poll(ctx)
+	if got := kinds(srv.last.Events); got != "b:joined" {
+		t.Errorf("the join done: events %q, want b protected", got)
+	}
 	if f.Pair.Primary != "b" || f.Pair.LagColor != "red" || f.Hosts[0].Up {
 		t.Errorf("after the kill: pair %+v, host a up %v; want b primary, red (unprotected), a down", f.Pair, f.Hosts[0].Up)
 	}

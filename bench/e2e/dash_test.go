@@ -1,9 +1,11 @@
 package e2e
 
 import (
+	"bufio"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -11,6 +13,8 @@ import (
 	"path/filepath"
 	"slices"
 	"strconv"
+	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -58,6 +62,40 @@ func browser(t *testing.T, ctx context.Context) context.Context {
 		t.Fatalf("starting %s: %v", path, err)
 	}
 	return bctx
+}
+
+// startDashCommand runs `ftvm dash` with args until the test ends and
+// returns the page's URL, which it prints first.
+func startDashCommand(t *testing.T, ctx context.Context, args ...string) string {
+	t.Helper()
+	cmd := exec.CommandContext(ctx, ftvmBinary(t), append([]string{"dash"}, args...)...)
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGTERM)
+		if err := cmd.Wait(); err != nil && ctx.Err() == nil {
+			t.Errorf("ftvm dash: %v\n%s", err, stderr.String())
+		}
+	})
+	line, err := bufio.NewReader(out).ReadString('\n')
+	if err != nil {
+		t.Fatalf("ftvm dash printed no URL: %v\n%s", err, stderr.String())
+	}
+	// "ftvm dash: serving http://127.0.0.1:PORT/ (watching ...)"
+	_, rest, ok := strings.Cut(line, "serving ")
+	url, _, _ := strings.Cut(rest, " ")
+	if !ok || !strings.HasPrefix(url, "http://") {
+		t.Fatalf("ftvm dash said %q, want its URL", line)
+	}
+	go io.Copy(io.Discard, out)
+	return url
 }
 
 // scrape reads host h's /metrics from inside its namespace.
@@ -131,16 +169,9 @@ func TestE2EDashboardFailover(t *testing.T) {
 		})
 	}()
 
-	srv, err := dash.NewServer(dash.Config{Sources: []dash.Source{
-		dash.ControlSource("a", c.ControlPath(HostA)), dash.ControlSource("b", c.ControlPath(HostB))}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	_, bound, err := dash.Listen(ctx, "127.0.0.1:0", srv)
-	if err != nil {
-		t.Fatal(err)
-	}
-	go srv.Run(ctx)
+	// The dashboard as a user runs it: ftvm dash, in this namespace,
+	// reading both hosts' control sockets.
+	url := startDashCommand(t, ctx, "--control", "a="+c.ControlPath(HostA)+",b="+c.ControlPath(HostB), "--listen", "127.0.0.1:0")
 
 	wait := func(what, expr string, d time.Duration) {
 		t.Helper()
@@ -149,7 +180,7 @@ func TestE2EDashboardFailover(t *testing.T) {
 			t.Fatalf("the page did not show %s within %v: %v\npage:\n%s", what, d, err, page)
 		}
 	}
-	if err := chromedp.Do(bctx, chromedp.Navigate("http://"+bound+"/")); err != nil {
+	if err := chromedp.Do(bctx, chromedp.Navigate(url)); err != nil {
 		t.Fatal(err)
 	}
 	// Live data: hold latencies of some intervals (4 s), a protected
