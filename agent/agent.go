@@ -171,6 +171,11 @@ type Stats struct {
 	// memory, ...): the guest got an error status and went on. Every
 	// replica refuses the same ones, so they are not logged.
 	GuestErrors uint64
+	// Pauses counts the times the node paused the VM for a checkpoint (a
+	// resync, or a join's last increment: primary), and PausedFor is how
+	// long those pauses lasted in all, the one under way excluded.
+	Pauses    uint64
+	PausedFor time.Duration
 }
 
 // Agent runs one protected VM on this host.
@@ -232,6 +237,8 @@ type Agent struct {
 	running bool // loop only: the loop asked the VM to run
 	stalled bool // loop only
 	paused  bool // loop only
+	// pausedAt is when the node last paused the VM (for Stats.PausedFor).
+	pausedAt time.Time // loop only
 	// diskPaused: the disk writer has a write failing (diskWriter.failing
 	// as the loop last saw it), so the VM is paused.
 	diskPaused bool   // loop only
@@ -259,6 +266,7 @@ type Agent struct {
 
 	stats struct {
 		send, frame, step, diverge, released, restores, ckpts, stalls, persisted, tooLarge, guestErrors atomic.Uint64
+		pauses, pausedNs                                                                                atomic.Uint64
 	} // atomic
 	holdLatency latencyRecorder // atomic (its own lock)
 	log         *slog.Logger    // set before Run
@@ -398,6 +406,7 @@ func (a *Agent) Stats() Stats {
 		Restores: a.stats.restores.Load(), Checkpoints: a.stats.ckpts.Load(), Stalls: a.stats.stalls.Load(),
 		DiskWriteErrors: a.disk.errors.Load(), DiskFailing: a.disk.failing.Load(),
 		GuestErrors: a.stats.guestErrors.Load(),
+		Pauses:      a.stats.pauses.Load(), PausedFor: time.Duration(a.stats.pausedNs.Load()),
 	}
 }
 

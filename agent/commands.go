@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/ftvm/ftvm/lockstep"
 	"github.com/ftvm/ftvm/lockstep/wire"
@@ -19,9 +20,16 @@ func (a *Agent) command(ctx context.Context, c lockstep.Command) error {
 		a.stalled = false
 		return a.applyRun()
 	case lockstep.CmdPause:
+		if !a.paused {
+			a.pausedAt = time.Now()
+			a.stats.pauses.Add(1)
+		}
 		a.paused = true
 		return a.applyRun()
 	case lockstep.CmdResume:
+		if a.paused {
+			a.stats.pausedNs.Add(uint64(time.Since(a.pausedAt)))
+		}
 		a.paused = false
 		return a.applyRun()
 	case lockstep.CmdTakeCheckpoint:

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"syscall"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -84,4 +85,16 @@ func socketBuffers(rc syscall.RawConn) (snd, rcv int, err error) {
 		err = errors.Join(e1, e2)
 	}
 	return snd, rcv, err
+}
+
+// socketRTT is the kernel's smoothed round trip of a connected TCP
+// socket, 0 if it cannot be read.
+func socketRTT(rc syscall.RawConn) time.Duration {
+	var rtt time.Duration
+	_ = rc.Control(func(fd uintptr) {
+		if info, err := unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO); err == nil {
+			rtt = time.Duration(info.Rtt) * time.Microsecond
+		}
+	})
+	return rtt
 }

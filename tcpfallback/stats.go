@@ -2,6 +2,7 @@ package tcpfallback
 
 import (
 	"sync/atomic"
+	"time"
 )
 
 // frameErrorReasons are the keys of Stats.FrameErrors, in counter order.
@@ -48,6 +49,10 @@ type LaneStats struct {
 	Losses                        uint64 // connections lost
 	SocketSendBufferBytes         int    // as granted by the kernel, current connection
 	SocketRecvBufferBytes         int
+	// RTT is the kernel's smoothed round trip of the current
+	// connection (TCP_INFO tcpi_rtt, microsecond resolution); 0 while
+	// the lane is not connected.
+	RTT time.Duration
 }
 
 // Stats is a snapshot of a transport's counters.

@@ -799,6 +799,7 @@ func (t *Transport) Stats() Stats {
 		ls.Losses = l.stats.losses.Load()
 		if c := l.cur.Load(); c != nil {
 			ls.SocketSendBufferBytes, ls.SocketRecvBufferBytes, _ = socketBuffers(c.rc)
+			ls.RTT = socketRTT(c.rc)
 		}
 	}
 	return s

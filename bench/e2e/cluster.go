@@ -51,6 +51,9 @@ type ClusterConfig struct {
 	// EtcdEndpoints, if set, makes the daemons use the etcd arbiter there
 	// (--arbiter etcd) instead of the file arbiter in WorkDir.
 	EtcdEndpoints []string
+	// MetricsPort, if not zero, has each daemon serve /metrics on its
+	// host's address at this port (MetricsAddr).
+	MetricsPort int
 }
 
 // Cluster is an ftvm deployment on a Topology: at most one daemon per VM
@@ -109,6 +112,12 @@ func NewCluster(ctx context.Context, topo *Topology, cfg ClusterConfig) (*Cluste
 
 func (c *Cluster) path(name string) string { return filepath.Join(c.cfg.WorkDir, name) }
 
+// MetricsAddr is where host h's daemon serves /metrics (inside h's
+// namespace: reach it with Topology.Dial), with ClusterConfig.MetricsPort.
+func (c *Cluster) MetricsAddr(h Host) string {
+	return net.JoinHostPort(HostAddr(h).String(), fmt.Sprint(c.cfg.MetricsPort))
+}
+
 // ControlPath is host h's control socket.
 func (c *Cluster) ControlPath(h Host) string { return c.path(string(h) + ".sock") }
 
@@ -136,6 +145,9 @@ func (c *Cluster) daemonArgs(h Host, role string, d *Daemon) []string {
 	}
 	if !c.cfg.NoNetwork {
 		args = append(args, "--tap", TAPName)
+	}
+	if c.cfg.MetricsPort != 0 {
+		args = append(args, "--metrics-listen", c.MetricsAddr(h))
 	}
 	return append(args, c.cfg.Flags...)
 }

@@ -203,6 +203,9 @@ type daemon struct {
 	// yielded: this primary stopped because it lost the VM's network.
 	yielded atomic.Bool
 
+	// metrics: the lag sampler and join count of /metrics (metrics.go).
+	metrics metricsState
+
 	mu       sync.Mutex
 	wentLive time.Time
 
@@ -506,6 +509,10 @@ func (d *daemon) run(ctx context.Context) int {
 	runCtx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	d.life.Store(&runCtx)
+	if err := d.startMetrics(runCtx); err != nil {
+		d.log.Error("cannot serve metrics", "err", err)
+		return exitFailure
+	}
 	go d.watchFence(runCtx)
 	if d.reach != nil {
 		if err := d.reach.start(runCtx); err != nil {
@@ -864,7 +871,7 @@ func (d *daemon) progress(ctx context.Context) {
 	tty := term.IsTerminal(d.term)
 	t := time.NewTicker(progressInterval)
 	defer t.Stop()
-	syncing := false
+	syncing, wasProtected := false, false
 	var began time.Time
 	for {
 		select {
@@ -874,9 +881,14 @@ func (d *daemon) progress(ctx context.Context) {
 		}
 		s := d.ag.Status()
 		sent, total := d.ag.SyncProgress()
+		if s.Protected && !wasProtected && !syncing && !s.Syncing {
+			d.metrics.joins.Add(1) // a join shorter than a tick
+		}
+		wasProtected = s.Protected
 		switch {
 		case s.Syncing && !syncing:
 			syncing, began = true, time.Now()
+			d.metrics.joins.Add(1)
 			d.log.Info("re-protecting: a secondary joins; shipping its checkpoint")
 		case !s.Syncing && syncing:
 			syncing = false

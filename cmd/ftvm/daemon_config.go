@@ -68,6 +68,7 @@ type daemonConfig struct {
 	pskFile     string
 
 	control          string
+	metricsListen    string
 	tick             time.Duration
 	heartbeatTicks   int
 	peerTimeoutTicks int
@@ -129,6 +130,7 @@ func daemonFlags(fs *flag.FlagSet, role wire.Role) func() (*daemonConfig, error)
 	fs.StringVar(&c.tlsName, "tls-name", "", "this host's name: its certificate NAME.pem in --tls-dir, or under --psk-file the name it presents to its peer (default: the host name)")
 	fs.StringVar(&c.pskFile, "psk-file", "", "instead of TLS, authenticate with the pre-shared key in this file (trusted fabrics only: frames are not encrypted)")
 	fs.StringVar(&c.control, "control", "", "control socket for ftvm status (default "+defaultControlDir+"/VM-ID.sock; two daemons of one VM on one machine each need their own)")
+	fs.StringVar(&c.metricsListen, "metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics (host:port, e.g. 127.0.0.1:9100; names in the README); default: off")
 	fs.DurationVar(&c.tick, "tick", 10*time.Millisecond, "length of one protocol tick")
 	fs.IntVar(&c.heartbeatTicks, "heartbeat-ticks", lockstep.DefaultHeartbeatTicks, "ticks between heartbeats")
 	fs.IntVar(&c.peerTimeoutTicks, "peer-timeout-ticks", lockstep.DefaultPeerTimeoutTicks, "ticks of silence after which the peer is taken for dead (a broken connection counts at once, and so does a connection silent for the transport's 100 ms heartbeat timeout, whichever comes first)")
@@ -189,6 +191,11 @@ func daemonFlags(fs *flag.FlagSet, role wire.Role) func() (*daemonConfig, error)
 		}
 		if _, _, err := net.SplitHostPort(c.listen); err != nil {
 			return nil, fmt.Errorf("--listen %q: %w", c.listen, err)
+		}
+		if c.metricsListen != "" {
+			if h, _, err := net.SplitHostPort(c.metricsListen); err != nil || h == "" {
+				return nil, fmt.Errorf("--metrics-listen %q: want HOST:PORT, e.g. 127.0.0.1:9100 for this host only or 0.0.0.0:9100 for every interface", c.metricsListen)
+			}
 		}
 		for _, a := range strings.Split(*reachCheck, ",") {
 			if a = strings.TrimSpace(a); a == "" {

@@ -46,6 +46,9 @@ func TestDaemonUsageErrors(t *testing.T) {
 		{[]string{"primary", "--arbiter-dir", dir, "--psk-file", psk, "--reach-link", "eth0"}, "--reach-link needs --reach-check"},
 		{[]string{"primary", "--arbiter-dir", dir, "--psk-file", psk, "--reach-check", "10.0.0.1", "--reach-lost-after", "15ms"}, "at least two --reach-interval"},
 		{[]string{"primary", "--arbiter-dir", dir, "--psk-file", psk, "--reach-check", "10.0.0.1", "--reach-lost-after", "200ms"}, "shorter than the peer timeout"},
+		{[]string{"primary", "--arbiter-dir", dir, "--psk-file", psk, "--metrics-listen", ":9100"}, "127.0.0.1:9100 for this host only"},
+		{[]string{"dash", "--control", "a=,b=/x.sock"}, "give a control socket path"},
+		{[]string{"dash", "--control", "/a/x.sock,/b/x.sock"}, `two hosts are called "x"`},
 	}
 	for _, c := range cases {
 		code, _, errs := runFtvm(c.args...)

@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ftvm/ftvm/bench/dash"
 	"github.com/ftvm/ftvm/bench/e2e"
 	"github.com/ftvm/ftvm/bench/kvclient"
 	"github.com/ftvm/ftvm/internal/term"
@@ -33,8 +34,9 @@ func runDemo(e *env, args []string) int {
 	mode := fs.String("mode", "receipt", "ack mode: receipt or compare")
 	guest := fs.String("guest", defaultGuest, "the kvstore guest (make guests builds it)")
 	keep := fs.String("keep", "", "keep the daemons' logs, consoles and disks in this directory (default: a temporary one, removed)")
+	dashAddr := fs.String("dash", "", "serve the live dashboard (ftvm dash) of the pair on this address, e.g. 127.0.0.1:8080, and keep it and the pair up after the table until interrupted")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), `usage: ftvm demo [--kills N] [--settle 3s] [--rate 1000] [--mode receipt|compare]
+		fmt.Fprintf(fs.Output(), `usage: ftvm demo [--kills N] [--settle 3s] [--rate 1000] [--mode receipt|compare] [--dash ADDR]
 
 Runs the whole of ftvm on this machine, as root: three network namespaces
 on a switch (two hosts and a client, see bench/e2e), ftvm primary and ftvm
@@ -94,7 +96,7 @@ flags:
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := demo(ctx, e, demoConfig{ftvm: self, guest: guestPath, dir: dir, kills: *kills, settle: *settle, rate: *rate, mode: *mode}); err != nil {
+	if err := demo(ctx, e, demoConfig{ftvm: self, guest: guestPath, dir: dir, kills: *kills, settle: *settle, rate: *rate, mode: *mode, dash: *dashAddr}); err != nil {
 		fmt.Fprintf(e.stderr, "\nftvm demo: %v\n", err)
 		return exitFailure
 	}
@@ -107,6 +109,7 @@ type demoConfig struct {
 	settle           time.Duration
 	rate             float64
 	mode             string
+	dash             string // serve the dashboard here ("": none)
 }
 
 // demoMissing lists what this machine lacks for the demo, each with what
@@ -165,6 +168,24 @@ func demo(ctx context.Context, e *env, c demoConfig) error {
 	defer cluster.Close()
 	say("host a %s, host b %s, client %s; the VM is %s (%s), kvstore on UDP port 7000",
 		e2e.HostAddr(e2e.HostA), e2e.HostAddr(e2e.HostB), e2e.HostAddr(e2e.Client), e2e.VMAddr, e2e.VMMAC)
+	if c.dash != "" {
+		srv, err := dash.NewServer(dash.Config{Sources: []dash.Source{
+			dash.ControlSource(string(e2e.HostA), cluster.ControlPath(e2e.HostA)),
+			dash.ControlSource(string(e2e.HostB), cluster.ControlPath(e2e.HostB)),
+		}})
+		if err != nil {
+			return err
+		}
+		url, err := startDash(ctx, c.dash, srv)
+		if err != nil {
+			return err
+		}
+		say("dashboard: %s", url)
+		defer func() {
+			say("the dashboard stays at %s with the pair serving; press Ctrl-C to stop", url)
+			<-ctx.Done()
+		}()
+	}
 	last := time.Time{}
 	rep, err := e2e.Run(ctx, cluster, e2e.RunConfig{
 		Fault:  e2e.KillPrimary,

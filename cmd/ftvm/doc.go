@@ -18,7 +18,9 @@
 // reachability check;
 // daemon_reject.go the logging of refused connections; ckptbound.go the
 // largest checkpoint a host accepts; status.go the control socket that
-// ftvm status asks. arbiter.go and recover.go are the operator's commands
+// ftvm status asks; metrics.go the figures of --metrics-listen and of the
+// control socket's "sample" (bench/dash), which dash.go's ftvm dash
+// shows. arbiter.go and recover.go are the operator's commands
 // for cold restarts; certs.go, demo.go, sim.go, bench*.go and kvload.go
 // the others.
 //

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/ftvm/ftvm/agent"
+	"github.com/ftvm/ftvm/bench/dash"
 	"github.com/ftvm/ftvm/lockstep"
 )
 
@@ -27,9 +28,11 @@ func init() {
 
 // The control socket speaks one request per connection: the client sends a
 // line naming the request, the daemon answers with one JSON object and
-// closes. Requests: "status", answered with statusReport, and
+// closes. Requests: "status", answered with statusReport,
 // "hold-histogram", answered with the output-hold latency histogram in
-// nanoseconds as hdrhistogram.Snapshot's JSON (to merge across hosts).
+// nanoseconds as hdrhistogram.Snapshot's JSON (to merge across hosts),
+// and "sample" (dash.SampleRequest), answered with dash.Sample: the
+// figures of /metrics and ftvm dash (metrics.go).
 const (
 	controlRequestStatus    = "status"
 	controlRequestHistogram = "hold-histogram"
@@ -149,6 +152,7 @@ func (d *daemon) serveControl() (io.Closer, error) {
 	return d.serveControlWith(map[string]func() any{
 		controlRequestStatus:    func() any { return d.report() },
 		controlRequestHistogram: func() any { return d.ag.HoldHistogram() },
+		dash.SampleRequest:      func() any { return d.sample() },
 	})
 }
 
