@@ -52,9 +52,13 @@
 // channel's fd and an eventfd that Close writes.
 //
 // Revoke deregisters the region's MR, so the rkey the peer holds is
-// dead: the peer's WRITE is answered with a remote access error and
-// nothing lands. It then moves the QP to the error state. The peer's Err
-// reports the failed WRITE; this side's Err reports ErrRevoked.
+// dead: the peer's WRITE is answered with a remote access error, nothing
+// lands, and the NAK moves both QPs to the error state. The peer's Err
+// reports the failed WRITE; this side's Err reports ErrRevoked. Revoke
+// does not move the QP to the error state first: a QP in that state drops
+// the peer's packets silently, so the stale peer learns nothing (in the
+// kvmbox its WRITE had not failed 30 s later), where the NAK reaches it in
+// under a millisecond.
 //
 // # Params, version 1
 //

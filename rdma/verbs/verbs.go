@@ -821,10 +821,13 @@ func (c *conn) Wait(timeout time.Duration) error {
 	return nil
 }
 
-// Revoke deregisters the region's MR, so the rkey the peer holds is dead
-// and the peer's next WRITE is answered with a remote access error (which
-// also moves this QP to the error state), and then moves the QP to the
-// error state itself so that nothing of the peer's is taken in any more.
+// Revoke deregisters the region's MR, so the rkey the peer holds is dead:
+// the peer's next WRITE is answered with a remote access error (which
+// moves both QPs to the error state) and nothing lands. It does not move
+// the QP to the error state itself: a QP in that state drops the peer's
+// packets silently, and rxe's stale peer then never learns (its WRITE had
+// not failed 30 s later in the kvmbox), while the NAK reaches it within a
+// millisecond. The QP goes with Close.
 func (c *conn) Revoke() error {
 	c.revokeMu.Lock()
 	defer c.revokeMu.Unlock()
@@ -833,23 +836,15 @@ func (c *conn) Revoke() error {
 	}
 	c.revoked = true
 	c.fail(ErrRevoked)
-	var first error
 	if c.mr != nil {
-		if r := C.ibv_dereg_mr(c.mr); r != 0 {
-			first = fmt.Errorf("verbs: deregistering the region: %w", syscall.Errno(r))
-		}
+		r := C.ibv_dereg_mr(c.mr)
 		c.mr = nil
-	}
-	if revokeQPToError {
-		if r := C.ftvm_qp_error(c.qp); r != 0 && first == nil {
-			first = fmt.Errorf("verbs: moving the QP to the error state: %w", syscall.Errno(r))
+		if r != 0 {
+			return fmt.Errorf("verbs: deregistering the region: %w", syscall.Errno(r))
 		}
 	}
-	return first
+	return nil
 }
-
-// revokeQPToError: whether Revoke also moves the QP to the error state.
-var revokeQPToError = true
 
 // Err reports the link's failure: a failed WRITE (reaped from the send CQ
 // here if the writer is not busy), an error completion, or Revoke.
