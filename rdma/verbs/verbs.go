@@ -235,9 +235,10 @@ const (
 	inlineMax = 128
 	// qpTimeout is the RC ACK timeout exponent (4.096 us * 2^14 = 67 ms)
 	// and qpRetry the retries after it: a peer gone silent fails the link
-	// in about half a second.
+	// in about half a second. Not 7: rxe, like rnr_retry, reads a
+	// retry_cnt of 7 as "for ever", and a WRITE to a dead peer never fails.
 	qpTimeout = 14
-	qpRetry   = 7
+	qpRetry   = 6
 )
 
 // Provider opens verbs endpoints on one device port and GID. It holds

@@ -94,6 +94,12 @@ func pair(t testing.TB, p *Provider, aSize, bSize int) (a, b rdma.Link) {
 // pollOne spins on Poll (and Wait) until one imm arrives or the link fails.
 func pollOne(t testing.TB, l rdma.Link) uint32 {
 	t.Helper()
+	return pollOneUnless(t, l, nil)
+}
+
+// pollOneUnless is pollOne that gives up as soon as stop has an error.
+func pollOneUnless(t testing.TB, l rdma.Link, stop <-chan error) uint32 {
+	t.Helper()
 	buf := make([]uint32, 0, 1)
 	deadline := time.Now().Add(30 * time.Second)
 	for spins := 0; ; spins++ {
@@ -108,6 +114,11 @@ func pollOne(t testing.TB, l rdma.Link) uint32 {
 			if err := l.Wait(time.Millisecond); err != nil {
 				t.Fatalf("Wait: %v", err)
 			}
+		}
+		select {
+		case err := <-stop:
+			t.Fatalf("gave up waiting for an imm: %v", err)
+		default:
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("no imm in 30s")
@@ -194,7 +205,7 @@ func TestRing(t *testing.T) {
 	ack := make([]uint32, 0, 16)
 	for seq := 0; seq < records; seq++ {
 		for seq-acked >= window {
-			a := pollOne(t, w)
+			a := pollOneUnless(t, w, done)
 			if int(a) != acked {
 				t.Fatalf("ack %d where %d was next", a, acked)
 			}
@@ -222,7 +233,7 @@ func TestRing(t *testing.T) {
 		t.Fatalf("reader: %v", err)
 	}
 	for acked < records {
-		n, err := w.Poll(ack)
+		n, err := w.Poll(ack[:0])
 		if err != nil {
 			t.Fatal(err)
 		}
