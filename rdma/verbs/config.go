@@ -2,7 +2,10 @@ package verbs
 
 import (
 	"errors"
+	"fmt"
 	"net/netip"
+
+	"github.com/ftvm/ftvm/rdma"
 )
 
 // ErrNotBuilt is the error of every verbs operation in a build without
@@ -12,8 +15,9 @@ var ErrNotBuilt = errors.New("verbs: built without RDMA support: rebuild with cg
 // ErrClosed is returned by an endpoint or link used after Close.
 var ErrClosed = errors.New("verbs: link closed")
 
-// ErrRevoked is what Err reports on the side that called Revoke.
-var ErrRevoked = errors.New("verbs: link revoked: the peer may no longer write into this region")
+// ErrRevoked is what Err reports on the side that called Revoke; it
+// wraps rdma.ErrRevoked.
+var ErrRevoked = fmt.Errorf("verbs: the peer may no longer write into this region: %w", rdma.ErrRevoked)
 
 // Config says which device, port and GID a Provider uses.
 type Config struct {

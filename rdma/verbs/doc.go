@@ -44,8 +44,8 @@
 // than the port's largest message. One send WR in 32 is signalled; the
 // writer reaps the send CQ itself, so a failed WRITE is seen by the next
 // Write or by Err. Each WRITE_WITH_IMM consumes a zero-length receive;
-// 256 stay posted and are replenished 64 at a time by Poll. rnr_retry is
-// 7 ("for ever"), so a receiver short of receives slows the writer down
+// rdma.MaxUnpolledSignals (512) stay posted and are replenished 64 at a
+// time by Poll. rnr_retry is 7 ("for ever"), so a receiver short of receives slows the writer down
 // and never fails it. Poll is ibv_poll_cq, with no system call. Wait arms
 // the CQ (ibv_req_notify_cq), polls once more, which catches an imm that
 // came before the arming, and only then sleeps in ppoll on the completion

@@ -222,9 +222,11 @@ const (
 	// later signalled one completes.
 	sqDepth     = 256
 	signalEvery = 32
-	// rqDepth receives stay posted for WRITE_WITH_IMM; they are replenished
-	// once recvBatch of them have been consumed, in chained posts.
-	rqDepth   = 256
+	// rqDepth receives stay posted for WRITE_WITH_IMM, as many as the
+	// signals the ring protocol may leave unpolled (rdma.MaxUnpolledSignals);
+	// they are replenished once recvBatch of them have been consumed, in
+	// chained posts.
+	rqDepth   = rdma.MaxUnpolledSignals
 	recvBatch = 64
 	// cqDepth holds every completion either queue can produce, plus slack.
 	cqDepth = 2 * (sqDepth + rqDepth)
@@ -240,6 +242,9 @@ const (
 	qpTimeout = 14
 	qpRetry   = 6
 )
+
+// A Link holds rdma.MaxUnpolledSignals unpolled signals: one receive each.
+var _ = [rqDepth - rdma.MaxUnpolledSignals]struct{}{}
 
 // Provider opens verbs endpoints on one device port and GID. It holds
 // the device context; each endpoint has a protection domain of its own.
@@ -650,7 +655,9 @@ func (c *conn) post(off, n int, withImm bool, imm uint32) error {
 	}
 	c.outstanding++
 	if c.outstanding >= signalEvery {
-		return c.reapSend()
+		// Reap now and then; a failure it finds fails the next Write, not
+		// this one, which is posted.
+		c.reapSendQuiet()
 	}
 	return nil
 }
