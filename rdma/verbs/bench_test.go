@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/exec"
 	"regexp"
+	"runtime"
 	"slices"
 	"strconv"
 	"strings"
@@ -143,11 +144,20 @@ func BenchmarkRTTvsIBWriteLat(b *testing.B) {
 		b.ReportMetric(float64(ib50.Nanoseconds()), "ib_write_lat-p50-ns")
 		b.ReportMetric(float64(ib99.Nanoseconds()), "ib_write_lat-p99-ns")
 		for _, mode := range []struct {
-			name string
-			spin time.Duration
-		}{{"spin", spinForever}, {"wait", rdma.DefaultWaitSpin}} {
-			pingPong(b, x, y, 50, mode.spin)
-			rtts := pingPong(b, x, y, perftestIters, mode.spin)
+			name  string
+			spin  time.Duration
+			procs bool
+		}{
+			{"spin", spinForever, false}, {"wait", rdma.DefaultWaitSpin, false},
+			{"spin-2proc", spinForever, true}, {"wait-2proc", rdma.DefaultWaitSpin, true},
+		} {
+			var rtts []time.Duration
+			if mode.procs {
+				rtts = pingPongChild(b, p, perftestIters, mode.name, mode.spin)
+			} else {
+				pingPong(b, x, y, 50, mode.spin)
+				rtts = pingPong(b, x, y, perftestIters, mode.spin)
+			}
 			ours50, ours99 := quantile(rtts, 0.5), quantile(rtts, 0.99)
 			r50, r99 := float64(ours50)/float64(ib50), float64(ours99)/float64(ib99)
 			b.ReportMetric(float64(ours50.Nanoseconds()), mode.name+"-p50-ns")
@@ -158,6 +168,40 @@ func BenchmarkRTTvsIBWriteLat(b *testing.B) {
 				rttMsgSize, perftestIters, mode.name, ours50, ours99, ib50, ib99, r50, r99)
 		}
 	}
+}
+
+// pingPongChild is pingPong with the echo in a child process, as
+// ib_write_lat's two processes are, each with GOMAXPROCS 1 while it
+// measures (ib_write_lat's processes are single-threaded).
+func pingPongChild(b *testing.B, p *Provider, n int, name string, spin time.Duration) []time.Duration {
+	b.Helper()
+	mode := "echo-spin"
+	if spin != spinForever {
+		mode = "echo-wait"
+	}
+	l, child := startChild(b, p, fmt.Sprintf("%s:%d", mode, n), "GOMAXPROCS=1")
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	rtts := make([]time.Duration, n)
+	buf := make([]uint32, 0, 1)
+	for i := 0; i < n; i++ {
+		t0 := time.Now()
+		if err := l.WriteImm(0, rttMsgSize, uint32(i)); err != nil {
+			b.Fatal(err)
+		}
+		imm, err := recvOne(l, buf, spin)
+		if err != nil {
+			b.Fatalf("%s: %v", name, err)
+		}
+		rtts[i] = time.Since(t0)
+		if imm != uint32(i) {
+			b.Fatalf("%s: echo %d, want %d", name, imm, i)
+		}
+	}
+	if err := child(); err != nil {
+		b.Fatalf("%s: child: %v", name, err)
+	}
+	slices.Sort(rtts)
+	return rtts
 }
 
 // ibLatLine matches ib_write_lat's result line: bytes, iterations, t_min,

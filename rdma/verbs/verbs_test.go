@@ -12,6 +12,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -24,8 +25,8 @@ import (
 const childEnv = "FTVM_VERBS_CHILD"
 
 func TestMain(m *testing.M) {
-	if os.Getenv(childEnv) == "1" {
-		os.Exit(childMain())
+	if mode := os.Getenv(childEnv); mode != "" {
+		os.Exit(childMain(mode))
 	}
 	os.Exit(m.Run())
 }
@@ -395,34 +396,7 @@ func TestRevoke(t *testing.T) {
 // with the Params passed over pipes, as a daemon passes them over TCP.
 func TestTwoProcesses(t *testing.T) {
 	p := newProvider(t)
-	ep := open(t, p, 8192)
-	exe, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command(exe)
-	cmd.Env = append(os.Environ(), childEnv+"=1")
-	cmd.Stderr = os.Stderr
-	stdin, _ := cmd.StdinPipe()
-	stdout, _ := cmd.StdoutPipe()
-	if err := cmd.Start(); err != nil {
-		t.Fatal(err)
-	}
-	defer cmd.Process.Kill()
-	fmt.Fprintln(stdin, hex.EncodeToString(ep.Params()))
-	lines := bufio.NewScanner(stdout)
-	if !lines.Scan() {
-		t.Fatalf("child sent no params: %v", lines.Err())
-	}
-	peer, err := hex.DecodeString(lines.Text())
-	if err != nil {
-		t.Fatalf("child's params %q: %v", lines.Text(), err)
-	}
-	l, err := ep.Connect(peer)
-	if err != nil {
-		t.Fatalf("Connect to the child: %v", err)
-	}
-	fmt.Fprintln(stdin, "connected")
+	l, child := startChild(t, p, "check")
 	for i := 0; i < 100; i++ {
 		binary.LittleEndian.PutUint64(l.Staging()[i*8:], uint64(i)*0x9e3779b97f4a7c15)
 		if err := l.WriteImm(i*8, 8, uint32(i)); err != nil {
@@ -435,16 +409,64 @@ func TestTwoProcesses(t *testing.T) {
 			t.Fatalf("child's reply %d is %#x", i, v)
 		}
 	}
-	stdin.Close()
-	if err := cmd.Wait(); err != nil {
+	if err := child(); err != nil {
 		t.Fatalf("child: %v", err)
 	}
 }
 
-// childMain is the child of TestTwoProcesses: it echoes each 8-byte value,
-// inverted, into the parent's region at the same offset.
-func childMain() int {
+// startChild runs this test binary as the peer process in mode (see
+// childMain), connects to it over an 8 KiB region each, and returns the
+// link and a function that waits for the child to finish.
+func startChild(tb testing.TB, p *Provider, mode string, env ...string) (rdma.Link, func() error) {
+	tb.Helper()
+	ep := open(tb, p, 8192)
+	exe, err := os.Executable()
+	if err != nil {
+		tb.Fatal(err)
+	}
+	cmd := exec.Command(exe)
+	cmd.Env = append(append(os.Environ(), childEnv+"="+mode), env...)
+	cmd.Stderr = os.Stderr
+	stdin, _ := cmd.StdinPipe()
+	stdout, _ := cmd.StdoutPipe()
+	if err := cmd.Start(); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { cmd.Process.Kill(); cmd.Wait() })
+	fmt.Fprintln(stdin, hex.EncodeToString(ep.Params()))
+	lines := bufio.NewScanner(stdout)
+	if !lines.Scan() {
+		tb.Fatalf("child sent no params: %v", lines.Err())
+	}
+	peer, err := hex.DecodeString(lines.Text())
+	if err != nil {
+		tb.Fatalf("child's params %q: %v", lines.Text(), err)
+	}
+	l, err := ep.Connect(peer)
+	if err != nil {
+		tb.Fatalf("Connect to the child: %v", err)
+	}
+	fmt.Fprintln(stdin, "connected")
+	return l, func() error { stdin.Close(); return cmd.Wait() }
+}
+
+// childMain is the peer process of startChild. Mode "check" echoes each
+// 8-byte value, inverted, into the parent's region at the same offset
+// (100 of them); "echo-spin:N" and "echo-wait:N" answer N imms with a
+// 64-byte WRITE_WITH_IMM of the same imm, receiving by spinning on Poll or
+// the daemon's way.
+func childMain(mode string) int {
 	die := func(f string, a ...any) int { fmt.Fprintf(os.Stderr, "verbs child: "+f+"\n", a...); return 1 }
+	echo, rounds := "", 100
+	if m, n, ok := strings.Cut(mode, ":"); ok {
+		echo = m
+		var err error
+		if rounds, err = strconv.Atoi(n); err != nil {
+			return die("mode %q: %v", mode, err)
+		}
+	} else if mode != "check" {
+		return die("unknown mode %q", mode)
+	}
 	in := bufio.NewScanner(os.Stdin)
 	if !in.Scan() {
 		return die("no params from the parent")
@@ -474,7 +496,24 @@ func childMain() int {
 	}
 	in.Scan() // the parent is connected too
 	buf := make([]uint32, 0, 8)
-	for i := 0; i < 100; {
+	if echo != "" {
+		spin := time.Duration(spinForever)
+		if echo == "echo-wait" {
+			spin = rdma.DefaultWaitSpin
+		}
+		for i := 0; i < rounds; i++ {
+			imm, err := recvOne(l, buf[:0:1], spin)
+			if err == nil {
+				err = l.WriteImm(0, rttMsgSize, imm)
+			}
+			if err != nil {
+				return die("echo %d: %v", i, err)
+			}
+		}
+		in.Scan() // until the parent is done with the link
+		return 0
+	}
+	for i := 0; i < rounds; {
 		n, err := l.Poll(buf)
 		if err != nil {
 			return die("Poll: %v", err)
