@@ -588,13 +588,13 @@ func (c *conn) Write(off, n int) error { return c.write(off, n, false, 0) }
 func (c *conn) WriteImm(off, n int, imm uint32) error { return c.write(off, n, true, imm) }
 
 func (c *conn) write(off, n int, withImm bool, imm uint32) error {
-	if off < 0 || n < 0 || off > int(c.peer.size) || n > int(c.peer.size)-off {
-		return fmt.Errorf("verbs: write of %d bytes at offset %d is outside the peer's %d-byte region", n, off, c.peer.size)
-	}
 	c.sendMu.Lock()
 	defer c.sendMu.Unlock()
 	if err := c.usable(); err != nil {
 		return err
+	}
+	if off < 0 || n < 0 || off > int(c.peer.size) || n > int(c.peer.size)-off {
+		return fmt.Errorf("verbs: write of %d bytes at offset %d is outside the peer's %d-byte region", n, off, c.peer.size)
 	}
 	if n == 0 && !withImm {
 		return nil
