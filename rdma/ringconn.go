@@ -70,9 +70,8 @@ type RingConn struct {
 	imms          []uint32
 	deliver       atomic.Bool   // frames may be delivered (the switch was seen)
 	wantWB        atomic.Uint64 // consumer cursor to write back; 0 bit: none yet
-	framesRecv    atomic.Uint64
-	framesSent    atomic.Uint64
-	bytesSentRing atomic.Uint64
+	framesRecv atomic.Uint64 // added to once per Receive that delivered
+	framesSent uint64        // mu held
 }
 
 // NewRingConn starts the ring protocol over link. localGen is the
@@ -143,7 +142,10 @@ func (c *RingConn) EnableDelivery() { c.deliver.Store(true) }
 
 // Stats: frames sent and received over the ring.
 func (c *RingConn) Stats() (sent, received uint64) {
-	return c.framesSent.Load(), c.framesRecv.Load()
+	c.mu.Lock()
+	sent = c.framesSent
+	c.mu.Unlock()
+	return sent, c.framesRecv.Load()
 }
 
 // ---- Sending ----
@@ -227,8 +229,7 @@ func (c *RingConn) sendLocked(typ transport.Type, flags transport.Flags, payload
 	i := (c.inflightAt + c.inflightN) % MaxSignalsInFlight
 	c.inflight[i] = pos
 	c.inflightN++
-	c.framesSent.Add(1)
-	c.bytesSentRing.Add(size)
+	c.framesSent++
 	return nil
 }
 
@@ -443,9 +444,11 @@ func (c *RingConn) consume(fn func(transport.Type, transport.Flags, []byte)) (in
 		}
 		fn(typ, flags, rec[8:4+l])
 		frames++
-		c.framesRecv.Add(1)
 		c.consHead += size
 		c.sinceWBBytes += size
+	}
+	if frames > 0 {
+		c.framesRecv.Add(uint64(frames))
 	}
 	if frames > 0 && (c.sinceWBBytes >= capacity/writebackEveryDivisor || c.sinceWBSigs >= writebackEverySignals) {
 		c.sinceWBBytes, c.sinceWBSigs = 0, 0
