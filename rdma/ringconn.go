@@ -58,20 +58,20 @@ type RingConn struct {
 
 	// Receiver side: rmu held. A sender waiting for room takes it
 	// (TryLock) to read signals, never to deliver.
-	rmu           sync.Mutex
-	recvRing      []byte // local[ringOff:]
-	recvMask      uint64
-	recvMaxRec    uint64
-	tailSeen      uint64 // the peer's producer cursor, from its signals
-	consHead      uint64 // bytes consumed (delivered)
-	helloChecked  bool
-	sinceWBBytes  uint64
-	sinceWBSigs   int
-	imms          []uint32
-	deliver       atomic.Bool   // frames may be delivered (the switch was seen)
-	wantWB        atomic.Uint64 // consumer cursor to write back; 0 bit: none yet
-	framesRecv atomic.Uint64 // added to once per Receive that delivered
-	framesSent uint64        // mu held
+	rmu          sync.Mutex
+	recvRing     []byte // local[ringOff:]
+	recvMask     uint64
+	recvMaxRec   uint64
+	tailSeen     uint64 // the peer's producer cursor, from its signals
+	consHead     uint64 // bytes consumed (delivered)
+	helloChecked bool
+	sinceWBBytes uint64
+	sinceWBSigs  int
+	imms         []uint32
+	deliver      atomic.Bool   // frames may be delivered (the switch was seen)
+	wantWB       atomic.Uint64 // consumer cursor to write back; 0 bit: none yet
+	framesRecv   atomic.Uint64 // added to once per Receive that delivered
+	framesSent   uint64        // mu held
 }
 
 // NewRingConn starts the ring protocol over link. localGen is the
