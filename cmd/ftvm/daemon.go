@@ -181,7 +181,7 @@ type daemon struct {
 	// listener and of the dialer (nil: TCP); daemon_transport.go picks
 	// them from --transport.
 	listenProvider, dialProvider rdma.Provider
-	rejects  *rejectLog // rate-limits the lines about refused connections
+	rejects                      *rejectLog // rate-limits the lines about refused connections
 
 	// nic holds the VM's network backend open for the daemon's life and
 	// lends it to each VM; its gate opens when this host serves live.
