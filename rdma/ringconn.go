@@ -222,10 +222,13 @@ func (c *RingConn) sendLocked(typ transport.Type, flags transport.Flags, payload
 	n := copy(rec[8:], payload)
 	clear(rec[8+n:])
 	pos += size
+	// The new tail is stored before the signal goes: the peer may consume
+	// the record and write its cursor back before WriteImm returns, and
+	// the receiver checks that cursor against this one.
+	c.prodTail.Store(pos)
 	if err := c.link.WriteImm(ringOff+int(off), int(size), signal(signalTail, pos)); err != nil {
 		return c.sendFailed(err)
 	}
-	c.prodTail.Store(pos)
 	i := (c.inflightAt + c.inflightN) % MaxSignalsInFlight
 	c.inflight[i] = pos
 	c.inflightN++
