@@ -58,21 +58,20 @@ type RingConn struct {
 
 	// Receiver side: rmu held. A sender waiting for room takes it
 	// (TryLock) to read signals, never to deliver.
-	rmu           sync.Mutex
-	recvRing      []byte // local[ringOff:]
-	recvMask      uint64
-	recvMaxRec    uint64
-	tailSeen      uint64 // the peer's producer cursor, from its signals
-	consHead      uint64 // bytes consumed (delivered)
-	helloChecked  bool
-	sinceWBBytes  uint64
-	sinceWBSigs   int
-	imms          []uint32
-	deliver       atomic.Bool   // frames may be delivered (the switch was seen)
-	wantWB        atomic.Uint64 // consumer cursor to write back; 0 bit: none yet
-	framesRecv    atomic.Uint64
-	framesSent    atomic.Uint64
-	bytesSentRing atomic.Uint64
+	rmu          sync.Mutex
+	recvRing     []byte // local[ringOff:]
+	recvMask     uint64
+	recvMaxRec   uint64
+	tailSeen     uint64 // the peer's producer cursor, from its signals
+	consHead     uint64 // bytes consumed (delivered)
+	helloChecked bool
+	sinceWBBytes uint64
+	sinceWBSigs  int
+	imms         []uint32
+	deliver      atomic.Bool   // frames may be delivered (the switch was seen)
+	wantWB       atomic.Uint64 // consumer cursor to write back; 0 bit: none yet
+	framesRecv   atomic.Uint64 // added to once per Receive that delivered
+	framesSent   uint64        // mu held
 }
 
 // NewRingConn starts the ring protocol over link. localGen is the
@@ -143,7 +142,10 @@ func (c *RingConn) EnableDelivery() { c.deliver.Store(true) }
 
 // Stats: frames sent and received over the ring.
 func (c *RingConn) Stats() (sent, received uint64) {
-	return c.framesSent.Load(), c.framesRecv.Load()
+	c.mu.Lock()
+	sent = c.framesSent
+	c.mu.Unlock()
+	return sent, c.framesRecv.Load()
 }
 
 // ---- Sending ----
@@ -220,15 +222,17 @@ func (c *RingConn) sendLocked(typ transport.Type, flags transport.Flags, payload
 	n := copy(rec[8:], payload)
 	clear(rec[8+n:])
 	pos += size
+	// The new tail is stored before the signal goes: the peer may consume
+	// the record and write its cursor back before WriteImm returns, and
+	// the receiver checks that cursor against this one.
+	c.prodTail.Store(pos)
 	if err := c.link.WriteImm(ringOff+int(off), int(size), signal(signalTail, pos)); err != nil {
 		return c.sendFailed(err)
 	}
-	c.prodTail.Store(pos)
 	i := (c.inflightAt + c.inflightN) % MaxSignalsInFlight
 	c.inflight[i] = pos
 	c.inflightN++
-	c.framesSent.Add(1)
-	c.bytesSentRing.Add(size)
+	c.framesSent++
 	return nil
 }
 
@@ -443,9 +447,11 @@ func (c *RingConn) consume(fn func(transport.Type, transport.Flags, []byte)) (in
 		}
 		fn(typ, flags, rec[8:4+l])
 		frames++
-		c.framesRecv.Add(1)
 		c.consHead += size
 		c.sinceWBBytes += size
+	}
+	if frames > 0 {
+		c.framesRecv.Add(uint64(frames))
 	}
 	if frames > 0 && (c.sinceWBBytes >= capacity/writebackEveryDivisor || c.sinceWBSigs >= writebackEverySignals) {
 		c.sinceWBBytes, c.sinceWBSigs = 0, 0

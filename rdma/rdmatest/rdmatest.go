@@ -19,6 +19,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"sync"
 	"testing"
 	"time"
 
@@ -37,6 +38,7 @@ func Run(t *testing.T, p rdma.Provider) {
 	t.Run("LinkWait", func(t *testing.T) { testLinkWait(t, p) })
 	t.Run("LinkRevoke", func(t *testing.T) { testLinkRevoke(t, p) })
 	t.Run("RingOrder", func(t *testing.T) { testRingOrder(t, p) })
+	t.Run("RingBothWaysAtOnce", func(t *testing.T) { testBothWays(t, p) })
 	t.Run("RingWrapAtEveryOffset", func(t *testing.T) { testWrapEveryOffset(t, p) })
 	t.Run("RingFull", func(t *testing.T) { testRingFull(t, p) })
 	t.Run("PeerDiesMidWrite", func(t *testing.T) { testPeerDiesMidWrite(t, p) })
@@ -348,6 +350,74 @@ func testRingOrder(t *testing.T, p rdma.Provider) {
 			t.Fatalf("reply %d differs", i)
 		}
 	}
+}
+
+// testBothWays: each side sends and receives at once, on two goroutines,
+// as a transport's sender and poller do: a consumer cursor may come back
+// before the sender's call that published the record returns.
+func testBothWays(t *testing.T, p rdma.Provider) {
+	la, lb := Pair(t, p, smallRing)
+	// a's signals return late now and then, as a post whose caller is
+	// descheduled does: the peer has consumed the record and written its
+	// cursor back by then.
+	a, b := ringsOver(t, &lateSignals{Link: la, every: 5, delay: 50 * time.Microsecond}, lb)
+	const frames = 5000
+	var wg sync.WaitGroup
+	errs := make(chan error, 4)
+	for _, side := range []*rdma.RingConn{a, b} {
+		wg.Add(2)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < frames; i++ {
+				if err := side.Send(transport.TypeAck, 0, payloadFor(i, 8+i%64)); err != nil {
+					errs <- fmt.Errorf("Send %d: %w", i, err)
+					return
+				}
+			}
+		}()
+		go func() {
+			defer wg.Done()
+			got := 0
+			deadline := time.Now().Add(30 * time.Second)
+			for got < frames {
+				_, _, err := side.Receive(func(_ transport.Type, _ transport.Flags, pl []byte) {
+					if !bytes.Equal(pl, payloadFor(got, 8+got%64)) {
+						errs <- fmt.Errorf("frame %d differs", got)
+					}
+					got++
+				})
+				if err != nil {
+					errs <- fmt.Errorf("Receive after %d frames: %w", got, err)
+					return
+				}
+				if time.Now().After(deadline) {
+					errs <- fmt.Errorf("%d frames in 30s, want %d", got, frames)
+					return
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Fatal(err)
+	}
+}
+
+// lateSignals is a Link whose WriteImm returns late every few calls.
+type lateSignals struct {
+	rdma.Link
+	every, n int
+	delay    time.Duration
+}
+
+func (l *lateSignals) WriteImm(off, n int, imm uint32) error {
+	err := l.Link.WriteImm(off, n, imm)
+	if l.n++; l.n%l.every == 0 {
+		for start := time.Now(); time.Since(start) < l.delay; {
+		}
+	}
+	return err
 }
 
 // recordPayloadFor is the frame payload that makes a record of size bytes.

@@ -18,10 +18,19 @@
 //	72      4     attached: 1 once a writer mapped it        writer (Connect)
 //	128     4     futex word: bumped to wake a sleeping owner writer
 //	192     4     sleeping: 1 while the owner is in Wait     owner sets, writer clears
-//	256     8     signal queue tail: signals ever queued     writer
-//	384     8     signal queue head: signals ever polled     owner
-//	4096    4096  signal queue: 1024 uint32 imm values, entry i at tail%1024
-//	8192    size  the region (Endpoint.Local, the peer's Staging)
+//	384     8     signal queue head: signals ever polled     owner, every 256 signals
+//	4096    8192  signal queue: 1024 uint64 slots            writer
+//	12288   size  the region (Endpoint.Local, the peer's Staging)
+//
+// The n-th signal (from 0) goes into slot n%1024 as one 64-bit word: the
+// lap n/1024 + 1 (32 bits, never 0) in the high half, the imm in the low
+// half. The owner, expecting signal h, reads slot h%1024 and takes it if
+// it holds lap h/1024 + 1; so a signal costs the writer one store and the
+// reader one cache line (no separate tail word to bounce), and a slot the
+// peer fills with anything else is just not a signal yet. The writer
+// reloads the owner's head only when the queue looks full (1024 ahead);
+// still full, it sets the overflow word and fails (the ring protocol never
+// leaves more than rdma.MaxUnpolledSignals unpolled).
 //
 // The cursors and the futex word live 64 bytes or more apart so that the
 // two processes' words do not share a cache line.
@@ -46,11 +55,10 @@
 //
 // Link.Staging is the peer's region itself: the protocol's stores into it
 // are the one-sided write, placed at once (Write only checks bounds and
-// revocation). WriteImm then stores the imm into the queue and publishes
-// the queue's tail with a sequentially consistent (so release) store; the
-// owner's Poll loads the tail (acquire) before it reads the entries and
-// the region, so every byte stored before a signal is visible once the
-// signal is: the order RDMA WRITE_WITH_IMM gives. Wait sleeps on the futex
+// revocation). WriteImm then stores the signal's slot with a sequentially
+// consistent (so release) store; the owner's Poll loads the slot (acquire)
+// before it reads the region, so every byte stored before a signal is
+// visible once the signal is: the order RDMA WRITE_WITH_IMM gives. Wait sleeps on the futex
 // word with FUTEX_WAIT without FUTEX_PRIVATE_FLAG, since the word is in a
 // mapping of two processes; a writer wakes it only when the sleeping word
 // says the owner sleeps (one atomic load per signal otherwise).

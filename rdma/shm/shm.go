@@ -23,7 +23,7 @@ import (
 const (
 	headerBytes     = 4096
 	queueEntries    = 1024
-	queueBytes      = queueEntries * 4
+	queueBytes      = queueEntries * 8
 	regionOff       = headerBytes + queueBytes
 	offMagic        = 0
 	offSize         = 8
@@ -34,7 +34,6 @@ const (
 	offAttached     = 72
 	offSeq          = 128
 	offSleeping     = 192
-	offSigTail      = 256
 	offSigHead      = 384
 	fileMagic       = "FTVMSHM1"
 	paramsMagic     = "FTVMSHMP"
@@ -48,8 +47,15 @@ const (
 	waitSliceMaxDur = 100 * time.Millisecond
 )
 
-// The queue must hold what the ring protocol may leave unpolled.
-var _ = [queueEntries - rdma.MaxUnpolledSignals]struct{}{}
+// headPublishEvery: the owner stores its queue head for the writer once
+// per this many signals polled, not at every Poll: Go's atomic store is
+// an exchange (a full barrier), and the writer looks at the head only
+// when the queue seems full.
+const headPublishEvery = 256
+
+// The queue must hold what the ring protocol may leave unpolled, with the
+// head published that late.
+var _ = [queueEntries - headPublishEvery - rdma.MaxUnpolledSignals]struct{}{}
 
 // ErrRevoked: the peer retired the region this side wrote into.
 var ErrRevoked = errors.New("shm: the peer revoked this host's access to its region")
@@ -255,10 +261,12 @@ type link struct {
 	peerSize int
 
 	// Writer side (Write and WriteImm are called one at a time).
-	sigTail uint64 // our copy of the peer's queue tail
+	sigTail  uint64 // our copy of the peer's queue tail
+	headSeen uint64 // the peer's queue head as last loaded: reloaded only when the queue looks full, since the peer writes it at every Poll
 
 	// Reader side (Poll and Wait one at a time).
-	sigHead uint64
+	sigHead      uint64
+	sigPublished uint64 // the head as last stored for the writer
 
 	err atomic.Pointer[error]
 }
@@ -314,14 +322,18 @@ func (l *link) WriteImm(off, n int, imm uint32) error {
 	if err := l.Write(off, n); err != nil {
 		return err
 	}
-	head := word64(l.peer, offSigHead).Load()
-	if l.sigTail-head >= queueEntries {
+	if l.sigTail-l.headSeen >= queueEntries {
+		l.headSeen = word64(l.peer, offSigHead).Load()
+	}
+	if l.sigTail-l.headSeen >= queueEntries {
 		word32(l.peer, offOverflow).Store(1)
 		return l.fail(fmt.Errorf("shm: the peer's signal queue is full (%d signals unpolled): it stopped polling", queueEntries))
 	}
-	word32(l.peer, headerBytes+int(l.sigTail%queueEntries)*4).Store(imm)
+	// One store publishes the signal: the slot's lap number (never 0)
+	// and the imm, in one word; every byte stored before it is visible
+	// to a reader that sees it.
+	word64(l.peer, slotOff(l.sigTail)).Store(slotValue(l.sigTail, imm))
 	l.sigTail++
-	word64(l.peer, offSigTail).Store(l.sigTail)
 	if sl := word32(l.peer, offSleeping); sl.Load() != 0 && sl.CompareAndSwap(1, 0) {
 		seq := word32(l.peer, offSeq)
 		seq.Add(1)
@@ -330,30 +342,53 @@ func (l *link) WriteImm(off, n int, imm uint32) error {
 	return nil
 }
 
-// Poll copies the queued signals into imms' spare capacity.
+// slotOff is where the queue slot of the n-th signal is.
+func slotOff(n uint64) int { return headerBytes + int(n%queueEntries)*8 }
+
+// slotValue is what the slot of the n-th signal holds once it is
+// queued: the lap n/queueEntries + 1 in the high half, imm in the low.
+func slotValue(n uint64, imm uint32) uint64 {
+	return uint64(uint32(n/queueEntries)+1)<<32 | uint64(imm)
+}
+
+// Poll copies the queued signals into imms' spare capacity: it reads
+// slots while each holds the lap this side expects there, so a slot the
+// peer filled with anything else is simply not a signal yet.
 func (l *link) Poll(imms []uint32) (int, error) {
 	if err := l.Err(); err != nil {
 		return 0, err
 	}
-	if word32(l.local, offOverflow).Load() != 0 {
-		return 0, l.fail(errors.New("shm: this side's signal queue overflowed: signals were lost"))
+	room := imms[len(imms):cap(imms)]
+	n := 0
+	for n < len(room) {
+		v := word64(l.local, slotOff(l.sigHead)).Load()
+		if uint32(v>>32) != uint32(l.sigHead/queueEntries)+1 {
+			break
+		}
+		room[n] = uint32(v)
+		n++
+		l.sigHead++
 	}
-	tail := word64(l.local, offSigTail).Load()
-	avail := tail - l.sigHead
-	if avail == 0 {
+	if n == 0 {
+		if word32(l.local, offOverflow).Load() != 0 {
+			return 0, l.fail(errors.New("shm: this side's signal queue overflowed: signals were lost"))
+		}
 		return 0, nil
 	}
-	if avail > queueEntries {
-		return 0, l.fail(fmt.Errorf("shm: the peer's signal queue tail %d is %d past the head %d, beyond the %d-entry queue", tail, avail, l.sigHead, queueEntries))
+	// The writer reads the head only when the queue looks full, so
+	// publishing it every headPublishEvery signals is enough: the queue
+	// then holds queueEntries - headPublishEvery, still more than the ring
+	// protocol leaves unpolled.
+	if l.sigHead-l.sigPublished >= headPublishEvery {
+		l.sigPublished = l.sigHead
+		word64(l.local, offSigHead).Store(l.sigHead)
 	}
-	room := imms[len(imms):cap(imms)]
-	n := min(int(avail), len(room))
-	for i := 0; i < n; i++ {
-		room[i] = word32(l.local, headerBytes+int((l.sigHead+uint64(i))%queueEntries)*4).Load()
-	}
-	l.sigHead += uint64(n)
-	word64(l.local, offSigHead).Store(l.sigHead)
 	return n, nil
+}
+
+func (l *link) signalQueued() bool {
+	v := word64(l.local, slotOff(l.sigHead)).Load()
+	return uint32(v>>32) == uint32(l.sigHead/queueEntries)+1
 }
 
 // Wait sleeps on the shared futex word until the peer queues a signal.
@@ -369,7 +404,7 @@ func (l *link) Wait(timeout time.Duration) error {
 	seen := seq.Load()
 	// Sequentially consistent stores and loads on both sides: either the
 	// writer sees sleeping == 1 after its tail store, or we see its tail.
-	if word64(l.local, offSigTail).Load() != l.sigHead || sleeping.Load() == 0 {
+	if l.signalQueued() || sleeping.Load() == 0 {
 		sleeping.Store(0)
 		return nil
 	}
