@@ -1,11 +1,15 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"flag"
 	"fmt"
+	"net"
 	"net/netip"
+	"time"
 
+	"github.com/ftvm/ftvm/rdma"
 	"github.com/ftvm/ftvm/rdma/verbs"
 )
 
@@ -23,6 +27,42 @@ func init() {
 		summary: "list RDMA devices, ports, states, GIDs with their types, and netdevs",
 		run:     runRdmaDevices,
 	})
+	rdmaForPeer = verbsForPeer
+}
+
+// verbsForPeer is the daemon's rdmaForPeer: the verbs provider on the
+// device that routes to peer (host:port), or on any device of this host
+// for an empty peer; an error says why there is none (a build without
+// RDMA support included).
+func verbsForPeer(peer string) (rdma.Provider, error) {
+	if !verbs.Supported {
+		return nil, verbs.ErrNotBuilt
+	}
+	if peer == "" {
+		cfg, err := verbs.FindAny()
+		if err != nil {
+			return nil, err
+		}
+		return verbs.New(cfg)
+	}
+	host, _, err := net.SplitHostPort(peer)
+	if err != nil {
+		host = peer
+	}
+	addr, err := netip.ParseAddr(host)
+	if err != nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		addrs, lerr := net.DefaultResolver.LookupNetIP(ctx, "ip", host)
+		if lerr != nil || len(addrs) == 0 {
+			return nil, fmt.Errorf("resolving the peer %q: %v", host, lerr)
+		}
+		addr = addrs[0]
+	}
+	if _, why, ok := verbs.Available(addr); !ok {
+		return nil, fmt.Errorf("%s", why)
+	}
+	return verbs.NewForPeer(addr)
 }
 
 func runRdmaDevices(e *env, args []string) int {

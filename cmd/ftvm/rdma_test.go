@@ -1,6 +1,7 @@
 package main
 
 import (
+	"errors"
 	"strings"
 	"testing"
 
@@ -56,5 +57,20 @@ func TestRdmaDevicesListing(t *testing.T) {
 		if !strings.Contains(out, d.Name+"\n") {
 			t.Errorf("device %s is not listed in %q", d.Name, out)
 		}
+	}
+}
+
+// The daemon's --transport rdma and auto get their provider from
+// verbsForPeer, which says why a peer on lo has none.
+func TestVerbsForPeerRefusesLoopback(t *testing.T) {
+	p, err := rdmaForPeer("127.0.0.1:7000")
+	if err == nil || p != nil {
+		t.Fatalf("rdmaForPeer(127.0.0.1:7000) = %v, %v; want an error: lo has no RDMA device", p, err)
+	}
+	if !verbs.Supported && !errors.Is(err, verbs.ErrNotBuilt) {
+		t.Fatalf("in a build without RDMA support the error is %v, want ErrNotBuilt", err)
+	}
+	if _, err := rdmaForPeer("no-such-host.invalid:7000"); err == nil {
+		t.Fatalf("rdmaForPeer of an unresolvable host succeeded")
 	}
 }

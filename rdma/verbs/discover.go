@@ -301,3 +301,29 @@ func Available(peer netip.Addr) (dev string, why string, ok bool) {
 	}
 	return cfg.Device, fmt.Sprintf("%v is routed through %s, served by %s port %d", peer, cfg.Netdev, cfg.Device, cfg.Port), true
 }
+
+// FindAny picks this host's first RDMA device with an active Ethernet port
+// and an IPv4 RoCE v2 GID, for a side that does not yet know its peer (a
+// primary waiting for a secondary to join).
+func FindAny() (Config, error) {
+	devs, err := Devices()
+	if err != nil {
+		return Config{}, err
+	}
+	for _, d := range devs {
+		for _, p := range d.Ports {
+			if p.State != "ACTIVE" || p.LinkLayer != "Ethernet" {
+				continue
+			}
+			for _, g := range p.GIDs {
+				if g.Type == roceV2 && g.GID.Is4In6() && g.Netdev != "" {
+					return Config{Device: d.Name, Port: p.Num, Addr: g.GID.Unmap(), Netdev: g.Netdev}, nil
+				}
+			}
+		}
+	}
+	if len(devs) == 0 {
+		return Config{}, errors.New("verbs: no RDMA device on this host")
+	}
+	return Config{}, fmt.Errorf("verbs: no RDMA device here has an active Ethernet port with an IPv4 RoCE v2 GID (see `ftvm rdma devices`)")
+}
