@@ -39,6 +39,11 @@
 // region (the source of every WRITE), and moves the QP to RTR (the peer's
 // QPN, PSN and GID; the lower of the two ports' MTUs) and RTS.
 //
+// Posting a work request is a user-space doorbell on a hardware NIC; on
+// soft-RoCE (rxe) it is a system call that runs rxe's requester in the
+// kernel, so there the vCPU thread pays one per record. Polling and
+// posting receives stay in user space on both.
+//
 // Write posts RDMA WRITEs, WriteImm RDMA WRITE_WITH_IMM (its imm in network
 // byte order on the wire, as the spec has it), splitting a write longer
 // than the port's largest message. One send WR in 32 is signalled; the
