@@ -2,7 +2,7 @@
 #
 #   make demo    the main job (see README.md for what it shows; root and KVM)
 #   make test    everything CI runs: tool check, vet, guests, race tests,
-#                the KVM tests and the end-to-end tests
+#                the KVM tests, the RDMA verbs tests and the end-to-end tests
 #
 # Every target works on a fresh machine: missing tools are named by
 # scripts/check-tools with the command that installs them.
@@ -18,7 +18,7 @@ BENCH     ?= .
 BENCHTIME ?= 1s
 BENCHCOUNT ?= 1
 
-.PHONY: all build test vet unit guests bench demo check-tools fuzz clean kvm-test e2e
+.PHONY: all build test vet unit guests bench demo check-tools fuzz clean kvm-test e2e rdma-test
 
 all: build
 
@@ -28,14 +28,20 @@ build:
 check-tools:
 	@bash scripts/check-tools
 
+# vet also vets the verbs code (cgo, -tags ftvm_rdma) where libibverbs-dev
+# is installed; a default build leaves it out.
 vet:
 	$(GO) vet ./...
+	@if [ -f /usr/include/infiniband/verbs.h ]; then \
+		echo "$(GO) vet -tags ftvm_rdma ./rdma/..."; $(GO) vet -tags ftvm_rdma ./rdma/...; \
+	else echo "vet: no libibverbs-dev here: the verbs code (-tags ftvm_rdma) is not vetted"; fi
 
 # unit: the race-detector test run over the whole module. Without /dev/kvm
 # the KVM tests skip here and run in kvm-test instead (inside the kvmbox), so
-# a "kvm" in FTVM_REQUIRE is enforced there, not here.
+# a "kvm" in FTVM_REQUIRE is enforced there, not here. The verbs tests need
+# -tags ftvm_rdma and a device: they run in rdma-test, which enforces "rdma".
 unit:
-	@req="$${FTVM_REQUIRE:-}"; \
+	@req=$$(printf ',%s,' "$${FTVM_REQUIRE:-}" | sed 's/,rdma,/,/g; s/^,*//; s/,*$$//'); \
 	if [ ! -c /dev/kvm ]; then \
 		req=$$(printf ',%s,' "$$req" | sed 's/,kvm,/,/g; s/^,*//; s/,*$$//'); \
 		echo "unit: no /dev/kvm here: KVM tests skip in this run and run in 'make kvm-test'"; \
@@ -43,7 +49,7 @@ unit:
 	echo "FTVM_REQUIRE=$$req $(GO) test -race -timeout $(TEST_TIMEOUT) $(PKGS)"; \
 	FTVM_REQUIRE="$$req" $(GO) test -race -timeout $(TEST_TIMEOUT) $(PKGS)
 
-test: check-tools vet guests unit kvm-test-box e2e
+test: check-tools vet guests unit kvm-test-box rdma-test e2e
 
 # guests: the freestanding C guest programs (vmm/guests); filled by the vmm work.
 guests:
@@ -58,6 +64,14 @@ kvm-test:
 # (with -race) where /dev/kvm is here; only without it do they need the box.
 kvm-test-box:
 	@if [ -c /dev/kvm ]; then echo "kvm-test: /dev/kvm is here: the KVM tests ran in the unit run"; else bash scripts/kvmbox/kvm-test; fi
+
+# rdma-test: rdma/verbs' tests and RTT benchmarks (against perftest's
+# ib_write_lat) over real verbs: soft-RoCE (rdma_rxe) in scripts/kvmbox,
+# since these hosts' kernel has no RDMA. Root, libibverbs-dev,
+# ibverbs-providers, perftest; about a minute. FTVM_REQUIRE=rdma makes a
+# skip a failure.
+rdma-test:
+	@bash scripts/kvmbox/rdma-test
 
 # e2e: ftvm primary and secondary as processes in network namespaces, under
 # client load, with the primary killed 20 times, the secondary killed, the

@@ -54,6 +54,11 @@ type ClusterConfig struct {
 	// MetricsPort, if not zero, has each daemon serve /metrics on its
 	// host's address at this port (MetricsAddr).
 	MetricsPort int
+	// Transport is the daemons' --transport (auto, rdma, shm or tcp;
+	// empty: the daemon's default). "shm" works here because the two
+	// hosts are network namespaces of one machine, which see the same
+	// /dev/shm. MeasureTransportRTT measures the same transport.
+	Transport string
 }
 
 // Cluster is an ftvm deployment on a Topology: at most one daemon per VM
@@ -148,6 +153,9 @@ func (c *Cluster) daemonArgs(h Host, role string, d *Daemon) []string {
 	}
 	if c.cfg.MetricsPort != 0 {
 		args = append(args, "--metrics-listen", c.MetricsAddr(h))
+	}
+	if c.cfg.Transport != "" {
+		args = append(args, "--transport", c.cfg.Transport)
 	}
 	return append(args, c.cfg.Flags...)
 }
@@ -293,6 +301,9 @@ type Status struct {
 		LeaseTTL  float64 `json:"lease_ttl_s"`
 		LeaseLeft float64 `json:"lease_left_s"`
 	} `json:"arbiter"`
+	// TransportInUse is what carries the control lane (shm, rdma, tcp).
+	TransportInUse string `json:"transport_in_use"`
+	TransportWhy   string `json:"transport_why"`
 }
 
 // control sends one request to host h's daemon and decodes its answer.

@@ -47,10 +47,16 @@ type metricsState struct {
 }
 
 // metricsTransport is the transport the daemon ships its log over, for
-// ftvm_transport_info and the dashboard. Today every daemon speaks
-// tcpfallback; once the daemon picks among transports (RDMA, shm), return
-// the name it chose (the one `ftvm status` reports) here.
-func (d *daemon) metricsTransport() string { return "tcp" }
+// ftvm_transport_info and the dashboard: the one `ftvm status` reports
+// (tcp before a peer is connected).
+func (d *daemon) metricsTransport() string {
+	if cur := d.link.current(); cur != nil {
+		if name, _ := cur.Using(); name != "" {
+			return name
+		}
+	}
+	return "tcp"
+}
 
 // laneNames names tcpfallback's lanes by index.
 var laneNames = [tcpfallback.LaneCount]string{dash.LogLane, "bulk"}
@@ -88,7 +94,7 @@ func (d *daemon) sample() *dash.Sample {
 		lanes[i].Name = laneNames[i]
 	}
 	for _, tr := range d.transports() {
-		ts := tr.Stats()
+		ts := tr.TCP().Stats()
 		for i, l := range ts.Lanes {
 			lanes[i].SentBytes += l.BytesSent
 			lanes[i].ReceivedBytes += l.BytesReceived
@@ -132,7 +138,7 @@ func (m *metricsState) sampleLag(d *daemon) {
 			s := d.ag.Status()
 			var sent uint64
 			for _, tr := range d.transports() {
-				sent += tr.Stats().Lanes[0].BytesSent
+				sent += tr.TCP().Stats().Lanes[0].BytesSent
 			}
 			m.mu.Lock()
 			if now.Sub(m.lastAsk) > samplerIdleStop {
