@@ -125,7 +125,7 @@ type snap struct {
 	hold       *hdrhistogram.Snapshot
 	cpuP, cpuS float64 // seconds of CPU
 	cpuClient  float64
-	progress   uint64  // the guest's own count (guest-progress workloads)
+	progress   uint64 // the guest's own count (guest-progress workloads)
 	loadAvg    string
 }
 
