@@ -83,6 +83,10 @@ type Transport struct {
 
 	why        atomic.Pointer[string] // why the control lane is where it is
 	ringFrames atomic.Uint64
+	// lastPoll is when Poll was last called (ns since pollBase): while
+	// someone polls, the poller leaves the ring to them instead of
+	// sleeping in Link.Wait, which holds the receiver's lock.
+	lastPoll atomic.Int64
 }
 
 // generation is one TCP control connection's ring: this side's endpoint,
@@ -267,6 +271,7 @@ func (t *Transport) Poll() int {
 	if g == nil {
 		return 0
 	}
+	t.lastPoll.Store(int64(time.Since(pollBase)))
 	_, n, _, err := g.rc.TryReceive(g.deliverFn)
 	if err != nil {
 		t.linkFailed(g)
@@ -411,19 +416,21 @@ func (t *Transport) drainEvents(ch <-chan transport.Event) bool {
 }
 
 func (t *Transport) onEvent(ev transport.Event) {
-	if ev.Lane == transport.LaneControl {
-		switch ev.Kind {
-		case transport.EventLaneDown:
-			t.endGen(ev.Err, false)
-		case transport.EventLaneUp:
-			t.endGen(nil, false)
-			t.startGen()
-		}
+	up := ev.Lane == transport.LaneControl && ev.Kind == transport.EventLaneUp
+	if up {
+		t.endGen(nil, false)
+		t.startGen()
 	}
+	// A lost peer is reported before the ring is torn down: the teardown
+	// waits for the poller, which may be asleep in Link.Wait, and the
+	// owner acts on a lost peer at once (a failover).
 	select {
 	case t.events <- ev:
 	default:
 		t.eventsDropped.Add(1)
+	}
+	if ev.Lane == transport.LaneControl && ev.Kind == transport.EventLaneDown {
+		t.endGen(ev.Err, false)
 	}
 }
 
@@ -630,10 +637,30 @@ func (t *Transport) poll(g *generation) {
 			runtime.Gosched()
 			continue
 		}
+		if since := int64(time.Since(pollBase)) - t.lastPoll.Load(); since < int64(pollActiveWindow) {
+			// Someone (the vCPU thread, at its exits) is polling: Wait
+			// would hold the receiver's lock and make its Poll come back
+			// empty, so nap without it and look again.
+			time.Sleep(pollActiveNap)
+			idle = 0
+			continue
+		}
 		g.rc.Wait(pollerWaitSlice)
 		idle = 0
 	}
 }
+
+// While Poll was called within pollActiveWindow, the idle poller naps
+// pollActiveNap at a time without the receiver's lock instead of blocking
+// in Link.Wait: the caller of Poll reads the ring then, with no hand-off,
+// and the poller still delivers within a nap when it stops.
+const (
+	pollActiveWindow = time.Millisecond
+	pollActiveNap    = 200 * time.Microsecond
+)
+
+// pollBase is the origin of lastPoll's clock.
+var pollBase = time.Now()
 
 // pollerClockEvery: the poller looks at the clock once per this many
 // empty looks at the ring.
