@@ -603,6 +603,7 @@ func (t *Transport) endGen(reason error, drop bool) {
 func (t *Transport) poll(g *generation) {
 	defer close(g.done)
 	var idleSince time.Time
+	napping := false // the last idle step was a nap: no spin phase now
 	for idle := 0; ; {
 		select {
 		case <-g.stop:
@@ -619,36 +620,43 @@ func (t *Transport) poll(g *generation) {
 			if n > 0 {
 				t.ringFrames.Add(uint64(n))
 			}
-			idle = 0
+			idle, napping = 0, false
 			continue
 		}
-		// Reading the clock costs more than a look at the ring on some
-		// hosts (200 ns in a PVM guest): start it only after a while
-		// idle, and look at it once every pollerClockEvery spins.
-		idle++
-		switch {
-		case t.cfg.WaitSpin <= 0:
-		case idle == pollerClockEvery:
-			idleSince = time.Now()
-			continue
-		case idle < pollerClockEvery || idle%pollerClockEvery != 0:
-			continue
-		case time.Since(idleSince) < t.cfg.WaitSpin:
-			runtime.Gosched()
-			continue
+		if !napping {
+			// Reading the clock costs more than a look at the ring on
+			// some hosts (200 ns in a PVM guest): start it only after a
+			// while idle, and look at it once every pollerClockEvery.
+			idle++
+			switch {
+			case t.cfg.WaitSpin <= 0:
+			case idle == pollerClockEvery:
+				idleSince = time.Now()
+				continue
+			case idle < pollerClockEvery || idle%pollerClockEvery != 0:
+				continue
+			case time.Since(idleSince) < t.cfg.WaitSpin:
+				runtime.Gosched()
+				continue
+			}
 		}
 		if since := int64(time.Since(pollBase)) - t.lastPoll.Load(); since < int64(pollActiveWindow) {
 			// Someone (the vCPU thread, at its exits) is polling: Wait
 			// would hold the receiver's lock and make its Poll come back
 			// empty, so nap without it and look again.
 			time.Sleep(pollActiveNap)
-			idle = 0
+			napping = true
 			continue
 		}
+		napping = false
 		g.rc.Wait(pollerWaitSlice)
 		idle = 0
 	}
 }
+
+// pollerClockEvery: the poller looks at the clock once per this many
+// empty looks at the ring.
+const pollerClockEvery = 64
 
 // While Poll was called within pollActiveWindow, the idle poller naps
 // pollActiveNap at a time without the receiver's lock instead of blocking
@@ -661,7 +669,3 @@ const (
 
 // pollBase is the origin of lastPoll's clock.
 var pollBase = time.Now()
-
-// pollerClockEvery: the poller looks at the clock once per this many
-// empty looks at the ring.
-const pollerClockEvery = 64
