@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ftvm/ftvm/ring"
 	"github.com/ftvm/ftvm/tcpfallback"
 	"github.com/ftvm/ftvm/transport"
 )
@@ -83,6 +84,9 @@ type Transport struct {
 
 	why        atomic.Pointer[string] // why the control lane is where it is
 	ringFrames atomic.Uint64
+	// ringSent counts the frames and bytes (records: header, frame header,
+	// payload, padding) sent into the peer's rings.
+	ringSentFrames, ringSentBytes atomic.Uint64
 	// lastPoll is when Poll was last called (ns since pollBase): while
 	// someone polls, the poller leaves the ring to them instead of
 	// sleeping in Link.Wait, which holds the receiver's lock.
@@ -213,6 +217,19 @@ func (t *Transport) WaitConnected(ctx context.Context) error { return t.tcp.Wait
 // Close.
 func (t *Transport) Events() <-chan transport.Event { return t.events }
 
+func (t *Transport) countRing(err error, payload []byte) {
+	if err == nil {
+		t.ringSentFrames.Add(1)
+		t.ringSentBytes.Add(uint64(ring.RecordBytes(frameHeaderBytes + len(payload))))
+	}
+}
+
+// RingSent counts the frames, and the bytes of ring they took, sent into
+// the peer's rings (the TCP transport's Stats count the rest).
+func (t *Transport) RingSent() (frames, bytes uint64) {
+	return t.ringSentFrames.Load(), t.ringSentBytes.Load()
+}
+
 // RingFrames counts the control-lane frames received over the ring.
 func (t *Transport) RingFrames() uint64 { return t.ringFrames.Load() }
 
@@ -235,6 +252,7 @@ func (t *Transport) SendFlags(typ transport.Type, flags transport.Flags, payload
 		if err != nil && g.rc.Err() != nil {
 			t.linkFailed(g)
 		}
+		t.countRing(err, payload)
 		return err
 	}
 	return t.tcp.SendFlags(typ, flags, payload)
@@ -255,6 +273,7 @@ func (t *Transport) TrySend(typ transport.Type, payload []byte) error {
 		if err != nil && !errors.Is(err, transport.ErrWouldBlock) && g.rc.Err() != nil {
 			t.linkFailed(g)
 		}
+		t.countRing(err, payload)
 		return err
 	}
 	return t.tcp.TrySend(typ, payload)
