@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"log/slog"
 	"sync"
 	"testing"
 	"time"
@@ -76,7 +77,7 @@ func TransportPair(t testing.TB, p rdma.Provider, ls, ds *Sink) (l, d *rdma.Tran
 	t.Helper()
 	psk := bytes.Repeat([]byte{0x42}, tcpfallback.MinPSKBytes)
 	cfg := func(s *Sink, name string) rdma.Config {
-		return rdma.Config{Provider: p, TCP: tcpfallback.Config{
+		return rdma.Config{Provider: p, Logger: slog.New(slog.DiscardHandler), TCP: tcpfallback.Config{
 			VMID: "conformance", PSK: psk, Name: name, OnFrame: s.OnFrame,
 			HeartbeatInterval: 10 * time.Millisecond, HeartbeatTimeout: time.Second,
 			ReconnectMinDelay: time.Millisecond, ReconnectMaxDelay: 20 * time.Millisecond,
