@@ -14,11 +14,13 @@ type polledTransport struct {
 
 func (p *polledTransport) Poll() int { p.polls++; return 0 }
 
-// unknownExit is an exit of a device the agent does not know: onExit
-// refuses it after its first step.
+// unknownExit is an exit whose op does not fit the log: onExit refuses
+// it after its first step.
 type unknownExit struct{}
 
-func (unknownExit) info() exitInfo            { return exitInfo{Device: vmm.Device(250), Dir: vmm.DirInput} }
+func (unknownExit) info() exitInfo {
+	return exitInfo{Device: vmm.DeviceConsole, Op: 1 << 20, Dir: vmm.DirInput}
+}
 func (unknownExit) live() (vmm.Result, error) { return vmm.Result{}, nil }
 func (unknownExit) hold() (heldOutput, error) { return nil, nil }
 
