@@ -32,6 +32,17 @@ type TrySender interface {
 	TrySend(typ transport.Type, payload []byte) error
 }
 
+// Poller is a Transport that can deliver what arrived for this host
+// inline, on the caller's thread, without blocking or a system call
+// (rdma.Transport.Poll: frames the peer wrote into this host's ring). The
+// hook calls it on the vCPU thread at every exit, holding no lock, so that
+// an acknowledgement is read, and the outputs it releases performed, with
+// no thread hand-off. The transport delivers through HandleFrame, as its
+// own poller would.
+type Poller interface {
+	Poll() int
+}
+
 // Arbiter grants epochs (lockstep/arbiter.File, .Memory).
 type Arbiter interface {
 	Acquire(ctx context.Context, vmID string, epoch uint64) (granted bool, fence uint64, err error)

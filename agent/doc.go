@@ -52,7 +52,12 @@
 //     arbiter. It wakes on a tick timer, on a poke, on the arbiter's
 //     answer and on a live checkpoint taken.
 //   - The transport's lane readers call HandleFrame, which steps the node
-//     on the spot; the transport's owner calls PeerLost.
+//     on the spot; the transport's owner calls PeerLost. A transport that
+//     is a Poller (rdma.Transport over a ring) is also polled by the vCPU
+//     thread at the start of every exit, with no lock held, so that what
+//     arrived in this host's ring (the secondary's acknowledgements, on a
+//     primary) is handed to HandleFrame right there: no thread hand-off
+//     and no system call between the ack's arrival and the release.
 //   - Helpers: an arbiter request runs on a goroutine of its own
 //     (acquire), since a lock on shared storage can take long; a live
 //     (pre-copy) snapshot too (takeCheckpoint); block writes go to the
@@ -221,10 +226,13 @@
 // that a dead peer is acted on at once rather than after the protocol's
 // timeout.
 //
-// # Not yet
+// # Rings on the data path
 //
-// The log goes straight from the node to the transport: the lock-free
-// rings of package ring are not on this path. Handing a frame from the
-// vCPU thread to a sender goroutine through a ring would add the thread
-// hand-off that flushInline exists to avoid.
+// Over TCP the log goes straight from the node to the transport: handing a
+// frame from the vCPU thread to a sender goroutine through a ring would add
+// the thread hand-off that flushInline exists to avoid. Over rdma (verbs
+// or shm) the ring is the peer's memory itself: the vCPU thread's Send
+// writes the record into the secondary's ring and posts the one-sided
+// write, and the acknowledgements come back into this host's ring, read
+// at the next exit (Poller).
 package agent

@@ -59,6 +59,7 @@ func (a *Agent) OnGuestError(*vmm.GuestError) { a.stats.guestErrors.Add(1) }
 func (a *Agent) OnExit(e *vmm.Exit) (vmm.Result, error) { return a.onExit(vmmExit{e}) }
 
 func (a *Agent) onExit(x exitReq) (vmm.Result, error) {
+	a.pollTransport()
 	in := x.info()
 	kind, err := exitKind(in.Device, in.Op)
 	if err != nil {
@@ -68,6 +69,18 @@ func (a *Agent) onExit(x exitReq) (vmm.Result, error) {
 		return a.input(x, in, kind)
 	}
 	return a.output(x, in, kind)
+}
+
+// pollTransport lets a Poller transport deliver what arrived, here on the
+// vCPU thread with no lock held (HandleFrame takes what it needs). tr is
+// written once, by Run, before started is set, and never again.
+func (a *Agent) pollTransport() {
+	if !a.started.Load() {
+		return
+	}
+	if p, ok := a.tr.(Poller); ok {
+		p.Poll()
+	}
 }
 
 func (a *Agent) input(x exitReq, in exitInfo, kind uint16) (vmm.Result, error) {

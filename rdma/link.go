@@ -67,7 +67,14 @@ type Link interface {
 	WriteImm(off, n int, imm uint32) error
 	// Poll appends to imms the signals that arrived since the last Poll,
 	// without blocking and without a system call (verbs: ibv_poll_cq;
-	// shm: atomic loads), and returns how many it appended.
+	// shm: atomic loads), and returns how many it appended. Since a Go
+	// callee cannot grow its caller's slice, "appends" means: it writes
+	// them into imms[len(imms):cap(imms)], at most that many (the rest
+	// wait for the next Poll, in order), and the caller extends its slice
+	// by the count. The ring protocol polls with room for
+	// MaxUnpolledSignals and never leaves more than that unpolled, which
+	// is what a Link must be able to hold (verbs: receive queue and CQ
+	// depth).
 	Poll(imms []uint32) (int, error)
 	// Wait blocks until a signal may have arrived, or until timeout
 	// (verbs: ibv_req_notify_cq, poll again, then the completion

@@ -83,6 +83,14 @@ type Config struct {
 	// call Send (acknowledge from here), but not Close.
 	OnFrame func(Frame)
 
+	// OnLinkSetup, if set, receives the control lane's link-setup frames
+	// (TypeLinkSetup: package rdma's set-up of its ring, which it sends
+	// with SendLinkSetup), on the control lane's reader, in order with
+	// the frames OnFrame gets. Nil: they are dropped, so a peer that
+	// offers a ring to a plain TCP transport gets no answer and stays on
+	// TCP. The same rules as OnFrame's apply.
+	OnLinkSetup func(Frame)
+
 	// MaxPayloadBytes is the largest frame payload this side accepts and
 	// sends. Zero means DefaultMaxPayloadBytes.
 	MaxPayloadBytes uint32

@@ -384,6 +384,12 @@ func (c *laneConn) readLoop() {
 				l.stats.heartbeatsReceived.Add(1)
 				continue
 			}
+			if h.typ == TypeLinkSetup {
+				if t.cfg.OnLinkSetup != nil {
+					t.cfg.OnLinkSetup(Frame{Lane: l.id, Type: h.typ, Flags: h.flags, Seq: h.seq, Payload: payload})
+				}
+				continue
+			}
 			t.cfg.OnFrame(Frame{Lane: l.id, Type: h.typ, Flags: h.flags, Seq: h.seq, Payload: payload})
 		}
 		if r == w {

@@ -19,6 +19,7 @@ const (
 	TypeHeartbeat  = transport.TypeHeartbeat
 	TypeHello      = transport.TypeHello
 	TypeHelloDone  = transport.TypeHelloDone
+	TypeLinkSetup  = transport.TypeLinkSetup
 	TypeLog        = transport.TypeLog
 	TypeOutput     = transport.TypeOutput
 	TypeAck        = transport.TypeAck

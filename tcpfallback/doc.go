@@ -59,7 +59,7 @@
 //
 //	offset size field
 //	0      4    payload length L in bytes (≤ MaxPayloadBytes of the receiver)
-//	4      1    type (Type: 1 heartbeat, 2 hello, 3 hello-done, 16 log,
+//	4      1    type (Type: 1 heartbeat, 2 hello, 3 hello-done, 4 link-setup, 16 log,
 //	            17 output, 18 ack, 19 control, 20 checkpoint)
 //	5      1    flags (bit 0 FlagFinal; other bits must be zero)
 //	6      2    header check: low 16 bits of CRC32C over bytes 0..5 and 8..11
@@ -91,7 +91,8 @@
 //	dialer → listener  hello-done  verdict on the listener's hello (+ PSK proof)
 //	listener → dialer  hello-done  verdict on everything (+ PSK proof)
 //
-// A hello's payload (ProtocolVersion 2, which added the host name), integers
+// A hello's payload (ProtocolVersion 3; 2 added the host name, 3 the
+// link-setup frame, type 4, that package rdma sets its ring up with), integers
 // little-endian:
 //
 //	offset   size  field

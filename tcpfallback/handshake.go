@@ -14,8 +14,9 @@ import (
 // ProtocolVersion is the version of the frame layout and hello exchange.
 // Peers must speak the same one; there is no negotiation, because a
 // replicated VM must run the same release on both hosts anyway. Version 2
-// added the host name to the hello.
-const ProtocolVersion = 2
+// added the host name to the hello; version 3 the link-setup frame (type
+// 4), which an older peer would take for garbage.
+const ProtocolVersion = 3
 
 // MaxVMIDBytes bounds the length of a VM id.
 const MaxVMIDBytes = 64

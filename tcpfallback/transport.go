@@ -293,6 +293,32 @@ func (l *lane) sendLocked(typ Type, flags Flags, payload []byte, try bool) error
 	return nil
 }
 
+// SendLinkSetup sends one link-setup frame (TypeLinkSetup) on the control
+// lane, for the peer's Config.OnLinkSetup: package rdma sets its ring up
+// this way, over the connection this transport has authenticated, so that
+// no value of the set-up reaches an unauthenticated peer. It behaves as
+// Send.
+func (t *Transport) SendLinkSetup(payload []byte) error {
+	l := t.lanes[LaneControl]
+	l.wmu.Lock()
+	return l.sendLocked(TypeLinkSetup, 0, payload, false)
+}
+
+// DropLane closes lane's current connection with err as the reason, as if
+// it had failed: EventLaneDown is reported, sends fail with ErrLaneDown,
+// the peer sees the connection close, and a dialer reconnects. Package
+// rdma drops the control lane when its ring breaks (a peer that wrote
+// outside the protocol), so that both hosts start again from a fresh
+// connection. It does nothing if the lane has no connection.
+func (t *Transport) DropLane(l Lane, err error) {
+	if int(l) >= LaneCount {
+		return
+	}
+	if c := t.lanes[l].cur.Load(); c != nil {
+		c.fail(err)
+	}
+}
+
 // SendSpan sends every record of span, a run of whole records in the byte
 // ring's layout (4-byte little-endian length, payload, zero padding to 8
 // bytes), as one frame of type typ each, in order. Payload bytes are not

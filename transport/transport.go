@@ -16,6 +16,10 @@ const (
 	TypeHeartbeat Type = 1 // liveness of an idle lane; empty payload
 	TypeHello     Type = 2 // connection set-up
 	TypeHelloDone Type = 3 // connection set-up: verdict
+	// TypeLinkSetup carries a one-sided transport's set-up (package rdma:
+	// its endpoint's Params, the switch of the control lane to the ring)
+	// over the authenticated control lane. Never handed to OnFrame.
+	TypeLinkSetup Type = 4
 
 	TypeLog        Type = 16 // event-log entries, one record each
 	TypeOutput     Type = 17 // the primary's records of outputs, for comparison
@@ -32,6 +36,8 @@ func (t Type) String() string {
 		return "hello"
 	case TypeHelloDone:
 		return "hello-done"
+	case TypeLinkSetup:
+		return "link-setup"
 	case TypeLog:
 		return "log"
 	case TypeOutput:
@@ -48,7 +54,7 @@ func (t Type) String() string {
 
 // Known reports whether this protocol version defines t.
 func (t Type) Known() bool {
-	return t == TypeHeartbeat || t == TypeHello || t == TypeHelloDone || t.User()
+	return t == TypeHeartbeat || t == TypeHello || t == TypeHelloDone || t == TypeLinkSetup || t.User()
 }
 
 // User reports whether a user of a transport may send t.
@@ -57,7 +63,7 @@ func (t Type) User() bool { return t >= TypeLog && t <= TypeCheckpoint }
 // AllowedOn reports whether a frame of type t may arrive on lane l once the
 // connection is set up.
 func (t Type) AllowedOn(l Lane) bool {
-	return t == TypeHeartbeat || (t.User() && LaneOf(t) == l)
+	return t == TypeHeartbeat || t == TypeLinkSetup && l == LaneControl || (t.User() && LaneOf(t) == l)
 }
 
 // Lane names one of the two connections (queue pairs, for RDMA) a transport

@@ -5,7 +5,9 @@ import "testing"
 func TestOnlyCheckpointsTravelOnTheBulkLane(t *testing.T) {
 	for typ := Type(0); typ < 255; typ++ {
 		if !typ.User() {
-			if typ.AllowedOn(LaneControl) != (typ == TypeHeartbeat) || typ.AllowedOn(LaneBulk) != (typ == TypeHeartbeat) {
+			// Heartbeats go on both lanes, a link set-up on the control
+			// lane only; no other internal type once set up.
+			if typ.AllowedOn(LaneControl) != (typ == TypeHeartbeat || typ == TypeLinkSetup) || typ.AllowedOn(LaneBulk) != (typ == TypeHeartbeat) {
 				t.Errorf("%s: allowed on a lane although not a user type", typ)
 			}
 			continue

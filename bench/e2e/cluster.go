@@ -48,6 +48,11 @@ type ClusterConfig struct {
 	WorkDir string
 	// Flags are more daemon flags, given to both roles.
 	Flags []string
+	// Transport is the daemons' --transport (auto, rdma, shm or tcp;
+	// empty: the daemon's default). "shm" works here because the two
+	// hosts are network namespaces of one machine, which see the same
+	// /dev/shm. MeasureTransportRTT measures the same transport.
+	Transport string
 }
 
 // Cluster is an ftvm deployment on a Topology: at most one daemon per VM
@@ -129,6 +134,9 @@ func (c *Cluster) daemonArgs(h Host, role string, d *Daemon) []string {
 	}
 	if !c.cfg.NoNetwork {
 		args = append(args, "--tap", TAPName)
+	}
+	if c.cfg.Transport != "" {
+		args = append(args, "--transport", c.cfg.Transport)
 	}
 	return append(args, c.cfg.Flags...)
 }
@@ -268,6 +276,9 @@ type Status struct {
 	Transport struct {
 		BytesSent uint64 `json:"bytes_sent"`
 	} `json:"transport"`
+	// TransportInUse is what carries the control lane (shm, rdma, tcp).
+	TransportInUse string `json:"transport_in_use"`
+	TransportWhy   string `json:"transport_why"`
 }
 
 // control sends one request to host h's daemon and decodes its answer.

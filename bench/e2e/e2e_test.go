@@ -175,6 +175,32 @@ func TestE2EKillPrimary(t *testing.T) {
 	}
 }
 
+// TestE2EKillPrimaryShm is TestE2EKillPrimary with the control lane on a
+// shared-memory ring (--transport shm: the two hosts are namespaces of one
+// machine, which share /dev/shm): both daemons must say they use it, the
+// pair must survive the kills as over TCP, and the report sets the steady
+// output-hold p99 beside the shm round trip of the same run.
+func TestE2EKillPrimaryShm(t *testing.T) {
+	c := newTestCluster(t, "shm", ClusterConfig{Transport: "shm"})
+	rounds := min(killRounds(t), 5)
+	rep := runScenario(t, c, RunConfig{Fault: KillPrimary, Rounds: rounds, Settle: 300 * time.Millisecond, Load: testLoad(t)})
+	if rep.Transport != "shm" {
+		t.Fatalf("the report measured the %s transport", rep.Transport)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, h := range []Host{HostA, HostB} {
+		if c.Daemon(h) == nil {
+			continue
+		}
+		s, err := c.Await(ctx, h, "the control lane on shm", func(s *Status) bool { return s.TransportInUse == "shm" })
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("host %s (%s): transport %s: %s", h, s.Role, s.TransportInUse, s.TransportWhy)
+	}
+}
+
 // TestE2EKillSecondary kills the secondary: the primary goes on alone, the
 // client barely notices, and a new secondary protects the VM again.
 func TestE2EKillSecondary(t *testing.T) {

@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"net"
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
 
+	"github.com/ftvm/ftvm/rdma"
+	"github.com/ftvm/ftvm/rdma/shm"
 	"github.com/ftvm/ftvm/tcpfallback"
 )
 
@@ -22,10 +25,12 @@ const (
 )
 
 // MeasureTransportRTT times n round trips of a 64-byte log frame and its
-// acknowledgement between host a and host b over the ftvm transport
-// (tcpfallback with the cluster's mutual TLS), as the daemons' log and
-// acknowledgements travel: the baseline an output's hold time is held
-// against. Nanoseconds.
+// acknowledgement between host a and host b over the ftvm transport the
+// cluster's daemons use (rdma.Transport with the cluster's mutual TLS:
+// the control lane on a shared-memory ring with ClusterConfig.Transport
+// "shm", on TCP otherwise), as the daemons' log and acknowledgements
+// travel: the baseline an output's hold time is held against.
+// Nanoseconds.
 func MeasureTransportRTT(ctx context.Context, c *Cluster, n int) (*hdrhistogram.Histogram, error) {
 	tlsB, err := tcpfallback.LoadTLSConfig(c.path("certs"), string(HostB))
 	if err != nil {
@@ -38,7 +43,11 @@ func MeasureTransportRTT(ctx context.Context, c *Cluster, n int) (*hdrhistogram.
 	tlsA.ServerName = string(HostB)
 	addr := net.JoinHostPort(HostAddr(HostB).String(), fmt.Sprint(rttProbePort))
 
-	var echo *tcpfallback.Transport
+	var prov rdma.Provider
+	if c.cfg.Transport == "shm" {
+		prov = shm.Provider{}
+	}
+	var echo *rdma.Transport
 	var echoErr error
 	ready := make(chan struct{})
 	cfgB := tcpfallback.Config{VMID: "rtt-probe", TLS: tlsB, OnFrame: func(f tcpfallback.Frame) {
@@ -46,7 +55,7 @@ func MeasureTransportRTT(ctx context.Context, c *Cluster, n int) (*hdrhistogram.
 		echo.Send(tcpfallback.TypeAck, f.Payload)
 	}}
 	if err := c.Topo.InNamespace(HostB, func() error {
-		echo, echoErr = tcpfallback.Listen(addr, cfgB)
+		echo, echoErr = rdma.Listen(addr, rdma.Config{TCP: cfgB, Provider: prov, Logger: quietLog})
 		return echoErr
 	}); err != nil {
 		return nil, err
@@ -56,16 +65,23 @@ func MeasureTransportRTT(ctx context.Context, c *Cluster, n int) (*hdrhistogram.
 
 	acks := make(chan struct{}, 1)
 	cfgA := tcpfallback.Config{VMID: "rtt-probe", TLS: tlsA, OnFrame: func(tcpfallback.Frame) { acks <- struct{}{} }}
-	var pinger *tcpfallback.Transport
+	var pinger *rdma.Transport
 	dctx, cancel := context.WithTimeout(ctx, rttConnectTimout)
 	defer cancel()
 	if err := c.Topo.InNamespace(HostA, func() (err error) {
-		pinger, err = tcpfallback.Dial(dctx, addr, cfgA)
+		pinger, err = rdma.Dial(dctx, addr, rdma.Config{TCP: cfgA, Provider: prov, Logger: quietLog})
 		return err
 	}); err != nil {
 		return nil, err
 	}
 	defer pinger.Close()
+	for prov != nil && !(pinger.RingUp() && echo.RingUp()) {
+		if dctx.Err() != nil {
+			_, why := pinger.Using()
+			return nil, fmt.Errorf("the %s ring of the probe did not come up: %s", prov.Name(), why)
+		}
+		time.Sleep(time.Millisecond)
+	}
 
 	h := newNsHistogram()
 	msg := make([]byte, rttProbeBytes)
@@ -87,3 +103,5 @@ func MeasureTransportRTT(ctx context.Context, c *Cluster, n int) (*hdrhistogram.
 	}
 	return h, nil
 }
+
+var quietLog = slog.New(slog.DiscardHandler)

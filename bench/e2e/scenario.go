@@ -126,8 +126,10 @@ type Report struct {
 	// settle, with no fault, checkpoint or re-protection in it.
 	Hold, SteadyHold *hdrhistogram.Histogram
 	// TransportRTT is a 64-byte round trip over the ftvm transport (mutual
-	// TLS) between the two hosts, measured in the same run (nanoseconds).
+	// TLS, the control lane on the daemons' transport) between the two
+	// hosts, measured in the same run (nanoseconds); Transport names it.
 	TransportRTT *hdrhistogram.Histogram
+	Transport    string
 	// LogBytes is what the log carried between the hosts (frames sent by
 	// the primaries) over the load's duration.
 	LogBytesPerSec float64
@@ -145,12 +147,12 @@ func Run(ctx context.Context, c *Cluster, cfg RunConfig) (*Report, error) {
 	if cfg.RoundTimeout == 0 {
 		cfg.RoundTimeout = 30 * time.Second
 	}
-	rep := &Report{Config: cfg, Hold: newNsHistogram()}
+	rep := &Report{Config: cfg, Hold: newNsHistogram(), Transport: c.transportName()}
 	var err error
 	if rep.TransportRTT, err = MeasureTransportRTT(ctx, c, 2000); err != nil {
 		return nil, fmt.Errorf("measuring the transport's round trip: %w", err)
 	}
-	say("transport round trip a<->b (64 B, TLS): p50 %v p99 %v", nsDur(rep.TransportRTT.ValueAtQuantile(50)), nsDur(rep.TransportRTT.ValueAtQuantile(99)))
+	say("transport round trip a<->b (64 B, TLS, control lane on %s): p50 %v p99 %v", c.transportName(), nsDur(rep.TransportRTT.ValueAtQuantile(50)), nsDur(rep.TransportRTT.ValueAtQuantile(99)))
 
 	primary, secondary := HostA, HostB
 	if _, err := c.StartPrimary(primary); err != nil {
@@ -531,7 +533,7 @@ func (r *Report) Summary() string {
 		fmt.Fprintf(&b, "%-34s p50 %v  p99 %v  p99.9 %v  (%d outputs)\n", x.name, us(x.h.ValueAtQuantile(50)), us(x.h.ValueAtQuantile(99)), us(x.h.ValueAtQuantile(99.9)), x.h.TotalCount())
 	}
 	t := r.TransportRTT
-	fmt.Fprintf(&b, "%-34s p50 %v  p99 %v  p99.9 %v\n", "transport round trip (same run)", us(t.ValueAtQuantile(50)), us(t.ValueAtQuantile(99)), us(t.ValueAtQuantile(99.9)))
+	fmt.Fprintf(&b, "%-34s p50 %v  p99 %v  p99.9 %v\n", "transport round trip ("+r.Transport+", same run)", us(t.ValueAtQuantile(50)), us(t.ValueAtQuantile(99)), us(t.ValueAtQuantile(99.9)))
 	if tp := t.ValueAtQuantile(99); tp > 0 {
 		fmt.Fprintf(&b, "%-34s %.2fx (target <= 1.5x)\n", "steady hold p99 / transport p99", float64(r.SteadyHold.ValueAtQuantile(99))/float64(tp))
 	}
@@ -551,3 +553,12 @@ func spread(ds []time.Duration) string {
 }
 
 func us(ns int64) time.Duration { return time.Duration(ns).Round(time.Microsecond) }
+
+// transportName is what carries the daemons' control lane in this
+// cluster, as the report names it.
+func (c *Cluster) transportName() string {
+	if c.cfg.Transport == "shm" {
+		return "shm"
+	}
+	return "tcp"
+}

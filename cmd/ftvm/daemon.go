@@ -21,6 +21,7 @@ import (
 	"github.com/ftvm/ftvm/lockstep"
 	"github.com/ftvm/ftvm/lockstep/arbiter"
 	"github.com/ftvm/ftvm/lockstep/wire"
+	"github.com/ftvm/ftvm/rdma"
 	"github.com/ftvm/ftvm/tcpfallback"
 	"github.com/ftvm/ftvm/transport"
 	"github.com/ftvm/ftvm/vmm"
@@ -173,10 +174,14 @@ type daemon struct {
 
 	ag       *agent.Agent
 	link     peerLink
-	listener *tcpfallback.Transport
-	dialer   *tcpfallback.Transport
+	listener *rdma.Transport
+	dialer   *rdma.Transport
 	trCfg    tcpfallback.Config
-	rejects  *rejectLog // rate-limits the lines about refused connections
+	// listenProvider and dialProvider carry the control lane of the
+	// listener and of the dialer (nil: TCP); daemon_transport.go picks
+	// them from --transport.
+	listenProvider, dialProvider rdma.Provider
+	rejects                      *rejectLog // rate-limits the lines about refused connections
 
 	// nic holds the VM's network backend open for the daemon's life and
 	// lends it to each VM; its gate opens when this host serves live.
@@ -284,6 +289,17 @@ func newDaemon(c *daemonConfig, log *slog.Logger, term io.Writer) (_ *daemon, er
 	}
 	if d.trCfg, err = d.transportConfig(); err != nil {
 		return nil, err
+	}
+	var why string
+	if d.listenProvider, why, err = c.chooseProvider(""); err != nil {
+		return nil, err
+	}
+	log.Info("transport for a joining secondary", "control_lane", providerName(d.listenProvider), "why", why)
+	if c.role == wire.RoleSecondary {
+		if d.dialProvider, why, err = c.chooseProvider(c.peer); err != nil {
+			return nil, err
+		}
+		log.Info("transport to the primary", "peer", c.peer, "control_lane", providerName(d.dialProvider), "why", why)
 	}
 	d.fence = newTxFence(c.peerTimeout(d.trCfg))
 	if d.nic != nil {
@@ -461,7 +477,13 @@ func (d *daemon) goLive(epoch, fence uint64) error {
 	old := d.dialer
 	d.mu.Unlock()
 	if old != nil {
-		go old.Close() // not on the loop: Close waits for the transport's readers
+		// The old primary's right to write into this host's ring goes
+		// first (a stale primary's writes fail or land nowhere), then
+		// the connection, not on the loop: Close waits for the readers.
+		if err := old.Fence(); err != nil {
+			d.log.Warn("fencing the old primary's ring", "err", err)
+		}
+		go old.Close()
 	}
 	if d.nic != nil {
 		d.nic.Open()
@@ -478,7 +500,7 @@ func (d *daemon) goLive(epoch, fence uint64) error {
 func (d *daemon) run(ctx context.Context) int {
 	defer d.close()
 	var err error
-	if d.listener, err = tcpfallback.Listen(d.cfg.listen, d.trCfg); err != nil {
+	if d.listener, err = rdma.Listen(d.cfg.listen, d.ringConfig(d.trCfg, d.listenProvider)); err != nil {
 		d.log.Error("cannot listen for a secondary", "err", err)
 		return exitFailure
 	}
@@ -762,7 +784,7 @@ func (d *daemon) join(ctx context.Context) {
 			d.log.Warn("--peer is an address and --peer-name is not given: the primary's certificate must carry that address, or the handshake fails; give --peer-name with the primary's --tls-name", "peer", d.cfg.peer)
 		}
 	}
-	tr, err := tcpfallback.Dial(ctx, d.cfg.peer, c)
+	tr, err := rdma.Dial(ctx, d.cfg.peer, d.ringConfig(c, d.dialProvider))
 	if err != nil {
 		if ctx.Err() == nil {
 			d.log.Error("cannot reach the primary; the node keeps asking, restart with the right --peer if it is wrong", "peer", d.cfg.peer, "err", err)
@@ -787,7 +809,7 @@ func (d *daemon) join(ctx context.Context) {
 
 // watch logs a transport's events and tells the agent when the lane it
 // sends on loses its peer.
-func (d *daemon) watch(tr *tcpfallback.Transport) {
+func (d *daemon) watch(tr *rdma.Transport) {
 	for ev := range tr.Events() {
 		switch ev.Kind {
 		case transport.EventLaneDown:
@@ -828,11 +850,11 @@ func controlPath(p string) (string, error) {
 }
 
 // transports are the transports this daemon has open.
-func (d *daemon) transports() []*tcpfallback.Transport {
+func (d *daemon) transports() []*rdma.Transport {
 	d.mu.Lock()
 	defer d.mu.Unlock()
-	var ts []*tcpfallback.Transport
-	for _, t := range []*tcpfallback.Transport{d.listener, d.dialer} {
+	var ts []*rdma.Transport
+	for _, t := range []*rdma.Transport{d.listener, d.dialer} {
 		if t != nil {
 			ts = append(ts, t)
 		}

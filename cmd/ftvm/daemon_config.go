@@ -63,6 +63,11 @@ type daemonConfig struct {
 	tlsDir     string
 	tlsName    string
 	pskFile    string
+	// transport: auto, rdma, shm or tcp (daemon_transport.go); shmDir
+	// holds the shm region files.
+	transport string
+	shmDir    string
+	ringSpin  time.Duration
 
 	control          string
 	tick             time.Duration
@@ -123,6 +128,9 @@ func daemonFlags(fs *flag.FlagSet, role wire.Role) func() (*daemonConfig, error)
 	allow := fs.String("allow-peers", "", "comma-separated names of the hosts that may join this one as its secondary: names in their certificates, or their --tls-name under --psk-file; any other host is refused and logged (default on a secondary: --peer-name; on a primary: any host the CA or key admits, with a warning)")
 	fs.StringVar(&c.tlsDir, "tls-dir", "", "directory with ca.pem, NAME.pem, NAME-key.pem (ftvm certs makes test ones): mutual TLS 1.3")
 	fs.StringVar(&c.tlsName, "tls-name", "", "this host's name: its certificate NAME.pem in --tls-dir, or under --psk-file the name it presents to its peer (default: the host name)")
+	fs.StringVar(&c.transport, "transport", "auto", "what carries the control lane (log entries, acknowledgements) once the peer is authenticated: auto (rdma when this host has an RDMA device on the route to the peer, else tcp), rdma, shm (a shared-memory ring with a peer daemon on this same host) or tcp; checkpoints, set-up and heartbeats always go by TCP, and both hosts must agree or the pair stays on tcp")
+	fs.DurationVar(&c.ringSpin, "ring-spin", 0, "with a ring (shm, rdma): how long the ring's poller spins after the last frame before it sleeps until the next; 0 sleeps at once (best where cores are shared: a spinning poller takes the vCPU's core), 50µs suits hosts with a core to spare per daemon")
+	fs.StringVar(&c.shmDir, "shm-dir", "", "with --transport shm: directory for the ring files, which both daemons must see (default /dev/shm, else the temporary directory)")
 	fs.StringVar(&c.pskFile, "psk-file", "", "instead of TLS, authenticate with the pre-shared key in this file (trusted fabrics only: frames are not encrypted)")
 	fs.StringVar(&c.control, "control", "", "control socket for ftvm status (default "+defaultControlDir+"/VM-ID.sock; two daemons of one VM on one machine each need their own)")
 	fs.DurationVar(&c.tick, "tick", 10*time.Millisecond, "length of one protocol tick")
@@ -185,6 +193,17 @@ func daemonFlags(fs *flag.FlagSet, role wire.Role) func() (*daemonConfig, error)
 		}
 		if _, _, err := net.SplitHostPort(c.listen); err != nil {
 			return nil, fmt.Errorf("--listen %q: %w", c.listen, err)
+		}
+		switch c.transport {
+		case transportAuto, transportRDMA, transportShm, transportTCP:
+		default:
+			return nil, fmt.Errorf("--transport %q: want auto, rdma, shm or tcp", c.transport)
+		}
+		if c.ringSpin < 0 {
+			return nil, fmt.Errorf("--ring-spin %v is negative", c.ringSpin)
+		}
+		if c.shmDir != "" && c.transport != transportShm {
+			return nil, fmt.Errorf("--shm-dir is for --transport shm (this host uses --transport %s)", c.transport)
 		}
 		for _, a := range strings.Split(*reachCheck, ",") {
 			if a = strings.TrimSpace(a); a == "" {

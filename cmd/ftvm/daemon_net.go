@@ -9,6 +9,7 @@ import (
 
 	"github.com/ftvm/ftvm/agent"
 	"github.com/ftvm/ftvm/lockstep"
+	"github.com/ftvm/ftvm/rdma"
 	"github.com/ftvm/ftvm/tcpfallback"
 	"github.com/ftvm/ftvm/transport"
 	"golang.org/x/sys/unix"
@@ -19,14 +20,26 @@ import (
 // to its primary; a primary (and a secondary once it goes live) through
 // its listener, to whichever secondary has joined.
 type peerLink struct {
-	cur atomic.Pointer[tcpfallback.Transport]
+	cur atomic.Pointer[rdma.Transport]
 }
 
-var _ agent.Transport = (*peerLink)(nil)
+var (
+	_ agent.Transport = (*peerLink)(nil)
+	_ agent.Poller    = (*peerLink)(nil)
+)
 
-func (l *peerLink) set(t *tcpfallback.Transport) { l.cur.Store(t) }
+func (l *peerLink) set(t *rdma.Transport) { l.cur.Store(t) }
 
-func (l *peerLink) current() *tcpfallback.Transport { return l.cur.Load() }
+func (l *peerLink) current() *rdma.Transport { return l.cur.Load() }
+
+// Poll implements agent.Poller: the vCPU thread reads what the peer wrote
+// into this host's ring at each exit (nothing over TCP).
+func (l *peerLink) Poll() int {
+	if t := l.cur.Load(); t != nil {
+		return t.Poll()
+	}
+	return 0
+}
 
 // Send implements agent.Transport. Before any connection exists it fails
 // like a lane that is down; the protocol resends.

@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/ftvm/ftvm/internal/testutil"
+	"github.com/ftvm/ftvm/rdma"
 	"github.com/ftvm/ftvm/tcpfallback"
 	"github.com/ftvm/ftvm/transport"
 )
@@ -42,8 +43,8 @@ func TestRefusedConnectionsLogged(t *testing.T) {
 	var buf syncBuffer
 	d := &daemon{log: slog.New(slog.NewTextHandler(&buf, &slog.HandlerOptions{Level: slog.LevelInfo})), rejects: newRejectLog(time.Hour)}
 	key := []byte("ftvm-test-pre-shared-key-32bytes")
-	ln, err := tcpfallback.Listen("127.0.0.1:0", tcpfallback.Config{VMID: "v", Name: "a", PSK: key, PeerNames: []string{"b"},
-		OnFrame: func(transport.Frame) {}})
+	ln, err := rdma.Listen("127.0.0.1:0", rdma.Config{TCP: tcpfallback.Config{VMID: "v", Name: "a", PSK: key, PeerNames: []string{"b"},
+		OnFrame: func(transport.Frame) {}}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -62,9 +63,9 @@ func TestRefusedConnectionsLogged(t *testing.T) {
 			t.Fatal("a peer named intruder was accepted by a listener that allows only b")
 		}
 	}
-	for deadline := time.Now().Add(10 * time.Second); ln.Stats().HandshakeFailures < tries; {
+	for deadline := time.Now().Add(10 * time.Second); ln.TCP().Stats().HandshakeFailures < tries; {
 		if time.Now().After(deadline) {
-			t.Fatalf("%d handshake failures counted, want %d", ln.Stats().HandshakeFailures, tries)
+			t.Fatalf("%d handshake failures counted, want %d", ln.TCP().Stats().HandshakeFailures, tries)
 		}
 		time.Sleep(time.Millisecond)
 	}

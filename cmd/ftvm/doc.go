@@ -12,7 +12,9 @@
 // diskstate.go) and keeps that side file current; daemon_config.go holds
 // its flags and --config file; daemon_net.go the link to whichever
 // transport is current (peerLink), the gratuitous ARPs (announce) and the
-// stall fence (txFence); daemon_reach.go the reachability check;
+// stall fence (txFence); daemon_transport.go the --transport choice (which
+// one-sided memory, if any, carries the control lane, and why);
+// daemon_reach.go the reachability check;
 // daemon_reject.go the logging of refused connections; ckptbound.go the
 // largest checkpoint a host accepts; status.go the control socket that
 // ftvm status asks. arbiter.go and recover.go are the operator's commands

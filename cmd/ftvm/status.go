@@ -71,6 +71,10 @@ type statusReport struct {
 	LiveSince   string         `json:"live_since,omitempty"` // a secondary that took over: when
 	Uptime      float64        `json:"uptime_s"`
 	Peer        transportPeers `json:"transport"`
+	// Transport is what carries the control lane to the peer this host
+	// sends to now (shm, rdma or tcp), TransportWhy why.
+	Transport    string `json:"transport_in_use"`
+	TransportWhy string `json:"transport_why,omitempty"`
 }
 
 type latencyReport struct {
@@ -120,14 +124,21 @@ func (d *daemon) report() statusReport {
 		r.LiveSince = d.wentLive.UTC().Format(time.RFC3339Nano)
 	}
 	d.mu.Unlock()
+	r.Transport, r.TransportWhy = transportTCP, "not connected to a peer yet"
+	if cur := d.link.current(); cur != nil {
+		r.Transport, r.TransportWhy = cur.Using()
+	}
 	for _, tr := range d.transports() {
-		ts := tr.Stats()
+		ts := tr.TCP().Stats()
 		for _, l := range ts.Lanes {
 			r.Peer.FramesSent += l.FramesSent
 			r.Peer.FramesReceived += l.FramesReceived
 			r.Peer.BytesSent += l.BytesSent
 			r.Peer.BytesReceived += l.BytesReceived
 		}
+		frames, bytes := tr.RingSent()
+		r.Peer.FramesSent += frames
+		r.Peer.BytesSent += bytes
 		r.Peer.FrameErrors += ts.FrameErrorsTotal()
 		r.Peer.Handshakes += ts.HandshakeFailures
 	}
@@ -296,6 +307,9 @@ func printStatus(w io.Writer, r *statusReport) {
 		fmt.Fprintf(w, "log: last seq %d, acked %d (lag %d), %d entries kept, %d outputs held, released through %d\n", r.LastSeq, r.Acked, r.LogLag, r.LogItems, r.Held, r.Released)
 	} else {
 		fmt.Fprintf(w, "log: received through %d, %d entries to replay, primary released through %d\n", r.LastSeq, r.LogItems, r.Released)
+	}
+	if r.Transport != "" {
+		fmt.Fprintf(w, "transport: %s (%s)\n", r.Transport, r.TransportWhy)
 	}
 	if r.ArbiterError != "" {
 		fmt.Fprintf(w, "arbiter: %d requests in a row failed, last: %s; asking again with back-off (check --arbiter-dir)\n", r.ArbiterFailures, r.ArbiterError)
