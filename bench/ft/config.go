@@ -41,12 +41,19 @@ type Setup struct {
 	Transport string `json:"transport,omitempty"` // a name of Transports
 }
 
-// Transports names what may carry a protected pair's log, with the daemon
-// flags that choose it. tcp is the daemon's default and needs none; a
-// transport the daemon learns (shm, rdma) plugs in here.
-var Transports = map[string][]string{
-	"tcp": nil,
+// Transports names what may carry a protected pair's log: each is given
+// to the daemons as --transport, and a cell checks that its pair runs
+// over it (status transport_in_use). shm works on the test bed because
+// its hosts are namespaces of one machine; rdma needs an RDMA device. A
+// new transport of the daemon plugs in here.
+var Transports = map[string]string{
+	"tcp":  "a TCP connection per lane, mutual TLS (tcpfallback)",
+	"shm":  "the log and acknowledgements in shared-memory rings, the RDMA protocol's twin (rdma/shm)",
+	"rdma": "the log written into the peer's ring by RDMA (rdma)",
 }
+
+// DefaultTransports are what a run measures unless told otherwise.
+var DefaultTransports = []string{"tcp", "shm"}
 
 // TransportNames lists Transports in order.
 func TransportNames() []string {

@@ -53,7 +53,7 @@ func ftvmBinary(t *testing.T) string {
 
 // TestBenchFTEndToEnd runs `ftvm bench ft` with tiny cells on real daemons
 // (kv-sat, memstress and nondet, each unprotected and in both ack modes
-// over TCP) and checks what it wrote: the table's shape, every ratio
+// over TCP and over shm) and checks what it wrote: the table's shape, every ratio
 // computed from the throughputs of this run (Check), and figures that
 // only a real protected pair produces: log bytes, a secondary's CPU, hold
 // samples, and resyncs where the guest diverges.
@@ -65,8 +65,8 @@ func TestBenchFTEndToEnd(t *testing.T) {
 	bin := ftvmBinary(t)
 	out := t.TempDir()
 	guests, _ := filepath.Abs(filepath.Join(repoRoot, "vmm/guests/build"))
-	cmd := exec.Command(bin, "bench", "ft", "--warmup", "300ms", "--window", "700ms",
-		"--workloads", "kv-sat,memstress,nondet", "--out", out, "--guests", guests, "--prefix", "ftvmt-benchft")
+	cmd := exec.Command(bin, "bench", "ft", "--warmup", "300ms", "--window", "600ms",
+		"--workloads", "kv-sat,memstress,nondet", "--transports", "tcp,shm", "--out", out, "--guests", guests, "--prefix", "ftvmt-benchft")
 	stdout, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("ftvm bench ft: %v\n%s", err, stdout)
@@ -90,8 +90,8 @@ func TestBenchFTEndToEnd(t *testing.T) {
 	if !strings.Contains(string(stdout), string(table[:strings.Index(string(table), "\n")])) {
 		t.Errorf("the table printed is not the one written")
 	}
-	if len(rep.Rows) != 9 {
-		t.Fatalf("%d rows, want 3 workloads × 3 setups", len(rep.Rows))
+	if len(rep.Rows) != 15 {
+		t.Fatalf("%d rows, want 3 workloads × 5 setups", len(rep.Rows))
 	}
 	for _, r := range rep.Rows {
 		name := r.Workload + " " + r.Setup.Name

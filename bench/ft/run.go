@@ -140,14 +140,13 @@ func (c *cell) run(ctx context.Context) (*Row, error) {
 		return nil, err
 	}
 	flags := append([]string{"--log-format", "json"}, c.w.Flags...)
-	flags = append(flags, Transports[c.s.Transport]...)
 	mode := c.s.Mode
 	if mode == "" {
 		mode = "receipt"
 	}
 	cl, err := e2e.NewCluster(ctx, c.topo, e2e.ClusterConfig{
 		Ftvm: c.o.Ftvm, Guest: filepath.Join(c.o.GuestsDir, c.w.Guest), Cmdline: c.w.Cmdline,
-		NoNetwork: c.w.NoNetwork, Mode: mode, WorkDir: c.dir, Flags: flags,
+		NoNetwork: c.w.NoNetwork, Mode: mode, WorkDir: c.dir, Flags: flags, Transport: c.s.Transport,
 	})
 	if err != nil {
 		return nil, err
@@ -171,6 +170,17 @@ func (c *cell) run(ctx context.Context) (*Row, error) {
 	}
 	if err != nil {
 		return nil, err
+	}
+	if c.s.Protected {
+		// A pair that could not agree on the transport asked for goes
+		// on over TCP: its figures would be under the wrong name.
+		st, err := cl.Status(ctx, e2e.HostA)
+		if err != nil {
+			return nil, err
+		}
+		if st.TransportInUse != c.s.Transport {
+			return nil, fmt.Errorf("the pair runs over %q, not the %q asked for: %s", st.TransportInUse, c.s.Transport, st.TransportWhy)
+		}
 	}
 
 	// The load (kvstore) runs from the client for the warm-up and the

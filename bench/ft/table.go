@@ -41,31 +41,30 @@ func ComputeRatios(rep *Report) {
 // lowRatio is the ratio under which a row without a target still says why.
 const lowRatio = 0.9
 
-// why says what a row's figures show about a throughput below its
-// target: where the CPU went, whether the vCPU waited for the secondary,
-// what each reply waited for, what the resyncs cost.
+// why says, from a row's own figures and its baseline's, where a
+// throughput below its target went: resyncs and their pause, vCPU stalls
+// for a secondary a log window behind, the primary's CPU per operation
+// against the unprotected primary's (what the log, its transport and the
+// held outputs add on the vCPU's path), and the cores the pair and the
+// client shared with other work.
 func why(r, base *Row, cpus int) string {
 	var parts []string
 	if r.ResyncsPerSec > 0 {
 		p := ""
 		if r.ResyncPause != nil {
-			p = fmt.Sprintf(", each pausing the primary about %s (p50)", fmtUs(r.ResyncPause.P50))
+			p = " × " + fmtUs(r.ResyncPause.P50) + " pause"
 		}
 		parts = append(parts, fmt.Sprintf("%.0f resyncs/s%s", r.ResyncsPerSec, p))
 	}
 	if r.Stalls > 0 {
-		parts = append(parts, fmt.Sprintf("the vCPU stalled %d times for a secondary a log window behind", r.Stalls))
+		parts = append(parts, fmt.Sprintf("%d vCPU stalls for the lagging secondary", r.Stalls))
 	}
-	if r.Throughput > 0 && base.Throughput > 0 {
+	if r.Throughput > 0 && base.Throughput > 0 && r.ResyncsPerSec == 0 {
 		per := func(row *Row) string { return fmtUs(row.CPUPrimary / 100 * 1e6 / row.Throughput) }
-		parts = append(parts, fmt.Sprintf("the primary spent %s of CPU per %s against %s unprotected (the log, its transport, the held outputs)", per(r), r.PerOp, per(base)))
+		parts = append(parts, fmt.Sprintf("primary CPU %s/%s against %s unprotected", per(r), r.PerOp, per(base)))
 	}
-	if r.Client != nil && base.Client != nil {
-		parts = append(parts, fmt.Sprintf("client p50 %s against %s unprotected: each reply waits for its log entries' acknowledgement (hold p50 %s) or the secondary's own output (ack-on-compare)",
-			fmtUs(r.Client.P50), fmtUs(base.Client.P50), fmtUs(r.Hold.P50)))
-	}
-	parts = append(parts, fmt.Sprintf("the pair used %.0f%% + %.0f%% of a core (the client %.0f%%) against %.0f%% (client %.0f%%) unprotected, on %d cores shared with other work (load average %s): the secondary replays the same guest on the core the client and the primary's other threads would use",
-		r.CPUPrimary, r.CPUSecondary, r.CPUClient, base.CPUPrimary, base.CPUClient, cpus, r.LoadAverage))
+	parts = append(parts, fmt.Sprintf("pair %.0f%% + %.0f%%, client %.0f%% of %d shared cores (load %s)",
+		r.CPUPrimary, r.CPUSecondary, r.CPUClient, cpus, strings.Fields(r.LoadAverage + " ?")[0]))
 	return strings.Join(parts, "; ")
 }
 

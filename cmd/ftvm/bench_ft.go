@@ -24,13 +24,14 @@ func init() {
 	})
 }
 
-// The cell lengths of a full run and of --quick: 5 workloads × 3 setups
-// fit 10 minutes, and 1 minute with --quick.
+// The cell lengths of a full run and of --quick: 5 workloads × 5 setups
+// (unprotected, two ack modes over tcp and shm) fit 10 minutes, and 1
+// minute with --quick.
 const (
 	benchFTWarmup      = 3 * time.Second
-	benchFTWindow      = 20 * time.Second
-	benchFTQuickWarmup = 700 * time.Millisecond
-	benchFTQuickWindow = 1500 * time.Millisecond
+	benchFTWindow      = 15 * time.Second
+	benchFTQuickWarmup = 500 * time.Millisecond
+	benchFTQuickWindow = 1200 * time.Millisecond
 )
 
 func runBenchFT(e *env, args []string) int {
@@ -40,11 +41,11 @@ func runBenchFT(e *env, args []string) int {
 	window := fs.Duration("window", 0, fmt.Sprintf("how long each cell is measured (default %v, --quick %v)", benchFTWindow, benchFTQuickWindow))
 	out := fs.String("out", "", "output directory for results.md, results.json, the SVG plots and the daemons' logs (default: ftvm-bench-ft-DATE-TIME here)")
 	workloads := fs.String("workloads", "", "comma-separated workloads to run (default all: "+strings.Join(workloadNames(), ",")+")")
-	transports := fs.String("transports", "tcp", "comma-separated transports of the protected setups (this build: "+strings.Join(ft.TransportNames(), ", ")+")")
+	transports := fs.String("transports", strings.Join(ft.DefaultTransports, ","), "comma-separated transports of the protected setups: "+strings.Join(ft.TransportNames(), ", ")+" (rdma needs an RDMA device)")
 	prefix := fs.String("prefix", "ftvm-bench", "names the test bed's network namespaces (PREFIX-a, -b, -c, -sw): two runs at once need two prefixes")
 	guests := fs.String("guests", "vmm/guests/build", "directory of the guest programs (make guests builds them)")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), `usage: ftvm bench ft [--quick] [--out DIR] [--workloads a,b] [--transports tcp]
+		fmt.Fprintf(fs.Output(), `usage: ftvm bench ft [--quick] [--out DIR] [--workloads a,b] [--transports tcp,shm]
 
 Measures what protecting a VM costs, as the VMware FT paper's tables do:
 each workload runs on an unprotected VM (a primary with no secondary) and
@@ -66,7 +67,7 @@ request), resyncs per second and their pause, and the CPU each daemon used
 (/proc/PID/stat). A row below its target says why from its own figures.
 It writes results.md, results.json and latency-distribution plots (SVG)
 into --out, and draws a progress line while it runs: about 8 minutes in
-all, --quick about one.
+all, --quick under one (with the default transports, tcp and shm).
 
 It needs root, /dev/kvm, /dev/net/tun, network namespaces and the ip and
 nft commands, and says which is missing. On a machine shared with other
