@@ -27,6 +27,7 @@ func (c *cell) row(before, after *snap, load *kvclient.Result, primary, secondar
 	r := &Row{Workload: c.w.Name, Setup: c.s, WindowS: win.Seconds(), Unit: c.w.Unit, PerOp: c.w.PerOp,
 		Target: c.w.Target, LoadAverage: before.loadAvg}
 	if load != nil {
+		r.OfferedRate = c.w.Load.RatePerSec
 		hist, ops := windowLatency(load, before.at, after.at)
 		r.Ops = ops
 		l := latencyOf(hist)

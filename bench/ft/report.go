@@ -26,6 +26,9 @@ type Row struct {
 	Ops        uint64  `json:"ops"`
 	Throughput float64 `json:"throughput"`
 	Unit       string  `json:"unit"`
+	// OfferedRate is the fixed-rate load's requests per second (0: a
+	// closed loop or the guest's own pace).
+	OfferedRate float64 `json:"offered_rate,omitempty"`
 	// Ratio is Throughput over BaselineThroughput, the unprotected row's
 	// Throughput for this workload in the same run (1 for that row).
 	Ratio              float64 `json:"ratio"`

@@ -25,18 +25,33 @@ func ComputeRatios(rep *Report) {
 		}
 		r.BaselineThroughput = b.Throughput
 		r.Ratio = r.Throughput / b.Throughput
-		if !r.Setup.Protected {
-			continue
+		r.Met, r.Why = nil, ""
+		var notes []string
+		if r.OfferedRate > 0 && r.Throughput < keptRate*r.OfferedRate && r.Client != nil {
+			// A fixed rate not kept: the server fell behind, or was
+			// stopped (on a shared machine, by other work); the ratios
+			// against such a baseline say little.
+			n := fmt.Sprintf("served %.0f of the %.0f/s offered (client p99 %s): the VM fell behind or was stopped", r.Throughput, r.OfferedRate, fmtUs(r.Client.P99))
+			if !r.Setup.Protected {
+				n += "; this workload's ratios are against it"
+			}
+			notes = append(notes, n)
 		}
-		if r.Target > 0 {
-			met := r.Ratio >= r.Target
-			r.Met = &met
+		if r.Setup.Protected {
+			if r.Target > 0 {
+				met := r.Ratio >= r.Target
+				r.Met = &met
+			}
+			if (r.Target > 0 && r.Ratio < r.Target) || r.Ratio < lowRatio {
+				notes = append(notes, why(r, b, rep.CPUs))
+			}
 		}
-		if (r.Target > 0 && r.Ratio < r.Target) || r.Ratio < lowRatio {
-			r.Why = why(r, b, rep.CPUs)
-		}
+		r.Why = strings.Join(notes, "; ")
 	}
 }
+
+// keptRate is the share of a fixed rate a row must serve to have kept it.
+const keptRate = 0.95
 
 // lowRatio is the ratio under which a row without a target still says why.
 const lowRatio = 0.9

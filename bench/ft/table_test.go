@@ -137,3 +137,24 @@ func TestPlotSVGHasOneLinePerSeries(t *testing.T) {
 		t.Fatalf("title not escaped or SVG not closed:\n%s", svg)
 	}
 }
+
+func TestComputeRatiosSaysWhenAFixedRateWasNotKept(t *testing.T) {
+	rep := sampleReport()
+	for i := 3; i < 6; i++ { // kv-rate: 275, 200 and 125 req/s
+		rep.Rows[i].OfferedRate = 1000
+	}
+	rep.Rows[4].Throughput, rep.Rows[4].Ops = 980, 1960
+	ComputeRatios(rep)
+	if w := rep.Rows[3].Why; !strings.Contains(w, "275 of the 1000/s offered") || !strings.Contains(w, "ratios are against it") {
+		t.Errorf("unprotected kv-rate at 275 of 1000/s: why %q", w)
+	}
+	if w := rep.Rows[4].Why; w != "" {
+		t.Errorf("protected kv-rate that kept its rate: why %q, want none", w)
+	}
+	if w := rep.Rows[5].Why; !strings.Contains(w, "125 of the 1000/s offered") || !strings.Contains(w, "pair") {
+		t.Errorf("protected kv-rate at 125 of 1000/s: why %q, want the rate and the evidence", w)
+	}
+	if err := Check(rep, rep.Markdown()); err != nil {
+		t.Fatal(err)
+	}
+}
