@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -103,7 +102,7 @@ const consoleTailBytes = 4096
 // the primary's released console that matches the workload's
 // ProgressLine.
 func (c *cell) guestProgress(d *e2e.Daemon) (uint64, error) {
-	re := regexp.MustCompile(c.w.ProgressLine)
+	re := c.progressLine
 	f, err := os.Open(d.Console)
 	if err != nil {
 		return 0, err

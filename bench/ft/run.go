@@ -7,6 +7,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"regexp"
 	"runtime"
 	"strings"
 	"sync"
@@ -89,7 +90,13 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 		for _, s := range setups {
 			n++
 			label := fmt.Sprintf("[%d/%d] %s %s", n, total, w.Name, s.Name)
-			c := cell{o: o, topo: topo, w: w, s: s, label: label,
+			var re *regexp.Regexp
+			if w.ProgressLine != "" {
+				if re, err = regexp.Compile(w.ProgressLine); err != nil {
+					return nil, fmt.Errorf("workload %s: ProgressLine: %w", w.Name, err)
+				}
+			}
+			c := cell{progressLine: re, o: o, topo: topo, w: w, s: s, label: label,
 				dir: filepath.Join(work, fmt.Sprintf("%02d-%s-%s", n, w.Name, strings.ReplaceAll(s.Name, "/", "-")))}
 			row, err := c.run(ctx)
 			if err != nil {
@@ -109,12 +116,13 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 
 // cell is one workload on one setup.
 type cell struct {
-	o     Options
-	topo  *e2e.Topology
-	w     Workload
-	s     Setup
-	label string
-	dir   string
+	progressLine *regexp.Regexp // the workload's ProgressLine, compiled
+	o            Options
+	topo         *e2e.Topology
+	w            Workload
+	s            Setup
+	label        string
+	dir          string
 }
 
 // snap is what a cell reads of the daemons at either end of its window.

@@ -39,7 +39,7 @@ func runBenchFT(e *env, args []string) int {
 	quick := fs.Bool("quick", false, fmt.Sprintf("short cells (%v warm-up, %v measured): about a minute in all", benchFTQuickWarmup, benchFTQuickWindow))
 	warmup := fs.Duration("warmup", 0, fmt.Sprintf("how long each cell runs before it is measured (default %v, --quick %v)", benchFTWarmup, benchFTQuickWarmup))
 	window := fs.Duration("window", 0, fmt.Sprintf("how long each cell is measured (default %v, --quick %v)", benchFTWindow, benchFTQuickWindow))
-	out := fs.String("out", "", "output directory for results.md, results.json, the SVG plots and the daemons' logs (default: ftvm-bench-ft-DATE-TIME here)")
+	out := fs.String("out", "", "output directory for results.md, results.json, the SVG plots, and the daemons' logs and files in logs/ and work/, which a run replaces (default: ftvm-bench-ft-DATE-TIME here)")
 	workloads := fs.String("workloads", "", "comma-separated workloads to run (default all: "+strings.Join(workloadNames(), ",")+")")
 	transports := fs.String("transports", strings.Join(ft.DefaultTransports, ","), "comma-separated transports of the protected setups: "+strings.Join(ft.TransportNames(), ", ")+" (rdma needs an RDMA device)")
 	prefix := fs.String("prefix", "ftvm-bench", "names the test bed's network namespaces (PREFIX-a, -b, -c, -sw): two runs at once need two prefixes")
