@@ -12,8 +12,8 @@ import (
 // against percentile, on the usual axis that stretches the tail: x is
 // log10(1/(1-q)), so 50, 90, 99, 99.9 and 99.99 are evenly spaced.
 const (
-	plotW, plotH          = 720, 420
-	plotLeft, plotRight   = 80, 200
+	plotW, plotH          = 780, 420
+	plotLeft, plotRight   = 80, 250
 	plotTop, plotBottom   = 40, 50
 	plotMaxNines          = 4 // 99.99th percentile at the right edge
 	plotPointsPerDecade   = 20
@@ -70,7 +70,7 @@ func PlotSVG(title string, series []Series) string {
 	fmt.Fprintf(&b, `<text x="%.1f" y="%d" text-anchor="middle">percentile</text>`+"\n", x(plotMaxNines/2.0), plotH-12)
 	for v := yLo; v <= yHi*1.0001; v *= 10 {
 		fmt.Fprintf(&b, `<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#ddd"/>`+"\n", plotLeft, y(v), plotW-plotRight, y(v))
-		fmt.Fprintf(&b, `<text x="%d" y="%.1f" text-anchor="end">%s</text>`+"\n", plotLeft-6, y(v)+4, fmtUs(v))
+		fmt.Fprintf(&b, `<text x="%d" y="%.1f" text-anchor="end">%s</text>`+"\n", plotLeft-6, y(v)+4, fmtDecade(v))
 	}
 	fmt.Fprintf(&b, `<rect x="%d" y="%d" width="%.0f" height="%.0f" fill="none" stroke="#888"/>`+"\n", plotLeft, plotTop, iw, ih)
 	for i, s := range live {
@@ -92,4 +92,16 @@ func PlotSVG(title string, series []Series) string {
 
 func xmlEscape(s string) string {
 	return strings.NewReplacer("&", "&amp;", "<", "&lt;", ">", "&gt;", `"`, "&quot;").Replace(s)
+}
+
+// fmtDecade renders a power of ten of microseconds: 1 µs, 100 µs, 10 ms, 1 s.
+func fmtDecade(us float64) string {
+	switch {
+	case us < 1e3:
+		return fmt.Sprintf("%.0f µs", us)
+	case us < 1e6:
+		return fmt.Sprintf("%.0f ms", us/1e3)
+	default:
+		return fmt.Sprintf("%.0f s", us/1e6)
+	}
 }
