@@ -9,10 +9,11 @@
 
 GO        ?= go
 GOFLAGS   ?=
-# PKGS is what `make unit` tests: everything but the end-to-end tests,
-# which run on their own in `make e2e` (they time failovers, so they should
-# not share the CPUs with the rest).
-PKGS      ?= $(shell $(GO) list ./... | grep -v '/bench/e2e$$')
+# PKGS is what `make unit` tests: everything but the end-to-end tests and
+# the end-to-end run of `ftvm bench ft`, which run on their own in `make
+# e2e` (they time failovers and run daemon pairs, so they should not share
+# the CPUs with the rest).
+PKGS      ?= $(shell $(GO) list ./... | grep -v -e '/bench/e2e$$' -e '/bench/ft$$')
 TEST_TIMEOUT ?= 30m
 BENCH     ?= .
 BENCHTIME ?= 1s
@@ -75,7 +76,8 @@ rdma-test:
 
 # e2e: ftvm primary and secondary as processes in network namespaces, under
 # client load, with the primary killed 20 times, the secondary killed, the
-# link cut and a diverging guest (bench/e2e). Root, KVM, TUN, netns, ip and
+# link cut and a diverging guest (bench/e2e), then `ftvm bench ft` end to
+# end with tiny cells (bench/ft, about 15 s). Root, KVM, TUN, netns, ip and
 # nft; FTVM_E2E_KILLS sets the kills.
 e2e: guests
 	@bash scripts/e2e

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ftvm/ftvm/ring"
 	"github.com/ftvm/ftvm/tcpfallback"
 	"github.com/ftvm/ftvm/transport"
 )
@@ -83,6 +84,13 @@ type Transport struct {
 
 	why        atomic.Pointer[string] // why the control lane is where it is
 	ringFrames atomic.Uint64
+	// ringSent counts the frames and bytes (records: header, frame header,
+	// payload, padding) sent into the peer's rings.
+	ringSentFrames, ringSentBytes atomic.Uint64
+	// lastPoll is when Poll was last called (ns since pollBase): while
+	// someone polls, the poller leaves the ring to them instead of
+	// sleeping in Link.Wait, which holds the receiver's lock.
+	lastPoll atomic.Int64
 }
 
 // generation is one TCP control connection's ring: this side's endpoint,
@@ -209,6 +217,19 @@ func (t *Transport) WaitConnected(ctx context.Context) error { return t.tcp.Wait
 // Close.
 func (t *Transport) Events() <-chan transport.Event { return t.events }
 
+func (t *Transport) countRing(err error, payload []byte) {
+	if err == nil {
+		t.ringSentFrames.Add(1)
+		t.ringSentBytes.Add(uint64(ring.RecordBytes(frameHeaderBytes + len(payload))))
+	}
+}
+
+// RingSent counts the frames, and the bytes of ring they took, sent into
+// the peer's rings (the TCP transport's Stats count the rest).
+func (t *Transport) RingSent() (frames, bytes uint64) {
+	return t.ringSentFrames.Load(), t.ringSentBytes.Load()
+}
+
 // RingFrames counts the control-lane frames received over the ring.
 func (t *Transport) RingFrames() uint64 { return t.ringFrames.Load() }
 
@@ -231,6 +252,7 @@ func (t *Transport) SendFlags(typ transport.Type, flags transport.Flags, payload
 		if err != nil && g.rc.Err() != nil {
 			t.linkFailed(g)
 		}
+		t.countRing(err, payload)
 		return err
 	}
 	return t.tcp.SendFlags(typ, flags, payload)
@@ -251,6 +273,7 @@ func (t *Transport) TrySend(typ transport.Type, payload []byte) error {
 		if err != nil && !errors.Is(err, transport.ErrWouldBlock) && g.rc.Err() != nil {
 			t.linkFailed(g)
 		}
+		t.countRing(err, payload)
 		return err
 	}
 	return t.tcp.TrySend(typ, payload)
@@ -267,6 +290,7 @@ func (t *Transport) Poll() int {
 	if g == nil {
 		return 0
 	}
+	t.lastPoll.Store(int64(time.Since(pollBase)))
 	_, n, _, err := g.rc.TryReceive(g.deliverFn)
 	if err != nil {
 		t.linkFailed(g)
@@ -411,19 +435,21 @@ func (t *Transport) drainEvents(ch <-chan transport.Event) bool {
 }
 
 func (t *Transport) onEvent(ev transport.Event) {
-	if ev.Lane == transport.LaneControl {
-		switch ev.Kind {
-		case transport.EventLaneDown:
-			t.endGen(ev.Err, false)
-		case transport.EventLaneUp:
-			t.endGen(nil, false)
-			t.startGen()
-		}
+	up := ev.Lane == transport.LaneControl && ev.Kind == transport.EventLaneUp
+	if up {
+		t.endGen(nil, false)
+		t.startGen()
 	}
+	// A lost peer is reported before the ring is torn down: the teardown
+	// waits for the poller, which may be asleep in Link.Wait, and the
+	// owner acts on a lost peer at once (a failover).
 	select {
 	case t.events <- ev:
 	default:
 		t.eventsDropped.Add(1)
+	}
+	if ev.Lane == transport.LaneControl && ev.Kind == transport.EventLaneDown {
+		t.endGen(ev.Err, false)
 	}
 }
 
@@ -596,6 +622,7 @@ func (t *Transport) endGen(reason error, drop bool) {
 func (t *Transport) poll(g *generation) {
 	defer close(g.done)
 	var idleSince time.Time
+	napping := false // the last idle step was a nap: no spin phase now
 	for idle := 0; ; {
 		select {
 		case <-g.stop:
@@ -612,24 +639,35 @@ func (t *Transport) poll(g *generation) {
 			if n > 0 {
 				t.ringFrames.Add(uint64(n))
 			}
-			idle = 0
+			idle, napping = 0, false
 			continue
 		}
-		// Reading the clock costs more than a look at the ring on some
-		// hosts (200 ns in a PVM guest): start it only after a while
-		// idle, and look at it once every pollerClockEvery spins.
-		idle++
-		switch {
-		case t.cfg.WaitSpin <= 0:
-		case idle == pollerClockEvery:
-			idleSince = time.Now()
-			continue
-		case idle < pollerClockEvery || idle%pollerClockEvery != 0:
-			continue
-		case time.Since(idleSince) < t.cfg.WaitSpin:
-			runtime.Gosched()
+		if !napping {
+			// Reading the clock costs more than a look at the ring on
+			// some hosts (200 ns in a PVM guest): start it only after a
+			// while idle, and look at it once every pollerClockEvery.
+			idle++
+			switch {
+			case t.cfg.WaitSpin <= 0:
+			case idle == pollerClockEvery:
+				idleSince = time.Now()
+				continue
+			case idle < pollerClockEvery || idle%pollerClockEvery != 0:
+				continue
+			case time.Since(idleSince) < t.cfg.WaitSpin:
+				runtime.Gosched()
+				continue
+			}
+		}
+		if since := int64(time.Since(pollBase)) - t.lastPoll.Load(); since < int64(pollActiveWindow) {
+			// Someone (the vCPU thread, at its exits) is polling: Wait
+			// would hold the receiver's lock and make its Poll come back
+			// empty, so nap without it and look again.
+			time.Sleep(pollActiveNap)
+			napping = true
 			continue
 		}
+		napping = false
 		g.rc.Wait(pollerWaitSlice)
 		idle = 0
 	}
@@ -638,3 +676,15 @@ func (t *Transport) poll(g *generation) {
 // pollerClockEvery: the poller looks at the clock once per this many
 // empty looks at the ring.
 const pollerClockEvery = 64
+
+// While Poll was called within pollActiveWindow, the idle poller naps
+// pollActiveNap at a time without the receiver's lock instead of blocking
+// in Link.Wait: the caller of Poll reads the ring then, with no hand-off,
+// and the poller still delivers within a nap when it stops.
+const (
+	pollActiveWindow = time.Millisecond
+	pollActiveNap    = 200 * time.Microsecond
+)
+
+// pollBase is the origin of lastPoll's clock.
+var pollBase = time.Now()

@@ -59,7 +59,11 @@ type Config struct {
 	// of each sort the run uses.
 	RegisterKeys, CounterKeys int
 	Mix                       Mix
-	Retry                     Retry
+	// ValueBytes pads every PUT's value to this many bytes (at most 64,
+	// the kvstore's bound), for loads that move more data per write; 0
+	// leaves the value as short as its unique tag.
+	ValueBytes int
+	Retry      Retry
 	// KeyPrefix starts every key name. The checker needs keys that are
 	// absent when the run starts, so the default is random per run.
 	KeyPrefix string
@@ -116,6 +120,8 @@ func (c *Config) validate() error {
 		return fmt.Errorf("kvclient: Mix has PUTs but RegisterKeys is 0")
 	case c.Mix.Inc > 0 && c.CounterKeys == 0:
 		return fmt.Errorf("kvclient: Mix has INCs but CounterKeys is 0")
+	case c.ValueBytes < 0 || c.ValueBytes > ValueBytesMax:
+		return fmt.Errorf("kvclient: ValueBytes %d is outside 0..%d (the kvstore's value bound)", c.ValueBytes, ValueBytesMax)
 	case c.ProgressInterval < 0:
 		return fmt.Errorf("kvclient: ProgressInterval %v is negative", c.ProgressInterval)
 	}
@@ -401,7 +407,13 @@ func (g *opGen) next() Request {
 	switch x := g.rng.IntN(m.Put + m.Get + m.Inc); {
 	case x < m.Put:
 		g.writes++
-		return Request{Kind: linearize.Put, Key: register(), Value: "w" + strconv.FormatUint(g.writes, 10)}
+		v := "w" + strconv.FormatUint(g.writes, 10)
+		if n := g.cfg.ValueBytes - len(v); n > 1 {
+			// The tag first, so that values stay unique (the checker
+			// relies on it); '.' cannot end a decimal tag.
+			v += "." + strings.Repeat("x", n-1)
+		}
+		return Request{Kind: linearize.Put, Key: register(), Value: v}
 	case x < m.Put+m.Get:
 		if g.rng.IntN(g.cfg.RegisterKeys+g.cfg.CounterKeys) < g.cfg.RegisterKeys {
 			return Request{Kind: linearize.Get, Key: register()}

@@ -179,11 +179,34 @@ func TestRunRefusesBadConfig(t *testing.T) {
 		"RegisterKeys": {Addr: "127.0.0.1:7000", Duration: time.Second, CounterKeys: 1, Mix: Mix{Put: 1}},
 		"KeyPrefix":    {Addr: "127.0.0.1:7000", Duration: time.Second, KeyPrefix: "a b"},
 		"AttemptsMax":  {Addr: "127.0.0.1:7000", Duration: time.Second, Retry: Retry{AttemptsMax: -1}},
+		"ValueBytes":   {Addr: "127.0.0.1:7000", Duration: time.Second, ValueBytes: ValueBytesMax + 1},
 	}
 	for field, cfg := range cases {
 		_, err := Run(context.Background(), cfg)
 		if err == nil || !strings.Contains(err.Error(), field) {
 			t.Errorf("bad %s: got %v, want an error naming it", field, err)
 		}
+	}
+}
+
+func TestRunPadsValues(t *testing.T) {
+	f := startFakeKV(t)
+	res, _ := runLoad(t, Config{Addr: f.addr(), Concurrency: 4, Duration: 100 * time.Millisecond,
+		Mix: Mix{Put: 3, Get: 1}, RegisterKeys: 4, ValueBytes: ValueBytesMax, Seed: 3})
+	checkTotals(t, res)
+	puts := 0
+	for _, op := range res.History {
+		if op.Kind == linearize.Put {
+			puts++
+			if len(op.Value) != ValueBytesMax {
+				t.Fatalf("PUT value %q has %d bytes, want %d", op.Value, len(op.Value), ValueBytesMax)
+			}
+		}
+	}
+	if puts == 0 {
+		t.Fatal("no PUT was sent")
+	}
+	if err := linearize.Check(res.History); err != nil {
+		t.Fatalf("padded values: %v", err)
 	}
 }

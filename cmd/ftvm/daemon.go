@@ -513,7 +513,7 @@ func (d *daemon) goLive(epoch, fence uint64) error {
 func (d *daemon) run(ctx context.Context) int {
 	defer d.close()
 	var err error
-	if d.listener, err = rdma.Listen(d.cfg.listen, rdma.Config{TCP: d.trCfg, Provider: d.listenProvider, Logger: d.log}); err != nil {
+	if d.listener, err = rdma.Listen(d.cfg.listen, d.ringConfig(d.trCfg, d.listenProvider)); err != nil {
 		d.log.Error("cannot listen for a secondary", "err", err)
 		return exitFailure
 	}
@@ -805,7 +805,7 @@ func (d *daemon) join(ctx context.Context) {
 			d.log.Warn("--peer is an address and --peer-name is not given: the primary's certificate must carry that address, or the handshake fails; give --peer-name with the primary's --tls-name", "peer", d.cfg.peer)
 		}
 	}
-	tr, err := rdma.Dial(ctx, d.cfg.peer, rdma.Config{TCP: c, Provider: d.dialProvider, Logger: d.log})
+	tr, err := rdma.Dial(ctx, d.cfg.peer, d.ringConfig(c, d.dialProvider))
 	if err != nil {
 		if ctx.Err() == nil {
 			d.log.Error("cannot reach the primary; the node keeps asking, restart with the right --peer if it is wrong", "peer", d.cfg.peer, "err", err)

@@ -70,6 +70,7 @@ type daemonConfig struct {
 	// holds the shm region files.
 	transport string
 	shmDir    string
+	ringSpin  time.Duration
 
 	control          string
 	metricsListen    string
@@ -133,6 +134,7 @@ func daemonFlags(fs *flag.FlagSet, role wire.Role) func() (*daemonConfig, error)
 	fs.StringVar(&c.tlsDir, "tls-dir", "", "directory with ca.pem, NAME.pem, NAME-key.pem (ftvm certs makes test ones): mutual TLS 1.3")
 	fs.StringVar(&c.tlsName, "tls-name", "", "this host's name: its certificate NAME.pem in --tls-dir, or under --psk-file the name it presents to its peer (default: the host name)")
 	fs.StringVar(&c.transport, "transport", "auto", "what carries the control lane (log entries, acknowledgements) once the peer is authenticated: auto (rdma when this host has an RDMA device on the route to the peer, else tcp), rdma, shm (a shared-memory ring with a peer daemon on this same host) or tcp; checkpoints, set-up and heartbeats always go by TCP, and both hosts must agree or the pair stays on tcp")
+	fs.DurationVar(&c.ringSpin, "ring-spin", 0, "with a ring (shm, rdma): how long the ring's poller spins after the last frame before it sleeps until the next; 0 sleeps at once (best where cores are shared: a spinning poller takes the vCPU's core), 50µs suits hosts with a core to spare per daemon")
 	fs.StringVar(&c.shmDir, "shm-dir", "", "with --transport shm: directory for the ring files, which both daemons must see (default /dev/shm, else the temporary directory)")
 	fs.StringVar(&c.pskFile, "psk-file", "", "instead of TLS, authenticate with the pre-shared key in this file (trusted fabrics only: frames are not encrypted)")
 	fs.StringVar(&c.control, "control", "", "control socket for ftvm status (default "+defaultControlDir+"/VM-ID.sock; two daemons of one VM on one machine each need their own)")
@@ -207,6 +209,9 @@ func daemonFlags(fs *flag.FlagSet, role wire.Role) func() (*daemonConfig, error)
 		case transportAuto, transportRDMA, transportShm, transportTCP:
 		default:
 			return nil, fmt.Errorf("--transport %q: want auto, rdma, shm or tcp", c.transport)
+		}
+		if c.ringSpin < 0 {
+			return nil, fmt.Errorf("--ring-spin %v is negative", c.ringSpin)
 		}
 		if c.shmDir != "" && c.transport != transportShm {
 			return nil, fmt.Errorf("--shm-dir is for --transport shm (this host uses --transport %s)", c.transport)

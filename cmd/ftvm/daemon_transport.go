@@ -7,6 +7,7 @@ import (
 
 	"github.com/ftvm/ftvm/rdma"
 	"github.com/ftvm/ftvm/rdma/shm"
+	"github.com/ftvm/ftvm/tcpfallback"
 )
 
 // The --transport choices.
@@ -59,4 +60,13 @@ func providerName(p rdma.Provider) string {
 		return transportTCP
 	}
 	return p.Name()
+}
+
+// ringConfig is the rdma.Transport configuration over tcp with provider p.
+func (d *daemon) ringConfig(tcp tcpfallback.Config, p rdma.Provider) rdma.Config {
+	spin := d.cfg.ringSpin
+	if spin == 0 {
+		spin = -1 // rdma.Config: never spin
+	}
+	return rdma.Config{TCP: tcp, Provider: p, WaitSpin: spin, Logger: d.log}
 }

@@ -33,10 +33,11 @@ func runDemo(e *env, args []string) int {
 	rate := fs.Float64("rate", 1000, "client requests per second")
 	mode := fs.String("mode", "receipt", "ack mode: receipt or compare")
 	guest := fs.String("guest", defaultGuest, "the kvstore guest (make guests builds it)")
+	transportKind := fs.String("transport", "tcp", "what carries the daemons' control lane: tcp, or shm (a shared-memory ring: the two hosts are namespaces of this machine); the report measures the same transport's round trip")
 	keep := fs.String("keep", "", "keep the daemons' logs, consoles and disks in this directory (default: a temporary one, removed)")
 	dashAddr := fs.String("dash", "", "serve the live dashboard (ftvm dash) of the pair on this address, e.g. 127.0.0.1:8080, and keep it and the pair up after the table until interrupted")
 	fs.Usage = func() {
-		fmt.Fprintf(fs.Output(), `usage: ftvm demo [--kills N] [--settle 3s] [--rate 1000] [--mode receipt|compare] [--dash ADDR]
+		fmt.Fprintf(fs.Output(), `usage: ftvm demo [--kills N] [--settle 3s] [--rate 1000] [--mode receipt|compare] [--transport tcp|shm] [--dash ADDR]
 
 Runs the whole of ftvm on this machine, as root: three network namespaces
 on a switch (two hosts and a client, see bench/e2e), ftvm primary and ftvm
@@ -47,6 +48,9 @@ primary. The secondary takes over, the killed host comes back as a new
 secondary and the VM is protected again. It ends with a table: requests
 served, failover time, output-hold latency against the transport's round
 trip, log bandwidth, and whether the client's history is linearizable.
+With --transport shm the daemons' control lane (log entries and
+acknowledgements) runs over shared-memory rings instead of TCP, and the
+round trip the hold latency is held against is measured over shm too.
 
 It needs root, /dev/kvm, /dev/net/tun, network namespaces and the ip and
 nft commands, and says which is missing.
@@ -67,6 +71,10 @@ flags:
 	}
 	if *mode != "receipt" && *mode != "compare" {
 		fmt.Fprintf(e.stderr, "ftvm demo: --mode %q: want receipt or compare\n", *mode)
+		return exitUsage
+	}
+	if *transportKind != transportTCP && *transportKind != transportShm {
+		fmt.Fprintf(e.stderr, "ftvm demo: --transport %q: want tcp or shm (both hosts of the demo are on this machine)\n", *transportKind)
 		return exitUsage
 	}
 	if missing := demoMissing(*guest); len(missing) > 0 {
@@ -96,7 +104,7 @@ flags:
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	if err := demo(ctx, e, demoConfig{ftvm: self, guest: guestPath, dir: dir, kills: *kills, settle: *settle, rate: *rate, mode: *mode, dash: *dashAddr}); err != nil {
+	if err := demo(ctx, e, demoConfig{ftvm: self, guest: guestPath, dir: dir, kills: *kills, settle: *settle, rate: *rate, mode: *mode, dash: *dashAddr, transport: *transportKind}); err != nil {
 		fmt.Fprintf(e.stderr, "\nftvm demo: %v\n", err)
 		return exitFailure
 	}
@@ -110,6 +118,7 @@ type demoConfig struct {
 	rate             float64
 	mode             string
 	dash             string // serve the dashboard here ("": none)
+	transport        string
 }
 
 // demoMissing lists what this machine lacks for the demo, each with what
@@ -161,7 +170,7 @@ func demo(ctx context.Context, e *env, c demoConfig) error {
 		return err
 	}
 	defer topo.Down()
-	cluster, err := e2e.NewCluster(ctx, topo, e2e.ClusterConfig{Ftvm: c.ftvm, Guest: c.guest, Mode: c.mode, WorkDir: work})
+	cluster, err := e2e.NewCluster(ctx, topo, e2e.ClusterConfig{Ftvm: c.ftvm, Guest: c.guest, Mode: c.mode, WorkDir: work, Transport: c.transport})
 	if err != nil {
 		return err
 	}

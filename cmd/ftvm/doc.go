@@ -14,8 +14,9 @@
 // transport is current (peerLink), the gratuitous ARPs (announce) and the
 // stall fence (txFence); daemon_arbiter.go the choice of arbiter
 // (--arbiter file|etcd, the etcd client and its TLS), the lease's part of
-// ftvm status and the per-epoch release spans; daemon_reach.go the
-// reachability check;
+// ftvm status and the per-epoch release spans; daemon_transport.go the
+// --transport choice (which one-sided memory, if any, carries the control
+// lane, and why); daemon_reach.go the reachability check;
 // daemon_reject.go the logging of refused connections; ckptbound.go the
 // largest checkpoint a host accepts; status.go the control socket that
 // ftvm status asks; metrics.go the figures of --metrics-listen and of the

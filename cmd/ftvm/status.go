@@ -148,6 +148,9 @@ func (d *daemon) report() statusReport {
 			r.Peer.BytesSent += l.BytesSent
 			r.Peer.BytesReceived += l.BytesReceived
 		}
+		frames, bytes := tr.RingSent()
+		r.Peer.FramesSent += frames
+		r.Peer.BytesSent += bytes
 		r.Peer.FrameErrors += ts.FrameErrorsTotal()
 		r.Peer.Handshakes += ts.HandshakeFailures
 	}

@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"fmt"
+	"log/slog"
 	"sync"
 	"testing"
 	"time"
@@ -76,7 +77,7 @@ func TransportPair(t testing.TB, p rdma.Provider, ls, ds *Sink) (l, d *rdma.Tran
 	t.Helper()
 	psk := bytes.Repeat([]byte{0x42}, tcpfallback.MinPSKBytes)
 	cfg := func(s *Sink, name string) rdma.Config {
-		return rdma.Config{Provider: p, TCP: tcpfallback.Config{
+		return rdma.Config{Provider: p, Logger: slog.New(slog.DiscardHandler), TCP: tcpfallback.Config{
 			VMID: "conformance", PSK: psk, Name: name, OnFrame: s.OnFrame,
 			HeartbeatInterval: 10 * time.Millisecond, HeartbeatTimeout: time.Second,
 			ReconnectMinDelay: time.Millisecond, ReconnectMaxDelay: 20 * time.Millisecond,
@@ -139,6 +140,51 @@ func RunTransport(t *testing.T, p rdma.Provider) {
 	t.Run("PeerDies", func(t *testing.T) { testPeerDies(t, p) })
 	t.Run("Reconnect", func(t *testing.T) { testTransportReconnect(t, p) })
 	t.Run("Fence", func(t *testing.T) { testTransportFence(t, p) })
+	t.Run("PollDeliversInline", func(t *testing.T) { testPollInline(t, p) })
+}
+
+// testPollInline: while a thread keeps calling Poll (the vCPU thread at
+// its exits), frames are handed to OnFrame on that thread rather than by
+// the poller, which leaves the ring to it.
+func testPollInline(t *testing.T, p rdma.Provider) {
+	ls, ds := NewSink(), NewSink()
+	l, d := TransportPair(t, p, ls, ds)
+	WaitRing(t, p, l, d)
+	stop := make(chan struct{})
+	inline := make(chan int)
+	go func() {
+		n := 0
+		for {
+			select {
+			case <-stop:
+				inline <- n
+				return
+			default:
+			}
+			n += l.Poll()
+			time.Sleep(20 * time.Microsecond) // an exit now and then
+		}
+	}()
+	const frames = 200
+	for i := 0; i < frames; i++ {
+		if err := d.Send(transport.TypeAck, seqPayload(i)); err != nil {
+			t.Fatal(err)
+		}
+		time.Sleep(500 * time.Microsecond)
+	}
+	ls.WaitFor(t, frames, 10*time.Second)
+	close(stop)
+	n := <-inline
+	t.Logf("%d of %d frames delivered by Poll", n, frames)
+	if p == nil {
+		if n != 0 {
+			t.Fatalf("over TCP Poll delivered %d frames", n)
+		}
+		return
+	}
+	if n < frames/2 {
+		t.Fatalf("Poll delivered only %d of %d frames while it was being called: the poller kept the ring", n, frames)
+	}
 }
 
 // testOrderAcrossSwitch sends from the moment the dialer is up, so that
