@@ -3,6 +3,7 @@ package agent
 import (
 	"context"
 	"fmt"
+	"time"
 
 	"github.com/ftvm/ftvm/lockstep"
 	"github.com/ftvm/ftvm/lockstep/wire"
@@ -20,14 +21,24 @@ func (a *Agent) command(ctx context.Context, c lockstep.Command) error {
 		return a.applyRun()
 	case lockstep.CmdPause:
 		a.paused = true
+		a.pause = pauseTimes{began: time.Now()}
 		return a.applyRun()
 	case lockstep.CmdResume:
 		a.paused = false
+		if p := a.pause; !p.began.IsZero() {
+			// What a client waits for while a secondary joins or is
+			// repaired: the pause, and the snapshot within it.
+			a.log.Info("resumed after the pause for a checkpoint", "paused", time.Since(p.began).Round(10*time.Microsecond),
+				"snapshot", p.snapshot.Round(10*time.Microsecond))
+			a.pause = pauseTimes{}
+		}
 		return a.applyRun()
 	case lockstep.CmdTakeCheckpoint:
 		return a.takeCheckpoint(c.Checkpoint)
 	case lockstep.CmdRestoreCheckpoint:
 		return a.restore(c.Checkpoint)
+	case lockstep.CmdLoadPart:
+		return a.loadPart(c.Checkpoint)
 	case lockstep.CmdAcquire:
 		if a.arbFailures == 0 {
 			a.log.Info("asking the arbiter for an epoch", "epoch", c.Epoch)
