@@ -67,7 +67,9 @@ func (a *Agent) takeCheckpoint(c lockstep.Checkpoint) error {
 // pauseTimes times a pause for a checkpoint, for the log line at its end.
 type pauseTimes struct {
 	began    time.Time     // CmdPause
+	stop     time.Duration // from CmdPause to the vCPU stopped
 	snapshot time.Duration // the paused snapshot, encoded and digested
+	drain    time.Duration // within it: the disk writes queued before it
 }
 
 // checkpointFailed tells the node a checkpoint for the secondary could not
@@ -92,7 +94,9 @@ func (a *Agent) checkpointFailed(id uint64, cause error) error {
 func (a *Agent) pausedSnapshot(chain bool) ([]byte, error) {
 	// The snapshot carries the disk as it is on the file: writes released
 	// but still queued must be on it first.
+	t0 := time.Now()
 	a.disk.drain()
+	a.pause.drain = time.Since(t0)
 	kind := vmm.Full
 	if chain {
 		kind = vmm.Incremental

@@ -22,14 +22,20 @@ func (a *Agent) command(ctx context.Context, c lockstep.Command) error {
 	case lockstep.CmdPause:
 		a.paused = true
 		a.pause = pauseTimes{began: time.Now()}
-		return a.applyRun()
+		err := a.applyRun()
+		a.pause.stop = time.Since(a.pause.began)
+		return err
 	case lockstep.CmdResume:
 		a.paused = false
 		if p := a.pause; !p.began.IsZero() {
 			// What a client waits for while a secondary joins or is
-			// repaired: the pause, and the snapshot within it.
-			a.log.Info("resumed after the pause for a checkpoint", "paused", time.Since(p.began).Round(10*time.Microsecond),
-				"snapshot", p.snapshot.Round(10*time.Microsecond))
+			// repaired, and where it went: stopping the vCPU, the disk
+			// writes queued before the snapshot, the snapshot (encoded
+			// and digested); the rest is the secondary's (transfer,
+			// restore, confirmation).
+			r := func(d time.Duration) time.Duration { return d.Round(10 * time.Microsecond) }
+			a.log.Info("resumed after the pause for a checkpoint", "paused", r(time.Since(p.began)),
+				"stopping", r(p.stop), "disk_drain", r(p.drain), "snapshot", r(p.snapshot-p.drain))
 			a.pause = pauseTimes{}
 		}
 		return a.applyRun()
