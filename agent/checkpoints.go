@@ -92,16 +92,25 @@ func (a *Agent) checkpointFailed(id uint64, cause error) error {
 // parts just taken when it ends a chain, else a full snapshot (the
 // secondary restores into a fresh VM, which has no other base).
 func (a *Agent) pausedSnapshot(chain bool) ([]byte, error) {
-	// The snapshot carries the disk as it is on the file: writes released
-	// but still queued must be on it first.
-	t0 := time.Now()
-	a.disk.drain()
-	a.pause.drain = time.Since(t0)
 	kind := vmm.Full
 	if chain {
 		kind = vmm.Incremental
 	}
-	s, err := a.vm.Snapshot(kind)
+	// The snapshot carries the disk as it is on the file: writes released
+	// but still queued must be in it too. The VMM holds them still, and
+	// saves them as performed when told which they are; else they must
+	// be on the file first, which waits for each one's fdatasync.
+	var s *vmm.Snapshot
+	var err error
+	writes, held := a.disk.queuedWrites()
+	if m, ok := a.vm.(releasedSnapshotter); ok && held {
+		s, err = m.SnapshotReleased(kind, writes)
+	} else {
+		t0 := time.Now()
+		a.disk.drain()
+		a.pause.drain = time.Since(t0)
+		s, err = a.vm.Snapshot(kind)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -110,6 +119,14 @@ func (a *Agent) pausedSnapshot(chain bool) ([]byte, error) {
 	a.mu.Unlock()
 	return s.MarshalBinary()
 }
+
+// releasedSnapshotter is a VM that can save the block writes its owner
+// released and has not performed yet as performed (vmm.Machine).
+type releasedSnapshotter interface {
+	SnapshotReleased(kind vmm.SnapshotKind, released []*vmm.Output) (*vmm.Snapshot, error)
+}
+
+var _ releasedSnapshotter = (*vmm.Machine)(nil)
 
 // checkpointTaken hands a checkpoint to the node. A live one that failed
 // is taken paused instead (a short pause, and still a valid part of the
