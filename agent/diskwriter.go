@@ -35,8 +35,9 @@ const (
 // guest's reads (the VMM overlays a held write until its Release
 // succeeds); a write that no exit holds (one a checkpoint carried) is
 // not, so the loop drains the queue before anything reads the disk live:
-// before a snapshot, a restore, and before a new primary's exits are
-// served.
+// before a restore, before a new primary's exits are served, and before a
+// snapshot when such a write is queued (else the snapshot saves the
+// queued writes, which the VMM holds, as performed: queuedWrites).
 //
 // An output released after a block write must not leave before that
 // write is durable: a kvstore's reply to a PUT acknowledges the WAL record
