@@ -108,13 +108,18 @@ func (b *blockDevice) deliver(_ uint32, sector uint64, data []byte) error {
 		return errBlockRange
 	}
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	// Marked before the write: a write that fails half way may still
 	// have changed the file.
 	markChunks(b.written, sector*BlockSectorBytes, uint64(len(data)))
-	if _, err := b.f.WriteAt(data, int64(sector*BlockSectorBytes)); err != nil {
+	_, err := b.f.WriteAt(data, int64(sector*BlockSectorBytes))
+	b.mu.Unlock()
+	if err != nil {
 		return fmt.Errorf("block write at sector %d: %w", sector, err)
 	}
+	// Without mu: the bytes are in the file, which is all a read or a
+	// snapshot wants, and neither should wait for the device (beside
+	// other I/O an fdatasync took up to a second). A held write stays
+	// held until it returns, and is written again if it fails.
 	if err := unix.Fdatasync(int(b.f.Fd())); err != nil {
 		return fmt.Errorf("block fdatasync: %w", err)
 	}
