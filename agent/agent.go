@@ -243,20 +243,24 @@ type Agent struct {
 	// Ready; after that only restore replaces it, inside a command, so
 	// with readyMu held: an inline perform (which may deliver an output a
 	// checkpoint carried through it) reads it with readyMu held.
-	vm      VM   // loop only to write; readyMu held or loop to read
-	booted  bool // loop only: the VM holds a guest (loaded or restored)
-	running bool // loop only: the loop asked the VM to run
-	stalled bool // loop only
-	paused  bool // loop only
+	vm VM // loop only to write; readyMu held or loop to read
+	// joinVM holds the pre-copy parts a joining secondary loaded ahead
+	// of their chain's restore (nil: none); nothing runs it.
+	joinVM  *joinVM // loop only (commands)
+	booted  bool    // loop only: the VM holds a guest (loaded or restored)
+	running bool    // loop only: the loop asked the VM to run
+	stalled bool    // loop only
+	paused  bool    // loop only
 	// pausedAt is when the node last paused the VM (for Stats.PausedFor).
 	pausedAt time.Time // loop only
 	// diskPaused: the disk writer has a write failing (diskWriter.failing
 	// as the loop last saw it), so the VM is paused.
-	diskPaused bool   // loop only
-	halted     bool   // loop only
-	haltWhy    string // loop only
-	guarded    bool   // loop only: a secondary was in step at least once
-	granted    bool   // loop only: this host was primary in some epoch: its VM may run
+	diskPaused bool       // loop only
+	halted     bool       // loop only
+	pause      pauseTimes // loop only: the pause under way for a checkpoint
+	haltWhy    string     // loop only
+	guarded    bool       // loop only: a secondary was in step at least once
+	granted    bool       // loop only: this host was primary in some epoch: its VM may run
 
 	// arbFailures counts the arbiter's errors in a row, arbPermanent those
 	// of them that cannot pass by themselves (see permanentArbiterError).
@@ -456,6 +460,7 @@ func (a *Agent) Run(ctx context.Context, tr Transport) (err error) {
 		a.started.Store(false)
 		a.readyMu.Unlock()
 		a.disk.stop()
+		a.dropJoinVM()
 		if a.vm != nil {
 			a.abandonExits(true)
 			a.vm.Close()

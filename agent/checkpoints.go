@@ -54,11 +54,22 @@ func (a *Agent) takeCheckpoint(c lockstep.Checkpoint) error {
 	if a.vm.Status().State == vmm.Running {
 		return errors.New("the VM runs: the node asked for a checkpoint without a pause")
 	}
+	began := time.Now()
 	b, err := a.pausedSnapshot(c.Chain)
 	if err != nil {
 		return a.checkpointFailed(c.ID, err)
 	}
-	return a.checkpointTaken(c.ID, b, lockstep.DataDigest(b), nil)
+	sum := lockstep.DataDigest(b)
+	a.pause.snapshot = time.Since(began)
+	return a.checkpointTaken(c.ID, b, sum, nil)
+}
+
+// pauseTimes times a pause for a checkpoint, for the log line at its end.
+type pauseTimes struct {
+	began    time.Time     // CmdPause
+	stop     time.Duration // from CmdPause to the vCPU stopped
+	snapshot time.Duration // the paused snapshot, encoded and digested
+	drain    time.Duration // within it: the disk writes queued before it
 }
 
 // checkpointFailed tells the node a checkpoint for the secondary could not
@@ -81,14 +92,25 @@ func (a *Agent) checkpointFailed(id uint64, cause error) error {
 // parts just taken when it ends a chain, else a full snapshot (the
 // secondary restores into a fresh VM, which has no other base).
 func (a *Agent) pausedSnapshot(chain bool) ([]byte, error) {
-	// The snapshot carries the disk as it is on the file: writes released
-	// but still queued must be on it first.
-	a.disk.drain()
 	kind := vmm.Full
 	if chain {
 		kind = vmm.Incremental
 	}
-	s, err := a.vm.Snapshot(kind)
+	// The snapshot carries the disk as it is on the file: writes released
+	// but still queued must be in it too. The VMM holds them still, and
+	// saves them as performed when told which they are; else they must
+	// be on the file first, which waits for each one's fdatasync.
+	var s *vmm.Snapshot
+	var err error
+	writes, held := a.disk.queuedWrites()
+	if m, ok := a.vm.(releasedSnapshotter); ok && held {
+		s, err = m.SnapshotReleased(kind, writes)
+	} else {
+		t0 := time.Now()
+		a.disk.drain()
+		a.pause.drain = time.Since(t0)
+		s, err = a.vm.Snapshot(kind)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -97,6 +119,14 @@ func (a *Agent) pausedSnapshot(chain bool) ([]byte, error) {
 	a.mu.Unlock()
 	return s.MarshalBinary()
 }
+
+// releasedSnapshotter is a VM that can save the block writes its owner
+// released and has not performed yet as performed (vmm.Machine).
+type releasedSnapshotter interface {
+	SnapshotReleased(kind vmm.SnapshotKind, released []*vmm.Output) (*vmm.Snapshot, error)
+}
+
+var _ releasedSnapshotter = (*vmm.Machine)(nil)
 
 // checkpointTaken hands a checkpoint to the node. A live one that failed
 // is taken paused instead (a short pause, and still a valid part of the
@@ -138,47 +168,145 @@ func (a *Agent) checkpointTaken(id uint64, b []byte, sum [wire.DigestBytes]byte,
 	return err
 }
 
+// joinVM is the VM a joining secondary loads pre-copy parts into as they
+// come (lockstep.CmdLoadPart), ahead of the restore that ends their chain:
+// checkpoints base..through are in it. It is not a.vm: nothing runs it
+// until that restore adopts it.
+type joinVM struct {
+	vm            VM
+	base, through uint64
+	// clocks are the guest clocks the parts loaded carry, for the
+	// restore to take up as it does those of the parts it loads.
+	clocks []uint64
+}
+
+// loadPart loads a pre-copy part into the joining VM, so that the restore
+// ending the chain, which the primary waits for paused, has only the
+// paused increment left. A full part begins a new VM; the VM this host
+// had is of no use while it joins, and goes (its queued persists land
+// first: the part rewrites the disk). Whatever fails here only leaves
+// the restore to load the whole chain itself, as it would without this.
+func (a *Agent) loadPart(c lockstep.Checkpoint) error {
+	began := time.Now()
+	s, err := vmm.UnmarshalSnapshot(c.Data)
+	if err != nil {
+		a.log.Warn("pre-copy part from the primary unreadable; the chain's restore will load it", "id", c.ID, "err", err)
+		a.dropJoinVM()
+		return nil
+	}
+	j := a.joinVM
+	switch {
+	case c.Full && s.Kind == vmm.Full:
+		a.dropJoinVM()
+		a.retireVM()
+		vm, err := a.cfg.NewVM(a)
+		if err != nil {
+			a.log.Warn("cannot create a VM to load pre-copy parts into; the chain's restore will", "id", c.ID, "err", err)
+			return nil
+		}
+		j = &joinVM{vm: vm, base: c.ID, through: c.ID - 1}
+		a.joinVM = j
+	case j == nil || c.ID != j.through+1:
+		// Not the next of the chain loaded: the restore loads it all.
+		a.dropJoinVM()
+		return nil
+	}
+	if err := j.vm.Restore(s); err != nil {
+		a.log.Warn("loading a pre-copy part failed; the chain's restore will load the chain", "id", c.ID, "err", err)
+		a.dropJoinVM()
+		return nil
+	}
+	j.through = c.ID
+	if ns, ok := s.ClockNs(); ok {
+		j.clocks = append(j.clocks, ns)
+	}
+	a.log.Info("pre-copy part loaded", "id", c.ID, "bytes", len(c.Data), "took", time.Since(began).Round(10*time.Microsecond))
+	return nil
+}
+
+// dropJoinVM closes the VM pre-copy parts were loaded into, if any.
+func (a *Agent) dropJoinVM() {
+	if a.joinVM != nil {
+		a.joinVM.vm.Close()
+		a.joinVM = nil
+	}
+}
+
+// retireVM closes the VM the loop drives, for one that replaces it.
+func (a *Agent) retireVM() {
+	if a.vm == nil {
+		return
+	}
+	a.abandonExits(true)
+	// Persists queued for the old VM must land before a restore rewrites
+	// the disk, not after.
+	a.disk.drain()
+	a.vm.Close()
+	a.vm, a.booted, a.running = nil, false, false
+	a.abandonExits(false)
+}
+
 func (a *Agent) restore(c lockstep.Checkpoint) error {
 	began := time.Now()
-	// A pre-copy chain's parts, then the checkpoint that ends it.
-	var chain []*vmm.Snapshot
-	for i, b := range append(append([][]byte(nil), c.Parts...), c.Data) {
-		s, err := vmm.UnmarshalSnapshot(b)
-		if err != nil {
-			return fmt.Errorf("checkpoint %d from the primary, part %d of %d: %w", c.ID, i+1, len(c.Parts)+1, err)
-		}
-		chain = append(chain, s)
+	// A pre-copy chain's parts, then the checkpoint that ends it: those
+	// loaded ahead (loadPart) are in the joining VM already.
+	base := c.ID - uint64(len(c.Parts))
+	j := a.joinVM
+	a.joinVM = nil
+	ahead := 0
+	if j != nil && len(c.Parts) > 0 && j.base == base && j.through < c.ID {
+		ahead = int(j.through - base + 1)
+	} else if j != nil {
+		j.vm.Close()
+		j = nil
 	}
-	if a.vm != nil {
-		a.abandonExits(true)
-		// Persists queued for the old VM must land before the restore
-		// rewrites the disk, not after.
-		a.disk.drain()
-		a.vm.Close()
-		a.vm, a.booted, a.running = nil, false, false
-		a.abandonExits(false)
-	}
-	decoded := time.Now()
-	vm, err := a.cfg.NewVM(a)
+	chain, err := decodeChain(c, ahead)
 	if err != nil {
-		return fmt.Errorf("creating a VM to restore into: %w", err)
-	}
-	created := time.Now()
-	var partTimes []time.Duration
-	for i, s := range chain {
-		t0 := time.Now()
-		if err := vm.Restore(s); err != nil {
-			vm.Close()
-			return fmt.Errorf("restoring checkpoint %d, part %d of %d: %w", c.ID, i+1, len(chain), err)
+		if j != nil {
+			j.vm.Close()
 		}
-		partTimes = append(partTimes, time.Since(t0).Round(10*time.Microsecond))
+		return err
+	}
+	a.retireVM()
+	decoded := time.Now()
+	created := decoded // no new VM when the parts are loaded already
+	var vm VM
+	var partTimes []time.Duration
+	if j != nil {
+		vm = j.vm
+		if partTimes, err = restoreChain(vm, c, chain, ahead); err != nil {
+			// The VM is undefined now: the whole chain into a new one.
+			a.log.Warn("restoring onto the pre-copy parts loaded failed; restoring the whole chain", "id", c.ID, "err", err)
+			vm.Close()
+			vm, ahead = nil, 0
+			if chain, err = decodeChain(c, 0); err != nil {
+				return err
+			}
+		}
+	}
+	if vm == nil {
+		if vm, err = a.cfg.NewVM(a); err != nil {
+			return fmt.Errorf("creating a VM to restore into: %w", err)
+		}
+		created = time.Now()
+	}
+	if j == nil || ahead == 0 {
+		if partTimes, err = restoreChain(vm, c, chain, 0); err != nil {
+			vm.Close()
+			return err
+		}
 	}
 	a.vm, a.booted = vm, true
 	a.stats.restores.Add(1)
-	a.log.Info("checkpoint restored", "id", c.ID, "seq", c.Seq, "pre-copy parts", len(c.Parts), "bytes", len(c.Data),
+	a.log.Info("checkpoint restored", "id", c.ID, "seq", c.Seq, "pre-copy parts", len(c.Parts), "loaded ahead", ahead, "bytes", len(c.Data),
 		"took", time.Since(began).Round(10*time.Microsecond), "decode_and_close", decoded.Sub(began).Round(10*time.Microsecond),
 		"new_vm", created.Sub(decoded).Round(10*time.Microsecond), "parts", fmt.Sprint(partTimes))
 	a.mu.Lock()
+	if ahead > 0 {
+		for _, ns := range j.clocks {
+			a.clock.restoredNs(ns)
+		}
+	}
 	for _, s := range chain {
 		a.clock.restored(s)
 	}
@@ -188,4 +316,32 @@ func (a *Agent) restore(c lockstep.Checkpoint) error {
 		return err
 	}
 	return a.applyRun()
+}
+
+// decodeChain decodes the parts of c's chain from the skip-th, then c's
+// own data.
+func decodeChain(c lockstep.Checkpoint, skip int) ([]*vmm.Snapshot, error) {
+	var chain []*vmm.Snapshot
+	for i, b := range append(append([][]byte(nil), c.Parts[skip:]...), c.Data) {
+		s, err := vmm.UnmarshalSnapshot(b)
+		if err != nil {
+			return nil, fmt.Errorf("checkpoint %d from the primary, part %d of %d: %w", c.ID, skip+i+1, len(c.Parts)+1, err)
+		}
+		chain = append(chain, s)
+	}
+	return chain, nil
+}
+
+// restoreChain restores chain (c's parts from the skip-th, then c) into vm
+// and returns how long each took.
+func restoreChain(vm VM, c lockstep.Checkpoint, chain []*vmm.Snapshot, skip int) ([]time.Duration, error) {
+	var times []time.Duration
+	for i, s := range chain {
+		t0 := time.Now()
+		if err := vm.Restore(s); err != nil {
+			return times, fmt.Errorf("restoring checkpoint %d, part %d of %d: %w", c.ID, skip+i+1, len(c.Parts)+1, err)
+		}
+		times = append(times, time.Since(t0).Round(10*time.Microsecond))
+	}
+	return times, nil
 }

@@ -68,10 +68,13 @@ func (c *guestClock) stamp(s *vmm.Snapshot) {
 // needed, and the guest has seen nothing above it (a checkpoint vouches
 // for outputs this replica never replayed the clock reads of).
 func (c *guestClock) restored(s *vmm.Snapshot) {
-	ns, ok := s.ClockNs()
-	if !ok {
-		return
+	if ns, ok := s.ClockNs(); ok {
+		c.restoredNs(ns)
 	}
+}
+
+// restoredNs is restored for a checkpoint whose clock reads ns.
+func (c *guestClock) restoredNs(ns uint64) {
 	c.offset = 0
 	if !c.any || ns > c.last {
 		c.last, c.any = ns, true

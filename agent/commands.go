@@ -25,17 +25,33 @@ func (a *Agent) command(ctx context.Context, c lockstep.Command) error {
 			a.stats.pauses.Add(1)
 		}
 		a.paused = true
-		return a.applyRun()
+		a.pause = pauseTimes{began: time.Now()}
+		err := a.applyRun()
+		a.pause.stop = time.Since(a.pause.began)
+		return err
 	case lockstep.CmdResume:
 		if a.paused {
 			a.stats.pausedNs.Add(uint64(time.Since(a.pausedAt)))
 		}
 		a.paused = false
+		if p := a.pause; !p.began.IsZero() {
+			// What a client waits for while a secondary joins or is
+			// repaired, and where it went: stopping the vCPU, the disk
+			// writes queued before the snapshot, the snapshot (encoded
+			// and digested); the rest is the secondary's (transfer,
+			// restore, confirmation).
+			r := func(d time.Duration) time.Duration { return d.Round(10 * time.Microsecond) }
+			a.log.Info("resumed after the pause for a checkpoint", "paused", r(time.Since(p.began)),
+				"stopping", r(p.stop), "disk_drain", r(p.drain), "snapshot", r(p.snapshot-p.drain))
+			a.pause = pauseTimes{}
+		}
 		return a.applyRun()
 	case lockstep.CmdTakeCheckpoint:
 		return a.takeCheckpoint(c.Checkpoint)
 	case lockstep.CmdRestoreCheckpoint:
 		return a.restore(c.Checkpoint)
+	case lockstep.CmdLoadPart:
+		return a.loadPart(c.Checkpoint)
 	case lockstep.CmdAcquire:
 		if a.arbFailures == 0 {
 			a.log.Info("asking the arbiter for an epoch", "epoch", c.Epoch)

@@ -3,6 +3,7 @@ package agent
 import (
 	"errors"
 	"log/slog"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -34,8 +35,9 @@ const (
 // guest's reads (the VMM overlays a held write until its Release
 // succeeds); a write that no exit holds (one a checkpoint carried) is
 // not, so the loop drains the queue before anything reads the disk live:
-// before a snapshot, a restore, and before a new primary's exits are
-// served.
+// before a restore, before a new primary's exits are served, and before a
+// snapshot when such a write is queued (else the snapshot saves the
+// queued writes, which the VMM holds, as performed: queuedWrites).
 //
 // An output released after a block write must not leave before that
 // write is durable: a kvstore's reply to a PUT acknowledges the WAL record
@@ -94,6 +96,13 @@ type diskWriter struct {
 	// unperformed and gated is set. Set before the first job.
 	gate  func() error
 	gated atomic.Bool
+
+	// writes are the block writes queued and not yet finished, in queue
+	// order: the VMM's held output of each, nil for one no VM holds (a
+	// write a checkpoint carried). wmu guards it; the writer pops its
+	// head as each write finishes.
+	wmu    sync.Mutex
+	writes []*vmm.Output
 }
 
 // mayPerform asks the gate whether a job may be performed now; once it
@@ -142,9 +151,17 @@ func (w *diskWriter) run() {
 		switch {
 		case w.given.Load():
 			w.dropped.Add(1)
+			if j.write != nil {
+				w.popWrite()
+			}
 		case !w.mayPerform(j.what):
+			if j.write != nil {
+				w.popWrite()
+			}
 		case j.write != nil:
-			if w.writeDurably(j) {
+			ok := w.writeDurably(j)
+			w.popWrite()
+			if ok {
 				w.durable(j.seq)
 			}
 		case j.after != nil:
@@ -247,26 +264,57 @@ func (w *diskWriter) changed() {
 // put queues a job; once the writer is aborted it gives up rather than
 // wait for room, and then every later job is dropped too (a release must
 // not overtake the write it was queued behind).
-func (w *diskWriter) put(j diskJob) {
+func (w *diskWriter) put(j diskJob) bool {
 	w.queued.Add(1)
 	select {
 	case w.q <- j:
-		return
+		return true
 	default:
 	}
 	select {
 	case w.q <- j:
+		return true
 	case <-w.quit:
 		w.given.Store(true)
 		w.queued.Add(-1)
 		w.dropped.Add(1)
+		return false
 	}
 }
 
 // enqueue queues the write of the output at log position seq behind
-// every earlier job.
-func (w *diskWriter) enqueue(what string, seq uint64, write func() error) {
-	w.put(diskJob{write: write, what: what, seq: seq})
+// every earlier job; out is its output as the VMM holds it (nil: no VM
+// holds it). Callers are serialized (readyMu).
+func (w *diskWriter) enqueue(what string, seq uint64, write func() error, out *vmm.Output) {
+	w.wmu.Lock()
+	w.writes = append(w.writes, out)
+	w.wmu.Unlock()
+	if !w.put(diskJob{write: write, what: what, seq: seq}) {
+		// Never queued: the last one listed (the writer pops only
+		// the head, and only of what it took from the queue).
+		w.wmu.Lock()
+		w.writes = w.writes[:len(w.writes)-1]
+		w.wmu.Unlock()
+	}
+}
+
+// popWrite forgets the oldest write queued: the writer finished it.
+func (w *diskWriter) popWrite() {
+	w.wmu.Lock()
+	w.writes[0] = nil
+	w.writes = w.writes[1:]
+	w.wmu.Unlock()
+}
+
+// queuedWrites returns the block writes queued and not yet finished, in
+// order, and whether the VMM holds every one of them (Machine.
+// SnapshotReleased can then save them as performed, so that a snapshot
+// need not drain the queue).
+func (w *diskWriter) queuedWrites() ([]*vmm.Output, bool) {
+	w.wmu.Lock()
+	defer w.wmu.Unlock()
+	outs := slices.Clone(w.writes)
+	return outs, !slices.Contains(outs, nil)
 }
 
 // release performs an output that is not a block write: at once when

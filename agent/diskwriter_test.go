@@ -33,7 +33,7 @@ func TestDiskWriterHoldsReleasesBehindAFailingWrite(t *testing.T) {
 		}
 		note("write")
 		return nil
-	})
+	}, nil)
 	w.release("seq 2", 2, func() error { note("reply"); return nil })
 	deadline := time.Now().Add(10 * time.Second)
 	for w.errors.Load() < 3 {
@@ -66,7 +66,7 @@ func TestDiskWriterHoldsReleasesBehindAFailingWrite(t *testing.T) {
 // behind it: nothing that acknowledges it leaves.
 func TestDiskWriterAbortDropsWhatFollowsAFailingWrite(t *testing.T) {
 	w := newDiskWriter(slog.New(slog.NewTextHandler(io.Discard, nil)), nil, nil)
-	w.enqueue("seq 1", 1, func() error { return errors.New("no space left on device") })
+	w.enqueue("seq 1", 1, func() error { return errors.New("no space left on device") }, nil)
 	var released atomic.Bool
 	w.release("seq 2", 2, func() error { released.Store(true); return nil })
 	for w.errors.Load() == 0 {
@@ -157,7 +157,7 @@ func TestDiskWriterLeavesAfterFailingTooLong(t *testing.T) {
 		w.leaveAfter = 30 * time.Millisecond
 		w.mayLeave = func() bool { return may }
 		var released atomic.Bool
-		w.enqueue("seq 1", 1, func() error { return errors.New("no space left on device") })
+		w.enqueue("seq 1", 1, func() error { return errors.New("no space left on device") }, nil)
 		w.release("seq 2", 2, func() error { released.Store(true); return nil })
 		deadline := time.Now().Add(10 * time.Second)
 		for !w.left.Load() && w.errors.Load() < 8 { // 8 attempts: >1 s of backoff
@@ -182,5 +182,28 @@ func TestDiskWriterLeavesAfterFailingTooLong(t *testing.T) {
 		if released.Load() {
 			t.Fatal("the release behind the failing write was performed")
 		}
+	}
+}
+
+// The writer lists the writes queued, in order, until each is done; one
+// no VM holds makes the list incomplete (the snapshot must drain then).
+func TestDiskWriterListsQueuedWrites(t *testing.T) {
+	w := newDiskWriter(slog.New(slog.DiscardHandler), nil, nil)
+	defer w.stop()
+	gate := make(chan struct{})
+	o1, o2 := &vmm.Output{Index: 1}, &vmm.Output{Index: 2}
+	w.enqueue("seq 1", 1, func() error { <-gate; return nil }, o1)
+	w.enqueue("seq 2", 2, func() error { return nil }, o2)
+	if got, all := w.queuedWrites(); !all || len(got) != 2 || got[0] != o1 || got[1] != o2 {
+		t.Fatalf("queued writes %v (all held %v); want [o1 o2], all held", got, all)
+	}
+	w.enqueue("seq 3", 3, func() error { return nil }, nil)
+	if _, all := w.queuedWrites(); all {
+		t.Fatal("a write no VM holds is queued, and the list says every write is held")
+	}
+	close(gate)
+	w.drain()
+	if got, all := w.queuedWrites(); !all || len(got) != 0 {
+		t.Fatalf("after the writes: %v (all held %v); want none", got, all)
 	}
 }

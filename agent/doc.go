@@ -224,7 +224,15 @@
 // A resync's checkpoint is therefore a full snapshot. A joiner's is a
 // pre-copy chain (lockstep.Config.PrecopyRounds): live snapshots of the
 // running VM, taken on a goroutine of their own (the loop goes on), and a
-// paused increment over them; the secondary restores the chain in order.
+// paused increment over them. The joiner loads each part into a VM of
+// its own as it arrives (lockstep.CmdLoadPart; that VM replaces the one
+// it had, of no use while it joins), so that the restore that ends the
+// chain, which the primary waits for paused, creates no VM and loads only
+// the paused increment; it loads the whole chain into a fresh VM instead
+// whenever what was loaded is not that chain's start. The paused
+// snapshot saves the block writes released and still queued for the disk
+// writer as performed (vmm.Machine.SnapshotReleased) rather than wait for
+// each one's fdatasync; the pause's end logs where it went.
 // The owner of the transport reports a lost connection with PeerLost, so
 // that a dead peer is acted on at once rather than after the protocol's
 // timeout.

@@ -49,11 +49,11 @@ func TestDiskWriterPerformsNothingOnceTheLeaseIsLost(t *testing.T) {
 		return func() error { mu.Lock(); done = append(done, s); mu.Unlock(); return nil }
 	}
 	w.release("seq 1", 1, note("reply 1"))
-	w.enqueue("seq 2", 2, note("write 2"))
+	w.enqueue("seq 2", 2, note("write 2"), nil)
 	w.drain()
 	l.lose()
 	w.release("seq 3", 3, note("reply 3"))
-	w.enqueue("seq 4", 4, note("write 4"))
+	w.enqueue("seq 4", 4, note("write 4"), nil)
 	w.release("seq 5", 5, note("reply 5"))
 	w.drain()
 	mu.Lock()

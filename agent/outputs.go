@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/ftvm/ftvm/lockstep"
+	"github.com/ftvm/ftvm/vmm"
 )
 
 // heldOutput is an output the VMM keeps out of the world: *vmm.Output.
@@ -39,6 +40,12 @@ func (a *Agent) fenced(o lockstep.Output, write func() error) func() error {
 		return write
 	}
 	return func() error { return f.Write(o.Fence, write) }
+}
+
+// vmmOutput is h as the VMM holds it, or nil (a test's stand-in).
+func vmmOutput(h heldOutput) *vmm.Output {
+	o, _ := h.(*vmm.Output)
+	return o
 }
 
 // take removes an output from the table of held outputs.
@@ -81,7 +88,7 @@ func (a *Agent) deliverCarried(o lockstep.Output) error {
 		return err
 	}
 	if isDiskWrite(o.Device) {
-		a.disk.enqueue(fmt.Sprintf("seq %d (carried by a checkpoint)", o.Seq), o.Seq, a.fenced(o, do))
+		a.disk.enqueue(fmt.Sprintf("seq %d (carried by a checkpoint)", o.Seq), o.Seq, a.fenced(o, do), nil)
 		return nil
 	}
 	return a.disk.release(fmt.Sprintf("seq %d (carried by a checkpoint)", o.Seq), o.Seq, do)
@@ -93,7 +100,7 @@ func (a *Agent) deliverCarried(o lockstep.Output) error {
 func (a *Agent) persist(o lockstep.Output) error {
 	a.stats.persisted.Add(1)
 	if e, ok := a.take(o.ID); ok {
-		a.disk.enqueue(fmt.Sprintf("seq %d", o.Seq), o.Seq, e.h.Release)
+		a.disk.enqueue(fmt.Sprintf("seq %d", o.Seq), o.Seq, e.h.Release, vmmOutput(e.h))
 		return nil
 	}
 	if !o.Carried {

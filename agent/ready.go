@@ -218,7 +218,7 @@ func (a *Agent) perform(ctx context.Context, w *work) error {
 		// it until it is; any other output leaves only once the writes
 		// released before it are durable (diskWriter.release).
 		if isDiskWrite(o.Device) {
-			a.disk.enqueue(fmt.Sprintf("seq %d", o.Seq), o.Seq, a.fenced(o, e.h.Release))
+			a.disk.enqueue(fmt.Sprintf("seq %d", o.Seq), o.Seq, a.fenced(o, e.h.Release), vmmOutput(e.h))
 			continue
 		}
 		a.disk.release(fmt.Sprintf("seq %d", o.Seq), o.Seq, e.h.Release)

@@ -19,9 +19,12 @@ type incomingCheckpoints struct {
 	partsBytes    int                  // bytes in parts
 	chainLow      uint64               // lowest ID of the chain being assembled (0: none known)
 	chainEnd      *chainEnd            // its end, when it came before a part
-	pendingAck    *wire.CheckpointAck  // checkpoint acknowledgement to send (coalesced)
-	restoredID    uint64               // the last checkpoint restored (or being restored)
-	restoredSeq   uint64               // its log position
+	// loaded is the last part of the chain from chainLow handed to the
+	// VMM (CmdLoadPart; 0: none): parts chainLow..loaded went in order.
+	loaded      uint64
+	pendingAck  *wire.CheckpointAck // checkpoint acknowledgement to send (coalesced)
+	restoredID  uint64              // the last checkpoint restored (or being restored)
+	restoredSeq uint64              // its log position
 }
 
 // assembly is one checkpoint being put together from its chunks.
@@ -220,6 +223,7 @@ func (n *Node) stepDone(m *wire.CheckpointDone) error {
 		n.incoming.dropAssembliesBelow(m.ID)
 	case m.Base != 0 && (n.incoming.chainLow == 0 || m.Base < n.incoming.chainLow):
 		n.incoming.chainLow = m.Base
+		n.incoming.loaded = 0 // parts loaded were of another chain start
 		n.incoming.dropAssembliesBelow(m.Base)
 	}
 	a := n.assemble(m.ID)
@@ -242,11 +246,14 @@ func (c *incomingCheckpoints) dropChainBelow(id uint64) {
 	if c.chainEnd != nil && c.chainEnd.base < id {
 		c.chainEnd = nil
 	}
+	if c.loaded < id {
+		c.loaded = 0
+	}
 }
 
 // dropChain forgets the pre-copy parts kept so far.
 func (c *incomingCheckpoints) dropChain() {
-	c.parts, c.partsBytes, c.chainLow, c.chainEnd = nil, 0, 0, nil
+	c.parts, c.partsBytes, c.chainLow, c.chainEnd, c.loaded = nil, 0, 0, nil, 0
 }
 
 func (n *Node) tryRestore(a *assembly) error {
@@ -293,6 +300,7 @@ func (n *Node) tryRestore(a *assembly) error {
 		}
 		n.incoming.parts[a.id] = rest
 		n.incoming.partsBytes += len(rest)
+		n.loadParts()
 		if e := n.incoming.chainEnd; e != nil {
 			return n.restoreChain(e)
 		}
@@ -304,6 +312,31 @@ func (n *Node) tryRestore(a *assembly) error {
 	}
 	n.restore(a.id, a.seq, a.full, released, outs, rest, nil)
 	return nil
+}
+
+// loadParts hands the VMM, in order, the parts of the chain under way
+// that are here and follow the last it has (CmdLoadPart), while joining:
+// a part loaded now is one fewer to restore while the primary is paused.
+// A diverged secondary's VM must stay as it is (it may have to go live
+// from it), so its parts wait for the chain's end as they always did.
+func (n *Node) loadParts() {
+	c := &n.incoming
+	if n.replay.phase != sJoining || c.chainLow == 0 {
+		return
+	}
+	next := c.chainLow
+	if c.loaded >= c.chainLow {
+		next = c.loaded + 1
+	}
+	for {
+		p, ok := c.parts[next]
+		if !ok {
+			return
+		}
+		n.command(Command{Kind: CmdLoadPart, Checkpoint: Checkpoint{ID: next, Full: next == c.chainLow, Data: p}})
+		c.loaded = next
+		next++
+	}
 }
 
 // restoreChain restores a pre-copy chain once every part of it is here;

@@ -81,9 +81,12 @@
 // only then does the primary release what it held and resume. A new
 // secondary joins by pre-copy (Config.PrecopyRounds): live checkpoints of
 // the running VM (CmdTakeCheckpoint with Live), each shipped the same way,
-// then a short pause for a paused increment that ends the chain; it
-// restores the chain in order. With PrecopyRounds 0 it joins from one full
-// checkpoint taken paused.
+// then a short pause for a paused increment that ends the chain. The
+// joiner hands each part to its VMM as soon as it holds it whole
+// (CmdLoadPart, in the chain's order), so that the restore of the chain
+// (CmdRestoreCheckpoint, which still carries every part), during which
+// the primary stays paused, has only the paused increment left to load.
+// With PrecopyRounds 0 it joins from one full checkpoint taken paused.
 //
 // Each side counts ticks since it last heard the other; PeerLost, which
 // the agent calls when the transport sees the connection reset or closed

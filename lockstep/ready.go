@@ -82,9 +82,23 @@ const (
 	// restore overwrites what was persisted before it, and writes persisted
 	// after it must land on the restored state, in order.
 	CmdPersist
+	// CmdLoadPart, on a joining secondary, hands the VMM a pre-copy part
+	// (Checkpoint.ID and Data; Full for the chain's first) as soon as it
+	// is here whole, in the chain's order, so that the restore ending the
+	// chain has only the paused increment left to load: the primary's
+	// pause lasts that restore, not the whole chain's. It comes only
+	// while the node is joining, when this host's VM (if it has one) is of
+	// no use any more: the agent may replace it by the one it loads into
+	// (a full part begins a new one; an increment applies on the part
+	// before it). Loading is ahead of time only: CmdRestoreCheckpoint
+	// still carries every part of its chain, and the agent loads there
+	// those it did not load here (all of them into a new VM, if what it
+	// loaded is not the start of that chain or a load failed). Nothing
+	// answers it.
+	CmdLoadPart
 )
 
-var cmdNames = [...]string{"", "stall", "unstall", "pause", "resume", "take-checkpoint", "restore-checkpoint", "acquire", "go-live", "halt", "persist"}
+var cmdNames = [...]string{"", "stall", "unstall", "pause", "resume", "take-checkpoint", "restore-checkpoint", "acquire", "go-live", "halt", "persist", "load-part"}
 
 func (k CommandKind) String() string {
 	if int(k) < len(cmdNames) {
@@ -122,7 +136,9 @@ type Checkpoint struct {
 	Chain bool
 	// Data (restore-checkpoint): the VMM's snapshot bytes, applied after
 	// Parts, the pre-copy parts of the chain this checkpoint ends, in
-	// order (none for a checkpoint that stands alone).
+	// order (none for a checkpoint that stands alone): they are
+	// checkpoints ID-len(Parts) to ID-1, the ones CmdLoadPart may have
+	// handed over already. In load-part, Data is the part's.
 	Data  []byte
 	Parts [][]byte
 }

@@ -4,7 +4,9 @@ import (
 	"bytes"
 	"errors"
 	"fmt"
+	"maps"
 	"os"
+	"slices"
 	"sync"
 
 	"golang.org/x/sys/unix"
@@ -106,13 +108,18 @@ func (b *blockDevice) deliver(_ uint32, sector uint64, data []byte) error {
 		return errBlockRange
 	}
 	b.mu.Lock()
-	defer b.mu.Unlock()
 	// Marked before the write: a write that fails half way may still
 	// have changed the file.
 	markChunks(b.written, sector*BlockSectorBytes, uint64(len(data)))
-	if _, err := b.f.WriteAt(data, int64(sector*BlockSectorBytes)); err != nil {
+	_, err := b.f.WriteAt(data, int64(sector*BlockSectorBytes))
+	b.mu.Unlock()
+	if err != nil {
 		return fmt.Errorf("block write at sector %d: %w", sector, err)
 	}
+	// Without mu: the bytes are in the file, which is all a read or a
+	// snapshot wants, and neither should wait for the device (beside
+	// other I/O an fdatasync took up to a second). A held write stays
+	// held until it returns, and is written again if it fails.
 	if err := unix.Fdatasync(int(b.f.Fd())); err != nil {
 		return fmt.Errorf("block fdatasync: %w", err)
 	}
@@ -173,11 +180,14 @@ func (b *blockDevice) restoreState(s []byte) error {
 // zeroed). It reads the file, the durable content, and never the held
 // writes, which are outputs the caller carries apart.
 //
+// The held writes in released (Machine.SnapshotReleased) are saved as if
+// performed: over the chunks read, in order.
+//
 // The read and the clearing of the written bitmap happen under mu, so a
 // release on another goroutine lands either in this snapshot's content or
 // in the next increment, never in neither. On an error nothing is
 // cleared.
-func (b *blockDevice) saveDisk(kind SnapshotKind, s *Snapshot) error {
+func (b *blockDevice) saveDisk(kind SnapshotKind, s *Snapshot, released []*Output) error {
 	s.DiskBytes, s.DiskOmitted = b.size(), b.shared
 	if b.f == nil || b.shared {
 		return nil
@@ -205,9 +215,63 @@ func (b *blockDevice) saveDisk(kind SnapshotKind, s *Snapshot) error {
 			add(c, chunk)
 		}
 	}
+	chunks, data, err := b.overReleased(chunks, data, released)
+	if err != nil {
+		return err
+	}
 	clear(b.written)
 	s.DiskChunks, s.DiskData = chunks, data
 	return nil
+}
+
+// overReleased returns chunks (increasing) and their data with the writes
+// of released that are still held applied over them, in order; a chunk
+// they touch that is not among chunks is read from the file first. A
+// write released and performed meanwhile is in the file already (and
+// left, performed, in the pending list until its Release returns: applied
+// again, it writes the same bytes in the same order). mu held.
+func (b *blockDevice) overReleased(chunks []uint64, data []byte, released []*Output) ([]uint64, []byte, error) {
+	var writes []*Output
+	for _, o := range released {
+		if slices.Contains(b.pending, o) {
+			writes = append(writes, o)
+		}
+	}
+	if len(writes) == 0 {
+		return chunks, data, nil
+	}
+	size := b.size()
+	// Every chunk, with its bytes, as a map for the writes to land in.
+	have := map[uint64][]byte{}
+	off := uint64(0)
+	for _, c := range chunks {
+		n := diskChunkLen(size, c)
+		have[c] = data[off : off+n]
+		off += n
+	}
+	for _, o := range writes {
+		lo := o.Arg * BlockSectorBytes
+		if len(o.Data) == 0 || lo+uint64(len(o.Data)) > size {
+			continue // refused at the exit; Release never writes it
+		}
+		for c := lo / DiskChunkBytes; c <= (lo+uint64(len(o.Data))-1)/DiskChunkBytes; c++ {
+			chunk, ok := have[c]
+			if !ok {
+				chunk = make([]byte, diskChunkLen(size, c))
+				if _, err := b.f.ReadAt(chunk, int64(c*DiskChunkBytes)); err != nil {
+					return nil, nil, fmt.Errorf("snapshot of the disk: reading chunk %d of %s for a released write: %w", c, b.f.Name(), err)
+				}
+				have[c] = chunk
+			}
+			overlay(chunk, int64(c*DiskChunkBytes), o.Data, int64(lo))
+		}
+	}
+	chunks = slices.Sorted(maps.Keys(have))
+	out := make([]byte, 0, diskDataBytes(size, chunks))
+	for _, c := range chunks {
+		out = append(out, have[c]...)
+	}
+	return chunks, out, nil
 }
 
 // takeWritten returns the chunks written since the last snapshot and

@@ -126,7 +126,7 @@ func TestBlockDiskSnapshot(t *testing.T) {
 
 	var full Snapshot
 	full.Kind = Full
-	if err := blk.saveDisk(Full, &full); err != nil {
+	if err := blk.saveDisk(Full, &full, nil); err != nil {
 		t.Fatal(err)
 	}
 	if chunksOf(&full) != "[0 4 5]" || full.DiskBytes != testDiskBytes {
@@ -164,7 +164,7 @@ func TestBlockDiskSnapshot(t *testing.T) {
 	}
 	b.blockWrite(32, 512, 0x00) // zeros over chunk 4's durable bytes
 	inc := Snapshot{Kind: Incremental}
-	if err := blk.saveDisk(Incremental, &inc); err != nil {
+	if err := blk.saveDisk(Incremental, &inc, nil); err != nil {
 		t.Fatal(err)
 	}
 	if chunksOf(&inc) != "[0 2 4]" {
@@ -180,7 +180,7 @@ func TestBlockDiskSnapshot(t *testing.T) {
 
 	// The next increment, with no writes since, is empty.
 	var empty Snapshot
-	if err := blk.saveDisk(Incremental, &empty); err != nil || empty.Chunks() != 0 {
+	if err := blk.saveDisk(Incremental, &empty, nil); err != nil || empty.Chunks() != 0 {
 		t.Fatalf("increment with no writes: %s, %v", chunksOf(&empty), err)
 	}
 }
@@ -193,13 +193,13 @@ func TestBlockRestoreDiskRefusals(t *testing.T) {
 	none, _ := newBlock(nil, false)
 
 	var withData, omitted, noDisk Snapshot
-	if err := own.saveDisk(Full, &withData); err != nil {
+	if err := own.saveDisk(Full, &withData, nil); err != nil {
 		t.Fatal(err)
 	}
-	if err := shared.saveDisk(Full, &omitted); err != nil || !omitted.DiskOmitted || omitted.DiskBytes != testDiskBytes {
+	if err := shared.saveDisk(Full, &omitted, nil); err != nil || !omitted.DiskOmitted || omitted.DiskBytes != testDiskBytes {
 		t.Fatalf("shared-storage snapshot: omitted %v, %d bytes, %v", omitted.DiskOmitted, omitted.DiskBytes, err)
 	}
-	if err := none.saveDisk(Full, &noDisk); err != nil || noDisk.DiskBytes != 0 || noDisk.Chunks() != 0 {
+	if err := none.saveDisk(Full, &noDisk, nil); err != nil || noDisk.DiskBytes != 0 || noDisk.Chunks() != 0 {
 		t.Fatalf("no disk: %d bytes, %d chunks, %v; want an empty section", noDisk.DiskBytes, noDisk.Chunks(), err)
 	}
 	for _, c := range []struct {
@@ -345,7 +345,7 @@ func TestBlockFullRestoreWritesTheDifference(t *testing.T) {
 	}
 	var full Snapshot
 	full.Kind = Full
-	if err := srcBlk.saveDisk(Full, &full); err != nil {
+	if err := srcBlk.saveDisk(Full, &full, nil); err != nil {
 		t.Fatal(err)
 	}
 	if full.Chunks() != 11 {
@@ -376,5 +376,67 @@ func TestBlockFullRestoreWritesTheDifference(t *testing.T) {
 		if blk.restoredChunks != want {
 			t.Errorf("rewrite all %v: the restore wrote %d chunks, want %d", rewriteAll, blk.restoredChunks, want)
 		}
+	}
+}
+
+// TestBlockDiskSnapshotOverReleasedWrites: held writes named as released
+// are saved as if performed, in order (a later one over an earlier one,
+// into chunks the file has as zeros, and into chunks also written
+// before); a held write not named stays out. Restored, the snapshot gives
+// the source's file once the named writes are performed.
+func TestBlockDiskSnapshotOverReleasedWrites(t *testing.T) {
+	for _, kind := range []SnapshotKind{Full, Incremental} {
+		t.Run(kind.String(), func(t *testing.T) {
+			h := &switchHook{}
+			b := newExitBench(t, benchOpts{hook: h})
+			src := diskFile(t, "src", testDiskBytes, nil)
+			blk, err := newBlock(src, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			b.disp.devs[DeviceBlock] = blk
+			b.blockWrite(0, 1024, 0xa1) // chunk 0, performed
+			base := Snapshot{Kind: Full}
+			if err := blk.saveDisk(Full, &base, nil); err != nil {
+				t.Fatal(err)
+			}
+			b.blockWrite(8, 512, 0xa5) // chunk 1, performed after the base
+			h.hold = true
+			b.blockWrite(16, 1024, 0xa3) // held: chunk 2 (zeros on the file)
+			b.blockWrite(17, 512, 0xb3)  // held, over part of the one before
+			b.blockWrite(1, 512, 0xc1)   // held, into chunk 0
+			b.blockWrite(32, 512, 0xd4)  // held and not released: out
+			h.hold = false
+			released := h.held[:3]
+
+			s := Snapshot{Kind: kind}
+			if err := blk.saveDisk(kind, &s, released); err != nil {
+				t.Fatal(err)
+			}
+			// Chunk 1 is in both: non-zero, and written since the base.
+			if want := "[0 1 2]"; chunksOf(&s) != want {
+				t.Fatalf("%s snapshot holds chunks %s; want %s (the released writes' chunks, not the held one's)", kind, chunksOf(&s), want)
+			}
+			for _, o := range released {
+				if err := o.Release(); err != nil {
+					t.Fatal(err)
+				}
+			}
+			f := diskFile(t, "dst", testDiskBytes, garbage(7))
+			dst, err := newBlock(f, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			chain := []*Snapshot{&s}
+			if kind == Incremental {
+				chain = []*Snapshot{&base, &s}
+			}
+			for _, c := range chain {
+				if err := dst.restoreDisk(c); err != nil {
+					t.Fatal(err)
+				}
+			}
+			sameDisk(t, "restored, against the source with the released writes performed", f, src)
+		})
 	}
 }

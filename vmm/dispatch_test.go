@@ -227,7 +227,7 @@ func TestHeldOutputs(t *testing.T) {
 		t.Fatalf("device state with held writes: %v", err)
 	}
 	var snap Snapshot
-	if err := blk.saveDisk(Full, &snap); err != nil || snap.Chunks() != 0 {
+	if err := blk.saveDisk(Full, &snap, nil); err != nil || snap.Chunks() != 0 {
 		t.Fatalf("disk of a snapshot with only a held write: %d chunks, %v; want 0 chunks", snap.Chunks(), err)
 	}
 	// A write past the end is refused when held.

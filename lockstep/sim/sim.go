@@ -1,6 +1,7 @@
 package sim
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"fmt"
@@ -210,6 +211,11 @@ type host struct {
 	fuzzy   *fuzzyCheckpoint
 	downAt  int
 	upAt    int
+	// loadBase and loaded are the pre-copy parts the node handed over
+	// ahead of their chain's restore (CmdLoadPart): checkpoints loadBase,
+	// loadBase+1, ... in order.
+	loadBase uint64
+	loaded   [][]byte
 }
 
 // fuzzyCheckpoint is a checkpoint of a running vCPU: the copy completes
@@ -287,6 +293,7 @@ func (s *Sim) down(h *host, why string) {
 	s.tracef("%s down: %s", h.name, why)
 	s.unseen[h.idx] = false
 	h.inc, h.node, h.g = 0, nil, nil
+	h.loadBase, h.loaded = 0, nil
 	h.downAt, h.upAt = s.now, s.now+s.opts.RestartDelaySteps
 }
 
@@ -558,7 +565,7 @@ func (s *Sim) command(h *host, c lockstep.Command) {
 	if h.node == nil {
 		return
 	}
-	if c.Kind != lockstep.CmdAcquire && c.Kind != lockstep.CmdRestoreCheckpoint && c.Kind != lockstep.CmdPersist {
+	if c.Kind != lockstep.CmdAcquire && c.Kind != lockstep.CmdRestoreCheckpoint && c.Kind != lockstep.CmdPersist && c.Kind != lockstep.CmdLoadPart {
 		live := ""
 		if c.Kind == lockstep.CmdTakeCheckpoint && c.Checkpoint.Live {
 			live = " (live, a pre-copy part)"
@@ -599,13 +606,14 @@ func (s *Sim) command(h *host, c lockstep.Command) {
 			s.chk.violate(Harness, "restore: %v", err)
 			return
 		}
+		ahead := s.loadedAhead(h, c.Checkpoint)
 		h.g = g
 		s.unseen[h.idx] = false
 		s.res.Resyncs++
 		s.chk.restored(h, c.Checkpoint.Seq, data)
 		chain := ""
 		if len(c.Checkpoint.Parts) > 0 {
-			chain = fmt.Sprintf(" after %d pre-copy parts", len(c.Checkpoint.Parts))
+			chain = fmt.Sprintf(" after %d pre-copy parts (%d loaded ahead)", len(c.Checkpoint.Parts), ahead)
 		}
 		s.tracef("%s restored checkpoint %d at seq %d%s", h.name, c.Checkpoint.ID, c.Checkpoint.Seq, chain)
 		_ = h.node.CheckpointRestored(c.Checkpoint.ID)
@@ -623,7 +631,54 @@ func (s *Sim) command(h *host, c lockstep.Command) {
 		s.down(h, "halt: "+c.Reason)
 	case lockstep.CmdPersist:
 		s.chk.persisted(h, c.Output)
+	case lockstep.CmdLoadPart:
+		s.loadPart(h, c.Checkpoint)
 	}
+}
+
+// loadPart takes a pre-copy part handed over ahead of its chain's end. The
+// agent may replace the host's VM by the one it loads parts into, so a
+// part may come only while that VM is of no use: the host joins (it is
+// not live, holds no restored checkpoint and has not diverged from one).
+// Parts come in their chain's order, from its full first.
+func (s *Sim) loadPart(h *host, c lockstep.Checkpoint) {
+	full := ""
+	if c.Full {
+		full = " (full)"
+	}
+	s.tracef("%s load-part %d%s", h.name, c.ID, full)
+	if st := h.node.Status(); h.live || st.Synced || st.Diverged {
+		s.chk.violate(Resync, "%s was handed pre-copy part %d to load while its VM is in use (live=%v synced=%v diverged=%v)", h.name, c.ID, h.live, st.Synced, st.Diverged)
+	}
+	switch {
+	case c.Full:
+		h.loadBase, h.loaded = c.ID, nil
+	case h.loadBase == 0 || c.ID != h.loadBase+uint64(len(h.loaded)):
+		s.chk.violate(Resync, "%s was handed pre-copy part %d to load after parts %d..%d", h.name, c.ID, h.loadBase, h.loadBase+uint64(len(h.loaded))-1)
+		h.loadBase, h.loaded = 0, nil
+		return
+	}
+	h.loaded = append(h.loaded, bytes.Clone(c.Data))
+}
+
+// loadedAhead counts the parts of the chain c ends that were loaded ahead
+// of it (a prefix of c.Parts), checking that each is the part c carries,
+// and forgets them: a restore replaces the VM they were loaded into.
+func (s *Sim) loadedAhead(h *host, c lockstep.Checkpoint) int {
+	base, loaded := h.loadBase, h.loaded
+	h.loadBase, h.loaded = 0, nil
+	if len(c.Parts) == 0 || base != c.ID-uint64(len(c.Parts)) {
+		return 0
+	}
+	n := 0
+	for i, p := range loaded {
+		if i >= len(c.Parts) || !bytes.Equal(p, c.Parts[i]) {
+			s.chk.violate(Resync, "%s loaded part %d ahead of checkpoint %d, but the restore carries another", h.name, base+uint64(i), c.ID)
+			break
+		}
+		n++
+	}
+	return n
 }
 
 func (s *Sim) answerArbiter() {
