@@ -20,7 +20,9 @@ import "sort"
 //     emptied.
 //   - No secondary, and the primary is live and holds the arbiter's lease
 //     (it serves): a secondary is picked among the live hosts that are not
-//     the primary and have a free slot, most free first. Waiting for the
+//     the primary (nor the primary that lost the VM to a take-over: its
+//     host key may outlive its arbiter lease by a moment) and have a free
+//     slot, most free first. Waiting for the
 //     lease keeps a replacement from dialing a host that has not taken
 //     over yet, and from being placed beside a VM nobody serves.
 //   - A primary that is not live while its secondary is: nothing changes
@@ -93,7 +95,10 @@ func Plan(p *Pool) map[string]Placement {
 			next.Secondary = ""
 		}
 		if next.Secondary == "" && live(next.Primary) && v.Holder == next.Primary {
-			if next.Secondary = pick(next.Primary); next.Secondary != "" {
+			// Not the primary that lost the VM either: its host key may
+			// outlive its arbiter lease by a little (two leases, two
+			// clocks), but the host is dead or cut off.
+			if next.Secondary = pick(next.Primary, cur.Primary); next.Secondary != "" {
 				used[next.Secondary]++
 			}
 		}
