@@ -19,7 +19,9 @@
 // daemon_reject.go the logging of refused connections; ckptbound.go the
 // largest checkpoint a host accepts; status.go the control socket that
 // ftvm status asks. arbiter.go and recover.go are the operator's commands
-// for cold restarts; certs.go, demo.go, sim.go, bench*.go and kvload.go
+// for cold restarts; host.go (ftvm host) and cluster.go (ftvm cluster)
+// are the pool of hosts on etcd, whose logic is the cluster package;
+// certs.go, demo.go, sim.go, bench*.go and kvload.go
 // the others.
 //
 // Exit codes: 0 success, 1 failure (the command ran and something failed),
