@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -26,17 +27,24 @@ const (
 	// poolRate is each client's load on its VM (three VMs, six daemons
 	// and three etcd members share two cores).
 	poolRate = 200
+	// poolKills is how many hosts die, one after the other, each once
+	// every VM is protected again: four hosts of three slots hold three
+	// pairs down to two hosts.
+	poolKills = 2
 )
 
 // TestE2EPool runs `ftvm host` on four hosts (a, b, d, e) sharing a
 // three-member etcd cluster, adds three kvstore VMs with `ftvm cluster
-// add` (three slots a host), waits until all
-// three are protected, puts a client load on each, and SIGKILLs the host
-// that holds the most of them, with its daemons (their process group):
-// a machine that dies. Every VM it held must be served again and
-// protected again on the three hosts left, with no step of the test's
-// but waiting; every client's history must be linearizable. It reports
-// the time from the kill to each VM protected again, and to all of them.
+// add` (three slots a host), waits until all three are protected, puts a
+// client load on each, and then, twice, SIGKILLs a host with its daemons
+// (their process group), as a machine dies: first the host with the most
+// primaries (its VMs' secondaries must take over and get new
+// secondaries), then one that holds only secondaries where there is one
+// (its VMs get new secondaries). After each kill every VM the dead host
+// held must be served again and protected again on the hosts left, with
+// nothing done but waiting, and `ftvm cluster status` must list no
+// unprotected VM; every client's history must be linearizable. It
+// reports the time from each kill to every VM protected again.
 func TestE2EPool(t *testing.T) {
 	testutil.Require(t, testutil.KVM)
 	requireBed(t)
@@ -170,73 +178,60 @@ func TestE2EPool(t *testing.T) {
 	}
 	time.Sleep(2 * time.Second)
 
-	held := map[string][]string{}
-	for _, id := range p.VMIDs() {
-		v := p.VMs[id]
-		held[v.Place.Primary] = append(held[v.Place.Primary], id+" (primary)")
-		held[v.Place.Secondary] = append(held[v.Place.Secondary], id+" (secondary)")
-	}
-	var victim Host
-	for _, h := range PoolHosts {
-		if victim == "" || len(held[string(h)]) > len(held[string(victim)]) {
-			victim = h
+	var killedAt []time.Time
+	var allBack []time.Duration
+	alive := append([]Host(nil), PoolHosts...)
+	for round := 1; round <= poolKills; round++ {
+		victim, held := poolVictim(p, alive, round)
+		alive = slices.DeleteFunc(alive, func(h Host) bool { return h == victim })
+		at := time.Now()
+		if err := hosts[victim].Kill(); err != nil {
+			t.Fatal(err)
 		}
-	}
-	if !strings.Contains(strings.Join(held[string(victim)], " "), "primary") {
-		// Kill a host with a primary on it, so that a take-over is part of it.
-		for _, h := range PoolHosts {
-			if strings.Contains(strings.Join(held[string(h)], " "), "primary") && len(held[string(h)]) == len(held[string(victim)]) {
-				victim = h
-				break
-			}
-		}
-	}
-	killedAt := time.Now()
-	if err := hosts[victim].Kill(); err != nil {
-		t.Fatal(err)
-	}
-	<-hosts[victim].Done()
-	t.Logf("host %s SIGKILLed with its daemons at %s; it held %v", victim, killedAt.Format("15:04:05.000"), held[string(victim)])
+		<-hosts[victim].Done()
+		killedAt = append(killedAt, at)
+		t.Logf("round %d: host %s SIGKILLed with its daemons at %s; it held %v", round, victim, at.Format("15:04:05.000"), held)
 
-	protectedAt := map[string]time.Duration{}
-	var unprotectedSeen []string
-	p = await("every VM protected again on the hosts left", 60*time.Second, func(p *cluster.Pool) bool {
-		if _, ok := p.Hosts[string(victim)]; ok {
-			return false
-		}
-		for _, id := range p.VMIDs() {
-			v := p.VMs[id]
-			on := v.Place != nil && (v.Place.Primary == string(victim) || v.Place.Secondary == string(victim))
-			if !v.Protected() || on {
-				if !contains(unprotectedSeen, id) {
-					unprotectedSeen = append(unprotectedSeen, id)
+		protectedAt := map[string]time.Duration{}
+		var unprotectedSeen []string
+		p = await(fmt.Sprintf("round %d: every VM protected again on the hosts left", round), 60*time.Second, func(p *cluster.Pool) bool {
+			if _, ok := p.Hosts[string(victim)]; ok {
+				return false
+			}
+			for _, id := range p.VMIDs() {
+				v := p.VMs[id]
+				on := v.Place != nil && (v.Place.Primary == string(victim) || v.Place.Secondary == string(victim))
+				if !v.Protected() || on {
+					if !contains(unprotectedSeen, id) {
+						unprotectedSeen = append(unprotectedSeen, id)
+					}
+					delete(protectedAt, id)
+					continue
 				}
-				delete(protectedAt, id)
-				continue
+				if _, ok := protectedAt[id]; !ok {
+					protectedAt[id] = time.Since(at)
+				}
 			}
-			if _, ok := protectedAt[id]; !ok {
-				protectedAt[id] = time.Since(killedAt)
+			return len(protectedAt) == PoolVMs
+		})
+		back := time.Since(at)
+		allBack = append(allBack, back)
+		checkPoolPlacements(t, p)
+		status := clusterStatus()
+		t.Logf("round %d: every VM protected again %v after the kill; ftvm cluster status:\n%s", round, back.Round(time.Millisecond), status)
+		if !strings.Contains(status, "unprotected now: none") || strings.Contains(status, "\n"+string(victim)+" ") {
+			t.Errorf("ftvm cluster status after re-protection lists unprotected VMs or the dead host:\n%s", status)
+		}
+		for _, h := range held {
+			id, role, _ := strings.Cut(h, " ")
+			if !contains(unprotectedSeen, id) {
+				t.Errorf("%s was on the dead host but never seen unprotected after the kill", id)
 			}
+			t.Logf("round %d: %s, which the dead host held as %s, protected again %v after the kill (gen %d: primary %s, secondary %s)",
+				round, id, strings.Trim(role, "()"), protectedAt[id].Round(time.Millisecond), p.VMs[id].Place.Gen, p.VMs[id].Place.Primary, p.VMs[id].Place.Secondary)
 		}
-		return len(protectedAt) == PoolVMs
-	})
-	allBack := time.Since(killedAt)
-	checkPoolPlacements(t, p)
-	status := clusterStatus()
-	t.Logf("every VM protected again %v after the kill; ftvm cluster status:\n%s", allBack.Round(time.Millisecond), status)
-	if !strings.Contains(status, "unprotected now: none") || strings.Contains(status, "\n"+string(victim)+" ") {
-		t.Errorf("ftvm cluster status after re-protection lists unprotected VMs or the dead host:\n%s", status)
+		time.Sleep(time.Second) // load on the re-protected pairs
 	}
-	for _, h := range held[string(victim)] {
-		id, _, _ := strings.Cut(h, " ")
-		if !contains(unprotectedSeen, id) {
-			t.Errorf("%s was on the dead host but never seen unprotected after the kill", id)
-		}
-		t.Logf("%s, which the dead host held as %s, protected again %v after the kill (gen %d: primary %s, secondary %s)",
-			id, strings.TrimSuffix(strings.TrimPrefix(h, id+" ("), ")"), protectedAt[id].Round(time.Millisecond), p.VMs[id].Place.Gen, p.VMs[id].Place.Primary, p.VMs[id].Place.Secondary)
-	}
-
-	time.Sleep(time.Second) // load on the re-protected pairs
 	stopLoad()
 	wg.Wait()
 	for i := 0; i < PoolVMs; i++ {
@@ -244,33 +239,80 @@ func TestE2EPool(t *testing.T) {
 			t.Fatalf("load on vm%d: %v", i, loadErrs[i])
 		}
 		res := results[i]
-		servedAfter := 0
-		var lastBefore, firstAfter time.Duration = -1, -1
+		// Replies completed in each span: before the first kill, and from
+		// each kill to the next (or the end).
+		served := make([]int, len(killedAt)+1)
+		firstAfter := make([]time.Duration, len(killedAt))
 		for _, op := range res.History {
 			if op.Outcome == linearize.Unknown {
 				continue
 			}
 			at := res.Origin.Add(time.Duration(op.Complete))
-			if at.Before(killedAt) {
-				lastBefore = at.Sub(killedAt)
-			} else {
-				servedAfter++
-				if firstAfter < 0 {
-					firstAfter = at.Sub(killedAt)
-				}
+			k := 0
+			for k < len(killedAt) && !at.Before(killedAt[k]) {
+				k++
+			}
+			served[k]++
+			if k > 0 && served[k] == 1 {
+				firstAfter[k-1] = at.Sub(killedAt[k-1])
 			}
 		}
-		if servedAfter == 0 {
-			t.Errorf("vm%d: no request served after the kill", i)
+		for k := range killedAt {
+			if served[k+1] == 0 {
+				t.Errorf("vm%d: no request served between kill %d and the next", i, k+1)
+			}
 		}
 		if err := linearize.Check(res.History); err != nil {
 			t.Errorf("vm%d: the client's history is not linearizable: %v", i, err)
 		}
-		t.Logf("vm%d: %d requests sent, %d served, %d after the kill; first reply %v after the kill (last before: %v)",
-			i, res.Stats.Sent, res.Stats.Served, servedAfter, firstAfter.Round(time.Millisecond), lastBefore.Round(time.Millisecond))
+		var firsts []string
+		for _, d := range firstAfter {
+			firsts = append(firsts, d.Round(time.Millisecond).String())
+		}
+		t.Logf("vm%d: %d requests sent, %d served (%v in each span between kills), linearizable; first reply after each kill: %s",
+			i, res.Stats.Sent, res.Stats.Served, served, strings.Join(firsts, ", "))
 	}
-	t.Logf("times: set-up %v, from the kill to every VM protected again %v, whole test %v",
-		setupDone.Sub(began).Round(time.Millisecond), allBack.Round(time.Millisecond), time.Since(began).Round(time.Millisecond))
+	var backs []string
+	for _, d := range allBack {
+		backs = append(backs, d.Round(time.Millisecond).String())
+	}
+	t.Logf("times: set-up %v, from each kill to every VM protected again %s, whole test %v",
+		setupDone.Sub(began).Round(time.Millisecond), strings.Join(backs, ", "), time.Since(began).Round(time.Millisecond))
+}
+
+// poolVictim picks the host to kill in a round among the live ones: in
+// the first, the host with the most primaries (a host death with
+// take-overs); in the later ones a host that holds only secondaries if
+// there is one (replacements with no take-over), else the one with the
+// most daemons. It returns what the host holds, "VM (role)" each.
+func poolVictim(p *cluster.Pool, alive []Host, round int) (Host, []string) {
+	held := map[Host][]string{}
+	primaries := map[Host]int{}
+	for _, id := range p.VMIDs() {
+		v := p.VMs[id]
+		held[Host(v.Place.Primary)] = append(held[Host(v.Place.Primary)], id+" (primary)")
+		primaries[Host(v.Place.Primary)]++
+		held[Host(v.Place.Secondary)] = append(held[Host(v.Place.Secondary)], id+" (secondary)")
+	}
+	var victim Host
+	better := func(h Host) bool {
+		if victim == "" {
+			return true
+		}
+		if round == 1 && primaries[h] != primaries[victim] {
+			return primaries[h] > primaries[victim]
+		}
+		if round > 1 && (primaries[h] == 0) != (primaries[victim] == 0) {
+			return primaries[h] == 0
+		}
+		return len(held[h]) > len(held[victim])
+	}
+	for _, h := range alive {
+		if len(held[h]) > 0 && better(h) {
+			victim = h
+		}
+	}
+	return victim, held[victim]
 }
 
 // checkPoolPlacements: each VM's primary and secondary on two different
