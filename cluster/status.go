@@ -88,18 +88,19 @@ func Describe(p *Pool) *Report {
 }
 
 func vmState(p *Pool, v *VM) string {
-	_, primLive := p.Hosts[v.Place.PrimaryOr()]
 	switch {
 	case v.Place == nil:
 		return "not placed: no live host has a free slot"
 	case v.Protected():
 		return "protected"
-	case v.Holder == "" && !primLive && (v.Place.Secondary == "" || !isLive(p, v.Place.Secondary)):
-		return "LOST: no live host holds it (its disks are on dead hosts; restart it as the README says)"
-	case v.Holder == "" || v.Holder != v.Place.Primary:
-		if !primLive {
+	case !isLive(p, v.Place.Primary):
+		if v.Place.Secondary != "" && isLive(p, v.Place.Secondary) {
 			return "primary's host is dead: the secondary takes over once the dead primary's lease runs out"
 		}
+		return "LOST: no live host holds it (its disks are on dead hosts; restart it as the README says)"
+	case v.Holder != "" && v.Holder != v.Place.Primary:
+		return "the arbiter's lease names " + v.Holder + ": placement moves the primary there"
+	case v.Holder == "":
 		return "not served yet: the primary is starting"
 	case v.Place.Secondary == "":
 		return "UNPROTECTED: served, no live host with a free slot for a secondary"
@@ -109,14 +110,6 @@ func vmState(p *Pool, v *VM) string {
 }
 
 func isLive(p *Pool, h string) bool { _, ok := p.Hosts[h]; return ok }
-
-// PrimaryOr is the placed primary, or "" for no placement.
-func (pl *Placement) PrimaryOr() string {
-	if pl == nil {
-		return ""
-	}
-	return pl.Primary
-}
 
 // WriteText writes the report as tables.
 func (r *Report) WriteText(w io.Writer) error {
