@@ -14,7 +14,8 @@
 //	<p>pool/host/<host>              {"addr","slots","free","since"} HostInfo    the host's the host
 //	<p>pool/vm/<vm>/spec             {"port","args"} VMSpec                      none       ftvm cluster add
 //	<p>pool/vm/<vm>/place            {"primary","secondary","gen"} Placement     none       the placement leader
-//	<p>pool/vm/<vm>/at/<host>        {"role","protected","synced","epoch","pid"} the host's the host
+//	<p>pool/vm/<vm>/at/<host>        {"role","protected","synced","epoch","pid",  the host's the host
+//	                                  "allow_peers"} DaemonState
 //	<p>pool/leader/<lease id>        the host's name (concurrency.Election)      the host's every host, campaigning
 //	<p>vm/<vm>/lease                 {"epoch","holder"} (the etcd arbiter's)     the daemon's the VM's primary daemon
 //
@@ -37,7 +38,9 @@
 //     revision the leader read it at and the leader's election key (a
 //     leader that lost its lease writes nothing).
 //   - pool/vm/<vm>/at/<host> is what the host's daemon of the VM says of
-//     itself (its control socket's status), put whenever it changes. A
+//     itself (its control socket's status), put whenever it changes, and
+//     the --allow-peers the host gave it (placement picks its secondary
+//     among those only: the daemon would refuse any other host). A
 //     VM is protected when the host the arbiter's lease names is the
 //     placed primary and its daemon reports protected (a secondary in
 //     step).
@@ -87,6 +90,7 @@
 //
 // Limits: a daemon's --allow-peers are the pool's hosts registered when
 // it starts, so a host that joins the pool later can be a secondary only
-// of daemons started after it registered. A VM both of whose hosts died
+// of daemons started after it registered (placement knows it, and never
+// places a secondary its primary would refuse). A VM both of whose hosts died
 // is not restarted by the pool.
 package cluster

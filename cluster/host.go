@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"strconv"
+	"strings"
 	"time"
 
 	clientv3 "go.etcd.io/etcd/client/v3"
@@ -77,6 +78,7 @@ type Host struct {
 type running struct {
 	d       Daemon
 	role    string // the role it was started in
+	allow   string // its AllowPeers, comma-separated
 	state   DaemonState
 	stateOK bool // state has been published
 }
@@ -216,7 +218,7 @@ func (h *Host) reconcile(ctx context.Context, p *Pool, exited map[string]time.Ti
 			continue
 		}
 		h.Log.Info("started a daemon", "vm", id, "role", l.Role, "peer", l.Peer)
-		h.daemons[id] = &running{d: d, role: l.Role, state: DaemonState{Role: "starting"}}
+		h.daemons[id] = &running{d: d, role: l.Role, allow: strings.Join(l.AllowPeers, ",")}
 	}
 	for id, r := range h.daemons {
 		sctx, cancel := context.WithTimeout(ctx, stateTimeout/2)
@@ -225,6 +227,7 @@ func (h *Host) reconcile(ctx context.Context, p *Pool, exited map[string]time.Ti
 		if err != nil {
 			s = DaemonState{Role: "starting"}
 		}
+		s.AllowPeers = r.allow
 		if r.stateOK && s == r.state {
 			continue
 		}

@@ -1,6 +1,9 @@
 package cluster
 
-import "sort"
+import (
+	"sort"
+	"strings"
+)
 
 // Plan says which placements should change, given one read of the pool:
 // the new Placement of each VM that needs one, by VM. It is a pure
@@ -22,7 +25,8 @@ import "sort"
 //     (it serves): a secondary is picked among the live hosts that are not
 //     the primary (nor the primary that lost the VM to a take-over: its
 //     host key may outlive its arbiter lease by a moment) and have a free
-//     slot, most free first. Waiting for the
+//     slot, most free first, and among the hosts the primary's daemon
+//     accepts (its --allow-peers, published by its host). Waiting for the
 //     lease keeps a replacement from dialing a host that has not taken
 //     over yet, and from being placed beside a VM nobody serves.
 //   - A primary that is not live while its secondary is: nothing changes
@@ -59,6 +63,22 @@ func Plan(p *Pool) map[string]Placement {
 		return best
 	}
 	live := func(h string) bool { _, ok := p.Hosts[h]; return h != "" && ok }
+	// refused are the live hosts v's primary daemon would refuse as its
+	// secondary (not in its --allow-peers, which is fixed when it starts).
+	refused := func(v *VM, primary string) []string {
+		st, ok := v.At[primary]
+		if !ok || st.AllowPeers == "" {
+			return nil
+		}
+		allowed := strings.Split(st.AllowPeers, ",")
+		var out []string
+		for h := range p.Hosts {
+			if !contains(allowed, h) {
+				out = append(out, h)
+			}
+		}
+		return out
+	}
 
 	changes := map[string]Placement{}
 	for _, id := range p.VMIDs() {
@@ -98,7 +118,7 @@ func Plan(p *Pool) map[string]Placement {
 			// Not the primary that lost the VM either: its host key may
 			// outlive its arbiter lease by a little (two leases, two
 			// clocks), but the host is dead or cut off.
-			if next.Secondary = pick(next.Primary, cur.Primary); next.Secondary != "" {
+			if next.Secondary = pick(append(refused(v, next.Primary), next.Primary, cur.Primary)...); next.Secondary != "" {
 				used[next.Secondary]++
 			}
 		}

@@ -73,6 +73,10 @@ type DaemonState struct {
 	Synced    bool   `json:"synced"` // a secondary: in step with its primary
 	Epoch     uint64 `json:"epoch"`
 	PID       int    `json:"pid"`
+	// AllowPeers are the hosts the daemon accepts as its secondary (its
+	// --allow-peers, comma-separated; set by the host, not the daemon):
+	// placement picks a secondary among them only.
+	AllowPeers string `json:"allow_peers,omitempty"`
 }
 
 // VM is what the pool knows of one VM.

@@ -95,7 +95,10 @@ func vmState(p *Pool, v *VM) string {
 		return "protected"
 	case !isLive(p, v.Place.Primary):
 		if v.Place.Secondary != "" && isLive(p, v.Place.Secondary) {
-			return "primary's host is dead: the secondary takes over once the dead primary's lease runs out"
+			if st, ok := v.At[v.Place.Secondary]; ok && st.Role != "halted" {
+				return "primary's host is dead: the secondary takes over once the dead primary's lease runs out"
+			}
+			return "LOST: the primary's host is dead and the secondary's daemon stopped (a secondary that may be behind halts rather than take over): restart the VM from the newest disk as the README says"
 		}
 		return "LOST: no live host holds it (its disks are on dead hosts; restart it as the README says)"
 	case v.Holder != "" && v.Holder != v.Place.Primary:
