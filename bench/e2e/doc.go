@@ -86,6 +86,11 @@
 // e2e_test.go, restart_test.go, crash_test.go and the others are built on
 // Run and Cluster; `ftvm demo` is Run with a table.
 //
+// WithPool adds hosts d and e (10.77.0.4 and .5), built as a and b are,
+// and gives every VM host three TAPs, tap0 to tap2, one per VM of a pool
+// (PoolVMAddr, PoolVMMAC): TestE2EPool (pool_test.go) runs `ftvm host` on
+// a, b, d and e over the etcd members of WithEtcd.
+//
 // The package needs root (CAP_NET_ADMIN and CAP_SYS_ADMIN), network
 // namespaces, /dev/net/tun, and the ip and nft commands (CheckTools).
 package e2e

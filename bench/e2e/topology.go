@@ -31,12 +31,30 @@ const (
 	HostA  Host = "a"  // first VM host: 10.77.0.1, VM attached to its tap0
 	HostB  Host = "b"  // second VM host: 10.77.0.2, VM attached to its tap0
 	Client Host = "c"  // the client: 10.77.0.3
+	HostD  Host = "d"  // third VM host (WithPool): 10.77.0.4
+	HostE  Host = "e"  // fourth VM host (WithPool): 10.77.0.5
 	Switch Host = "sw" // the switch: bridge br0 with ports a, b and c; no address
 )
 
 // hosts lists every machine, the switch first: the order Up builds them in.
-// WithEtcd adds EtcdMembers after them.
+// WithPool adds HostD and HostE, WithEtcd EtcdMembers after them.
 var hosts = []Host{Switch, HostA, HostB, Client}
+
+// PoolHosts are the VM hosts of a test bed made WithPool.
+var PoolHosts = []Host{HostA, HostB, HostD, HostE}
+
+// PoolVMs is how many VMs a test bed made WithPool has a TAP for on every
+// VM host: VM i (0-based) is PoolVMAddr(i) on PoolTAP(i) with PoolVMMAC(i).
+const PoolVMs = 3
+
+// PoolTAP is VM i's TAP on each VM host of a pool bed (tap0 is TAPName).
+func PoolTAP(i int) string { return fmt.Sprintf("tap%d", i) }
+
+// PoolVMAddr is VM i's address on a pool bed (VM 0's is VMAddr).
+func PoolVMAddr(i int) string { return fmt.Sprintf("10.77.0.%d", 10+i) }
+
+// PoolVMMAC is VM i's MAC on a pool bed (VM 0's is VMMAC).
+func PoolVMMAC(i int) string { return fmt.Sprintf("02:66:74:76:6d:%02x", 1+i) }
 
 // Addresses and names on the test bed. They are the same in every run; only
 // the namespace names carry the run's prefix.
@@ -69,6 +87,8 @@ var hostAddrs = map[Host]netip.Addr{
 	HostA:  netip.AddrFrom4([4]byte{10, 77, 0, 1}),
 	HostB:  netip.AddrFrom4([4]byte{10, 77, 0, 2}),
 	Client: netip.AddrFrom4([4]byte{10, 77, 0, 3}),
+	HostD:  netip.AddrFrom4([4]byte{10, 77, 0, 4}),
+	HostE:  netip.AddrFrom4([4]byte{10, 77, 0, 5}),
 	Etcd1:  netip.AddrFrom4([4]byte{10, 77, 0, 21}),
 	Etcd2:  netip.AddrFrom4([4]byte{10, 77, 0, 22}),
 	Etcd3:  netip.AddrFrom4([4]byte{10, 77, 0, 23}),
@@ -81,6 +101,8 @@ var hostMACs = map[Host]string{
 	HostA:  "02:66:74:76:68:01",
 	HostB:  "02:66:74:76:68:02",
 	Client: "02:66:74:76:63:01",
+	HostD:  "02:66:74:76:68:03",
+	HostE:  "02:66:74:76:68:04",
 	Etcd1:  "02:66:74:76:65:01",
 	Etcd2:  "02:66:74:76:65:02",
 	Etcd3:  "02:66:74:76:65:03",
@@ -115,9 +137,12 @@ type Topology struct {
 	cmdTimeout time.Duration
 	procSeq    atomic.Int64 // numbers the log files of Start
 
-	// machines are the namespaces Up built, in order: hosts, and with
-	// WithEtcd the etcd members.
+	// machines are the namespaces Up built, in order: hosts, with
+	// WithPool HostD and HostE, and with WithEtcd the etcd members.
 	machines []Host
+	// taps are the TAPs each VM host has: TAPName, and with WithPool
+	// one for each of PoolVMs.
+	taps []string
 
 	mu   sync.Mutex  // guards lock
 	lock *prefixLock // nil once Down has run
@@ -130,7 +155,13 @@ type options struct {
 	logDir     string
 	cmdTimeout time.Duration
 	etcd       bool
+	pool       bool
 }
+
+// WithPool adds two more VM hosts, d and e (10.77.0.4 and .5), built like
+// a and b, and gives every VM host PoolVMs TAPs (tap0, tap1, tap2), one
+// per VM of a pool (ftvm host, ftvm cluster): VM i is PoolVMAddr(i).
+func WithPool() Option { return func(o *options) { o.pool = true } }
 
 // WithEtcd adds three machines for an etcd cluster (EtcdMembers, etcd.go),
 // each in a namespace of its own on the switch.
@@ -188,9 +219,16 @@ func Up(ctx context.Context, prefix string, opts ...Option) (_ *Topology, err er
 		return nil, err
 	}
 	t := &Topology{prefix: prefix, ipPath: ipPath, nftPath: nftPath, logDir: o.logDir, cmdTimeout: o.cmdTimeout, lock: lock,
-		machines: hosts}
+		machines: append([]Host(nil), hosts...), taps: []string{TAPName}}
+	if o.pool {
+		t.machines = append(t.machines, HostD, HostE)
+		t.taps = nil
+		for i := 0; i < PoolVMs; i++ {
+			t.taps = append(t.taps, PoolTAP(i))
+		}
+	}
 	if o.etcd {
-		t.machines = append(append([]Host(nil), hosts...), EtcdMembers...)
+		t.machines = append(t.machines, EtcdMembers...)
 	}
 	defer func() {
 		if err != nil {
@@ -238,7 +276,7 @@ func (t *Topology) build(ctx context.Context) error {
 			[]string{"-n", sw, "link", "set", "dev", port, "master", BridgeName, "up"},
 		)
 		addr := HostAddr(h).String() + "/24"
-		if h != HostA && h != HostB {
+		if !isVMHost(h) {
 			steps = append(steps,
 				[]string{"-n", ns, "link", "set", "dev", LinkName, "address", hostMACs[h], "up"},
 				[]string{"-n", ns, "addr", "add", addr, "dev", LinkName},
@@ -251,8 +289,14 @@ func (t *Topology) build(ctx context.Context) error {
 			// its ports, which would change as ports come and go.
 			[]string{"-n", ns, "link", "set", "dev", BridgeName, "address", hostMACs[h]},
 			[]string{"-n", ns, "link", "set", "dev", LinkName, "master", BridgeName, "up"},
-			[]string{"-n", ns, "tuntap", "add", "dev", TAPName, "mode", "tap"},
-			[]string{"-n", ns, "link", "set", "dev", TAPName, "master", BridgeName, "up"},
+		)
+		for _, tap := range t.taps {
+			steps = append(steps,
+				[]string{"-n", ns, "tuntap", "add", "dev", tap, "mode", "tap"},
+				[]string{"-n", ns, "link", "set", "dev", tap, "master", BridgeName, "up"},
+			)
+		}
+		steps = append(steps,
 			[]string{"-n", ns, "link", "set", "dev", BridgeName, "up"},
 			[]string{"-n", ns, "addr", "add", addr, "dev", BridgeName},
 		)
@@ -264,6 +308,9 @@ func (t *Topology) build(ctx context.Context) error {
 	}
 	return nil
 }
+
+// isVMHost says whether h is a machine that runs VMs (a bridge and TAPs).
+func isVMHost(h Host) bool { return h == HostA || h == HostB || h == HostD || h == HostE }
 
 // disableIPv6 turns IPv6 off in a namespace before any device is made there,
 // so that the wire carries only what the test, the client and the VM send
@@ -310,7 +357,9 @@ func (t *Topology) Down() error {
 // (the etcd members' too, which a crashed run may have left).
 func (t *Topology) deleteNamespaces(ctx context.Context) error {
 	var errs []error
-	for _, h := range append(append([]Host(nil), hosts...), EtcdMembers...) {
+	// Every machine any bed may have: a crashed run's leftovers may be
+	// of a bed made with other options.
+	for _, h := range append(append(append([]Host(nil), hosts...), HostD, HostE), EtcdMembers...) {
 		ns := t.Namespace(h)
 		if _, err := os.Stat(filepath.Join(netnsDir, ns)); errors.Is(err, fs.ErrNotExist) {
 			continue
@@ -357,7 +406,7 @@ func (t *Topology) LogDir() string { return t.logDir }
 // Host that is not one of the four.
 func (t *Topology) Namespace(h Host) string {
 	switch h {
-	case HostA, HostB, Client, Switch, Etcd1, Etcd2, Etcd3:
+	case HostA, HostB, HostD, HostE, Client, Switch, Etcd1, Etcd2, Etcd3:
 		return t.prefix + "-" + string(h)
 	}
 	panic(fmt.Sprintf("e2e: unknown host %q (want %q, %q, %q or %q)", h, HostA, HostB, Client, Switch))

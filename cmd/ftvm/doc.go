@@ -22,7 +22,9 @@
 // ftvm status asks; metrics.go the figures of --metrics-listen and of the
 // control socket's "sample" (bench/dash), which dash.go's ftvm dash
 // shows. arbiter.go and recover.go are the operator's commands
-// for cold restarts; certs.go, demo.go, sim.go, bench*.go and kvload.go
+// for cold restarts; host.go (ftvm host) and cluster.go (ftvm cluster)
+// are the pool of hosts on etcd, whose logic is the cluster package;
+// certs.go, demo.go, sim.go, bench*.go and kvload.go
 // the others.
 //
 // Exit codes: 0 success, 1 failure (the command ran and something failed),
