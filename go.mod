@@ -4,6 +4,7 @@ go 1.26.0
 
 require (
 	github.com/HdrHistogram/hdrhistogram-go v1.4.0
+	github.com/cilium/ebpf v0.22.0
 	golang.org/x/sys v0.49.0
 	google.golang.org/grpc v1.85.0
 )

@@ -331,6 +331,9 @@ func (a *Agent) HandleFrame(f transport.Frame) {
 		a.stats.frame.Add(1)
 		return
 	}
+	if ack, ok := m.(*wire.Ack); ok {
+		probeAckReceived(ack.Received)
+	}
 	a.mu.Lock()
 	stepErr := a.node.Step(m)
 	if stepErr != nil {
