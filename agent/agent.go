@@ -331,10 +331,12 @@ func (a *Agent) HandleFrame(f transport.Frame) {
 		a.stats.frame.Add(1)
 		return
 	}
-	if ack, ok := m.(*wire.Ack); ok {
+	a.mu.Lock()
+	if ack, ok := m.(*wire.Ack); ok && len(a.handles) > 0 {
+		// Only while an output waits for one: each call is a trap
+		// while a probe is attached.
 		probeAckReceived(ack.Received)
 	}
-	a.mu.Lock()
 	stepErr := a.node.Step(m)
 	if stepErr != nil {
 		a.stats.step.Add(1)

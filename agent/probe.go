@@ -27,8 +27,10 @@ import (
 func probeOutputHeld(id uint64) {}
 
 // probeAckReceived marks an acknowledgement from the secondary, before
-// the node steps it (on a transport reader): received is the log position
-// it acknowledges as received.
+// the node steps it (on a transport reader, under the agent's lock), when
+// an output is held (only then can it release one, and a probe's trap on
+// every acknowledgement cost the kvstore a tenth of its throughput):
+// received is the log position it acknowledges as received.
 //
 //go:noinline
 func probeAckReceived(received uint64) {}

@@ -25,7 +25,7 @@ const (
 	StagePeerTurnaround              // the peer: its last transport read → its next transport write on that thread
 	StageRunqVCPU                    // run-queue delay: the vCPU thread
 	StageRunqReader                  // the lane readers (threads that last stepped an acknowledgement)
-	StageRunqLoop                    // the loop (threads that last entered Agent.process)
+	StageRunqLoop                    // the loop (threads that released outputs without stepping an acknowledgement)
 	StageRunqOther                   // the daemon's other threads
 	StageRunqPeerVCPU                // the peer's vCPU thread
 	StageRunqPeerOther               // the peer's other threads

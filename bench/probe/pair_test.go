@@ -34,7 +34,7 @@ type bed struct {
 	n    int
 }
 
-func newBed(t *testing.T, name string) *bed {
+func newBed(t testing.TB, name string) *bed {
 	t.Helper()
 	testutil.Require(t, testutil.Root, testutil.BPF, testutil.KVM, testutil.Netns, testutil.TUN)
 	if err := e2e.CheckTools(); err != nil {

@@ -30,6 +30,9 @@ type Config struct {
 	PeerPID int
 	// Binary is the daemon's executable; default /proc/PID/exe.
 	Binary string
+	// skip names hooks not to attach (tracepoint or symbol names), for
+	// measuring what each costs.
+	skip map[string]bool
 }
 
 // Probe is the programs attached to a daemon. Close detaches them.
@@ -59,7 +62,7 @@ func Attach(cfg Config) (*Probe, error) {
 	if _, err := os.Stat(fmt.Sprintf("/proc/%d", cfg.PID)); err != nil {
 		return nil, fmt.Errorf("probe: no process %d: %w", cfg.PID, err)
 	}
-	offs, err := FuncOffsets(cfg.Binary, SymOutputHeld, SymAckReceived, SymOutputReleased, SymLoop)
+	offs, err := FuncOffsets(cfg.Binary, SymOutputHeld, SymAckReceived, SymOutputReleased)
 	if err != nil {
 		return nil, err
 	}
@@ -111,6 +114,9 @@ func (p *Probe) attach(offs map[string]uint64) error {
 		{"sched", "sched_switch", p.objs.SchedSwitch},
 	}
 	for _, tp := range tps {
+		if p.cfg.skip[tp.name] {
+			continue
+		}
 		l, err := link.Tracepoint(tp.group, tp.name, tp.prog, nil)
 		if err != nil {
 			return fmt.Errorf("probe: attaching to tracepoint %s:%s: %w", tp.group, tp.name, err)
@@ -128,9 +134,11 @@ func (p *Probe) attach(offs map[string]uint64) error {
 		{SymOutputHeld, p.objs.OutputHeld},
 		{SymAckReceived, p.objs.AckReceived},
 		{SymOutputReleased, p.objs.OutputReleased},
-		{SymLoop, p.objs.LoopRound},
 	}
 	for _, up := range ups {
+		if p.cfg.skip[up.sym] {
+			continue
+		}
 		// At the function's entry only: never a uretprobe on Go code.
 		l, err := ex.Uprobe(up.sym, up.prog, &link.UprobeOptions{Address: offs[up.sym], PID: p.cfg.PID})
 		if err != nil {

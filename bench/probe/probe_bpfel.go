@@ -55,7 +55,6 @@ const (
 	probeMapThreads         = "threads"
 	probeProgAckReceived    = "ack_received"
 	probeProgKvmExit        = "kvm_exit"
-	probeProgLoopRound      = "loop_round"
 	probeProgOutputHeld     = "output_held"
 	probeProgOutputReleased = "output_released"
 	probeProgSchedSwitch    = "sched_switch"
@@ -112,7 +111,6 @@ type probeSpecs struct {
 type probeProgramSpecs struct {
 	AckReceived    *ebpf.ProgramSpec `ebpf:"ack_received"`
 	KvmExit        *ebpf.ProgramSpec `ebpf:"kvm_exit"`
-	LoopRound      *ebpf.ProgramSpec `ebpf:"loop_round"`
 	OutputHeld     *ebpf.ProgramSpec `ebpf:"output_held"`
 	OutputReleased *ebpf.ProgramSpec `ebpf:"output_released"`
 	SchedSwitch    *ebpf.ProgramSpec `ebpf:"sched_switch"`
@@ -199,7 +197,6 @@ type probeVariables struct {
 type probePrograms struct {
 	AckReceived    *ebpf.Program `ebpf:"ack_received"`
 	KvmExit        *ebpf.Program `ebpf:"kvm_exit"`
-	LoopRound      *ebpf.Program `ebpf:"loop_round"`
 	OutputHeld     *ebpf.Program `ebpf:"output_held"`
 	OutputReleased *ebpf.Program `ebpf:"output_released"`
 	SchedSwitch    *ebpf.Program `ebpf:"sched_switch"`
@@ -214,7 +211,6 @@ func (p *probePrograms) Close() error {
 	return _ProbeClose(
 		p.AckReceived,
 		p.KvmExit,
-		p.LoopRound,
 		p.OutputHeld,
 		p.OutputReleased,
 		p.SchedSwitch,

@@ -11,7 +11,6 @@ const (
 	SymOutputHeld     = "github.com/ftvm/ftvm/agent.probeOutputHeld"
 	SymAckReceived    = "github.com/ftvm/ftvm/agent.probeAckReceived"
 	SymOutputReleased = "github.com/ftvm/ftvm/agent.probeOutputReleased"
-	SymLoop           = "github.com/ftvm/ftvm/agent.(*Agent).process"
 )
 
 // ErrStripped is returned for a binary without a symbol table.

@@ -368,6 +368,12 @@ int output_released(struct regs *ctx)
 	if (!g)
 		return 0;
 	count(CTR_RELEASED);
+	// A thread that releases outputs without having stepped an
+	// acknowledgement is the loop (readers release inline after one).
+	__u32 tid = current_tid();
+	struct thread *t = thread_get(tid, ROLE_LOOP);
+	if (t && t->role == ROLE_OTHER)
+		t->role = ROLE_LOOP;
 	if (nic) {
 		__u64 slot = __sync_fetch_and_add(&g->tap_tail, 1);
 		__u32 key = slot % TAP_RING;
@@ -385,8 +391,6 @@ int output_released(struct regs *ctx)
 	// last (a reader releases inline), else the last one (the loop
 	// released it); none after the hold if it was released at once.
 	__u64 ack = 0;
-	__u32 tid = current_tid();
-	struct thread *t = bpf_map_lookup_elem(&threads, &tid);
 	if (t && t->ack_ts >= h->held_ts && t->ack_ts <= now)
 		ack = t->ack_ts;
 	else if (g->last_ack_ts >= h->held_ts && g->last_ack_ts <= now)
@@ -400,17 +404,6 @@ int output_released(struct regs *ctx)
 			observe(STAGE_SEND_ACK, ack - h->sent_ts);
 	}
 	bpf_map_delete_elem(&held_outputs, &id);
-	return 0;
-}
-
-SEC("uprobe/process")
-int loop_round(struct regs *ctx)
-{
-	if (current_tgid() != target_tgid)
-		return 0;
-	struct thread *t = thread_get(current_tid(), ROLE_LOOP);
-	if (t && t->role != ROLE_VCPU)
-		t->role = ROLE_LOOP;
 	return 0;
 }
 
