@@ -14,10 +14,12 @@ import (
 )
 
 type probeGlobals struct {
-	_         structs.HostLayout
-	LastAckTs uint64
-	TapHead   uint64
-	TapTail   uint64
+	_          structs.HostLayout
+	LastAckTs  uint64
+	ToPeerTs   uint64
+	FromPeerTs uint64
+	TapHead    uint64
+	TapTail    uint64
 }
 
 type probeHeld struct {

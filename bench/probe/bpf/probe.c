@@ -59,6 +59,10 @@ enum stage {
 	                       // acknowledgement: the round trip waited on
 	STAGE_RELEASE_TAP,     // released (a NIC frame) → written into the TAP
 	STAGE_PEER_TURNAROUND, // peer: its last transport read → its next transport write, same thread
+	STAGE_TO_PEER,         // a vCPU record write → the peer's next transport read
+	STAGE_FROM_PEER,       // a peer's transport write → the target's next transport read
+	STAGE_READ_ACK,        // a reader's last transport read → the acknowledgement
+	                       // stepped (TLS, parsing, the agent's lock)
 	STAGE_RUNQ_VCPU,
 	STAGE_RUNQ_READER,
 	STAGE_RUNQ_LOOP,
@@ -104,7 +108,7 @@ struct thread {
 	__u64 exit_ts;     // vCPU: last exit to user space
 	__u64 send_ts;     // vCPU: last record write to the transport
 	__u64 ack_ts;      // reader: last acknowledgement it stepped
-	__u64 recv_ts;     // peer: last transport read since its last write
+	__u64 recv_ts;     // last transport read (the peer: since its last write)
 	__u64 runnable_ts; // woken or preempted, not yet running
 	__u32 role;
 	__u32 pad;
@@ -117,6 +121,8 @@ struct held {
 
 struct globals {
 	__u64 last_ack_ts;
+	__u64 to_peer_ts;   // a vCPU record write the peer has not read since (0: none)
+	__u64 from_peer_ts; // a peer write the target has not read since (0: none)
 	__u64 tap_head; // next released NIC frame to match to a TAP write
 	__u64 tap_tail; // next free slot of tap_ring
 };
@@ -348,6 +354,8 @@ int ack_received(struct regs *ctx)
 		g->last_ack_ts = now;
 	struct thread *t = thread_get(current_tid(), ROLE_READER);
 	if (t) {
+		if (t->recv_ts && now >= t->recv_ts)
+			observe(STAGE_READ_ACK, now - t->recv_ts);
 		t->ack_ts = now;
 		if (t->role != ROLE_VCPU)
 			t->role = ROLE_READER;
@@ -420,7 +428,10 @@ int sock_send(struct tp_sock_length *ctx)
 	if (!t)
 		return 0;
 	__u64 now = bpf_ktime_get_ns();
+	struct globals *g = globals_get();
 	if (tgid == peer_tgid) {
+		if (g && g->from_peer_ts == 0)
+			g->from_peer_ts = now;
 		if (t->recv_ts && now >= t->recv_ts) {
 			observe(STAGE_PEER_TURNAROUND, now - t->recv_ts);
 			count(CTR_PEER_TURNAROUNDS);
@@ -431,6 +442,8 @@ int sock_send(struct tp_sock_length *ctx)
 	if (t->role != ROLE_VCPU)
 		return 0;
 	t->send_ts = now;
+	if (g && g->to_peer_ts == 0)
+		g->to_peer_ts = now;
 	count(CTR_VCPU_SENDS);
 	return 0;
 }
@@ -440,14 +453,35 @@ int sock_recv(struct tp_sock_length *ctx)
 {
 	if (peer_tgid == 0 || ctx->protocol != IPPROTO_TCP_ || ctx->ret <= 0)
 		return 0;
-	if (current_tgid() != peer_tgid)
+	__u32 tgid = current_tgid();
+	if (tgid != peer_tgid && tgid != target_tgid)
 		return 0;
+	__u64 now = bpf_ktime_get_ns();
+	struct globals *g = globals_get();
+	if (!g)
+		return 0;
+	// One way across the link, from the first write not yet read on
+	// the other side (only the peer's threads read the target's
+	// records, and only the target's its acknowledgements).
+	if (tgid == peer_tgid) {
+		__u64 sent = g->to_peer_ts;
+		if (sent && now >= sent && __sync_val_compare_and_swap(&g->to_peer_ts, sent, 0) == sent)
+			observe(STAGE_TO_PEER, now - sent);
+		__u32 tid = current_tid();
+		struct thread *t = bpf_map_lookup_elem(&threads, &tid);
+		// The last read before a write: a read that brought nothing to
+		// answer (a heartbeat) must not start the clock of a later write.
+		if (t)
+			t->recv_ts = now;
+		return 0;
+	}
+	__u64 sent = g->from_peer_ts;
+	if (sent && now >= sent && __sync_val_compare_and_swap(&g->from_peer_ts, sent, 0) == sent)
+		observe(STAGE_FROM_PEER, now - sent);
 	__u32 tid = current_tid();
 	struct thread *t = bpf_map_lookup_elem(&threads, &tid);
-	// The last read before a write: a read that brought nothing to
-	// answer (a heartbeat) must not start the clock of a later write.
 	if (t)
-		t->recv_ts = bpf_ktime_get_ns();
+		t->recv_ts = now;
 	return 0;
 }
 
