@@ -57,7 +57,7 @@ func newBed(t testing.TB, name string) *bed {
 
 // pair is a protected primary (host a) and its secondary (host b).
 type pair struct {
-	c                 *e2e.Cluster
+	c             *e2e.Cluster
 	primary, peer int                     // their process IDs
 	rtt           *hdrhistogram.Histogram // the transport's round trip between the hosts, measured first (ns)
 }
