@@ -19,7 +19,8 @@ import (
 // probe's table. FTVM_PROBE_PIN=1 runs each host's daemon on a CPU of its
 // own (host a on CPU 0, host b on CPU 1: the deployment, where each host
 // has its own CPUs), else they share both CPUs with the client;
-// FTVM_PROBE_NICE=N runs both daemons' threads at nice N.
+// FTVM_PROBE_NICE=N runs both daemons' threads at nice N, and
+// FTVM_PROBE_GOMAXPROCS=N starts them with GOMAXPROCS=N.
 //
 //	go test -run '^$' -bench SteadyHold -benchtime 1x -v ./bench/probe/
 func BenchmarkSteadyHold(b *testing.B) {
@@ -34,7 +35,11 @@ func BenchmarkSteadyHold(b *testing.B) {
 	bd := newBed(b, "probes")
 	var holdP99, daemonP99, rttP99 float64
 	for i := 0; i < b.N; i++ {
-		p := bd.startPair(b, nil)
+		var env map[string]string
+		if v := os.Getenv("FTVM_PROBE_GOMAXPROCS"); v != "" {
+			env = map[string]string{"GOMAXPROCS": v}
+		}
+		p := bd.startPair(b, env)
 		if os.Getenv("FTVM_PROBE_PIN") == "1" {
 			pinProcess(b, p.primary, 0)
 			pinProcess(b, p.peer, 1)
