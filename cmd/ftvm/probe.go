@@ -112,6 +112,8 @@ flags:
 		case <-ctx.Done():
 			done = true
 		case <-tick.C:
+			// A tick at the deadline is the final report's, not a table more.
+			done = ctx.Err() != nil
 			if err := p.Err(); err != nil {
 				fmt.Fprintf(e.stderr, "ftvm probe: %v; stopping\n", err)
 				done = true
