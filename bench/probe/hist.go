@@ -26,6 +26,7 @@ const (
 	StageToPeer                      // one way: a vCPU record write → the peer's next transport read (with --peer-pid)
 	StageFromPeer                    // one way back: a peer's transport write → this daemon's next transport read
 	StageReadAck                     // a reader's last transport read → the acknowledgement stepped (TLS, parsing, the agent's lock)
+	StageReadAckBlocked              // of that, the time the reader was asleep (a lock's or the Go scheduler's wait, and its run-queue delay)
 	StageRunqVCPU                    // run-queue delay: the vCPU thread
 	StageRunqReader                  // the lane readers (threads that last stepped an acknowledgement)
 	StageRunqLoop                    // the loop (threads that released outputs without stepping an acknowledgement)
@@ -37,13 +38,13 @@ const (
 
 var stageNames = [StageCount]string{
 	"hold", "exit→held", "held→ack", "ack→released", "send→ack (the RTT waited on)",
-	"released→TAP", "peer turnaround", "wire to peer", "wire from peer", "read→ack stepped",
+	"released→TAP", "peer turnaround", "wire to peer", "wire from peer", "read→ack stepped", "  of it asleep",
 	"runq vCPU", "runq readers", "runq loop", "runq other", "runq peer vCPU", "runq peer other",
 }
 
 var stageKeys = [StageCount]string{
 	"hold", "exit_held", "held_ack", "ack_release", "send_ack",
-	"release_tap", "peer_turnaround", "to_peer", "from_peer", "read_ack",
+	"release_tap", "peer_turnaround", "to_peer", "from_peer", "read_ack", "read_ack_blocked",
 	"runq_vcpu", "runq_reader", "runq_loop", "runq_other", "runq_peer_vcpu", "runq_peer_other",
 }
 

@@ -40,6 +40,8 @@ type probeThread struct {
 	AckTs      uint64
 	RecvTs     uint64
 	RunnableTs uint64
+	BlockedTs  uint64
+	BlockedNs  uint64
 	Role       uint32
 	Pad        uint32
 }

@@ -63,6 +63,8 @@ enum stage {
 	STAGE_FROM_PEER,       // a peer's transport write → the target's next transport read
 	STAGE_READ_ACK,        // a reader's last transport read → the acknowledgement
 	                       // stepped (TLS, parsing, the agent's lock)
+	STAGE_READ_ACK_BLOCKED, // of that, the time the thread was blocked (asleep:
+	                        // a lock's or the Go scheduler's wait)
 	STAGE_RUNQ_VCPU,
 	STAGE_RUNQ_READER,
 	STAGE_RUNQ_LOOP,
@@ -110,6 +112,8 @@ struct thread {
 	__u64 ack_ts;      // reader: last acknowledgement it stepped
 	__u64 recv_ts;     // last transport read (the peer: since its last write)
 	__u64 runnable_ts; // woken or preempted, not yet running
+	__u64 blocked_ts;  // asleep since (0: running or runnable)
+	__u64 blocked_ns;  // asleep since its last transport read
 	__u32 role;
 	__u32 pad;
 };
@@ -354,8 +358,10 @@ int ack_received(struct regs *ctx)
 		g->last_ack_ts = now;
 	struct thread *t = thread_get(current_tid(), ROLE_READER);
 	if (t) {
-		if (t->recv_ts && now >= t->recv_ts)
+		if (t->recv_ts && now >= t->recv_ts) {
 			observe(STAGE_READ_ACK, now - t->recv_ts);
+			observe(STAGE_READ_ACK_BLOCKED, t->blocked_ns);
+		}
 		t->ack_ts = now;
 		if (t->role != ROLE_VCPU)
 			t->role = ROLE_READER;
@@ -480,8 +486,10 @@ int sock_recv(struct tp_sock_length *ctx)
 		observe(STAGE_FROM_PEER, now - sent);
 	__u32 tid = current_tid();
 	struct thread *t = bpf_map_lookup_elem(&threads, &tid);
-	if (t)
+	if (t) {
 		t->recv_ts = now;
+		t->blocked_ns = 0;
+	}
 	return 0;
 }
 
@@ -540,11 +548,27 @@ SEC("tracepoint/sched/sched_switch")
 int sched_switch(struct tp_sched_switch *ctx)
 {
 	__u64 now = bpf_ktime_get_ns();
-	if (ctx->prev_state == TASK_RUNNING) // preempted: runnable from now
-		runnable(ctx->prev_pid, now);
+	__u32 prev = ctx->prev_pid;
+	struct thread *p = bpf_map_lookup_elem(&threads, &prev);
+	if (p) {
+		if (ctx->prev_state == TASK_RUNNING) { // preempted: runnable from now
+			if (p->runnable_ts == 0)
+				p->runnable_ts = now;
+		} else {
+			p->blocked_ts = now;
+		}
+	}
 	__u32 tid = ctx->next_pid;
 	struct thread *t = bpf_map_lookup_elem(&threads, &tid);
-	if (!t || t->runnable_ts == 0)
+	if (!t)
+		return 0;
+	if (t->blocked_ts && now >= t->blocked_ts) {
+		// Woken after sleeping: up to sched_switch, so the run-queue
+		// delay is in both; readers' is small next to what this finds.
+		t->blocked_ns += now - t->blocked_ts;
+		t->blocked_ts = 0;
+	}
+	if (t->runnable_ts == 0)
 		return 0;
 	__u64 waited = now - t->runnable_ts;
 	t->runnable_ts = 0;
