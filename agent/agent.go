@@ -364,6 +364,11 @@ func (a *Agent) HandleFrame(f transport.Frame) {
 		return
 	}
 	a.mu.Lock()
+	if ack, ok := m.(*wire.Ack); ok && len(a.handles) > 0 {
+		// Only while an output waits for one: each call is a trap
+		// while a probe is attached.
+		probeAckReceived(ack.Received)
+	}
 	stepErr := a.node.Step(m)
 	if stepErr != nil {
 		a.stats.step.Add(1)

@@ -190,6 +190,9 @@ func (a *Agent) output(x exitReq, in exitInfo, kind uint16) (vmm.Result, error) 
 		return vmm.Result{}, err
 	}
 	payload := encodeOutput(in.Arg, in.Data)
+	if plantedHoldDelay > 0 {
+		time.Sleep(plantedHoldDelay)
+	}
 	a.mu.Lock()
 	for {
 		if a.abort {
@@ -223,6 +226,7 @@ func (a *Agent) output(x exitReq, in exitInfo, kind uint16) (vmm.Result, error) 
 				return vmm.Result{}, err
 			}
 			a.handles[id] = heldEntry{h: h, at: time.Now()}
+			probeOutputHeld(id)
 			if a.bugReleaseOnHold {
 				h.Release()
 			}

@@ -211,6 +211,7 @@ func (a *Agent) perform(ctx context.Context, w *work) error {
 		if protected {
 			a.holdLatency.record(now.Sub(e.at))
 		}
+		probeOutputReleased(o.ID, b2u(isNIC(o.Device)))
 		// A backend error is the device's to report (the guest already
 		// got its status when the output was held); the protocol's
 		// promise is only that nothing leaves before Ready says so. A

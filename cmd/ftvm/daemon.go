@@ -132,6 +132,7 @@ func runDaemon(e *env, args []string, role wire.Role) int {
 		fmt.Fprintf(e.stderr, "ftvm %s: %v\n", name, err)
 		return exitUsage
 	}
+	setDaemonProcs()
 	log := newLogger(e.stderr, cfg)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()

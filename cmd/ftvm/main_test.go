@@ -6,6 +6,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -136,5 +137,27 @@ func TestStallGuardReportsAStuckBenchmark(t *testing.T) {
 	}
 	if !strings.Contains(stacks.String(), "TestStallGuardReportsAStuckBenchmark") {
 		t.Fatalf("the stack dump does not show the stuck body:\n%.2000s", stacks.String())
+	}
+}
+
+// ftvm probe refuses what it cannot probe with an error that says what
+// to do: go test's own binary (this process) has no symbol table, or
+// (built with -c) none of the daemon's probe points.
+func TestProbeErrors(t *testing.T) {
+	cases := []struct {
+		args     []string
+		code     int
+		inStderr string
+	}{
+		{[]string{"probe", "--help"}, exitOK, "usage: ftvm probe"},
+		{[]string{"probe", "--interval", "0", "--pid", "1"}, exitUsage, "--interval"},
+		{[]string{"probe", "--control", filepath.Join(t.TempDir(), "none.sock")}, exitFailure, "no ftvm daemon answers"},
+		{[]string{"probe", "--pid", strconv.Itoa(os.Getpid())}, exitFailure, "no symbol table|agent.probeOutputHeld: symbol not in the binary"},
+	}
+	for _, c := range cases {
+		code, _, errs := runFtvm(c.args...)
+		if code != c.code || !regexp.MustCompile(c.inStderr).MatchString(errs) {
+			t.Errorf("ftvm %q: exit %d, stderr %q; want exit %d with %q", c.args, code, errs, c.code, c.inStderr)
+		}
 	}
 }

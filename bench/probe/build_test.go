@@ -1,0 +1,63 @@
+package probe
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"sync"
+	"testing"
+)
+
+// repoRoot is the module's root, from this package's directory.
+const repoRoot = "../.."
+
+var (
+	buildOnce sync.Once
+	ftvmBin   string
+	buildErr  error
+)
+
+// ftvmBinary builds cmd/ftvm once per test binary, with the
+// ftvm_planted_delay tag (agent/probe_planted.go: a delay that only
+// FTVM_PLANTED_ACK_DELAY turns on), and the guests. go test's own
+// binaries have no symbol table, so the ELF tests use this one too.
+func ftvmBinary(t testing.TB) string {
+	t.Helper()
+	buildOnce.Do(func() {
+		dir, err := os.MkdirTemp("", "ftvm-probe-bin")
+		if err != nil {
+			buildErr = err
+			return
+		}
+		ftvmBin = filepath.Join(dir, "ftvm")
+		cmd := exec.Command("go", "build", "-tags", "ftvm_planted_delay", "-o", ftvmBin, "./cmd/ftvm")
+		cmd.Dir = repoRoot
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("go build ./cmd/ftvm: %v\n%s", err, out)
+			return
+		}
+		cmd = exec.Command("make", "-s", "guests")
+		cmd.Dir = repoRoot
+		if out, err := cmd.CombinedOutput(); err != nil {
+			buildErr = fmt.Errorf("make guests: %v\n%s", err, out)
+		}
+	})
+	if buildErr != nil {
+		t.Fatal(buildErr)
+	}
+	return ftvmBin
+}
+
+func guestPath(name string) string {
+	p, _ := filepath.Abs(filepath.Join(repoRoot, "vmm/guests/build", name))
+	return p
+}
+
+func TestMain(m *testing.M) {
+	code := m.Run()
+	if ftvmBin != "" {
+		os.RemoveAll(filepath.Dir(ftvmBin))
+	}
+	os.Exit(code)
+}
