@@ -685,4 +685,4 @@ const pollerClockEvery = 64
 // receiver's lock instead of blocking in Link.Wait: the caller of Poll
 // reads the ring then, with no hand-off, and the poller still delivers
 // within a nap once it stops.
-const pollActiveNap = 200 * time.Microsecond
+const pollActiveNap = 50 * time.Microsecond
