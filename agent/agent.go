@@ -34,11 +34,11 @@ type TrySender interface {
 
 // Poller is a Transport that can deliver what arrived for this host
 // inline, on the caller's thread, without blocking or a system call
-// (rdma.Transport.Poll: frames the peer wrote into this host's ring). The
-// hook calls it on the vCPU thread at every exit, holding no lock, so that
-// an acknowledgement is read, and the outputs it releases performed, with
-// no thread hand-off. The transport delivers through HandleFrame, as its
-// own poller would.
+// (rdma.Transport.Poll: frames the peer wrote into this host's ring). On a
+// host that serves the VM live the hook calls it on the vCPU thread at
+// every exit, holding no lock, so that an acknowledgement is read, and the
+// outputs it releases performed, with no thread hand-off. The transport
+// delivers through HandleFrame, as its own poller would.
 type Poller interface {
 	Poll() int
 }
@@ -238,6 +238,12 @@ type Agent struct {
 	inlineErr error // readyMu held
 	// started: Run has set tr, so HandleFrame and the hook may perform.
 	started atomic.Bool // atomic
+	// pollAtExits: this host serves the VM live (a primary, or a
+	// secondary once it went live), so the hook polls a Poller transport
+	// at every exit for the acknowledgements. A replaying secondary does
+	// not: its vCPU thread waits for the log at its exits, and its
+	// transport's poller must deliver the log (and send the acks) then.
+	pollAtExits atomic.Bool // atomic
 
 	// vm is the VM the loop drives. Run sets a primary's before its first
 	// Ready; after that only restore replaces it, inside a command, so
@@ -346,6 +352,7 @@ func New(cfg Config) (*Agent, error) {
 	}
 	a.disk.mayLeave = func() bool { return a.Status().Role == lockstep.RoleSecondary }
 	a.mu.rank, a.readyMu.rank = rankMu, rankReadyMu
+	a.pollAtExits.Store(cfg.Node.Role == wire.RolePrimary)
 	a.cond = sync.NewCond(&a.mu)
 	return a, nil
 }

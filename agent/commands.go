@@ -64,6 +64,7 @@ func (a *Agent) command(ctx context.Context, c lockstep.Command) error {
 		// The hook learns it from the node (Live) at the next exit, once
 		// this Ready is done (liveGate); the VM keeps running.
 		a.log.Info("going live: this host is primary now", "epoch", c.Epoch, "fence", c.Fence)
+		a.pollAtExits.Store(true)
 		if a.cfg.DiskFence != nil {
 			// Before anything of this host's is written: from here on
 			// the old primary's writes are refused.

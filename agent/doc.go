@@ -56,11 +56,13 @@
 //     answer and on a live checkpoint taken.
 //   - The transport's lane readers call HandleFrame, which steps the node
 //     on the spot; the transport's owner calls PeerLost. A transport that
-//     is a Poller (rdma.Transport over a ring) is also polled by the vCPU
-//     thread at the start of every exit, with no lock held, so that what
-//     arrived in this host's ring (the secondary's acknowledgements, on a
-//     primary) is handed to HandleFrame right there: no thread hand-off
-//     and no system call between the ack's arrival and the release.
+//     is a Poller (rdma.Transport over a ring) is also polled by a
+//     primary's vCPU thread (pollAtExits) at the start of every exit,
+//     with no lock held, so that the secondary's acknowledgements in this
+//     host's ring are handed to HandleFrame right there: no thread
+//     hand-off and no system call between the ack's arrival and the
+//     release. A replaying secondary's vCPU thread does not poll: it waits
+//     for the log at its exits, and the transport's poller delivers it.
 //   - Helpers: an arbiter request runs on a goroutine of its own
 //     (acquire), since a lock on shared storage can take long; a live
 //     (pre-copy) snapshot too (takeCheckpoint); block writes go to the

@@ -72,10 +72,11 @@ func (a *Agent) onExit(x exitReq) (vmm.Result, error) {
 }
 
 // pollTransport lets a Poller transport deliver what arrived, here on the
-// vCPU thread with no lock held (HandleFrame takes what it needs). tr is
-// written once, by Run, before started is set, and never again.
+// vCPU thread with no lock held (HandleFrame takes what it needs), on a
+// host that serves the VM live. tr is written once, by Run, before
+// started is set, and never again.
 func (a *Agent) pollTransport() {
-	if !a.started.Load() {
+	if !a.started.Load() || !a.pollAtExits.Load() {
 		return
 	}
 	if p, ok := a.tr.(Poller); ok {

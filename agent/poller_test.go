@@ -24,8 +24,9 @@ func (unknownExit) info() exitInfo {
 func (unknownExit) live() (vmm.Result, error) { return vmm.Result{}, nil }
 func (unknownExit) hold() (heldOutput, error) { return nil, nil }
 
-// The vCPU thread polls a Poller transport at the start of every exit,
-// once Run has set the transport, and not before.
+// The vCPU thread of a host serving live polls a Poller transport at the
+// start of every exit, once Run has set the transport, and not before; a
+// replaying secondary's does not.
 func TestExitPollsAPollerTransport(t *testing.T) {
 	log := &opLog{}
 	a := newUnitAgent(t, log)
@@ -36,6 +37,12 @@ func TestExitPollsAPollerTransport(t *testing.T) {
 		t.Fatalf("polled %d times before Run set the transport", tr.polls)
 	}
 	a.started.Store(true)
+	a.pollAtExits.Store(false) // a replaying secondary
+	a.onExit(unknownExit{})
+	if tr.polls != 0 {
+		t.Fatalf("a replaying secondary polled %d times", tr.polls)
+	}
+	a.pollAtExits.Store(true)
 	for i := 1; i <= 3; i++ {
 		if _, err := a.onExit(unknownExit{}); err == nil {
 			t.Fatal("an exit with an op the log cannot hold was served")

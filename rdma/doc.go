@@ -216,8 +216,8 @@
 // the last frame and then blocks in Link.Wait, or by whoever calls Poll;
 // one at a time (the receiver's lock), in order. Link.Wait is called with
 // the receiver's lock held (the seam allows Poll and Wait from one
-// goroutine at a time), so while Poll was called in the last millisecond
-// the idle poller naps 200 µs at a time without the lock instead: the
+// goroutine at a time), so while Poll is being called (since the poller's
+// last look) the idle poller naps 50 µs at a time without the lock instead: the
 // vCPU thread then reads the acknowledgements itself at its exits, and
 // when it stops (the guest idles) the poller blocks in Wait again. The
 // pump goroutine forwards the TCP transport's events and runs set-up and

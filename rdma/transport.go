@@ -87,10 +87,11 @@ type Transport struct {
 	// ringSent counts the frames and bytes (records: header, frame header,
 	// payload, padding) sent into the peer's rings.
 	ringSentFrames, ringSentBytes atomic.Uint64
-	// lastPoll is when Poll was last called (ns since pollBase): while
-	// someone polls, the poller leaves the ring to them instead of
-	// sleeping in Link.Wait, which holds the receiver's lock.
-	lastPoll atomic.Int64
+	// polls counts Poll calls: while it moves, the poller leaves the ring
+	// to whoever polls instead of sleeping in Link.Wait, which holds the
+	// receiver's lock. A count, not a clock: reading the clock at every
+	// Poll cost more than the rest of it.
+	polls atomic.Uint64
 }
 
 // generation is one TCP control connection's ring: this side's endpoint,
@@ -106,6 +107,7 @@ type generation struct {
 	seq               uint32 // the receiver's: the next frame's Seq
 	deliverFn         func(transport.Type, transport.Flags, []byte)
 	stop              chan struct{}
+	stopped           atomic.Bool // set before stop is closed; the poller looks at it
 	done              chan struct{}
 	failOnce          sync.Once
 }
@@ -290,7 +292,7 @@ func (t *Transport) Poll() int {
 	if g == nil {
 		return 0
 	}
-	t.lastPoll.Store(int64(time.Since(pollBase)))
+	t.polls.Add(1)
 	_, n, _, err := g.rc.TryReceive(g.deliverFn)
 	if err != nil {
 		t.linkFailed(g)
@@ -597,6 +599,7 @@ func (t *Transport) endGen(reason error, drop bool) {
 	}
 	t.smu.Unlock()
 	if g.stop != nil {
+		g.stopped.Store(true)
 		close(g.stop)
 		<-g.done
 	}
@@ -623,11 +626,10 @@ func (t *Transport) poll(g *generation) {
 	defer close(g.done)
 	var idleSince time.Time
 	napping := false // the last idle step was a nap: no spin phase now
+	polls := t.polls.Load()
 	for idle := 0; ; {
-		select {
-		case <-g.stop:
+		if g.stopped.Load() {
 			return
-		default:
 		}
 		sig, n, err := g.rc.Receive(g.deliverFn)
 		if err != nil {
@@ -659,7 +661,8 @@ func (t *Transport) poll(g *generation) {
 				continue
 			}
 		}
-		if since := int64(time.Since(pollBase)) - t.lastPoll.Load(); since < int64(pollActiveWindow) {
+		if p := t.polls.Load(); p != polls {
+			polls = p
 			// Someone (the vCPU thread, at its exits) is polling: Wait
 			// would hold the receiver's lock and make its Poll come back
 			// empty, so nap without it and look again.
@@ -677,14 +680,9 @@ func (t *Transport) poll(g *generation) {
 // empty looks at the ring.
 const pollerClockEvery = 64
 
-// While Poll was called within pollActiveWindow, the idle poller naps
-// pollActiveNap at a time without the receiver's lock instead of blocking
-// in Link.Wait: the caller of Poll reads the ring then, with no hand-off,
-// and the poller still delivers within a nap when it stops.
-const (
-	pollActiveWindow = time.Millisecond
-	pollActiveNap    = 200 * time.Microsecond
-)
-
-// pollBase is the origin of lastPoll's clock.
-var pollBase = time.Now()
+// While Poll was called since the poller last looked (at most a nap
+// ago), the idle poller naps pollActiveNap at a time without the
+// receiver's lock instead of blocking in Link.Wait: the caller of Poll
+// reads the ring then, with no hand-off, and the poller still delivers
+// within a nap once it stops.
+const pollActiveNap = 50 * time.Microsecond

@@ -1,5 +1,6 @@
 // Package transport is the vocabulary the log-shipping transports
-// (tcpfallback, and rdma to come) share with the agent that drives them:
+// (tcpfallback, and rdma, which moves the control lane into rings in the
+// peer's memory over a tcpfallback connection) share with the agent that drives them:
 // frame types and the lane each travels on, flags, the received Frame, the
 // Events a transport reports and the errors callers test with errors.Is.
 //
@@ -64,4 +65,12 @@
 //     tcpfallback has it; only the throughput benchmark
 //     (tcpfallback/tcpbench, ftvm bench transport) and tests call it: the
 //     agent sends entry by entry with Send.
+//   - Poll() int: deliver to OnFrame, inline on the caller's goroutine,
+//     what has arrived, without blocking or a system call, and say how
+//     many frames. rdma.Transport has it (frames in its ring); the agent
+//     calls it on the vCPU thread at every exit (agent.Poller).
+//
+// TypeLinkSetup frames are a transport's own: rdma sends its ring's
+// set-up in them over tcpfallback's authenticated control lane, and they
+// never reach OnFrame.
 package transport

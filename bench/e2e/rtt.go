@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"runtime"
 	"time"
 
 	"github.com/HdrHistogram/hdrhistogram-go"
@@ -69,7 +70,9 @@ func MeasureTransportRTT(ctx context.Context, c *Cluster, n int) (*hdrhistogram.
 	dctx, cancel := context.WithTimeout(ctx, rttConnectTimout)
 	defer cancel()
 	if err := c.Topo.InNamespace(HostA, func() (err error) {
-		pinger, err = rdma.Dial(dctx, addr, rdma.Config{TCP: cfgA, Provider: prov, Logger: quietLog})
+		// Over a ring the pinger reads its acknowledgements with Poll on
+		// its own thread, as a primary's vCPU thread does at its exits.
+		pinger, err = rdma.Dial(dctx, addr, rdma.Config{TCP: cfgA, Provider: prov, NoPoller: prov != nil, Logger: quietLog})
 		return err
 	}); err != nil {
 		return nil, err
@@ -80,7 +83,12 @@ func MeasureTransportRTT(ctx context.Context, c *Cluster, n int) (*hdrhistogram.
 			_, why := pinger.Using()
 			return nil, fmt.Errorf("the %s ring of the probe did not come up: %s", prov.Name(), why)
 		}
+		pinger.Poll()
 		time.Sleep(time.Millisecond)
+	}
+	if prov != nil {
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
 	}
 
 	h := newNsHistogram()
@@ -90,12 +98,18 @@ func MeasureTransportRTT(ctx context.Context, c *Cluster, n int) (*hdrhistogram.
 		if err := pinger.Send(tcpfallback.TypeLog, msg); err != nil {
 			return nil, err
 		}
-		select {
-		case <-acks:
-		case <-time.After(rttProbeTimeout):
-			return nil, errors.New("no acknowledgement within 5 s")
-		case <-ctx.Done():
-			return nil, ctx.Err()
+		if prov != nil {
+			if err := pollFor(ctx, pinger, acks); err != nil {
+				return nil, err
+			}
+		} else {
+			select {
+			case <-acks:
+			case <-time.After(rttProbeTimeout):
+				return nil, errors.New("no acknowledgement within 5 s")
+			case <-ctx.Done():
+				return nil, ctx.Err()
+			}
 		}
 		if i >= 0 {
 			h.RecordValue(max(time.Since(start).Nanoseconds(), 1_000))
@@ -105,3 +119,25 @@ func MeasureTransportRTT(ctx context.Context, c *Cluster, n int) (*hdrhistogram.
 }
 
 var quietLog = slog.New(slog.DiscardHandler)
+
+// pollFor spins on the pinger's Poll until its OnFrame (called inline by
+// Poll) has signalled an acknowledgement.
+func pollFor(ctx context.Context, pinger *rdma.Transport, acks <-chan struct{}) error {
+	start := time.Now()
+	for i := 0; ; i++ {
+		pinger.Poll()
+		select {
+		case <-acks:
+			return nil
+		default:
+		}
+		if i%4096 == 4095 {
+			if time.Since(start) > rttProbeTimeout {
+				return errors.New("no acknowledgement within 5 s")
+			}
+			if err := ctx.Err(); err != nil {
+				return err
+			}
+		}
+	}
+}

@@ -41,7 +41,7 @@ func Report(w io.Writer, samples, round, warmup, messageBytes int) error {
 	if messageBytes <= 0 {
 		messageBytes = tcpbench.DefaultMessageBytes
 	}
-	fmt.Fprintf(w, "one-host round trip of a %d-byte log entry to its acknowledgement, %d samples each, interleaved in rounds of %d:\n", messageBytes, samples, round)
+	fmt.Fprintf(w, "one-host round trip of a %d-byte log entry to its acknowledgement, %d samples each, interleaved in rounds of %d, each after %d unrecorded:\n", messageBytes, samples, round, roundWarmup)
 	fmt.Fprintf(w, "  cacheline = a bare cache line between two threads (the floor), shm = rdma.Transport over rdma/shm (ring, Poll on the sender's thread), ftvm = the TCP transport\n")
 	rs, err := Compare(Kinds, samples, round, warmup, messageBytes)
 	if err != nil {

@@ -48,6 +48,9 @@ const (
 	TargetFtvmOverShm         = 10.0
 )
 
+// roundWarmup round trips, unrecorded, start each pinger's round.
+const roundWarmup = 300
+
 // spinTimeout bounds a spin on a reply, so that a lost message fails the
 // benchmark instead of hanging it.
 const spinTimeout = 10 * time.Second
@@ -239,8 +242,18 @@ func Compare(kinds []string, samples, round, warmup, messageBytes int) ([]tcpben
 		}
 	}
 	round = max(round, 1)
+	scratch := tcpbench.NewHistogram()
 	for done := 0; done < samples; done += round {
 		for i, p := range pingers {
+			// Each pinger's round starts with a few unrecorded round
+			// trips, alike for all: after the other pingers' rounds its
+			// receivers have gone to sleep, and on this kind of host the
+			// first round trips after a wake-up are slow for a while (the
+			// runtime gives the woken goroutine a processor again): the
+			// figures are of steady traffic.
+			if err := p.RoundTrips(roundWarmup, scratch); err != nil {
+				return nil, fmt.Errorf("rdmabench: %s warm-up: %w", kinds[i], err)
+			}
 			if err := p.RoundTrips(min(round, samples-done), hists[i]); err != nil {
 				return nil, fmt.Errorf("rdmabench: %s: %w", kinds[i], err)
 			}

@@ -182,7 +182,10 @@ func testPollInline(t *testing.T, p rdma.Provider) {
 		}
 		return
 	}
-	if n < frames/2 {
+	// Without the nap the poller takes nearly all (1 or 2 of 200 reach
+	// Poll); with it most do, less on a loaded host, where the poller's
+	// spin after each frame it delivered still wins some.
+	if n < frames/5 {
 		t.Fatalf("Poll delivered only %d of %d frames while it was being called: the poller kept the ring", n, frames)
 	}
 }
