@@ -102,6 +102,9 @@ func (d *daemon) sample() *dash.Sample {
 				lanes[i].RTTSeconds = l.RTT.Seconds()
 			}
 		}
+		// Over shm or verbs the log goes through the peer's ring, not TCP.
+		_, ringBytes := tr.RingSent()
+		lanes[0].SentBytes += ringBytes
 	}
 	s.Lanes = lanes
 	if r.Role == "primary" && r.Protected && r.LogLag > 0 {
@@ -138,7 +141,8 @@ func (m *metricsState) sampleLag(d *daemon) {
 			s := d.ag.Status()
 			var sent uint64
 			for _, tr := range d.transports() {
-				sent += tr.TCP().Stats().Lanes[0].BytesSent
+				_, ringBytes := tr.RingSent()
+				sent += tr.TCP().Stats().Lanes[0].BytesSent + ringBytes
 			}
 			m.mu.Lock()
 			if now.Sub(m.lastAsk) > samplerIdleStop {
