@@ -139,7 +139,11 @@ func TestE2EPool(t *testing.T) {
 		out, err := topo.Run(ctx, Client, ftvm, "cluster", "add", "--etcd-endpoints", eps,
 			"--vm-id", fmt.Sprintf("vm%d", i), "--port", fmt.Sprint(ReplicationPort+i), "--",
 			"--guest", guestPath("kvstore"), "--cmdline", "ip="+PoolVMAddr(i),
-			"--tap", PoolTAP(i), "--mac", PoolVMMAC(i), "--etcd-lease-ttl", poolDaemonTTL.String())
+			"--tap", PoolTAP(i), "--mac", PoolVMMAC(i), "--etcd-lease-ttl", poolDaemonTTL.String(),
+			// A killed host's sockets close at once; the longer heartbeat
+			// timeout only keeps six daemons, four hosts and three etcd
+			// members on two cores from breaking a pair by themselves.
+			"--heartbeat-timeout", "300ms", "--peer-timeout-ticks", "30")
 		if err != nil {
 			t.Fatalf("ftvm cluster add: %v\n%s", err, out)
 		}

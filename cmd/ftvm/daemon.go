@@ -406,6 +406,7 @@ func (d *daemon) openNIC() (vmm.NICBackend, error) {
 
 func (d *daemon) transportConfig() (tcpfallback.Config, error) {
 	c := tcpfallback.Config{VMID: d.cfg.vmID, Name: d.cfg.tlsName, PeerNames: d.cfg.allowPeers,
+		HeartbeatTimeout: d.cfg.heartbeatTimeout,
 		OnFrame: func(f transport.Frame) {
 			d.fence.peerHeard()
 			d.ag.HandleFrame(f)

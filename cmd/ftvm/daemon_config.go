@@ -77,6 +77,8 @@ type daemonConfig struct {
 	tick             time.Duration
 	heartbeatTicks   int
 	peerTimeoutTicks int
+	// heartbeatTimeout is the transport's: a lane silent this long is down.
+	heartbeatTimeout time.Duration
 	window           int
 	precopyRounds    int
 	waitForSecondary bool
@@ -141,7 +143,8 @@ func daemonFlags(fs *flag.FlagSet, role wire.Role) func() (*daemonConfig, error)
 	fs.StringVar(&c.metricsListen, "metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics (host:port, e.g. 127.0.0.1:9100; names in the README); default: off")
 	fs.DurationVar(&c.tick, "tick", 10*time.Millisecond, "length of one protocol tick")
 	fs.IntVar(&c.heartbeatTicks, "heartbeat-ticks", lockstep.DefaultHeartbeatTicks, "ticks between heartbeats")
-	fs.IntVar(&c.peerTimeoutTicks, "peer-timeout-ticks", lockstep.DefaultPeerTimeoutTicks, "ticks of silence after which the peer is taken for dead (a broken connection counts at once, and so does a connection silent for the transport's 100 ms heartbeat timeout, whichever comes first)")
+	fs.IntVar(&c.peerTimeoutTicks, "peer-timeout-ticks", lockstep.DefaultPeerTimeoutTicks, "ticks of silence after which the peer is taken for dead (a broken connection counts at once, and so does a connection silent for --heartbeat-timeout, whichever comes first)")
+	fs.DurationVar(&c.heartbeatTimeout, "heartbeat-timeout", tcpfallback.DefaultHeartbeatTimeout, "a connection to the peer that reads nothing for this long is taken for lost (the transport sends a heartbeat every 10ms on an idle lane); a longer one rides out a loaded host's scheduling pauses at the cost of a slower take-over when the peer really goes silent; both hosts should use the same; at least 20ms")
 	reachCheck := fs.String("reach-check", "", "IPv4 addresses on the VM's network (its gateway, say), comma-separated, pinged every --reach-interval: while none answers, this host never asks the arbiter for the VM, and a protected primary yields after --reach-yield-after (default: no check)")
 	fs.StringVar(&c.reachLink, "reach-link", "", "with --reach-check: the uplink to the VM's network (its carrier must be up too)")
 	fs.DurationVar(&c.reachInterval, "reach-interval", 10*time.Millisecond, "with --reach-check: time between two pings of each target")
@@ -233,8 +236,8 @@ func daemonFlags(fs *flag.FlagSet, role wire.Role) func() (*daemonConfig, error)
 			if c.reachInterval <= 0 || c.reachLostAfter < 2*c.reachInterval {
 				return nil, fmt.Errorf("--reach-lost-after %v must cover at least two --reach-interval %v, or one lost ping looks like a lost network", c.reachLostAfter, c.reachInterval)
 			}
-			if pt := time.Duration(c.peerTimeoutTicks) * c.tick; c.reachLostAfter >= min(pt, tcpfallback.DefaultHeartbeatTimeout) {
-				return nil, fmt.Errorf("--reach-lost-after %v must be shorter than the peer timeout (%v), or a host cut off from the VM's network would not know it yet when it asks the arbiter", c.reachLostAfter, min(pt, tcpfallback.DefaultHeartbeatTimeout))
+			if pt := time.Duration(c.peerTimeoutTicks) * c.tick; c.reachLostAfter >= min(pt, c.heartbeatTimeout) {
+				return nil, fmt.Errorf("--reach-lost-after %v must be shorter than the peer timeout (%v), or a host cut off from the VM's network would not know it yet when it asks the arbiter", c.reachLostAfter, min(pt, c.heartbeatTimeout))
 			}
 			if c.reachYieldAfter <= 0 {
 				return nil, fmt.Errorf("--reach-yield-after %v must be positive", c.reachYieldAfter)
@@ -288,6 +291,9 @@ func daemonFlags(fs *flag.FlagSet, role wire.Role) func() (*daemonConfig, error)
 		}
 		if c.tick <= 0 {
 			return nil, fmt.Errorf("--tick %v must be positive", c.tick)
+		}
+		if least := 2 * tcpfallback.DefaultHeartbeatInterval; c.heartbeatTimeout < least {
+			return nil, fmt.Errorf("--heartbeat-timeout %v is too short: heartbeats go every %v, so a timeout under %v would take a live peer for lost", c.heartbeatTimeout, tcpfallback.DefaultHeartbeatInterval, least)
 		}
 		switch c.logFormat {
 		case "text", "json":

@@ -2,10 +2,15 @@ package main
 
 import (
 	"flag"
+	"os"
+	"path/filepath"
 	"slices"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/ftvm/ftvm/lockstep/wire"
+	"github.com/ftvm/ftvm/tcpfallback"
 )
 
 // --allow-peers names who may join; a secondary (which accepts the next
@@ -36,5 +41,47 @@ func TestAllowPeersFlag(t *testing.T) {
 		if !slices.Equal(c.allowPeers, tc.want) {
 			t.Errorf("%s %q: allowed peers %q, want %q", tc.role, tc.args, c.allowPeers, tc.want)
 		}
+	}
+}
+
+// TestHeartbeatTimeoutFlag: --heartbeat-timeout reaches the transport's
+// configuration and the peer timeout, and one shorter than two heartbeat
+// intervals is refused.
+func TestHeartbeatTimeoutFlag(t *testing.T) {
+	parse := func(args ...string) (*daemonConfig, error) {
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		finish := daemonFlags(fs, wire.RolePrimary)
+		if err := fs.Parse(append([]string{"--arbiter-dir", t.TempDir(), "--tls-name", "me", "--psk-file", "k"}, args...)); err != nil {
+			t.Fatal(err)
+		}
+		return finish()
+	}
+	c, err := parse()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.heartbeatTimeout != tcpfallback.DefaultHeartbeatTimeout {
+		t.Errorf("default --heartbeat-timeout %v, want %v", c.heartbeatTimeout, tcpfallback.DefaultHeartbeatTimeout)
+	}
+	c, err = parse("--heartbeat-timeout", "300ms", "--peer-timeout-ticks", "40")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.pskFile = filepath.Join(t.TempDir(), "psk")
+	if err := os.WriteFile(c.pskFile, []byte("0123456789abcdef0123456789abcdef"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	tr, err := (&daemon{cfg: c}).transportConfig()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if tr.HeartbeatTimeout != 300*time.Millisecond {
+		t.Errorf("the transport's heartbeat timeout is %v with --heartbeat-timeout 300ms", tr.HeartbeatTimeout)
+	}
+	if got := c.peerTimeout(tr); got != 300*time.Millisecond {
+		t.Errorf("peer timeout %v with --heartbeat-timeout 300ms and 40 ticks of 10ms, want 300ms", got)
+	}
+	if _, err := parse("--heartbeat-timeout", "15ms"); err == nil || !strings.Contains(err.Error(), "--heartbeat-timeout") {
+		t.Errorf("--heartbeat-timeout 15ms: err %v, want a refusal naming the flag", err)
 	}
 }
