@@ -388,8 +388,26 @@ func TestReachArbiter(t *testing.T) {
 	if _, _, err := a.Acquire(ctx2, "vm", 2); err == nil || inner.asked != 0 {
 		t.Fatalf("network lost a second ago: err %v, arbiter asked %d times", err, inner.asked)
 	}
-	r.lastReply.Store(int64(time.Since(r.base)))
-	if granted, fence, err := a.Acquire(context.Background(), "vm", 2); !granted || fence != 7 || err != nil || inner.asked != 1 {
+	// Replies keep coming, as from the prober: one stored once would be
+	// lost again 20 ms later, which a loaded host may let pass before
+	// Acquire looks.
+	answering := make(chan struct{})
+	replies := make(chan struct{})
+	go func() {
+		defer close(replies)
+		for {
+			r.lastReply.Store(int64(time.Since(r.base)))
+			select {
+			case <-answering:
+				return
+			case <-time.After(r.interval):
+			}
+		}
+	}()
+	granted, fence, err := a.Acquire(context.Background(), "vm", 2)
+	close(answering)
+	<-replies
+	if !granted || fence != 7 || err != nil || inner.asked != 1 {
 		t.Fatalf("network answers: granted %v fence %d err %v, asked %d; want the arbiter's grant", granted, fence, err, inner.asked)
 	}
 	r.link = "ftvm-no-such-link0"
