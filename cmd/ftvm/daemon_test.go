@@ -239,10 +239,14 @@ func TestStatusShowsArbiterError(t *testing.T) {
 // have taken over, or a frame from the peer well after the stall (not the
 // ones it sent during the stall, which arrive at once).
 func TestTxFence(t *testing.T) {
-	const peerTimeout = 100 * time.Millisecond
+	// The fence reads the real clock: a peer timeout far above any pause
+	// a loaded host puts between two lines of this test, so that the only
+	// stalls are the planted ones, 20 peer timeouts long (with 100 ms, a
+	// 50 ms pause under load was a stall too).
+	const peerTimeout = 5 * time.Second
 	protected := lockstep.Status{Role: lockstep.RolePrimary, Protected: true, Epoch: 3, LastSeq: 10, Acked: 9}
 	stall := func(f *txFence) {
-		f.lastLook.Store(f.now() - int64(time.Second))
+		f.lastLook.Store(f.now() - int64(20*peerTimeout))
 	}
 	f := newTxFence(peerTimeout)
 	for range 3 {
@@ -257,7 +261,7 @@ func TestTxFence(t *testing.T) {
 	// Acknowledgements: only one past what was logged at the stall lifts it.
 	stall(f)
 	if f.mayTransmit() {
-		t.Fatal("a frame left after a stall of a second")
+		t.Fatal("a frame left after a stall of 20 peer timeouts")
 	}
 	if newStall, lifted := f.tick(protected); !newStall || lifted {
 		t.Fatalf("first tick after the stall: new stall %v, lifted %v; want a new stall, still fenced", newStall, lifted)
