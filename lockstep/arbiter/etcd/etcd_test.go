@@ -241,11 +241,17 @@ func TestReleaseLetsTheNextHostInAtOnce(t *testing.T) {
 	if err := a.Check(); err != nil {
 		t.Fatalf("Check after a clean stop: %v", err)
 	}
-	// No lease is left to wait for: b is granted well within one TTL.
-	bctx, cancel := context.WithTimeout(ctx, testTTL/2)
+	// No lease is left to wait for: b is granted while a's lease lives
+	// on (a still renews it; without the release b would wait for as
+	// long). The deadline only ends a hang: half a TTL, as it was, is a
+	// clock bound that a loaded host's slow etcd round trips can miss.
+	bctx, cancel := context.WithTimeout(ctx, 10*testTTL)
 	defer cancel()
 	if ok, f2, err := b.Acquire(bctx, "vm", 2); !ok || err != nil || f2 <= fence {
 		t.Fatalf("b after a's release: granted=%v fence=%d err=%v", ok, f2, err)
+	}
+	if err := a.Check(); err != nil {
+		t.Fatalf("a's lease after b's grant: %v; b must not have waited for it to run out", err)
 	}
 }
 
