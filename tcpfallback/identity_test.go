@@ -189,6 +189,12 @@ func TestPSKPeerNameChecked(t *testing.T) {
 	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), `"y"`) {
 		t.Fatalf("PSK peer named y: %v, want a refusal naming y", err)
 	}
+	// The dialer may read its refusal before the listener has reported
+	// it: take y's rejection now, so that it cannot stand in for x's
+	// below.
+	if ev := waitEvent(t, l, EventPeerRejected, -1); !strings.Contains(ev.Err.Error(), `"y"`) || RejectReason(ev.Err) != RejectPeerName {
+		t.Errorf("rejection of PSK peer y: %q (%s), want a %q naming y", ev.Err, RejectReason(ev.Err), RejectPeerName)
+	}
 
 	bc := testConfig(newSink())
 	bc.Name = "b"

@@ -49,6 +49,11 @@ func stuckPair(t *testing.T, mutate func(*Config)) (d *Transport, release func()
 // never reads fails within the send timeout (the heartbeat timeout by
 // default), and the connection is treated as lost. Without a write
 // deadline it waited for as long as the peer kept the connection.
+//
+// "Within" is a race, not a clock: a second stuck pair whose sends time
+// out after 3 × the timeout, started first, must fail later. A loaded
+// host slows both alike; a deadline the length of the reference's or
+// longer loses the race.
 func TestSendToPeerThatNeverReadsFails(t *testing.T) {
 	for _, tc := range []struct {
 		name   string
@@ -56,37 +61,49 @@ func TestSendToPeerThatNeverReadsFails(t *testing.T) {
 		bound  func(Config) time.Duration
 	}{
 		{"default: the heartbeat timeout", nil, func(c Config) time.Duration { return c.HeartbeatTimeout }},
-		{"SendTimeout", func(c *Config) { c.SendTimeout = 150 * time.Millisecond }, func(c Config) time.Duration { return c.SendTimeout }},
+		// A heartbeat timeout far above the reference's: a SendTimeout
+		// that is ignored loses the race.
+		{"SendTimeout", func(c *Config) { c.SendTimeout, c.HeartbeatTimeout = 150*time.Millisecond, 2*time.Second }, func(c Config) time.Duration { return c.SendTimeout }},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			d, _ := stuckPair(t, tc.mutate)
 			timeout := tc.bound(d.cfg)
+			ref, _ := stuckPair(t, func(c *Config) { c.SendTimeout = 3 * timeout })
 			payload := bytes.Repeat([]byte{7}, 4<<10)
-			start := time.Now()
-			done := make(chan error, 1)
-			go func() {
-				for {
-					if err := d.Send(TypeLog, payload); err != nil {
-						done <- err
-						return
+			var failures atomic.Int32 // the order in which the two fail
+			type failure struct {
+				err   error
+				order int32
+				took  time.Duration
+			}
+			sendUntilFails := func(tr *Transport) <-chan failure {
+				done := make(chan failure, 1)
+				go func() {
+					start := time.Now()
+					for {
+						if err := tr.Send(TypeLog, payload); err != nil {
+							done <- failure{err, failures.Add(1), time.Since(start)}
+							return
+						}
 					}
-				}
-			}()
-			var err error
+				}()
+				return done
+			}
+			refDone := sendUntilFails(ref)
+			done := sendUntilFails(d)
+			var f failure
 			select {
-			case err = <-done:
+			case f = <-done:
 			case <-time.After(20 * timeout):
 				t.Fatalf("Send to a peer that never reads still waits after 20 × the send timeout %v", timeout)
 			}
-			took := time.Since(start)
-			// Filling two small socket buffers takes a moment; the
-			// blocked write then gets between half and all of the
-			// timeout.
-			if took > 3*timeout {
-				t.Errorf("Send failed after %v, more than 3 × the send timeout %v", took, timeout)
+			t.Logf("Send failed after %v (send timeout %v)", f.took, timeout)
+			if f.order != 1 {
+				r := <-refDone
+				t.Errorf("Send failed after %v, later than a pair whose send timeout is 3 × %v (%v): the deadline is not the send timeout", f.took, timeout, r.took)
 			}
-			if !errors.Is(err, ErrLaneDown) || !strings.Contains(err.Error(), "SendTimeout") {
-				t.Errorf("error %q should wrap ErrLaneDown and name SendTimeout", err)
+			if !errors.Is(f.err, ErrLaneDown) || !strings.Contains(f.err.Error(), "SendTimeout") {
+				t.Errorf("error %q should wrap ErrLaneDown and name SendTimeout", f.err)
 			}
 			waitEvent(t, d, EventLaneDown, int(LaneControl))
 		})

@@ -752,7 +752,12 @@ func (t *Transport) startWatchdog() {
 			select {
 			case <-t.closedCh:
 				return
-			case now := <-tk.C:
+			case <-tk.C:
+				// The clock now, not the tick's: a tick this goroutine
+				// takes late carries the time it was due, and a byte
+				// that arrived in between would be heard "at" that
+				// earlier time, its lane declared dead that much early.
+				now := time.Now()
 				for _, l := range t.lanes {
 					if c := l.cur.Load(); c != nil {
 						l.watch(c, now)

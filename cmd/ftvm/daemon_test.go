@@ -239,10 +239,14 @@ func TestStatusShowsArbiterError(t *testing.T) {
 // have taken over, or a frame from the peer well after the stall (not the
 // ones it sent during the stall, which arrive at once).
 func TestTxFence(t *testing.T) {
-	const peerTimeout = 100 * time.Millisecond
+	// The fence reads the real clock: a peer timeout far above any pause
+	// a loaded host puts between two lines of this test, so that the only
+	// stalls are the planted ones, 20 peer timeouts long (with 100 ms, a
+	// 50 ms pause under load was a stall too).
+	const peerTimeout = 5 * time.Second
 	protected := lockstep.Status{Role: lockstep.RolePrimary, Protected: true, Epoch: 3, LastSeq: 10, Acked: 9}
 	stall := func(f *txFence) {
-		f.lastLook.Store(f.now() - int64(time.Second))
+		f.lastLook.Store(f.now() - int64(20*peerTimeout))
 	}
 	f := newTxFence(peerTimeout)
 	for range 3 {
@@ -257,7 +261,7 @@ func TestTxFence(t *testing.T) {
 	// Acknowledgements: only one past what was logged at the stall lifts it.
 	stall(f)
 	if f.mayTransmit() {
-		t.Fatal("a frame left after a stall of a second")
+		t.Fatal("a frame left after a stall of 20 peer timeouts")
 	}
 	if newStall, lifted := f.tick(protected); !newStall || lifted {
 		t.Fatalf("first tick after the stall: new stall %v, lifted %v; want a new stall, still fenced", newStall, lifted)
@@ -388,8 +392,26 @@ func TestReachArbiter(t *testing.T) {
 	if _, _, err := a.Acquire(ctx2, "vm", 2); err == nil || inner.asked != 0 {
 		t.Fatalf("network lost a second ago: err %v, arbiter asked %d times", err, inner.asked)
 	}
-	r.lastReply.Store(int64(time.Since(r.base)))
-	if granted, fence, err := a.Acquire(context.Background(), "vm", 2); !granted || fence != 7 || err != nil || inner.asked != 1 {
+	// Replies keep coming, as from the prober: one stored once would be
+	// lost again 20 ms later, which a loaded host may let pass before
+	// Acquire looks.
+	answering := make(chan struct{})
+	replies := make(chan struct{})
+	go func() {
+		defer close(replies)
+		for {
+			r.lastReply.Store(int64(time.Since(r.base)))
+			select {
+			case <-answering:
+				return
+			case <-time.After(r.interval):
+			}
+		}
+	}()
+	granted, fence, err := a.Acquire(context.Background(), "vm", 2)
+	close(answering)
+	<-replies
+	if !granted || fence != 7 || err != nil || inner.asked != 1 {
 		t.Fatalf("network answers: granted %v fence %d err %v, asked %d; want the arbiter's grant", granted, fence, err, inner.asked)
 	}
 	r.link = "ftvm-no-such-link0"

@@ -143,30 +143,34 @@ func TestLeaseRunsOutBeforeAnotherHostIsGranted(t *testing.T) {
 	bctx, cancel := context.WithTimeout(ctx, 10*testTTL)
 	defer cancel()
 	type answer struct {
-		ok    bool
-		fence uint64
-		err   error
-		at    time.Time
+		ok      bool
+		fence   uint64
+		err     error
+		aKnewIt bool // a's Lost was closed when b's grant came back
 	}
 	bDone := make(chan answer, 1)
 	go func() {
 		for {
 			ok, fence, err := b.Acquire(bctx, "vm", 2)
 			if err == nil || bctx.Err() != nil {
-				bDone <- answer{ok, fence, err, time.Now()}
+				// Look at once, rather than compare the clock read by
+				// a goroutine woken by Lost: on a loaded host that one
+				// may run after b's grant came back.
+				aKnewIt := false
+				select {
+				case <-a.Lost():
+					aKnewIt = true
+				default:
+				}
+				bDone <- answer{ok, fence, err, aKnewIt}
 				return
 			}
 		}
 	}()
 	time.Sleep(3 * testTTL / 2)
 	a.noRenew.Store(true)
-	lostAt := make(chan time.Time, 1)
-	go func() {
-		<-a.Lost()
-		lostAt <- time.Now()
-	}()
 	ans := <-bDone
-	ok, fence, err, granted := ans.ok, ans.fence, ans.err, ans.at
+	ok, fence, err := ans.ok, ans.fence, ans.err
 	if !ok || err != nil {
 		t.Fatalf("b's epoch 2 after a stopped renewing: granted=%v err=%v", ok, err)
 	}
@@ -179,13 +183,8 @@ func TestLeaseRunsOutBeforeAnotherHostIsGranted(t *testing.T) {
 	if !errors.Is(checkErr, ErrLeaseLost) {
 		t.Fatalf("a's Check once b was granted: %v; want ErrLeaseLost", checkErr)
 	}
-	select {
-	case at := <-lostAt:
-		if !at.Before(granted) {
-			t.Fatalf("a's Lost closed at %v, b granted at %v: a must know first", at, granted)
-		}
-	case <-time.After(testTTL):
-		t.Fatal("a's Lost was not closed by the time b was granted")
+	if !ans.aKnewIt {
+		t.Fatal("a's Lost was not closed by the time b's grant came back: a must know first")
 	}
 	if ok, _, _ := a.Acquire(ctx, "vm", 3); ok {
 		t.Fatal("a host that lost its lease was granted again")
@@ -242,11 +241,17 @@ func TestReleaseLetsTheNextHostInAtOnce(t *testing.T) {
 	if err := a.Check(); err != nil {
 		t.Fatalf("Check after a clean stop: %v", err)
 	}
-	// No lease is left to wait for: b is granted well within one TTL.
-	bctx, cancel := context.WithTimeout(ctx, testTTL/2)
+	// No lease is left to wait for: b is granted while a's lease lives
+	// on (a still renews it; without the release b would wait for as
+	// long). The deadline only ends a hang: half a TTL, as it was, is a
+	// clock bound that a loaded host's slow etcd round trips can miss.
+	bctx, cancel := context.WithTimeout(ctx, 10*testTTL)
 	defer cancel()
 	if ok, f2, err := b.Acquire(bctx, "vm", 2); !ok || err != nil || f2 <= fence {
 		t.Fatalf("b after a's release: granted=%v fence=%d err=%v", ok, f2, err)
+	}
+	if err := a.Check(); err != nil {
+		t.Fatalf("a's lease after b's grant: %v; b must not have waited for it to run out", err)
 	}
 }
 
