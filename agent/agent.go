@@ -335,6 +335,7 @@ func New(cfg Config) (*Agent, error) {
 		a.log = slog.Default()
 	}
 	a.holdLatency.init()
+	startLockHoldProfile()
 	a.disk = newDiskWriter(a.log, a.poke, a.durable)
 	if cfg.Lease != nil {
 		a.disk.gate = cfg.Lease.Check
