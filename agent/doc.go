@@ -109,7 +109,10 @@
 // readyMu while it pauses the VM (waiting for the vCPU thread to leave its
 // exit) and takes mu to perform. Whoever holds readyMu waits for the VM
 // (Pause) and for the disk writer (drain) without mu, since both take mu
-// to finish (a vCPU thread's exit, Node.Durable). The disk writer has no
+// to finish (a vCPU thread's exit, Node.Durable). Checkpoint chunks, and
+// the CheckpointDone after a part's, are only queued under readyMu: the
+// bulk sender (bulksend.go) encodes and sends them holding neither lock,
+// so that a full bulk lane never holds up a release. The disk writer has no
 // lock (channels and atomics); latencyRecorder's and stepErrLog's locks
 // are leaves: nothing is taken while they are held. lockorder.go ranks the two locks, and
 // TestLockOrderOnEveryPathThatTakesBoth checks the order on every path

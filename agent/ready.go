@@ -34,6 +34,12 @@ type work struct {
 type encoded struct {
 	typ transport.Type
 	b   []byte
+	// bulk: a checkpoint's chunk or the CheckpointDone after them, which
+	// the bulk sender sends (bulksend.go).
+	bulk bool
+	// chunk is a checkpoint chunk left for the bulk sender to encode (b
+	// is nil then).
+	chunk *wire.CheckpointChunk
 }
 
 // process performs Ready after Ready until the node has nothing to do.
@@ -98,8 +104,15 @@ func (a *Agent) takeReady() work {
 		drop: append([]uint64(nil), rd.Drop...),
 	}
 	for _, m := range rd.Messages {
+		if c, ok := m.(*wire.CheckpointChunk); ok {
+			// Encoded by the bulk sender, off both locks: a Ready's
+			// chunks are CheckpointReadyBytes to copy twice, and their
+			// data is never written (CheckpointTaken lends it).
+			w.msgs = append(w.msgs, encoded{typ: transport.TypeCheckpoint, bulk: true, chunk: c})
+			continue
+		}
 		a.enc = m.Append(a.enc[:0])
-		w.msgs = append(w.msgs, encoded{typ: frameType(m), b: append([]byte(nil), a.enc...)})
+		w.msgs = append(w.msgs, encoded{typ: frameType(m), b: append([]byte(nil), a.enc...), bulk: isBulk(m.Type())})
 	}
 	for _, c := range w.cmds {
 		w.goLive = w.goLive || c.Kind == lockstep.CmdGoLive
@@ -235,6 +248,10 @@ func (a *Agent) perform(ctx context.Context, w *work) error {
 		}
 	}
 	for _, m := range w.msgs {
+		if m.bulk {
+			a.bulk.push(m) // never waits, whoever performs
+			continue
+		}
 		if m.typ == transport.TypeCheckpoint {
 			a.sync.sent.Add(int64(len(m.b)))
 		}
