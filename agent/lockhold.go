@@ -52,7 +52,7 @@ type holdKey struct {
 }
 
 type holdSite struct {
-	hold, wait *hdrhistogram.Histogram
+	hold, wait, handoff *hdrhistogram.Histogram
 }
 
 // lockHoldProfile is the histograms per lock and site; its mutex is a
@@ -65,17 +65,28 @@ type lockHoldProfile struct {
 func (p *lockHoldProfile) site(k holdKey) *holdSite {
 	s := p.sites[k]
 	if s == nil {
-		s = &holdSite{hold: hdrhistogram.New(100, 60e9, 2), wait: hdrhistogram.New(100, 60e9, 2)}
+		s = &holdSite{hold: hdrhistogram.New(100, 60e9, 2), wait: hdrhistogram.New(100, 60e9, 2), handoff: hdrhistogram.New(100, 60e9, 2)}
 		p.sites[k] = s
 	}
 	return s
 }
 
-func (p *lockHoldProfile) recordWait(k holdKey, d time.Duration) {
+// recordWait records a wait for the lock, and for a wait of more than
+// handoffMin the time from the lock's last Unlock to this acquisition
+// (from the wait's start if that was later): a long one says the waiter
+// was woken and then waited for its goroutine to run (Go's scheduler or
+// a CPU), not behind a holder.
+func (p *lockHoldProfile) recordWait(k holdKey, d, handoff time.Duration) {
 	p.mu.Lock()
-	_ = p.site(k).wait.RecordValue(min(max(d.Nanoseconds(), 100), 60e9))
+	s := p.site(k)
+	_ = s.wait.RecordValue(min(max(d.Nanoseconds(), 100), 60e9))
+	if d > handoffMin {
+		_ = s.handoff.RecordValue(min(max(handoff.Nanoseconds(), 100), 60e9))
+	}
 	p.mu.Unlock()
 }
+
+const handoffMin = 50 * time.Microsecond
 
 func (p *lockHoldProfile) recordHold(k holdKey, d time.Duration) {
 	p.mu.Lock()
@@ -96,12 +107,14 @@ func (p *lockHoldProfile) report() string {
 	})
 	var b strings.Builder
 	us := func(h *hdrhistogram.Histogram, q float64) float64 { return float64(h.ValueAtQuantile(q)) / 1e3 }
-	fmt.Fprintf(&b, "%-8s %-44s %9s %8s %8s %9s %9s | %9s %8s %8s %9s %9s (µs)\n", "lock", "taken by", "holds", "p50", "p90", "p99", "max", "waits", "p50", "p90", "p99", "max")
+	fmt.Fprintf(&b, "%-8s %-44s %9s %8s %8s %9s %9s | %9s %8s %8s %9s %9s | %8s %8s %9s %9s (µs; handoff: last unlock to this acquisition, waits over %v)\n",
+		"lock", "taken by", "holds", "p50", "p90", "p99", "max", "waits", "p50", "p90", "p99", "max", "handoffs", "p50", "p99", "max", handoffMin)
 	for _, k := range keys {
 		s := p.sites[k]
-		fmt.Fprintf(&b, "%-8s %-44s %9d %8.0f %8.0f %9.0f %9.0f | %9d %8.0f %8.0f %9.0f %9.0f\n", k.rank, k.site,
+		fmt.Fprintf(&b, "%-8s %-44s %9d %8.0f %8.0f %9.0f %9.0f | %9d %8.0f %8.0f %9.0f %9.0f | %8d %8.0f %9.0f %9.0f\n", k.rank, k.site,
 			s.hold.TotalCount(), us(s.hold, 50), us(s.hold, 90), us(s.hold, 99), float64(s.hold.Max())/1e3,
-			s.wait.TotalCount(), us(s.wait, 50), us(s.wait, 90), us(s.wait, 99), float64(s.wait.Max())/1e3)
+			s.wait.TotalCount(), us(s.wait, 50), us(s.wait, 90), us(s.wait, 99), float64(s.wait.Max())/1e3,
+			s.handoff.TotalCount(), us(s.handoff, 50), us(s.handoff, 99), float64(s.handoff.Max())/1e3)
 	}
 	return b.String()
 }

@@ -37,6 +37,7 @@ type rankedMutex struct {
 	// when and where the holder took it.
 	since time.Time
 	site  string
+	freed time.Time // the last Unlock
 }
 
 // lockWatcher sees the agent's lock operations as they happen.
@@ -57,7 +58,11 @@ func (m *rankedMutex) Lock() {
 		site, t0 := lockSite(), time.Now()
 		m.m.Lock()
 		m.since, m.site = time.Now(), site
-		p.recordWait(holdKey{m.rank, site}, m.since.Sub(t0))
+		from := m.freed
+		if from.Before(t0) {
+			from = t0
+		}
+		p.recordWait(holdKey{m.rank, site}, m.since.Sub(t0), m.since.Sub(from))
 		return
 	}
 	m.m.Lock()
@@ -83,6 +88,7 @@ func (m *rankedMutex) Unlock() {
 	if p := holdProf.Load(); p != nil && !m.since.IsZero() {
 		p.recordHold(holdKey{m.rank, m.site}, time.Since(m.since))
 		m.since = time.Time{}
+		m.freed = time.Now()
 	}
 	m.m.Unlock()
 }
