@@ -119,6 +119,18 @@
 // that takes both (the loop, the inline flushes, a restore, a go-live),
 // with a planted inversion that it catches.
 //
+// # Finding a long holder
+//
+// With FTVM_LOCK_HOLD=DIR in a daemon's environment (LockHoldEnv), every
+// Lock, TryLock and Unlock of mu and readyMu is timed by the function
+// that took the lock, and DIR/lockhold-PID.txt is rewritten each second:
+// per lock and site, the holds and the waits (count, p50, p90, p99, max)
+// and, for waits over 50 µs, the time from the lock's last Unlock to the
+// acquisition. A site with long holds is what others wait behind; a long
+// wait whose hand-off is as long was not behind a holder but waiting to
+// run once woken (Go's scheduler, a CPU). It costs a stack walk per Lock;
+// unset, one atomic load.
+//
 // # Tracing an output
 //
 // A primary's guest writes to the console: vmm stops the vCPU at the
