@@ -80,6 +80,9 @@ func (a *Agent) process(ctx context.Context) error {
 		}
 		w := a.takeReady()
 		a.mu.Unlock()
+		if holdProf.Load() != nil {
+			a.readyMu.site = readySite(&w)
+		}
 		err := a.perform(ctx, &w)
 		a.readyMu.Unlock()
 		if err != nil {
@@ -92,6 +95,23 @@ func (a *Agent) process(ctx context.Context) error {
 		a.cond.Broadcast()
 		a.mu.Unlock()
 	}
+}
+
+// readySite names the loop's hold of readyMu for the lock-hold profile
+// by what the Ready it performs asks for: its commands, else whether it
+// releases or sends.
+func readySite(w *work) string {
+	site := "agent.process:"
+	for i, c := range w.cmds {
+		if i > 0 {
+			site += "+"
+		}
+		site += c.Kind.String()
+	}
+	if len(w.cmds) == 0 {
+		site += fmt.Sprintf("rel=%t,msgs=%t", len(w.rel) > 0, len(w.msgs) > 0)
+	}
+	return site
 }
 
 // takeReady copies the node's Ready out (encoding its messages) and
