@@ -233,6 +233,9 @@ type Agent struct {
 	// the loop sends them when poked.
 	deferred []encoded // readyMu held
 	enc      []byte    // readyMu and mu held (takeReady's encoding buffer)
+	// bulk sends what perform queues of checkpoints (bulksend.go), on
+	// its own goroutine that Run starts and waits for.
+	bulk *bulkSender // set before Run; locks itself
 	// inlineErr is the first error an inline perform (flushInline) met:
 	// the loop returns it, and no goroutine performs inline after it.
 	inlineErr error // readyMu held
@@ -336,11 +339,13 @@ func New(cfg Config) (*Agent, error) {
 		stop:     make(chan struct{}),
 		liveGate: cfg.Node.Role != wire.RolePrimary,
 		log:      cfg.Logger,
+		bulk:     newBulkSender(),
 	}
 	if a.log == nil {
 		a.log = slog.Default()
 	}
 	a.holdLatency.init()
+	startLockHoldProfile()
 	a.disk = newDiskWriter(a.log, a.poke, a.durable)
 	if cfg.Lease != nil {
 		a.disk.gate = cfg.Lease.Check
@@ -464,8 +469,11 @@ var ErrSecondaryDiskFailing = errors.New("agent: this secondary's disk writes fa
 func (a *Agent) Run(ctx context.Context, tr Transport) (err error) {
 	a.tr = tr
 	a.started.Store(true)
+	bulkDone := make(chan struct{})
+	go a.runBulk(tr, a.stop, bulkDone)
 	defer func() {
 		a.Stop()
+		<-bulkDone // nothing is sent after Run returns
 		// No one performs a Ready any more: the disk writer and the VM
 		// can go.
 		a.readyMu.Lock()

@@ -111,12 +111,27 @@
 // readyMu while it pauses the VM (waiting for the vCPU thread to leave its
 // exit) and takes mu to perform. Whoever holds readyMu waits for the VM
 // (Pause) and for the disk writer (drain) without mu, since both take mu
-// to finish (a vCPU thread's exit, Node.Durable). The disk writer has no
+// to finish (a vCPU thread's exit, Node.Durable). Checkpoint chunks, and
+// the CheckpointDone after a part's, are only queued under readyMu: the
+// bulk sender (bulksend.go) encodes and sends them holding neither lock,
+// so that a full bulk lane never holds up a release. The disk writer has no
 // lock (channels and atomics); latencyRecorder's and stepErrLog's locks
 // are leaves: nothing is taken while they are held. lockorder.go ranks the two locks, and
 // TestLockOrderOnEveryPathThatTakesBoth checks the order on every path
 // that takes both (the loop, the inline flushes, a restore, a go-live),
 // with a planted inversion that it catches.
+//
+// # Finding a long holder
+//
+// With FTVM_LOCK_HOLD=DIR in a daemon's environment (LockHoldEnv), every
+// Lock, TryLock and Unlock of mu and readyMu is timed by the function
+// that took the lock, and DIR/lockhold-PID.txt is rewritten each second:
+// per lock and site, the holds and the waits (count, p50, p90, p99, max)
+// and, for waits over 50 µs, the time from the lock's last Unlock to the
+// acquisition. A site with long holds is what others wait behind; a long
+// wait whose hand-off is as long was not behind a holder but waiting to
+// run once woken (Go's scheduler, a CPU). It costs a stack walk per Lock;
+// unset, one atomic load.
 //
 // # Tracing an output
 //

@@ -3,6 +3,7 @@ package agent
 import (
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // The agent's two locks have ranks: a goroutine may wait for a lock only
@@ -32,6 +33,11 @@ func (r lockRank) String() string {
 type rankedMutex struct {
 	m    sync.Mutex
 	rank lockRank
+	// Set with m held while the lock-hold profile is on (lockhold.go):
+	// when and where the holder took it.
+	since time.Time
+	site  string
+	freed time.Time // the last Unlock
 }
 
 // lockWatcher sees the agent's lock operations as they happen.
@@ -48,6 +54,17 @@ func (m *rankedMutex) Lock() {
 	if w := lockWatch.Load(); w != nil {
 		w.lock(m.rank, true)
 	}
+	if p := holdProf.Load(); p != nil {
+		site, t0 := lockSite(), time.Now()
+		m.m.Lock()
+		m.since, m.site = time.Now(), site
+		from := m.freed
+		if from.Before(t0) {
+			from = t0
+		}
+		p.recordWait(holdKey{m.rank, site}, m.since.Sub(t0), m.since.Sub(from))
+		return
+	}
 	m.m.Lock()
 }
 
@@ -58,12 +75,20 @@ func (m *rankedMutex) TryLock() bool {
 	if w := lockWatch.Load(); w != nil {
 		w.lock(m.rank, false)
 	}
+	if p := holdProf.Load(); p != nil {
+		m.since, m.site = time.Now(), lockSite()
+	}
 	return true
 }
 
 func (m *rankedMutex) Unlock() {
 	if w := lockWatch.Load(); w != nil {
 		w.unlock(m.rank)
+	}
+	if p := holdProf.Load(); p != nil && !m.since.IsZero() {
+		p.recordHold(holdKey{m.rank, m.site}, time.Since(m.since))
+		m.since = time.Time{}
+		m.freed = time.Now()
 	}
 	m.m.Unlock()
 }

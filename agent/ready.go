@@ -34,6 +34,12 @@ type work struct {
 type encoded struct {
 	typ transport.Type
 	b   []byte
+	// bulk: a checkpoint's chunk or the CheckpointDone after them, which
+	// the bulk sender sends (bulksend.go).
+	bulk bool
+	// chunk is a checkpoint chunk left for the bulk sender to encode (b
+	// is nil then).
+	chunk *wire.CheckpointChunk
 }
 
 // process performs Ready after Ready until the node has nothing to do.
@@ -74,6 +80,9 @@ func (a *Agent) process(ctx context.Context) error {
 		}
 		w := a.takeReady()
 		a.mu.Unlock()
+		if holdProf.Load() != nil {
+			a.readyMu.site = readySite(&w)
+		}
 		err := a.perform(ctx, &w)
 		a.readyMu.Unlock()
 		if err != nil {
@@ -88,6 +97,23 @@ func (a *Agent) process(ctx context.Context) error {
 	}
 }
 
+// readySite names the loop's hold of readyMu for the lock-hold profile
+// by what the Ready it performs asks for: its commands, else whether it
+// releases or sends.
+func readySite(w *work) string {
+	site := "agent.process:"
+	for i, c := range w.cmds {
+		if i > 0 {
+			site += "+"
+		}
+		site += c.Kind.String()
+	}
+	if len(w.cmds) == 0 {
+		site += fmt.Sprintf("rel=%t,msgs=%t", len(w.rel) > 0, len(w.msgs) > 0)
+	}
+	return site
+}
+
 // takeReady copies the node's Ready out (encoding its messages) and
 // advances the node. a.mu and a.readyMu held.
 func (a *Agent) takeReady() work {
@@ -98,8 +124,15 @@ func (a *Agent) takeReady() work {
 		drop: append([]uint64(nil), rd.Drop...),
 	}
 	for _, m := range rd.Messages {
+		if c, ok := m.(*wire.CheckpointChunk); ok {
+			// Encoded by the bulk sender, off both locks: a Ready's
+			// chunks are CheckpointReadyBytes to copy twice, and their
+			// data is never written (CheckpointTaken lends it).
+			w.msgs = append(w.msgs, encoded{typ: transport.TypeCheckpoint, bulk: true, chunk: c})
+			continue
+		}
 		a.enc = m.Append(a.enc[:0])
-		w.msgs = append(w.msgs, encoded{typ: frameType(m), b: append([]byte(nil), a.enc...)})
+		w.msgs = append(w.msgs, encoded{typ: frameType(m), b: append([]byte(nil), a.enc...), bulk: isBulk(m.Type())})
 	}
 	for _, c := range w.cmds {
 		w.goLive = w.goLive || c.Kind == lockstep.CmdGoLive
@@ -235,6 +268,10 @@ func (a *Agent) perform(ctx context.Context, w *work) error {
 		}
 	}
 	for _, m := range w.msgs {
+		if m.bulk {
+			a.bulk.push(m) // never waits, whoever performs
+			continue
+		}
 		if m.typ == transport.TypeCheckpoint {
 			a.sync.sent.Add(int64(len(m.b)))
 		}
