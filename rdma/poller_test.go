@@ -123,6 +123,7 @@ func TestPollerStallReported(t *testing.T) {
 	if s := logA.String(); !strings.Contains(s, `poller="in OnFrame"`) {
 		t.Fatalf("the report does not say the poller was in OnFrame:\n%s", s)
 	}
+	t.Logf("reported: %s", logA.String()[strings.Index(logA.String(), stallLine):])
 }
 
 func stampNow(start time.Time, n int) []byte {

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"runtime/metrics"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -723,6 +724,7 @@ func (t *Transport) watchPoller(g *generation) {
 	last, lastMoved, lastTick := g.pollTurns.Load(), time.Now(), time.Now()
 	var worstTickGap time.Duration
 	stuck := uint32(0)
+	sched := newSchedWaits()
 	for {
 		select {
 		case <-g.stop:
@@ -742,11 +744,51 @@ func (t *Transport) watchPoller(g *generation) {
 			if d := now.Sub(lastMoved); d >= pollerStallReport {
 				t.log.Warn("rdma: the ring's poller made no progress; frames the peer wrote meanwhile waited in the ring",
 					"stalled", d.Round(time.Millisecond), "poller", pollerStateNames[stuck],
-					"watchdog_worst_tick_gap", worstTickGap.Round(time.Millisecond), "watchdog_tick", pollerWatchEvery)
+					"watchdog_worst_tick_gap", worstTickGap.Round(time.Millisecond), "watchdog_tick", pollerWatchEvery,
+					"go_runnable_waits_over_half_the_stall", sched.over(d/2))
+			} else {
+				sched.over(0) // only what happens from now on counts at the next report
 			}
 			last, lastMoved, worstTickGap = turns, now, 0
 		}
 	}
+}
+
+// schedWaits reads the Go runtime's histogram of how long goroutines
+// waited runnable for a processor (/sched/latencies:seconds), so that a
+// stall report says whether goroutines of this process waited that long
+// (the Go scheduler had no P for them) or not (the thread was not run).
+type schedWaits struct {
+	s    []metrics.Sample
+	last []uint64
+}
+
+func newSchedWaits() *schedWaits {
+	w := &schedWaits{s: []metrics.Sample{{Name: "/sched/latencies:seconds"}}}
+	w.over(0)
+	return w
+}
+
+// over returns how many waits of at least d the runtime recorded since
+// the last call (0 while it is not there to read).
+func (w *schedWaits) over(d time.Duration) uint64 {
+	metrics.Read(w.s)
+	if w.s[0].Value.Kind() != metrics.KindFloat64Histogram {
+		return 0
+	}
+	h := w.s[0].Value.Float64Histogram()
+	var n uint64
+	for i, c := range h.Counts {
+		prev := uint64(0)
+		if i < len(w.last) {
+			prev = w.last[i]
+		}
+		if h.Buckets[i] >= d.Seconds() {
+			n += c - prev
+		}
+	}
+	w.last = append(w.last[:0], h.Counts...)
+	return n
 }
 
 // The poller watchdog looks every pollerWatchEvery and reports a poller
