@@ -223,4 +223,16 @@
 // pump goroutine forwards the TCP transport's events and runs set-up and
 // teardown; a lost control lane is reported before the teardown, which
 // waits for the poller.
+//
+// A watchdog goroutine per generation looks every 10 ms at the poller's
+// count of turns (at most 20 ms apart, the bound of one Link.Wait, when
+// it runs) and logs a warning when it made none for 50 ms or more: how
+// long, where the poller was held (in OnFrame, in Link.Wait, waiting for
+// the receiver's lock, napping), and the watchdog's own worst gap
+// between two looks. A gap about as long as the stall means the whole
+// process was not run (a loaded host); a short one means the poller alone
+// was held, or not run again after its Wait ended, while the rest of the
+// process ran. Either way frames the peer wrote meanwhile waited in the
+// ring, and the peer's lockstep failure detector counts that silence.
+// (Its cost: a timer wake-up every 10 ms per connected ring.)
 package rdma

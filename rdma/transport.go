@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"runtime"
+	"runtime/metrics"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -110,7 +111,22 @@ type generation struct {
 	stopped           atomic.Bool // set before stop is closed; the poller looks at it
 	done              chan struct{}
 	failOnce          sync.Once
+
+	// The poller's progress, for the stall watchdog (watchPoller): a
+	// count of its loop's turns and what it is doing.
+	pollTurns atomic.Uint64
+	pollState atomic.Uint32
 }
+
+// What the poller is doing (generation.pollState).
+const (
+	pollerReceiving uint32 = iota // in Receive: polling, or waiting for the receiver's lock
+	pollerInOnFrame               // in OnFrame: the frame's user has it
+	pollerWaiting                 // in Link.Wait
+	pollerNapping                 // in its nap while Poll is active
+)
+
+var pollerStateNames = [...]string{"receiving (or waiting for the receiver's lock)", "in OnFrame", "in Link.Wait", "napping while Poll is active"}
 
 // Listen is tcpfallback.Listen with the control lane moved to a ring once
 // the peer that connects has set one up.
@@ -534,13 +550,16 @@ func (t *Transport) onSetup(m setupMsg) {
 		g.link, g.rc = link, rc
 		t.stMu.Unlock()
 		g.deliverFn = func(typ transport.Type, flags transport.Flags, payload []byte) {
+			prev := g.pollState.Swap(pollerInOnFrame)
 			t.onFrame(transport.Frame{Lane: transport.LaneControl, Type: typ, Flags: flags, Seq: g.seq, Payload: payload})
+			g.pollState.Store(prev)
 			g.seq++
 		}
 		g.stop, g.done = make(chan struct{}), make(chan struct{})
 		t.recv.Store(g)
 		if !t.cfg.NoPoller {
 			go t.poll(g)
+			go t.watchPoller(g)
 		} else {
 			close(g.done)
 		}
@@ -631,6 +650,7 @@ func (t *Transport) poll(g *generation) {
 		if g.stopped.Load() {
 			return
 		}
+		g.pollTurns.Add(1)
 		sig, n, err := g.rc.Receive(g.deliverFn)
 		if err != nil {
 			t.linkFailed(g)
@@ -666,12 +686,16 @@ func (t *Transport) poll(g *generation) {
 			// Someone (the vCPU thread, at its exits) is polling: Wait
 			// would hold the receiver's lock and make its Poll come back
 			// empty, so nap without it and look again.
+			g.pollState.Store(pollerNapping)
 			time.Sleep(pollActiveNap)
+			g.pollState.Store(pollerReceiving)
 			napping = true
 			continue
 		}
 		napping = false
+		g.pollState.Store(pollerWaiting)
 		g.rc.Wait(pollerWaitSlice)
+		g.pollState.Store(pollerReceiving)
 		idle = 0
 	}
 }
@@ -686,3 +710,91 @@ const pollerClockEvery = 64
 // reads the ring then, with no hand-off, and the poller still delivers
 // within a nap once it stops.
 const pollActiveNap = 50 * time.Microsecond
+
+// watchPoller reports a poller that made no turn for pollerStallReport:
+// at most pollerWaitSlice passes between two turns of a poller that is
+// scheduled, so a longer gap means it was held (in OnFrame, or waiting
+// for the receiver's lock) or not run at all (the process starved: then
+// this goroutine's own ticks come late too, and the line says by how
+// much). Frames the peer wrote meanwhile waited in the ring, and the
+// peer's failure detector counts that silence.
+func (t *Transport) watchPoller(g *generation) {
+	tick := time.NewTicker(pollerWatchEvery)
+	defer tick.Stop()
+	last, lastMoved, lastTick := g.pollTurns.Load(), time.Now(), time.Now()
+	var worstTickGap time.Duration
+	stuck := uint32(0)
+	sched := newSchedWaits()
+	for {
+		select {
+		case <-g.stop:
+			if d := time.Since(lastMoved); d >= pollerStallReport && g.pollTurns.Load() == last {
+				t.log.Warn("rdma: the ring's poller made no progress until the ring was torn down",
+					"stalled", d.Round(time.Millisecond), "poller", pollerStateNames[g.pollState.Load()])
+			}
+			return
+		case now := <-tick.C:
+			worstTickGap = max(worstTickGap, now.Sub(lastTick))
+			lastTick = now
+			turns := g.pollTurns.Load()
+			if turns == last {
+				stuck = g.pollState.Load()
+				continue
+			}
+			if d := now.Sub(lastMoved); d >= pollerStallReport {
+				t.log.Warn("rdma: the ring's poller made no progress; frames the peer wrote meanwhile waited in the ring",
+					"stalled", d.Round(time.Millisecond), "poller", pollerStateNames[stuck],
+					"watchdog_worst_tick_gap", worstTickGap.Round(time.Millisecond), "watchdog_tick", pollerWatchEvery,
+					"go_runnable_waits_over_half_the_stall", sched.over(d/2))
+			} else {
+				sched.over(0) // only what happens from now on counts at the next report
+			}
+			last, lastMoved, worstTickGap = turns, now, 0
+		}
+	}
+}
+
+// schedWaits reads the Go runtime's histogram of how long goroutines
+// waited runnable for a processor (/sched/latencies:seconds), so that a
+// stall report says whether goroutines of this process waited that long
+// (the Go scheduler had no P for them) or not (the thread was not run).
+type schedWaits struct {
+	s    []metrics.Sample
+	last []uint64
+}
+
+func newSchedWaits() *schedWaits {
+	w := &schedWaits{s: []metrics.Sample{{Name: "/sched/latencies:seconds"}}}
+	w.over(0)
+	return w
+}
+
+// over returns how many waits of at least d the runtime recorded since
+// the last call (0 while it is not there to read).
+func (w *schedWaits) over(d time.Duration) uint64 {
+	metrics.Read(w.s)
+	if w.s[0].Value.Kind() != metrics.KindFloat64Histogram {
+		return 0
+	}
+	h := w.s[0].Value.Float64Histogram()
+	var n uint64
+	for i, c := range h.Counts {
+		prev := uint64(0)
+		if i < len(w.last) {
+			prev = w.last[i]
+		}
+		if h.Buckets[i] >= d.Seconds() {
+			n += c - prev
+		}
+	}
+	w.last = append(w.last[:0], h.Counts...)
+	return n
+}
+
+// The poller watchdog looks every pollerWatchEvery and reports a poller
+// that made no turn for pollerStallReport (well over pollerWaitSlice,
+// well under the lockstep peer timeout's default 120 ms).
+const (
+	pollerWatchEvery  = 10 * time.Millisecond
+	pollerStallReport = 50 * time.Millisecond
+)
