@@ -313,9 +313,6 @@ func (t *Transport) Poll() int {
 	if err != nil {
 		t.linkFailed(g)
 	}
-	if n > 0 {
-		t.ringFrames.Add(uint64(n))
-	}
 	return n
 }
 
@@ -550,6 +547,9 @@ func (t *Transport) onSetup(m setupMsg) {
 		g.link, g.rc = link, rc
 		t.stMu.Unlock()
 		g.deliverFn = func(typ transport.Type, flags transport.Flags, payload []byte) {
+			// Counted before OnFrame sees it, so that whoever OnFrame
+			// tells of the frame finds it counted.
+			t.ringFrames.Add(1)
 			prev := g.pollState.Swap(pollerInOnFrame)
 			t.onFrame(transport.Frame{Lane: transport.LaneControl, Type: typ, Flags: flags, Seq: g.seq, Payload: payload})
 			g.pollState.Store(prev)
@@ -658,9 +658,6 @@ func (t *Transport) poll(g *generation) {
 			return
 		}
 		if sig > 0 || n > 0 {
-			if n > 0 {
-				t.ringFrames.Add(uint64(n))
-			}
 			idle, napping = 0, false
 			continue
 		}
