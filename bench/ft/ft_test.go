@@ -26,25 +26,7 @@ var (
 // ftvmBinary builds cmd/ftvm and the guests once per test binary.
 func ftvmBinary(t *testing.T) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "ftvm-bench-ft-bin")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		ftvmBin = filepath.Join(dir, "ftvm")
-		cmd := exec.Command("go", "build", "-o", ftvmBin, "./cmd/ftvm")
-		cmd.Dir = repoRoot
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build ./cmd/ftvm: %v\n%s", err, out)
-			return
-		}
-		cmd = exec.Command("make", "-s", "guests")
-		cmd.Dir = repoRoot
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("make guests: %v\n%s", err, out)
-		}
-	})
+	buildOnce.Do(func() { ftvmBin, buildErr = e2e.BuildFtvm(repoRoot) })
 	if buildErr != nil {
 		t.Fatal(buildErr)
 	}

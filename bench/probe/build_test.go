@@ -1,12 +1,12 @@
 package probe
 
 import (
-	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"sync"
 	"testing"
+
+	"github.com/ftvm/ftvm/bench/e2e"
 )
 
 // repoRoot is the module's root, from this package's directory.
@@ -24,25 +24,7 @@ var (
 // binaries have no symbol table, so the ELF tests use this one too.
 func ftvmBinary(t testing.TB) string {
 	t.Helper()
-	buildOnce.Do(func() {
-		dir, err := os.MkdirTemp("", "ftvm-probe-bin")
-		if err != nil {
-			buildErr = err
-			return
-		}
-		ftvmBin = filepath.Join(dir, "ftvm")
-		cmd := exec.Command("go", "build", "-tags", "ftvm_planted_delay", "-o", ftvmBin, "./cmd/ftvm")
-		cmd.Dir = repoRoot
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("go build ./cmd/ftvm: %v\n%s", err, out)
-			return
-		}
-		cmd = exec.Command("make", "-s", "guests")
-		cmd.Dir = repoRoot
-		if out, err := cmd.CombinedOutput(); err != nil {
-			buildErr = fmt.Errorf("make guests: %v\n%s", err, out)
-		}
-	})
+	buildOnce.Do(func() { ftvmBin, buildErr = e2e.BuildFtvm(repoRoot, "ftvm_planted_delay") })
 	if buildErr != nil {
 		t.Fatal(buildErr)
 	}
