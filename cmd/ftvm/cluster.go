@@ -91,16 +91,8 @@ func runCluster(e *env, args []string) int {
 		fmt.Fprint(fs.Output(), clusterUsage)
 		fs.PrintDefaults()
 	}
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" || args[0] == "-help" {
-		fs.SetOutput(e.stdout)
-		if len(args) == 0 {
-			fs.SetOutput(e.stderr)
-		}
-		fs.Usage()
-		if len(args) == 0 {
-			return exitUsage
-		}
-		return exitOK
+	if done, code := subcommandHelp(e, fs, args); done {
+		return code
 	}
 	sub := args[0]
 	rest := args[1:]

@@ -101,3 +101,20 @@ func parseFlags(e *env, fs *flag.FlagSet, args []string) (done bool, code int) {
 	}
 	return false, exitOK
 }
+
+// subcommandHelp answers a command of subcommands (ftvm arbiter, ftvm
+// cluster) given none, with its usage on stderr and exit 2, or asked for
+// help, with its usage on stdout and exit 0; otherwise it does nothing.
+func subcommandHelp(e *env, fs *flag.FlagSet, args []string) (done bool, code int) {
+	switch {
+	case len(args) == 0:
+		fs.SetOutput(e.stderr)
+		fs.Usage()
+		return true, exitUsage
+	case args[0] == "-h" || args[0] == "--help" || args[0] == "-help":
+		fs.SetOutput(e.stdout)
+		fs.Usage()
+		return true, exitOK
+	}
+	return false, 0
+}
