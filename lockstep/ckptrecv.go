@@ -25,6 +25,13 @@ type incomingCheckpoints struct {
 	pendingAck  *wire.CheckpointAck // checkpoint acknowledgement to send (coalesced)
 	restoredID  uint64              // the last checkpoint restored (or being restored)
 	restoredSeq uint64              // its log position
+	// restoredFull: that checkpoint stands on no state of this VM (a
+	// full one, or a chain from a full part), so a failure to restore it
+	// would not go away with another full one.
+	restoredFull bool
+	// restoreFailures counts the increments the VMM could not restore
+	// (CheckpointRestoreFailed), each answered by a full checkpoint.
+	restoreFailures uint64
 }
 
 // assembly is one checkpoint being put together from its chunks.
@@ -383,7 +390,7 @@ func (n *Node) restore(id, seq uint64, full bool, released uint64, outs []held, 
 	n.replay.phase = sRestoring
 	n.incoming.dropChain() // parts of a chain this checkpoint supersedes
 	n.command(Command{Kind: CmdRestoreCheckpoint, Checkpoint: Checkpoint{ID: id, Seq: seq, Full: full, Data: data, Parts: parts}})
-	n.incoming.restoredID, n.incoming.restoredSeq = id, seq
+	n.incoming.restoredID, n.incoming.restoredSeq, n.incoming.restoredFull = id, seq, full
 	n.incoming.assemblies, n.incoming.assemblyBytes = nil, 0
 }
 
@@ -450,6 +457,36 @@ func (n *Node) wantCheckpoints() {
 			}
 		}
 	}
+}
+
+// CheckpointRestoreFailed tells the node the VMM could not restore
+// checkpoint id (CmdRestoreCheckpoint), and left its VM of no use.
+//
+// An incremental checkpoint (a resync's, over the state the VM held)
+// fails when that state is not what the increment needs (the VM changed
+// a page the increment lacks, say): the node then joins again as a new
+// secondary would (a Hello, with no resync base), so the primary, still
+// paused, sends a full checkpoint instead, which goes into a fresh VM.
+// Meanwhile the node cannot take over: the VM it had is gone. A full
+// checkpoint (or a pre-copy chain) that fails would fail again: the node
+// halts (CmdHalt) rather than ask for it for ever, and returns the
+// failure. A call for a checkpoint the node no longer awaits does nothing.
+func (n *Node) CheckpointRestoreFailed(id uint64, err error) error {
+	if n.role != RoleSecondary && n.role != RoleCandidate {
+		return n.roleErr("CheckpointRestoreFailed")
+	}
+	if n.replay.phase != sRestoring || id != n.incoming.restoredID {
+		return nil // superseded
+	}
+	if n.incoming.restoredFull {
+		why := fmt.Sprintf("restoring full checkpoint %d from the primary failed (%v); another would fail the same way: "+
+			"this host stops protecting the VM (restart it to join again)", id, err)
+		n.halt(why)
+		return fmt.Errorf("lockstep: %s", why)
+	}
+	n.incoming.restoreFailures++
+	n.rejoin()
+	return nil
 }
 
 // CheckpointRestored tells the node the VMM loaded checkpoint id; replay

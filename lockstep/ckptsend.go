@@ -16,6 +16,7 @@ type checkpointShipping struct {
 	id           uint64     // the checkpoint last asked for (CmdTakeCheckpoint)
 	seq          uint64     // its log position (the log's end when it was taken)
 	full         bool       // it is for a joiner (full), not a repair (incremental)
+	base         []byte     // the secondary's resync base for the repair (nil: none)
 	taking       bool       // asked for and not yet taken (CheckpointTaken or CheckpointFailed)
 	live         bool       // the checkpoint asked for is a live (pre-copy) part
 	chainBase    uint64     // first part of the chain being shipped (0: none)

@@ -127,6 +127,18 @@ type Config struct {
 	// it an output counts as done once handed out.
 	ConfirmDurable bool
 
+	// ResyncBase, on a secondary, describes the state its VM holds for
+	// an incremental resync: the checkpoint it last restored and what it
+	// changed since (the VMM's encoding; opaque here). The node calls it
+	// whenever it sends a wire.ResyncRequest and carries the result as the
+	// request's Base, which the primary hands to its VMM with the
+	// checkpoint it asks for (Checkpoint.Base). Nil, or a nil or empty
+	// result, or one over wire.MaxResyncBaseBytes: no base, and the
+	// checkpoint stands alone. After a restore failed
+	// (Node.CheckpointRestoreFailed) it is not called until a full
+	// checkpoint was restored.
+	ResyncBase func() []byte
+
 	// FirstEpoch is the epoch a primary asks for first: one past the
 	// newest the arbiter granted, when the host may take it (it stopped
 	// cleanly, or its disk is the current one). Zero: 1.

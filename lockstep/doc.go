@@ -51,7 +51,7 @@
 //	                primary reports them released; the cumulative Ack
 //	ckptrecv.go     incomingCheckpoints: checkpoints assembled from chunks, the pre-copy
 //	                parts of a chain kept until its end comes, the restore and its
-//	                CheckpointAck; CheckpointRestored
+//	                CheckpointAck; CheckpointRestored, CheckpointRestoreFailed
 //
 // The wire format is lockstep/wire (which also owns Role, since a Hello
 // carries it); lockstep/arbiter holds the arbiters, lockstep/sim the seeded
@@ -78,7 +78,18 @@
 // in chunks, at most CheckpointWindowBytes ahead of the secondary's
 // cumulative wire.CheckpointAck, resending only what an ack or a timeout
 // shows lost; the secondary restores it (CmdRestoreCheckpoint) and confirms;
-// only then does the primary release what it held and resume. A new
+// only then does the primary release what it held and resume.
+//
+// A resync is incremental where the VMMs can make it so: the secondary's
+// request carries a base (Config.ResyncBase: the checkpoint its VM last
+// restored and what it changed since, opaque to the node), which the
+// primary hands its VMM with the checkpoint it asks for (Checkpoint.Base).
+// A VMM whose VM stands on the same checkpoint answers with an increment
+// over it holding what either side changed; any other a full one. A
+// secondary that cannot restore the increment (Node.CheckpointRestoreFailed)
+// joins again with a Hello and no base, so the primary, still paused,
+// sends a full checkpoint; if that fails too, the secondary halts rather
+// than ask for ever (testdata/explicit/incremental_resync.txt). A new
 // secondary joins by pre-copy (Config.PrecopyRounds): live checkpoints of
 // the running VM (CmdTakeCheckpoint with Live), each shipped the same way,
 // then a short pause for a paused increment that ends the chain. The

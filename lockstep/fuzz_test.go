@@ -17,6 +17,7 @@ func FuzzStep(f *testing.F) {
 		&wire.Ack{Header: h, Received: 1 << 40, Compared: 5, Replayed: 1},
 		&wire.Heartbeat{Header: h, LastSeq: 99, ReleasedThrough: 50},
 		&wire.ResyncRequest{Header: h, Reason: wire.ResyncInputMismatch, AtSeq: 1 << 50},
+		&wire.ResyncRequest{Header: h, Reason: wire.ResyncOutputMismatch, AtSeq: 3, Base: []byte("base")},
 		&wire.CheckpointChunk{Header: h, ID: 9, Seq: 4, Offset: 1 << 29, Data: []byte("zz")},
 		&wire.CheckpointDone{Header: h, ID: 9, Seq: 4, Total: 1 << 29},
 		&wire.GoLive{Header: wire.Header{Epoch: 2}},

@@ -3,6 +3,7 @@ package lockstep_test
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"path/filepath"
 	"strconv"
@@ -22,7 +23,9 @@ import (
 // when the simulator draws its numbers in another order (the seeded
 // scenarios in testdata/*.txt cover that ground).
 //
-//	new [mode=compare|receipt]            a primary on A (granted epoch 1), a joining secondary on B
+//	new [mode=compare|receipt] [base=on]  a primary on A (granted epoch 1), a joining secondary on B;
+//	                                      base=on: a secondary's resync requests carry a base
+//	                                      (Config.ResyncBase: "exit=N", its guest's exit count)
 //	tick host=A|B [n=N]                   N Ticks of logical time
 //	exit host=A|B [n=N]                   the host's VM runs N exits (even: an input, odd: an output);
 //	                                      a secondary stops at the first it cannot replay yet
@@ -35,6 +38,8 @@ import (
 //	partition from=A|B|both               lose what crosses from the host (or both ways) from now on
 //	heal                                  restore the network
 //	diverge host=A|B                      perturb the host's guest (as an RDTSC the log did not catch)
+//	fail-restore host=A|B [n=N]           the host's next N restores fail (CheckpointRestoreFailed),
+//	                                      leaving its guest as it was
 //	status                                both hosts' state and what is in flight
 //
 // Every command prints what the nodes did: commands to the VMM and
@@ -57,7 +62,7 @@ func TestInteractionExplicit(t *testing.T) {
 					if c.Arg("mode", "compare") == "receipt" {
 						mode = lockstep.AckOnReceipt
 					}
-					e = newEnv(t, mode)
+					e = newEnv(t, mode, c.Arg("base", "off") == "on")
 				}
 				e.out.Reset()
 				e.handle(t, c)
@@ -71,6 +76,7 @@ func TestInteractionExplicit(t *testing.T) {
 // way) and an arbiter.
 type env struct {
 	mode  lockstep.Mode
+	base  bool // secondaries send a resync base
 	hosts [2]*ehost
 	links [2][][]byte // links[i]: frames in flight from host i, oldest first
 	cut   [2]bool     // cut[i]: frames from host i are lost
@@ -85,6 +91,7 @@ type ehost struct {
 	live bool // the guest takes live inputs (primary)
 	// paused, stalled: the vCPU is stopped (CmdPause, CmdStall).
 	paused, stalled bool
+	failRestores    int // the next restores that fail
 }
 
 // eguest is a deterministic guest: exit k is an input when k is even and
@@ -106,8 +113,8 @@ func (g *eguest) snapshot() []byte {
 
 const evmID = "explicit-vm"
 
-func newEnv(t *testing.T, mode lockstep.Mode) *env {
-	e := &env{mode: mode, arb: arbiter.NewMemory()}
+func newEnv(t *testing.T, mode lockstep.Mode, base bool) *env {
+	e := &env{mode: mode, base: base, arb: arbiter.NewMemory()}
 	e.hosts[0] = &ehost{name: "A"}
 	e.hosts[1] = &ehost{name: "B"}
 	e.start(t, 0, wire.RolePrimary)
@@ -118,11 +125,15 @@ func newEnv(t *testing.T, mode lockstep.Mode) *env {
 func (e *env) printf(format string, args ...any) { fmt.Fprintf(&e.out, format+"\n", args...) }
 
 func (e *env) start(t *testing.T, i int, role lockstep.Role) {
-	n, err := lockstep.NewNode(lockstep.Config{VMID: evmID, Role: role, Mode: e.mode, PeerTimeoutTicks: 6, HeartbeatTicks: 2, RetransmitTicks: 3})
+	h := e.hosts[i]
+	cfg := lockstep.Config{VMID: evmID, Role: role, Mode: e.mode, PeerTimeoutTicks: 6, HeartbeatTicks: 2, RetransmitTicks: 3}
+	if e.base {
+		cfg.ResyncBase = func() []byte { return fmt.Appendf(nil, "exit=%d", h.g.exit) }
+	}
+	n, err := lockstep.NewNode(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
-	h := e.hosts[i]
 	h.node, h.g, h.live, h.paused, h.stalled = n, eguest{}, role == lockstep.RolePrimary, false, false
 	e.printf("%s up as %s", h.name, role)
 	e.process(t, i)
@@ -184,6 +195,8 @@ func (e *env) handle(t *testing.T, c *ddtest.Cmd) {
 		e.cut = [2]bool{}
 	case "diverge":
 		e.hosts[ehostArg(t, c, "host")].g.state ^= 0xdead
+	case "fail-restore":
+		e.hosts[ehostArg(t, c, "host")].failRestores = max(n, 1)
 	case "status":
 		e.status()
 	default:
@@ -355,7 +368,11 @@ func (e *env) command(t *testing.T, h *ehost, c lockstep.Command, asks *[]uint64
 	ck := c.Checkpoint
 	switch c.Kind {
 	case lockstep.CmdTakeCheckpoint:
-		e.printf("%s cmd %s id=%d full=%v live=%v chain=%v", h.name, c.Kind, ck.ID, ck.Full, ck.Live, ck.Chain)
+		base := ""
+		if ck.Base != nil {
+			base = fmt.Sprintf(" base=%q", ck.Base)
+		}
+		e.printf("%s cmd %s id=%d full=%v live=%v chain=%v%s", h.name, c.Kind, ck.ID, ck.Full, ck.Live, ck.Chain, base)
 	case lockstep.CmdRestoreCheckpoint:
 		e.printf("%s cmd %s id=%d seq=%d parts=%d", h.name, c.Kind, ck.ID, ck.Seq, len(ck.Parts))
 	case lockstep.CmdAcquire, lockstep.CmdGoLive:
@@ -382,6 +399,12 @@ func (e *env) command(t *testing.T, h *ehost, c lockstep.Command, asks *[]uint64
 	case lockstep.CmdRestoreCheckpoint:
 		if len(ck.Data) != 16 {
 			t.Fatalf("%s: restore of %d bytes, want a 16-byte guest snapshot", h.name, len(ck.Data))
+		}
+		if h.failRestores > 0 {
+			h.failRestores--
+			err := h.node.CheckpointRestoreFailed(ck.ID, errors.New("planted restore failure"))
+			e.printf("%s restore of checkpoint %d failed: CheckpointRestoreFailed returns %v", h.name, ck.ID, err)
+			return
 		}
 		h.g = eguest{exit: binary.LittleEndian.Uint64(ck.Data), state: binary.LittleEndian.Uint64(ck.Data[8:])}
 		if err := h.node.CheckpointRestored(ck.ID); err != nil {
@@ -418,6 +441,9 @@ func describe(m wire.Msg) string {
 		s += fmt.Sprintf(" id=%d through=%d kept=%v missing=%v", m.ID, m.Through, m.Kept, m.Missing)
 	case *wire.ResyncRequest:
 		s += fmt.Sprintf(" at=%d", m.AtSeq)
+		if m.Base != nil {
+			s += fmt.Sprintf(" base=%q", m.Base)
+		}
 	case *wire.GoLive:
 		s += fmt.Sprintf(" last=%d", m.LastSeq)
 	case *wire.Fence:

@@ -146,6 +146,10 @@ type Status struct {
 	// checkpoints being shipped (every part of a chain), a secondary's
 	// being assembled and the pre-copy parts it keeps.
 	CheckpointBytes int
+	// RestoreFailures counts the incremental checkpoints this node, as a
+	// secondary, could not restore (CheckpointRestoreFailed): each cost a
+	// full one.
+	RestoreFailures uint64
 }
 
 // Status reports the node's state.
@@ -163,6 +167,7 @@ func (n *Node) Status() Status {
 		s.LastSeq, s.LogItems, s.Released = n.replay.received, len(n.replay.log), n.replay.primaryReleased
 		s.Diverged = n.replay.phase == sDiverged
 		s.CheckpointBytes = n.incoming.bytes()
+		s.RestoreFailures = n.incoming.restoreFailures
 	}
 	return s
 }

@@ -375,3 +375,57 @@ func TestArbiterErrorsBackOff(t *testing.T) {
 		t.Fatalf("after a grant status %+v: want the error cleared and epoch 1", st)
 	}
 }
+
+// A resync base the VMM makes too large for the wire is not sent: the
+// request goes without one (the primary answers with a full checkpoint)
+// rather than as a frame the peer refuses, which would leave the
+// secondary asking for ever.
+func TestResyncBaseOverTheBoundIsLeftOut(t *testing.T) {
+	for _, size := range []int{wire.MaxResyncBaseBytes, wire.MaxResyncBaseBytes + 1} {
+		p, s := pair(t, AckOnCompare)
+		s.cfg.ResyncBase = func() []byte { return make([]byte, size) }
+		p.HoldOutput(5, 1, []byte("hello"))
+		for _, m := range take(p).Messages {
+			_ = s.Step(wireTrip(t, m))
+		}
+		if _, r := s.ReplayOutput(5, 1, []byte("HELLO")); r != Diverged {
+			t.Fatalf("different output: got %s, want diverged", r)
+		}
+		var rr *wire.ResyncRequest
+		for _, m := range take(s).Messages {
+			if r, ok := wireTrip(t, m).(*wire.ResyncRequest); ok {
+				rr = r
+			}
+		}
+		want := size
+		if size > wire.MaxResyncBaseBytes {
+			want = 0
+		}
+		if rr == nil || len(rr.Base) != want {
+			t.Fatalf("base of %d bytes: request %v, want one with a base of %d bytes", size, rr, want)
+		}
+		_ = p.Step(rr)
+		var ck *Checkpoint
+		for _, c := range take(p).Commands {
+			if c.Kind == CmdTakeCheckpoint {
+				ck = &c.Checkpoint
+			}
+		}
+		if ck == nil || ck.Full || len(ck.Base) != want {
+			t.Fatalf("base of %d bytes: take-checkpoint %+v, want an incremental one with a base of %d bytes", size, ck, want)
+		}
+	}
+}
+
+// CheckpointRestoreFailed for a checkpoint the node does not await (a
+// late call, another id) changes nothing.
+func TestCheckpointRestoreFailedSuperseded(t *testing.T) {
+	_, s := pair(t, AckOnCompare)
+	before := s.Status()
+	if err := s.CheckpointRestoreFailed(99, errors.New("late")); err != nil {
+		t.Fatalf("a late failure: %v", err)
+	}
+	if after := s.Status(); after != before {
+		t.Fatalf("a late failure changed the node: %+v, was %+v", after, before)
+	}
+}

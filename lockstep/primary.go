@@ -186,6 +186,7 @@ func (n *Node) stepPrimary(m wire.Msg) error {
 		// A request about a position at or before the last checkpoint was
 		// already repaired by it (a late duplicate).
 		if n.primary.phase == pProtected && m.AtSeq > n.shipping.seq {
+			n.shipping.base = clone(m.Base) // m aliases the transport's buffer
 			n.beginSync(false)
 		}
 	case *wire.CheckpointDone:
@@ -236,7 +237,12 @@ func (n *Node) syncPaused(full bool) {
 		n.primary.paused = true
 		n.command(Command{Kind: CmdPause})
 	}
-	n.command(Command{Kind: CmdTakeCheckpoint, Checkpoint: Checkpoint{ID: n.shipping.id, Seq: n.shipping.seq, Full: full && n.shipping.chainBase == 0, Chain: n.shipping.chainBase != 0}})
+	ck := Checkpoint{ID: n.shipping.id, Seq: n.shipping.seq, Full: full && n.shipping.chainBase == 0, Chain: n.shipping.chainBase != 0}
+	if !full && n.shipping.chainBase == 0 {
+		ck.Base = n.shipping.base
+	}
+	n.shipping.base = nil
+	n.command(Command{Kind: CmdTakeCheckpoint, Checkpoint: ck})
 }
 
 // beginPrecopy starts bringing a joiner up while the VM runs: a live full

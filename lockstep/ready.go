@@ -141,4 +141,13 @@ type Checkpoint struct {
 	// handed over already. In load-part, Data is the part's.
 	Data  []byte
 	Parts [][]byte
+	// Base (take-checkpoint, neither Full nor Live nor Chain): the
+	// secondary's account of the state its VM holds (wire.ResyncRequest's
+	// Base), nil when it sent none. A VMM whose own VM stands on the same
+	// checkpoint may answer with an increment over it that holds what
+	// either side changed since; otherwise (or when it cannot read Base)
+	// it takes a full one, as with no base. The secondary restores such
+	// an increment onto its VM; if that fails it says so
+	// (Node.CheckpointRestoreFailed) and gets a full checkpoint next.
+	Base []byte
 }

@@ -85,8 +85,20 @@ func (n *Node) diverge(reason wire.ResyncReason) {
 	n.replay.phase = sDiverged
 	n.divergences++
 	n.ticks.sinceProgress = 0
-	n.send(&wire.ResyncRequest{Reason: reason, AtSeq: n.replay.cursor})
+	n.sendResync(reason)
 	n.maybeGoLive()
+}
+
+// sendResync asks the primary for a checkpoint, with the VMM's base for
+// an incremental one when it gives one that fits.
+func (n *Node) sendResync(reason wire.ResyncReason) {
+	m := &wire.ResyncRequest{Reason: reason, AtSeq: n.replay.cursor}
+	if n.cfg.ResyncBase != nil {
+		if b := n.cfg.ResyncBase(); len(b) <= wire.MaxResyncBaseBytes {
+			m.Base = b
+		}
+	}
+	n.send(m)
 }
 
 func (n *Node) tickSecondary() {
@@ -117,7 +129,7 @@ func (n *Node) tickSecondary() {
 	}
 	if n.replay.phase == sDiverged && n.ticks.sinceProgress >= n.cfg.RetransmitTicks {
 		n.ticks.sinceProgress = 0
-		n.send(&wire.ResyncRequest{Reason: wire.ResyncOutputMismatch, AtSeq: n.replay.cursor})
+		n.sendResync(wire.ResyncOutputMismatch)
 		n.wantCheckpoints()
 	}
 	if n.ticks.sinceSend >= n.cfg.HeartbeatTicks {

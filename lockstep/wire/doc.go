@@ -6,7 +6,7 @@
 // panics on hostile input and allocates only the message struct (and the VM
 // id string, at most MaxVMIDBytes): byte fields alias the input, and every length is checked against a named bound
 // (MaxEntryDataBytes, MaxOutputDataBytes, MaxChunkDataBytes, MaxVMIDBytes,
-// MaxCheckpointBytes, MaxBodyBytes) before it is used.
+// MaxCheckpointBytes, MaxResyncBaseBytes, MaxBodyBytes) before it is used.
 //
 // # Frame
 //
@@ -35,7 +35,8 @@
 //	                    (its length must equal the length field)
 //	ack (4)             u64 received, u64 compared, u64 replayed (all cumulative)
 //	heartbeat (5)       u64 last seq, u64 released through
-//	resync-request (6)  u8 reason (1 output mismatch, 2 input mismatch), u64 at seq
+//	resync-request (6)  u8 reason (1 output mismatch, 2 input mismatch), u64 at seq,
+//	                    bytes base (<= MaxResyncBaseBytes; since protocol version 5)
 //	checkpoint-chunk (7) u64 id, u64 seq, u64 offset,
 //	                    bytes data (<= MaxChunkDataBytes; offset+len <= MaxCheckpointBytes)
 //	checkpoint-done (8) u64 id, u64 seq, u64 total (<= MaxCheckpointBytes),
@@ -79,6 +80,15 @@
 // missing), and never sends a kept checkpoint again. A missing ack below
 // what was acknowledged before means the secondary lost its copy: the
 // primary sends again from there. A plain ack below it is a late one.
+//
+// A resync-request's base (protocol version 5) is the secondary VMM's
+// account of the state it holds: the checkpoint it last restored and the
+// pages and disk chunks it changed since (vmm.DirtySet's encoding, which
+// documents its layout). The protocol does not read it: the primary's
+// node hands it to its VMM with the checkpoint it asks for
+// (lockstep.Checkpoint.Base), which, when its own VM stands on the same
+// checkpoint, sends an increment over it holding both sides' changes.
+// Empty means none: the checkpoint then stands alone (a full one).
 //
 // A body with bytes left over after its last field is refused, so every
 // valid frame has exactly one encoding and Parse(Append(m)) round-trips.

@@ -24,6 +24,11 @@ const (
 	MaxEntryDataBytes  = limits.EntryDataMaxBytes
 	MaxOutputDataBytes = limits.OutputDataMaxBytes
 	MaxChunkDataBytes  = 256 << 10
+	// MaxResyncBaseBytes bounds a resync request's Base: as large as a
+	// chunk's data, so that a request fits every transport a chunk does.
+	// The VMM's encoding of what it dirtied must fit (vmm.MaxDirtySetBytes
+	// <= this); a larger one is not sent, and the resync is a full one.
+	MaxResyncBaseBytes = MaxChunkDataBytes
 	MaxVMIDBytes       = 128
 	MaxCheckpointBytes = 1 << 40 // total size a CheckpointDone may announce (a node's own bound is its Config's)
 	MaxBodyBytes       = MaxChunkDataBytes + 64
@@ -35,7 +40,9 @@ const (
 // its u32 length) must fit MaxBodyBytes: a negative constant converted to
 // uint does not compile.
 const (
-	entryFixedBytes  = 8 + 8 + 2 + 4                       // seq, exit index, kind, data length
+	entryFixedBytes  = 8 + 8 + 2 + 4 // seq, exit index, kind, data length
+	resyncFixedBytes = 1 + 8 + 4     // reason, at seq, base length
+	_                = uint(MaxBodyBytes - resyncFixedBytes - MaxResyncBaseBytes)
 	outputFixedBytes = 8 + 8 + 2 + 4 + DigestBytes + 1 + 4 // seq, exit index, device, length, digest, has-data, data length
 	_                = uint(MaxBodyBytes - entryFixedBytes - MaxEntryDataBytes)
 	_                = uint(MaxBodyBytes - outputFixedBytes - MaxOutputDataBytes)

@@ -8,8 +8,8 @@ import "encoding/binary"
 // acknowledged and sent in a window, not re-sent whole on a timer.
 // Version 4 changed checkpoint-done's digest to the two-level one (see
 // the package doc), so that a primary need not hash the VM's data where it
-// ships it.
-const ProtocolVersion = 4
+// ships it. Version 5 added resync-request's base (incremental resyncs).
+const ProtocolVersion = 5
 
 // Role is where a node stands in the protocol. It is the one role type of
 // the module: a Hello carries RolePrimary or RoleSecondary (Parse refuses

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"hash/crc32"
 	"reflect"
+	"strings"
 	"testing"
 )
 
@@ -20,6 +21,7 @@ func sampleMsgs() []Msg {
 		&Ack{Header: h, Received: 13, Compared: 12, Replayed: 11},
 		&Heartbeat{Header: h, LastSeq: 13, ReleasedThrough: 12},
 		&ResyncRequest{Header: h, Reason: ResyncOutputMismatch, AtSeq: 12},
+		&ResyncRequest{Header: h, Reason: ResyncInputMismatch, AtSeq: 14, Base: []byte("dirty pages and chunks")},
 		&CheckpointChunk{Header: h, ID: 1, Seq: 13, Offset: 4096, Data: []byte("pages")},
 		&CheckpointDone{Header: h, ID: 1, Seq: 13, Total: 8192, Digest: [32]byte{9}, Full: true, Restored: false},
 		&CheckpointDone{Header: h, ID: 7, Seq: 40, Total: 512, Digest: [32]byte{3}, Part: false, Base: 5},
@@ -91,6 +93,24 @@ func TestParseRejects(t *testing.T) {
 	e = fixCRC(patch(e, HeaderBytes+18, 200))
 	if _, _, err := Parse(e); !errors.Is(err, ErrMalformed) {
 		t.Errorf("lying inner length: got %v, want ErrMalformed", err)
+	}
+}
+
+// TestResyncBaseBound: a base of MaxResyncBaseBytes fits a frame and
+// round-trips; one byte more is refused by Parse, naming the field.
+func TestResyncBaseBound(t *testing.T) {
+	m := &ResyncRequest{Reason: ResyncOutputMismatch, AtSeq: 1, Base: bytes.Repeat([]byte{7}, MaxResyncBaseBytes)}
+	got, _, err := Parse(m.Append(nil))
+	if err != nil {
+		t.Fatalf("a base of MaxResyncBaseBytes: %v", err)
+	}
+	if r := got.(*ResyncRequest); !bytes.Equal(r.Base, m.Base) {
+		t.Fatalf("base of %d bytes came back as %d", len(m.Base), len(r.Base))
+	}
+	m.Base = append(m.Base, 7)
+	_, _, err = Parse(m.Append(nil))
+	if !errors.Is(err, ErrMalformed) || !strings.Contains(err.Error(), "base length") {
+		t.Fatalf("a base over MaxResyncBaseBytes: got %v, want ErrMalformed naming the base", err)
 	}
 }
 
