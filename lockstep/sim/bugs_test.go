@@ -30,6 +30,8 @@ func TestPlantedBugsAreCaught(t *testing.T) {
 		{"persist unmatched outputs at a restore", bugs.Set{PersistUnmatched: true}, lockstep.AckOnCompare, Storage},
 		{"restore a pre-copy part as the chain's end", bugs.Set{PrecopySkipFinal: true}, lockstep.AckOnCompare, Resync},
 		{"resend whole checkpoints on a timer", bugs.Set{ResendWholeCheckpoint: true}, lockstep.AckOnCompare, Traffic},
+		{"a resync's increment one page short", bugs.Set{IncrementPageShort: true}, lockstep.AckOnCompare, Resync},
+		{"a resync's increment one page short (receipt)", bugs.Set{IncrementPageShort: true}, lockstep.AckOnReceipt, Resync},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {

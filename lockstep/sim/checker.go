@@ -2,6 +2,7 @@ package sim
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 
 	"github.com/ftvm/ftvm/lockstep"
@@ -205,8 +206,28 @@ func (c *checker) restored(h *host, seq uint64, data []byte) {
 		return
 	}
 	if !bytes.Equal(want, data) {
-		c.violate(Resync, "%s restored state %x at seq %d, but the primary's state there was %x", h.name, data, seq, want)
+		c.violate(Resync, "%s restored a state at seq %d that differs from the primary's there: %s", h.name, seq, stateDiff(want, data))
 	}
+}
+
+// stateDiff names the first field where guest state got differs from
+// want (snapshot's layout), with both values.
+func stateDiff(want, got []byte) string {
+	if len(want) != guestStateBytes || len(got) != guestStateBytes {
+		return fmt.Sprintf("%d bytes, want %d", len(got), len(want))
+	}
+	for i := 0; i < guestStateBytes; i += 8 {
+		w, g := binary.LittleEndian.Uint64(want[i:]), binary.LittleEndian.Uint64(got[i:])
+		if w == g {
+			continue
+		}
+		field := [...]string{"exit", "output index", "digest"}
+		if i < 24 {
+			return fmt.Sprintf("%s %#x, want %#x", field[i/8], g, w)
+		}
+		return fmt.Sprintf("page %d holds %#x, want %#x", (i-24)/8, g, w)
+	}
+	return "no field differs"
 }
 
 // sent checks that a secondary's acknowledgement is true when it is made.

@@ -9,6 +9,20 @@
 // its whole history, which can be perturbed at random points as RDTSC would.
 // A checkpoint is the guest's state.
 //
+// The guest has a small memory (guestPages pages, most writes going to a
+// hot few), and each exit writes a page or two chosen from its state. The
+// simulator's VMM side (vmm.go) does what the agent and vmm do for a real
+// VM: a snapshot taken or restored is the VM's base and clears its dirty
+// pages; a secondary's resync request carries its base and dirty pages
+// (lockstep.Config.ResyncBase); a primary on the same base answers with an
+// increment of the pages either side dirtied, which the secondary applies
+// onto its own pages only if it covers every page it dirtied, else
+// (and, planted, RestoreFailPct of the time) the restore fails
+// (Node.CheckpointRestoreFailed) and a full checkpoint follows. The resync
+// checker compares the state after the restore, every page included, with
+// the primary's at the checkpoint's position; bugs.IncrementPageShort
+// (an increment one page short) is caught by it.
+//
 // Every message crosses the real wire encoding. Checkers watch from outside
 // the nodes (see Checker): the output rule, external consistency across
 // failovers, one releaser per epoch, resync state equality, liveness once

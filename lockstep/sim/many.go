@@ -20,8 +20,12 @@ type Summary struct {
 	Repeats   int
 	Failovers int
 	Resyncs   int
-	Crashes   int
-	Steps     int
+	// Increments of the resyncs were restored as increments onto the
+	// secondary's VM; RestoreFailures were refused (a full one followed).
+	Increments      int
+	RestoreFailures int
+	Crashes         int
+	Steps           int
 }
 
 // RunMany runs seeds first..first+count-1 with opts and sums what they found.
@@ -35,7 +39,7 @@ func RunMany(first uint64, count int, opts Options) Summary {
 
 func (s *Summary) add(r Result) {
 	one := Summary{Seeds: 1, Outputs: r.Outputs, Repeats: r.Repeats, Failovers: r.Failovers,
-		Resyncs: r.Resyncs, Crashes: r.Crashes, Steps: r.Steps}
+		Resyncs: r.Resyncs, Increments: r.Increments, RestoreFailures: r.RestoreFailures, Crashes: r.Crashes, Steps: r.Steps}
 	if r.Failed() {
 		one.Failed, one.Failures = 1, []Result{r}
 	}
@@ -51,6 +55,8 @@ func (s *Summary) Merge(o Summary) {
 	s.Repeats += o.Repeats
 	s.Failovers += o.Failovers
 	s.Resyncs += o.Resyncs
+	s.Increments += o.Increments
+	s.RestoreFailures += o.RestoreFailures
 	s.Crashes += o.Crashes
 	s.Steps += o.Steps
 	for _, f := range o.Failures {
@@ -74,8 +80,8 @@ func ReproduceCommand(mode lockstep.Mode, seed uint64, harsh bool) string {
 }
 
 func (s Summary) String() string {
-	out := fmt.Sprintf("%s: %d seeds, %d failed; %d outputs (%d repeats), %d failovers, %d resyncs, %d crashes, %d steps",
-		s.Mode, s.Seeds, s.Failed, s.Outputs, s.Repeats, s.Failovers, s.Resyncs, s.Crashes, s.Steps)
+	out := fmt.Sprintf("%s: %d seeds, %d failed; %d outputs (%d repeats), %d failovers, %d resyncs (%d increments, %d increments refused), %d crashes, %d steps",
+		s.Mode, s.Seeds, s.Failed, s.Outputs, s.Repeats, s.Failovers, s.Resyncs, s.Increments, s.RestoreFailures, s.Crashes, s.Steps)
 	for _, f := range s.Failures {
 		out += "\n" + f.String() + "\n  reproduce: " + ReproduceCommand(s.Mode, f.Seed, s.Harsh)
 	}

@@ -83,7 +83,9 @@ func TestSimSeeds(t *testing.T) {
 				t.Errorf("%d of %d seeds failed", sum.Failed, sum.Seeds)
 			}
 			// A run that never fails over, resyncs or crashes proves little.
-			if sum.Failovers == 0 || sum.Resyncs == 0 || sum.Crashes == 0 || sum.Outputs == 0 {
+			// Nor one whose resyncs never take the incremental path, or
+			// never fall back from it to a full one.
+			if sum.Failovers == 0 || sum.Resyncs == 0 || sum.Crashes == 0 || sum.Outputs == 0 || sum.Increments == 0 || sum.RestoreFailures == 0 {
 				t.Errorf("faults were not exercised: %s", sum)
 			}
 		})

@@ -56,10 +56,19 @@ type Options struct {
 	// fails to take a checkpoint (Node.CheckpointFailed): the primary must
 	// give up that sync and go on, never stop.
 	CheckpointFailPct int
-	// CheckpointPadBytes pads every checkpoint the simulator hands a node
-	// (the guest's state is a few bytes; a VM's is its memory): checkpoints
-	// then span many chunks and windows, as real ones do.
+	// CheckpointPadBytes pads every full checkpoint the simulator hands a
+	// node (the guest's state is a few hundred bytes; a VM's is its
+	// memory): checkpoints then span many chunks and windows, as real ones
+	// do. An increment is not padded: it holds the pages dirtied only.
 	CheckpointPadBytes int
+	// Incremental has secondaries send a resync base (Config.ResyncBase),
+	// so that a primary on the same base answers a resync with an
+	// increment of the pages either side dirtied (see vmm.go).
+	Incremental bool
+	// RestoreFailPct is the chance, in the safety phase, that a
+	// secondary's VMM fails to restore an increment
+	// (Node.CheckpointRestoreFailed): it must get a full one next.
+	RestoreFailPct int
 	// TickEverySteps is how many steps make one protocol tick.
 	TickEverySteps int
 	// RestartDelaySteps is how long a crashed or halted host stays down
@@ -104,6 +113,8 @@ func DefaultOptions(mode lockstep.Mode) Options {
 		RestartDelaySteps:    60,
 		CheckpointPadBytes:   200,
 		CheckpointFailPct:    3,
+		Incremental:          true,
+		RestoreFailPct:       5,
 		Node: lockstep.Config{
 			LogWindowEntries:      32,
 			HeartbeatTicks:        2,
@@ -147,18 +158,22 @@ type Result struct {
 	Repeats    int         // outputs the world saw twice (allowed after a go-live)
 	Failovers  int         // go-lives of a secondary
 	Resyncs    int         // checkpoints restored on a secondary
-	Crashes    int
-	Halts      int
-	Messages   int
-	Steps      int
+	// Increments counts the resyncs restored as an increment onto the
+	// secondary's VM, RestoreFailures those its VMM refused or failed
+	// (a full checkpoint followed).
+	Increments, RestoreFailures int
+	Crashes                     int
+	Halts                       int
+	Messages                    int
+	Steps                       int
 }
 
 // Failed reports whether a checker fired.
 func (r Result) Failed() bool { return len(r.Violations) > 0 }
 
 func (r Result) String() string {
-	s := fmt.Sprintf("seed %d: %d outputs, %d repeats, %d failovers, %d resyncs, %d crashes, %d halts, %d messages",
-		r.Seed, r.Outputs, r.Repeats, r.Failovers, r.Resyncs, r.Crashes, r.Halts, r.Messages)
+	s := fmt.Sprintf("seed %d: %d outputs, %d repeats, %d failovers, %d resyncs (%d increments, %d failed), %d crashes, %d halts, %d messages",
+		r.Seed, r.Outputs, r.Repeats, r.Failovers, r.Resyncs, r.Increments, r.RestoreFailures, r.Crashes, r.Halts, r.Messages)
 	if r.Failed() {
 		for _, v := range r.Violations {
 			s += "\n  " + v.String()
@@ -191,9 +206,11 @@ type Sim struct {
 	cut      [2]bool
 	dropNext map[wire.Type]int // scenario hook: drop the next n messages of a type
 	nextInc  int
-	chk      *checker
-	res      Result
-	healed   bool
+	// nextToken names the snapshots taken (a VM's base; see vmm.go).
+	nextToken uint64
+	chk       *checker
+	res       Result
+	healed    bool
 	// unseen[i]: host i's guest was perturbed in ack-on-receipt mode and
 	// its node has not found out yet (no resync asked, no restore).
 	unseen [2]bool
@@ -276,6 +293,9 @@ func (s *Sim) start(h *host, role wire.Role) {
 	cfg.Persistent = func(device uint16) bool { return device == persistentDevice }
 	b := s.opts.Bugs
 	cfg.Bugs = &b
+	if s.opts.Incremental {
+		cfg.ResyncBase = func() []byte { return resyncBase(h.g) }
+	}
 	n, err := lockstep.NewNode(cfg)
 	if err != nil {
 		panic(fmt.Sprintf("sim: bad node config: %v", err)) // a bug in the options, not in a run
@@ -481,6 +501,7 @@ func (s *Sim) guestStep(h *host) {
 		if h.fuzzy != nil {
 			defer s.fuzzyProgress(h)
 		}
+		g.run()
 		if isOut {
 			data := g.peekOutput(kd)
 			if _, err := h.node.HoldOutput(g.exit, kd, data); err != nil {
@@ -498,14 +519,25 @@ func (s *Sim) guestStep(h *host) {
 		s.chk.primaryState(h, h.node.Status().LastSeq)
 		return
 	}
+
 	// In ack-on-receipt mode a diverged secondary cannot take over, so a
 	// divergence while its primary is gone is a second failure at once,
 	// which loses the VM by design (as two crashes would).
 	receiptOK := s.opts.DivergeInReceiptMode && s.pairHealthy() && !s.cut[0] && !s.cut[1]
-	if s.opts.Faults && (s.opts.Mode == lockstep.AckOnCompare || receiptOK) && s.now <= s.opts.SafetySteps && s.chance(s.opts.DivergePer10k) {
+	// A diverged guest waits at the exit that diverged, as the agent's
+	// vCPU does, and so does one whose node restores a checkpoint (or
+	// joins): it does not run on to meet another RDTSC, nor dirty pages
+	// its resync base (sent already) lacks. (The node took its output;
+	// an agent completes that exit only if it goes live.)
+	st := h.node.Status()
+	waiting := st.Diverged || !st.Synced
+	if s.opts.Faults && (s.opts.Mode == lockstep.AckOnCompare || receiptOK) && s.now <= s.opts.SafetySteps && s.chance(s.opts.DivergePer10k) && !waiting {
 		s.Diverge(h.idx)
 		s.unseen[h.idx] = s.opts.Mode == lockstep.AckOnReceipt
 		isOut, kd = g.next()
+	}
+	if !waiting {
+		g.run()
 	}
 	if isOut {
 		data := g.peekOutput(kd)
@@ -587,21 +619,37 @@ func (s *Sim) command(h *host, c lockstep.Command) {
 			s.tracef("%s checkpoint %d failed: %v", h.name, c.Checkpoint.ID, err)
 			return
 		}
+		snap := s.takeSnapshot(h, c.Checkpoint)
+		if snap[0] == snapIncrement {
+			s.tracef("%s checkpoint %d is an increment of %d pages", h.name, c.Checkpoint.ID, (len(snap)-snapFixed)/8)
+		}
 		if h.paused {
-			snap := s.pad(h.g.snapshot())
 			_ = h.node.CheckpointTaken(c.Checkpoint.ID, snap, lockstep.DataDigest(snap))
 		} else {
 			// Copying a running VM: the copy starts now and completes some
 			// exits later, so it shows the VM as it was when it started.
-			h.fuzzy = &fuzzyCheckpoint{id: c.Checkpoint.ID, snap: s.pad(h.g.snapshot()), exitsTil: 1 + s.rng.IntN(3), deadline: s.now + 4}
+			h.fuzzy = &fuzzyCheckpoint{id: c.Checkpoint.ID, snap: snap, exitsTil: 1 + s.rng.IntN(3), deadline: s.now + 4}
 		}
 	case lockstep.CmdRestoreCheckpoint:
-		data, err := s.unpad(c.Checkpoint.Data)
-		if err != nil {
-			s.chk.violate(Harness, "restore: %v", err)
+		g, incr, err := s.restoreSnapshot(h, c.Checkpoint.Data)
+		// A planted failure needs a primary to answer it with a full
+		// checkpoint: without one the secondary, its VM gone, waits for
+		// ever, which is a second failure on top of the first.
+		peer := s.hosts[1-h.idx].node
+		primaryUp := peer != nil && peer.Status().Role == lockstep.RolePrimary
+		if err == nil && incr && primaryUp && s.opts.Faults && s.now <= s.opts.SafetySteps && s.rng.IntN(100) < s.opts.RestoreFailPct {
+			err = errPlanted
+		}
+		if err != nil && incr && refused(err) {
+			// The VM is of no use now, as the agent's is once a restore
+			// onto it failed: the node joins again for a full one.
+			s.res.RestoreFailures++
+			h.g = nil
+			h.loadBase, h.loaded = 0, nil
+			ferr := h.node.CheckpointRestoreFailed(c.Checkpoint.ID, err)
+			s.tracef("%s restore of increment %d failed: %v (node: %v)", h.name, c.Checkpoint.ID, err, ferr)
 			return
 		}
-		g, err := restoreGuest(data)
 		if err != nil {
 			s.chk.violate(Harness, "restore: %v", err)
 			return
@@ -610,12 +658,17 @@ func (s *Sim) command(h *host, c lockstep.Command) {
 		h.g = g
 		s.unseen[h.idx] = false
 		s.res.Resyncs++
-		s.chk.restored(h, c.Checkpoint.Seq, data)
+		kind := ""
+		if incr {
+			s.res.Increments++
+			kind = " (an increment)"
+		}
+		s.chk.restored(h, c.Checkpoint.Seq, g.snapshot())
 		chain := ""
 		if len(c.Checkpoint.Parts) > 0 {
 			chain = fmt.Sprintf(" after %d pre-copy parts (%d loaded ahead)", len(c.Checkpoint.Parts), ahead)
 		}
-		s.tracef("%s restored checkpoint %d at seq %d%s", h.name, c.Checkpoint.ID, c.Checkpoint.Seq, chain)
+		s.tracef("%s restored checkpoint %d at seq %d%s%s", h.name, c.Checkpoint.ID, c.Checkpoint.Seq, kind, chain)
 		_ = h.node.CheckpointRestored(c.Checkpoint.ID)
 	case lockstep.CmdAcquire:
 		s.calls = append(s.calls, arbCall{due: s.now + 1 + s.rng.IntN(4), host: h.idx, inc: h.inc, epoch: c.Epoch})
@@ -771,26 +824,4 @@ func (s *Sim) deliver() {
 		s.chk.delivered(to, m)
 		_ = to.node.Step(m)
 	}
-}
-
-// pad appends CheckpointPadBytes of filler to a guest snapshot.
-func (s *Sim) pad(snap []byte) []byte {
-	for i := range s.opts.CheckpointPadBytes {
-		snap = append(snap, byte(i))
-	}
-	return snap
-}
-
-// unpad checks and strips what pad added.
-func (s *Sim) unpad(b []byte) ([]byte, error) {
-	n := len(b) - s.opts.CheckpointPadBytes
-	if n < 0 {
-		return nil, fmt.Errorf("sim: checkpoint of %d bytes is shorter than its padding", len(b))
-	}
-	for i, v := range b[n:] {
-		if v != byte(i) {
-			return nil, fmt.Errorf("sim: checkpoint padding corrupt at byte %d", n+i)
-		}
-	}
-	return b[:n], nil
 }

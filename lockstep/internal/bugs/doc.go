@@ -33,4 +33,8 @@ type Set struct {
 	// GoLiveDiverged: a secondary that diverged in ack-on-receipt mode
 	// and was not resynced goes live anyway when its primary is lost.
 	GoLiveDiverged bool
+	// IncrementPageShort: the simulator's primary VMM leaves out of a
+	// resync's increment one page that only it dirtied since the base the
+	// secondary holds (the secondary cannot see that one is missing).
+	IncrementPageShort bool
 }
