@@ -293,6 +293,8 @@ func (m *Machine) checkSnapshotKind(kind SnapshotKind) error {
 		return fmt.Errorf("unknown snapshot kind %d", kind)
 	case m.fuzzy:
 		return fmt.Errorf("cannot snapshot a VM that %w, so its registers and devices are not the guest's: apply the paused increment that follows it first", ErrLiveRestored)
+	case m.unclean:
+		return fmt.Errorf("cannot snapshot: %w", errResumeUnclean)
 	case kind == Incremental && !m.haveBase:
 		return fmt.Errorf("no base for an incremental snapshot: take (or restore) a full snapshot first")
 	}
@@ -309,11 +311,18 @@ func (m *Machine) takeDirty() ([]uint64, error) {
 	if err := m.dirty.GetDirtyLog(0, bm); err != nil {
 		return nil, err
 	}
+	m.takeDirtyAcc(bm)
 	m.mem.takeVMMDirty(bm)
 	return bm, nil
 }
 
 func (m *Machine) takeSnapshot(kind SnapshotKind, released []*Output) (*Snapshot, error) {
+	return m.takeSnapshotCovering(kind, released, nil)
+}
+
+// takeSnapshotCovering is takeSnapshot; an increment also holds the pages
+// and chunks of other, when given (SnapshotCovering).
+func (m *Machine) takeSnapshotCovering(kind SnapshotKind, released []*Output, other *DirtySet) (*Snapshot, error) {
 	m.snapMu.Lock()
 	defer m.snapMu.Unlock()
 	if st := m.Status().State; st != Paused && st != Halted {
@@ -321,6 +330,11 @@ func (m *Machine) takeSnapshot(kind SnapshotKind, released []*Output) (*Snapshot
 	}
 	if err := m.checkSnapshotKind(kind); err != nil {
 		return nil, err
+	}
+	if other != nil {
+		if err := m.checkCover(other); err != nil {
+			return nil, err
+		}
 	}
 	s := &Snapshot{
 		Kind:     kind,
@@ -346,6 +360,9 @@ func (m *Machine) takeSnapshot(kind SnapshotKind, released []*Output) (*Snapshot
 	// saveDisk clears the disk's written bitmap only if it succeeds, so
 	// an error here leaves the next increment whole; after it, a failure
 	// makes the next snapshot full anyway.
+	if other != nil {
+		m.block.markWritten(other.Chunks)
+	}
 	if err := m.block.saveDisk(kind, s, released); err != nil {
 		return nil, err
 	}
@@ -362,6 +379,7 @@ func (m *Machine) takeSnapshot(kind SnapshotKind, released []*Output) (*Snapshot
 		s.PageNumbers = m.mem.nonZeroPages()
 	} else {
 		s.ChainID, s.Seq, s.BaseSeq = m.chainID, m.seq+1, m.seq
+		coverIncrement(bm, other)
 		s.PageNumbers = dirtyPages(bm, m.mem.Pages())
 	}
 	s.PageData = m.mem.copyPages(s.PageNumbers)
@@ -406,6 +424,11 @@ func (m *Machine) restoreSnapshot(s *Snapshot) error {
 	default:
 		return fmt.Errorf("unknown snapshot kind %d", s.Kind)
 	}
+	if s.Kind == Incremental {
+		if err := m.checkCovered(s); err != nil {
+			return err
+		}
+	}
 	devs := map[Device][]byte{}
 	for _, d := range s.Devices {
 		devs[d.Device] = d.State
@@ -447,6 +470,7 @@ func (m *Machine) restoreSnapshot(s *Snapshot) error {
 	if err := m.block.restoreDisk(s); err != nil {
 		return failed(err)
 	}
+	m.block.forgetHeld()
 	if !s.Live {
 		if err := m.restoreVCPU(v); err != nil {
 			return failed(err)
@@ -464,8 +488,10 @@ func (m *Machine) restoreSnapshot(s *Snapshot) error {
 		return failed(err)
 	}
 	m.mem.clearVMMDirty()
+	clear(m.dirtyAcc)
 	m.haveBase, m.chainID, m.seq = true, s.ChainID, s.Seq
 	m.fuzzy = s.Live
+	m.unclean = m.unclean && s.Live
 	m.setStatus(func(st *Status) {
 		st.State, st.Err, st.ExitCode = Paused, nil, s.ExitCode
 		if s.Halted {

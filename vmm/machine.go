@@ -144,6 +144,18 @@ type Machine struct {
 	// snapshotted. Written on the vCPU thread with snapMu held; read
 	// there freely, elsewhere under snapMu.
 	fuzzy bool
+	// unclean says this VM succeeds one that failed mid-exit (Successor):
+	// its registers are not at a clean point, so it may not run or be
+	// snapshotted until a restore. Accessed as fuzzy is.
+	unclean bool
+	// dirtyAcc holds KVM dirty bits fetched but not consumed: by a peek
+	// (DirtySinceBase) or from the VM this one succeeds. The next
+	// snapshot ORs them in; a restore clears them. snapMu.
+	dirtyAcc []uint64
+	// moved says the memory, the NIC and the /dev/kvm handle belong to a
+	// successor (resync.go): release closes only this VM's vCPU and VM.
+	// snapMu.
+	moved bool
 }
 
 type cmdKind int
@@ -352,7 +364,7 @@ func (m *Machine) release() {
 	// fd go.
 	m.snapMu.Lock()
 	defer m.snapMu.Unlock()
-	if m.nic != nil {
+	if m.nic != nil && !m.moved {
 		m.nic.close()
 	}
 	if m.kvcpu != nil {
@@ -360,6 +372,9 @@ func (m *Machine) release() {
 	}
 	if m.vm != nil {
 		m.vm.Close()
+	}
+	if m.moved {
+		return
 	}
 	if m.mem != nil && m.kvm != nil {
 		unix.Munmap(m.mem.buf)

@@ -99,6 +99,8 @@ func (m *Machine) handle(c command) (stop bool) {
 			err = fmt.Errorf("cannot resume a %s VM", state)
 		case m.fuzzy:
 			err = errResumeLiveRestored
+		case m.unclean:
+			err = errResumeUnclean
 		case c.pauseAt != 0 && c.pauseAt <= m.disp.next:
 			err = fmt.Errorf("cannot pause after %d exits: the VM has already handled %d", c.pauseAt, m.disp.next)
 		default:
