@@ -159,6 +159,16 @@ type Config struct {
 	// Logger receives the agent's events (role changes, checkpoints,
 	// restores, halts). Nil: slog.Default().
 	Logger *slog.Logger
+
+	// checkpointState, in tests, sees the paused VM at every checkpoint
+	// this host takes for its secondary (after the snapshot) or restores
+	// (before it runs on), with the checkpoint's id and whether it was
+	// an increment: the proof that both sides hold one state there.
+	checkpointState func(id uint64, increment bool, vm VM)
+	// failIncrement, in tests, fails the restore of the resyncs'
+	// increments it returns an error for, as the VMM's would, once the
+	// successor VM is made.
+	failIncrement func(id uint64) error
 }
 
 // Stats counts what went wrong without stopping the agent.
@@ -187,6 +197,15 @@ type Stats struct {
 	// long those pauses lasted in all, the one under way excluded.
 	Pauses    uint64
 	PausedFor time.Duration
+	// IncrementalRestores counts the restores (of Restores) that applied
+	// a resync's increment onto this host's VM rather than a full
+	// checkpoint into a new one, and RestoreFailures the increments that
+	// could not be applied, each followed by a full checkpoint
+	// (secondary). IncrementalCheckpoints counts the checkpoints (of
+	// Checkpoints) taken as such increments (primary).
+	IncrementalRestores    uint64
+	RestoreFailures        uint64
+	IncrementalCheckpoints uint64
 }
 
 // Agent runs one protected VM on this host.
@@ -255,11 +274,15 @@ type Agent struct {
 	vm VM // loop only to write; readyMu held or loop to read
 	// joinVM holds the pre-copy parts a joining secondary loaded ahead
 	// of their chain's restore (nil: none); nothing runs it.
-	joinVM  *joinVM // loop only (commands)
-	booted  bool    // loop only: the VM holds a guest (loaded or restored)
-	running bool    // loop only: the loop asked the VM to run
-	stalled bool    // loop only
-	paused  bool    // loop only
+	joinVM *joinVM // loop only (commands)
+	// baseVM is vm when it can say what it changed since the checkpoint
+	// it restored (resyncBase, which the node calls); nil otherwise.
+	baseVM  incrementalVM // mu held
+	baseErr string        // mu held: why resyncBase last gave none ("": it gave one)
+	booted  bool          // loop only: the VM holds a guest (loaded or restored)
+	running bool          // loop only: the loop asked the VM to run
+	stalled bool          // loop only
+	paused  bool          // loop only
 	// pausedAt is when the node last paused the VM (for Stats.PausedFor).
 	pausedAt time.Time // loop only
 	// diskPaused: the disk writer has a write failing (diskWriter.failing
@@ -291,6 +314,7 @@ type Agent struct {
 	stats struct {
 		send, frame, step, diverge, released, restores, ckpts, stalls, persisted, tooLarge, guestErrors atomic.Uint64
 		pauses, pausedNs                                                                                atomic.Uint64
+		incRestores, restoreFailures, incCkpts                                                          atomic.Uint64
 	} // atomic
 	holdLatency latencyRecorder // atomic (its own lock)
 	log         *slog.Logger    // set before Run
@@ -327,11 +351,15 @@ func New(cfg Config) (*Agent, error) {
 	}
 	// Outputs are done when the disk writer says so (Agent.durable).
 	cfg.Node.ConfirmDurable = true
+	var a *Agent
+	if cfg.Node.ResyncBase == nil {
+		cfg.Node.ResyncBase = func() []byte { return a.resyncBase() }
+	}
 	n, err := lockstep.NewNode(cfg.Node)
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{
+	a = &Agent{
 		cfg: cfg, node: n, handles: map[uint64]heldEntry{},
 		wake:     make(chan struct{}, 1),
 		arbRes:   make(chan arbiterAnswer, 1),
@@ -439,6 +467,8 @@ func (a *Agent) Stats() Stats {
 		DiskWriteErrors: a.disk.errors.Load(), DiskFailing: a.disk.failing.Load(),
 		GuestErrors: a.stats.guestErrors.Load(),
 		Pauses:      a.stats.pauses.Load(), PausedFor: time.Duration(a.stats.pausedNs.Load()),
+		IncrementalRestores: a.stats.incRestores.Load(), RestoreFailures: a.stats.restoreFailures.Load(),
+		IncrementalCheckpoints: a.stats.incCkpts.Load(),
 	}
 }
 

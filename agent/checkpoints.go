@@ -55,9 +55,16 @@ func (a *Agent) takeCheckpoint(c lockstep.Checkpoint) error {
 		return errors.New("the VM runs: the node asked for a checkpoint without a pause")
 	}
 	began := time.Now()
-	b, err := a.pausedSnapshot(c.Chain)
+	var base []byte
+	if !c.Full && !c.Chain {
+		base = c.Base
+	}
+	b, err := a.pausedSnapshot(c.Chain, base)
 	if err != nil {
 		return a.checkpointFailed(c.ID, err)
+	}
+	if a.cfg.checkpointState != nil {
+		a.cfg.checkpointState(c.ID, a.pause.increment, a.vm)
 	}
 	sum := lockstep.DataDigest(b)
 	a.pause.snapshot = time.Since(began)
@@ -70,6 +77,10 @@ type pauseTimes struct {
 	stop     time.Duration // from CmdPause to the vCPU stopped
 	snapshot time.Duration // the paused snapshot, encoded and digested
 	drain    time.Duration // within it: the disk writes queued before it
+	// increment: the snapshot is a resync's increment over the
+	// secondary's base, of pages memory pages and chunks disk chunks.
+	increment     bool
+	pages, chunks int
 }
 
 // checkpointFailed tells the node a checkpoint for the secondary could not
@@ -89,12 +100,25 @@ func (a *Agent) checkpointFailed(id uint64, cause error) error {
 }
 
 // pausedSnapshot snapshots the paused VM: an increment over the pre-copy
-// parts just taken when it ends a chain, else a full snapshot (the
-// secondary restores into a fresh VM, which has no other base).
-func (a *Agent) pausedSnapshot(chain bool) ([]byte, error) {
+// parts just taken when it ends a chain; for a resync whose secondary
+// sent its base (what its VM changed since the checkpoint it restored,
+// vmm.DirtySet's encoding), an increment on that checkpoint covering what
+// either side changed, when this VM stands on it too (SnapshotCovering);
+// else a full snapshot (the secondary restores into a fresh VM, which has
+// no other base).
+func (a *Agent) pausedSnapshot(chain bool, base []byte) ([]byte, error) {
 	kind := vmm.Full
 	if chain {
 		kind = vmm.Incremental
+	}
+	var other *vmm.DirtySet
+	cover, canCover := a.vm.(coveringSnapshotter)
+	if base != nil && canCover {
+		var err error
+		if other, err = vmm.UnmarshalDirtySet(base); err != nil {
+			a.log.Info("the secondary's resync base is unreadable; taking a full checkpoint", "err", err)
+			other = nil
+		}
 	}
 	// The snapshot carries the disk as it is on the file: writes released
 	// but still queued must be in it too. The VMM holds them still, and
@@ -103,12 +127,30 @@ func (a *Agent) pausedSnapshot(chain bool) ([]byte, error) {
 	var s *vmm.Snapshot
 	var err error
 	writes, held := a.disk.queuedWrites()
-	if m, ok := a.vm.(releasedSnapshotter); ok && held {
-		s, err = m.SnapshotReleased(kind, writes)
-	} else {
+	rel, isRel := a.vm.(releasedSnapshotter)
+	if !isRel || !held {
 		t0 := time.Now()
 		a.disk.drain()
 		a.pause.drain = time.Since(t0)
+		writes = nil
+	}
+	a.pause.increment = false
+	if other != nil {
+		s, err = cover.SnapshotCovering(other, writes)
+		if errors.Is(err, vmm.ErrBaseMismatch) {
+			a.log.Info("this VM is not at the secondary's resync base; taking a full checkpoint", "err", err)
+		} else if err == nil {
+			a.pause.increment = true
+			a.pause.pages, a.pause.chunks = len(s.PageNumbers), len(s.DiskChunks)
+		} else {
+			return nil, err
+		}
+	}
+	switch {
+	case s != nil:
+	case isRel && held:
+		s, err = rel.SnapshotReleased(kind, writes)
+	default:
 		s, err = a.vm.Snapshot(kind)
 	}
 	if err != nil {
@@ -128,6 +170,30 @@ type releasedSnapshotter interface {
 
 var _ releasedSnapshotter = (*vmm.Machine)(nil)
 
+// coveringSnapshotter is a VM that can take a resync's increment over the
+// checkpoint the secondary stands on, covering what the secondary changed
+// since (vmm.Machine); one that cannot takes full ones.
+type coveringSnapshotter interface {
+	SnapshotCovering(other *vmm.DirtySet, released []*vmm.Output) (*vmm.Snapshot, error)
+}
+
+// incrementalVM is a VM that can say what it changed since the
+// checkpoint it last took or restored (a secondary's resync base) and be
+// succeeded by a fresh KVM VM over the same memory and disk, onto which a
+// resync's increment is restored (vmm.Machine). A VM that cannot (a
+// fake) sends no base, and gets full checkpoints.
+type incrementalVM interface {
+	DirtySinceBase() (*vmm.DirtySet, error)
+	Successor(hook vmm.ExitHook) (*vmm.Machine, error)
+}
+
+var (
+	_ coveringSnapshotter = (*vmm.Machine)(nil)
+	_ incrementalVM       = (*vmm.Machine)(nil)
+	// A resync base the VMM encodes always fits a resync request.
+	_ = uint(wire.MaxResyncBaseBytes - vmm.MaxDirtySetBytes)
+)
+
 // checkpointTaken hands a checkpoint to the node. A live one that failed
 // is taken paused instead (a short pause, and still a valid part of the
 // chain), so that re-protection goes on. sum is lockstep.DataDigest(b);
@@ -139,7 +205,7 @@ func (a *Agent) checkpointTaken(id uint64, b []byte, sum [wire.DigestBytes]byte,
 			return err
 		}
 		var err error
-		b, err = a.pausedSnapshot(true)
+		b, err = a.pausedSnapshot(true, nil)
 		if err != nil {
 			// Paused behind the flags' back: let applyRun resume it.
 			a.running = false
@@ -156,7 +222,13 @@ func (a *Agent) checkpointTaken(id uint64, b []byte, sum [wire.DigestBytes]byte,
 	}
 	a.sync.sent.Store(0)
 	a.sync.total.Store(int64(len(b)))
-	a.log.Info("checkpoint taken for the secondary", "id", id, "bytes", len(b))
+	if a.pause.increment {
+		a.pause.increment = false
+		a.stats.incCkpts.Add(1)
+		a.log.Info("checkpoint taken for the secondary", "id", id, "kind", "increment over the secondary's base", "pages", a.pause.pages, "disk_chunks", a.pause.chunks, "bytes", len(b))
+	} else {
+		a.log.Info("checkpoint taken for the secondary", "id", id, "bytes", len(b))
+	}
 	a.stats.ckpts.Add(1)
 	a.mu.Lock()
 	err := a.node.CheckpointTaken(id, b, sum)
@@ -242,8 +314,44 @@ func (a *Agent) retireVM() {
 	// the disk, not after.
 	a.disk.drain()
 	a.vm.Close()
-	a.vm, a.booted, a.running = nil, false, false
+	a.dropVM()
 	a.abandonExits(false)
+}
+
+// dropVM forgets the VM the loop drove, closed or about to be.
+func (a *Agent) dropVM() {
+	a.vm, a.booted, a.running = nil, false, false
+	a.mu.Lock()
+	a.baseVM = nil
+	a.mu.Unlock()
+}
+
+// resyncBase is the node's Config.ResyncBase: what this host's VM
+// changed since the checkpoint it last restored, encoded, for the
+// primary to cover with an increment; nil when it cannot say (a fake VM,
+// no checkpoint restored since its last failure, a set too large to
+// encode), and the resync is then a full one. The node calls it with mu
+// held.
+func (a *Agent) resyncBase() []byte {
+	vm := a.baseVM
+	if vm == nil {
+		return nil
+	}
+	var b []byte
+	d, err := vm.DirtySinceBase()
+	if err == nil {
+		b, err = d.MarshalBinary()
+	}
+	if err != nil {
+		// Retransmitted requests ask again: say it once.
+		if why := err.Error(); why != a.baseErr {
+			a.baseErr = why
+			a.log.Info("no resync base for the primary; the resync will be a full checkpoint", "err", err)
+		}
+		return nil
+	}
+	a.baseErr = ""
+	return b
 }
 
 func (a *Agent) restore(c lockstep.Checkpoint) error {
@@ -266,6 +374,10 @@ func (a *Agent) restore(c lockstep.Checkpoint) error {
 			j.vm.Close()
 		}
 		return err
+	}
+	if len(c.Parts) == 0 && chain[0].Kind == vmm.Incremental {
+		// A resync's increment over the checkpoint this VM restored.
+		return a.restoreIncrement(c, chain[0], began)
 	}
 	a.retireVM()
 	decoded := time.Now()
@@ -298,10 +410,14 @@ func (a *Agent) restore(c lockstep.Checkpoint) error {
 	}
 	a.vm, a.booted = vm, true
 	a.stats.restores.Add(1)
-	a.log.Info("checkpoint restored", "id", c.ID, "seq", c.Seq, "pre-copy parts", len(c.Parts), "loaded ahead", ahead, "bytes", len(c.Data),
+	a.log.Info("checkpoint restored", "id", c.ID, "seq", c.Seq, "kind", "full", "pre-copy parts", len(c.Parts), "loaded ahead", ahead, "bytes", len(c.Data),
 		"took", time.Since(began).Round(10*time.Microsecond), "decode_and_close", decoded.Sub(began).Round(10*time.Microsecond),
 		"new_vm", created.Sub(decoded).Round(10*time.Microsecond), "parts", fmt.Sprint(partTimes))
+	if a.cfg.checkpointState != nil {
+		a.cfg.checkpointState(c.ID, false, vm)
+	}
 	a.mu.Lock()
+	a.baseVM, _ = vm.(incrementalVM)
 	if ahead > 0 {
 		for _, ns := range j.clocks {
 			a.clock.restoredNs(ns)
@@ -316,6 +432,80 @@ func (a *Agent) restore(c lockstep.Checkpoint) error {
 		return err
 	}
 	return a.applyRun()
+}
+
+// restoreIncrement applies a resync's increment s onto this host's VM,
+// which stands on the checkpoint the increment was taken over: on a
+// Successor of it (a fresh KVM VM and vCPU over the same memory and
+// disk), since the old vCPU is stuck in the exit that diverged and KVM
+// might complete that access on its next run. The VMM refuses an
+// increment that lacks a page or chunk this VM changed since
+// (vmm.ErrNotCovered). Whatever fails leaves no VM fit to run: it is
+// closed, and the node asks the primary for a full checkpoint
+// (Node.CheckpointRestoreFailed), which goes into a new VM as a join's
+// does.
+func (a *Agent) restoreIncrement(c lockstep.Checkpoint, s *vmm.Snapshot, began time.Time) error {
+	inc, ok := a.vm.(incrementalVM)
+	if a.vm == nil || !ok {
+		a.retireVM()
+		return a.restoreFailed(c, errors.New("this host has no VM that takes an increment"))
+	}
+	old := a.vm
+	// The vCPU waits at the exit that diverged, or runs towards the
+	// next: it gives that exit up (the VM fails with errAborted) or stops
+	// at a clean point. Persists queued for it land before the increment
+	// rewrites the disk.
+	a.abandonExits(true)
+	_ = old.Pause()
+	a.disk.drain()
+	next, err := inc.Successor(a)
+	a.abandonExits(false)
+	if err != nil {
+		old.Close()
+		a.dropVM()
+		return a.restoreFailed(c, fmt.Errorf("making the successor VM: %w", err))
+	}
+	created := time.Now()
+	if a.cfg.failIncrement != nil {
+		err = a.cfg.failIncrement(c.ID)
+	}
+	if err == nil {
+		err = next.Restore(s)
+	}
+	if err != nil {
+		next.Close()
+		a.dropVM()
+		return a.restoreFailed(c, err)
+	}
+	a.vm, a.booted, a.running = next, true, false
+	a.stats.restores.Add(1)
+	a.stats.incRestores.Add(1)
+	a.log.Info("checkpoint restored", "id", c.ID, "seq", c.Seq, "kind", "increment", "pages", len(s.PageNumbers), "disk_chunks", len(s.DiskChunks),
+		"bytes", len(c.Data), "took", time.Since(began).Round(10*time.Microsecond),
+		"successor_vm", created.Sub(began).Round(10*time.Microsecond), "apply", time.Since(created).Round(10*time.Microsecond))
+	if a.cfg.checkpointState != nil {
+		a.cfg.checkpointState(c.ID, true, next)
+	}
+	a.mu.Lock()
+	a.baseVM = next
+	a.clock.restored(s)
+	err = a.node.CheckpointRestored(c.ID)
+	a.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	return a.applyRun()
+}
+
+// restoreFailed tells the node a resync's increment could not be
+// restored: it asks the primary for a full checkpoint.
+func (a *Agent) restoreFailed(c lockstep.Checkpoint, cause error) error {
+	a.stats.restoreFailures.Add(1)
+	a.log.Warn("restoring the resync's increment failed; asking the primary for a full checkpoint", "id", c.ID, "seq", c.Seq, "err", cause)
+	a.mu.Lock()
+	err := a.node.CheckpointRestoreFailed(c.ID, cause)
+	a.mu.Unlock()
+	return err
 }
 
 // decodeChain decodes the parts of c's chain from the skip-th, then c's

@@ -237,8 +237,31 @@
 //
 // # Checkpoints
 //
-// A secondary restores every checkpoint into a fresh VM (Config.NewVM).
-// A resync's checkpoint is therefore a full snapshot. A joiner's is a
+// A resync is incremental: it costs the pages and disk chunks that may
+// differ, not the VM. The secondary's resync request carries its base
+// (lockstep.Config.ResyncBase, which the agent answers from
+// vmm.Machine.DirtySinceBase: the checkpoint its VM last restored and the
+// pages and chunks it changed since, encoded). The primary's VM, paused,
+// takes an increment on that checkpoint holding its own changes and the
+// secondary's (vmm.Machine.SnapshotCovering, with the released block
+// writes still queued, as for any paused snapshot); if it does not stand
+// on the same checkpoint (vmm.ErrBaseMismatch) or cannot read the base,
+// it takes a full one, and says why at INFO. The secondary applies the
+// increment onto a successor of its VM (vmm.Machine.Successor: a fresh
+// KVM VM and vCPU over the same memory and disk, its exits given up and
+// its queued persists on the disk first, as when a VM is replaced), so
+// the restore costs the VM's creation and the differing pages. If that
+// fails (the VMM refuses an increment lacking a page the secondary
+// changed, vmm.ErrNotCovered, or anything else), the VM is closed, being
+// of no use, and the node asks the primary, still paused, for a full
+// checkpoint (lockstep.Node.CheckpointRestoreFailed), which goes into a
+// fresh VM (Config.NewVM). Stats counts the increments taken and
+// restored and the restores that fell back (ftvm status shows them); the
+// "checkpoint restored" log line gives each one's kind, pages, bytes and
+// time.
+//
+// Every other checkpoint a secondary restores goes into a fresh VM
+// (Config.NewVM): a join's, and a full resync's. A joiner's is a
 // pre-copy chain (lockstep.Config.PrecopyRounds): live snapshots of the
 // running VM, taken on a goroutine of their own (the loop goes on), and a
 // paused increment over them. The joiner loads each part into a VM of

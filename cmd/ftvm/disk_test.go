@@ -98,3 +98,24 @@ func TestStatusShowsGuestErrors(t *testing.T) {
 		t.Fatalf("JSON %s (%v) lacks stats.GuestErrors", j, err)
 	}
 }
+
+// Incremental resyncs show in ftvm status: increments taken (primary),
+// restored and refused (secondary), and in its JSON.
+func TestStatusShowsIncrementalResyncs(t *testing.T) {
+	r := &statusReport{VMID: "nondet", Role: "secondary"}
+	var b strings.Builder
+	printStatus(&b, r)
+	if strings.Contains(b.String(), "resyncs:") {
+		t.Fatalf("status without incremental resyncs mentions them:\n%s", b.String())
+	}
+	r.Stats.IncrementalRestores, r.Stats.RestoreFailures = 7, 1
+	b.Reset()
+	printStatus(&b, r)
+	if !strings.Contains(b.String(), "resyncs: 0 increments taken, 7 restored, 1 increments that could not be restored") {
+		t.Fatalf("status\n%s\nlacks the incremental resyncs", b.String())
+	}
+	j, err := json.Marshal(r)
+	if err != nil || !strings.Contains(string(j), `"IncrementalRestores":7`) {
+		t.Fatalf("JSON %s (%v) lacks stats.IncrementalRestores", j, err)
+	}
+}

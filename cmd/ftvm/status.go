@@ -335,6 +335,10 @@ func printStatus(w io.Writer, r *statusReport) {
 	s := r.Stats
 	fmt.Fprintf(w, "counters: released %d, checkpoints %d, restores %d, divergences %d, stalls %d, send errors %d, bad frames %d\n",
 		s.Released, s.Checkpoints, s.Restores, s.Divergences, s.Stalls, s.SendErrors, s.FrameErrors+r.Peer.FrameErrors)
+	if s.IncrementalCheckpoints+s.IncrementalRestores+s.RestoreFailures > 0 {
+		fmt.Fprintf(w, "resyncs: %d increments taken, %d restored, %d increments that could not be restored (a full checkpoint followed)\n",
+			s.IncrementalCheckpoints, s.IncrementalRestores, s.RestoreFailures)
+	}
 	if s.GuestErrors > 0 {
 		fmt.Fprintf(w, "guest: %d requests refused as guest bugs (an unknown op, a buffer outside its memory, ...; the guest got an error status and went on; the log says which)\n", s.GuestErrors)
 	}

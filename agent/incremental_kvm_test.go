@@ -1,0 +1,169 @@
+package agent
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/ftvm/ftvm/lockstep"
+	"github.com/ftvm/ftvm/lockstep/wire"
+	"github.com/ftvm/ftvm/vmm"
+)
+
+// checkpointHashes records, per checkpoint id, the vmm StateHash of the
+// primary's VM when it took the checkpoint and of the secondary's when it
+// restored it (both paused there).
+type checkpointHashes struct {
+	mu   sync.Mutex
+	pri  map[uint64][32]byte
+	sec  map[uint64][32]byte
+	inc  map[uint64]bool // restored as an increment onto the secondary's VM
+	errs []string
+}
+
+func (h *checkpointHashes) hook(primary bool) func(id uint64, increment bool, vm VM) {
+	return func(id uint64, increment bool, vm VM) {
+		sum, err := vm.(*vmm.Machine).StateHash()
+		h.mu.Lock()
+		defer h.mu.Unlock()
+		if err != nil {
+			h.errs = append(h.errs, fmt.Sprintf("checkpoint %d: StateHash: %v", id, err))
+			return
+		}
+		if primary {
+			h.pri[id] = sum
+		} else {
+			h.sec[id] = sum
+			h.inc[id] = increment
+		}
+	}
+}
+
+// TestKVMPairIncrementalResync runs a pair on the nondet guest, whose
+// every line the secondary cannot reproduce (an RDTSC): every line is a
+// divergence and a resync. After the join's full checkpoint the resyncs
+// must be increments (the secondary's base goes with its request, and the
+// primary stands on the same checkpoint), applied onto the secondary's
+// VM; and after each the secondary's VM (memory, registers, devices, disk)
+// must hash as the primary's did when it took that checkpoint.
+func TestKVMPairIncrementalResync(t *testing.T) {
+	image := guestImage(t, "nondet")
+	const lines = 6
+	cmdline := fmt.Sprintf("count=%d", lines)
+	ctx, cancel := context.WithTimeout(context.Background(), testRunTimeout)
+	defer cancel()
+	h := &checkpointHashes{pri: map[uint64][32]byte{}, sec: map[uint64][32]byte{}, inc: map[uint64]bool{}}
+	p := startPairConfig(t, ctx, lockstep.AckOnCompare, 0, image, cmdline, nil, func(role wire.Role, c *Config) {
+		c.checkpointState = h.hook(role == wire.RolePrimary)
+	})
+	if err := waitErr(t, "primary", p.priErr); err != nil {
+		t.Fatalf("primary: %v", err)
+	}
+	p.sec.Stop()
+	if err := waitErr(t, "secondary", p.secErr); err != nil {
+		t.Fatalf("secondary: %v", err)
+	}
+	if got := strings.Count(p.priOut.String(), "\n"); got < lines {
+		t.Fatalf("the world saw %d lines, want at least %d: %q", got, lines, tail(p.priOut.String()))
+	}
+	// (The pair's positional release check does not apply: the replica
+	// makes every line its own way before each resync.)
+	ps, ss := p.pri.Stats(), p.sec.Stats()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.errs) > 0 {
+		t.Fatal(h.errs[0])
+	}
+	increments := 0
+	for id, sec := range h.sec {
+		pri, ok := h.pri[id]
+		if !ok {
+			t.Fatalf("the secondary restored checkpoint %d, which the primary never took", id)
+		}
+		if sec != pri {
+			t.Fatalf("after restoring checkpoint %d (increment %v) the secondary's VM hashes %x, the primary's at that checkpoint %x", id, h.inc[id], sec[:8], pri[:8])
+		}
+		if h.inc[id] {
+			increments++
+		}
+	}
+	// The join is full; each resync after it an increment, but for one
+	// whose restore failed (then a full one follows) or one the primary
+	// took on another base: most must be increments.
+	if ss.Divergences < 2 || increments < 2 || ss.IncrementalRestores != uint64(increments) || ps.IncrementalCheckpoints < uint64(increments) {
+		t.Fatalf("%d restores verified, %d of them increments; want at least 2 increments, counted as such: primary %+v, secondary %+v", len(h.sec), increments, ps, ss)
+	}
+	t.Logf("%d checkpoints restored with the primary's state hash, %d of them increments; primary %+v, secondary %+v", len(h.sec), increments, ps, ss)
+}
+
+// TestKVMPairIncrementalResyncFallsBack: a secondary that cannot restore
+// a resync's increment (planted: the first one fails once its successor
+// VM is made) closes that VM and asks again; the primary, still paused,
+// sends a full checkpoint, which goes into a fresh VM with the primary's
+// state, and the resyncs after it are increments again.
+func TestKVMPairIncrementalResyncFallsBack(t *testing.T) {
+	image := guestImage(t, "nondet")
+	const lines = 6
+	ctx, cancel := context.WithTimeout(context.Background(), testRunTimeout)
+	defer cancel()
+	h := &checkpointHashes{pri: map[uint64][32]byte{}, sec: map[uint64][32]byte{}, inc: map[uint64]bool{}}
+	var failed []uint64
+	p := startPairConfig(t, ctx, lockstep.AckOnCompare, 0, image, fmt.Sprintf("count=%d", lines), nil, func(role wire.Role, c *Config) {
+		c.checkpointState = h.hook(role == wire.RolePrimary)
+		if role == wire.RoleSecondary {
+			c.failIncrement = func(id uint64) error {
+				if len(failed) > 0 {
+					return nil
+				}
+				failed = append(failed, id)
+				return fmt.Errorf("planted failure of increment %d", id)
+			}
+		}
+	})
+	if err := waitErr(t, "primary", p.priErr); err != nil {
+		t.Fatalf("primary: %v", err)
+	}
+	p.sec.Stop()
+	if err := waitErr(t, "secondary", p.secErr); err != nil {
+		t.Fatalf("secondary: %v", err)
+	}
+	ps, ss := p.pri.Stats(), p.sec.Stats()
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.errs) > 0 {
+		t.Fatal(h.errs[0])
+	}
+	if len(failed) != 1 || ss.RestoreFailures != 1 {
+		t.Fatalf("planted failures %v, secondary counted %d restore failures: want one of each", failed, ss.RestoreFailures)
+	}
+	if _, ok := h.sec[failed[0]]; ok {
+		t.Fatalf("increment %d failed and still counts as restored", failed[0])
+	}
+	// The checkpoint after the failed one is the full one that answers it.
+	next := failed[0] + 1
+	pri, ok1 := h.pri[next]
+	sec, ok2 := h.sec[next]
+	switch {
+	case !ok1 || !ok2:
+		t.Fatalf("no checkpoint %d both taken and restored after increment %d failed", next, failed[0])
+	case h.inc[next]:
+		t.Fatalf("checkpoint %d after the failed increment was an increment too, want a full one", next)
+	case pri != sec:
+		t.Fatalf("after the full checkpoint %d the secondary's VM hashes %x, the primary's %x", next, sec[:8], pri[:8])
+	}
+	later := 0
+	for id, sec := range h.sec {
+		if pri := h.pri[id]; sec != pri {
+			t.Fatalf("after checkpoint %d the secondary's VM hashes %x, the primary's %x", id, sec[:8], pri[:8])
+		}
+		if id > next && h.inc[id] {
+			later++
+		}
+	}
+	if later == 0 {
+		t.Fatalf("no increment after the full checkpoint %d: primary %+v, secondary %+v", next, ps, ss)
+	}
+	t.Logf("increment %d failed, full checkpoint %d followed, %d increments after it; primary %+v, secondary %+v", failed[0], next, later, ps, ss)
+}
