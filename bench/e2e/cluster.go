@@ -281,6 +281,10 @@ type Status struct {
 		Checkpoints uint64
 		Divergences uint64
 		Stalls      uint64
+		// Incremental resyncs (agent.Stats): increments restored onto
+		// the secondary's VM, and those refused (a full one followed).
+		IncrementalRestores uint64
+		RestoreFailures     uint64
 	} `json:"stats"`
 	HoldLatency struct {
 		Count int64   `json:"count"`

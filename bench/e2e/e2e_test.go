@@ -329,12 +329,15 @@ func runNondet(t *testing.T, name, extra string) string {
 		t.Fatal(err)
 	}
 	// Kill the primary once the secondary has been resynchronised a few
-	// times and part of the output is out.
-	sec, err := c.Await(ctx, HostB, "resynchronised", func(s *Status) bool { return s.Stats.Restores >= 10 && s.Stats.Divergences >= 5 })
+	// times, incrementally (each resync an increment applied onto its VM,
+	// not a full checkpoint into a new one), and part of the output is out.
+	sec, err := c.Await(ctx, HostB, "resynchronised incrementally", func(s *Status) bool {
+		return s.Stats.Restores >= 10 && s.Stats.Divergences >= 5 && s.Stats.IncrementalRestores >= 5
+	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Logf("before the kill: secondary %d divergences, %d restores", sec.Stats.Divergences, sec.Stats.Restores)
+	t.Logf("before the kill: secondary %d divergences, %d restores (%d increments, %d refused)", sec.Stats.Divergences, sec.Stats.Restores, sec.Stats.IncrementalRestores, sec.Stats.RestoreFailures)
 	if err := c.Kill(HostA); err != nil {
 		t.Fatal(err)
 	}
