@@ -136,14 +136,20 @@ func (a *Agent) pausedSnapshot(chain bool, base []byte) ([]byte, error) {
 	}
 	a.pause.increment = false
 	if other != nil {
+		// A full snapshot stands on nothing: it is the answer to any
+		// failure here, as to a secondary that sent no base.
 		s, err = cover.SnapshotCovering(other, writes)
-		if errors.Is(err, vmm.ErrBaseMismatch) {
-			a.log.Info("this VM is not at the secondary's resync base; taking a full checkpoint", "err", err)
-		} else if err == nil {
+		switch {
+		case err == nil:
 			a.pause.increment = true
 			a.pause.pages, a.pause.chunks = len(s.PageNumbers), len(s.DiskChunks)
-		} else {
-			return nil, err
+		case errors.Is(err, vmm.ErrBaseMismatch):
+			a.log.Info("this VM is not at the secondary's resync base; taking a full checkpoint", "err", err)
+		default:
+			a.log.Warn("the resync's increment failed; taking a full checkpoint", "err", err)
+		}
+		if err != nil {
+			s, err = nil, nil
 		}
 	}
 	switch {

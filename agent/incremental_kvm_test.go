@@ -167,3 +167,46 @@ func TestKVMPairIncrementalResyncFallsBack(t *testing.T) {
 	}
 	t.Logf("increment %d failed, full checkpoint %d followed, %d increments after it; primary %+v, secondary %+v", failed[0], next, later, ps, ss)
 }
+
+// TestKVMPairResyncBaseFallsBackToFull: a base the primary cannot read,
+// or one of another checkpoint than its VM stands on (vmm.ErrBaseMismatch),
+// gets a full checkpoint, as no base does, and the pair goes on.
+func TestKVMPairResyncBaseFallsBackToFull(t *testing.T) {
+	image := guestImage(t, "nondet")
+	other, err := (&vmm.DirtySet{ChainID: 0x5eed, Seq: 1, MemSize: testMemBytes, Pages: []uint64{1, 2, 3}}).MarshalBinary()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		name string
+		base []byte
+	}{{"unreadable", []byte("not a dirty set")}, {"another base", other}} {
+		t.Run(c.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), testRunTimeout)
+			defer cancel()
+			h := &checkpointHashes{pri: map[uint64][32]byte{}, sec: map[uint64][32]byte{}, inc: map[uint64]bool{}}
+			p := startPairConfig(t, ctx, lockstep.AckOnCompare, 0, image, "count=4", nil, func(role wire.Role, cfg *Config) {
+				cfg.checkpointState = h.hook(role == wire.RolePrimary)
+				cfg.Node.ResyncBase = func() []byte { return c.base }
+			})
+			if err := waitErr(t, "primary", p.priErr); err != nil {
+				t.Fatalf("primary: %v", err)
+			}
+			p.sec.Stop()
+			if err := waitErr(t, "secondary", p.secErr); err != nil {
+				t.Fatalf("secondary: %v", err)
+			}
+			ps, ss := p.pri.Stats(), p.sec.Stats()
+			if ss.Divergences < 2 || ss.Restores < 3 || ps.IncrementalCheckpoints != 0 || ss.IncrementalRestores != 0 {
+				t.Fatalf("want full resyncs only: primary %+v, secondary %+v", ps, ss)
+			}
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			for id, sec := range h.sec {
+				if pri := h.pri[id]; sec != pri {
+					t.Fatalf("after checkpoint %d the secondary's VM hashes %x, the primary's %x", id, sec[:8], pri[:8])
+				}
+			}
+		})
+	}
+}
