@@ -218,6 +218,10 @@ func resync(t *testing.T, a, b *resyncSide) *Machine {
 	if err := next.Restore(encodeDecode(t, inc)); err != nil {
 		t.Fatalf("Restore of the covering increment on the successor: %v", err)
 	}
+	// The restore is the new base: nothing is dirty since.
+	if dn, err := next.DirtySinceBase(); err != nil || len(dn.Pages)+len(dn.Chunks) != 0 || dn.Seq != inc.Seq {
+		t.Fatalf("after the restore the successor's dirty set is %+v (%v), want empty at seq %d", dn, err, inc.Seq)
+	}
 	return next
 }
 
@@ -365,6 +369,9 @@ func TestKVMIncrementalResyncRefusals(t *testing.T) {
 	}
 	if err := b.Restore(full); err != nil {
 		t.Fatal(err)
+	}
+	if d, err := b.DirtySinceBase(); err != nil || len(d.Pages) != 0 {
+		t.Fatalf("after a full restore the VM's dirty set is %+v (%v), want empty", d, err)
 	}
 	if mustHash(t, a) != mustHash(t, b) {
 		t.Fatalf("after the full fallback the VMs hash differently: %s; %x %x %x %x", stateDiff(t, a, b), mustHash(t, a), mustHash(t, a), mustHash(t, b), mustHash(t, b))
