@@ -389,7 +389,11 @@ func (m *Machine) takeSnapshotCovering(kind SnapshotKind, released []*Output, ot
 		coverIncrement(bm, other)
 		s.PageNumbers = dirtyPages(bm, m.mem.Pages())
 	}
-	s.PageData = m.mem.copyPages(s.PageNumbers)
+	if other != nil {
+		s.placePages(m.mem) // encoded at once for the resync
+	} else {
+		s.PageData = m.mem.copyPages(s.PageNumbers)
+	}
 	m.haveBase, m.chainID, m.seq = true, s.ChainID, s.Seq
 	return s, nil
 }
