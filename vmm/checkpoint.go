@@ -269,6 +269,13 @@ var errResumeLiveRestored = fmt.Errorf("%w: apply the paused increment that foll
 // before survives. After a restore the VM is Paused (or Halted, if the
 // snapshot was) and later increments are taken relative to it.
 //
+// An increment is refused (an error wrapping ErrNotCovered, nothing
+// changed) when this VM changed since its base a page or disk chunk the
+// increment lacks: applied, it would leave that page as this VM wrote it.
+// Block writes this VM holds are no longer seen by its reads after a
+// restore (the restored guest holds none); releasing one still performs
+// it.
+//
 // A live snapshot restores memory and disk only, and leaves registers,
 // devices and the exit count as they were: the VM is Paused but Resume
 // and Snapshot refuse it (ErrLiveRestored) until a snapshot that is not
@@ -382,7 +389,11 @@ func (m *Machine) takeSnapshotCovering(kind SnapshotKind, released []*Output, ot
 		coverIncrement(bm, other)
 		s.PageNumbers = dirtyPages(bm, m.mem.Pages())
 	}
-	s.PageData = m.mem.copyPages(s.PageNumbers)
+	if other != nil {
+		s.placePages(m.mem) // encoded at once for the resync
+	} else {
+		s.PageData = m.mem.copyPages(s.PageNumbers)
+	}
 	m.haveBase, m.chainID, m.seq = true, s.ChainID, s.Seq
 	return s, nil
 }

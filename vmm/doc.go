@@ -181,6 +181,23 @@
 // resume or be snapshotted (ErrLiveRestored) until a paused one is
 // applied on top.
 //
+// A resynchronisation need not ship the whole VM (resync.go). Two VMs
+// that took or restored one snapshot (their base) are equal there, and
+// what either changed since is in its dirty bits, so a secondary that
+// diverged sends its DirtySinceBase (a peek: KVM's log, fetch-and-clear
+// only, is kept in an accumulator the next snapshot ORs in), encoded as a
+// DirtySet (dirtyset.go documents the format); the primary, if at the same
+// base, takes SnapshotCovering: an increment holding its own changes and
+// the secondary's. The secondary applies it on its VM's Successor: a new
+// KVM VM and vCPU over the same memory mapping, devices and disk (a vCPU
+// that failed mid-exit would complete the abandoned access on its next
+// KVM_RUN), with the dirty bits carried over. A Restore of an increment
+// refuses (ErrNotCovered, nothing changed) when the VM changed since its
+// base a page or chunk the increment lacks; SnapshotCovering refuses
+// (ErrBaseMismatch, nothing consumed) a VM at another base. Either way the
+// caller falls back to a Full snapshot. StateHash hashes a VM's state, so
+// that tests can show two VMs equal after a resync.
+//
 // A snapshot carries the disk too, because each replica has its own copy
 // of it (separate storage): in 4 KiB chunks, every non-zero chunk of the
 // disk file for a Full snapshot (holes in a sparse image are skipped with
@@ -226,4 +243,6 @@
 //   - record.go: Recorder, Replayer and the FTVMRLOG format.
 //   - checkpoint.go: Snapshot, SnapshotLive, Restore, the vCPU state and
 //     snapshotMSRs; snapshot.go: the snapshot format.
+//   - resync.go: DirtySinceBase, SnapshotCovering, Successor, StateHash;
+//     dirtyset.go: DirtySet and its format.
 package vmm

@@ -139,17 +139,22 @@ func (m *Memory) clearVMMDirty() {
 // read-holds mu per batch of pages, not for the whole copy, so that a
 // live snapshot stalls the vCPU thread's writes for a batch at most.
 func (m *Memory) copyPages(pages []uint64) []byte {
-	out := make([]byte, 0, len(pages)*PageBytes)
+	out := make([]byte, len(pages)*PageBytes)
+	m.copyPagesInto(out, pages)
+	return out
+}
+
+// copyPagesInto is copyPages into out (len(pages) pages long).
+func (m *Memory) copyPagesInto(out []byte, pages []uint64) {
 	for len(pages) > 0 {
 		batch := pages[:min(len(pages), copyBatchPages)]
 		pages = pages[len(batch):]
 		m.mu.RLock()
 		for _, p := range batch {
-			out = append(out, m.buf[p*PageBytes:(p+1)*PageBytes]...)
+			out = out[copy(out, m.buf[p*PageBytes:(p+1)*PageBytes]):]
 		}
 		m.mu.RUnlock()
 	}
-	return out
 }
 
 // nonZeroPages lists the pages that hold a non-zero byte, read-holding mu

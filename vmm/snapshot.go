@@ -140,6 +140,14 @@ type Snapshot struct {
 	// DiskChunkBytes long (DiskChunk returns them).
 	DiskChunks []uint64
 	DiskData   []byte
+
+	// encoded, when set, is a buffer of the snapshot's encoded size in
+	// which PageData lies at its place in the encoding (placePages):
+	// MarshalBinary writes the rest around the pages and returns it,
+	// rather than copying the pages again into new memory (which, on
+	// these PVM hosts, costs a page fault per 4 KiB: 4 ms for 1,000
+	// pages, most of an incremental resync's pause).
+	encoded []byte
 }
 
 // VCPUState is one vCPU's saved registers. The blobs are the kernel's
@@ -286,6 +294,8 @@ func appendDiskSection(b []byte, s *Snapshot) []byte {
 }
 
 // MarshalBinary encodes the snapshot in the format documented on Snapshot.
+// For a snapshot from SnapshotCovering the result is the buffer its
+// PageData lies in: do not modify it while the snapshot is in use.
 func (s *Snapshot) MarshalBinary() ([]byte, error) {
 	if len(s.PageData) != len(s.PageNumbers)*PageBytes {
 		return nil, fmt.Errorf("snapshot has %d page numbers but %d bytes of page data", len(s.PageNumbers), len(s.PageData))
@@ -296,14 +306,63 @@ func (s *Snapshot) MarshalBinary() ([]byte, error) {
 	if err := s.checkState(); err != nil {
 		return nil, err
 	}
-	size := snapshotHeaderBytes + len(s.PageNumbers)*(8+PageBytes) + snapshotDiskHeaderBytes + len(s.DiskChunks)*8 + len(s.DiskData) + snapshotCRCBytes
+	prefix := s.prefixBytes()
+	size := s.encodedBytes(prefix)
+	var b []byte
+	inPlace := len(s.encoded) == size && len(s.PageData) > 0 && &s.encoded[prefix] == &s.PageData[0]
+	if inPlace {
+		b = s.encoded[:0]
+	} else {
+		b = make([]byte, 0, size)
+	}
+	b, err := s.appendPrefix(b)
+	if err != nil {
+		return nil, err
+	}
+	if len(b) != prefix {
+		return nil, fmt.Errorf("snapshot encoding: %d bytes before the pages, expected %d (a VMM bug)", len(b), prefix)
+	}
+	if inPlace {
+		b = b[:prefix+len(s.PageData)] // the pages are there already
+	} else {
+		b = append(b, s.PageData...)
+	}
+	b = appendDiskSection(b, s)
+	return le.AppendUint32(b, crc32.Checksum(b, castagnoli)), nil
+}
+
+// prefixBytes is the length of the encoding before the page data: the
+// header, vCPUs, devices and page numbers.
+func (s *Snapshot) prefixBytes() int {
+	size := snapshotHeaderBytes + len(s.PageNumbers)*8
 	for _, v := range s.VCPUs {
 		size += kvm.RegsSize + kvm.SregsSize + 16 + len(v.FPU) + len(v.XSAVE) + len(v.XCRs) + len(v.Events) + 4 + 16*len(v.MSRs)
 	}
 	for _, d := range s.Devices {
 		size += 8 + len(d.State)
 	}
-	b := make([]byte, 0, size)
+	return size
+}
+
+// encodedBytes is the length of the whole encoding, given prefixBytes.
+func (s *Snapshot) encodedBytes(prefix int) int {
+	return prefix + len(s.PageNumbers)*PageBytes + snapshotDiskHeaderBytes + len(s.DiskChunks)*8 + len(s.DiskData) + snapshotCRCBytes
+}
+
+// placePages copies the pages listed in PageNumbers out of mem into a
+// buffer of the encoding's size, at their place in it, so that
+// MarshalBinary need not copy them again. Everything else in s must be
+// final.
+func (s *Snapshot) placePages(mem *Memory) {
+	prefix := s.prefixBytes()
+	s.encoded = make([]byte, s.encodedBytes(prefix))
+	n := len(s.PageNumbers) * PageBytes
+	s.PageData = s.encoded[prefix : prefix+n : prefix+n]
+	mem.copyPagesInto(s.PageData, s.PageNumbers)
+}
+
+// appendPrefix encodes the header, vCPUs, devices and page numbers.
+func (s *Snapshot) appendPrefix(b []byte) ([]byte, error) {
 	b = append(b, snapshotMagic...)
 	b = le.AppendUint16(b, snapshotVersion)
 	var flags byte
@@ -350,9 +409,7 @@ func (s *Snapshot) MarshalBinary() ([]byte, error) {
 	for _, p := range s.PageNumbers {
 		b = le.AppendUint64(b, p)
 	}
-	b = append(b, s.PageData...)
-	b = appendDiskSection(b, s)
-	return le.AppendUint32(b, crc32.Checksum(b, castagnoli)), nil
+	return b, nil
 }
 
 // snapReader walks an encoded snapshot, failing with the field's name
