@@ -308,9 +308,6 @@ func (m *Machine) Successor(hook ExitHook) (*Machine, error) {
 	var st successorState
 	locked := false
 	err := m.do(func() error {
-		if m.moved {
-			return ErrClosed
-		}
 		state := m.Status().State
 		switch state {
 		case Failed:
@@ -333,15 +330,13 @@ func (m *Machine) Successor(hook ExitHook) (*Machine, error) {
 		// peek takes m's dirty bits meanwhile.
 		m.snapMu.Lock()
 		locked = true
+		if m.moved {
+			return ErrClosed
+		}
 		if m.dirtyAcc == nil {
 			m.dirtyAcc = make([]uint64, len(m.dirtyWords))
 		}
-		if err := m.fetchDirtyLog(); err != nil {
-			m.snapMu.Unlock()
-			locked = false
-			return err
-		}
-		return nil
+		return m.fetchDirtyLog()
 	})
 	if err != nil {
 		if locked {
