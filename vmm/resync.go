@@ -52,8 +52,9 @@ var errResumeUnclean = errors.New("this VM succeeds one that failed in the middl
 // last snapshot taken or restored: the pages KVM saw the guest write, the
 // pages the VMM wrote, and the disk chunks block writes reached (a
 // secondary's persisted writes and delivered ones too). It may be called
-// from any goroutine, whether the VM runs or not; while it runs the set is
-// what was changed so far. It fails on a VM with no base (nothing taken
+// from any goroutine, whether the VM runs or not, and from its exit hook
+// (it waits for no exit); while the VM runs the set is what was changed
+// so far. It fails on a VM with no base (nothing taken
 // or restored yet, or a snapshot or restore failed half way) and on a
 // closed one.
 //
