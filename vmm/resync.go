@@ -52,8 +52,9 @@ var errResumeUnclean = errors.New("this VM succeeds one that failed in the middl
 // last snapshot taken or restored: the pages KVM saw the guest write, the
 // pages the VMM wrote, and the disk chunks block writes reached (a
 // secondary's persisted writes and delivered ones too). It may be called
-// from any goroutine, whether the VM runs or not; while it runs the set is
-// what was changed so far. It fails on a VM with no base (nothing taken
+// from any goroutine, whether the VM runs or not, and from its exit hook
+// (it waits for no exit); while the VM runs the set is what was changed
+// so far. It fails on a VM with no base (nothing taken
 // or restored yet, or a snapshot or restore failed half way) and on a
 // closed one.
 //
@@ -308,9 +309,6 @@ func (m *Machine) Successor(hook ExitHook) (*Machine, error) {
 	var st successorState
 	locked := false
 	err := m.do(func() error {
-		if m.moved {
-			return ErrClosed
-		}
 		state := m.Status().State
 		switch state {
 		case Failed:
@@ -333,15 +331,13 @@ func (m *Machine) Successor(hook ExitHook) (*Machine, error) {
 		// peek takes m's dirty bits meanwhile.
 		m.snapMu.Lock()
 		locked = true
+		if m.moved {
+			return ErrClosed
+		}
 		if m.dirtyAcc == nil {
 			m.dirtyAcc = make([]uint64, len(m.dirtyWords))
 		}
-		if err := m.fetchDirtyLog(); err != nil {
-			m.snapMu.Unlock()
-			locked = false
-			return err
-		}
-		return nil
+		return m.fetchDirtyLog()
 	})
 	if err != nil {
 		if locked {

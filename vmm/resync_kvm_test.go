@@ -15,12 +15,20 @@ import (
 // abandonHook is LiveHook until abandon is set; then it gives up the next
 // exit, as a replaying hook told to abandon its VM does (the agent's
 // errAborted), and the VM fails in the middle of that exit.
-type abandonHook struct{ abandon atomic.Bool }
+type abandonHook struct {
+	abandon atomic.Bool
+	// onAbandon, if set, runs in the exit given up, before it fails: where
+	// a secondary's node asks its VM for its dirty set.
+	onAbandon func()
+}
 
 var errAbandoned = errors.New("exit abandoned: the VM is being replaced")
 
 func (h *abandonHook) OnExit(e *Exit) (Result, error) {
 	if h.abandon.Load() {
+		if h.onAbandon != nil {
+			h.onAbandon()
+		}
 		return Result{}, errAbandoned
 	}
 	return LiveHook{}.OnExit(e)
@@ -143,6 +151,9 @@ func diverge(t *testing.T) (a, b *resyncSide) {
 	}
 	// b goes off the rails: its hook gives up the next exit (the frame
 	// below wakes its WAIT; the RX after it is given up).
+	var inHook *DirtySet
+	var inHookErr error
+	b.hook.onAbandon = func() { inHook, inHookErr = b.m.DirtySinceBase() }
 	b.hook.abandon.Store(true)
 	f := udpFrame(DefaultMAC, b.c.mac, b.c.ip, b.c.guest, 40000, kvGuestPort, []byte("30 GET k1"))
 	setUDPChecksum(f)
@@ -151,6 +162,9 @@ func diverge(t *testing.T) (a, b *resyncSide) {
 	}
 	if st := b.m.Wait(); st.State != Failed || !errors.Is(st.Err, errAbandoned) {
 		t.Fatalf("secondary after its hook gave up an exit: %+v, want Failed with the hook's error", st)
+	}
+	if inHookErr != nil || inHook == nil || len(inHook.Pages) == 0 {
+		t.Fatalf("DirtySinceBase from the exit hook: %+v %v", inHook, inHookErr)
 	}
 	d, err := b.m.DirtySinceBase()
 	if err != nil {
