@@ -63,6 +63,29 @@ func (l *peerLink) TrySend(typ transport.Type, payload []byte) error {
 
 var _ agent.TrySender = (*peerLink)(nil)
 
+// frameSource is the transport a frame reached the agent through
+// (agent.LaneDropper), set once rdma.Listen or rdma.Dial returned; a
+// frame before that drops nothing (the agent still counts and logs it).
+type frameSource struct {
+	tr atomic.Pointer[rdma.Transport]
+}
+
+var _ agent.LaneDropper = (*frameSource)(nil)
+
+func (s *frameSource) set(t *rdma.Transport) {
+	if t != nil {
+		s.tr.Store(t)
+	}
+}
+
+// DropLane implements agent.LaneDropper.
+func (s *frameSource) DropLane(l transport.Lane, err error) string {
+	if t := s.tr.Load(); t != nil {
+		return t.DropLane(l, err)
+	}
+	return ""
+}
+
 // gratuitousARP is the frame a new primary sends so that switches learn the
 // VM's MAC on its port and neighbours refresh their caches: a broadcast
 // ARP request from mac asking for ip, which ip itself answers for (sender
