@@ -290,7 +290,7 @@ type Agent struct {
 
 	stats struct {
 		send, frame, step, diverge, released, restores, ckpts, stalls, persisted, tooLarge, guestErrors atomic.Uint64
-		pauses, pausedNs                                                                                atomic.Uint64
+		pauses, pausedNs, staleBulk                                                                     atomic.Uint64
 	} // atomic
 	holdLatency latencyRecorder // atomic (its own lock)
 	log         *slog.Logger    // set before Run
