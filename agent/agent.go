@@ -43,6 +43,17 @@ type Poller interface {
 	Poll() int
 }
 
+// Fencer is a Transport that can take the peer's right to write into
+// this host's memory and drop the connection (rdma.Transport.Fence: the
+// ring the peer writes into). A host that halts (another host holds a
+// newer epoch: this one was deposed, or refused) fences before Run
+// returns, so that nothing a peer still writes lands where this host
+// reads; a host that goes live fences its old primary the same way
+// (the daemon's OnGoLive).
+type Fencer interface {
+	Fence() error
+}
+
 // Arbiter grants epochs (lockstep/arbiter.File, .Memory).
 type Arbiter interface {
 	Acquire(ctx context.Context, vmID string, epoch uint64) (granted bool, fence uint64, err error)
@@ -528,6 +539,9 @@ func (a *Agent) Run(ctx context.Context, tr Transport) (err error) {
 	bulkDone := make(chan struct{})
 	go a.runBulk(tr, a.stop, bulkDone)
 	defer func() {
+		if errors.Is(err, ErrHalted) {
+			a.fenceOnHalt(tr)
+		}
 		a.Stop()
 		<-bulkDone // nothing is sent after Run returns
 		// No one performs a Ready any more: the disk writer and the VM
@@ -588,6 +602,20 @@ func (a *Agent) Run(ctx context.Context, tr Transport) (err error) {
 			}
 		}
 	}
+}
+
+// fenceOnHalt revokes the peer's access to this host's memory when Run
+// stops on ErrHalted, if tr can (Fencer).
+func (a *Agent) fenceOnHalt(tr Transport) {
+	f, ok := tr.(Fencer)
+	if !ok {
+		return
+	}
+	if err := f.Fence(); err != nil {
+		a.log.Warn("halted, and fencing the peer out of this host's memory failed; closing the transport still tears its ring down", "err", err)
+		return
+	}
+	a.log.Info("halted: the peer's access to this host's memory is revoked")
 }
 
 // followDisk pauses the VM while the disk writer has a write failing and

@@ -561,6 +561,7 @@ func (d *daemon) run(ctx context.Context) int {
 	if len(d.cfg.allowPeers) == 0 {
 		d.log.Warn("any host with a certificate from this CA (or the pre-shared key) may join as secondary; name the expected ones with --allow-peers")
 	}
+	d.link.all = d.transports
 	err = d.ag.Run(runCtx, &d.link)
 	d.spans.log(d.log)
 	switch {

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"sync/atomic"
 	"time"
@@ -21,12 +22,35 @@ import (
 // its listener, to whichever secondary has joined.
 type peerLink struct {
 	cur atomic.Pointer[rdma.Transport]
+	// all returns every transport this host has open (Fence fences
+	// each); set before Run.
+	all func() []*rdma.Transport
 }
 
 var (
 	_ agent.Transport = (*peerLink)(nil)
 	_ agent.Poller    = (*peerLink)(nil)
+	_ agent.Fencer    = (*peerLink)(nil)
 )
+
+// Fence implements agent.Fencer: a host that halted (deposed) takes every
+// peer's right to write into its rings, the listener's and the dialer's.
+func (l *peerLink) Fence() error {
+	ts := []*rdma.Transport{l.cur.Load()}
+	if l.all != nil {
+		ts = l.all()
+	}
+	var errs []error
+	for _, t := range ts {
+		if t == nil {
+			continue
+		}
+		if err := t.Fence(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
 
 func (l *peerLink) set(t *rdma.Transport) { l.cur.Store(t) }
 
