@@ -12,8 +12,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/ftvm/ftvm/internal/testutil"
 )
 
 // etcdLeaseTTL is the daemons' --etcd-lease-ttl in the etcd scenarios.
@@ -65,28 +63,13 @@ func etcdBinary(t *testing.T) string {
 // daemon of the run at most one host released outputs in any epoch, each
 // epoch's releases all before the next epoch's first.
 func TestE2EEtcdArbiter(t *testing.T) {
-	testutil.Require(t, testutil.KVM)
-	requireBed(t)
 	began := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	topo, err := Up(ctx, testPrefix("etcd"), WithLogDir(keptDir(t, "logs")), WithEtcd())
-	if err != nil {
-		t.Fatalf("Up: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := topo.Down(); err != nil {
-			t.Errorf("Down: %v", err)
-		}
-	})
-	bin, ftvm := etcdBinary(t), ftvmBinary(t)
-	ec, err := StartEtcd(ctx, topo, bin, keptDir(t, "etcd"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ec.Close()
+	bed := startEtcdBed(ctx, t, "etcd")
+	topo, ec := bed.topo, bed.etcd
 	c, err := NewCluster(ctx, topo, ClusterConfig{
-		Ftvm: ftvm, Guest: guestPath("kvstore"), WorkDir: keptDir(t, "work"),
+		Ftvm: bed.ftvm, Guest: guestPath("kvstore"), WorkDir: keptDir(t, "work"),
 		EtcdEndpoints: ec.Endpoints(),
 		// This scenario is about the arbiter, not about noticing a silent
 		// peer: with three etcd members beside the pair on two cores, a
