@@ -79,17 +79,7 @@ func TestHostilePeerGarbageDropsConnectionNotVM(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	var logs syncBuffer
-	a, err := New(Config{
-		Node:         lockstep.Config{VMID: testVMID, Role: wire.RolePrimary, Mode: lockstep.AckOnCompare},
-		NewVM:        func(vmm.ExitHook) (VM, error) { return &loggedVM{log: &opLog{}}, nil },
-		Boot:         func(VM) error { return nil },
-		Arbiter:      arbiter.NewMemory(),
-		TickInterval: 5 * time.Millisecond,
-		Logger:       slog.New(slog.NewTextHandler(&logs, nil)),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := newIdlePrimary(t, slog.New(slog.NewTextHandler(&logs, nil)))
 	cfg := func(on func(transport.Frame)) tcpfallback.Config {
 		return tcpfallback.Config{VMID: testVMID, PSK: testPSK, OnFrame: on,
 			ReconnectMinDelay: 5 * time.Millisecond, ReconnectMaxDelay: 50 * time.Millisecond}
@@ -150,4 +140,22 @@ func TestHostilePeerGarbageDropsConnectionNotVM(t *testing.T) {
 	if err := <-runErr; err != nil {
 		t.Fatalf("Run: %v", err)
 	}
+}
+
+// newIdlePrimary is a primary agent whose VM makes no exits, for tests
+// that Run it against a real transport.
+func newIdlePrimary(t *testing.T, log *slog.Logger) *Agent {
+	t.Helper()
+	a, err := New(Config{
+		Node:         lockstep.Config{VMID: testVMID, Role: wire.RolePrimary, Mode: lockstep.AckOnCompare},
+		NewVM:        func(vmm.ExitHook) (VM, error) { return &loggedVM{log: &opLog{}}, nil },
+		Boot:         func(VM) error { return nil },
+		Arbiter:      arbiter.NewMemory(),
+		TickInterval: 5 * time.Millisecond,
+		Logger:       log,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return a
 }

@@ -7,14 +7,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ftvm/ftvm/lockstep"
-	"github.com/ftvm/ftvm/lockstep/arbiter"
 	"github.com/ftvm/ftvm/lockstep/wire"
 	"github.com/ftvm/ftvm/rdma"
 	"github.com/ftvm/ftvm/rdma/shm"
 	"github.com/ftvm/ftvm/tcpfallback"
 	"github.com/ftvm/ftvm/transport"
-	"github.com/ftvm/ftvm/vmm"
 )
 
 var _ Fencer = (*rdma.Transport)(nil)
@@ -26,17 +23,7 @@ var _ Fencer = (*rdma.Transport)(nil)
 func TestDeposedPrimaryFencesItsRing(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
-	a, err := New(Config{
-		Node:         lockstep.Config{VMID: testVMID, Role: wire.RolePrimary, Mode: lockstep.AckOnCompare},
-		NewVM:        func(vmm.ExitHook) (VM, error) { return &loggedVM{log: &opLog{}}, nil },
-		Boot:         func(VM) error { return nil },
-		Arbiter:      arbiter.NewMemory(),
-		TickInterval: 5 * time.Millisecond,
-		Logger:       slog.New(slog.DiscardHandler),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
+	a := newIdlePrimary(t, slog.New(slog.DiscardHandler))
 	dir := t.TempDir()
 	cfg := func(on func(transport.Frame)) rdma.Config {
 		return rdma.Config{Provider: shm.Provider{Dir: dir}, Logger: slog.New(slog.DiscardHandler), TCP: tcpfallback.Config{
