@@ -268,21 +268,6 @@ func (c *Cluster) lastReleaseWithin(h Host, cut time.Time, bound time.Duration) 
 	return last, lastAt, nil
 }
 
-// rejoin starts the round's victim again as the survivor's secondary and
-// waits until the pair is protected.
-func (c *Cluster) rejoin(ctx context.Context, r *Round) error {
-	r.JoinFrom = time.Now()
-	if _, err := c.StartSecondary(r.Victim, r.Survivor); err != nil {
-		return err
-	}
-	if _, err := c.Await(ctx, r.Survivor, "protected", Protected); err != nil {
-		return err
-	}
-	r.JoinTo = time.Now()
-	r.Reprotected = r.JoinTo.Sub(r.At)
-	return nil
-}
-
 // daemonSpans is what one daemon said it released, per epoch.
 type daemonSpans struct {
 	host  Host
