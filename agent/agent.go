@@ -198,6 +198,10 @@ type Stats struct {
 	// long those pauses lasted in all, the one under way excluded.
 	Pauses    uint64
 	PausedFor time.Duration
+	// StaleCheckpointFrames counts checkpoint chunks and dones dropped
+	// unsent because the node no longer ships their checkpoint (the join
+	// was given up, or the checkpoint is restored).
+	StaleCheckpointFrames uint64
 }
 
 // Agent runs one protected VM on this host.
@@ -506,6 +510,7 @@ func (a *Agent) Stats() Stats {
 		DiskWriteErrors: a.disk.errors.Load(), DiskFailing: a.disk.failing.Load(),
 		GuestErrors: a.stats.guestErrors.Load(),
 		Pauses:      a.stats.pauses.Load(), PausedFor: time.Duration(a.stats.pausedNs.Load()),
+		StaleCheckpointFrames: a.stats.staleBulk.Load(),
 	}
 }
 

@@ -179,4 +179,7 @@ func TestQueuedChunksOfAnAbandonedJoinAreDropped(t *testing.T) {
 	if slices.Contains(ids, 1) {
 		t.Fatalf("sent chunks of checkpoints %v: those of checkpoint 1, which the node gave up, went to the new joiner", ids)
 	}
+	if n := a.Stats().StaleCheckpointFrames; n != uint64(len(first)) {
+		t.Fatalf("StaleCheckpointFrames %d, want the %d queued of checkpoint 1", n, len(first))
+	}
 }
