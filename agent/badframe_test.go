@@ -82,7 +82,9 @@ func TestHostilePeerGarbageDropsConnectionNotVM(t *testing.T) {
 	a := newIdlePrimary(t, slog.New(slog.NewTextHandler(&logs, nil)))
 	cfg := func(on func(transport.Frame)) tcpfallback.Config {
 		return tcpfallback.Config{VMID: testVMID, PSK: testPSK, OnFrame: on,
-			ReconnectMinDelay: 5 * time.Millisecond, ReconnectMaxDelay: 50 * time.Millisecond}
+			ReconnectMinDelay: 5 * time.Millisecond, ReconnectMaxDelay: 50 * time.Millisecond,
+			// Slow heartbeats: a loaded machine must not lose the lane first.
+			HeartbeatInterval: 50 * time.Millisecond, HeartbeatTimeout: 5 * time.Second}
 	}
 	lt, err := tcpfallback.Listen("127.0.0.1:0", cfg(a.HandleFrame))
 	if err != nil {

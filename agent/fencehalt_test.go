@@ -29,6 +29,7 @@ func TestDeposedPrimaryFencesItsRing(t *testing.T) {
 		return rdma.Config{Provider: shm.Provider{Dir: dir}, Logger: slog.New(slog.DiscardHandler), TCP: tcpfallback.Config{
 			VMID: testVMID, PSK: testPSK, OnFrame: on,
 			ReconnectMinDelay: 5 * time.Millisecond, ReconnectMaxDelay: 50 * time.Millisecond,
+			HeartbeatInterval: 50 * time.Millisecond, HeartbeatTimeout: 5 * time.Second,
 		}}
 	}
 	lt, err := rdma.Listen("127.0.0.1:0", cfg(a.HandleFrame))
