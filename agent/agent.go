@@ -43,6 +43,17 @@ type Poller interface {
 	Poll() int
 }
 
+// Fencer is a Transport that can take the peer's right to write into
+// this host's memory and drop the connection (rdma.Transport.Fence: the
+// ring the peer writes into). A host that halts (another host holds a
+// newer epoch: this one was deposed, or refused) fences before Run
+// returns, so that nothing a peer still writes lands where this host
+// reads; a host that goes live fences its old primary the same way
+// (the daemon's OnGoLive).
+type Fencer interface {
+	Fence() error
+}
+
 // Arbiter grants epochs (lockstep/arbiter.File, .Memory).
 type Arbiter interface {
 	Acquire(ctx context.Context, vmID string, epoch uint64) (granted bool, fence uint64, err error)
@@ -174,7 +185,7 @@ type Config struct {
 // Stats counts what went wrong without stopping the agent.
 type Stats struct {
 	SendErrors  uint64 // frames the transport could not send (the protocol resends)
-	FrameErrors uint64 // received frames that did not parse
+	FrameErrors uint64 // received frames that did not parse (each dropped its connection)
 	StepErrors  uint64 // frames the node refused (stale epoch, wrong VM)
 	Divergences uint64 // times the replica left the primary's path (secondary)
 	Released    uint64 // outputs handed to their backends
@@ -206,6 +217,10 @@ type Stats struct {
 	IncrementalRestores    uint64
 	RestoreFailures        uint64
 	IncrementalCheckpoints uint64
+	// StaleCheckpointFrames counts checkpoint chunks and dones dropped
+	// unsent because the node no longer ships their checkpoint (the join
+	// was given up, or the checkpoint is restored).
+	StaleCheckpointFrames uint64
 }
 
 // Agent runs one protected VM on this host.
@@ -313,12 +328,13 @@ type Agent struct {
 
 	stats struct {
 		send, frame, step, diverge, released, restores, ckpts, stalls, persisted, tooLarge, guestErrors atomic.Uint64
-		pauses, pausedNs                                                                                atomic.Uint64
+		pauses, pausedNs, staleBulk                                                                     atomic.Uint64
 		incRestores, restoreFailures, incCkpts                                                          atomic.Uint64
 	} // atomic
 	holdLatency latencyRecorder // atomic (its own lock)
 	log         *slog.Logger    // set before Run
 	stepLog     stepErrLog      // atomic (its own lock)
+	frameLog    stepErrLog      // atomic (its own lock): frames that do not parse
 	sync        syncProgress    // atomic
 	disk        *diskWriter     // set before Run; safe for concurrent use, Run stops it
 }
@@ -390,6 +406,20 @@ func New(cfg Config) (*Agent, error) {
 	return a, nil
 }
 
+// LaneDropper is a transport that can close one lane's connection as if
+// it had failed (tcpfallback.Transport.DropLane, rdma.Transport.DropLane):
+// the lane is reported down, nothing more is delivered from that
+// connection, and a dialer makes it again. It returns the peer's address,
+// or "" when the lane had no connection.
+type LaneDropper interface {
+	DropLane(l transport.Lane, err error) (peer string)
+}
+
+// ErrBadFrame is what a connection is dropped with when the peer sent a
+// frame that passed the transport's checks but is not a protocol message
+// (package wire cannot parse it).
+var ErrBadFrame = errors.New("agent: the peer sent a frame that is not a protocol message")
+
 // HandleFrame takes a frame from the transport (its OnFrame): it steps the
 // node right there, on the transport's reading goroutine, and sends what
 // that asks for (a secondary's acknowledgement of the log entry in the
@@ -397,10 +427,24 @@ func New(cfg Config) (*Agent, error) {
 // that no hand-off to the loop sits in the round trip an output waits for.
 // What needs the loop (commands, a new peer) is left to it. The payload is
 // lent only for the call; the node copies what it keeps.
-func (a *Agent) HandleFrame(f transport.Frame) {
+//
+// A frame that does not parse is a protocol error, handled as the
+// transport handles a frame that fails its own checks: it is counted
+// (Stats.FrameErrors), logged with the peer and the reason (at most a
+// line a second), and the connection it came on is dropped (when Run's
+// transport is a LaneDropper), so that nothing more is read from a
+// stream that is out of step and the peer connects again. The VM goes
+// on: a lost connection costs a re-protection or a failover, decided by
+// the arbiter, never the VM.
+func (a *Agent) HandleFrame(f transport.Frame) { a.HandleFrameFrom(nil, f) }
+
+// HandleFrameFrom is HandleFrame for a host with more than one transport:
+// src is the one that delivered f, whose connection a frame that does
+// not parse drops. Nil: Run's transport, if it is a LaneDropper.
+func (a *Agent) HandleFrameFrom(src LaneDropper, f transport.Frame) {
 	m, _, err := wire.Parse(f.Payload)
 	if err != nil {
-		a.stats.frame.Add(1)
+		a.badFrame(src, f, err)
 		return
 	}
 	a.mu.Lock()
@@ -425,6 +469,33 @@ func (a *Agent) HandleFrame(f transport.Frame) {
 	default:
 		a.poke() // a change of phase the loop acts on (protected, restore, ...)
 	}
+}
+
+// badFrame counts, logs and drops the connection of a frame that did not
+// parse (HandleFrame).
+func (a *Agent) badFrame(src LaneDropper, f transport.Frame, perr error) {
+	a.stats.frame.Add(1)
+	if src == nil && a.started.Load() {
+		// Run's transport never changes once started is set.
+		src, _ = a.tr.(LaneDropper)
+	}
+	err := fmt.Errorf("%w (%s frame %d on the %s lane, %d bytes): %w", ErrBadFrame, f.Type, f.Seq, f.Lane, len(f.Payload), perr)
+	peer := ""
+	if src != nil {
+		peer = src.DropLane(f.Lane, err)
+	}
+	ok, suppressed := a.frameLog.allow()
+	if !ok {
+		return
+	}
+	what := "dropped the connection; the peer connects again"
+	if peer == "" {
+		what = "no connection to drop (already closed, or the transport cannot drop one)"
+		peer = "unknown"
+	}
+	a.log.Warn("frame from the peer does not parse: "+what+"; if this repeats, check that both hosts run the same ftvm version",
+		"peer", peer, "lane", f.Lane.String(), "type", f.Type.String(), "seq", f.Seq, "bytes", len(f.Payload), "err", perr,
+		"bad frames since the last such line", suppressed)
 }
 
 // PeerLost tells the agent that the transport lost its connection to the
@@ -469,6 +540,7 @@ func (a *Agent) Stats() Stats {
 		Pauses:      a.stats.pauses.Load(), PausedFor: time.Duration(a.stats.pausedNs.Load()),
 		IncrementalRestores: a.stats.incRestores.Load(), RestoreFailures: a.stats.restoreFailures.Load(),
 		IncrementalCheckpoints: a.stats.incCkpts.Load(),
+		StaleCheckpointFrames:  a.stats.staleBulk.Load(),
 	}
 }
 
@@ -502,6 +574,9 @@ func (a *Agent) Run(ctx context.Context, tr Transport) (err error) {
 	bulkDone := make(chan struct{})
 	go a.runBulk(tr, a.stop, bulkDone)
 	defer func() {
+		if errors.Is(err, ErrHalted) {
+			a.fenceOnHalt(tr)
+		}
 		a.Stop()
 		<-bulkDone // nothing is sent after Run returns
 		// No one performs a Ready any more: the disk writer and the VM
@@ -562,6 +637,20 @@ func (a *Agent) Run(ctx context.Context, tr Transport) (err error) {
 			}
 		}
 	}
+}
+
+// fenceOnHalt revokes the peer's access to this host's memory when Run
+// stops on ErrHalted, if tr can (Fencer).
+func (a *Agent) fenceOnHalt(tr Transport) {
+	f, ok := tr.(Fencer)
+	if !ok {
+		return
+	}
+	if err := f.Fence(); err != nil {
+		a.log.Warn("halted, and fencing the peer out of this host's memory failed; closing the transport still tears its ring down", "err", err)
+		return
+	}
+	a.log.Info("halted: the peer's access to this host's memory is revoked")
 }
 
 // followDisk pauses the VM while the disk writer has a write failing and

@@ -28,6 +28,12 @@ import (
 // overtake chunks in the bulk lane's socket before: the lanes never kept
 // an order between them. The queue holds at most the node's checkpoint
 // window (CheckpointWindowBytes) and what it retransmits.
+//
+// What is queued of a checkpoint the node no longer ships (it gave the
+// join up when its secondary was lost, or the secondary restored it) is
+// dropped when its turn comes, not sent: after a reconnection it would
+// go to the next joiner, which has begun no checkpoint and would start
+// assembling that one.
 type bulkSender struct {
 	mu   sync.Mutex // a leaf: nothing is taken while it is held
 	q    []encoded
@@ -78,6 +84,10 @@ func (a *Agent) runBulk(tr Transport, stop <-chan struct{}, done chan<- struct{}
 				return
 			default:
 			}
+			if m.ckpt != 0 && !a.ships(m.ckpt) {
+				a.stats.staleBulk.Add(1)
+				continue
+			}
 			b := m.b
 			if m.chunk != nil {
 				buf = m.chunk.Append(buf[:0]) // Send lets go of it on return
@@ -91,4 +101,11 @@ func (a *Agent) runBulk(tr Transport, stop <-chan struct{}, done chan<- struct{}
 			}
 		}
 	}
+}
+
+// ships reports whether the node still ships checkpoint id (Node.Ships).
+func (a *Agent) ships(id uint64) bool {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.node.Ships(id)
 }

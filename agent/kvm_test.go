@@ -198,6 +198,20 @@ func (p *pair) checkRelease(mode lockstep.Mode) func(lockstep.Output) {
 	}
 }
 
+// stopSecondary stops the secondary, fails the test if its Run failed,
+// and returns the console bytes its VM reproduced and those the primary
+// released, for the caller to compare.
+func (p *pair) stopSecondary(t *testing.T) (replayed, released []byte) {
+	t.Helper()
+	p.sec.Stop()
+	if err := waitErr(t, "secondary", p.secErr); err != nil {
+		t.Fatalf("secondary: %v", err)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return bytes.Join(p.replayed, nil), bytes.Join(p.released, nil)
+}
+
 func (p *pair) violations() []string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -247,13 +261,7 @@ func TestKVMPairMemstress(t *testing.T) {
 				}
 				time.Sleep(10 * time.Millisecond)
 			}
-			p.sec.Stop()
-			if err := waitErr(t, "secondary", p.secErr); err != nil {
-				t.Fatalf("secondary: %v", err)
-			}
-			p.mu.Lock()
-			replayed, released := bytes.Join(p.replayed, nil), bytes.Join(p.released, nil)
-			p.mu.Unlock()
+			replayed, released := p.stopSecondary(t)
 			if !bytes.Equal(replayed, released) {
 				t.Fatalf("secondary reproduced %d console bytes, primary released %d; they differ", len(replayed), len(released))
 			}

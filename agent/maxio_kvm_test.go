@@ -140,13 +140,7 @@ func TestKVMPairLargestRequests(t *testing.T) {
 				defer p.mu.Unlock()
 				return len(p.replayed) >= 3
 			})
-			p.sec.Stop()
-			if err := waitErr(t, "secondary", p.secErr); err != nil {
-				t.Fatalf("secondary: %v", err)
-			}
-			p.mu.Lock()
-			replayed, released := bytes.Join(p.replayed, nil), bytes.Join(p.released, nil)
-			p.mu.Unlock()
+			replayed, released := p.stopSecondary(t)
 			if !bytes.Equal(replayed, released) || len(released) != len(out) {
 				t.Fatalf("secondary reproduced %d console bytes, primary released %d (console %d); they differ", len(replayed), len(released), len(out))
 			}

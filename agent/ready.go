@@ -40,6 +40,9 @@ type encoded struct {
 	// chunk is a checkpoint chunk left for the bulk sender to encode (b
 	// is nil then).
 	chunk *wire.CheckpointChunk
+	// ckpt is the checkpoint a bulk message belongs to (IDs start at 1):
+	// the bulk sender drops it if the node no longer ships that one.
+	ckpt uint64
 }
 
 // process performs Ready after Ready until the node has nothing to do.
@@ -128,11 +131,15 @@ func (a *Agent) takeReady() work {
 			// Encoded by the bulk sender, off both locks: a Ready's
 			// chunks are CheckpointReadyBytes to copy twice, and their
 			// data is never written (CheckpointTaken lends it).
-			w.msgs = append(w.msgs, encoded{typ: transport.TypeCheckpoint, bulk: true, chunk: c})
+			w.msgs = append(w.msgs, encoded{typ: transport.TypeCheckpoint, bulk: true, chunk: c, ckpt: c.ID})
 			continue
 		}
 		a.enc = m.Append(a.enc[:0])
-		w.msgs = append(w.msgs, encoded{typ: frameType(m), b: append([]byte(nil), a.enc...), bulk: isBulk(m.Type())})
+		e := encoded{typ: frameType(m), b: append([]byte(nil), a.enc...), bulk: isBulk(m.Type())}
+		if d, ok := m.(*wire.CheckpointDone); ok && !d.Restored {
+			e.ckpt = d.ID // a primary's; a secondary's confirmation is always sent
+		}
+		w.msgs = append(w.msgs, e)
 	}
 	for _, c := range w.cmds {
 		w.goLive = w.goLive || c.Kind == lockstep.CmdGoLive

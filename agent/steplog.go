@@ -25,17 +25,26 @@ type stepErrLog struct {
 	suppressed int
 }
 
-func (l *stepErrLog) log(lg *slog.Logger, t wire.Type, err error) {
+// allow reports whether a line may be logged now, and how many were left
+// out since the last one that was.
+func (l *stepErrLog) allow() (ok bool, suppressed int) {
 	l.mu.Lock()
+	defer l.mu.Unlock()
 	now := time.Now()
 	if !l.last.IsZero() && now.Sub(l.last) < stepLogEvery {
 		l.suppressed++
-		l.mu.Unlock()
-		return
+		return false, 0
 	}
 	n := l.suppressed
 	l.last, l.suppressed = now, 0
-	l.mu.Unlock()
+	return true, n
+}
+
+func (l *stepErrLog) log(lg *slog.Logger, t wire.Type, err error) {
+	ok, n := l.allow()
+	if !ok {
+		return
+	}
 	level := slog.LevelWarn
 	if errors.Is(err, lockstep.ErrStaleEpoch) {
 		// Late frames of an older epoch are expected after a failover.

@@ -146,13 +146,7 @@ func TestKVMPairWildRequests(t *testing.T) {
 			// The secondary's VM refused the same requests: its count
 			// reaches the primary's once it replayed the console write.
 			waitFor(t, func() bool { return p.sec.Stats().GuestErrors >= p.pri.Stats().GuestErrors })
-			p.sec.Stop()
-			if err := waitErr(t, "secondary", p.secErr); err != nil {
-				t.Fatalf("secondary: %v", err)
-			}
-			p.mu.Lock()
-			replayed, released := bytes.Join(p.replayed, nil), bytes.Join(p.released, nil)
-			p.mu.Unlock()
+			replayed, released := p.stopSecondary(t)
 			if !bytes.Equal(replayed, released) || !bytes.Equal(released, out) {
 				t.Fatalf("secondary reproduced %d console bytes, primary released %d (console %d); they differ", len(replayed), len(released), len(out))
 			}

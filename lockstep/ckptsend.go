@@ -29,6 +29,23 @@ type checkpointShipping struct {
 	awaitParts bool
 }
 
+// Ships reports whether checkpoint id is one this primary is shipping
+// now, so that its chunks and its CheckpointDone are still wanted. Once
+// the node gave the join or the resync up (its secondary was lost), or
+// the secondary restored it, it is not: an agent drops what it still has
+// of it queued, which would otherwise reach the next joiner.
+func (n *Node) Ships(id uint64) bool {
+	if n.role != RolePrimary || n.primary.phase != pSyncing && n.primary.phase != pPrecopy {
+		return false
+	}
+	for _, o := range n.shipping.checkpoints {
+		if o.id == id {
+			return true
+		}
+	}
+	return false
+}
+
 // allKept reports whether the secondary has every checkpoint shipped whole.
 func (s *checkpointShipping) allKept() bool {
 	for _, o := range s.checkpoints {

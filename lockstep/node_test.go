@@ -429,3 +429,46 @@ func TestCheckpointRestoreFailedSuperseded(t *testing.T) {
 		t.Fatalf("a late failure changed the node: %+v, was %+v", after, before)
 	}
 }
+
+// Ships names the checkpoint a primary is shipping, and no other: not
+// after its secondary restored it, and not once the node gave a join up
+// for a lost secondary (an agent drops what it has queued of it).
+func TestShipsOnlyTheCheckpointUnderWay(t *testing.T) {
+	p, s := newTestNode(t, wire.RolePrimary, AckOnCompare), newTestNode(t, wire.RoleSecondary, AckOnCompare)
+	take(p)
+	p.ArbiterResult(1, true, 7, nil)
+	// The secondary's hello starts a join; the checkpoint is taken.
+	for _, m := range take(s).Messages {
+		if err := p.Step(wireTrip(t, m)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var id uint64
+	for _, c := range take(p).Commands {
+		if c.Kind == CmdTakeCheckpoint {
+			id = c.Checkpoint.ID
+		}
+	}
+	if id == 0 {
+		t.Fatal("a hello started no join")
+	}
+	if p.Ships(id) {
+		t.Fatalf("checkpoint %d shipped before it was taken", id)
+	}
+	if err := p.CheckpointTaken(id, []byte("guest-state"), DataDigest([]byte("guest-state"))); err != nil {
+		t.Fatal(err)
+	}
+	if !p.Ships(id) || p.Ships(id+1) || s.Ships(id) {
+		t.Fatalf("Ships(%d) %t, Ships(%d) %t, secondary's Ships(%d) %t: want only the primary's %d", id, p.Ships(id), id+1, p.Ships(id+1), id, s.Ships(id), id)
+	}
+	p.PeerLost()
+	if p.Ships(id) {
+		t.Fatalf("checkpoint %d still shipped after the node gave the join up", id)
+	}
+
+	// A join that ends: once restored, the checkpoint is not shipped.
+	p2, _ := pair(t, AckOnCompare)
+	if p2.Ships(1) || !p2.Status().Protected {
+		t.Fatalf("a protected primary ships checkpoint 1 (%+v)", p2.Status())
+	}
+}

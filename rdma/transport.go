@@ -111,6 +111,9 @@ type generation struct {
 	stopped           atomic.Bool // set before stop is closed; the poller looks at it
 	done              chan struct{}
 	failOnce          sync.Once
+	// dropped: DropLane dropped the control lane; nothing more in the
+	// ring is delivered (the pump tears the generation down).
+	dropped atomic.Bool
 
 	// The poller's progress, for the stall watchdog (watchPoller): a
 	// count of its loop's turns and what it is doing.
@@ -314,6 +317,21 @@ func (t *Transport) Poll() int {
 		t.linkFailed(g)
 	}
 	return n
+}
+
+// DropLane closes lane l's TCP connection with err as the reason, as
+// tcpfallback.Transport.DropLane does, and returns the peer's address ("":
+// no connection). Dropping the control lane ends the ring's generation
+// too: nothing more the peer wrote into the ring is delivered, even from
+// OnFrame's own call. The agent drops the lane a frame that is not a
+// protocol message came on.
+func (t *Transport) DropLane(l transport.Lane, err error) (peer string) {
+	if l == transport.LaneControl {
+		if g := t.recv.Load(); g != nil {
+			g.dropped.Store(true)
+		}
+	}
+	return t.tcp.DropLane(l, err)
 }
 
 // Fence revokes the peer's access to this side's ring (Link.Revoke) and
@@ -550,6 +568,9 @@ func (t *Transport) onSetup(m setupMsg) {
 			// Counted before OnFrame sees it, so that whoever OnFrame
 			// tells of the frame finds it counted.
 			t.ringFrames.Add(1)
+			if g.dropped.Load() {
+				return // of a connection DropLane dropped
+			}
 			prev := g.pollState.Swap(pollerInOnFrame)
 			t.onFrame(transport.Frame{Lane: transport.LaneControl, Type: typ, Flags: flags, Seq: g.seq, Payload: payload})
 			g.pollState.Store(prev)

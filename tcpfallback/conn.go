@@ -113,6 +113,7 @@ type laneConn struct {
 	idleTicks int
 
 	failOnce sync.Once
+	failed   atomic.Bool   // fail was called: the reader delivers nothing more
 	err      error         // why it died; read after done is closed
 	done     chan struct{} // closed when the connection is dead and closed
 }
@@ -147,6 +148,7 @@ func newLaneConn(l *lane, raw net.Conn, tcp *net.TCPConn, peerMax uint32, leftov
 // fail closes the connection once, recording why. Safe from any goroutine.
 func (c *laneConn) fail(err error) {
 	c.failOnce.Do(func() {
+		c.failed.Store(true)
 		c.err = err
 		c.raw.Close()
 		close(c.done)
@@ -391,6 +393,11 @@ func (c *laneConn) readLoop() {
 				continue
 			}
 			t.cfg.OnFrame(Frame{Lane: l.id, Type: h.typ, Flags: h.flags, Seq: h.seq, Payload: payload})
+			if c.failed.Load() {
+				// Dropped (DropLane, perhaps by OnFrame itself): what
+				// else the buffer holds belongs to a dead connection.
+				return
+			}
 		}
 		if r == w {
 			r, w = 0, 0

@@ -2,6 +2,9 @@ package tcpfallback
 
 import (
 	"errors"
+	"fmt"
+	"strings"
+	"sync/atomic"
 	"testing"
 )
 
@@ -48,4 +51,53 @@ func TestDropLaneReconnects(t *testing.T) {
 	}
 	waitEvent(t, l, EventLaneDown, int(LaneControl))
 	waitEvent(t, l, EventLaneUp, int(LaneControl))
+}
+
+// DropLane from OnFrame ends delivery at once: frames already in the
+// reader's buffer behind the one that dropped the lane belong to a dead
+// connection and must not reach OnFrame (the agent drops a lane on a
+// frame it cannot parse: what follows in that stream is out of step).
+func TestDropLaneFromOnFrameDeliversNothingMore(t *testing.T) {
+	ls := newSink()
+	var l *Transport
+	var dropped atomic.Bool
+	lc := testConfig(ls)
+	lc.OnFrame = func(f Frame) {
+		ls.on(f)
+		if string(f.Payload) == "bad" && dropped.CompareAndSwap(false, true) {
+			l.DropLane(f.Lane, errors.New("planted: a frame that does not parse"))
+		}
+	}
+	l = listen(t, lc)
+	d := dial(t, l.Addr(), testConfig(newSink()))
+	waitConnected(t, l)
+	drainEvents(l)
+	// One writev: the bad frame and ten behind it arrive in one read.
+	span := AppendRecord(nil, []byte("bad"))
+	for i := range 10 {
+		span = AppendRecord(span, fmt.Appendf(nil, "after-%d", i))
+	}
+	if _, err := d.SendSpan(TypeLog, span); err != nil {
+		t.Fatal(err)
+	}
+	ev := waitEvent(t, l, EventLaneDown, int(LaneControl))
+	if ev.Err == nil || !strings.Contains(ev.Err.Error(), "planted") {
+		t.Fatalf("listener's lane down: %v, want the reason DropLane gave", ev.Err)
+	}
+	if ev.Peer == "" {
+		t.Fatal("lane down names no peer")
+	}
+	// The dialer reconnects; whatever it sends then is delivered.
+	waitEvent(t, l, EventLaneUp, int(LaneControl))
+	if err := sendRetry(t, d, TypeLog, []byte("fresh")); err != nil {
+		t.Fatal(err)
+	}
+	fs := ls.wait(t, "the frame sent after the reconnection", func(fs []Frame) bool {
+		return len(fs) > 0 && string(fs[len(fs)-1].Payload) == "fresh"
+	})
+	for _, f := range fs {
+		if strings.HasPrefix(string(f.Payload), "after-") {
+			t.Fatalf("frame %q, behind the one that dropped the lane, was delivered", f.Payload)
+		}
+	}
 }

@@ -309,14 +309,20 @@ func (t *Transport) SendLinkSetup(payload []byte) error {
 // the peer sees the connection close, and a dialer reconnects. Package
 // rdma drops the control lane when its ring breaks (a peer that wrote
 // outside the protocol), so that both hosts start again from a fresh
-// connection. It does nothing if the lane has no connection.
-func (t *Transport) DropLane(l Lane, err error) {
+// connection; the agent drops the lane a frame that is not a protocol
+// message came on. Nothing more is delivered from the connection, not
+// even frames already received: DropLane may be called from OnFrame. It
+// returns the peer's address, or "" (doing nothing) if the lane has no
+// connection.
+func (t *Transport) DropLane(l Lane, err error) (peer string) {
 	if int(l) >= LaneCount {
-		return
+		return ""
 	}
 	if c := t.lanes[l].cur.Load(); c != nil {
 		c.fail(err)
+		return c.peer
 	}
+	return ""
 }
 
 // SendSpan sends every record of span, a run of whole records in the byte

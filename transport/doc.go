@@ -65,6 +65,13 @@
 //     tcpfallback has it; only the throughput benchmark
 //     (tcpfallback/tcpbench, ftvm bench transport) and tests call it: the
 //     agent sends entry by entry with Send.
+//   - DropLane(l Lane, err error) (peer string): close lane l's
+//     connection with err as the reason, as if it had failed (EventLaneDown,
+//     a dialer reconnects), deliver nothing more of it to OnFrame, and say
+//     whose it was. May be called from OnFrame. Both transports have it;
+//     the agent drops the lane a frame that is not a protocol message came
+//     on (agent.LaneDropper), as a transport drops one on a frame that
+//     fails its own checks.
 //   - Poll() int: deliver to OnFrame, inline on the caller's goroutine,
 //     what has arrived, without blocking or a system call, and say how
 //     many frames. rdma.Transport has it (frames in its ring); the agent

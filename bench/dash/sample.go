@@ -47,6 +47,10 @@ type Sample struct {
 	ReleasedOutputs uint64 `json:"released_outputs"`
 	Stalls          uint64 `json:"stalls"`
 	Divergences     uint64 `json:"divergences"`
+	// BadFrames counts frames from the peer refused as corrupt, by the
+	// transport's checks or the protocol's parse; each dropped its
+	// connection.
+	BadFrames uint64 `json:"bad_frames"`
 	// CheckpointsTaken (primary) and CheckpointsRestored (secondary)
 	// count the checkpoints of resyncs and joins, pre-copy parts
 	// included; CheckpointPauses and CheckpointPauseSeconds the times

@@ -12,8 +12,6 @@ import (
 	"sync"
 	"testing"
 	"time"
-
-	"github.com/ftvm/ftvm/internal/testutil"
 )
 
 // etcdLeaseTTL is the daemons' --etcd-lease-ttl in the etcd scenarios.
@@ -65,28 +63,13 @@ func etcdBinary(t *testing.T) string {
 // daemon of the run at most one host released outputs in any epoch, each
 // epoch's releases all before the next epoch's first.
 func TestE2EEtcdArbiter(t *testing.T) {
-	testutil.Require(t, testutil.KVM)
-	requireBed(t)
 	began := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	topo, err := Up(ctx, testPrefix("etcd"), WithLogDir(keptDir(t, "logs")), WithEtcd())
-	if err != nil {
-		t.Fatalf("Up: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := topo.Down(); err != nil {
-			t.Errorf("Down: %v", err)
-		}
-	})
-	bin, ftvm := etcdBinary(t), ftvmBinary(t)
-	ec, err := StartEtcd(ctx, topo, bin, keptDir(t, "etcd"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ec.Close()
+	bed := startEtcdBed(ctx, t, "etcd")
+	topo, ec := bed.topo, bed.etcd
 	c, err := NewCluster(ctx, topo, ClusterConfig{
-		Ftvm: ftvm, Guest: guestPath("kvstore"), WorkDir: keptDir(t, "work"),
+		Ftvm: bed.ftvm, Guest: guestPath("kvstore"), WorkDir: keptDir(t, "work"),
 		EtcdEndpoints: ec.Endpoints(),
 		// This scenario is about the arbiter, not about noticing a silent
 		// peer: with three etcd members beside the pair on two cores, a
@@ -283,21 +266,6 @@ func (c *Cluster) lastReleaseWithin(h Host, cut time.Time, bound time.Duration) 
 		return last, lastAt, fmt.Errorf("host %s released until %s, more than %v (lease TTL %v) after it lost etcd at %s", h, last.Last, bound, etcdLeaseTTL, cut.UTC().Format(time.RFC3339Nano))
 	}
 	return last, lastAt, nil
-}
-
-// rejoin starts the round's victim again as the survivor's secondary and
-// waits until the pair is protected.
-func (c *Cluster) rejoin(ctx context.Context, r *Round) error {
-	r.JoinFrom = time.Now()
-	if _, err := c.StartSecondary(r.Victim, r.Survivor); err != nil {
-		return err
-	}
-	if _, err := c.Await(ctx, r.Survivor, "protected", Protected); err != nil {
-		return err
-	}
-	r.JoinTo = time.Now()
-	r.Reprotected = r.JoinTo.Sub(r.At)
-	return nil
 }
 
 // daemonSpans is what one daemon said it released, per epoch.

@@ -16,7 +16,6 @@ import (
 	"github.com/ftvm/ftvm/bench/kvclient"
 	"github.com/ftvm/ftvm/bench/linearize"
 	"github.com/ftvm/ftvm/cluster"
-	"github.com/ftvm/ftvm/internal/testutil"
 )
 
 // The pool's timing on the bed: each host's registration lease and each
@@ -46,26 +45,11 @@ const (
 // unprotected VM; every client's history must be linearizable. It
 // reports the time from each kill to every VM protected again.
 func TestE2EPool(t *testing.T) {
-	testutil.Require(t, testutil.KVM)
-	requireBed(t)
 	began := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
-	topo, err := Up(ctx, testPrefix("pool"), WithLogDir(keptDir(t, "logs")), WithEtcd(), WithPool())
-	if err != nil {
-		t.Fatalf("Up: %v", err)
-	}
-	t.Cleanup(func() {
-		if err := topo.Down(); err != nil {
-			t.Errorf("Down: %v", err)
-		}
-	})
-	bin, ftvm := etcdBinary(t), ftvmBinary(t)
-	ec, err := StartEtcd(ctx, topo, bin, keptDir(t, "etcd"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ec.Close()
+	bed := startEtcdBed(ctx, t, "pool", WithPool())
+	topo, ec, ftvm := bed.topo, bed.etcd, bed.ftvm
 	cli, err := ec.Client()
 	if err != nil {
 		t.Fatal(err)

@@ -396,6 +396,12 @@ func (c *Cluster) recover(ctx context.Context, r *Round, primary, secondary Host
 			}
 		}
 	}
+	return c.rejoin(ctx, r)
+}
+
+// rejoin starts the round's victim again as the survivor's secondary and
+// waits until the pair is protected.
+func (c *Cluster) rejoin(ctx context.Context, r *Round) error {
 	r.JoinFrom = time.Now()
 	if _, err := c.StartSecondary(r.Victim, r.Survivor); err != nil {
 		return err

@@ -161,7 +161,9 @@ func cpuSeconds(pid int) (float64, error) {
 // every Linux architecture Go runs on.
 const clockTicksPerSec = 100
 
-func loadAverage() string {
+// LoadAverage returns the 1, 5 and 15 minute load averages
+// (/proc/loadavg), or "unknown": reports print it beside their figures.
+func LoadAverage() string {
 	b, err := os.ReadFile("/proc/loadavg")
 	if err != nil {
 		return "unknown"

@@ -74,7 +74,7 @@ func Run(ctx context.Context, o Options) (*Report, error) {
 			return nil, err
 		}
 	}
-	rep := &Report{Started: time.Now().UTC(), CPUs: runtime.NumCPU(), LoadAverage: loadAverage(), Quick: o.Quick,
+	rep := &Report{Started: time.Now().UTC(), CPUs: runtime.NumCPU(), LoadAverage: LoadAverage(), Quick: o.Quick,
 		WarmupS: o.Warmup.Seconds(), WindowS: o.Window.Seconds(), Transports: o.Transports}
 	for _, w := range o.Workloads {
 		rep.Workloads = append(rep.Workloads, WorkloadInfo{Name: w.Name, Title: w.Title, Guest: w.Guest, Cmdline: w.Cmdline, Unit: w.Unit, Target: w.Target})
@@ -302,6 +302,6 @@ func (c *cell) snapshot(ctx context.Context, cl *e2e.Cluster, primary, secondary
 			return nil, err
 		}
 	}
-	s.loadAvg = loadAverage()
+	s.loadAvg = LoadAverage()
 	return s, nil
 }

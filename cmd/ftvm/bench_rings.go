@@ -9,11 +9,11 @@ import (
 	"regexp"
 	"runtime"
 	"runtime/pprof"
-	"strings"
 	"testing"
 	"text/tabwriter"
 	"time"
 
+	"github.com/ftvm/ftvm/bench/ft"
 	"github.com/ftvm/ftvm/bench/ringbench"
 )
 
@@ -95,7 +95,7 @@ flags:
 	report := ringsReport{
 		Suite: "rings", Started: time.Now().UTC(), GoVersion: runtime.Version(),
 		CPUs: runtime.NumCPU(), GOMAXPROCS: runtime.GOMAXPROCS(0),
-		LoadAverage: loadAverage(), Benchtime: *benchtime, Count: *count,
+		LoadAverage: ft.LoadAverage(), Benchtime: *benchtime, Count: *count,
 	}
 	table := e.stdout
 	if *jsonPath == "-" {
@@ -218,19 +218,6 @@ func warnIfNotCoScheduled(w io.Writer, rows []ringbench.Row) {
 				"again on a quiet machine for the rings' own figures.\n", r.Value/1000)
 		}
 	}
-}
-
-// loadAverage returns the 1, 5 and 15 minute load averages, or "unknown".
-func loadAverage() string {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return "unknown"
-	}
-	f := strings.Fields(string(b))
-	if len(f) < 3 {
-		return "unknown"
-	}
-	return strings.Join(f[:3], " ")
 }
 
 // benchStallLimit bounds one benchmark's runs: a body normally finishes in

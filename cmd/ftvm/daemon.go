@@ -410,7 +410,7 @@ func (d *daemon) transportConfig() (tcpfallback.Config, error) {
 		OnFrame: func(f transport.Frame) {
 			d.fence.peerHeard()
 			d.ag.HandleFrame(f)
-		}}
+		}} // ringConfig replaces OnFrame, naming the transport a frame came on
 	if d.cfg.pskFile != "" {
 		key, err := os.ReadFile(d.cfg.pskFile)
 		if err != nil {
@@ -515,10 +515,12 @@ func (d *daemon) goLive(epoch, fence uint64) error {
 func (d *daemon) run(ctx context.Context) int {
 	defer d.close()
 	var err error
-	if d.listener, err = rdma.Listen(d.cfg.listen, d.ringConfig(d.trCfg, d.listenProvider)); err != nil {
+	var src frameSource
+	if d.listener, err = rdma.Listen(d.cfg.listen, d.ringConfig(d.trCfg, d.listenProvider, &src)); err != nil {
 		d.log.Error("cannot listen for a secondary", "err", err)
 		return exitFailure
 	}
+	src.set(d.listener)
 	d.closers = append(d.closers, d.listener)
 	go d.watch(d.listener)
 	if d.cfg.role == wire.RolePrimary {
@@ -559,6 +561,7 @@ func (d *daemon) run(ctx context.Context) int {
 	if len(d.cfg.allowPeers) == 0 {
 		d.log.Warn("any host with a certificate from this CA (or the pre-shared key) may join as secondary; name the expected ones with --allow-peers")
 	}
+	d.link.all = d.transports
 	err = d.ag.Run(runCtx, &d.link)
 	d.spans.log(d.log)
 	switch {
@@ -807,7 +810,9 @@ func (d *daemon) join(ctx context.Context) {
 			d.log.Warn("--peer is an address and --peer-name is not given: the primary's certificate must carry that address, or the handshake fails; give --peer-name with the primary's --tls-name", "peer", d.cfg.peer)
 		}
 	}
-	tr, err := rdma.Dial(ctx, d.cfg.peer, d.ringConfig(c, d.dialProvider))
+	var src frameSource
+	tr, err := rdma.Dial(ctx, d.cfg.peer, d.ringConfig(c, d.dialProvider, &src))
+	src.set(tr)
 	if err != nil {
 		if ctx.Err() == nil {
 			d.log.Error("cannot reach the primary; the node keeps asking, restart with the right --peer if it is wrong", "peer", d.cfg.peer, "err", err)

@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"sync/atomic"
 	"time"
@@ -21,12 +22,35 @@ import (
 // its listener, to whichever secondary has joined.
 type peerLink struct {
 	cur atomic.Pointer[rdma.Transport]
+	// all returns every transport this host has open (Fence fences
+	// each); set before Run.
+	all func() []*rdma.Transport
 }
 
 var (
 	_ agent.Transport = (*peerLink)(nil)
 	_ agent.Poller    = (*peerLink)(nil)
+	_ agent.Fencer    = (*peerLink)(nil)
 )
+
+// Fence implements agent.Fencer: a host that halted (deposed) takes every
+// peer's right to write into its rings, the listener's and the dialer's.
+func (l *peerLink) Fence() error {
+	ts := []*rdma.Transport{l.cur.Load()}
+	if l.all != nil {
+		ts = l.all()
+	}
+	var errs []error
+	for _, t := range ts {
+		if t == nil {
+			continue
+		}
+		if err := t.Fence(); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
+}
 
 func (l *peerLink) set(t *rdma.Transport) { l.cur.Store(t) }
 
@@ -62,6 +86,29 @@ func (l *peerLink) TrySend(typ transport.Type, payload []byte) error {
 }
 
 var _ agent.TrySender = (*peerLink)(nil)
+
+// frameSource is the transport a frame reached the agent through
+// (agent.LaneDropper), set once rdma.Listen or rdma.Dial returned; a
+// frame before that drops nothing (the agent still counts and logs it).
+type frameSource struct {
+	tr atomic.Pointer[rdma.Transport]
+}
+
+var _ agent.LaneDropper = (*frameSource)(nil)
+
+func (s *frameSource) set(t *rdma.Transport) {
+	if t != nil {
+		s.tr.Store(t)
+	}
+}
+
+// DropLane implements agent.LaneDropper.
+func (s *frameSource) DropLane(l transport.Lane, err error) string {
+	if t := s.tr.Load(); t != nil {
+		return t.DropLane(l, err)
+	}
+	return ""
+}
 
 // gratuitousARP is the frame a new primary sends so that switches learn the
 // VM's MAC on its port and neighbours refresh their caches: a broadcast

@@ -8,6 +8,7 @@ import (
 	"github.com/ftvm/ftvm/rdma"
 	"github.com/ftvm/ftvm/rdma/shm"
 	"github.com/ftvm/ftvm/tcpfallback"
+	"github.com/ftvm/ftvm/transport"
 )
 
 // The --transport choices.
@@ -63,7 +64,14 @@ func providerName(p rdma.Provider) string {
 }
 
 // ringConfig is the rdma.Transport configuration over tcp with provider p.
-func (d *daemon) ringConfig(tcp tcpfallback.Config, p rdma.Provider) rdma.Config {
+// Its frames go to the agent as coming from src, so that a frame that is
+// not a protocol message drops the connection of the transport it came
+// on (this host has two: the listener and the dialer).
+func (d *daemon) ringConfig(tcp tcpfallback.Config, p rdma.Provider, src *frameSource) rdma.Config {
+	tcp.OnFrame = func(f transport.Frame) {
+		d.fence.peerHeard()
+		d.ag.HandleFrameFrom(src, f)
+	}
 	spin := d.cfg.ringSpin
 	if spin == 0 {
 		spin = -1 // rdma.Config: never spin

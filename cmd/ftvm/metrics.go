@@ -71,6 +71,7 @@ func (d *daemon) sample() *dash.Sample {
 		Role: r.Role, Epoch: r.Epoch, Fence: r.Fence, Protected: r.Protected, Syncing: r.Syncing, Synced: r.Synced, Stalled: r.Stalled,
 		Transport:  d.metricsTransport(),
 		LagEntries: r.LogLag, HeldOutputs: r.Held, ReleasedOutputs: st.Released, Stalls: st.Stalls, Divergences: st.Divergences,
+		BadFrames:        st.FrameErrors + r.Peer.FrameErrors,
 		CheckpointsTaken: st.Checkpoints, CheckpointsRestored: st.Restores,
 		CheckpointPauses: st.Pauses, CheckpointPauseSeconds: st.PausedFor.Seconds(),
 		Joins: d.metrics.joins.Load(), JoinSentBytes: r.Sync.SentBytes, JoinTotalBytes: r.Sync.TotalBytes,

@@ -220,48 +220,14 @@ func (p *shmPinger) Close() error {
 
 // Compare runs the pingers for samples round trips each, interleaved in
 // rounds of round so that load from other processes falls on all alike,
-// after warmup unrecorded round trips each.
+// after warmup unrecorded round trips each; each pinger's round starts
+// with roundWarmup unrecorded round trips, alike for all, so that the
+// figures are of steady traffic (tcpbench.Interleave).
 func Compare(kinds []string, samples, round, warmup, messageBytes int) ([]tcpbench.Result, error) {
-	pingers := make([]tcpbench.Pinger, len(kinds))
-	hists := make([]*hdrhistogram.Histogram, len(kinds))
-	defer func() {
-		for _, p := range pingers {
-			if p != nil {
-				p.Close()
-			}
-		}
-	}()
-	for i, k := range kinds {
-		p, err := NewPinger(k, messageBytes)
-		if err != nil {
-			return nil, fmt.Errorf("rdmabench: setting up %s: %w", k, err)
-		}
-		pingers[i], hists[i] = p, tcpbench.NewHistogram()
-		if err := p.RoundTrips(warmup, tcpbench.NewHistogram()); err != nil {
-			return nil, fmt.Errorf("rdmabench: %s warm-up: %w", k, err)
-		}
-	}
-	round = max(round, 1)
-	scratch := tcpbench.NewHistogram()
-	for done := 0; done < samples; done += round {
-		for i, p := range pingers {
-			// Each pinger's round starts with a few unrecorded round
-			// trips, alike for all: after the other pingers' rounds its
-			// receivers have gone to sleep, and on this kind of host the
-			// first round trips after a wake-up are slow for a while (the
-			// runtime gives the woken goroutine a processor again): the
-			// figures are of steady traffic.
-			if err := p.RoundTrips(roundWarmup, scratch); err != nil {
-				return nil, fmt.Errorf("rdmabench: %s warm-up: %w", kinds[i], err)
-			}
-			if err := p.RoundTrips(min(round, samples-done), hists[i]); err != nil {
-				return nil, fmt.Errorf("rdmabench: %s: %w", kinds[i], err)
-			}
-		}
-	}
-	rs := make([]tcpbench.Result, len(kinds))
-	for i, k := range kinds {
-		rs[i] = tcpbench.Summarize(k, hists[i])
+	newPinger := func(k string) (tcpbench.Pinger, error) { return NewPinger(k, messageBytes) }
+	rs, err := tcpbench.Interleave(kinds, newPinger, tcpbench.Rounds{Samples: samples, Round: round, Warmup: warmup, RoundWarmup: roundWarmup})
+	if err != nil {
+		return nil, fmt.Errorf("rdmabench: %w", err)
 	}
 	return rs, nil
 }

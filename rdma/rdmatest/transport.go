@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,6 +22,9 @@ type Sink struct {
 	// SlowFirst makes OnFrame spin 20 µs for each of the first SlowFirst
 	// frames, so that a backlog builds on TCP while the ring is set up.
 	SlowFirst int
+	// Hook, if set, sees each frame after it is recorded, on the
+	// delivering goroutine.
+	Hook func(transport.Frame)
 
 	mu     sync.Mutex
 	frames []transport.Frame
@@ -46,7 +50,11 @@ func (s *Sink) OnFrame(f transport.Frame) {
 	}
 	s.frames = append(s.frames, f)
 	s.cond.Broadcast()
+	hook := s.Hook
 	s.mu.Unlock()
+	if hook != nil {
+		hook(f)
+	}
 }
 
 // Frames returns what arrived so far.
@@ -142,6 +150,60 @@ func RunTransport(t *testing.T, p rdma.Provider) {
 	t.Run("Reconnect", func(t *testing.T) { testTransportReconnect(t, p) })
 	t.Run("Fence", func(t *testing.T) { testTransportFence(t, p) })
 	t.Run("PollDeliversInline", func(t *testing.T) { testPollInline(t, p) })
+	t.Run("DropLaneFromOnFrame", func(t *testing.T) { testDropLaneFromOnFrame(t, p) })
+}
+
+// testDropLaneFromOnFrame: a receiver that drops the control lane from
+// OnFrame (the agent, on a frame that is not a protocol message) is given
+// nothing more of that connection, ring or TCP, though the peer wrote it
+// before the drop; the peer connects again and what it sends then comes.
+func testDropLaneFromOnFrame(t *testing.T, p rdma.Provider) {
+	ls, ds := NewSink(), NewSink()
+	sent := make(chan struct{})
+	var lp atomic.Pointer[rdma.Transport]
+	var once sync.Once
+	peer := make(chan string, 1)
+	ls.Hook = func(f transport.Frame) {
+		if string(f.Payload) != "bad" {
+			return
+		}
+		once.Do(func() {
+			<-sent // the frames behind it are in the ring (or the socket)
+			peer <- lp.Load().DropLane(f.Lane, fmt.Errorf("test: a frame that does not parse"))
+		})
+	}
+	l, d := TransportPair(t, p, ls, ds)
+	lp.Store(l)
+	WaitRing(t, p, l, d)
+	if err := d.Send(transport.TypeLog, []byte("bad")); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 10 {
+		if err := d.Send(transport.TypeLog, fmt.Appendf(nil, "after-%d", i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	close(sent)
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		err := d.Send(transport.TypeLog, []byte("fresh"))
+		f := ls.Frames()
+		if err == nil && len(f) > 0 && string(f[len(f)-1].Payload) == "fresh" {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("nothing sent after the reconnection arrived (last error %v)", err)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	for _, f := range ls.Frames() {
+		if bytes.HasPrefix(f.Payload, []byte("after-")) {
+			t.Fatalf("frame %q, sent on the connection the receiver dropped, was delivered", f.Payload)
+		}
+	}
+	if <-peer == "" {
+		t.Fatal("DropLane named no peer")
+	}
 }
 
 // testPollInline: while a thread keeps calling Poll (the vCPU thread at

@@ -204,3 +204,50 @@ func TestBusyPollPingersRoundTrip(t *testing.T) {
 		}
 	}
 }
+
+// countingPinger records the calls made of it into a shared trace.
+type countingPinger struct {
+	kind   string
+	trace  *[]string
+	closed bool
+}
+
+func (p *countingPinger) RoundTrips(n int, h *hdrhistogram.Histogram) error {
+	*p.trace = append(*p.trace, fmt.Sprintf("%s:%d", p.kind, n))
+	for range n {
+		h.RecordValue(1000)
+	}
+	return nil
+}
+
+func (p *countingPinger) Close() error { p.closed = true; return nil }
+
+// Interleave warms every pinger up, then takes their rounds in turn, each
+// after its round warm-up, records only the rounds, and closes them all.
+func TestInterleaveTakesRoundsInTurn(t *testing.T) {
+	var trace []string
+	var made []*countingPinger
+	newPinger := func(k string) (Pinger, error) {
+		p := &countingPinger{kind: k, trace: &trace}
+		made = append(made, p)
+		return p, nil
+	}
+	rs, err := Interleave([]string{"a", "b"}, newPinger, Rounds{Samples: 5, Round: 2, Warmup: 7, RoundWarmup: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := "a:7 b:7 a:3 a:2 b:3 b:2 a:3 a:2 b:3 b:2 a:3 a:1 b:3 b:1"
+	if got := strings.Join(trace, " "); got != want {
+		t.Fatalf("calls %s\nwant  %s", got, want)
+	}
+	for i, r := range rs {
+		if want := []string{"a", "b"}[i]; r.Kind != want || r.Count != 5 {
+			t.Fatalf("result %d: %s with %d samples, want %s with the 5 of its rounds", i, r.Kind, r.Count, want)
+		}
+	}
+	for _, p := range made {
+		if !p.closed {
+			t.Fatalf("pinger %s left open", p.kind)
+		}
+	}
+}

@@ -428,6 +428,32 @@ func CompareRTT(samples, roundSamples, warmup int, o Options) ([]Result, error) 
 // processes falls on all of them alike, and returns the results with ratios
 // to bare (and to gRPC). warmup round trips per pinger are not recorded.
 func CompareRTTKinds(kinds []string, samples, roundSamples, warmup int, o Options) ([]Result, error) {
+	newPinger := func(k string) (Pinger, error) { return NewPinger(k, o) }
+	results, err := Interleave(kinds, newPinger, Rounds{Samples: samples, Round: roundSamples, Warmup: warmup})
+	if err != nil {
+		return nil, fmt.Errorf("tcpbench: %w", err)
+	}
+	AddRatios(results)
+	return results, nil
+}
+
+// Rounds says how Interleave runs its pingers.
+type Rounds struct {
+	Samples int // recorded round trips per pinger
+	Round   int // recorded round trips per pinger in one round (at least 1)
+	Warmup  int // unrecorded round trips per pinger before the first round
+	// RoundWarmup unrecorded round trips start each pinger's round:
+	// after the other pingers' rounds its receivers have gone to sleep,
+	// and the first round trips after a wake-up are slow for a while.
+	RoundWarmup int
+}
+
+// Interleave makes a pinger of each kind with newPinger and runs them for
+// r.Samples recorded round trips each, in rounds of r.Round taken in turn,
+// so that load from other processes falls on all of them alike. It closes
+// the pingers and returns their results (without ratios) in the order of
+// kinds. Both tcpbench and rdma/rdmabench compare their pingers with it.
+func Interleave(kinds []string, newPinger func(kind string) (Pinger, error), r Rounds) ([]Result, error) {
 	pingers := make([]Pinger, len(kinds))
 	hists := make([]*hdrhistogram.Histogram, len(kinds))
 	defer func() {
@@ -438,22 +464,26 @@ func CompareRTTKinds(kinds []string, samples, roundSamples, warmup int, o Option
 		}
 	}()
 	for i, k := range kinds {
-		p, err := NewPinger(k, o)
+		p, err := newPinger(k)
 		if err != nil {
-			return nil, fmt.Errorf("tcpbench: setting up %s: %w", k, err)
+			return nil, fmt.Errorf("setting up %s: %w", k, err)
 		}
-		pingers[i] = p
-		hists[i] = NewHistogram()
-		if err := p.RoundTrips(warmup, NewHistogram()); err != nil {
-			return nil, fmt.Errorf("tcpbench: %s warm-up: %w", k, err)
+		pingers[i], hists[i] = p, NewHistogram()
+		if err := p.RoundTrips(r.Warmup, NewHistogram()); err != nil {
+			return nil, fmt.Errorf("%s warm-up: %w", k, err)
 		}
 	}
-	roundSamples = max(roundSamples, 1)
-	for done := 0; done < samples; done += roundSamples {
-		n := min(roundSamples, samples-done)
+	round := max(r.Round, 1)
+	scratch := NewHistogram()
+	for done := 0; done < r.Samples; done += round {
 		for i, p := range pingers {
-			if err := p.RoundTrips(n, hists[i]); err != nil {
-				return nil, fmt.Errorf("tcpbench: %s: %w", kinds[i], err)
+			if r.RoundWarmup > 0 {
+				if err := p.RoundTrips(r.RoundWarmup, scratch); err != nil {
+					return nil, fmt.Errorf("%s warm-up: %w", kinds[i], err)
+				}
+			}
+			if err := p.RoundTrips(min(round, r.Samples-done), hists[i]); err != nil {
+				return nil, fmt.Errorf("%s: %w", kinds[i], err)
 			}
 		}
 	}
@@ -461,7 +491,6 @@ func CompareRTTKinds(kinds []string, samples, roundSamples, warmup int, o Option
 	for i, k := range kinds {
 		results[i] = Summarize(k, hists[i])
 	}
-	AddRatios(results)
 	return results, nil
 }
 
