@@ -98,20 +98,25 @@ func (m *Machine) SnapshotLive(kind SnapshotKind) (*Snapshot, error) {
 	return s, err
 }
 
-// AtLowPriority runs fn on an OS thread of its own at the lowest CPU
-// priority of lowPriorityNice and waits for it: for work done beside a
-// running guest, such as a live snapshot and its encoding. A copy at the
-// vCPU thread's priority took half of a shared CPU from it, and the
-// guest went silent for as long as the copy, which grows with the VM's
-// memory and disk (pauses of up to 50 ms seen for 40 MB); at nice 19 the
-// kernel runs the vCPU thread first whenever both want one CPU (at nice
-// 10 the guest still lost a third of its exits). The price: on a CPU
-// that a guest keeps busy, the copy gets only what is left, and a
-// re-protection takes longer. The
-// thread is never handed back to the Go runtime (the goroutine ends
-// locked to it, so it exits), so no other goroutine ever runs at that
-// priority. A failure to lower the priority is ignored: fn then runs as
-// it would have anyway.
+// AtLowPriority runs fn on an OS thread of its own under the kernel's
+// SCHED_IDLE policy (nice lowPriorityNice where that is refused) and
+// waits for it: for work done beside a running guest, such as a live
+// snapshot and its encoding. A copy at the vCPU thread's priority took
+// half of a shared CPU from it, and the guest went silent for as long as
+// the copy, which grows with the VM's memory and disk (pauses of up to
+// 50 ms seen for 40 MB). Nice 19 was not enough either: a CPU running a
+// nice-19 thread is busy to the kernel, so a vCPU thread woken (or
+// preempted) on the other CPU, behind the client's and the daemons'
+// threads, waited there for up to 10 ms while the copy ran alone on a
+// CPU of its own (seen with sched_switch tracing in joins under load).
+// A CPU running only SCHED_IDLE threads counts as idle: a waking thread
+// is placed on it and preempts the copy at once, and the load balancer
+// pulls waiting threads to it as to an idle CPU. The price: on CPUs that
+// others keep busy, the copy gets only what is left, and a re-protection
+// takes longer. The thread is never handed back to the Go runtime (the
+// goroutine ends locked to it, so it exits), so no other goroutine ever
+// runs at that priority. A failure to lower the priority is ignored: fn
+// then runs as it would have anyway.
 //
 // The garbage collector is off while fn runs (debug.SetGCPercent(-1),
 // the setting before the first of overlapping calls is put back after
@@ -131,17 +136,42 @@ func AtLowPriority(fn func()) {
 	go func() {
 		defer close(done)
 		runtime.LockOSThread()
-		was, err := unix.Getpriority(unix.PRIO_PROCESS, unix.Gettid())
-		_ = unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), lowPriorityNice)
+		restore := lowerThreadPriority()
 		fn()
-		if err == nil {
-			// Back to the priority it had (where allowed), so that
-			// the few steps to the thread's end are not starved
-			// while the collector is let run again.
-			_ = unix.Setpriority(unix.PRIO_PROCESS, unix.Gettid(), 20-was)
-		}
+		// Back to the priority it had (where allowed), so that the
+		// few steps to the thread's end are not starved while the
+		// collector is let run again.
+		restore()
 	}()
 	<-done
+}
+
+// lowerThreadPriority puts the calling thread under SCHED_IDLE, or at
+// nice lowPriorityNice if the kernel refuses that, and returns what
+// puts back the policy and nice value it had.
+func lowerThreadPriority() (restore func()) {
+	tid := unix.Gettid()
+	was, werr := unix.Getpriority(unix.PRIO_PROCESS, tid)
+	attr, aerr := unix.SchedGetAttr(tid, 0)
+	idle := aerr == nil && !lowPriorityNiceOnly
+	if idle {
+		low := *attr
+		low.Size = unix.SizeofSchedAttr
+		low.Policy, low.Flags, low.Priority, low.Nice = unix.SCHED_IDLE, 0, 0, lowPriorityNice
+		idle = unix.SchedSetAttr(tid, &low, 0) == nil
+	}
+	if !idle {
+		_ = unix.Setpriority(unix.PRIO_PROCESS, tid, lowPriorityNice)
+	}
+	return func() {
+		if idle {
+			attr.Size = unix.SizeofSchedAttr
+			_ = unix.SchedSetAttr(tid, attr, 0) // its nice value too
+		} else if werr == nil {
+			// getpriority(2) answers 20 - nice.
+			_ = unix.Setpriority(unix.PRIO_PROCESS, tid, 20-was)
+		}
+	}
 }
 
 // gcHold counts the AtLowPriority calls running and keeps the GC
@@ -173,8 +203,13 @@ func releaseGC() {
 // it: AtLowPriority leaves the garbage collector on.
 var lowPriorityKeepsGC = false
 
-// lowPriorityNice is the nice value of AtLowPriority's threads.
+// lowPriorityNice is the nice value of AtLowPriority's threads where
+// SCHED_IDLE is refused.
 const lowPriorityNice = 19
+
+// lowPriorityNiceOnly is a planted bug for the tests, which must catch
+// it: AtLowPriority runs fn at nice lowPriorityNice, not SCHED_IDLE.
+var lowPriorityNiceOnly = false
 
 // liveCopyAtGuestPriority is a planted bug for the tests, which must
 // catch it: SnapshotLive copies on its caller's thread, at the priority
