@@ -7,6 +7,7 @@ import (
 	"runtime"
 	"runtime/debug"
 	"sync"
+	"time"
 
 	"golang.org/x/sys/unix"
 
@@ -99,24 +100,28 @@ func (m *Machine) SnapshotLive(kind SnapshotKind) (*Snapshot, error) {
 }
 
 // AtLowPriority runs fn on an OS thread of its own under the kernel's
-// SCHED_IDLE policy (nice lowPriorityNice where that is refused) and
-// waits for it: for work done beside a running guest, such as a live
-// snapshot and its encoding. A copy at the vCPU thread's priority took
-// half of a shared CPU from it, and the guest went silent for as long as
-// the copy, which grows with the VM's memory and disk (pauses of up to
-// 50 ms seen for 40 MB). Nice 19 was not enough either: a CPU running a
-// nice-19 thread is busy to the kernel, so a vCPU thread woken (or
-// preempted) on the other CPU, behind the client's and the daemons'
-// threads, waited there for up to 10 ms while the copy ran alone on a
-// CPU of its own (seen with sched_switch tracing in joins under load).
-// A CPU running only SCHED_IDLE threads counts as idle: a waking thread
-// is placed on it and preempts the copy at once, and the load balancer
-// pulls waiting threads to it as to an idle CPU. The price: on CPUs that
-// others keep busy, the copy gets only what is left, and a re-protection
-// takes longer. The thread is never handed back to the Go runtime (the
-// goroutine ends locked to it, so it exits), so no other goroutine ever
-// runs at that priority. A failure to lower the priority is ignored: fn
-// then runs as it would have anyway.
+// SCHED_IDLE policy and waits for it: for work done beside a running
+// guest, such as a live snapshot and its encoding. A copy at the vCPU
+// thread's priority took half of a shared CPU from it, and the guest went
+// silent for as long as the copy, which grows with the VM's memory and
+// disk (pauses of up to 50 ms seen for 40 MB). Nice 19 was not enough
+// either: a CPU running a nice-19 thread is busy to the kernel, so a vCPU
+// thread woken (or preempted) on the other CPU, behind the client's and
+// the daemons' threads, waited there for up to 10 ms while the copy ran
+// alone on a CPU of its own (seen with sched_switch tracing of joins). A
+// CPU running only SCHED_IDLE threads counts as idle: a waking thread is
+// placed on it and preempts the copy at once, and the load balancer pulls
+// waiting threads to it as to an idle CPU.
+//
+// SCHED_IDLE gets almost nothing of CPUs that others keep busy (a live
+// increment beside two busy CPUs took 24 s), and the thread holds a Go P
+// and keeps the collector off meanwhile (below). So fn runs under it for
+// lowPriorityIdleMax at most; after that its thread goes on at nice
+// lowPriorityNice (as where SCHED_IDLE is refused), which bounds a copy
+// to what it took before. The thread is never handed back to the Go
+// runtime (the goroutine ends locked to it, so it exits), so no other
+// goroutine ever runs at that priority. A failure to lower the priority
+// is ignored: fn then runs as it would have anyway.
 //
 // The garbage collector is off while fn runs (debug.SetGCPercent(-1),
 // the setting before the first of overlapping calls is put back after
@@ -136,41 +141,95 @@ func AtLowPriority(fn func()) {
 	go func() {
 		defer close(done)
 		runtime.LockOSThread()
-		restore := lowerThreadPriority()
+		t := lowerThreadPriority()
 		fn()
 		// Back to the priority it had (where allowed), so that the
 		// few steps to the thread's end are not starved while the
 		// collector is let run again.
-		restore()
+		t.restore()
 	}()
 	<-done
 }
 
-// lowerThreadPriority puts the calling thread under SCHED_IDLE, or at
-// nice lowPriorityNice if the kernel refuses that, and returns what
-// puts back the policy and nice value it had.
-func lowerThreadPriority() (restore func()) {
-	tid := unix.Gettid()
-	was, werr := unix.Getpriority(unix.PRIO_PROCESS, tid)
-	attr, aerr := unix.SchedGetAttr(tid, 0)
-	idle := aerr == nil && !lowPriorityNiceOnly
-	if idle {
-		low := *attr
+// lowPriorityIdleMax is how long AtLowPriority's fn runs under
+// SCHED_IDLE before its thread goes on at nice lowPriorityNice. A live
+// full copy of the kvstore guest's 3 MB takes 20 to 50 ms beside it on
+// two cores.
+var lowPriorityIdleMax = 100 * time.Millisecond
+
+// lowThread is a thread AtLowPriority lowered.
+type lowThread struct {
+	tid        int
+	was        *unix.SchedAttr // nil: sched_getattr failed
+	wasNice    int             // getpriority(2)'s answer, 20 - nice
+	wasNiceErr error
+
+	mu    sync.Mutex
+	idle  bool        // under SCHED_IDLE now
+	done  bool        // restored: the thread may be gone
+	timer *time.Timer // lowers it to nice lowPriorityNice after lowPriorityIdleMax
+}
+
+// lowerThreadPriority puts the calling thread under SCHED_IDLE, and at
+// nice lowPriorityNice once lowPriorityIdleMax has passed or if the
+// kernel refuses SCHED_IDLE.
+func lowerThreadPriority() *lowThread {
+	t := &lowThread{tid: unix.Gettid()}
+	t.wasNice, t.wasNiceErr = unix.Getpriority(unix.PRIO_PROCESS, t.tid)
+	var err error
+	if t.was, err = unix.SchedGetAttr(t.tid, 0); err != nil {
+		t.was = nil
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.was != nil && !lowPriorityNiceOnly {
+		low := *t.was
 		low.Size = unix.SizeofSchedAttr
 		low.Policy, low.Flags, low.Priority, low.Nice = unix.SCHED_IDLE, 0, 0, lowPriorityNice
-		idle = unix.SchedSetAttr(tid, &low, 0) == nil
+		t.idle = unix.SchedSetAttr(t.tid, &low, 0) == nil
 	}
-	if !idle {
-		_ = unix.Setpriority(unix.PRIO_PROCESS, tid, lowPriorityNice)
+	if t.idle {
+		t.timer = time.AfterFunc(lowPriorityIdleMax, t.leaveIdle)
+	} else {
+		_ = unix.Setpriority(unix.PRIO_PROCESS, t.tid, lowPriorityNice)
 	}
-	return func() {
-		if idle {
-			attr.Size = unix.SizeofSchedAttr
-			_ = unix.SchedSetAttr(tid, attr, 0) // its nice value too
-		} else if werr == nil {
-			// getpriority(2) answers 20 - nice.
-			_ = unix.Setpriority(unix.PRIO_PROCESS, tid, 20-was)
+	return t
+}
+
+// leaveIdle moves the thread from SCHED_IDLE to nice lowPriorityNice,
+// unless it is done.
+func (t *lowThread) leaveIdle() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if t.done || !t.idle {
+		return
+	}
+	normal := *t.was
+	normal.Size = unix.SizeofSchedAttr
+	normal.Policy, normal.Flags, normal.Priority, normal.Nice = unix.SCHED_NORMAL, 0, 0, lowPriorityNice
+	if unix.SchedSetAttr(t.tid, &normal, 0) == nil {
+		t.idle = false
+	}
+}
+
+// restore puts back the policy and nice value the thread had; called on
+// that thread.
+func (t *lowThread) restore() {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.done = true
+	if t.timer != nil {
+		t.timer.Stop()
+	}
+	if t.was != nil {
+		was := *t.was
+		was.Size = unix.SizeofSchedAttr
+		if unix.SchedSetAttr(t.tid, &was, 0) == nil { // its nice value too
+			return
 		}
+	}
+	if t.wasNiceErr == nil {
+		_ = unix.Setpriority(unix.PRIO_PROCESS, t.tid, 20-t.wasNice)
 	}
 }
 

@@ -3,6 +3,7 @@ package vmm
 import (
 	"fmt"
 	"testing"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -66,5 +67,29 @@ func TestAtLowPriorityAtNiceOnlyIsCaught(t *testing.T) {
 	defer func() { lowPriorityNiceOnly = false }()
 	if lowPriorityPolicyWrong(t) == "" {
 		t.Fatal("with AtLowPriority planted at nice 19 the check saw nothing wrong")
+	}
+}
+
+// TestAtLowPriorityLeavesSchedIdleAfterItsBound checks that fn goes on
+// at nice 19 once it has run lowPriorityIdleMax under SCHED_IDLE: there
+// it gets almost nothing of CPUs others keep busy (a live increment took
+// 24 s beside two busy CPUs), while it holds a Go P and keeps the
+// collector off.
+func TestAtLowPriorityLeavesSchedIdleAfterItsBound(t *testing.T) {
+	was := lowPriorityIdleMax
+	lowPriorityIdleMax = 5 * time.Millisecond
+	defer func() { lowPriorityIdleMax = was }()
+	var first, later uint32
+	var laterNice int32
+	AtLowPriority(func() {
+		first, _ = threadPolicy(t)
+		for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+			if later, laterNice = threadPolicy(t); later != unix.SCHED_IDLE {
+				return
+			}
+		}
+	})
+	if first != unix.SCHED_IDLE || later != unix.SCHED_NORMAL || laterNice != lowPriorityNice {
+		t.Fatalf("fn ran under %s, then %s at nice %d after %v: want SCHED_IDLE, then SCHED_NORMAL at nice %d", policyName(first), policyName(later), laterNice, lowPriorityIdleMax, lowPriorityNice)
 	}
 }
