@@ -289,7 +289,15 @@ func (a *Agent) loadPart(c lockstep.Checkpoint) error {
 		a.dropJoinVM()
 		return nil
 	}
-	if err := j.vm.Restore(s); err != nil {
+	// Beside the primary's guest, which waits for nothing of it: where
+	// both hosts share CPUs (two daemons on one machine, as bench/e2e
+	// runs them), a load at the loop's priority took the primary's vCPU
+	// thread's CPU, and the client went silent for as long as the load.
+	// The loop sends the part's acknowledgement only after this, so the
+	// primary does not pause for the chain's end before it is done.
+	var rerr error
+	vmm.AtLowPriority(func() { rerr = j.vm.Restore(s) })
+	if err := rerr; err != nil {
 		a.log.Warn("loading a pre-copy part failed; the chain's restore will load the chain", "id", c.ID, "err", err)
 		a.dropJoinVM()
 		return nil

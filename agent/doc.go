@@ -268,8 +268,13 @@
 // its own as it arrives (lockstep.CmdLoadPart; that VM replaces the one
 // it had, of no use while it joins), so that the restore that ends the
 // chain, which the primary waits for paused, creates no VM and loads only
-// the paused increment; it loads the whole chain into a fresh VM instead
-// whenever what was loaded is not that chain's start. The paused
+// the paused increment. A part loads under SCHED_IDLE (vmm.AtLowPriority):
+// the primary's guest runs meanwhile, and pauses for the chain's end only
+// once the part's acknowledgement, sent after the load, is in; where two
+// daemons share a machine's CPUs, a load at the loop's priority took the
+// primary's vCPU thread's CPU. The restore loads the whole chain into a
+// fresh VM instead whenever what was loaded is not that chain's start.
+// The paused
 // snapshot saves the block writes released and still queued for the disk
 // writer as performed (vmm.Machine.SnapshotReleased) rather than wait for
 // each one's fdatasync; the pause's end logs where it went.

@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/ftvm/ftvm/lockstep"
 	"github.com/ftvm/ftvm/lockstep/arbiter"
 	"github.com/ftvm/ftvm/lockstep/wire"
@@ -112,5 +114,55 @@ func TestRestoreOfAnotherChainStartsAfresh(t *testing.T) {
 	_ = a.command(ctx, lockstep.Command{Kind: lockstep.CmdRestoreCheckpoint, Checkpoint: lockstep.Checkpoint{ID: 3, Full: true, Data: end, Parts: [][]byte{p1, p2}}})
 	if got, want := opsAfter(log, "restore-command"), []string{"restore-command", "new-vm", "restore", "restore", "restore"}; !slices.Equal(got, want) {
 		t.Fatalf("restore of a chain not loaded: %q, want %q", got, want)
+	}
+}
+
+// policyVM is a loggedVM whose restores record the scheduling policy of
+// the thread they run on.
+type policyVM struct {
+	loggedVM
+	policies *[]uint32
+}
+
+func (v *policyVM) Restore(s *vmm.Snapshot) error {
+	a, err := unix.SchedGetAttr(unix.Gettid(), 0)
+	if err != nil {
+		return err
+	}
+	*v.policies = append(*v.policies, a.Policy)
+	return v.loggedVM.Restore(s)
+}
+
+// A joiner loads pre-copy parts beside the primary's running guest,
+// which waits for none of it: where both hosts share CPUs, a load at the
+// loop's priority took the primary's vCPU thread's CPU, and the client
+// went silent for as long as the load (up to 46 ms for an 0.8 MB part).
+// The restore that ends the chain is what the paused primary waits for:
+// it keeps the loop's priority.
+func TestPartsLoadUnderSchedIdleAndTheChainEndDoesNot(t *testing.T) {
+	log := &opLog{}
+	var policies []uint32
+	a, err := New(Config{
+		Node: lockstep.Config{VMID: testVMID, Role: wire.RoleSecondary, Mode: lockstep.AckOnCompare, PrecopyRounds: 2},
+		NewVM: func(vmm.ExitHook) (VM, error) {
+			return &policyVM{loggedVM: loggedVM{log: log, state: vmm.Paused}, policies: &policies}, nil
+		},
+		Arbiter: arbiter.NewMemory(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a.tr = &loggedTransport{log: log}
+	ctx := context.Background()
+	p1, p2, end := chainPart(t, 0, true), chainPart(t, 1, true), chainPart(t, 2, false)
+	for id, p := range [][]byte{p1, p2} {
+		if err := a.command(ctx, lockstep.Command{Kind: lockstep.CmdLoadPart, Checkpoint: lockstep.Checkpoint{ID: uint64(id + 1), Full: id == 0, Data: p}}); err != nil {
+			t.Fatalf("load-part %d: %v", id+1, err)
+		}
+	}
+	a.command(ctx, lockstep.Command{Kind: lockstep.CmdRestoreCheckpoint, Checkpoint: lockstep.Checkpoint{ID: 3, Full: true, Data: end, Parts: [][]byte{p1, p2}}})
+	want := []uint32{unix.SCHED_IDLE, unix.SCHED_IDLE, unix.SCHED_NORMAL}
+	if !slices.Equal(policies, want) {
+		t.Fatalf("restores ran under policies %v, want %v (SCHED_IDLE %d: the parts loaded ahead; SCHED_NORMAL %d: the chain's end)", policies, want, unix.SCHED_IDLE, unix.SCHED_NORMAL)
 	}
 }

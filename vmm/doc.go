@@ -162,9 +162,12 @@
 // then live Incrementals while they shrink, each shipped and restored
 // while the guest runs, then Pause and a paused Incremental, which holds
 // only what was written since the last live copy began, and the
-// registers and devices. A live copy runs on a thread of its own at nice
-// 19 (AtLowPriority), not the vCPU thread, so that it takes only the CPU
-// the guest leaves idle (at the same priority it took half of a shared
+// registers and devices. A live copy runs on a thread of its own under
+// SCHED_IDLE (AtLowPriority), not the vCPU thread, so that it takes only
+// the CPU the guest leaves idle (at nice 19 its CPU was busy to the
+// kernel, and a woken vCPU thread waited behind other threads on the
+// other CPU; past lowPriorityIdleMax it goes on at nice 19, as CPUs that
+// others keep busy leave SCHED_IDLE almost nothing) (at the same priority it took half of a shared
 // CPU, and the guest's silence grew with the VM's size), with the garbage
 // collector off meanwhile (a collection stops the world, which waited
 // for the starved copy thread, and the vCPU thread with it); it may tear pages and disk chunks the guest writes
