@@ -109,7 +109,8 @@ type laneConn struct {
 	sent  atomic.Bool // a frame left since the watchdog last looked
 
 	// Watchdog-only state.
-	lastHeard time.Time
+	silence   time.Duration // watched silence since the lane was last heard
+	unread    int           // bytes waiting in the socket at the last look
 	idleTicks int
 
 	failOnce sync.Once
@@ -132,7 +133,6 @@ func newLaneConn(l *lane, raw net.Conn, tcp *net.TCPConn, peerMax uint32, leftov
 		hdrs:           make([]byte, maxBatchFrames*HeaderBytes),
 		iovs:           make([][]byte, 0, 2*maxBatchFrames),
 		leftover:       append([]byte(nil), leftover...),
-		lastHeard:      time.Now(),
 		done:           make(chan struct{}),
 	}
 	if _, isTLS := raw.(*tls.Conn); isTLS {

@@ -32,13 +32,6 @@ func (e *HeartbeatTimeoutError) Error() string {
 		e.Lane, e.Peer, e.Silent.Round(time.Millisecond), e.Timeout)
 }
 
-// watchdogTicksPerInterval: the watchdog looks at each lane this many times
-// per heartbeat interval. Loss is declared at most two ticks after the
-// timeout expires (one to see the last byte, one to see the silence), so
-// four ticks keep detection within HeartbeatTimeout + HeartbeatInterval/2
-// and leave the other half interval for scheduling delays.
-const watchdogTicksPerInterval = 4
-
 // Transport carries frames to one peer over two TCP connections (lanes).
 // Create it with Dial on one host and Listen on the other; after set-up
 // both ends are alike. All methods are safe for concurrent use.
@@ -49,6 +42,9 @@ type Transport struct {
 	tlsCfg *tls.Config  // dialer: with ServerName filled in
 	lanes  [LaneCount]*lane
 	stats  transportStats
+
+	liveMu   sync.Mutex // guards watchdog
+	watchdog watchdogState
 
 	mu          sync.Mutex // guards closed, events (sends and close), stateCh, pending
 	closed      bool
@@ -740,72 +736,6 @@ func (t *Transport) serveConn(nc net.Conn) {
 	if err := l.install(c); err != nil {
 		reject(fmt.Errorf("tcpfallback: %s lane: set-up with %s: %w", l.id, peer, err))
 	}
-}
-
-func (t *Transport) startWatchdog() {
-	t.goroutines.Add(1)
-	go func() {
-		defer t.goroutines.Done()
-		tk := time.NewTicker(t.cfg.HeartbeatInterval / watchdogTicksPerInterval)
-		defer tk.Stop()
-		for {
-			select {
-			case <-t.closedCh:
-				return
-			case <-tk.C:
-				// The clock now, not the tick's: a tick this goroutine
-				// takes late carries the time it was due, and a byte
-				// that arrived in between would be heard "at" that
-				// earlier time, its lane declared dead that much early.
-				now := time.Now()
-				for _, l := range t.lanes {
-					if c := l.cur.Load(); c != nil {
-						l.watch(c, now)
-					}
-				}
-			}
-		}
-	}()
-}
-
-// watch is one watchdog look at a live connection: declare it dead if it has
-// been silent past the timeout, send a heartbeat if it has been idle for an
-// interval.
-func (l *lane) watch(c *laneConn, now time.Time) {
-	cfg := &l.t.cfg
-	if c.heard.Swap(false) {
-		c.lastHeard = now
-	} else if silent := now.Sub(c.lastHeard); silent > cfg.HeartbeatTimeout {
-		l.stats.heartbeatTimeouts.Add(1)
-		c.fail(&HeartbeatTimeoutError{Lane: l.id, Peer: c.peer, Silent: silent, Timeout: cfg.HeartbeatTimeout})
-		return
-	}
-	if c.sent.Swap(false) {
-		c.idleTicks = 0
-		return
-	}
-	c.idleTicks++
-	if c.idleTicks < watchdogTicksPerInterval {
-		return
-	}
-	// A writer holding the lock is sending, which is as good as a
-	// heartbeat; never queue behind a checkpoint chunk.
-	if !l.wmu.TryLock() {
-		return
-	}
-	var err error
-	if l.cur.Load() == c {
-		err = c.writeFrame(TypeHeartbeat, 0, nil)
-	}
-	l.wmu.Unlock()
-	if err != nil {
-		c.fail(fmt.Errorf("tcpfallback: %s lane: sending heartbeat to %s: %w", l.id, c.peer, c.writeError(err)))
-		return
-	}
-	c.idleTicks = 0
-	l.stats.heartbeatsSent.Add(1)
-	l.stats.framesSent.Add(1)
-	l.stats.bytesSent.Add(HeaderBytes)
 }
 
 // Stats returns a snapshot of the counters.

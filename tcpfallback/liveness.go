@@ -1,0 +1,325 @@
+package tcpfallback
+
+import (
+	"fmt"
+	"runtime"
+	"time"
+
+	"golang.org/x/sys/unix"
+)
+
+// The watchdog decides whether the peer is alive and sends the heartbeats
+// that tell the peer this side is. Both jobs run on one goroutine locked to
+// an OS thread of its own, raised to SCHED_FIFO where the process may (root
+// or CAP_SYS_NICE): on a host whose cores are shared, a thread of normal
+// priority can wait for a core for tens of milliseconds, and a heartbeat
+// that waits as long looks like a dead host to the peer. It sleeps in
+// nanosleep(2), not on a Go timer, so that its wake-up does not wait for one
+// of the process's normal threads to run the timer.
+//
+// What counts as alive, per lane: any byte the lane's reader read since the
+// last look, and bytes waiting unread in the lane's socket (SIOCINQ) that
+// were not there before (a reader that is starved or busy in OnFrame is not
+// a dead peer). The peer is silent only while every connected lane is; a
+// lane is declared dead when it and the whole peer have been silent for
+// HeartbeatTimeout, or it alone for laneAloneTimeouts times that.
+//
+// Silence is counted in watchdog time, not in wall time: each look adds the
+// time since the previous one, but at most watchdogCreditTicks tick periods.
+// A watchdog that was itself not run (the host paused this process or the
+// whole machine) therefore measures silence from its own resumption and
+// never declares a peer dead for a gap it did not watch: after a pause of
+// the whole machine both sides resume, hear each other within a heartbeat
+// interval, and neither takes over. A peer that is really gone is declared
+// dead after HeartbeatTimeout of watched silence, however late the
+// watchdog's ticks come.
+
+// watchdogTicksPerInterval: the watchdog looks at each lane this many
+// times per heartbeat interval.
+const watchdogTicksPerInterval = 2
+
+// watchdogCreditTicks: one look adds at most this many tick periods to a
+// lane's silence, whatever time passed since the previous look.
+const watchdogCreditTicks = 2
+
+// laneAloneTimeouts: a lane silent for this many heartbeat timeouts is
+// declared dead even while the other lane hears the peer (its connection
+// alone is broken).
+const laneAloneTimeouts = 4
+
+// watchdogRealtimePriority is the watchdog thread's SCHED_FIFO priority:
+// low among real-time threads (the kernel's own run at 50 and above), above
+// every normal one.
+const watchdogRealtimePriority = 10
+
+// LivenessBucketEdges are the upper edges of the buckets of
+// LivenessStats' histograms; the last bucket holds what is above the last
+// edge.
+var LivenessBucketEdges = [...]time.Duration{
+	time.Millisecond, 2 * time.Millisecond, 5 * time.Millisecond, 10 * time.Millisecond,
+	20 * time.Millisecond, 50 * time.Millisecond, 100 * time.Millisecond, 200 * time.Millisecond,
+	500 * time.Millisecond,
+}
+
+// LivenessHistogram counts durations by LivenessBucketEdges.
+type LivenessHistogram [len(LivenessBucketEdges) + 1]uint64
+
+func (h *LivenessHistogram) add(d time.Duration) {
+	i := 0
+	for i < len(LivenessBucketEdges) && d > LivenessBucketEdges[i] {
+		i++
+	}
+	h[i]++
+}
+
+// Above counts the durations in buckets whose lower edge is at least d.
+func (h LivenessHistogram) Above(d time.Duration) uint64 {
+	var n uint64
+	for i := range h {
+		if i > 0 && LivenessBucketEdges[i-1] >= d {
+			n += h[i]
+		}
+	}
+	return n
+}
+
+// String renders the non-empty buckets as "≤1ms:120 ≤2ms:4 >500ms:1".
+func (h LivenessHistogram) String() string {
+	s := ""
+	for i, n := range h {
+		if n == 0 {
+			continue
+		}
+		if s != "" {
+			s += " "
+		}
+		if i < len(LivenessBucketEdges) {
+			s += fmt.Sprintf("≤%v:%d", LivenessBucketEdges[i], n)
+		} else {
+			s += fmt.Sprintf(">%v:%d", LivenessBucketEdges[i-1], n)
+		}
+	}
+	return s
+}
+
+// LivenessStats is what the watchdog saw: how long the peer was silent on
+// a lane before the watchdog heard it again (counted as it decides, so in
+// watchdog time), and how long the watchdog's own looks were apart (a gap
+// well above the tick period: this process was not run). Together they
+// tell a peer that was not run from a host that was not: a silence the
+// watchdog counted whole while its own looks came on time was the peer's
+// (or the network's).
+type LivenessStats struct {
+	// Realtime: the watchdog thread runs at SCHED_FIFO; RealtimeError
+	// says why not, when it does not.
+	Realtime      bool
+	RealtimeError string
+	// Tick is the period the watchdog looks at the lanes with.
+	Tick time.Duration
+	// PeerSilence counts the silences on each lane that ended (the lane
+	// heard again, or was declared dead), as counted; PeerSilenceMax is
+	// the longest.
+	PeerSilence    LivenessHistogram
+	PeerSilenceMax time.Duration
+	// OwnGap counts the intervals between the watchdog's looks; OwnGapMax
+	// is the longest. OwnStalls counts the looks that came more than
+	// watchdogCreditTicks periods after the previous one: time the
+	// watchdog was not run and did not count as silence.
+	OwnGap    LivenessHistogram
+	OwnGapMax time.Duration
+	OwnStalls uint64
+	// DeclaredDead counts lanes the watchdog declared dead.
+	DeclaredDead uint64
+}
+
+// watchdogState is the watchdog goroutine's own; Stats copies it under
+// liveMu.
+type watchdogState struct {
+	stats LivenessStats
+}
+
+// raiseToRealtime puts the calling thread in SCHED_FIFO. The caller has
+// locked its goroutine to the thread and never unlocks it, so that the
+// thread ends with the goroutine and its priority never serves another.
+func raiseToRealtime() error {
+	attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: watchdogRealtimePriority}
+	if err := unix.SchedSetAttr(0, &attr, 0); err != nil {
+		return fmt.Errorf("sched_setattr SCHED_FIFO %d: %w (the watchdog runs at normal priority: give the process CAP_SYS_NICE or run it as root for heartbeats that a loaded host does not delay)", watchdogRealtimePriority, err)
+	}
+	return nil
+}
+
+// sleepUntil sleeps in the kernel until deadline (monotonic).
+func sleepUntil(deadline time.Time) {
+	d := time.Until(deadline)
+	if d <= 0 {
+		return
+	}
+	ts := unix.NsecToTimespec(int64(d))
+	for unix.Nanosleep(&ts, &ts) == unix.EINTR {
+	}
+}
+
+func (t *Transport) startWatchdog() {
+	t.goroutines.Add(1)
+	go func() {
+		defer t.goroutines.Done()
+		// Locked for good: the thread exits with this goroutine, and its
+		// real-time priority with it.
+		runtime.LockOSThread()
+		tick := t.cfg.HeartbeatInterval / watchdogTicksPerInterval
+		t.liveMu.Lock()
+		t.watchdog.stats.Tick = tick
+		if t.cfg.NoRealtime {
+			t.watchdog.stats.RealtimeError = "Config.NoRealtime is set"
+		} else if err := raiseToRealtime(); err != nil {
+			t.watchdog.stats.RealtimeError = err.Error()
+		} else {
+			t.watchdog.stats.Realtime = true
+		}
+		t.liveMu.Unlock()
+		prev := time.Now()
+		next := prev.Add(tick)
+		for {
+			sleepUntil(next)
+			select {
+			case <-t.closedCh:
+				return
+			default:
+			}
+			// The clock now, not the time the look was due: a byte
+			// that arrived while the look was late was heard at most
+			// now.
+			now := time.Now()
+			gap := now.Sub(prev)
+			prev = now
+			credit := min(gap, watchdogCreditTicks*tick)
+			if next = next.Add(tick); next.Before(now) {
+				next = now.Add(tick) // late: do not run the missed looks back to back
+			}
+			if t.cfg.OnWatchdogTick != nil {
+				t.cfg.OnWatchdogTick()
+			}
+			t.look(now, gap, credit)
+		}
+	}()
+}
+
+// look is one watchdog look at every lane: who was heard, who is dead,
+// who needs a heartbeat.
+func (t *Transport) look(now time.Time, gap, credit time.Duration) {
+	cfg := &t.cfg
+	var conns [LaneCount]*laneConn
+	var ended [LaneCount]time.Duration // silences that ended at this look
+	peerSilence := time.Duration(-1)
+	for i, l := range t.lanes {
+		c := l.cur.Load()
+		if c == nil {
+			continue
+		}
+		conns[i] = c
+		if c.heard.Swap(false) || c.unreadGrew() {
+			ended[i] = c.silence
+			c.silence = 0
+		} else {
+			c.silence += credit
+		}
+		if peerSilence < 0 || c.silence < peerSilence {
+			peerSilence = c.silence
+		}
+	}
+	var dead [LaneCount]bool
+	t.liveMu.Lock()
+	st := &t.watchdog.stats
+	st.OwnGap.add(gap)
+	st.OwnGapMax = max(st.OwnGapMax, gap)
+	if gap > watchdogCreditTicks*st.Tick {
+		st.OwnStalls++
+	}
+	for i, c := range conns {
+		if c == nil {
+			continue
+		}
+		if ended[i] > 0 {
+			st.PeerSilence.add(ended[i])
+			st.PeerSilenceMax = max(st.PeerSilenceMax, ended[i])
+		}
+		if c.silence > cfg.HeartbeatTimeout && (peerSilence > cfg.HeartbeatTimeout || c.silence > laneAloneTimeouts*cfg.HeartbeatTimeout) {
+			dead[i] = true
+			st.DeclaredDead++
+			st.PeerSilence.add(c.silence)
+			st.PeerSilenceMax = max(st.PeerSilenceMax, c.silence)
+		}
+	}
+	t.liveMu.Unlock()
+	for i, c := range conns {
+		if c == nil {
+			continue
+		}
+		l := t.lanes[i]
+		if dead[i] {
+			l.stats.heartbeatTimeouts.Add(1)
+			c.fail(&HeartbeatTimeoutError{Lane: l.id, Peer: c.peer, Silent: c.silence, Timeout: cfg.HeartbeatTimeout})
+			continue
+		}
+		l.heartbeat(c)
+	}
+}
+
+// unreadGrew reports whether more bytes wait unread in the connection's
+// socket than at the last look: the peer sent them, though the reader has
+// not read them yet. Watchdog only.
+func (c *laneConn) unreadGrew() bool {
+	n := -1
+	_ = c.rc.Control(func(fd uintptr) {
+		if v, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ); err == nil {
+			n = v
+		}
+	})
+	grew := n > c.unread
+	c.unread = max(n, 0)
+	return grew
+}
+
+// heartbeat sends a heartbeat on c if nothing left it for an interval.
+// It never waits: a writer holding the lane is sending, which is as good
+// as a heartbeat, and a socket with no room means a peer that does not
+// read, which its own watchdog sees as bytes waiting.
+func (l *lane) heartbeat(c *laneConn) {
+	if c.sent.Swap(false) {
+		c.idleTicks = 0
+		return
+	}
+	c.idleTicks++
+	if c.idleTicks < watchdogTicksPerInterval {
+		return
+	}
+	if !l.wmu.TryLock() {
+		return
+	}
+	var err error
+	sent := false
+	if l.cur.Load() == c && c.roomFor(HeaderBytes) {
+		err = c.writeFrame(TypeHeartbeat, 0, nil)
+		sent = err == nil
+	}
+	l.wmu.Unlock()
+	if err != nil {
+		c.fail(fmt.Errorf("tcpfallback: %s lane: sending heartbeat to %s: %w", l.id, c.peer, c.writeError(err)))
+		return
+	}
+	if !sent {
+		return
+	}
+	c.idleTicks = 0
+	l.stats.heartbeatsSent.Add(1)
+	l.stats.framesSent.Add(1)
+	l.stats.bytesSent.Add(HeaderBytes)
+}
+
+// Liveness returns a snapshot of what the watchdog saw.
+func (t *Transport) Liveness() LivenessStats {
+	t.liveMu.Lock()
+	defer t.liveMu.Unlock()
+	return t.watchdog.stats
+}
