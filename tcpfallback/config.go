@@ -120,11 +120,12 @@ type Config struct {
 	// it was).
 	NoRealtime bool
 
-	// OnWatchdogTick, if set, is called at each of the watchdog's looks
-	// (twice per HeartbeatInterval), on its real-time thread: it must
-	// return at once (an atomic store). The daemon's transmit fence
+	// OnWatchdog, if set, is called on the watchdog's real-time thread
+	// with WatchdogStarted once, WatchdogLook at each of its looks (twice
+	// per HeartbeatInterval) and WatchdogStopped once as Close ends it. It
+	// must return at once (an atomic store). The daemon's transmit fence
 	// watches with it whether this process runs.
-	OnWatchdogTick func()
+	OnWatchdog func(WatchdogEvent)
 
 	// SendTimeout bounds every write to a lane's socket: a send (or a
 	// heartbeat) that cannot hand its bytes to the kernel in this time

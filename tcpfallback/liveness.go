@@ -132,6 +132,15 @@ type LivenessStats struct {
 	DeclaredDead uint64
 }
 
+// WatchdogEvent is what Config.OnWatchdog is told.
+type WatchdogEvent uint8
+
+const (
+	WatchdogStarted WatchdogEvent = iota + 1
+	WatchdogLook
+	WatchdogStopped
+)
+
 // watchdogState is the watchdog goroutine's own; Stats copies it under
 // liveMu.
 type watchdogState struct {
@@ -178,6 +187,10 @@ func (t *Transport) startWatchdog() {
 			t.watchdog.stats.Realtime = true
 		}
 		t.liveMu.Unlock()
+		if t.cfg.OnWatchdog != nil {
+			t.cfg.OnWatchdog(WatchdogStarted)
+			defer t.cfg.OnWatchdog(WatchdogStopped)
+		}
 		prev := time.Now()
 		next := prev.Add(tick)
 		for {
@@ -197,8 +210,8 @@ func (t *Transport) startWatchdog() {
 			if next = next.Add(tick); next.Before(now) {
 				next = now.Add(tick) // late: do not run the missed looks back to back
 			}
-			if t.cfg.OnWatchdogTick != nil {
-				t.cfg.OnWatchdogTick()
+			if t.cfg.OnWatchdog != nil {
+				t.cfg.OnWatchdog(WatchdogLook)
 			}
 			t.look(now, gap, credit)
 		}

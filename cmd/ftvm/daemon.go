@@ -64,14 +64,20 @@ while a progress bar shows the transfer. Restart the dead host as
 ftvm secondary --peer <new primary's --listen> --peer-name <its --tls-name>
 (--peer-name is needed whenever --peer is an address).
 
-The peer is taken for dead when its connection breaks, or after
-min(100 ms, --peer-timeout-ticks x --tick) of silence: the transport
-declares a lane that read nothing for 100 ms down (its heartbeats go every
-10 ms; the watchdog sees it within 5 ms more), and the node counts ticks.
-With the defaults the transport always comes first: 100-105 ms after the
-peer's last byte, which may precede its death by up to 10 ms. A primary that did not run for half
-of that (stopped, paused) sends none of the VM's frames until its
-secondary shows it still follows, since it may have been replaced.
+The peer is taken for dead when its connection breaks, or when nothing
+came from it on any lane for --heartbeat-timeout (12 ms): each lane sends
+a heartbeat when idle for --heartbeat-interval (2 ms), from a watchdog on
+a real-time thread (SCHED_FIFO where the process may) that also looks at
+the lanes every half interval; a frame read, a heartbeat, or bytes waiting
+unread in a socket count as heard. Silence counts only while the watchdog
+itself runs (at most two looks' worth per look), so a pause of this host
+or of the whole machine never makes it take a live peer for dead; while
+it runs on time a silent peer is lost 12-14 ms after its last byte. A
+slower progress check, --peer-timeout-ticks x --tick (500 ms), catches a
+peer whose heartbeats come but whose daemon is stuck. A primary that did
+not run for half the heartbeat timeout (its watchdog's looks stopped) or
+half the progress check sends none of the VM's frames until its secondary
+shows it still follows, since it may have been replaced.
 
 Two daemons on one machine (a lab) each need their own --control and
 --listen.
@@ -200,6 +206,8 @@ type daemon struct {
 	// fence keeps the VM's frames in after a stall that may have deposed
 	// this host (see txFence).
 	fence *txFence
+	// realtimeWarning: the watchdog's lack of SCHED_FIFO is said once.
+	realtimeWarning sync.Once
 	// life is the context of run, for the announcements' goroutines.
 	life              atomic.Pointer[context.Context]
 	lastStaleAnnounce atomic.Int64 // unix ns of the latest staleFrameSeen announcement
@@ -313,7 +321,7 @@ func newDaemon(c *daemonConfig, log *slog.Logger, term io.Writer) (_ *daemon, er
 		}
 		log.Info("transport to the primary", "peer", c.peer, "control_lane", providerName(d.dialProvider), "why", why)
 	}
-	d.fence = newTxFence(c.peerTimeout(d.trCfg))
+	d.fence = newTxFence(c.progressTimeout(), c.transportTimeout(d.trCfg))
 	if d.nic != nil {
 		d.nic.SetFence(d.fence.mayTransmit)
 		d.nic.WatchSource(c.mac, d.staleFrameSeen)
@@ -406,7 +414,12 @@ func (d *daemon) openNIC() (vmm.NICBackend, error) {
 
 func (d *daemon) transportConfig() (tcpfallback.Config, error) {
 	c := tcpfallback.Config{VMID: d.cfg.vmID, Name: d.cfg.tlsName, PeerNames: d.cfg.allowPeers,
-		HeartbeatTimeout: d.cfg.heartbeatTimeout,
+		HeartbeatTimeout: d.cfg.heartbeatTimeout, HeartbeatInterval: d.cfg.heartbeatInterval,
+		OnWatchdog: func(ev tcpfallback.WatchdogEvent) {
+			if d.fence != nil {
+				d.fence.watched(ev)
+			}
+		},
 		OnFrame: func(f transport.Frame) {
 			d.fence.peerHeard()
 			d.ag.HandleFrame(f)
@@ -842,6 +855,11 @@ func (d *daemon) watch(tr *rdma.Transport) {
 			}
 		case transport.EventLaneUp:
 			d.log.Info("peer connected", "lane", ev.Lane, "peer", ev.Peer)
+			if lv := tr.TCP().Liveness(); !lv.Realtime && lv.RealtimeError != "" {
+				d.realtimeWarning.Do(func() {
+					d.log.Warn("the transport's watchdog runs at normal priority: a loaded host can delay its heartbeats and looks, and the peer may take this host for dead", "why", lv.RealtimeError)
+				})
+			}
 		case transport.EventPeerRejected:
 			reason := tcpfallback.RejectReason(ev.Err)
 			if ok, suppressed := d.rejects.note(ev.Time, reason); ok {

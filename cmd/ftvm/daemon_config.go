@@ -77,11 +77,13 @@ type daemonConfig struct {
 	tick             time.Duration
 	heartbeatTicks   int
 	peerTimeoutTicks int
-	// heartbeatTimeout is the transport's: a lane silent this long is down.
-	heartbeatTimeout time.Duration
-	window           int
-	precopyRounds    int
-	waitForSecondary bool
+	// heartbeatInterval and heartbeatTimeout are the transport's: a peer
+	// silent this long on every lane is lost.
+	heartbeatInterval time.Duration
+	heartbeatTimeout  time.Duration
+	window            int
+	precopyRounds     int
+	waitForSecondary  bool
 
 	// The reachability rule (daemon_reach.go): no targets, no rule.
 	reachCheck      []netip.Addr
@@ -103,6 +105,12 @@ const (
 	defaultControlDir = "/run/ftvm"
 	defaultVMID       = "kvstore"
 )
+
+// daemonPeerTimeoutTicks is the default progress check: 500 ms at the
+// default 10 ms tick, longer than the scheduling pauses of 100-300 ms seen
+// on loaded shared machines, during which a daemon's real-time heartbeats
+// go on but its node does not run.
+const daemonPeerTimeoutTicks = 50
 
 // daemonFlags declares the flags of one role on fs and returns the
 // function that checks and converts them once parsed.
@@ -143,8 +151,9 @@ func daemonFlags(fs *flag.FlagSet, role wire.Role) func() (*daemonConfig, error)
 	fs.StringVar(&c.metricsListen, "metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics (host:port, e.g. 127.0.0.1:9100; names in the README); default: off")
 	fs.DurationVar(&c.tick, "tick", 10*time.Millisecond, "length of one protocol tick")
 	fs.IntVar(&c.heartbeatTicks, "heartbeat-ticks", lockstep.DefaultHeartbeatTicks, "ticks between heartbeats")
-	fs.IntVar(&c.peerTimeoutTicks, "peer-timeout-ticks", lockstep.DefaultPeerTimeoutTicks, "ticks of silence after which the peer is taken for dead (a broken connection counts at once, and so does a connection silent for --heartbeat-timeout, whichever comes first)")
-	fs.DurationVar(&c.heartbeatTimeout, "heartbeat-timeout", tcpfallback.DefaultHeartbeatTimeout, "a connection to the peer that reads nothing for this long is taken for lost (the transport sends a heartbeat every 10ms on an idle lane); a longer one rides out a loaded host's scheduling pauses at the cost of a slower take-over when the peer really goes silent; both hosts should use the same; at least 20ms")
+	fs.IntVar(&c.peerTimeoutTicks, "peer-timeout-ticks", daemonPeerTimeoutTicks, "the progress check: ticks without a protocol message from the peer's daemon after which it is taken for dead although its transport's heartbeats still come (its daemon is stuck); a broken connection, or one silent for --heartbeat-timeout, counts at once")
+	fs.DurationVar(&c.heartbeatInterval, "heartbeat-interval", tcpfallback.DefaultHeartbeatInterval, "the transport sends a heartbeat on each idle lane this often, from a real-time thread (SCHED_FIFO where the process may; a warning says when it may not), and looks at its lanes twice as often")
+	fs.DurationVar(&c.heartbeatTimeout, "heartbeat-timeout", tcpfallback.DefaultHeartbeatTimeout, "the peer is taken for lost when nothing (a frame, a heartbeat, unread bytes in a socket) came from it on any lane for this long, counted only while this host's watchdog runs itself, so a pause of this host or of the whole machine never counts; a longer one rides out a peer that is not run at the cost of a slower take-over when it really goes silent; both hosts should use the same; at least 2 x --heartbeat-interval")
 	reachCheck := fs.String("reach-check", "", "IPv4 addresses on the VM's network (its gateway, say), comma-separated, pinged every --reach-interval: while none answers, this host never asks the arbiter for the VM, and a protected primary yields after --reach-yield-after (default: no check)")
 	fs.StringVar(&c.reachLink, "reach-link", "", "with --reach-check: the uplink to the VM's network (its carrier must be up too)")
 	fs.DurationVar(&c.reachInterval, "reach-interval", 10*time.Millisecond, "with --reach-check: time between two pings of each target")
@@ -237,7 +246,7 @@ func daemonFlags(fs *flag.FlagSet, role wire.Role) func() (*daemonConfig, error)
 				return nil, fmt.Errorf("--reach-lost-after %v must cover at least two --reach-interval %v, or one lost ping looks like a lost network", c.reachLostAfter, c.reachInterval)
 			}
 			if pt := time.Duration(c.peerTimeoutTicks) * c.tick; c.reachLostAfter >= min(pt, c.heartbeatTimeout) {
-				return nil, fmt.Errorf("--reach-lost-after %v must be shorter than the peer timeout (%v), or a host cut off from the VM's network would not know it yet when it asks the arbiter", c.reachLostAfter, min(pt, c.heartbeatTimeout))
+				return nil, fmt.Errorf("--reach-lost-after %v must be shorter than the peer timeout (%v), or a host cut off from the VM's network would not know it yet when it asks the arbiter: lower it (with --reach-interval) or raise --heartbeat-timeout above it", c.reachLostAfter, min(pt, c.heartbeatTimeout))
 			}
 			if c.reachYieldAfter <= 0 {
 				return nil, fmt.Errorf("--reach-yield-after %v must be positive", c.reachYieldAfter)
@@ -292,8 +301,14 @@ func daemonFlags(fs *flag.FlagSet, role wire.Role) func() (*daemonConfig, error)
 		if c.tick <= 0 {
 			return nil, fmt.Errorf("--tick %v must be positive", c.tick)
 		}
-		if least := 2 * tcpfallback.DefaultHeartbeatInterval; c.heartbeatTimeout < least {
-			return nil, fmt.Errorf("--heartbeat-timeout %v is too short: heartbeats go every %v, so a timeout under %v would take a live peer for lost", c.heartbeatTimeout, tcpfallback.DefaultHeartbeatInterval, least)
+		if c.heartbeatInterval <= 0 {
+			return nil, fmt.Errorf("--heartbeat-interval %v must be positive", c.heartbeatInterval)
+		}
+		if least := 2 * c.heartbeatInterval; c.heartbeatTimeout < least {
+			return nil, fmt.Errorf("--heartbeat-timeout %v is too short: heartbeats go every %v (--heartbeat-interval), so a timeout under %v would take a live peer for lost", c.heartbeatTimeout, c.heartbeatInterval, least)
+		}
+		if pt := time.Duration(c.peerTimeoutTicks) * c.tick; pt <= c.heartbeatTimeout {
+			return nil, fmt.Errorf("--peer-timeout-ticks %d x --tick %v = %v must be longer than --heartbeat-timeout %v: it is the slower check, for a peer whose heartbeats come but whose daemon is stuck", c.peerTimeoutTicks, c.tick, pt, c.heartbeatTimeout)
 		}
 		switch c.logFormat {
 		case "text", "json":

@@ -172,7 +172,11 @@ func (d *daemon) announce(ctx context.Context, why string) {
 // over, and one such frame moves the VM's MAC back to this host's port on
 // the switch. So the fence watches its own clock: a gap of more than
 // stallMax between two looks at it (the daemon looks every tick, and at
-// every frame) means this host was not running, and from then on the VM's
+// every frame), or of more than watchStallMax between two looks of the
+// transport's watchdog (twice per heartbeat interval, on its real-time
+// thread: the peer takes this host for dead after the heartbeat timeout,
+// so the fence must see a stall that short), means this host was not
+// running, and from then on the VM's
 // frames are dropped until this host has proof that it still serves the
 // VM: the secondary acknowledged a log position written after the stall
 // (a secondary that took over acknowledges nothing), a frame from the
@@ -181,11 +185,14 @@ func (d *daemon) announce(ctx context.Context, why string) {
 // newer epoch, or the node has no secondary that could have taken over.
 // A dropped frame is a lost packet, which the network's protocols resend.
 type txFence struct {
-	base      time.Time
-	stallMax  time.Duration
-	peerGrace time.Duration
+	base          time.Time
+	stallMax      time.Duration
+	watchStallMax time.Duration
+	peerGrace     time.Duration
 
 	lastLook  atomic.Int64 // ns since base: the latest look at the clock
+	lastWatch atomic.Int64 // ns since base: a watchdog's latest look
+	watchers  atomic.Int32 // transport watchdogs running
 	stall     atomic.Int64 // ns since base when a stall was seen; 0: none
 	peerFrame atomic.Int64 // ns since base of the latest frame from the peer
 	fenced    atomic.Uint64
@@ -195,8 +202,12 @@ type txFence struct {
 	seqAtStall, epAt uint64
 }
 
-func newTxFence(peerTimeout time.Duration) *txFence {
-	f := &txFence{base: time.Now(), stallMax: peerTimeout / 2, peerGrace: peerTimeout}
+// newTxFence: progressTimeout is how long the peer's node waits for this
+// one's messages (--peer-timeout-ticks x --tick), heartbeatTimeout how long
+// its transport waits for this host's heartbeats.
+func newTxFence(progressTimeout, heartbeatTimeout time.Duration) *txFence {
+	f := &txFence{base: time.Now(), stallMax: progressTimeout / 2, watchStallMax: heartbeatTimeout / 2,
+		peerGrace: min(progressTimeout, heartbeatTimeout)}
 	f.lastLook.Store(1)
 	return f
 }
@@ -210,7 +221,31 @@ func (f *txFence) look() int64 {
 	if prev := f.lastLook.Swap(now); now-prev > int64(f.stallMax) {
 		f.stall.CompareAndSwap(0, now)
 	}
+	// The watchdog was not run either (its next look would see the gap,
+	// but this frame comes first): one stall per gap.
+	if w := f.lastWatch.Load(); f.watchers.Load() > 0 && now-w > int64(f.watchStallMax) && f.lastWatch.CompareAndSwap(w, now) {
+		f.stall.CompareAndSwap(0, now)
+	}
 	return now
+}
+
+// watched is tcpfallback.Config.OnWatchdog: a transport's watchdog
+// started, looked (the process runs now, as far as its real-time thread
+// can tell; a gap since the previous look is a stall too) or stopped.
+// While none runs, no peer watches this host's heartbeats either.
+func (f *txFence) watched(ev tcpfallback.WatchdogEvent) {
+	now := f.now()
+	switch ev {
+	case tcpfallback.WatchdogStarted:
+		f.lastWatch.Store(now)
+		f.watchers.Add(1)
+	case tcpfallback.WatchdogStopped:
+		f.watchers.Add(-1)
+	case tcpfallback.WatchdogLook:
+		if prev := f.lastWatch.Swap(now); now-prev > int64(f.watchStallMax) {
+			f.stall.CompareAndSwap(0, now)
+		}
+	}
 }
 
 // peerHeard records a frame from the peer (before the agent sees it).
@@ -268,11 +303,22 @@ func (f *txFence) Fenced() uint64 { return f.fenced.Load() }
 // reads nothing for that long is declared down, and the node is told at
 // once) and the node's own --peer-timeout-ticks x --tick.
 func (c *daemonConfig) peerTimeout(tr tcpfallback.Config) time.Duration {
-	hb := tr.HeartbeatTimeout
-	if hb == 0 {
-		hb = tcpfallback.DefaultHeartbeatTimeout
+	return min(c.transportTimeout(tr), c.progressTimeout())
+}
+
+// transportTimeout is the transport's heartbeat timeout.
+func (c *daemonConfig) transportTimeout(tr tcpfallback.Config) time.Duration {
+	if tr.HeartbeatTimeout == 0 {
+		return tcpfallback.DefaultHeartbeatTimeout
 	}
-	return min(hb, time.Duration(c.peerTimeoutTicks)*c.tick)
+	return tr.HeartbeatTimeout
+}
+
+// progressTimeout is the node's own: --peer-timeout-ticks x --tick without
+// a protocol message from the peer (its transport's heartbeats flow, but
+// its daemon is stuck).
+func (c *daemonConfig) progressTimeout() time.Duration {
+	return time.Duration(c.peerTimeoutTicks) * c.tick
 }
 
 // watchFence feeds the fence the node's status every tick until ctx ends.

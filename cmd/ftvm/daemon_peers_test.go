@@ -81,7 +81,21 @@ func TestHeartbeatTimeoutFlag(t *testing.T) {
 	if got := c.peerTimeout(tr); got != 300*time.Millisecond {
 		t.Errorf("peer timeout %v with --heartbeat-timeout 300ms and 40 ticks of 10ms, want 300ms", got)
 	}
-	if _, err := parse("--heartbeat-timeout", "15ms"); err == nil || !strings.Contains(err.Error(), "--heartbeat-timeout") {
-		t.Errorf("--heartbeat-timeout 15ms: err %v, want a refusal naming the flag", err)
+	if _, err := parse("--heartbeat-timeout", "3ms"); err == nil || !strings.Contains(err.Error(), "--heartbeat-timeout") {
+		t.Errorf("--heartbeat-timeout 3ms (heartbeats every 2ms): err %v, want a refusal naming the flag", err)
+	}
+	if _, err := parse("--heartbeat-timeout", "600ms"); err == nil || !strings.Contains(err.Error(), "--peer-timeout-ticks") {
+		t.Errorf("--heartbeat-timeout 600ms past the 500ms progress check: err %v, want a refusal naming --peer-timeout-ticks", err)
+	}
+	c, err = parse("--heartbeat-interval", "5ms", "--heartbeat-timeout", "30ms")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.pskFile = filepath.Join(t.TempDir(), "psk")
+	if err := os.WriteFile(c.pskFile, []byte("0123456789abcdef0123456789abcdef"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if tr, err = (&daemon{cfg: c}).transportConfig(); err != nil || tr.HeartbeatInterval != 5*time.Millisecond {
+		t.Errorf("--heartbeat-interval 5ms: the transport's interval is %v (%v)", tr.HeartbeatInterval, err)
 	}
 }
