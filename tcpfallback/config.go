@@ -115,11 +115,6 @@ type Config struct {
 	HeartbeatInterval time.Duration
 	HeartbeatTimeout  time.Duration
 
-	// NoRealtime keeps the watchdog thread at normal priority (it is
-	// raised to SCHED_FIFO where the process may; Liveness says whether
-	// it was).
-	NoRealtime bool
-
 	// OnWatchdog, if set, is called on the watchdog's real-time thread
 	// with WatchdogStarted once, WatchdogLook at each of its looks (twice
 	// per HeartbeatInterval) and WatchdogStopped once as Close ends it. It

@@ -111,6 +111,8 @@ type laneConn struct {
 	// Watchdog-only state.
 	silence   time.Duration // watched silence since the lane was last heard
 	unread    int           // bytes waiting in the socket at the last look
+	inqN      int           // SIOCINQ's answer, for inqFn
+	inqFn     func(fd uintptr)
 	idleTicks int
 
 	failOnce sync.Once
@@ -135,6 +137,7 @@ func newLaneConn(l *lane, raw net.Conn, tcp *net.TCPConn, peerMax uint32, leftov
 		leftover:       append([]byte(nil), leftover...),
 		done:           make(chan struct{}),
 	}
+	c.inqFn = c.inq
 	if _, isTLS := raw.(*tls.Conn); isTLS {
 		c.bw = bufio.NewWriterSize(raw, tlsStagingBytes)
 	} else if l.t.cfg.BusyPoll > 0 && l.id == LaneControl {

@@ -3,6 +3,7 @@ package tcpfallback
 import (
 	"fmt"
 	"runtime"
+	"sync"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -15,7 +16,12 @@ import (
 // priority can wait for a core for tens of milliseconds, and a heartbeat
 // that waits as long looks like a dead host to the peer. It sleeps in
 // nanosleep(2), not on a Go timer, so that its wake-up does not wait for one
-// of the process's normal threads to run the timer.
+// of the process's normal threads to run the timer, and it sleeps without
+// letting go of its P (Go's processor: see sleepUntil), so that on waking
+// it need not wait for one: in a process whose Ps are all busy (a
+// checkpoint being restored) a goroutine that gave its P up waited 13 ms
+// for one, and its peer took that for a death. The process should run
+// with one P more than it otherwise would (the daemon does).
 //
 // What counts as alive, per lane: any byte the lane's reader read since the
 // last look, and bytes waiting unread in the lane's socket (SIOCINQ) that
@@ -110,8 +116,8 @@ func (h LivenessHistogram) String() string {
 // watchdog counted whole while its own looks came on time was the peer's
 // (or the network's).
 type LivenessStats struct {
-	// Realtime: the watchdog thread runs at SCHED_FIFO; RealtimeError
-	// says why not, when it does not.
+	// Realtime: the watchdog thread (one for the process) runs at
+	// SCHED_FIFO; RealtimeError says why not, when it does not.
 	Realtime      bool
 	RealtimeError string
 	// Tick is the period the watchdog looks at the lanes with.
@@ -158,69 +164,158 @@ func raiseToRealtime() error {
 	return nil
 }
 
-// sleepUntil sleeps in the kernel until deadline (monotonic).
-func sleepUntil(deadline time.Time) {
-	d := time.Until(deadline)
-	if d <= 0 {
-		return
+// watchdogs is the one watchdog goroutine of the process and the
+// transports it watches. One for all: it holds a P while it sleeps (see
+// sleepUntil), and a process with two transports (a secondary's dialer
+// and listener) must not lose two.
+var watchdogs struct {
+	mu      sync.Mutex
+	set     map[*Transport]struct{}
+	running bool
+	wake    chan struct{} // a transport joined: look at the schedule again
+	// The thread's priority, once tried: Realtime, or why not.
+	tried    bool
+	realtime bool
+	rtErr    string
+}
+
+// watchdogHoldsP: the watchdog keeps its P while it sleeps only where the
+// process has more Ps than CPUs (the daemon raises GOMAXPROCS for it), so
+// that it never takes one of the few a process of default settings has.
+func watchdogHoldsP() bool { return runtime.GOMAXPROCS(0) > runtime.NumCPU() }
+
+// watchState is a transport's part of the watchdog's schedule; wmu is
+// held while the watchdog looks at the transport, so that Close can wait
+// for a look to end.
+type watchState struct {
+	wmu        sync.Mutex
+	tick       time.Duration
+	prev, next time.Time
+}
+
+// startWatchdog adds t to the watchdog's transports, starting the
+// watchdog if it is not running.
+func (t *Transport) startWatchdog() {
+	now := time.Now()
+	t.watch.tick = t.cfg.HeartbeatInterval / watchdogTicksPerInterval
+	t.watch.prev, t.watch.next = now, now.Add(t.watch.tick)
+	t.liveMu.Lock()
+	t.watchdog.stats.Tick = t.watch.tick
+	t.liveMu.Unlock()
+	if t.cfg.OnWatchdog != nil {
+		t.cfg.OnWatchdog(WatchdogStarted)
 	}
-	ts := unix.NsecToTimespec(int64(d))
-	for unix.Nanosleep(&ts, &ts) == unix.EINTR {
+	w := &watchdogs
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if w.set == nil {
+		w.set = make(map[*Transport]struct{})
+		w.wake = make(chan struct{}, 1)
+	}
+	w.set[t] = struct{}{}
+	select {
+	case w.wake <- struct{}{}:
+	default:
+	}
+	if !w.running {
+		w.running = true
+		go runWatchdog()
 	}
 }
 
-func (t *Transport) startWatchdog() {
-	t.goroutines.Add(1)
-	go func() {
-		defer t.goroutines.Done()
-		// Locked for good: the thread exits with this goroutine, and its
-		// real-time priority with it.
-		runtime.LockOSThread()
-		tick := t.cfg.HeartbeatInterval / watchdogTicksPerInterval
-		t.liveMu.Lock()
-		t.watchdog.stats.Tick = tick
-		if t.cfg.NoRealtime {
-			t.watchdog.stats.RealtimeError = "Config.NoRealtime is set"
-		} else if err := raiseToRealtime(); err != nil {
-			t.watchdog.stats.RealtimeError = err.Error()
+// stopWatchdog takes t off the watchdog's transports and returns once no
+// look at t is under way.
+func (t *Transport) stopWatchdog() {
+	w := &watchdogs
+	w.mu.Lock()
+	_, ok := w.set[t]
+	delete(w.set, t)
+	w.mu.Unlock()
+	if !ok {
+		return
+	}
+	t.watch.wmu.Lock()
+	t.watch.wmu.Unlock()
+	if t.cfg.OnWatchdog != nil {
+		t.cfg.OnWatchdog(WatchdogStopped)
+	}
+}
+
+func runWatchdog() {
+	// Locked for good: the thread exits with this goroutine, and its
+	// real-time priority with it.
+	runtime.LockOSThread()
+	w := &watchdogs
+	w.mu.Lock()
+	if !w.tried {
+		w.tried = true
+		if err := raiseToRealtime(); err != nil {
+			w.rtErr = err.Error()
 		} else {
-			t.watchdog.stats.Realtime = true
+			w.realtime = true
 		}
-		t.liveMu.Unlock()
-		if t.cfg.OnWatchdog != nil {
-			t.cfg.OnWatchdog(WatchdogStarted)
-			defer t.cfg.OnWatchdog(WatchdogStopped)
+	} else if w.realtime {
+		if err := raiseToRealtime(); err != nil {
+			w.realtime, w.rtErr = false, err.Error()
 		}
-		prev := time.Now()
-		next := prev.Add(tick)
-		for {
+	}
+	w.mu.Unlock()
+	var ts []*Transport
+	for {
+		w.mu.Lock()
+		if len(w.set) == 0 {
+			w.running = false
+			w.mu.Unlock()
+			return
+		}
+		ts = ts[:0]
+		for t := range w.set {
+			ts = append(ts, t)
+		}
+		realtime, rtErr := w.realtime, w.rtErr
+		w.mu.Unlock()
+		// The clock now, not the time the look was due: a byte that
+		// arrived while the look was late was heard at most now.
+		now := time.Now()
+		next := now.Add(time.Hour)
+		watching := false
+		for _, t := range ts {
+			t.watch.wmu.Lock()
+			if !now.Before(t.watch.next) {
+				gap := now.Sub(t.watch.prev)
+				t.watch.prev = now
+				if t.watch.next = t.watch.next.Add(t.watch.tick); t.watch.next.Before(now) {
+					t.watch.next = now.Add(t.watch.tick) // late: do not run the missed looks back to back
+				}
+				if t.cfg.OnWatchdog != nil {
+					t.cfg.OnWatchdog(WatchdogLook)
+				}
+				t.look(now, gap, min(gap, watchdogCreditTicks*t.watch.tick), realtime, rtErr)
+			}
+			if t.watch.next.Before(next) {
+				next = t.watch.next
+			}
+			watching = watching || t.lanes[LaneControl].cur.Load() != nil || t.lanes[LaneBulk].cur.Load() != nil
+			t.watch.wmu.Unlock()
+		}
+		if watching && watchdogHoldsP() {
 			sleepUntil(next)
-			select {
-			case <-t.closedCh:
-				return
-			default:
-			}
-			// The clock now, not the time the look was due: a byte
-			// that arrived while the look was late was heard at most
-			// now.
-			now := time.Now()
-			gap := now.Sub(prev)
-			prev = now
-			credit := min(gap, watchdogCreditTicks*tick)
-			if next = next.Add(tick); next.Before(now) {
-				next = now.Add(tick) // late: do not run the missed looks back to back
-			}
-			if t.cfg.OnWatchdog != nil {
-				t.cfg.OnWatchdog(WatchdogLook)
-			}
-			t.look(now, gap, credit)
+			continue
 		}
-	}()
+		// No peer to watch (a secondary's listener until it goes live),
+		// or no P to spare: sleep the ordinary way, P given up.
+		tm := time.NewTimer(time.Until(next))
+		select {
+		case <-w.wake:
+		case <-tm.C:
+		}
+		tm.Stop()
+	}
 }
 
 // look is one watchdog look at every lane: who was heard, who is dead,
 // who needs a heartbeat.
-func (t *Transport) look(now time.Time, gap, credit time.Duration) {
+func (t *Transport) look(now time.Time, gap, credit time.Duration, realtime bool, rtErr string) {
 	cfg := &t.cfg
 	var conns [LaneCount]*laneConn
 	var ended [LaneCount]time.Duration // silences that ended at this look
@@ -244,6 +339,7 @@ func (t *Transport) look(now time.Time, gap, credit time.Duration) {
 	var dead [LaneCount]bool
 	t.liveMu.Lock()
 	st := &t.watchdog.stats
+	st.Realtime, st.RealtimeError = realtime, rtErr
 	st.OwnGap.add(gap)
 	st.OwnGapMax = max(st.OwnGapMax, gap)
 	if gap > watchdogCreditTicks*st.Tick {
@@ -283,15 +379,19 @@ func (t *Transport) look(now time.Time, gap, credit time.Duration) {
 // socket than at the last look: the peer sent them, though the reader has
 // not read them yet. Watchdog only.
 func (c *laneConn) unreadGrew() bool {
-	n := -1
-	_ = c.rc.Control(func(fd uintptr) {
-		if v, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ); err == nil {
-			n = v
-		}
-	})
-	grew := n > c.unread
-	c.unread = max(n, 0)
+	c.inqN = -1
+	_ = c.rc.Control(c.inqFn)
+	grew := c.inqN > c.unread
+	c.unread = max(c.inqN, 0)
 	return grew
+}
+
+// inq is unreadGrew's Control function, made once per connection so that a
+// look allocates nothing.
+func (c *laneConn) inq(fd uintptr) {
+	if v, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ); err == nil {
+		c.inqN = v
+	}
 }
 
 // heartbeat sends a heartbeat on c if nothing left it for an interval.

@@ -45,6 +45,7 @@ type Transport struct {
 
 	liveMu   sync.Mutex // guards watchdog
 	watchdog watchdogState
+	watch    watchState // the watchdog's schedule for this transport
 
 	mu          sync.Mutex // guards closed, events (sends and close), stateCh, pending
 	closed      bool
@@ -780,6 +781,7 @@ func (t *Transport) Close() error {
 			pending = append(pending, c)
 		}
 		t.mu.Unlock()
+		t.stopWatchdog()
 		if t.ln != nil {
 			t.ln.Close()
 		}

@@ -495,8 +495,15 @@ func (d *daemon) boot(vm agent.VM) error {
 // the NIC's gate, announces the VM's MAC so that switches send its traffic
 // here, and starts accepting a new secondary.
 func (d *daemon) goLive(epoch, fence uint64) error {
-	if err := d.recordDisk(diskRolePrimary, epoch, 0, false); err != nil {
-		return err
+	// onEpoch recorded the epoch when the arbiter granted it; a second
+	// fsync of the side file here would only delay the take-over.
+	d.diskMu.Lock()
+	recorded := d.diskLast.Role == diskRolePrimary && d.diskLast.Epoch == epoch
+	d.diskMu.Unlock()
+	if !recorded {
+		if err := d.recordDisk(diskRolePrimary, epoch, 0, false); err != nil {
+			return err
+		}
 	}
 	d.mu.Lock()
 	d.wentLive = time.Now()

@@ -110,7 +110,7 @@ const (
 // default 10 ms tick, longer than the scheduling pauses of 100-300 ms seen
 // on loaded shared machines, during which a daemon's real-time heartbeats
 // go on but its node does not run.
-const daemonPeerTimeoutTicks = 50
+const daemonPeerTimeoutTicks = 12
 
 // daemonFlags declares the flags of one role on fs and returns the
 // function that checks and converts them once parsed.

@@ -20,11 +20,17 @@ import (
 // goes).
 const vcpuSpareProcs = 1
 
-// setDaemonProcs raises GOMAXPROCS by vcpuSpareProcs, unless the
-// environment sets it.
+// watchdogSpareProcs: each transport's watchdog holds a P while it sleeps
+// (tcpfallback, sleepUntil), so that its heartbeats never wait for one;
+// the primary and a secondary each run two transports at most while a
+// dialer and the listener overlap, mostly one.
+const watchdogSpareProcs = 1
+
+// setDaemonProcs raises GOMAXPROCS by vcpuSpareProcs and
+// watchdogSpareProcs, unless the environment sets it.
 func setDaemonProcs() {
 	if os.Getenv("GOMAXPROCS") != "" {
 		return
 	}
-	runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + vcpuSpareProcs)
+	runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + vcpuSpareProcs + watchdogSpareProcs)
 }
