@@ -9,7 +9,6 @@ import (
 	"net"
 	"runtime"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -104,16 +103,9 @@ type laneConn struct {
 	spinErr      error
 	spinFn       func(fd uintptr) bool
 
-	// Liveness, set by the data paths and consumed by the watchdog.
-	heard atomic.Bool // bytes arrived since the watchdog last looked
-	sent  atomic.Bool // a frame left since the watchdog last looked
-
-	// Watchdog-only state.
-	silence   time.Duration // watched silence since the lane was last heard
-	unread    int           // bytes waiting in the socket at the last look
-	inqN      int           // SIOCINQ's answer, for inqFn
-	inqFn     func(fd uintptr)
-	idleTicks int
+	// Liveness: set by the data paths (markHeard, markSent), consumed
+	// by each watchdog thread, which keeps the rest of its entry.
+	watch [watchdogThreadsMax]laneWatch
 
 	failOnce sync.Once
 	err      error         // why it died; read after done is closed
@@ -137,7 +129,15 @@ func newLaneConn(l *lane, raw net.Conn, tcp *net.TCPConn, peerMax uint32, leftov
 		leftover:       append([]byte(nil), leftover...),
 		done:           make(chan struct{}),
 	}
-	c.inqFn = c.inq
+	for k := range c.watch {
+		lw := &c.watch[k]
+		lw.inqFn = func(fd uintptr) {
+			lw.inqN = -1
+			if v, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ); err == nil {
+				lw.inqN = v
+			}
+		}
+	}
 	if _, isTLS := raw.(*tls.Conn); isTLS {
 		c.bw = bufio.NewWriterSize(raw, tlsStagingBytes)
 	} else if l.t.cfg.BusyPoll > 0 && l.id == LaneControl {
@@ -414,7 +414,7 @@ func (c *laneConn) readLoop() {
 		}
 		m, err := c.read(buf[w:])
 		if m > 0 {
-			c.heard.Store(true)
+			c.markHeard()
 			w += m
 		}
 		if err != nil {

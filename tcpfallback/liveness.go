@@ -4,17 +4,24 @@ import (
 	"fmt"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"golang.org/x/sys/unix"
 )
 
 // The watchdog decides whether the peer is alive and sends the heartbeats
-// that tell the peer this side is. Both jobs run on one goroutine locked to
-// an OS thread of its own, raised to SCHED_FIFO where the process may (root
-// or CAP_SYS_NICE): on a host whose cores are shared, a thread of normal
-// priority can wait for a core for tens of milliseconds, and a heartbeat
-// that waits as long looks like a dead host to the peer. It sleeps in
+// that tell the peer this side is. Both jobs run on watchdogThreads
+// goroutines for the whole process, each locked to an OS thread of its
+// own, pinned to its own CPU and raised to SCHED_FIFO where the process
+// may (root or CAP_SYS_NICE): on a host whose cores are shared, a thread of
+// normal priority can wait for a core for tens of milliseconds, and a
+// heartbeat that waits as long looks like a dead host to the peer; and a
+// CPU of a virtual machine can itself be held by the hypervisor for 20-50
+// ms while the other runs (seen on the 2-core PVM machines: a thread
+// asleep on it is not woken, its timer does not fire), so each thread
+// sends heartbeats and counts silence on its own, and either keeps the
+// peer informed while the other's CPU is held. It sleeps in
 // nanosleep(2), not on a Go timer, so that its wake-up does not wait for one
 // of the process's normal threads to run the timer, and it sleeps without
 // letting go of its P (Go's processor: see sleepUntil), so that on waking
@@ -147,8 +154,10 @@ const (
 	WatchdogStopped
 )
 
-// watchdogState is the watchdog goroutine's own; Stats copies it under
-// liveMu.
+// watchdogThreadsMax bounds the watchdog threads: one a CPU, at most two.
+const watchdogThreadsMax = 2
+
+// watchdogState is the watchdog's statistics for a transport, under liveMu.
 type watchdogState struct {
 	stats LivenessStats
 }
@@ -164,41 +173,67 @@ func raiseToRealtime() error {
 	return nil
 }
 
-// watchdogs is the one watchdog goroutine of the process and the
-// transports it watches. One for all: it holds a P while it sleeps (see
+// watchdogCPUs returns the CPUs the watchdog threads are pinned to: the
+// first watchdogThreadsMax of those the process may run on (none to pin
+// to when it cannot tell: one thread, unpinned).
+func watchdogCPUs() []int {
+	var set unix.CPUSet
+	if err := unix.SchedGetaffinity(0, &set); err != nil {
+		return []int{-1}
+	}
+	var cpus []int
+	for i := 0; i < 1024 && len(cpus) < watchdogThreadsMax; i++ {
+		if set.IsSet(i) {
+			cpus = append(cpus, i)
+		}
+	}
+	if len(cpus) == 0 {
+		return []int{-1}
+	}
+	return cpus
+}
+
+// watchdogs is the process's watchdog threads and the transports they
+// watch. One set for all: each thread holds a P while it sleeps (see
 // sleepUntil), and a process with two transports (a secondary's dialer
-// and listener) must not lose two.
+// and listener) must not lose two for each.
 var watchdogs struct {
 	mu      sync.Mutex
 	set     map[*Transport]struct{}
-	running bool
-	wake    chan struct{} // a transport joined: look at the schedule again
-	// The thread's priority, once tried: Realtime, or why not.
-	tried    bool
-	realtime bool
-	rtErr    string
+	threads int           // the number the running threads were started with; 0 if none run
+	running int           // threads running
+	wake    chan struct{} // a transport joined: look at the schedule again (one token a thread)
+	// Each thread's priority once tried: "" (real-time) or why not.
+	rtErr []string
+	cpus  []int
 }
 
-// watchdogHoldsP: the watchdog keeps its P while it sleeps only where the
-// process has more Ps than CPUs (the daemon raises GOMAXPROCS for it), so
-// that it never takes one of the few a process of default settings has.
+// watchdogHoldsP: the watchdog threads keep their P while they sleep only
+// where the process has more Ps than CPUs (the daemon raises GOMAXPROCS
+// for them), so that they never take the few a process of default
+// settings has.
 func watchdogHoldsP() bool { return runtime.GOMAXPROCS(0) > runtime.NumCPU() }
 
-// watchState is a transport's part of the watchdog's schedule; wmu is
-// held while the watchdog looks at the transport, so that Close can wait
-// for a look to end.
+// watchState is a transport's part of the watchdog's schedule, one a
+// thread; wmu is held while that thread looks at the transport, so that
+// Close can wait for a look to end.
 type watchState struct {
-	wmu        sync.Mutex
-	tick       time.Duration
-	prev, next time.Time
+	tick   time.Duration
+	thread [watchdogThreadsMax]struct {
+		wmu        sync.Mutex
+		prev, next time.Time
+	}
 }
 
 // startWatchdog adds t to the watchdog's transports, starting the
-// watchdog if it is not running.
+// watchdog's threads if they are not running.
 func (t *Transport) startWatchdog() {
 	now := time.Now()
 	t.watch.tick = t.cfg.HeartbeatInterval / watchdogTicksPerInterval
-	t.watch.prev, t.watch.next = now, now.Add(t.watch.tick)
+	for k := range t.watch.thread {
+		th := &t.watch.thread[k]
+		th.prev, th.next = now, now.Add(t.watch.tick)
+	}
 	t.liveMu.Lock()
 	t.watchdog.stats.Tick = t.watch.tick
 	t.liveMu.Unlock()
@@ -210,16 +245,23 @@ func (t *Transport) startWatchdog() {
 	defer w.mu.Unlock()
 	if w.set == nil {
 		w.set = make(map[*Transport]struct{})
-		w.wake = make(chan struct{}, 1)
+		w.cpus = watchdogCPUs()
+		w.wake = make(chan struct{}, watchdogThreadsMax)
+		w.rtErr = make([]string, len(w.cpus))
 	}
 	w.set[t] = struct{}{}
-	select {
-	case w.wake <- struct{}{}:
-	default:
+	for range w.running {
+		select {
+		case w.wake <- struct{}{}:
+		default:
+		}
 	}
-	if !w.running {
-		w.running = true
-		go runWatchdog()
+	if w.running == 0 {
+		w.threads = len(w.cpus)
+		for k := range w.cpus {
+			w.running++
+			go runWatchdog(k)
+		}
 	}
 }
 
@@ -234,37 +276,43 @@ func (t *Transport) stopWatchdog() {
 	if !ok {
 		return
 	}
-	t.watch.wmu.Lock()
-	t.watch.wmu.Unlock()
+	for k := range t.watch.thread {
+		t.watch.thread[k].wmu.Lock()
+		t.watch.thread[k].wmu.Unlock()
+	}
 	if t.cfg.OnWatchdog != nil {
 		t.cfg.OnWatchdog(WatchdogStopped)
 	}
 }
 
-func runWatchdog() {
+// runWatchdog is watchdog thread k.
+func runWatchdog(k int) {
 	// Locked for good: the thread exits with this goroutine, and its
-	// real-time priority with it.
+	// real-time priority and its CPU with it.
 	runtime.LockOSThread()
 	w := &watchdogs
 	w.mu.Lock()
-	if !w.tried {
-		w.tried = true
-		if err := raiseToRealtime(); err != nil {
-			w.rtErr = err.Error()
-		} else {
-			w.realtime = true
+	var errs []string
+	if cpu := w.cpus[k]; cpu >= 0 {
+		var set unix.CPUSet
+		set.Set(cpu)
+		if err := unix.SchedSetaffinity(0, &set); err != nil {
+			errs = append(errs, fmt.Sprintf("pinning to CPU %d: %v", cpu, err))
 		}
-	} else if w.realtime {
-		if err := raiseToRealtime(); err != nil {
-			w.realtime, w.rtErr = false, err.Error()
-		}
+	}
+	if err := raiseToRealtime(); err != nil {
+		errs = append(errs, err.Error())
+	}
+	w.rtErr[k] = ""
+	if len(errs) > 0 {
+		w.rtErr[k] = fmt.Sprintf("watchdog thread %d: %s", k, errs)
 	}
 	w.mu.Unlock()
 	var ts []*Transport
 	for {
 		w.mu.Lock()
 		if len(w.set) == 0 {
-			w.running = false
+			w.running--
 			w.mu.Unlock()
 			return
 		}
@@ -272,7 +320,13 @@ func runWatchdog() {
 		for t := range w.set {
 			ts = append(ts, t)
 		}
-		realtime, rtErr := w.realtime, w.rtErr
+		realtime, rtErr := true, ""
+		for _, e := range w.rtErr {
+			if e != "" {
+				realtime, rtErr = false, e
+			}
+		}
+		threads := w.threads
 		w.mu.Unlock()
 		// The clock now, not the time the look was due: a byte that
 		// arrived while the look was late was heard at most now.
@@ -280,23 +334,24 @@ func runWatchdog() {
 		next := now.Add(time.Hour)
 		watching := false
 		for _, t := range ts {
-			t.watch.wmu.Lock()
-			if !now.Before(t.watch.next) {
-				gap := now.Sub(t.watch.prev)
-				t.watch.prev = now
-				if t.watch.next = t.watch.next.Add(t.watch.tick); t.watch.next.Before(now) {
-					t.watch.next = now.Add(t.watch.tick) // late: do not run the missed looks back to back
+			th := &t.watch.thread[k]
+			th.wmu.Lock()
+			if !now.Before(th.next) {
+				gap := now.Sub(th.prev)
+				th.prev = now
+				if th.next = th.next.Add(t.watch.tick); th.next.Before(now) {
+					th.next = now.Add(t.watch.tick) // late: do not run the missed looks back to back
 				}
 				if t.cfg.OnWatchdog != nil {
 					t.cfg.OnWatchdog(WatchdogLook)
 				}
-				t.look(now, gap, min(gap, watchdogCreditTicks*t.watch.tick), realtime, rtErr)
+				t.look(k, threads, now, gap, min(gap, watchdogCreditTicks*t.watch.tick), realtime, rtErr)
 			}
-			if t.watch.next.Before(next) {
-				next = t.watch.next
+			if th.next.Before(next) {
+				next = th.next
 			}
 			watching = watching || t.lanes[LaneControl].cur.Load() != nil || t.lanes[LaneBulk].cur.Load() != nil
-			t.watch.wmu.Unlock()
+			th.wmu.Unlock()
 		}
 		if watching && watchdogHoldsP() {
 			sleepUntil(next)
@@ -313,9 +368,35 @@ func runWatchdog() {
 	}
 }
 
-// look is one watchdog look at every lane: who was heard, who is dead,
-// who needs a heartbeat.
-func (t *Transport) look(now time.Time, gap, credit time.Duration, realtime bool, rtErr string) {
+// laneWatch is watchdog thread k's state of one connection.
+type laneWatch struct {
+	heard     atomic.Bool   // bytes arrived since this thread last looked
+	sent      atomic.Bool   // a frame left since this thread last looked
+	silence   time.Duration // watched silence since the lane was last heard
+	unread    int           // bytes waiting in the socket at the last look
+	idleTicks int
+	inqN      int              // SIOCINQ's answer, for inqFn
+	inqFn     func(fd uintptr) // made once per connection: a look allocates nothing
+}
+
+// markHeard and markSent tell every watchdog thread.
+func (c *laneConn) markHeard() {
+	for k := range c.watch {
+		c.watch[k].heard.Store(true)
+	}
+}
+
+func (c *laneConn) markSent() {
+	for k := range c.watch {
+		c.watch[k].sent.Store(true)
+	}
+}
+
+// look is watchdog thread k's look at every lane of t: who was heard, who
+// is dead, who needs a heartbeat. Each of the threads threads sends
+// heartbeats every threads intervals, so that together they send one an
+// interval, and either alone one in threads intervals.
+func (t *Transport) look(k, threads int, now time.Time, gap, credit time.Duration, realtime bool, rtErr string) {
 	cfg := &t.cfg
 	var conns [LaneCount]*laneConn
 	var ended [LaneCount]time.Duration // silences that ended at this look
@@ -326,14 +407,15 @@ func (t *Transport) look(now time.Time, gap, credit time.Duration, realtime bool
 			continue
 		}
 		conns[i] = c
-		if c.heard.Swap(false) || c.unreadGrew() {
-			ended[i] = c.silence
-			c.silence = 0
+		lw := &c.watch[k]
+		if lw.heard.Swap(false) || c.unreadGrew(lw) {
+			ended[i] = lw.silence
+			lw.silence = 0
 		} else {
-			c.silence += credit
+			lw.silence += credit
 		}
-		if peerSilence < 0 || c.silence < peerSilence {
-			peerSilence = c.silence
+		if peerSilence < 0 || lw.silence < peerSilence {
+			peerSilence = lw.silence
 		}
 	}
 	var dead [LaneCount]bool
@@ -349,15 +431,16 @@ func (t *Transport) look(now time.Time, gap, credit time.Duration, realtime bool
 		if c == nil {
 			continue
 		}
+		lw := &c.watch[k]
 		if ended[i] > 0 {
 			st.PeerSilence.add(ended[i])
 			st.PeerSilenceMax = max(st.PeerSilenceMax, ended[i])
 		}
-		if c.silence > cfg.HeartbeatTimeout && (peerSilence > cfg.HeartbeatTimeout || c.silence > laneAloneTimeouts*cfg.HeartbeatTimeout) {
+		if lw.silence > cfg.HeartbeatTimeout && (peerSilence > cfg.HeartbeatTimeout || lw.silence > laneAloneTimeouts*cfg.HeartbeatTimeout) {
 			dead[i] = true
 			st.DeclaredDead++
-			st.PeerSilence.add(c.silence)
-			st.PeerSilenceMax = max(st.PeerSilenceMax, c.silence)
+			st.PeerSilence.add(lw.silence)
+			st.PeerSilenceMax = max(st.PeerSilenceMax, lw.silence)
 		}
 	}
 	t.liveMu.Unlock()
@@ -368,43 +451,36 @@ func (t *Transport) look(now time.Time, gap, credit time.Duration, realtime bool
 		l := t.lanes[i]
 		if dead[i] {
 			l.stats.heartbeatTimeouts.Add(1)
-			c.fail(&HeartbeatTimeoutError{Lane: l.id, Peer: c.peer, Silent: c.silence, Timeout: cfg.HeartbeatTimeout})
+			c.fail(&HeartbeatTimeoutError{Lane: l.id, Peer: c.peer, Silent: c.watch[k].silence, Timeout: cfg.HeartbeatTimeout})
 			continue
 		}
-		l.heartbeat(c)
+		l.heartbeat(c, &c.watch[k], threads)
 	}
 }
 
 // unreadGrew reports whether more bytes wait unread in the connection's
-// socket than at the last look: the peer sent them, though the reader has
-// not read them yet. Watchdog only.
-func (c *laneConn) unreadGrew() bool {
-	c.inqN = -1
-	_ = c.rc.Control(c.inqFn)
-	grew := c.inqN > c.unread
-	c.unread = max(c.inqN, 0)
+// socket than at thread lw's last look (SIOCINQ): the peer sent them,
+// though the reader has not read them yet.
+func (c *laneConn) unreadGrew(lw *laneWatch) bool {
+	lw.inqN = -1
+	_ = c.rc.Control(lw.inqFn)
+	grew := lw.inqN > lw.unread
+	lw.unread = max(lw.inqN, 0)
 	return grew
 }
 
-// inq is unreadGrew's Control function, made once per connection so that a
-// look allocates nothing.
-func (c *laneConn) inq(fd uintptr) {
-	if v, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ); err == nil {
-		c.inqN = v
-	}
-}
-
-// heartbeat sends a heartbeat on c if nothing left it for an interval.
-// It never waits: a writer holding the lane is sending, which is as good
-// as a heartbeat, and a socket with no room means a peer that does not
-// read, which its own watchdog sees as bytes waiting.
-func (l *lane) heartbeat(c *laneConn) {
-	if c.sent.Swap(false) {
-		c.idleTicks = 0
+// heartbeat sends a heartbeat on c if nothing left it for threads
+// intervals (of this thread's looks). It never waits: a writer holding
+// the lane is sending, which is as good as a heartbeat, and a socket with
+// no room means a peer that does not read, which its own watchdog sees as
+// bytes waiting.
+func (l *lane) heartbeat(c *laneConn, lw *laneWatch, threads int) {
+	if lw.sent.Swap(false) {
+		lw.idleTicks = 0
 		return
 	}
-	c.idleTicks++
-	if c.idleTicks < watchdogTicksPerInterval {
+	lw.idleTicks++
+	if lw.idleTicks < watchdogTicksPerInterval*threads {
 		return
 	}
 	if !l.wmu.TryLock() {
@@ -424,7 +500,7 @@ func (l *lane) heartbeat(c *laneConn) {
 	if !sent {
 		return
 	}
-	c.idleTicks = 0
+	lw.idleTicks = 0
 	l.stats.heartbeatsSent.Add(1)
 	l.stats.framesSent.Add(1)
 	l.stats.bytesSent.Add(HeaderBytes)

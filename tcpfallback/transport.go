@@ -284,7 +284,7 @@ func (l *lane) sendLocked(typ Type, flags Flags, payload []byte, try bool) error
 		c.fail(err)
 		return err
 	}
-	c.sent.Store(true)
+	c.markSent()
 	l.stats.framesSent.Add(1)
 	l.stats.bytesSent.Add(uint64(HeaderBytes + len(payload)))
 	return nil
@@ -346,7 +346,7 @@ func (t *Transport) SendSpan(typ Type, span []byte) (int, error) {
 		c.fail(err)
 		return 0, err
 	}
-	c.sent.Store(true)
+	c.markSent()
 	l.stats.framesSent.Add(uint64(frames))
 	l.stats.bytesSent.Add(uint64(len(span) + frames*(HeaderBytes-ring.RecordHeaderBytes)))
 	return frames, nil

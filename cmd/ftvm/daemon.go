@@ -73,7 +73,7 @@ unread in a socket count as heard. Silence counts only while the watchdog
 itself runs (at most two looks' worth per look), so a pause of this host
 or of the whole machine never makes it take a live peer for dead; while
 it runs on time a silent peer is lost 12-14 ms after its last byte. A
-slower progress check, --peer-timeout-ticks x --tick (500 ms), catches a
+slower progress check, --peer-timeout-ticks x --tick (300 ms), catches a
 peer whose heartbeats come but whose daemon is stuck. A primary that did
 not run for half the heartbeat timeout (its watchdog's looks stopped) or
 half the progress check sends none of the VM's frames until its secondary

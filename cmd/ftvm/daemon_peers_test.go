@@ -84,8 +84,8 @@ func TestHeartbeatTimeoutFlag(t *testing.T) {
 	if _, err := parse("--heartbeat-timeout", "3ms"); err == nil || !strings.Contains(err.Error(), "--heartbeat-timeout") {
 		t.Errorf("--heartbeat-timeout 3ms (heartbeats every 2ms): err %v, want a refusal naming the flag", err)
 	}
-	if _, err := parse("--heartbeat-timeout", "600ms"); err == nil || !strings.Contains(err.Error(), "--peer-timeout-ticks") {
-		t.Errorf("--heartbeat-timeout 600ms past the 500ms progress check: err %v, want a refusal naming --peer-timeout-ticks", err)
+	if _, err := parse("--heartbeat-timeout", "400ms"); err == nil || !strings.Contains(err.Error(), "--peer-timeout-ticks") {
+		t.Errorf("--heartbeat-timeout 400ms past the 300ms progress check: err %v, want a refusal naming --peer-timeout-ticks", err)
 	}
 	c, err = parse("--heartbeat-interval", "5ms", "--heartbeat-timeout", "30ms")
 	if err != nil {

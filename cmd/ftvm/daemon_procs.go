@@ -20,11 +20,10 @@ import (
 // goes).
 const vcpuSpareProcs = 1
 
-// watchdogSpareProcs: each transport's watchdog holds a P while it sleeps
-// (tcpfallback, sleepUntil), so that its heartbeats never wait for one;
-// the primary and a secondary each run two transports at most while a
-// dialer and the listener overlap, mostly one.
-const watchdogSpareProcs = 1
+// watchdogSpareProcs: the transport's watchdog threads (one a CPU, two at
+// most, for the whole process) each hold a P while they sleep
+// (tcpfallback, sleepUntil), so that their heartbeats never wait for one.
+const watchdogSpareProcs = 2
 
 // setDaemonProcs raises GOMAXPROCS by vcpuSpareProcs and
 // watchdogSpareProcs, unless the environment sets it.
