@@ -486,12 +486,14 @@ func (l *lane) heartbeat(c *laneConn, lw *laneWatch, threads int) {
 	if !l.wmu.TryLock() {
 		return
 	}
+	l.heartbeating.Store(true)
 	var err error
 	sent := false
 	if l.cur.Load() == c && c.roomFor(HeaderBytes) {
 		err = c.writeFrame(TypeHeartbeat, 0, nil)
 		sent = err == nil
 	}
+	l.heartbeating.Store(false)
 	l.wmu.Unlock()
 	if err != nil {
 		c.fail(fmt.Errorf("tcpfallback: %s lane: sending heartbeat to %s: %w", l.id, c.peer, c.writeError(err)))

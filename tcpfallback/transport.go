@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -65,6 +66,9 @@ type lane struct {
 	t   *Transport
 	id  Lane
 	wmu sync.Mutex // serializes writes: held for the whole of one frame or span
+	// heartbeating: the watchdog holds wmu for a heartbeat (TrySend waits
+	// for it, briefly).
+	heartbeating atomic.Bool
 
 	cur     atomic.Pointer[laneConn] // the live connection, or nil; swapped by install/connDied
 	lastErr atomic.Pointer[error]    // why the last connection died
@@ -254,10 +258,34 @@ func (t *Transport) TrySend(typ Type, payload []byte) error {
 		return fmt.Errorf("tcpfallback: frame type %s cannot be sent by a user (use TypeLog..TypeCheckpoint)", typ)
 	}
 	l := t.lanes[LaneOf(typ)]
-	if !l.wmu.TryLock() {
+	if !l.tryLock() {
 		return ErrWouldBlock
 	}
 	return l.sendLocked(typ, 0, payload, true)
+}
+
+// heartbeatWaitMax bounds how long TrySend waits for a heartbeat that
+// holds the lane: a heartbeat is one write of 16 bytes that never waits
+// for room, so it ends in microseconds unless its thread was stopped, and
+// an acknowledgement that gave way to every heartbeat (one a millisecond)
+// would go by the slow path far more often than a busy lane's sends make
+// it.
+const heartbeatWaitMax = 50 * time.Microsecond
+
+// tryLock takes wmu if it is free, or as soon as a heartbeat that holds it
+// is done (within heartbeatWaitMax).
+func (l *lane) tryLock() bool {
+	if l.wmu.TryLock() {
+		return true
+	}
+	if !l.heartbeating.Load() {
+		return false
+	}
+	deadline := time.Now().Add(heartbeatWaitMax)
+	for l.heartbeating.Load() && time.Now().Before(deadline) {
+		runtime.Gosched()
+	}
+	return l.wmu.TryLock()
 }
 
 // sendLocked sends one frame with l.wmu held, and unlocks it. With try

@@ -206,6 +206,10 @@ type daemon struct {
 	// fence keeps the VM's frames in after a stall that may have deposed
 	// this host (see txFence).
 	fence *txFence
+	// deposing is the epoch in which this primary found it may have been
+	// replaced (deposedMaybe), 0 when it did not: until the node is out of
+	// that protected epoch, frames from the peer are dropped.
+	deposing atomic.Uint64
 	// realtimeWarning: the watchdog's lack of SCHED_FIFO is said once.
 	realtimeWarning sync.Once
 	// life is the context of run, for the announcements' goroutines.
@@ -321,7 +325,7 @@ func newDaemon(c *daemonConfig, log *slog.Logger, term io.Writer) (_ *daemon, er
 		}
 		log.Info("transport to the primary", "peer", c.peer, "control_lane", providerName(d.dialProvider), "why", why)
 	}
-	d.fence = newTxFence(c.progressTimeout(), c.transportTimeout(d.trCfg))
+	d.fence = newTxFence(c.progressTimeout(), c.transportTimeout(d.trCfg), c.heartbeatInterval)
 	if d.nic != nil {
 		d.nic.SetFence(d.fence.mayTransmit)
 		d.nic.WatchSource(c.mac, d.staleFrameSeen)
@@ -421,6 +425,17 @@ func (d *daemon) transportConfig() (tcpfallback.Config, error) {
 			}
 		},
 		OnFrame: func(f transport.Frame) {
+			// A look at the clock first: a primary that was not run for
+			// as long as its secondary waits for heartbeats may have
+			// been replaced, and the acknowledgements waiting in its
+			// socket would make it release outputs in a stale epoch.
+			d.fence.look()
+			if d.fence.mayBeDeposed() {
+				d.deposedMaybe()
+			}
+			if d.deposingDrop() {
+				return
+			}
 			d.fence.peerHeard()
 			d.ag.HandleFrame(f)
 		}}

@@ -193,9 +193,16 @@ type txFence struct {
 	lastLook  atomic.Int64 // ns since base: the latest look at the clock
 	lastWatch atomic.Int64 // ns since base: a watchdog's latest look
 	watchers  atomic.Int32 // transport watchdogs running
-	stall     atomic.Int64 // ns since base when a stall was seen; 0: none
-	peerFrame atomic.Int64 // ns since base of the latest frame from the peer
-	fenced    atomic.Uint64
+	// deposeGap: a gap of the watchdogs' looks this long (ns) may have
+	// let the peer take this host for dead (its heartbeat timeout less a
+	// heartbeat interval); longGaps counts them, deposeSeen is how many
+	// the daemon acted on (mayBeDeposed).
+	deposeGap  int64
+	longGaps   atomic.Uint64
+	deposeSeen atomic.Uint64
+	stall      atomic.Int64 // ns since base when a stall was seen; 0: none
+	peerFrame  atomic.Int64 // ns since base of the latest frame from the peer
+	fenced     atomic.Uint64
 
 	// Owned by the goroutine that calls tick.
 	stallSeen        int64 // the stall the fields below belong to
@@ -205,8 +212,9 @@ type txFence struct {
 // newTxFence: progressTimeout is how long the peer's node waits for this
 // one's messages (--peer-timeout-ticks x --tick), heartbeatTimeout how long
 // its transport waits for this host's heartbeats.
-func newTxFence(progressTimeout, heartbeatTimeout time.Duration) *txFence {
+func newTxFence(progressTimeout, heartbeatTimeout, heartbeatInterval time.Duration) *txFence {
 	f := &txFence{base: time.Now(), stallMax: progressTimeout / 2, watchStallMax: heartbeatTimeout / 2,
+		deposeGap: int64(max(heartbeatTimeout-heartbeatInterval, heartbeatTimeout/2)),
 		peerGrace: min(progressTimeout, heartbeatTimeout)}
 	f.lastLook.Store(1)
 	return f
@@ -225,8 +233,33 @@ func (f *txFence) look() int64 {
 	// but this frame comes first): one stall per gap.
 	if w := f.lastWatch.Load(); f.watchers.Load() > 0 && now-w > int64(f.watchStallMax) && f.lastWatch.CompareAndSwap(w, now) {
 		f.stall.CompareAndSwap(0, now)
+		f.noteWatchGap(now - w)
 	}
 	return now
+}
+
+// noteWatchGap records a gap of gap ns in the watchdogs' looks.
+func (f *txFence) noteWatchGap(gap int64) {
+	if f.deposeGap > 0 && gap > f.deposeGap {
+		f.longGaps.Add(1)
+	}
+}
+
+// mayBeDeposed reports, once per such gap, that the watchdogs did not look
+// for long enough that the peer may have taken this host for dead: a
+// primary must then not act on what it reads (acknowledgements the
+// secondary sent before it took over would release outputs in a stale
+// epoch) but ask the arbiter again (PeerLost).
+func (f *txFence) mayBeDeposed() bool {
+	for {
+		seen, n := f.deposeSeen.Load(), f.longGaps.Load()
+		if seen >= n {
+			return false
+		}
+		if f.deposeSeen.CompareAndSwap(seen, n) {
+			return true
+		}
+	}
 }
 
 // watched is tcpfallback.Config.OnWatchdog: a transport's watchdog
@@ -244,6 +277,7 @@ func (f *txFence) watched(ev tcpfallback.WatchdogEvent) {
 	case tcpfallback.WatchdogLook:
 		if prev := f.lastWatch.Swap(now); now-prev > int64(f.watchStallMax) {
 			f.stall.CompareAndSwap(0, now)
+			f.noteWatchGap(now - prev)
 		}
 	}
 }
@@ -359,4 +393,36 @@ func (d *daemon) staleFrameSeen() {
 		d.log.Warn("a frame from the VM's MAC came from another host: announcing the VM's address again")
 		go d.announce(*ctx, "stale frame")
 	}
+}
+
+// deposedMaybe: this host was not run for long enough that its secondary
+// may have taken it for dead and taken over. A protected primary then
+// treats its secondary as lost (lockstep.Node.PeerLost): it releases
+// nothing more in this epoch and asks the arbiter for the next one, which
+// it gets only if the secondary did not take over (it then goes on alone
+// and the secondary joins again); otherwise it halts.
+func (d *daemon) deposedMaybe() {
+	st := d.ag.Status()
+	if st.Role != lockstep.RolePrimary || !st.Protected && !st.Syncing {
+		return
+	}
+	d.log.Warn("this host was not run for longer than its secondary waits for heartbeats: asking the arbiter whether it is still primary before it releases anything more", "epoch", st.Epoch)
+	d.deposing.Store(st.Epoch)
+	d.ag.PeerLost()
+}
+
+// deposingDrop reports whether a frame from the peer is to be dropped: the
+// node acts on PeerLost at its next tick, and until it has left the
+// protected epoch deposedMaybe saw, an acknowledgement read now (sent
+// before the secondary took over) would still release outputs in it.
+func (d *daemon) deposingDrop() bool {
+	e := d.deposing.Load()
+	if e == 0 {
+		return false
+	}
+	if st := d.ag.Status(); st.Role == lockstep.RolePrimary && st.Epoch == e && (st.Protected || st.Syncing) {
+		return true
+	}
+	d.deposing.CompareAndSwap(e, 0)
+	return false
 }

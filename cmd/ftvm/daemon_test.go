@@ -249,7 +249,7 @@ func TestTxFence(t *testing.T) {
 	stall := func(f *txFence) {
 		f.lastLook.Store(f.now() - int64(20*peerTimeout))
 	}
-	f := newTxFence(peerTimeout, peerTimeout)
+	f := newTxFence(peerTimeout, peerTimeout, peerTimeout/10)
 	for range 3 {
 		if !f.mayTransmit() {
 			t.Fatal("the fence is up without a stall")
@@ -317,15 +317,21 @@ func TestTxFence(t *testing.T) {
 // transport is no stall.
 func TestTxFenceWatchdog(t *testing.T) {
 	const hb = time.Second // far above any pause a loaded host puts between two lines here
-	f := newTxFence(100*hb, hb)
+	f := newTxFence(100*hb, hb, hb/10)
 	f.watched(tcpfallback.WatchdogStarted)
 	f.watched(tcpfallback.WatchdogLook)
 	if !f.mayTransmit() {
 		t.Fatal("fenced without a stall")
 	}
+	if f.mayBeDeposed() {
+		t.Fatal("may be deposed without a stall")
+	}
 	f.lastWatch.Store(f.now() - int64(hb)) // the watchdog was not run for a heartbeat timeout
 	if f.mayTransmit() {
 		t.Fatal("a frame left after the watchdog was not run for a heartbeat timeout (seen first by the frame)")
+	}
+	if !f.mayBeDeposed() || f.mayBeDeposed() {
+		t.Fatal("a gap of a heartbeat timeout in the watchdog's looks did not say, once, that the peer may have taken over")
 	}
 	f.tick(lockstep.Status{Role: lockstep.RolePrimary, Epoch: 3}) // alone: lifted
 	if !f.mayTransmit() {
@@ -347,7 +353,7 @@ func TestTxFenceWatchdog(t *testing.T) {
 
 // TestTxFenceHalted: a node that halted after the stall stays fenced.
 func TestTxFenceHalted(t *testing.T) {
-	f := newTxFence(100*time.Millisecond, 100*time.Millisecond)
+	f := newTxFence(100*time.Millisecond, 100*time.Millisecond, 10*time.Millisecond)
 	f.lastLook.Store(f.now() - int64(time.Second))
 	f.tick(lockstep.Status{Role: lockstep.RolePrimary, Protected: true, Epoch: 3, LastSeq: 10})
 	if _, lifted := f.tick(lockstep.Status{Role: lockstep.RoleHalted, Epoch: 3, LastSeq: 10}); lifted || f.mayTransmit() {
