@@ -397,7 +397,7 @@ func (c *laneConn) markSent() {
 // heartbeats every threads intervals, so that together they send one an
 // interval, and either alone one in threads intervals.
 func (t *Transport) look(k, threads int, now time.Time, gap, credit time.Duration, realtime bool, rtErr string) {
-	cfg := &t.cfg
+	timeout := t.HeartbeatTimeout()
 	var conns [LaneCount]*laneConn
 	var ended [LaneCount]time.Duration // silences that ended at this look
 	peerSilence := time.Duration(-1)
@@ -436,7 +436,7 @@ func (t *Transport) look(k, threads int, now time.Time, gap, credit time.Duratio
 			st.PeerSilence.add(ended[i])
 			st.PeerSilenceMax = max(st.PeerSilenceMax, ended[i])
 		}
-		if lw.silence > cfg.HeartbeatTimeout && (peerSilence > cfg.HeartbeatTimeout || lw.silence > laneAloneTimeouts*cfg.HeartbeatTimeout) {
+		if lw.silence > timeout && (peerSilence > timeout || lw.silence > laneAloneTimeouts*timeout) {
 			dead[i] = true
 			st.DeclaredDead++
 			st.PeerSilence.add(lw.silence)
@@ -451,7 +451,7 @@ func (t *Transport) look(k, threads int, now time.Time, gap, credit time.Duratio
 		l := t.lanes[i]
 		if dead[i] {
 			l.stats.heartbeatTimeouts.Add(1)
-			c.fail(&HeartbeatTimeoutError{Lane: l.id, Peer: c.peer, Silent: c.watch[k].silence, Timeout: cfg.HeartbeatTimeout})
+			c.fail(&HeartbeatTimeoutError{Lane: l.id, Peer: c.peer, Silent: c.watch[k].silence, Timeout: timeout})
 			continue
 		}
 		l.heartbeat(c, &c.watch[k], threads)
@@ -506,6 +506,27 @@ func (l *lane) heartbeat(c *laneConn, lw *laneWatch, threads int) {
 	l.stats.heartbeatsSent.Add(1)
 	l.stats.framesSent.Add(1)
 	l.stats.bytesSent.Add(HeaderBytes)
+}
+
+// HeartbeatTimeout is the heartbeat timeout in force (Config's, unless
+// SetHeartbeatTimeout changed it).
+func (t *Transport) HeartbeatTimeout() time.Duration {
+	if d := time.Duration(t.hbTimeout.Load()); d > 0 {
+		return d
+	}
+	return t.cfg.HeartbeatTimeout
+}
+
+// SetHeartbeatTimeout changes the heartbeat timeout from the watchdog's
+// next look on; zero goes back to Config.HeartbeatTimeout. A timeout
+// under two heartbeat intervals is raised to two. The daemon waits longer
+// while a secondary joins (restoring a checkpoint keeps a process busier
+// than anything in step does) than once it is in step.
+func (t *Transport) SetHeartbeatTimeout(d time.Duration) {
+	if d != 0 {
+		d = max(d, minHeartbeatTimeoutIntervals*t.cfg.HeartbeatInterval)
+	}
+	t.hbTimeout.Store(int64(d))
 }
 
 // Liveness returns a snapshot of what the watchdog saw.

@@ -200,3 +200,43 @@ func TestUnreadBytesCountAsAlive(t *testing.T) {
 		t.Fatalf("%d heartbeat timeouts while the readers were held", n)
 	}
 }
+
+// SetHeartbeatTimeout changes the timeout at once, both ways: a freeze far
+// past the configured timeout is no loss under a longer one, and after
+// going back to the configured one, the next freeze is.
+func TestSetHeartbeatTimeout(t *testing.T) {
+	cmd, _, _, addr := startLivenessChild(t, "listen")
+	d := dial(t, strings.TrimSpace(addr), livenessConfig(newSink()))
+	d.SetHeartbeatTimeout(50 * DefaultHeartbeatTimeout)
+	if got := d.HeartbeatTimeout(); got != 50*DefaultHeartbeatTimeout {
+		t.Fatalf("HeartbeatTimeout %v after SetHeartbeatTimeout(%v)", got, 50*DefaultHeartbeatTimeout)
+	}
+	time.Sleep(20 * DefaultHeartbeatInterval)
+	drainEvents(d)
+	if err := cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(10 * DefaultHeartbeatTimeout)
+	if err := cmd.Process.Signal(syscall.SIGCONT); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(5 * DefaultHeartbeatTimeout)
+	for _, ls := range d.Stats().Lanes {
+		if ls.Losses != 0 {
+			t.Fatalf("a lane was lost over a freeze of 10 configured timeouts under a timeout of 50: %+v", d.Stats().Lanes)
+		}
+	}
+	d.SetHeartbeatTimeout(0)
+	if got := d.HeartbeatTimeout(); got != DefaultHeartbeatTimeout {
+		t.Fatalf("HeartbeatTimeout %v after SetHeartbeatTimeout(0), want Config's %v", got, DefaultHeartbeatTimeout)
+	}
+	if err := cmd.Process.Signal(syscall.SIGSTOP); err != nil {
+		t.Fatal(err)
+	}
+	for lane, ev := range waitLanesDown(t, d) {
+		var he *HeartbeatTimeoutError
+		if !errors.As(ev.Err, &he) || he.Timeout != DefaultHeartbeatTimeout {
+			t.Fatalf("%s lane down with %v, want a heartbeat timeout of %v", Lane(lane), ev.Err, DefaultHeartbeatTimeout)
+		}
+	}
+}

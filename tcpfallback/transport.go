@@ -47,6 +47,9 @@ type Transport struct {
 	liveMu   sync.Mutex // guards watchdog
 	watchdog watchdogState
 	watch    watchState // the watchdog's schedule for this transport
+	// hbTimeout overrides cfg.HeartbeatTimeout when positive (ns;
+	// SetHeartbeatTimeout).
+	hbTimeout atomic.Int64
 
 	mu          sync.Mutex // guards closed, events (sends and close), stateCh, pending
 	closed      bool

@@ -418,7 +418,9 @@ func (d *daemon) openNIC() (vmm.NICBackend, error) {
 
 func (d *daemon) transportConfig() (tcpfallback.Config, error) {
 	c := tcpfallback.Config{VMID: d.cfg.vmID, Name: d.cfg.tlsName, PeerNames: d.cfg.allowPeers,
-		HeartbeatTimeout: d.cfg.heartbeatTimeout, HeartbeatInterval: d.cfg.heartbeatInterval,
+		// A transport starts with the join's timeout; once the pair is
+		// in step, watchFence sets --heartbeat-timeout.
+		HeartbeatTimeout: d.cfg.joinHeartbeatTimeout, HeartbeatInterval: d.cfg.heartbeatInterval,
 		OnWatchdog: func(ev tcpfallback.WatchdogEvent) {
 			if d.fence != nil {
 				d.fence.watched(ev)

@@ -81,9 +81,12 @@ type daemonConfig struct {
 	// silent this long on every lane is lost.
 	heartbeatInterval time.Duration
 	heartbeatTimeout  time.Duration
-	window            int
-	precopyRounds     int
-	waitForSecondary  bool
+	// joinHeartbeatTimeout replaces heartbeatTimeout while a secondary
+	// joins (setHeartbeatTimeouts).
+	joinHeartbeatTimeout time.Duration
+	window               int
+	precopyRounds        int
+	waitForSecondary     bool
 
 	// The reachability rule (daemon_reach.go): no targets, no rule.
 	reachCheck      []netip.Addr
@@ -112,6 +115,10 @@ const (
 // transport's real-time heartbeats go on is not taken for dead. (50 made
 // joins hang for seconds in the freeze scenario: not understood yet.)
 const daemonPeerTimeoutTicks = 30
+
+// defaultJoinHeartbeatTimeout: the pauses of 100-300 ms seen while a
+// secondary restores a checkpoint on a loaded 2-core machine.
+const defaultJoinHeartbeatTimeout = 300 * time.Millisecond
 
 // daemonFlags declares the flags of one role on fs and returns the
 // function that checks and converts them once parsed.
@@ -154,6 +161,7 @@ func daemonFlags(fs *flag.FlagSet, role wire.Role) func() (*daemonConfig, error)
 	fs.IntVar(&c.heartbeatTicks, "heartbeat-ticks", lockstep.DefaultHeartbeatTicks, "ticks between heartbeats")
 	fs.IntVar(&c.peerTimeoutTicks, "peer-timeout-ticks", daemonPeerTimeoutTicks, "the progress check: ticks without a protocol message from the peer's daemon after which it is taken for dead although its transport's heartbeats still come (its daemon is stuck); a broken connection, or one silent for --heartbeat-timeout, counts at once")
 	fs.DurationVar(&c.heartbeatInterval, "heartbeat-interval", tcpfallback.DefaultHeartbeatInterval, "the transport sends a heartbeat on each idle lane this often, from a real-time thread (SCHED_FIFO where the process may; a warning says when it may not), and looks at its lanes twice as often")
+	fs.DurationVar(&c.joinHeartbeatTimeout, "join-heartbeat-timeout", defaultJoinHeartbeatTimeout, "the --heartbeat-timeout in force while a secondary joins (until it is in step): restoring a checkpoint keeps both daemons busier than anything in step, and a join that breaks only starts again (a secondary not in step cannot take over); at least --heartbeat-timeout")
 	fs.DurationVar(&c.heartbeatTimeout, "heartbeat-timeout", tcpfallback.DefaultHeartbeatTimeout, "the peer is taken for lost when nothing (a frame, a heartbeat, unread bytes in a socket) came from it on any lane for this long, counted only while this host's watchdog runs itself, so a pause of this host or of the whole machine never counts; a longer one rides out a peer that is not run at the cost of a slower take-over when it really goes silent; both hosts should use the same; at least 2 x --heartbeat-interval")
 	reachCheck := fs.String("reach-check", "", "IPv4 addresses on the VM's network (its gateway, say), comma-separated, pinged every --reach-interval: while none answers, this host never asks the arbiter for the VM, and a protected primary yields after --reach-yield-after (default: no check)")
 	fs.StringVar(&c.reachLink, "reach-link", "", "with --reach-check: the uplink to the VM's network (its carrier must be up too)")
@@ -307,6 +315,9 @@ func daemonFlags(fs *flag.FlagSet, role wire.Role) func() (*daemonConfig, error)
 		}
 		if least := 2 * c.heartbeatInterval; c.heartbeatTimeout < least {
 			return nil, fmt.Errorf("--heartbeat-timeout %v is too short: heartbeats go every %v (--heartbeat-interval), so a timeout under %v would take a live peer for lost", c.heartbeatTimeout, c.heartbeatInterval, least)
+		}
+		if c.joinHeartbeatTimeout < c.heartbeatTimeout {
+			return nil, fmt.Errorf("--join-heartbeat-timeout %v is shorter than --heartbeat-timeout %v: a join may only wait longer", c.joinHeartbeatTimeout, c.heartbeatTimeout)
 		}
 		if pt := time.Duration(c.peerTimeoutTicks) * c.tick; pt <= c.heartbeatTimeout {
 			return nil, fmt.Errorf("--peer-timeout-ticks %d x --tick %v = %v must be longer than --heartbeat-timeout %v: it is the slower check, for a peer whose heartbeats come but whose daemon is stuck", c.peerTimeoutTicks, c.tick, pt, c.heartbeatTimeout)

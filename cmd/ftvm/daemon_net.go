@@ -340,12 +340,13 @@ func (c *daemonConfig) peerTimeout(tr tcpfallback.Config) time.Duration {
 	return min(c.transportTimeout(tr), c.progressTimeout())
 }
 
-// transportTimeout is the transport's heartbeat timeout.
-func (c *daemonConfig) transportTimeout(tr tcpfallback.Config) time.Duration {
-	if tr.HeartbeatTimeout == 0 {
+// transportTimeout is the transport's heartbeat timeout while the pair is
+// in step (while a secondary joins it is --join-heartbeat-timeout).
+func (c *daemonConfig) transportTimeout(tcpfallback.Config) time.Duration {
+	if c.heartbeatTimeout == 0 {
 		return tcpfallback.DefaultHeartbeatTimeout
 	}
-	return tr.HeartbeatTimeout
+	return c.heartbeatTimeout
 }
 
 // progressTimeout is the node's own: --peer-timeout-ticks x --tick without
@@ -365,7 +366,9 @@ func (d *daemon) watchFence(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		newStall, lifted := d.fence.tick(d.ag.Status())
+		st := d.ag.Status()
+		d.setHeartbeatTimeouts(st)
+		newStall, lifted := d.fence.tick(st)
 		if newStall {
 			d.log.Warn("this host did not run for longer than half the peer timeout: the VM's frames are held back until the secondary shows it still follows (it may have taken over)", "fenced_so_far", d.fence.Fenced())
 		}
@@ -425,4 +428,22 @@ func (d *daemon) deposingDrop() bool {
 	}
 	d.deposing.CompareAndSwap(e, 0)
 	return false
+}
+
+// setHeartbeatTimeouts gives the transports --heartbeat-timeout while the
+// pair is in step, and --join-heartbeat-timeout while a secondary joins: a
+// joiner restoring a checkpoint (and its primary taking and shipping one)
+// is busier than anything in step, and a join that breaks costs a new one,
+// not a failover, since a secondary not in step cannot take over anyway.
+func (d *daemon) setHeartbeatTimeouts(st lockstep.Status) {
+	inStep := st.Role == lockstep.RolePrimary && st.Protected && !st.Syncing || st.Role == lockstep.RoleSecondary && st.Synced
+	timeout := d.cfg.joinHeartbeatTimeout
+	if inStep {
+		timeout = d.cfg.heartbeatTimeout
+	}
+	for _, tr := range d.transports() {
+		if tr.TCP().HeartbeatTimeout() != timeout {
+			tr.TCP().SetHeartbeatTimeout(timeout)
+		}
+	}
 }

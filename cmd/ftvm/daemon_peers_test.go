@@ -75,8 +75,8 @@ func TestHeartbeatTimeoutFlag(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if tr.HeartbeatTimeout != 300*time.Millisecond {
-		t.Errorf("the transport's heartbeat timeout is %v with --heartbeat-timeout 300ms", tr.HeartbeatTimeout)
+	if tr.HeartbeatTimeout != c.joinHeartbeatTimeout {
+		t.Errorf("a transport starts with heartbeat timeout %v, want the join's %v", tr.HeartbeatTimeout, c.joinHeartbeatTimeout)
 	}
 	if got := c.peerTimeout(tr); got != 300*time.Millisecond {
 		t.Errorf("peer timeout %v with --heartbeat-timeout 300ms and 40 ticks of 10ms, want 300ms", got)
@@ -84,8 +84,11 @@ func TestHeartbeatTimeoutFlag(t *testing.T) {
 	if _, err := parse("--heartbeat-timeout", "3ms"); err == nil || !strings.Contains(err.Error(), "--heartbeat-timeout") {
 		t.Errorf("--heartbeat-timeout 3ms (heartbeats every 2ms): err %v, want a refusal naming the flag", err)
 	}
-	if _, err := parse("--heartbeat-timeout", "400ms"); err == nil || !strings.Contains(err.Error(), "--peer-timeout-ticks") {
+	if _, err := parse("--heartbeat-timeout", "400ms", "--join-heartbeat-timeout", "1s"); err == nil || !strings.Contains(err.Error(), "--peer-timeout-ticks") {
 		t.Errorf("--heartbeat-timeout 400ms past the 300ms progress check: err %v, want a refusal naming --peer-timeout-ticks", err)
+	}
+	if _, err := parse("--heartbeat-timeout", "100ms", "--join-heartbeat-timeout", "50ms"); err == nil || !strings.Contains(err.Error(), "--join-heartbeat-timeout") {
+		t.Errorf("--join-heartbeat-timeout under --heartbeat-timeout: err %v, want a refusal naming it", err)
 	}
 	c, err = parse("--heartbeat-interval", "5ms", "--heartbeat-timeout", "30ms")
 	if err != nil {
