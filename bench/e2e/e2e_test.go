@@ -232,8 +232,9 @@ func TestE2EFreezePrimary(t *testing.T) {
 			continue
 		}
 		// What it performed as it woke had been decided before it
-		// stopped; from the moment it saw its own stall it must decide
-		// no release more (or, if it never saw it, from the wake-up).
+		// stopped (and a frame among it met the fence); from the moment
+		// it saw its own stall it must decide no release more (or, if it
+		// never saw it, from the wake-up).
 		limit, what := r.Woke, "woke"
 		if !noticed.IsZero() {
 			limit, what = noticed.Add(logResolution), "saw it had been stopped"
@@ -261,12 +262,13 @@ func TestE2EFreezePrimary(t *testing.T) {
 const freezeTargetServed = 20 * time.Millisecond
 
 // releaseLine is the daemon's log line for a span of released outputs;
-// deposedLine the one a primary logs when it sees it was not run for as
-// long as its secondary waits (and drops what it reads until it has asked
-// the arbiter); logResolution the resolution of the lines' own time.
+// deposedLine the ones a primary logs when it sees it was not run (as
+// long as its secondary waits: it drops what it reads until it has asked
+// the arbiter; or half the heartbeat timeout: it fences the VM's frames);
+// logResolution the resolution of the lines' own time.
 var (
 	releaseLine   = regexp.MustCompile(`msg="released outputs" .*last_release=(\S+)`)
-	deposedLine   = regexp.MustCompile(`time=(\S+) level=WARN msg="this host was not run for longer than its secondary waits`)
+	deposedLine   = regexp.MustCompile(`time=(\S+) level=WARN msg="this host (was not run for longer than its secondary waits|did not run for longer than half the peer timeout)`)
 	logResolution = time.Millisecond
 )
 

@@ -314,16 +314,19 @@ func (f *txFence) tick(st lockstep.Status) (newStall bool, lifted bool) {
 	if s != f.stallSeen {
 		f.stallSeen, f.seqAtStall, f.epAt = s, st.LastSeq, st.Epoch
 		newStall = true
-		if st.Role == lockstep.RolePrimary && !st.Protected && !st.Syncing {
-			// Alone (or asking the arbiter, which holds every output):
-			// no secondary could have taken over.
+		if st.Role == lockstep.RolePrimary && !st.Protected {
+			// Alone, asking the arbiter (which holds every output) or
+			// bringing a secondary up: no secondary in step could have
+			// taken over. (A joiner that has restored its checkpoint
+			// but whose confirmation is still on its way is in step
+			// already: that window, a round trip, is not covered.)
 			return true, f.stall.CompareAndSwap(s, 0)
 		}
 		return true, false
 	}
 	// A halted node releases nothing more, and a secondary's gate is
 	// shut; either stays fenced until it is primary in a newer epoch.
-	if st.Role == lockstep.RolePrimary && (st.Epoch > f.epAt || st.Acked > f.seqAtStall || !st.Protected && !st.Syncing) {
+	if st.Role == lockstep.RolePrimary && (st.Epoch > f.epAt || st.Acked > f.seqAtStall || !st.Protected) {
 		return false, f.stall.CompareAndSwap(s, 0)
 	}
 	return false, false
@@ -406,8 +409,8 @@ func (d *daemon) staleFrameSeen() {
 // and the secondary joins again); otherwise it halts.
 func (d *daemon) deposedMaybe() {
 	st := d.ag.Status()
-	if st.Role != lockstep.RolePrimary || !st.Protected && !st.Syncing {
-		return
+	if st.Role != lockstep.RolePrimary || !st.Protected || st.Syncing {
+		return // no secondary in step: none could have taken over
 	}
 	d.log.Warn("this host was not run for longer than its secondary waits for heartbeats: asking the arbiter whether it is still primary before it releases anything more", "epoch", st.Epoch)
 	d.deposing.Store(st.Epoch)
@@ -423,7 +426,7 @@ func (d *daemon) deposingDrop() bool {
 	if e == 0 {
 		return false
 	}
-	if st := d.ag.Status(); st.Role == lockstep.RolePrimary && st.Epoch == e && (st.Protected || st.Syncing) {
+	if st := d.ag.Status(); st.Role == lockstep.RolePrimary && st.Epoch == e && st.Protected {
 		return true
 	}
 	d.deposing.CompareAndSwap(e, 0)
