@@ -65,19 +65,22 @@ ftvm secondary --peer <new primary's --listen> --peer-name <its --tls-name>
 (--peer-name is needed whenever --peer is an address).
 
 The peer is taken for dead when its connection breaks, or when nothing
-came from it on any lane for --heartbeat-timeout (12 ms): each lane sends
-a heartbeat when idle for --heartbeat-interval (2 ms), from a watchdog on
-a real-time thread (SCHED_FIFO where the process may) that also looks at
-the lanes every half interval; a frame read, a heartbeat, or bytes waiting
-unread in a socket count as heard. Silence counts only while the watchdog
-itself runs (at most two looks' worth per look), so a pause of this host
-or of the whole machine never makes it take a live peer for dead; while
-it runs on time a silent peer is lost 12-14 ms after its last byte. A
+came from it on any lane for --heartbeat-timeout (50 ms; 300 ms,
+--join-heartbeat-timeout, while a secondary joins): each lane sends a
+heartbeat when idle for --heartbeat-interval (2 ms), from two watchdog
+threads, each on its own CPU at real-time priority (SCHED_FIFO where the
+process may), which also look at the lanes every half interval; a frame
+read, a heartbeat, or bytes waiting unread in a socket count as heard.
+Silence counts only while a watchdog itself runs (at most two looks'
+worth per look), so a pause of this host or of the whole machine never
+makes it take a live peer for dead; while it runs on time a silent peer
+is lost within the timeout and a millisecond after its last byte. A
 slower progress check, --peer-timeout-ticks x --tick (300 ms), catches a
-peer whose heartbeats come but whose daemon is stuck. A primary that did
-not run for half the heartbeat timeout (its watchdog's looks stopped) or
-half the progress check sends none of the VM's frames until its secondary
-shows it still follows, since it may have been replaced.
+peer whose heartbeats come but whose daemon is stuck. A primary in step
+that did not run for half the heartbeat timeout sends none of the VM's
+frames until its secondary shows it still follows, and one that did not
+run for nearly the whole timeout asks the arbiter again before it acts
+on anything it reads, since it may have been replaced.
 
 Two daemons on one machine (a lab) each need their own --control and
 --listen.

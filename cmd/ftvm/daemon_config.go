@@ -116,6 +116,15 @@ const (
 // joins hang for seconds in the freeze scenario: not understood yet.)
 const daemonPeerTimeoutTicks = 30
 
+// defaultDaemonHeartbeatTimeout is --heartbeat-timeout's default: longer
+// than the transport's own (12 ms), because on the loaded 2-core PVM
+// machines measured (load average 4-5, other work beside the pair) a
+// daemon in step went unheard for 13-45 ms now and then although its
+// heartbeats come from real-time threads, and at 12 ms the pair broke by
+// itself about once a minute. On a host with cores to spare, 12 ms meets
+// a 20 ms failover (README, "How fast a silent host is replaced").
+const defaultDaemonHeartbeatTimeout = 50 * time.Millisecond
+
 // defaultJoinHeartbeatTimeout: the pauses of 100-300 ms seen while a
 // secondary restores a checkpoint on a loaded 2-core machine.
 const defaultJoinHeartbeatTimeout = 300 * time.Millisecond
@@ -162,7 +171,7 @@ func daemonFlags(fs *flag.FlagSet, role wire.Role) func() (*daemonConfig, error)
 	fs.IntVar(&c.peerTimeoutTicks, "peer-timeout-ticks", daemonPeerTimeoutTicks, "the progress check: ticks without a protocol message from the peer's daemon after which it is taken for dead although its transport's heartbeats still come (its daemon is stuck); a broken connection, or one silent for --heartbeat-timeout, counts at once")
 	fs.DurationVar(&c.heartbeatInterval, "heartbeat-interval", tcpfallback.DefaultHeartbeatInterval, "the transport sends a heartbeat on each idle lane this often, from a real-time thread (SCHED_FIFO where the process may; a warning says when it may not), and looks at its lanes twice as often")
 	fs.DurationVar(&c.joinHeartbeatTimeout, "join-heartbeat-timeout", defaultJoinHeartbeatTimeout, "the --heartbeat-timeout in force while a secondary joins (until it is in step): restoring a checkpoint keeps both daemons busier than anything in step, and a join that breaks only starts again (a secondary not in step cannot take over); at least --heartbeat-timeout")
-	fs.DurationVar(&c.heartbeatTimeout, "heartbeat-timeout", tcpfallback.DefaultHeartbeatTimeout, "the peer is taken for lost when nothing (a frame, a heartbeat, unread bytes in a socket) came from it on any lane for this long, counted only while this host's watchdog runs itself, so a pause of this host or of the whole machine never counts; a longer one rides out a peer that is not run at the cost of a slower take-over when it really goes silent; both hosts should use the same; at least 2 x --heartbeat-interval")
+	fs.DurationVar(&c.heartbeatTimeout, "heartbeat-timeout", defaultDaemonHeartbeatTimeout, "the peer is taken for lost when nothing (a frame, a heartbeat, unread bytes in a socket) came from it on any lane for this long, counted only while this host's watchdog runs itself, so a pause of this host or of the whole machine never counts; a longer one rides out a peer that is not run at the cost of a slower take-over when it really goes silent; both hosts should use the same; at least 2 x --heartbeat-interval")
 	reachCheck := fs.String("reach-check", "", "IPv4 addresses on the VM's network (its gateway, say), comma-separated, pinged every --reach-interval: while none answers, this host never asks the arbiter for the VM, and a protected primary yields after --reach-yield-after (default: no check)")
 	fs.StringVar(&c.reachLink, "reach-link", "", "with --reach-check: the uplink to the VM's network (its carrier must be up too)")
 	fs.DurationVar(&c.reachInterval, "reach-interval", 10*time.Millisecond, "with --reach-check: time between two pings of each target")

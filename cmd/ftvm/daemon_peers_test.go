@@ -60,8 +60,8 @@ func TestHeartbeatTimeoutFlag(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.heartbeatTimeout != tcpfallback.DefaultHeartbeatTimeout {
-		t.Errorf("default --heartbeat-timeout %v, want %v", c.heartbeatTimeout, tcpfallback.DefaultHeartbeatTimeout)
+	if c.heartbeatTimeout != defaultDaemonHeartbeatTimeout {
+		t.Errorf("default --heartbeat-timeout %v, want %v", c.heartbeatTimeout, defaultDaemonHeartbeatTimeout)
 	}
 	c, err = parse("--heartbeat-timeout", "300ms", "--peer-timeout-ticks", "40")
 	if err != nil {
