@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/ftvm/ftvm/lockstep/wire"
-	"github.com/ftvm/ftvm/tcpfallback"
 )
 
 // --allow-peers names who may join; a secondary (which accepts the next
