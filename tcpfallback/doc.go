@@ -150,11 +150,16 @@
 // # Liveness and reconnection
 //
 // A watchdog decides whether the peer lives and sends this side's
-// heartbeats. It runs on an OS thread of its own, raised to SCHED_FIFO
-// where the process may (Liveness().Realtime says; RealtimeError why not),
-// and sleeps in nanosleep(2) rather than on a Go timer, so that a loaded
-// host delays neither its heartbeats nor its looks. It looks at each lane
-// twice per HeartbeatInterval (default 2 ms). A lane that has sent nothing
+// heartbeats: two threads for the whole process (one a CPU), each pinned
+// to its own CPU and raised to SCHED_FIFO where the process may
+// (Liveness().Realtime says; RealtimeError why not), each sending
+// heartbeats and counting silence on its own, so that a CPU the
+// hypervisor holds silences neither side; they sleep in nanosleep(2)
+// rather than on a Go timer and, where GOMAXPROCS exceeds the CPUs, keep
+// their Go processor while they sleep, so that a loaded host (or a
+// process whose Ps are all busy) delays neither their heartbeats nor
+// their looks. Each looks at each lane twice per HeartbeatInterval
+// (default 2 ms). A lane that has sent nothing
 // for an interval sends a heartbeat (never waiting for a writer that holds
 // the lane, nor for room in the socket: a writer is as good as a
 // heartbeat, and a full socket means a peer that does not read). The peer
@@ -166,7 +171,8 @@
 // process or the whole machine paused) measures silence from its own
 // resumption and never takes a pause it did not watch for the peer's
 // death. When no lane has heard the peer for HeartbeatTimeout (default
-// 12 ms), every lane is declared dead, closed and reported as
+// 12 ms; SetHeartbeatTimeout changes it on a live transport), every lane
+// is declared dead, closed and reported as
 // EventLaneDown with a HeartbeatTimeoutError; a lane that alone is silent
 // for four timeouts while the other hears the peer is declared dead by
 // itself. While the watchdog runs on time, loss is reported within

@@ -209,9 +209,10 @@ func TestE2ECutLink(t *testing.T) {
 // replaced released nothing once it woke (its epoch is stale). It reports
 // the take-over (freeze to the survivor live) and the client's failover
 // (its last reply before the freeze to its first after) against the
-// 20 ms target, as figures. FTVM_E2E_FREEZES sets the rounds (default 20).
+// 20 ms target, as figures. FTVM_E2E_FREEZES sets the rounds (default 20),
+// FTVM_E2E_FREEZE_FLAGS daemon flags to add (--heartbeat-timeout 12ms).
 func TestE2EFreezePrimary(t *testing.T) {
-	c := newTestCluster(t, "freeze", ClusterConfig{})
+	c := newTestCluster(t, "freeze", ClusterConfig{Flags: strings.Fields(os.Getenv("FTVM_E2E_FREEZE_FLAGS"))})
 	rounds := envRounds(t, "FTVM_E2E_FREEZES", 20)
 	rep := runScenario(t, c, RunConfig{Fault: FreezePrimary, Rounds: rounds, Settle: 300 * time.Millisecond, Load: testLoad(t),
 		Freeze: [2]time.Duration{110 * time.Millisecond, 130 * time.Millisecond}, StaleFrame: true})
