@@ -227,17 +227,21 @@ func TestE2EFreezePrimary(t *testing.T) {
 			continue // the frozen primary won: the secondary halted
 		}
 		takeOvers, failovers = append(takeOvers, r.TakeOver), append(failovers, r.Failover)
-		last, noticed, err := releasesAfterFreeze(r.VictimLog, r.At)
+		last, noticed, asked, err := releasesAfterFreeze(r.VictimLog, r.At)
 		if err != nil {
 			t.Errorf("round %d: %v", i+1, err)
 			continue
 		}
 		// What it performed as it woke had been decided before it
-		// stopped (and a frame among it met the fence); from the moment
-		// it saw its own stall it must decide no release more (or, if it
-		// never saw it, from the wake-up).
+		// stopped (and a frame among it met the fence); once it asked
+		// the arbiter again (which it does on seeing its stall) it must
+		// release nothing more; if it never asked, nothing after it saw
+		// its stall, or after it woke.
 		limit, what := r.Woke, "woke"
-		if !noticed.IsZero() {
+		switch {
+		case !asked.IsZero():
+			limit, what = asked.Add(logResolution), "asked the arbiter again"
+		case !noticed.IsZero():
 			limit, what = noticed.Add(logResolution), "saw it had been stopped"
 		}
 		if last.After(limit) {
@@ -269,37 +273,40 @@ const freezeTargetServed = 20 * time.Millisecond
 // logResolution the resolution of the lines' own time.
 var (
 	releaseLine   = regexp.MustCompile(`msg="released outputs" .*last_release=(\S+)`)
+	askedLine     = regexp.MustCompile(`time=(\S+) level=INFO msg="asking the arbiter for an epoch"`)
 	deposedLine   = regexp.MustCompile(`time=(\S+) level=WARN msg="this host (was not run for longer than its secondary waits|did not run for longer than half the peer timeout)`)
 	logResolution = time.Millisecond
 )
 
-// releasesAfterFreeze reads a frozen daemon's log: its latest release, and
-// when it first saw, after the freeze at at, that it had been stopped
-// (zero if it never did).
-func releasesAfterFreeze(logPath string, at time.Time) (last, noticed time.Time, err error) {
+// releasesAfterFreeze reads a frozen daemon's log: its latest release,
+// and when, after the freeze at at, it first saw that it had been stopped
+// and first asked the arbiter for an epoch (zero if it did not).
+func releasesAfterFreeze(logPath string, at time.Time) (last, noticed, asked time.Time, err error) {
 	b, err := os.ReadFile(logPath)
 	if err != nil {
-		return last, noticed, fmt.Errorf("the frozen daemon's log: %w", err)
+		return last, noticed, asked, fmt.Errorf("the frozen daemon's log: %w", err)
 	}
 	for _, m := range releaseLine.FindAllSubmatch(b, -1) {
 		ts, err := time.Parse(time.RFC3339Nano, string(m[1]))
 		if err != nil {
-			return last, noticed, fmt.Errorf("%s: release time %q: %w", logPath, m[1], err)
+			return last, noticed, asked, fmt.Errorf("%s: release time %q: %w", logPath, m[1], err)
 		}
 		if ts.After(last) {
 			last = ts
 		}
 	}
 	if last.IsZero() {
-		return last, noticed, fmt.Errorf("%s says nothing of released outputs (a frozen primary that halted logs them)", logPath)
+		return last, noticed, asked, fmt.Errorf("%s says nothing of released outputs (a frozen primary that halted logs them)", logPath)
 	}
-	for _, m := range deposedLine.FindAllSubmatch(b, -1) {
-		if ts, err := time.Parse(time.RFC3339Nano, string(m[1])); err == nil && ts.After(at) {
-			noticed = ts
-			break
+	first := func(re *regexp.Regexp) time.Time {
+		for _, m := range re.FindAllSubmatch(b, -1) {
+			if ts, err := time.Parse(time.RFC3339Nano, string(m[1])); err == nil && ts.After(at) {
+				return ts
+			}
 		}
+		return time.Time{}
 	}
-	return last, noticed, nil
+	return last, first(deposedLine), first(askedLine), nil
 }
 
 // TestE2EIsolatePrimary cuts the primary's host off the network (the

@@ -75,7 +75,7 @@ Silence counts only while a watchdog itself runs (at most two looks'
 worth per look), so a pause of this host or of the whole machine never
 makes it take a live peer for dead; while it runs on time a silent peer
 is lost within the timeout and a millisecond after its last byte. A
-slower progress check, --peer-timeout-ticks x --tick (300 ms), catches a
+slower progress check, --peer-timeout-ticks x --tick (1 s), catches a
 peer whose heartbeats come but whose daemon is stuck. A primary in step
 that did not run for half the heartbeat timeout sends none of the VM's
 frames until its secondary shows it still follows, and one that did not

@@ -83,8 +83,8 @@ func TestHeartbeatTimeoutFlag(t *testing.T) {
 	if _, err := parse("--heartbeat-timeout", "3ms"); err == nil || !strings.Contains(err.Error(), "--heartbeat-timeout") {
 		t.Errorf("--heartbeat-timeout 3ms (heartbeats every 2ms): err %v, want a refusal naming the flag", err)
 	}
-	if _, err := parse("--heartbeat-timeout", "400ms", "--join-heartbeat-timeout", "1s"); err == nil || !strings.Contains(err.Error(), "--peer-timeout-ticks") {
-		t.Errorf("--heartbeat-timeout 400ms past the 300ms progress check: err %v, want a refusal naming --peer-timeout-ticks", err)
+	if _, err := parse("--heartbeat-timeout", "400ms", "--join-heartbeat-timeout", "1s", "--peer-timeout-ticks", "30"); err == nil || !strings.Contains(err.Error(), "--peer-timeout-ticks") {
+		t.Errorf("--heartbeat-timeout 400ms past a 300ms progress check: err %v, want a refusal naming --peer-timeout-ticks", err)
 	}
 	if _, err := parse("--heartbeat-timeout", "100ms", "--join-heartbeat-timeout", "50ms"); err == nil || !strings.Contains(err.Error(), "--join-heartbeat-timeout") {
 		t.Errorf("--join-heartbeat-timeout under --heartbeat-timeout: err %v, want a refusal naming it", err)
