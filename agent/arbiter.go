@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/ftvm/ftvm/lockstep"
 	"github.com/ftvm/ftvm/lockstep/arbiter"
@@ -14,6 +15,10 @@ type arbiterAnswer struct {
 	epoch, fence uint64
 	granted      bool
 	err          error
+	// took is how long the arbiter took to answer, answered when it did:
+	// a take-over's cost, logged with the time the loop took to see it.
+	took     time.Duration
+	answered time.Time
 }
 
 // ErrArbiterUnusable is returned by Run when the arbiter failed
@@ -55,10 +60,18 @@ func (a *Agent) arbiterAnswered(r arbiterAnswer) error {
 	ns := a.node.Status()
 	a.mu.Unlock()
 	var hookErr error
+	var onEpoch time.Duration
 	if a.cfg.OnEpoch != nil && ns.Role == lockstep.RolePrimary && ns.Epoch != before {
+		t0 := time.Now()
 		hookErr = a.cfg.OnEpoch(ns.Epoch, ns.Fence)
+		onEpoch = time.Since(t0)
 	}
 	a.readyMu.Unlock()
+	if r.err == nil && !r.answered.IsZero() {
+		r10 := func(d time.Duration) time.Duration { return d.Round(10 * time.Microsecond) }
+		a.log.Info("the arbiter answered", "epoch", r.epoch, "granted", r.granted, "took", r10(r.took),
+			"seen_after", r10(time.Since(r.answered)-onEpoch), "on_epoch", r10(onEpoch))
+	}
 	if hookErr != nil {
 		return fmt.Errorf("agent: recording epoch %d: %w", ns.Epoch, hookErr)
 	}
@@ -92,9 +105,10 @@ func (a *Agent) arbiterAnswered(r arbiterAnswer) error {
 func (a *Agent) acquire(ctx context.Context, epoch uint64) {
 	actx, cancel := context.WithTimeout(ctx, arbiterTimeout)
 	defer cancel()
+	began := time.Now()
 	granted, fence, err := a.cfg.Arbiter.Acquire(actx, a.cfg.Node.VMID, epoch)
 	select {
-	case a.arbRes <- arbiterAnswer{epoch: epoch, fence: fence, granted: granted, err: err}:
+	case a.arbRes <- arbiterAnswer{epoch: epoch, fence: fence, granted: granted, err: err, took: time.Since(began), answered: time.Now()}:
 	case <-a.stop:
 	}
 }

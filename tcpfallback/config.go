@@ -12,12 +12,20 @@ const (
 	// DefaultHandshakeTimeout bounds connection set-up (TCP, TLS, hello):
 	// a peer that stalls longer is dropped.
 	DefaultHandshakeTimeout = 5 * time.Second
-	// DefaultHeartbeatInterval: an idle lane sends a heartbeat this often.
-	DefaultHeartbeatInterval = 10 * time.Millisecond
-	// DefaultHeartbeatTimeout: a lane that has heard nothing for this long
-	// is declared dead. Ten intervals ride out a GC pause or a descheduled
-	// sender on a busy host without a false failover.
-	DefaultHeartbeatTimeout = 100 * time.Millisecond
+	// DefaultHeartbeatInterval: an idle lane sends a heartbeat this often,
+	// from the watchdog's real-time thread (see the package doc,
+	// "Liveness and reconnection").
+	DefaultHeartbeatInterval = 2 * time.Millisecond
+	// DefaultHeartbeatTimeout: a peer that has been heard on no lane for
+	// this long, as the watchdog counts it (time the watchdog was itself
+	// not run does not count), is declared dead.
+	DefaultHeartbeatTimeout = 12 * time.Millisecond
+	// DefaultSendTimeout bounds a write that makes no progress when
+	// Config.SendTimeout is zero (or the heartbeat timeout, if longer). It
+	// is not the heartbeat timeout: a peer that is alive but whose reader
+	// was not run for a few milliseconds fills a socket buffer quickly, and
+	// that is no reason to drop a connection.
+	DefaultSendTimeout = 250 * time.Millisecond
 	// DefaultReconnectMinDelay and DefaultReconnectMaxDelay bound the
 	// jittered exponential backoff between reconnection attempts.
 	DefaultReconnectMinDelay = 10 * time.Millisecond
@@ -99,19 +107,28 @@ type Config struct {
 	HandshakeTimeout time.Duration
 
 	// HeartbeatInterval and HeartbeatTimeout: each lane sends a heartbeat
-	// when it has sent nothing for an interval, and is declared dead when
-	// it has received nothing for the timeout. Loss is reported within
-	// HeartbeatTimeout + HeartbeatInterval of the peer's last byte.
+	// when it has sent nothing for an interval, and the peer is declared
+	// dead when no lane has received anything for the timeout, counted
+	// in the watchdog's time (see the package doc). Loss is reported
+	// within HeartbeatTimeout + HeartbeatInterval of the peer's last byte
+	// while the watchdog runs on time.
 	HeartbeatInterval time.Duration
 	HeartbeatTimeout  time.Duration
+
+	// OnWatchdog, if set, is called on the watchdog's real-time thread
+	// with WatchdogStarted once, WatchdogLook at each of its looks (twice
+	// per HeartbeatInterval) and WatchdogStopped once as Close ends it. It
+	// must return at once (an atomic store). The daemon's transmit fence
+	// watches with it whether this process runs.
+	OnWatchdog func(WatchdogEvent)
 
 	// SendTimeout bounds every write to a lane's socket: a send (or a
 	// heartbeat) that cannot hand its bytes to the kernel in this time
 	// fails, and the connection is treated as lost (EventLaneDown; the
 	// protocol above resends on the next one). A peer that keeps its
 	// connection alive but stops reading therefore costs a writer at most
-	// this long. Zero means HeartbeatTimeout, the time after which a
-	// silent peer counts as dead anyway.
+	// this long. Zero means DefaultSendTimeout or HeartbeatTimeout,
+	// whichever is longer.
 	SendTimeout time.Duration
 
 	// ReconnectMinDelay and ReconnectMaxDelay bound the dialer's
@@ -189,7 +206,7 @@ func (c Config) withDefaults() (Config, error) {
 	def(&c.HeartbeatTimeout, DefaultHeartbeatTimeout)
 	def(&c.ReconnectMinDelay, DefaultReconnectMinDelay)
 	def(&c.ReconnectMaxDelay, DefaultReconnectMaxDelay)
-	def(&c.SendTimeout, c.HeartbeatTimeout)
+	def(&c.SendTimeout, max(DefaultSendTimeout, c.HeartbeatTimeout))
 	if c.HandshakeTimeout < 0 || c.HeartbeatInterval < 0 || c.ReconnectMinDelay < 0 || c.BusyPoll < 0 || c.SendTimeout < 0 {
 		return c, errors.New("tcpfallback: Config durations must not be negative")
 	}

@@ -9,7 +9,6 @@ import (
 	"net"
 	"runtime"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -104,13 +103,9 @@ type laneConn struct {
 	spinErr      error
 	spinFn       func(fd uintptr) bool
 
-	// Liveness, set by the data paths and consumed by the watchdog.
-	heard atomic.Bool // bytes arrived since the watchdog last looked
-	sent  atomic.Bool // a frame left since the watchdog last looked
-
-	// Watchdog-only state.
-	lastHeard time.Time
-	idleTicks int
+	// Liveness: set by the data paths (markHeard, markSent), consumed
+	// by each watchdog thread, which keeps the rest of its entry.
+	watch [watchdogThreadsMax]laneWatch
 
 	failOnce sync.Once
 	failed   atomic.Bool   // fail was called: the reader delivers nothing more
@@ -133,8 +128,16 @@ func newLaneConn(l *lane, raw net.Conn, tcp *net.TCPConn, peerMax uint32, leftov
 		hdrs:           make([]byte, maxBatchFrames*HeaderBytes),
 		iovs:           make([][]byte, 0, 2*maxBatchFrames),
 		leftover:       append([]byte(nil), leftover...),
-		lastHeard:      time.Now(),
 		done:           make(chan struct{}),
+	}
+	for k := range c.watch {
+		lw := &c.watch[k]
+		lw.inqFn = func(fd uintptr) {
+			lw.inqN = -1
+			if v, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ); err == nil {
+				lw.inqN = v
+			}
+		}
 	}
 	if _, isTLS := raw.(*tls.Conn); isTLS {
 		c.bw = bufio.NewWriterSize(raw, tlsStagingBytes)
@@ -418,7 +421,7 @@ func (c *laneConn) readLoop() {
 		}
 		m, err := c.read(buf[w:])
 		if m > 0 {
-			c.heard.Store(true)
+			c.markHeard()
 			w += m
 		}
 		if err != nil {

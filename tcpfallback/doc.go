@@ -149,14 +149,37 @@
 //
 // # Liveness and reconnection
 //
-// A watchdog looks at each lane four times per HeartbeatInterval. A lane
-// that has sent nothing for an interval sends a heartbeat (never waiting
-// for a writer that holds the lane: a writer is as good as a heartbeat); a
-// lane that has received no byte for HeartbeatTimeout is declared dead,
-// closed and reported as EventLaneDown with a HeartbeatTimeoutError. The
-// watchdog needs at most two ticks after the timeout, so loss is reported
-// within HeartbeatTimeout + HeartbeatInterval/2 of the peer's last byte. A
-// connection reset or a refused frame is reported at once. The dialer then
+// A watchdog decides whether the peer lives and sends this side's
+// heartbeats: two threads for the whole process (one a CPU), each pinned
+// to its own CPU and raised to SCHED_FIFO where the process may
+// (Liveness().Realtime says; RealtimeError why not), each sending
+// heartbeats and counting silence on its own, so that a CPU the
+// hypervisor holds silences neither side; they sleep in nanosleep(2)
+// rather than on a Go timer and, where GOMAXPROCS exceeds the CPUs, keep
+// their Go processor while they sleep, so that a loaded host (or a
+// process whose Ps are all busy) delays neither their heartbeats nor
+// their looks. Each looks at each lane twice per HeartbeatInterval
+// (default 2 ms). A lane that has sent nothing
+// for an interval sends a heartbeat (never waiting for a writer that holds
+// the lane, nor for room in the socket: a writer is as good as a
+// heartbeat, and a full socket means a peer that does not read). The peer
+// counts as heard on a lane when the lane's reader read anything, or when
+// more bytes wait unread in its socket than at the last look (SIOCINQ: a
+// reader that is busy or not run is not a dead peer). Silence is counted
+// in the watchdog's own time: each look adds the time since the last one,
+// but at most two tick periods, so a watchdog that was itself not run (the
+// process or the whole machine paused) measures silence from its own
+// resumption and never takes a pause it did not watch for the peer's
+// death. When no lane has heard the peer for HeartbeatTimeout (default
+// 12 ms; SetHeartbeatTimeout changes it on a live transport), every lane
+// is declared dead, closed and reported as
+// EventLaneDown with a HeartbeatTimeoutError; a lane that alone is silent
+// for four timeouts while the other hears the peer is declared dead by
+// itself. While the watchdog runs on time, loss is reported within
+// HeartbeatTimeout + HeartbeatInterval of the peer's last byte; Liveness
+// reports the silences it counted and its own gaps, to tell a peer that
+// was not run from a host that was not. A connection reset or a refused
+// frame is reported at once. The dialer then
 // redials with exponential backoff from ReconnectMinDelay to
 // ReconnectMaxDelay, each delay drawn from its upper half (jitter), for at
 // most ReconnectMaxAttempts attempts in a row if set. Frames are not
@@ -165,7 +188,7 @@
 //
 // A peer can keep its connection alive (heartbeats flow) and still stop
 // reading: its reader is stuck. Every write therefore has a deadline,
-// SendTimeout (the heartbeat timeout unless set): a write that cannot hand
+// SendTimeout (DefaultSendTimeout, 250 ms, unless set): a write that cannot hand
 // its bytes to the kernel in that time fails, and the connection is
 // treated as lost like any other. Frames larger than 64 KiB go in pieces,
 // each with a fresh deadline, so the bound is on a write that makes no

@@ -60,7 +60,7 @@ func TestSendToPeerThatNeverReadsFails(t *testing.T) {
 		mutate func(*Config)
 		bound  func(Config) time.Duration
 	}{
-		{"default: the heartbeat timeout", nil, func(c Config) time.Duration { return c.HeartbeatTimeout }},
+		{"default: DefaultSendTimeout or the heartbeat timeout", nil, func(c Config) time.Duration { return max(DefaultSendTimeout, c.HeartbeatTimeout) }},
 		// A heartbeat timeout far above the reference's: a SendTimeout
 		// that is ignored loses the race.
 		{"SendTimeout", func(c *Config) { c.SendTimeout, c.HeartbeatTimeout = 150*time.Millisecond, 2*time.Second }, func(c Config) time.Duration { return c.SendTimeout }},

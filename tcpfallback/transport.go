@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -32,13 +33,6 @@ func (e *HeartbeatTimeoutError) Error() string {
 		e.Lane, e.Peer, e.Silent.Round(time.Millisecond), e.Timeout)
 }
 
-// watchdogTicksPerInterval: the watchdog looks at each lane this many times
-// per heartbeat interval. Loss is declared at most two ticks after the
-// timeout expires (one to see the last byte, one to see the silence), so
-// four ticks keep detection within HeartbeatTimeout + HeartbeatInterval/2
-// and leave the other half interval for scheduling delays.
-const watchdogTicksPerInterval = 4
-
 // Transport carries frames to one peer over two TCP connections (lanes).
 // Create it with Dial on one host and Listen on the other; after set-up
 // both ends are alike. All methods are safe for concurrent use.
@@ -49,6 +43,13 @@ type Transport struct {
 	tlsCfg *tls.Config  // dialer: with ServerName filled in
 	lanes  [LaneCount]*lane
 	stats  transportStats
+
+	liveMu   sync.Mutex // guards watchdog
+	watchdog watchdogState
+	watch    watchState // the watchdog's schedule for this transport
+	// hbTimeout overrides cfg.HeartbeatTimeout when positive (ns;
+	// SetHeartbeatTimeout).
+	hbTimeout atomic.Int64
 
 	mu          sync.Mutex // guards closed, events (sends and close), stateCh, pending
 	closed      bool
@@ -68,6 +69,9 @@ type lane struct {
 	t   *Transport
 	id  Lane
 	wmu sync.Mutex // serializes writes: held for the whole of one frame or span
+	// heartbeating: the watchdog holds wmu for a heartbeat (TrySend waits
+	// for it, briefly).
+	heartbeating atomic.Bool
 
 	cur     atomic.Pointer[laneConn] // the live connection, or nil; swapped by install/connDied
 	lastErr atomic.Pointer[error]    // why the last connection died
@@ -257,10 +261,34 @@ func (t *Transport) TrySend(typ Type, payload []byte) error {
 		return fmt.Errorf("tcpfallback: frame type %s cannot be sent by a user (use TypeLog..TypeCheckpoint)", typ)
 	}
 	l := t.lanes[LaneOf(typ)]
-	if !l.wmu.TryLock() {
+	if !l.tryLock() {
 		return ErrWouldBlock
 	}
 	return l.sendLocked(typ, 0, payload, true)
+}
+
+// heartbeatWaitMax bounds how long TrySend waits for a heartbeat that
+// holds the lane: a heartbeat is one write of 16 bytes that never waits
+// for room, so it ends in microseconds unless its thread was stopped, and
+// an acknowledgement that gave way to every heartbeat (one a millisecond)
+// would go by the slow path far more often than a busy lane's sends make
+// it.
+const heartbeatWaitMax = 50 * time.Microsecond
+
+// tryLock takes wmu if it is free, or as soon as a heartbeat that holds it
+// is done (within heartbeatWaitMax).
+func (l *lane) tryLock() bool {
+	if l.wmu.TryLock() {
+		return true
+	}
+	if !l.heartbeating.Load() {
+		return false
+	}
+	deadline := time.Now().Add(heartbeatWaitMax)
+	for l.heartbeating.Load() && time.Now().Before(deadline) {
+		runtime.Gosched()
+	}
+	return l.wmu.TryLock()
 }
 
 // sendLocked sends one frame with l.wmu held, and unlocks it. With try
@@ -287,7 +315,7 @@ func (l *lane) sendLocked(typ Type, flags Flags, payload []byte, try bool) error
 		c.fail(err)
 		return err
 	}
-	c.sent.Store(true)
+	c.markSent()
 	l.stats.framesSent.Add(1)
 	l.stats.bytesSent.Add(uint64(HeaderBytes + len(payload)))
 	return nil
@@ -355,7 +383,7 @@ func (t *Transport) SendSpan(typ Type, span []byte) (int, error) {
 		c.fail(err)
 		return 0, err
 	}
-	c.sent.Store(true)
+	c.markSent()
 	l.stats.framesSent.Add(uint64(frames))
 	l.stats.bytesSent.Add(uint64(len(span) + frames*(HeaderBytes-ring.RecordHeaderBytes)))
 	return frames, nil
@@ -748,72 +776,6 @@ func (t *Transport) serveConn(nc net.Conn) {
 	}
 }
 
-func (t *Transport) startWatchdog() {
-	t.goroutines.Add(1)
-	go func() {
-		defer t.goroutines.Done()
-		tk := time.NewTicker(t.cfg.HeartbeatInterval / watchdogTicksPerInterval)
-		defer tk.Stop()
-		for {
-			select {
-			case <-t.closedCh:
-				return
-			case <-tk.C:
-				// The clock now, not the tick's: a tick this goroutine
-				// takes late carries the time it was due, and a byte
-				// that arrived in between would be heard "at" that
-				// earlier time, its lane declared dead that much early.
-				now := time.Now()
-				for _, l := range t.lanes {
-					if c := l.cur.Load(); c != nil {
-						l.watch(c, now)
-					}
-				}
-			}
-		}
-	}()
-}
-
-// watch is one watchdog look at a live connection: declare it dead if it has
-// been silent past the timeout, send a heartbeat if it has been idle for an
-// interval.
-func (l *lane) watch(c *laneConn, now time.Time) {
-	cfg := &l.t.cfg
-	if c.heard.Swap(false) {
-		c.lastHeard = now
-	} else if silent := now.Sub(c.lastHeard); silent > cfg.HeartbeatTimeout {
-		l.stats.heartbeatTimeouts.Add(1)
-		c.fail(&HeartbeatTimeoutError{Lane: l.id, Peer: c.peer, Silent: silent, Timeout: cfg.HeartbeatTimeout})
-		return
-	}
-	if c.sent.Swap(false) {
-		c.idleTicks = 0
-		return
-	}
-	c.idleTicks++
-	if c.idleTicks < watchdogTicksPerInterval {
-		return
-	}
-	// A writer holding the lock is sending, which is as good as a
-	// heartbeat; never queue behind a checkpoint chunk.
-	if !l.wmu.TryLock() {
-		return
-	}
-	var err error
-	if l.cur.Load() == c {
-		err = c.writeFrame(TypeHeartbeat, 0, nil)
-	}
-	l.wmu.Unlock()
-	if err != nil {
-		c.fail(fmt.Errorf("tcpfallback: %s lane: sending heartbeat to %s: %w", l.id, c.peer, c.writeError(err)))
-		return
-	}
-	c.idleTicks = 0
-	l.stats.heartbeatsSent.Add(1)
-	l.stats.framesSent.Add(1)
-	l.stats.bytesSent.Add(HeaderBytes)
-}
-
 // Stats returns a snapshot of the counters.
 func (t *Transport) Stats() Stats {
 	var s Stats
@@ -856,6 +818,7 @@ func (t *Transport) Close() error {
 			pending = append(pending, c)
 		}
 		t.mu.Unlock()
+		t.stopWatchdog()
 		if t.ln != nil {
 			t.ln.Close()
 		}

@@ -308,6 +308,19 @@ type Status struct {
 	// TransportInUse is what carries the control lane (shm, rdma, tcp).
 	TransportInUse string `json:"transport_in_use"`
 	TransportWhy   string `json:"transport_why"`
+	// Liveness is what the transports' watchdogs saw: histograms by
+	// BucketEdgesMs (upper edges; the last bucket is above the last edge).
+	Liveness struct {
+		Realtime         bool      `json:"realtime"`
+		RealtimeError    string    `json:"realtime_error"`
+		BucketEdgesMs    []float64 `json:"bucket_edges_ms"`
+		PeerSilence      []uint64  `json:"peer_silence"`
+		PeerSilenceMaxMs float64   `json:"peer_silence_max_ms"`
+		OwnGap           []uint64  `json:"own_gap"`
+		OwnGapMaxMs      float64   `json:"own_gap_max_ms"`
+		OwnStalls        uint64    `json:"own_stalls"`
+		DeclaredDead     uint64    `json:"declared_dead"`
+	} `json:"liveness"`
 }
 
 // control sends one request to host h's daemon and decodes its answer.

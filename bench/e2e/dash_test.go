@@ -147,7 +147,7 @@ func TestE2EDashboardFailover(t *testing.T) {
 	// start beside the pair on two cores broke it by itself with the
 	// 100 ms default (a killed primary's sockets close at once anyway).
 	c := newTestCluster(t, "dash", ClusterConfig{MetricsPort: dashMetricsPort,
-		Flags: []string{"--heartbeat-timeout", "300ms", "--peer-timeout-ticks", "30"}})
+		Flags: []string{"--heartbeat-timeout", "300ms"}})
 	ctx := testCtx(t, 3*time.Minute)
 	bctx := browser(t, ctx)
 

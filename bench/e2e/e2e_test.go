@@ -55,13 +55,6 @@ func guestPath(name string) string {
 }
 
 // newTestCluster brings up the bed and a cluster for the calling test.
-// killFlags are for the scenarios whose fault is a killed process, which
-// its kernel's closed sockets report at once: a heartbeat timeout longer
-// than the default keeps a daemon starved for 100 ms on these shared
-// two-core machines (seen during joins) from breaking the pair by itself,
-// which is not what they test. The silence scenarios keep the default.
-var killFlags = []string{"--heartbeat-timeout", "300ms", "--peer-timeout-ticks", "30"}
-
 func newTestCluster(t *testing.T, name string, cfg ClusterConfig) *Cluster {
 	t.Helper()
 	testutil.Require(t, testutil.KVM)
@@ -152,7 +145,7 @@ func killRounds(t *testing.T) int {
 // history stays linearizable), the client must be served again, and the
 // killed host must come back as a secondary that protects the VM again.
 func TestE2EKillPrimary(t *testing.T) {
-	c := newTestCluster(t, "kill1", ClusterConfig{Flags: killFlags})
+	c := newTestCluster(t, "kill1", ClusterConfig{})
 	rep := runScenario(t, c, RunConfig{Fault: KillPrimary, Rounds: killRounds(t), Settle: 300 * time.Millisecond, Load: testLoad(t)})
 	for i, r := range rep.Rounds {
 		if r.TakeOver <= 0 {
@@ -169,7 +162,7 @@ func TestE2EKillPrimary(t *testing.T) {
 // pair must survive the kills as over TCP, and the report sets the steady
 // output-hold p99 beside the shm round trip of the same run.
 func TestE2EKillPrimaryShm(t *testing.T) {
-	c := newTestCluster(t, "shm", ClusterConfig{Transport: "shm", Flags: killFlags})
+	c := newTestCluster(t, "shm", ClusterConfig{Transport: "shm"})
 	rounds := min(killRounds(t), 5)
 	rep := runScenario(t, c, RunConfig{Fault: KillPrimary, Rounds: rounds, Settle: 300 * time.Millisecond, Load: testLoad(t)})
 	if rep.Transport != "shm" {
@@ -192,7 +185,7 @@ func TestE2EKillPrimaryShm(t *testing.T) {
 // TestE2EKillSecondary kills the secondary: the primary goes on alone, the
 // client barely notices, and a new secondary protects the VM again.
 func TestE2EKillSecondary(t *testing.T) {
-	c := newTestCluster(t, "kill2", ClusterConfig{Flags: killFlags})
+	c := newTestCluster(t, "kill2", ClusterConfig{})
 	runScenario(t, c, RunConfig{Fault: KillSecondary, Rounds: 3, Settle: 300 * time.Millisecond, Load: testLoad(t)})
 }
 
@@ -212,27 +205,135 @@ func TestE2ECutLink(t *testing.T) {
 // one such frame itself (RunConfig.StaleFrame), whatever the daemon does.
 // The take-over must stick anyway: the client's longest silence in each
 // round stays under a second (not until its ARP entry expires, 13 to
-// 39 s), and the history stays linearizable. FTVM_E2E_FREEZES sets the
-// rounds (default 20).
+// 39 s), the history stays linearizable, and a frozen primary that was
+// replaced released nothing after it halted (what it releases between
+// waking and asking the arbiter again is counted and shown). It reports
+// the take-over (freeze to the survivor live) and the client's longest
+// silence from the freeze (until it is served again for good) against the
+// 20 ms target, as figures. FTVM_E2E_FREEZES sets the rounds (default 20),
+// FTVM_E2E_FREEZE_FLAGS daemon flags to add (--heartbeat-timeout 12ms).
 func TestE2EFreezePrimary(t *testing.T) {
-	c := newTestCluster(t, "freeze", ClusterConfig{})
+	c := newTestCluster(t, "freeze", ClusterConfig{Flags: strings.Fields(os.Getenv("FTVM_E2E_FREEZE_FLAGS"))})
 	rounds := envRounds(t, "FTVM_E2E_FREEZES", 20)
 	rep := runScenario(t, c, RunConfig{Fault: FreezePrimary, Rounds: rounds, Settle: 300 * time.Millisecond, Load: testLoad(t),
 		Freeze: [2]time.Duration{110 * time.Millisecond, 130 * time.Millisecond}, StaleFrame: true})
-	taken := 0
+	var takeOvers, failovers []time.Duration
+	lateReleases := 0
 	for i, r := range rep.Rounds {
-		if r.TakeOver > 0 {
-			taken++
-		}
-		t.Logf("round %d: frozen %v, survivor %s, take-over %v, longest silence %v", i+1, r.Frozen, r.Survivor, r.TakeOver, r.MaxGap)
+		t.Logf("round %d: frozen %v, survivor %s, take-over %v, client failover %v, longest silence %v", i+1, r.Frozen, r.Survivor, r.TakeOver, r.Failover, r.MaxGap)
 		if r.MaxGap >= freezeSilenceMax {
 			t.Errorf("round %d: the client heard nothing for %v after host %s was frozen for %v (survivor %s); want under %v",
 				i+1, r.MaxGap, r.Victim, r.Frozen, r.Survivor, freezeSilenceMax)
 		}
+		if r.TakeOver <= 0 {
+			continue // the frozen primary won: the secondary halted
+		}
+		takeOvers, failovers = append(takeOvers, r.TakeOver), append(failovers, r.MaxGap)
+		last, noticed, asked, err := releasesAfterFreeze(r.VictimLog, r.At)
+		if err != nil {
+			t.Errorf("round %d: %v", i+1, err)
+			continue
+		}
+		// What it performed as it woke had been decided before it
+		// stopped (and a frame among it met the fence); once it asked
+		// the arbiter again (which it does on seeing its stall) it must
+		// release nothing more; if it never asked, nothing after it saw
+		// its stall, or after it woke.
+		limit, what := r.Woke, "woke"
+		switch {
+		case !asked.IsZero():
+			limit, what = asked.Add(logResolution), "asked the arbiter again"
+		case !noticed.IsZero():
+			limit, what = noticed.Add(logResolution), "saw it had been stopped"
+		}
+		// A release the node decided before it stopped and performs
+		// as it wakes (in one Ready with its new request to the
+		// arbiter) is counted and shown, not failed: the fence keeps its
+		// frames off the network, but not its console or disk writes
+		// (the deposed host's disk is replaced when it joins again).
+		// One after the host halted is a failure.
+		if last.After(limit) {
+			lateReleases++
+			t.Logf("round %d: host %s, replaced while frozen, released an output at %s, %v after it %s (%s)",
+				i+1, r.Victim, last.Format("15:04:05.000000"), last.Sub(limit), what, limit.Format("15:04:05.000000"))
+		}
+		if halted, err := haltedAt(r.VictimLog, r.At); err == nil && !halted.IsZero() && last.After(halted.Add(logResolution)) {
+			t.Errorf("round %d: host %s released an output at %s, after it halted at %s", i+1, r.Victim, last.Format("15:04:05.000000"), halted.Format("15:04:05.000"))
+		}
 	}
-	if taken == 0 {
-		t.Errorf("the secondary never took over in %d freezes: the freezes were too short to test a deposed primary", len(rep.Rounds))
+	if len(takeOvers) == 0 {
+		t.Fatalf("the secondary never took over in %d freezes: the freezes were too short to test a deposed primary", len(rep.Rounds))
 	}
+	within := 0
+	for _, f := range failovers {
+		if f <= freezeTargetServed {
+			within++
+		}
+	}
+	t.Logf("take-over (freeze to live) %s; client's longest silence from the freeze (served again) %s; within the %v target: %d of %d; rounds where the replaced primary still released after it asked the arbiter again: %d",
+		spread(takeOvers), spread(failovers), freezeTargetServed, within, len(failovers), lateReleases)
+}
+
+// freezeTargetServed is issue 14's target for the client's failover on a
+// silent primary (p99); reported, not asserted.
+const freezeTargetServed = 20 * time.Millisecond
+
+// releaseLine is the daemon's log line for a span of released outputs;
+// deposedLine the ones a primary logs when it sees it was not run (as
+// long as its secondary waits: it drops what it reads until it has asked
+// the arbiter; or half the heartbeat timeout: it fences the VM's frames);
+// logResolution the resolution of the lines' own time.
+var (
+	releaseLine   = regexp.MustCompile(`msg="released outputs" .*last_release=(\S+)`)
+	haltLine      = regexp.MustCompile(`time=(\S+) level=WARN msg=halting`)
+	askedLine     = regexp.MustCompile(`time=(\S+) level=INFO msg="asking the arbiter for an epoch"`)
+	deposedLine   = regexp.MustCompile(`time=(\S+) level=WARN msg="this host (was not run for longer than its secondary waits|did not run for longer than half the peer timeout)`)
+	logResolution = time.Millisecond
+)
+
+// haltedAt is when a daemon's log says it halted after at (zero if not).
+func haltedAt(logPath string, at time.Time) (time.Time, error) {
+	b, err := os.ReadFile(logPath)
+	if err != nil {
+		return time.Time{}, err
+	}
+	for _, m := range haltLine.FindAllSubmatch(b, -1) {
+		if ts, err := time.Parse(time.RFC3339Nano, string(m[1])); err == nil && ts.After(at) {
+			return ts, nil
+		}
+	}
+	return time.Time{}, nil
+}
+
+// releasesAfterFreeze reads a frozen daemon's log: its latest release,
+// and when, after the freeze at at, it first saw that it had been stopped
+// and first asked the arbiter for an epoch (zero if it did not).
+func releasesAfterFreeze(logPath string, at time.Time) (last, noticed, asked time.Time, err error) {
+	b, err := os.ReadFile(logPath)
+	if err != nil {
+		return last, noticed, asked, fmt.Errorf("the frozen daemon's log: %w", err)
+	}
+	for _, m := range releaseLine.FindAllSubmatch(b, -1) {
+		ts, err := time.Parse(time.RFC3339Nano, string(m[1]))
+		if err != nil {
+			return last, noticed, asked, fmt.Errorf("%s: release time %q: %w", logPath, m[1], err)
+		}
+		if ts.After(last) {
+			last = ts
+		}
+	}
+	if last.IsZero() {
+		return last, noticed, asked, fmt.Errorf("%s says nothing of released outputs (a frozen primary that halted logs them)", logPath)
+	}
+	first := func(re *regexp.Regexp) time.Time {
+		for _, m := range re.FindAllSubmatch(b, -1) {
+			if ts, err := time.Parse(time.RFC3339Nano, string(m[1])); err == nil && ts.After(at) {
+				return ts
+			}
+		}
+		return time.Time{}
+	}
+	return last, first(deposedLine), first(askedLine), nil
 }
 
 // TestE2EIsolatePrimary cuts the primary's host off the network (the

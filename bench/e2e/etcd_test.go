@@ -74,7 +74,7 @@ func TestE2EEtcdArbiter(t *testing.T) {
 		// This scenario is about the arbiter, not about noticing a silent
 		// peer: with three etcd members beside the pair on two cores, a
 		// 100 ms heartbeat timeout broke the pair by itself under load.
-		Flags: []string{"--etcd-lease-ttl", etcdLeaseTTL.String(), "--heartbeat-timeout", "300ms", "--peer-timeout-ticks", "30"},
+		Flags: []string{"--etcd-lease-ttl", etcdLeaseTTL.String(), "--heartbeat-timeout", "300ms"},
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -127,7 +127,7 @@ func TestE2EPool(t *testing.T) {
 			// A killed host's sockets close at once; the longer heartbeat
 			// timeout only keeps six daemons, four hosts and three etcd
 			// members on two cores from breaking a pair by themselves.
-			"--heartbeat-timeout", "300ms", "--peer-timeout-ticks", "30")
+			"--heartbeat-timeout", "300ms")
 		if err != nil {
 			t.Fatalf("ftvm cluster add: %v\n%s", err, out)
 		}

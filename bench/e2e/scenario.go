@@ -110,8 +110,12 @@ type Round struct {
 	// InFlight counts the requests outstanding at the fault that were
 	// answered only after it (the client resent them) or never.
 	InFlight, NeverAnswered int
-	// Frozen is how long FreezePrimary stopped the primary.
-	Frozen time.Duration
+	// Frozen is how long FreezePrimary stopped the primary; Woke is when
+	// it let it go on (SIGCONT), and VictimLog the frozen daemon's
+	// standard error (its "released outputs" lines say when it released).
+	Frozen    time.Duration
+	Woke      time.Time
+	VictimLog string
 	// MaxGap is the client's longest silence (between two replies) from
 	// the fault to the next round's fault, or to the end of the load: a
 	// take-over that did not stick (the switch still sends the VM's
@@ -320,13 +324,17 @@ func (c *Cluster) applyFault(ctx context.Context, cfg RunConfig, i int, r *Round
 			r.Frozen += rand.N(hi - lo + 1)
 		}
 		r.At = time.Now()
-		var wake func() error
-		if cfg.StaleFrame {
-			victim := primary
-			wake = func() error {
-				mac, _ := net.ParseMAC(VMMAC)
-				return c.Topo.SendFrameAs(victim, mac, HostMAC(Client))
+		if d := c.Daemon(primary); d != nil {
+			r.VictimLog = d.Proc.StderrPath()
+		}
+		victim := primary
+		wake := func() error {
+			defer func() { r.Woke = time.Now() }()
+			if !cfg.StaleFrame {
+				return nil
 			}
+			mac, _ := net.ParseMAC(VMMAC)
+			return c.Topo.SendFrameAs(victim, mac, HostMAC(Client))
 		}
 		if err := c.Freeze(primary, r.Frozen, wake); err != nil {
 			return err

@@ -64,14 +64,23 @@ while a progress bar shows the transfer. Restart the dead host as
 ftvm secondary --peer <new primary's --listen> --peer-name <its --tls-name>
 (--peer-name is needed whenever --peer is an address).
 
-The peer is taken for dead when its connection breaks, or after
-min(100 ms, --peer-timeout-ticks x --tick) of silence: the transport
-declares a lane that read nothing for 100 ms down (its heartbeats go every
-10 ms; the watchdog sees it within 5 ms more), and the node counts ticks.
-With the defaults the transport always comes first: 100-105 ms after the
-peer's last byte, which may precede its death by up to 10 ms. A primary that did not run for half
-of that (stopped, paused) sends none of the VM's frames until its
-secondary shows it still follows, since it may have been replaced.
+The peer is taken for dead when its connection breaks, or when nothing
+came from it on any lane for --heartbeat-timeout (50 ms; 300 ms,
+--join-heartbeat-timeout, while a secondary joins): each lane sends a
+heartbeat when idle for --heartbeat-interval (2 ms), from two watchdog
+threads, each on its own CPU at real-time priority (SCHED_FIFO where the
+process may), which also look at the lanes every half interval; a frame
+read, a heartbeat, or bytes waiting unread in a socket count as heard.
+Silence counts only while a watchdog itself runs (at most two looks'
+worth per look), so a pause of this host or of the whole machine never
+makes it take a live peer for dead; while it runs on time a silent peer
+is lost within the timeout and a millisecond after its last byte. A
+slower progress check, --peer-timeout-ticks x --tick (1 s), catches a
+peer whose heartbeats come but whose daemon is stuck. A primary in step
+that did not run for half the heartbeat timeout sends none of the VM's
+frames until its secondary shows it still follows, and one that did not
+run for nearly the whole timeout asks the arbiter again before it acts
+on anything it reads, since it may have been replaced.
 
 Two daemons on one machine (a lab) each need their own --control and
 --listen.
@@ -200,6 +209,12 @@ type daemon struct {
 	// fence keeps the VM's frames in after a stall that may have deposed
 	// this host (see txFence).
 	fence *txFence
+	// deposing is the epoch in which this primary found it may have been
+	// replaced (deposedMaybe), 0 when it did not: until the node is out of
+	// that protected epoch, frames from the peer are dropped.
+	deposing atomic.Uint64
+	// realtimeWarning: the watchdog's lack of SCHED_FIFO is said once.
+	realtimeWarning sync.Once
 	// life is the context of run, for the announcements' goroutines.
 	life              atomic.Pointer[context.Context]
 	lastStaleAnnounce atomic.Int64 // unix ns of the latest staleFrameSeen announcement
@@ -313,7 +328,7 @@ func newDaemon(c *daemonConfig, log *slog.Logger, term io.Writer) (_ *daemon, er
 		}
 		log.Info("transport to the primary", "peer", c.peer, "control_lane", providerName(d.dialProvider), "why", why)
 	}
-	d.fence = newTxFence(c.peerTimeout(d.trCfg))
+	d.fence = newTxFence(c.progressTimeout(), c.transportTimeout(d.trCfg), c.heartbeatInterval)
 	if d.nic != nil {
 		d.nic.SetFence(d.fence.mayTransmit)
 		d.nic.WatchSource(c.mac, d.staleFrameSeen)
@@ -406,8 +421,26 @@ func (d *daemon) openNIC() (vmm.NICBackend, error) {
 
 func (d *daemon) transportConfig() (tcpfallback.Config, error) {
 	c := tcpfallback.Config{VMID: d.cfg.vmID, Name: d.cfg.tlsName, PeerNames: d.cfg.allowPeers,
-		HeartbeatTimeout: d.cfg.heartbeatTimeout,
+		// A transport starts with the join's timeout; once the pair is
+		// in step, watchFence sets --heartbeat-timeout.
+		HeartbeatTimeout: d.cfg.joinHeartbeatTimeout, HeartbeatInterval: d.cfg.heartbeatInterval,
+		OnWatchdog: func(ev tcpfallback.WatchdogEvent) {
+			if d.fence != nil {
+				d.fence.watched(ev)
+			}
+		},
 		OnFrame: func(f transport.Frame) {
+			// A look at the clock first: a primary that was not run for
+			// as long as its secondary waits for heartbeats may have
+			// been replaced, and the acknowledgements waiting in its
+			// socket would make it release outputs in a stale epoch.
+			d.fence.look()
+			if d.fence.mayBeDeposed() {
+				d.deposedMaybe()
+			}
+			if d.deposingDrop() {
+				return
+			}
 			d.fence.peerHeard()
 			d.ag.HandleFrame(f)
 		}} // ringConfig replaces OnFrame, naming the transport a frame came on
@@ -482,8 +515,15 @@ func (d *daemon) boot(vm agent.VM) error {
 // the NIC's gate, announces the VM's MAC so that switches send its traffic
 // here, and starts accepting a new secondary.
 func (d *daemon) goLive(epoch, fence uint64) error {
-	if err := d.recordDisk(diskRolePrimary, epoch, 0, false); err != nil {
-		return err
+	// onEpoch recorded the epoch when the arbiter granted it; a second
+	// fsync of the side file here would only delay the take-over.
+	d.diskMu.Lock()
+	recorded := d.diskLast.Role == diskRolePrimary && d.diskLast.Epoch == epoch
+	d.diskMu.Unlock()
+	if !recorded {
+		if err := d.recordDisk(diskRolePrimary, epoch, 0, false); err != nil {
+			return err
+		}
 	}
 	d.mu.Lock()
 	d.wentLive = time.Now()
@@ -847,6 +887,11 @@ func (d *daemon) watch(tr *rdma.Transport) {
 			}
 		case transport.EventLaneUp:
 			d.log.Info("peer connected", "lane", ev.Lane, "peer", ev.Peer)
+			if lv := tr.TCP().Liveness(); !lv.Realtime && lv.RealtimeError != "" {
+				d.realtimeWarning.Do(func() {
+					d.log.Warn("the transport's watchdog runs at normal priority: a loaded host can delay its heartbeats and looks, and the peer may take this host for dead", "why", lv.RealtimeError)
+				})
+			}
 		case transport.EventPeerRejected:
 			reason := tcpfallback.RejectReason(ev.Err)
 			if ok, suppressed := d.rejects.note(ev.Time, reason); ok {

@@ -77,11 +77,16 @@ type daemonConfig struct {
 	tick             time.Duration
 	heartbeatTicks   int
 	peerTimeoutTicks int
-	// heartbeatTimeout is the transport's: a lane silent this long is down.
-	heartbeatTimeout time.Duration
-	window           int
-	precopyRounds    int
-	waitForSecondary bool
+	// heartbeatInterval and heartbeatTimeout are the transport's: a peer
+	// silent this long on every lane is lost.
+	heartbeatInterval time.Duration
+	heartbeatTimeout  time.Duration
+	// joinHeartbeatTimeout replaces heartbeatTimeout while a secondary
+	// joins (setHeartbeatTimeouts).
+	joinHeartbeatTimeout time.Duration
+	window               int
+	precopyRounds        int
+	waitForSecondary     bool
 
 	// The reachability rule (daemon_reach.go): no targets, no rule.
 	reachCheck      []netip.Addr
@@ -103,6 +108,27 @@ const (
 	defaultControlDir = "/run/ftvm"
 	defaultVMID       = "kvstore"
 )
+
+// daemonPeerTimeoutTicks is the default progress check: 1 s at the default
+// 10 ms tick. A 10-minute soak under load on a 2-core PVM machine saw a
+// process of normal priority not run for up to 334 ms, and a pair in step
+// fail over by itself at 300 ms (30 ticks) while the transport's
+// real-time heartbeats had flowed throughout; this check is only for a
+// peer whose heartbeats come but whose daemon is stuck.
+const daemonPeerTimeoutTicks = 100
+
+// defaultDaemonHeartbeatTimeout is --heartbeat-timeout's default: longer
+// than the transport's own (12 ms), because on the loaded 2-core PVM
+// machines measured (load average 4-5, other work beside the pair) a
+// daemon in step went unheard for 13-45 ms now and then although its
+// heartbeats come from real-time threads, and at 12 ms the pair broke by
+// itself about once a minute. On a host with cores to spare, 12 ms meets
+// a 20 ms failover (README, "How fast a silent host is replaced").
+const defaultDaemonHeartbeatTimeout = 50 * time.Millisecond
+
+// defaultJoinHeartbeatTimeout: the pauses of 100-300 ms seen while a
+// secondary restores a checkpoint on a loaded 2-core machine.
+const defaultJoinHeartbeatTimeout = 300 * time.Millisecond
 
 // daemonFlags declares the flags of one role on fs and returns the
 // function that checks and converts them once parsed.
@@ -143,12 +169,14 @@ func daemonFlags(fs *flag.FlagSet, role wire.Role) func() (*daemonConfig, error)
 	fs.StringVar(&c.metricsListen, "metrics-listen", "", "serve Prometheus metrics at http://ADDR/metrics (host:port, e.g. 127.0.0.1:9100; names in the README); default: off")
 	fs.DurationVar(&c.tick, "tick", 10*time.Millisecond, "length of one protocol tick")
 	fs.IntVar(&c.heartbeatTicks, "heartbeat-ticks", lockstep.DefaultHeartbeatTicks, "ticks between heartbeats")
-	fs.IntVar(&c.peerTimeoutTicks, "peer-timeout-ticks", lockstep.DefaultPeerTimeoutTicks, "ticks of silence after which the peer is taken for dead (a broken connection counts at once, and so does a connection silent for --heartbeat-timeout, whichever comes first)")
-	fs.DurationVar(&c.heartbeatTimeout, "heartbeat-timeout", tcpfallback.DefaultHeartbeatTimeout, "a connection to the peer that reads nothing for this long is taken for lost (the transport sends a heartbeat every 10ms on an idle lane); a longer one rides out a loaded host's scheduling pauses at the cost of a slower take-over when the peer really goes silent; both hosts should use the same; at least 20ms")
+	fs.IntVar(&c.peerTimeoutTicks, "peer-timeout-ticks", daemonPeerTimeoutTicks, "the progress check: ticks without a protocol message from the peer's daemon after which it is taken for dead although its transport's heartbeats still come (its daemon is stuck); a broken connection, or one silent for --heartbeat-timeout, counts at once")
+	fs.DurationVar(&c.heartbeatInterval, "heartbeat-interval", tcpfallback.DefaultHeartbeatInterval, "the transport sends a heartbeat on each idle lane this often, from a real-time thread (SCHED_FIFO where the process may; a warning says when it may not), and looks at its lanes twice as often")
+	fs.DurationVar(&c.joinHeartbeatTimeout, "join-heartbeat-timeout", defaultJoinHeartbeatTimeout, "the --heartbeat-timeout in force while a secondary joins (until it is in step): restoring a checkpoint keeps both daemons busier than anything in step, and a join that breaks only starts again (a secondary not in step cannot take over); at least --heartbeat-timeout")
+	fs.DurationVar(&c.heartbeatTimeout, "heartbeat-timeout", defaultDaemonHeartbeatTimeout, "the peer is taken for lost when nothing (a frame, a heartbeat, unread bytes in a socket) came from it on any lane for this long, counted only while this host's watchdog runs itself, so a pause of this host or of the whole machine never counts; a longer one rides out a peer that is not run at the cost of a slower take-over when it really goes silent; both hosts should use the same; at least 2 x --heartbeat-interval")
 	reachCheck := fs.String("reach-check", "", "IPv4 addresses on the VM's network (its gateway, say), comma-separated, pinged every --reach-interval: while none answers, this host never asks the arbiter for the VM, and a protected primary yields after --reach-yield-after (default: no check)")
 	fs.StringVar(&c.reachLink, "reach-link", "", "with --reach-check: the uplink to the VM's network (its carrier must be up too)")
 	fs.DurationVar(&c.reachInterval, "reach-interval", 10*time.Millisecond, "with --reach-check: time between two pings of each target")
-	fs.DurationVar(&c.reachLostAfter, "reach-lost-after", 50*time.Millisecond, "with --reach-check: the VM's network is lost once no target answered for this long; shorter than the peer timeout")
+	fs.DurationVar(&c.reachLostAfter, "reach-lost-after", 40*time.Millisecond, "with --reach-check: the VM's network is lost once no target answered for this long; shorter than the peer timeout (--heartbeat-timeout)")
 	fs.DurationVar(&c.reachYieldAfter, "reach-yield-after", time.Second, "with --reach-check: a protected primary that lost the VM's network for this long stops (exit 3) so that its secondary takes over")
 	fs.IntVar(&c.window, "log-window", lockstep.DefaultLogWindowEntries, "log entries the primary runs ahead of its secondary before it stalls the vCPU")
 	fs.IntVar(&c.precopyRounds, "precopy-rounds", 2, "copies of the running VM a primary sends a joining secondary before it pauses for the rest (0: one paused full checkpoint); give both hosts the same, and the same --mem, --disk-size and --log-window: they size the largest checkpoint a host accepts")
@@ -237,7 +265,7 @@ func daemonFlags(fs *flag.FlagSet, role wire.Role) func() (*daemonConfig, error)
 				return nil, fmt.Errorf("--reach-lost-after %v must cover at least two --reach-interval %v, or one lost ping looks like a lost network", c.reachLostAfter, c.reachInterval)
 			}
 			if pt := time.Duration(c.peerTimeoutTicks) * c.tick; c.reachLostAfter >= min(pt, c.heartbeatTimeout) {
-				return nil, fmt.Errorf("--reach-lost-after %v must be shorter than the peer timeout (%v), or a host cut off from the VM's network would not know it yet when it asks the arbiter", c.reachLostAfter, min(pt, c.heartbeatTimeout))
+				return nil, fmt.Errorf("--reach-lost-after %v must be shorter than the peer timeout (%v), or a host cut off from the VM's network would not know it yet when it asks the arbiter: lower it (with --reach-interval) or raise --heartbeat-timeout above it", c.reachLostAfter, min(pt, c.heartbeatTimeout))
 			}
 			if c.reachYieldAfter <= 0 {
 				return nil, fmt.Errorf("--reach-yield-after %v must be positive", c.reachYieldAfter)
@@ -292,8 +320,17 @@ func daemonFlags(fs *flag.FlagSet, role wire.Role) func() (*daemonConfig, error)
 		if c.tick <= 0 {
 			return nil, fmt.Errorf("--tick %v must be positive", c.tick)
 		}
-		if least := 2 * tcpfallback.DefaultHeartbeatInterval; c.heartbeatTimeout < least {
-			return nil, fmt.Errorf("--heartbeat-timeout %v is too short: heartbeats go every %v, so a timeout under %v would take a live peer for lost", c.heartbeatTimeout, tcpfallback.DefaultHeartbeatInterval, least)
+		if c.heartbeatInterval <= 0 {
+			return nil, fmt.Errorf("--heartbeat-interval %v must be positive", c.heartbeatInterval)
+		}
+		if least := 2 * c.heartbeatInterval; c.heartbeatTimeout < least {
+			return nil, fmt.Errorf("--heartbeat-timeout %v is too short: heartbeats go every %v (--heartbeat-interval), so a timeout under %v would take a live peer for lost", c.heartbeatTimeout, c.heartbeatInterval, least)
+		}
+		if c.joinHeartbeatTimeout < c.heartbeatTimeout {
+			return nil, fmt.Errorf("--join-heartbeat-timeout %v is shorter than --heartbeat-timeout %v: a join may only wait longer", c.joinHeartbeatTimeout, c.heartbeatTimeout)
+		}
+		if pt := time.Duration(c.peerTimeoutTicks) * c.tick; pt <= c.heartbeatTimeout {
+			return nil, fmt.Errorf("--peer-timeout-ticks %d x --tick %v = %v must be longer than --heartbeat-timeout %v: it is the slower check, for a peer whose heartbeats come but whose daemon is stuck", c.peerTimeoutTicks, c.tick, pt, c.heartbeatTimeout)
 		}
 		switch c.logFormat {
 		case "text", "json":

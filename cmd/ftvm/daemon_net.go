@@ -219,7 +219,11 @@ func (d *daemon) announce(ctx context.Context, why string) {
 // over, and one such frame moves the VM's MAC back to this host's port on
 // the switch. So the fence watches its own clock: a gap of more than
 // stallMax between two looks at it (the daemon looks every tick, and at
-// every frame) means this host was not running, and from then on the VM's
+// every frame), or of more than watchStallMax between two looks of the
+// transport's watchdog (twice per heartbeat interval, on its real-time
+// thread: the peer takes this host for dead after the heartbeat timeout,
+// so the fence must see a stall that short), means this host was not
+// running, and from then on the VM's
 // frames are dropped until this host has proof that it still serves the
 // VM: the secondary acknowledged a log position written after the stall
 // (a secondary that took over acknowledges nothing), a frame from the
@@ -228,22 +232,37 @@ func (d *daemon) announce(ctx context.Context, why string) {
 // newer epoch, or the node has no secondary that could have taken over.
 // A dropped frame is a lost packet, which the network's protocols resend.
 type txFence struct {
-	base      time.Time
-	stallMax  time.Duration
-	peerGrace time.Duration
+	base          time.Time
+	stallMax      time.Duration
+	watchStallMax time.Duration
+	peerGrace     time.Duration
 
 	lastLook  atomic.Int64 // ns since base: the latest look at the clock
-	stall     atomic.Int64 // ns since base when a stall was seen; 0: none
-	peerFrame atomic.Int64 // ns since base of the latest frame from the peer
-	fenced    atomic.Uint64
+	lastWatch atomic.Int64 // ns since base: a watchdog's latest look
+	watchers  atomic.Int32 // transport watchdogs running
+	// deposeGap: a gap of the watchdogs' looks this long (ns) may have
+	// let the peer take this host for dead (its heartbeat timeout less a
+	// heartbeat interval); longGaps counts them, deposeSeen is how many
+	// the daemon acted on (mayBeDeposed).
+	deposeGap  int64
+	longGaps   atomic.Uint64
+	deposeSeen atomic.Uint64
+	stall      atomic.Int64 // ns since base when a stall was seen; 0: none
+	peerFrame  atomic.Int64 // ns since base of the latest frame from the peer
+	fenced     atomic.Uint64
 
 	// Owned by the goroutine that calls tick.
 	stallSeen        int64 // the stall the fields below belong to
 	seqAtStall, epAt uint64
 }
 
-func newTxFence(peerTimeout time.Duration) *txFence {
-	f := &txFence{base: time.Now(), stallMax: peerTimeout / 2, peerGrace: peerTimeout}
+// newTxFence: progressTimeout is how long the peer's node waits for this
+// one's messages (--peer-timeout-ticks x --tick), heartbeatTimeout how long
+// its transport waits for this host's heartbeats.
+func newTxFence(progressTimeout, heartbeatTimeout, heartbeatInterval time.Duration) *txFence {
+	f := &txFence{base: time.Now(), stallMax: progressTimeout / 2, watchStallMax: heartbeatTimeout / 2,
+		deposeGap: int64(max(heartbeatTimeout-heartbeatInterval, heartbeatTimeout/2)),
+		peerGrace: min(progressTimeout, heartbeatTimeout)}
 	f.lastLook.Store(1)
 	return f
 }
@@ -257,7 +276,57 @@ func (f *txFence) look() int64 {
 	if prev := f.lastLook.Swap(now); now-prev > int64(f.stallMax) {
 		f.stall.CompareAndSwap(0, now)
 	}
+	// The watchdog was not run either (its next look would see the gap,
+	// but this frame comes first): one stall per gap.
+	if w := f.lastWatch.Load(); f.watchers.Load() > 0 && now-w > int64(f.watchStallMax) && f.lastWatch.CompareAndSwap(w, now) {
+		f.stall.CompareAndSwap(0, now)
+		f.noteWatchGap(now - w)
+	}
 	return now
+}
+
+// noteWatchGap records a gap of gap ns in the watchdogs' looks.
+func (f *txFence) noteWatchGap(gap int64) {
+	if f.deposeGap > 0 && gap > f.deposeGap {
+		f.longGaps.Add(1)
+	}
+}
+
+// mayBeDeposed reports, once per such gap, that the watchdogs did not look
+// for long enough that the peer may have taken this host for dead: a
+// primary must then not act on what it reads (acknowledgements the
+// secondary sent before it took over would release outputs in a stale
+// epoch) but ask the arbiter again (PeerLost).
+func (f *txFence) mayBeDeposed() bool {
+	for {
+		seen, n := f.deposeSeen.Load(), f.longGaps.Load()
+		if seen >= n {
+			return false
+		}
+		if f.deposeSeen.CompareAndSwap(seen, n) {
+			return true
+		}
+	}
+}
+
+// watched is tcpfallback.Config.OnWatchdog: a transport's watchdog
+// started, looked (the process runs now, as far as its real-time thread
+// can tell; a gap since the previous look is a stall too) or stopped.
+// While none runs, no peer watches this host's heartbeats either.
+func (f *txFence) watched(ev tcpfallback.WatchdogEvent) {
+	now := f.now()
+	switch ev {
+	case tcpfallback.WatchdogStarted:
+		f.lastWatch.Store(now)
+		f.watchers.Add(1)
+	case tcpfallback.WatchdogStopped:
+		f.watchers.Add(-1)
+	case tcpfallback.WatchdogLook:
+		if prev := f.lastWatch.Swap(now); now-prev > int64(f.watchStallMax) {
+			f.stall.CompareAndSwap(0, now)
+			f.noteWatchGap(now - prev)
+		}
+	}
 }
 
 // peerHeard records a frame from the peer (before the agent sees it).
@@ -292,16 +361,19 @@ func (f *txFence) tick(st lockstep.Status) (newStall bool, lifted bool) {
 	if s != f.stallSeen {
 		f.stallSeen, f.seqAtStall, f.epAt = s, st.LastSeq, st.Epoch
 		newStall = true
-		if st.Role == lockstep.RolePrimary && !st.Protected && !st.Syncing {
-			// Alone (or asking the arbiter, which holds every output):
-			// no secondary could have taken over.
+		if st.Role == lockstep.RolePrimary && !st.Protected {
+			// Alone, asking the arbiter (which holds every output) or
+			// bringing a secondary up: no secondary in step could have
+			// taken over. (A joiner that has restored its checkpoint
+			// but whose confirmation is still on its way is in step
+			// already: that window, a round trip, is not covered.)
 			return true, f.stall.CompareAndSwap(s, 0)
 		}
 		return true, false
 	}
 	// A halted node releases nothing more, and a secondary's gate is
 	// shut; either stays fenced until it is primary in a newer epoch.
-	if st.Role == lockstep.RolePrimary && (st.Epoch > f.epAt || st.Acked > f.seqAtStall || !st.Protected && !st.Syncing) {
+	if st.Role == lockstep.RolePrimary && (st.Epoch > f.epAt || st.Acked > f.seqAtStall || !st.Protected) {
 		return false, f.stall.CompareAndSwap(s, 0)
 	}
 	return false, false
@@ -315,11 +387,23 @@ func (f *txFence) Fenced() uint64 { return f.fenced.Load() }
 // reads nothing for that long is declared down, and the node is told at
 // once) and the node's own --peer-timeout-ticks x --tick.
 func (c *daemonConfig) peerTimeout(tr tcpfallback.Config) time.Duration {
-	hb := tr.HeartbeatTimeout
-	if hb == 0 {
-		hb = tcpfallback.DefaultHeartbeatTimeout
+	return min(c.transportTimeout(tr), c.progressTimeout())
+}
+
+// transportTimeout is the transport's heartbeat timeout while the pair is
+// in step (while a secondary joins it is --join-heartbeat-timeout).
+func (c *daemonConfig) transportTimeout(tcpfallback.Config) time.Duration {
+	if c.heartbeatTimeout == 0 {
+		return tcpfallback.DefaultHeartbeatTimeout
 	}
-	return min(hb, time.Duration(c.peerTimeoutTicks)*c.tick)
+	return c.heartbeatTimeout
+}
+
+// progressTimeout is the node's own: --peer-timeout-ticks x --tick without
+// a protocol message from the peer (its transport's heartbeats flow, but
+// its daemon is stuck).
+func (c *daemonConfig) progressTimeout() time.Duration {
+	return time.Duration(c.peerTimeoutTicks) * c.tick
 }
 
 // watchFence feeds the fence the node's status every tick until ctx ends.
@@ -332,7 +416,9 @@ func (d *daemon) watchFence(ctx context.Context) {
 			return
 		case <-t.C:
 		}
-		newStall, lifted := d.fence.tick(d.ag.Status())
+		st := d.ag.Status()
+		d.setHeartbeatTimeouts(st)
+		newStall, lifted := d.fence.tick(st)
 		if newStall {
 			d.log.Warn("this host did not run for longer than half the peer timeout: the VM's frames are held back until the secondary shows it still follows (it may have taken over)", "fenced_so_far", d.fence.Fenced())
 		}
@@ -359,5 +445,55 @@ func (d *daemon) staleFrameSeen() {
 	if ctx := d.life.Load(); ctx != nil {
 		d.log.Warn("a frame from the VM's MAC came from another host: announcing the VM's address again")
 		go d.announce(*ctx, "stale frame")
+	}
+}
+
+// deposedMaybe: this host was not run for long enough that its secondary
+// may have taken it for dead and taken over. A protected primary then
+// treats its secondary as lost (lockstep.Node.PeerLost): it releases
+// nothing more in this epoch and asks the arbiter for the next one, which
+// it gets only if the secondary did not take over (it then goes on alone
+// and the secondary joins again); otherwise it halts.
+func (d *daemon) deposedMaybe() {
+	st := d.ag.Status()
+	if st.Role != lockstep.RolePrimary || !st.Protected || st.Syncing {
+		return // no secondary in step: none could have taken over
+	}
+	d.log.Warn("this host was not run for longer than its secondary waits for heartbeats: asking the arbiter whether it is still primary before it releases anything more", "epoch", st.Epoch)
+	d.deposing.Store(st.Epoch)
+	d.ag.PeerLost()
+}
+
+// deposingDrop reports whether a frame from the peer is to be dropped: the
+// node acts on PeerLost at its next tick, and until it has left the
+// protected epoch deposedMaybe saw, an acknowledgement read now (sent
+// before the secondary took over) would still release outputs in it.
+func (d *daemon) deposingDrop() bool {
+	e := d.deposing.Load()
+	if e == 0 {
+		return false
+	}
+	if st := d.ag.Status(); st.Role == lockstep.RolePrimary && st.Epoch == e && st.Protected {
+		return true
+	}
+	d.deposing.CompareAndSwap(e, 0)
+	return false
+}
+
+// setHeartbeatTimeouts gives the transports --heartbeat-timeout while the
+// pair is in step, and --join-heartbeat-timeout while a secondary joins: a
+// joiner restoring a checkpoint (and its primary taking and shipping one)
+// is busier than anything in step, and a join that breaks costs a new one,
+// not a failover, since a secondary not in step cannot take over anyway.
+func (d *daemon) setHeartbeatTimeouts(st lockstep.Status) {
+	inStep := st.Role == lockstep.RolePrimary && st.Protected && !st.Syncing || st.Role == lockstep.RoleSecondary && st.Synced
+	timeout := d.cfg.joinHeartbeatTimeout
+	if inStep {
+		timeout = d.cfg.heartbeatTimeout
+	}
+	for _, tr := range d.transports() {
+		if tr.TCP().HeartbeatTimeout() != timeout {
+			tr.TCP().SetHeartbeatTimeout(timeout)
+		}
 	}
 }

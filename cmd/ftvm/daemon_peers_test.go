@@ -10,7 +10,6 @@ import (
 	"time"
 
 	"github.com/ftvm/ftvm/lockstep/wire"
-	"github.com/ftvm/ftvm/tcpfallback"
 )
 
 // --allow-peers names who may join; a secondary (which accepts the next
@@ -60,8 +59,8 @@ func TestHeartbeatTimeoutFlag(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c.heartbeatTimeout != tcpfallback.DefaultHeartbeatTimeout {
-		t.Errorf("default --heartbeat-timeout %v, want %v", c.heartbeatTimeout, tcpfallback.DefaultHeartbeatTimeout)
+	if c.heartbeatTimeout != defaultDaemonHeartbeatTimeout {
+		t.Errorf("default --heartbeat-timeout %v, want %v", c.heartbeatTimeout, defaultDaemonHeartbeatTimeout)
 	}
 	c, err = parse("--heartbeat-timeout", "300ms", "--peer-timeout-ticks", "40")
 	if err != nil {
@@ -75,13 +74,30 @@ func TestHeartbeatTimeoutFlag(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if tr.HeartbeatTimeout != 300*time.Millisecond {
-		t.Errorf("the transport's heartbeat timeout is %v with --heartbeat-timeout 300ms", tr.HeartbeatTimeout)
+	if tr.HeartbeatTimeout != c.joinHeartbeatTimeout {
+		t.Errorf("a transport starts with heartbeat timeout %v, want the join's %v", tr.HeartbeatTimeout, c.joinHeartbeatTimeout)
 	}
 	if got := c.peerTimeout(tr); got != 300*time.Millisecond {
 		t.Errorf("peer timeout %v with --heartbeat-timeout 300ms and 40 ticks of 10ms, want 300ms", got)
 	}
-	if _, err := parse("--heartbeat-timeout", "15ms"); err == nil || !strings.Contains(err.Error(), "--heartbeat-timeout") {
-		t.Errorf("--heartbeat-timeout 15ms: err %v, want a refusal naming the flag", err)
+	if _, err := parse("--heartbeat-timeout", "3ms"); err == nil || !strings.Contains(err.Error(), "--heartbeat-timeout") {
+		t.Errorf("--heartbeat-timeout 3ms (heartbeats every 2ms): err %v, want a refusal naming the flag", err)
+	}
+	if _, err := parse("--heartbeat-timeout", "400ms", "--join-heartbeat-timeout", "1s", "--peer-timeout-ticks", "30"); err == nil || !strings.Contains(err.Error(), "--peer-timeout-ticks") {
+		t.Errorf("--heartbeat-timeout 400ms past a 300ms progress check: err %v, want a refusal naming --peer-timeout-ticks", err)
+	}
+	if _, err := parse("--heartbeat-timeout", "100ms", "--join-heartbeat-timeout", "50ms"); err == nil || !strings.Contains(err.Error(), "--join-heartbeat-timeout") {
+		t.Errorf("--join-heartbeat-timeout under --heartbeat-timeout: err %v, want a refusal naming it", err)
+	}
+	c, err = parse("--heartbeat-interval", "5ms", "--heartbeat-timeout", "30ms")
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.pskFile = filepath.Join(t.TempDir(), "psk")
+	if err := os.WriteFile(c.pskFile, []byte("0123456789abcdef0123456789abcdef"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if tr, err = (&daemon{cfg: c}).transportConfig(); err != nil || tr.HeartbeatInterval != 5*time.Millisecond {
+		t.Errorf("--heartbeat-interval 5ms: the transport's interval is %v (%v)", tr.HeartbeatInterval, err)
 	}
 }

@@ -20,11 +20,16 @@ import (
 // goes).
 const vcpuSpareProcs = 1
 
-// setDaemonProcs raises GOMAXPROCS by vcpuSpareProcs, unless the
-// environment sets it.
+// watchdogSpareProcs: the transport's watchdog threads (one a CPU, two at
+// most, for the whole process) each hold a P while they sleep
+// (tcpfallback, sleepUntil), so that their heartbeats never wait for one.
+const watchdogSpareProcs = 2
+
+// setDaemonProcs raises GOMAXPROCS by vcpuSpareProcs and
+// watchdogSpareProcs, unless the environment sets it.
 func setDaemonProcs() {
 	if os.Getenv("GOMAXPROCS") != "" {
 		return
 	}
-	runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + vcpuSpareProcs)
+	runtime.GOMAXPROCS(runtime.GOMAXPROCS(0) + vcpuSpareProcs + watchdogSpareProcs)
 }

@@ -19,6 +19,7 @@ import (
 	"github.com/ftvm/ftvm/internal/testutil"
 	"github.com/ftvm/ftvm/lockstep"
 	"github.com/ftvm/ftvm/lockstep/wire"
+	"github.com/ftvm/ftvm/tcpfallback"
 	"golang.org/x/sys/unix"
 )
 
@@ -248,7 +249,7 @@ func TestTxFence(t *testing.T) {
 	stall := func(f *txFence) {
 		f.lastLook.Store(f.now() - int64(20*peerTimeout))
 	}
-	f := newTxFence(peerTimeout)
+	f := newTxFence(peerTimeout, peerTimeout, peerTimeout/10)
 	for range 3 {
 		if !f.mayTransmit() {
 			t.Fatal("the fence is up without a stall")
@@ -308,9 +309,51 @@ func TestTxFence(t *testing.T) {
 	}
 }
 
+// TestTxFenceWatchdog: the transport's watchdog looks every millisecond
+// or so; a gap between its looks longer than half the heartbeat timeout
+// (the peer may have taken this host for dead) fences the VM's frames,
+// seen either by the watchdog's next look or by a frame that leaves
+// first, but only while a watchdog runs: one that stopped with its
+// transport is no stall.
+func TestTxFenceWatchdog(t *testing.T) {
+	const hb = time.Second // far above any pause a loaded host puts between two lines here
+	f := newTxFence(100*hb, hb, hb/10)
+	f.watched(tcpfallback.WatchdogStarted)
+	f.watched(tcpfallback.WatchdogLook)
+	if !f.mayTransmit() {
+		t.Fatal("fenced without a stall")
+	}
+	if f.mayBeDeposed() {
+		t.Fatal("may be deposed without a stall")
+	}
+	f.lastWatch.Store(f.now() - int64(hb)) // the watchdog was not run for a heartbeat timeout
+	if f.mayTransmit() {
+		t.Fatal("a frame left after the watchdog was not run for a heartbeat timeout (seen first by the frame)")
+	}
+	if !f.mayBeDeposed() || f.mayBeDeposed() {
+		t.Fatal("a gap of a heartbeat timeout in the watchdog's looks did not say, once, that the peer may have taken over")
+	}
+	f.tick(lockstep.Status{Role: lockstep.RolePrimary, Epoch: 3}) // alone: lifted
+	if !f.mayTransmit() {
+		t.Fatal("the fence held back a lone primary's frames")
+	}
+	f.watched(tcpfallback.WatchdogLook)
+	f.lastWatch.Store(f.now() - int64(hb))
+	f.watched(tcpfallback.WatchdogLook)
+	if f.stall.Load() == 0 {
+		t.Fatal("the watchdog's own late look was no stall")
+	}
+	f.tick(lockstep.Status{Role: lockstep.RolePrimary, Epoch: 3})
+	f.watched(tcpfallback.WatchdogStopped)
+	f.lastWatch.Store(f.now() - int64(10*hb))
+	if !f.mayTransmit() {
+		t.Fatal("fenced because a watchdog that stopped with its transport looked no more")
+	}
+}
+
 // TestTxFenceHalted: a node that halted after the stall stays fenced.
 func TestTxFenceHalted(t *testing.T) {
-	f := newTxFence(100 * time.Millisecond)
+	f := newTxFence(100*time.Millisecond, 100*time.Millisecond, 10*time.Millisecond)
 	f.lastLook.Store(f.now() - int64(time.Second))
 	f.tick(lockstep.Status{Role: lockstep.RolePrimary, Protected: true, Epoch: 3, LastSeq: 10})
 	if _, lifted := f.tick(lockstep.Status{Role: lockstep.RoleHalted, Epoch: 3, LastSeq: 10}); lifted || f.mayTransmit() {

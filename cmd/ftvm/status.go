@@ -16,6 +16,7 @@ import (
 	"github.com/ftvm/ftvm/agent"
 	"github.com/ftvm/ftvm/bench/dash"
 	"github.com/ftvm/ftvm/lockstep"
+	"github.com/ftvm/ftvm/tcpfallback"
 )
 
 func init() {
@@ -81,11 +82,52 @@ type statusReport struct {
 	LiveSince   string         `json:"live_since,omitempty"` // a secondary that took over: when
 	Uptime      float64        `json:"uptime_s"`
 	Peer        transportPeers `json:"transport"`
+	// Liveness is what the transports' watchdogs saw (summed over them).
+	Liveness livenessReport `json:"liveness"`
 	// Transport is what carries the control lane to the peer this host
 	// sends to now (shm, rdma or tcp), TransportWhy why.
 	Transport    string `json:"transport_in_use"`
 	TransportWhy string `json:"transport_why,omitempty"`
 }
+
+// livenessReport: the silences the watchdogs counted before they heard the
+// peer again and their own gaps between looks, as histograms by
+// tcpfallback.LivenessBucketEdges (upper edges in ms; the last bucket is
+// above the last edge).
+type livenessReport struct {
+	Realtime         bool                          `json:"realtime"`
+	RealtimeError    string                        `json:"realtime_error,omitempty"`
+	BucketEdgesMs    []float64                     `json:"bucket_edges_ms"`
+	PeerSilence      tcpfallback.LivenessHistogram `json:"peer_silence"`
+	PeerSilenceMaxMs float64                       `json:"peer_silence_max_ms"`
+	OwnGap           tcpfallback.LivenessHistogram `json:"own_gap"`
+	OwnGapMaxMs      float64                       `json:"own_gap_max_ms"`
+	OwnStalls        uint64                        `json:"own_stalls"`
+	DeclaredDead     uint64                        `json:"declared_dead"`
+}
+
+func (r *livenessReport) add(lv tcpfallback.LivenessStats) {
+	if r.BucketEdgesMs == nil {
+		for _, e := range tcpfallback.LivenessBucketEdges {
+			r.BucketEdgesMs = append(r.BucketEdgesMs, ms(e))
+		}
+		r.Realtime, r.RealtimeError = lv.Realtime, lv.RealtimeError
+	}
+	r.Realtime = r.Realtime && lv.Realtime
+	if lv.RealtimeError != "" {
+		r.RealtimeError = lv.RealtimeError
+	}
+	for i := range r.PeerSilence {
+		r.PeerSilence[i] += lv.PeerSilence[i]
+		r.OwnGap[i] += lv.OwnGap[i]
+	}
+	r.PeerSilenceMaxMs = max(r.PeerSilenceMaxMs, ms(lv.PeerSilenceMax))
+	r.OwnGapMaxMs = max(r.OwnGapMaxMs, ms(lv.OwnGapMax))
+	r.OwnStalls += lv.OwnStalls
+	r.DeclaredDead += lv.DeclaredDead
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
 
 type latencyReport struct {
 	Count int64   `json:"count"`
@@ -152,6 +194,7 @@ func (d *daemon) report() statusReport {
 		r.Peer.FramesSent += frames
 		r.Peer.BytesSent += bytes
 		r.Peer.FrameErrors += ts.FrameErrorsTotal()
+		r.Liveness.add(tr.TCP().Liveness())
 		r.Peer.Handshakes += ts.HandshakeFailures
 	}
 	return r
