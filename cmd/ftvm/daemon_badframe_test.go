@@ -35,7 +35,7 @@ func TestDaemonDropsTheConnectionABadFrameCameOn(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	d := &daemon{cfg: &daemonConfig{}, log: quiet, ag: ag, fence: newTxFence(time.Second)}
+	d := &daemon{cfg: &daemonConfig{}, log: quiet, ag: ag, fence: newTxFence(time.Second, time.Second, 100*time.Millisecond)}
 	tcp := tcpfallback.Config{VMID: vmID, PSK: bytes.Repeat([]byte{7}, tcpfallback.MinPSKBytes),
 		ReconnectMinDelay: 5 * time.Millisecond, ReconnectMaxDelay: 50 * time.Millisecond,
 		// Slow heartbeats: a loaded machine must not lose the lane first.
