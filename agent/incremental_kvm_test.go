@@ -20,22 +20,54 @@ type checkpointHashes struct {
 	pri  map[uint64][32]byte
 	sec  map[uint64][32]byte
 	inc  map[uint64]bool // restored as an increment onto the secondary's VM
-	errs []string
+	// priParts and secParts are the parts' hashes, to say where two
+	// states differ.
+	priParts, secParts map[uint64][]vmm.StatePart
+	errs               []string
+}
+
+// differ names the parts of checkpoint id's state that differ between
+// the primary's and the secondary's VM.
+func (h *checkpointHashes) differ(id uint64) string {
+	var out []string
+	b := map[string][32]byte{}
+	for _, p := range h.secParts[id] {
+		b[p.Name] = p.Sum
+	}
+	for _, p := range h.priParts[id] {
+		if sum, ok := b[p.Name]; !ok {
+			out = append(out, p.Name+" (the primary's only)")
+		} else if sum != p.Sum {
+			out = append(out, p.Name)
+		}
+		delete(b, p.Name)
+	}
+	for name := range b {
+		out = append(out, name+" (the secondary's only)")
+	}
+	return strings.Join(out, ", ")
 }
 
 func (h *checkpointHashes) hook(primary bool) func(id uint64, increment bool, vm VM) {
 	return func(id uint64, increment bool, vm VM) {
 		sum, err := vm.(*vmm.Machine).StateHash()
+		parts, perr := vm.(*vmm.Machine).StateHashParts()
 		h.mu.Lock()
 		defer h.mu.Unlock()
+		if h.priParts == nil {
+			h.priParts, h.secParts = map[uint64][]vmm.StatePart{}, map[uint64][]vmm.StatePart{}
+		}
+		if err == nil {
+			err = perr
+		}
 		if err != nil {
 			h.errs = append(h.errs, fmt.Sprintf("checkpoint %d: StateHash: %v", id, err))
 			return
 		}
 		if primary {
-			h.pri[id] = sum
+			h.pri[id], h.priParts[id] = sum, parts
 		} else {
-			h.sec[id] = sum
+			h.sec[id], h.secParts[id] = sum, parts
 			h.inc[id] = increment
 		}
 	}
@@ -55,7 +87,7 @@ func TestKVMPairIncrementalResync(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), testRunTimeout)
 	defer cancel()
 	h := &checkpointHashes{pri: map[uint64][32]byte{}, sec: map[uint64][32]byte{}, inc: map[uint64]bool{}}
-	p := startPairConfig(t, ctx, lockstep.AckOnCompare, 0, image, cmdline, nil, func(role wire.Role, c *Config) {
+	p := startPairConfig(t, ctx, lockstep.AckOnCompare, resyncTestWindow, image, cmdline, nil, func(role wire.Role, c *Config) {
 		c.checkpointState = h.hook(role == wire.RolePrimary)
 	})
 	if err := waitErr(t, "primary", p.priErr); err != nil {
@@ -83,7 +115,7 @@ func TestKVMPairIncrementalResync(t *testing.T) {
 			t.Fatalf("the secondary restored checkpoint %d, which the primary never took", id)
 		}
 		if sec != pri {
-			t.Fatalf("after restoring checkpoint %d (increment %v) the secondary's VM hashes %x, the primary's at that checkpoint %x", id, h.inc[id], sec[:8], pri[:8])
+			t.Fatalf("after restoring checkpoint %d (increment %v) the secondary's VM hashes %x, the primary's at that checkpoint %x (parts that differ: %s)", id, h.inc[id], sec[:8], pri[:8], h.differ(id))
 		}
 		if h.inc[id] {
 			increments++
@@ -109,7 +141,7 @@ func TestKVMPairIncrementalResyncFallsBack(t *testing.T) {
 	defer cancel()
 	h := &checkpointHashes{pri: map[uint64][32]byte{}, sec: map[uint64][32]byte{}, inc: map[uint64]bool{}}
 	var failed []uint64
-	p := startPairConfig(t, ctx, lockstep.AckOnCompare, 0, image, fmt.Sprintf("count=%d", lines), nil, func(role wire.Role, c *Config) {
+	p := startPairConfig(t, ctx, lockstep.AckOnCompare, resyncTestWindow, image, fmt.Sprintf("count=%d", lines), nil, func(role wire.Role, c *Config) {
 		c.checkpointState = h.hook(role == wire.RolePrimary)
 		if role == wire.RoleSecondary {
 			c.failIncrement = func(id uint64) error {
@@ -150,12 +182,12 @@ func TestKVMPairIncrementalResyncFallsBack(t *testing.T) {
 	case h.inc[next]:
 		t.Fatalf("checkpoint %d after the failed increment was an increment too, want a full one", next)
 	case pri != sec:
-		t.Fatalf("after the full checkpoint %d the secondary's VM hashes %x, the primary's %x", next, sec[:8], pri[:8])
+		t.Fatalf("after the full checkpoint %d the secondary's VM hashes %x, the primary's %x (parts that differ: %s)", next, sec[:8], pri[:8], h.differ(next))
 	}
 	later := 0
 	for id, sec := range h.sec {
 		if pri := h.pri[id]; sec != pri {
-			t.Fatalf("after checkpoint %d the secondary's VM hashes %x, the primary's %x", id, sec[:8], pri[:8])
+			t.Fatalf("after checkpoint %d the secondary's VM hashes %x, the primary's %x (parts that differ: %s)", id, sec[:8], pri[:8], h.differ(id))
 		}
 		if id > next && h.inc[id] {
 			later++
@@ -203,9 +235,15 @@ func TestKVMPairResyncBaseFallsBackToFull(t *testing.T) {
 			defer h.mu.Unlock()
 			for id, sec := range h.sec {
 				if pri := h.pri[id]; sec != pri {
-					t.Fatalf("after checkpoint %d the secondary's VM hashes %x, the primary's %x", id, sec[:8], pri[:8])
+					t.Fatalf("after checkpoint %d the secondary's VM hashes %x, the primary's %x (parts that differ: %s)", id, sec[:8], pri[:8], h.differ(id))
 				}
 			}
 		})
 	}
 }
+
+// resyncTestWindow bounds how far the primary's log may run ahead of the
+// secondary in the incremental tests: with the default window the primary
+// could make every line before the secondary found its first divergence,
+// leaving no resync after it to check.
+const resyncTestWindow = 4

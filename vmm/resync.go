@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash"
 	"math/bits"
 	"slices"
 
@@ -427,13 +428,50 @@ func (m *Machine) newSuccessor(hook ExitHook, st *successorState) (*Machine, err
 // same state, as far as a snapshot can tell; for tests and for proofs.
 func (m *Machine) StateHash() ([32]byte, error) {
 	var sum [32]byte
+	parts, err := m.StateHashParts()
+	if err != nil {
+		return sum, err
+	}
+	h := sha256.New()
+	h.Write([]byte("ftvm state hash 2"))
+	for _, p := range parts {
+		h.Write([]byte(p.Name))
+		h.Write(p.Sum[:])
+	}
+	copy(sum[:], h.Sum(nil))
+	return sum, nil
+}
+
+// StatePart is one part of StateHash: its name ("memory", "regs",
+// "xsave", "events", "msrs", a device's name, "exits", "disk" and so on)
+// and the SHA-256 of its bytes.
+type StatePart struct {
+	Name string
+	Sum  [32]byte
+}
+
+// StateHashParts hashes each part of the state StateHash covers on its
+// own, in a fixed order, so that a test whose two VMs differ can say
+// where.
+func (m *Machine) StateHashParts() ([]StatePart, error) {
+	var parts []StatePart
 	err := m.do(func() error {
-		h := sha256.New()
-		put := func(v uint64) { h.Write(le.AppendUint64(nil, v)) }
-		blob := func(b []byte) { put(uint64(len(b))); h.Write(b) }
-		h.Write([]byte("ftvm state hash 1"))
-		put(m.mem.Size())
-		h.Write(m.mem.buf)
+		add := func(name string, write func(h hash.Hash) error) error {
+			h := sha256.New()
+			if err := write(h); err != nil {
+				return err
+			}
+			var p StatePart
+			p.Name = name
+			copy(p.Sum[:], h.Sum(nil))
+			parts = append(parts, p)
+			return nil
+		}
+		put := func(h hash.Hash, v uint64) { h.Write(le.AppendUint64(nil, v)) }
+		blob := func(b []byte) func(h hash.Hash) error {
+			return func(h hash.Hash) error { put(h, uint64(len(b))); h.Write(b); return nil }
+		}
+		add("memory", func(h hash.Hash) error { put(h, m.mem.Size()); h.Write(m.mem.buf); return nil })
 		v, err := m.saveVCPU()
 		if err != nil {
 			return err
@@ -442,16 +480,16 @@ func (m *Machine) StateHash() ([32]byte, error) {
 		if err != nil {
 			return err
 		}
-		blob(regs)
-		for _, b := range [][]byte{v.FPU, v.XSAVE, v.XCRs, v.Events} {
-			blob(b)
-		}
+		add("regs", blob(regs))
+		add("fpu", blob(v.FPU))
+		add("xsave", blob(v.XSAVE))
+		add("xcrs", blob(v.XCRs))
+		add("events", blob(v.Events))
 		for _, msr := range v.MSRs {
 			if msr.Index == msrTSC {
 				continue
 			}
-			put(uint64(msr.Index))
-			put(msr.Value)
+			add(fmt.Sprintf("msr %#x", msr.Index), func(h hash.Hash) error { put(h, msr.Value); return nil })
 		}
 		for d := DeviceConsole; d <= DeviceHalt; d++ {
 			if d == DeviceClock {
@@ -461,23 +499,21 @@ func (m *Machine) StateHash() ([32]byte, error) {
 			if err != nil {
 				return err
 			}
-			put(uint64(d))
-			blob(st)
+			add(d.String(), blob(st))
 		}
-		put(m.disp.next)
-		if m.disp.halted {
-			put(1)
-		} else {
-			put(0)
-		}
-		put(m.disp.exitCode)
-		if err := m.block.hashDisk(h); err != nil {
-			return err
-		}
-		copy(sum[:], h.Sum(nil))
-		return nil
+		add("exits", func(h hash.Hash) error {
+			put(h, m.disp.next)
+			if m.disp.halted {
+				put(h, 1)
+			} else {
+				put(h, 0)
+			}
+			put(h, m.disp.exitCode)
+			return nil
+		})
+		return add("disk", func(h hash.Hash) error { return m.block.hashDisk(h) })
 	})
-	return sum, err
+	return parts, err
 }
 
 // msrTSC is IA32_TSC, left out of StateHash.

@@ -53,9 +53,32 @@ func ioctl(fd int, req, arg uintptr) (uintptr, error) {
 	}
 }
 
+// ioctlPtr is ioctl with a pointer argument. The pointer becomes a
+// uintptr only in the argument list of unix.Syscall, which keeps what it
+// points at in place for the call (go:uintptrkeepalive). Converting it
+// any earlier, and passing the uintptr on through a Go call such as
+// ioctl, is wrong: a buffer on the goroutine's stack moves when the stack
+// grows (the race detector's instrumentation made it grow here), and the
+// kernel then wrote KVM_GET_MSR_INDEX_LIST's answer into the old stack
+// while the caller read a buffer still zero (a VM saved no MSRs in its
+// snapshots).
 func ioctlPtr(fd int, req uintptr, p unsafe.Pointer) error {
-	_, err := ioctl(fd, req, uintptr(p))
+	_, err := ioctlPtrN(fd, req, p)
 	return err
+}
+
+// ioctlPtrN is ioctlPtr that also returns the ioctl's result.
+func ioctlPtrN(fd int, req uintptr, p unsafe.Pointer) (uintptr, error) {
+	for {
+		r, _, errno := unix.Syscall(unix.SYS_IOCTL, uintptr(fd), req, uintptr(p))
+		switch errno {
+		case 0:
+			return r, nil
+		case unix.EINTR:
+			continue
+		}
+		return r, errno
+	}
 }
 
 // System is an open /dev/kvm.
@@ -318,7 +341,7 @@ func (v *Vcpu) GetMSRs(indices []uint32) ([]MsrEntry, error) {
 	for i, idx := range indices {
 		entries[i].Index = idx
 	}
-	n, err := ioctl(v.fd, ioctlGetMsrs, uintptr(unsafe.Pointer(&buf[0])))
+	n, err := ioctlPtrN(v.fd, ioctlGetMsrs, unsafe.Pointer(&buf[0]))
 	if err != nil {
 		return nil, fmt.Errorf("KVM_GET_MSRS: %w", err)
 	}
@@ -336,7 +359,7 @@ func (v *Vcpu) SetMSRs(msrs []MsrEntry) error {
 	buf := make([]byte, MsrsHeaderSize+len(msrs)*MsrEntrySize)
 	binary.LittleEndian.PutUint32(buf, uint32(len(msrs)))
 	copy(unsafe.Slice((*MsrEntry)(unsafe.Pointer(&buf[MsrsHeaderSize])), len(msrs)), msrs)
-	n, err := ioctl(v.fd, ioctlSetMsrs, uintptr(unsafe.Pointer(&buf[0])))
+	n, err := ioctlPtrN(v.fd, ioctlSetMsrs, unsafe.Pointer(&buf[0]))
 	if err != nil {
 		return fmt.Errorf("KVM_SET_MSRS: %w", err)
 	}
