@@ -16,10 +16,10 @@ import (
 // primary's VM when it took the checkpoint and of the secondary's when it
 // restored it (both paused there).
 type checkpointHashes struct {
-	mu   sync.Mutex
-	pri  map[uint64][32]byte
-	sec  map[uint64][32]byte
-	inc  map[uint64]bool // restored as an increment onto the secondary's VM
+	mu  sync.Mutex
+	pri map[uint64][32]byte
+	sec map[uint64][32]byte
+	inc map[uint64]bool // restored as an increment onto the secondary's VM
 	// priParts and secParts are the parts' hashes, to say where two
 	// states differ.
 	priParts, secParts map[uint64][]vmm.StatePart
