@@ -82,7 +82,12 @@ func (b *bed) startPair(t testing.TB, env map[string]string) *pair {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	c, err := e2e.NewCluster(ctx, b.topo, e2e.ClusterConfig{Ftvm: b.bin, Guest: guestPath("kvstore"), WorkDir: work})
+	// The probe is checked, not failover: the pair runs in the unit run
+	// beside every other package's tests under -race, where a 50 ms
+	// heartbeat timeout broke it by itself, so it gets 300 ms, as the
+	// e2e scenarios that are not about detection do.
+	c, err := e2e.NewCluster(ctx, b.topo, e2e.ClusterConfig{Ftvm: b.bin, Guest: guestPath("kvstore"), WorkDir: work,
+		Flags: []string{"--heartbeat-timeout", "300ms"}})
 	if err != nil {
 		t.Fatal(err)
 	}
