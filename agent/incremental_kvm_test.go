@@ -93,10 +93,7 @@ func TestKVMPairIncrementalResync(t *testing.T) {
 	if err := waitErr(t, "primary", p.priErr); err != nil {
 		t.Fatalf("primary: %v", err)
 	}
-	p.sec.Stop()
-	if err := waitErr(t, "secondary", p.secErr); err != nil {
-		t.Fatalf("secondary: %v", err)
-	}
+	p.stopSecondary(t)
 	if got := strings.Count(p.priOut.String(), "\n"); got < lines {
 		t.Fatalf("the world saw %d lines, want at least %d: %q", got, lines, tail(p.priOut.String()))
 	}
@@ -156,10 +153,7 @@ func TestKVMPairIncrementalResyncFallsBack(t *testing.T) {
 	if err := waitErr(t, "primary", p.priErr); err != nil {
 		t.Fatalf("primary: %v", err)
 	}
-	p.sec.Stop()
-	if err := waitErr(t, "secondary", p.secErr); err != nil {
-		t.Fatalf("secondary: %v", err)
-	}
+	p.stopSecondary(t)
 	ps, ss := p.pri.Stats(), p.sec.Stats()
 	h.mu.Lock()
 	defer h.mu.Unlock()
@@ -223,10 +217,7 @@ func TestKVMPairResyncBaseFallsBackToFull(t *testing.T) {
 			if err := waitErr(t, "primary", p.priErr); err != nil {
 				t.Fatalf("primary: %v", err)
 			}
-			p.sec.Stop()
-			if err := waitErr(t, "secondary", p.secErr); err != nil {
-				t.Fatalf("secondary: %v", err)
-			}
+			p.stopSecondary(t)
 			ps, ss := p.pri.Stats(), p.sec.Stats()
 			if ss.Divergences < 1 || ss.Restores < 2 || ps.IncrementalCheckpoints != 0 || ss.IncrementalRestores != 0 {
 				t.Fatalf("want full resyncs only: primary %+v, secondary %+v", ps, ss)
