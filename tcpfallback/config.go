@@ -18,8 +18,15 @@ const (
 	DefaultHeartbeatInterval = 2 * time.Millisecond
 	// DefaultHeartbeatTimeout: a peer that has been heard on no lane for
 	// this long, as the watchdog counts it (time the watchdog was itself
-	// not run does not count), is declared dead.
-	DefaultHeartbeatTimeout = 12 * time.Millisecond
+	// not run does not count), is declared dead. It is also the daemon's
+	// --heartbeat-timeout default. On the loaded 2-core PVM machines
+	// measured (load average 4-5, other work beside the pair) a peer in
+	// step went unheard for 13-45 ms now and then although its heartbeats
+	// come from real-time threads, and at 12 ms pairs broke by themselves
+	// about once a minute, so the default is 50 ms; on a host with cores
+	// to spare, 12 ms meets a 20 ms failover (README, "How fast a silent
+	// host is replaced").
+	DefaultHeartbeatTimeout = 50 * time.Millisecond
 	// DefaultSendTimeout bounds a write that makes no progress when
 	// Config.SendTimeout is zero (or the heartbeat timeout, if longer). It
 	// is not the heartbeat timeout: a peer that is alive but whose reader

@@ -171,7 +171,7 @@
 // process or the whole machine paused) measures silence from its own
 // resumption and never takes a pause it did not watch for the peer's
 // death. When no lane has heard the peer for HeartbeatTimeout (default
-// 12 ms; SetHeartbeatTimeout changes it on a live transport), every lane
+// 50 ms; SetHeartbeatTimeout changes it on a live transport), every lane
 // is declared dead, closed and reported as
 // EventLaneDown with a HeartbeatTimeoutError; a lane that alone is silent
 // for four timeouts while the other hears the peer is declared dead by

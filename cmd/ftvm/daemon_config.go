@@ -117,14 +117,9 @@ const (
 // peer whose heartbeats come but whose daemon is stuck.
 const daemonPeerTimeoutTicks = 100
 
-// defaultDaemonHeartbeatTimeout is --heartbeat-timeout's default: longer
-// than the transport's own (12 ms), because on the loaded 2-core PVM
-// machines measured (load average 4-5, other work beside the pair) a
-// daemon in step went unheard for 13-45 ms now and then although its
-// heartbeats come from real-time threads, and at 12 ms the pair broke by
-// itself about once a minute. On a host with cores to spare, 12 ms meets
-// a 20 ms failover (README, "How fast a silent host is replaced").
-const defaultDaemonHeartbeatTimeout = 50 * time.Millisecond
+// defaultDaemonHeartbeatTimeout is --heartbeat-timeout's default: the
+// transport's own (its doc says why it is 50 ms).
+const defaultDaemonHeartbeatTimeout = tcpfallback.DefaultHeartbeatTimeout
 
 // defaultJoinHeartbeatTimeout: the pauses of 100-300 ms seen while a
 // secondary restores a checkpoint on a loaded 2-core machine.
