@@ -79,6 +79,14 @@
 //   - a daemon started as secondary that took over goes on running: the
 //     placement then names this host primary, with no restart.
 //
+// A host whose lease is lost while it lives (etcd out of its reach, or
+// the host starved, for the TTL) is dead to the pool until it registers
+// again under a new lease, which it does at once (Host.NewSession). It
+// does not stop its daemons meanwhile: each holds its own arbiter lease,
+// and a primary that lost that one too halts by itself while its
+// secondary takes over. Placement may move the host's secondaries
+// elsewhere while it is away; the host then stops them, as above.
+//
 // What a host death looks like, end to end: the host's keys go when its
 // lease runs out (TTL); the primaries it held lose their arbiter lease at
 // about the same time, and each of their secondaries takes over (the

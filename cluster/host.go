@@ -57,6 +57,9 @@ const (
 	// exited before it starts one again for that VM.
 	restartBackoff = time.Second
 	stateTimeout   = time.Second
+	// renewRetry is how long a host that lost its lease waits between
+	// tries to take a new one and register again.
+	renewRetry = 250 * time.Millisecond
 )
 
 // Host is one host of the pool: it registers itself, places VMs when it
@@ -69,10 +72,15 @@ type Host struct {
 	// Session is the host's lease: its registration, its daemons' state
 	// keys and its placement leadership all go with it.
 	Session *concurrency.Session
-	Runner  Runner
-	Log     *slog.Logger
+	// NewSession takes a new lease of the same TTL when Session is lost
+	// (cmd/ftvm: concurrency.NewSession with --lease-ttl). Nil: a lost
+	// session stops the host.
+	NewSession func(context.Context) (*concurrency.Session, error)
+	Runner     Runner
+	Log        *slog.Logger
 
-	daemons map[string]*running // by VM; the Run goroutine only
+	daemons map[string]*running  // by VM; the Run goroutine only
+	exited  map[string]time.Time // when each VM's daemon last exited
 }
 
 type running struct {
@@ -83,33 +91,65 @@ type running struct {
 	stateOK bool // state has been published
 }
 
-// Run registers the host and runs until ctx ends (then it stops its
-// daemons and deregisters) or the session is lost (then it stops its
-// daemons: another host will take their place).
+// Run registers the host and runs until ctx ends, then stops its daemons
+// and deregisters. A lost session (etcd unreachable for the lease's TTL,
+// or this process starved that long) does not stop the daemons: each
+// holds its own arbiter lease, which is what keeps two primaries apart,
+// and a daemon that lost that one halts by itself. The host takes a new
+// session from NewSession, registers again and goes on; meanwhile the
+// pool counts it dead, so placement may move its secondaries elsewhere
+// (the host then stops them), but a primary that still holds its lease
+// keeps serving. Without NewSession a lost session stops the daemons and
+// Run returns an error.
 func (h *Host) Run(ctx context.Context) error {
 	if err := CheckName("host name", h.Name); err != nil {
 		return err
 	}
 	h.daemons = map[string]*running{}
-	h.Info.Free = h.Info.Slots
+	h.exited = map[string]time.Time{}
 	h.Info.Since = time.Now().UTC().Format(time.RFC3339)
 	if err := h.register(ctx); err != nil {
 		return err
 	}
 	h.Log.Info("host registered in the pool", "host", h.Name, "addr", h.Info.Addr, "slots", h.Info.Slots, "key", h.Keys.Host(h.Name))
+	defer h.stopAll()
+	for {
+		err := h.serve(ctx)
+		if ctx.Err() != nil {
+			return nil
+		}
+		if h.NewSession == nil {
+			return err
+		}
+		h.Log.Warn("this host's etcd lease is lost (the pool counts the host dead meanwhile); its daemons keep running under their own arbiter leases; taking a new lease and registering again", "err", err)
+		if err := h.renew(ctx); err != nil {
+			return nil // ctx ended
+		}
+		h.Log.Info("host registered in the pool again", "host", h.Name, "lease", fmt.Sprintf("%x", h.Session.Lease()))
+	}
+}
+
+// errSessionLost is serve's error when the host's session ends.
+var errSessionLost = errors.New("the host's etcd session (its lease) is lost")
+
+// serve campaigns for placement and reconciles this host's daemons with
+// the pool until ctx ends (nil) or the session is lost.
+func (h *Host) serve(ctx context.Context) error {
+	sess := h.Session
 	placeCtx, stopPlacing := context.WithCancel(ctx)
-	placed := make(chan error, 1)
+	placed := make(chan struct{})
 	go func() {
-		pl := &Placer{Client: h.Client, Keys: h.Keys, Name: h.Name, Session: h.Session, Log: h.Log}
+		defer close(placed)
+		pl := &Placer{Client: h.Client, Keys: h.Keys, Name: h.Name, Session: sess, Log: h.Log}
 		for {
 			err := pl.Run(placeCtx)
 			if placeCtx.Err() != nil {
-				placed <- nil
 				return
 			}
 			select {
-			case <-h.Session.Done():
-				placed <- err
+			case <-sess.Done():
+				return
+			case <-placeCtx.Done():
 				return
 			case <-time.After(resyncInterval):
 				h.Log.Warn("placement stopped; campaigning again", "err", err)
@@ -119,25 +159,26 @@ func (h *Host) Run(ctx context.Context) error {
 	defer func() {
 		stopPlacing()
 		<-placed
-		h.stopAll()
 	}()
 	w := h.Client.Watch(clientv3.WithRequireLeader(ctx), h.Keys.prefix(), clientv3.WithPrefix())
 	tick := time.NewTicker(statePollInterval)
 	defer tick.Stop()
-	exited := map[string]time.Time{}
 	for {
 		if p, err := Read(ctx, h.Client, h.Keys); err != nil {
 			if ctx.Err() == nil {
 				h.Log.Warn("reading the pool", "err", err)
 			}
 		} else {
-			h.reconcile(ctx, p, exited)
+			h.reconcile(ctx, p)
 		}
 		select {
 		case <-ctx.Done():
 			return nil
-		case <-h.Session.Done():
-			return errors.New("the host's etcd session (its lease) is lost: its daemons are stopped, the pool places their VMs elsewhere")
+		case <-sess.Done():
+			if h.NewSession == nil {
+				return errors.New("the host's etcd session (its lease) is lost: its daemons are stopped, the pool places their VMs elsewhere")
+			}
+			return errSessionLost
 		case _, ok := <-w:
 			if !ok {
 				w = h.Client.Watch(clientv3.WithRequireLeader(ctx), h.Keys.prefix(), clientv3.WithPrefix())
@@ -147,7 +188,41 @@ func (h *Host) Run(ctx context.Context) error {
 	}
 }
 
+// renew takes a new session and registers the host under it, retrying
+// until both work or ctx ends. The old lease is revoked first, so that
+// its keys (the host's registration, its daemons' states) go at once
+// rather than at the end of the TTL; every daemon's state is put again
+// under the new one.
+func (h *Host) renew(ctx context.Context) error {
+	rctx, cancel := context.WithTimeout(ctx, time.Second)
+	_, _ = h.Client.Revoke(rctx, h.Session.Lease())
+	cancel()
+	for {
+		sess, err := h.NewSession(ctx)
+		if err == nil {
+			h.Session = sess
+			for _, r := range h.daemons {
+				r.stateOK = false
+			}
+			if err = h.register(ctx); err == nil {
+				return nil
+			}
+			sess.Close()
+		}
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+		h.Log.Warn("registering this host again", "err", err)
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(renewRetry):
+		}
+	}
+}
+
 func (h *Host) register(ctx context.Context) error {
+	h.Info.Free = h.Info.Slots - len(h.daemons)
 	b, err := json.Marshal(h.Info)
 	if err != nil {
 		return err
@@ -168,7 +243,8 @@ func (h *Host) register(ctx context.Context) error {
 
 // reconcile starts the daemons the placements name this host for, stops
 // the others, and publishes their states.
-func (h *Host) reconcile(ctx context.Context, p *Pool, exited map[string]time.Time) {
+func (h *Host) reconcile(ctx context.Context, p *Pool) {
+	exited := h.exited
 	for id, r := range h.daemons {
 		select {
 		case <-r.d.Done():

@@ -29,7 +29,7 @@ type fakeRunner struct {
 	host string
 	cli  *clientv3.Client
 	k    Keys
-	sess *concurrency.Session
+	sess *concurrency.Session // the daemons' own lease, as a real daemon has its own
 
 	mu       sync.Mutex
 	launches []Launch
@@ -110,10 +110,18 @@ func (d *fakeDaemon) State(ctx context.Context) (DaemonState, error) {
 type testHost struct {
 	name    string
 	runner  *fakeRunner
-	sess    *concurrency.Session
 	cancel  context.CancelFunc
 	done    chan struct{} // closed when Run returned
 	crashed atomic.Bool
+
+	mu   sync.Mutex
+	sess *concurrency.Session // the host's newest session
+}
+
+func (th *testHost) session() *concurrency.Session {
+	th.mu.Lock()
+	defer th.mu.Unlock()
+	return th.sess
 }
 
 func startHost(t *testing.T, m *etcdtest.Member, k Keys, name string, slots int) *testHost {
@@ -123,22 +131,36 @@ func startHost(t *testing.T, m *etcdtest.Member, k Keys, name string, slots int)
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cli.Close() })
-	sess, err := concurrency.NewSession(cli, concurrency.WithTTL(int(etcdtest.MinTTL/time.Second)))
+	ttl := concurrency.WithTTL(int(etcdtest.MinTTL / time.Second))
+	sess, err := concurrency.NewSession(cli, ttl)
 	if err != nil {
 		t.Fatal(err)
 	}
-	r := &fakeRunner{t: t, host: name, cli: cli, k: k, sess: sess}
+	dsess, err := concurrency.NewSession(cli, ttl)
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &fakeRunner{t: t, host: name, cli: cli, k: k, sess: dsess}
 	ctx, cancel := context.WithCancel(context.Background())
 	th := &testHost{name: name, runner: r, sess: sess, cancel: cancel, done: make(chan struct{})}
+	newSession := func(ctx context.Context) (*concurrency.Session, error) {
+		s, err := concurrency.NewSession(cli, ttl, concurrency.WithContext(ctx))
+		if err == nil {
+			th.mu.Lock()
+			th.sess = s
+			th.mu.Unlock()
+		}
+		return s, err
+	}
 	h := &Host{Client: cli, Keys: k, Name: name, Info: HostInfo{Addr: "10.0.0." + name, Slots: slots},
-		Session: sess, Runner: r, Log: slog.New(slog.NewTextHandler(testWriter{t}, nil)).With("host", name)}
+		Session: sess, NewSession: newSession, Runner: r, Log: slog.New(slog.NewTextHandler(testWriter{t}, nil)).With("host", name)}
 	go func() {
 		if err := h.Run(ctx); err != nil && !th.crashed.Load() {
 			t.Errorf("host %s: %v", name, err)
 		}
 		close(th.done)
 	}()
-	t.Cleanup(func() { cancel(); <-th.done; sess.Close() })
+	t.Cleanup(func() { cancel(); <-th.done; th.session().Close(); dsess.Close() })
 	return th
 }
 
@@ -147,7 +169,8 @@ func startHost(t *testing.T, m *etcdtest.Member, k Keys, name string, slots int)
 // more.
 func (th *testHost) crash() {
 	th.crashed.Store(true)
-	th.sess.Orphan()
+	th.session().Orphan()
+	th.runner.sess.Orphan()
 	th.cancel()
 	<-th.done
 }
@@ -305,4 +328,63 @@ func TestPoolReprotectsAfterHostDies(t *testing.T) {
 		t.Errorf("status after re-protection:\n%s", b.String())
 	}
 	t.Logf("ftvm cluster status:\n%s", b.String())
+}
+
+// TestHostKeepsItsDaemonsThroughALostLease revokes the lease of the host
+// that runs a protected VM's primary, as etcd does when the host was cut
+// off or starved for the TTL while its daemon (under a lease of its own)
+// lived on. The host must register again under a new lease and keep that
+// daemon: stopping it would take the VM down, although nothing else has
+// taken it over.
+func TestHostKeepsItsDaemonsThroughALostLease(t *testing.T) {
+	m := etcdtest.Start(t)
+	k := Keys{Prefix: "/test-lease-lost/"}
+	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{m.URL}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cli.Close()
+	hosts := map[string]*testHost{}
+	for _, name := range []string{"a", "b", "d"} {
+		hosts[name] = startHost(t, m, k, name, 2)
+	}
+	awaitPool(t, cli, k, "three hosts registered", 5*time.Second, func(p *Pool) bool { return len(p.Hosts) == 3 })
+	ctx := context.Background()
+	if err := AddVM(ctx, cli, k, "v1", VMSpec{Port: 7001, Args: []string{"--guest", "g"}}); err != nil {
+		t.Fatal(err)
+	}
+	p := awaitPool(t, cli, k, "v1 protected", 10*time.Second, allProtected)
+	prim := p.VMs["v1"].Place.Primary
+	th := hosts[prim]
+	old := th.session().Lease()
+	if _, err := cli.Revoke(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("revoked the lease %x of host %s, v1's primary", old, prim)
+	awaitPool(t, cli, k, "host "+prim+" registered again under a new lease, v1 protected with it as primary", 10*time.Second, func(p *Pool) bool {
+		if _, ok := p.Hosts[prim]; !ok || th.session().Lease() == old {
+			return false
+		}
+		g, err := cli.Get(ctx, k.Host(prim))
+		if err != nil || len(g.Kvs) == 0 || clientv3.LeaseID(g.Kvs[0].Lease) == old {
+			return false
+		}
+		return allProtected(p) && p.VMs["v1"].Place.Primary == prim
+	})
+	select {
+	case <-th.done:
+		t.Fatalf("host %s stopped when its lease was lost", prim)
+	default:
+	}
+	th.runner.mu.Lock()
+	defer th.runner.mu.Unlock()
+	n := 0
+	for _, l := range th.runner.launches {
+		if l.VM == "v1" {
+			n++
+		}
+	}
+	if n != 1 {
+		t.Errorf("host %s launched v1's daemon %d times: want once, kept through the lost lease", prim, n)
+	}
 }

@@ -137,17 +137,27 @@ func runHost(e *env, args []string) int {
 		return exitFailure
 	}
 	defer cli.Close()
-	sess, err := concurrency.NewSession(cli, concurrency.WithTTL(int(*leaseTTL/time.Second)))
+	// The grant is bounded by ctx; the session's keep-alive and its
+	// Close are not, so that a host stopped by a signal still revokes
+	// its lease and leaves the pool at once.
+	newSession := func(ctx context.Context) (*concurrency.Session, error) {
+		g, err := cli.Grant(ctx, int64(*leaseTTL/time.Second))
+		if err != nil {
+			return nil, err
+		}
+		return concurrency.NewSession(cli, concurrency.WithLease(g.ID))
+	}
+	sess, err := newSession(context.Background())
 	if err != nil {
 		log.Error("taking this host's lease in etcd", "err", err)
 		return exitFailure
 	}
-	defer sess.Close()
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGINT, syscall.SIGTERM)
 	defer stop()
 	r := &execRunner{ftvm: *ftvmPath, name: *name, stateDir: *stateDir, tlsDir: *tlsDir, pskFile: *pskFile, etcd: ec, log: log}
 	h := &cluster.Host{Client: cli, Keys: cluster.Keys{Prefix: ec.prefix}, Name: *name,
-		Info: cluster.HostInfo{Addr: *addr, Slots: *slots}, Session: sess, Runner: r, Log: log}
+		Info: cluster.HostInfo{Addr: *addr, Slots: *slots}, Session: sess, NewSession: newSession, Runner: r, Log: log}
+	defer func() { h.Session.Close() }() // the newest lease, revoked: the host leaves the pool at once
 	if err := h.Run(ctx); err != nil {
 		log.Error("host stopped", "err", err)
 		return exitFailure
