@@ -540,6 +540,9 @@ func (d *daemon) goLive(epoch, fence uint64) error {
 		}
 		go old.Close()
 	}
+	if d.fence != nil {
+		d.fence.clear()
+	}
 	if d.nic != nil {
 		d.nic.Open()
 		ctx := context.Background()

@@ -184,14 +184,17 @@ func (d *daemon) announce(ctx context.Context, why string) {
 		return
 	}
 	garp := gratuitousARP(d.cfg.mac, d.cfg.vmIP.As4())
-	send := func() {
+	send := func(later bool) {
+		if !d.mayAnnounce(later) {
+			return
+		}
 		if err := d.nic.WriteFrame(garp); err != nil {
 			d.log.Warn("gratuitous ARP not sent", "err", err)
 		}
 	}
 	i := 0
 	for ; i < len(announceSchedule) && announceSchedule[i] == 0; i++ {
-		send()
+		send(false)
 	}
 	d.log.Debug("announcing the VM's address", "why", why, "ip", d.cfg.vmIP, "mac", d.cfg.mac)
 	rest := announceSchedule[i:]
@@ -206,7 +209,7 @@ func (d *daemon) announce(ctx context.Context, why string) {
 				return
 			case <-time.After(time.Until(start.Add(at))):
 			}
-			send()
+			send(true)
 		}
 	}()
 }
@@ -329,6 +332,12 @@ func (f *txFence) watched(ev tcpfallback.WatchdogEvent) {
 	}
 }
 
+// clear forgets a stall: this host has just been granted a newer epoch
+// (go-live), which is all the proof the fence waits for, so the VM's
+// first frames and announcements as primary are not held back until the
+// next tick sees the epoch.
+func (f *txFence) clear() { f.stall.Store(0) }
+
 // peerHeard records a frame from the peer (before the agent sees it).
 func (f *txFence) peerHeard() { f.peerFrame.Store(f.now()) }
 
@@ -428,6 +437,23 @@ func (d *daemon) watchFence(ctx context.Context) {
 	}
 }
 
+// mayAnnounce says whether a gratuitous ARP may leave now: it claims the
+// VM's address for this host, so it obeys what the VM's own frames obey
+// (the gate is open: this host went live; the fence lets frames pass:
+// this host has not stalled since it last had proof it still serves). A
+// deposed primary that woke up and saw the new primary's frames from the
+// VM's MAC would otherwise claim the address back. askNode also asks the
+// node whether it is still primary (a node that halted, or learnt of a
+// newer epoch, may still have announcements scheduled); it takes the
+// agent's lock, so only a caller that holds none of the agent's locks
+// (not the loop's OnGoLive) may ask.
+func (d *daemon) mayAnnounce(askNode bool) bool {
+	if !d.nic.IsOpen() || (d.fence != nil && !d.fence.mayTransmit()) {
+		return false
+	}
+	return !askNode || d.ag == nil || d.ag.Status().Role == lockstep.RolePrimary
+}
+
 // staleFrameSeen is the NIC gate's WatchSource callback: a frame from the
 // VM's own MAC arrived from the network. While this host serves the VM it
 // comes from a host that should not send as the VM (an old primary that
@@ -441,6 +467,9 @@ func (d *daemon) staleFrameSeen() {
 	last := d.lastStaleAnnounce.Load()
 	if now-last < int64(staleAnnounceMinInterval) || !d.lastStaleAnnounce.CompareAndSwap(last, now) {
 		return
+	}
+	if !d.mayAnnounce(true) {
+		return // halted, or fenced after a stall: the other host may rightly serve
 	}
 	if ctx := d.life.Load(); ctx != nil {
 		d.log.Warn("a frame from the VM's MAC came from another host: announcing the VM's address again")
