@@ -320,6 +320,9 @@ type Status struct {
 		OwnGapMaxMs      float64   `json:"own_gap_max_ms"`
 		OwnStalls        uint64    `json:"own_stalls"`
 		DeclaredDead     uint64    `json:"declared_dead"`
+		GCStopMaxMs      float64   `json:"gc_stop_max_ms"`
+		GCPauseMaxMs     float64   `json:"gc_pause_max_ms"`
+		GCPausesOver10ms uint64    `json:"gc_pauses_over_10ms"`
 	} `json:"liveness"`
 }
 

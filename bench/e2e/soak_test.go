@@ -117,9 +117,10 @@ func TestE2ESteadyNoSpuriousFailover(t *testing.T) {
 		if h == HostA {
 			t.Logf("host a: output-hold latency p50 %.0fµs p99 %.0fµs p99.9 %.0fµs (%d outputs)", s.HoldLatency.P50, s.HoldLatency.P99, s.HoldLatency.P999, s.HoldLatency.Count)
 		}
-		t.Logf("host %s watchdog: realtime %v %s; peer silences %s (max %.1fms); own gaps %s (max %.1fms, %d stalls); declared dead %d",
+		t.Logf("host %s watchdog: realtime %v %s; peer silences %s (max %.1fms); own gaps %s (max %.1fms, %d stalls); declared dead %d; Go stop-the-world: longest stop %.2fms, longest pause %.2fms, %d over 10ms",
 			h, lv.Realtime, lv.RealtimeError, bucketString(lv.BucketEdgesMs, lv.PeerSilence), lv.PeerSilenceMaxMs,
-			bucketString(lv.BucketEdgesMs, lv.OwnGap), lv.OwnGapMaxMs, lv.OwnStalls, lv.DeclaredDead)
+			bucketString(lv.BucketEdgesMs, lv.OwnGap), lv.OwnGapMaxMs, lv.OwnStalls, lv.DeclaredDead,
+			lv.GCStopMaxMs, lv.GCPauseMaxMs, lv.GCPausesOver10ms)
 		if lv.DeclaredDead != 0 {
 			failovers = append(failovers, fmt.Sprintf("host %s's watchdog declared its peer dead %d times", h, lv.DeclaredDead))
 		}

@@ -5,6 +5,7 @@ import (
 	"log/slog"
 	"net/netip"
 	"os"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -109,5 +110,22 @@ func TestAnnounceObeysTheFence(t *testing.T) {
 	d.announce(ctx, "test: live again")
 	if n := rec.count(); n != 2*burst {
 		t.Fatalf("after go-live cleared the fence: %d frames in all, want %d", n, 2*burst)
+	}
+}
+
+// TestStatusShowsRuntimePauses: after collections the liveness report
+// gives the longest stop-the-world pause, which a soak reads beside the
+// watchdogs' gaps (a pause stops the watchdog threads too).
+func TestStatusShowsRuntimePauses(t *testing.T) {
+	for range 3 {
+		runtime.GC()
+	}
+	var r livenessReport
+	r.addRuntimePauses()
+	if r.GCPauseMaxMs <= 0 || r.GCStopMaxMs <= 0 {
+		t.Fatalf("after three collections the report shows longest pause %v ms, longest stop %v ms: want both above 0", r.GCPauseMaxMs, r.GCStopMaxMs)
+	}
+	if r.GCPauseMaxMs > 10_000 {
+		t.Fatalf("longest pause %v ms: not a sane reading of the histogram", r.GCPauseMaxMs)
 	}
 }

@@ -8,8 +8,10 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"math"
 	"net"
 	"os"
+	"runtime/metrics"
 	"strings"
 	"time"
 
@@ -104,6 +106,44 @@ type livenessReport struct {
 	OwnGapMaxMs      float64                       `json:"own_gap_max_ms"`
 	OwnStalls        uint64                        `json:"own_stalls"`
 	DeclaredDead     uint64                        `json:"declared_dead"`
+	// The Go runtime's stop-the-world pauses since the daemon started:
+	// the watchdog threads are Go code, so a pause stops their heartbeats
+	// too. GCStopMaxMs is the longest wait for every goroutine to stop (a
+	// long one: a thread that would not yield), GCPauseMaxMs the longest
+	// whole pause, GCPausesOver10ms how many lasted longer than 10 ms.
+	GCStopMaxMs      float64 `json:"gc_stop_max_ms"`
+	GCPauseMaxMs     float64 `json:"gc_pause_max_ms"`
+	GCPausesOver10ms uint64  `json:"gc_pauses_over_10ms"`
+}
+
+// addRuntimePauses fills in the GC fields from runtime/metrics.
+func (r *livenessReport) addRuntimePauses() {
+	samples := []metrics.Sample{{Name: "/sched/pauses/stopping/gc:seconds"}, {Name: "/sched/pauses/total/gc:seconds"}}
+	metrics.Read(samples)
+	for i, s := range samples {
+		if s.Value.Kind() != metrics.KindFloat64Histogram {
+			continue // not in this runtime
+		}
+		h := s.Value.Float64Histogram()
+		longest, over := 0.0, uint64(0)
+		for b, n := range h.Counts {
+			if n == 0 {
+				continue
+			}
+			longest = h.Buckets[b+1] // the bucket's upper edge
+			if h.Buckets[b] >= 0.010 {
+				over += n
+			}
+		}
+		if math.IsInf(longest, 1) {
+			longest = h.Buckets[len(h.Buckets)-2]
+		}
+		if i == 0 {
+			r.GCStopMaxMs = longest * 1e3
+		} else {
+			r.GCPauseMaxMs, r.GCPausesOver10ms = longest*1e3, over
+		}
+	}
 }
 
 func (r *livenessReport) add(lv tcpfallback.LivenessStats) {
@@ -197,6 +237,7 @@ func (d *daemon) report() statusReport {
 		r.Liveness.add(tr.TCP().Liveness())
 		r.Peer.Handshakes += ts.HandshakeFailures
 	}
+	r.Liveness.addRuntimePauses()
 	return r
 }
 
