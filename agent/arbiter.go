@@ -55,14 +55,15 @@ func (a *Agent) arbiterAnswered(r arbiterAnswer) error {
 	// (flushInline) before OnEpoch has run.
 	a.readyMu.Lock()
 	a.mu.Lock()
-	before := a.node.Status().Epoch
+	was := a.node.Status()
 	a.node.ArbiterResult(r.epoch, r.granted, r.fence, r.err)
 	ns := a.node.Status()
 	a.mu.Unlock()
 	var hookErr error
 	var onEpoch time.Duration
-	if a.cfg.OnEpoch != nil && ns.Role == lockstep.RolePrimary && ns.Epoch != before {
+	if a.cfg.OnEpoch != nil && ns.Role == lockstep.RolePrimary && ns.Epoch != was.Epoch {
 		t0 := time.Now()
+		a.diskCurrentFor(was.Role)
 		hookErr = a.cfg.OnEpoch(ns.Epoch, ns.Fence)
 		onEpoch = time.Since(t0)
 	}
@@ -110,5 +111,20 @@ func (a *Agent) acquire(ctx context.Context, epoch uint64) {
 	select {
 	case a.arbRes <- arbiterAnswer{epoch: epoch, fence: fence, granted: granted, err: err, took: time.Since(began), answered: time.Now()}:
 	case <-a.stop:
+	}
+}
+
+// diskCurrentFor makes this host's disk current before OnEpoch records it
+// as the new epoch primary's; was is the node's role before the grant. A
+// secondary taking over still has writes queued (persists it acknowledged
+// on receipt, which the old primary may have acknowledged to clients),
+// and the record says the disk holds every write released before the
+// epoch: they go to the disk first. A host that dies during the drain
+// leaves its disk marked a secondary's, so a cold restart never takes it
+// for the newest. A primary's own queued writes were released in its
+// epoch, which its disk already follows: it does not wait for them.
+func (a *Agent) diskCurrentFor(was lockstep.Role) {
+	if was != lockstep.RolePrimary && a.disk != nil {
+		a.disk.drain()
 	}
 }

@@ -207,3 +207,25 @@ func TestDiskWriterListsQueuedWrites(t *testing.T) {
 		t.Fatalf("after the writes: %v (all held %v); want none", got, all)
 	}
 }
+
+// A secondary granted an epoch records its disk as the primary's only once
+// the writes it had queued are on it; a primary re-granted does not wait
+// for its own.
+func TestDiskCurrentBeforeTheEpochIsRecorded(t *testing.T) {
+	for _, c := range []struct {
+		was      lockstep.Role
+		wantDone bool
+	}{{lockstep.RoleCandidate, true}, {lockstep.RoleSecondary, true}, {lockstep.RolePrimary, false}} {
+		w := newDiskWriter(slog.New(slog.DiscardHandler), nil, nil)
+		release := make(chan struct{})
+		var done atomic.Bool
+		w.enqueue("seq 1", 1, func() error { <-release; time.Sleep(20 * time.Millisecond); done.Store(true); return nil }, nil)
+		a := &Agent{disk: w}
+		go func() { time.Sleep(10 * time.Millisecond); close(release) }()
+		a.diskCurrentFor(c.was)
+		if done.Load() != c.wantDone {
+			t.Errorf("granted after being %s: the queued write was durable before the record: %v, want %v", c.was, done.Load(), c.wantDone)
+		}
+		w.stop()
+	}
+}

@@ -25,7 +25,9 @@ import (
 //	epoch    the epoch this disk follows: the primary's epoch while it is
 //	         primary, the epoch of the primary it replicates on a secondary
 //	role     "primary": this host was primary in epoch and the disk got
-//	         every write it released; "secondary": the disk is a replica in
+//	         every write released before epoch (a secondary taking over
+//	         drains its queued writes before it writes this) and every
+//	         one it released; "secondary": the disk is a replica in
 //	         step with epoch's primary, through seq; "joining": a
 //	         checkpoint is being (or was half) written over it: not current
 //	seq      the log position through which outputs were released (primary)
