@@ -45,10 +45,10 @@ const (
 	// primary halts (exit 3) and is restarted as a secondary.
 	IsolatePrimary
 	// SilencePrimary makes the primary's host fall silent at once, as one
-	// that loses power or freezes does: its port on the switch drops
-	// everything (IsolateHost, the arbiter's directory stays shared), and
-	// its daemon is stopped (SIGSTOP) right after, so nothing of it
-	// reaches anybody: no reset, no stale frame, no request to the
+	// that loses power or freezes does: its daemon is stopped (SIGSTOP)
+	// and right after its port on the switch drops everything
+	// (IsolateHost; the arbiter's directory stays shared), so nothing of
+	// it reaches anybody: no reset, no stale frame, no request to the
 	// arbiter. The secondary must take over on the silence alone. The
 	// silent daemon is then killed (it never wakes), its port opened
 	// again, and it is restarted as a secondary.
@@ -357,20 +357,22 @@ func (c *Cluster) applyFault(ctx context.Context, cfg RunConfig, i int, r *Round
 		}
 	case SilencePrimary:
 		r.Victim, r.Survivor = primary, secondary
-		// The cut first, then the stop: the cut takes effect somewhere
-		// inside an nft process's run, the stop at once. Stopped first,
-		// the host's kernel would go on sending for the nft's few
-		// milliseconds (retransmissions of what the daemon had queued),
-		// which the secondary hears; cut first, the daemon runs on
-		// unheard for the microseconds until the stop. Silence begins at
-		// r.At.
-		if err := c.Topo.IsolateHost(ctx, primary); err != nil {
-			return err
-		}
+		// The stop first, then the cut: the stop takes effect at once,
+		// the cut somewhere inside an nft process's run (milliseconds,
+		// more on a loaded machine), so silence begins at r.At only in
+		// this order. Meanwhile the stopped host's kernel sends no
+		// payload of the daemon's (a retransmission waits 200 ms at
+		// least) and the VM, whose vCPUs are the daemon's threads, sends
+		// nothing; the cut keeps it so until the daemon is dead: no
+		// acknowledgement, no reset as it dies.
 		r.At = time.Now()
 		if err := c.Suspend(primary); err != nil {
 			return err
 		}
+		if err := c.Topo.IsolateHost(ctx, primary); err != nil {
+			return err
+		}
+		say("round %d: host %s stopped at %s and cut off %v later", i, primary, r.At.Format("15:04:05.000"), time.Since(r.At).Round(time.Microsecond))
 	}
 	say("round %d: %s at %s", i, cfg.Fault, r.At.Format("15:04:05.000"))
 	rctx, cancel := context.WithTimeout(ctx, cfg.RoundTimeout)

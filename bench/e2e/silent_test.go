@@ -11,8 +11,8 @@ import (
 
 // TestE2ESilentPrimary is issue 14's failover on a silent primary: again
 // and again under the client's load, the primary's host falls silent at
-// once (its port on the switch drops everything, then its daemon is
-// stopped), as a host that loses power or freezes does: no reset, no
+// once (its daemon is stopped, then its port on the switch drops
+// everything), as a host that loses power or freezes does: no reset, no
 // stale frame, nothing. The secondary must take over on the silence
 // alone, every round; the silent daemon is then killed, its port opened
 // again and it comes back as a secondary. It asserts what must hold: the
@@ -47,8 +47,8 @@ func TestE2ESilentPrimary(t *testing.T) {
 			t.Errorf("round %d: %v", i+1, err)
 		}
 		parts.add(ph)
-		t.Logf("round %d: host %s silent at %s, host %s live after %v, client served again after %v (its longest silence %v); %s",
-			i+1, r.Victim, r.At.Format("15:04:05.000"), r.Survivor, r.TakeOver, r.Served, r.MaxGap, ph)
+		t.Logf("round %d: host %s silent at %s, host %s live after %v, client served again after %v (its longest silence %v), new secondary started after %v; %s",
+			i+1, r.Victim, r.At.Format("15:04:05.000"), r.Survivor, r.TakeOver, r.Served, r.MaxGap, r.JoinFrom.Sub(r.At), ph)
 		takeOvers, gaps = append(takeOvers, r.TakeOver), append(gaps, r.MaxGap)
 		if r.Served > 0 {
 			served = append(served, r.Served)
