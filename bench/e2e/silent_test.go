@@ -4,9 +4,12 @@ import (
 	"fmt"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ftvm/ftvm/bench/linearize"
 )
 
 // TestE2ESilentPrimary is issue 14's failover on a silent primary: again
@@ -28,6 +31,7 @@ import (
 // (--heartbeat-timeout 12ms).
 func TestE2ESilentPrimary(t *testing.T) {
 	c := newTestCluster(t, "silent", ClusterConfig{Flags: strings.Fields(os.Getenv("FTVM_E2E_SILENT_FLAGS"))})
+	wire := watchClientWire(t, c.Topo)
 	spans := &spanWatch{c: c, byGen: map[int]daemonSpans{}}
 	watchCtx := testCtx(t, 10*time.Minute)
 	go spans.watch(watchCtx)
@@ -37,6 +41,12 @@ func TestE2ESilentPrimary(t *testing.T) {
 	var takeOvers, served, gaps []time.Duration
 	var parts silentBreakdown
 	primary := HostA
+	answered := map[uint64]time.Time{} // by request id: when the client saw its answer
+	for _, op := range rep.Load.History {
+		if op.Outcome != linearize.Unknown {
+			answered[op.ID] = rep.Load.Origin.Add(time.Duration(op.Complete))
+		}
+	}
 	for i, r := range rep.Rounds {
 		if r.Victim != primary || r.TakeOver <= 0 {
 			t.Errorf("round %d: host %s was silenced, host %s serves on with take-over %v; want host %s silenced and the other taken over", i+1, r.Victim, r.Survivor, r.TakeOver, primary)
@@ -47,8 +57,10 @@ func TestE2ESilentPrimary(t *testing.T) {
 			t.Errorf("round %d: %v", i+1, err)
 		}
 		parts.add(ph)
-		t.Logf("round %d: host %s silent at %s, host %s live after %v, client served again after %v (its longest silence %v), new secondary started after %v; %s",
-			i+1, r.Victim, r.At.Format("15:04:05.000"), r.Survivor, r.TakeOver, r.Served, r.MaxGap, r.JoinFrom.Sub(r.At), ph)
+		cs := wire.after(r.At.Add(r.TakeOver), answered)
+		parts.addClient(cs)
+		t.Logf("round %d: host %s silent at %s, host %s live after %v, client served again after %v (its longest silence %v), new secondary started after %v; %s; after live: %s",
+			i+1, r.Victim, r.At.Format("15:04:05.000"), r.Survivor, r.TakeOver, r.Served, r.MaxGap, r.JoinFrom.Sub(r.At), ph, cs)
 		takeOvers, gaps = append(takeOvers, r.TakeOver), append(gaps, r.MaxGap)
 		if r.Served > 0 {
 			served = append(served, r.Served)
@@ -80,16 +92,32 @@ type silentPhase struct {
 	onEpoch time.Duration // recording the epoch on disk ("on_epoch")
 	toLive  time.Duration // the rest, up to live (the log's last requests replayed, the devices switched)
 	client  time.Duration // live to the client's first reply from the new primary
+	// drain is the part of client spent draining the disk writer before
+	// the new primary's exits are served (drained jobs, each write made
+	// durable in turn).
+	drain time.Duration
+	jobs  int
 }
 
 func (p silentPhase) String() string {
 	r := func(d time.Duration) time.Duration { return d.Round(10 * time.Microsecond) }
-	return fmt.Sprintf("detect %v, to the arbiter %v, arbiter %v, epoch recorded %v, to live %v, client %v",
-		r(p.detect), r(p.toAsk), r(p.arbiter), r(p.onEpoch), r(p.toLive), r(p.client))
+	return fmt.Sprintf("detect %v, to the arbiter %v, arbiter %v, epoch recorded %v, to live %v, client %v (disk drained in %v, %d jobs)",
+		r(p.detect), r(p.toAsk), r(p.arbiter), r(p.onEpoch), r(p.toLive), r(p.client), r(p.drain), p.jobs)
 }
 
 // silentBreakdown collects the rounds' phases.
-type silentBreakdown struct{ detect, toAsk, arbiter, onEpoch, toLive, client []time.Duration }
+type silentBreakdown struct {
+	detect, toAsk, arbiter, onEpoch, toLive, client, drain []time.Duration
+	// What the client's link saw of the client part (clientSide).
+	announce, onLink, clientRead []time.Duration
+}
+
+func (b *silentBreakdown) addClient(c clientSide) {
+	if !c.ok {
+		return
+	}
+	b.announce, b.onLink, b.clientRead = append(b.announce, c.announce), append(b.onLink, c.onLink), append(b.clientRead, c.clientRead)
+}
 
 func (b *silentBreakdown) add(p silentPhase) {
 	b.detect = append(b.detect, p.detect)
@@ -98,6 +126,7 @@ func (b *silentBreakdown) add(p silentPhase) {
 	b.onEpoch = append(b.onEpoch, p.onEpoch)
 	b.toLive = append(b.toLive, p.toLive)
 	b.client = append(b.client, p.client)
+	b.drain = append(b.drain, p.drain)
 }
 
 func (b silentBreakdown) String() string {
@@ -105,7 +134,8 @@ func (b silentBreakdown) String() string {
 	for _, part := range []struct {
 		name string
 		ds   []time.Duration
-	}{{"detect", b.detect}, {"to the arbiter", b.toAsk}, {"arbiter", b.arbiter}, {"epoch recorded", b.onEpoch}, {"to live", b.toLive}, {"client", b.client}} {
+	}{{"detect", b.detect}, {"to the arbiter", b.toAsk}, {"arbiter", b.arbiter}, {"epoch recorded", b.onEpoch}, {"to live", b.toLive}, {"client", b.client}, {"disk drained at go-live", b.drain},
+		{"live to the announcement on the client's link", b.announce}, {"live to the first answer on it", b.onLink}, {"the client's read of it", b.clientRead}} {
 		s = append(s, fmt.Sprintf("%s %s", part.name, spread(part.ds)))
 	}
 	return strings.Join(s, "; ")
@@ -116,6 +146,7 @@ func (b silentBreakdown) String() string {
 var (
 	peerLostLine = regexp.MustCompile(`time=(\S+) level=INFO msg="peer connection lost"`)
 	answeredLine = regexp.MustCompile(`time=(\S+) level=INFO msg="the arbiter answered" .*granted=true took=(\S+) .*on_epoch=(\S+)`)
+	drainedLine  = regexp.MustCompile(`time=(\S+) level=INFO msg="serving live: .* jobs_drained=(\d+) took=(\S+)`)
 )
 
 // silentPhases reads from the survivor's log where round r's take-over
@@ -151,5 +182,12 @@ func silentPhases(r Round) (silentPhase, error) {
 		return p, fmt.Errorf("%s says nothing of an epoch granted after %s", r.SurvivorLog, r.At.Format("15:04:05.000"))
 	}
 	p.toLive = r.TakeOver - p.detect - p.toAsk - p.arbiter - p.onEpoch
+	for _, m := range drainedLine.FindAllSubmatch(b, -1) {
+		if ts, err := time.Parse(time.RFC3339Nano, string(m[1])); err == nil && ts.After(r.At) {
+			p.jobs, _ = strconv.Atoi(string(m[2]))
+			p.drain, _ = time.ParseDuration(string(m[3]))
+			break
+		}
+	}
 	return p, nil
 }
