@@ -230,11 +230,7 @@ func (c *Cluster) Kill(h Host) error {
 // would: its sockets stay open, and it wakes up believing what it
 // believed when it stopped. wake, if set, runs just before SIGCONT.
 func (c *Cluster) Freeze(h Host, d time.Duration, wake func() error) error {
-	dm := c.Daemon(h)
-	if dm == nil {
-		return fmt.Errorf("no daemon on host %s", h)
-	}
-	if err := dm.Proc.signal(syscall.SIGSTOP); err != nil {
+	if err := c.Suspend(h); err != nil {
 		return err
 	}
 	time.Sleep(d)
@@ -242,10 +238,31 @@ func (c *Cluster) Freeze(h Host, d time.Duration, wake func() error) error {
 	if wake != nil {
 		err = wake()
 	}
-	if e := dm.Proc.signal(syscall.SIGCONT); e != nil {
+	if e := c.Resume(h); e != nil {
 		return e
 	}
 	return err
+}
+
+// Suspend stops host h's daemon (SIGSTOP to its process group): none of
+// its threads runs until Resume, though the kernel keeps its sockets (it
+// still acknowledges TCP segments, and sends what was already queued).
+// Kill ends a suspended daemon as it does a running one.
+func (c *Cluster) Suspend(h Host) error {
+	dm := c.Daemon(h)
+	if dm == nil {
+		return fmt.Errorf("no daemon on host %s", h)
+	}
+	return dm.Proc.signal(syscall.SIGSTOP)
+}
+
+// Resume lets host h's daemon run again after Suspend (SIGCONT).
+func (c *Cluster) Resume(h Host) error {
+	dm := c.Daemon(h)
+	if dm == nil {
+		return fmt.Errorf("no daemon on host %s", h)
+	}
+	return dm.Proc.signal(syscall.SIGCONT)
 }
 
 // Close stops every daemon (SIGTERM, then SIGKILL).

@@ -78,11 +78,18 @@
 // processes: ftvm primary and ftvm secondary on hosts a and b, each with
 // its own disk, control socket and log under a work directory. Run
 // (scenario.go) drives a kvstore pair through a Fault (kill the primary or
-// the secondary, cut the link, freeze or isolate the primary) a number of
-// rounds, with a kvclient
-// load from the client, and returns a Report: failover and take-over times,
-// time to be protected again, hold latency against the transport's round
-// trip, and the client's history for bench/linearize. The tests in
+// the secondary, cut the link, freeze, isolate or silence the primary) a
+// number of rounds, with a kvclient load from the client, and returns a
+// Report: failover and take-over times, the client served again by the new
+// primary, time to be protected again, hold latency against the
+// transport's round trip, and the client's history for bench/linearize.
+// SilencePrimary is a host that loses power or freezes: its daemon is
+// stopped (Cluster.Suspend) and its port cut at once (IsolateHost), so
+// nothing of it reaches anybody; once the secondary is live the stopped
+// daemon is killed, the port opened and the host rejoins as a secondary
+// (TestE2ESilentPrimary, silent_test.go, which also reads the client's
+// link with a packet socket to split the client's wait after the
+// take-over). The tests in
 // e2e_test.go, restart_test.go, crash_test.go and the others are built on
 // Run and Cluster; `ftvm demo` is Run with a table.
 //

@@ -325,15 +325,18 @@ func releasesAfterFreeze(logPath string, at time.Time) (last, noticed, asked tim
 	if last.IsZero() {
 		return last, noticed, asked, fmt.Errorf("%s says nothing of released outputs (a frozen primary that halted logs them)", logPath)
 	}
-	first := func(re *regexp.Regexp) time.Time {
-		for _, m := range re.FindAllSubmatch(b, -1) {
-			if ts, err := time.Parse(time.RFC3339Nano, string(m[1])); err == nil && ts.After(at) {
-				return ts
-			}
+	return last, firstLineAfter(b, deposedLine, at), firstLineAfter(b, askedLine, at), nil
+}
+
+// firstLineAfter is the time of the first line of log b that re matches
+// (its first group the line's time) after at; zero if none.
+func firstLineAfter(b []byte, re *regexp.Regexp, at time.Time) time.Time {
+	for _, m := range re.FindAllSubmatch(b, -1) {
+		if ts, err := time.Parse(time.RFC3339Nano, string(m[1])); err == nil && ts.After(at) {
+			return ts
 		}
-		return time.Time{}
 	}
-	return last, first(deposedLine), first(askedLine), nil
+	return time.Time{}
 }
 
 // TestE2EIsolatePrimary cuts the primary's host off the network (the

@@ -44,13 +44,22 @@ const (
 	// the arbiter, however fast it asks. The isolation then ends, the old
 	// primary halts (exit 3) and is restarted as a secondary.
 	IsolatePrimary
+	// SilencePrimary makes the primary's host fall silent at once, as one
+	// that loses power or freezes does: its daemon is stopped (SIGSTOP)
+	// and right after its port on the switch drops everything
+	// (IsolateHost; the arbiter's directory stays shared), so nothing of
+	// it reaches anybody: no reset, no stale frame, no request to the
+	// arbiter. The secondary must take over on the silence alone. The
+	// silent daemon is then killed (it never wakes), its port opened
+	// again, and it is restarted as a secondary.
+	SilencePrimary
 	// Custom is a fault the caller makes: RunConfig.CustomFault applies
 	// it and waits until the pair is protected again.
 	Custom
 )
 
 func (f Fault) String() string {
-	return [...]string{"kill the primary", "kill the secondary", "cut the link between the hosts", "freeze the primary", "isolate the primary's host", "the test's own fault"}[f]
+	return [...]string{"kill the primary", "kill the secondary", "cut the link between the hosts", "freeze the primary", "isolate the primary's host", "silence the primary's host", "the test's own fault"}[f]
 }
 
 // CustomFault applies round i (from 1) of a Custom run to the pair whose
@@ -104,6 +113,13 @@ type Round struct {
 	// TakeOver is from the fault to the survivor's daemon reporting
 	// itself primary (zero if it already was).
 	TakeOver time.Duration
+	// Served is from the fault to the client's first reply from the new
+	// primary: its first reply after the survivor went live (zero if
+	// there was no take-over, or no reply came).
+	Served time.Duration
+	// SurvivorLog is the standard error of the survivor's daemon (its log
+	// says when it lost its peer, asked the arbiter and went live).
+	SurvivorLog string
 	// Reprotected is from the fault to the survivor being protected by a
 	// new secondary again.
 	Reprotected time.Duration
@@ -339,6 +355,24 @@ func (c *Cluster) applyFault(ctx context.Context, cfg RunConfig, i int, r *Round
 		if err := c.Freeze(primary, r.Frozen, wake); err != nil {
 			return err
 		}
+	case SilencePrimary:
+		r.Victim, r.Survivor = primary, secondary
+		// The stop first, then the cut: the stop takes effect at once,
+		// the cut somewhere inside an nft process's run (milliseconds,
+		// more on a loaded machine), so silence begins at r.At only in
+		// this order. Meanwhile the stopped host's kernel sends no
+		// payload of the daemon's (a retransmission waits 200 ms at
+		// least) and the VM, whose vCPUs are the daemon's threads, sends
+		// nothing; the cut keeps it so until the daemon is dead: no
+		// acknowledgement, no reset as it dies.
+		r.At = time.Now()
+		if err := c.Suspend(primary); err != nil {
+			return err
+		}
+		if err := c.Topo.IsolateHost(ctx, primary); err != nil {
+			return err
+		}
+		say("round %d: host %s stopped at %s and cut off %v later", i, primary, r.At.Format("15:04:05.000"), time.Since(r.At).Round(time.Microsecond))
 	}
 	say("round %d: %s at %s", i, cfg.Fault, r.At.Format("15:04:05.000"))
 	rctx, cancel := context.WithTimeout(ctx, cfg.RoundTimeout)
@@ -364,6 +398,22 @@ func (c *Cluster) recover(ctx context.Context, r *Round, primary, secondary Host
 			return err
 		}
 		r.TakeOver = liveSince(s).Sub(r.At)
+	case SilencePrimary:
+		s, err := c.Await(ctx, r.Survivor, "live", Live)
+		if err != nil {
+			return fmt.Errorf("the secondary did not take over from the silent primary: %w", err)
+		}
+		r.TakeOver = liveSince(s).Sub(r.At)
+		// A host that lost power does not come back as it was: the
+		// stopped daemon dies without running again, and only then is
+		// its port opened.
+		if err := c.Kill(r.Victim); err != nil {
+			return err
+		}
+		if err := c.Topo.RejoinHost(ctx); err != nil {
+			return err
+		}
+		say("  host %s took over from the silent host %s, killed while stopped", r.Survivor, r.Victim)
 	case IsolatePrimary:
 		s, err := c.Await(ctx, r.Survivor, "live", Live)
 		if err != nil {
@@ -403,6 +453,9 @@ func (c *Cluster) recover(ctx context.Context, r *Round, primary, secondary Host
 				return err
 			}
 		}
+	}
+	if d := c.Daemon(r.Survivor); d != nil {
+		r.SurvivorLog = d.Proc.StderrPath()
 	}
 	return c.rejoin(ctx, r)
 }
@@ -507,6 +560,14 @@ func (r *Round) measureFromHistory(res *kvclient.Result, until time.Time) {
 	if k > 0 && k < len(completes) {
 		r.Failover = time.Duration(completes[k] - completes[k-1])
 	}
+	if r.TakeOver > 0 {
+		// Nothing the new primary sends leaves before it is live (its
+		// NIC's gate opens after), so a reply after that moment is its.
+		live := at + r.TakeOver.Nanoseconds()
+		if j := sort.Search(len(completes), func(i int) bool { return completes[i] > live }); j < len(completes) && completes[j] <= end {
+			r.Served = time.Duration(completes[j] - at)
+		}
+	}
 	// The silence the round began with counts from the last reply
 	// before the fault; one still going on at the round's end counts to
 	// that end (the next round's fault begins the rest of it).
@@ -546,7 +607,7 @@ func (r *Report) Summary() string {
 		lin = "NO: " + r.Linearizable.Error()
 	}
 	fmt.Fprintf(&b, "%-34s %s\n", "history linearizable", lin)
-	var fo, to, rp, gap, join []time.Duration
+	var fo, to, sv, rp, gap, join []time.Duration
 	inflight, never := 0, 0
 	for _, x := range r.Rounds {
 		fo = append(fo, x.Failover)
@@ -555,6 +616,9 @@ func (r *Report) Summary() string {
 		if x.TakeOver > 0 {
 			to = append(to, x.TakeOver)
 		}
+		if x.Served > 0 {
+			sv = append(sv, x.Served)
+		}
 		rp = append(rp, x.Reprotected)
 		inflight += x.InFlight
 		never += x.NeverAnswered
@@ -562,6 +626,9 @@ func (r *Report) Summary() string {
 	fmt.Fprintf(&b, "%-34s %s\n", "failover seen by the client", spread(fo))
 	if len(to) > 0 {
 		fmt.Fprintf(&b, "%-34s %s\n", "take-over (fault to live)", spread(to))
+	}
+	if len(sv) > 0 {
+		fmt.Fprintf(&b, "%-34s %s\n", "served again (fault to new reply)", spread(sv))
 	}
 	fmt.Fprintf(&b, "%-34s %s\n", "protected again after", spread(rp))
 	fmt.Fprintf(&b, "%-34s %s\n", "longest silence in each round", spread(gap))
