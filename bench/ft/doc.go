@@ -24,7 +24,14 @@
 //     (shipping and restore; the primary is paused throughout, and a
 //     little longer: the snapshot before, the acknowledgement after);
 //   - CPU: user and system time of each daemon (/proc/PID/stat) over the
-//     window, in percent of one core.
+//     window, in percent of one core;
+//   - scheduling (Sched, in results.json and in a row's "why lower"):
+//     how long each daemon's vCPU thread (its busiest) ran and how long it
+//     waited runnable for a CPU (/proc/PID/task/TID/schedstat), and the
+//     machine's idle and steal time (/proc/stat), over the window. A vCPU
+//     that hardly sleeps but waits for a CPU on a machine with no idle
+//     CPU is CPU-bound: then more outstanding requests or a larger log
+//     window cannot help (the row says "CPU-bound").
 //
 // Results go to an output directory: results.md (the Markdown table),
 // results.json (every figure, the load average and the options) and one

@@ -80,6 +80,11 @@ func TestBenchFTEndToEnd(t *testing.T) {
 		if r.CPUPrimary <= 0 {
 			t.Errorf("%s: the primary used no CPU (%v%%)", name, r.CPUPrimary)
 		}
+		// Every guest here keeps its vCPU thread busy: it ran, and a
+		// protected pair's secondary's replayed.
+		if sc := r.Sched; sc == nil || sc.VCPURunPrimary <= 0 || (r.Setup.Protected && sc.VCPURunSecondary <= 0) {
+			t.Errorf("%s: no vCPU thread's run time (sched %+v)", name, r.Sched)
+		}
 		if !r.Setup.Protected {
 			if r.LogBytes != 0 || r.CPUSecondary != 0 {
 				t.Errorf("%s: log bytes %d, secondary CPU %v%%: an unprotected primary has neither", name, r.LogBytes, r.CPUSecondary)

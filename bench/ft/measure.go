@@ -49,6 +49,7 @@ func (c *cell) row(before, after *snap, load *kvclient.Result, primary, secondar
 	r.Stalls = after.primary.Stats.Stalls - before.primary.Stats.Stalls
 	r.CPUPrimary = 100 * (after.cpuP - before.cpuP) / win.Seconds()
 	r.CPUClient = 100 * (after.cpuClient - before.cpuClient) / win.Seconds()
+	r.Sched = schedOf(before, after, win.Nanoseconds())
 	if secondary != nil {
 		r.CPUSecondary = 100 * (after.cpuS - before.cpuS) / win.Seconds()
 		r.Resyncs = after.secondary.Stats.Restores - before.secondary.Stats.Restores

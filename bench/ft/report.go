@@ -62,6 +62,9 @@ type Row struct {
 	// CPUClient is the harness's own (the kvstore client's) CPU time,
 	// which shares the same cores.
 	CPUClient float64 `json:"cpu_client_pct"`
+	// Sched is where the vCPU threads' time went and how busy the
+	// machine was (nil where schedstat could not be read).
+	Sched *Sched `json:"sched,omitempty"`
 	// LoadAverage is /proc/loadavg as the window began.
 	LoadAverage string `json:"load_average"`
 	// Why says, where Ratio misses Target, what the figures of the row

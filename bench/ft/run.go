@@ -135,6 +135,11 @@ type snap struct {
 	cpuClient  float64
 	progress   uint64 // the guest's own count (guest-progress workloads)
 	loadAvg    string
+	// threadsP and threadsS are each daemon's threads' schedstat, nil
+	// where it could not be read; machine is /proc/stat (machineOK).
+	threadsP, threadsS map[int]threadTimes
+	machine            machineTimes
+	machineOK          bool
 }
 
 func (c *cell) say(format string, a ...any) {
@@ -286,6 +291,11 @@ func (c *cell) snapshot(ctx context.Context, cl *e2e.Cluster, primary, secondary
 	if s.cpuP, err = cpuSeconds(primary.Proc.Pid()); err != nil {
 		return nil, err
 	}
+	// Where the vCPU threads' time goes (Sched): best effort, a kernel
+	// without schedstat leaves it out of the row.
+	s.threadsP, _ = threadsOf(primary.Proc.Pid())
+	s.machine, err = readMachineTimes()
+	s.machineOK = err == nil
 	if secondary != nil {
 		if s.secondary, err = cl.Status(ctx, e2e.HostB); err != nil {
 			return nil, err
@@ -293,6 +303,7 @@ func (c *cell) snapshot(ctx context.Context, cl *e2e.Cluster, primary, secondary
 		if s.cpuS, err = cpuSeconds(secondary.Proc.Pid()); err != nil {
 			return nil, err
 		}
+		s.threadsS, _ = threadsOf(secondary.Proc.Pid())
 	}
 	if s.cpuClient, err = cpuSeconds(os.Getpid()); err != nil {
 		return nil, err

@@ -60,7 +60,8 @@ const lowRatio = 0.9
 // throughput below its target went: resyncs and their pause, vCPU stalls
 // for a secondary a log window behind, the primary's CPU per operation
 // against the unprotected primary's (what the log, its transport and the
-// held outputs add on the vCPU's path), and the cores the pair and the
+// held outputs add on the vCPU's path), how long the vCPU threads ran and
+// waited for a CPU with the machine's idle and steal (Sched), and the cores the pair and the
 // client shared with other work.
 func why(r, base *Row, cpus int) string {
 	var parts []string
@@ -78,10 +79,41 @@ func why(r, base *Row, cpus int) string {
 		per := func(row *Row) string { return fmtUs(row.CPUPrimary / 100 * 1e6 / row.Throughput) }
 		parts = append(parts, fmt.Sprintf("primary CPU %s/%s against %s unprotected", per(r), r.PerOp, per(base)))
 	}
+	if sc := r.Sched; sc != nil {
+		n := fmt.Sprintf("vCPU threads ran %.0f%% / %.0f%% of the window and waited for a CPU %.0f%% / %.0f%%",
+			sc.VCPURunPrimary, sc.VCPURunSecondary, sc.VCPUWaitPrimary, sc.VCPUWaitSecondary)
+		if bs := base.Sched; bs != nil {
+			n += fmt.Sprintf(" (unprotected: ran %.0f%%, waited %.0f%%)", bs.VCPURunPrimary, bs.VCPUWaitPrimary)
+		}
+		n += fmt.Sprintf(", machine idle %.0f%%, steal %.0f%%", sc.MachineIdle, sc.MachineSteal)
+		if cpuBound(sc) {
+			n += ": CPU-bound"
+		}
+		parts = append(parts, n)
+	}
 	parts = append(parts, fmt.Sprintf("pair %.0f%% + %.0f%%, client %.0f%% of %d shared cores (load %s)",
 		r.CPUPrimary, r.CPUSecondary, r.CPUClient, cpus, strings.Fields(r.LoadAverage + " ?")[0]))
 	return strings.Join(parts, "; ")
 }
+
+// cpuBound says a protected row's vCPU thread was held up by the CPUs
+// rather than by anything of the protocol: the primary's hardly slept (it
+// ran or waited runnable for at least cpuBoundBusy of the window), it
+// waited runnable for at least cpuBoundWait, and the machine had under
+// cpuBoundIdle of its CPUs idle. Then neither more outstanding requests
+// nor a larger log window can raise the throughput (the vCPU waits for
+// neither); less CPU per request, or more CPUs, can.
+func cpuBound(sc *Sched) bool {
+	return sc.VCPURunPrimary+sc.VCPUWaitPrimary >= cpuBoundBusy && sc.VCPUWaitPrimary >= cpuBoundWait && sc.MachineIdle < cpuBoundIdle
+}
+
+// Thresholds of cpuBound, in percent of the window (of all CPUs for the
+// idle share).
+const (
+	cpuBoundBusy = 85
+	cpuBoundWait = 20
+	cpuBoundIdle = 15
+)
 
 // tableHeader is the Markdown table's header; Check counts its cells.
 var tableHeader = []string{

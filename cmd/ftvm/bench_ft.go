@@ -64,7 +64,10 @@ Columns: throughput and protected/unprotected (with the target where the
 issue sets one: 0.9 for kv-sat, 0.95 for memstress), client latency
 p50/p99/p99.9, output-hold latency, log bandwidth (Mbit/s, bytes per
 request), resyncs per second and their pause, and the CPU each daemon used
-(/proc/PID/stat). A row below its target says why from its own figures.
+(/proc/PID/stat). A row below its target says why from its own figures,
+among them how long each vCPU thread ran and waited for a CPU, and the
+machine's idle and steal time ("CPU-bound" when the vCPU waited for CPUs
+rather than for the protocol).
 It writes results.md, results.json and latency-distribution plots (SVG)
 into --out, and draws a progress line while it runs: about 8 minutes in
 all, --quick under one (with the default transports, tcp and shm).

@@ -142,6 +142,7 @@ func runDaemon(e *env, args []string, role wire.Role) int {
 		return exitUsage
 	}
 	setDaemonProcs()
+	defer startCPUProfile(e, name)()
 	log := newLogger(e.stderr, cfg)
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
