@@ -366,7 +366,7 @@ func (m *Machine) newSuccessor(hook ExitHook, st *successorState) (*Machine, err
 		return nil, err
 	}
 	n.interrupt = m.interrupt // the NIC's WAIT listens on it
-	n.kvm, n.msrIndices, n.hasXsave, n.hasXcrs = m.kvm, m.msrIndices, m.hasXsave, m.hasXcrs
+	n.kvm, n.msrIndices, n.hasXsave, n.hasXcrs, n.cpuid = m.kvm, m.msrIndices, m.hasXsave, m.hasXcrs, m.cpuid
 	n.mem, n.block, n.nic, n.freshMem = m.mem, m.block, m.nic, m.freshMem
 	n.moved = true // until it is whole: its release must not free what m still owns
 	fail := func(err error) (*Machine, error) {
