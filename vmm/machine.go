@@ -160,6 +160,9 @@ type Machine struct {
 	// successor (resync.go): release closes only this VM's vCPU and VM.
 	// snapMu.
 	moved bool
+	// spare is the buffer kept ready for a resync increment's encoding
+	// (resync.go).
+	spare spareBuffer
 }
 
 type cmdKind int
@@ -545,6 +548,7 @@ func (m *Machine) setStatus(f func(*Status)) {
 // Close stops the vCPU and frees the VM. Held outputs stay valid.
 func (m *Machine) Close() error {
 	m.closeOnce.Do(func() {
+		m.spare.close()
 		m.send(command{kind: cmdClose})
 		<-m.loopDone
 		m.setStatus(func(s *Status) { s.State = Closed })
