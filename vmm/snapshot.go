@@ -298,7 +298,8 @@ func appendDiskSection(b []byte, s *Snapshot) []byte {
 
 // MarshalBinary encodes the snapshot in the format documented on Snapshot.
 // For a snapshot from SnapshotCovering the result is the buffer its
-// PageData lies in: do not modify it while the snapshot is in use.
+// PageData lies in: do not modify it while the snapshot is in use (the
+// pages' checksum was taken as they were copied there).
 func (s *Snapshot) MarshalBinary() ([]byte, error) {
 	if len(s.PageData) != len(s.PageNumbers)*PageBytes {
 		return nil, fmt.Errorf("snapshot has %d page numbers but %d bytes of page data", len(s.PageNumbers), len(s.PageData))
