@@ -379,6 +379,73 @@ func TestBlockFullRestoreWritesTheDifference(t *testing.T) {
 	}
 }
 
+// restoreSyncsWrong restores, on a disk that holds the source's content,
+// an increment with no chunks, one with a chunk, a Full snapshot of the
+// same content and one with a chunk the disk must lose, and says what is
+// wrong with the fdatasyncs they made, or "": a restore that changes the
+// file makes it durable, one that changes nothing need not (the file is
+// as durable as before).
+func restoreSyncsWrong(t *testing.T) string {
+	t.Helper()
+	fill := func(p []byte) { copy(p[DiskChunkBytes:], []byte("chunk one")) }
+	src := diskFile(t, "src", testDiskBytes, fill)
+	srcBlk, err := newBlock(src, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	full := Snapshot{Kind: Full}
+	if err := srcBlk.saveDisk(Full, &full, nil); err != nil {
+		t.Fatal(err)
+	}
+	dst := diskFile(t, "dst", testDiskBytes, fill)
+	blk, err := newBlock(dst, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	chunk := Snapshot{Kind: Incremental, DiskBytes: testDiskBytes, DiskChunks: []uint64{2}, DiskData: bytes.Repeat([]byte{0x22}, DiskChunkBytes)}
+	extra := Snapshot{Kind: Full, DiskBytes: testDiskBytes} // the disk loses chunks 1 and 2
+	for _, c := range []struct {
+		what string
+		s    *Snapshot
+		sync bool
+	}{
+		{"an increment with no chunks", &Snapshot{Kind: Incremental, DiskBytes: testDiskBytes}, false},
+		{"a full snapshot of what the disk holds", &full, false},
+		{"an increment with a chunk", &chunk, true},
+		{"a full snapshot of an empty disk", &extra, true},
+	} {
+		was := blk.restoreSyncs
+		if err := blk.restoreDisk(c.s); err != nil {
+			t.Fatal(err)
+		}
+		if synced := blk.restoreSyncs > was; synced != c.sync {
+			return fmt.Sprintf("restoring %s: fdatasync made %v, want %v", c.what, synced, c.sync)
+		}
+	}
+	sameDisk(t, "after the restores", dst, diskFile(t, "zero", testDiskBytes, nil))
+	return ""
+}
+
+// TestBlockRestoreSyncsWhatItChanged: a restore makes what it wrote
+// durable, and a restore that wrote nothing (a resync's increment with no
+// disk chunks) makes no fdatasync, which would flush the device's cache
+// in the pause.
+func TestBlockRestoreSyncsWhatItChanged(t *testing.T) {
+	if why := restoreSyncsWrong(t); why != "" {
+		t.Fatal(why)
+	}
+}
+
+// TestBlockRestoreSkippingSyncIsCaught plants a restore that writes
+// chunks without an fdatasync: the check must catch it.
+func TestBlockRestoreSkippingSyncIsCaught(t *testing.T) {
+	restoreSkipsSync = true
+	defer func() { restoreSkipsSync = false }()
+	if restoreSyncsWrong(t) == "" {
+		t.Fatal("with restores planted to skip their fdatasync the check saw nothing wrong")
+	}
+}
+
 // TestBlockDiskSnapshotOverReleasedWrites: held writes named as released
 // are saved as if performed, in order (a later one over an earlier one,
 // into chunks the file has as zeros, and into chunks also written

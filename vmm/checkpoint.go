@@ -55,6 +55,11 @@ func (m *Machine) SnapshotReleased(kind SnapshotKind, released []*Output) (*Snap
 		s, err = m.takeSnapshot(kind, released)
 		return err
 	})
+	if err == nil {
+		// A VM that takes snapshots may be asked for a resync's
+		// increment: have its buffer ready before the first.
+		m.spare.prepare(0)
+	}
 	return s, err
 }
 
@@ -484,7 +489,7 @@ func (m *Machine) takeSnapshotCovering(kind SnapshotKind, released []*Output, ot
 		s.PageNumbers = dirtyPages(bm, m.mem.Pages())
 	}
 	if other != nil {
-		s.placePages(m.mem) // encoded at once for the resync
+		s.placePages(m.mem, &m.spare) // encoded at once for the resync
 	} else {
 		s.PageData = m.mem.copyPages(s.PageNumbers)
 	}

@@ -216,7 +216,7 @@ func TestSnapshotPlacedPagesEncodeAlike(t *testing.T) {
 	}
 	placed := sampleSnapshot()
 	placed.PageData = nil
-	placed.placePages(mem)
+	placed.placePages(mem, nil)
 	for step := 0; step < 3; step++ {
 		if step == 2 {
 			want.SetClockNs(12345)

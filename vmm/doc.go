@@ -201,6 +201,15 @@
 // caller falls back to a Full snapshot. StateHash hashes a VM's state, so
 // that tests can show two VMs equal after a resync.
 //
+// The pause of such a resync is kept to what differs: the increment's
+// pages are copied straight into its encoding, in a buffer a VM that
+// takes snapshots keeps faulted in ahead (a spare, made again at idle
+// priority after each use: fresh memory costs a page fault per 4 KiB
+// here), and checksummed as they are copied; the successor reuses its
+// predecessor's CPUID, the predecessor's VM is torn down beside the
+// successor, and a restore that writes nothing to the disk does not
+// fdatasync it.
+//
 // A snapshot carries the disk too, because each replica has its own copy
 // of it (separate storage): in 4 KiB chunks, every non-zero chunk of the
 // disk file for a Full snapshot (holes in a sparse image are skipped with

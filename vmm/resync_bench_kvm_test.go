@@ -82,10 +82,17 @@ func dirtyPagesAsVMM(b *testing.B, m *Machine, pages []uint64, v byte) {
 	}
 }
 
+// resyncSteps are the steps of an incremental resync's pause, in order:
+// the primary's covering snapshot (the dirty set decoded, then
+// SnapshotCovering), its encoding, the secondary's decoding, its
+// Successor and its Restore.
+var resyncSteps = []string{"cover", "encode", "decode", "successor", "restore"}
+
 // incrementalResync is one resync from the secondary's dirty set, timed
 // from the primary's covering snapshot to the secondary's successor
 // restored (the pause): the dirty set is sent with the request, before.
-func (p *resyncBenchPair) incrementalResync(b *testing.B) time.Duration {
+// It returns the pause and the time of each of resyncSteps.
+func (p *resyncBenchPair) incrementalResync(b *testing.B) (time.Duration, []time.Duration) {
 	d, err := p.b.DirtySinceBase()
 	if err != nil {
 		b.Fatal(err)
@@ -94,7 +101,8 @@ func (p *resyncBenchPair) incrementalResync(b *testing.B) time.Duration {
 	if err != nil {
 		b.Fatal(err)
 	}
-	t0 := time.Now()
+	t := []time.Time{time.Now()}
+	step := func() { t = append(t, time.Now()) }
 	other, err := UnmarshalDirtySet(blob)
 	if err != nil {
 		b.Fatal(err)
@@ -103,23 +111,32 @@ func (p *resyncBenchPair) incrementalResync(b *testing.B) time.Duration {
 	if err != nil {
 		b.Fatal(err)
 	}
+	step()
 	enc, err := inc.MarshalBinary()
 	if err != nil {
 		b.Fatal(err)
 	}
+	step()
 	dec, err := UnmarshalSnapshot(enc)
 	if err != nil {
 		b.Fatal(err)
 	}
+	step()
 	next, err := p.b.Successor(nil)
 	if err != nil {
 		b.Fatal(err)
 	}
 	p.b = next
+	step()
 	if err := next.Restore(dec); err != nil {
 		b.Fatal(err)
 	}
-	return time.Since(t0)
+	step()
+	steps := make([]time.Duration, len(t)-1)
+	for i := range steps {
+		steps[i] = t[i+1].Sub(t[i])
+	}
+	return t[len(t)-1].Sub(t[0]), steps
 }
 
 // fullResync is today's resync: a full snapshot restored into a fresh VM.
@@ -164,7 +181,8 @@ func ms(d time.Duration) float64 { return float64(d) / 1e6 }
 // all in one run; b.N resyncs of each. The pages differ because both VMMs
 // write them (both VMs paused, kvstore booted). It reports p50 and p99 in
 // ms, the ratio 1 GiB / 64 MiB at 1,000 pages (the pause should not grow
-// with the VM: target at most 1.5) and full / incremental at 1,000 pages.
+// with the VM: target at most 1.5) and full / incremental at 1,000 pages,
+// and the p50 of each of resyncSteps at 1,000 pages, where the pause goes.
 //
 //	go test -run '^$' -bench IncrementalResync -benchtime 20x ./vmm/
 func BenchmarkIncrementalResync(b *testing.B) {
@@ -174,6 +192,7 @@ func BenchmarkIncrementalResync(b *testing.B) {
 		pages int // 0: the full baseline
 	}
 	p50, p99 := map[key]time.Duration{}, map[key]time.Duration{}
+	stepP50 := map[key]time.Duration{} // at 1,000 pages, keyed by size and step
 	for _, mem := range []struct {
 		name  string
 		bytes uint64
@@ -182,13 +201,23 @@ func BenchmarkIncrementalResync(b *testing.B) {
 		for _, n := range []int{10, 1000, 10000} {
 			pages := resyncBenchPages(n)
 			var samples []time.Duration
+			stepSamples := make([][]time.Duration, len(resyncSteps))
 			for i := 0; i < b.N; i++ {
 				dirtyPagesAsVMM(b, pair.a, pages, byte(2*i+1))
 				dirtyPagesAsVMM(b, pair.b, pages, byte(2*i+2))
-				samples = append(samples, pair.incrementalResync(b))
+				took, steps := pair.incrementalResync(b)
+				samples = append(samples, took)
+				for j, d := range steps {
+					stepSamples[j] = append(stepSamples[j], d)
+				}
 			}
 			k := key{mem.name, n}
 			p50[k], p99[k] = percentile(samples, 0.5), percentile(samples, 0.99)
+			if n == 1000 {
+				for j, name := range resyncSteps {
+					stepP50[key{mem.name + "-" + name, n}] = percentile(stepSamples[j], 0.5)
+				}
+			}
 		}
 		var samples []time.Duration
 		for i := 0; i < b.N; i++ {
@@ -202,6 +231,9 @@ func BenchmarkIncrementalResync(b *testing.B) {
 			k := key{mem, n}
 			b.ReportMetric(ms(p50[k]), fmt.Sprintf("%s-%dpg-p50-ms", mem, n))
 			b.ReportMetric(ms(p99[k]), fmt.Sprintf("%s-%dpg-p99-ms", mem, n))
+		}
+		for _, name := range resyncSteps {
+			b.ReportMetric(ms(stepP50[key{mem + "-" + name, 1000}]), fmt.Sprintf("%s-1000pg-%s-p50-ms", mem, name))
 		}
 		full := key{mem, 0}
 		b.ReportMetric(ms(p50[full]), mem+"-full-p50-ms")

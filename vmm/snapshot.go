@@ -148,6 +148,9 @@ type Snapshot struct {
 	// these PVM hosts, costs a page fault per 4 KiB: 4 ms for 1,000
 	// pages, most of an incremental resync's pause).
 	encoded []byte
+	// placedCRC is the CRC32C of PageData as placePages copied it:
+	// PageData must not change while it lies in encoded.
+	placedCRC uint32
 }
 
 // VCPUState is one vCPU's saved registers. The blobs are the kernel's
@@ -295,7 +298,8 @@ func appendDiskSection(b []byte, s *Snapshot) []byte {
 
 // MarshalBinary encodes the snapshot in the format documented on Snapshot.
 // For a snapshot from SnapshotCovering the result is the buffer its
-// PageData lies in: do not modify it while the snapshot is in use.
+// PageData lies in: do not modify it while the snapshot is in use (the
+// pages' checksum was taken as they were copied there).
 func (s *Snapshot) MarshalBinary() ([]byte, error) {
 	if len(s.PageData) != len(s.PageNumbers)*PageBytes {
 		return nil, fmt.Errorf("snapshot has %d page numbers but %d bytes of page data", len(s.PageNumbers), len(s.PageData))
@@ -323,10 +327,13 @@ func (s *Snapshot) MarshalBinary() ([]byte, error) {
 		return nil, fmt.Errorf("snapshot encoding: %d bytes before the pages, expected %d (a VMM bug)", len(b), prefix)
 	}
 	if inPlace {
-		b = b[:prefix+len(s.PageData)] // the pages are there already
-	} else {
-		b = append(b, s.PageData...)
+		// The pages are there already, and so is their checksum.
+		crc := crc32cCombine(crc32.Checksum(b, castagnoli), s.placedCRC, len(s.PageData))
+		b = appendDiskSection(b[:prefix+len(s.PageData)], s)
+		crc = crc32.Update(crc, castagnoli, b[prefix+len(s.PageData):])
+		return le.AppendUint32(b, crc), nil
 	}
+	b = append(b, s.PageData...)
 	b = appendDiskSection(b, s)
 	return le.AppendUint32(b, crc32.Checksum(b, castagnoli)), nil
 }
@@ -351,14 +358,29 @@ func (s *Snapshot) encodedBytes(prefix int) int {
 
 // placePages copies the pages listed in PageNumbers out of mem into a
 // buffer of the encoding's size, at their place in it, so that
-// MarshalBinary need not copy them again. Everything else in s must be
-// final.
-func (s *Snapshot) placePages(mem *Memory) {
+// MarshalBinary need not copy them again: sp's spare if it is large
+// enough (nil: a new buffer). Everything else in s must be final.
+func (s *Snapshot) placePages(mem *Memory, sp *spareBuffer) {
 	prefix := s.prefixBytes()
-	s.encoded = make([]byte, s.encodedBytes(prefix))
+	if n := s.encodedBytes(prefix); sp != nil {
+		s.encoded = sp.take(n)
+	} else {
+		s.encoded = make([]byte, n)
+	}
 	n := len(s.PageNumbers) * PageBytes
 	s.PageData = s.encoded[prefix : prefix+n : prefix+n]
-	mem.copyPagesInto(s.PageData, s.PageNumbers)
+	// Checksummed batch by batch as they are copied, while the batch is
+	// in the cache: MarshalBinary combines the checksum with the rest's
+	// rather than reading the pages again.
+	out, pages := s.PageData, s.PageNumbers
+	var crc uint32
+	for len(pages) > 0 {
+		k := min(len(pages), copyBatchPages)
+		mem.copyPagesInto(out[:k*PageBytes], pages[:k])
+		crc = crc32.Update(crc, castagnoli, out[:k*PageBytes])
+		out, pages = out[k*PageBytes:], pages[k:]
+	}
+	s.placedCRC = crc
 }
 
 // appendPrefix encodes the header, vCPUs, devices and page numbers.
@@ -654,4 +676,56 @@ func (r *snapReader) diskSection(s *Snapshot) error {
 	}
 	s.DiskData = r.take(diskDataBytes(s.DiskBytes, s.DiskChunks), "disk chunk data")
 	return r.err
+}
+
+// crc32cCombine returns the CRC32C of a||b from crc1, that of a, and
+// crc2, that of b, which is n bytes long (zlib's crc32_combine): the
+// checksum of the bytes before and after a part whose checksum is known
+// already, without reading that part again.
+func crc32cCombine(crc1, crc2 uint32, n int) uint32 {
+	if n <= 0 {
+		return crc1
+	}
+	// odd, then even, is the operator that feeds one zero bit, then
+	// two, four...: squared in turn, applied where n has a one bit.
+	var odd, even [32]uint32
+	odd[0] = crc32.Castagnoli
+	for i, row := 1, uint32(1); i < 32; i, row = i+1, row<<1 {
+		odd[i] = row
+	}
+	gf2Square(&even, &odd) // two zero bits
+	gf2Square(&odd, &even) // four
+	for {
+		gf2Square(&even, &odd)
+		if n&1 != 0 {
+			crc1 = gf2Times(&even, crc1)
+		}
+		if n >>= 1; n == 0 {
+			break
+		}
+		gf2Square(&odd, &even)
+		if n&1 != 0 {
+			crc1 = gf2Times(&odd, crc1)
+		}
+		if n >>= 1; n == 0 {
+			break
+		}
+	}
+	return crc1 ^ crc2
+}
+
+func gf2Times(mat *[32]uint32, vec uint32) uint32 {
+	var sum uint32
+	for i := 0; vec != 0; i, vec = i+1, vec>>1 {
+		if vec&1 != 0 {
+			sum ^= mat[i]
+		}
+	}
+	return sum
+}
+
+func gf2Square(square, mat *[32]uint32) {
+	for i := range mat {
+		square[i] = gf2Times(mat, mat[i])
+	}
 }
