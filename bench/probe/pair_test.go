@@ -3,7 +3,6 @@ package probe
 import (
 	"context"
 	"fmt"
-	"math"
 	"net"
 	"os"
 	"path/filepath"
@@ -268,10 +267,19 @@ func TestProbeAgainstDaemonPair(t *testing.T) {
 	// releases, the probe at each): a few µs apart at most, on top of
 	// the kernel's bucket width (the folded value is within 6.25% of
 	// the kernel's).
-	for _, q := range []float64{50, 90, 99} {
-		got, want := float64(probeHold.ValueAtQuantile(q)), float64(base.daemon.ValueAtQuantile(q))
-		if math.Abs(got-want) > 0.15*want+20e3 {
-			t.Errorf("hold p%v: the probe says %v, the daemon %v", q, ns(int64(got)), ns(int64(want)))
+	// A quantile's neighbour in rank, too, at the tail: p99 of some 600
+	// holds is the 6th longest, and the two clocks' few µs can move a
+	// hold a rank or two there, while the 7th longest may be far shorter
+	// (a CI run: the probe's p99 4.46 ms, the daemon's 3.68 ms). So the
+	// probe's quantile q must lie within 15% + 20 µs of the daemon's
+	// quantile q, or of a value the daemon has within slack ranks of it.
+	for _, c := range []struct{ q, slack float64 }{{50, 2}, {90, 1}, {99, 0.5}} {
+		got := float64(probeHold.ValueAtQuantile(c.q))
+		lo := float64(base.daemon.ValueAtQuantile(c.q - c.slack))
+		hi := float64(base.daemon.ValueAtQuantile(min(100, c.q+c.slack)))
+		if got < lo-(0.15*lo+20e3) || got > hi+0.15*hi+20e3 {
+			t.Errorf("hold p%v: the probe says %v, the daemon %v (p%v %v, p%v %v)", c.q, ns(int64(got)),
+				ns(base.daemon.ValueAtQuantile(c.q)), c.q-c.slack, ns(int64(lo)), min(100, c.q+c.slack), ns(int64(hi)))
 		}
 	}
 	// Each reply the client got is a released frame written into the
