@@ -243,7 +243,7 @@ func (a *Agent) perform(ctx context.Context, w *work) error {
 		if !ok {
 			// An output a checkpoint carried (held on the old primary
 			// when it was taken): no exit of this VM holds it.
-			if err := a.deliverCarried(o); err != nil {
+			if err := a.deliverCarried(o, false); err != nil {
 				return fmt.Errorf("agent: releasing output seq %d that a checkpoint carried: %w", o.Seq, err)
 			}
 			continue
