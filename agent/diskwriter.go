@@ -28,10 +28,14 @@ const (
 
 // diskWriter performs block writes (a primary's releases, a secondary's
 // persists) in order on a goroutine of its own, so that the loop never
-// waits for a disk: each write is made durable (fdatasync) before the next,
-// which takes longer than a round trip to the peer, and a burst of them
-// (the persists a heartbeat releases) would hold back every
-// acknowledgement behind it. A write still queued stays visible to the
+// waits for a disk: each of a primary's writes is made durable (fdatasync)
+// before the next, which takes longer than a round trip to the peer, and
+// a burst of them (the persists a heartbeat releases) would hold back
+// every acknowledgement behind it. A secondary's writes (lazy: the
+// agent's persists) need no sync each: the writer takes every one queued
+// at the moment, writes them, syncs the disk once, then reports each
+// durable in order (batch; agent/doc.go says why that is safe). Any
+// other job (a release, a drain, a primary's write) ends a batch. A write still queued stays visible to the
 // guest's reads (the VMM overlays a held write until its Release
 // succeeds); a write that no exit holds (one a checkpoint carried) is
 // not, so the loop drains the queue before anything reads the disk live:
