@@ -77,6 +77,7 @@ type diskWriter struct {
 
 	queued  atomic.Int64  // jobs enqueued and not yet finished
 	batches atomic.Uint64 // batches of a secondary's writes synced together
+	batched atomic.Uint64 // writes those batches made durable
 	errors  atomic.Uint64 // failed write attempts
 	failing atomic.Bool   // a write is failing and being retried
 	fenced  atomic.Bool   // a write was refused by the disk's fence: this host is stale
@@ -280,6 +281,7 @@ func (w *diskWriter) batch(jobs []diskJob, then []diskJob) []diskJob {
 				w.perform(j)
 			}
 		} else {
+			w.batched.Add(uint64(written))
 			for _, j := range jobs[:written] {
 				if j.lazy.commit != nil {
 					j.lazy.commit()
