@@ -1,11 +1,14 @@
 package agent
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -15,6 +18,7 @@ import (
 
 	"github.com/ftvm/ftvm/lockstep"
 	"github.com/ftvm/ftvm/vmm"
+	"golang.org/x/sys/unix"
 )
 
 // A release queued behind a failing block write waits until the write
@@ -437,5 +441,53 @@ func TestDiskWriterFailingWriteInABatchHoldsWhatFollows(t *testing.T) {
 		}
 		w.abort()
 		w.stop()
+	}
+}
+
+// BenchmarkDiskWriterDrain drains a backlog of 300 queued 4 KiB writes to
+// a real file through the writer, as a secondary that just rejoined
+// finds it: each written and fdatasync'd (a primary's, and every write
+// before batching) against lazy (a secondary's: one sync for the lot).
+// The figure is ns/op for the whole drain.
+func BenchmarkDiskWriterDrain(b *testing.B) {
+	const writes, n = 300, 4096
+	for _, lazy := range []bool{false, true} {
+		b.Run(fmt.Sprintf("writes=%d/lazy=%v", writes, lazy), func(b *testing.B) {
+			f, err := os.Create(filepath.Join(b.TempDir(), "disk"))
+			if err != nil {
+				b.Fatal(err)
+			}
+			defer f.Close()
+			if _, err := f.Write(bytes.Repeat([]byte{1}, writes*n)); err != nil || f.Sync() != nil {
+				b.Fatal("preparing the disk file:", err)
+			}
+			data := bytes.Repeat([]byte{2}, n)
+			sync := func() error { return unix.Fdatasync(int(f.Fd())) }
+			w := newDiskWriter(slog.New(slog.DiscardHandler), nil, nil)
+			defer w.stop()
+			for i := 0; i < b.N; i++ {
+				b.StopTimer()
+				gate := make(chan struct{})
+				w.enqueue("gate", 0, func() error { <-gate; return nil }, nil)
+				for k := range writes {
+					off := int64(k * n)
+					write := func() error { _, err := f.WriteAt(data, off); return err }
+					durable := func() error {
+						if err := write(); err != nil {
+							return err
+						}
+						return sync()
+					}
+					var lw *lazyWrite
+					if lazy {
+						lw = &lazyWrite{write: write, sync: sync}
+					}
+					w.enqueueLazy(fmt.Sprintf("seq %d", k), uint64(k), durable, lw, nil)
+				}
+				b.StartTimer()
+				close(gate)
+				w.drain()
+			}
+		})
 	}
 }
