@@ -245,6 +245,8 @@ type fakeDisk struct {
 	syncs  int
 	failAt uint64
 	full   atomic.Bool
+	// syncFails makes that many of the lazy syncs fail (EIO).
+	syncFails atomic.Int32
 }
 
 func (d *fakeDisk) add(f string, a ...any) {
@@ -283,6 +285,10 @@ func (d *fakeDisk) lazy(seq uint64) *lazyWrite {
 			d.mu.Lock()
 			d.syncs++
 			d.mu.Unlock()
+			if d.syncFails.Add(-1) >= 0 {
+				d.add("sync failed")
+				return errors.New("input/output error")
+			}
 			d.add("sync")
 			return nil
 		},
@@ -441,6 +447,29 @@ func TestDiskWriterFailingWriteInABatchHoldsWhatFollows(t *testing.T) {
 		}
 		w.abort()
 		w.stop()
+	}
+}
+
+// A batch whose sync fails is not reported durable: each of its writes
+// is performed again with its own sync, in order, before anything behind.
+func TestDiskWriterFailedBatchSyncWritesEachAgain(t *testing.T) {
+	const n = 5
+	d := &fakeDisk{}
+	d.syncFails.Store(1)
+	var got durableSeqs
+	w := newDiskWriter(slog.New(slog.DiscardHandler), nil, got.add)
+	defer w.stop()
+	gate := queueBehindAGate(w, d, n, true)
+	w.release("seq 7", 7, func() error { d.add("reply"); return nil })
+	close(gate)
+	w.drain()
+	ops, syncs := d.snapshot()
+	want := []string{"w2", "w3", "w4", "w5", "w6", "sync failed", "W2", "W3", "W4", "W5", "W6", "reply"}
+	if !slices.Equal(ops, want) || syncs != 1+n {
+		t.Fatalf("ops %v (%d syncs), want %v (%d syncs)", ops, syncs, want, 1+n)
+	}
+	if s := got.get(); !slices.Equal(s, wantSeqs(1, n+2)) {
+		t.Fatalf("reported durable %v, want 1..%d in order", s, n+2)
 	}
 }
 
