@@ -28,10 +28,14 @@ const (
 
 // diskWriter performs block writes (a primary's releases, a secondary's
 // persists) in order on a goroutine of its own, so that the loop never
-// waits for a disk: each write is made durable (fdatasync) before the next,
-// which takes longer than a round trip to the peer, and a burst of them
-// (the persists a heartbeat releases) would hold back every
-// acknowledgement behind it. A write still queued stays visible to the
+// waits for a disk: each of a primary's writes is made durable (fdatasync)
+// before the next, which takes longer than a round trip to the peer, and
+// a burst of them (the persists a heartbeat releases) would hold back
+// every acknowledgement behind it. A secondary's writes (lazy: the
+// agent's persists) need no sync each: the writer takes every one queued
+// at the moment, writes them, syncs the disk once, then reports each
+// durable in order (batch; agent/doc.go says why that is safe). Any
+// other job (a release, a drain, a primary's write) ends a batch. A write still queued stays visible to the
 // guest's reads (the VMM overlays a held write until its Release
 // succeeds); a write that no exit holds (one a checkpoint carried) is
 // not, so the loop drains the queue before anything reads the disk live:
@@ -72,6 +76,8 @@ type diskWriter struct {
 	abortOnce sync.Once
 
 	queued  atomic.Int64  // jobs enqueued and not yet finished
+	batches atomic.Uint64 // batches of a secondary's writes synced together
+	batched atomic.Uint64 // writes those batches made durable
 	errors  atomic.Uint64 // failed write attempts
 	failing atomic.Bool   // a write is failing and being retried
 	fenced  atomic.Bool   // a write was refused by the disk's fence: this host is stale
@@ -126,11 +132,26 @@ func (w *diskWriter) mayPerform(what string) bool {
 
 type diskJob struct {
 	write func() error // a block write: retried until it succeeds
+	lazy  *lazyWrite   // set for a secondary's write: it may join a batch
 	after func() error // a release that waits for the writes before it
 	what  string
 	seq   uint64        // the output's log position, for onDurable
 	done  chan struct{} // a drain marker when set
 }
+
+// lazyWrite is a block write a secondary persists, which the writer may
+// make durable together with the writes queued beside it (batch). Its
+// job's write stays the way to perform it durably on its own: after a
+// failure, and for a write the batch did not finish.
+type lazyWrite struct {
+	write  func() error // writes without making durable; the VMM still holds it
+	sync   func() error // makes every write before it on the disk durable
+	commit func()       // after the sync: the write is durable (nil: nothing to do)
+}
+
+// diskBatchMax bounds the writes a batch takes, so that the first one's
+// report waits for no more than a queue's worth.
+const diskBatchMax = diskQueueWrites
 
 func newDiskWriter(log *slog.Logger, onChange func(), onDurable func(seq uint64)) *diskWriter {
 	w := &diskWriter{q: make(chan diskJob, diskQueueWrites), log: log, onChange: onChange, onDurable: onDurable,
@@ -142,41 +163,158 @@ func newDiskWriter(log *slog.Logger, onChange func(), onDurable func(seq uint64)
 
 func (w *diskWriter) run() {
 	defer close(w.finished)
-	for j := range w.q {
-		if j.done != nil {
-			w.queued.Add(-1) // before the drainer goes on: it may release at once
-			close(j.done)
+	// next holds jobs a batch took from the queue and did not perform:
+	// they come before anything still in the queue.
+	var next []diskJob
+	for {
+		var j diskJob
+		if len(next) > 0 {
+			j, next = next[0], next[1:]
+		} else {
+			var ok bool
+			if j, ok = <-w.q; !ok {
+				return
+			}
+		}
+		if j.lazy != nil && !w.given.Load() {
+			next = w.batch(w.gather(j, next))
 			continue
 		}
-		switch {
-		case w.given.Load():
-			w.dropped.Add(1)
-			if j.write != nil {
-				w.popWrite()
-			}
-		case !w.mayPerform(j.what):
-			if j.write != nil {
-				w.popWrite()
-			}
-		case j.write != nil:
-			ok := w.writeDurably(j)
+		w.perform(j)
+	}
+}
+
+// perform does one job as it comes: a write durably, on its own.
+func (w *diskWriter) perform(j diskJob) {
+	if j.done != nil {
+		w.queued.Add(-1) // before the drainer goes on: it may release at once
+		close(j.done)
+		return
+	}
+	switch {
+	case w.given.Load():
+		w.dropped.Add(1)
+		if j.write != nil {
 			w.popWrite()
-			if ok {
-				w.durable(j.seq)
+		}
+	case !w.mayPerform(j.what):
+		if j.write != nil {
+			w.popWrite()
+		}
+	case j.write != nil:
+		ok := w.writeDurably(j, nil)
+		w.popWrite()
+		if ok {
+			w.durable(j.seq)
+		}
+	case j.after != nil:
+		// The output's own backend error is its device's to report,
+		// as for a release performed at once.
+		j.after()
+		w.durable(j.seq)
+	}
+	w.queued.Add(-1)
+}
+
+// gather returns first and the lazy writes queued right behind it at this
+// moment (from next, else from the queue, without waiting), at most
+// diskBatchMax of them; the second return holds what must be done after
+// them, in order: the job that ended the batch and the rest of next.
+func (w *diskWriter) gather(first diskJob, next []diskJob) ([]diskJob, []diskJob) {
+	batch := []diskJob{first}
+	for len(next) > 0 && next[0].lazy != nil && len(batch) < diskBatchMax {
+		batch, next = append(batch, next[0]), next[1:]
+	}
+	if len(next) > 0 {
+		return batch, next
+	}
+	for len(batch) < diskBatchMax {
+		select {
+		case j, ok := <-w.q:
+			if !ok {
+				// Closed by stop, which queued a drain marker first:
+				// never reached while a batch is open.
+				return batch, nil
 			}
-		case j.after != nil:
-			// The output's own backend error is its device's to report,
-			// as for a release performed at once.
-			j.after()
+			if j.lazy == nil {
+				return batch, []diskJob{j}
+			}
+			batch = append(batch, j)
+		default:
+			return batch, nil
+		}
+	}
+	return batch, nil
+}
+
+// batch performs a run of a secondary's writes (lazy) with one sync:
+// each is written without one, in order, until one fails or the gate
+// refuses; then the disk is synced once and the written ones reported
+// durable, in order. A write that failed is then retried as perform
+// retries one, with everything behind it waiting; if the sync fails,
+// each written one is performed again, durably. It returns the jobs
+// still to do, in order (then) behind what it did not perform.
+func (w *diskWriter) batch(jobs []diskJob, then []diskJob) []diskJob {
+	written := 0
+	var failed error
+	refused := false
+	for _, j := range jobs {
+		if w.given.Load() || (w.gate != nil && w.gate() != nil) {
+			refused = true // perform drops it and logs why
+			break
+		}
+		if failed = j.lazy.write(); failed != nil {
+			break
+		}
+		written++
+	}
+	if written > 0 {
+		w.batches.Add(1)
+		if err := jobs[written-1].lazy.sync(); err != nil {
+			// The writes are in the file but perhaps not on the device,
+			// and a failed fdatasync may have dropped them: each still
+			// held one is written again and made durable on its own.
+			w.errors.Add(1)
+			w.log.Warn("making a batch of block writes durable failed: writing each again with its own fdatasync",
+				"writes", written, "first", jobs[0].what, "err", err)
+			for _, j := range jobs[:written] {
+				w.perform(j)
+			}
+		} else {
+			w.batched.Add(uint64(written))
+			for _, j := range jobs[:written] {
+				if j.lazy.commit != nil {
+					j.lazy.commit()
+				}
+				w.popWrite()
+				w.durable(j.seq)
+				w.queued.Add(-1)
+			}
+		}
+	}
+	rest := jobs[written:]
+	switch {
+	case refused:
+		w.perform(rest[0])
+		rest = rest[1:]
+	case failed != nil:
+		// Retried (with its first error) before anything behind it.
+		j := rest[0]
+		rest = rest[1:]
+		ok := w.writeDurably(j, failed)
+		w.popWrite()
+		if ok {
 			w.durable(j.seq)
 		}
 		w.queued.Add(-1)
 	}
+	return append(rest, then...)
 }
 
 // writeDurably performs one write, retrying it with backoff until it
-// succeeds (true) or the writer is aborted (false).
-func (w *diskWriter) writeDurably(j diskJob) bool {
+// succeeds (true) or the writer is aborted (false). first, if set, is the
+// error of an attempt already made (a batch's write without a sync).
+func (w *diskWriter) writeDurably(j diskJob, first error) bool {
 	wait := diskRetryMinInterval
 	var firstFail, lastLog time.Time
 	attempts := 0
@@ -185,7 +323,12 @@ func (w *diskWriter) writeDurably(j diskJob) bool {
 			w.failing.Store(false)
 			return false
 		}
-		err := j.write()
+		err := first
+		if first != nil {
+			first = nil
+		} else {
+			err = j.write()
+		}
 		if err == nil {
 			if attempts > 0 {
 				w.lastErr.Store("")
@@ -286,10 +429,17 @@ func (w *diskWriter) put(j diskJob) bool {
 // every earlier job; out is its output as the VMM holds it (nil: no VM
 // holds it). Callers are serialized (readyMu).
 func (w *diskWriter) enqueue(what string, seq uint64, write func() error, out *vmm.Output) {
+	w.enqueueLazy(what, seq, write, nil, out)
+}
+
+// enqueueLazy is enqueue for a secondary's write, which lazy (if set)
+// lets the writer make durable in a batch with the writes queued beside
+// it; write still performs it durably on its own.
+func (w *diskWriter) enqueueLazy(what string, seq uint64, write func() error, lazy *lazyWrite, out *vmm.Output) {
 	w.wmu.Lock()
 	w.writes = append(w.writes, out)
 	w.wmu.Unlock()
-	if !w.put(diskJob{write: write, what: what, seq: seq}) {
+	if !w.put(diskJob{write: write, lazy: lazy, what: what, seq: seq}) {
 		// Never queued: the last one listed (the writer pops only
 		// the head, and only of what it took from the queue).
 		w.wmu.Lock()

@@ -206,6 +206,30 @@
 // write whose Release failed held (and visible to the guest's reads), so
 // that the retry can write it.
 //
+// A primary makes each write durable on its own (write, then fdatasync),
+// because its outputs after a write wait for exactly that write and a
+// primary that crashes must leave its disk an ordered prefix of what it
+// released. A secondary's disk needs no per-write durability: a
+// secondary that dies rejoins with a checkpoint, which rewrites its disk
+// where it differs; its disk matters only once it takes over, and then
+// it drains its queue before its disk's side file records it as the new
+// primary's (diskCurrentFor) and before it serves (go-live). So the
+// writes a secondary persists (persist: a.lazyPersist, deliverCarried)
+// are marked lazy, and the writer takes every lazy write queued at that
+// moment, writes them without fdatasync (vmm Output.WriteUnsynced,
+// Machine.DeliverUnsynced: each stays held, visible to reads, until it
+// is marked durable), syncs the disk once and only then reports each
+// durable, in order (diskWriter.batch). Lazy or not is the job's, not the
+// role's: a secondary granted an epoch is a primary already when it
+// drains the writes it persisted, which are still lazy, while the first
+// write it releases as primary is not and ends the batch, as any
+// release or drain does; so none of a primary's own writes is ever
+// synced late. A write of a batch that fails is retried as one on its
+// own is, after the writes before it are synced, with everything behind
+// it waiting (and leaveAfter still applies); a sync that fails makes each
+// write of the batch be performed again with its own fdatasync. A disk
+// shared with the primary (Config.DiskFence) is never batched.
+//
 // # The log's contents
 //
 // codec.go lays out what the lockstep log carries for the VMM: an input's

@@ -48,6 +48,34 @@ func vmmOutput(h heldOutput) *vmm.Output {
 	return o
 }
 
+// unsyncedHeld is a held block write that can be written without
+// fdatasync and marked durable after a sync of the disk: *vmm.Output.
+type unsyncedHeld interface {
+	WriteUnsynced() error
+	SyncDisk() error
+	MarkDurable()
+}
+
+// unsyncedVM is a VM that can deliver a block write without fdatasync and
+// sync its disk: *vmm.Machine.
+type unsyncedVM interface {
+	DeliverUnsynced(d vmm.Device, op uint32, arg uint64, data []byte) error
+	SyncDisk() error
+}
+
+// lazyPersist says how the disk writer may make a write this secondary
+// persists durable in a batch, or nil when it must be made durable on its
+// own: a disk shared with the primary (Config.DiskFence) is the
+// primary's, whose writes each present their fence; a held output that
+// cannot (a test's stand-in).
+func (a *Agent) lazyPersist(h heldOutput) *lazyWrite {
+	u, ok := h.(unsyncedHeld)
+	if !ok || a.cfg.DiskFence != nil {
+		return nil
+	}
+	return &lazyWrite{write: u.WriteUnsynced, sync: u.SyncDisk, commit: u.MarkDurable}
+}
+
 // take removes an output from the table of held outputs.
 func (a *Agent) take(id uint64) (heldEntry, bool) {
 	a.mu.Lock()
@@ -80,15 +108,21 @@ func carriedOutput(vm VM, o lockstep.Output) (func() error, error) {
 }
 
 // deliverCarried performs an output a checkpoint carried: a block write
-// through the disk writer, behind the writes queued before it, anything
-// else at once.
-func (a *Agent) deliverCarried(o lockstep.Output) error {
+// through the disk writer, behind the writes queued before it (one a
+// secondary persists may join a batch: persisted), anything else at once.
+func (a *Agent) deliverCarried(o lockstep.Output, persisted bool) error {
 	do, err := carriedOutput(a.vm, o)
 	if err != nil {
 		return err
 	}
 	if isDiskWrite(o.Device) {
-		a.disk.enqueue(fmt.Sprintf("seq %d (carried by a checkpoint)", o.Seq), o.Seq, a.fenced(o, do), nil)
+		var lazy *lazyWrite
+		if u, ok := a.vm.(unsyncedVM); ok && persisted && a.cfg.DiskFence == nil {
+			dev, op := splitKind(o.Device)
+			arg, data, _ := decodeOutput(o.Data) // decoded once already by carriedOutput
+			lazy = &lazyWrite{write: func() error { return u.DeliverUnsynced(dev, op, arg, data) }, sync: u.SyncDisk}
+		}
+		a.disk.enqueueLazy(fmt.Sprintf("seq %d (carried by a checkpoint)", o.Seq), o.Seq, a.fenced(o, do), lazy, nil)
 		return nil
 	}
 	return a.disk.release(fmt.Sprintf("seq %d (carried by a checkpoint)", o.Seq), o.Seq, do)
@@ -100,13 +134,13 @@ func (a *Agent) deliverCarried(o lockstep.Output) error {
 func (a *Agent) persist(o lockstep.Output) error {
 	a.stats.persisted.Add(1)
 	if e, ok := a.take(o.ID); ok {
-		a.disk.enqueue(fmt.Sprintf("seq %d", o.Seq), o.Seq, e.h.Release, vmmOutput(e.h))
+		a.disk.enqueueLazy(fmt.Sprintf("seq %d", o.Seq), o.Seq, e.h.Release, a.lazyPersist(e.h), vmmOutput(e.h))
 		return nil
 	}
 	if !o.Carried {
 		return errNotHeld("persisting", o)
 	}
-	if err := a.deliverCarried(o); err != nil {
+	if err := a.deliverCarried(o, true); err != nil {
 		return fmt.Errorf("writing seq %d, which a checkpoint carried, to this host's disk: %w", o.Seq, err)
 	}
 	return nil

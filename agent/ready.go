@@ -243,7 +243,7 @@ func (a *Agent) perform(ctx context.Context, w *work) error {
 		if !ok {
 			// An output a checkpoint carried (held on the old primary
 			// when it was taken): no exit of this VM holds it.
-			if err := a.deliverCarried(o); err != nil {
+			if err := a.deliverCarried(o, false); err != nil {
 				return fmt.Errorf("agent: releasing output seq %d that a checkpoint carried: %w", o.Seq, err)
 			}
 			continue
@@ -268,10 +268,13 @@ func (a *Agent) perform(ctx context.Context, w *work) error {
 		// The new primary's guest may read the disk as soon as the gate
 		// opens: every write owed to it must be there. Its exits wait
 		// for this (liveGate), so the client does too: logged.
-		began, jobs := time.Now(), a.disk.queued.Load()
+		// batched: of those, the secondary's persists made durable a
+		// batch at a time; the rest (the outputs go-live released)
+		// were each synced on their own.
+		began, jobs, batched := time.Now(), a.disk.queued.Load(), a.disk.batched.Load()
 		a.disk.drain()
 		a.log.Info("serving live: the writes owed to the guest are on disk", "jobs_drained", jobs,
-			"took", time.Since(began).Round(10*time.Microsecond))
+			"took", time.Since(began).Round(10*time.Microsecond), "batched", a.disk.batched.Load()-batched)
 	}
 	for _, id := range w.drop {
 		if e, ok := a.take(id); ok {
