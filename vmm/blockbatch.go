@@ -50,17 +50,7 @@ func (o *Output) SyncDisk() error {
 // SyncDisk after it made durable: it is done, as after a Release, and no
 // longer held. Calling it for a write that was not synced loses the write
 // on a crash.
-func (o *Output) MarkDurable() {
-	o.mu.Lock()
-	defer o.mu.Unlock()
-	if o.done {
-		return
-	}
-	o.done = true
-	if h, ok := o.dev.(holder); ok {
-		h.unhold(o)
-	}
-}
+func (o *Output) MarkDurable() { o.end() }
 
 // DeliverUnsynced is Deliver for a block write, without fdatasync: the
 // write is in the disk file when it returns, durable only after a later

@@ -185,7 +185,10 @@ func (o *Output) Release() error {
 }
 
 // Drop discards the output: the world never sees it.
-func (o *Output) Drop() {
+func (o *Output) Drop() { o.end() }
+
+// end marks the output done and no longer held, performing nothing.
+func (o *Output) end() {
 	o.mu.Lock()
 	defer o.mu.Unlock()
 	if o.done {
