@@ -6,6 +6,7 @@ import (
 	"net/netip"
 	"os"
 	"runtime"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -127,5 +128,19 @@ func TestStatusShowsRuntimePauses(t *testing.T) {
 	}
 	if r.GCPauseMaxMs > 10_000 {
 		t.Fatalf("longest pause %v ms: not a sane reading of the histogram", r.GCPauseMaxMs)
+	}
+}
+
+// TestDaemonLogsLivenessAsItStops: the line a stopping daemon leaves
+// carries the runtime's pauses, for a daemon that halted and so has no
+// control socket left to ask.
+func TestDaemonLogsLivenessAsItStops(t *testing.T) {
+	runtime.GC()
+	var buf strings.Builder
+	d := &daemon{log: slog.New(slog.NewTextHandler(&buf, nil))}
+	d.logLiveness()
+	line := buf.String()
+	if !strings.Contains(line, "liveness over this daemon's life") || !strings.Contains(line, "gc_pause_max_ms=") || strings.Contains(line, "gc_pause_max_ms=0 ") {
+		t.Fatalf("the stop's liveness line: %q; want the message and a longest GC pause above 0", line)
 	}
 }

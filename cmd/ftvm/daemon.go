@@ -608,6 +608,7 @@ func (d *daemon) run(ctx context.Context) int {
 	d.link.all = d.transports
 	err = d.ag.Run(runCtx, &d.link)
 	d.spans.log(d.log)
+	d.logLiveness()
 	switch {
 	case errors.Is(err, agent.ErrArbiterUnusable):
 		d.log.Error("stopping: the arbiter cannot be used, so this host can neither serve nor take over; fix "+d.cfg.arbiterWhere()+" and start again", "err", err)

@@ -116,6 +116,20 @@ type livenessReport struct {
 	GCPausesOver10ms uint64  `json:"gc_pauses_over_10ms"`
 }
 
+// logLiveness logs, as the daemon stops, what its watchdogs saw over its
+// life and the Go runtime's longest pauses: a daemon that halted after a
+// take-over it did not expect leaves no control socket to ask.
+func (d *daemon) logLiveness() {
+	var r livenessReport
+	for _, tr := range d.transports() {
+		r.add(tr.TCP().Liveness())
+	}
+	r.addRuntimePauses()
+	d.log.Info("liveness over this daemon's life", "realtime", r.Realtime, "peer_silence_max_ms", r.PeerSilenceMaxMs,
+		"own_gap_max_ms", r.OwnGapMaxMs, "own_stalls", r.OwnStalls, "declared_dead", r.DeclaredDead,
+		"gc_stop_max_ms", r.GCStopMaxMs, "gc_pause_max_ms", r.GCPauseMaxMs, "gc_pauses_over_10ms", r.GCPausesOver10ms)
+}
+
 // addRuntimePauses fills in the GC fields from runtime/metrics.
 func (r *livenessReport) addRuntimePauses() {
 	samples := []metrics.Sample{{Name: "/sched/pauses/stopping/gc:seconds"}, {Name: "/sched/pauses/total/gc:seconds"}}
