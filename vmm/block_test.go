@@ -430,20 +430,12 @@ func restoreSyncsWrong(t *testing.T) string {
 // durable, and a restore that wrote nothing (a resync's increment with no
 // disk chunks) makes no fdatasync, which would flush the device's cache
 // in the pause.
-func TestBlockRestoreSyncsWhatItChanged(t *testing.T) {
-	if why := restoreSyncsWrong(t); why != "" {
-		t.Fatal(why)
-	}
-}
+func TestBlockRestoreSyncsWhatItChanged(t *testing.T) { passes(t, restoreSyncsWrong) }
 
 // TestBlockRestoreSkippingSyncIsCaught plants a restore that writes
 // chunks without an fdatasync: the check must catch it.
 func TestBlockRestoreSkippingSyncIsCaught(t *testing.T) {
-	restoreSkipsSync = true
-	defer func() { restoreSkipsSync = false }()
-	if restoreSyncsWrong(t) == "" {
-		t.Fatal("with restores planted to skip their fdatasync the check saw nothing wrong")
-	}
+	caughtWhenPlanted(t, &restoreSkipsSync, restoreSyncsWrong, "restores that skip their fdatasync")
 }
 
 // TestBlockDiskSnapshotOverReleasedWrites: held writes named as released

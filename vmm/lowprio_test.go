@@ -54,20 +54,12 @@ func policyName(p uint32) string {
 // TestAtLowPriorityRunsUnderSchedIdle checks that the work done beside a
 // running guest (a live snapshot, its encoding) runs where the kernel
 // treats its CPU as idle, and leaves the caller's thread as it was.
-func TestAtLowPriorityRunsUnderSchedIdle(t *testing.T) {
-	if why := lowPriorityPolicyWrong(t); why != "" {
-		t.Fatal(why)
-	}
-}
+func TestAtLowPriorityRunsUnderSchedIdle(t *testing.T) { passes(t, lowPriorityPolicyWrong) }
 
 // TestAtLowPriorityAtNiceOnlyIsCaught plants nice 19 in place of
 // SCHED_IDLE: the check must catch it.
 func TestAtLowPriorityAtNiceOnlyIsCaught(t *testing.T) {
-	lowPriorityNiceOnly = true
-	defer func() { lowPriorityNiceOnly = false }()
-	if lowPriorityPolicyWrong(t) == "" {
-		t.Fatal("with AtLowPriority planted at nice 19 the check saw nothing wrong")
-	}
+	caughtWhenPlanted(t, &lowPriorityNiceOnly, lowPriorityPolicyWrong, "AtLowPriority at nice 19")
 }
 
 // TestAtLowPriorityLeavesSchedIdleAfterItsBound checks that fn goes on
@@ -91,5 +83,24 @@ func TestAtLowPriorityLeavesSchedIdleAfterItsBound(t *testing.T) {
 	})
 	if first != unix.SCHED_IDLE || later != unix.SCHED_NORMAL || laterNice != lowPriorityNice {
 		t.Fatalf("fn ran under %s, then %s at nice %d after %v: want SCHED_IDLE, then SCHED_NORMAL at nice %d", policyName(first), policyName(later), laterNice, lowPriorityIdleMax, lowPriorityNice)
+	}
+}
+
+// passes fails the test with what check found wrong, if anything.
+func passes(t *testing.T, check func(*testing.T) string) {
+	t.Helper()
+	if why := check(t); why != "" {
+		t.Fatal(why)
+	}
+}
+
+// caughtWhenPlanted runs check with the planted bug *plant on (what it
+// plants, for the message): check must find something wrong.
+func caughtWhenPlanted(t *testing.T, plant *bool, check func(*testing.T) string, what string) {
+	t.Helper()
+	*plant = true
+	defer func() { *plant = false }()
+	if check(t) == "" {
+		t.Fatalf("with %s planted the check saw nothing wrong", what)
 	}
 }

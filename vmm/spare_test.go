@@ -71,20 +71,12 @@ func spareEncodingWrong(t *testing.T) string {
 // TestSpareEncodesAsCopied: an increment encoded in the spare, stale
 // bytes and all, is the one encoded by copying, and the spare is handed
 // to one snapshot only.
-func TestSpareEncodesAsCopied(t *testing.T) {
-	if why := spareEncodingWrong(t); why != "" {
-		t.Fatal(why)
-	}
-}
+func TestSpareEncodesAsCopied(t *testing.T) { passes(t, spareEncodingWrong) }
 
 // TestSpareHandedTwiceIsCaught plants a spare that stays after it is
 // handed out: the check must see the first increment overwritten.
 func TestSpareHandedTwiceIsCaught(t *testing.T) {
-	spareHandedTwice = true
-	defer func() { spareHandedTwice = false }()
-	if spareEncodingWrong(t) == "" {
-		t.Fatal("with the spare planted to be handed out twice the check saw nothing wrong")
-	}
+	caughtWhenPlanted(t, &spareHandedTwice, spareEncodingWrong, "the spare handed out twice")
 }
 
 // waitSpare waits for sp's spare to be at least n bytes.
