@@ -124,13 +124,21 @@ func (th *testHost) session() *concurrency.Session {
 	return th.sess
 }
 
-func startHost(t *testing.T, m *etcdtest.Member, k Keys, name string, slots int) *testHost {
+// dialMember connects to the in-process etcd member, closed at the end
+// of the test.
+func dialMember(t *testing.T, m *etcdtest.Member) *clientv3.Client {
 	t.Helper()
 	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{m.URL}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { cli.Close() })
+	return cli
+}
+
+func startHost(t *testing.T, m *etcdtest.Member, k Keys, name string, slots int) *testHost {
+	t.Helper()
+	cli := dialMember(t, m)
 	ttl := concurrency.WithTTL(int(etcdtest.MinTTL / time.Second))
 	sess, err := concurrency.NewSession(cli, ttl)
 	if err != nil {
@@ -246,11 +254,7 @@ func checkPlacements(t *testing.T, p *Pool) {
 func TestPoolReprotectsAfterHostDies(t *testing.T) {
 	m := etcdtest.Start(t)
 	k := Keys{Prefix: "/test-pool/"}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{m.URL}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	cli := dialMember(t, m)
 	hosts := map[string]*testHost{}
 	for _, name := range []string{"a", "b", "d", "e"} {
 		hosts[name] = startHost(t, m, k, name, 2)
@@ -339,11 +343,7 @@ func TestPoolReprotectsAfterHostDies(t *testing.T) {
 func TestHostKeepsItsDaemonsThroughALostLease(t *testing.T) {
 	m := etcdtest.Start(t)
 	k := Keys{Prefix: "/test-lease-lost/"}
-	cli, err := clientv3.New(clientv3.Config{Endpoints: []string{m.URL}, DialTimeout: 5 * time.Second, Logger: zap.NewNop()})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cli.Close()
+	cli := dialMember(t, m)
 	hosts := map[string]*testHost{}
 	for _, name := range []string{"a", "b", "d"} {
 		hosts[name] = startHost(t, m, k, name, 2)
