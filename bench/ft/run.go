@@ -26,6 +26,10 @@ type Options struct {
 	GuestsDir string // where the guest programs are (vmm/guests/build)
 	OutDir    string // results.md, results.json, the plots; work/ and logs/ under it (replaced)
 	Workloads []Workload
+	// DaemonFlags are more flags for every daemon of every cell, after
+	// the workload's own (a heartbeat timeout for a machine whose load
+	// would break pairs by itself, say).
+	DaemonFlags []string
 	// Transports lists the transports of the protected setups (names of
 	// Transports).
 	Transports []string
@@ -152,7 +156,7 @@ func (c *cell) run(ctx context.Context) (*Row, error) {
 	if err := os.MkdirAll(c.dir, 0o755); err != nil {
 		return nil, err
 	}
-	flags := append([]string{"--log-format", "json"}, c.w.Flags...)
+	flags := append(append([]string{"--log-format", "json"}, c.w.Flags...), c.o.DaemonFlags...)
 	mode := c.s.Mode
 	if mode == "" {
 		mode = "receipt"

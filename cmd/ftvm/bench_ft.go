@@ -44,6 +44,7 @@ func runBenchFT(e *env, args []string) int {
 	transports := fs.String("transports", strings.Join(ft.DefaultTransports, ","), "comma-separated transports of the protected setups: "+strings.Join(ft.TransportNames(), ", ")+" (rdma needs an RDMA device)")
 	prefix := fs.String("prefix", "ftvm-bench", "names the test bed's network namespaces (PREFIX-a, -b, -c, -sw): two runs at once need two prefixes")
 	guests := fs.String("guests", "vmm/guests/build", "directory of the guest programs (make guests builds them)")
+	daemonFlags := fs.String("daemon-flags", "", "more flags for every daemon, space-separated (e.g. '--heartbeat-timeout 300ms' on a machine so loaded that pairs break by themselves; the default is the daemon's own)")
 	fs.Usage = func() {
 		fmt.Fprintf(fs.Output(), `usage: ftvm bench ft [--quick] [--out DIR] [--workloads a,b] [--transports tcp,shm]
 
@@ -86,7 +87,7 @@ flags:
 	if done, code := parseFlags(e, fs, args); done {
 		return code
 	}
-	o := ft.Options{Warmup: benchFTWarmup, Window: benchFTWindow, Quick: *quick, Prefix: *prefix}
+	o := ft.Options{Warmup: benchFTWarmup, Window: benchFTWindow, Quick: *quick, Prefix: *prefix, DaemonFlags: strings.Fields(*daemonFlags)}
 	if *quick {
 		o.Warmup, o.Window = benchFTQuickWarmup, benchFTQuickWindow
 	}
