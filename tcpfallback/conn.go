@@ -133,12 +133,7 @@ func newLaneConn(l *lane, raw net.Conn, tcp *net.TCPConn, peerMax uint32, leftov
 	}
 	for k := range c.watch {
 		lw := &c.watch[k]
-		lw.inqFn = func(fd uintptr) {
-			lw.inqN = -1
-			if v, err := unix.IoctlGetInt(int(fd), unix.SIOCINQ); err == nil {
-				lw.inqN = v
-			}
-		}
+		lw.inqFn = func(fd uintptr) { lw.inqN = unreadBytes(fd) }
 	}
 	if _, isTLS := raw.(*tls.Conn); isTLS {
 		c.bw = bufio.NewWriterSize(raw, tlsStagingBytes)

@@ -157,9 +157,34 @@ const (
 // watchdogThreadsMax bounds the watchdog threads: one a CPU, at most two.
 const watchdogThreadsMax = 2
 
-// watchdogState is the watchdog's statistics for a transport, under liveMu.
+// watchdogState is the watchdog's statistics for a transport. Each thread
+// keeps its own, touched by nobody else, and after each look publishes a
+// copy for Liveness, if no reader holds the copy at that moment: a
+// watchdog thread never waits for a lock a thread of normal priority may
+// hold. A reader that is not run while it holds one (ftvm status asking,
+// its thread preempted by the watchdog's own wake-up and left behind busy
+// threads, which on a loaded 2-core host lasts 100 ms or more) used to
+// stop both threads' heartbeats for as long, and the peer took this host
+// for dead (TestHeldStatisticsDoNotStopHeartbeats).
 type watchdogState struct {
-	stats LivenessStats
+	tick   atomic.Int64 // the look period, for Liveness
+	thread [watchdogThreadsMax]threadStats
+}
+
+// threadStats is one watchdog thread's statistics of a transport.
+type threadStats struct {
+	own   LivenessStats // the thread's own: only the thread touches it
+	pubMu sync.Mutex    // taken by readers, and by the thread only with TryLock
+	pub   LivenessStats // own as last published, under pubMu
+}
+
+// publish copies the thread's statistics to where Liveness reads them,
+// unless a reader holds them now (the next look publishes them then).
+func (s *threadStats) publish() {
+	if s.pubMu.TryLock() {
+		s.pub = s.own
+		s.pubMu.Unlock()
+	}
 }
 
 // raiseToRealtime puts the calling thread in SCHED_FIFO. The caller has
@@ -206,6 +231,33 @@ var watchdogs struct {
 	// Each thread's priority once tried: "" (real-time) or why not.
 	rtErr []string
 	cpus  []int
+	// snap is what the threads read on each round instead of taking mu
+	// (see watchdogState for why they take no lock others hold),
+	// published under mu whenever what it copies changes.
+	snap atomic.Pointer[watchSnap]
+}
+
+// watchSnap is what a watchdog thread needs of the watchdogs' state.
+type watchSnap struct {
+	ts       []*Transport
+	threads  int
+	realtime bool
+	rtErr    string
+}
+
+// publishLocked makes the threads' snapshot; watchdogs.mu must be held.
+func publishLocked() {
+	w := &watchdogs
+	s := &watchSnap{threads: w.threads, realtime: true}
+	for t := range w.set {
+		s.ts = append(s.ts, t)
+	}
+	for _, e := range w.rtErr {
+		if e != "" {
+			s.realtime, s.rtErr = false, e
+		}
+	}
+	w.snap.Store(s)
 }
 
 // watchdogHoldsP: the watchdog threads keep their P while they sleep only
@@ -216,10 +268,13 @@ func watchdogHoldsP() bool { return runtime.GOMAXPROCS(0) > runtime.NumCPU() }
 
 // watchState is a transport's part of the watchdog's schedule, one a
 // thread; wmu is held while that thread looks at the transport, so that
-// Close can wait for a look to end.
+// Close can wait for a look to end (the thread only tries it: a transport
+// whose wmu it cannot have is being stopped, and stopped says so to the
+// looks that come after).
 type watchState struct {
-	tick   time.Duration
-	thread [watchdogThreadsMax]struct {
+	tick    time.Duration
+	stopped atomic.Bool
+	thread  [watchdogThreadsMax]struct {
 		wmu        sync.Mutex
 		prev, next time.Time
 	}
@@ -230,13 +285,14 @@ type watchState struct {
 func (t *Transport) startWatchdog() {
 	now := time.Now()
 	t.watch.tick = t.cfg.HeartbeatInterval / watchdogTicksPerInterval
+	t.watch.stopped.Store(false)
 	for k := range t.watch.thread {
+		// The threads look in turn, not together, so that their looks
+		// and heartbeats spread over the tick.
 		th := &t.watch.thread[k]
-		th.prev, th.next = now, now.Add(t.watch.tick)
+		th.prev, th.next = now, now.Add(t.watch.tick+time.Duration(k)*t.watch.tick/watchdogThreadsMax)
 	}
-	t.liveMu.Lock()
-	t.watchdog.stats.Tick = t.watch.tick
-	t.liveMu.Unlock()
+	t.watchdog.tick.Store(int64(t.watch.tick))
 	if t.cfg.OnWatchdog != nil {
 		t.cfg.OnWatchdog(WatchdogStarted)
 	}
@@ -250,6 +306,7 @@ func (t *Transport) startWatchdog() {
 		w.rtErr = make([]string, len(w.cpus))
 	}
 	w.set[t] = struct{}{}
+	publishLocked()
 	for range w.running {
 		select {
 		case w.wake <- struct{}{}:
@@ -258,6 +315,7 @@ func (t *Transport) startWatchdog() {
 	}
 	if w.running == 0 {
 		w.threads = len(w.cpus)
+		publishLocked()
 		for k := range w.cpus {
 			w.running++
 			go runWatchdog(k)
@@ -272,10 +330,12 @@ func (t *Transport) stopWatchdog() {
 	w.mu.Lock()
 	_, ok := w.set[t]
 	delete(w.set, t)
+	publishLocked()
 	w.mu.Unlock()
 	if !ok {
 		return
 	}
+	t.watch.stopped.Store(true)
 	for k := range t.watch.thread {
 		t.watch.thread[k].wmu.Lock()
 		t.watch.thread[k].wmu.Unlock()
@@ -307,27 +367,21 @@ func runWatchdog(k int) {
 	if len(errs) > 0 {
 		w.rtErr[k] = fmt.Sprintf("watchdog thread %d: %s", k, errs)
 	}
+	publishLocked()
 	w.mu.Unlock()
-	var ts []*Transport
 	for {
-		w.mu.Lock()
-		if len(w.set) == 0 {
-			w.running--
-			w.mu.Unlock()
-			return
-		}
-		ts = ts[:0]
-		for t := range w.set {
-			ts = append(ts, t)
-		}
-		realtime, rtErr := true, ""
-		for _, e := range w.rtErr {
-			if e != "" {
-				realtime, rtErr = false, e
+		s := w.snap.Load()
+		if len(s.ts) == 0 {
+			w.mu.Lock()
+			if len(w.set) == 0 {
+				w.running--
+				w.mu.Unlock()
+				return
 			}
+			w.mu.Unlock()
+			continue // a transport came meanwhile: the snapshot has it now
 		}
-		threads := w.threads
-		w.mu.Unlock()
+		ts, threads, realtime, rtErr := s.ts, s.threads, s.realtime, s.rtErr
 		// The clock now, not the time the look was due: a byte that
 		// arrived while the look was late was heard at most now.
 		now := time.Now()
@@ -335,7 +389,13 @@ func runWatchdog(k int) {
 		watching := false
 		for _, t := range ts {
 			th := &t.watch.thread[k]
-			th.wmu.Lock()
+			if !th.wmu.TryLock() {
+				continue // stopWatchdog has it: t is leaving
+			}
+			if t.watch.stopped.Load() {
+				th.wmu.Unlock()
+				continue
+			}
 			if !now.Before(th.next) {
 				gap := now.Sub(th.prev)
 				th.prev = now
@@ -419,9 +479,10 @@ func (t *Transport) look(k, threads int, now time.Time, gap, credit time.Duratio
 		}
 	}
 	var dead [LaneCount]bool
-	t.liveMu.Lock()
-	st := &t.watchdog.stats
+	ts := &t.watchdog.thread[k]
+	st := &ts.own
 	st.Realtime, st.RealtimeError = realtime, rtErr
+	st.Tick = t.watch.tick
 	st.OwnGap.add(gap)
 	st.OwnGapMax = max(st.OwnGapMax, gap)
 	if gap > watchdogCreditTicks*st.Tick {
@@ -443,7 +504,7 @@ func (t *Transport) look(k, threads int, now time.Time, gap, credit time.Duratio
 			st.PeerSilenceMax = max(st.PeerSilenceMax, lw.silence)
 		}
 	}
-	t.liveMu.Unlock()
+	ts.publish()
 	for i, c := range conns {
 		if c == nil {
 			continue
@@ -529,9 +590,37 @@ func (t *Transport) SetHeartbeatTimeout(d time.Duration) {
 	t.hbTimeout.Store(int64(d))
 }
 
-// Liveness returns a snapshot of what the watchdog saw.
+// Liveness returns a snapshot of what the watchdog saw: its threads'
+// statistics as each last published them, added up. Realtime holds once
+// a thread has looked and while every thread that looked runs real-time.
 func (t *Transport) Liveness() LivenessStats {
-	t.liveMu.Lock()
-	defer t.liveMu.Unlock()
-	return t.watchdog.stats
+	out := LivenessStats{Tick: time.Duration(t.watchdog.tick.Load())}
+	looked := false
+	for k := range t.watchdog.thread {
+		ts := &t.watchdog.thread[k]
+		ts.pubMu.Lock()
+		s := ts.pub
+		ts.pubMu.Unlock()
+		if s.Tick == 0 {
+			continue // this thread has not looked at t yet
+		}
+		if !looked {
+			out.Realtime, looked = true, true
+		}
+		if !s.Realtime {
+			out.Realtime = false
+			if out.RealtimeError == "" {
+				out.RealtimeError = s.RealtimeError
+			}
+		}
+		for i := range out.PeerSilence {
+			out.PeerSilence[i] += s.PeerSilence[i]
+			out.OwnGap[i] += s.OwnGap[i]
+		}
+		out.PeerSilenceMax = max(out.PeerSilenceMax, s.PeerSilenceMax)
+		out.OwnGapMax = max(out.OwnGapMax, s.OwnGapMax)
+		out.OwnStalls += s.OwnStalls
+		out.DeclaredDead += s.DeclaredDead
+	}
+	return out
 }

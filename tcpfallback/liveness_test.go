@@ -240,3 +240,39 @@ func TestSetHeartbeatTimeout(t *testing.T) {
 		}
 	}
 }
+
+// A reader of the watchdog's statistics that is not run while it holds
+// them (ftvm status asking, its thread preempted by the watchdog's own
+// wake-up and then left waiting behind busy threads of normal priority,
+// which on a loaded 2-core host is 100 ms or more) must not stop the
+// heartbeats: a watchdog thread that waited for it sent none, the peer
+// counted the silence, and a 10-minute soak failed over with no fault.
+// Here the statistics are held for several heartbeat timeouts while a
+// peer in another process watches; it must declare nothing dead.
+func TestHeldStatisticsDoNotStopHeartbeats(t *testing.T) {
+	_, _, _, addr := startLivenessChild(t, "listen")
+	d := dial(t, strings.TrimSpace(addr), livenessConfig(newSink()))
+	waitConnected(t, d)
+	time.Sleep(20 * DefaultHeartbeatInterval)
+	drainEvents(d)
+	release := holdLivenessStats(d)
+	time.Sleep(6 * DefaultHeartbeatTimeout)
+	release()
+	time.Sleep(4 * DefaultHeartbeatTimeout) // for a late loss to show
+	for {
+		select {
+		case ev := <-d.Events():
+			if ev.Kind == EventLaneDown {
+				t.Fatalf("the peer dropped this side while its watchdog statistics were held: %v", ev)
+			}
+			continue
+		default:
+		}
+		break
+	}
+	lv := d.Liveness()
+	if lv.OwnGap.Above(0) == 0 {
+		t.Fatalf("the watchdog made no looks: %+v", lv)
+	}
+	t.Logf("watchdog: own gaps %s (max %v), silences %s", lv.OwnGap, lv.OwnGapMax, lv.PeerSilence)
+}

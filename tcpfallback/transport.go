@@ -44,7 +44,6 @@ type Transport struct {
 	lanes  [LaneCount]*lane
 	stats  transportStats
 
-	liveMu   sync.Mutex // guards watchdog
 	watchdog watchdogState
 	watch    watchState // the watchdog's schedule for this transport
 	// hbTimeout overrides cfg.HeartbeatTimeout when positive (ns;
