@@ -158,8 +158,13 @@
 // rather than on a Go timer and, where GOMAXPROCS exceeds the CPUs, keep
 // their Go processor while they sleep, so that a loaded host (or a
 // process whose Ps are all busy) delays neither their heartbeats nor
-// their looks. Each looks at each lane twice per HeartbeatInterval
-// (default 2 ms). A lane that has sent nothing
+// their looks. Neither takes a lock that another thread may hold while it
+// is not run: each keeps its own statistics and publishes a copy for
+// Liveness only when no reader holds it, and reads the set of transports
+// from a snapshot (a status reader preempted while holding the watchdog's
+// one lock once stopped both threads for 126 ms, and the peer took the
+// host for dead). Each looks at each lane twice per HeartbeatInterval
+// (default 2 ms), the two threads half a tick apart. A lane that has sent nothing
 // for an interval sends a heartbeat (never waiting for a writer that holds
 // the lane, nor for room in the socket: a writer is as good as a
 // heartbeat, and a full socket means a peer that does not read). The peer
