@@ -160,17 +160,33 @@ func setLinkUp(name string) error {
 // announceSchedule is when a host that starts serving the VM (a primary at
 // start, a secondary at go-live) announces the VM's MAC, counted from
 // then: twice at once, in case the first meets a switch port still coming
-// up, then again and again over the first seconds, as VRRP
-// implementations do. A frame the old primary still sent after the first
-// announcement (it woke up from a stall before it learnt it was deposed)
-// moves the VM's address back to its port on the switch; the next
-// announcement moves it here again, so such a frame costs the clients at
-// most the gap to the next one, not the life of their ARP entries.
-var announceSchedule = []time.Duration{
-	0, 0,
-	50 * time.Millisecond, 150 * time.Millisecond, 300 * time.Millisecond,
-	600 * time.Millisecond, time.Second, 2 * time.Second, 4 * time.Second,
-}
+// up, then every announceDenseEvery for the first announceDenseFor, then
+// less and less often over the first seconds, as VRRP implementations
+// do. A frame the old primary still sent after the first announcement (it
+// woke up from a stall before it learnt it was deposed) moves the VM's
+// address back to its port on the switch; the next announcement moves it
+// here again, so such a frame costs the clients at most the gap to the
+// next one, not the life of their ARP entries. This host sees such a
+// frame only when the switch floods it (staleFrameSeen); a unicast one
+// goes to its destination alone, hence the dense start: an old primary
+// wakes within the first half second of its successor's life when it
+// stalled for not much more than the heartbeat timeout, and the freeze
+// scenario (SIGSTOP 110-130 ms) found the clients cut off until the next
+// announcement, 150 ms after go-live when the schedule began 0, 50, 150.
+var announceSchedule = func() []time.Duration {
+	s := []time.Duration{0, 0}
+	for at := announceDenseEvery; at <= announceDenseFor; at += announceDenseEvery {
+		s = append(s, at)
+	}
+	return append(s, time.Second, 2*time.Second, 4*time.Second)
+}()
+
+// announceDenseEvery and announceDenseFor: the dense start of
+// announceSchedule (25 gratuitous ARPs of 42 bytes in half a second).
+const (
+	announceDenseEvery = 20 * time.Millisecond
+	announceDenseFor   = 500 * time.Millisecond
+)
 
 // staleAnnounceMinInterval bounds how often a frame seen from the VM's own
 // MAC (another host sending as this VM) starts the announcements again.
