@@ -305,6 +305,7 @@ type Agent struct {
 	diskPaused bool       // loop only
 	halted     bool       // loop only
 	pause      pauseTimes // loop only: the pause under way for a checkpoint
+	tail       pauseTail  // what follows the last such pause, up to the first frame out
 	haltWhy    string     // loop only
 	guarded    bool       // loop only: a secondary was in step at least once
 	granted    bool       // loop only: this host was primary in some epoch: its VM may run
@@ -446,6 +447,9 @@ func (a *Agent) HandleFrameFrom(src LaneDropper, f transport.Frame) {
 	if err != nil {
 		a.badFrame(src, f, err)
 		return
+	}
+	if _, ok := m.(*wire.Ack); ok {
+		a.tail.markAck()
 	}
 	a.mu.Lock()
 	if ack, ok := m.(*wire.Ack); ok && len(a.handles) > 0 {
