@@ -306,6 +306,7 @@ type Agent struct {
 	halted     bool       // loop only
 	pause      pauseTimes // loop only: the pause under way for a checkpoint
 	tail       pauseTail  // what follows the last such pause, up to the first frame out
+	joinGC     joinGC     // the collector kept off across a join's pause (joingc.go)
 	haltWhy    string     // loop only
 	guarded    bool       // loop only: a secondary was in step at least once
 	granted    bool       // loop only: this host was primary in some epoch: its VM may run
@@ -590,6 +591,7 @@ func (a *Agent) Run(ctx context.Context, tr Transport) (err error) {
 		a.readyMu.Unlock()
 		a.disk.stop()
 		a.dropJoinVM()
+		a.joinGC.release() // the collector is the process's, not this run's
 		if a.vm != nil {
 			a.abandonExits(true)
 			a.vm.Close()

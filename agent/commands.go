@@ -46,6 +46,7 @@ func (a *Agent) command(ctx context.Context, c lockstep.Command) error {
 			a.pause = pauseTimes{}
 			a.tail.begin(time.Now())
 		}
+		a.joinGC.releaseAfter(joinGCTail)
 		return a.applyRun()
 	case lockstep.CmdTakeCheckpoint:
 		return a.takeCheckpoint(c.Checkpoint)
