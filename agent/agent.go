@@ -305,6 +305,8 @@ type Agent struct {
 	diskPaused bool       // loop only
 	halted     bool       // loop only
 	pause      pauseTimes // loop only: the pause under way for a checkpoint
+	tail       pauseTail  // what follows the last such pause, up to the first frame out
+	joinGC     joinGC     // the collector kept off across a join's pause (joingc.go)
 	haltWhy    string     // loop only
 	guarded    bool       // loop only: a secondary was in step at least once
 	granted    bool       // loop only: this host was primary in some epoch: its VM may run
@@ -447,6 +449,9 @@ func (a *Agent) HandleFrameFrom(src LaneDropper, f transport.Frame) {
 		a.badFrame(src, f, err)
 		return
 	}
+	if _, ok := m.(*wire.Ack); ok {
+		a.tail.markAck()
+	}
 	a.mu.Lock()
 	if ack, ok := m.(*wire.Ack); ok && len(a.handles) > 0 {
 		// Only while an output waits for one: each call is a trap
@@ -586,6 +591,7 @@ func (a *Agent) Run(ctx context.Context, tr Transport) (err error) {
 		a.readyMu.Unlock()
 		a.disk.stop()
 		a.dropJoinVM()
+		a.joinGC.release() // the collector is the process's, not this run's
 		if a.vm != nil {
 			a.abandonExits(true)
 			a.vm.Close()

@@ -22,6 +22,9 @@ func (a *Agent) takeCheckpoint(c lockstep.Checkpoint) error {
 	if a.vm == nil || !a.booted {
 		return errors.New("no VM to checkpoint")
 	}
+	// Until joinGCTail after the pause that ends this sync (CmdResume),
+	// or its failure.
+	a.joinGC.hold()
 	if c.Live {
 		// A copy of the running VM takes as long as its memory: on a
 		// goroutine of its own, so that the loop goes on meanwhile.
@@ -87,6 +90,7 @@ type pauseTimes struct {
 // be taken: it gives that join up and the VM goes on unprotected (a
 // primary never stops because a secondary could not join).
 func (a *Agent) checkpointFailed(id uint64, cause error) error {
+	a.joinGC.release()
 	a.mu.Lock()
 	err := a.node.CheckpointFailed(id, cause)
 	a.mu.Unlock()
@@ -275,6 +279,8 @@ func (a *Agent) loadPart(c lockstep.Checkpoint) error {
 	j := a.joinVM
 	switch {
 	case c.Full && s.Kind == vmm.Full:
+		// Until joinGCTail after the restore that ends the chain.
+		a.joinGC.hold()
 		a.dropJoinVM()
 		a.retireVM()
 		vm, err := a.cfg.NewVM(a)
@@ -442,6 +448,7 @@ func (a *Agent) restore(c lockstep.Checkpoint) error {
 	}
 	err = a.node.CheckpointRestored(c.ID)
 	a.mu.Unlock()
+	a.joinGC.releaseAfter(joinGCTail)
 	if err != nil {
 		return err
 	}

@@ -44,7 +44,9 @@ func (a *Agent) command(ctx context.Context, c lockstep.Command) error {
 			a.log.Info("resumed after the pause for a checkpoint", "paused", r(time.Since(p.began)),
 				"stopping", r(p.stop), "disk_drain", r(p.drain), "snapshot", r(p.snapshot-p.drain))
 			a.pause = pauseTimes{}
+			a.tail.begin(time.Now())
 		}
+		a.joinGC.releaseAfter(joinGCTail)
 		return a.applyRun()
 	case lockstep.CmdTakeCheckpoint:
 		return a.takeCheckpoint(c.Checkpoint)

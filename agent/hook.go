@@ -228,6 +228,7 @@ func (a *Agent) output(x exitReq, in exitInfo, kind uint16) (vmm.Result, error) 
 			}
 			a.handles[id] = heldEntry{h: h, at: time.Now()}
 			probeOutputHeld(id)
+			a.tail.markHeld()
 			if a.bugReleaseOnHold {
 				h.Release()
 			}

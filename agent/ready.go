@@ -259,10 +259,22 @@ func (a *Agent) perform(ctx context.Context, w *work) error {
 		// it until it is; any other output leaves only once the writes
 		// released before it are durable (diskWriter.release).
 		if isDiskWrite(o.Device) {
-			a.disk.enqueue(fmt.Sprintf("seq %d", o.Seq), o.Seq, a.fenced(o, e.h.Release), vmmOutput(e.h))
+			write := a.fenced(o, e.h.Release)
+			if a.tail.timing() {
+				write = func(w func() error) func() error {
+					return func() error { err := w(); a.tail.markDurable(); return err }
+				}(write)
+			}
+			a.disk.enqueue(fmt.Sprintf("seq %d", o.Seq), o.Seq, write, vmmOutput(e.h))
 			continue
 		}
-		a.disk.release(fmt.Sprintf("seq %d", o.Seq), o.Seq, e.h.Release)
+		send := e.h.Release
+		if a.tail.timing() && isNIC(o.Device) {
+			send = func(s func() error) func() error {
+				return func() error { err := s(); a.tail.markFrame(a.log); return err }
+			}(send)
+		}
+		a.disk.release(fmt.Sprintf("seq %d", o.Seq), o.Seq, send)
 	}
 	if w.goLive {
 		// The new primary's guest may read the disk as soon as the gate

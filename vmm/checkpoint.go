@@ -263,6 +263,25 @@ func releaseGC() {
 	}
 }
 
+// HoldGC keeps the garbage collector off until a matching ReleaseGC, as
+// AtLowPriority does while its fn runs (the holds are counted together):
+// for a caller whose guest must not meet a collection for a while, such
+// as a primary between the first live copy of a join and the first
+// frames after its pause. The heap grows without a collection meanwhile,
+// so a hold must be bounded in time by its caller.
+func HoldGC() { holdGC() }
+
+// ReleaseGC undoes one HoldGC.
+func ReleaseGC() { releaseGC() }
+
+// GCHeld reports whether a HoldGC or an AtLowPriority keeps the collector
+// off now.
+func GCHeld() bool {
+	gcHold.Lock()
+	defer gcHold.Unlock()
+	return gcHold.n > 0
+}
+
 // lowPriorityKeepsGC is a planted bug for the tests, which must catch
 // it: AtLowPriority leaves the garbage collector on.
 var lowPriorityKeepsGC = false

@@ -83,6 +83,12 @@
 // Report: failover and take-over times, the client served again by the new
 // primary, time to be protected again, hold latency against the
 // transport's round trip, and the client's history for bench/linearize.
+// Each round also has the client's longest silence during the
+// re-protection (Round.JoinGap) with what the client itself did in it:
+// the requests it sent, its own longest time without sending (near the
+// whole silence when the client's process did not run, which is then no
+// silence of the pair's) and the replies ending it that answered a
+// resend (TestE2EKillPrimary logs them per round).
 // SilencePrimary is a host that loses power or freezes: its daemon is
 // stopped (Cluster.Suspend) and its port cut at once (IsolateHost), so
 // nothing of it reaches anybody; once the secondary is live the stopped

@@ -151,8 +151,9 @@ func TestE2EKillPrimary(t *testing.T) {
 		if r.TakeOver <= 0 {
 			t.Errorf("round %d: the survivor reported no take-over time (%v)", i+1, r.TakeOver)
 		}
-		t.Logf("round %d: longest silence during the join %v from %s (join %s to %s)", i+1, r.JoinGap, r.JoinGapAt.Format("15:04:05.000"),
-			r.JoinFrom.Format("15:04:05.000"), r.JoinTo.Format("15:04:05.000"))
+		t.Logf("round %d: longest silence during the join %v from %s (join %s to %s); within it the client sent %d requests, sent nothing for %v at most, and %d of the replies ending it answered a resend",
+			i+1, r.JoinGap, r.JoinGapAt.Format("15:04:05.000"), r.JoinFrom.Format("15:04:05.000"), r.JoinTo.Format("15:04:05.000"),
+			r.JoinGapSent, r.JoinGapSendGap.Round(10*time.Microsecond), r.JoinGapResent)
 	}
 }
 

@@ -144,6 +144,14 @@ type Round struct {
 	JoinFrom, JoinTo time.Time
 	JoinGap          time.Duration
 	JoinGapAt        time.Time // when JoinGap began
+	// What the client did during JoinGap, to tell the server's silence
+	// from the client's own: JoinGapSent requests it first sent within
+	// the gap, the longest time within it it sent nothing new
+	// (JoinGapSendGap: near JoinGap when the client itself did not run),
+	// and JoinGapResent of the replies that ended it that were answers
+	// to a resend (the client's attempt timeout was in the silence).
+	JoinGapSent, JoinGapResent int
+	JoinGapSendGap             time.Duration
 }
 
 // Report is the outcome of a run.
@@ -587,7 +595,28 @@ func (r *Round) measureFromHistory(res *kvclient.Result, until time.Time) {
 				r.JoinGap, r.JoinGapAt = g, res.Origin.Add(time.Duration(completes[j-1]))
 			}
 		}
+		if r.JoinGap > 0 {
+			r.measureJoinGap(res)
+		}
 	}
+}
+
+// measureJoinGap fills in what the client did during JoinGap.
+func (r *Round) measureJoinGap(res *kvclient.Result) {
+	lo := r.JoinGapAt.Sub(res.Origin).Nanoseconds()
+	hi := lo + r.JoinGap.Nanoseconds()
+	last := lo
+	for _, op := range res.History { // in invoke order
+		if op.Invoke > lo && op.Invoke < hi {
+			r.JoinGapSent++
+			r.JoinGapSendGap = max(r.JoinGapSendGap, time.Duration(op.Invoke-last))
+			last = op.Invoke
+		}
+		if op.Outcome != linearize.Unknown && op.Complete == hi && op.Attempts > 1 {
+			r.JoinGapResent++
+		}
+	}
+	r.JoinGapSendGap = max(r.JoinGapSendGap, time.Duration(hi-last))
 }
 
 func newNsHistogram() *hdrhistogram.Histogram {
