@@ -380,7 +380,12 @@ var errResumeLiveRestored = fmt.Errorf("%w: apply the paused increment that foll
 // and Snapshot refuse it (ErrLiveRestored) until a snapshot that is not
 // live, the paused increment that ends the pre-copy, is applied on top.
 func (m *Machine) Restore(s *Snapshot) error {
-	return m.do(func() error { return m.restoreSnapshot(s) })
+	err := m.do(func() error { return m.restoreSnapshot(s) })
+	if err == nil && !s.Live {
+		// The VM has a base now: a resync may ask for its successor.
+		m.prep.prepare(m)
+	}
+	return err
 }
 
 // newChainID picks a random chain id, so that increments of one VM's

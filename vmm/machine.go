@@ -163,6 +163,9 @@ type Machine struct {
 	// spare is the buffer kept ready for a resync increment's encoding
 	// (resync.go).
 	spare spareBuffer
+	// prep is the VM and vCPU kept ready for a Successor (successor.go),
+	// shared with the successors.
+	prep *successorPrep
 }
 
 type cmdKind int
@@ -256,6 +259,7 @@ func newMachine(cfg Config) (*Machine, error) {
 		loopDone:  make(chan struct{}),
 		changed:   make(chan struct{}),
 		freshMem:  true,
+		prep:      &successorPrep{},
 	}, nil
 }
 
@@ -397,12 +401,17 @@ func (m *Machine) release() {
 	if m.vm != nil {
 		m.vm.Close()
 	}
-	if m.mem != nil && m.kvm != nil {
-		unix.Munmap(m.mem.buf)
-	}
-	if m.kvm != nil {
-		m.kvm.Close()
-	}
+	// A successor's VM being prepared uses the memory and /dev/kvm:
+	// they go when it is done.
+	mem, sys := m.mem, m.kvm
+	m.prep.close(func() {
+		if mem != nil && sys != nil {
+			unix.Munmap(mem.buf)
+		}
+		if sys != nil {
+			sys.Close()
+		}
+	})
 }
 
 // Load writes a guest program (a static x86-64 ELF linked at LoadBase),

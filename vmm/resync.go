@@ -32,8 +32,9 @@ import (
 //	next, err := sec.Successor(hook)         // sec is closed
 //	err = next.Restore(s)                    // ErrNotCovered: ask for a full one
 //
-// The cost is the VM's creation and the differing pages and chunks, not
-// the VM's size.
+// The cost is the differing pages and chunks, not the VM's size; the
+// successor's KVM VM and vCPU are made ahead, while the VM runs
+// (successorPrep), so the pause only loads state into them.
 
 // ErrBaseMismatch is wrapped by SnapshotCovering's error when the VM is
 // not at the other VM's base (another chain or seq, other sizes, or no
@@ -287,7 +288,8 @@ type successorState struct {
 }
 
 // Successor closes m and returns a VM that goes on from where m is, on a
-// fresh KVM VM and vCPU: m's guest memory (the same mapping: nothing is
+// fresh KVM VM and vCPU (made while m ran, when they are ready: see
+// successorPrep; else here): m's guest memory (the same mapping: nothing is
 // copied), devices, disk and held block writes, exit count, chain
 // position and dirty bits (KVM's log of m is fetched before its VM is
 // closed), with its exits going to hook (nil: LiveHook). The new VM is
@@ -358,6 +360,7 @@ func (m *Machine) Successor(hook ExitHook) (*Machine, error) {
 	m.moved = true
 	m.snapMu.Unlock()
 	m.Close()
+	n.prep.prepare(n) // for the next resync
 	return n, nil
 }
 
@@ -372,22 +375,28 @@ func (m *Machine) newSuccessor(hook ExitHook, st *successorState) (*Machine, err
 	n.interrupt = m.interrupt // the NIC's WAIT listens on it
 	n.kvm, n.msrIndices, n.hasXsave, n.hasXcrs, n.cpuid = m.kvm, m.msrIndices, m.hasXsave, m.hasXcrs, m.cpuid
 	n.mem, n.block, n.nic, n.freshMem = m.mem, m.block, m.nic, m.freshMem
+	n.prep = m.prep
 	n.moved = true // until it is whole: its release must not free what m still owns
 	fail := func(err error) (*Machine, error) {
 		n.release()
 		return nil, err
 	}
-	if n.vm, err = n.kvm.CreateVM(); err != nil {
-		return fail(err)
-	}
-	if n.kvm.CheckExtension(kvm.CapSetTSSAddr) > 0 {
-		if err := n.vm.SetTSSAddr(kvmTSSAddr); err != nil {
+	// A VM and vCPU made while m ran (successorPrep), else made here.
+	var prepared *kvm.Vcpu
+	if n.vm, prepared = n.prep.take(); n.vm == nil {
+		if n.vm, err = n.kvm.CreateVM(); err != nil {
+			return fail(err)
+		}
+		if n.kvm.CheckExtension(kvm.CapSetTSSAddr) > 0 {
+			if err := n.vm.SetTSSAddr(kvmTSSAddr); err != nil {
+				return fail(err)
+			}
+		}
+		if err := n.vm.SetUserMemoryRegion(0, kvm.MemLogDirtyPages, 0, n.mem.buf); err != nil {
 			return fail(err)
 		}
 	}
-	if err := n.vm.SetUserMemoryRegion(0, kvm.MemLogDirtyPages, 0, n.mem.buf); err != nil {
-		return fail(err)
-	}
+	n.kvcpu = prepared // released with n.vm if what follows fails
 	n.dirty = n.vm
 	n.dirtyWords = make([]uint64, len(m.dirtyWords))
 	n.dirtyAcc = m.dirtyAcc // the old VM's log, fetched: the new one's starts empty
@@ -407,7 +416,9 @@ func (m *Machine) newSuccessor(hook ExitHook, st *successorState) (*Machine, err
 		n.status.State, n.status.ExitCode = Halted, st.exitCode
 	}
 	err = n.start(func() error {
-		if err := n.createVcpu(); err != nil {
+		if prepared != nil {
+			n.vcpu = prepared
+		} else if err := n.createVcpu(); err != nil {
 			return err
 		}
 		if st.haveRegs {
