@@ -57,8 +57,8 @@ func (m *Machine) SnapshotReleased(kind SnapshotKind, released []*Output) (*Snap
 	})
 	if err == nil {
 		// A VM that takes snapshots may be asked for a resync's
-		// increment: have its buffer ready before the first.
-		m.spare.prepare(0)
+		// increment: its buffer is made when it runs, before the first.
+		m.spare.size(0)
 	}
 	return s, err
 }
@@ -382,8 +382,8 @@ var errResumeLiveRestored = fmt.Errorf("%w: apply the paused increment that foll
 func (m *Machine) Restore(s *Snapshot) error {
 	err := m.do(func() error { return m.restoreSnapshot(s) })
 	if err == nil && !s.Live {
-		// The VM has a base now: a resync may ask for its successor.
-		m.prep.prepare(m)
+		// A resync may ask for its successor: made when it runs.
+		m.restored.Store(true)
 	}
 	return err
 }

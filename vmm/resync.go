@@ -184,7 +184,7 @@ func (m *Machine) SnapshotCovering(other *DirtySet, released []*Output) (*Snapsh
 		return err
 	})
 	if err == nil {
-		m.spare.prepare(len(s.encoded)) // for the next resync
+		m.spare.size(len(s.encoded)) // the next resync's, made when the VM runs
 	}
 	return s, err
 }
@@ -360,7 +360,6 @@ func (m *Machine) Successor(hook ExitHook) (*Machine, error) {
 	m.moved = true
 	m.snapMu.Unlock()
 	m.Close()
-	n.prep.prepare(n) // for the next resync
 	return n, nil
 }
 
@@ -376,6 +375,7 @@ func (m *Machine) newSuccessor(hook ExitHook, st *successorState) (*Machine, err
 	n.kvm, n.msrIndices, n.hasXsave, n.hasXcrs, n.cpuid = m.kvm, m.msrIndices, m.hasXsave, m.hasXcrs, m.cpuid
 	n.mem, n.block, n.nic, n.freshMem = m.mem, m.block, m.nic, m.freshMem
 	n.prep = m.prep
+	n.restored.Store(m.restored.Load())
 	n.moved = true // until it is whole: its release must not free what m still owns
 	fail := func(err error) (*Machine, error) {
 		n.release()
@@ -569,12 +569,12 @@ func (b *blockDevice) hashDisk(h interface{ Write([]byte) (int, error) }) error 
 // each on these hosts (KVM in a VM): 4 ms for a fresh buffer of 1,000
 // pages, most of a resync's pause. So the buffer is made, and every page
 // of it written, while the VM runs (AtLowPriority, on an otherwise idle
-// CPU), and the pause finds it resident.
+// CPU, from Resume: prepareAhead), and the pause finds it resident.
 //
 // A buffer is handed to one snapshot and never again: the caller keeps
 // the encoding (the node ships it and may send it again), and no bytes
 // of one increment can leak into another. After a covering snapshot the
-// next spare is made the size of that one's encoding (at least
+// next spare is sized as that one's encoding (at least
 // spareMinBytes, at most spareMaxBytes), so a resync as large as the
 // last one finds its buffer ready.
 type spareBuffer struct {
@@ -622,16 +622,35 @@ func (sp *spareBuffer) take(n int) []byte {
 	return make([]byte, n)
 }
 
-// prepare makes a spare in the background if none is ready or being
-// made; used is the size of the encoding just made (0: none), which sets
-// the size of the next. It does not wait.
-func (sp *spareBuffer) prepare(used int) {
+// size sets the size of the next spare from used, that of the encoding
+// just made (0: none; the next is then spareMinBytes at least), without
+// making it: prepare does, once the VM runs.
+func (sp *spareBuffer) size(used int) {
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
+	sp.sizeLocked(used)
+}
+
+func (sp *spareBuffer) sizeLocked(used int) {
 	if used > 0 {
 		sp.want = min(max(used, spareMinBytes), spareMaxBytes)
 	}
 	sp.want = max(sp.want, spareMinBytes)
+}
+
+// wanted says whether a snapshot sized a spare (size or prepare).
+func (sp *spareBuffer) wanted() bool {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	return sp.want > 0
+}
+
+// prepare makes a spare in the background if none is ready or being
+// made; used is as in size. It does not wait.
+func (sp *spareBuffer) prepare(used int) {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	sp.sizeLocked(used)
 	if sp.closed || sp.preparing || cap(sp.buf) >= sp.want {
 		return
 	}

@@ -244,10 +244,16 @@ func BenchmarkIncrementalResync(b *testing.B) {
 			var samples []time.Duration
 			stepSamples := make([][]time.Duration, len(resyncSteps))
 			for i := 0; i < b.N; i++ {
+				// Resyncs come apart, with the VMs running between
+				// them: what the next pause needs is made meanwhile
+				// (the primary's spare, the secondary's successor's
+				// VM), as Resume has it made. (The guests do not run:
+				// the pages the VMMs wrote over are kvstore's.)
+				pair.a.prepareAhead()
+				pair.b.prepareAhead()
 				dirtyPagesAsVMM(b, pair.a, pages, byte(2*i+1))
 				dirtyPagesAsVMM(b, pair.b, pages, byte(2*i+2))
-				// Resyncs come apart, with the VM running between
-				// them: its successor's VM is made meanwhile.
+				waitSpareReady(pair.a)
 				if waitSuccessorPrepared(pair.b) {
 					prepared[key{mem.name, n}]++
 				}

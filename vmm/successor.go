@@ -12,10 +12,10 @@ import (
 // with dirty logging, KVM_CREATE_VCPU and its CPUID) took 1.0 to 1.8 ms
 // of the 1,000-page resync's pause on these hosts, more on 1 GiB, whose
 // slot's metadata the kernel allocates for every page. So they are made
-// while the VM runs (AtLowPriority, on a CPU the guest leaves idle),
-// after the VM restored a snapshot (it has a base from then on, so a
-// resync may ask for its successor) or was itself made a successor, and
-// the pause only loads the registers into them.
+// while the VM runs (AtLowPriority, on a CPU the guest leaves idle, from
+// Resume: prepareAhead) once it has restored a snapshot (it has a base
+// from then on, so a resync may ask for its successor), and the pause
+// only loads the registers into them.
 //
 // KVM allows it: a VM's memory slot holds only the user address of the
 // memory, which any number of VMs of one process may map at once (a

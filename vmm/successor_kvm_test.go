@@ -18,6 +18,19 @@ func waitSuccessorPrepared(m *Machine) bool {
 	return true
 }
 
+// waitSpareReady waits (a second at most) for m's spare buffer to be
+// made in the background, if one is wanted.
+func waitSpareReady(m *Machine) {
+	for deadline := time.Now().Add(time.Second); time.Now().Before(deadline); time.Sleep(time.Millisecond) {
+		m.spare.mu.Lock()
+		ready := !m.spare.preparing && cap(m.spare.buf) >= m.spare.want
+		m.spare.mu.Unlock()
+		if ready {
+			return
+		}
+	}
+}
+
 // preparedSuccessorCheck resyncs a diverged secondary onto a successor
 // built on the VM and vCPU prepared while the secondary ran
 // (successorPrep) and says what is wrong, if anything: the successor
