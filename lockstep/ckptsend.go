@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
 
 	"github.com/ftvm/ftvm/lockstep/wire"
 )
@@ -271,12 +272,40 @@ func (n *Node) ship(id uint64, data []byte, dataDigest [wire.DigestBytes]byte, d
 }
 
 // DataDigest is the digest of a checkpoint's VMM data that CheckpointTaken
-// takes beside it: SHA-256. The caller computes it where it made the data,
-// off whatever lock it holds around the node.
-func DataDigest(data []byte) [wire.DigestBytes]byte { return sha256.Sum256(data) }
+// takes beside it (lockstep/wire's doc, protocol version 6): the data cut
+// into dataDigestLanes pieces, piece i being bytes [i×n/8, (i+1)×n/8) of
+// its n, and the CRC32C (Castagnoli) of each piece, little-endian, one
+// after the other. The caller computes it where it made the data, off
+// whatever lock it holds around the node.
+//
+// It is a check against corruption and a wrong assembly of the chunks,
+// not against an adversary: the transport authenticates every frame (TLS
+// or a PSK's HMAC). Both hosts compute it inside a resync's pause, the
+// primary over the data it made and the secondary over the data it
+// assembled, and SHA-256, which it was until version 6, took 2.7 to 3.8
+// ms there for the 4 MB of a 1,000-page increment, on each side; CRC32C
+// runs on the CPU's CRC32 instruction at about 20 GB/s. A change within
+// one piece is missed with probability 2^-32 (none of up to 32 bits in a
+// row is); a mix-up across pieces, such as chunks of another checkpoint,
+// has to fool each piece it touches.
+func DataDigest(data []byte) [wire.DigestBytes]byte {
+	var d [wire.DigestBytes]byte
+	n := len(data)
+	for i := range dataDigestLanes {
+		piece := data[i*n/dataDigestLanes : (i+1)*n/dataDigestLanes]
+		binary.LittleEndian.PutUint32(d[4*i:], crc32.Checksum(piece, castagnoli))
+	}
+	return d
+}
+
+// dataDigestLanes is the number of CRC32C lanes in DataDigest: as many as
+// wire.DigestBytes holds.
+const dataDigestLanes = wire.DigestBytes / 4
+
+var castagnoli = crc32.MakeTable(crc32.Castagnoli)
 
 // checkpointDigest is a checkpoint-done's digest (lockstep/wire's doc):
-// SHA-256(SHA-256(node section) || SHA-256(VMM data)).
+// SHA-256(SHA-256(node section) || DataDigest(VMM data)).
 func checkpointDigest(header []byte, dataDigest [wire.DigestBytes]byte) [wire.DigestBytes]byte {
 	h := sha256.Sum256(header)
 	return sha256.Sum256(append(h[:], dataDigest[:]...))

@@ -165,8 +165,8 @@ func TestCheckpointChunksPerReadyBounded(t *testing.T) {
 }
 
 // TestCheckpointDigestCoversHeaderAndData: a checkpoint-done's digest is
-// SHA-256(SHA-256(node section) || SHA-256(data)), and a secondary refuses
-// a checkpoint whose data does not match it.
+// SHA-256(SHA-256(node section) || DataDigest(data)), and a secondary
+// refuses a checkpoint whose data does not match it.
 func TestCheckpointDigestCoversHeaderAndData(t *testing.T) {
 	h := wire.Header{Epoch: 1, Fence: 7}
 	for _, tamper := range []bool{false, true} {

@@ -57,8 +57,8 @@ func (m *Machine) SnapshotReleased(kind SnapshotKind, released []*Output) (*Snap
 	})
 	if err == nil {
 		// A VM that takes snapshots may be asked for a resync's
-		// increment: have its buffer ready before the first.
-		m.spare.prepare(0)
+		// increment: its buffer is made when it runs, before the first.
+		m.spare.size(0)
 	}
 	return s, err
 }
@@ -399,7 +399,12 @@ var errResumeLiveRestored = fmt.Errorf("%w: apply the paused increment that foll
 // and Snapshot refuse it (ErrLiveRestored) until a snapshot that is not
 // live, the paused increment that ends the pre-copy, is applied on top.
 func (m *Machine) Restore(s *Snapshot) error {
-	return m.do(func() error { return m.restoreSnapshot(s) })
+	err := m.do(func() error { return m.restoreSnapshot(s) })
+	if err == nil && !s.Live {
+		// A resync may ask for its successor: made when it runs.
+		m.restored.Store(true)
+	}
+	return err
 }
 
 // newChainID picks a random chain id, so that increments of one VM's

@@ -32,8 +32,9 @@ import (
 //	next, err := sec.Successor(hook)         // sec is closed
 //	err = next.Restore(s)                    // ErrNotCovered: ask for a full one
 //
-// The cost is the VM's creation and the differing pages and chunks, not
-// the VM's size.
+// The cost is the differing pages and chunks, not the VM's size; the
+// successor's KVM VM and vCPU are made ahead, while the VM runs
+// (successorPrep), so the pause only loads state into them.
 
 // ErrBaseMismatch is wrapped by SnapshotCovering's error when the VM is
 // not at the other VM's base (another chain or seq, other sizes, or no
@@ -183,7 +184,7 @@ func (m *Machine) SnapshotCovering(other *DirtySet, released []*Output) (*Snapsh
 		return err
 	})
 	if err == nil {
-		m.spare.prepare(len(s.encoded)) // for the next resync
+		m.spare.size(len(s.encoded)) // the next resync's, made when the VM runs
 	}
 	return s, err
 }
@@ -287,7 +288,8 @@ type successorState struct {
 }
 
 // Successor closes m and returns a VM that goes on from where m is, on a
-// fresh KVM VM and vCPU: m's guest memory (the same mapping: nothing is
+// fresh KVM VM and vCPU (made while m ran, when they are ready: see
+// successorPrep; else here): m's guest memory (the same mapping: nothing is
 // copied), devices, disk and held block writes, exit count, chain
 // position and dirty bits (KVM's log of m is fetched before its VM is
 // closed), with its exits going to hook (nil: LiveHook). The new VM is
@@ -372,22 +374,29 @@ func (m *Machine) newSuccessor(hook ExitHook, st *successorState) (*Machine, err
 	n.interrupt = m.interrupt // the NIC's WAIT listens on it
 	n.kvm, n.msrIndices, n.hasXsave, n.hasXcrs, n.cpuid = m.kvm, m.msrIndices, m.hasXsave, m.hasXcrs, m.cpuid
 	n.mem, n.block, n.nic, n.freshMem = m.mem, m.block, m.nic, m.freshMem
+	n.prep = m.prep
+	n.restored.Store(m.restored.Load())
 	n.moved = true // until it is whole: its release must not free what m still owns
 	fail := func(err error) (*Machine, error) {
 		n.release()
 		return nil, err
 	}
-	if n.vm, err = n.kvm.CreateVM(); err != nil {
-		return fail(err)
-	}
-	if n.kvm.CheckExtension(kvm.CapSetTSSAddr) > 0 {
-		if err := n.vm.SetTSSAddr(kvmTSSAddr); err != nil {
+	// A VM and vCPU made while m ran (successorPrep), else made here.
+	var prepared *kvm.Vcpu
+	if n.vm, prepared = n.prep.take(); n.vm == nil {
+		if n.vm, err = n.kvm.CreateVM(); err != nil {
+			return fail(err)
+		}
+		if n.kvm.CheckExtension(kvm.CapSetTSSAddr) > 0 {
+			if err := n.vm.SetTSSAddr(kvmTSSAddr); err != nil {
+				return fail(err)
+			}
+		}
+		if err := n.vm.SetUserMemoryRegion(0, kvm.MemLogDirtyPages, 0, n.mem.buf); err != nil {
 			return fail(err)
 		}
 	}
-	if err := n.vm.SetUserMemoryRegion(0, kvm.MemLogDirtyPages, 0, n.mem.buf); err != nil {
-		return fail(err)
-	}
+	n.kvcpu = prepared // released with n.vm if what follows fails
 	n.dirty = n.vm
 	n.dirtyWords = make([]uint64, len(m.dirtyWords))
 	n.dirtyAcc = m.dirtyAcc // the old VM's log, fetched: the new one's starts empty
@@ -407,7 +416,9 @@ func (m *Machine) newSuccessor(hook ExitHook, st *successorState) (*Machine, err
 		n.status.State, n.status.ExitCode = Halted, st.exitCode
 	}
 	err = n.start(func() error {
-		if err := n.createVcpu(); err != nil {
+		if prepared != nil {
+			n.vcpu = prepared
+		} else if err := n.createVcpu(); err != nil {
 			return err
 		}
 		if st.haveRegs {
@@ -558,12 +569,12 @@ func (b *blockDevice) hashDisk(h interface{ Write([]byte) (int, error) }) error 
 // each on these hosts (KVM in a VM): 4 ms for a fresh buffer of 1,000
 // pages, most of a resync's pause. So the buffer is made, and every page
 // of it written, while the VM runs (AtLowPriority, on an otherwise idle
-// CPU), and the pause finds it resident.
+// CPU, from Resume: prepareAhead), and the pause finds it resident.
 //
 // A buffer is handed to one snapshot and never again: the caller keeps
 // the encoding (the node ships it and may send it again), and no bytes
 // of one increment can leak into another. After a covering snapshot the
-// next spare is made the size of that one's encoding (at least
+// next spare is sized as that one's encoding (at least
 // spareMinBytes, at most spareMaxBytes), so a resync as large as the
 // last one finds its buffer ready.
 type spareBuffer struct {
@@ -611,16 +622,35 @@ func (sp *spareBuffer) take(n int) []byte {
 	return make([]byte, n)
 }
 
-// prepare makes a spare in the background if none is ready or being
-// made; used is the size of the encoding just made (0: none), which sets
-// the size of the next. It does not wait.
-func (sp *spareBuffer) prepare(used int) {
+// size sets the size of the next spare from used, that of the encoding
+// just made (0: none; the next is then spareMinBytes at least), without
+// making it: prepare does, once the VM runs.
+func (sp *spareBuffer) size(used int) {
 	sp.mu.Lock()
 	defer sp.mu.Unlock()
+	sp.sizeLocked(used)
+}
+
+func (sp *spareBuffer) sizeLocked(used int) {
 	if used > 0 {
 		sp.want = min(max(used, spareMinBytes), spareMaxBytes)
 	}
 	sp.want = max(sp.want, spareMinBytes)
+}
+
+// wanted says whether a snapshot sized a spare (size or prepare).
+func (sp *spareBuffer) wanted() bool {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	return sp.want > 0
+}
+
+// prepare makes a spare in the background if none is ready or being
+// made; used is as in size. It does not wait.
+func (sp *spareBuffer) prepare(used int) {
+	sp.mu.Lock()
+	defer sp.mu.Unlock()
+	sp.sizeLocked(used)
 	if sp.closed || sp.preparing || cap(sp.buf) >= sp.want {
 		return
 	}

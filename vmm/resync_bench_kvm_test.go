@@ -4,9 +4,12 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"runtime/metrics"
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/ftvm/ftvm/lockstep"
 )
 
 // resyncBenchPair is a primary with kvstore booted and paused, and a
@@ -84,9 +87,11 @@ func dirtyPagesAsVMM(b *testing.B, m *Machine, pages []uint64, v byte) {
 
 // resyncSteps are the steps of an incremental resync's pause, in order:
 // the primary's covering snapshot (the dirty set decoded, then
-// SnapshotCovering), its encoding, the secondary's decoding, its
+// SnapshotCovering), its encoding, its digest (lockstep.DataDigest, as
+// the agent computes it for the node), the secondary's check of that
+// digest (as its node does on the data assembled), its decoding, its
 // Successor and its Restore.
-var resyncSteps = []string{"cover", "encode", "decode", "successor", "restore"}
+var resyncSteps = []string{"cover", "encode", "digest", "check", "decode", "successor", "restore"}
 
 // incrementalResync is one resync from the secondary's dirty set, timed
 // from the primary's covering snapshot to the secondary's successor
@@ -115,6 +120,12 @@ func (p *resyncBenchPair) incrementalResync(b *testing.B) (time.Duration, []time
 	enc, err := inc.MarshalBinary()
 	if err != nil {
 		b.Fatal(err)
+	}
+	step()
+	sum := lockstep.DataDigest(enc)
+	step()
+	if lockstep.DataDigest(enc) != sum {
+		b.Fatal("the digest of the same bytes differs")
 	}
 	step()
 	dec, err := UnmarshalSnapshot(enc)
@@ -166,6 +177,21 @@ func (p *resyncBenchPair) fullResync(b *testing.B) time.Duration {
 	return took
 }
 
+// resyncSample is one resync's pause and steps, for the log of the worst.
+type resyncSample struct {
+	mem   string
+	took  time.Duration
+	steps []time.Duration
+	gc    bool
+}
+
+// gcCycles is the number of garbage collections completed so far.
+func gcCycles() uint64 {
+	s := []metrics.Sample{{Name: "/gc/cycles/total:gc-cycles"}}
+	metrics.Read(s)
+	return s[0].Value.Uint64()
+}
+
 func percentile(samples []time.Duration, q float64) time.Duration {
 	s := slices.Clone(samples)
 	slices.Sort(s)
@@ -175,17 +201,29 @@ func percentile(samples []time.Duration, q float64) time.Duration {
 func ms(d time.Duration) float64 { return float64(d) / 1e6 }
 
 // BenchmarkIncrementalResync measures the pause of an incremental resync
-// (SnapshotCovering, encode, decode, Successor, Restore) for 10, 1,000 and
+// (SnapshotCovering, encode, the checkpoint data's digest on both sides,
+// decode, Successor, Restore) for 10, 1,000 and
 // 10,000 differing pages on a 64 MiB and a 1 GiB VM, and a full resync
 // (Full snapshot, encode, decode, a fresh VM, Restore) as the baseline,
 // all in one run; b.N resyncs of each. The pages differ because both VMMs
 // write them (both VMs paused, kvstore booted). It reports p50 and p99 in
 // ms, the ratio 1 GiB / 64 MiB at 1,000 pages (the pause should not grow
 // with the VM: target at most 1.5) and full / incremental at 1,000 pages,
-// and the p50 of each of resyncSteps at 1,000 pages, where the pause goes.
+// the p50 and the worst of each of resyncSteps at 1,000 pages, where the
+// pause goes, and the share of those resyncs whose successor's VM was
+// made ahead (successorPrep; the benchmark waits for it between resyncs,
+// as the VM's run between two resyncs gives it time).
 //
 //	go test -run '^$' -bench IncrementalResync -benchtime 20x ./vmm/
+//
+// With FTVM_SUCCESSOR_IN_PAUSE=1 the successor's VM is made in the pause,
+// as before successorPrep.
 func BenchmarkIncrementalResync(b *testing.B) {
+	if os.Getenv("FTVM_SUCCESSOR_IN_PAUSE") != "" {
+		// For before-and-after runs: the successor's VM made in the pause.
+		prepareSuccessorOff = true
+		defer func() { prepareSuccessorOff = false }()
+	}
 	image := guestELF(b, "kvstore")
 	type key struct {
 		mem   string
@@ -193,6 +231,9 @@ func BenchmarkIncrementalResync(b *testing.B) {
 	}
 	p50, p99 := map[key]time.Duration{}, map[key]time.Duration{}
 	stepP50 := map[key]time.Duration{} // at 1,000 pages, keyed by size and step
+	stepMax := map[key]time.Duration{} // the same, the worst of b.N
+	prepared := map[key]int{}          // resyncs whose successor's VM was made ahead
+	var worst []resyncSample           // at 1,000 pages, for the log of the worst
 	for _, mem := range []struct {
 		name  string
 		bytes uint64
@@ -203,12 +244,28 @@ func BenchmarkIncrementalResync(b *testing.B) {
 			var samples []time.Duration
 			stepSamples := make([][]time.Duration, len(resyncSteps))
 			for i := 0; i < b.N; i++ {
+				// Resyncs come apart, with the VMs running between
+				// them: what the next pause needs is made meanwhile
+				// (the primary's spare, the secondary's successor's
+				// VM), as Resume has it made. (The guests do not run:
+				// the pages the VMMs wrote over are kvstore's.)
+				pair.a.prepareAhead()
+				pair.b.prepareAhead()
 				dirtyPagesAsVMM(b, pair.a, pages, byte(2*i+1))
 				dirtyPagesAsVMM(b, pair.b, pages, byte(2*i+2))
+				waitSpareReady(pair.a)
+				if waitSuccessorPrepared(pair.b) {
+					prepared[key{mem.name, n}]++
+				}
+				gc0 := gcCycles()
 				took, steps := pair.incrementalResync(b)
+				gc := gcCycles() != gc0
 				samples = append(samples, took)
 				for j, d := range steps {
 					stepSamples[j] = append(stepSamples[j], d)
+				}
+				if n == 1000 {
+					worst = append(worst, resyncSample{mem.name, took, steps, gc})
 				}
 			}
 			k := key{mem.name, n}
@@ -216,6 +273,7 @@ func BenchmarkIncrementalResync(b *testing.B) {
 			if n == 1000 {
 				for j, name := range resyncSteps {
 					stepP50[key{mem.name + "-" + name, n}] = percentile(stepSamples[j], 0.5)
+					stepMax[key{mem.name + "-" + name, n}] = slices.Max(stepSamples[j])
 				}
 			}
 		}
@@ -234,11 +292,19 @@ func BenchmarkIncrementalResync(b *testing.B) {
 		}
 		for _, name := range resyncSteps {
 			b.ReportMetric(ms(stepP50[key{mem + "-" + name, 1000}]), fmt.Sprintf("%s-1000pg-%s-p50-ms", mem, name))
+			b.ReportMetric(ms(stepMax[key{mem + "-" + name, 1000}]), fmt.Sprintf("%s-1000pg-%s-max-ms", mem, name))
 		}
+		b.ReportMetric(float64(prepared[key{mem, 1000}])/float64(b.N), mem+"-1000pg-prepared")
 		full := key{mem, 0}
 		b.ReportMetric(ms(p50[full]), mem+"-full-p50-ms")
 		b.ReportMetric(ms(p99[full]), mem+"-full-p99-ms")
 		b.ReportMetric(float64(p50[full])/float64(p50[key{mem, 1000}]), mem+"-full/1000pg-p50")
+	}
+	// Where the worst pauses went, and whether a collection ended in
+	// them: outliers of the host or of our own allocations.
+	slices.SortFunc(worst, func(x, y resyncSample) int { return int(y.took - x.took) })
+	for _, w := range worst[:min(len(worst), 4)] {
+		b.Logf("worst 1,000-page pauses: %s %.2f ms, steps %v, GC cycle ended in it: %v", w.mem, ms(w.took), w.steps, w.gc)
 	}
 	small, large := key{"64MiB", 1000}, key{"1GiB", 1000}
 	b.ReportMetric(float64(p50[large])/float64(p50[small]), "1GiB/64MiB-1000pg-p50")

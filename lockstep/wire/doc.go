@@ -53,12 +53,21 @@
 // u16 device, u32 len, data): the outputs held at the checkpoint), then
 // the VMM's data. Since protocol version 4 checkpoint-done's digest is
 //
-//	SHA-256( SHA-256(node section) || SHA-256(VMM data) )
+//	SHA-256( SHA-256(node section) || D(VMM data) )
 //
 // (|| concatenates the two 32-byte digests), so that the primary's VMM
-// side hashes its data where it makes it and the node hashes only its
+// side digests its data where it makes it and the node hashes only its
 // small section; the secondary parses the section to find where the data
-// begins and checks the same.
+// begins and checks the same. Since protocol version 6 D(data), of n
+// bytes, is eight CRC32C (Castagnoli) lanes, each u32 little-endian:
+//
+//	CRC32C(data[0 : n/8]) || CRC32C(data[n/8 : 2n/8]) || ... || CRC32C(data[7n/8 : n])
+//
+// (lane i covers bytes [i×n/8, (i+1)×n/8), integer division; lockstep.
+// DataDigest); in versions 4 and 5 it was SHA-256(data). It checks for
+// corruption and a wrong assembly of the chunks; the transport
+// authenticates the frames. SHA-256 of a resync's 4 MB took 2.7 to 3.8
+// ms on each host inside the pause, CRC32C 0.2 ms.
 //
 // checkpoint-ack (protocol version 3) goes from the secondary to the
 // primary, byte by byte after the frame header:

@@ -9,7 +9,11 @@ import "encoding/binary"
 // Version 4 changed checkpoint-done's digest to the two-level one (see
 // the package doc), so that a primary need not hash the VM's data where it
 // ships it. Version 5 added resync-request's base (incremental resyncs).
-const ProtocolVersion = 5
+// Version 6 made the VMM data's part of that digest CRC32C lanes instead
+// of SHA-256 (lockstep.DataDigest), which took milliseconds of a resync's
+// pause on each host: a version-5 peer would find every checkpoint's
+// digest wrong, so it is refused at the hello.
+const ProtocolVersion = 6
 
 // Role is where a node stands in the protocol. It is the one role type of
 // the module: a Hello carries RolePrimary or RoleSecondary (Parse refuses
