@@ -24,8 +24,10 @@ import (
 // step, no daemon exits, and no watchdog declares its peer dead. It
 // reports what the watchdogs saw (the silences they counted and their own
 // gaps) beside what a ticker in this process saw of its own lateness and
-// the machine's steal time over the run, so that a silence can be told
-// from a host that was not run. FTVM_E2E_SOAK sets the duration (default
+// the machine's steal time over the run, and beside what a pinned
+// real-time thread per CPU of this process saw of the machine's own stalls
+// (startRealtimeProbe), so that a silence can be told from a host that was
+// not run. FTVM_E2E_SOAK sets the duration (default
 // 60s; the target run is 10m), FTVM_E2E_SOAK_FLAGS daemon flags to add
 // (to compare settings).
 func TestE2ESteadyNoSpuriousFailover(t *testing.T) {
@@ -54,6 +56,7 @@ func TestE2ESteadyNoSpuriousFailover(t *testing.T) {
 	}
 
 	selfLate := startLatenessTicker(time.Millisecond)
+	machine := startRealtimeProbe()
 	steal0, err := readSteal()
 	if err != nil {
 		t.Fatal(err)
@@ -107,6 +110,7 @@ func TestE2ESteadyNoSpuriousFailover(t *testing.T) {
 	wg.Wait()
 	steal1, _ := readSteal()
 	late := selfLate()
+	stalls := machine()
 	for _, h := range []Host{HostA, HostB} {
 		s, err := c.Status(ctx, h)
 		if err != nil {
@@ -127,6 +131,7 @@ func TestE2ESteadyNoSpuriousFailover(t *testing.T) {
 	}
 	t.Logf("this test process's 1ms ticker: %s; steal over the run: %.2f%% of CPU time (%d of %d ticks)",
 		late, steal1.percentSince(steal0), steal1.steal-steal0.steal, steal1.total-steal0.total)
+	t.Logf("the machine's own stalls (a pinned real-time thread per CPU, nothing else in its way): %s", stalls)
 	if loadErr != nil && !errors.Is(loadErr, context.Canceled) {
 		t.Fatalf("client load: %v", loadErr)
 	}
