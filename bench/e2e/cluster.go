@@ -316,6 +316,7 @@ type Status struct {
 	Transport struct {
 		BytesSent  uint64 `json:"bytes_sent"`
 		FramesSent uint64 `json:"frames_sent"` // heartbeats included
+		Writes     uint64 `json:"writes"`      // system calls writing to the sockets
 	} `json:"transport"`
 	Arbiter struct {
 		Kind      string  `json:"kind"`

@@ -56,6 +56,10 @@ type Row struct {
 	FramesPerOpSecondary  float64 `json:"frames_per_op_secondary"`
 	WakeupsPerOpPrimary   float64 `json:"wakeups_per_op_primary"`
 	WakeupsPerOpSecondary float64 `json:"wakeups_per_op_secondary"`
+	// WritesPerOp: the write system calls on each daemon's TCP sockets
+	// per op (a frame each, or a batch of them).
+	WritesPerOpPrimary   float64 `json:"writes_per_op_primary"`
+	WritesPerOpSecondary float64 `json:"writes_per_op_secondary"`
 	// Resyncs are the secondary's restores over the window; ResyncPause
 	// their pause (checkpoint taken on the primary to restored on the
 	// secondary), in microseconds.
