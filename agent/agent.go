@@ -32,6 +32,18 @@ type TrySender interface {
 	TrySend(typ transport.Type, payload []byte) error
 }
 
+// BatchSender is a Transport that can send several frames of one lane
+// together (tcpfallback.Transport, rdma.Transport: over TCP in one write
+// where Send makes one a frame). The agent sends what one Ready sends
+// with it, so that a Ready costs one system call and one wake-up of the
+// peer's reader however many messages it has; it never waits for more.
+// Both methods return how many frames went, in order; TrySendBatch stops
+// with transport.ErrWouldBlock where TrySend would refuse.
+type BatchSender interface {
+	SendBatch(frames []transport.OutFrame) (int, error)
+	TrySendBatch(frames []transport.OutFrame) (int, error)
+}
+
 // Poller is a Transport that can deliver what arrived for this host
 // inline, on the caller's thread, without blocking or a system call
 // (rdma.Transport.Poll: frames the peer wrote into this host's ring). On a
@@ -266,7 +278,9 @@ type Agent struct {
 	// waiting; whoever sends next with readyMu held sends them first, and
 	// the loop sends them when poked.
 	deferred []encoded // readyMu held
-	enc      []byte    // readyMu and mu held (takeReady's encoding buffer)
+	// batch is sendAll's frames for a BatchSender, reused.
+	batch []transport.OutFrame // readyMu held
+	enc   []byte               // readyMu and mu held (takeReady's encoding buffer)
 	// bulk sends what perform queues of checkpoints (bulksend.go), on
 	// its own goroutine that Run starts and waits for.
 	bulk *bulkSender // set before Run; locks itself
@@ -462,9 +476,11 @@ func (a *Agent) HandleFrameFrom(src LaneDropper, f transport.Frame) {
 	if stepErr != nil {
 		a.stats.step.Add(1)
 	}
-	a.flushInline()
-	// New log items for a replaying hook to look at.
-	a.cond.Broadcast()
+	if !f.Batched {
+		a.flushInline()
+		// New log items for a replaying hook to look at.
+		a.cond.Broadcast()
+	}
 	a.mu.Unlock()
 	if stepErr != nil {
 		a.stepLog.log(a.log, m.Type(), stepErr)
@@ -474,6 +490,24 @@ func (a *Agent) HandleFrameFrom(src LaneDropper, f transport.Frame) {
 	default:
 		a.poke() // a change of phase the loop acts on (protected, restore, ...)
 	}
+}
+
+// EndBatch is the transport's batch-end hook (tcpfallback.Config.
+// OnBatchEnd): the frames delivered Batched since the last call have been
+// stepped, and what they ask for is performed now, as HandleFrame
+// performs it for a frame alone: a secondary sends one cumulative
+// acknowledgement for the batch instead of one a frame, a primary
+// releases what the batch's acknowledgements allow at once, and a
+// replaying hook is woken once. The node's acknowledgement is of what it
+// holds (Ack.Received counts only the log in order), so answering later
+// never acknowledges more than arrived; and the transport ends a batch as
+// soon as nothing more can be read without waiting, so nothing waits for
+// frames yet to come.
+func (a *Agent) EndBatch() {
+	a.mu.Lock()
+	a.flushInline()
+	a.cond.Broadcast()
+	a.mu.Unlock()
 }
 
 // badFrame counts, logs and drops the connection of a frame that did not

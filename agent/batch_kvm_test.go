@@ -34,9 +34,17 @@ func TestKVMSecondaryBatchesItsWrites(t *testing.T) {
 		}
 	}
 	// The primary tells the secondary what it released with its next
-	// messages: give the persists time to arrive (a PUT writes at least
-	// one sector) before stopping it.
-	for end := time.Now().Add(10 * time.Second); p.sec.stats.persisted.Load() < puts && time.Now().Before(end); {
+	// messages: give the persists time to arrive before stopping it. A
+	// PUT writes at least one sector, and some write more (63 writes for
+	// 60 PUTs here), so a count of puts alone can end the wait with the
+	// last heartbeat's persists still on their way: wait for the disks
+	// to agree as well (the check below is after both have drained).
+	sameDisks := func() bool {
+		pd, err1 := os.ReadFile(disks[wire.RolePrimary].Name())
+		sd, err2 := os.ReadFile(disks[wire.RoleSecondary].Name())
+		return err1 == nil && err2 == nil && bytes.Equal(pd, sd)
+	}
+	for end := time.Now().Add(10 * time.Second); (p.sec.stats.persisted.Load() < puts || !sameDisks()) && time.Now().Before(end); {
 		time.Sleep(10 * time.Millisecond)
 	}
 	p.pri.Stop()

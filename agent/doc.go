@@ -86,6 +86,17 @@
 //     reader waiting for room in its socket reads nothing, and the
 //     peer's reader may be waiting on it the same way.
 //
+// A Ready's messages leave together, in one write, when the transport is
+// a BatchSender (one system call and one wake-up of the peer for the
+// lot). Frames a transport reader delivers Batched (tcpfallback's
+// OnBatchEnd, which the daemon sets) are stepped one by one and performed
+// once the reader has delivered all it could read without waiting
+// (EndBatch): a secondary acknowledges the batch with one cumulative ack,
+// a primary releases what the batch's acks allow at once. The ack is the
+// node's account of what it holds, so it never covers what has not
+// arrived, and the batch ends as soon as nothing more can be read, so no
+// frame waits for another.
+//
 // So the log entry, the acknowledgement or the release leaves from the
 // thread that caused it, with no hand-off to the loop in the round trip an
 // output waits for (on the vCPU thread a hand-off costs 60 to 100 µs here,

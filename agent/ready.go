@@ -293,6 +293,7 @@ func (a *Agent) perform(ctx context.Context, w *work) error {
 			e.h.Drop()
 		}
 	}
+	k := 0 // w.msgs[:k]: those sent here, in order
 	for _, m := range w.msgs {
 		if m.bulk {
 			a.bulk.push(m) // never waits, whoever performs
@@ -301,9 +302,73 @@ func (a *Agent) perform(ctx context.Context, w *work) error {
 		if m.typ == transport.TypeCheckpoint {
 			a.sync.sent.Add(int64(len(m.b)))
 		}
-		a.send(m, w.fromReader)
+		w.msgs[k] = m
+		k++
 	}
+	a.sendAll(w.msgs[:k], w.fromReader)
 	return nil
+}
+
+// sendAll sends a Ready's messages, in order after those deferred before
+// them: with a BatchSender all at once (one write where each Send is
+// one), else one by one (send). On a transport reader it never waits for
+// room in the socket: what the transport cannot take now is deferred to
+// the loop, as send does. a.readyMu must be held.
+func (a *Agent) sendAll(ms []encoded, fromReader bool) {
+	bs, ok := a.tr.(BatchSender)
+	if !ok || len(ms) < 2 || !oneLane(ms) {
+		for _, m := range ms {
+			a.send(m, fromReader)
+		}
+		return
+	}
+	if fromReader && len(a.deferred) < maxDeferredMessages {
+		if len(a.deferred) == 0 {
+			n, err := bs.TrySendBatch(a.frames(ms))
+			a.clearBatch()
+			if !errors.Is(err, transport.ErrWouldBlock) {
+				if err != nil {
+					a.stats.send.Add(1) // lost frames are the protocol's to resend
+				}
+				return
+			}
+			ms = ms[n:]
+		}
+		a.deferred = append(a.deferred, ms...)
+		a.poke()
+		return
+	}
+	a.sendDeferred()
+	if _, err := bs.SendBatch(a.frames(ms)); err != nil {
+		a.stats.send.Add(1) // lost frames are the protocol's to resend
+	}
+	a.clearBatch()
+}
+
+// oneLane reports whether every message goes on one lane, as a batch
+// must.
+func oneLane(ms []encoded) bool {
+	for _, m := range ms[1:] {
+		if transport.LaneOf(m.typ) != transport.LaneOf(ms[0].typ) {
+			return false
+		}
+	}
+	return true
+}
+
+// frames is ms as a batch of frames, in a.batch. a.readyMu must be held.
+func (a *Agent) frames(ms []encoded) []transport.OutFrame {
+	a.batch = a.batch[:0]
+	for _, m := range ms {
+		a.batch = append(a.batch, transport.OutFrame{Type: m.typ, Payload: m.b})
+	}
+	return a.batch
+}
+
+// clearBatch lets go of the payloads a.batch points to.
+func (a *Agent) clearBatch() {
+	clear(a.batch)
+	a.batch = a.batch[:0]
 }
 
 // send sends one message, in order after those deferred before it. On a
@@ -332,8 +397,18 @@ func (a *Agent) send(m encoded, fromReader bool) {
 }
 
 // sendDeferred sends what readers deferred, with sends that may wait (the
-// transport bounds the wait). a.readyMu must be held.
+// transport bounds the wait): together with a BatchSender. a.readyMu must
+// be held.
 func (a *Agent) sendDeferred() {
+	if bs, ok := a.tr.(BatchSender); ok && len(a.deferred) > 1 && oneLane(a.deferred) {
+		if _, err := bs.SendBatch(a.frames(a.deferred)); err != nil {
+			a.stats.send.Add(1)
+		}
+		a.clearBatch()
+		clear(a.deferred)
+		a.deferred = a.deferred[:0]
+		return
+	}
 	for i, m := range a.deferred {
 		if err := a.tr.Send(m.typ, m.b); err != nil {
 			a.stats.send.Add(1)

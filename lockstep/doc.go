@@ -71,7 +71,11 @@
 // LogWindowEntries behind, Ready stalls the vCPU (CmdStall).
 //
 // The secondary appends items only in order, acknowledges cumulatively,
-// feeds inputs to its VM and compares each output with the record. An input
+// feeds inputs to its VM and compares each output with the record. One
+// Ack (received, compared, replayed) answers all that a Ready saw: with
+// AckOnCompare a compare is acknowledged at once, since the primary
+// releases on it; with AckOnReceipt the compared position waits for the
+// next ack, since the primary released on receipt. An input
 // asked for at the wrong exit or of the wrong kind, or an output that does
 // not match, is a divergence: it sends a wire.ResyncRequest and stops. The
 // primary pauses, takes a checkpoint (CmdPause, CmdTakeCheckpoint), ships it

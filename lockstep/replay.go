@@ -38,7 +38,12 @@ func (n *Node) comparePending() {
 		n.replay.pending = n.replay.pending[1:]
 		n.consume()
 		n.replay.compared = rec.Seq
-		n.replay.ackDue = true
+		if n.cfg.Mode == AckOnCompare {
+			// The primary releases the output on this. In
+			// ack-on-receipt it released it on the record's receipt,
+			// and Compared goes with the next acknowledgement.
+			n.replay.ackDue = true
+		}
 		p.seq = rec.Seq
 		if rec.Seq > n.replay.primaryReleased {
 			n.replay.copies = append(n.replay.copies, p)

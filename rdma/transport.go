@@ -300,6 +300,71 @@ func (t *Transport) TrySend(typ transport.Type, payload []byte) error {
 	return t.tcp.TrySend(typ, payload)
 }
 
+// SendBatch implements the contract's optional SendBatch: control-lane
+// frames go into the peer's ring one after the other under one hold of
+// the sender (the ring has no system call to save), and over TCP once
+// the ring is down, or for the bulk lane, by tcpfallback's SendBatch, in
+// one write. It returns how many frames went.
+func (t *Transport) SendBatch(frames []transport.OutFrame) (int, error) {
+	return t.sendBatch(frames, false)
+}
+
+// TrySendBatch is SendBatch that never waits: it sends the frames the
+// ring (or the socket) takes now, in order, and returns how many with
+// ErrWouldBlock for the rest.
+func (t *Transport) TrySendBatch(frames []transport.OutFrame) (int, error) {
+	return t.sendBatch(frames, true)
+}
+
+func (t *Transport) sendBatch(frames []transport.OutFrame, try bool) (int, error) {
+	if len(frames) == 0 {
+		return 0, nil
+	}
+	if ft := frames[0].Type; !ft.User() || transport.LaneOf(ft) != transport.LaneControl {
+		if try {
+			return t.tcp.TrySendBatch(frames)
+		}
+		return t.tcp.SendBatch(frames)
+	}
+	if try {
+		if !t.smu.TryLock() {
+			return 0, transport.ErrWouldBlock
+		}
+	} else {
+		t.smu.Lock()
+	}
+	defer t.smu.Unlock()
+	g := t.sendRing
+	if g == nil {
+		if try {
+			return t.tcp.TrySendBatch(frames)
+		}
+		return t.tcp.SendBatch(frames)
+	}
+	for i, f := range frames {
+		if transport.LaneOf(f.Type) != transport.LaneControl || !f.Type.User() {
+			return i, fmt.Errorf("rdma: a batch goes on one lane: %s frames on the control lane, %s on the %s lane", frames[0].Type, f.Type, transport.LaneOf(f.Type))
+		}
+		var err error
+		if try {
+			err = g.rc.TrySend(f.Type, f.Flags, f.Payload)
+			if err != nil && !errors.Is(err, transport.ErrWouldBlock) && g.rc.Err() != nil {
+				t.linkFailed(g)
+			}
+		} else {
+			err = g.rc.Send(f.Type, f.Flags, f.Payload)
+			if err != nil && g.rc.Err() != nil {
+				t.linkFailed(g)
+			}
+		}
+		t.countRing(err, f.Payload)
+		if err != nil {
+			return i, err
+		}
+	}
+	return len(frames), nil
+}
+
 // Poll delivers the control-lane frames that arrived in the ring to
 // OnFrame, inline on the caller's goroutine, and returns how many. It
 // never blocks and makes no system call: the agent calls it on the vCPU

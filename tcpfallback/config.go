@@ -98,6 +98,17 @@ type Config struct {
 	// call Send (acknowledge from here), but not Close.
 	OnFrame func(Frame)
 
+	// OnBatchEnd, if set, is called by a lane's reader once it has
+	// delivered every frame it can read without waiting (at least one
+	// since the last call), before it waits for more; frames then come
+	// with Frame.Batched set. A user that answers frames (the agent's
+	// acknowledgements) may answer a batch at once here, with one send
+	// where OnFrame would make one a frame. The reader never waits for
+	// more frames to end a batch (no timer): a lone frame's batch ends
+	// as soon as it is delivered, and what arrives during the call is
+	// read right after it. The same rules as OnFrame's apply.
+	OnBatchEnd func(Lane)
+
 	// OnLinkSetup, if set, receives the control lane's link-setup frames
 	// (TypeLinkSetup: package rdma's set-up of its ring, which it sends
 	// with SendLinkSetup), on the control lane's reader, in order with

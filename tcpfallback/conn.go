@@ -30,6 +30,11 @@ const maxBatchFrames = 512
 // arena (maxBatchFrames headers) has room for it.
 const coalesceMaxBytes = 256
 
+// plainBatchCopyBytes: a batch (SendBatch) of at most this many bytes,
+// headers included, on a plain (PSK) lane is copied into one buffer and
+// sent by one write(2) of it; a larger one goes by writev without a copy.
+const plainBatchCopyBytes = 16 << 10
+
 // tlsStagingBytes is the write buffer under TLS: one full TLS record, so a
 // header and a small payload leave in one record and one syscall.
 const tlsStagingBytes = 16 << 10
@@ -67,8 +72,9 @@ const (
 // first error and is never reused; the lane installs a new one.
 type laneConn struct {
 	lane *lane
-	raw  net.Conn        // what frames are read from and written to (TCP or TLS)
-	tcp  *net.TCPConn    // the TCP connection under raw
+	raw  net.Conn        // what frames are read from and written to (sock, or TLS over it)
+	sock *sockConn       // the TCP connection under raw, counting its system calls
+	tcp  *net.TCPConn    // sock's
 	rc   syscall.RawConn // of tcp; for the spin read
 	peer string
 	// peerID is who authenticated on this connection (set before install).
@@ -83,6 +89,8 @@ type laneConn struct {
 	iovs    [][]byte    // backing array for iov
 	iov     net.Buffers // what one writev sends
 	bw      *bufio.Writer
+	// wbuf is a plain lane's buffer for a small batch (writeBatch).
+	wbuf []byte
 	// wdeadline is the socket's write deadline as last set (armWrite).
 	wdeadline time.Time
 	// sndRoom is a lower bound on the bytes the socket's send buffer
@@ -114,17 +122,15 @@ type laneConn struct {
 	done     chan struct{} // closed when the connection is dead and closed
 }
 
-func newLaneConn(l *lane, raw net.Conn, tcp *net.TCPConn, peerMax uint32, leftover []byte) (*laneConn, error) {
-	rc, err := tcp.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
+func newLaneConn(l *lane, raw net.Conn, sock *sockConn, peerMax uint32, leftover []byte) (*laneConn, error) {
+	sock.stats.Store(&l.stats)
 	c := &laneConn{
 		lane:           l,
 		raw:            raw,
-		tcp:            tcp,
-		rc:             rc,
-		peer:           tcp.RemoteAddr().String(),
+		sock:           sock,
+		tcp:            sock.TCPConn,
+		rc:             sock.rc,
+		peer:           sock.RemoteAddr().String(),
 		peerMaxPayload: peerMax,
 		hdrs:           make([]byte, maxBatchFrames*HeaderBytes),
 		iovs:           make([][]byte, 0, 2*maxBatchFrames),
@@ -214,12 +220,79 @@ func (c *laneConn) writeFrame(typ Type, flags Flags, payload []byte) error {
 		return c.bw.Flush()
 	}
 	if len(payload) <= coalesceMaxBytes {
-		_, err := c.tcp.Write(append(hdr, payload...))
+		_, err := c.sock.Write(append(hdr, payload...))
 		return err
 	}
 	c.iov = append(c.iovs[:0], hdr, payload)
+	c.sock.countWrite()
 	_, err := c.iov.WriteTo(c.tcp)
 	return err
+}
+
+// writeBatch sends frames, all of one lane, with as few system calls as
+// it can: under TLS staged into one record (16 KiB) and one write per
+// record, on a plain lane copied into one buffer and written once (at
+// most plainBatchCopyBytes) or by writev, maxBatchFrames to a call. A
+// batch holding a frame larger than sendPieceBytes goes frame by frame,
+// each large one in pieces with fresh deadlines (writeLarge). total is
+// the batch's bytes, headers included. lane.wmu must be held.
+func (c *laneConn) writeBatch(frames []OutFrame, total int) error {
+	for _, f := range frames {
+		if len(f.Payload) > sendPieceBytes {
+			for _, f := range frames {
+				if err := c.writeFrame(f.Type, f.Flags, f.Payload); err != nil {
+					return err
+				}
+			}
+			return nil
+		}
+	}
+	c.armWrite()
+	c.sndRoom -= total + writeOverheadBytes
+	if c.bw != nil {
+		for _, f := range frames {
+			hdr := c.hdrs[:HeaderBytes]
+			putHeader(hdr, f.Type, f.Flags, c.sendSeq, f.Payload)
+			c.sendSeq++
+			c.armWrite() // the staging buffer writes whenever it fills
+			c.bw.Write(hdr)
+			c.bw.Write(f.Payload)
+		}
+		return c.bw.Flush()
+	}
+	if total <= plainBatchCopyBytes {
+		b := c.wbuf[:0]
+		for _, f := range frames {
+			b = appendFrame(b, f.Type, f.Flags, c.sendSeq, f.Payload)
+			c.sendSeq++
+		}
+		c.wbuf = b
+		_, err := c.sock.Write(b)
+		return err
+	}
+	for len(frames) > 0 {
+		// A writev of at most maxBatchFrames frames and about
+		// spanBatchMaxBytes, as a span's, so that SendTimeout bounds a
+		// write that makes no progress.
+		c.iov = c.iovs[:0]
+		n, bytes := 0, 0
+		for n < len(frames) && n < maxBatchFrames && bytes < spanBatchMaxBytes {
+			f := frames[n]
+			hdr := c.hdrs[n*HeaderBytes : (n+1)*HeaderBytes]
+			putHeader(hdr, f.Type, f.Flags, c.sendSeq, f.Payload)
+			c.sendSeq++
+			c.iov = append(c.iov, hdr, f.Payload)
+			bytes += HeaderBytes + len(f.Payload)
+			n++
+		}
+		frames = frames[n:]
+		c.armWrite()
+		c.sock.countWrite()
+		if _, err := c.iov.WriteTo(c.tcp); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // writeLarge writes one large frame in pieces of sendPieceBytes, each with
@@ -238,9 +311,10 @@ func (c *laneConn) writeLarge(hdr, payload []byte) error {
 			_, err = c.bw.Write(piece)
 		case first:
 			c.iov = append(c.iovs[:0], hdr, piece)
+			c.sock.countWrite()
 			_, err = c.iov.WriteTo(c.tcp)
 		default:
-			_, err = c.tcp.Write(piece)
+			_, err = c.sock.Write(piece)
 		}
 		if err != nil {
 			return err
@@ -267,6 +341,7 @@ func (c *laneConn) writeSpan(typ Type, span []byte) (frames int, err error) {
 		if c.bw != nil {
 			err = c.bw.Flush()
 		} else {
+			c.sock.countWrite()
 			_, err = c.iov.WriteTo(c.tcp)
 		}
 		c.iov = c.iovs[:0]
@@ -305,11 +380,23 @@ func (c *laneConn) read(p []byte) (int, error) {
 	}
 	c.spinP, c.spinN, c.spinErr = p, 0, nil
 	c.spinDeadline = time.Time{}
-	if err := c.rc.Read(c.spinFn); err != nil {
+	err := c.rc.Read(c.spinFn)
+	c.spinP = nil
+	c.sock.countRead()
+	if err != nil {
 		return 0, err
 	}
-	c.spinP = nil
 	return c.spinN, c.spinErr
+}
+
+// readNow reads into p what can be had without waiting (errNothingNow:
+// nothing): what TLS holds of records already read, else what the socket
+// holds now, unless its last read found it empty (sockConn.drained).
+func (c *laneConn) readNow(p []byte) (int, error) {
+	c.sock.nonblock = true
+	n, err := c.raw.Read(p)
+	c.sock.nonblock = false
+	return n, err
 }
 
 // spinChecksPerClock: the spin reads the clock once per this many EAGAINs;
@@ -328,6 +415,7 @@ func (c *laneConn) spinRead(fd uintptr) bool {
 			return true
 		case err == nil:
 			c.spinN = n
+			c.sock.drained = n < len(c.spinP)
 			return true
 		case err == unix.EINTR:
 			continue
@@ -355,6 +443,12 @@ func (c *laneConn) spinRead(fd uintptr) bool {
 // readLoop parses frames out of the receive buffer and hands them to
 // OnFrame until the first error. Payloads alias the buffer, which is reused:
 // no allocation per frame.
+//
+// With Config.OnBatchEnd set, the frames delivered are Batched: before it
+// waits for more, the reader asks for what it can have without waiting
+// (readNow) and calls OnBatchEnd once nothing more can be read now, so
+// that its user answers the whole batch at once. It never waits for a
+// frame to end a batch: a lone frame's batch ends at once.
 func (c *laneConn) readLoop() {
 	l := c.lane
 	t := l.t
@@ -363,6 +457,13 @@ func (c *laneConn) readLoop() {
 	w := copy(buf, c.leftover)
 	c.leftover = nil
 	r := 0
+	batched := t.cfg.OnBatchEnd != nil
+	inBatch := false // frames delivered since the last OnBatchEnd
+	endBatch := func() {
+		inBatch = false
+		l.stats.batches.Add(1)
+		t.cfg.OnBatchEnd(l.id)
+	}
 	for {
 		for {
 			h, payload, n, err := parseFrame(buf[r:w], maxPayload, l.id, c.recvSeq, false)
@@ -391,7 +492,8 @@ func (c *laneConn) readLoop() {
 				}
 				continue
 			}
-			t.cfg.OnFrame(Frame{Lane: l.id, Type: h.typ, Flags: h.flags, Seq: h.seq, Payload: payload})
+			t.cfg.OnFrame(Frame{Lane: l.id, Type: h.typ, Flags: h.flags, Seq: h.seq, Payload: payload, Batched: batched})
+			inBatch = batched
 			if c.failed.Load() {
 				// Dropped (DropLane, perhaps by OnFrame itself): what
 				// else the buffer holds belongs to a dead connection.
@@ -415,12 +517,30 @@ func (c *laneConn) readLoop() {
 			w = copy(buf, buf[r:w])
 			r = 0
 		}
-		m, err := c.read(buf[w:])
+		var m int
+		var err error
+		if inBatch {
+			if m, err = c.readNow(buf[w:]); errors.Is(err, errNothingNow) {
+				endBatch()
+				if c.failed.Load() {
+					return // dropped by OnBatchEnd
+				}
+				m, err = c.read(buf[w:])
+			}
+		} else {
+			m, err = c.read(buf[w:])
+		}
 		if m > 0 {
 			c.markHeard()
 			w += m
 		}
 		if err != nil {
+			if inBatch {
+				// What was delivered is answered (the answers go nowhere
+				// if the connection is gone, but the user's state moves
+				// on as after any batch).
+				endBatch()
+			}
 			if errors.Is(err, io.EOF) {
 				if w > r {
 					err = fmt.Errorf("tcpfallback: %s lane: peer %s closed the connection in the middle of a frame (%d bytes of it received)", l.id, c.peer, w-r)

@@ -11,6 +11,7 @@ type (
 	Lane      = transport.Lane
 	Flags     = transport.Flags
 	Frame     = transport.Frame
+	OutFrame  = transport.OutFrame
 	Event     = transport.Event
 	EventKind = transport.EventKind
 )

@@ -220,7 +220,22 @@
 // the kernel, the producer appends records to the ring, and the next span
 // takes them all) are what tcpbench's entry throughput measures. Under TLS every byte is
 // encrypted into a record anyway, so frames are staged in a 16 KiB buffer
-// (one TLS record) and flushed once per Send or SendSpan.
+// (one TLS record) and flushed once per Send, SendSpan or SendBatch.
+//
+// SendBatch sends the frames a caller has at one moment (the agent: what
+// one Ready sends) in one write: one system call, one TLS record and one
+// wake-up of the peer's reader for the lot. It never waits for more: a
+// batch is what is at hand, so a lone frame leaves as Send sends it.
+//
+// With Config.OnBatchEnd the reading side does the same for answers: the
+// lane's reader delivers every frame it can read without waiting (what
+// TLS holds of records already read, then what the socket holds; a
+// socket its last read found empty is not asked again before the batch
+// ends) and then calls OnBatchEnd, before it waits for more, so that the
+// agent sends one cumulative acknowledgement for all the log entries it
+// read at once. There is no timer: a lone frame's batch ends as soon as
+// it is delivered. Stats counts the writes and reads (system calls) and
+// the batches.
 //
 // Socket buffers: 1 MiB on the control lane (about 6 ms of log entries at
 // 2 M entries/s, enough to ride out a receiver pause without stalling the

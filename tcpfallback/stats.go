@@ -19,6 +19,8 @@ type laneStats struct {
 	heartbeatsReceived            atomic.Uint64
 	heartbeatTimeouts             atomic.Uint64
 	connects, losses              atomic.Uint64
+	writes, reads                 atomic.Uint64 // system calls on the socket
+	batches                       atomic.Uint64 // OnBatchEnd calls
 }
 
 // transportStats are the transport-wide counters.
@@ -45,10 +47,16 @@ type LaneStats struct {
 	HeartbeatsSent                uint64
 	HeartbeatsReceived            uint64
 	HeartbeatTimeouts             uint64
-	Connects                      uint64 // connections installed
-	Losses                        uint64 // connections lost
-	SocketSendBufferBytes         int    // as granted by the kernel, current connection
-	SocketRecvBufferBytes         int
+	// Writes and Reads count the system calls that wrote to and read
+	// from the lane's sockets once set up (a Send is one write, a
+	// SendBatch one per 16 KiB under TLS; a read may bring many frames),
+	// and Batches the OnBatchEnd calls.
+	Writes, Reads         uint64
+	Batches               uint64
+	Connects              uint64 // connections installed
+	Losses                uint64 // connections lost
+	SocketSendBufferBytes int    // as granted by the kernel, current connection
+	SocketRecvBufferBytes int
 	// RTT is the kernel's smoothed round trip of the current
 	// connection (TCP_INFO tcpi_rtt, microsecond resolution); 0 while
 	// the lane is not connected.

@@ -320,6 +320,76 @@ func (l *lane) sendLocked(typ Type, flags Flags, payload []byte, try bool) error
 	return nil
 }
 
+// SendBatch sends frames, all of one lane, in order and together: one
+// write where Send makes one per frame (under TLS one record per 16 KiB,
+// on a plain lane one write(2) or writev), so that all the frames a
+// caller has at one moment (the agent: what one Ready sends) cost one
+// system call and one wake-up of the peer's reader. It waits for nothing
+// but room in the socket, as Send does, and never for more frames. It
+// returns how many frames went: all, or none with the error (a frame the
+// peer does not take is refused before anything is sent; a lane lost in
+// the middle counts as none sent, as Send's loss does).
+func (t *Transport) SendBatch(frames []OutFrame) (int, error) { return t.sendBatch(frames, false) }
+
+// TrySendBatch is SendBatch that never waits, as TrySend: when the lane's
+// writer is busy or the socket has no room for the whole batch it sends
+// nothing and returns 0 and ErrWouldBlock.
+func (t *Transport) TrySendBatch(frames []OutFrame) (int, error) { return t.sendBatch(frames, true) }
+
+func (t *Transport) sendBatch(frames []OutFrame, try bool) (int, error) {
+	if len(frames) == 0 {
+		return 0, nil
+	}
+	ln := LaneOf(frames[0].Type)
+	total := 0
+	for _, f := range frames {
+		if !f.Type.User() {
+			return 0, fmt.Errorf("tcpfallback: frame type %s cannot be sent by a user (use TypeLog..TypeCheckpoint)", f.Type)
+		}
+		if f.Flags&^KnownFlags != 0 {
+			return 0, fmt.Errorf("tcpfallback: unknown flags %#02x", uint8(f.Flags))
+		}
+		if LaneOf(f.Type) != ln {
+			return 0, fmt.Errorf("tcpfallback: a batch goes on one lane: %s frames on the %s lane, %s on the %s lane", frames[0].Type, ln, f.Type, LaneOf(f.Type))
+		}
+		total += HeaderBytes + len(f.Payload)
+	}
+	l := t.lanes[ln]
+	if try {
+		if !l.tryLock() {
+			return 0, ErrWouldBlock
+		}
+	} else {
+		l.wmu.Lock()
+	}
+	c := l.cur.Load()
+	if c == nil {
+		l.wmu.Unlock()
+		return 0, l.downError()
+	}
+	for _, f := range frames {
+		if uint32(len(f.Payload)) > c.peerMaxPayload || len(f.Payload) > maxPayloadLimitBytes {
+			l.wmu.Unlock()
+			return 0, fmt.Errorf("tcpfallback: %s payload of %d bytes exceeds the peer's maximum of %d; split it (checkpoints go in chunks)", f.Type, len(f.Payload), c.peerMaxPayload)
+		}
+	}
+	if try && !c.roomFor(total) {
+		l.wmu.Unlock()
+		return 0, ErrWouldBlock
+	}
+	err := c.writeBatch(frames, total)
+	l.wmu.Unlock()
+	if err != nil {
+		err = fmt.Errorf("%w: %s lane: sending to %s: %w", ErrLaneDown, l.id, c.peer, c.writeError(err))
+		c.fail(err)
+		return 0, err
+	}
+	c.markSent()
+	l.stats.framesSent.Add(uint64(len(frames)))
+	l.stats.bytesSent.Add(uint64(total))
+	return len(frames), nil
+}
+
 // SendLinkSetup sends one link-setup frame (TypeLinkSetup) on the control
 // lane, for the peer's Config.OnLinkSetup: package rdma sets its ring up
 // this way, over the connection this transport has authenticated, so that
@@ -465,8 +535,8 @@ func (l *lane) connDied(c *laneConn, err error) {
 }
 
 // newConn wraps an authenticated connection.
-func (t *Transport) newConn(l *lane, raw net.Conn, tcp *net.TCPConn, res handshakeResult) (*laneConn, error) {
-	c, err := newLaneConn(l, raw, tcp, res.peerMaxPayload, res.leftover)
+func (t *Transport) newConn(l *lane, raw net.Conn, sock *sockConn, res handshakeResult) (*laneConn, error) {
+	c, err := newLaneConn(l, raw, sock, res.peerMaxPayload, res.leftover)
 	if err != nil {
 		raw.Close()
 		return nil, err
@@ -498,12 +568,17 @@ func (t *Transport) dialLane(ctx context.Context, l *lane) (*laneConn, error) {
 		return nil, &connectError{fmt.Errorf("tcpfallback: %s lane: connecting to %s: %w", l.id, t.addr, err)}
 	}
 	tcp := nc.(*net.TCPConn)
+	sock, err := newSockConn(tcp)
+	if err != nil {
+		tcp.Close()
+		return nil, fmt.Errorf("tcpfallback: %s lane: connection to %s: %w", l.id, t.addr, err)
+	}
 	if dl, ok := ctx.Deadline(); ok {
 		tcp.SetDeadline(dl)
 	}
-	raw := net.Conn(tcp)
+	raw := net.Conn(sock)
 	if t.tlsCfg != nil {
-		tc := tls.Client(tcp, t.tlsCfg)
+		tc := tls.Client(sock, t.tlsCfg)
 		if err := tc.HandshakeContext(ctx); err != nil {
 			tcp.Close()
 			t.stats.handshakeFailures.Add(1)
@@ -524,7 +599,7 @@ func (t *Transport) dialLane(ctx context.Context, l *lane) (*laneConn, error) {
 		return nil, fmt.Errorf("tcpfallback: %s lane: set-up with %s: %w", l.id, t.addr, err)
 	}
 	tcp.SetDeadline(time.Time{})
-	c, err := t.newConn(l, raw, tcp, res)
+	c, err := t.newConn(l, raw, sock, res)
 	if c != nil {
 		c.peerID = id
 	}
@@ -720,11 +795,17 @@ func (t *Transport) serveConn(nc net.Conn) {
 		nc.Close()
 		return
 	}
+	sock, err := newSockConn(tcp)
+	if err != nil {
+		tcp.Close()
+		reject(fmt.Errorf("tcpfallback: connection from %s: %w", peer, err))
+		return
+	}
 	deadline := time.Now().Add(t.cfg.HandshakeTimeout)
 	tcp.SetDeadline(deadline)
-	raw := net.Conn(tcp)
+	raw := net.Conn(sock)
 	if t.cfg.TLS != nil {
-		tc := tls.Server(tcp, t.cfg.TLS)
+		tc := tls.Server(sock, t.cfg.TLS)
 		ctx, cancel := context.WithDeadline(context.Background(), deadline)
 		err := tc.HandshakeContext(ctx)
 		cancel()
@@ -764,7 +845,7 @@ func (t *Transport) serveConn(nc net.Conn) {
 		return
 	}
 	tcp.SetDeadline(time.Time{})
-	c, err := t.newConn(l, raw, tcp, res)
+	c, err := t.newConn(l, raw, sock, res)
 	if err != nil {
 		reject(err)
 		return
@@ -793,6 +874,9 @@ func (t *Transport) Stats() Stats {
 		ls.HeartbeatsSent = l.stats.heartbeatsSent.Load()
 		ls.HeartbeatsReceived = l.stats.heartbeatsReceived.Load()
 		ls.HeartbeatTimeouts = l.stats.heartbeatTimeouts.Load()
+		ls.Writes = l.stats.writes.Load()
+		ls.Reads = l.stats.reads.Load()
+		ls.Batches = l.stats.batches.Load()
 		ls.Connects = l.stats.connects.Load()
 		ls.Losses = l.stats.losses.Load()
 		if c := l.cur.Load(); c != nil {

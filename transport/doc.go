@@ -59,6 +59,14 @@
 //     writer or for room in the socket. The transport's own readers (the
 //     agent's acks sent from OnFrame) need it: a reader that waits reads
 //     nothing meanwhile (agent.TrySender).
+//   - SendBatch(frames []OutFrame) (sent int, err error) and
+//     TrySendBatch(frames []OutFrame) (sent int, err error): frames of one
+//     lane, in order, handed to the kernel (or the ring) together: over TCP
+//     one write for the lot where Send makes one a frame. Nothing waits
+//     for more frames: a batch is what the caller has now (the agent: all
+//     a Ready asks to send). Frames [0, sent) went; TrySendBatch stops
+//     with ErrWouldBlock where it would wait (tcpfallback: before the
+//     first frame or not at all). agent.BatchSender.
 //   - SendSpan(typ Type, span []byte) (frames int, err error): every record
 //     of a byte-ring span (package ring's layout) as its own frame,
 //     payloads not copied; a span that cannot be sent whole sends nothing.

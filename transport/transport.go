@@ -116,6 +116,21 @@ type Frame struct {
 	Flags   Flags
 	Seq     uint32 // position on the lane's current connection, from 0
 	Payload []byte
+	// Batched: the transport calls its batch-end hook
+	// (tcpfallback.Config.OnBatchEnd) once it has delivered every frame
+	// it can read now, this one included, before it waits for more. A
+	// user that answers frames (acknowledges them) may leave its answer
+	// to that call and send one for the batch; without Batched it must
+	// answer in OnFrame, as no such call may come.
+	Batched bool
+}
+
+// OutFrame is one frame of a batch sent at once (SendBatch): what Send
+// takes as arguments.
+type OutFrame struct {
+	Type    Type
+	Flags   Flags
+	Payload []byte
 }
 
 // EventKind says what happened to a lane.

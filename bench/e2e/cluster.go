@@ -314,7 +314,9 @@ type Status struct {
 		TotalBytes int64 `json:"total_bytes"`
 	} `json:"sync"`
 	Transport struct {
-		BytesSent uint64 `json:"bytes_sent"`
+		BytesSent  uint64 `json:"bytes_sent"`
+		FramesSent uint64 `json:"frames_sent"` // heartbeats included
+		Writes     uint64 `json:"writes"`      // system calls writing to the sockets
 	} `json:"transport"`
 	Arbiter struct {
 		Kind      string  `json:"kind"`

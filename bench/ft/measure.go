@@ -45,6 +45,19 @@ func (c *cell) row(before, after *snap, load *kvclient.Result, primary, secondar
 	r.LogMbitPerSec = float64(r.LogBytes) * 8 / 1e6 / win.Seconds()
 	if r.Ops > 0 {
 		r.LogBytesPerOp = float64(r.LogBytes) / float64(r.Ops)
+		ops := float64(r.Ops)
+		r.FramesPerOpPrimary = float64(after.primary.Transport.FramesSent-before.primary.Transport.FramesSent) / ops
+		r.WritesPerOpPrimary = float64(after.primary.Transport.Writes-before.primary.Transport.Writes) / ops
+		if before.threadsP != nil && after.threadsP != nil {
+			r.WakeupsPerOpPrimary = float64(slicesBetween(before.threadsP, after.threadsP)) / ops
+		}
+		if secondary != nil {
+			r.FramesPerOpSecondary = float64(after.secondary.Transport.FramesSent-before.secondary.Transport.FramesSent) / ops
+			r.WritesPerOpSecondary = float64(after.secondary.Transport.Writes-before.secondary.Transport.Writes) / ops
+			if before.threadsS != nil && after.threadsS != nil {
+				r.WakeupsPerOpSecondary = float64(slicesBetween(before.threadsS, after.threadsS)) / ops
+			}
+		}
 	}
 	r.Stalls = after.primary.Stats.Stalls - before.primary.Stats.Stalls
 	r.CPUPrimary = 100 * (after.cpuP - before.cpuP) / win.Seconds()

@@ -46,6 +46,20 @@ type Row struct {
 	LogMbitPerSec float64 `json:"log_mbit_per_s"`
 	LogBytesPerOp float64 `json:"log_bytes_per_op"`
 	PerOp         string  `json:"per_op"`
+	// FramesPerOp is the frames each daemon's transport sent over the
+	// window (heartbeats included) per op, host a's (the primary's) and
+	// host b's; WakeupsPerOp the times each daemon's threads were put on
+	// a CPU (schedstat: wake-ups and returns after a preemption) per op,
+	// 0 where schedstat could not be read. The secondary's are 0 in an
+	// unprotected row.
+	FramesPerOpPrimary    float64 `json:"frames_per_op_primary"`
+	FramesPerOpSecondary  float64 `json:"frames_per_op_secondary"`
+	WakeupsPerOpPrimary   float64 `json:"wakeups_per_op_primary"`
+	WakeupsPerOpSecondary float64 `json:"wakeups_per_op_secondary"`
+	// WritesPerOp: the write system calls on each daemon's TCP sockets
+	// per op (a frame each, or a batch of them).
+	WritesPerOpPrimary   float64 `json:"writes_per_op_primary"`
+	WritesPerOpSecondary float64 `json:"writes_per_op_secondary"`
 	// Resyncs are the secondary's restores over the window; ResyncPause
 	// their pause (checkpoint taken on the primary to restored on the
 	// secondary), in microseconds.

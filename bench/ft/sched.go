@@ -31,8 +31,9 @@ type Sched struct {
 }
 
 // threadTimes is one thread's schedstat: ns on a CPU, ns runnable and
-// waiting for one.
-type threadTimes struct{ run, wait int64 }
+// waiting for one, and the times it was put on a CPU (its third field:
+// each wake-up, and each return after a preemption).
+type threadTimes struct{ run, wait, slices int64 }
 
 // threadsOf reads every thread's schedstat of a process. A kernel
 // without schedstat (CONFIG_SCHED_INFO) gives an error, and the row goes
@@ -56,15 +57,16 @@ func threadsOf(pid int) (map[int]threadTimes, error) {
 			return nil, err
 		}
 		f := strings.Fields(string(b))
-		if len(f) < 2 {
+		if len(f) < 3 {
 			return nil, fmt.Errorf("%s/schedstat: %q", d, b)
 		}
 		run, err1 := strconv.ParseInt(f[0], 10, 64)
 		wait, err2 := strconv.ParseInt(f[1], 10, 64)
-		if err1 != nil || err2 != nil {
+		slices, err3 := strconv.ParseInt(f[2], 10, 64)
+		if err1 != nil || err2 != nil || err3 != nil {
 			return nil, fmt.Errorf("%s/schedstat: %q", d, b)
 		}
-		out[tid] = threadTimes{run, wait}
+		out[tid] = threadTimes{run, wait, slices}
 	}
 	return out, nil
 }
@@ -78,11 +80,22 @@ func busiest(before, after map[int]threadTimes) threadTimes {
 		if !ok {
 			continue
 		}
-		if d := (threadTimes{a.run - b.run, a.wait - b.wait}); d.run > best.run {
+		if d := (threadTimes{a.run - b.run, a.wait - b.wait, a.slices - b.slices}); d.run > best.run {
 			best = d
 		}
 	}
 	return best
+}
+
+// slicesBetween is how many times the threads of a process were put on a
+// CPU between two readings (threads that began meanwhile from zero):
+// the process's wake-ups, preemptions included.
+func slicesBetween(before, after map[int]threadTimes) int64 {
+	var n int64
+	for tid, a := range after {
+		n += a.slices - before[tid].slices
+	}
+	return n
 }
 
 // machineTimes is /proc/stat's first line: all CPUs' time (user to steal;

@@ -119,7 +119,7 @@ const (
 var tableHeader = []string{
 	"workload", "setup", "throughput", "protected/unprotected",
 	"client p50 / p99 / p99.9", "output hold p50 / p99 / p99.9",
-	"log Mbit/s", "log bytes/op", "resyncs/s", "resync pause p50 / p99",
+	"log Mbit/s", "log bytes/op", "frames/op a / b", "wake-ups/op a / b", "resyncs/s", "resync pause p50 / p99",
 	"CPU host a / host b", "why lower",
 }
 
@@ -161,7 +161,10 @@ func (r *Row) cells() []string {
 	}
 	hold := fmt.Sprintf("%s / %s / %s", fmtUs(r.Hold.P50), fmtUs(r.Hold.P99), fmtUs(r.Hold.P999))
 	log, perOp, resyncs, pause, cpu := dash, dash, dash, dash, fmt.Sprintf("%.0f%% / –", r.CPUPrimary)
+	frames, wakeups := fmt.Sprintf("%.2f / –", r.FramesPerOpPrimary), fmt.Sprintf("%.1f / –", r.WakeupsPerOpPrimary)
 	if r.Setup.Protected {
+		frames = fmt.Sprintf("%.2f / %.2f", r.FramesPerOpPrimary, r.FramesPerOpSecondary)
+		wakeups = fmt.Sprintf("%.1f / %.1f", r.WakeupsPerOpPrimary, r.WakeupsPerOpSecondary)
 		log = fmt.Sprintf("%.2f", r.LogMbitPerSec)
 		perOp = fmt.Sprintf("%.0f /%s", r.LogBytesPerOp, r.PerOp)
 		resyncs = fmt.Sprintf("%.1f", r.ResyncsPerSec)
@@ -171,7 +174,7 @@ func (r *Row) cells() []string {
 		}
 	}
 	return []string{r.Workload, r.Setup.Name, fmtThroughput(r.Throughput) + " " + r.Unit, r.ratioCell(),
-		client, hold, log, perOp, resyncs, pause, cpu, escapeCell(r.Why)}
+		client, hold, log, perOp, frames, wakeups, resyncs, pause, cpu, escapeCell(r.Why)}
 }
 
 // ratioCell is the ratio, then its target and whether it was met.

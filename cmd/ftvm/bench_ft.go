@@ -64,8 +64,11 @@ nondet (a divergence and a resync on every line).
 Columns: throughput and protected/unprotected (with the target where the
 issue sets one: 0.9 for kv-sat, 0.95 for memstress), client latency
 p50/p99/p99.9, output-hold latency, log bandwidth (Mbit/s, bytes per
-request), resyncs per second and their pause, and the CPU each daemon used
-(/proc/PID/stat). A row below its target says why from its own figures,
+request), the frames each daemon's transport sent per request (heartbeats
+included) and the times each daemon's threads were put on a CPU per
+request (wake-ups, from schedstat), resyncs per second and their pause,
+and the CPU each daemon used (/proc/PID/stat); results.json also has the
+writes (system calls) per request. A row below its target says why from its own figures,
 among them how long each vCPU thread ran and waited for a CPU, and the
 machine's idle and steal time ("CPU-bound" when the vCPU waited for CPUs
 rather than for the protocol).

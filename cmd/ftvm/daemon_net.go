@@ -87,6 +87,27 @@ func (l *peerLink) TrySend(typ transport.Type, payload []byte) error {
 
 var _ agent.TrySender = (*peerLink)(nil)
 
+// SendBatch implements agent.BatchSender: what one Ready sends, in one
+// write over TCP.
+func (l *peerLink) SendBatch(frames []transport.OutFrame) (int, error) {
+	t := l.cur.Load()
+	if t == nil {
+		return 0, fmt.Errorf("%w: not connected to a peer yet", transport.ErrLaneDown)
+	}
+	return t.SendBatch(frames)
+}
+
+// TrySendBatch implements agent.BatchSender for the transport's readers.
+func (l *peerLink) TrySendBatch(frames []transport.OutFrame) (int, error) {
+	t := l.cur.Load()
+	if t == nil {
+		return 0, fmt.Errorf("%w: not connected to a peer yet", transport.ErrLaneDown)
+	}
+	return t.TrySendBatch(frames)
+}
+
+var _ agent.BatchSender = (*peerLink)(nil)
+
 // frameSource is the transport a frame reached the agent through
 // (agent.LaneDropper), set once rdma.Listen or rdma.Dial returned; a
 // frame before that drops nothing (the agent still counts and logs it).

@@ -72,6 +72,10 @@ func (d *daemon) ringConfig(tcp tcpfallback.Config, p rdma.Provider, src *frameS
 		d.fence.peerHeard()
 		d.ag.HandleFrameFrom(src, f)
 	}
+	// A reader's frames are answered once per batch read (one
+	// acknowledgement for all the log entries in it); the ring's poller
+	// delivers frames unbatched, answered one by one.
+	tcp.OnBatchEnd = func(transport.Lane) { d.ag.EndBatch() }
 	spin := d.cfg.ringSpin
 	if spin == 0 {
 		spin = -1 // rdma.Config: never spin

@@ -203,6 +203,12 @@ type transportPeers struct {
 	BytesReceived  uint64 `json:"bytes_received"`
 	FrameErrors    uint64 `json:"frame_errors"`
 	Handshakes     uint64 `json:"handshake_failures"`
+	// Writes and Reads are the system calls on the TCP lanes' sockets
+	// (ring frames make none), Batches the reads' batches answered
+	// (tcpfallback.LaneStats).
+	Writes  uint64 `json:"writes"`
+	Reads   uint64 `json:"reads"`
+	Batches uint64 `json:"batches"`
 }
 
 func us(d time.Duration) float64 { return float64(d) / float64(time.Microsecond) }
@@ -243,6 +249,9 @@ func (d *daemon) report() statusReport {
 			r.Peer.FramesReceived += l.FramesReceived
 			r.Peer.BytesSent += l.BytesSent
 			r.Peer.BytesReceived += l.BytesReceived
+			r.Peer.Writes += l.Writes
+			r.Peer.Reads += l.Reads
+			r.Peer.Batches += l.Batches
 		}
 		frames, bytes := tr.RingSent()
 		r.Peer.FramesSent += frames
