@@ -48,7 +48,7 @@ func noLaneDown(t *testing.T, tr *Transport, what string) {
 		select {
 		case ev := <-tr.Events():
 			if ev.Kind == EventLaneDown {
-				t.Fatalf("%s: the listener lost its peer: %s", what, ev)
+				t.Fatalf("%s: a lane was lost: %s", what, ev)
 			}
 		default:
 			return

@@ -185,17 +185,7 @@ func TestUnreadBytesCountAsAlive(t *testing.T) {
 	<-held
 	<-held
 	time.Sleep(hold + timeout)
-	for {
-		select {
-		case ev := <-l.Events():
-			if ev.Kind == EventLaneDown {
-				t.Fatalf("the peer was declared dead while its heartbeats waited unread: %v", ev)
-			}
-			continue
-		default:
-		}
-		break
-	}
+	noLaneDown(t, l, "the peer was declared dead while its heartbeats waited unread")
 	if n := l.Stats().Lanes[LaneControl].HeartbeatTimeouts + l.Stats().Lanes[LaneBulk].HeartbeatTimeouts; n != 0 {
 		t.Fatalf("%d heartbeat timeouts while the readers were held", n)
 	}
@@ -259,17 +249,7 @@ func TestHeldStatisticsDoNotStopHeartbeats(t *testing.T) {
 	time.Sleep(6 * DefaultHeartbeatTimeout)
 	release()
 	time.Sleep(4 * DefaultHeartbeatTimeout) // for a late loss to show
-	for {
-		select {
-		case ev := <-d.Events():
-			if ev.Kind == EventLaneDown {
-				t.Fatalf("the peer dropped this side while its watchdog statistics were held: %v", ev)
-			}
-			continue
-		default:
-		}
-		break
-	}
+	noLaneDown(t, d, "the peer dropped this side while its watchdog statistics were held")
 	lv := d.Liveness()
 	if lv.OwnGap.Above(0) == 0 {
 		t.Fatalf("the watchdog made no looks: %+v", lv)

@@ -309,14 +309,21 @@ func (l *lane) sendLocked(typ Type, flags Flags, payload []byte, try bool) error
 	}
 	err := c.writeFrame(typ, flags, payload)
 	l.wmu.Unlock()
+	return l.wrote(c, err, 1, HeaderBytes+len(payload))
+}
+
+// wrote accounts for a write of frames frames and bytes bytes on c that
+// ended with err (wmu already let go): a failed one takes the connection
+// down and says so, wrapping ErrLaneDown.
+func (l *lane) wrote(c *laneConn, err error, frames, bytes int) error {
 	if err != nil {
 		err = fmt.Errorf("%w: %s lane: sending to %s: %w", ErrLaneDown, l.id, c.peer, c.writeError(err))
 		c.fail(err)
 		return err
 	}
 	c.markSent()
-	l.stats.framesSent.Add(1)
-	l.stats.bytesSent.Add(uint64(HeaderBytes + len(payload)))
+	l.stats.framesSent.Add(uint64(frames))
+	l.stats.bytesSent.Add(uint64(bytes))
 	return nil
 }
 
@@ -379,14 +386,9 @@ func (t *Transport) sendBatch(frames []OutFrame, try bool) (int, error) {
 	}
 	err := c.writeBatch(frames, total)
 	l.wmu.Unlock()
-	if err != nil {
-		err = fmt.Errorf("%w: %s lane: sending to %s: %w", ErrLaneDown, l.id, c.peer, c.writeError(err))
-		c.fail(err)
+	if err := l.wrote(c, err, len(frames), total); err != nil {
 		return 0, err
 	}
-	c.markSent()
-	l.stats.framesSent.Add(uint64(len(frames)))
-	l.stats.bytesSent.Add(uint64(total))
 	return len(frames), nil
 }
 
@@ -447,14 +449,9 @@ func (t *Transport) SendSpan(typ Type, span []byte) (int, error) {
 	}
 	frames, err := c.writeSpan(typ, span)
 	l.wmu.Unlock()
-	if err != nil {
-		err = fmt.Errorf("%w: %s lane: sending to %s: %w", ErrLaneDown, l.id, c.peer, c.writeError(err))
-		c.fail(err)
+	if err := l.wrote(c, err, frames, len(span)+frames*(HeaderBytes-ring.RecordHeaderBytes)); err != nil {
 		return 0, err
 	}
-	c.markSent()
-	l.stats.framesSent.Add(uint64(frames))
-	l.stats.bytesSent.Add(uint64(len(span) + frames*(HeaderBytes-ring.RecordHeaderBytes)))
 	return frames, nil
 }
 
