@@ -91,24 +91,34 @@ func TestAnnounceObeysTheFence(t *testing.T) {
 		}
 	}
 
-	d.announce(ctx, "test: shut")
+	// Each phase's announcements get a context of their own, ended with
+	// the phase, so that one phase's later announcements (the schedule's
+	// next is announceDenseEvery away) never count in the next phase.
+	phase := func(why string) {
+		pctx, pcancel := context.WithCancel(ctx)
+		defer pcancel()
+		d.announce(pctx, why)
+	}
+	phase("test: shut")
 	if n := rec.count(); n != 0 {
 		t.Fatalf("a shut gate (a secondary) announced the VM: %d frames", n)
 	}
 	gate.Open()
-	d.announce(ctx, "test: open")
+	phase("test: open")
 	if n := rec.count(); n != burst {
 		t.Fatalf("an open, unfenced gate sent %d frames at once, want the schedule's %d", n, burst)
 	}
 	d.fence.lastLook.Store(d.fence.now() - int64(20*peerTimeout)) // a stall
-	d.announce(ctx, "test: fenced")
+	fctx, fcancel := context.WithCancel(ctx)
+	d.announce(fctx, "test: fenced") // its later ones, while the fence holds, are refused too
 	d.staleFrameSeen()
-	time.Sleep(20 * time.Millisecond) // room for a stale-frame announcement's goroutine
+	time.Sleep(3 * announceDenseEvery) // room for a stale-frame announcement's goroutine and the schedule
+	fcancel()
 	if n := rec.count(); n != burst {
 		t.Fatalf("a primary fenced after a stall announced the VM: %d frames, want still %d", n-burst, 0)
 	}
 	d.fence.clear() // go-live
-	d.announce(ctx, "test: live again")
+	phase("test: live again")
 	if n := rec.count(); n != 2*burst {
 		t.Fatalf("after go-live cleared the fence: %d frames in all, want %d", n, 2*burst)
 	}
