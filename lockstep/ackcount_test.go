@@ -19,11 +19,7 @@ func acksIn(rd Ready) []*wire.Ack {
 
 func wideNode(t *testing.T, role wire.Role, mode Mode) *Node {
 	t.Helper()
-	n, err := NewNode(Config{VMID: "vm", Role: role, Mode: mode, LogWindowEntries: 64, CheckpointChunkBytes: 8})
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n
+	return newTestNodeWindow(t, role, mode, 64)
 }
 
 // In ack-on-receipt the primary releases an output once everything

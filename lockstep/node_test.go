@@ -9,7 +9,13 @@ import (
 
 func newTestNode(t *testing.T, role wire.Role, mode Mode) *Node {
 	t.Helper()
-	n, err := NewNode(Config{VMID: "vm", Role: role, Mode: mode, LogWindowEntries: 4, CheckpointChunkBytes: 8})
+	return newTestNodeWindow(t, role, mode, 4)
+}
+
+// newTestNodeWindow is newTestNode with a log window of window entries.
+func newTestNodeWindow(t *testing.T, role wire.Role, mode Mode, window int) *Node {
+	t.Helper()
+	n, err := NewNode(Config{VMID: "vm", Role: role, Mode: mode, LogWindowEntries: window, CheckpointChunkBytes: 8})
 	if err != nil {
 		t.Fatal(err)
 	}
