@@ -96,8 +96,9 @@ func TestAnnounceObeysTheFence(t *testing.T) {
 	// next is announceDenseEvery away) never count in the next phase.
 	phase := func(why string) {
 		pctx, pcancel := context.WithCancel(ctx)
-		defer pcancel()
 		d.announce(pctx, why)
+		pcancel()
+		d.announcing.Wait()
 	}
 	phase("test: shut")
 	if n := rec.count(); n != 0 {
@@ -114,6 +115,7 @@ func TestAnnounceObeysTheFence(t *testing.T) {
 	d.staleFrameSeen()
 	time.Sleep(3 * announceDenseEvery) // room for a stale-frame announcement's goroutine and the schedule
 	fcancel()
+	d.announcing.Wait()
 	if n := rec.count(); n != burst {
 		t.Fatalf("a primary fenced after a stall announced the VM: %d frames, want still %d", n-burst, 0)
 	}

@@ -218,7 +218,8 @@ type daemon struct {
 	realtimeWarning sync.Once
 	// life is the context of run, for the announcements' goroutines.
 	life              atomic.Pointer[context.Context]
-	lastStaleAnnounce atomic.Int64 // unix ns of the latest staleFrameSeen announcement
+	lastStaleAnnounce atomic.Int64   // unix ns of the latest staleFrameSeen announcement
+	announcing        sync.WaitGroup // announce's goroutines of later announcements
 
 	// reach watches the VM's network (--reach-check); nil without it.
 	reach *reachability

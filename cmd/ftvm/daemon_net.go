@@ -238,7 +238,9 @@ func (d *daemon) announce(ctx context.Context, why string) {
 	if len(rest) == 0 {
 		return
 	}
+	d.announcing.Add(1)
 	go func() {
+		defer d.announcing.Done()
 		start := time.Now()
 		for _, at := range rest {
 			select {
